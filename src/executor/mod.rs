@@ -1,0 +1,1 @@
+//! Drives a job's steps through a guest session.

@@ -1,0 +1,16 @@
+//! Solstice: a self-hosted CI runner that runs every Actions job in a fresh,
+//! throw-away QEMU virtual machine.
+//!
+//! The binary (`src/main.rs`) is thin; everything lives here so that tests can
+//! drive it. One module per external boundary: see `docs/explanation/architecture.md`.
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod executor;
+pub mod guest;
+pub mod runner;
+pub mod secret;
+pub mod ssh;
+pub mod vm;
+pub mod workflow;

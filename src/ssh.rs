@@ -1,0 +1,1 @@
+//! SSH into guests with russh: in-memory keys, readiness, streaming exec.

@@ -1,0 +1,1 @@
+//! QEMU VMs: overlay, seed, process, QMP, accelerator probe, forwarded SSH port.
