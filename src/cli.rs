@@ -1,7 +1,0 @@
-//! Command-line interface.
-
-use std::process::ExitCode;
-
-pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
-}

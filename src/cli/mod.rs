@@ -1,0 +1,164 @@
+//! Command-line interface: argument parsing and the top-level commands.
+
+pub mod term;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Solstice: run Actions jobs in fresh, throw-away QEMU VMs.
+#[derive(Debug, Parser)]
+#[command(name = "solstice", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter for diagnostics on stderr (e.g. `info`, `solstice=debug`).
+    #[arg(long, global = true, env = "SOLSTICE_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one job of a workflow file in a fresh VM and stream its log.
+    Exec(ExecArgs),
+    /// Check a configuration file; exits 0 when it is valid and prints every problem otherwise.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+    /// Measure boot-to-SSH and Solstice's own overhead against a plain QEMU baseline.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Configuration file [default: $SOLSTICE_CONFIG, ./solstice.toml,
+    /// ~/.config/solstice/solstice.toml, /etc/solstice/solstice.toml; the first that exists].
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Image to run the job on [default: the image whose labels match `runs-on`, or the only image].
+    #[arg(long, short = 'i')]
+    pub image: Option<String>,
+    /// Job id to run when the workflow has more than one job.
+    #[arg(long, short = 'j')]
+    pub job: Option<String>,
+    /// Extra environment variable for every step (KEY=VALUE); repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// Secret (KEY=VALUE, or KEY to read it from the environment variable KEY); repeatable.
+    /// Secrets are masked in all output.
+    #[arg(long = "secret", short = 's', value_name = "KEY[=VALUE]", value_parser = parse_secret)]
+    pub secrets: Vec<(String, String)>,
+    /// Configuration variable for the `vars` context (KEY=VALUE); repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub vars: Vec<(String, String)>,
+    /// Run only the matrix combinations where KEY equals VALUE; repeatable.
+    #[arg(long = "matrix", short = 'm', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub matrix: Vec<(String, String)>,
+    /// Directory copied into the guest by `actions/checkout` [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// The workflow file.
+    pub workflow: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Configuration file (same search order as `exec`).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Image to measure [default: the only image, or the one named `tiny`].
+    #[arg(long, short = 'i')]
+    pub image: Option<String>,
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, short = 'n', default_value_t = 5)]
+    pub runs: u32,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if valid_name(k) => Ok((k.to_string(), v.to_string())),
+        Some((k, _)) => Err(format!(
+            "`{k}` is not a valid name; use letters, digits and `_`, not starting with a digit"
+        )),
+        None => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+fn parse_secret(s: &str) -> Result<(String, String), String> {
+    if s.contains('=') {
+        return parse_key_value(s);
+    }
+    if !valid_name(s) {
+        return Err(format!("`{s}` is not a valid secret name"));
+    }
+    match std::env::var(s) {
+        Ok(v) => Ok((s.to_string(), v)),
+        Err(_) => Err(format!(
+            "the environment variable `{s}` is not set; use `--secret {s}=VALUE` or export it"
+        )),
+    }
+}
+
+fn valid_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The entry point called by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match cli.command {
+        Command::CheckConfig { file } => crate::config::check_config_main(&file),
+        Command::Exec(args) => run_async(crate::runner::exec_main(args)),
+        Command::Bench(args) => run_async(crate::runner::bench_main(args)),
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values() {
+        assert_eq!(
+            parse_key_value("A=b=c").unwrap(),
+            ("A".to_string(), "b=c".to_string())
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("1A=x").is_err());
+        assert!(parse_secret("SOLSTICE_SURELY_UNSET_VAR").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,260 @@
+//! The terminal sink of `solstice exec`: step headers, live output, per-step
+//! result and duration, and a final summary. Lines arrive already masked.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
+
+/// Prints job events to stdout as they happen.
+pub struct TerminalSink {
+    color: bool,
+    state: Mutex<TermState>,
+}
+
+#[derive(Default)]
+struct TermState {
+    /// Step display names by index, for the summary.
+    steps: Vec<(String, Option<(Conclusion, Conclusion, Duration)>)>,
+    group_depth: usize,
+}
+
+impl TerminalSink {
+    pub fn new() -> Self {
+        Self::with_color(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+    }
+
+    pub fn with_color(color: bool) -> Self {
+        Self {
+            color,
+            state: Mutex::new(TermState::default()),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Renders one event to the text that is printed (without the final newline).
+    /// Returns `None` when the event prints nothing.
+    pub fn render(&self, event: &JobEvent) -> Option<String> {
+        let mut st = self.state.lock().ok()?;
+        match event {
+            JobEvent::Phase { phase, detail } => {
+                let what = match phase {
+                    Phase::Provision => "provision",
+                    Phase::Boot => "boot",
+                    Phase::Ready => "ready",
+                    Phase::Teardown => "teardown",
+                };
+                Some(self.paint("2", &format!("[solstice] {what}: {detail}")))
+            }
+            JobEvent::StepStarted { index, name } => {
+                if st.steps.len() <= *index {
+                    st.steps.resize(*index + 1, (String::new(), None));
+                }
+                st.steps[*index].0 = name.clone();
+                st.group_depth = 0;
+                Some(self.paint("1;36", &format!("==> Step {}: {name}", index + 1)))
+            }
+            JobEvent::Line { kind, text, .. } => {
+                let indent = "  ".repeat(st.group_depth);
+                let line = match kind {
+                    LineKind::Stdout => format!("{indent}{text}"),
+                    LineKind::Stderr => format!("{indent}{text}"),
+                    LineKind::Debug => self.paint("2", &format!("{indent}debug: {text}")),
+                    LineKind::Annotation(level) => {
+                        let code = match level.as_str() {
+                            "error" => "31",
+                            "warning" => "33",
+                            _ => "34",
+                        };
+                        self.paint(code, &format!("{indent}{level}: {text}"))
+                    }
+                    LineKind::GroupStart => {
+                        st.group_depth += 1;
+                        self.paint("1", &format!("{indent}▸ {text}"))
+                    }
+                    LineKind::GroupEnd => {
+                        st.group_depth = st.group_depth.saturating_sub(1);
+                        return None;
+                    }
+                    LineKind::Runner => self.paint("2", &format!("[solstice] {text}")),
+                };
+                Some(line)
+            }
+            JobEvent::StepFinished {
+                index,
+                outcome,
+                conclusion,
+                duration,
+            } => {
+                if st.steps.len() <= *index {
+                    st.steps.resize(*index + 1, (String::new(), None));
+                }
+                st.steps[*index].1 = Some((*outcome, *conclusion, *duration));
+                st.group_depth = 0;
+                let name = st.steps[*index].0.clone();
+                Some(self.step_line(*index, &name, *outcome, *conclusion, *duration))
+            }
+            JobEvent::StepSummary { index, markdown } => {
+                let mut out = self.paint("1", &format!("--- Step {} summary ---", index + 1));
+                for l in markdown.lines() {
+                    out.push('\n');
+                    out.push_str(l);
+                }
+                Some(out)
+            }
+            JobEvent::JobFinished {
+                conclusion,
+                duration,
+            } => {
+                let mut out = String::from("\nSummary:");
+                for (i, (name, res)) in st.steps.iter().enumerate() {
+                    out.push('\n');
+                    match res {
+                        Some((o, c, d)) => {
+                            out.push_str(&format!("  {}", self.step_line(i, name, *o, *c, *d)))
+                        }
+                        None => out.push_str(&format!("  - Step {}: {name} (not finished)", i + 1)),
+                    }
+                }
+                let verdict = match conclusion {
+                    Conclusion::Success => self.paint("1;32", "Job succeeded"),
+                    Conclusion::Failure => self.paint("1;31", "Job failed"),
+                    Conclusion::Cancelled => self.paint("1;33", "Job cancelled"),
+                    Conclusion::Skipped => self.paint("1", "Job skipped"),
+                };
+                out.push_str(&format!("\n{verdict} in {}", fmt_duration(*duration)));
+                Some(out)
+            }
+        }
+    }
+
+    fn step_line(
+        &self,
+        index: usize,
+        name: &str,
+        outcome: Conclusion,
+        conclusion: Conclusion,
+        duration: Duration,
+    ) -> String {
+        let (mark, code) = match conclusion {
+            Conclusion::Success if outcome == Conclusion::Failure => ("✓", "33"),
+            Conclusion::Success => ("✓", "32"),
+            Conclusion::Failure => ("✗", "31"),
+            Conclusion::Cancelled => ("⊘", "33"),
+            Conclusion::Skipped => ("-", "2"),
+        };
+        let mut text = format!(
+            "{mark} Step {}: {name}: {}",
+            index + 1,
+            conclusion.as_str()
+        );
+        if outcome != conclusion {
+            text.push_str(&format!(" (outcome {}, continue-on-error)", outcome.as_str()));
+        }
+        if conclusion != Conclusion::Skipped {
+            text.push_str(&format!(" [{}]", fmt_duration(duration)));
+        }
+        self.paint(code, &text)
+    }
+}
+
+impl Default for TerminalSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventSink for TerminalSink {
+    fn emit(&self, event: JobEvent) {
+        if let Some(text) = self.render(&event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// `1.23s`, or `2m03s` from a minute on.
+pub fn fmt_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.2}s")
+    } else {
+        let whole = d.as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_steps_and_summary() {
+        let t = TerminalSink::with_color(false);
+        let start = t.render(&JobEvent::StepStarted {
+            index: 0,
+            name: "Run echo hi".into(),
+        });
+        assert_eq!(start.as_deref(), Some("==> Step 1: Run echo hi"));
+        let line = t.render(&JobEvent::Line {
+            step: Some(0),
+            kind: LineKind::Stdout,
+            text: "hi".into(),
+        });
+        assert_eq!(line.as_deref(), Some("hi"));
+        let fin = t
+            .render(&JobEvent::StepFinished {
+                index: 0,
+                outcome: Conclusion::Failure,
+                conclusion: Conclusion::Success,
+                duration: Duration::from_millis(1500),
+            })
+            .unwrap();
+        assert_eq!(
+            fin,
+            "✓ Step 1: Run echo hi: success (outcome failure, continue-on-error) [1.50s]"
+        );
+        let sum = t
+            .render(&JobEvent::JobFinished {
+                conclusion: Conclusion::Success,
+                duration: Duration::from_secs(75),
+            })
+            .unwrap();
+        assert!(sum.contains("Summary:"), "{sum}");
+        assert!(sum.ends_with("Job succeeded in 1m15s"), "{sum}");
+    }
+
+    #[test]
+    fn groups_indent_output() {
+        let t = TerminalSink::with_color(false);
+        let g = t.render(&JobEvent::Line {
+            step: Some(0),
+            kind: LineKind::GroupStart,
+            text: "Build".into(),
+        });
+        assert_eq!(g.as_deref(), Some("▸ Build"));
+        let l = t.render(&JobEvent::Line {
+            step: Some(0),
+            kind: LineKind::Stdout,
+            text: "x".into(),
+        });
+        assert_eq!(l.as_deref(), Some("  x"));
+        assert!(
+            t.render(&JobEvent::Line {
+                step: Some(0),
+                kind: LineKind::GroupEnd,
+                text: String::new(),
+            })
+            .is_none()
+        );
+    }
+}
