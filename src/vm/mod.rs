@@ -1,1 +1,431 @@
 //! QEMU VMs: overlay, seed, process, QMP, accelerator probe, forwarded SSH port.
+//!
+//! [`Vm::start`] provisions everything inside `<jobs_dir>/<job_id>/` and
+//! returns a handle that owns it; [`Vm::destroy`] (or dropping the handle, or
+//! any failure during start) kills QEMU and removes the directory, so nothing
+//! (process, file, socket, listening port) outlives the job.
+
+pub mod accel;
+pub mod argv;
+pub mod cpio;
+pub mod disk;
+pub mod iso9660;
+pub mod leaks;
+pub mod process;
+pub mod qmp;
+pub mod seed;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{Firmware, ImageConfig, QemuConfig};
+use crate::secret::Secret;
+
+/// Which accelerator a VM runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// How long QEMU may take to open its QMP socket and answer.
+pub const QMP_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long [`Vm::destroy`] waits for QEMU to exit after QMP `quit` before SIGKILL.
+pub const QUIT_GRACE: Duration = Duration::from_millis(500);
+/// Lines of console output quoted in errors.
+const CONSOLE_TAIL_LINES: usize = 30;
+/// Longest unix socket path the kernel accepts (`sun_path` minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What a job VM is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct VmSpec<'a> {
+    /// Names the job directory: `[A-Za-z0-9._-]`, not `.` or `..`.
+    pub job_id: &'a str,
+    pub image: &'a ImageConfig,
+    pub qemu: &'a QemuConfig,
+    /// Resolved with [`accel::resolve`].
+    pub accel: Accel,
+    pub jobs_dir: &'a Path,
+    /// The job's SSH public key (one OpenSSH line).
+    pub authorized_key: &'a str,
+    /// Guest SSH host key to pin: (private key in OpenSSH format, public key line).
+    pub host_key: Option<(&'a Secret, &'a str)>,
+    pub hostname: &'a str,
+}
+
+/// Why a VM could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Job id {0:?} cannot name a directory: use [A-Za-z0-9._-]")]
+    BadJobId(String),
+    #[error("Job directory {0} already exists: another VM owns it, or a crash left it (remove it)")]
+    JobDirExists(PathBuf),
+    #[error("Could not {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP socket path {0} is too long for a unix socket: use a shorter state directory")]
+    SocketPathTooLong(PathBuf),
+    #[error("Image uses UEFI but `qemu.uefi_code`/`qemu.uefi_vars` are not set: set both")]
+    UefiFirmwareMissing,
+    #[error("Could not write the seed")]
+    Seed(#[from] seed::SeedError),
+    #[error("Could not create the overlay")]
+    Disk(#[from] disk::DiskError),
+    #[error("Could not start {binary}: check `qemu.system_binary`")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU exited during start ({status}).\nQEMU said: {stderr}\nConsole tail:\n{console}")]
+    QemuExited {
+        status: String,
+        stderr: String,
+        console: String,
+    },
+    #[error("QEMU did not answer on QMP within {0:?}: {1}")]
+    QmpTimeout(Duration, String),
+    #[error("QMP failed: {0}")]
+    Qmp(String),
+}
+
+/// Owns the job directory and the QEMU process; its `Drop` tears both down.
+struct Owned {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Owned {
+    /// Kills the QEMU process group, reaps it, removes the job directory.
+    fn teardown(&mut self) -> Result<(), std::io::Error> {
+        if let Some(mut child) = self.child.take() {
+            process::kill_group(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the job directory");
+        }
+    }
+}
+
+/// A running job VM. Dropping it kills QEMU and removes everything it used.
+pub struct Vm {
+    owned: Owned,
+    qmp: Option<qmp::Qmp>,
+    pid: u32,
+    ssh_addr: SocketAddr,
+    accel: Accel,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("dir", &self.owned.dir)
+            .field("pid", &self.pid)
+            .field("ssh_addr", &self.ssh_addr)
+            .field("accel", &self.accel)
+            .finish()
+    }
+}
+
+fn valid_job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Io { what, source }
+}
+
+impl Vm {
+    /// Provisions and boots a VM: job directory, seed, overlay, QEMU, QMP, SSH port.
+    /// Returns once QEMU runs and the forwarded port is known (the guest is still booting).
+    /// On any error everything created so far is removed again.
+    pub async fn start(spec: VmSpec<'_>) -> Result<Vm, VmError> {
+        let t0 = Instant::now();
+        if !valid_job_id(spec.job_id) {
+            return Err(VmError::BadJobId(spec.job_id.to_string()));
+        }
+        std::fs::create_dir_all(spec.jobs_dir).map_err(io(format!(
+            "create the jobs directory {}",
+            spec.jobs_dir.display()
+        )))?;
+        let jobs_dir = std::fs::canonicalize(spec.jobs_dir).map_err(io(format!(
+            "resolve the jobs directory {}",
+            spec.jobs_dir.display()
+        )))?;
+        let dir = jobs_dir.join(spec.job_id);
+        let qmp_socket = dir.join("qmp.sock");
+        if qmp_socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(VmError::SocketPathTooLong(qmp_socket));
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(VmError::JobDirExists(dir));
+            }
+            Err(e) => return Err(io(format!("create {}", dir.display()))(e)),
+        }
+        // From here on, `owned` removes the directory (and QEMU) on every exit path.
+        let mut owned = Owned {
+            dir: dir.clone(),
+            child: None,
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("restrict {}", dir.display())))?;
+        }
+
+        let seed_path = seed::write_seed(
+            spec.image.seed,
+            &dir,
+            &seed::SeedData {
+                instance_id: &format!("solstice-{}-{:08x}", spec.job_id, rand::random::<u32>()),
+                hostname: spec.hostname,
+                user: &spec.image.ssh_user,
+                authorized_key: spec.authorized_key,
+                host_key: spec.host_key,
+            },
+        )?;
+        let overlay = dir.join("overlay.qcow2");
+        disk::create_overlay(
+            &spec.qemu.img_binary,
+            &spec.image.path,
+            spec.image.format,
+            &overlay,
+            spec.image.disk_size_gib,
+        )
+        .await?;
+        let uefi = match spec.image.firmware {
+            Firmware::Bios => None,
+            Firmware::Uefi => {
+                let (Some(code), Some(vars)) = (&spec.qemu.uefi_code, &spec.qemu.uefi_vars) else {
+                    return Err(VmError::UefiFirmwareMissing);
+                };
+                let copy = dir.join("uefi-vars.fd");
+                std::fs::copy(vars, &copy).map_err(io(format!(
+                    "copy the UEFI variable store {}",
+                    vars.display()
+                )))?;
+                Some((code.clone(), copy))
+            }
+        };
+        let plan = argv::VmPlan {
+            name: format!("solstice-{}", spec.job_id),
+            uuid: random_uuid(),
+            accel: spec.accel,
+            vcpus: spec.image.vcpus,
+            memory_mib: spec.image.memory_mib,
+            overlay,
+            seed: Some((spec.image.seed, seed_path)),
+            uefi,
+            console: dir.join("console.log"),
+            qmp_socket: qmp_socket.clone(),
+        };
+        let stderr_path = dir.join("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(io(format!("create {}", stderr_path.display())))?;
+        let mut cmd = std::process::Command::new(&spec.qemu.system_binary);
+        cmd.args(argv::qemu_args(&plan))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let t_spawn = Instant::now();
+        let child = process::spawn_guarded(cmd)
+            .await
+            .map_err(|source| VmError::Spawn {
+                binary: spec.qemu.system_binary.clone(),
+                source,
+            })?;
+        let pid = child.id();
+        owned.child = Some(child);
+
+        let mut conn = wait_for_qmp(&mut owned, &qmp_socket, &stderr_path).await?;
+        let (running, state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;
+        if !running {
+            return Err(VmError::Qmp(format!(
+                "the guest is not running (state {state})"
+            )));
+        }
+        let port = qmp::forwarded_ssh_port(&mut conn)
+            .await
+            .map_err(VmError::Qmp)?;
+        tracing::info!(
+            job = spec.job_id,
+            pid,
+            port,
+            accel = ?spec.accel,
+            provision_ms = t0.elapsed().as_millis() as u64,
+            qemu_ready_ms = t_spawn.elapsed().as_millis() as u64,
+            "VM started"
+        );
+        Ok(Vm {
+            owned,
+            qmp: Some(conn),
+            pid,
+            ssh_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            accel: spec.accel,
+        })
+    }
+
+    /// The host side of the guest's SSH port (always on 127.0.0.1).
+    pub fn ssh_addr(&self) -> SocketAddr {
+        self.ssh_addr
+    }
+
+    /// The job directory.
+    pub fn dir(&self) -> &Path {
+        &self.owned.dir
+    }
+
+    /// QEMU's process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// The serial console log.
+    pub fn console_path(&self) -> PathBuf {
+        self.owned.dir.join("console.log")
+    }
+
+    /// The last `lines` lines of the serial console (lossy UTF-8).
+    pub fn console_tail(&self, lines: usize) -> String {
+        tail_file(&self.console_path(), lines)
+    }
+
+    /// Whether QEMU has exited (reaps it if so).
+    pub async fn has_exited(&mut self) -> bool {
+        match self.owned.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Stops the VM (QMP `quit`, then SIGKILL after [`QUIT_GRACE`]) and removes
+    /// the job directory.
+    pub async fn destroy(mut self) -> Result<(), VmError> {
+        let t0 = Instant::now();
+        if let Some(mut conn) = self.qmp.take() {
+            let quit = tokio::time::timeout(QUIT_GRACE, qmp::quit(&mut conn)).await;
+            drop(conn);
+            if matches!(quit, Ok(Ok(()))) {
+                let deadline = Instant::now() + QUIT_GRACE;
+                while Instant::now() < deadline && !self.has_exited().await {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let dir = self.owned.dir.clone();
+        let result = self
+            .owned
+            .teardown()
+            .map_err(io(format!("remove {}", dir.display())));
+        tracing::info!(dir = %dir.display(), destroy_ms = t0.elapsed().as_millis() as u64, "VM destroyed");
+        result
+    }
+}
+
+async fn wait_for_qmp(
+    owned: &mut Owned,
+    socket: &Path,
+    stderr_path: &Path,
+) -> Result<qmp::Qmp, VmError> {
+    let deadline = Instant::now() + QMP_READY_TIMEOUT;
+    let mut last_err = String::from("socket not created yet");
+    loop {
+        if let Some(child) = owned.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(VmError::QemuExited {
+                    status: status.to_string(),
+                    stderr: std::fs::read_to_string(stderr_path)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                    console: tail_file(&owned.dir.join("console.log"), CONSOLE_TAIL_LINES),
+                });
+            }
+        }
+        if socket.exists() {
+            match tokio::time::timeout(Duration::from_secs(5), qmp::connect(socket)).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "QMP greeting timed out".into(),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::QmpTimeout(QMP_READY_TIMEOUT, last_err));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn tail_file(path: &Path, lines: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_checked() {
+        assert!(valid_job_id("job-1.a_b"));
+        for bad in ["", ".", "..", "a/b", "a b"] {
+            assert!(!valid_job_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = random_uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+}

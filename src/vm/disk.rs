@@ -1,0 +1,162 @@
+//! Per-job disks: the qcow2 overlay on a read-only base image.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ImageFormat;
+
+/// Why the overlay could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("Base image {path} is not readable: check the image's `path`")]
+    Base {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Could not run {binary}: check `qemu.img_binary`")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu-img could not create the overlay: {stderr}")]
+    Failed { stderr: String },
+}
+
+/// The `qemu-img` arguments that create `overlay` on top of `base` (which must
+/// be absolute: a relative backing path resolves against the overlay's directory).
+pub fn overlay_args(
+    base: &Path,
+    format: ImageFormat,
+    overlay: &Path,
+    size_gib: Option<u32>,
+) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        "create".into(),
+        "-q".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-F".into(),
+        format.as_str().into(),
+        "-b".into(),
+        base.into(),
+        overlay.into(),
+    ];
+    if let Some(g) = size_gib {
+        a.push(format!("{g}G").into());
+    }
+    a
+}
+
+/// Creates the overlay. The base path is made absolute (and checked) first;
+/// the base is only ever opened read-only, by qemu-img and by QEMU.
+pub async fn create_overlay(
+    qemu_img: &Path,
+    base: &Path,
+    format: ImageFormat,
+    overlay: &Path,
+    size_gib: Option<u32>,
+) -> Result<(), DiskError> {
+    let base = std::fs::canonicalize(base)
+        .and_then(|p| std::fs::File::open(&p).map(|_| p))
+        .map_err(|source| DiskError::Base {
+            path: base.to_path_buf(),
+            source,
+        })?;
+    let out = tokio::process::Command::new(qemu_img)
+        .args(overlay_args(&base, format, overlay, size_gib))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| DiskError::Spawn {
+            binary: qemu_img.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DiskError::Failed {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_name_the_backing_format_and_size_only_when_asked() {
+        let a = overlay_args(
+            Path::new("/img/base.raw"),
+            ImageFormat::Raw,
+            Path::new("/j/o.qcow2"),
+            None,
+        );
+        assert_eq!(
+            a,
+            [
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                "/img/base.raw",
+                "/j/o.qcow2"
+            ]
+            .map(std::ffi::OsString::from)
+        );
+        let a = overlay_args(
+            Path::new("/b"),
+            ImageFormat::Qcow2,
+            Path::new("/o"),
+            Some(20),
+        );
+        assert_eq!(a.last().unwrap(), "20G");
+    }
+
+    #[tokio::test]
+    async fn relative_base_becomes_absolute_and_missing_base_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let overlay = dir.path().join("o.qcow2");
+        create_overlay(
+            Path::new("qemu-img"),
+            &base,
+            ImageFormat::Qcow2,
+            &overlay,
+            None,
+        )
+        .await
+        .unwrap();
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&overlay)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(v["backing-filename"], base.to_str().unwrap());
+        assert_eq!(v["backing-filename-format"], "qcow2");
+
+        let err = create_overlay(
+            Path::new("qemu-img"),
+            &dir.path().join("nope.qcow2"),
+            ImageFormat::Qcow2,
+            &dir.path().join("o2.qcow2"),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, DiskError::Base { .. }), "{err:?}");
+        assert!(!dir.path().join("o2.qcow2").exists());
+    }
+}

@@ -1,0 +1,79 @@
+//! QMP over the job's unix socket (through the `qapi` crate).
+
+use std::path::Path;
+
+use qapi::futures::{QapiStream, QmpStreamTokio};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::UnixStream;
+
+/// A negotiated QMP connection.
+pub type Qmp =
+    QapiStream<QmpStreamTokio<ReadHalf<UnixStream>>, QmpStreamTokio<WriteHalf<UnixStream>>>;
+
+/// Connects and negotiates capabilities.
+pub async fn connect(socket: &Path) -> std::io::Result<Qmp> {
+    QmpStreamTokio::open_uds(socket).await?.negotiate().await
+}
+
+/// `query-status`: whether the guest CPUs run, and QEMU's run state.
+pub async fn status(qmp: &mut Qmp) -> Result<(bool, String), String> {
+    let s = qmp
+        .execute(qapi::qmp::query_status {})
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((s.running, format!("{:?}", s.status)))
+}
+
+/// Reads the host port of the SSH forward (`hostfwd=tcp:127.0.0.1:0-:22`).
+pub async fn forwarded_ssh_port(qmp: &mut Qmp) -> Result<u16, String> {
+    let text = qmp
+        .execute(qapi::qmp::human_monitor_command {
+            command_line: "info usernet".into(),
+            cpu_index: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    parse_usernet_ssh_port(&text)
+        .ok_or_else(|| format!("no SSH forward in `info usernet`: {}", text.trim()))
+}
+
+/// Finds the host port of the loopback TCP forward to guest port 22 in the
+/// output of `info usernet`, whose rows read
+/// `TCP[HOST_FORWARD]  8  127.0.0.1 39209  10.0.2.15  22  0  0`.
+pub fn parse_usernet_ssh_port(text: &str) -> Option<u16> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            [proto, _fd, src, sport, _dst, "22", ..]
+                if proto.starts_with("TCP[HOST_FORWARD]") && *src == "127.0.0.1" =>
+            {
+                sport.parse::<u16>().ok().filter(|&p| p != 0)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Asks QEMU to quit; the connection closes as QEMU exits, which may race
+/// the reply, so only a refusal counts as an error.
+pub async fn quit(qmp: &mut Qmp) -> Result<(), String> {
+    match qmp.execute(qapi::qmp::quit {}).await {
+        Ok(_) => Ok(()),
+        Err(qapi::ExecuteError::Qapi(e)) => Err(e.to_string()),
+        Err(qapi::ExecuteError::Io(_)) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qemu_10_usernet_output() {
+        let out = "Hub -1 (net0):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]   8       127.0.0.1 39209       10.0.2.15    22     0     0\r\n";
+        assert_eq!(parse_usernet_ssh_port(out), Some(39209));
+        assert_eq!(parse_usernet_ssh_port("Hub -1 (net0):\r\n"), None);
+        let other = "  TCP[HOST_FORWARD]   8  127.0.0.1 40000  10.0.2.15  80  0  0\n  TCP[ESTABLISHED]  9  127.0.0.1 41000  10.0.2.15  22  0  0\n";
+        assert_eq!(parse_usernet_ssh_port(other), None);
+    }
+}

@@ -1,0 +1,303 @@
+//! Seeds: how a guest learns its hostname and SSH keys. Pure renderers plus
+//! [`write_seed`], which writes the seed file into the job directory.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::SeedKind;
+use crate::secret::Secret;
+
+use super::cpio::{self, CpioFile};
+use super::iso9660::{self, IsoError, IsoFile};
+
+/// File name of a NoCloud seed inside the job directory.
+pub const NOCLOUD_FILE: &str = "seed.iso";
+/// File name of a metadata-agent cpio seed inside the job directory.
+pub const CPIO_FILE: &str = "seed.cpio";
+
+/// Why a seed could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("Could not build the seed ISO")]
+    Iso(#[from] IsoError),
+    #[error("Could not write the seed file {path}: check the jobs directory")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What goes into a seed.
+#[derive(Debug, Clone, Copy)]
+pub struct SeedData<'a> {
+    /// Unique per VM (cloud-init runs once per instance id).
+    pub instance_id: &'a str,
+    pub hostname: &'a str,
+    /// Login user for the job's SSH session.
+    pub user: &'a str,
+    /// One OpenSSH public key line.
+    pub authorized_key: &'a str,
+    /// Guest SSH host key: (private key in OpenSSH format, public key line).
+    pub host_key: Option<(&'a Secret, &'a str)>,
+}
+
+/// NoCloud `meta-data`.
+pub fn render_meta_data(instance_id: &str, hostname: &str) -> String {
+    format!(
+        "instance-id: {}\nlocal-hostname: {}\n",
+        yaml_scalar(instance_id),
+        yaml_scalar(hostname)
+    )
+}
+
+/// NoCloud `user-data` (`#cloud-config`): one user with the key and
+/// passwordless sudo (omitted for root), and optionally a pinned ed25519 host key.
+pub fn render_user_data(
+    user: &str,
+    authorized_key: &str,
+    host_key: Option<(&Secret, &str)>,
+) -> String {
+    let mut s = String::from("#cloud-config\nusers:\n");
+    s.push_str(&format!("  - name: {}\n", yaml_scalar(user)));
+    s.push_str("    lock_passwd: true\n");
+    if user != "root" {
+        s.push_str("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n");
+    }
+    s.push_str("    ssh_authorized_keys:\n");
+    s.push_str(&format!("      - {}\n", yaml_scalar(authorized_key.trim())));
+    s.push_str("disable_root: false\nssh_pwauth: false\n");
+    if let Some((private, public)) = host_key {
+        s.push_str("ssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n");
+        s.push_str("  ed25519_private: |\n");
+        for line in private.expose().trim_end().lines() {
+            s.push_str("    ");
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "  ed25519_public: {}\n",
+            yaml_scalar(public.trim())
+        ));
+    }
+    s
+}
+
+/// A YAML scalar: plain when that is unambiguous, double-quoted otherwise.
+pub fn yaml_scalar(v: &str) -> String {
+    let reserved = [
+        "true", "false", "yes", "no", "on", "off", "null", "~", "y", "n",
+    ];
+    let plain_char = |c: char| c.is_ascii_alphanumeric() || " -_.@/+=:,".contains(c);
+    let plain = !v.is_empty()
+        && v.chars().all(plain_char)
+        && v.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '_')
+        && !v.ends_with([' ', ':'])
+        && !v.contains(": ")
+        && !reserved.contains(&v.to_ascii_lowercase().as_str())
+        && v.parse::<f64>().is_err();
+    if plain {
+        return v.to_string();
+    }
+    let mut q = String::with_capacity(v.len() + 2);
+    q.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c if c.is_control() => q.push_str(&format!("\\u{:04x}", c as u32)),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+/// The NoCloud ISO image (label `cidata`, Rock Ridge + Joliet).
+pub fn nocloud_iso(d: &SeedData<'_>, unix_time: i64) -> Result<Vec<u8>, IsoError> {
+    let meta = render_meta_data(d.instance_id, d.hostname);
+    let user = render_user_data(d.user, d.authorized_key, d.host_key);
+    iso9660::build(
+        "cidata",
+        &[
+            IsoFile {
+                name: "meta-data",
+                contents: meta.as_bytes(),
+            },
+            IsoFile {
+                name: "user-data",
+                contents: user.as_bytes(),
+            },
+        ],
+        unix_time,
+    )
+}
+
+/// The metadata-agent cpio archive: `authorized_keys` and `nodename`.
+pub fn metadata_cpio(d: &SeedData<'_>, unix_time: u64) -> Vec<u8> {
+    let keys = format!("{}\n", d.authorized_key.trim());
+    let node = format!("{}\n", d.hostname);
+    cpio::build(
+        &[
+            CpioFile {
+                name: "authorized_keys",
+                contents: keys.as_bytes(),
+            },
+            CpioFile {
+                name: "nodename",
+                contents: node.as_bytes(),
+            },
+        ],
+        unix_time,
+    )
+}
+
+/// Writes the seed of `kind` into `dir` (mode 0600, since it may hold the
+/// guest's private host key) and returns its path.
+pub fn write_seed(kind: SeedKind, dir: &Path, data: &SeedData<'_>) -> Result<PathBuf, SeedError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (name, bytes) = match kind {
+        SeedKind::NoCloud => (NOCLOUD_FILE, nocloud_iso(data, now as i64)?),
+        SeedKind::MetadataCpio => (CPIO_FILE, metadata_cpio(data, now)),
+    };
+    let path = dir.join(name);
+    write_private(&path, &bytes).map_err(|source| SeedError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE test@solstice";
+
+    #[test]
+    fn user_data_for_a_sudo_user_without_host_key() {
+        let got = render_user_data("debian", KEY, None);
+        assert_eq!(
+            got,
+            format!(
+                "#cloud-config\nusers:\n  - name: debian\n    lock_passwd: true\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    ssh_authorized_keys:\n      - {KEY}\ndisable_root: false\nssh_pwauth: false\n"
+            )
+        );
+    }
+
+    #[test]
+    fn user_data_for_root_with_host_key() {
+        let private = Secret::new(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+        );
+        let got = render_user_data("root", KEY, Some((&private, "ssh-ed25519 AAAAhost")));
+        assert_eq!(
+            got,
+            format!(
+                "#cloud-config\nusers:\n  - name: root\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {KEY}\ndisable_root: false\nssh_pwauth: false\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n    b3BlbnNzaC1rZXk\n    AAAA\n    -----END OPENSSH PRIVATE KEY-----\n  ed25519_public: ssh-ed25519 AAAAhost\n"
+            )
+        );
+    }
+
+    #[test]
+    fn meta_data_quotes_what_needs_it() {
+        assert_eq!(
+            render_meta_data("job-1", "runner"),
+            "instance-id: job-1\nlocal-hostname: runner\n"
+        );
+        assert_eq!(yaml_scalar("yes"), "\"yes\"");
+        assert_eq!(yaml_scalar("123"), "\"123\"");
+        assert_eq!(yaml_scalar("a: b"), "\"a: b\"");
+        assert_eq!(yaml_scalar("x #y"), "\"x #y\"");
+        assert_eq!(yaml_scalar("q\"\n"), "\"q\\\"\\n\"");
+        assert_eq!(yaml_scalar(""), "\"\"");
+        assert_eq!(yaml_scalar(KEY), KEY);
+    }
+
+    fn data() -> SeedData<'static> {
+        SeedData {
+            instance_id: "i-42",
+            hostname: "job-42",
+            user: "root",
+            authorized_key: KEY,
+            host_key: None,
+        }
+    }
+
+    fn isoinfo(args: &[&str], iso: &Path) -> String {
+        let out = Command::new("isoinfo")
+            .args(args)
+            .arg("-i")
+            .arg(iso)
+            .output()
+            .expect("isoinfo must be installed (apt-get install genisoimage)");
+        assert!(
+            out.status.success(),
+            "isoinfo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn isoinfo_reads_names_and_contents_through_rock_ridge_and_joliet() {
+        let dir = tempfile::tempdir().unwrap();
+        let iso = write_seed(SeedKind::NoCloud, dir.path(), &data()).unwrap();
+        assert_eq!(iso, dir.path().join("seed.iso"));
+        let d = isoinfo(&["-d"], &iso);
+        assert!(d.contains("Volume id: cidata"), "{d}");
+        assert!(d.contains("Rock Ridge signatures version 1 found"), "{d}");
+        assert!(d.contains("Joliet with UCS level 3 found"), "{d}");
+        let r = isoinfo(&["-R", "-l"], &iso);
+        assert!(r.contains(" meta-data") && r.contains(" user-data"), "{r}");
+        assert!(r.contains("-r--r--r--"), "{r}");
+        let j = isoinfo(&["-J", "-l"], &iso);
+        assert!(j.contains(" meta-data") && j.contains(" user-data"), "{j}");
+        let p = isoinfo(&["-l"], &iso);
+        assert!(
+            p.contains("META_DAT.;1") && p.contains("USER_DAT.;1"),
+            "{p}"
+        );
+        assert_eq!(
+            isoinfo(&["-R", "-x", "/meta-data"], &iso),
+            render_meta_data("i-42", "job-42")
+        );
+        assert_eq!(
+            isoinfo(&["-J", "-x", "/user-data;1"], &iso),
+            render_user_data("root", KEY, None)
+        );
+    }
+
+    #[test]
+    fn cpio_seed_is_written_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_seed(SeedKind::MetadataCpio, dir.path(), &data()).unwrap();
+        assert_eq!(p, dir.path().join("seed.cpio"));
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[..6], b"070707");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

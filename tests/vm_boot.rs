@@ -1,0 +1,286 @@
+//! Boots real QEMU guests through `solstice::vm` and checks that nothing leaks.
+//!
+//! The tiny busybox/dropbear guest comes from `SOLSTICE_TEST_IMAGE_TINY` or,
+//! when that is unset, from `images/build.sh tiny` (which caches it). Without
+//! an image these tests fail: they never skip.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use solstice::config::{
+    AccelChoice, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig, SeedKind,
+};
+use solstice::vm::{Accel, Vm, VmError, VmSpec, accel, leaks};
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDx7v8Wz0vQk2P6qSxF4y7b3HcXkqg1d0v8Yx3m4zLQZ test@solstice";
+
+fn tiny_image() -> PathBuf {
+    if let Ok(p) = std::env::var("SOLSTICE_TEST_IMAGE_TINY") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "SOLSTICE_TEST_IMAGE_TINY={} is not a file",
+            p.display()
+        );
+        return p;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("images/build.sh"))
+        .arg("tiny")
+        .current_dir(root)
+        .output()
+        .expect("images/build.sh tiny must run (or set SOLSTICE_TEST_IMAGE_TINY)");
+    assert!(
+        out.status.success(),
+        "images/build.sh tiny failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(p.is_file(), "images/build.sh printed {}", p.display());
+    p
+}
+
+fn qemu() -> QemuConfig {
+    QemuConfig {
+        system_binary: "qemu-system-x86_64".into(),
+        img_binary: "qemu-img".into(),
+        accel: AccelChoice::Tcg,
+        uefi_code: None,
+        uefi_vars: None,
+    }
+}
+
+fn image(path: PathBuf, seed: SeedKind) -> ImageConfig {
+    ImageConfig {
+        name: "tiny".into(),
+        path,
+        format: ImageFormat::Qcow2,
+        os: GuestOs::Linux,
+        firmware: Firmware::Bios,
+        vcpus: 1,
+        memory_mib: 128,
+        disk_size_gib: None,
+        ssh_user: "root".into(),
+        seed,
+        boot_timeout: Duration::from_secs(60),
+        readiness_probes: 1,
+        readiness_probe_interval: Duration::from_secs(1),
+        labels: vec![],
+    }
+}
+
+fn spec<'a>(
+    job: &'a str,
+    image: &'a ImageConfig,
+    qemu: &'a QemuConfig,
+    jobs: &'a Path,
+) -> VmSpec<'a> {
+    VmSpec {
+        job_id: job,
+        image,
+        qemu,
+        accel: Accel::Tcg,
+        jobs_dir: jobs,
+        authorized_key: KEY,
+        host_key: None,
+        hostname: "tiny-test",
+    }
+}
+
+/// Waits for an `SSH-` banner: the forwarded port accepts before the guest
+/// listens, so read with a short timeout and retry.
+fn wait_for_banner(vm: &Vm, deadline: Duration) -> Result<(String, Duration), String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        match TcpStream::connect_timeout(&vm.ssh_addr(), Duration::from_millis(500)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(n) if n >= 4 && &buf[..4] == b"SSH-" => {
+                        let banner = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        return Ok((banner, start.elapsed()));
+                    }
+                    Ok(n) => last = format!("read {n} bytes"),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "no SSH banner within {deadline:?} ({last})\nconsole:\n{}",
+        vm.console_tail(40)
+    ))
+}
+
+fn file_state(p: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    (
+        std::fs::read(p).unwrap(),
+        std::fs::metadata(p).unwrap().modified().unwrap(),
+    )
+}
+
+fn assert_no_leaks(jobs: &Path) {
+    let l = leaks::check(jobs);
+    assert!(l.is_empty(), "leaks: {l:#?}");
+}
+
+fn listening_on(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+#[tokio::test]
+async fn nocloud_guest_boots_to_an_ssh_banner_and_destroy_leaves_nothing() {
+    let base = tiny_image();
+    let before = file_state(&base);
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let img = image(base.clone(), SeedKind::NoCloud);
+
+    let t0 = Instant::now();
+    let vm = Vm::start(spec("nocloud-1", &img, &q, jobs.path()))
+        .await
+        .unwrap();
+    let provision = t0.elapsed();
+    assert_eq!(vm.ssh_addr().ip().to_string(), "127.0.0.1");
+    assert_eq!(vm.accel(), Accel::Tcg);
+    assert!(vm.dir().join("seed.iso").is_file());
+    assert!(vm.dir().join("overlay.qcow2").is_file());
+    let (banner, to_ssh) = wait_for_banner(&vm, Duration::from_secs(60)).unwrap();
+    let console = vm.console_tail(200);
+    assert!(console.contains("NoCloud seed on /dev/sr0"), "{console}");
+    assert!(
+        console.contains("seed applied: 1 authorized key(s)"),
+        "{console}"
+    );
+    let port = vm.ssh_addr().port();
+
+    let t1 = Instant::now();
+    vm.destroy().await.unwrap();
+    let destroy = t1.elapsed();
+    let banner = banner.lines().next().unwrap_or_default().to_string();
+    eprintln!(
+        "timing: provision {provision:?}, destroy {destroy:?}, banner after {to_ssh:?} ({banner})"
+    );
+    assert!(destroy < Duration::from_secs(2), "destroy took {destroy:?}");
+    assert_no_leaks(jobs.path());
+    assert!(!listening_on(port), "port {port} still listens");
+    assert!(file_state(&base) == before, "the base image was modified");
+}
+
+#[tokio::test]
+async fn cpio_seed_guest_boots_and_applies_the_seed() {
+    let base = tiny_image();
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let img = image(base, SeedKind::MetadataCpio);
+    let vm = Vm::start(spec("cpio-1", &img, &q, jobs.path()))
+        .await
+        .unwrap();
+    assert!(vm.dir().join("seed.cpio").is_file());
+    let result = wait_for_banner(&vm, Duration::from_secs(90));
+    let console = vm.console_tail(200);
+    vm.destroy().await.unwrap();
+    assert_no_leaks(jobs.path());
+    result.unwrap();
+    assert!(
+        console.contains("metadata cpio seed on /dev/vdb"),
+        "{console}"
+    );
+    assert!(
+        console.contains("seed applied: 1 authorized key(s)"),
+        "{console}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_running_vm_leaves_nothing() {
+    let base = tiny_image();
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let img = image(base, SeedKind::NoCloud);
+    let vm = Vm::start(spec("drop-1", &img, &q, jobs.path()))
+        .await
+        .unwrap();
+    let pid = vm.pid();
+    let port = vm.ssh_addr().port();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        !leaks::check(jobs.path()).is_empty(),
+        "leak check must see a running VM"
+    );
+    drop(vm);
+    assert_no_leaks(jobs.path());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} survived the drop"
+    );
+    assert!(!listening_on(port));
+}
+
+#[tokio::test]
+async fn a_missing_base_image_fails_cleanly() {
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let img = image(jobs.path().join("no-such-image.qcow2"), SeedKind::NoCloud);
+    let err = Vm::start(spec("missing-1", &img, &q, jobs.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::Disk(_)), "{err:?}");
+    assert_no_leaks(jobs.path());
+}
+
+#[tokio::test]
+async fn qemu_exiting_during_start_reports_its_stderr_and_leaves_nothing() {
+    let base = tiny_image();
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let mut img = image(base, SeedKind::NoCloud);
+    img.vcpus = 100_000; // QEMU refuses this at start-up
+    let err = Vm::start(spec("early-exit-1", &img, &q, jobs.path()))
+        .await
+        .unwrap_err();
+    match &err {
+        VmError::QemuExited { stderr, .. } => assert!(stderr.contains("qemu"), "{stderr}"),
+        other => panic!("expected QemuExited, got {other:?}"),
+    }
+    assert!(err.to_string().contains("QEMU said:"));
+    assert_no_leaks(jobs.path());
+}
+
+#[tokio::test]
+async fn a_job_directory_that_exists_is_not_touched() {
+    let jobs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(jobs.path().join("taken")).unwrap();
+    std::fs::write(jobs.path().join("taken/keep"), b"x").unwrap();
+    let q = qemu();
+    let img = image("/nonexistent".into(), SeedKind::NoCloud);
+    let err = Vm::start(spec("taken", &img, &q, jobs.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::JobDirExists(_)), "{err:?}");
+    assert!(jobs.path().join("taken/keep").is_file());
+}
+
+/// On this project's machines `/dev/kvm` exists but KVM guests crawl (SeaBIOS
+/// needs about 4 s to finish POST), so `auto` must settle on TCG, quickly.
+#[test]
+fn auto_accel_decides_quickly_and_picks_tcg_where_kvm_is_broken() {
+    let mut q = qemu();
+    q.accel = AccelChoice::Auto;
+    let t = Instant::now();
+    let probe = accel::probe(&q.system_binary);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(15), "probe took {took:?}");
+    eprintln!("probe: {probe:?} in {took:?}");
+    assert_eq!(probe.accel, Accel::Tcg, "{}", probe.reason);
+    assert_eq!(accel::resolve(&q).unwrap(), Accel::Tcg);
+    q.accel = AccelChoice::Tcg;
+    assert_eq!(accel::resolve(&q).unwrap(), Accel::Tcg);
+}
