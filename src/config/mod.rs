@@ -276,3 +276,6 @@ pub fn known_keys() -> Vec<String> {
     }
     keys
 }
+
+#[cfg(test)]
+mod tests;

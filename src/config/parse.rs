@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::error::ErrorKind;
+use super::error::{ErrorKind, Position};
 use super::raw::{RawConfig, RawDaemon, RawImage, RawQemu, names_of};
 use super::validate::Ctx;
 
@@ -32,7 +32,13 @@ pub(crate) fn parse_raw(ctx: &mut Ctx<'_>) -> Option<RawConfig> {
     let text = ctx.text;
     let (mut root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
+        // Recovery can report one mistake several times: keep one per line.
+        let mut lines = std::collections::BTreeSet::new();
         for e in syntax {
+            let line = e.span().map(|s| Position::of_offset(text, s.start).line);
+            if !lines.insert(line) {
+                continue;
+            }
             let message = first_line(e.message());
             ctx.push(
                 e.span(),
