@@ -81,6 +81,7 @@ pub(crate) fn parse_raw(ctx: &mut Ctx<'_>) -> Option<RawConfig> {
         };
         let found = value_at(root.get_ref(), &path).map_or("value", |v| match v.get_ref() {
             // The error may be about one element of an array.
+            DeValue::Array(_) if v.span() == span => "array",
             DeValue::Array(items) => items
                 .iter()
                 .find(|i| i.span().start <= span.start && span.end <= i.span().end)
@@ -273,10 +274,16 @@ fn humanize(
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
         let expected = rest.split_once(", expected ").map_or("", |(_, e)| e);
-        let want = describe_expected(expected);
+        let (want, example) = describe_expected(expected);
+        if want == "an integer" && found == "integer" {
+            return (
+                format!("{snippet} is too large"),
+                Some("use a much smaller number".to_owned()),
+            );
+        }
         return (
             format!("expected {want}, found {shown}"),
-            Some(format!("write {want}")),
+            Some(format!("write {want}{example}")),
         );
     }
     if message.starts_with("invalid value: integer") {
@@ -298,14 +305,16 @@ fn enum_values(key: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// serde's name of an expected type, in words a config author knows.
-fn describe_expected(expected: &str) -> String {
-    match expected {
-        "i64" | "u32" | "u64" | "i32" => "an integer".to_owned(),
-        "a string" | "path string" => "a string".to_owned(),
-        "a sequence" => "an array of strings, e.g. [\"a\", \"b\"]".to_owned(),
-        e if e.starts_with("struct ") || e == "a map" => "a table".to_owned(),
-        e if e.starts_with("enum ") || e.starts_with("string or") => "a string".to_owned(),
-        e => e.to_owned(),
-    }
+/// serde's name of an expected type, in words a config author knows, and
+/// an example to append to the fix.
+fn describe_expected(expected: &str) -> (String, &'static str) {
+    let name = match expected {
+        "i64" | "u32" | "u64" | "i32" => "an integer",
+        "a string" | "path string" => "a string",
+        "a sequence" => return ("an array of strings".to_owned(), ", e.g. [\"a\", \"b\"]"),
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        e if e.starts_with("enum ") || e.starts_with("string or") => "a string",
+        e => e,
+    };
+    (name.to_owned(), "")
 }

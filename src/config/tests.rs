@@ -608,3 +608,42 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
     assert_eq!(keys.len(), 2 + 5 + 13);
 }
+
+#[test]
+fn errors_inside_inline_and_dotted_tables_are_located() {
+    let e = errs("images = { tiny = { path = \"/x\", vcpus = \"a\", vcpu = 1 } }\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(
+        (at(&e[0]), e[0].key.as_deref()),
+        ((1, 42), Some("images.tiny.vcpus"))
+    );
+    assert_eq!(
+        (at(&e[1]), e[1].key.as_deref()),
+        ((1, 47), Some("images.tiny.vcpu"))
+    );
+    let e = errs("images.tiny.path = \"/x\"\nimages.tiny.os = 4\nimages.tiny.oss = 4\n");
+    assert_eq!(
+        (at(&e[0]), e[0].key.as_deref()),
+        ((2, 18), Some("images.tiny.os"))
+    );
+    assert_eq!(e[1].fix.as_deref(), Some("did you mean \"os\"?"));
+}
+
+#[test]
+fn array_of_tables_and_huge_numbers_get_plain_messages() {
+    let e = one("[[images]]\npath = \"/x\"\n");
+    assert_eq!(e.key.as_deref(), Some("images"));
+    assert!(e.message.starts_with("expected a table, found"), "{e}");
+    assert!(e.message.ends_with("(an array)"), "{e}");
+    let e = one("[images.tiny]\npath = \"/x\"\nlabels = \"a\"\n");
+    assert_eq!(
+        e.message,
+        "expected an array of strings, found \"a\" (a string)"
+    );
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("write an array of strings, e.g. [\"a\", \"b\"]")
+    );
+    let e = one("[images.tiny]\npath = \"/x\"\nvcpus = 99999999999999999999\n");
+    assert_eq!(e.message, "99999999999999999999 is too large");
+}
