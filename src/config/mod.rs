@@ -2,8 +2,18 @@
 //! runtime types below, which have no meaningful `Option`s.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
+
+use serde::Deserialize;
+
+mod error;
+mod parse;
+pub mod raw;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors, ErrorKind, Position};
 
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
@@ -22,7 +32,8 @@ pub struct DaemonConfig {
     pub max_concurrent_jobs: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM where it works (probed with a deadline), TCG otherwise.
     Auto,
@@ -43,7 +54,8 @@ pub struct QemuConfig {
     pub uefi_vars: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GuestOs {
     Linux,
     Illumos,
@@ -59,21 +71,25 @@ impl GuestOs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Firmware {
     Bios,
     Uefi,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum SeedKind {
     /// cloud-init NoCloud ISO (label `cidata`) on an IDE CD-ROM.
+    #[serde(rename = "nocloud")]
     NoCloud,
     /// Raw cpio at LBA 0 for the illumos metadata-agent, as a raw disk.
+    #[serde(rename = "metadata-cpio")]
     MetadataCpio,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Qcow2,
     Raw,
@@ -110,3 +126,156 @@ pub struct ImageConfig {
     /// Labels matched against a job's `runs-on`.
     pub labels: Vec<String>,
 }
+
+/// How [`parse_str_with`] and [`load_with`] check a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Check that image files and UEFI firmware files exist. On by default;
+    /// off only to check a config written for another machine (or the
+    /// example config).
+    pub check_paths: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions { check_paths: true }
+    }
+}
+
+/// Where the daemon looks for its config when none is given.
+pub fn default_config_path() -> PathBuf {
+    PathBuf::from("/etc/solstice/solstice.toml")
+}
+
+/// Read, parse and validate the config file at `path`, reporting every problem.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, &ParseOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(path: &Path, opts: &ParseOptions) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let (message, fix) = match e.kind() {
+            std::io::ErrorKind::NotFound => (
+                "the config file does not exist".to_owned(),
+                format!(
+                    "create it (see examples/solstice.toml) or pass another file; the default is {}",
+                    default_config_path().display()
+                ),
+            ),
+            std::io::ErrorKind::InvalidData => (
+                "the config file is not UTF-8 text".to_owned(),
+                "save it as UTF-8".to_owned(),
+            ),
+            _ => (
+                format!("cannot read the config file: {e}"),
+                "check that it is a file and that this user may read it".to_owned(),
+            ),
+        };
+        ConfigErrors {
+            errors: vec![ConfigError {
+                file: path.to_path_buf(),
+                position: None,
+                key: None,
+                kind: ErrorKind::Io,
+                message,
+                fix: Some(fix),
+            }],
+        }
+    })?;
+    parse_str_with(&text, path, opts)
+}
+
+/// Parse and validate config text. `origin` names the file in messages, and
+/// relative paths in the text resolve against its directory.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+    parse_str_with(text, origin, &ParseOptions::default())
+}
+
+/// [`parse_str`] with options.
+pub fn parse_str_with(
+    text: &str,
+    origin: &Path,
+    opts: &ParseOptions,
+) -> Result<Config, ConfigErrors> {
+    let dir = origin.parent().unwrap_or(Path::new(""));
+    let base_dir = std::path::absolute(dir)
+        .or_else(|_| std::path::absolute("."))
+        .unwrap_or_else(|_| PathBuf::from("/"));
+    let mut ctx = validate::Ctx {
+        file: origin,
+        text,
+        base_dir,
+        errors: Vec::new(),
+    };
+    let config = parse::parse_raw(&mut ctx).and_then(|raw| validate::validate(raw, opts, &mut ctx));
+    match config {
+        Some(config) if ctx.errors.is_empty() => Ok(config),
+        _ => {
+            // File order; problems without a place (like "no images") last.
+            ctx.errors.sort_by_key(|e| {
+                e.position
+                    .map_or((usize::MAX, usize::MAX), |p| (p.line, p.column))
+            });
+            Err(ConfigErrors { errors: ctx.errors })
+        }
+    }
+}
+
+impl Config {
+    /// One line for `check-config`: `FILE: OK (2 images: debian, tiny)`.
+    pub fn summary(&self, file: &Path) -> String {
+        let names: Vec<&str> = self.images.keys().map(String::as_str).collect();
+        let noun = if names.len() == 1 { "image" } else { "images" };
+        format!(
+            "{}: OK ({} {noun}: {})",
+            file.display(),
+            names.len(),
+            names.join(", ")
+        )
+    }
+}
+
+/// Check a config file: the summary line if it is valid, every problem if not.
+pub fn check_config(path: &Path) -> Result<String, ConfigErrors> {
+    load(path).map(|c| c.summary(path))
+}
+
+/// `solstice check-config FILE`: print the summary to stdout, or every problem
+/// (one per line) and a count to stderr. Exit code 0 if valid, 1 if not.
+pub fn check_config_main(path: &Path) -> ExitCode {
+    match check_config(path) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.len();
+            eprintln!(
+                "{}: {n} problem{} found",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every key the file accepts, as dotted paths (`daemon.state_dir`,
+/// `images.<name>.memory_mib`), read from the raw structs. Used by tests to
+/// keep the reference doc and the example in step with the code.
+pub fn known_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for (section, prefix) in [
+        (raw::names_of::<raw::RawDaemon>(), "daemon."),
+        (raw::names_of::<raw::RawQemu>(), "qemu."),
+        (raw::names_of::<raw::RawImage>(), "images.<name>."),
+    ] {
+        keys.extend(section.iter().map(|k| format!("{prefix}{k}")));
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! The file as written: serde structs that mirror the TOML one to one.
+//!
+//! These structs are the reference manual. Every field has a doc comment, units
+//! are in the names, and every default and limit is a named constant next to
+//! its field. `docs/reference/config.md` and `examples/solstice.toml` are kept
+//! in step with them by tests.
+//!
+//! Optional keys are `Option<Spanned<_>>` so that validation can point at the
+//! line and column of a bad value; the defaults are applied in `validate`.
+//! Numbers are read as `i64` so that a negative or huge value gets a range
+//! message rather than a serde type error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{AccelChoice, Firmware, GuestOs, ImageFormat, SeedKind};
+
+/// An inclusive range of allowed values for a number, with its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Smallest allowed value.
+    pub min: i64,
+    /// Largest allowed value.
+    pub max: i64,
+    /// Unit shown in messages, e.g. `MiB`.
+    pub unit: &'static str,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[daemon]`: the runner process itself.
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    /// `[qemu]`: how QEMU is found and started.
+    #[serde(default)]
+    pub qemu: RawQemu,
+    /// `[images.<name>]`: the base images jobs can run on, by name.
+    #[serde(default)]
+    pub images: BTreeMap<Spanned<String>, Spanned<RawImage>>,
+}
+
+/// Default of `daemon.state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/solstice";
+/// Default of `daemon.max_concurrent_jobs`.
+pub const DEFAULT_MAX_CONCURRENT_JOBS: i64 = 2;
+/// Allowed range of `daemon.max_concurrent_jobs`.
+pub const MAX_CONCURRENT_JOBS: Limit = Limit {
+    min: 1,
+    max: 1024,
+    unit: "jobs",
+};
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Directory for per-job directories (`jobs/<id>/`) and the state
+    /// database. Relative paths resolve against the config file's directory.
+    /// Default: [`DEFAULT_STATE_DIR`].
+    pub state_dir: Option<Spanned<PathBuf>>,
+    /// Host-wide maximum number of job VMs at once. Each TCG guest wants
+    /// about one host core. Default: [`DEFAULT_MAX_CONCURRENT_JOBS`]; range:
+    /// [`MAX_CONCURRENT_JOBS`].
+    pub max_concurrent_jobs: Option<Spanned<i64>>,
+}
+
+/// Default of `qemu.system_binary`.
+pub const DEFAULT_SYSTEM_BINARY: &str = "qemu-system-x86_64";
+/// Default of `qemu.img_binary`.
+pub const DEFAULT_IMG_BINARY: &str = "qemu-img";
+/// Default of `qemu.accel`.
+pub const DEFAULT_ACCEL: AccelChoice = AccelChoice::Auto;
+
+/// `[qemu]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQemu {
+    /// The `qemu-system-x86_64` binary: a bare name is looked up in `PATH`,
+    /// a path with a `/` is used as is (relative to the config file's
+    /// directory). Default: [`DEFAULT_SYSTEM_BINARY`].
+    pub system_binary: Option<Spanned<PathBuf>>,
+    /// The `qemu-img` binary, found like `system_binary`.
+    /// Default: [`DEFAULT_IMG_BINARY`].
+    pub img_binary: Option<Spanned<PathBuf>>,
+    /// Accelerator: `"auto"` (KVM if a probe with a deadline boots, TCG
+    /// otherwise), `"kvm"` or `"tcg"`. Default: [`DEFAULT_ACCEL`].
+    pub accel: Option<Spanned<AccelChoice>>,
+    /// UEFI firmware code image (read-only), e.g.
+    /// `/usr/share/OVMF/OVMF_CODE.fd`. Required when any image has
+    /// `firmware = "uefi"`. No default.
+    pub uefi_code: Option<Spanned<PathBuf>>,
+    /// UEFI variable store template, copied per job, e.g.
+    /// `/usr/share/OVMF/OVMF_VARS.fd`. Optional; no default.
+    pub uefi_vars: Option<Spanned<PathBuf>>,
+}
+
+/// Default of `images.<name>.format`.
+pub const DEFAULT_FORMAT: ImageFormat = ImageFormat::Qcow2;
+/// Default of `images.<name>.os`.
+pub const DEFAULT_OS: GuestOs = GuestOs::Linux;
+/// Default of `images.<name>.firmware`.
+pub const DEFAULT_FIRMWARE: Firmware = Firmware::Bios;
+/// Default of `images.<name>.vcpus`.
+pub const DEFAULT_VCPUS: i64 = 2;
+/// Allowed range of `images.<name>.vcpus`.
+pub const VCPUS: Limit = Limit {
+    min: 1,
+    max: 64,
+    unit: "vCPUs",
+};
+/// Default of `images.<name>.memory_mib`.
+pub const DEFAULT_MEMORY_MIB: i64 = 1024;
+/// Allowed range of `images.<name>.memory_mib` (64 MiB to 1 TiB).
+pub const MEMORY_MIB: Limit = Limit {
+    min: 64,
+    max: 1024 * 1024,
+    unit: "MiB",
+};
+/// Allowed range of `images.<name>.disk_size_gib` (up to 16 TiB).
+pub const DISK_SIZE_GIB: Limit = Limit {
+    min: 1,
+    max: 16384,
+    unit: "GiB",
+};
+/// Default of `images.<name>.ssh_user`.
+pub const DEFAULT_SSH_USER: &str = "root";
+/// Default of `images.<name>.seed`.
+pub const DEFAULT_SEED: SeedKind = SeedKind::NoCloud;
+/// Default of `images.<name>.boot_timeout_secs`.
+pub const DEFAULT_BOOT_TIMEOUT_SECS: i64 = 300;
+/// Allowed range of `images.<name>.boot_timeout_secs` (up to one day).
+pub const BOOT_TIMEOUT_SECS: Limit = Limit {
+    min: 1,
+    max: 86400,
+    unit: "seconds",
+};
+/// Default of `images.<name>.readiness_probes`.
+pub const DEFAULT_READINESS_PROBES: i64 = 1;
+/// Allowed range of `images.<name>.readiness_probes`.
+pub const READINESS_PROBES: Limit = Limit {
+    min: 1,
+    max: 20,
+    unit: "probes",
+};
+/// Default of `images.<name>.readiness_probe_interval_secs`.
+pub const DEFAULT_READINESS_PROBE_INTERVAL_SECS: i64 = 3;
+/// Allowed range of `images.<name>.readiness_probe_interval_secs`.
+pub const READINESS_PROBE_INTERVAL_SECS: Limit = Limit {
+    min: 1,
+    max: 600,
+    unit: "seconds",
+};
+
+/// `[images.<name>]`: one base image. The name matches `[a-z0-9][a-z0-9._-]*`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImage {
+    /// The read-only base image file. Relative paths resolve against the
+    /// config file's directory. Required.
+    pub path: Option<Spanned<PathBuf>>,
+    /// Disk format of `path`: `"qcow2"` or `"raw"`. Default: [`DEFAULT_FORMAT`].
+    pub format: Option<Spanned<ImageFormat>>,
+    /// Guest operating system: `"linux"` or `"illumos"`. Sets `RUNNER_OS`
+    /// and the shell conventions. Default: [`DEFAULT_OS`].
+    pub os: Option<Spanned<GuestOs>>,
+    /// Boot firmware: `"bios"` or `"uefi"` (needs `qemu.uefi_code`).
+    /// Default: [`DEFAULT_FIRMWARE`].
+    pub firmware: Option<Spanned<Firmware>>,
+    /// Virtual CPUs. Default: [`DEFAULT_VCPUS`]; range: [`VCPUS`].
+    pub vcpus: Option<Spanned<i64>>,
+    /// Guest memory in MiB. illumos guests want at least 2048.
+    /// Default: [`DEFAULT_MEMORY_MIB`]; range: [`MEMORY_MIB`].
+    pub memory_mib: Option<Spanned<i64>>,
+    /// Virtual size of the per-job overlay disk in GiB; it must not be
+    /// smaller than the base image. Default: the base image's size; range:
+    /// [`DISK_SIZE_GIB`].
+    pub disk_size_gib: Option<Spanned<i64>>,
+    /// User the job's steps run as over SSH. Default: [`DEFAULT_SSH_USER`].
+    pub ssh_user: Option<Spanned<String>>,
+    /// How the guest gets its SSH key: `"nocloud"` (cloud-init NoCloud ISO)
+    /// or `"metadata-cpio"` (illumos metadata-agent). Default: [`DEFAULT_SEED`].
+    pub seed: Option<Spanned<SeedKind>>,
+    /// Seconds from QEMU start until SSH must be ready. Under TCG illumos
+    /// takes minutes. Default: [`DEFAULT_BOOT_TIMEOUT_SECS`]; range:
+    /// [`BOOT_TIMEOUT_SECS`].
+    pub boot_timeout_secs: Option<Spanned<i64>>,
+    /// Consecutive successful SSH probes before the guest counts as ready.
+    /// OmniOS needs 2 (cloud-init restarts sshd after it first answers).
+    /// Default: [`DEFAULT_READINESS_PROBES`]; range: [`READINESS_PROBES`].
+    pub readiness_probes: Option<Spanned<i64>>,
+    /// Seconds between readiness probes after the first success.
+    /// Default: [`DEFAULT_READINESS_PROBE_INTERVAL_SECS`]; range:
+    /// [`READINESS_PROBE_INTERVAL_SECS`].
+    pub readiness_probe_interval_secs: Option<Spanned<i64>>,
+    /// Labels matched against a job's `runs-on`. Default: the image's name.
+    /// Labels may repeat across images; empty labels are an error.
+    pub labels: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// Field names of a serde struct, or variant names of a serde enum, read from
+/// its `Deserialize` impl, so that the list cannot drift from the struct.
+pub fn names_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    match T::deserialize(capture::Capture) {
+        Err(capture::Captured(names)) => names,
+        Ok(_) => &[],
+    }
+}
+
+mod capture {
+    //! A deserializer that only records what `deserialize_struct` or
+    //! `deserialize_enum` were asked for.
+
+    use serde::de::Visitor;
+
+    pub struct Capture;
+
+    #[derive(Debug)]
+    pub struct Captured(pub &'static [&'static str]);
+
+    impl std::fmt::Display for Captured {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("captured names")
+        }
+    }
+
+    impl std::error::Error for Captured {}
+
+    impl serde::de::Error for Captured {
+        fn custom<T: std::fmt::Display>(_msg: T) -> Self {
+            Captured(&[])
+        }
+    }
+
+    impl<'de> serde::Deserializer<'de> for Capture {
+        type Error = Captured;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _v: V) -> Result<V::Value, Captured> {
+            Err(Captured(&[]))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _v: V,
+        ) -> Result<V::Value, Captured> {
+            Err(Captured(fields))
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _v: V,
+        ) -> Result<V::Value, Captured> {
+            Err(Captured(variants))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map identifier ignored_any
+        }
+    }
+}

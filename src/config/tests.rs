@@ -1,0 +1,649 @@
+//! Unit tests: one per error class, checking place, key and fix.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const ORIGIN: &str = "/etc/solstice/solstice.toml";
+const NO_PATHS: ParseOptions = ParseOptions { check_paths: false };
+
+fn ok(text: &str) -> Config {
+    match parse_str_with(text, Path::new(ORIGIN), &NO_PATHS) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn errs(text: &str) -> Vec<ConfigError> {
+    match parse_str_with(text, Path::new(ORIGIN), &NO_PATHS) {
+        Ok(c) => panic!("expected errors, got {c:#?}"),
+        Err(e) => e.errors,
+    }
+}
+
+/// The single error of `text`.
+fn one(text: &str) -> ConfigError {
+    let e = errs(text);
+    assert_eq!(e.len(), 1, "expected one error, got: {e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+fn at(e: &ConfigError) -> (usize, usize) {
+    let p = e.position.expect("error has a position");
+    (p.line, p.column)
+}
+
+const TINY: &str = "[images.tiny]\npath = \"/x/tiny.qcow2\"\n";
+
+#[test]
+fn minimal_file_gets_every_default() {
+    let c = ok(TINY);
+    assert_eq!(c.daemon.state_dir, PathBuf::from("/var/lib/solstice"));
+    assert_eq!(c.daemon.max_concurrent_jobs, 2);
+    assert_eq!(c.qemu.system_binary, PathBuf::from("qemu-system-x86_64"));
+    assert_eq!(c.qemu.img_binary, PathBuf::from("qemu-img"));
+    assert_eq!(c.qemu.accel, AccelChoice::Auto);
+    assert_eq!(c.qemu.uefi_code, None);
+    assert_eq!(c.qemu.uefi_vars, None);
+    let i = &c.images["tiny"];
+    assert_eq!(i.name, "tiny");
+    assert_eq!(i.path, PathBuf::from("/x/tiny.qcow2"));
+    assert_eq!(i.format, ImageFormat::Qcow2);
+    assert_eq!(i.os, GuestOs::Linux);
+    assert_eq!(i.firmware, Firmware::Bios);
+    assert_eq!(i.vcpus, 2);
+    assert_eq!(i.memory_mib, 1024);
+    assert_eq!(i.disk_size_gib, None);
+    assert_eq!(i.ssh_user, "root");
+    assert_eq!(i.seed, SeedKind::NoCloud);
+    assert_eq!(i.boot_timeout, Duration::from_secs(300));
+    assert_eq!(i.readiness_probes, 1);
+    assert_eq!(i.readiness_probe_interval, Duration::from_secs(3));
+    assert_eq!(i.labels, vec!["tiny".to_owned()]);
+}
+
+#[test]
+fn every_key_is_read() {
+    let c = ok(r#"
+[daemon]
+state_dir = "/srv/solstice"
+max_concurrent_jobs = 8
+[qemu]
+system_binary = "/opt/qemu/bin/qemu-system-x86_64"
+img_binary = "/opt/qemu/bin/qemu-img"
+accel = "tcg"
+uefi_code = "/fw/code.fd"
+uefi_vars = "/fw/vars.fd"
+[images.omnios]
+path = "/img/omnios.raw"
+format = "raw"
+os = "illumos"
+firmware = "uefi"
+vcpus = 4
+memory_mib = 4096
+disk_size_gib = 40
+ssh_user = "admin"
+seed = "metadata-cpio"
+boot_timeout_secs = 900
+readiness_probes = 2
+readiness_probe_interval_secs = 5
+labels = ["omnios", "illumos"]
+"#);
+    assert_eq!(c.daemon.state_dir, PathBuf::from("/srv/solstice"));
+    assert_eq!(c.daemon.max_concurrent_jobs, 8);
+    assert_eq!(c.qemu.accel, AccelChoice::Tcg);
+    assert_eq!(c.qemu.uefi_code, Some(PathBuf::from("/fw/code.fd")));
+    assert_eq!(c.qemu.uefi_vars, Some(PathBuf::from("/fw/vars.fd")));
+    let i = &c.images["omnios"];
+    assert_eq!(i.format, ImageFormat::Raw);
+    assert_eq!(i.os, GuestOs::Illumos);
+    assert_eq!(i.firmware, Firmware::Uefi);
+    assert_eq!(
+        (i.vcpus, i.memory_mib, i.disk_size_gib),
+        (4, 4096, Some(40))
+    );
+    assert_eq!(i.ssh_user, "admin");
+    assert_eq!(i.seed, SeedKind::MetadataCpio);
+    assert_eq!(i.boot_timeout, Duration::from_secs(900));
+    assert_eq!(i.readiness_probes, 2);
+    assert_eq!(i.readiness_probe_interval, Duration::from_secs(5));
+    assert_eq!(i.labels, vec!["omnios", "illumos"]);
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let e = one("[images.tiny]\npath = \"/x\"\nvcpus = = 2\n");
+    assert_eq!(e.kind, ErrorKind::Syntax);
+    assert_eq!(at(&e).0, 3);
+    assert!(
+        e.to_string().starts_with("/etc/solstice/solstice.toml:3:"),
+        "{e}"
+    );
+    assert!(e.message.starts_with("invalid TOML"), "{e}");
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    let e = one("[images.tiny]\npath = \"/x\"\npath = \"/y\"\n");
+    assert_eq!(e.kind, ErrorKind::Syntax);
+    assert_eq!(at(&e), (3, 1));
+    assert!(e.message.contains("duplicate key"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_an_image_suggests_the_closest() {
+    let e = one("[images.tiny]\npath = \"/x\"\nmemry_mib = 4\n");
+    assert_eq!(e.kind, ErrorKind::UnknownKey);
+    assert_eq!(at(&e), (3, 1));
+    assert_eq!(e.key.as_deref(), Some("images.tiny.memry_mib"));
+    assert_eq!(e.fix.as_deref(), Some("did you mean \"memory_mib\"?"));
+    assert_eq!(
+        e.to_string(),
+        "/etc/solstice/solstice.toml:3:1: images.tiny.memry_mib: unknown key; did you mean \"memory_mib\"?"
+    );
+}
+
+#[test]
+fn unknown_key_in_every_section_suggests_the_closest() {
+    let cases = [
+        ("imagse = 1\n", "imagse", "images"),
+        (
+            "[daemon]\nstate_dri = \"/x\"\n",
+            "daemon.state_dri",
+            "state_dir",
+        ),
+        (
+            "[daemon]\nmax_concurent_jobs = 1\n",
+            "daemon.max_concurent_jobs",
+            "max_concurrent_jobs",
+        ),
+        ("[qemu]\nacel = \"tcg\"\n", "qemu.acel", "accel"),
+        ("[qemu]\nuefi_cod = \"/x\"\n", "qemu.uefi_cod", "uefi_code"),
+        (
+            "[images.a]\npath = \"/x\"\nvpcus = 2\n",
+            "images.a.vpcus",
+            "vcpus",
+        ),
+        (
+            "[images.a]\npath = \"/x\"\nlabel = []\n",
+            "images.a.label",
+            "labels",
+        ),
+        (
+            "[images.a]\npath = \"/x\"\nboot_timeout = 3\n",
+            "images.a.boot_timeout",
+            "boot_timeout_secs",
+        ),
+    ];
+    for (body, key, suggestion) in cases {
+        let text = format!("{body}{TINY}");
+        let e = one(&text);
+        assert_eq!(e.kind, ErrorKind::UnknownKey, "{text}");
+        assert_eq!(e.key.as_deref(), Some(key), "{text}");
+        assert_eq!(
+            e.fix.as_deref(),
+            Some(format!("did you mean \"{suggestion}\"?").as_str()),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn key_in_the_wrong_section_names_the_right_one() {
+    let e = one("[images.tiny]\npath = \"/x\"\nstate_dir = \"/y\"\n");
+    assert_eq!(e.key.as_deref(), Some("images.tiny.state_dir"));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("\"state_dir\" belongs in [daemon]; move it there")
+    );
+    let e = one(&format!("[daemon]\naccel = \"tcg\"\n{TINY}"));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("\"accel\" belongs in [qemu]; move it there")
+    );
+}
+
+#[test]
+fn unrelated_unknown_key_lists_the_known_keys() {
+    let e = one(&format!("[daemon]\nzzz = 1\n{TINY}"));
+    assert_eq!(e.key.as_deref(), Some("daemon.zzz"));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("known keys here are \"state_dir\", \"max_concurrent_jobs\"")
+    );
+}
+
+#[test]
+fn wrong_type_names_expected_and_found() {
+    let e = one("[images.tiny]\npath = \"/x\"\nvcpus = \"two\"\n");
+    assert_eq!(e.kind, ErrorKind::InvalidValue);
+    assert_eq!(at(&e), (3, 9));
+    assert_eq!(e.key.as_deref(), Some("images.tiny.vcpus"));
+    assert_eq!(e.message, "expected an integer, found \"two\" (a string)");
+    assert_eq!(e.fix.as_deref(), Some("write an integer"));
+
+    let e = one(&format!("[daemon]\nstate_dir = 5\n{TINY}"));
+    assert_eq!(e.key.as_deref(), Some("daemon.state_dir"));
+    assert_eq!(e.message, "expected a string, found 5 (an integer)");
+
+    let e = one("[images.tiny]\npath = \"/x\"\nlabels = [\"a\", 3]\n");
+    assert_eq!(e.key.as_deref(), Some("images.tiny.labels"));
+    assert_eq!(at(&e), (3, 16));
+    assert_eq!(e.message, "expected a string, found 3 (an integer)");
+
+    let e = one(&format!("daemon = 'x'\n{TINY}"));
+    assert_eq!(e.key.as_deref(), Some("daemon"));
+    assert_eq!(e.message, "expected a table, found 'x' (a string)");
+}
+
+#[test]
+fn invalid_enum_value_lists_the_allowed_values() {
+    let cases = [
+        (
+            "[qemu]\naccel = \"kvmm\"\n",
+            "qemu.accel",
+            "\"auto\", \"kvm\", \"tcg\"",
+        ),
+        (
+            "[images.a]\npath = \"/x\"\nformat = \"vmdk\"\n",
+            "images.a.format",
+            "\"qcow2\", \"raw\"",
+        ),
+        (
+            "[images.a]\npath = \"/x\"\nos = \"windows\"\n",
+            "images.a.os",
+            "\"linux\", \"illumos\"",
+        ),
+        (
+            "[images.a]\npath = \"/x\"\nfirmware = \"efi\"\n",
+            "images.a.firmware",
+            "\"bios\", \"uefi\"",
+        ),
+        (
+            "[images.a]\npath = \"/x\"\nseed = \"cloud-init\"\n",
+            "images.a.seed",
+            "\"nocloud\", \"metadata-cpio\"",
+        ),
+    ];
+    for (body, key, allowed) in cases {
+        let text = format!("{body}{TINY}");
+        let e = one(&text);
+        assert_eq!(e.kind, ErrorKind::InvalidValue, "{text}");
+        assert_eq!(e.key.as_deref(), Some(key), "{text}");
+        assert!(e.message.ends_with("is not allowed"), "{e}");
+        assert!(
+            e.fix
+                .as_deref()
+                .unwrap()
+                .ends_with(&format!("use one of {allowed}")),
+            "{e}"
+        );
+    }
+    let e = one("[images.a]\npath = \"/x\"\nseed = \"no-cloud\"\n");
+    assert_eq!(at(&e), (3, 8));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("did you mean \"nocloud\"? use one of \"nocloud\", \"metadata-cpio\"")
+    );
+}
+
+#[test]
+fn enum_key_with_a_number_lists_the_allowed_values() {
+    let e = one("[images.a]\npath = \"/x\"\nformat = 3\n");
+    assert_eq!(e.key.as_deref(), Some("images.a.format"));
+    assert_eq!(e.message, "expected a string, found 3 (an integer)");
+    assert_eq!(e.fix.as_deref(), Some("use one of \"qcow2\", \"raw\""));
+}
+
+#[test]
+fn every_limit_is_checked_at_both_ends() {
+    let image = |key: &str, v: i64| format!("[images.a]\npath = \"/x\"\n{key} = {v}\n");
+    let daemon = |v: i64| format!("[daemon]\nmax_concurrent_jobs = {v}\n{TINY}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            daemon(0),
+            "daemon.max_concurrent_jobs",
+            "from 1 to 1024 (jobs)",
+        ),
+        (
+            daemon(1025),
+            "daemon.max_concurrent_jobs",
+            "from 1 to 1024 (jobs)",
+        ),
+        (image("vcpus", 0), "images.a.vcpus", "from 1 to 64 (vCPUs)"),
+        (image("vcpus", 65), "images.a.vcpus", "from 1 to 64 (vCPUs)"),
+        (image("vcpus", -1), "images.a.vcpus", "from 1 to 64 (vCPUs)"),
+        (
+            image("memory_mib", 63),
+            "images.a.memory_mib",
+            "from 64 to 1048576 (MiB)",
+        ),
+        (
+            image("memory_mib", 1048577),
+            "images.a.memory_mib",
+            "from 64 to 1048576 (MiB)",
+        ),
+        (
+            image("disk_size_gib", 0),
+            "images.a.disk_size_gib",
+            "from 1 to 16384 (GiB)",
+        ),
+        (
+            image("disk_size_gib", 16385),
+            "images.a.disk_size_gib",
+            "from 1 to 16384 (GiB)",
+        ),
+        (
+            image("boot_timeout_secs", 0),
+            "images.a.boot_timeout_secs",
+            "from 1 to 86400 (seconds)",
+        ),
+        (
+            image("boot_timeout_secs", 86401),
+            "images.a.boot_timeout_secs",
+            "from 1 to 86400 (seconds)",
+        ),
+        (
+            image("readiness_probes", 0),
+            "images.a.readiness_probes",
+            "from 1 to 20 (probes)",
+        ),
+        (
+            image("readiness_probes", 21),
+            "images.a.readiness_probes",
+            "from 1 to 20 (probes)",
+        ),
+        (
+            image("readiness_probe_interval_secs", 0),
+            "images.a.readiness_probe_interval_secs",
+            "from 1 to 600 (seconds)",
+        ),
+        (
+            image("readiness_probe_interval_secs", 601),
+            "images.a.readiness_probe_interval_secs",
+            "from 1 to 600 (seconds)",
+        ),
+    ];
+    for (text, key, range) in cases {
+        let e = one(&text);
+        assert_eq!(e.kind, ErrorKind::OutOfRange, "{text}");
+        assert_eq!(e.key.as_deref(), Some(key), "{text}");
+        assert_eq!(
+            e.fix,
+            Some(format!(
+                "use a value from {}",
+                range.trim_start_matches("from ")
+            )),
+            "{text}"
+        );
+    }
+    // The limits themselves are allowed.
+    ok(
+        "[daemon]\nmax_concurrent_jobs = 1024\n[images.a]\npath = \"/x\"\nvcpus = 64\nmemory_mib = 64\ndisk_size_gib = 16384\nboot_timeout_secs = 86400\nreadiness_probes = 20\nreadiness_probe_interval_secs = 600\n",
+    );
+}
+
+#[test]
+fn range_error_reads_like_the_house_format() {
+    let e = one("[images.tiny]\npath = \"/x\"\nmemory_mib = 0\n");
+    assert_eq!(
+        e.to_string(),
+        "/etc/solstice/solstice.toml:3:14: images.tiny.memory_mib: 0 is too small; use a value from 64 to 1048576 (MiB)"
+    );
+    let e = one("[images.tiny]\npath = \"/x\"\nvcpus = 65\n");
+    assert_eq!(e.message, "65 is too large");
+}
+
+#[test]
+fn missing_image_file_names_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("solstice.toml");
+    let text = "[images.tiny]\npath = \"images/tiny.qcow2\"\n";
+    let e = parse_str(text, &origin).unwrap_err().errors;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].kind, ErrorKind::MissingFile);
+    assert_eq!(e[0].key.as_deref(), Some("images.tiny.path"));
+    assert_eq!(at(&e[0]), (2, 8));
+    let expected = dir.path().join("images/tiny.qcow2");
+    assert_eq!(
+        e[0].message,
+        format!("image \"tiny\": {} does not exist", expected.display())
+    );
+    // Once the file exists, the relative path resolves against the config's directory.
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    std::fs::write(&expected, b"").unwrap();
+    let c = parse_str(text, &origin).unwrap();
+    assert_eq!(c.images["tiny"].path, expected);
+    assert!(c.images["tiny"].path.is_absolute());
+}
+
+#[test]
+fn image_path_that_is_a_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("[images.tiny]\npath = \"{}\"\n", dir.path().display());
+    let e = parse_str(&text, Path::new(ORIGIN)).unwrap_err().errors;
+    assert_eq!(e[0].kind, ErrorKind::MissingFile);
+    assert!(e[0].message.ends_with("is not a regular file"), "{}", e[0]);
+}
+
+#[test]
+fn relative_paths_are_resolved_without_checking_too() {
+    let c = ok(
+        "[daemon]\nstate_dir = \"state\"\n[qemu]\nsystem_binary = \"bin/qemu\"\nimg_binary = \"qemu-img\"\n[images.a]\npath = \"a.qcow2\"\n",
+    );
+    assert_eq!(c.daemon.state_dir, PathBuf::from("/etc/solstice/state"));
+    assert_eq!(
+        c.qemu.system_binary,
+        PathBuf::from("/etc/solstice/bin/qemu")
+    );
+    // A bare name stays a name, for a PATH lookup.
+    assert_eq!(c.qemu.img_binary, PathBuf::from("qemu-img"));
+    assert_eq!(c.images["a"].path, PathBuf::from("/etc/solstice/a.qcow2"));
+}
+
+#[test]
+fn missing_path_key_is_an_error() {
+    let e = one("[images.tiny]\nvcpus = 2\n");
+    assert_eq!(e.kind, ErrorKind::MissingKey);
+    assert_eq!(e.key.as_deref(), Some("images.tiny.path"));
+    assert_eq!(at(&e), (1, 9));
+    assert!(e.fix.as_deref().unwrap().contains("path = "), "{e}");
+}
+
+#[test]
+fn uefi_without_uefi_code_is_an_error() {
+    let e = one("[images.tiny]\npath = \"/x\"\nfirmware = \"uefi\"\n");
+    assert_eq!(e.kind, ErrorKind::MissingKey);
+    assert_eq!(e.key.as_deref(), Some("images.tiny.firmware"));
+    assert_eq!(at(&e), (3, 12));
+    assert!(e.message.contains("qemu.uefi_code is not set"), "{e}");
+    assert!(e.fix.as_deref().unwrap().contains("uefi_code"), "{e}");
+    ok("[qemu]\nuefi_code = \"/fw/code.fd\"\n[images.tiny]\npath = \"/x\"\nfirmware = \"uefi\"\n");
+}
+
+#[test]
+fn uefi_files_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("tiny.qcow2");
+    std::fs::write(&image, b"").unwrap();
+    let text = format!(
+        "[qemu]\nuefi_code = \"/nonexistent/CODE.fd\"\nuefi_vars = \"/nonexistent/VARS.fd\"\n[images.tiny]\npath = \"{}\"\nfirmware = \"uefi\"\n",
+        image.display()
+    );
+    let e = parse_str(&text, Path::new(ORIGIN)).unwrap_err().errors;
+    let keys: Vec<_> = e.iter().map(|e| e.key.as_deref().unwrap()).collect();
+    assert_eq!(keys, ["qemu.uefi_code", "qemu.uefi_vars"]);
+    assert!(e.iter().all(|e| e.kind == ErrorKind::MissingFile));
+    assert_eq!(at(&e[0]), (2, 13));
+    assert!(
+        e[0].message.contains("/nonexistent/CODE.fd does not exist"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn labels_default_to_the_name_and_may_repeat_across_images() {
+    let c = ok(
+        "[images.a]\npath = \"/a\"\nlabels = [\"linux\"]\n[images.b]\npath = \"/b\"\nlabels = [\"linux\", \"b\"]\n[images.c]\npath = \"/c\"\n",
+    );
+    assert_eq!(c.images["a"].labels, ["linux"]);
+    assert_eq!(c.images["b"].labels, ["linux", "b"]);
+    assert_eq!(c.images["c"].labels, ["c"]);
+}
+
+#[test]
+fn empty_labels_are_errors() {
+    let e = errs("[images.a]\npath = \"/a\"\nlabels = [\"ok\", \"\", \" \"]\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(at(&e[0]), (3, 17));
+    assert_eq!(e[0].message, "label 2 is empty");
+    assert_eq!(at(&e[1]), (3, 21));
+    assert_eq!(e[1].key.as_deref(), Some("images.a.labels"));
+    let e = one("[images.a]\npath = \"/a\"\nlabels = []\n");
+    assert_eq!(e.kind, ErrorKind::InvalidValue);
+    assert!(e.fix.as_deref().unwrap().contains("remove the key"), "{e}");
+}
+
+#[test]
+fn image_names_are_restricted() {
+    for good in ["tiny", "0", "debian-12.amd64_v2"] {
+        assert!(validate::valid_image_name(good), "{good}");
+    }
+    for bad in ["", "Tiny", "-x", ".x", "_x", "a b", "ümlaut"] {
+        assert!(!validate::valid_image_name(bad), "{bad}");
+    }
+    let e = one("[images.\"Debian 12\"]\npath = \"/x\"\n");
+    assert_eq!(e.key.as_deref(), Some("images.Debian 12"));
+    assert_eq!(at(&e), (1, 9));
+    assert!(
+        e.fix.as_deref().unwrap().ends_with("e.g. \"debian-12\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_images_is_a_clear_error() {
+    let e = one("[daemon]\nmax_concurrent_jobs = 1\n");
+    assert_eq!(e.kind, ErrorKind::NoImages);
+    assert_eq!(e.position, None);
+    assert!(e.message.contains("solstice exec"), "{e}");
+    assert!(e.fix.as_deref().unwrap().contains("[images.<name>]"), "{e}");
+    assert_eq!(one("").kind, ErrorKind::NoImages);
+}
+
+#[test]
+fn all_problems_are_reported_in_file_order() {
+    let e = errs(
+        "[daemon]\nmax_concurrent_jobs = 0\nbogus = 1\n[images.tiny]\nvcpus = \"x\"\nmemory_mib = 1\nos = \"bsd\"\n",
+    );
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| (at(e).0, e.key.clone().unwrap(), e.kind))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                2,
+                "daemon.max_concurrent_jobs".to_owned(),
+                ErrorKind::OutOfRange
+            ),
+            (3, "daemon.bogus".to_owned(), ErrorKind::UnknownKey),
+            (4, "images.tiny.path".to_owned(), ErrorKind::MissingKey),
+            (5, "images.tiny.vcpus".to_owned(), ErrorKind::InvalidValue),
+            (
+                6,
+                "images.tiny.memory_mib".to_owned(),
+                ErrorKind::OutOfRange
+            ),
+            (7, "images.tiny.os".to_owned(), ErrorKind::InvalidValue),
+        ]
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    assert_eq!(
+        Position::of_offset("ab\ncd", 4),
+        Position { line: 2, column: 2 }
+    );
+    assert_eq!(
+        Position::of_offset("é = 1", 3),
+        Position { line: 1, column: 3 }
+    );
+    assert_eq!(
+        Position::of_offset("x", 99),
+        Position { line: 1, column: 2 }
+    );
+}
+
+#[test]
+fn closest_needs_a_near_match() {
+    let keys = ["memory_mib", "vcpus", "labels"];
+    assert_eq!(parse::closest("memory", &keys), Some("memory_mib"));
+    assert_eq!(parse::closest("VCPUS", &keys), Some("vcpus"));
+    assert_eq!(parse::closest("zzz", &keys), None);
+}
+
+#[test]
+fn summary_names_the_images() {
+    let c = ok("[images.tiny]\npath = \"/t\"\n[images.debian]\npath = \"/d\"\n");
+    assert_eq!(
+        c.summary(Path::new("solstice.toml")),
+        "solstice.toml: OK (2 images: debian, tiny)"
+    );
+    assert_eq!(
+        ok(TINY).summary(Path::new("s.toml")),
+        "s.toml: OK (1 image: tiny)"
+    );
+}
+
+#[test]
+fn known_keys_come_from_the_raw_structs() {
+    let keys = known_keys();
+    assert!(keys.contains(&"daemon.state_dir".to_owned()));
+    assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
+    assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
+    assert_eq!(keys.len(), 2 + 5 + 13);
+}
+
+#[test]
+fn errors_inside_inline_and_dotted_tables_are_located() {
+    let e = errs("images = { tiny = { path = \"/x\", vcpus = \"a\", vcpu = 1 } }\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(
+        (at(&e[0]), e[0].key.as_deref()),
+        ((1, 42), Some("images.tiny.vcpus"))
+    );
+    assert_eq!(
+        (at(&e[1]), e[1].key.as_deref()),
+        ((1, 47), Some("images.tiny.vcpu"))
+    );
+    let e = errs("images.tiny.path = \"/x\"\nimages.tiny.os = 4\nimages.tiny.oss = 4\n");
+    assert_eq!(
+        (at(&e[0]), e[0].key.as_deref()),
+        ((2, 18), Some("images.tiny.os"))
+    );
+    assert_eq!(e[1].fix.as_deref(), Some("did you mean \"os\"?"));
+}
+
+#[test]
+fn array_of_tables_and_huge_numbers_get_plain_messages() {
+    let e = one("[[images]]\npath = \"/x\"\n");
+    assert_eq!(e.key.as_deref(), Some("images"));
+    assert!(e.message.starts_with("expected a table, found"), "{e}");
+    assert!(e.message.ends_with("(an array)"), "{e}");
+    let e = one("[images.tiny]\npath = \"/x\"\nlabels = \"a\"\n");
+    assert_eq!(
+        e.message,
+        "expected an array of strings, found \"a\" (a string)"
+    );
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("write an array of strings, e.g. [\"a\", \"b\"]")
+    );
+    let e = one("[images.tiny]\npath = \"/x\"\nvcpus = 99999999999999999999\n");
+    assert_eq!(e.message, "99999999999999999999 is too large");
+}

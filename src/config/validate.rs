@@ -1,0 +1,433 @@
+//! [`RawConfig`] → [`Config`]: defaults, ranges, paths, names, labels.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, ErrorKind, Position};
+use super::raw::{self, Limit, RawConfig, RawDaemon, RawImage, RawQemu};
+use super::{Config, DaemonConfig, Firmware, ImageConfig, ParseOptions, QemuConfig};
+
+/// Where problems are collected while one file is checked.
+pub(crate) struct Ctx<'a> {
+    /// The file as named by the caller.
+    pub file: &'a Path,
+    /// Its text.
+    pub text: &'a str,
+    /// Absolute directory that relative paths resolve against.
+    pub base_dir: PathBuf,
+    /// Everything found so far.
+    pub errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    /// Record one problem; `span` is a byte range in `text`.
+    pub fn push(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        kind: ErrorKind,
+        message: String,
+        fix: Option<String>,
+    ) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            position: span.map(|s| Position::of_offset(self.text, s.start)),
+            key,
+            kind,
+            message,
+            fix,
+        });
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Validate the raw config; `None` if any problem was found (they are in `ctx`).
+pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -> Option<Config> {
+    let had_errors = !ctx.errors.is_empty();
+    let images_key_was_bad = ctx
+        .errors
+        .iter()
+        .any(|e| e.key.as_deref().is_some_and(|k| k.starts_with("images")));
+    let daemon = daemon(&raw.daemon, ctx);
+    let qemu = qemu(&raw.qemu, opts, ctx);
+    let mut images = BTreeMap::new();
+    for (name, image) in &raw.images {
+        let config = self::image(name, image, &qemu, opts, ctx);
+        images.insert(name.get_ref().clone(), config);
+    }
+    if raw.images.is_empty() && !images_key_was_bad {
+        ctx.push(
+            None,
+            Some("images".to_owned()),
+            ErrorKind::NoImages,
+            "no images are configured, so `solstice exec` and the runner have nothing to boot"
+                .to_owned(),
+            Some(
+                "add an [images.<name>] section with at least `path = \"/path/to/image.qcow2\"`"
+                    .to_owned(),
+            ),
+        );
+    }
+    if had_errors || !ctx.errors.is_empty() {
+        return None;
+    }
+    Some(Config {
+        daemon,
+        qemu,
+        images,
+    })
+}
+
+fn daemon(raw: &RawDaemon, ctx: &mut Ctx<'_>) -> DaemonConfig {
+    let state_dir = match &raw.state_dir {
+        Some(p) => {
+            non_empty_path(p, "daemon.state_dir", ctx);
+            ctx.resolve(p.get_ref())
+        }
+        None => PathBuf::from(raw::DEFAULT_STATE_DIR),
+    };
+    DaemonConfig {
+        state_dir,
+        max_concurrent_jobs: number(
+            raw.max_concurrent_jobs.as_ref(),
+            raw::DEFAULT_MAX_CONCURRENT_JOBS,
+            raw::MAX_CONCURRENT_JOBS,
+            "daemon.max_concurrent_jobs",
+            ctx,
+        ),
+    }
+}
+
+fn qemu(raw: &RawQemu, opts: &ParseOptions, ctx: &mut Ctx<'_>) -> QemuConfig {
+    let binary = |p: &Option<Spanned<PathBuf>>, default: &str, key: &str, ctx: &mut Ctx<'_>| {
+        match p {
+            Some(p) => {
+                non_empty_path(p, key, ctx);
+                // A bare name is looked up in PATH; anything with a `/` is a path.
+                if p.get_ref().components().count() > 1 {
+                    ctx.resolve(p.get_ref())
+                } else {
+                    p.get_ref().clone()
+                }
+            }
+            None => PathBuf::from(default),
+        }
+    };
+    let system_binary = binary(
+        &raw.system_binary,
+        raw::DEFAULT_SYSTEM_BINARY,
+        "qemu.system_binary",
+        ctx,
+    );
+    let img_binary = binary(
+        &raw.img_binary,
+        raw::DEFAULT_IMG_BINARY,
+        "qemu.img_binary",
+        ctx,
+    );
+    let firmware_file = |p: &Option<Spanned<PathBuf>>, key: &str, ctx: &mut Ctx<'_>| {
+        let p = p.as_ref()?;
+        non_empty_path(p, key, ctx);
+        let path = ctx.resolve(p.get_ref());
+        if opts.check_paths {
+            existing_file(&path, p.span(), key, "UEFI firmware file", ctx);
+        }
+        Some(path)
+    };
+    let uefi_code = firmware_file(&raw.uefi_code, "qemu.uefi_code", ctx);
+    let uefi_vars = firmware_file(&raw.uefi_vars, "qemu.uefi_vars", ctx);
+    QemuConfig {
+        system_binary,
+        img_binary,
+        accel: raw
+            .accel
+            .as_ref()
+            .map_or(raw::DEFAULT_ACCEL, |a| *a.get_ref()),
+        uefi_code,
+        uefi_vars,
+    }
+}
+
+fn image(
+    name: &Spanned<String>,
+    raw: &Spanned<RawImage>,
+    qemu: &QemuConfig,
+    opts: &ParseOptions,
+    ctx: &mut Ctx<'_>,
+) -> ImageConfig {
+    let n = name.get_ref();
+    let key = |k: &str| format!("images.{n}.{k}");
+    if !valid_image_name(n) {
+        ctx.push(
+            Some(name.span()),
+            Some(format!("images.{n}")),
+            ErrorKind::InvalidValue,
+            format!("image name \"{n}\" is not allowed"),
+            Some(format!(
+                "use lower-case letters, digits, \".\", \"_\" and \"-\", starting with a letter or digit, e.g. \"{}\"",
+                suggest_image_name(n)
+            )),
+        );
+    }
+    let img = raw.get_ref();
+    let path = match &img.path {
+        Some(p) => {
+            non_empty_path(p, &key("path"), ctx);
+            let path = ctx.resolve(p.get_ref());
+            if opts.check_paths && !p.get_ref().as_os_str().is_empty() {
+                existing_file(
+                    &path,
+                    p.span(),
+                    &key("path"),
+                    &format!("image \"{n}\""),
+                    ctx,
+                );
+            }
+            path
+        }
+        None => {
+            ctx.push(
+                Some(name.span()),
+                Some(key("path")),
+                ErrorKind::MissingKey,
+                format!("image \"{n}\" has no path"),
+                Some(format!(
+                    "add `path = \"/var/cache/solstice/images/{n}.qcow2\"` (the base image file) to [images.{n}]"
+                )),
+            );
+            PathBuf::new()
+        }
+    };
+    let firmware = img
+        .firmware
+        .as_ref()
+        .map_or(raw::DEFAULT_FIRMWARE, |f| *f.get_ref());
+    if firmware == Firmware::Uefi && qemu.uefi_code.is_none() {
+        let span = img.firmware.as_ref().map(|f| f.span());
+        ctx.push(
+            span,
+            Some(key("firmware")),
+            ErrorKind::MissingKey,
+            format!("image \"{n}\" boots with UEFI but qemu.uefi_code is not set"),
+            Some(
+                "set uefi_code in [qemu] to the UEFI code file, e.g. \"/usr/share/OVMF/OVMF_CODE.fd\", or use firmware = \"bios\""
+                    .to_owned(),
+            ),
+        );
+    }
+    let ssh_user = match &img.ssh_user {
+        Some(u) => {
+            if u.get_ref().trim().is_empty() {
+                ctx.push(
+                    Some(u.span()),
+                    Some(key("ssh_user")),
+                    ErrorKind::InvalidValue,
+                    "the SSH user is empty".to_owned(),
+                    Some(format!(
+                        "name the guest user, or remove the key to use \"{}\"",
+                        raw::DEFAULT_SSH_USER
+                    )),
+                );
+            }
+            u.get_ref().clone()
+        }
+        None => raw::DEFAULT_SSH_USER.to_owned(),
+    };
+    let labels = labels(n, img.labels.as_ref(), ctx);
+    let disk_size_gib = img
+        .disk_size_gib
+        .as_ref()
+        .map(|d| number(Some(d), 0, raw::DISK_SIZE_GIB, &key("disk_size_gib"), ctx));
+    ImageConfig {
+        name: n.clone(),
+        path,
+        format: img
+            .format
+            .as_ref()
+            .map_or(raw::DEFAULT_FORMAT, |f| *f.get_ref()),
+        os: img.os.as_ref().map_or(raw::DEFAULT_OS, |o| *o.get_ref()),
+        firmware,
+        vcpus: number(
+            img.vcpus.as_ref(),
+            raw::DEFAULT_VCPUS,
+            raw::VCPUS,
+            &key("vcpus"),
+            ctx,
+        ),
+        memory_mib: number(
+            img.memory_mib.as_ref(),
+            raw::DEFAULT_MEMORY_MIB,
+            raw::MEMORY_MIB,
+            &key("memory_mib"),
+            ctx,
+        ),
+        disk_size_gib,
+        ssh_user,
+        seed: img
+            .seed
+            .as_ref()
+            .map_or(raw::DEFAULT_SEED, |s| *s.get_ref()),
+        boot_timeout: Duration::from_secs(u64::from(number(
+            img.boot_timeout_secs.as_ref(),
+            raw::DEFAULT_BOOT_TIMEOUT_SECS,
+            raw::BOOT_TIMEOUT_SECS,
+            &key("boot_timeout_secs"),
+            ctx,
+        ))),
+        readiness_probes: number(
+            img.readiness_probes.as_ref(),
+            raw::DEFAULT_READINESS_PROBES,
+            raw::READINESS_PROBES,
+            &key("readiness_probes"),
+            ctx,
+        ),
+        readiness_probe_interval: Duration::from_secs(u64::from(number(
+            img.readiness_probe_interval_secs.as_ref(),
+            raw::DEFAULT_READINESS_PROBE_INTERVAL_SECS,
+            raw::READINESS_PROBE_INTERVAL_SECS,
+            &key("readiness_probe_interval_secs"),
+            ctx,
+        ))),
+        labels,
+    }
+}
+
+fn labels(
+    name: &str,
+    raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    ctx: &mut Ctx<'_>,
+) -> Vec<String> {
+    let Some(list) = raw else {
+        return vec![name.to_owned()];
+    };
+    let key = format!("images.{name}.labels");
+    if list.get_ref().is_empty() {
+        ctx.push(
+            Some(list.span()),
+            Some(key.clone()),
+            ErrorKind::InvalidValue,
+            "the label list is empty, so no job can ever run on this image".to_owned(),
+            Some(format!(
+                "list at least one label, or remove the key to use the image name \"{name}\""
+            )),
+        );
+    }
+    for (i, label) in list.get_ref().iter().enumerate() {
+        if label.get_ref().trim().is_empty() {
+            ctx.push(
+                Some(label.span()),
+                Some(key.clone()),
+                ErrorKind::InvalidValue,
+                format!("label {} is empty", i + 1),
+                Some("remove it or write the label text".to_owned()),
+            );
+        }
+    }
+    list.get_ref().iter().map(|l| l.get_ref().clone()).collect()
+}
+
+/// A number within `limit`, or `default` when absent. Out of range is recorded.
+fn number(
+    value: Option<&Spanned<i64>>,
+    default: i64,
+    limit: Limit,
+    key: &str,
+    ctx: &mut Ctx<'_>,
+) -> u32 {
+    let Some(v) = value else {
+        return u32::try_from(default).unwrap_or(0);
+    };
+    let n = *v.get_ref();
+    let problem = if n < limit.min {
+        "too small"
+    } else if n > limit.max {
+        "too large"
+    } else {
+        return u32::try_from(n).unwrap_or(0);
+    };
+    ctx.push(
+        Some(v.span()),
+        Some(key.to_owned()),
+        ErrorKind::OutOfRange,
+        format!("{n} is {problem}"),
+        Some(format!(
+            "use a value from {} to {} ({})",
+            limit.min, limit.max, limit.unit
+        )),
+    );
+    0
+}
+
+fn non_empty_path(p: &Spanned<PathBuf>, key: &str, ctx: &mut Ctx<'_>) {
+    if p.get_ref().as_os_str().is_empty() {
+        ctx.push(
+            Some(p.span()),
+            Some(key.to_owned()),
+            ErrorKind::InvalidValue,
+            "the path is empty".to_owned(),
+            Some("write a path, or remove the key to use the default".to_owned()),
+        );
+    }
+}
+
+fn existing_file(path: &Path, span: Range<usize>, key: &str, what: &str, ctx: &mut Ctx<'_>) {
+    let problem = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => return,
+        Ok(_) => "is not a regular file",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(_) => "cannot be read",
+    };
+    ctx.push(
+        Some(span),
+        Some(key.to_owned()),
+        ErrorKind::MissingFile,
+        format!("{what}: {} {problem}", path.display()),
+        Some(format!(
+            "fix the path (relative paths start at {}) or put the file there",
+            ctx.base_dir.display()
+        )),
+    );
+}
+
+/// `[a-z0-9][a-z0-9._-]*`
+pub(crate) fn valid_image_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A valid image name close to `name`, for the fix text.
+fn suggest_image_name(name: &str) -> String {
+    let mapped: String = name
+        .trim()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = mapped.trim_start_matches(['.', '_', '-']);
+    if trimmed.is_empty() {
+        "image".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}

@@ -1,0 +1,261 @@
+//! Integration tests for the config file: loading real files, `check-config`,
+//! and keeping the example and the reference doc in step with the code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use solstice::config::{
+    self, Config, ErrorKind, ParseOptions, check_config, check_config_main, known_keys, load,
+    parse_str_with,
+};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap()
+}
+
+#[test]
+fn loads_a_real_file_with_relative_image_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    std::fs::write(dir.path().join("images/tiny.qcow2"), b"not really qcow2").unwrap();
+    std::fs::write(dir.path().join("OVMF_CODE.fd"), b"").unwrap();
+    let file = dir.path().join("solstice.toml");
+    std::fs::write(
+        &file,
+        "[qemu]\nuefi_code = \"OVMF_CODE.fd\"\n[images.tiny]\npath = \"images/tiny.qcow2\"\nfirmware = \"uefi\"\n",
+    )
+    .unwrap();
+    let c = load(&file).unwrap();
+    assert_eq!(c.images["tiny"].path, dir.path().join("images/tiny.qcow2"));
+    assert_eq!(c.qemu.uefi_code, Some(dir.path().join("OVMF_CODE.fd")));
+    assert_eq!(
+        check_config(&file).unwrap(),
+        format!("{}: OK (1 image: tiny)", file.display())
+    );
+    assert_eq!(check_config_main(&file), ExitCode::SUCCESS);
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nope.toml");
+    let e = load(&file).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e.errors[0].kind, ErrorKind::Io);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: the config file does not exist; create it (see examples/solstice.toml) or pass another file; the default is /etc/solstice/solstice.toml",
+            file.display()
+        )
+    );
+    assert_eq!(check_config_main(&file), ExitCode::FAILURE);
+}
+
+#[test]
+fn unreadable_or_binary_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(dir.path()).unwrap_err();
+    assert_eq!(e.errors[0].kind, ErrorKind::Io);
+    assert!(e.to_string().contains("cannot read the config file"), "{e}");
+
+    let file = dir.path().join("latin1.toml");
+    std::fs::write(&file, b"# caf\xe9\n").unwrap();
+    let e = load(&file).unwrap_err();
+    assert_eq!(e.errors[0].kind, ErrorKind::Io);
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+}
+
+#[test]
+fn check_config_prints_every_problem_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("solstice.toml");
+    std::fs::write(
+        &file,
+        "[daemon]\nmax_concurrent_jobs = 5000\n\n[images.tiny]\npath = \"tiny.qcow2\"\nmemory_mib = 0\nvcpu = 2\n",
+    )
+    .unwrap();
+    let e = check_config(&file).unwrap_err();
+    let f = file.display();
+    let lines: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{f}:2:23: daemon.max_concurrent_jobs: 5000 is too large; use a value from 1 to 1024 (jobs)"
+            ),
+            format!(
+                "{f}:5:8: images.tiny.path: image \"tiny\": {}/tiny.qcow2 does not exist; fix the path (relative paths start at {}) or put the file there",
+                dir.path().display(),
+                dir.path().display()
+            ),
+            format!(
+                "{f}:6:14: images.tiny.memory_mib: 0 is too small; use a value from 64 to 1048576 (MiB)"
+            ),
+            format!("{f}:7:1: images.tiny.vcpu: unknown key; did you mean \"vcpus\"?"),
+        ]
+    );
+    assert_eq!(check_config_main(&file), ExitCode::FAILURE);
+}
+
+fn parse_example() -> Config {
+    let origin = repo("examples/solstice.toml");
+    parse_str_with(
+        &read("examples/solstice.toml"),
+        &origin,
+        &ParseOptions { check_paths: false },
+    )
+    .unwrap_or_else(|e| panic!("examples/solstice.toml does not parse:\n{e}"))
+}
+
+#[test]
+fn example_config_parses() {
+    let c = parse_example();
+    let names: Vec<&str> = c.images.keys().map(String::as_str).collect();
+    assert_eq!(names, ["debian", "omnios", "tiny"]);
+    let omnios = &c.images["omnios"];
+    assert_eq!(omnios.os, config::GuestOs::Illumos);
+    assert_eq!(omnios.readiness_probes, 2);
+    assert!(
+        c.images
+            .values()
+            .all(|i| i.path.starts_with("/var/cache/solstice/images"))
+    );
+}
+
+#[test]
+fn example_config_with_path_checks_names_the_missing_images() {
+    // On a machine without the images, each one is reported (not just the first).
+    let origin = repo("examples/solstice.toml");
+    let text =
+        read("examples/solstice.toml").replace("/var/cache/solstice", "/nonexistent/solstice");
+    let e = parse_str_with(&text, &origin, &ParseOptions::default()).unwrap_err();
+    let missing: Vec<&str> = e
+        .iter()
+        .filter(|e| e.key.as_deref().is_some_and(|k| k.ends_with(".path")))
+        .map(|e| e.key.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "images.tiny.path",
+            "images.debian.path",
+            "images.omnios.path"
+        ]
+    );
+}
+
+/// The reference tables: (section heading, key, default cell) for every row.
+fn doc_rows() -> Vec<(String, String, String)> {
+    let doc = read("docs/reference/config.md");
+    let mut section = String::new();
+    let mut rows = Vec::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            section = h.trim_matches('`').to_owned();
+        } else if line.starts_with("| `") {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let key = cells[0]
+                .trim_start_matches("| ")
+                .trim_matches('`')
+                .to_owned();
+            rows.push((section.clone(), key, cells[2].to_owned()));
+        }
+    }
+    rows
+}
+
+/// `images.<name>.vcpus` → (`[images.<name>]`, `vcpus`).
+fn split_key(key: &str) -> (String, &str) {
+    let (section, name) = key.rsplit_once('.').unwrap();
+    (format!("[{section}]"), name)
+}
+
+#[test]
+fn reference_doc_lists_exactly_the_known_keys() {
+    let rows = doc_rows();
+    let documented: Vec<(String, String)> = rows
+        .iter()
+        .map(|(s, k, _)| (s.clone(), k.clone()))
+        .collect();
+    let known: Vec<(String, String)> = known_keys()
+        .iter()
+        .map(|k| {
+            let (s, n) = split_key(k);
+            (s, n.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        documented, known,
+        "docs/reference/config.md is out of step with src/config/raw.rs"
+    );
+}
+
+#[test]
+fn example_sets_every_known_key() {
+    let example = read("examples/solstice.toml");
+    let table: toml::Table = example.parse().unwrap();
+    for key in known_keys() {
+        let (section, name) = split_key(&key);
+        let found = match section.as_str() {
+            "[images.<name>]" => table["images"]
+                .as_table()
+                .unwrap()
+                .values()
+                .any(|i| i.as_table().unwrap().contains_key(name)),
+            s => table[s.trim_matches(['[', ']'])]
+                .as_table()
+                .unwrap()
+                .contains_key(name),
+        };
+        assert!(found, "examples/solstice.toml does not show {key}");
+        assert!(
+            example.contains(&format!("\n{name} = ")),
+            "examples/solstice.toml does not set {key} at the start of a line"
+        );
+    }
+}
+
+#[test]
+fn documented_defaults_are_the_real_defaults() {
+    let base = "[images.tiny]\npath = \"/x\"\n";
+    let parse = |text: &str| {
+        let c = parse_str_with(
+            text,
+            Path::new("/etc/solstice/solstice.toml"),
+            &ParseOptions { check_paths: false },
+        )
+        .unwrap_or_else(|e| panic!("{text}\n{e}"));
+        format!("{c:?}")
+    };
+    let plain = parse(base);
+    let mut checked = 0;
+    for (section, key, default) in doc_rows() {
+        // Only literal TOML defaults in backticks; "none", "required" etc. are prose.
+        let Some(literal) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else {
+            continue;
+        };
+        if literal.contains('<') {
+            continue; // `["<name>"]`: checked by the next assertion.
+        }
+        let text = match section.as_str() {
+            "[images.<name>]" => format!("{base}{key} = {literal}\n"),
+            s => format!("{s}\n{key} = {literal}\n{base}"),
+        };
+        assert_eq!(
+            parse(&text),
+            plain,
+            "documented default of {section} {key} is not the real one"
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked, 15,
+        "expected 15 keys with literal defaults in the doc"
+    );
+    assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
+}
