@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) is thin; everything lives here so that tests can
 //! drive it. One module per external boundary: see `docs/explanation/architecture.md`.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -330,4 +330,3 @@ pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, String> {
         })
 }
 
-pub use crate::cli::exec::{bench_main, exec_main};

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the top-level commands.
 
+pub mod exec;
 pub mod term;
 
 use std::path::PathBuf;
@@ -114,8 +115,8 @@ pub fn main() -> ExitCode {
     init_tracing(&cli.log);
     match cli.command {
         Command::CheckConfig { file } => crate::config::check_config_main(&file),
-        Command::Exec(args) => run_async(crate::runner::exec_main(args)),
-        Command::Bench(args) => run_async(crate::runner::bench_main(args)),
+        Command::Exec(args) => run_async(exec::exec_main(args)),
+        Command::Bench(args) => run_async(crate::bench::bench_main(args)),
     }
 }
 

@@ -1,0 +1,470 @@
+//! `solstice bench`: Solstice's own overhead against a plain QEMU baseline,
+//! measured in one run on the same image.
+//!
+//! Baseline: the same QEMU command line Solstice would use (fixed forwarded
+//! port instead of QMP port discovery), started directly, and the OpenSSH
+//! client polled until `ssh … true` succeeds. Solstice: a one-step `true` job
+//! through [`crate::runner::run_in_vm`], exactly as `solstice exec` runs it.
+//! Overhead = Solstice's total wall time − the baseline's boot to SSH.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::BenchArgs;
+use crate::cli::exec::{exit, load_config, report_error, resolve_accel};
+use crate::cli::term::fmt_duration;
+use crate::config::{Config, ImageConfig};
+use crate::events::{Conclusion, EventSink, JobEvent};
+use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
+use crate::runner::{self, VmRun};
+use crate::ssh::HostKey;
+use crate::vm::{self, Accel};
+
+/// Target from issue 2: Solstice's overhead ≤ 10% of raw boot-to-SSH and < 300 ms.
+pub const TARGET_RATIO: f64 = 0.10;
+pub const TARGET_ABS: Duration = Duration::from_millis(300);
+
+const TRUE_WORKFLOW: &str = "jobs:\n  bench:\n    steps:\n      - run: 'true'\n";
+
+/// Ignores events (the benchmark prints its own table).
+struct NullSink;
+impl EventSink for NullSink {
+    fn emit(&self, _: JobEvent) {}
+}
+
+/// One Solstice run's split.
+#[derive(Debug, Clone, Copy)]
+pub struct SolsticeSample {
+    pub provision: Duration,
+    pub boot_to_ssh: Duration,
+    pub first_step: Duration,
+    pub job: Duration,
+    pub teardown: Duration,
+    pub total: Duration,
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+pub fn median(xs: &[Duration]) -> Duration {
+    if xs.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut v = xs.to_vec();
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+pub async fn bench_main(args: BenchArgs) -> ExitCode {
+    let (_, config) = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let image = match pick_image(&config, args.image.as_deref()) {
+        Ok(i) => i,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    if which("ssh").is_none() || which("ssh-keygen").is_none() {
+        eprintln!(
+            "error: the baseline needs the OpenSSH client (`ssh`, `ssh-keygen`): apt-get install openssh-client"
+        );
+        return ExitCode::from(exit::USAGE);
+    }
+    let accel = match resolve_accel(&config).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let runs = args.runs.max(1) as usize;
+    println!(
+        "solstice bench: image {} ({} vCPU, {} MiB), accelerator {}, {runs} runs each",
+        image.name,
+        image.vcpus,
+        image.memory_mib,
+        match accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    );
+
+    let mut baseline = Vec::new();
+    for i in 0..runs {
+        match baseline_boot(&config, image, accel).await {
+            Ok(d) => {
+                println!("  baseline run {}/{runs}: boot to SSH {}", i + 1, fmt_duration(d));
+                baseline.push(d);
+            }
+            Err(e) => {
+                eprintln!("error: baseline run failed: {e}");
+                return ExitCode::from(exit::INFRA);
+            }
+        }
+    }
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        match solstice_run(&config, image, accel).await {
+            Ok(s) => {
+                println!(
+                    "  solstice run {}/{runs}: total {} (provision {}, boot {}, first step {}, teardown {})",
+                    i + 1,
+                    fmt_duration(s.total),
+                    fmt_ms(s.provision),
+                    fmt_duration(s.boot_to_ssh),
+                    fmt_ms(s.first_step),
+                    fmt_ms(s.teardown)
+                );
+                samples.push(s);
+            }
+            Err(code) => return code,
+        }
+    }
+    let report = Report::new(&baseline, &samples);
+    println!("\n{}", report.render());
+    ExitCode::SUCCESS
+}
+
+/// Medians and the overhead verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    pub baseline: Duration,
+    pub provision: Duration,
+    pub boot_to_ssh: Duration,
+    pub first_step: Duration,
+    pub job: Duration,
+    pub teardown: Duration,
+    pub total: Duration,
+}
+
+impl Report {
+    pub fn new(baseline: &[Duration], samples: &[SolsticeSample]) -> Self {
+        let m = |f: fn(&SolsticeSample) -> Duration| {
+            median(&samples.iter().map(f).collect::<Vec<_>>())
+        };
+        Self {
+            baseline: median(baseline),
+            provision: m(|s| s.provision),
+            boot_to_ssh: m(|s| s.boot_to_ssh),
+            first_step: m(|s| s.first_step),
+            job: m(|s| s.job),
+            teardown: m(|s| s.teardown),
+            total: m(|s| s.total),
+        }
+    }
+
+    /// Solstice's total minus the baseline's boot to SSH (zero if negative).
+    pub fn overhead(&self) -> Duration {
+        self.total.saturating_sub(self.baseline)
+    }
+
+    pub fn ratio(&self) -> f64 {
+        if self.baseline.is_zero() {
+            return f64::INFINITY;
+        }
+        self.overhead().as_secs_f64() / self.baseline.as_secs_f64()
+    }
+
+    pub fn meets_target(&self) -> bool {
+        self.ratio() <= TARGET_RATIO && self.overhead() < TARGET_ABS
+    }
+
+    pub fn render(&self) -> String {
+        let rows = [
+            ("baseline: plain QEMU + ssh polling, boot to SSH", self.baseline),
+            ("solstice: provision (overlay, seed, QEMU, QMP)", self.provision),
+            ("solstice: boot to SSH ready", self.boot_to_ssh),
+            ("solstice: SSH ready to first step running", self.first_step),
+            ("solstice: whole job (`true` step, file commands)", self.job),
+            ("solstice: teardown (QMP quit, files removed)", self.teardown),
+            ("solstice: total", self.total),
+        ];
+        let mut out = String::from("medians:\n");
+        for (name, d) in rows {
+            out.push_str(&format!("  {name:<52} {:>9}\n", fmt_ms(d)));
+        }
+        out.push_str(&format!(
+            "  overhead (solstice total - baseline)                 {:>9}  = {:.1}% of baseline\n",
+            fmt_ms(self.overhead()),
+            self.ratio() * 100.0
+        ));
+        out.push_str(&format!(
+            "target: overhead <= {:.0}% of baseline and < {} ms: {}",
+            TARGET_RATIO * 100.0,
+            TARGET_ABS.as_millis(),
+            if self.meets_target() { "met" } else { "NOT met" }
+        ));
+        out
+    }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn pick_image<'a>(config: &'a Config, name: Option<&str>) -> Result<&'a ImageConfig, String> {
+    if let Some(n) = name {
+        return config
+            .images
+            .get(n)
+            .ok_or_else(|| format!("no image named `{n}` in the configuration"));
+    }
+    if config.images.len() == 1
+        && let Some(i) = config.images.values().next()
+    {
+        return Ok(i);
+    }
+    config
+        .images
+        .get("tiny")
+        .ok_or_else(|| "several images are configured: pick one with --image NAME".into())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Boots the image with a plain QEMU command and polls `ssh … true`.
+async fn baseline_boot(
+    config: &Config,
+    image: &ImageConfig,
+    accel: Accel,
+) -> Result<Duration, String> {
+    let dir = TempDir(
+        config
+            .daemon
+            .state_dir
+            .join(format!("bench-{:016x}", rand::random::<u64>())),
+    );
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("create {}: {e}", dir.0.display()))?;
+    let key = dir.0.join("id_ed25519");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .map_err(|e| format!("ssh-keygen: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .map_err(|e| format!("read public key: {e}"))?;
+    let host = HostKey::generate();
+    let host_private = host.private_openssh();
+    let host_public = host.public_openssh();
+    let seed = vm::seed::write_seed(
+        image.seed,
+        &dir.0,
+        &vm::seed::SeedData {
+            instance_id: &format!("bench-{:08x}", rand::random::<u32>()),
+            hostname: "bench",
+            user: &image.ssh_user,
+            authorized_key: public.trim(),
+            host_key: Some((&host_private, &host_public)),
+        },
+    )
+    .map_err(|e| format!("seed: {e}"))?;
+    let overlay = dir.0.join("overlay.qcow2");
+    vm::disk::create_overlay(
+        &config.qemu.img_binary,
+        &image.path,
+        image.format,
+        &overlay,
+        image.disk_size_gib,
+    )
+    .await
+    .map_err(|e| format!("overlay: {e}"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("pick a port: {e}"))?
+        .port();
+    let plan = vm::argv::VmPlan {
+        name: "solstice-bench-baseline".into(),
+        uuid: format!("00000000-0000-4000-8000-{:012x}", rand::random::<u64>() >> 16),
+        accel,
+        vcpus: image.vcpus,
+        memory_mib: image.memory_mib,
+        overlay,
+        seed: Some((image.seed, seed)),
+        uefi: None,
+        console: dir.0.join("console.log"),
+        qmp_socket: dir.0.join("qmp.sock"),
+    };
+    let args: Vec<String> = vm::argv::qemu_args(&plan)
+        .into_iter()
+        .map(|a| {
+            a.to_string_lossy()
+                .replace("127.0.0.1:0-:22", &format!("127.0.0.1:{port}-:22"))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut child = tokio::process::Command::new(&config.qemu.system_binary)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("start QEMU: {e}"))?;
+    let deadline = start + image.boot_timeout;
+    let result = loop {
+        let ok = tokio::process::Command::new("ssh")
+            .args([
+                "-q",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=2",
+                "-i",
+            ])
+            .arg(&key)
+            .args(["-p", &port.to_string()])
+            .arg(format!("{}@127.0.0.1", image.ssh_user))
+            .arg("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            break Ok(start.elapsed());
+        }
+        if Instant::now() > deadline {
+            break Err(format!(
+                "no SSH within {}s",
+                image.boot_timeout.as_secs()
+            ));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!("QEMU exited early: {status}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill().await;
+    result
+}
+
+async fn solstice_run(
+    config: &Config,
+    image: &ImageConfig,
+    accel: Accel,
+) -> Result<SolsticeSample, ExitCode> {
+    let wf = match crate::workflow::parse_workflow(TRUE_WORKFLOW) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: built-in bench workflow: {e}");
+            return Err(ExitCode::from(exit::INFRA));
+        }
+    };
+    let spec = JobSpec {
+        workflow: wf,
+        job_id: "bench".into(),
+        matrix: Default::default(),
+        github: json!({"repository": "local/bench", "workflow": "bench"}),
+        secrets: Default::default(),
+        vars: Default::default(),
+        inputs: json!({}),
+        needs: json!({}),
+        runner: RunnerInfo {
+            os: image.os,
+            name: "solstice-bench".into(),
+            arch: "X64".into(),
+            home: None,
+        },
+        extra_env: Default::default(),
+        checkout: CheckoutSource::None,
+        max_job_timeout: None,
+    };
+    let job_id = runner::new_job_id("bench");
+    let run = VmRun {
+        config,
+        image,
+        accel,
+        job_id: &job_id,
+        spec: &spec,
+    };
+    let start = Instant::now();
+    let report = match runner::run_in_vm(&run, &NullSink, &CancellationToken::new()).await {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(&e);
+            return Err(ExitCode::from(exit::INFRA));
+        }
+    };
+    let total = start.elapsed();
+    if report.outcome.conclusion != Conclusion::Success {
+        eprintln!("error: the benchmark's `true` job did not succeed");
+        return Err(ExitCode::from(exit::INFRA));
+    }
+    let t = report.timings;
+    Ok(SolsticeSample {
+        provision: t.provision,
+        boot_to_ssh: t.boot_to_ssh,
+        first_step: t.first_step.unwrap_or(t.job),
+        job: t.job,
+        teardown: t.teardown,
+        total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[ms(3), ms(1), ms(2)]), ms(2));
+        assert_eq!(median(&[ms(4), ms(1), ms(2), ms(3)]), Duration::from_micros(2500));
+        assert_eq!(median(&[]), Duration::ZERO);
+    }
+
+    #[test]
+    fn overhead_and_target() {
+        let s = SolsticeSample {
+            provision: ms(100),
+            boot_to_ssh: ms(3000),
+            first_step: ms(30),
+            job: ms(60),
+            teardown: ms(40),
+            total: ms(3200),
+        };
+        let r = Report::new(&[ms(3000)], &[s]);
+        assert_eq!(r.overhead(), ms(200));
+        assert!((r.ratio() - 0.0667).abs() < 0.001);
+        assert!(r.meets_target());
+        let slow = SolsticeSample {
+            total: ms(3400),
+            ..s
+        };
+        assert!(!Report::new(&[ms(3000)], &[slow]).meets_target());
+        assert!(Report::new(&[ms(3000)], &[s]).render().contains("target"));
+    }
+}

@@ -1,0 +1,423 @@
+//! `solstice exec`: run one job of a workflow file in fresh VMs (one per matrix
+//! combination), streaming the log to the terminal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::ExecArgs;
+use super::term::TerminalSink;
+use crate::config::{Config, ImageConfig};
+use crate::events::Conclusion;
+use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
+use crate::runner::{self, RunError, VmRun};
+use crate::secret::Secret;
+use crate::vm::{self, Accel};
+use crate::workflow::expr::{Contexts, interpolate};
+use crate::workflow::{self, Combination, Job, Workflow};
+
+/// Exit status of `solstice exec` (documented in docs/reference/cli.md).
+pub mod exit {
+    pub const JOB_FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const INFRA: u8 = 3;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Prints an error and its causes to stderr.
+pub fn report_error(err: &(dyn std::error::Error + 'static)) {
+    eprintln!("error: {err}");
+    let mut source = err.source();
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+}
+
+/// Loads the configuration for `exec`/`bench`, printing problems.
+pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCode> {
+    let path = runner::find_config(explicit).map_err(|msg| {
+        eprintln!("error: {msg}");
+        ExitCode::from(exit::USAGE)
+    })?;
+    match crate::config::load(&path) {
+        Ok(c) => Ok((path, c)),
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("error: {} is not valid (see above)", path.display());
+            Err(ExitCode::from(exit::USAGE))
+        }
+    }
+}
+
+/// Resolves the accelerator without blocking the runtime; prints the choice.
+pub async fn resolve_accel(config: &Config) -> Result<Accel, ExitCode> {
+    let qemu = config.qemu.clone();
+    match tokio::task::spawn_blocking(move || vm::accel::resolve(&qemu)).await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e)) => {
+            report_error(&e);
+            Err(ExitCode::from(exit::INFRA))
+        }
+        Err(e) => {
+            eprintln!("error: accelerator probe failed: {e}");
+            Err(ExitCode::from(exit::INFRA))
+        }
+    }
+}
+
+pub async fn exec_main(args: ExecArgs) -> ExitCode {
+    let (_, config) = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let text = match std::fs::read_to_string(&args.workflow) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", args.workflow.display());
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let wf = match workflow::parse_workflow(&text) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.workflow.display());
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let (job_id, job) = match workflow::select_job(&wf, args.job.as_deref()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.workflow.display());
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let combos = match workflow::expand_matrix(job) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.workflow.display());
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let all = combos.len();
+    let combos = workflow::filter_matrix(combos, &args.matrix);
+    if combos.is_empty() {
+        eprintln!(
+            "error: no matrix combination of job `{job_id}` matches the --matrix selectors ({all} combinations in all)"
+        );
+        return ExitCode::from(exit::USAGE);
+    }
+    // Choose every image before starting anything, so a bad label fails fast.
+    let mut plan = Vec::new();
+    for combo in &combos {
+        match choose_image(&config, args.image.as_deref(), job, combo) {
+            Ok(img) => plan.push((combo, img)),
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(exit::USAGE);
+            }
+        }
+    }
+    let accel = match resolve_accel(&config).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+
+    let workdir = match args.workdir.clone() {
+        Some(d) => d,
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let secrets: BTreeMap<String, Secret> = args
+        .secrets
+        .iter()
+        .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
+        .collect();
+    let vars: BTreeMap<String, String> = args.vars.iter().cloned().collect();
+    let extra_env: IndexMap<String, String> = args.env.iter().cloned().collect();
+    let github = local_github_context(&wf, job_id, &args.workflow, &workdir);
+
+    let cancel = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    spawn_interrupt_handler(cancel.clone(), hard_stop.clone(), interrupted.clone());
+
+    let sink = TerminalSink::new();
+    let total = plan.len();
+    let mut failed = 0usize;
+    let run_all = async {
+        for (i, (combo, image)) in plan.iter().enumerate() {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let display = workflow::job_display_name(job_id, job, combo);
+            if total > 1 {
+                println!("\n=== {display} [{}/{total}] ===", i + 1);
+            }
+            let spec = JobSpec {
+                workflow: wf.clone(),
+                job_id: job_id.to_string(),
+                matrix: (*combo).clone(),
+                github: github.clone(),
+                secrets: secrets.clone(),
+                vars: vars.clone(),
+                inputs: json!({}),
+                needs: json!({}),
+                runner: RunnerInfo {
+                    os: image.os,
+                    name: format!("solstice-{}", hostname()),
+                    arch: "X64".into(),
+                    home: None,
+                },
+                extra_env: extra_env.clone(),
+                checkout: CheckoutSource::LocalTree(workdir.clone()),
+                max_job_timeout: None,
+            };
+            let run_id = runner::new_job_id("exec");
+            let vm_run = VmRun {
+                config: &config,
+                image,
+                accel,
+                job_id: &run_id,
+                spec: &spec,
+            };
+            match runner::run_in_vm(&vm_run, &sink, &cancel).await {
+                Ok(report) => {
+                    if report.outcome.conclusion != Conclusion::Success {
+                        failed += 1;
+                    }
+                }
+                Err(RunError::Cancelled) => {
+                    failed += 1;
+                    break;
+                }
+                Err(e) => {
+                    report_error(&e);
+                    return Err(ExitCode::from(exit::INFRA));
+                }
+            }
+        }
+        Ok(())
+    };
+    let result = tokio::select! {
+        r = run_all => r,
+        // A second Ctrl-C: dropping the run future destroys the VM at once.
+        _ = hard_stop.cancelled() => Err(ExitCode::from(exit::INTERRUPTED)),
+    };
+    if let Err(code) = result {
+        return code;
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("interrupted: the job was cancelled and its VM destroyed");
+        return ExitCode::from(exit::INTERRUPTED);
+    }
+    if total > 1 {
+        println!(
+            "\n{} of {total} matrix combinations succeeded",
+            total - failed
+        );
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::JOB_FAILED)
+    }
+}
+
+/// First Ctrl-C (or SIGTERM) cancels the job: the running step is stopped, `always()`
+/// steps run and the VM is destroyed. A second one stops at once.
+fn spawn_interrupt_handler(
+    cancel: CancellationToken,
+    hard_stop: CancellationToken,
+    interrupted: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => Some(s),
+                Err(_) => None,
+            };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            }
+            count += 1;
+            interrupted.store(true, Ordering::SeqCst);
+            if count == 1 {
+                eprintln!(
+                    "\n[solstice] interrupted: cancelling the job (press Ctrl-C again to stop at once)"
+                );
+                cancel.cancel();
+            } else {
+                eprintln!("\n[solstice] stopping now");
+                hard_stop.cancel();
+                return;
+            }
+        }
+    });
+}
+
+/// Picks the image for one matrix combination: `--image`, else the image whose
+/// labels include every `runs-on` label, else the only image.
+pub fn choose_image<'a>(
+    config: &'a Config,
+    explicit: Option<&str>,
+    job: &Job,
+    combo: &Combination,
+) -> Result<&'a ImageConfig, String> {
+    let names = || config.images.keys().cloned().collect::<Vec<_>>().join(", ");
+    if let Some(name) = explicit {
+        return config.images.get(name).ok_or_else(|| {
+            format!("no image named `{name}` in the configuration (images: {})", names())
+        });
+    }
+    let labels = runs_on_labels(job, combo)?;
+    if labels.is_empty() {
+        if config.images.len() == 1
+            && let Some(img) = config.images.values().next()
+        {
+            return Ok(img);
+        }
+        return Err(format!(
+            "the job has no `runs-on` labels and there are several images; pick one with --image ({})",
+            names()
+        ));
+    }
+    let matching: Vec<&ImageConfig> = config
+        .images
+        .values()
+        .filter(|img| labels.iter().all(|l| img.labels.iter().any(|il| il == l)))
+        .collect();
+    match matching.first() {
+        Some(img) => Ok(img),
+        None if config.images.len() == 1 => {
+            let img = config.images.values().next().ok_or("no images configured")?;
+            tracing::info!(image = %img.name, ?labels, "no image label matches runs-on; using the only image");
+            Ok(img)
+        }
+        None => {
+            let offered: Vec<String> = config
+                .images
+                .values()
+                .map(|i| format!("{} [{}]", i.name, i.labels.join(", ")))
+                .collect();
+            Err(format!(
+                "no image has all the labels of `runs-on: [{}]`; images: {}; use --image NAME or add labels to an image",
+                labels.join(", "),
+                offered.join("; ")
+            ))
+        }
+    }
+}
+
+/// The `runs-on` labels of a job, with `${{ matrix.* }}` interpolated.
+fn runs_on_labels(job: &Job, combo: &Combination) -> Result<Vec<String>, String> {
+    let Some(v) = &job.runs_on else {
+        return Ok(Vec::new());
+    };
+    let mut ctx = Contexts::default();
+    ctx.values.insert(
+        "matrix".into(),
+        Value::Object(combo.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+    );
+    let raw: Vec<String> = match v {
+        serde_norway::Value::String(s) => vec![s.clone()],
+        serde_norway::Value::Sequence(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        serde_norway::Value::Mapping(m) => match m.get("labels") {
+            Some(serde_norway::Value::String(s)) => vec![s.clone()],
+            Some(serde_norway::Value::Sequence(items)) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        },
+        _ => return Err("`runs-on` must be a label or a list of labels".into()),
+    };
+    let mut out = Vec::new();
+    for label in raw {
+        let value = interpolate(&label, &ctx).map_err(|e| format!("runs-on: {e}"))?;
+        // An expression may yield a JSON list of labels.
+        match serde_json::from_str::<Value>(&value) {
+            Ok(Value::Array(items)) => out.extend(
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string)),
+            ),
+            _ => out.push(value),
+        }
+    }
+    out.retain(|l| !l.is_empty());
+    Ok(out)
+}
+
+/// The `github` context of a local run, filled from the work tree's git state
+/// where there is one.
+pub fn local_github_context(wf: &Workflow, job_id: &str, file: &Path, workdir: &Path) -> Value {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(workdir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    };
+    let sha = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "0".repeat(40));
+    let branch = git(&["symbolic-ref", "--short", "HEAD"]).unwrap_or_else(|| "main".into());
+    let dir_name = workdir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "workspace".into());
+    let actor = std::env::var("USER").unwrap_or_else(|_| "local".into());
+    let workflow_name = wf
+        .name
+        .clone()
+        .unwrap_or_else(|| file.display().to_string());
+    let run_id = (rand::random::<u32>() % 1_000_000_000).to_string();
+    json!({
+        "event_name": "push",
+        "event": { "ref": format!("refs/heads/{branch}"), "after": sha },
+        "repository": format!("local/{dir_name}"),
+        "repository_owner": "local",
+        "ref": format!("refs/heads/{branch}"),
+        "ref_name": branch,
+        "ref_type": "branch",
+        "ref_protected": false,
+        "sha": sha,
+        "head_ref": "",
+        "base_ref": "",
+        "workflow": workflow_name,
+        "workflow_ref": format!("local/{dir_name}/{}@refs/heads/{branch}", file.display()),
+        "job": job_id,
+        "run_id": run_id,
+        "run_number": "1",
+        "run_attempt": "1",
+        "actor": actor,
+        "triggering_actor": actor,
+        "server_url": "http://localhost",
+        "api_url": "http://localhost/api/v1",
+        "graphql_url": "",
+        "retention_days": "0",
+        "secret_source": "None",
+    })
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into())
+}
