@@ -139,12 +139,19 @@ pub async fn wait_ready(
         }
         attempt += 1;
         let budget = opts.attempt_timeout.min(end - now);
+        let cut_short = budget < opts.attempt_timeout;
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(SshError::Cancelled { addr }),
-            r = tokio::time::timeout(budget, probe(target, opts)) => r.unwrap_or(
-                Err(SshError::Timeout { addr, after: budget })
-            ),
+            r = tokio::time::timeout(budget, probe(target, opts)) => match r {
+                Ok(r) => r,
+                // The overall deadline cut this attempt short: what the
+                // attempts before it saw says more than "timed out".
+                Err(_) if cut_short && last.is_some() => {
+                    return Err(not_ready(attempt, last));
+                }
+                Err(_) => Err(SshError::Timeout { addr, after: budget }),
+            },
         };
         let pause = match outcome {
             Ok(session) => {

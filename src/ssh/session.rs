@@ -58,7 +58,8 @@ pub fn signal_status(signal: &Sig) -> u32 {
     128 + number
 }
 
-/// Closes the channel if the exec future is dropped before the command ended.
+/// Hangs up the command and closes its channel if the exec future is dropped
+/// before the command ended.
 struct CloseOnDrop {
     write: Option<ChannelWriteHalf<Msg>>,
 }
@@ -75,6 +76,9 @@ impl Drop for CloseOnDrop {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
+                // Not every server ends the command when its channel closes
+                // (dropbear keeps it running), so hang it up first.
+                let _ = write.signal(Sig::HUP).await;
                 let _ = write.close().await;
             });
         }
