@@ -2,6 +2,13 @@
 //! Pure logic, no I/O.
 
 pub mod expr;
+pub mod matrix;
 pub mod model;
 
-pub use model::{Defaults, Job, RunDefaults, Step, Workflow};
+pub use matrix::{
+    Combination, expand_matrix, filter_matrix, job_display_name, parse_matrix_selector,
+};
+pub use model::{
+    Defaults, Job, RunDefaults, Scalar, Step, Strategy, Workflow, WorkflowError, parse_workflow,
+    select_job,
+};
