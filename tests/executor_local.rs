@@ -159,7 +159,10 @@ jobs:
 "#)
     .await;
     assert_eq!(r.outcome.conclusion, F);
-    assert_eq!(r.conclusions(), vec![(F, F), (K, K), (S, S), (S, S), (K, K)]);
+    assert_eq!(
+        r.conclusions(),
+        vec![(F, F), (K, K), (S, S), (S, S), (K, K)]
+    );
     let lines = r.lines();
     assert!(lines.contains(&"before".to_string()));
     assert!(lines.iter().any(|l| l.contains("exit code 3")), "{lines:?}");
@@ -169,7 +172,10 @@ jobs:
     assert!(!lines.contains(&"on-success".to_string()));
     assert!(matches!(
         r.sink.events().last(),
-        Some(JobEvent::JobFinished { conclusion: Conclusion::Failure, .. })
+        Some(JobEvent::JobFinished {
+            conclusion: Conclusion::Failure,
+            ..
+        })
     ));
 }
 
@@ -187,7 +193,10 @@ jobs:
     .await;
     assert_eq!(r.outcome.conclusion, S);
     assert_eq!(r.conclusions(), vec![(F, S), (S, S)]);
-    assert!(r.lines().contains(&"outcome=failure conclusion=success".to_string()));
+    assert!(
+        r.lines()
+            .contains(&"outcome=failure conclusion=success".to_string())
+    );
 }
 
 #[tokio::test]
@@ -248,7 +257,10 @@ jobs:
     let l = r.step_lines(1);
     assert!(l.contains(&"multi=[first line".to_string()), "{l:?}");
     assert!(l.contains(&"second line]".to_string()), "{l:?}");
-    assert!(l.contains(&"level=from-github-env ctx=from-github-env".to_string()), "{l:?}");
+    assert!(
+        l.contains(&"level=from-github-env ctx=from-github-env".to_string()),
+        "{l:?}"
+    );
     assert!(l.contains(&"tool-ran".to_string()), "{l:?}");
     assert!(r.step_lines(2).contains(&"level=step".to_string()));
 }
@@ -292,8 +304,14 @@ jobs:
     let ws = format!("{home}/work/widget/widget");
     assert!(l.contains(&format!("job=build ws={ws} pwd={ws}")), "{l:?}");
     assert!(l.contains(&"os=illumos arch=X64 ci=true actions=true repo=acme/widget ref=main sha=0123456789abcdef run=77".to_string()), "{l:?}");
-    assert!(l.contains(&r#"event={"head_commit":{"message":"hello"}}"#.to_string()), "{l:?}");
-    assert!(l.contains(&"ctx=illumos acme/widget job".to_string()), "{l:?}");
+    assert!(
+        l.contains(&r#"event={"head_commit":{"message":"hello"}}"#.to_string()),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&"ctx=illumos acme/widget job".to_string()),
+        "{l:?}"
+    );
 }
 
 #[tokio::test]
@@ -322,15 +340,22 @@ jobs:
         |s| {
             s.secrets
                 .insert("TOKEN".into(), Secret::new("s3cret-value-123"));
-            s.secrets
-                .insert("KEY".into(), Secret::new("-----BEGIN-----\nkey-line-two\n-----END-----"));
+            s.secrets.insert(
+                "KEY".into(),
+                Secret::new("-----BEGIN-----\nkey-line-two\n-----END-----"),
+            );
         },
         CancellationToken::new(),
     )
     .await;
     assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
     let all = r.all_text();
-    for leak in ["s3cret-value-123", "key-line-two", "-----BEGIN-----", "runtime-value"] {
+    for leak in [
+        "s3cret-value-123",
+        "key-line-two",
+        "-----BEGIN-----",
+        "runtime-value",
+    ] {
         assert!(!all.contains(leak), "{leak} leaked:\n{all}");
     }
     let l = r.lines();
@@ -369,7 +394,11 @@ jobs:
     assert_eq!(r.outcome.conclusion, S);
     assert!(!r.outcome.outputs.contains_key("leak"));
     assert_eq!(r.outcome.outputs["fine"], "ok");
-    assert!(r.lines().iter().any(|l| l.contains("Skipped job output `leak`")));
+    assert!(
+        r.lines()
+            .iter()
+            .any(|l| l.contains("Skipped job output `leak`"))
+    );
 }
 
 #[tokio::test]
@@ -382,14 +411,18 @@ jobs:
       - timeout-minutes: 0.03
         run: |
           echo started
-          sleep 600
+          sleep 611
           echo not-reached
       - run: echo skipped
       - if: always()
         run: echo cleanup
 "#)
     .await;
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(r.outcome.conclusion, F);
     assert_eq!(r.conclusions(), vec![(F, F), (K, K), (S, S)]);
     let l = r.lines();
@@ -400,7 +433,7 @@ jobs:
     // The sleep was killed, not left behind.
     let ps = std::process::Command::new("sh")
         .arg("-c")
-        .arg("ps -eo args | grep '^sleep 600$' || true")
+        .arg("ps -eo args | grep '^sleep 611$' || true")
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty());
@@ -499,7 +532,10 @@ jobs:
     assert_eq!(r.conclusions(), vec![(S, S), (S, S), (F, F)]);
     assert!(r.step_lines(0).contains(&"bash=none".to_string()));
     let home = r._home.path().to_str().unwrap();
-    assert!(r.step_lines(1).contains(&format!("pwd={home}/work/widget/widget/sub/dir")));
+    assert!(
+        r.step_lines(1)
+            .contains(&format!("pwd={home}/work/widget/widget/sub/dir"))
+    );
     assert!(
         r.step_lines(2).iter().any(|l| l.contains("does not exist")),
         "{:?}",
@@ -524,10 +560,19 @@ jobs:
     assert_eq!(with_bash.conclusions()[0], (F, F));
 
     let no_bash = run_with(yaml, &NoBashSession, |_| {}, CancellationToken::new()).await;
-    assert!(no_bash.step_lines(0).contains(&"bash=".to_string()), "{:?}", no_bash.lines());
+    assert!(
+        no_bash.step_lines(0).contains(&"bash=".to_string()),
+        "{:?}",
+        no_bash.lines()
+    );
     assert_eq!(no_bash.conclusions()[0], (S, S));
     assert_eq!(no_bash.conclusions()[2], (F, F));
-    assert!(no_bash.step_lines(2).iter().any(|l| l.contains("bash is not installed")));
+    assert!(
+        no_bash
+            .step_lines(2)
+            .iter()
+            .any(|l| l.contains("bash is not installed"))
+    );
 }
 
 #[tokio::test]
@@ -619,7 +664,10 @@ jobs:
     assert_eq!(ev[1], (LineKind::Stdout, "inside".into()));
     assert_eq!(ev[2], (LineKind::GroupEnd, "".into()));
     assert_eq!(ev[3], ann("warning", "a.c:3: careful"));
-    assert_eq!(ev[4], (LineKind::Stdout, "::error::not a command now".into()));
+    assert_eq!(
+        ev[4],
+        (LineKind::Stdout, "::error::not a command now".into())
+    );
     assert_eq!(ev[5], ann("error", "a real error"));
     assert_eq!(ev[6].0, LineKind::Annotation("warning".into()));
     assert!(ev[6].1.contains("disabled"));
@@ -645,7 +693,11 @@ async fn debug_lines_shown_with_actions_step_debug() {
 
 #[tokio::test]
 async fn python_shell_and_custom_template() {
-    if std::process::Command::new("python3").arg("-V").output().is_err() {
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
         panic!("python3 is needed for this test");
     }
     let r = run(r#"
@@ -673,7 +725,11 @@ fn git(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 #[tokio::test]
@@ -739,7 +795,16 @@ async fn remote_checkout_clones_at_the_sha_without_the_token_in_argv() {
     git(&src, &["commit", "-q", "-am", "second"]);
     std::fs::create_dir_all(forge.path().join("acme")).unwrap();
     let bare = forge.path().join("acme/widget.git");
-    git(forge.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    git(
+        forge.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
     git(&bare, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
     let server = format!("file://{}", forge.path().display());
     let r = run_with(
