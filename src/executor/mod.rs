@@ -1,1 +1,1464 @@
-//! Drives a job's steps through a guest session.
+//! Drives one job's steps through a guest session and reports [`JobEvent`]s.
+//!
+//! Per `run:` step the guest sees **one** exec: `cd STEPS && tar -xf - && exec sh
+//! step-N/wrapper.sh`, with a small tar (script, wrapper, empty file-command
+//! files) on stdin. The wrapper exports the environment, enters the working
+//! directory, runs the script, then prints a random marker line followed by the
+//! contents of `GITHUB_ENV`/`GITHUB_OUTPUT`/`GITHUB_PATH`/`GITHUB_STEP_SUMMARY`,
+//! so no second round trip is needed to read them back. A timeout or
+//! cancellation costs one more exec (`kill -TERM` of the step's process group,
+//! then `kill -KILL` after [`KILL_GRACE`]).
+//!
+//! Every event goes through one [`Emitter`], which masks secrets and values
+//! registered with `::add-mask::`, so no sink ever sees an unmasked line.
+//!
+//! `::debug::` lines are emitted (as [`LineKind::Debug`]) only when the secret or
+//! variable `ACTIONS_STEP_DEBUG` is `true`, as on GitHub; otherwise they are
+//! dropped. `RUNNER_DEBUG=1` is set when `ACTIONS_RUNNER_DEBUG` is `true`.
+
+pub mod checkout;
+pub mod commands;
+pub mod env;
+pub mod filecmd;
+pub mod mask;
+pub mod shell;
+
+use crate::config::GuestOs;
+use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
+use crate::guest::{GuestError, GuestSession, OutputChunk, Stream, shell_quote};
+use crate::secret::Secret;
+use crate::workflow::expr::{Contexts, JobStatus, Value, evaluate_condition, interpolate};
+use crate::workflow::{Job, Step, Workflow};
+use commands::{CommandState, LineAction, LineSplitter};
+use env::{GuestLayout, RunnerVarsInput};
+use indexmap::IndexMap;
+use mask::Masker;
+use serde_json::{Map, json};
+use shell::{FileDump, ResolvedShell, WrapperSpec};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Time between `kill -TERM` and `kill -KILL` of a step's processes, and after
+/// `-KILL` before the step is abandoned.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Default job timeout (GitHub's): 360 minutes.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(360 * 60);
+/// Upper bound for each `always()`/`cancelled()` step that runs after the job
+/// was cancelled or timed out.
+pub const AFTER_CANCEL_STEP_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// How long to wait for the output of a finished exec to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Everything needed to run one job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub workflow: Workflow,
+    /// Key of the job in `workflow.jobs`.
+    pub job_id: String,
+    /// This job's matrix combination (empty without a matrix).
+    pub matrix: IndexMap<String, Value>,
+    /// The `github` context object (`repository`, `sha`, `ref`, `event`, ...).
+    pub github: Value,
+    pub secrets: BTreeMap<String, Secret>,
+    pub vars: BTreeMap<String, String>,
+    pub inputs: Value,
+    pub needs: Value,
+    pub runner: RunnerInfo,
+    /// `--env K=V`, applied at the runner-variables level.
+    pub extra_env: IndexMap<String, String>,
+    pub checkout: CheckoutSource,
+    /// Cap for the job's `timeout-minutes`.
+    pub max_job_timeout: Option<Duration>,
+}
+
+/// The machine the job runs on.
+#[derive(Debug, Clone)]
+pub struct RunnerInfo {
+    pub os: GuestOs,
+    pub name: String,
+    /// `RUNNER_ARCH`, e.g. `X64`.
+    pub arch: String,
+    /// Guest base directory; `None` = `$HOME` in the guest.
+    pub home: Option<String>,
+}
+
+/// Where `actions/checkout` gets the code from.
+#[derive(Debug, Clone)]
+pub enum CheckoutSource {
+    /// Nothing to check out: the step logs a warning and succeeds.
+    None,
+    /// Copy this host directory (git-aware) into the guest.
+    LocalTree(PathBuf),
+    /// Clone inside the guest.
+    Remote {
+        server_url: String,
+        /// `owner/name`
+        repository: String,
+        git_ref: String,
+        sha: String,
+        token: Option<Secret>,
+    },
+}
+
+/// The record of one step.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// Index in the job's `steps` (0-based, as in the events).
+    pub index: usize,
+    pub id: Option<String>,
+    /// Masked display name.
+    pub name: String,
+    pub outcome: Conclusion,
+    pub conclusion: Conclusion,
+    pub outputs: IndexMap<String, String>,
+    pub duration: Duration,
+}
+
+/// The result of [`run_job`].
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub conclusion: Conclusion,
+    /// Job `outputs`, evaluated at the end. Outputs that contain a secret are dropped.
+    pub outputs: IndexMap<String, String>,
+    pub steps: Vec<StepRecord>,
+}
+
+/// The single exit for events: masks every text before the sink sees it.
+struct Emitter<'a> {
+    sink: &'a dyn EventSink,
+    masker: Mutex<Masker>,
+}
+
+impl Emitter<'_> {
+    fn mask(&self, s: &str) -> String {
+        match self.masker.lock() {
+            Ok(m) => m.mask(s),
+            Err(p) => p.into_inner().mask(s),
+        }
+    }
+
+    fn add_mask(&self, value: &str) {
+        match self.masker.lock() {
+            Ok(mut m) => m.add(value),
+            Err(p) => p.into_inner().add(value),
+        }
+    }
+
+    fn contains_secret(&self, s: &str) -> bool {
+        match self.masker.lock() {
+            Ok(m) => m.contains_secret(s),
+            Err(p) => p.into_inner().contains_secret(s),
+        }
+    }
+
+    fn emit(&self, event: JobEvent) {
+        let event = match event {
+            JobEvent::Line { step, kind, text } => JobEvent::Line {
+                step,
+                kind,
+                text: self.mask(&text),
+            },
+            JobEvent::StepStarted { index, name } => JobEvent::StepStarted {
+                index,
+                name: self.mask(&name),
+            },
+            JobEvent::StepSummary { index, markdown } => JobEvent::StepSummary {
+                index,
+                markdown: self.mask(&markdown),
+            },
+            JobEvent::Phase { phase, detail } => JobEvent::Phase {
+                phase,
+                detail: self.mask(&detail),
+            },
+            other => other,
+        };
+        self.sink.emit(event);
+    }
+
+    fn line(&self, step: Option<usize>, kind: LineKind, text: impl Into<String>) {
+        for l in text.into().split('\n') {
+            self.emit(JobEvent::Line {
+                step,
+                kind: kind.clone(),
+                text: l.to_string(),
+            });
+        }
+    }
+
+    fn runner(&self, step: Option<usize>, text: impl Into<String>) {
+        self.line(step, LineKind::Runner, text);
+    }
+
+    fn error(&self, step: Option<usize>, text: impl Into<String>) {
+        self.line(step, LineKind::Annotation("error".into()), text);
+    }
+}
+
+/// Why a running exec was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    StepTimeout,
+    JobTimeout,
+    Cancelled,
+}
+
+/// The result of one wrapped exec.
+struct ExecResult {
+    status: Result<u32, GuestError>,
+    stop: Option<Stop>,
+    dump: Option<FileDump>,
+}
+
+/// Turns a step's output chunks into masked events and finds the file dump.
+struct StepOutput<'e, 'a> {
+    em: &'e Emitter<'a>,
+    index: usize,
+    marker: Option<String>,
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    cmds: CommandState,
+    pending_empty: bool,
+    dump: Option<Vec<u8>>,
+}
+
+impl<'e, 'a> StepOutput<'e, 'a> {
+    fn new(em: &'e Emitter<'a>, index: usize, marker: Option<String>, debug: bool) -> Self {
+        StepOutput {
+            em,
+            index,
+            marker,
+            stdout: LineSplitter::default(),
+            stderr: LineSplitter::default(),
+            cmds: CommandState::new(debug),
+            pending_empty: false,
+            dump: None,
+        }
+    }
+
+    fn handle(&mut self, line: &str, stream: Stream) {
+        match self.cmds.process(line, stream) {
+            LineAction::Emit(kind, text) => self.em.emit(JobEvent::Line {
+                step: Some(self.index),
+                kind,
+                text,
+            }),
+            LineAction::AddMask(v) => self.em.add_mask(&v),
+            LineAction::Drop => {}
+        }
+    }
+
+    fn stdout_line(&mut self, line: String) {
+        if self.marker.as_deref() == Some(line.as_str()) {
+            self.pending_empty = false;
+            self.dump = Some(self.stdout.take_rest());
+            return;
+        }
+        if self.pending_empty {
+            self.pending_empty = false;
+            self.handle("", Stream::Stdout);
+        }
+        if line.is_empty() && self.marker.is_some() {
+            // Held back: the wrapper prints an empty line before its marker.
+            self.pending_empty = true;
+        } else {
+            self.handle(&line, Stream::Stdout);
+        }
+    }
+
+    fn feed(&mut self, chunk: OutputChunk) {
+        match chunk.stream {
+            Stream::Stdout => {
+                if let Some(d) = self.dump.as_mut() {
+                    d.extend_from_slice(&chunk.data);
+                    return;
+                }
+                let lines = self.stdout.feed(&chunk.data);
+                let mut iter = lines.into_iter();
+                for line in iter.by_ref() {
+                    self.stdout_line(line);
+                    if self.dump.is_some() {
+                        break;
+                    }
+                }
+                // Lines already split after the marker belong to the dump.
+                if let Some(d) = self.dump.as_mut() {
+                    let mut rest = Vec::new();
+                    for l in iter {
+                        rest.extend_from_slice(l.as_bytes());
+                        rest.push(b'\n');
+                    }
+                    rest.extend_from_slice(d);
+                    *d = rest;
+                }
+            }
+            Stream::Stderr => {
+                for line in self.stderr.feed(&chunk.data) {
+                    self.handle(&line, Stream::Stderr);
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Option<FileDump> {
+        if self.dump.is_none() {
+            if self.pending_empty {
+                self.handle("", Stream::Stdout);
+            }
+            if let Some(l) = self.stdout.flush() {
+                self.handle(&l, Stream::Stdout);
+            }
+        }
+        if let Some(l) = self.stderr.flush() {
+            self.handle(&l, Stream::Stderr);
+        }
+        let marker = self.marker.take()?;
+        self.dump.map(|d| shell::parse_dump(&d, &marker))
+    }
+}
+
+/// Mutable state of a running job.
+struct JobState {
+    status: JobStatus,
+    /// Set when the job timed out (job conclusion is then `failure`).
+    timed_out: bool,
+    env_files: IndexMap<String, String>,
+    path_prefix: Vec<String>,
+    steps_ctx: Map<String, Value>,
+    records: Vec<StepRecord>,
+}
+
+/// Results of the probe at job start.
+struct Probe {
+    home: String,
+    has_bash: bool,
+}
+
+struct Runtime<'a> {
+    spec: &'a JobSpec,
+    job: &'a Job,
+    session: &'a dyn GuestSession,
+    em: Emitter<'a>,
+    cancel: CancellationToken,
+    layout: GuestLayout,
+    has_bash: bool,
+    job_deadline: Instant,
+    /// Workflow and job `env`, evaluated.
+    base_env: IndexMap<String, String>,
+    debug: bool,
+}
+
+fn is_true(s: &str) -> bool {
+    s.trim().eq_ignore_ascii_case("true")
+}
+
+fn conclusion_str(c: Conclusion) -> &'static str {
+    c.as_str()
+}
+
+/// Parses a `timeout-minutes` value (fractions allowed).
+fn minutes(s: &str) -> Option<Duration> {
+    let m: f64 = s.trim().parse().ok()?;
+    (m.is_finite() && m > 0.0).then(|| Duration::from_secs_f64(m * 60.0))
+}
+
+/// Runs one job and returns its outcome. Never panics on bad input: problems
+/// become failed steps or a failed job with a message.
+pub async fn run_job(
+    spec: &JobSpec,
+    session: &dyn GuestSession,
+    sink: &dyn EventSink,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    let started = Instant::now();
+    let mut masker = Masker::new();
+    for s in spec.secrets.values() {
+        masker.add(s.expose());
+    }
+    if let CheckoutSource::Remote { token: Some(t), .. } = &spec.checkout {
+        masker.add(t.expose());
+        masker.add(&checkout::auth_header_value(t.expose()));
+    }
+    let em = Emitter {
+        sink,
+        masker: Mutex::new(masker),
+    };
+    let finish = |em: &Emitter<'_>, conclusion: Conclusion, outputs, steps| {
+        em.emit(JobEvent::JobFinished {
+            conclusion,
+            duration: started.elapsed(),
+        });
+        JobOutcome {
+            conclusion,
+            outputs,
+            steps,
+        }
+    };
+    let Some(job) = spec.workflow.jobs.get(&spec.job_id) else {
+        em.error(
+            None,
+            format!(
+                "The workflow has no job `{}`; pick one of: {}",
+                spec.job_id,
+                spec.workflow
+                    .jobs
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        return finish(&em, Conclusion::Failure, IndexMap::new(), Vec::new());
+    };
+    if job.container.is_some() || job.services.is_some() {
+        em.error(
+            None,
+            "`container:` and `services:` are not supported: every job already runs in its own VM",
+        );
+        return finish(&em, Conclusion::Failure, IndexMap::new(), Vec::new());
+    }
+    let flag = |name: &str| {
+        spec.secrets.get(name).is_some_and(|s| is_true(s.expose()))
+            || spec.vars.get(name).is_some_and(|v| is_true(v))
+    };
+    let debug = flag("ACTIONS_STEP_DEBUG");
+    let runner_debug = flag("ACTIONS_RUNNER_DEBUG");
+
+    let mut rt = Runtime {
+        spec,
+        job,
+        session,
+        em,
+        cancel,
+        layout: GuestLayout::new("/", "workspace"),
+        has_bash: false,
+        job_deadline: started + DEFAULT_JOB_TIMEOUT,
+        base_env: IndexMap::new(),
+        debug,
+    };
+    let mut state = JobState {
+        status: JobStatus::Success,
+        timed_out: false,
+        env_files: IndexMap::new(),
+        path_prefix: Vec::new(),
+        steps_ctx: Map::new(),
+        records: Vec::new(),
+    };
+
+    // Workflow and job env, then the job timeout.
+    let mut base_env = IndexMap::new();
+    for (scope, map) in [("workflow", &spec.workflow.env), ("job", &job.env)] {
+        for (k, v) in map {
+            let ctx = rt.contexts(&base_env, &state);
+            match interpolate(&v.0, &ctx) {
+                Ok(val) => {
+                    base_env.insert(k.clone(), val);
+                }
+                Err(e) => {
+                    rt.em.error(None, format!("Invalid {scope} env `{k}`: {e}"));
+                    return finish(&rt.em, Conclusion::Failure, IndexMap::new(), Vec::new());
+                }
+            }
+        }
+    }
+    rt.base_env = base_env;
+    let mut job_timeout = DEFAULT_JOB_TIMEOUT;
+    if let Some(t) = &job.timeout_minutes {
+        let ctx = rt.contexts(&rt.base_env, &state);
+        match interpolate(&t.0, &ctx).ok().as_deref().and_then(minutes) {
+            Some(d) => job_timeout = d,
+            None => {
+                rt.em.error(
+                    None,
+                    format!(
+                        "Invalid job timeout-minutes `{}`: expected a positive number",
+                        t.0
+                    ),
+                );
+                return finish(&rt.em, Conclusion::Failure, IndexMap::new(), Vec::new());
+            }
+        }
+    }
+    if let Some(max) = spec.max_job_timeout {
+        job_timeout = job_timeout.min(max);
+    }
+    rt.job_deadline = started + job_timeout;
+
+    // Probe the guest and create the layout.
+    match rt.probe().await {
+        Ok(p) => {
+            rt.layout = GuestLayout::new(&p.home, &env::repo_name(&spec.github));
+            rt.has_bash = p.has_bash;
+        }
+        Err(msg) => {
+            let conclusion = if rt.cancel.is_cancelled() {
+                Conclusion::Cancelled
+            } else {
+                Conclusion::Failure
+            };
+            rt.em.error(None, msg);
+            return finish(&rt.em, conclusion, IndexMap::new(), Vec::new());
+        }
+    }
+
+    for (index, step) in job.steps.iter().enumerate() {
+        rt.check_job_state(&mut state);
+        rt.run_step(index, step, &mut state, runner_debug).await;
+    }
+    rt.check_job_state(&mut state);
+
+    // Job outputs.
+    let mut outputs = IndexMap::new();
+    let ctx = rt.contexts(&rt.env_context(&state, None), &state);
+    for (name, template) in &job.outputs {
+        match interpolate(template, &ctx) {
+            Ok(v) if rt.em.contains_secret(&v) => rt.em.line(
+                None,
+                LineKind::Annotation("warning".into()),
+                format!("Skipped job output `{name}` because it may contain a secret"),
+            ),
+            Ok(v) => {
+                outputs.insert(name.clone(), v);
+            }
+            Err(e) => rt
+                .em
+                .error(None, format!("Invalid job output `{name}`: {e}")),
+        }
+    }
+    let conclusion = if state.timed_out {
+        Conclusion::Failure
+    } else {
+        match state.status {
+            JobStatus::Success => Conclusion::Success,
+            JobStatus::Failure => Conclusion::Failure,
+            JobStatus::Cancelled => Conclusion::Cancelled,
+        }
+    };
+    let records = std::mem::take(&mut state.records);
+    finish(&rt.em, conclusion, outputs, records)
+}
+
+impl<'a> Runtime<'a> {
+    /// Marks the job cancelled or timed out when that has happened.
+    fn check_job_state(&self, state: &mut JobState) {
+        if state.status == JobStatus::Cancelled {
+            return;
+        }
+        if self.cancel.is_cancelled() {
+            state.status = JobStatus::Cancelled;
+            self.em.runner(None, "The job was cancelled");
+        } else if Instant::now() >= self.job_deadline {
+            self.mark_timed_out(state);
+        }
+    }
+
+    fn mark_timed_out(&self, state: &mut JobState) {
+        if state.timed_out {
+            return;
+        }
+        state.timed_out = true;
+        state.status = JobStatus::Cancelled;
+        let spent = self.job_deadline.saturating_duration_since(Instant::now());
+        let _ = spent;
+        self.em.error(
+            None,
+            "The job has exceeded its maximum execution time (timeout-minutes); remaining steps run only with `if: always()` or `cancelled()`",
+        );
+    }
+
+    /// The `env` context: workflow+job env, `GITHUB_ENV` additions, then step env.
+    fn env_context(
+        &self,
+        state: &JobState,
+        step_env: Option<&IndexMap<String, String>>,
+    ) -> IndexMap<String, String> {
+        let mut env = self.base_env.clone();
+        for (k, v) in &state.env_files {
+            env.insert(k.clone(), v.clone());
+        }
+        if let Some(s) = step_env {
+            for (k, v) in s {
+                env.insert(k.clone(), v.clone());
+            }
+        }
+        env
+    }
+
+    fn contexts(&self, env: &IndexMap<String, String>, state: &JobState) -> Contexts {
+        let spec = self.spec;
+        let mut values = BTreeMap::new();
+        let mut github = match &spec.github {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        github.insert("job".into(), json!(spec.job_id));
+        github.insert("workspace".into(), json!(self.layout.workspace));
+        github
+            .entry("workflow")
+            .or_insert_with(|| json!(spec.workflow.name.clone().unwrap_or_default()));
+        if let Some(t) = spec.secrets.get("GITHUB_TOKEN") {
+            github.entry("token").or_insert_with(|| json!(t.expose()));
+        }
+        values.insert("github".into(), Value::Object(github));
+        values.insert(
+            "env".into(),
+            Value::Object(env.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
+        );
+        values.insert(
+            "vars".into(),
+            Value::Object(
+                spec.vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect(),
+            ),
+        );
+        values.insert(
+            "secrets".into(),
+            Value::Object(
+                spec.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v.expose())))
+                    .collect(),
+            ),
+        );
+        values.insert(
+            "matrix".into(),
+            Value::Object(
+                spec.matrix
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        );
+        values.insert("needs".into(), spec.needs.clone());
+        values.insert("inputs".into(), spec.inputs.clone());
+        values.insert("steps".into(), Value::Object(state.steps_ctx.clone()));
+        let status = match state.status {
+            JobStatus::Success => "success",
+            JobStatus::Failure => "failure",
+            JobStatus::Cancelled => "cancelled",
+        };
+        values.insert("job".into(), json!({ "status": status }));
+        values.insert(
+            "runner".into(),
+            json!({
+                "os": spec.runner.os.runner_os(),
+                "arch": spec.runner.arch,
+                "name": spec.runner.name,
+                "temp": self.layout.temp,
+                "tool_cache": self.layout.tool_cache,
+                "debug": if self.debug { "1" } else { "" },
+            }),
+        );
+        values.insert(
+            "strategy".into(),
+            json!({ "fail-fast": true, "job-index": 0, "job-total": 1, "max-parallel": 1 }),
+        );
+        Contexts {
+            values,
+            status: state.status,
+        }
+    }
+
+    /// One exec: reports `$HOME`, bash and the OS, creates the layout and writes
+    /// the event file.
+    async fn probe(&self) -> Result<Probe, String> {
+        let repo = env::repo_name(&self.spec.github);
+        let home = match &self.spec.runner.home {
+            Some(h) => shell_quote(h),
+            None => "\"$HOME\"".to_string(),
+        };
+        let cmd = format!(
+            "H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
+             cd \"$H\" && mkdir -p work/{r}/{r} _temp/_solstice _temp/_github_workflow _tool && \
+             cd _temp/_github_workflow && tar -xf -",
+            r = shell_quote(&repo)
+        );
+        let event = self
+            .spec
+            .github
+            .get("event")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let event_json = serde_json::to_vec_pretty(&event).unwrap_or_else(|_| b"{}".to_vec());
+        let tar = build_tar(&[TarFile::file("event.json", event_json, 0o600)])
+            .map_err(|e| format!("Could not build the job setup archive: {e}"))?;
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+        let exec = self.session.exec(&cmd, &tar, tx);
+        let collect = async {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            while let Some(c) = rx.recv().await {
+                match c.stream {
+                    Stream::Stdout => out.extend_from_slice(&c.data),
+                    Stream::Stderr => err.extend_from_slice(&c.data),
+                }
+            }
+            (out, err)
+        };
+        let work = async { tokio::join!(exec, collect) };
+        let deadline = tokio::time::Instant::from_std(self.job_deadline);
+        let (status, (out, err)) = tokio::select! {
+            r = work => r,
+            _ = self.cancel.cancelled() => return Err("The job was cancelled during setup".into()),
+            _ = tokio::time::sleep_until(deadline) => return Err("The job timed out during setup".into()),
+        };
+        let status = status.map_err(|e| format!("Could not prepare the guest: {e}"))?;
+        let out = String::from_utf8_lossy(&out);
+        if status != 0 {
+            return Err(format!(
+                "Could not prepare the guest (exit status {status}): {}",
+                String::from_utf8_lossy(&err).trim()
+            ));
+        }
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let home = field("solstice-home=");
+        if home.is_empty() {
+            return Err(
+                "The guest has no home directory ($HOME is empty); set the image's home".into(),
+            );
+        }
+        Ok(Probe {
+            home,
+            has_bash: !field("solstice-bash=").is_empty(),
+        })
+    }
+
+    fn step_dir(&self, index: usize) -> String {
+        format!("{}/step-{}", self.layout.steps_root, index + 1)
+    }
+
+    fn display_name(&self, step: &Step, ctx: &Contexts) -> String {
+        if let Some(n) = &step.name {
+            return interpolate(n, ctx).unwrap_or_else(|_| n.clone());
+        }
+        if let Some(run) = &step.run {
+            let first = run.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let first = interpolate(first, ctx).unwrap_or_else(|_| first.to_string());
+            return format!("Run {}", first.trim());
+        }
+        if let Some(u) = &step.uses {
+            return format!("Run {u}");
+        }
+        "Step".into()
+    }
+
+    async fn run_step(&self, index: usize, step: &Step, state: &mut JobState, runner_debug: bool) {
+        let started = Instant::now();
+        let after_cancel = state.status == JobStatus::Cancelled;
+        let base_ctx = self.contexts(&self.env_context(state, None), state);
+
+        // Step env (may refer to the env context without the step's own values).
+        let mut step_env = IndexMap::new();
+        let mut setup_error: Option<String> = None;
+        for (k, v) in &step.env {
+            match interpolate(&v.0, &base_ctx) {
+                Ok(val) => {
+                    step_env.insert(k.clone(), val);
+                }
+                Err(e) => {
+                    setup_error.get_or_insert(format!("Invalid step env `{k}`: {e}"));
+                }
+            }
+        }
+        let env_ctx = self.env_context(state, Some(&step_env));
+        let ctx = self.contexts(&env_ctx, state);
+        let name = self.display_name(step, &ctx);
+
+        let condition = step
+            .if_
+            .as_ref()
+            .map(|s| s.0.trim())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("success()");
+        let run_it = match evaluate_condition(condition, &ctx) {
+            Ok(b) => b,
+            Err(e) => {
+                setup_error.get_or_insert(format!("Invalid `if:` condition: {e}"));
+                true
+            }
+        };
+        self.em.emit(JobEvent::StepStarted {
+            index,
+            name: name.clone(),
+        });
+        if !run_it {
+            self.em
+                .runner(Some(index), format!("Skipped: `if: {condition}` is false"));
+            self.record(
+                state,
+                index,
+                step,
+                name,
+                Conclusion::Skipped,
+                Conclusion::Skipped,
+                IndexMap::new(),
+                started,
+            );
+            return;
+        }
+
+        let continue_on_error = step
+            .continue_on_error
+            .as_ref()
+            .map(|c| {
+                interpolate(&c.0, &ctx)
+                    .map(|v| is_true(&v))
+                    .unwrap_or(false)
+            })
+            .unwrap_or(false);
+        let step_timeout = match &step.timeout_minutes {
+            None => None,
+            Some(t) => match interpolate(&t.0, &ctx).ok().as_deref().and_then(minutes) {
+                Some(d) => Some(d),
+                None => {
+                    setup_error.get_or_insert(format!(
+                        "Invalid timeout-minutes `{}`: expected a positive number",
+                        t.0
+                    ));
+                    None
+                }
+            },
+        };
+
+        let mut outputs = IndexMap::new();
+        let outcome = if let Some(err) = setup_error {
+            self.em.error(Some(index), err);
+            Conclusion::Failure
+        } else {
+            let now = Instant::now();
+            let mut deadline = step_timeout.map(|d| now + d);
+            let mut stop_kind = Stop::StepTimeout;
+            if after_cancel {
+                let limit = now + AFTER_CANCEL_STEP_LIMIT;
+                if deadline.is_none_or(|d| d > limit) {
+                    deadline = Some(limit);
+                }
+            } else if deadline.is_none_or(|d| d >= self.job_deadline) {
+                deadline = Some(self.job_deadline);
+                stop_kind = Stop::JobTimeout;
+            }
+            let plan = StepRun {
+                index,
+                step,
+                ctx: &ctx,
+                step_env: &step_env,
+                deadline,
+                stop_kind,
+                watch_cancel: !after_cancel,
+                runner_debug,
+            };
+            match self.execute(&plan, state).await {
+                Ok((res, step_outputs)) => {
+                    outputs = step_outputs;
+                    match res {
+                        StepEnd::Success => Conclusion::Success,
+                        StepEnd::Failure => Conclusion::Failure,
+                        StepEnd::Stopped(Stop::StepTimeout) => {
+                            self.em.error(
+                                Some(index),
+                                format!(
+                                    "The step was stopped after its timeout-minutes ({})",
+                                    step.timeout_minutes
+                                        .as_ref()
+                                        .map(|t| t.0.as_str())
+                                        .unwrap_or("")
+                                ),
+                            );
+                            Conclusion::Failure
+                        }
+                        StepEnd::Stopped(Stop::JobTimeout) => {
+                            if after_cancel {
+                                self.em.error(Some(index), "The step was stopped: it ran too long after the job was cancelled");
+                                Conclusion::Failure
+                            } else {
+                                self.mark_timed_out(state);
+                                Conclusion::Cancelled
+                            }
+                        }
+                        StepEnd::Stopped(Stop::Cancelled) => {
+                            state.status = JobStatus::Cancelled;
+                            self.em.runner(Some(index), "The step was cancelled");
+                            Conclusion::Cancelled
+                        }
+                    }
+                }
+                Err(msg) => {
+                    self.em.error(Some(index), msg);
+                    Conclusion::Failure
+                }
+            }
+        };
+        let conclusion = if outcome == Conclusion::Failure && continue_on_error {
+            Conclusion::Success
+        } else {
+            outcome
+        };
+        if conclusion == Conclusion::Failure && state.status == JobStatus::Success {
+            state.status = JobStatus::Failure;
+        }
+        self.record(
+            state, index, step, name, outcome, conclusion, outputs, started,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        state: &mut JobState,
+        index: usize,
+        step: &Step,
+        name: String,
+        outcome: Conclusion,
+        conclusion: Conclusion,
+        outputs: IndexMap<String, String>,
+        started: Instant,
+    ) {
+        let duration = started.elapsed();
+        self.em.emit(JobEvent::StepFinished {
+            index,
+            outcome,
+            conclusion,
+            duration,
+        });
+        if let Some(id) = &step.id {
+            state.steps_ctx.insert(
+                id.clone(),
+                json!({
+                    "outputs": outputs,
+                    "outcome": conclusion_str(outcome),
+                    "conclusion": conclusion_str(conclusion),
+                }),
+            );
+        }
+        state.records.push(StepRecord {
+            index,
+            id: step.id.clone(),
+            name: self.em.mask(&name),
+            outcome,
+            conclusion,
+            outputs,
+            duration,
+        });
+    }
+
+    /// Runs a step's `run:` or `uses:`; returns how it ended and its outputs, or
+    /// an error message (the step fails).
+    async fn execute(
+        &self,
+        plan: &StepRun<'_>,
+        state: &mut JobState,
+    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+        let step = plan.step;
+        let ctx = plan.ctx;
+        let dir = self.step_dir(plan.index);
+        let (script, ext, shell_cmd, extra) = match (&step.run, &step.uses) {
+            (Some(_), Some(_)) => {
+                return Err("A step cannot have both `run:` and `uses:`".into());
+            }
+            (None, None) => return Err("A step needs `run:` or `uses:`".into()),
+            (Some(run), None) => {
+                let script = interpolate(run, ctx).map_err(|e| format!("Invalid `run:`: {e}"))?;
+                let shell_name = step
+                    .shell
+                    .clone()
+                    .or_else(|| run_default(self.job, &self.spec.workflow, |d| d.shell.clone()));
+                let shell = shell::resolve_shell(shell_name.as_deref(), self.has_bash)
+                    .map_err(|e| e.to_string())?;
+                (script, shell.extension(), shell, Vec::new())
+            }
+            (None, Some(uses)) if checkout::is_checkout(uses) => {
+                let mut with = IndexMap::new();
+                for (k, v) in &step.with {
+                    let val =
+                        interpolate(&v.0, ctx).map_err(|e| format!("Invalid `with.{k}`: {e}"))?;
+                    with.insert(k.clone(), val);
+                }
+                match self.checkout_plan(&with, &dir)? {
+                    CheckoutPlan::Skip(msg) => {
+                        self.em.line(
+                            Some(plan.index),
+                            LineKind::Annotation("warning".into()),
+                            msg,
+                        );
+                        return Ok((StepEnd::Success, IndexMap::new()));
+                    }
+                    CheckoutPlan::Local { tar, dest, clean } => {
+                        return self.local_checkout(plan, tar, &dest, clean).await;
+                    }
+                    CheckoutPlan::Remote { script, extra } => (
+                        script,
+                        "sh",
+                        ResolvedShell::Template(vec!["sh".into(), "-e".into(), "{0}".into()]),
+                        extra,
+                    ),
+                }
+            }
+            (None, Some(uses)) => {
+                return Err(format!(
+                    "`uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout)"
+                ));
+            }
+        };
+
+        // Environment, in precedence order.
+        let action = step
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("__run_{}", plan.index + 1));
+        let runner_vars = env::runner_variables(&RunnerVarsInput {
+            github: &self.spec.github,
+            layout: &self.layout,
+            job_id: &self.spec.job_id,
+            workflow_name: self.spec.workflow.name.as_deref().unwrap_or_default(),
+            runner_os: self.spec.runner.os.runner_os(),
+            runner_arch: &self.spec.runner.arch,
+            runner_name: &self.spec.runner.name,
+            action: &action,
+            step_dir: &dir,
+            debug: plan.runner_debug,
+        });
+        let mut merged: IndexMap<String, String> = self.base_env.clone();
+        for (k, v) in runner_vars.into_iter().chain(self.spec.extra_env.clone()) {
+            merged.insert(k, v);
+        }
+        for (k, v) in state.env_files.iter().chain(plan.step_env) {
+            merged.insert(k.clone(), v.clone());
+        }
+        let mut env_list = Vec::new();
+        for (k, v) in merged {
+            if shell::valid_env_name(&k) {
+                env_list.push((k, v));
+            } else {
+                self.em.line(
+                    Some(plan.index),
+                    LineKind::Annotation("warning".into()),
+                    format!("Skipped environment variable `{k}`: not a valid shell variable name"),
+                );
+            }
+        }
+
+        let wd_raw = step.working_directory.clone().or_else(|| {
+            run_default(self.job, &self.spec.workflow, |d| {
+                d.working_directory.clone()
+            })
+        });
+        let wd = match wd_raw {
+            Some(w) => Some(
+                interpolate(&w, ctx).map_err(|e| format!("Invalid `working-directory`: {e}"))?,
+            ),
+            None => None,
+        };
+        let working_dir = self.layout.resolve(wd.as_deref());
+        let script_path = format!("{dir}/script.{ext}");
+        let marker = format!("__solstice_files_{:032x}__", rand::random::<u128>());
+        let run_cmd = shell_cmd.command(&script_path);
+        let wrapper = shell::render_wrapper(&WrapperSpec {
+            step_dir: &dir,
+            env: &env_list,
+            path_prefix: &state.path_prefix,
+            working_dir: &working_dir,
+            run: &run_cmd,
+            marker: &marker,
+        });
+        let name = format!("step-{}", plan.index + 1);
+        let mut script_bytes = script.into_bytes();
+        if !script_bytes.ends_with(b"\n") {
+            script_bytes.push(b'\n');
+        }
+        let mut files = vec![
+            TarFile::dir(&name),
+            TarFile::file(&format!("{name}/script.{ext}"), script_bytes, 0o700),
+            TarFile::file(&format!("{name}/wrapper.sh"), wrapper.into_bytes(), 0o700),
+        ];
+        for f in shell::FILE_COMMANDS {
+            files.push(TarFile::file(&format!("{name}/{f}"), Vec::new(), 0o600));
+        }
+        for (fname, bytes) in extra {
+            files.push(TarFile::file(&format!("{name}/{fname}"), bytes, 0o600));
+        }
+        let tar =
+            build_tar(&files).map_err(|e| format!("Could not build the step archive: {e}"))?;
+        let cmd = format!(
+            "cd {} && tar -xf - && exec sh {}",
+            shell_quote(&self.layout.steps_root),
+            shell_quote(&format!("{dir}/wrapper.sh"))
+        );
+        let res = self.exec_step(plan, &cmd, &tar, Some(marker), &dir).await;
+        self.finish_exec(plan, res, state)
+    }
+
+    /// Applies the file commands and maps an exec result to a step end.
+    fn finish_exec(
+        &self,
+        plan: &StepRun<'_>,
+        res: ExecResult,
+        state: &mut JobState,
+    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+        let status = match res.status {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(stop) = res.stop {
+                    return Ok((StepEnd::Stopped(stop), IndexMap::new()));
+                }
+                return Err(format!("The step could not run in the guest: {e}"));
+            }
+        };
+        if let Some(stop) = res.stop {
+            return Ok((StepEnd::Stopped(stop), IndexMap::new()));
+        }
+        let mut outputs = IndexMap::new();
+        let mut failed = status != 0;
+        if let Some(dump) = res.dump {
+            match filecmd::parse_key_values(&dump.env) {
+                Ok(pairs) => {
+                    for (k, v) in pairs {
+                        state.env_files.insert(k, v);
+                    }
+                }
+                Err(e) => {
+                    self.em.error(Some(plan.index), format!("GITHUB_ENV: {e}"));
+                    failed = true;
+                }
+            }
+            match filecmd::parse_key_values(&dump.output) {
+                Ok(pairs) => outputs.extend(pairs),
+                Err(e) => {
+                    self.em
+                        .error(Some(plan.index), format!("GITHUB_OUTPUT: {e}"));
+                    failed = true;
+                }
+            }
+            filecmd::prepend_paths(&mut state.path_prefix, filecmd::parse_path(&dump.path));
+            if !dump.summary.trim().is_empty() {
+                self.em.emit(JobEvent::StepSummary {
+                    index: plan.index,
+                    markdown: dump.summary,
+                });
+            }
+        }
+        if status != 0 {
+            self.em.runner(
+                Some(plan.index),
+                format!("Process completed with exit code {status}."),
+            );
+        }
+        Ok((
+            if failed {
+                StepEnd::Failure
+            } else {
+                StepEnd::Success
+            },
+            outputs,
+        ))
+    }
+
+    /// Runs `cmd` with `stdin`, streaming output as step lines, and stops it
+    /// (process group kill) at the deadline or on cancellation.
+    async fn exec_step(
+        &self,
+        plan: &StepRun<'_>,
+        cmd: &str,
+        stdin: &[u8],
+        marker: Option<String>,
+        step_dir: &str,
+    ) -> ExecResult {
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
+        let mut out = StepOutput::new(&self.em, plan.index, marker, self.debug);
+        let exec = self.session.exec(cmd, stdin, tx);
+        tokio::pin!(exec);
+        let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = plan
+            .deadline
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(far);
+        let mut status: Option<Result<u32, GuestError>> = None;
+        let mut stop: Option<Stop> = None;
+        let mut rx_open = true;
+        let mut escalate_at = far;
+        let mut kills_sent = 0u8;
+        let mut drain_until = far;
+        loop {
+            if status.is_some() && !rx_open {
+                break;
+            }
+            tokio::select! {
+                r = &mut exec, if status.is_none() => {
+                    status = Some(r);
+                    drain_until = tokio::time::Instant::now() + DRAIN_LIMIT;
+                }
+                c = rx.recv(), if rx_open => match c {
+                    Some(c) => out.feed(c),
+                    None => rx_open = false,
+                },
+                _ = tokio::time::sleep_until(deadline), if stop.is_none() && status.is_none() => {
+                    stop = Some(plan.stop_kind);
+                    self.kill(step_dir, "TERM").await;
+                    kills_sent = 1;
+                    escalate_at = tokio::time::Instant::now() + KILL_GRACE;
+                }
+                _ = self.cancel.cancelled(), if plan.watch_cancel && stop.is_none() && status.is_none() => {
+                    stop = Some(Stop::Cancelled);
+                    self.kill(step_dir, "TERM").await;
+                    kills_sent = 1;
+                    escalate_at = tokio::time::Instant::now() + KILL_GRACE;
+                }
+                _ = tokio::time::sleep_until(escalate_at), if status.is_none() && kills_sent > 0 => {
+                    if kills_sent == 1 {
+                        self.kill(step_dir, "KILL").await;
+                        kills_sent = 2;
+                        escalate_at = tokio::time::Instant::now() + KILL_GRACE;
+                    } else {
+                        self.em.error(Some(plan.index), "The step's processes did not stop; abandoning it");
+                        status = Some(Err(GuestError::Exec("the step did not stop".into())));
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(drain_until), if status.is_some() => break,
+            }
+        }
+        // Lines already received are still reported.
+        while let Ok(c) = rx.try_recv() {
+            out.feed(c);
+        }
+        let dump = out.finish();
+        ExecResult {
+            status: status.unwrap_or_else(|| Err(GuestError::Exec("no exit status".into()))),
+            stop,
+            dump,
+        }
+    }
+
+    /// Sends `signal` to the step's process group (or process) named in its pid file.
+    async fn kill(&self, step_dir: &str, signal: &str) {
+        let pid = shell_quote(&format!("{step_dir}/pid"));
+        let cmd = format!(
+            "p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && kill -{signal} $p 2>/dev/null; exit 0"
+        );
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(8);
+        let drain = async { while rx.recv().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(15), async {
+            tokio::join!(self.session.exec(&cmd, b"", tx), drain)
+        })
+        .await;
+    }
+
+    fn checkout_plan(
+        &self,
+        with: &IndexMap<String, String>,
+        step_dir: &str,
+    ) -> Result<CheckoutPlan, String> {
+        let get = |k: &str| with.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+        let dest = self.layout.resolve(get("path"));
+        let clean = get("clean").is_none_or(is_true);
+        match &self.spec.checkout {
+            CheckoutSource::None => Ok(CheckoutPlan::Skip(
+                "Nothing to check out: no source was given for this job; the workspace stays empty"
+                    .into(),
+            )),
+            CheckoutSource::LocalTree(root) => {
+                if let Some(r) = get("repository") {
+                    return Err(format!(
+                        "actions/checkout with `repository: {r}` needs a remote source; this job copies the local tree"
+                    ));
+                }
+                let tar = checkout::local_tree_tar(root).map_err(|e| {
+                    format!("Could not read the local tree {}: {e}", root.display())
+                })?;
+                Ok(CheckoutPlan::Local { tar, dest, clean })
+            }
+            CheckoutSource::Remote {
+                server_url,
+                repository,
+                git_ref,
+                sha,
+                token,
+            } => {
+                let repo = get("repository").unwrap_or(repository);
+                let same = repo.eq_ignore_ascii_case(repository);
+                let token = match get("token") {
+                    Some(t) => {
+                        self.em.add_mask(t);
+                        Some(t.to_string())
+                    }
+                    None => token.as_ref().map(|t| t.expose().to_string()),
+                };
+                let fetch_depth = match get("fetch-depth") {
+                    Some(d) => d
+                        .parse()
+                        .map_err(|_| format!("Invalid `fetch-depth: {d}`: expected a number"))?,
+                    None => 1,
+                };
+                let (r, s) = match get("ref") {
+                    Some(r) => (r.to_string(), None),
+                    None if same => (git_ref.clone(), Some(sha.clone()).filter(|s| !s.is_empty())),
+                    None => (String::new(), None),
+                };
+                let mut extra = Vec::new();
+                let auth_config = token.map(|t| {
+                    self.em.add_mask(&checkout::auth_header_value(&t));
+                    extra.push((
+                        "auth.gitconfig".to_string(),
+                        checkout::auth_config(server_url, &t).into_bytes(),
+                    ));
+                    format!("{step_dir}/auth.gitconfig")
+                });
+                let script = checkout::remote_script(&checkout::RemoteCheckout {
+                    url: checkout::clone_url(server_url, repo),
+                    sha: s,
+                    git_ref: r,
+                    dest,
+                    fetch_depth,
+                    clean,
+                    auth_config,
+                });
+                Ok(CheckoutPlan::Remote { script, extra })
+            }
+        }
+    }
+
+    async fn local_checkout(
+        &self,
+        plan: &StepRun<'_>,
+        tar: Vec<u8>,
+        dest: &str,
+        clean: bool,
+    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+        let d = shell_quote(dest);
+        let prep = if clean {
+            format!("rm -rf {d} && mkdir -p {d}")
+        } else {
+            format!("mkdir -p {d}")
+        };
+        let count = tar.len();
+        let cmd = format!("{prep} && cd {d} && exec tar -xf -");
+        let tar = checkout::pad_record(tar);
+        let res = self
+            .exec_step(plan, &cmd, &tar, None, &self.step_dir(plan.index))
+            .await;
+        if let Some(stop) = res.stop {
+            return Ok((StepEnd::Stopped(stop), IndexMap::new()));
+        }
+        match res.status {
+            Ok(0) => {
+                self.em.runner(
+                    Some(plan.index),
+                    format!("Copied the local tree ({count} bytes of tar) to {dest}"),
+                );
+                Ok((StepEnd::Success, IndexMap::new()))
+            }
+            Ok(s) => Err(format!(
+                "Copying the local tree into the guest failed (tar exited with {s})"
+            )),
+            Err(e) => Err(format!("Copying the local tree into the guest failed: {e}")),
+        }
+    }
+}
+
+/// A step's `run` default from the job, else the workflow.
+fn run_default(
+    job: &Job,
+    wf: &Workflow,
+    pick: impl Fn(&crate::workflow::RunDefaults) -> Option<String>,
+) -> Option<String> {
+    let from = |d: &Option<crate::workflow::Defaults>| {
+        d.as_ref().and_then(|d| d.run.as_ref()).and_then(&pick)
+    };
+    from(&job.defaults).or_else(|| from(&wf.defaults))
+}
+
+enum CheckoutPlan {
+    Skip(String),
+    Local {
+        tar: Vec<u8>,
+        dest: String,
+        clean: bool,
+    },
+    Remote {
+        script: String,
+        extra: Vec<(String, Vec<u8>)>,
+    },
+}
+
+/// How a step's process ended.
+enum StepEnd {
+    Success,
+    Failure,
+    Stopped(Stop),
+}
+
+struct StepRun<'p> {
+    index: usize,
+    step: &'p Step,
+    ctx: &'p Contexts,
+    /// The step's own `env`, evaluated.
+    step_env: &'p IndexMap<String, String>,
+    deadline: Option<Instant>,
+    /// What hitting `deadline` means.
+    stop_kind: Stop,
+    watch_cancel: bool,
+    runner_debug: bool,
+}
+
+/// One entry of a generated tar.
+struct TarFile {
+    path: String,
+    data: Vec<u8>,
+    mode: u32,
+    dir: bool,
+}
+
+impl TarFile {
+    fn file(path: &str, data: Vec<u8>, mode: u32) -> Self {
+        TarFile {
+            path: path.to_string(),
+            data,
+            mode,
+            dir: false,
+        }
+    }
+
+    fn dir(path: &str) -> Self {
+        TarFile {
+            path: path.to_string(),
+            data: Vec::new(),
+            mode: 0o700,
+            dir: true,
+        }
+    }
+}
+
+/// A small tar (padded to a whole record) for `tar -xf -` in the guest.
+fn build_tar(files: &[TarFile]) -> std::io::Result<Vec<u8>> {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(f.mode);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        if f.dir {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{}/", f.path), std::io::empty())?;
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(f.data.len() as u64);
+            b.append_data(&mut h, &f.path, f.data.as_slice())?;
+        }
+    }
+    Ok(checkout::pad_record(b.into_inner()?))
+}

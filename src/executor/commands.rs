@@ -1,0 +1,301 @@
+//! Workflow commands in step output (`::add-mask::`, `::group::`, `::error ...::`)
+//! and the line splitter that turns raw output chunks into lines. Pure logic.
+
+use crate::events::LineKind;
+use crate::guest::Stream;
+
+/// What to do with one line of step output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineAction {
+    /// Emit a line of this kind.
+    Emit(LineKind, String),
+    /// Register a value to mask; print nothing.
+    AddMask(String),
+    /// Print nothing (`::stop-commands::`, a resume token, a hidden debug line).
+    Drop,
+}
+
+/// Per-step state of the command parser (`::stop-commands::`).
+#[derive(Debug, Default)]
+pub struct CommandState {
+    stop_token: Option<String>,
+    /// Whether `::debug::` lines are shown (`ACTIONS_STEP_DEBUG` is `true`).
+    pub debug: bool,
+}
+
+/// Reverses GitHub's escaping of command data (`%25`, `%0D`, `%0A`).
+pub fn unescape_data(s: &str) -> String {
+    s.replace("%0D", "\r")
+        .replace("%0d", "\r")
+        .replace("%0A", "\n")
+        .replace("%0a", "\n")
+        .replace("%25", "%")
+}
+
+/// Reverses GitHub's escaping of command properties (data escapes plus `%3A`, `%2C`).
+pub fn unescape_property(s: &str) -> String {
+    unescape_data(
+        &s.replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%2C", ",")
+            .replace("%2c", ","),
+    )
+}
+
+/// Command properties (`key=value` pairs), unescaped.
+type Props = Vec<(String, String)>;
+
+/// Splits `::name key=v,key2=v2::message` into its parts.
+fn parse_command(line: &str) -> Option<(&str, Props, &str)> {
+    let rest = line.strip_prefix("::")?;
+    let end = rest.find("::")?;
+    let head = &rest[..end];
+    let message = &rest[end + 2..];
+    let (name, props) = match head.find(' ') {
+        Some(sp) => (&head[..sp], &head[sp + 1..]),
+        None => (head, ""),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let props = props
+        .split(',')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((k.trim().to_string(), unescape_property(v)))
+        })
+        .collect();
+    Some((name, props, message))
+}
+
+impl CommandState {
+    pub fn new(debug: bool) -> Self {
+        CommandState {
+            stop_token: None,
+            debug,
+        }
+    }
+
+    /// Interprets one line (stdout or stderr; GitHub's runner reads commands on both).
+    pub fn process(&mut self, line: &str, stream: Stream) -> LineAction {
+        let plain = match stream {
+            Stream::Stdout => LineKind::Stdout,
+            Stream::Stderr => LineKind::Stderr,
+        };
+        if let Some(token) = &self.stop_token {
+            if line.strip_prefix("::").and_then(|r| r.strip_suffix("::")) == Some(token.as_str()) {
+                self.stop_token = None;
+                return LineAction::Drop;
+            }
+            return LineAction::Emit(plain, line.to_string());
+        }
+        let Some((name, props, message)) = parse_command(line) else {
+            return LineAction::Emit(plain, line.to_string());
+        };
+        match name {
+            "add-mask" => LineAction::AddMask(unescape_data(message)),
+            "debug" => {
+                if self.debug {
+                    LineAction::Emit(LineKind::Debug, unescape_data(message))
+                } else {
+                    LineAction::Drop
+                }
+            }
+            "notice" | "warning" | "error" => LineAction::Emit(
+                LineKind::Annotation(name.to_string()),
+                annotation_text(&props, &unescape_data(message)),
+            ),
+            "group" => LineAction::Emit(LineKind::GroupStart, unescape_data(message)),
+            "endgroup" => LineAction::Emit(LineKind::GroupEnd, String::new()),
+            "stop-commands" => {
+                if message.is_empty() {
+                    LineAction::Emit(plain, line.to_string())
+                } else {
+                    self.stop_token = Some(message.to_string());
+                    LineAction::Drop
+                }
+            }
+            "set-output" | "set-env" | "add-path" | "save-state" => {
+                let file = match name {
+                    "set-output" => "GITHUB_OUTPUT",
+                    "set-env" => "GITHUB_ENV",
+                    "add-path" => "GITHUB_PATH",
+                    _ => "GITHUB_STATE",
+                };
+                LineAction::Emit(
+                    LineKind::Annotation("warning".into()),
+                    format!("The `{name}` command is disabled. Write to the {file} file instead."),
+                )
+            }
+            // `echo`, `add-matcher`, `remove-matcher`: accepted and ignored.
+            "echo" | "add-matcher" | "remove-matcher" => LineAction::Drop,
+            _ => LineAction::Emit(plain, line.to_string()),
+        }
+    }
+}
+
+/// `file:line:col: title: message`, with the parts that are present.
+fn annotation_text(props: &[(String, String)], message: &str) -> String {
+    let get = |k: &str| props.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let mut loc = String::new();
+    if let Some(f) = get("file") {
+        loc.push_str(f);
+        if let Some(l) = get("line") {
+            loc.push(':');
+            loc.push_str(l);
+            if let Some(c) = get("col") {
+                loc.push(':');
+                loc.push_str(c);
+            }
+        }
+        loc.push_str(": ");
+    }
+    match get("title") {
+        Some(t) => format!("{loc}{t}: {message}"),
+        None => format!("{loc}{message}"),
+    }
+}
+
+/// Splits a byte stream into lines on `\n`, dropping a trailing `\r`.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Adds bytes and returns the complete lines they finish.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        lines
+    }
+
+    /// The partial last line, if any.
+    pub fn flush(&mut self) -> Option<String> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let mut line = std::mem::take(&mut self.buf);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Some(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// Takes the unsplit remainder (used once the file-command marker is seen).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(st: &mut CommandState, l: &str) -> LineAction {
+        st.process(l, Stream::Stdout)
+    }
+
+    #[test]
+    fn plain_and_unknown_lines_pass_through() {
+        let mut st = CommandState::default();
+        assert_eq!(
+            p(&mut st, "hello"),
+            LineAction::Emit(LineKind::Stdout, "hello".into())
+        );
+        assert_eq!(
+            st.process("::nope::x", Stream::Stderr),
+            LineAction::Emit(LineKind::Stderr, "::nope::x".into())
+        );
+        assert_eq!(
+            p(&mut st, ":: ::"),
+            LineAction::Emit(LineKind::Stdout, ":: ::".into())
+        );
+    }
+
+    #[test]
+    fn mask_group_debug() {
+        let mut st = CommandState::default();
+        assert_eq!(
+            p(&mut st, "::add-mask::s3cr%25t"),
+            LineAction::AddMask("s3cr%t".into())
+        );
+        assert_eq!(
+            p(&mut st, "::group::Build it"),
+            LineAction::Emit(LineKind::GroupStart, "Build it".into())
+        );
+        assert_eq!(
+            p(&mut st, "::endgroup::"),
+            LineAction::Emit(LineKind::GroupEnd, "".into())
+        );
+        assert_eq!(p(&mut st, "::debug::hidden"), LineAction::Drop);
+        st.debug = true;
+        assert_eq!(
+            p(&mut st, "::debug::a%0Ab"),
+            LineAction::Emit(LineKind::Debug, "a\nb".into())
+        );
+    }
+
+    #[test]
+    fn annotations() {
+        let mut st = CommandState::default();
+        assert_eq!(
+            p(
+                &mut st,
+                "::error file=src/a.rs,line=3,col=7,title=Bad%2C bad::it broke"
+            ),
+            LineAction::Emit(
+                LineKind::Annotation("error".into()),
+                "src/a.rs:3:7: Bad, bad: it broke".into()
+            )
+        );
+        assert_eq!(
+            p(&mut st, "::notice::fyi"),
+            LineAction::Emit(LineKind::Annotation("notice".into()), "fyi".into())
+        );
+    }
+
+    #[test]
+    fn stop_commands() {
+        let mut st = CommandState::default();
+        assert_eq!(p(&mut st, "::stop-commands::tok123"), LineAction::Drop);
+        assert_eq!(
+            p(&mut st, "::add-mask::x"),
+            LineAction::Emit(LineKind::Stdout, "::add-mask::x".into())
+        );
+        assert_eq!(p(&mut st, "::tok123::"), LineAction::Drop);
+        assert_eq!(
+            p(&mut st, "::add-mask::xy"),
+            LineAction::AddMask("xy".into())
+        );
+    }
+
+    #[test]
+    fn deprecated_commands_warn() {
+        let mut st = CommandState::default();
+        match p(&mut st, "::set-output name=a::b") {
+            LineAction::Emit(LineKind::Annotation(k), t) => {
+                assert_eq!(k, "warning");
+                assert!(t.contains("GITHUB_OUTPUT"), "{t}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn splitter() {
+        let mut s = LineSplitter::default();
+        assert_eq!(s.feed(b"a\r\nb"), vec!["a"]);
+        assert_eq!(s.feed(b"c\n\nd"), vec!["bc", ""]);
+        assert_eq!(s.flush(), Some("d".into()));
+        assert_eq!(s.flush(), None);
+    }
+}

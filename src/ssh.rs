@@ -1,1 +1,0 @@
-//! SSH into guests with russh: in-memory keys, readiness, streaming exec.

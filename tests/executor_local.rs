@@ -1,0 +1,843 @@
+//! Whole jobs through the executor with `LocalSession` (real `sh` processes on
+//! the host). The same workflows are re-run in VMs by the VM tests.
+
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use serde_json::{Value, json};
+use solstice::config::GuestOs;
+use solstice::events::{Conclusion, JobEvent, LineKind, VecSink};
+use solstice::executor::{CheckoutSource, JobOutcome, JobSpec, RunnerInfo, run_job};
+use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
+use solstice::secret::Secret;
+use solstice::workflow::model::parse_workflow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A host session that pretends bash is not installed (the probe looks for a
+/// command that does not exist), like the tiny busybox guest.
+struct NoBashSession;
+
+#[async_trait]
+impl GuestSession for NoBashSession {
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<u32, GuestError> {
+        let command = command.replace("command -v bash", "command -v solstice-no-such-bash");
+        LocalSession.exec(&command, stdin, output).await
+    }
+}
+
+fn spec(yaml: &str, home: &Path) -> JobSpec {
+    let workflow = parse_workflow(yaml).unwrap();
+    let job_id = workflow.jobs.keys().next().unwrap().clone();
+    JobSpec {
+        workflow,
+        job_id,
+        matrix: IndexMap::new(),
+        github: json!({
+            "repository": "acme/widget",
+            "sha": "0123456789abcdef",
+            "ref": "refs/heads/main",
+            "server_url": "https://forge.example",
+            "run_id": "77",
+            "event_name": "push",
+            "event": {"head_commit": {"message": "hello"}}
+        }),
+        secrets: BTreeMap::new(),
+        vars: BTreeMap::new(),
+        inputs: json!({}),
+        needs: json!({}),
+        runner: RunnerInfo {
+            os: GuestOs::Linux,
+            name: "test-runner".into(),
+            arch: "X64".into(),
+            home: Some(home.to_str().unwrap().to_string()),
+        },
+        extra_env: IndexMap::new(),
+        checkout: CheckoutSource::None,
+        max_job_timeout: None,
+    }
+}
+
+struct Run {
+    outcome: JobOutcome,
+    sink: VecSink,
+    _home: tempfile::TempDir,
+}
+
+impl Run {
+    fn lines(&self) -> Vec<String> {
+        self.sink.lines()
+    }
+
+    /// Lines of one step.
+    fn step_lines(&self, index: usize) -> Vec<String> {
+        self.sink
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                JobEvent::Line {
+                    step: Some(i),
+                    text,
+                    ..
+                } if i == index => Some(text),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn conclusions(&self) -> Vec<(Conclusion, Conclusion)> {
+        self.outcome
+            .steps
+            .iter()
+            .map(|s| (s.outcome, s.conclusion))
+            .collect()
+    }
+
+    fn all_text(&self) -> String {
+        let mut s = String::new();
+        for e in self.sink.events() {
+            match e {
+                JobEvent::Line { text, .. } => s.push_str(&text),
+                JobEvent::StepStarted { name, .. } => s.push_str(&name),
+                JobEvent::StepSummary { markdown, .. } => s.push_str(&markdown),
+                _ => {}
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+async fn run_with(
+    yaml: &str,
+    session: &dyn GuestSession,
+    edit: impl FnOnce(&mut JobSpec),
+    cancel: CancellationToken,
+) -> Run {
+    let home = tempfile::tempdir().unwrap();
+    let mut spec = spec(yaml, home.path());
+    edit(&mut spec);
+    let sink = VecSink::default();
+    let outcome = run_job(&spec, session, &sink, cancel).await;
+    Run {
+        outcome,
+        sink,
+        _home: home,
+    }
+}
+
+async fn run(yaml: &str) -> Run {
+    run_with(yaml, &LocalSession, |_| {}, CancellationToken::new()).await
+}
+
+const S: Conclusion = Conclusion::Success;
+const F: Conclusion = Conclusion::Failure;
+const K: Conclusion = Conclusion::Skipped;
+const C: Conclusion = Conclusion::Cancelled;
+
+#[tokio::test]
+async fn failing_step_skips_the_rest_but_failure_and_always_steps_run() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - run: echo before; exit 3
+      - run: echo should-not-run
+      - if: failure()
+        run: echo on-failure
+      - if: always()
+        run: echo always
+      - if: success()
+        run: echo on-success
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, F);
+    assert_eq!(
+        r.conclusions(),
+        vec![(F, F), (K, K), (S, S), (S, S), (K, K)]
+    );
+    let lines = r.lines();
+    assert!(lines.contains(&"before".to_string()));
+    assert!(lines.iter().any(|l| l.contains("exit code 3")), "{lines:?}");
+    assert!(!lines.contains(&"should-not-run".to_string()));
+    assert!(lines.contains(&"on-failure".to_string()));
+    assert!(lines.contains(&"always".to_string()));
+    assert!(!lines.contains(&"on-success".to_string()));
+    assert!(matches!(
+        r.sink.events().last(),
+        Some(JobEvent::JobFinished {
+            conclusion: Conclusion::Failure,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn continue_on_error_keeps_outcome_and_conclusion_apart() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - id: flaky
+        continue-on-error: true
+        run: exit 1
+      - run: echo "outcome=${{ steps.flaky.outcome }} conclusion=${{ steps.flaky.conclusion }}"
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, S);
+    assert_eq!(r.conclusions(), vec![(F, S), (S, S)]);
+    assert!(
+        r.lines()
+            .contains(&"outcome=failure conclusion=success".to_string())
+    );
+}
+
+#[tokio::test]
+async fn github_output_feeds_a_later_if_and_job_outputs() {
+    let r = run(r#"
+jobs:
+  build:
+    outputs:
+      answer: ${{ steps.a.outputs.go }}
+      multi: ${{ steps.a.outputs.text }}
+    steps:
+      - id: a
+        run: |
+          echo "go=yes" >> "$GITHUB_OUTPUT"
+          printf 'text<<EOF\nline one\nline two\nEOF\n' >> "$GITHUB_OUTPUT"
+      - if: steps.a.outputs.go == 'yes'
+        run: echo ran-yes
+      - if: steps.a.outputs.go == 'no'
+        run: echo ran-no
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, S);
+    assert_eq!(r.conclusions(), vec![(S, S), (S, S), (K, K)]);
+    assert!(r.lines().contains(&"ran-yes".to_string()));
+    assert!(!r.lines().contains(&"ran-no".to_string()));
+    assert_eq!(r.outcome.steps[0].outputs["go"], "yes");
+    assert_eq!(r.outcome.outputs["answer"], "yes");
+    assert_eq!(r.outcome.outputs["multi"], "line one\nline two");
+}
+
+#[tokio::test]
+async fn github_env_heredoc_and_github_path_reach_later_steps() {
+    let r = run(r#"
+env:
+  LEVEL: workflow
+jobs:
+  build:
+    env:
+      LEVEL: job
+    steps:
+      - run: |
+          printf 'MULTI<<END\nfirst line\nsecond line\nEND\n' >> "$GITHUB_ENV"
+          echo "LEVEL=from-github-env" >> "$GITHUB_ENV"
+          mkdir -p "$RUNNER_TEMP/mybin"
+          printf '#!/bin/sh\necho tool-ran\n' > "$RUNNER_TEMP/mybin/mytool"
+          chmod +x "$RUNNER_TEMP/mybin/mytool"
+          echo "$RUNNER_TEMP/mybin" >> "$GITHUB_PATH"
+      - run: |
+          echo "multi=[$MULTI]"
+          echo "level=$LEVEL ctx=${{ env.LEVEL }}"
+          mytool
+      - env:
+          LEVEL: step
+        run: echo "level=$LEVEL"
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let l = r.step_lines(1);
+    assert!(l.contains(&"multi=[first line".to_string()), "{l:?}");
+    assert!(l.contains(&"second line]".to_string()), "{l:?}");
+    assert!(
+        l.contains(&"level=from-github-env ctx=from-github-env".to_string()),
+        "{l:?}"
+    );
+    assert!(l.contains(&"tool-ran".to_string()), "{l:?}");
+    assert!(r.step_lines(2).contains(&"level=step".to_string()));
+}
+
+#[tokio::test]
+async fn env_precedence_and_runner_variables() {
+    let r = run_with(
+        r#"
+name: CI
+env:
+  A: wf
+  B: wf
+  C: wf
+jobs:
+  build:
+    env:
+      B: job
+      GITHUB_JOB: user-cannot-override
+    steps:
+      - env:
+          C: step
+        run: |
+          echo "A=$A B=$B C=$C X=$EXTRA"
+          echo "job=$GITHUB_JOB ws=$GITHUB_WORKSPACE pwd=$(pwd)"
+          echo "os=$RUNNER_OS arch=$RUNNER_ARCH ci=$CI actions=$GITHUB_ACTIONS repo=$GITHUB_REPOSITORY ref=$GITHUB_REF_NAME sha=$GITHUB_SHA run=$GITHUB_RUN_ID"
+          echo "event=$(cat "$GITHUB_EVENT_PATH" | tr -d ' \n')"
+          echo "ctx=${{ runner.os }} ${{ github.repository }} ${{ env.B }}"
+"#,
+        &LocalSession,
+        |s| {
+            s.extra_env.insert("EXTRA".into(), "cli".into());
+            s.runner.os = GuestOs::Illumos;
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let l = r.lines();
+    assert!(l.contains(&"A=wf B=job C=step X=cli".to_string()), "{l:?}");
+    let home = r._home.path().to_str().unwrap();
+    let ws = format!("{home}/work/widget/widget");
+    assert!(l.contains(&format!("job=build ws={ws} pwd={ws}")), "{l:?}");
+    assert!(l.contains(&"os=illumos arch=X64 ci=true actions=true repo=acme/widget ref=main sha=0123456789abcdef run=77".to_string()), "{l:?}");
+    assert!(
+        l.contains(&r#"event={"head_commit":{"message":"hello"}}"#.to_string()),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&"ctx=illumos acme/widget job".to_string()),
+        "{l:?}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_masked_everywhere() {
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - name: Deploy with ${{ secrets.TOKEN }}
+        run: |
+          echo "${{ secrets.TOKEN }}"
+          echo "before-$TOKEN-after"
+          printf 'split:s3cr'; sleep 0.3; printf 'et-value-123\n'
+          printf '%s\n' "$KEY"
+          echo "::add-mask::runtime-value"
+          echo "the runtime-value is hidden"
+          echo "summary: $TOKEN" >> "$GITHUB_STEP_SUMMARY"
+          echo "::warning::warn $TOKEN"
+          echo "$TOKEN" >&2
+        env:
+          TOKEN: ${{ secrets.TOKEN }}
+          KEY: ${{ secrets.KEY }}
+"#,
+        &LocalSession,
+        |s| {
+            s.secrets
+                .insert("TOKEN".into(), Secret::new("s3cret-value-123"));
+            s.secrets.insert(
+                "KEY".into(),
+                Secret::new("-----BEGIN-----\nkey-line-two\n-----END-----"),
+            );
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let all = r.all_text();
+    for leak in [
+        "s3cret-value-123",
+        "key-line-two",
+        "-----BEGIN-----",
+        "runtime-value",
+    ] {
+        assert!(!all.contains(leak), "{leak} leaked:\n{all}");
+    }
+    let l = r.lines();
+    assert!(l.contains(&"***".to_string()), "{l:?}");
+    assert!(l.contains(&"before-***-after".to_string()), "{l:?}");
+    assert!(l.contains(&"split:***".to_string()), "{l:?}");
+    assert!(l.contains(&"the *** is hidden".to_string()), "{l:?}");
+    assert!(l.contains(&"warn ***".to_string()), "{l:?}");
+    assert_eq!(r.outcome.steps[0].name, "Deploy with ***");
+    assert!(r.sink.events().iter().any(|e| matches!(e,
+        JobEvent::StepStarted { name, .. } if name == "Deploy with ***")));
+    assert!(r.sink.events().iter().any(|e| matches!(e,
+        JobEvent::StepSummary { markdown, .. } if markdown.trim() == "summary: ***")));
+}
+
+#[tokio::test]
+async fn job_outputs_with_secrets_are_dropped() {
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    outputs:
+      leak: ${{ steps.a.outputs.v }}
+      fine: ok
+    steps:
+      - id: a
+        run: echo "v=${{ secrets.PW }}" >> "$GITHUB_OUTPUT"
+"#,
+        &LocalSession,
+        |s| {
+            s.secrets.insert("PW".into(), Secret::new("pa55word"));
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S);
+    assert!(!r.outcome.outputs.contains_key("leak"));
+    assert_eq!(r.outcome.outputs["fine"], "ok");
+    assert!(
+        r.lines()
+            .iter()
+            .any(|l| l.contains("Skipped job output `leak`"))
+    );
+}
+
+#[tokio::test]
+async fn step_timeout_kills_the_step_and_always_steps_still_run() {
+    let started = Instant::now();
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - timeout-minutes: 0.03
+        run: |
+          echo started
+          sleep 611
+          echo not-reached
+      - run: echo skipped
+      - if: always()
+        run: echo cleanup
+"#)
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.outcome.conclusion, F);
+    assert_eq!(r.conclusions(), vec![(F, F), (K, K), (S, S)]);
+    let l = r.lines();
+    assert!(l.contains(&"started".to_string()));
+    assert!(!l.contains(&"not-reached".to_string()));
+    assert!(l.iter().any(|x| x.contains("timeout-minutes")), "{l:?}");
+    assert!(l.contains(&"cleanup".to_string()));
+    // The sleep was killed, not left behind.
+    let ps = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ps -eo args | grep '^sleep 611$' || true")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty());
+}
+
+#[tokio::test]
+async fn job_timeout_stops_the_job() {
+    let started = Instant::now();
+    let r = run(r#"
+jobs:
+  build:
+    timeout-minutes: 0.03
+    steps:
+      - run: sleep 600
+      - run: echo skipped
+      - if: always()
+        run: echo always-after-timeout
+      - if: cancelled()
+        run: echo cancelled-is-true
+"#)
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(r.outcome.conclusion, F);
+    assert_eq!(r.conclusions(), vec![(C, C), (K, K), (S, S), (S, S)]);
+    let l = r.lines();
+    assert!(l.contains(&"always-after-timeout".to_string()));
+    assert!(l.contains(&"cancelled-is-true".to_string()));
+    assert!(l.iter().any(|x| x.contains("maximum execution time")));
+}
+
+#[tokio::test]
+async fn max_job_timeout_caps_the_job_timeout() {
+    let started = Instant::now();
+    let r = run_with(
+        "jobs:\n  b:\n    timeout-minutes: 100\n    steps:\n      - run: sleep 600\n",
+        &LocalSession,
+        |s| s.max_job_timeout = Some(Duration::from_secs(2)),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(r.outcome.conclusion, F);
+}
+
+#[tokio::test]
+async fn cancellation_kills_the_step_and_runs_only_always_steps() {
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c2.cancel();
+    });
+    let started = Instant::now();
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - run: echo first; sleep 600
+      - run: echo normal
+      - if: always()
+        run: echo always-ran
+      - if: failure()
+        run: echo failure-ran
+"#,
+        &LocalSession,
+        |_| {},
+        cancel,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(r.outcome.conclusion, C);
+    assert_eq!(r.conclusions(), vec![(C, C), (K, K), (S, S), (K, K)]);
+    assert!(r.lines().contains(&"always-ran".to_string()));
+}
+
+#[tokio::test]
+async fn working_directory_and_defaults_run() {
+    let r = run(r#"
+defaults:
+  run:
+    shell: sh
+jobs:
+  build:
+    defaults:
+      run:
+        working-directory: sub/dir
+    steps:
+      - working-directory: .
+        run: mkdir -p sub/dir && echo "bash=${BASH_VERSION:-none}"
+      - run: echo "pwd=$(pwd)"
+      - working-directory: missing
+        run: echo never
+"#)
+    .await;
+    assert_eq!(r.conclusions(), vec![(S, S), (S, S), (F, F)]);
+    assert!(r.step_lines(0).contains(&"bash=none".to_string()));
+    let home = r._home.path().to_str().unwrap();
+    assert!(
+        r.step_lines(1)
+            .contains(&format!("pwd={home}/work/widget/widget/sub/dir"))
+    );
+    assert!(
+        r.step_lines(2).iter().any(|l| l.contains("does not exist")),
+        "{:?}",
+        r.step_lines(2)
+    );
+}
+
+#[tokio::test]
+async fn default_shell_is_bash_when_present_and_sh_otherwise() {
+    let yaml = r#"
+jobs:
+  build:
+    steps:
+      - run: echo "bash=${BASH_VERSION:+yes}"; false | true
+      - run: false | true
+      - run: echo not-bash
+        shell: bash
+"#;
+    let with_bash = run(yaml).await;
+    assert!(with_bash.step_lines(0).contains(&"bash=yes".to_string()));
+    // pipefail: `false | true` fails under the bash default.
+    assert_eq!(with_bash.conclusions()[0], (F, F));
+
+    let no_bash = run_with(yaml, &NoBashSession, |_| {}, CancellationToken::new()).await;
+    assert!(
+        no_bash.step_lines(0).contains(&"bash=".to_string()),
+        "{:?}",
+        no_bash.lines()
+    );
+    assert_eq!(no_bash.conclusions()[0], (S, S));
+    assert_eq!(no_bash.conclusions()[2], (F, F));
+    assert!(
+        no_bash
+            .step_lines(2)
+            .iter()
+            .any(|l| l.contains("bash is not installed"))
+    );
+}
+
+#[tokio::test]
+async fn step_display_names() {
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - name: Build on ${{ matrix.os }}
+        run: "true"
+      - run: |
+
+          echo ${{ matrix.os }} first
+          echo second
+      - uses: actions/setup-node@v4
+"#,
+        &LocalSession,
+        |s| {
+            s.matrix.insert("os".into(), Value::String("omnios".into()));
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    let names: Vec<_> = r.outcome.steps.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "Build on omnios".to_string(),
+            "Run echo omnios first".to_string(),
+            "Run actions/setup-node@v4".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unsupported_uses_fails_the_step_clearly() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - uses: actions/setup-node@v4
+      - if: always()
+        run: echo after
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, F);
+    assert_eq!(r.conclusions(), vec![(F, F), (S, S)]);
+    assert!(r.lines().iter().any(|l| l
+        == "`uses: actions/setup-node@v4` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout)"));
+}
+
+#[tokio::test]
+async fn workflow_commands_in_output() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - run: |
+          echo "::group::Compile"
+          echo inside
+          echo "::endgroup::"
+          echo "::warning file=a.c,line=3::careful"
+          echo "::debug::hidden by default"
+          echo "::stop-commands::pause123"
+          echo "::error::not a command now"
+          echo "::pause123::"
+          echo "::error::a real error"
+          echo "::set-output name=x::y"
+          printf 'crlf\r\nno-newline-at-end'
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, S);
+    let ev: Vec<(LineKind, String)> = r
+        .sink
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Line {
+                step: Some(0),
+                kind,
+                text,
+            } if kind != LineKind::Runner => Some((kind, text)),
+            _ => None,
+        })
+        .collect();
+    let ann = |k: &str, t: &str| (LineKind::Annotation(k.into()), t.to_string());
+    assert_eq!(ev[0], (LineKind::GroupStart, "Compile".into()));
+    assert_eq!(ev[1], (LineKind::Stdout, "inside".into()));
+    assert_eq!(ev[2], (LineKind::GroupEnd, "".into()));
+    assert_eq!(ev[3], ann("warning", "a.c:3: careful"));
+    assert_eq!(
+        ev[4],
+        (LineKind::Stdout, "::error::not a command now".into())
+    );
+    assert_eq!(ev[5], ann("error", "a real error"));
+    assert_eq!(ev[6].0, LineKind::Annotation("warning".into()));
+    assert!(ev[6].1.contains("disabled"));
+    assert_eq!(ev[7], (LineKind::Stdout, "crlf".into()));
+    assert_eq!(ev[8], (LineKind::Stdout, "no-newline-at-end".into()));
+    assert_eq!(ev.len(), 9, "{ev:?}");
+}
+
+#[tokio::test]
+async fn debug_lines_shown_with_actions_step_debug() {
+    let r = run_with(
+        "jobs:\n  b:\n    steps:\n      - run: echo '::debug::visible'\n",
+        &LocalSession,
+        |s| {
+            s.vars.insert("ACTIONS_STEP_DEBUG".into(), "true".into());
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(r.sink.events().iter().any(|e| matches!(e,
+        JobEvent::Line { kind: LineKind::Debug, text, .. } if text == "visible")));
+}
+
+#[tokio::test]
+async fn python_shell_and_custom_template() {
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("python3 is needed for this test");
+    }
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - shell: python
+        run: |
+          import os
+          print("py", os.environ["GITHUB_JOB"])
+      - shell: sh -x {0}
+        run: echo traced
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    assert!(r.step_lines(0).contains(&"py build".to_string()));
+    assert!(r.step_lines(1).contains(&"+ echo traced".to_string()));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[tokio::test]
+async fn local_checkout_copies_the_git_tree_without_ignored_files() {
+    let repo = tempfile::tempdir().unwrap();
+    let p = repo.path();
+    git(p, &["init", "-q"]);
+    std::fs::write(p.join(".gitignore"), "*.log\n").unwrap();
+    std::fs::create_dir_all(p.join("src/deep")).unwrap();
+    std::fs::write(p.join("src/deep/main.c"), "int main(){}\n").unwrap();
+    std::fs::write(p.join("tracked.txt"), "tracked\n").unwrap();
+    git(p, &["add", "."]);
+    git(p, &["commit", "-q", "-m", "init"]);
+    std::fs::write(p.join("untracked.txt"), "new\n").unwrap();
+    std::fs::write(p.join("build.log"), "ignored\n").unwrap();
+    let root = p.to_path_buf();
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          cat tracked.txt untracked.txt src/deep/main.c
+          test -e build.log && echo has-log || echo no-log
+          git log -1 --format=%s
+      - uses: actions/checkout@v4
+        with:
+          path: other
+      - run: test -f other/tracked.txt && echo in-path
+"#,
+        &LocalSession,
+        move |s| s.checkout = CheckoutSource::LocalTree(root),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let l = r.step_lines(1);
+    for want in ["tracked", "new", "int main(){}", "no-log", "init"] {
+        assert!(l.contains(&want.to_string()), "{want}: {l:?}");
+    }
+    assert!(r.step_lines(3).contains(&"in-path".to_string()));
+}
+
+#[tokio::test]
+async fn remote_checkout_clones_at_the_sha_without_the_token_in_argv() {
+    // A bare repository served from the file system stands in for the forge.
+    let forge = tempfile::tempdir().unwrap();
+    let src = forge.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    std::fs::write(src.join("f.txt"), "one\n").unwrap();
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "first"]);
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&src)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let first = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::write(src.join("f.txt"), "two\n").unwrap();
+    git(&src, &["commit", "-q", "-am", "second"]);
+    std::fs::create_dir_all(forge.path().join("acme")).unwrap();
+    let bare = forge.path().join("acme/widget.git");
+    git(
+        forge.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    git(&bare, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
+    let server = format!("file://{}", forge.path().display());
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          cat f.txt
+          git rev-parse HEAD
+          git rev-parse --abbrev-ref HEAD
+          git config --local --get include.path || echo no-include
+          ls "$RUNNER_TEMP/_solstice/step-1/auth.gitconfig" 2>/dev/null || echo no-auth-file
+"#,
+        &LocalSession,
+        move |s| {
+            s.checkout = CheckoutSource::Remote {
+                server_url: server,
+                repository: "acme/widget".into(),
+                git_ref: "refs/heads/main".into(),
+                sha: first.clone(),
+                token: Some(Secret::new("tok-abc-123")),
+            };
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let l = r.step_lines(1);
+    assert_eq!(l[0], "one");
+    assert_eq!(l[2], "main");
+    assert!(l.contains(&"no-include".to_string()), "{l:?}");
+    assert!(l.contains(&"no-auth-file".to_string()), "{l:?}");
+    assert!(!r.all_text().contains("tok-abc-123"));
+}

@@ -1,0 +1,181 @@
+//! The generated wrapper and step scripts under the shells guests have:
+//! dash (Debian), busybox ash (tiny guest), ksh93 (illumos `/bin/sh`) and bash.
+//! `sh` is put first on `PATH` as a link to the shell under test, and the
+//! command runs as a session leader, as it does under sshd/dropbear.
+//! Needs `busybox` and `ksh93` on the host (Debian: `apt-get install busybox ksh`).
+
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use serde_json::json;
+use solstice::config::GuestOs;
+use solstice::events::{Conclusion, VecSink};
+use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo, run_job};
+use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk, shell_quote};
+use solstice::secret::Secret;
+use solstice::workflow::model::parse_workflow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Runs every command as `setsid <shell> -c ...` with `sh` on PATH being `<shell>`.
+struct ShellSession {
+    bin: PathBuf,
+    shell: String,
+}
+
+#[async_trait]
+impl GuestSession for ShellSession {
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        output: mpsc::Sender<OutputChunk>,
+    ) -> Result<u32, GuestError> {
+        let inner = format!(
+            "PATH={}:$PATH; export PATH; {command}",
+            shell_quote(self.bin.to_str().unwrap())
+        );
+        let outer = format!("exec setsid {} -c {}", self.shell, shell_quote(&inner));
+        LocalSession.exec(&outer, stdin, output).await
+    }
+}
+
+fn session(dir: &Path, target: &str) -> ShellSession {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let target_path = target.split_whitespace().next().unwrap();
+    std::os::unix::fs::symlink(target_path, bin.join("sh")).unwrap();
+    ShellSession {
+        bin,
+        shell: target.to_string(),
+    }
+}
+
+const WORKFLOW: &str = r#"
+defaults:
+  run:
+    shell: sh
+jobs:
+  build:
+    env:
+      TRICKY: "it's \"quoted\" $HOME `x` \\ back"
+    steps:
+      - id: one
+        run: |
+          printf '%s\n' "tricky=$TRICKY"
+          echo "out=1" >> "$GITHUB_OUTPUT"
+          printf 'ML<<EOF\na\nb\nEOF\n' >> "$GITHUB_ENV"
+          mkdir -p sub
+          echo "secret=$PW"
+      - working-directory: sub
+        run: |
+          echo "pwd=$(basename "$(pwd)") ml=$(echo "$ML" | tr '\n' ,) out=${{ steps.one.outputs.out }}"
+      - timeout-minutes: 0.03
+        run: |
+          echo sleeping
+          sleep 600 &
+          sleep 600
+      - if: always()
+        run: echo after-timeout
+"#;
+
+async fn check_shell(target: &str, secs: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let s = session(dir.path(), target);
+    let mut secrets = BTreeMap::new();
+    secrets.insert("PW".to_string(), Secret::new("pw-value-99"));
+    let spec = JobSpec {
+        workflow: parse_workflow(
+            &WORKFLOW
+                .replace("jobs:", "env:\n  PW: ${{ secrets.PW }}\njobs:")
+                .replace("sleep 600", &format!("sleep {secs}")),
+        )
+        .unwrap(),
+        job_id: "build".into(),
+        matrix: IndexMap::new(),
+        github: json!({"repository": "acme/w"}),
+        secrets,
+        vars: BTreeMap::new(),
+        inputs: json!({}),
+        needs: json!({}),
+        runner: RunnerInfo {
+            os: GuestOs::Illumos,
+            name: "r".into(),
+            arch: "X64".into(),
+            home: Some(home.to_str().unwrap().into()),
+        },
+        extra_env: IndexMap::new(),
+        checkout: CheckoutSource::None,
+        max_job_timeout: None,
+    };
+    let sink = VecSink::default();
+    let started = Instant::now();
+    let out = run_job(&spec, &s, &sink, CancellationToken::new()).await;
+    let lines = sink.lines();
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{target}: too slow"
+    );
+    let c: Vec<_> = out.steps.iter().map(|s| s.outcome).collect();
+    assert_eq!(
+        c,
+        vec![
+            Conclusion::Success,
+            Conclusion::Success,
+            Conclusion::Failure,
+            Conclusion::Success
+        ],
+        "{target}: {lines:?}"
+    );
+    assert!(
+        lines.contains(&r#"tricky=it's "quoted" $HOME `x` \ back"#.to_string()),
+        "{target}: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"secret=***".to_string()),
+        "{target}: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"pwd=sub ml=a,b, out=1".to_string()),
+        "{target}: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"after-timeout".to_string()),
+        "{target}: {lines:?}"
+    );
+    // Both sleeps (foreground and background) were killed with the group.
+    let ps = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ps -eo args | grep -c '^sleep {secs}$' || true"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "0",
+        "{target}: sleep left"
+    );
+}
+
+#[tokio::test]
+async fn dash() {
+    check_shell("/bin/dash", 701).await;
+}
+
+#[tokio::test]
+async fn busybox_ash() {
+    check_shell("/bin/busybox sh", 702).await;
+}
+
+#[tokio::test]
+async fn ksh93() {
+    check_shell("/bin/ksh93", 703).await;
+}
+
+#[tokio::test]
+async fn bash_as_sh() {
+    check_shell("/bin/bash", 704).await;
+}
