@@ -231,7 +231,7 @@ async fn boot_and_run(
     };
     let session = match ssh::wait_ready(&target, &opts, cancel, &progress).await {
         Ok(s) => s,
-        Err(ssh::SshError::Cancelled) => return Err(RunError::Cancelled),
+        Err(ssh::SshError::Cancelled { .. }) => return Err(RunError::Cancelled),
         Err(e @ ssh::SshError::NotReady { .. }) => {
             return Err(RunError::BootTimeout {
                 timeout_secs: image.boot_timeout.as_secs(),

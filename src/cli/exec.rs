@@ -416,8 +416,9 @@ pub fn local_github_context(wf: &Workflow, job_id: &str, file: &Path, workdir: &
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
         .ok()
-        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into())
 }
