@@ -100,7 +100,11 @@ pub async fn bench_main(args: BenchArgs) -> ExitCode {
     for i in 0..runs {
         match baseline_boot(&config, image, accel).await {
             Ok(d) => {
-                println!("  baseline run {}/{runs}: boot to SSH {}", i + 1, fmt_duration(d));
+                println!(
+                    "  baseline run {}/{runs}: boot to SSH {}",
+                    i + 1,
+                    fmt_duration(d)
+                );
                 baseline.push(d);
             }
             Err(e) => {
@@ -146,9 +150,8 @@ pub struct Report {
 
 impl Report {
     pub fn new(baseline: &[Duration], samples: &[SolsticeSample]) -> Self {
-        let m = |f: fn(&SolsticeSample) -> Duration| {
-            median(&samples.iter().map(f).collect::<Vec<_>>())
-        };
+        let m =
+            |f: fn(&SolsticeSample) -> Duration| median(&samples.iter().map(f).collect::<Vec<_>>());
         Self {
             baseline: median(baseline),
             provision: m(|s| s.provision),
@@ -178,12 +181,21 @@ impl Report {
 
     pub fn render(&self) -> String {
         let rows = [
-            ("baseline: plain QEMU + ssh polling, boot to SSH", self.baseline),
-            ("solstice: provision (overlay, seed, QEMU, QMP)", self.provision),
+            (
+                "baseline: plain QEMU + ssh polling, boot to SSH",
+                self.baseline,
+            ),
+            (
+                "solstice: provision (overlay, seed, QEMU, QMP)",
+                self.provision,
+            ),
             ("solstice: boot to SSH ready", self.boot_to_ssh),
             ("solstice: SSH ready to first step running", self.first_step),
             ("solstice: whole job (`true` step, file commands)", self.job),
-            ("solstice: teardown (QMP quit, files removed)", self.teardown),
+            (
+                "solstice: teardown (QMP quit, files removed)",
+                self.teardown,
+            ),
             ("solstice: total", self.total),
         ];
         let mut out = String::from("medians:\n");
@@ -199,7 +211,11 @@ impl Report {
             "target: overhead <= {:.0}% of baseline and < {} ms: {}",
             TARGET_RATIO * 100.0,
             TARGET_ABS.as_millis(),
-            if self.meets_target() { "met" } else { "NOT met" }
+            if self.meets_target() {
+                "met"
+            } else {
+                "NOT met"
+            }
         ));
         out
     }
@@ -263,7 +279,10 @@ async fn baseline_boot(
         .output()
         .map_err(|e| format!("ssh-keygen: {e}"))?;
     if !out.status.success() {
-        return Err(format!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let public = std::fs::read_to_string(key.with_extension("pub"))
         .map_err(|e| format!("read public key: {e}"))?;
@@ -298,7 +317,10 @@ async fn baseline_boot(
         .port();
     let plan = vm::argv::VmPlan {
         name: "solstice-bench-baseline".into(),
-        uuid: format!("00000000-0000-4000-8000-{:012x}", rand::random::<u64>() >> 16),
+        uuid: format!(
+            "00000000-0000-4000-8000-{:012x}",
+            rand::random::<u64>() >> 16
+        ),
         accel,
         vcpus: image.vcpus,
         memory_mib: image.memory_mib,
@@ -354,10 +376,7 @@ async fn baseline_boot(
             break Ok(start.elapsed());
         }
         if Instant::now() > deadline {
-            break Err(format!(
-                "no SSH within {}s",
-                image.boot_timeout.as_secs()
-            ));
+            break Err(format!("no SSH within {}s", image.boot_timeout.as_secs()));
         }
         if let Ok(Some(status)) = child.try_wait() {
             break Err(format!("QEMU exited early: {status}"));
@@ -442,7 +461,10 @@ mod tests {
     #[test]
     fn medians() {
         assert_eq!(median(&[ms(3), ms(1), ms(2)]), ms(2));
-        assert_eq!(median(&[ms(4), ms(1), ms(2), ms(3)]), Duration::from_micros(2500));
+        assert_eq!(
+            median(&[ms(4), ms(1), ms(2), ms(3)]),
+            Duration::from_micros(2500)
+        );
         assert_eq!(median(&[]), Duration::ZERO);
     }
 

@@ -27,11 +27,13 @@ pub enum RunError {
         "The guest did not accept SSH within {timeout_secs}s ({reason}). Last lines of its serial console:\n{console}"
     )]
     BootTimeout {
-        timeout_secs: u64,
+        timeout_secs: f64,
         reason: String,
         console: String,
     },
-    #[error("Could not reach the guest over SSH ({reason}). Last lines of its serial console:\n{console}")]
+    #[error(
+        "Could not reach the guest over SSH ({reason}). Last lines of its serial console:\n{console}"
+    )]
     Ssh { reason: String, console: String },
     #[error("Cancelled before the job started")]
     Cancelled,
@@ -153,7 +155,16 @@ pub async fn run_in_vm(
     };
     timings.provision = t0.elapsed();
 
-    let result = boot_and_run(run, &vm, client_key, host_public, sink, cancel, &mut timings).await;
+    let result = boot_and_run(
+        run,
+        &vm,
+        client_key,
+        host_public,
+        sink,
+        cancel,
+        &mut timings,
+    )
+    .await;
 
     sink.emit(JobEvent::Phase {
         phase: Phase::Teardown,
@@ -186,10 +197,12 @@ async fn boot_and_run(
         Some(k) => HostKeyCheck::Pinned(k),
         None => HostKeyCheck::TrustFirstUse,
     };
-    let target = SshTarget::new(vm.ssh_addr(), image.ssh_user.clone(), client_key, check)
-        .map_err(|e| RunError::Ssh {
-            reason: e.to_string(),
-            console: String::new(),
+    let target =
+        SshTarget::new(vm.ssh_addr(), image.ssh_user.clone(), client_key, check).map_err(|e| {
+            RunError::Ssh {
+                reason: e.to_string(),
+                console: String::new(),
+            }
         })?;
     sink.emit(JobEvent::Phase {
         phase: Phase::Boot,
@@ -234,25 +247,22 @@ async fn boot_and_run(
         Err(ssh::SshError::Cancelled { .. }) => return Err(RunError::Cancelled),
         Err(e @ ssh::SshError::NotReady { .. }) => {
             return Err(RunError::BootTimeout {
-                timeout_secs: image.boot_timeout.as_secs(),
+                timeout_secs: image.boot_timeout.as_secs_f64(),
                 reason: e.to_string(),
-                console: vm.console_tail(BOOT_FAILURE_CONSOLE_LINES),
+                console: console_tail(vm),
             });
         }
         Err(e) => {
             return Err(RunError::Ssh {
                 reason: e.to_string(),
-                console: vm.console_tail(BOOT_FAILURE_CONSOLE_LINES),
+                console: console_tail(vm),
             });
         }
     };
     timings.boot_to_ssh = t_boot.elapsed();
     sink.emit(JobEvent::Phase {
         phase: Phase::Ready,
-        detail: format!(
-            "SSH ready after {:.1}s",
-            timings.boot_to_ssh.as_secs_f64()
-        ),
+        detail: format!("SSH ready after {:.1}s", timings.boot_to_ssh.as_secs_f64()),
     });
 
     let timing_sink = TimingSink {
@@ -270,6 +280,19 @@ async fn boot_and_run(
         .map(|t| t.saturating_duration_since(t_job));
     let _ = session.close().await;
     Ok(outcome)
+}
+
+/// The console tail quoted in boot errors, or a hint when the guest printed nothing.
+fn console_tail(vm: &Vm) -> String {
+    let tail = vm.console_tail(BOOT_FAILURE_CONSOLE_LINES);
+    if tail.trim().is_empty() {
+        format!(
+            "(empty: the guest printed nothing on its serial console; check that the image boots and logs to ttyS0/ttya; log file was {})",
+            vm.console_path().display()
+        )
+    } else {
+        tail
+    }
 }
 
 /// The first 12 characters of a job id, for host names.
@@ -329,4 +352,3 @@ pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, String> {
             )
         })
 }
-

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use indexmap::IndexMap;
 use serde_json::{Value, json};
@@ -275,7 +275,10 @@ pub fn choose_image<'a>(
     let names = || config.images.keys().cloned().collect::<Vec<_>>().join(", ");
     if let Some(name) = explicit {
         return config.images.get(name).ok_or_else(|| {
-            format!("no image named `{name}` in the configuration (images: {})", names())
+            format!(
+                "no image named `{name}` in the configuration (images: {})",
+                names()
+            )
         });
     }
     let labels = runs_on_labels(job, combo)?;
@@ -298,7 +301,11 @@ pub fn choose_image<'a>(
     match matching.first() {
         Some(img) => Ok(img),
         None if config.images.len() == 1 => {
-            let img = config.images.values().next().ok_or("no images configured")?;
+            let img = config
+                .images
+                .values()
+                .next()
+                .ok_or("no images configured")?;
             tracing::info!(image = %img.name, ?labels, "no image label matches runs-on; using the only image");
             Ok(img)
         }
@@ -348,11 +355,9 @@ fn runs_on_labels(job: &Job, combo: &Combination) -> Result<Vec<String>, String>
         let value = interpolate(&label, &ctx).map_err(|e| format!("runs-on: {e}"))?;
         // An expression may yield a JSON list of labels.
         match serde_json::from_str::<Value>(&value) {
-            Ok(Value::Array(items)) => out.extend(
-                items
-                    .iter()
-                    .filter_map(|i| i.as_str().map(str::to_string)),
-            ),
+            Ok(Value::Array(items)) => {
+                out.extend(items.iter().filter_map(|i| i.as_str().map(str::to_string)))
+            }
             _ => out.push(value),
         }
     }

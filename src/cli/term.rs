@@ -151,13 +151,12 @@ impl TerminalSink {
             Conclusion::Cancelled => ("⊘", "33"),
             Conclusion::Skipped => ("-", "2"),
         };
-        let mut text = format!(
-            "{mark} Step {}: {name}: {}",
-            index + 1,
-            conclusion.as_str()
-        );
+        let mut text = format!("{mark} Step {}: {name}: {}", index + 1, conclusion.as_str());
         if outcome != conclusion {
-            text.push_str(&format!(" (outcome {}, continue-on-error)", outcome.as_str()));
+            text.push_str(&format!(
+                " (outcome {}, continue-on-error)",
+                outcome.as_str()
+            ));
         }
         if conclusion != Conclusion::Skipped {
             text.push_str(&format!(" [{}]", fmt_duration(duration)));

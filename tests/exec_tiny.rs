@@ -1,0 +1,382 @@
+//! Real jobs in the tiny busybox/dropbear guest (no bash, POSIX sh only), under
+//! TCG, through the same path as `solstice exec`. Every test checks for leaks.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use solstice::events::{Conclusion, EventSink, JobEvent};
+use solstice::runner::RunError;
+use support::{RunOpts, TestEnv, all_text, step_lines};
+use tokio_util::sync::CancellationToken;
+
+fn conclusions(report: &solstice::runner::RunReport) -> Vec<(Conclusion, Conclusion)> {
+    report
+        .outcome
+        .steps
+        .iter()
+        .map(|s| (s.outcome, s.conclusion))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn step_semantics_failure_paths_and_file_commands_in_a_posix_only_guest() {
+    let env = TestEnv::tiny();
+    let yaml = r####"
+name: semantics
+on: push
+env:
+  LEVEL: workflow
+  OVERRIDE: workflow
+jobs:
+  check:
+    runs-on: tiny
+    env:
+      OVERRIDE: job
+    outputs:
+      answer: ${{ steps.produce.outputs.answer }}
+    steps:
+      - name: No bash here, so the default shell is sh
+        run: |
+          if command -v bash >/dev/null 2>&1; then echo "unexpected bash"; exit 1; fi
+          echo "shell ok; level=$LEVEL override=$OVERRIDE ci=$CI os=$RUNNER_OS"
+          echo "repo=$GITHUB_REPOSITORY sha=$GITHUB_SHA ws=$GITHUB_WORKSPACE"
+          test "$PWD" = "$GITHUB_WORKSPACE"
+      - id: produce
+        run: |
+          echo "answer=42" >> "$GITHUB_OUTPUT"
+          printf 'MULTI<<EOF\nline one\nline two\nEOF\n' >> "$GITHUB_ENV"
+          mkdir -p "$HOME/mybin"
+          printf '#!/bin/sh\necho custom tool ran\n' > "$HOME/mybin/mytool"
+          chmod +x "$HOME/mybin/mytool"
+          echo "$HOME/mybin" >> "$GITHUB_PATH"
+          echo "## Summary from step 2" >> "$GITHUB_STEP_SUMMARY"
+      - name: Output feeds a later if
+        if: steps.produce.outputs.answer == 42
+        run: |
+          mytool
+          echo "multi=[$MULTI]"
+      - name: Skipped because the output does not match
+        if: steps.produce.outputs.answer == 'nope'
+        run: echo "should not run"
+      - name: Allowed to fail
+        id: soft
+        continue-on-error: true
+        run: exit 3
+      - name: Still green after continue-on-error
+        run: echo "soft outcome=${{ steps.soft.outcome }} conclusion=${{ steps.soft.conclusion }}"
+      - name: Fails for real
+        run: |
+          echo "about to fail"
+          false
+          echo "not reached"
+      - name: Skipped after a failure
+        run: echo "should not run either"
+      - name: Runs on failure
+        if: failure()
+        run: echo "cleanup after failure"
+      - name: Asked for bash explicitly
+        if: always()
+        shell: bash
+        run: echo "cannot run"
+      - name: Working directory and step env win
+        if: always()
+        working-directory: sub
+        env:
+          OVERRIDE: step
+        run: |
+          echo "cwd=$(basename "$PWD") override=$OVERRIDE"
+"####;
+    // `sub` must exist in the workspace: create it from a checkout of a small tree.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tree.path().join("sub")).unwrap();
+    std::fs::write(tree.path().join("sub/file.txt"), "x").unwrap();
+    let yaml = yaml.replace(
+        "    steps:\n",
+        "    steps:\n      - uses: actions/checkout@v4\n",
+    );
+    let (result, sink) = env
+        .run(
+            &yaml,
+            RunOpts {
+                checkout: Some(tree.path().to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .await;
+    let report = result.expect("the VM ran the job");
+    let text = all_text(&sink);
+    use Conclusion::*;
+    assert_eq!(
+        conclusions(&report),
+        vec![
+            (Success, Success), // checkout
+            (Success, Success), // sh
+            (Success, Success), // produce
+            (Success, Success), // if on output
+            (Skipped, Skipped), // if not matching
+            (Failure, Success), // continue-on-error
+            (Success, Success),
+            (Failure, Failure), // fails
+            (Skipped, Skipped), // skipped after failure
+            (Success, Success), // failure()
+            (Failure, Failure), // shell: bash without bash
+            (Success, Success), // working-directory
+        ],
+        "{text}"
+    );
+    assert_eq!(report.outcome.conclusion, Failure);
+    assert!(
+        text.contains("shell ok; level=workflow override=job ci=true os=Linux"),
+        "{text}"
+    );
+    assert!(
+        text.contains("repo=octo/hello sha=0123456789abcdef"),
+        "{text}"
+    );
+    assert!(text.contains("custom tool ran"), "{text}");
+    assert!(
+        text.contains("multi=[line one\nline two]") || text.contains("multi=[line one"),
+        "{text}"
+    );
+    assert!(
+        text.contains("soft outcome=failure conclusion=success"),
+        "{text}"
+    );
+    assert!(text.contains("about to fail"), "{text}");
+    assert!(!text.contains("not reached"), "{text}");
+    assert!(!text.contains("should not run"), "{text}");
+    assert!(text.contains("cleanup after failure"), "{text}");
+    assert!(text.contains("cwd=sub override=step"), "{text}");
+    assert!(text.contains("Summary from step 2"), "{text}");
+    assert!(text.to_lowercase().contains("bash"), "{text}");
+    assert_eq!(
+        report.outcome.outputs.get("answer").map(String::as_str),
+        Some("42")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_and_masked_values_never_leave_the_executor() {
+    let env = TestEnv::tiny();
+    let yaml = r####"
+jobs:
+  mask:
+    runs-on: tiny
+    steps:
+      - name: Deploy with ${{ secrets.TOKEN }}
+        env:
+          TOKEN: ${{ secrets.TOKEN }}
+        run: |
+          echo "plain: $TOKEN"
+          echo "middle:${TOKEN}:end"
+          printf '%s' "$TOKEN" | cut -c1-8; echo
+          printf 'split: '; printf '%s' "$TOKEN" | cut -c1-10 | tr -d '\n'; sleep 0.2; printf '%s' "$TOKEN" | cut -c11-; echo
+          echo "stderr: $TOKEN" >&2
+          echo "multi: $MULTI_A"
+          echo "::add-mask::runtime-value-123"
+          echo "later: runtime-value-123"
+          echo "summary $TOKEN" >> "$GITHUB_STEP_SUMMARY"
+          echo "out=$TOKEN" >> "$GITHUB_OUTPUT"
+"####;
+    let (result, sink) = env
+        .run(
+            yaml,
+            RunOpts {
+                secrets: vec![("TOKEN", "s3cr3t-Value-XYZ-0987")],
+                ..Default::default()
+            },
+        )
+        .await;
+    let report = result.expect("job ran");
+    assert_eq!(report.outcome.conclusion, Conclusion::Success);
+    let text = all_text(&sink);
+    for secret_part in ["s3cr3t-Value-XYZ-0987", "runtime-value-123"] {
+        assert!(!text.contains(secret_part), "leaked {secret_part}:\n{text}");
+    }
+    let lines = step_lines(&sink, 0);
+    assert!(lines.iter().any(|l| l == "plain: ***"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "middle:***:end"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "split: ***"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "stderr: ***"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "later: ***"), "{lines:?}");
+    assert!(text.contains("Deploy with ***"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn step_timeout_kills_the_step_in_the_guest_and_later_steps_still_run() {
+    let env = TestEnv::tiny();
+    let yaml = r####"
+jobs:
+  slow:
+    runs-on: tiny
+    steps:
+      - name: Sleeps too long
+        timeout-minutes: 0.05
+        run: |
+          echo started
+          sleep 600
+      - name: Nothing of it is left
+        if: always()
+        run: |
+          sleep 1
+          if ps | grep -v grep | grep -q 'sleep 600'; then echo "still running"; exit 1; fi
+          echo "no leftover sleep"
+"####;
+    let t = Instant::now();
+    let (result, sink) = env.run(yaml, RunOpts::default()).await;
+    let report = result.expect("job ran");
+    let text = all_text(&sink);
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        report.outcome.steps[0].conclusion,
+        Conclusion::Failure,
+        "{text}"
+    );
+    assert!(
+        text.to_lowercase().contains("timed out") || text.to_lowercase().contains("timeout"),
+        "{text}"
+    );
+    assert_eq!(
+        report.outcome.steps[1].conclusion,
+        Conclusion::Success,
+        "{text}"
+    );
+    assert!(text.contains("no leftover sleep"), "{text}");
+    assert_eq!(report.outcome.conclusion, Conclusion::Failure);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boot_timeout_quotes_the_serial_console_and_leaves_nothing() {
+    // The guest is still booting (kernel messages on the console) when the
+    // timeout expires: no guest reaches SSH in 2.5 s under TCG.
+    let mut env = TestEnv::tiny();
+    env.image_mut().boot_timeout = Duration::from_millis(2500);
+    let (result, _) = env
+        .run(
+            "jobs:\n  x:\n    steps:\n      - run: 'true'\n",
+            RunOpts::default(),
+        )
+        .await;
+    match result {
+        Err(RunError::BootTimeout {
+            console, reason, ..
+        }) => {
+            assert!(
+                !console.trim().is_empty(),
+                "console tail is empty ({reason})"
+            );
+            let msg = RunError::BootTimeout {
+                timeout_secs: 2.5,
+                reason: reason.clone(),
+                console: console.clone(),
+            }
+            .to_string();
+            assert!(msg.contains("serial console"), "{msg}");
+            assert!(msg.contains(console.trim()), "{msg}");
+        }
+        other => panic!("expected a boot timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_image_times_out_with_a_clear_error() {
+    // A blank disk: SeaBIOS finds nothing to boot.
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&blank)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut img = support::image_config("broken", blank, "root", 128);
+    img.boot_timeout = Duration::from_secs(6);
+    let env = TestEnv::with_image(img);
+    let t = Instant::now();
+    let (result, _) = env
+        .run(
+            "jobs:\n  x:\n    steps:\n      - run: 'true'\n",
+            RunOpts::default(),
+        )
+        .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    let err = result.expect_err("a blank disk cannot boot");
+    let msg = err.to_string();
+    assert!(matches!(err, RunError::BootTimeout { .. }), "{msg}");
+    assert!(msg.contains("within 6s"), "{msg}");
+}
+
+/// Panics when the first step starts, like a bug inside the job would.
+struct PanickingSink;
+impl EventSink for PanickingSink {
+    fn emit(&self, event: JobEvent) {
+        if matches!(event, JobEvent::StepStarted { .. }) {
+            panic!("simulated bug inside the job");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_inside_the_job_still_destroys_the_vm() {
+    let env = std::sync::Arc::new(TestEnv::tiny());
+    let e2 = env.clone();
+    let joined = tokio::spawn(async move {
+        let _ = e2
+            .run_with_sink(
+                "jobs:\n  x:\n    steps:\n      - run: 'true'\n",
+                RunOpts::default(),
+                &PanickingSink,
+            )
+            .await;
+    })
+    .await;
+    assert!(joined.expect_err("the task panicked").is_panic());
+    env.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_mid_step_stops_the_job_and_destroys_the_vm() {
+    let env = TestEnv::tiny();
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    struct CancelOnOutput(CancellationToken);
+    impl EventSink for CancelOnOutput {
+        fn emit(&self, event: JobEvent) {
+            if let JobEvent::Line { text, .. } = &event
+                && text == "waiting"
+            {
+                self.0.cancel();
+            }
+        }
+    }
+    let sink = CancelOnOutput(c2);
+    let t = Instant::now();
+    let result = env
+        .run_with_sink(
+            "jobs:\n  x:\n    steps:\n      - run: |\n          echo waiting\n          sleep 600\n",
+            RunOpts {
+                cancel: Some(cancel),
+                ..Default::default()
+            },
+            &sink,
+        )
+        .await;
+    env.assert_no_leaks();
+    let report = result.expect("job ran until cancelled");
+    assert_eq!(report.outcome.conclusion, Conclusion::Cancelled);
+    assert!(
+        t.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        t.elapsed()
+    );
+}

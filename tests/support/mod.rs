@@ -1,0 +1,280 @@
+//! Shared harness for the tests that boot real guests: image lookup, a
+//! per-test state directory, running a workflow in a VM, and the leak check
+//! that runs after every VM test.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::json;
+use solstice::config::{
+    AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
+    SeedKind,
+};
+use solstice::events::{JobEvent, VecSink};
+use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
+use solstice::runner::{self, RunError, RunReport, VmRun};
+use solstice::secret::Secret;
+use solstice::vm::Accel;
+use tokio_util::sync::CancellationToken;
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of a guest image: `$SOLSTICE_TEST_IMAGE_<NAME>`, or built (and cached)
+/// with `images/build.sh NAME`. Panics (fails the test) if neither works.
+pub fn image(name: &str) -> PathBuf {
+    static TINY: OnceLock<PathBuf> = OnceLock::new();
+    static DEBIAN: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match name {
+        "tiny" => &TINY,
+        "debian" => &DEBIAN,
+        other => panic!("unknown test image {other}"),
+    };
+    cell.get_or_init(|| {
+        let var = format!("SOLSTICE_TEST_IMAGE_{}", name.to_uppercase());
+        if let Some(p) = std::env::var_os(&var) {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "{var}={} does not exist", p.display());
+            return p;
+        }
+        let out = std::process::Command::new(repo_root().join("images/build.sh"))
+            .arg(name)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run images/build.sh");
+        assert!(
+            out.status.success(),
+            "images/build.sh {name} failed; set {var} to a built image"
+        );
+        let p = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        assert!(p.is_file(), "images/build.sh printed {}", p.display());
+        p
+    })
+    .clone()
+}
+
+/// A test's private state directory and configuration.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl TestEnv {
+    /// The tiny busybox/dropbear guest (no bash), root login, NoCloud seed.
+    pub fn tiny() -> Self {
+        Self::with_image(image_config("tiny", image("tiny"), "root", 256))
+    }
+
+    /// The Debian guest with real cloud-init, user `debian`.
+    pub fn debian() -> Self {
+        Self::with_image(image_config("debian", image("debian"), "debian", 512))
+    }
+
+    pub fn with_image(img: ImageConfig) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("solstice-test-")
+            .tempdir()
+            .unwrap();
+        let mut images = BTreeMap::new();
+        images.insert(img.name.clone(), img);
+        let config = Config {
+            daemon: DaemonConfig {
+                state_dir: dir.path().join("state"),
+                max_concurrent_jobs: 2,
+            },
+            qemu: QemuConfig {
+                system_binary: "qemu-system-x86_64".into(),
+                img_binary: "qemu-img".into(),
+                accel: AccelChoice::Tcg,
+                uefi_code: None,
+                uefi_vars: None,
+            },
+            images,
+        };
+        Self { dir, config }
+    }
+
+    pub fn image(&self) -> &ImageConfig {
+        self.config.images.values().next().unwrap()
+    }
+
+    pub fn image_mut(&mut self) -> &mut ImageConfig {
+        self.config.images.values_mut().next().unwrap()
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        runner::jobs_dir(&self.config)
+    }
+
+    /// Writes a solstice.toml for this environment (for tests of the binary).
+    pub fn write_config_file(&self) -> PathBuf {
+        let img = self.image();
+        let text = format!(
+            "[daemon]\nstate_dir = {:?}\n[qemu]\naccel = \"tcg\"\n[images.{}]\npath = {:?}\nssh_user = {:?}\nmemory_mib = {}\nvcpus = {}\nboot_timeout_secs = {}\nlabels = [{}]\n",
+            self.config.daemon.state_dir,
+            img.name,
+            img.path,
+            img.ssh_user,
+            img.memory_mib,
+            img.vcpus,
+            img.boot_timeout.as_secs(),
+            img.labels
+                .iter()
+                .map(|l| format!("{l:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let p = self.dir.path().join("solstice.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Asserts that no QEMU process and no per-job file is left behind.
+    pub fn assert_no_leaks(&self) {
+        let leaks = solstice::vm::leaks::check(&self.jobs_dir());
+        assert!(leaks.is_empty(), "resources left behind: {leaks:#?}");
+    }
+
+    /// Runs `yaml`'s only job in a fresh VM, then checks for leaks.
+    pub async fn run(&self, yaml: &str, opts: RunOpts) -> (Result<RunReport, RunError>, VecSink) {
+        let sink = VecSink::default();
+        let result = self.run_with_sink(yaml, opts, &sink).await;
+        self.assert_no_leaks();
+        (result, sink)
+    }
+
+    pub async fn run_with_sink(
+        &self,
+        yaml: &str,
+        opts: RunOpts,
+        sink: &dyn solstice::events::EventSink,
+    ) -> Result<RunReport, RunError> {
+        let spec = self.spec(yaml, opts.secrets, opts.checkout);
+        let job_id = runner::new_job_id("test");
+        let run = VmRun {
+            config: &self.config,
+            image: self.image(),
+            accel: Accel::Tcg,
+            job_id: &job_id,
+            spec: &spec,
+        };
+        let cancel = opts.cancel.unwrap_or_default();
+        runner::run_in_vm(&run, sink, &cancel).await
+    }
+
+    pub fn spec(
+        &self,
+        yaml: &str,
+        secrets: Vec<(&'static str, &'static str)>,
+        checkout: Option<PathBuf>,
+    ) -> JobSpec {
+        let wf = solstice::workflow::parse_workflow(yaml).expect("test workflow parses");
+        let (job_id, _) = solstice::workflow::select_job(&wf, None).unwrap();
+        let job_id = job_id.to_string();
+        JobSpec {
+            workflow: wf,
+            job_id: job_id.clone(),
+            matrix: Default::default(),
+            github: json!({
+                "repository": "octo/hello",
+                "repository_owner": "octo",
+                "sha": "0123456789abcdef0123456789abcdef01234567",
+                "ref": "refs/heads/main",
+                "ref_name": "main",
+                "event_name": "push",
+                "workflow": "test",
+                "job": job_id,
+                "run_id": "42",
+                "run_number": "7",
+                "actor": "tester",
+                "server_url": "http://localhost",
+            }),
+            secrets: secrets
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(v)))
+                .collect(),
+            vars: Default::default(),
+            inputs: json!({}),
+            needs: json!({}),
+            runner: RunnerInfo {
+                os: self.image().os,
+                name: "solstice-test".into(),
+                arch: "X64".into(),
+                home: None,
+            },
+            extra_env: Default::default(),
+            checkout: match checkout {
+                Some(p) => CheckoutSource::LocalTree(p),
+                None => CheckoutSource::None,
+            },
+            max_job_timeout: None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct RunOpts {
+    pub secrets: Vec<(&'static str, &'static str)>,
+    pub checkout: Option<PathBuf>,
+    pub cancel: Option<CancellationToken>,
+}
+
+pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> ImageConfig {
+    ImageConfig {
+        name: name.into(),
+        path,
+        format: ImageFormat::Qcow2,
+        os: GuestOs::Linux,
+        firmware: Firmware::Bios,
+        vcpus: 1,
+        memory_mib,
+        disk_size_gib: None,
+        ssh_user: user.into(),
+        seed: SeedKind::NoCloud,
+        boot_timeout: Duration::from_secs(180),
+        readiness_probes: 1,
+        readiness_probe_interval: Duration::from_secs(1),
+        labels: vec![name.into()],
+    }
+}
+
+/// Text of every line event of step `index` (0-based).
+pub fn step_lines(sink: &VecSink, index: usize) -> Vec<String> {
+    sink.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Line {
+                step: Some(i),
+                text,
+                ..
+            } if i == index => Some(text),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every line of the job joined with newlines (for `contains` checks).
+pub fn all_text(sink: &VecSink) -> String {
+    let mut out = String::new();
+    for e in sink.events() {
+        match e {
+            JobEvent::Line { text, .. } => out.push_str(&text),
+            JobEvent::StepStarted { name, .. } => out.push_str(&name),
+            JobEvent::StepSummary { markdown, .. } => out.push_str(&markdown),
+            JobEvent::Phase { detail, .. } => out.push_str(&detail),
+            _ => continue,
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Does `path` exist? (helper for readable asserts)
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
