@@ -238,10 +238,7 @@ fn spawn_interrupt_handler(
 ) {
     tokio::spawn(async move {
         let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => Some(s),
-                Err(_) => None,
-            };
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut count = 0;
         loop {
             tokio::select! {

@@ -13,10 +13,13 @@ pub struct TerminalSink {
     state: Mutex<TermState>,
 }
 
+/// (outcome, conclusion, duration) of a finished step.
+type StepResult = (Conclusion, Conclusion, Duration);
+
 #[derive(Default)]
 struct TermState {
     /// Step display names by index, for the summary.
-    steps: Vec<(String, Option<(Conclusion, Conclusion, Duration)>)>,
+    steps: Vec<(String, Option<StepResult>)>,
     group_depth: usize,
 }
 
