@@ -59,8 +59,15 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCod
 /// Resolves the accelerator without blocking the runtime; prints the choice.
 pub async fn resolve_accel(config: &Config) -> Result<Accel, ExitCode> {
     let qemu = config.qemu.clone();
-    match tokio::task::spawn_blocking(move || vm::accel::resolve(&qemu)).await {
-        Ok(Ok(a)) => Ok(a),
+    match tokio::task::spawn_blocking(move || vm::accel::resolve_with_reason(&qemu)).await {
+        Ok(Ok(p)) => {
+            let name = match p.accel {
+                Accel::Kvm => "kvm",
+                Accel::Tcg => "tcg",
+            };
+            println!("[solstice] accelerator: {name} ({})", p.reason);
+            Ok(p.accel)
+        }
         Ok(Err(e)) => {
             report_error(&e);
             Err(ExitCode::from(exit::INFRA))

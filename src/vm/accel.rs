@@ -44,11 +44,22 @@ pub struct Probe {
 /// process (blocking for at most about [`PROBE_DEADLINE`]) and caches it;
 /// call it from `spawn_blocking` in async code.
 pub fn resolve(qemu: &QemuConfig) -> Result<Accel, AccelError> {
+    resolve_with_reason(qemu).map(|p| p.accel)
+}
+
+/// Like [`resolve`], with the reason for the choice (shown in job logs).
+pub fn resolve_with_reason(qemu: &QemuConfig) -> Result<Probe, AccelError> {
     match qemu.accel {
-        AccelChoice::Tcg => Ok(Accel::Tcg),
+        AccelChoice::Tcg => Ok(Probe {
+            accel: Accel::Tcg,
+            reason: "configured: accel = \"tcg\"".into(),
+        }),
         AccelChoice::Kvm => {
             open_kvm().map_err(AccelError::KvmUnavailable)?;
-            Ok(Accel::Kvm)
+            Ok(Probe {
+                accel: Accel::Kvm,
+                reason: "configured: accel = \"kvm\"".into(),
+            })
         }
         AccelChoice::Auto => {
             static CACHE: OnceLock<Probe> = OnceLock::new();
@@ -57,7 +68,10 @@ pub fn resolve(qemu: &QemuConfig) -> Result<Accel, AccelError> {
                 tracing::info!(accel = ?p.accel, reason = %p.reason, "accelerator chosen");
                 p
             });
-            Ok(p.accel)
+            Ok(Probe {
+                accel: p.accel,
+                reason: format!("auto: {}", p.reason),
+            })
         }
     }
 }

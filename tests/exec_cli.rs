@@ -1,0 +1,178 @@
+//! `solstice exec` as a user runs it: the real binary, a config file, a real
+//! tiny guest. Exit codes, matrix expansion, the terminal log, and Ctrl-C.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::TestEnv;
+
+fn solstice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_solstice"))
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn matrix_runs_every_combination_and_the_exit_code_follows_the_jobs() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "matrix.yml",
+        "on: push\njobs:\n  build:\n    runs-on: ${{ matrix.os }}\n    strategy:\n      matrix:\n        os: [tiny]\n        n: [1, 2]\n    steps:\n      - run: echo \"combo n=${{ matrix.n }} on $RUNNER_OS\"\n      - if: matrix.n == 2\n        run: exit 1\n",
+    );
+    let out = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("combo n=1 on Linux"), "{stdout}");
+    assert!(stdout.contains("combo n=2 on Linux"), "{stdout}");
+    assert!(stdout.contains("build (tiny, 1) [1/2]"), "{stdout}");
+    assert!(
+        stdout.contains("1 of 2 matrix combinations succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[solstice] accelerator: tcg"), "{stdout}");
+    assert!(
+        stdout.contains("Job succeeded") && stdout.contains("Job failed"),
+        "{stdout}"
+    );
+    env.assert_no_leaks();
+
+    // --matrix picks the passing combination only: exit 0.
+    let out = solstice()
+        .args(["exec", "--matrix", "n=1", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("combo n=2"), "{stdout}");
+    env.assert_no_leaks();
+}
+
+#[test]
+fn bad_input_fails_before_any_vm_starts() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let two_jobs = write(
+        env.dir.path(),
+        "two.yml",
+        "jobs:\n  a:\n    steps:\n      - run: 'true'\n  b:\n    steps:\n      - run: 'true'\n",
+    );
+    let out = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&two_jobs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a") && stderr.contains("b"), "{stderr}");
+
+    let no_image = write(
+        env.dir.path(),
+        "label.yml",
+        "jobs:\n  a:\n    runs-on: [self-hosted, windows]\n    steps:\n      - run: 'true'\n",
+    );
+    // One image only: it is used even though the labels differ.
+    let bad_yaml = write(env.dir.path(), "bad.yml", "jobs:\n  a:\n    stpes: []\n");
+    let out = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&bad_yaml)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.yml"), "{stderr}");
+    let out = solstice()
+        .args(["exec", "--image", "nope", "--config"])
+        .arg(&config)
+        .arg(&no_image)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no image named `nope`"), "{stderr}");
+
+    let broken_config = write(env.dir.path(), "broken.toml", "[daemon]\nmax_jobs = 3\n");
+    let out = solstice()
+        .args(["check-config"])
+        .arg(&broken_config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("broken.toml:2:1"), "{stderr}");
+    let out = solstice()
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    env.assert_no_leaks();
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_destroys_the_vm_and_exits_130() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "sleep.yml",
+        "jobs:\n  s:\n    steps:\n      - run: |\n          echo sleeping-now\n          sleep 600\n      - if: always()\n        run: echo cleanup-ran\n",
+    );
+    let mut child = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line == "sleeping-now" {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l == "sleeping-now"), "{seen:?}");
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    for line in lines {
+        seen.push(line.unwrap());
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen:#?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(seen.iter().any(|l| l == "cleanup-ran"), "{seen:#?}");
+    env.assert_no_leaks();
+}
