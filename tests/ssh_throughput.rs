@@ -33,9 +33,17 @@ fn rss_kib() -> (u64, u64) {
 async fn measure(kind: Kind) {
     let client = ClientKey::generate();
     let server = Server::start(kind, &client, &HostKey::generate());
-    let s = connect(&server.pinned(&client), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let target = server.pinned(&client);
+    let s = connect(&target, Duration::from_secs(10)).await.unwrap();
+
+    // A fresh connection and login, as each readiness probe makes.
+    let n = 5;
+    let start = Instant::now();
+    for _ in 0..n {
+        let c = connect(&target, Duration::from_secs(10)).await.unwrap();
+        c.close().await.unwrap();
+    }
+    let per_login = start.elapsed() / n;
 
     // Round trip of `true`.
     let n = 20;
@@ -83,7 +91,7 @@ async fn measure(kind: Kind) {
     assert_eq!((status, total), (0, BYTES));
 
     eprintln!(
-        "{kind:?}: exec `true` round trip {per_exec:.2?}; 200 MB stdout in {elapsed:.2?} \
+        "{kind:?}: connect+login {per_login:.2?}; exec `true` round trip {per_exec:.2?}; 200 MB stdout in {elapsed:.2?} \
          ({:.0} MB/s); with a 2 s stalled consumer {stalled:.2?}; peak memory growth {growth_mib} MiB",
         BYTES as f64 / 1e6 / elapsed.as_secs_f64()
     );
