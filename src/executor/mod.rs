@@ -346,6 +346,7 @@ struct Runtime<'a> {
     layout: GuestLayout,
     has_bash: bool,
     job_deadline: Instant,
+    job_timeout: Duration,
     /// Workflow and job `env`, evaluated.
     base_env: IndexMap<String, String>,
     debug: bool,
@@ -436,6 +437,7 @@ pub async fn run_job(
         layout: GuestLayout::new("/", "workspace"),
         has_bash: false,
         job_deadline: started + DEFAULT_JOB_TIMEOUT,
+        job_timeout: DEFAULT_JOB_TIMEOUT,
         base_env: IndexMap::new(),
         debug,
     };
@@ -486,6 +488,7 @@ pub async fn run_job(
         job_timeout = job_timeout.min(max);
     }
     rt.job_deadline = started + job_timeout;
+    rt.job_timeout = job_timeout;
 
     // Probe the guest and create the layout.
     match rt.probe().await {
@@ -561,11 +564,13 @@ impl<'a> Runtime<'a> {
         }
         state.timed_out = true;
         state.status = JobStatus::Cancelled;
-        let spent = self.job_deadline.saturating_duration_since(Instant::now());
-        let _ = spent;
         self.em.error(
             None,
-            "The job has exceeded its maximum execution time (timeout-minutes); remaining steps run only with `if: always()` or `cancelled()`",
+            format!(
+                "The job has exceeded its maximum execution time of {:.1} minutes (timeout-minutes); \
+                 the remaining steps run only with `if: always()` or `cancelled()`",
+                self.job_timeout.as_secs_f64() / 60.0
+            ),
         );
     }
 
@@ -1461,4 +1466,66 @@ fn build_tar(files: &[TarFile]) -> std::io::Result<Vec<u8>> {
         }
     }
     Ok(checkout::pad_record(b.into_inner()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::VecSink;
+
+    fn chunk(stream: Stream, s: &str) -> OutputChunk {
+        OutputChunk {
+            stream,
+            data: s.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn step_output_finds_the_marker_across_chunks() {
+        let sink = VecSink::default();
+        let em = Emitter {
+            sink: &sink,
+            masker: Mutex::new(Masker::new()),
+        };
+        let mut out = StepOutput::new(&em, 0, Some("__m__".into()), false);
+        out.feed(chunk(
+            Stream::Stdout,
+            "one
+
+three
+",
+        ));
+        out.feed(chunk(Stream::Stderr, "err"));
+        out.feed(chunk(
+            Stream::Stdout,
+            "
+__",
+        ));
+        out.feed(chunk(
+            Stream::Stdout,
+            "m__
+__m__ output
+k=v
+
+__m__ end 0
+",
+        ));
+        let dump = out.finish().unwrap();
+        assert_eq!(sink.lines(), vec!["one", "", "three", "err"]);
+        assert_eq!(dump.output, "k=v\n");
+        assert_eq!(dump.status, Some(0));
+    }
+
+    #[test]
+    fn step_output_without_marker_flushes_partial_lines() {
+        let sink = VecSink::default();
+        let em = Emitter {
+            sink: &sink,
+            masker: Mutex::new(Masker::new()),
+        };
+        let mut out = StepOutput::new(&em, 0, Some("__m__".into()), false);
+        out.feed(chunk(Stream::Stdout, "a\n\npartial"));
+        assert!(out.finish().is_none());
+        assert_eq!(sink.lines(), vec!["a", "", "partial"]);
+    }
 }

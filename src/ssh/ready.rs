@@ -11,6 +11,9 @@ use super::client::{handshake, tcp_connect};
 use super::{SshError, SshSession, SshTarget};
 use crate::guest::GuestSession;
 
+/// How long closing a successful probe's connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How to wait for a guest's SSH server.
 #[derive(Debug, Clone)]
 pub struct ReadyOptions {
@@ -161,7 +164,7 @@ pub async fn wait_ready(
                     return Ok(session);
                 }
                 // The next probe must be a fresh connection.
-                let _ = session.close().await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
                 opts.probe_interval
             }
             Err(e) => {

@@ -89,6 +89,21 @@ fn home_of(user: &str) -> PathBuf {
     PathBuf::from(line.trim().split(':').nth(5).expect("home field"))
 }
 
+/// A command prefix that runs the rest of its arguments in a private mount
+/// namespace where `home` is bind-mounted over `user`'s home directory (in a
+/// user namespace too if `userns`).
+fn shadow_home(home: &Path, user: &str, userns: bool) -> Command {
+    let mut cmd = Command::new("unshare");
+    if userns {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" "$1" && shift && exec "$@""#)
+        .arg(home)
+        .arg(home_of(user));
+    cmd
+}
+
 impl Server {
     /// Starts a server of `kind` on `port` that accepts `client` and
     /// presents `host` (and, for OpenSSH, an extra ECDSA host key listed
@@ -120,7 +135,18 @@ impl Server {
                 if euid_is_root() {
                     let _ = std::fs::create_dir_all("/run/sshd");
                 }
-                cmd = Command::new("/usr/sbin/sshd");
+                let home = d.join("home");
+                std::fs::create_dir_all(&home).unwrap();
+                // As root, hide root's dotfiles from the sessions (a slow
+                // ~/.bashrc would be measured as SSH latency).
+                cmd = if euid_is_root() {
+                    shadow_home(&home, &user, false)
+                } else {
+                    Command::new("/usr/sbin/sshd")
+                };
+                if euid_is_root() {
+                    cmd.arg("/usr/sbin/sshd");
+                }
                 cmd.args(["-D", "-e", "-f"]).arg(d.join("sshd_config"));
             }
             Kind::Dropbear => {
@@ -138,15 +164,8 @@ impl Server {
                     0o600,
                 );
                 user = login_user(kind);
-                cmd = Command::new("unshare");
-                if !euid_is_root() {
-                    cmd.args(["--user", "--map-root-user"]);
-                }
-                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(r#"mount --bind "$0" "$1" && shift && exec "$@""#)
-                    .arg(&home)
-                    .arg(home_of(&user))
-                    .args(["/usr/sbin/dropbear", "-F", "-E", "-s", "-m", "-P"])
+                cmd = shadow_home(&home, &user, !euid_is_root());
+                cmd.args(["/usr/sbin/dropbear", "-F", "-E", "-s", "-m", "-P"])
                     .arg(d.join("dropbear.pid"))
                     .arg("-p")
                     .arg(addr.to_string())
