@@ -40,7 +40,7 @@ pub enum GuestError {
 pub trait GuestSession: Send + Sync {
     /// Runs `command`, writes `stdin` to it and closes its stdin, sends output
     /// chunks to `output` as they arrive, and returns the exit status (a signal
-    /// death or a missing status is reported as 255 or higher).
+    /// death is 128 + the signal number; a missing status is 255).
     async fn exec(
         &self,
         command: &str,
