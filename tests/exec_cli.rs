@@ -176,3 +176,53 @@ fn ctrl_c_cancels_the_job_destroys_the_vm_and_exits_130() {
     assert!(seen.iter().any(|l| l == "cleanup-ran"), "{seen:#?}");
     env.assert_no_leaks();
 }
+
+#[test]
+fn qemu_dies_when_solstice_is_killed() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "sleep.yml",
+        "jobs:\n  s:\n    steps:\n      - run: |\n          echo sleeping-now\n          sleep 600\n",
+    );
+    let mut child = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line == "sleeping-now" {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l == "sleeping-now"), "{seen:?}");
+    let running = |env: &TestEnv| {
+        solstice::vm::leaks::check(&env.jobs_dir())
+            .into_iter()
+            .filter(|l| l.starts_with("QEMU process"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(running(&env).len(), 1, "the job's QEMU should be running");
+    child.kill().unwrap(); // SIGKILL: no cleanup code runs in solstice
+    child.wait().unwrap();
+    let t = Instant::now();
+    while !running(&env).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        running(&env).is_empty(),
+        "QEMU outlived solstice: {:?}",
+        running(&env)
+    );
+    // The job directory stays for the daemon's start-up reconcile to remove;
+    // the test's temporary state directory goes with the test.
+}
