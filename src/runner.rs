@@ -48,9 +48,12 @@ pub enum RunError {
 /// Where the time went, for progress output and `solstice bench`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
-    /// Overlay, seed, QEMU spawn, QMP ready, port known.
+    /// Keys, job directory, seed and overlay: everything before QEMU is spawned.
+    pub prepare: Duration,
+    /// `prepare` plus QEMU spawn, QMP ready and the forwarded port known.
     pub provision: Duration,
-    /// QEMU running → SSH readiness probes passed.
+    /// QEMU spawned → SSH readiness probes passed: the guest's own boot as
+    /// Solstice observes it (comparable to a plain QEMU + SSH polling baseline).
     pub boot_to_ssh: Duration,
     /// SSH ready → the first step's command running in the guest.
     pub first_step: Option<Duration>,
@@ -154,6 +157,7 @@ pub async fn run_in_vm(
         _ = cancel.cancelled() => return Err(RunError::Cancelled),
     };
     timings.provision = t0.elapsed();
+    timings.prepare = vm.spawned_at().saturating_duration_since(t0);
 
     let result = boot_and_run(
         run,
@@ -220,7 +224,7 @@ async fn boot_and_run(
         probe_interval: image.readiness_probe_interval,
         ..ReadyOptions::default()
     };
-    let t_boot = Instant::now();
+    let t_boot = vm.spawned_at();
     let last_report = Mutex::new(Instant::now());
     let progress = |p: ssh::ReadyProgress| {
         let Ok(mut last) = last_report.lock() else {

@@ -1,6 +1,6 @@
 //! Drives one job's steps through a guest session and reports [`JobEvent`]s.
 //!
-//! Per `run:` step the guest sees **one** exec: `cd STEPS && tar -xf - && exec sh
+//! Per `run:` step the guest sees **one** exec: `cd STEPS && tar xf - && exec sh
 //! step-N/wrapper.sh`, with a small tar (script, wrapper, empty file-command
 //! files) on stdin. The wrapper exports the environment, enters the working
 //! directory, runs the script, then prints a random marker line followed by the
@@ -680,7 +680,7 @@ impl<'a> Runtime<'a> {
         let cmd = format!(
             "H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
              cd \"$H\" && mkdir -p work/{r}/{r} _temp/_solstice _temp/_github_workflow _tool && \
-             cd _temp/_github_workflow && tar -xf -",
+             cd _temp/_github_workflow && tar xf -",
             r = shell_quote(&repo)
         );
         let event = self
@@ -1094,7 +1094,7 @@ impl<'a> Runtime<'a> {
         let tar =
             build_tar(&files).map_err(|e| format!("Could not build the step archive: {e}"))?;
         let cmd = format!(
-            "cd {} && tar -xf - && exec sh {}",
+            "cd {} && tar xf - && exec sh {}",
             shell_quote(&self.layout.steps_root),
             shell_quote(&format!("{dir}/wrapper.sh"))
         );
@@ -1345,7 +1345,7 @@ impl<'a> Runtime<'a> {
             format!("mkdir -p {d}")
         };
         let count = tar.len();
-        let cmd = format!("{prep} && cd {d} && exec tar -xf -");
+        let cmd = format!("{prep} && cd {d} && exec tar xf -");
         let tar = checkout::pad_record(tar);
         let res = self
             .exec_step(plan, &cmd, &tar, None, &self.step_dir(plan.index))
@@ -1442,7 +1442,7 @@ impl TarFile {
     }
 }
 
-/// A small tar (padded to a whole record) for `tar -xf -` in the guest.
+/// A small tar (padded to a whole record) for `tar xf -` in the guest.
 fn build_tar(files: &[TarFile]) -> std::io::Result<Vec<u8>> {
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -131,6 +131,7 @@ pub struct Vm {
     pid: u32,
     ssh_addr: SocketAddr,
     accel: Accel,
+    spawned_at: Instant,
 }
 
 impl std::fmt::Debug for Vm {
@@ -288,6 +289,7 @@ impl Vm {
             pid,
             ssh_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             accel: spec.accel,
+            spawned_at: t_spawn,
         })
     }
 
@@ -308,6 +310,11 @@ impl Vm {
 
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// When the QEMU process was spawned (the start of the guest's own boot).
+    pub fn spawned_at(&self) -> Instant {
+        self.spawned_at
     }
 
     /// The serial console log.
