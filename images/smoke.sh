@@ -108,9 +108,14 @@ cpio_seed() {
   truncate -s $(((size + 511) / 512 * 512)) "$dir/seed.cpio"
 }
 
+# banner PORT: true when something on PORT sends an SSH identification line within 0.5 s.
+banner() {
+  timeout 0.5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && head -c 4 <&3' _ "$1" 2>/dev/null | grep -q '^SSH-'
+}
+
 # boot DIR SEEDKIND USER: starts QEMU with Solstice's argv and waits for SSH; sets port, qemu_pid, boot_secs.
 boot() {
-  local dir=$1 kind=$2 user=$3 seed_arg start now i
+  local dir=$1 kind=$2 user=$3 seed_arg start now
   qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$dir/overlay.qcow2"
   case "$kind" in
     iso) seed_arg=(-drive "file=$dir/seed.iso,media=cdrom,if=ide,readonly=on") ;;
@@ -127,13 +132,14 @@ boot() {
   qemu_pid=$!
   log "booting ($kind seed, user $user, port $port, $smp vCPU)"
   i=0
-  until timeout 10 ssh -i "$T/key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
-    -o ConnectTimeout=3 -o LogLevel=ERROR -p "$port" "$user@127.0.0.1" true 2>/dev/null; do
+  # User-mode networking accepts the TCP connection before the guest listens: wait for the SSH banner with a
+  # short read timeout, then authenticate and run true.
+  until banner "$port" && timeout 20 ssh -i "$T/key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    -o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR -p "$port" "$user@127.0.0.1" true 2>/dev/null; do
     kill -0 "$qemu_pid" 2>/dev/null || fail "QEMU exited: $(cat "$dir/qemu.err")"
     now=$(date +%s%N)
     [ $(((now - start) / 1000000000)) -lt "$boot_timeout" ] || fail "no SSH after $boot_timeout s"
-    sleep 0.2
-    i=$((i + 1))
+    sleep 0.1
   done
   now=$(date +%s%N)
   boot_ms=$(((now - start) / 1000000))
