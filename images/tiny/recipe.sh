@@ -65,7 +65,7 @@ build_image() {
   depmod -b "$pkg" "$kver"
   strip_comments "$recipe/modules" >"$root/etc/solstice/modules"
   # shellcheck disable=SC2046
-  modprobe -d "$pkg" -S "$kver" --show-depends -a $(cat "$root/etc/solstice/modules") |
+  modprobe -d "$pkg" -S "$kver" --show-depends -a $(cut -d' ' -f2 "$root/etc/solstice/modules") |
     sed -n 's/^insmod \([^ ]*\).*/\1/p' | sort -u | while read -r f; do
       rel=${f#"$pkg"/}
       mkdir -p "$root/$(dirname "$rel")"
