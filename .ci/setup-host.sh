@@ -13,4 +13,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
-apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs zstd xz-utils
+apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs zstd xz-utils \
+  kmod gzip openssh-client
+# Only for images/smoke.sh (Solstice writes its seeds itself).
+apt-get install -y -q genisoimage
