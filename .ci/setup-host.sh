@@ -17,3 +17,13 @@ apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-c
   kmod gzip openssh-client
 # Only for images/smoke.sh (Solstice writes its seeds itself).
 apt-get install -y -q genisoimage
+# Test-only: real SSH servers for the ssh module's tests (they run their own
+# instances on 127.0.0.1; no system service is used), and the shells the
+# executor's wrapper is tested under (busybox ash comes from busybox-static).
+apt-get install -y -q openssh-server dropbear-bin ksh dash git
+# Never leave a system sshd/dropbear listening because of the packages above.
+for svc in ssh dropbear; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled "$svc" >/dev/null 2>&1; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
