@@ -1345,7 +1345,12 @@ impl<'a> Runtime<'a> {
             format!("mkdir -p {d}")
         };
         let count = tar.len();
-        let cmd = format!("{prep} && cd {d} && exec tar xf -");
+        // `o`: files belong to the job's user, not to the host's uids (GNU,
+        // busybox and illumos tar agree). GNU tar is preferred where it exists
+        // under the name `gtar` (illumos), as the archive may use GNU long names.
+        let cmd = format!(
+            "{prep} && cd {d} && if command -v gtar >/dev/null 2>&1; then exec gtar xof -; else exec tar xof -; fi"
+        );
         let tar = checkout::pad_record(tar);
         let res = self
             .exec_step(plan, &cmd, &tar, None, &self.step_dir(plan.index))
