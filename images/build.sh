@@ -89,7 +89,8 @@ trap 'exit 143' TERM
 start=$(date +%s)
 log "building into $WORK (recipe hash $hash)"
 # The recipe defines build_image WORKDIR RECIPE_DIR OUT_QCOW2.
-build_image "$WORK" "$recipe_dir" "$partial"
+# Recipe tools may print on stdout (mke2fs does): keep stdout for the path only.
+build_image "$WORK" "$recipe_dir" "$partial" >&2
 [ -s "$partial" ] || die "Recipe produced no image"
 qemu-img check -q "$partial" || die "Built image fails qemu-img check"
 mv -f "$partial" "$out"
