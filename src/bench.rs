@@ -144,14 +144,17 @@ pub async fn bench_main(args: BenchArgs) -> ExitCode {
 /// Medians and the overhead verdict.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
+    /// Median boot to SSH of the plain QEMU baseline.
     pub baseline: Duration,
-    pub prepare: Duration,
-    pub provision: Duration,
-    pub boot_to_ssh: Duration,
-    pub first_step: Duration,
-    pub job: Duration,
-    pub teardown: Duration,
-    pub total: Duration,
+    /// Field-wise medians of the Solstice runs.
+    pub solstice: SolsticeSample,
+}
+
+impl std::ops::Deref for Report {
+    type Target = SolsticeSample;
+    fn deref(&self) -> &SolsticeSample {
+        &self.solstice
+    }
 }
 
 impl Report {
@@ -160,13 +163,15 @@ impl Report {
             |f: fn(&SolsticeSample) -> Duration| median(&samples.iter().map(f).collect::<Vec<_>>());
         Self {
             baseline: median(baseline),
-            prepare: m(|s| s.prepare),
-            provision: m(|s| s.provision),
-            boot_to_ssh: m(|s| s.boot_to_ssh),
-            first_step: m(|s| s.first_step),
-            job: m(|s| s.job),
-            teardown: m(|s| s.teardown),
-            total: m(|s| s.total),
+            solstice: SolsticeSample {
+                prepare: m(|s| s.prepare),
+                provision: m(|s| s.provision),
+                boot_to_ssh: m(|s| s.boot_to_ssh),
+                first_step: m(|s| s.first_step),
+                job: m(|s| s.job),
+                teardown: m(|s| s.teardown),
+                total: m(|s| s.total),
+            },
         }
     }
 

@@ -129,26 +129,34 @@ fn bad_input_fails_before_any_vm_starts() {
     env.assert_no_leaks();
 }
 
-#[test]
-fn ctrl_c_cancels_the_job_destroys_the_vm_and_exits_130() {
-    let env = TestEnv::tiny();
+/// Starts `solstice exec` on a job that prints `sleeping-now` and sleeps, and
+/// returns once that line was printed (the step is running in the guest).
+fn start_sleeping_job(
+    env: &TestEnv,
+    extra_step: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    Vec<String>,
+) {
     let config = env.write_config_file();
     let wf = write(
         env.dir.path(),
         "sleep.yml",
-        "jobs:\n  s:\n    steps:\n      - run: |\n          echo sleeping-now\n          sleep 600\n      - if: always()\n        run: echo cleanup-ran\n",
+        &format!(
+            "jobs:\n  s:\n    steps:\n      - run: |\n          echo sleeping-now\n          sleep 600\n{extra_step}"
+        ),
     );
     let mut child = solstice()
         .args(["exec", "--config"])
         .arg(&config)
         .arg(&wf)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
-    let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         seen.push(line.clone());
@@ -157,6 +165,16 @@ fn ctrl_c_cancels_the_job_destroys_the_vm_and_exits_130() {
         }
     }
     assert!(seen.iter().any(|l| l == "sleeping-now"), "{seen:?}");
+    (child, lines, seen)
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_destroys_the_vm_and_exits_130() {
+    let env = TestEnv::tiny();
+    let (mut child, lines, mut seen) = start_sleeping_job(
+        &env,
+        "      - if: always()\n        run: echo cleanup-ran\n",
+    );
     let t = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -180,31 +198,7 @@ fn ctrl_c_cancels_the_job_destroys_the_vm_and_exits_130() {
 #[test]
 fn qemu_dies_when_solstice_is_killed() {
     let env = TestEnv::tiny();
-    let config = env.write_config_file();
-    let wf = write(
-        env.dir.path(),
-        "sleep.yml",
-        "jobs:\n  s:\n    steps:\n      - run: |\n          echo sleeping-now\n          sleep 600\n",
-    );
-    let mut child = solstice()
-        .args(["exec", "--config"])
-        .arg(&config)
-        .arg(&wf)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines {
-        let line = line.unwrap();
-        seen.push(line.clone());
-        if line == "sleeping-now" {
-            break;
-        }
-    }
-    assert!(seen.iter().any(|l| l == "sleeping-now"), "{seen:?}");
+    let (mut child, _lines, _) = start_sleeping_job(&env, "");
     let running = |env: &TestEnv| {
         solstice::vm::leaks::check(&env.jobs_dir())
             .into_iter()

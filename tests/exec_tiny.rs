@@ -380,3 +380,29 @@ async fn cancelling_mid_step_stops_the_job_and_destroys_the_vm() {
         t.elapsed()
     );
 }
+
+/// The illumos path as far as a Linux guest can stand in: the metadata-agent's
+/// cpio seed (no host key in it, so the first host key seen is pinned), two
+/// readiness probes in a row as OmniOS needs, and `RUNNER_OS=illumos`.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_cpio_seed_two_probes_and_illumos_runner_os() {
+    let mut env = TestEnv::tiny();
+    {
+        let img = env.image_mut();
+        img.seed = solstice::config::SeedKind::MetadataCpio;
+        img.os = solstice::config::GuestOs::Illumos;
+        img.readiness_probes = 2;
+        img.readiness_probe_interval = Duration::from_millis(500);
+    }
+    let yaml = "jobs:\n  x:\n    steps:\n      - run: echo \"os=$RUNNER_OS host=$(hostname) user=$(id -un)\"\n      - run: echo second step over the same pinned connection\n";
+    let (result, sink) = env.run(yaml, RunOpts::default()).await;
+    let report = result.expect("the cpio-seeded guest ran the job");
+    let text = all_text(&sink);
+    assert_eq!(report.outcome.conclusion, Conclusion::Success, "{text}");
+    assert!(text.contains("os=illumos host=solstice-"), "{text}");
+    assert!(text.contains("user=root"), "{text}");
+    assert!(
+        text.contains("second step over the same pinned connection"),
+        "{text}"
+    );
+}
