@@ -190,7 +190,7 @@ async fn cpio_seed_guest_boots_and_applies_the_seed() {
     assert_no_leaks(jobs.path());
     result.unwrap();
     assert!(
-        console.contains("metadata cpio seed on /dev/vdb"),
+        console.contains("metadata cpio (odc) seed on /dev/vdb"),
         "{console}"
     );
     assert!(
