@@ -12,7 +12,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
-  echo "Usage: images/build.sh NAME [--force]   (NAME: $(cd "$here" && ls -d */recipe.sh 2>/dev/null | sed 's,/recipe.sh,,' | tr '\n' ' '))" >&2
+  echo "Usage: images/build.sh NAME [--force]   (NAME: tiny, debian)" >&2
   exit 2
 }
 

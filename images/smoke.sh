@@ -131,7 +131,6 @@ boot() {
     2>"$dir/qemu.err" &
   qemu_pid=$!
   log "booting ($kind seed, user $user, port $port, $smp vCPU)"
-  i=0
   # User-mode networking accepts the TCP connection before the guest listens: wait for the SSH banner with a
   # short read timeout, then authenticate and run true.
   until banner "$port" && timeout 20 ssh -i "$T/key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \

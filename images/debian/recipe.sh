@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Recipe for the "debian" guest: Debian bookworm (debootstrap minbase) with Debian's cloud kernel, cloud-init
 # (NoCloud only, trimmed), OpenSSH, bash, git and sudo. Default user: debian (cloud-init's default user config).
 # Layout: p1 FAT (syslinux, vmlinuz, initrd.img), p2 ext4 root labelled solroot, built with mkfs.ext4 -d (no mount).
@@ -26,8 +27,11 @@ build_image() {
   rm -f "$root/var/lib/dbus/machine-id"
   # No getty on the (absent) VGA console; the serial getty comes from console=ttyS0.
   ln -sf /dev/null "$root/etc/systemd/system/getty@tty1.service"
-  # Timers that only cost a throw-away VM time.
-  for t in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer; do
+  # Units that only cost a throw-away VM boot time. cloud-init's local and config stages are not needed (see
+  # 90-solstice.cfg).
+  for t in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer \
+    man-db.timer sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connections.mount \
+    cloud-init-local.service cloud-config.service; do
     ln -sf /dev/null "$root/etc/systemd/system/$t"
   done
 
@@ -36,6 +40,7 @@ build_image() {
   mount --bind /dev "$root/dev"
   kver=$(cd "$root/lib/modules" && ls | head -n1)
   log "initramfs for kernel $kver"
+  chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service >&2
   chroot "$root" update-initramfs -u -k "$kver" >&2
   chroot "$root" cloud-init clean --logs --seed >&2
   chroot "$root" apt-get clean

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the image recipes. Sourced by images/build.sh (bash, set -euo pipefail); needs log and die.
 
 # need CMD...: fail early, with the fix, when a host tool is missing.

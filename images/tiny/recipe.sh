@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Recipe for the "tiny" guest: Debian's cloud kernel + an initramfs with busybox (init, ash, applets) and dropbear.
 # No bash, no GNU userland. The initramfs consumes the seed itself (see rootfs/etc/init.d/rcS).
 # Sourced by images/build.sh, which provides WORK, log, die and lib/common.sh.
