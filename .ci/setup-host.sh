@@ -20,7 +20,7 @@ apt-get install -y -q genisoimage
 # Test-only: real SSH servers for the ssh module's tests (they run their own
 # instances on 127.0.0.1; no system service is used), and the shells the
 # executor's wrapper is tested under (busybox ash comes from busybox-static).
-apt-get install -y -q openssh-server dropbear-bin ksh dash git
+apt-get install -y -q openssh-server dropbear-bin ksh dash git python3
 # Never leave a system sshd/dropbear listening because of the packages above.
 for svc in ssh dropbear; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled "$svc" >/dev/null 2>&1; then

@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use solstice::events::{Conclusion, EventSink, JobEvent};
+use solstice::executor::CheckoutSource;
 use solstice::runner::RunError;
 use support::{RunOpts, TestEnv, all_text, step_lines};
 use tokio_util::sync::CancellationToken;
@@ -99,7 +100,7 @@ jobs:
         .run(
             &yaml,
             RunOpts {
-                checkout: Some(tree.path().to_path_buf()),
+                checkout: Some(CheckoutSource::LocalTree(tree.path().to_path_buf())),
                 ..Default::default()
             },
         )

@@ -154,7 +154,11 @@ impl TestEnv {
         opts: RunOpts,
         sink: &dyn solstice::events::EventSink,
     ) -> Result<RunReport, RunError> {
-        let spec = self.spec(yaml, opts.secrets, opts.checkout);
+        let spec = self.spec(
+            yaml,
+            opts.secrets,
+            opts.checkout.unwrap_or(CheckoutSource::None),
+        );
         let job_id = runner::new_job_id("test");
         let run = VmRun {
             config: &self.config,
@@ -171,7 +175,7 @@ impl TestEnv {
         &self,
         yaml: &str,
         secrets: Vec<(&'static str, &'static str)>,
-        checkout: Option<PathBuf>,
+        checkout: CheckoutSource,
     ) -> JobSpec {
         let wf = solstice::workflow::parse_workflow(yaml).expect("test workflow parses");
         let (job_id, _) = solstice::workflow::select_job(&wf, None).unwrap();
@@ -208,10 +212,7 @@ impl TestEnv {
                 home: None,
             },
             extra_env: Default::default(),
-            checkout: match checkout {
-                Some(p) => CheckoutSource::LocalTree(p),
-                None => CheckoutSource::None,
-            },
+            checkout,
             max_job_timeout: None,
         }
     }
@@ -220,7 +221,7 @@ impl TestEnv {
 #[derive(Default)]
 pub struct RunOpts {
     pub secrets: Vec<(&'static str, &'static str)>,
-    pub checkout: Option<PathBuf>,
+    pub checkout: Option<CheckoutSource>,
     pub cancel: Option<CancellationToken>,
 }
 
