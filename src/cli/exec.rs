@@ -310,7 +310,11 @@ pub fn choose_image<'a>(
                 .values()
                 .next()
                 .ok_or("no images configured")?;
-            tracing::info!(image = %img.name, ?labels, "no image label matches runs-on; using the only image");
+            println!(
+                "[solstice] no image has all the labels of `runs-on: [{}]`; using the only image `{}` (--image picks one)",
+                labels.join(", "),
+                img.name
+            );
             Ok(img)
         }
         None => {
