@@ -138,7 +138,7 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
 
     let workdir = match args.workdir.clone() {
         Some(d) => d,
-        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        None => default_workdir(&args.workflow),
     };
     let secrets: BTreeMap<String, Secret> = args
         .secrets
@@ -426,6 +426,27 @@ pub fn local_github_context(wf: &Workflow, job_id: &str, file: &Path, workdir: &
         "retention_days": "0",
         "secret_source": "None",
     })
+}
+
+/// What `actions/checkout` copies by default: the git work tree that holds the
+/// workflow file, else the current directory.
+fn default_workdir(workflow: &Path) -> PathBuf {
+    let dir = workflow
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let toplevel = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| PathBuf::from(s.trim()))
+        .filter(|p| p.is_dir());
+    toplevel.unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
 }
 
 fn hostname() -> String {

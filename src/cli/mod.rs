@@ -58,7 +58,8 @@ pub struct ExecArgs {
     /// Run only the matrix combinations where KEY equals VALUE; repeatable.
     #[arg(long = "matrix", short = 'm', value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub matrix: Vec<(String, String)>,
-    /// Directory copied into the guest by `actions/checkout` [default: the current directory].
+    /// Directory copied into the guest by `actions/checkout` [default: the git work tree
+    /// holding the workflow file, else the current directory].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// The workflow file.
