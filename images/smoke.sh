@@ -103,7 +103,7 @@ cpio_seed() {
   mkdir -p "$dir/cpio"
   cp "$T/key.pub" "$dir/cpio/authorized_keys"
   echo "$host" >"$dir/cpio/nodename"
-  (cd "$dir/cpio" && printf 'authorized_keys\nnodename\n' | cpio -o -H newc --quiet) >"$dir/seed.cpio"
+  (cd "$dir/cpio" && printf 'authorized_keys\nnodename\n' | cpio -o -H odc --quiet) >"$dir/seed.cpio"
   size=$(stat -c %s "$dir/seed.cpio")
   truncate -s $(((size + 511) / 512 * 512)) "$dir/seed.cpio"
 }
