@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Installs the host packages Solstice's tests and image recipes need (Debian 12).
+# Installs the host packages Solstice needs on Debian 12: QEMU (from
+# bookworm-backports, to match qemu-utils 10), the tools the image recipes use,
+# a C toolchain for building Solstice, and what the test suite needs (SSH
+# servers it starts itself on 127.0.0.1, shells, git, python3). Idempotent;
+# run as root. It never starts, stops or disables a service you already had.
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-host.sh installs Debian packages: run it as root" >&2
+  exit 1
+fi
 if [ ! -f /etc/apt/sources.list.d/bookworm-backports.sources ]; then
   cat >/etc/apt/sources.list.d/bookworm-backports.sources <<'SRC'
 Types: deb
@@ -13,17 +21,32 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
-apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs zstd xz-utils \
-  kmod gzip openssh-client
-# Only for images/smoke.sh (Solstice writes its seeds itself).
+# Image recipes (images/) and building Solstice (ring and the linker need a C toolchain).
+apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs \
+  zstd xz-utils kmod gzip openssh-client build-essential ca-certificates
+# Only for images/smoke.sh and an ISO layout test (Solstice writes its seeds itself).
 apt-get install -y -q genisoimage
+
 # Test-only: real SSH servers for the ssh module's tests (they run their own
-# instances on 127.0.0.1; no system service is used), and the shells the
-# executor's wrapper is tested under (busybox ash comes from busybox-static).
-apt-get install -y -q openssh-server dropbear-bin ksh dash git python3
-# Never leave a system sshd/dropbear listening because of the packages above.
-for svc in ssh dropbear; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled "$svc" >/dev/null 2>&1; then
-    systemctl disable --now "$svc" >/dev/null 2>&1 || true
-  fi
+# instances on 127.0.0.1), the shells the executor's wrapper is tested under
+# (busybox ash comes from busybox-static), git and python3 (a test git server).
+# A server package installed here must not start a system service: if it was
+# not installed before, install it with service starts refused and leave its
+# service disabled. A service that was already there is left alone.
+new_servers=()
+for pkg in openssh-server dropbear-bin; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || new_servers+=("$pkg")
 done
+if [ "${#new_servers[@]}" -gt 0 ]; then
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get install -y -q "${new_servers[@]}"
+  if [[ " ${new_servers[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
+fi
+apt-get install -y -q ksh dash git python3

@@ -23,15 +23,17 @@ fn loads_a_real_file_with_relative_image_paths() {
     std::fs::create_dir(dir.path().join("images")).unwrap();
     std::fs::write(dir.path().join("images/tiny.qcow2"), b"not really qcow2").unwrap();
     std::fs::write(dir.path().join("OVMF_CODE.fd"), b"").unwrap();
+    std::fs::write(dir.path().join("OVMF_VARS.fd"), b"").unwrap();
     let file = dir.path().join("solstice.toml");
     std::fs::write(
         &file,
-        "[qemu]\nuefi_code = \"OVMF_CODE.fd\"\n[images.tiny]\npath = \"images/tiny.qcow2\"\nfirmware = \"uefi\"\n",
+        "[qemu]\nuefi_code = \"OVMF_CODE.fd\"\nuefi_vars = \"OVMF_VARS.fd\"\n[images.tiny]\npath = \"images/tiny.qcow2\"\nfirmware = \"uefi\"\n",
     )
     .unwrap();
     let c = load(&file).unwrap();
     assert_eq!(c.images["tiny"].path, dir.path().join("images/tiny.qcow2"));
     assert_eq!(c.qemu.uefi_code, Some(dir.path().join("OVMF_CODE.fd")));
+    assert_eq!(c.qemu.uefi_vars, Some(dir.path().join("OVMF_VARS.fd")));
     assert_eq!(
         check_config(&file).unwrap(),
         format!("{}: OK (1 image: tiny)", file.display())

@@ -95,7 +95,7 @@ pub struct RawQemu {
     /// `firmware = "uefi"`. No default.
     pub uefi_code: Option<Spanned<PathBuf>>,
     /// UEFI variable store template, copied per job, e.g.
-    /// `/usr/share/OVMF/OVMF_VARS.fd`. Optional; no default.
+    /// `/usr/share/OVMF/OVMF_VARS.fd`. Required if any image uses UEFI; no default.
     pub uefi_vars: Option<Spanned<PathBuf>>,
 }
 

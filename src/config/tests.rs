@@ -457,9 +457,20 @@ fn uefi_without_uefi_code_is_an_error() {
     assert_eq!(e.kind, ErrorKind::MissingKey);
     assert_eq!(e.key.as_deref(), Some("images.tiny.firmware"));
     assert_eq!(at(&e), (3, 12));
-    assert!(e.message.contains("qemu.uefi_code is not set"), "{e}");
+    assert!(
+        e.message
+            .contains("qemu.uefi_code and qemu.uefi_vars are not set"),
+        "{e}"
+    );
     assert!(e.fix.as_deref().unwrap().contains("uefi_code"), "{e}");
-    ok("[qemu]\nuefi_code = \"/fw/code.fd\"\n[images.tiny]\npath = \"/x\"\nfirmware = \"uefi\"\n");
+    // The vars template is needed too: every job copies it.
+    let e = one(
+        "[qemu]\nuefi_code = \"/fw/code.fd\"\n[images.tiny]\npath = \"/x\"\nfirmware = \"uefi\"\n",
+    );
+    assert!(e.message.contains("qemu.uefi_vars is not set"), "{e}");
+    ok(
+        "[qemu]\nuefi_code = \"/fw/code.fd\"\nuefi_vars = \"/fw/vars.fd\"\n[images.tiny]\npath = \"/x\"\nfirmware = \"uefi\"\n",
+    );
 }
 
 #[test]

@@ -213,18 +213,32 @@ fn image(
         .firmware
         .as_ref()
         .map_or(raw::DEFAULT_FIRMWARE, |f| *f.get_ref());
-    if firmware == Firmware::Uefi && qemu.uefi_code.is_none() {
-        let span = img.firmware.as_ref().map(|f| f.span());
-        ctx.push(
-            span,
-            Some(key("firmware")),
-            ErrorKind::MissingKey,
-            format!("image \"{n}\" boots with UEFI but qemu.uefi_code is not set"),
-            Some(
-                "set uefi_code in [qemu] to the UEFI code file, e.g. \"/usr/share/OVMF/OVMF_CODE.fd\", or use firmware = \"bios\""
-                    .to_owned(),
-            ),
-        );
+    if firmware == Firmware::Uefi {
+        let missing: Vec<&str> = [
+            ("uefi_code", qemu.uefi_code.is_none()),
+            ("uefi_vars", qemu.uefi_vars.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(k, _)| *k)
+        .collect();
+        if !missing.is_empty() {
+            let span = img.firmware.as_ref().map(|f| f.span());
+            ctx.push(
+                span,
+                Some(key("firmware")),
+                ErrorKind::MissingKey,
+                format!(
+                    "image \"{n}\" boots with UEFI but qemu.{} {} not set",
+                    missing.join(" and qemu."),
+                    if missing.len() > 1 { "are" } else { "is" }
+                ),
+                Some(
+                    "set uefi_code and uefi_vars in [qemu] (e.g. \"/usr/share/OVMF/OVMF_CODE.fd\" and \"/usr/share/OVMF/OVMF_VARS.fd\" from Debian's ovmf package), or use firmware = \"bios\""
+                        .to_owned(),
+                ),
+            );
+        }
     }
     let ssh_user = match &img.ssh_user {
         Some(u) => {

@@ -95,7 +95,10 @@ async fn probe(target: &SshTarget, opts: &ReadyOptions) -> Result<SshSession, Ss
     let stream = tcp_connect(addr).await?;
     wait_banner(&stream, target, opts.banner_timeout).await?;
     let session = handshake(target, stream).await?;
-    let (tx, _rx) = mpsc::channel(4);
+    // Nobody reads the probe's output: a closed receiver makes exec discard it
+    // instead of blocking once the channel is full (chatty login scripts).
+    let (tx, rx) = mpsc::channel(4);
+    drop(rx);
     match session.exec("true", b"", tx).await {
         Ok(0) => Ok(session),
         Ok(status) => Err(SshError::ProbeFailed {

@@ -21,6 +21,12 @@ pub enum DiskError {
     },
     #[error("qemu-img could not create the overlay: {stderr}")]
     Failed { stderr: String },
+    #[error(
+        "disk_size_gib = {requested} is smaller than the base image ({base_bytes} bytes): raise disk_size_gib or remove it to keep the base image's size"
+    )]
+    TooSmall { requested: u32, base_bytes: u64 },
+    #[error("qemu-img could not read the base image's size: {0}")]
+    Info(String),
 }
 
 /// The `qemu-img` arguments that create `overlay` on top of `base` (which must
@@ -63,6 +69,17 @@ pub async fn create_overlay(
             path: base.to_path_buf(),
             source,
         })?;
+    if let Some(gib) = size_gib {
+        // qemu-img would happily make the overlay smaller than its base, and the
+        // guest would then see a truncated disk and fail to boot.
+        let base_bytes = virtual_size(qemu_img, &base, format).await?;
+        if u64::from(gib) * (1 << 30) < base_bytes {
+            return Err(DiskError::TooSmall {
+                requested: gib,
+                base_bytes,
+            });
+        }
+    }
     let out = tokio::process::Command::new(qemu_img)
         .args(overlay_args(&base, format, overlay, size_gib))
         .stdin(std::process::Stdio::null())
@@ -79,6 +96,34 @@ pub async fn create_overlay(
         });
     }
     Ok(())
+}
+
+/// The virtual size of an image in bytes, from `qemu-img info --output=json`.
+async fn virtual_size(
+    qemu_img: &Path,
+    image: &Path,
+    format: ImageFormat,
+) -> Result<u64, DiskError> {
+    let out = tokio::process::Command::new(qemu_img)
+        .args(["info", "--output=json", "-f", format.as_str()])
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| DiskError::Spawn {
+            binary: qemu_img.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DiskError::Info(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.get("virtual-size").and_then(serde_json::Value::as_u64))
+        .ok_or_else(|| DiskError::Info("no virtual-size in its output".into()))
 }
 
 #[cfg(test)]
@@ -158,5 +203,37 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, DiskError::Base { .. }), "{err:?}");
         assert!(!dir.path().join("o2.qcow2").exists());
+    }
+
+    #[tokio::test]
+    async fn an_overlay_smaller_than_its_base_is_refused_and_a_bigger_one_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("2G")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let q = Path::new("qemu-img");
+        let small = dir.path().join("small.qcow2");
+        let err = create_overlay(q, &base, ImageFormat::Qcow2, &small, Some(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DiskError::TooSmall { requested: 1, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("raise disk_size_gib"), "{err}");
+        assert!(!small.exists());
+        let big = dir.path().join("big.qcow2");
+        create_overlay(q, &base, ImageFormat::Qcow2, &big, Some(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            virtual_size(q, &big, ImageFormat::Qcow2).await.unwrap(),
+            3 << 30
+        );
     }
 }

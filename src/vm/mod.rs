@@ -105,9 +105,13 @@ impl Owned {
     /// Kills the QEMU process group, reaps it, removes the job directory.
     fn teardown(&mut self) -> Result<(), std::io::Error> {
         if let Some(mut child) = self.child.take() {
-            process::kill_group(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
+            // Once reaped, the pid (and group id) may belong to another process:
+            // only signal a child that has not been reaped yet.
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                process::kill_group(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

@@ -39,7 +39,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
             .name("solstice-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    let _ = reply.send(spawn_now(&mut cmd));
+                    // The caller may have gone away (its future was dropped, e.g. a
+                    // job cancelled mid-spawn): then nobody owns the child, so it
+                    // must not outlive this moment.
+                    if let Err(Ok(mut orphan)) = reply.send(spawn_now(&mut cmd)) {
+                        kill_group(orphan.id());
+                        let _ = orphan.kill();
+                        let _ = orphan.wait();
+                    }
                 }
             });
         if let Err(e) = spawned {
