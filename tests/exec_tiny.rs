@@ -212,6 +212,10 @@ jobs:
   slow:
     runs-on: tiny
     steps:
+      - name: Leaves a background process holding the output open
+        run: |
+          sleep 300 &
+          echo bg-started
       - name: Sleeps too long
         timeout-minutes: 0.05
         run: |
@@ -233,20 +237,15 @@ jobs:
         "took {:?}",
         t.elapsed()
     );
-    assert_eq!(
-        report.outcome.steps[0].conclusion,
-        Conclusion::Failure,
-        "{text}"
-    );
+    let steps = &report.outcome.steps;
+    assert_eq!(steps[0].conclusion, Conclusion::Success, "{text}");
+    assert!(text.contains("bg-started"), "{text}");
+    assert_eq!(steps[1].conclusion, Conclusion::Failure, "{text}");
     assert!(
         text.to_lowercase().contains("timed out") || text.to_lowercase().contains("timeout"),
         "{text}"
     );
-    assert_eq!(
-        report.outcome.steps[1].conclusion,
-        Conclusion::Success,
-        "{text}"
-    );
+    assert_eq!(steps[2].conclusion, Conclusion::Success, "{text}");
     assert!(text.contains("no leftover sleep"), "{text}");
     assert_eq!(report.outcome.conclusion, Conclusion::Failure);
 }

@@ -841,3 +841,35 @@ jobs:
     assert!(l.contains(&"no-auth-file".to_string()), "{l:?}");
     assert!(!r.all_text().contains("tok-abc-123"));
 }
+
+#[tokio::test]
+async fn a_background_process_does_not_hold_the_step_open_and_scripts_do_not_stay_on_disk() {
+    let t = std::time::Instant::now();
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - name: Starts a server in the background
+        env:
+          SECRET_ISH: value-in-the-wrapper
+        run: |
+          sleep 8 &
+          echo "bg=$!" >> "$GITHUB_OUTPUT"
+          echo started
+        id: bg
+      - run: |
+          echo "next step runs; bg pid ${{ steps.bg.outputs.bg }}"
+          p1=value-in; p2=-the-wrapper
+          if grep -rq "$p1$p2" "$RUNNER_TEMP" 2>/dev/null; then echo "secret left on disk"; exit 1; fi
+          ls "$RUNNER_TEMP"/_solstice/*/ | grep -c . | sed 's/^/files: /'
+"#)
+    .await;
+    let text = r.all_text();
+    assert_eq!(r.conclusions(), vec![(S, S), (S, S)], "{text}");
+    assert!(text.contains("next step runs; bg pid "), "{text}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(6),
+        "the job waited for the background process: {:?}",
+        t.elapsed()
+    );
+}

@@ -156,6 +156,10 @@ fn annotation_text(props: &[(String, String)], message: &str) -> String {
     }
 }
 
+/// Longest line kept whole; a longer run without `\n` is split into pieces of
+/// this size, so one endless line cannot take unbounded memory or time.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// Splits a byte stream into lines on `\n`, dropping a trailing `\r`.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
@@ -163,19 +167,35 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
-    /// Adds bytes and returns the complete lines they finish.
+    /// Adds bytes and returns the complete lines they finish. Each byte is
+    /// scanned once; lines longer than [`MAX_LINE_BYTES`] are cut.
     pub fn feed(&mut self, data: &[u8]) -> Vec<String> {
-        self.buf.extend_from_slice(data);
         let mut lines = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-            line.pop();
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            self.push_capped(&rest[..pos], &mut lines);
+            let mut line = std::mem::take(&mut self.buf);
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
             lines.push(String::from_utf8_lossy(&line).into_owned());
+            rest = &rest[pos + 1..];
         }
+        self.push_capped(rest, &mut lines);
         lines
+    }
+
+    /// Appends bytes that contain no newline, emitting full pieces of
+    /// [`MAX_LINE_BYTES`] as lines.
+    fn push_capped(&mut self, mut bytes: &[u8], lines: &mut Vec<String>) {
+        while self.buf.len() + bytes.len() > MAX_LINE_BYTES {
+            let take = MAX_LINE_BYTES - self.buf.len();
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            let piece = std::mem::take(&mut self.buf);
+            lines.push(String::from_utf8_lossy(&piece).into_owned());
+        }
+        self.buf.extend_from_slice(bytes);
     }
 
     /// The partial last line, if any.
@@ -198,6 +218,26 @@ impl LineSplitter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_endless_line_is_cut_and_scanned_once() {
+        let mut sp = LineSplitter::default();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut pieces = Vec::new();
+        // 40 MiB without a newline, fed in 64 KiB chunks: linear time, bounded buffer.
+        for _ in 0..640 {
+            pieces.extend(sp.feed(&chunk));
+            assert!(sp.buf.len() <= MAX_LINE_BYTES);
+        }
+        // The 40th MiB waits in the buffer for a newline or more bytes.
+        assert_eq!(pieces.len(), 39);
+        assert!(pieces.iter().all(|p| p.len() == MAX_LINE_BYTES));
+        let last = sp.feed(b"tail\r\nnext");
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[0].len(), MAX_LINE_BYTES);
+        assert_eq!(last[1], "tail");
+        assert_eq!(sp.flush().as_deref(), Some("next"));
+    }
+
     use super::*;
 
     fn p(st: &mut CommandState, l: &str) -> LineAction {

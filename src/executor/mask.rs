@@ -7,7 +7,8 @@
 //! - values that are empty, whitespace only, or shorter than [`MIN_MASK_LEN`]
 //!   characters are ignored: masking every single character of a log would
 //!   destroy it and protects nothing;
-//! - longer values are replaced first, so a secret that contains another one is
+//! - every occurrence of every value is found (overlapping ones too) and the
+//!   ranges are merged, so a secret that contains or overlaps another one is
 //!   masked as a whole.
 
 /// Shortest value that is masked.
@@ -19,7 +20,6 @@ pub const MASK: &str = "***";
 /// A set of values to hide.
 #[derive(Default, Clone)]
 pub struct Masker {
-    /// Sorted longest first.
     values: Vec<String>,
 }
 
@@ -61,27 +61,40 @@ impl Masker {
         self.values.iter().any(|v| text.contains(v.as_str()))
     }
 
-    /// `text` with every registered value replaced by `***`.
+    /// `text` with every registered value replaced by `***`. All occurrences of
+    /// all values are found first (overlapping ones too) and their ranges merged,
+    /// so overlapping secrets are hidden completely.
     pub fn mask(&self, text: &str) -> String {
         if self.values.is_empty() || !self.contains_secret(text) {
             return text.to_string();
         }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        'outer: while !rest.is_empty() {
-            for v in &self.values {
-                if rest.starts_with(v.as_str()) {
-                    out.push_str(MASK);
-                    rest = &rest[v.len()..];
-                    continue 'outer;
-                }
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for v in &self.values {
+            let mut from = 0;
+            while let Some(i) = text[from..].find(v.as_str()) {
+                let start = from + i;
+                ranges.push((start, start + v.len()));
+                // Next search starts one character later: overlapping matches count.
+                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
             }
-            let mut chars = rest.chars();
-            if let Some(c) = chars.next() {
-                out.push(c);
-            }
-            rest = chars.as_str();
         }
+        ranges.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut pos = 0;
+        let mut iter = ranges.into_iter().peekable();
+        while let Some((start, mut end)) = iter.next() {
+            while let Some(&(s2, e2)) = iter.peek() {
+                if s2 > end {
+                    break;
+                }
+                end = end.max(e2);
+                iter.next();
+            }
+            out.push_str(&text[pos..start]);
+            out.push_str(MASK);
+            pos = end;
+        }
+        out.push_str(&text[pos..]);
         out
     }
 }
@@ -89,6 +102,18 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_values_are_hidden_completely() {
+        let mut m = Masker::new();
+        m.add("xyz123");
+        m.add("123secret");
+        assert_eq!(m.mask("a xyz123secret b"), "a *** b");
+        let mut m = Masker::new();
+        m.add("abab");
+        assert_eq!(m.mask("ababab."), "***.");
+        assert_eq!(m.mask("ab abab ab"), "ab *** ab");
+    }
 
     #[test]
     fn masks_whole_and_inside_lines() {

@@ -52,6 +52,10 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(360 * 60);
 pub const AFTER_CANCEL_STEP_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// How long to wait for the output of a finished exec to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// After the wrapper reports the end, how long to wait for the command itself to
+/// finish before the step is considered done (a background process it left may
+/// keep the channel open; GitHub does not wait for those either).
+const END_GRACE: Duration = Duration::from_millis(500);
 
 /// Everything needed to run one job.
 #[derive(Debug, Clone)]
@@ -269,6 +273,25 @@ impl<'e, 'a> StepOutput<'e, 'a> {
         }
     }
 
+    /// The step's exit status once the wrapper's final `MARKER end N` line has
+    /// arrived: the step is over even if a background process it started still
+    /// holds the output channel open.
+    fn end_status(&self) -> Option<u32> {
+        let (dump, marker) = (self.dump.as_ref()?, self.marker.as_ref()?);
+        let body = dump.strip_suffix(b"\n")?;
+        let last = match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => &body[i + 1..],
+            None => body,
+        };
+        std::str::from_utf8(last)
+            .ok()?
+            .strip_prefix(marker.as_str())?
+            .strip_prefix(" end ")?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn feed(&mut self, chunk: OutputChunk) {
         match chunk.stream {
             Stream::Stdout => {
@@ -361,9 +384,13 @@ fn conclusion_str(c: Conclusion) -> &'static str {
 }
 
 /// Parses a `timeout-minutes` value (fractions allowed).
+/// Longest timeout honoured (ten years): larger values are clamped, so any
+/// number a user writes stays a valid deadline.
+const MAX_TIMEOUT_MINUTES: f64 = 10.0 * 365.0 * 24.0 * 60.0;
+
 fn minutes(s: &str) -> Option<Duration> {
     let m: f64 = s.trim().parse().ok()?;
-    (m.is_finite() && m > 0.0).then(|| Duration::from_secs_f64(m * 60.0))
+    (m.is_finite() && m > 0.0).then(|| Duration::from_secs_f64(m.min(MAX_TIMEOUT_MINUTES) * 60.0))
 }
 
 /// Runs one job and returns its outcome. Never panics on bad input: problems
@@ -1192,19 +1219,36 @@ impl<'a> Runtime<'a> {
         let mut escalate_at = far;
         let mut kills_sent = 0u8;
         let mut drain_until = far;
+        // Set when the wrapper reported the end: then only a background process
+        // keeps the channel open, and the step does not wait for it.
+        let mut ended: Option<(tokio::time::Instant, u32)> = None;
         loop {
             if status.is_some() && !rx_open {
                 break;
             }
+            let end_at = ended.map_or(far, |(t, _)| t);
             tokio::select! {
                 r = &mut exec, if status.is_none() => {
                     status = Some(r);
                     drain_until = tokio::time::Instant::now() + DRAIN_LIMIT;
                 }
                 c = rx.recv(), if rx_open => match c {
-                    Some(c) => out.feed(c),
+                    Some(c) => {
+                        out.feed(c);
+                        if ended.is_none()
+                            && let Some(code) = out.end_status()
+                        {
+                            ended = Some((tokio::time::Instant::now() + END_GRACE, code));
+                        }
+                    }
                     None => rx_open = false,
                 },
+                _ = tokio::time::sleep_until(end_at), if status.is_none() && ended.is_some() => {
+                    if let Some((_, code)) = ended {
+                        status = Some(Ok(code));
+                    }
+                    break;
+                }
                 _ = tokio::time::sleep_until(deadline), if stop.is_none() && status.is_none() => {
                     stop = Some(plan.stop_kind);
                     self.kill(step_dir, "TERM").await;
@@ -1475,6 +1519,18 @@ fn build_tar(files: &[TarFile]) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timeouts_are_positive_and_clamped() {
+        assert_eq!(minutes("0.5"), Some(Duration::from_secs(30)));
+        assert_eq!(minutes("0"), None);
+        assert_eq!(minutes("-1"), None);
+        assert_eq!(minutes("NaN"), None);
+        let huge = minutes("1e18").unwrap();
+        assert_eq!(huge, Duration::from_secs_f64(MAX_TIMEOUT_MINUTES * 60.0));
+        // A clamped deadline is still a valid instant.
+        let _ = std::time::Instant::now() + huge;
+    }
+
     use super::*;
     use crate::events::VecSink;
 
