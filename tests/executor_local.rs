@@ -873,3 +873,31 @@ jobs:
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn default_github_and_runner_variables_cannot_be_overridden() {
+    let r = run(r#"
+jobs:
+  build:
+    env:
+      GITHUB_SHA: from-job-env
+    steps:
+      - run: |
+          echo "GITHUB_OUTPUT=/tmp/elsewhere" >> "$GITHUB_ENV"
+          echo "RUNNER_OS=Plan9" >> "$GITHUB_ENV"
+          echo "CI=custom" >> "$GITHUB_ENV"
+      - id: out
+        env:
+          RUNNER_TEMP: /nowhere
+        run: |
+          echo "value=kept" >> "$GITHUB_OUTPUT"
+          echo "os=$RUNNER_OS ci=$CI sha=$GITHUB_SHA temp-ok=$([ "$RUNNER_TEMP" != /nowhere ] && echo yes)"
+      - run: echo "output=${{ steps.out.outputs.value }}"
+"#)
+    .await;
+    let text = r.all_text();
+    assert_eq!(r.conclusions(), vec![(S, S), (S, S), (S, S)], "{text}");
+    assert!(text.contains("os=Linux ci=custom sha=0"), "{text}");
+    assert!(text.contains("temp-ok=yes"), "{text}");
+    assert!(text.contains("output=kept"), "{text}");
+}

@@ -1060,11 +1060,22 @@ impl<'a> Runtime<'a> {
             debug: plan.runner_debug,
         });
         let mut merged: IndexMap<String, String> = self.base_env.clone();
-        for (k, v) in runner_vars.into_iter().chain(self.spec.extra_env.clone()) {
+        for (k, v) in runner_vars
+            .clone()
+            .into_iter()
+            .chain(self.spec.extra_env.clone())
+        {
             merged.insert(k, v);
         }
         for (k, v) in state.env_files.iter().chain(plan.step_env) {
             merged.insert(k.clone(), v.clone());
+        }
+        // As on GitHub, the default GITHUB_* and RUNNER_* variables cannot be
+        // overridden (a redirected GITHUB_OUTPUT would silently lose outputs).
+        for (k, v) in runner_vars {
+            if k.starts_with("GITHUB_") || k.starts_with("RUNNER_") {
+                merged.insert(k, v);
+            }
         }
         let mut env_list = Vec::new();
         for (k, v) in merged {
