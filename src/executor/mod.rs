@@ -1233,6 +1233,9 @@ impl<'a> Runtime<'a> {
         // Set when the wrapper reported the end: then only a background process
         // keeps the channel open, and the step does not wait for it.
         let mut ended: Option<(tokio::time::Instant, u32)> = None;
+        let mut killing: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+        > = None;
         loop {
             if status.is_some() && !rx_open {
                 break;
@@ -1262,19 +1265,24 @@ impl<'a> Runtime<'a> {
                 }
                 _ = tokio::time::sleep_until(deadline), if stop.is_none() && status.is_none() => {
                     stop = Some(plan.stop_kind);
-                    self.kill(step_dir, "TERM").await;
+                    killing = Some(Box::pin(self.kill(step_dir, "TERM")));
                     kills_sent = 1;
                     escalate_at = tokio::time::Instant::now() + KILL_GRACE;
                 }
                 _ = self.cancel.cancelled(), if plan.watch_cancel && stop.is_none() && status.is_none() => {
                     stop = Some(Stop::Cancelled);
-                    self.kill(step_dir, "TERM").await;
+                    killing = Some(Box::pin(self.kill(step_dir, "TERM")));
                     kills_sent = 1;
                     escalate_at = tokio::time::Instant::now() + KILL_GRACE;
                 }
+                // The kill runs beside the step's exec, which keeps being drained:
+                // a chatty step must not stall the connection the kill travels on.
+                _ = async { if let Some(k) = killing.as_mut() { k.await } }, if killing.is_some() => {
+                    killing = None;
+                }
                 _ = tokio::time::sleep_until(escalate_at), if status.is_none() && kills_sent > 0 => {
                     if kills_sent == 1 {
-                        self.kill(step_dir, "KILL").await;
+                        killing = Some(Box::pin(self.kill(step_dir, "KILL")));
                         kills_sent = 2;
                         escalate_at = tokio::time::Instant::now() + KILL_GRACE;
                     } else {
