@@ -901,3 +901,30 @@ jobs:
     assert!(text.contains("temp-ok=yes"), "{text}");
     assert!(text.contains("output=kept"), "{text}");
 }
+
+#[tokio::test]
+async fn file_command_files_are_read_back_up_to_one_mib() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - run: |
+          dd if=/dev/zero bs=1024 count=3072 2>/dev/null | tr '\0' 'a' >> "$GITHUB_STEP_SUMMARY"
+          echo "after=ok" >> "$GITHUB_OUTPUT"
+        id: big
+      - run: echo "output=${{ steps.big.outputs.after }}"
+"#)
+    .await;
+    let summaries: Vec<usize> = r
+        .sink
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::StepSummary { markdown, .. } => Some(markdown.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(r.conclusions(), vec![(S, S), (S, S)]);
+    assert_eq!(summaries, vec![1 << 20]);
+    assert!(r.lines().contains(&"output=ok".to_string()));
+}

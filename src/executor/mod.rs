@@ -296,7 +296,11 @@ impl<'e, 'a> StepOutput<'e, 'a> {
         match chunk.stream {
             Stream::Stdout => {
                 if let Some(d) = self.dump.as_mut() {
-                    d.extend_from_slice(&chunk.data);
+                    // Four files of at most FILE_COMMAND_LIMIT each, plus headers;
+                    // anything beyond that is not the wrapper's and is dropped.
+                    if d.len() < 4 * shell::FILE_COMMAND_LIMIT + 4096 {
+                        d.extend_from_slice(&chunk.data);
+                    }
                     return;
                 }
                 let lines = self.stdout.feed(&chunk.data);

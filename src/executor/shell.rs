@@ -116,6 +116,11 @@ pub struct WrapperSpec<'a> {
     pub marker: &'a str,
 }
 
+/// Bytes of each file-command file (`GITHUB_ENV`, `GITHUB_OUTPUT`, `GITHUB_PATH`,
+/// `GITHUB_STEP_SUMMARY`) read back after a step; GitHub caps a step summary at
+/// 1 MiB too.
+pub const FILE_COMMAND_LIMIT: usize = 1 << 20;
+
 /// Renders the step wrapper. It must be started as `exec sh wrapper` so that it
 /// is the process-group leader created by sshd; when it is not (a local test
 /// session), it re-executes itself through `setsid` if available. It writes
@@ -165,7 +170,7 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
         FILE_COMMANDS.join(" ")
     ));
     s.push_str(&format!(
-        "  if [ -s {dq}/\"$solstice_f\" ]; then printf '%s %s\\n' {m} \"$solstice_f\"; cat {dq}/\"$solstice_f\"; printf '\\n'; fi\n",
+        "  if [ -s {dq}/\"$solstice_f\" ]; then printf '%s %s\\n' {m} \"$solstice_f\"; dd if={dq}/\"$solstice_f\" bs={FILE_COMMAND_LIMIT} count=1 2>/dev/null; printf '\\n'; fi\n",
         dq = q(d)
     ));
     s.push_str("done\n");
