@@ -1415,13 +1415,15 @@ impl<'a> Runtime<'a> {
         // `o`: files belong to the job's user, not to the host's uids (GNU,
         // busybox and illumos tar agree). GNU tar is preferred where it exists
         // under the name `gtar` (illumos), as the archive may use GNU long names.
+        // The pid file lets a timeout or cancellation stop the copy like any step:
+        // `exec` keeps the shell's pid for tar.
+        let step_dir = self.step_dir(plan.index);
+        let sd = shell_quote(&step_dir);
         let cmd = format!(
-            "{prep} && cd {d} && if command -v gtar >/dev/null 2>&1; then exec gtar xof -; else exec tar xof -; fi"
+            "mkdir -p {sd} && echo $$ > {sd}/pid && {prep} && cd {d} && if command -v gtar >/dev/null 2>&1; then exec gtar xof -; else exec tar xof -; fi"
         );
         let tar = checkout::pad_record(tar);
-        let res = self
-            .exec_step(plan, &cmd, &tar, None, &self.step_dir(plan.index))
-            .await;
+        let res = self.exec_step(plan, &cmd, &tar, None, &step_dir).await;
         if let Some(stop) = res.stop {
             return Ok((StepEnd::Stopped(stop), IndexMap::new()));
         }
