@@ -878,6 +878,8 @@ impl<'a> Runtime<'a> {
                 let limit = now + AFTER_CANCEL_STEP_LIMIT;
                 if deadline.is_none_or(|d| d > limit) {
                     deadline = Some(limit);
+                    // Reported by the `after_cancel` branch below, not as a step timeout.
+                    stop_kind = Stop::JobTimeout;
                 }
             } else if deadline.is_none_or(|d| d >= self.job_deadline) {
                 deadline = Some(self.job_deadline);
@@ -914,7 +916,13 @@ impl<'a> Runtime<'a> {
                         }
                         StepEnd::Stopped(Stop::JobTimeout) => {
                             if after_cancel {
-                                self.em.error(Some(index), "The step was stopped: it ran too long after the job was cancelled");
+                                self.em.error(
+                                    Some(index),
+                                    format!(
+                                        "The step was stopped: steps that run after the job was cancelled or timed out get at most {} minutes",
+                                        AFTER_CANCEL_STEP_LIMIT.as_secs() / 60
+                                    ),
+                                );
                                 Conclusion::Failure
                             } else {
                                 self.mark_timed_out(state);
