@@ -406,3 +406,42 @@ async fn metadata_cpio_seed_two_probes_and_illumos_runner_os() {
         "{text}"
     );
 }
+
+/// Cancelling at every moment of provisioning (before, during and after QEMU is
+/// spawned) leaves no QEMU process and no job directory behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_during_provisioning_never_leaks_a_vm() {
+    let env = TestEnv::tiny();
+    for delay_ms in (0..=200).step_by(8) {
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            c2.cancel();
+        });
+        let sink = solstice::events::VecSink::default();
+        let result = env
+            .run_with_sink(
+                "jobs:\n  x:\n    steps:\n      - run: 'true'\n",
+                RunOpts {
+                    cancel: Some(cancel),
+                    ..Default::default()
+                },
+                &sink,
+            )
+            .await;
+        assert!(
+            matches!(result, Err(RunError::Cancelled)),
+            "cancel after {delay_ms} ms: {result:?}"
+        );
+        // A QEMU spawned for a caller that went away is killed on the spawner
+        // thread; give it a moment, then nothing may be left.
+        let t = Instant::now();
+        while !solstice::vm::leaks::check(&env.jobs_dir()).is_empty()
+            && t.elapsed() < Duration::from_secs(3)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        env.assert_no_leaks();
+    }
+}
