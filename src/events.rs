@@ -112,6 +112,38 @@ impl VecSink {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Line texts of step `index` (0-based), in order.
+    pub fn step_lines(&self, index: usize) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                JobEvent::Line {
+                    step: Some(i),
+                    text,
+                    ..
+                } if i == index => Some(text),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every text the job produced (lines, step names, summaries, progress),
+    /// one per line, for `contains` checks.
+    pub fn all_text(&self) -> String {
+        let mut out = String::new();
+        for e in self.events() {
+            match e {
+                JobEvent::Line { text, .. } => out.push_str(&text),
+                JobEvent::StepStarted { name, .. } => out.push_str(&name),
+                JobEvent::StepSummary { markdown, .. } => out.push_str(&markdown),
+                JobEvent::Phase { detail, .. } => out.push_str(&detail),
+                _ => continue,
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// All line texts, in order.
     pub fn lines(&self) -> Vec<String> {
         self.events()

@@ -78,18 +78,7 @@ impl Run {
 
     /// Lines of one step.
     fn step_lines(&self, index: usize) -> Vec<String> {
-        self.sink
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                JobEvent::Line {
-                    step: Some(i),
-                    text,
-                    ..
-                } if i == index => Some(text),
-                _ => None,
-            })
-            .collect()
+        self.sink.step_lines(index)
     }
 
     fn conclusions(&self) -> Vec<(Conclusion, Conclusion)> {
@@ -101,17 +90,7 @@ impl Run {
     }
 
     fn all_text(&self) -> String {
-        let mut s = String::new();
-        for e in self.sink.events() {
-            match e {
-                JobEvent::Line { text, .. } => s.push_str(&text),
-                JobEvent::StepStarted { name, .. } => s.push_str(&name),
-                JobEvent::StepSummary { markdown, .. } => s.push_str(&markdown),
-                _ => {}
-            }
-            s.push('\n');
-        }
-        s
+        self.sink.all_text()
     }
 }
 

@@ -162,17 +162,23 @@ mod tests {
         assert_eq!(a.last().unwrap(), "20G");
     }
 
-    #[tokio::test]
-    async fn relative_base_becomes_absolute_and_missing_base_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.qcow2");
+    /// A blank qcow2 base image of `size` (qemu-img syntax) in `dir`.
+    fn blank_qcow2(dir: &Path, size: &str) -> PathBuf {
+        let base = dir.join("base.qcow2");
         let st = std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
             .arg(&base)
-            .arg("16M")
+            .arg(size)
             .status()
             .unwrap();
         assert!(st.success());
+        base
+    }
+
+    #[tokio::test]
+    async fn relative_base_becomes_absolute_and_missing_base_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = blank_qcow2(dir.path(), "16M");
         let overlay = dir.path().join("o.qcow2");
         create_overlay(
             Path::new("qemu-img"),
@@ -208,14 +214,7 @@ mod tests {
     #[tokio::test]
     async fn an_overlay_smaller_than_its_base_is_refused_and_a_bigger_one_grows() {
         let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.qcow2");
-        let st = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&base)
-            .arg("2G")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let base = blank_qcow2(dir.path(), "2G");
         let q = Path::new("qemu-img");
         let small = dir.path().join("small.qcow2");
         let err = create_overlay(q, &base, ImageFormat::Qcow2, &small, Some(1))

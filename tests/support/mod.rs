@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use solstice::config::{
     AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
     SeedKind,
 };
-use solstice::events::{JobEvent, VecSink};
+use solstice::events::VecSink;
 use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::runner::{self, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
@@ -246,36 +246,10 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
 
 /// Text of every line event of step `index` (0-based).
 pub fn step_lines(sink: &VecSink, index: usize) -> Vec<String> {
-    sink.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            JobEvent::Line {
-                step: Some(i),
-                text,
-                ..
-            } if i == index => Some(text),
-            _ => None,
-        })
-        .collect()
+    sink.step_lines(index)
 }
 
-/// Every line of the job joined with newlines (for `contains` checks).
+/// Every text of the job joined with newlines (for `contains` checks).
 pub fn all_text(sink: &VecSink) -> String {
-    let mut out = String::new();
-    for e in sink.events() {
-        match e {
-            JobEvent::Line { text, .. } => out.push_str(&text),
-            JobEvent::StepStarted { name, .. } => out.push_str(&name),
-            JobEvent::StepSummary { markdown, .. } => out.push_str(&markdown),
-            JobEvent::Phase { detail, .. } => out.push_str(&detail),
-            _ => continue,
-        }
-        out.push('\n');
-    }
-    out
-}
-
-/// Does `path` exist? (helper for readable asserts)
-pub fn exists(p: &Path) -> bool {
-    p.exists()
+    sink.all_text()
 }
