@@ -1306,6 +1306,11 @@ impl<'a> Runtime<'a> {
                 _ = tokio::time::sleep_until(drain_until), if status.is_some() => break,
             }
         }
+        // Let a kill that is still on its way finish: dropping it half-way would
+        // hang up its channel while the guest's server is still acting on it.
+        if let Some(k) = killing {
+            k.await;
+        }
         // Lines already received are still reported.
         while let Ok(c) = rx.try_recv() {
             out.feed(c);
