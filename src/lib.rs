@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod executor;
+pub mod forge;
 pub mod guest;
 pub mod runner;
 pub mod secret;

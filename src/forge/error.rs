@@ -1,0 +1,275 @@
+//! Errors of the Connect protocol, in both styles the servers use: Forgejo's
+//! real Connect codes, and Gitea's `500 unknown "rpc error: code = …"`.
+
+use std::fmt;
+
+/// A Connect error code (`shared/spec/forgejo-runner-protocol.md` §1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Canceled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl Code {
+    /// All codes, for tables and tests.
+    pub const ALL: [Code; 16] = [
+        Code::Canceled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The snake_case name used in error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Canceled => "canceled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out_of_range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// Parses a snake_case code name.
+    pub fn from_name(s: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The HTTP status connect-go sends for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::Canceled => 499,
+            Code::Unknown | Code::Internal | Code::DataLoss => 500,
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => 400,
+            Code::DeadlineExceeded => 504,
+            Code::NotFound => 404,
+            Code::AlreadyExists | Code::Aborted => 409,
+            Code::PermissionDenied => 403,
+            Code::ResourceExhausted => 429,
+            Code::Unimplemented => 501,
+            Code::Unavailable => 503,
+            Code::Unauthenticated => 401,
+        }
+    }
+
+    /// The code a client assumes when the error body is not Connect JSON
+    /// (for example a proxy's HTML page).
+    pub fn from_http_status(status: u16) -> Code {
+        match status {
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            429 | 502 | 503 | 504 => Code::Unavailable,
+            _ => Code::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed call to the forge.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForgeError {
+    /// The server answered with an error status.
+    #[error("{procedure}: HTTP {http_status} {code}: {message}")]
+    Status {
+        procedure: &'static str,
+        http_status: u16,
+        code: Code,
+        message: String,
+    },
+    /// No answer: connection refused, reset, TLS failure or timeout.
+    #[error("{procedure}: {message}")]
+    Transport {
+        procedure: &'static str,
+        message: String,
+        timed_out: bool,
+    },
+    /// A 200 answer whose body is not the expected message.
+    #[error("{procedure}: the server's answer could not be decoded: {message}")]
+    Decode {
+        procedure: &'static str,
+        message: String,
+    },
+}
+
+impl ForgeError {
+    /// Builds a status error from an HTTP status and the response body.
+    pub fn from_response(procedure: &'static str, http_status: u16, body: &[u8]) -> ForgeError {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            code: Option<String>,
+            message: Option<String>,
+        }
+        let parsed: Option<Body> = serde_json::from_slice(body).ok();
+        let (code, message) = match parsed {
+            Some(Body {
+                code: Some(c),
+                message,
+            }) if Code::from_name(&c).is_some() => (
+                Code::from_name(&c).unwrap_or(Code::Unknown),
+                message.unwrap_or_default(),
+            ),
+            _ => {
+                let text = String::from_utf8_lossy(body);
+                let mut snippet: String = text.trim().chars().take(200).collect();
+                if snippet.is_empty() {
+                    snippet = "(empty body)".into();
+                }
+                (Code::from_http_status(http_status), snippet)
+            }
+        };
+        ForgeError::Status {
+            procedure,
+            http_status,
+            code,
+            message,
+        }
+    }
+
+    /// The Connect code, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ForgeError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The runner's credentials are not (or no longer) valid: Forgejo's 401
+    /// `unauthenticated`, or Gitea's 500 `unknown` with "unregistered runner"
+    /// or "runner has been removed".
+    pub fn is_unauthenticated(&self) -> bool {
+        match self {
+            ForgeError::Status { code, message, .. } => {
+                *code == Code::Unauthenticated
+                    || (*code == Code::Unknown
+                        && (message.contains("Unauthenticated")
+                            || message.contains("unregistered runner")
+                            || message.contains("runner has been removed")))
+            }
+            _ => false,
+        }
+    }
+
+    /// The server does not know this method (a bare 404 or `unimplemented`).
+    pub fn is_unimplemented(&self) -> bool {
+        self.code() == Some(Code::Unimplemented)
+    }
+
+    /// The log was archived (`no_more` was already accepted): Forgejo answers
+    /// new rows with `already_exists`.
+    pub fn is_already_exists(&self) -> bool {
+        self.code() == Some(Code::AlreadyExists)
+            || matches!(self, ForgeError::Status { message, .. } if message.contains("AlreadyExists") || message.contains("has been archived"))
+    }
+
+    /// Worth retrying later: everything except bad credentials and bad requests.
+    pub fn is_retryable(&self) -> bool {
+        if self.is_unauthenticated() {
+            return false;
+        }
+        match self {
+            ForgeError::Status { code, .. } => !matches!(
+                code,
+                Code::InvalidArgument | Code::PermissionDenied | Code::Unimplemented
+            ),
+            ForgeError::Transport { .. } | ForgeError::Decode { .. } => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_map_to_http() {
+        for c in Code::ALL {
+            assert_eq!(Code::from_name(c.as_str()), Some(c));
+        }
+        assert_eq!(Code::Unauthenticated.http_status(), 401);
+        assert_eq!(Code::Canceled.http_status(), 499);
+        assert_eq!(Code::from_http_status(404), Code::Unimplemented);
+        assert_eq!(Code::from_http_status(502), Code::Unavailable);
+        assert_eq!(Code::from_http_status(418), Code::Unknown);
+    }
+
+    #[test]
+    fn forgejo_and_gitea_styles_of_bad_credentials() {
+        let forgejo = ForgeError::from_response(
+            "FetchTask",
+            401,
+            br#"{"code":"unauthenticated","message":"unregistered runner"}"#,
+        );
+        assert!(forgejo.is_unauthenticated() && !forgejo.is_retryable());
+        let gitea = ForgeError::from_response(
+            "FetchTask",
+            500,
+            br#"{"code":"unknown","message":"rpc error: code = Unauthenticated desc = unregistered runner"}"#,
+        );
+        assert!(gitea.is_unauthenticated() && !gitea.is_retryable());
+        let other = ForgeError::from_response(
+            "FetchTask",
+            500,
+            br#"{"code":"internal","message":"request key is currently locked; retry soon"}"#,
+        );
+        assert!(!other.is_unauthenticated() && other.is_retryable());
+    }
+
+    #[test]
+    fn non_json_bodies_map_from_the_status() {
+        let e = ForgeError::from_response("Declare", 404, b"404 page not found");
+        assert!(e.is_unimplemented());
+        let e = ForgeError::from_response("FetchTask", 502, b"<html>Bad Gateway</html>");
+        assert_eq!(e.code(), Some(Code::Unavailable));
+        assert!(e.is_retryable());
+        let e = ForgeError::from_response(
+            "UpdateLog",
+            409,
+            br#"{"code":"already_exists","message":"log file has been archived"}"#,
+        );
+        assert!(e.is_already_exists());
+    }
+}
