@@ -450,6 +450,8 @@ async fn solstice_run(
         extra_env: Default::default(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
+        extra_masks: Vec::new(),
+        default_actions_url: None,
     };
     let job_id = runner::new_job_id("bench");
     let run = VmRun {

@@ -62,6 +62,8 @@ fn spec(yaml: &str, home: &Path) -> JobSpec {
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
+        extra_masks: Vec::new(),
+        default_actions_url: None,
     }
 }
 

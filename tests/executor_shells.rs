@@ -111,6 +111,8 @@ async fn check_shell(target: &str, secs: u32) {
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
+        extra_masks: Vec::new(),
+        default_actions_url: None,
     };
     let sink = VecSink::default();
     let started = Instant::now();

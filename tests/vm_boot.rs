@@ -68,6 +68,7 @@ fn image(path: PathBuf, seed: SeedKind) -> ImageConfig {
         readiness_probes: 1,
         readiness_probe_interval: Duration::from_secs(1),
         labels: vec![],
+        max_concurrent_jobs: None,
     }
 }
 

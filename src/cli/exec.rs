@@ -184,6 +184,8 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                 extra_env: extra_env.clone(),
                 checkout: CheckoutSource::LocalTree(workdir.clone()),
                 max_job_timeout: None,
+                extra_masks: Vec::new(),
+                default_actions_url: None,
             };
             let run_id = runner::new_job_id("exec");
             let vm_run = VmRun {

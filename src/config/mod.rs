@@ -22,6 +22,40 @@ pub struct Config {
     pub qemu: QemuConfig,
     /// Images by name, in file order is not significant.
     pub images: BTreeMap<String, ImageConfig>,
+    /// Forges to serve with `solstice run`, by section name.
+    pub forges: BTreeMap<String, ForgeConfig>,
+}
+
+/// One `[forges.<name>]` section: a Forgejo or Gitea instance to take jobs from.
+#[derive(Debug, Clone)]
+pub struct ForgeConfig {
+    /// The section name; keys the stored credentials.
+    pub name: String,
+    /// Instance URL (`https://codeberg.org`, or with a sub-path), no trailing `/`.
+    pub url: String,
+    pub credentials: CredentialSource,
+    /// Runner name shown in the forge's UI.
+    pub runner_name: String,
+    /// Label names declared to the forge; by default every image's labels.
+    pub labels: Vec<String>,
+    /// Pause between FetchTask calls.
+    pub fetch_interval: Duration,
+    /// Client deadline of one FetchTask call (`Connect-Timeout-Ms`).
+    pub fetch_timeout: Duration,
+}
+
+/// How Solstice obtains a forge's runner credentials. Every variant names a
+/// file, so that no secret sits in the TOML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A registration token (UI or API), exchanged once through `Register`.
+    RegistrationTokenFile(PathBuf),
+    /// Forgejo's offline shared secret (`forgejo-cli actions register
+    /// --secret`): the UUID is derived from it and the token is the secret.
+    SecretFile(PathBuf),
+    /// A ready JSON file with `uuid` and `token` (forgejo-runner's `.runner`
+    /// file has this shape).
+    RunnerFile(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +64,12 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Host-wide maximum number of VMs at once.
     pub max_concurrent_jobs: u32,
+    /// On SIGTERM/SIGINT, how long running jobs may go on before they are cancelled.
+    pub drain_timeout: Duration,
+    /// Host-wide cap on a job's run time (`timeout-minutes` cannot exceed it).
+    pub max_job_timeout: Duration,
+    /// Address of the Prometheus `/metrics` endpoint; `None` = off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,6 +165,9 @@ pub struct ImageConfig {
     pub readiness_probe_interval: Duration,
     /// Labels matched against a job's `runs-on`.
     pub labels: Vec<String>,
+    /// At most this many jobs of this image at once (within the host-wide
+    /// maximum); `None` = only the host-wide maximum applies.
+    pub max_concurrent_jobs: Option<u32>,
 }
 
 /// How [`parse_str_with`] and [`load_with`] check a file.

@@ -86,6 +86,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         daemon,
         qemu,
         images,
+        forges: BTreeMap::new(),
     })
 }
 
@@ -106,6 +107,9 @@ fn daemon(raw: &RawDaemon, ctx: &mut Ctx<'_>) -> DaemonConfig {
             "daemon.max_concurrent_jobs",
             ctx,
         ),
+        drain_timeout: Duration::from_secs(600),
+        max_job_timeout: Duration::from_secs(6 * 3600),
+        metrics_listen: None,
     }
 }
 
@@ -314,6 +318,7 @@ fn image(
             ctx,
         ))),
         labels,
+        max_concurrent_jobs: None,
     }
 }
 

@@ -77,6 +77,12 @@ pub struct JobSpec {
     pub checkout: CheckoutSource,
     /// Cap for the job's `timeout-minutes`.
     pub max_job_timeout: Option<Duration>,
+    /// More values to mask in every line (runtime tokens that are not secrets
+    /// of the job).
+    pub extra_masks: Vec<Secret>,
+    /// Where `uses: owner/repo@ref` would be fetched from (the forge's
+    /// default-actions URL); named in the error for unsupported actions.
+    pub default_actions_url: Option<String>,
 }
 
 /// The machine the job runs on.
@@ -407,7 +413,7 @@ pub async fn run_job(
 ) -> JobOutcome {
     let started = Instant::now();
     let mut masker = Masker::new();
-    for s in spec.secrets.values() {
+    for s in spec.secrets.values().chain(&spec.extra_masks) {
         masker.add(s.expose());
     }
     if let CheckoutSource::Remote { token: Some(t), .. } = &spec.checkout {
@@ -1048,8 +1054,14 @@ impl<'a> Runtime<'a> {
                 }
             }
             (None, Some(uses)) => {
+                let from = self
+                    .spec
+                    .default_actions_url
+                    .as_deref()
+                    .map(|u| format!("; it would come from {u}"))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "`uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout)"
+                    "`uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout){from}"
                 ));
             }
         };

@@ -214,6 +214,8 @@ impl TestEnv {
             extra_env: Default::default(),
             checkout,
             max_job_timeout: None,
+            extra_masks: Vec::new(),
+            default_actions_url: None,
         }
     }
 }
