@@ -86,6 +86,9 @@ impl TestEnv {
             daemon: DaemonConfig {
                 state_dir: dir.path().join("state"),
                 max_concurrent_jobs: 2,
+                drain_timeout: Duration::from_secs(600),
+                max_job_timeout: Duration::from_secs(3600),
+                metrics_listen: None,
             },
             qemu: QemuConfig {
                 system_binary: "qemu-system-x86_64".into(),
@@ -95,6 +98,7 @@ impl TestEnv {
                 uefi_vars: None,
             },
             images,
+            forges: BTreeMap::new(),
         };
         Self { dir, config }
     }
@@ -243,6 +247,7 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
         readiness_probes: 1,
         readiness_probe_interval: Duration::from_secs(1),
         labels: vec![name.into()],
+        max_concurrent_jobs: None,
     }
 }
 
