@@ -127,6 +127,10 @@ fn example_config_parses() {
             .values()
             .all(|i| i.path.starts_with("/var/cache/solstice/images"))
     );
+    let forges: Vec<&str> = c.forges.keys().map(String::as_str).collect();
+    assert_eq!(forges, ["codeberg", "gitea", "work"]);
+    assert_eq!(c.forges["codeberg"].fetch_interval.as_secs(), 30);
+    assert_eq!(c.forges["work"].runner_name, "solstice-builder-1");
 }
 
 #[test]
@@ -204,11 +208,12 @@ fn example_sets_every_known_key() {
     for key in known_keys() {
         let (section, name) = split_key(&key);
         let found = match section.as_str() {
-            "[images.<name>]" => table["images"]
-                .as_table()
-                .unwrap()
-                .values()
-                .any(|i| i.as_table().unwrap().contains_key(name)),
+            "[images.<name>]" | "[forges.<name>]" => table
+                [section.trim_start_matches('[').split('.').next().unwrap()]
+            .as_table()
+            .unwrap()
+            .values()
+            .any(|i| i.as_table().unwrap().contains_key(name)),
             s => table[s.trim_matches(['[', ']'])]
                 .as_table()
                 .unwrap()
@@ -224,7 +229,8 @@ fn example_sets_every_known_key() {
 
 #[test]
 fn documented_defaults_are_the_real_defaults() {
-    let base = "[images.tiny]\npath = \"/x\"\n";
+    let forge = "url = \"https://f.example\"\nrunner_file = \"/r\"\n";
+    let base = format!("[forges.f]\n{forge}[images.tiny]\npath = \"/x\"\n");
     let parse = |text: &str| {
         let c = parse_str_with(
             text,
@@ -234,7 +240,7 @@ fn documented_defaults_are_the_real_defaults() {
         .unwrap_or_else(|e| panic!("{text}\n{e}"));
         format!("{c:?}")
     };
-    let plain = parse(base);
+    let plain = parse(&base);
     let mut checked = 0;
     for (section, key, default) in doc_rows() {
         // Only literal TOML defaults in backticks; "none", "required" etc. are prose.
@@ -246,6 +252,9 @@ fn documented_defaults_are_the_real_defaults() {
         }
         let text = match section.as_str() {
             "[images.<name>]" => format!("{base}{key} = {literal}\n"),
+            "[forges.<name>]" => {
+                format!("[forges.f]\n{key} = {literal}\n{forge}[images.tiny]\npath = \"/x\"\n")
+            }
             s => format!("{s}\n{key} = {literal}\n{base}"),
         };
         assert_eq!(
@@ -256,8 +265,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 15,
-        "expected 15 keys with literal defaults in the doc"
+        checked, 19,
+        "expected 19 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }

@@ -70,6 +70,8 @@ pub struct DaemonConfig {
     pub max_job_timeout: Duration,
     /// Address of the Prometheus `/metrics` endpoint; `None` = off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Default runner name shown in the forges' UI.
+    pub runner_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -270,8 +272,15 @@ impl Config {
     pub fn summary(&self, file: &Path) -> String {
         let names: Vec<&str> = self.images.keys().map(String::as_str).collect();
         let noun = if names.len() == 1 { "image" } else { "images" };
+        let forges = if self.forges.is_empty() {
+            String::new()
+        } else {
+            let f: Vec<&str> = self.forges.keys().map(String::as_str).collect();
+            let noun = if f.len() == 1 { "forge" } else { "forges" };
+            format!("; {} {noun}: {}", f.len(), f.join(", "))
+        };
         format!(
-            "{}: OK ({} {noun}: {})",
+            "{}: OK ({} {noun}: {}{forges})",
             file.display(),
             names.len(),
             names.join(", ")
@@ -314,6 +323,7 @@ pub fn known_keys() -> Vec<String> {
         (raw::names_of::<raw::RawDaemon>(), "daemon."),
         (raw::names_of::<raw::RawQemu>(), "qemu."),
         (raw::names_of::<raw::RawImage>(), "images.<name>."),
+        (raw::names_of::<raw::RawForge>(), "forges.<name>."),
     ] {
         keys.extend(section.iter().map(|k| format!("{prefix}{k}")));
     }

@@ -13,16 +13,17 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ErrorKind, Position};
-use super::raw::{RawConfig, RawDaemon, RawImage, RawQemu, names_of};
+use super::raw::{RawConfig, RawDaemon, RawForge, RawImage, RawQemu, names_of};
 use super::validate::Ctx;
 
 /// The sections of the file, as (how a section is named in messages, its keys).
-pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 4] {
+pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 5] {
     [
         ("the top level", names_of::<RawConfig>()),
         ("[daemon]", names_of::<RawDaemon>()),
         ("[qemu]", names_of::<RawQemu>()),
         ("[images.<name>]", names_of::<RawImage>()),
+        ("[forges.<name>]", names_of::<RawForge>()),
     ]
 }
 
@@ -109,7 +110,7 @@ fn first_line(s: &str) -> String {
 
 /// Report and drop every key that its section does not know.
 fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
-    let [top, daemon, qemu, image] = sections();
+    let [top, daemon, qemu, image, forge] = sections();
     check_table(root, "", top.1, 0, ctx);
     if let Some(DeValue::Table(t)) = root.get_mut("daemon").map(|v| v.get_mut()) {
         check_table(t, "daemon.", daemon.1, 1, ctx);
@@ -122,6 +123,14 @@ fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
             if let DeValue::Table(t) = value.get_mut() {
                 let prefix = format!("images.{}.", name.get_ref());
                 check_table(t, &prefix, image.1, 3, ctx);
+            }
+        }
+    }
+    if let Some(DeValue::Table(forges)) = root.get_mut("forges").map(|v| v.get_mut()) {
+        for (name, value) in forges.iter_mut() {
+            if let DeValue::Table(t) = value.get_mut() {
+                let prefix = format!("forges.{}.", name.get_ref());
+                check_table(t, &prefix, forge.1, 4, ctx);
             }
         }
     }

@@ -42,6 +42,10 @@ pub struct RawConfig {
     /// `[images.<name>]`: the base images jobs can run on, by name.
     #[serde(default)]
     pub images: BTreeMap<Spanned<String>, Spanned<RawImage>>,
+    /// `[forges.<name>]`: Forgejo or Gitea instances `solstice run` takes
+    /// jobs from, by name. None is fine for `solstice exec`.
+    #[serde(default)]
+    pub forges: BTreeMap<Spanned<String>, Spanned<RawForge>>,
 }
 
 /// Default of `daemon.state_dir`.
@@ -67,7 +71,38 @@ pub struct RawDaemon {
     /// about one host core. Default: [`DEFAULT_MAX_CONCURRENT_JOBS`]; range:
     /// [`MAX_CONCURRENT_JOBS`].
     pub max_concurrent_jobs: Option<Spanned<i64>>,
+    /// On SIGTERM or SIGINT, seconds running jobs may go on before they are
+    /// cancelled and reported. Keep the service manager's stop timeout
+    /// longer. Default: [`DEFAULT_DRAIN_TIMEOUT_SECS`]; range:
+    /// [`DRAIN_TIMEOUT_SECS`].
+    pub drain_timeout_secs: Option<Spanned<i64>>,
+    /// Host-wide cap on a job's run time in minutes: a job's
+    /// `timeout-minutes` cannot exceed it. Default:
+    /// [`DEFAULT_MAX_JOB_TIMEOUT_MINS`]; range: [`MAX_JOB_TIMEOUT_MINS`].
+    pub max_job_timeout_mins: Option<Spanned<i64>>,
+    /// Where the Prometheus endpoint (`GET /metrics`) listens: `"host:port"`,
+    /// or a bare port for 127.0.0.1. Default: off.
+    pub metrics_listen: Option<Spanned<String>>,
+    /// Runner name shown in the forges' UI. Default: `solstice-<hostname>`.
+    pub runner_name: Option<Spanned<String>>,
 }
+
+/// Default of `daemon.drain_timeout_secs`.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: i64 = 600;
+/// Allowed range of `daemon.drain_timeout_secs` (0 cancels at once).
+pub const DRAIN_TIMEOUT_SECS: Limit = Limit {
+    min: 0,
+    max: 86400,
+    unit: "seconds",
+};
+/// Default of `daemon.max_job_timeout_mins` (as GitHub's default job timeout).
+pub const DEFAULT_MAX_JOB_TIMEOUT_MINS: i64 = 360;
+/// Allowed range of `daemon.max_job_timeout_mins` (up to a week).
+pub const MAX_JOB_TIMEOUT_MINS: Limit = Limit {
+    min: 1,
+    max: 10080,
+    unit: "minutes",
+};
 
 /// Default of `qemu.system_binary`.
 pub const DEFAULT_SYSTEM_BINARY: &str = "qemu-system-x86_64";
@@ -200,6 +235,61 @@ pub struct RawImage {
     /// Labels matched against a job's `runs-on`. Default: the image's name.
     /// Labels may repeat across images; empty labels are an error.
     pub labels: Option<Spanned<Vec<Spanned<String>>>>,
+    /// At most this many jobs of this image at once, within
+    /// `daemon.max_concurrent_jobs`. Default: no limit of its own; range:
+    /// [`MAX_CONCURRENT_JOBS`].
+    pub max_concurrent_jobs: Option<Spanned<i64>>,
+}
+
+/// Default of `forges.<name>.fetch_interval_secs` (as forgejo-runner).
+pub const DEFAULT_FETCH_INTERVAL_SECS: i64 = 2;
+/// Allowed range of `forges.<name>.fetch_interval_secs`.
+pub const FETCH_INTERVAL_SECS: Limit = Limit {
+    min: 1,
+    max: 3600,
+    unit: "seconds",
+};
+/// Default of `forges.<name>.fetch_timeout_secs`.
+pub const DEFAULT_FETCH_TIMEOUT_SECS: i64 = 30;
+/// Allowed range of `forges.<name>.fetch_timeout_secs`.
+pub const FETCH_TIMEOUT_SECS: Limit = Limit {
+    min: 1,
+    max: 600,
+    unit: "seconds",
+};
+
+/// `[forges.<name>]`: one Forgejo or Gitea instance. The name matches
+/// `[a-z0-9][a-z0-9._-]*` and keys the credentials in the state database.
+/// Exactly one of `registration_token_file`, `secret_file` and
+/// `runner_file` is required; secrets never go in this file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForge {
+    /// The instance URL, e.g. `https://codeberg.org` or
+    /// `https://example.org/forgejo`. Required.
+    pub url: Option<Spanned<String>>,
+    /// File holding a registration token (Site, organisation or repository
+    /// settings → Actions → Runners). Used once: the runner credentials it
+    /// yields are kept in the state database.
+    pub registration_token_file: Option<Spanned<PathBuf>>,
+    /// File holding Forgejo's offline registration secret (40 hex
+    /// characters, as given to `forgejo forgejo-cli actions register --secret`).
+    pub secret_file: Option<Spanned<PathBuf>>,
+    /// JSON file with the runner's `uuid` and `token` (forgejo-runner's
+    /// `.runner` file has this shape).
+    pub runner_file: Option<Spanned<PathBuf>>,
+    /// Runner name shown in this forge's UI. Default: `daemon.runner_name`.
+    pub runner_name: Option<Spanned<String>>,
+    /// Labels declared to this forge: jobs whose `runs-on` are all among
+    /// them are sent here. Each must belong to an image. Default: every
+    /// image's labels.
+    pub labels: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Seconds between task polls. Codeberg asks for at least 30.
+    /// Default: [`DEFAULT_FETCH_INTERVAL_SECS`]; range: [`FETCH_INTERVAL_SECS`].
+    pub fetch_interval_secs: Option<Spanned<i64>>,
+    /// Deadline of one poll in seconds (`Connect-Timeout-Ms`).
+    /// Default: [`DEFAULT_FETCH_TIMEOUT_SECS`]; range: [`FETCH_TIMEOUT_SECS`].
+    pub fetch_timeout_secs: Option<Spanned<i64>>,
 }
 
 /// Field names of a serde struct, or variant names of a serde enum, read from

@@ -210,7 +210,9 @@ fn unrelated_unknown_key_lists_the_known_keys() {
     assert_eq!(e.key.as_deref(), Some("daemon.zzz"));
     assert_eq!(
         e.fix.as_deref(),
-        Some("known keys here are \"state_dir\", \"max_concurrent_jobs\"")
+        Some(
+            "known keys here are \"state_dir\", \"max_concurrent_jobs\", \"drain_timeout_secs\", \"max_job_timeout_mins\", \"metrics_listen\", \"runner_name\""
+        )
     );
 }
 
@@ -617,7 +619,7 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 2 + 5 + 13);
+    assert_eq!(keys.len(), 6 + 5 + 14 + 8);
 }
 
 #[test]
@@ -657,4 +659,75 @@ fn array_of_tables_and_huge_numbers_get_plain_messages() {
     );
     let e = one("[images.tiny]\npath = \"/x\"\nvcpus = 99999999999999999999\n");
     assert_eq!(e.message, "99999999999999999999 is too large");
+}
+
+const FORGE_IMAGES: &str = "[images.tiny]\npath = \"/x/tiny.qcow2\"\nlabels = [\"tiny\", \"linux\"]\n[images.deb]\npath = \"/x/d.qcow2\"\nmax_concurrent_jobs = 1\n";
+
+#[test]
+fn forges_get_defaults_from_the_daemon_and_the_images() {
+    let c = ok(&format!(
+        "[daemon]\nrunner_name = \"r1\"\nmetrics_listen = \"9464\"\n{FORGE_IMAGES}[forges.cb]\nurl = \"https://codeberg.org/\"\nregistration_token_file = \"tok\"\n"
+    ));
+    let f = &c.forges["cb"];
+    assert_eq!(f.url, "https://codeberg.org");
+    assert_eq!(f.runner_name, "r1");
+    assert_eq!(f.labels, ["deb", "linux", "tiny"]);
+    assert_eq!(f.fetch_interval, Duration::from_secs(2));
+    assert_eq!(f.fetch_timeout, Duration::from_secs(30));
+    assert_eq!(
+        f.credentials,
+        CredentialSource::RegistrationTokenFile(PathBuf::from("/etc/solstice/tok"))
+    );
+    assert_eq!(
+        c.daemon.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(c.images["deb"].max_concurrent_jobs, Some(1));
+    assert_eq!(c.images["tiny"].max_concurrent_jobs, None);
+    assert_eq!(c.daemon.drain_timeout, Duration::from_secs(600));
+    assert_eq!(c.daemon.max_job_timeout, Duration::from_secs(360 * 60));
+    assert!(ok(TINY).daemon.runner_name.starts_with("solstice-"));
+}
+
+#[test]
+fn forge_mistakes_are_reported_with_their_fix() {
+    let e = one(&format!("{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\n"));
+    assert_eq!(e.key.as_deref(), Some("forges.a"));
+    assert!(e.message.contains("no credentials"), "{e}");
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\nrunner_file = \"/r\"\n"
+    ));
+    assert!(e.message.contains("only one credential source"), "{e}");
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"ftp://a\"\nsecret_file = \"/s\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.a.url"));
+    let e = one(&format!("{FORGE_IMAGES}[forges.a]\nsecret_file = \"/s\"\n"));
+    assert_eq!(e.key.as_deref(), Some("forges.a.url"));
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\nlabels = [\"tiny\", \"ubuntu-latest\"]\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.a.labels"));
+    assert!(
+        e.message.contains("\"ubuntu-latest\" belongs to no image"),
+        "{e}"
+    );
+    assert!(
+        e.fix.as_deref().unwrap().contains("deb, linux, tiny"),
+        "{e}"
+    );
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\nfetch_interval_secs = 0\n"
+    ));
+    assert_eq!(e.kind, ErrorKind::OutOfRange);
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\ntoken = \"x\"\n"
+    ));
+    assert_eq!(e.kind, ErrorKind::UnknownKey);
+    let e = one(&format!("[daemon]\nmetrics_listen = \"localhost\"\n{TINY}"));
+    assert_eq!(e.key.as_deref(), Some("daemon.metrics_listen"));
+    let e = one(&format!(
+        "[forges.A]\nurl = \"https://a\"\nsecret_file = \"/s\"\n{TINY}"
+    ));
+    assert!(e.message.contains("forge name \"A\""), "{e}");
 }

@@ -8,8 +8,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, ErrorKind, Position};
-use super::raw::{self, Limit, RawConfig, RawDaemon, RawImage, RawQemu};
-use super::{Config, DaemonConfig, Firmware, ImageConfig, ParseOptions, QemuConfig};
+use super::raw::{self, Limit, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
+use super::{
+    Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig, ImageConfig, ParseOptions,
+    QemuConfig,
+};
 
 /// Where problems are collected while one file is checked.
 pub(crate) struct Ctx<'a> {
@@ -79,6 +82,11 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
             ),
         );
     }
+    let mut forges = BTreeMap::new();
+    for (name, forge) in &raw.forges {
+        let config = self::forge(name, forge, &daemon, &images, ctx);
+        forges.insert(name.get_ref().clone(), config);
+    }
     if had_errors || !ctx.errors.is_empty() {
         return None;
     }
@@ -86,7 +94,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         daemon,
         qemu,
         images,
-        forges: BTreeMap::new(),
+        forges,
     })
 }
 
@@ -107,9 +115,30 @@ fn daemon(raw: &RawDaemon, ctx: &mut Ctx<'_>) -> DaemonConfig {
             "daemon.max_concurrent_jobs",
             ctx,
         ),
-        drain_timeout: Duration::from_secs(600),
-        max_job_timeout: Duration::from_secs(6 * 3600),
-        metrics_listen: None,
+        drain_timeout: Duration::from_secs(u64::from(number(
+            raw.drain_timeout_secs.as_ref(),
+            raw::DEFAULT_DRAIN_TIMEOUT_SECS,
+            raw::DRAIN_TIMEOUT_SECS,
+            "daemon.drain_timeout_secs",
+            ctx,
+        ))),
+        max_job_timeout: Duration::from_secs(
+            60 * u64::from(number(
+                raw.max_job_timeout_mins.as_ref(),
+                raw::DEFAULT_MAX_JOB_TIMEOUT_MINS,
+                raw::MAX_JOB_TIMEOUT_MINS,
+                "daemon.max_job_timeout_mins",
+                ctx,
+            )),
+        ),
+        metrics_listen: raw
+            .metrics_listen
+            .as_ref()
+            .and_then(|v| listen_addr(v, "daemon.metrics_listen", ctx)),
+        runner_name: match &raw.runner_name {
+            Some(n) => runner_name(n, "daemon.runner_name", ctx),
+            None => default_runner_name(),
+        },
     }
 }
 
@@ -318,7 +347,235 @@ fn image(
             ctx,
         ))),
         labels,
-        max_concurrent_jobs: None,
+        max_concurrent_jobs: img.max_concurrent_jobs.as_ref().map(|v| {
+            number(
+                Some(v),
+                raw::DEFAULT_MAX_CONCURRENT_JOBS,
+                raw::MAX_CONCURRENT_JOBS,
+                &key("max_concurrent_jobs"),
+                ctx,
+            )
+        }),
+    }
+}
+
+fn forge(
+    name: &Spanned<String>,
+    raw: &Spanned<RawForge>,
+    daemon: &DaemonConfig,
+    images: &BTreeMap<String, ImageConfig>,
+    ctx: &mut Ctx<'_>,
+) -> ForgeConfig {
+    let n = name.get_ref();
+    let key = |k: &str| format!("forges.{n}.{k}");
+    if !valid_image_name(n) {
+        ctx.push(
+            Some(name.span()),
+            Some(format!("forges.{n}")),
+            ErrorKind::InvalidValue,
+            format!("forge name \"{n}\" is not allowed"),
+            Some(format!(
+                "use lower-case letters, digits, \".\", \"_\" and \"-\", starting with a letter or digit, e.g. \"{}\"",
+                suggest_image_name(n)
+            )),
+        );
+    }
+    let f = raw.get_ref();
+    let url = match &f.url {
+        Some(u) => forge_url(u, &key("url"), ctx),
+        None => {
+            ctx.push(
+                Some(raw.span()),
+                Some(key("url")),
+                ErrorKind::MissingKey,
+                "the forge has no `url`".to_owned(),
+                Some(
+                    "add `url = \"https://forge.example.org\"` (the address you open in a browser)"
+                        .to_owned(),
+                ),
+            );
+            String::new()
+        }
+    };
+    let sources: Vec<(&str, &Spanned<PathBuf>)> = [
+        ("registration_token_file", &f.registration_token_file),
+        ("secret_file", &f.secret_file),
+        ("runner_file", &f.runner_file),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    let credentials = match sources.as_slice() {
+        [(k, p)] => {
+            non_empty_path(p, &key(k), ctx);
+            let path = ctx.resolve(p.get_ref());
+            match *k {
+                "registration_token_file" => CredentialSource::RegistrationTokenFile(path),
+                "secret_file" => CredentialSource::SecretFile(path),
+                _ => CredentialSource::RunnerFile(path),
+            }
+        }
+        [] => {
+            ctx.push(
+                Some(raw.span()),
+                Some(format!("forges.{n}")),
+                ErrorKind::MissingKey,
+                "the forge has no credentials".to_owned(),
+                Some("set one of `registration_token_file`, `secret_file` (Forgejo offline registration) or `runner_file` (uuid + token JSON)".to_owned()),
+            );
+            CredentialSource::RunnerFile(PathBuf::new())
+        }
+        [_, (k2, p2), ..] => {
+            ctx.push(
+                Some(p2.span()),
+                Some(key(k2)),
+                ErrorKind::InvalidValue,
+                format!(
+                    "only one credential source is allowed, found {}",
+                    sources
+                        .iter()
+                        .map(|(k, _)| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                Some("keep the one you use and remove the others".to_owned()),
+            );
+            CredentialSource::RunnerFile(PathBuf::new())
+        }
+    };
+    let image_labels: Vec<&String> = images.values().flat_map(|i| &i.labels).collect();
+    let labels = match &f.labels {
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                ctx.push(
+                    Some(list.span()),
+                    Some(key("labels")),
+                    ErrorKind::InvalidValue,
+                    "the label list is empty, so this forge can never send a job".to_owned(),
+                    Some("list at least one image label, or remove the key to declare every image's labels".to_owned()),
+                );
+            }
+            for label in list.get_ref() {
+                let l = label.get_ref();
+                if !image_labels.contains(&l) {
+                    let mut known: Vec<&str> = image_labels.iter().map(|s| s.as_str()).collect();
+                    known.sort_unstable();
+                    known.dedup();
+                    ctx.push(
+                        Some(label.span()),
+                        Some(key("labels")),
+                        ErrorKind::InvalidValue,
+                        format!("label \"{l}\" belongs to no image, so its jobs could not run"),
+                        Some(format!(
+                            "use an image label ({}) or add it to an image's `labels`",
+                            known.join(", ")
+                        )),
+                    );
+                }
+            }
+            list.get_ref().iter().map(|l| l.get_ref().clone()).collect()
+        }
+        None => {
+            let mut all: Vec<String> = image_labels.into_iter().cloned().collect();
+            all.sort();
+            all.dedup();
+            all
+        }
+    };
+    ForgeConfig {
+        name: n.clone(),
+        url,
+        credentials,
+        runner_name: match &f.runner_name {
+            Some(r) => runner_name(r, &key("runner_name"), ctx),
+            None => daemon.runner_name.clone(),
+        },
+        labels,
+        fetch_interval: Duration::from_secs(u64::from(number(
+            f.fetch_interval_secs.as_ref(),
+            raw::DEFAULT_FETCH_INTERVAL_SECS,
+            raw::FETCH_INTERVAL_SECS,
+            &key("fetch_interval_secs"),
+            ctx,
+        ))),
+        fetch_timeout: Duration::from_secs(u64::from(number(
+            f.fetch_timeout_secs.as_ref(),
+            raw::DEFAULT_FETCH_TIMEOUT_SECS,
+            raw::FETCH_TIMEOUT_SECS,
+            &key("fetch_timeout_secs"),
+            ctx,
+        ))),
+    }
+}
+
+/// An `http(s)://` URL without a trailing `/`.
+fn forge_url(u: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> String {
+    let text = u.get_ref().trim();
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !text.contains(char::is_whitespace) => {
+            text.trim_end_matches('/').to_owned()
+        }
+        _ => {
+            ctx.push(
+                Some(u.span()),
+                Some(key.to_owned()),
+                ErrorKind::InvalidValue,
+                format!("\"{text}\" is not an http:// or https:// URL"),
+                Some("write the instance address, e.g. \"https://codeberg.org\"".to_owned()),
+            );
+            String::new()
+        }
+    }
+}
+
+fn runner_name(n: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> String {
+    let name = n.get_ref().trim();
+    if name.is_empty() || name.len() > 255 {
+        ctx.push(
+            Some(n.span()),
+            Some(key.to_owned()),
+            ErrorKind::InvalidValue,
+            "a runner name must have 1 to 255 bytes".to_owned(),
+            Some("write a short name, e.g. \"solstice-builder-1\"".to_owned()),
+        );
+    }
+    name.to_owned()
+}
+
+/// `solstice-<hostname>`.
+pub(crate) fn default_runner_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("solstice-{host}")
+}
+
+/// `host:port`, or a bare port on 127.0.0.1.
+fn listen_addr(v: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> Option<std::net::SocketAddr> {
+    let text = v.get_ref().trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            ctx.push(
+                Some(v.span()),
+                Some(key.to_owned()),
+                ErrorKind::InvalidValue,
+                format!("\"{text}\" is not an address with a port"),
+                Some(
+                    "write e.g. \"127.0.0.1:9464\", \"[::1]:9464\" or just \"9464\" for loopback"
+                        .to_owned(),
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -89,6 +89,7 @@ impl TestEnv {
                 drain_timeout: Duration::from_secs(600),
                 max_job_timeout: Duration::from_secs(3600),
                 metrics_listen: None,
+                runner_name: "solstice-test".into(),
             },
             qemu: QemuConfig {
                 system_binary: "qemu-system-x86_64".into(),
