@@ -460,6 +460,7 @@ async fn solstice_run(
         accel,
         job_id: &job_id,
         spec: &spec,
+        observer: None,
     };
     let start = Instant::now();
     let report = match runner::run_in_vm(&run, &NullSink, &CancellationToken::new()).await {

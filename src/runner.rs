@@ -37,6 +37,8 @@ pub enum RunError {
     Ssh { reason: String, console: String },
     #[error("Cancelled before the job started")]
     Cancelled,
+    #[error("Could not record the VM in the state database: {0}")]
+    Record(String),
     #[error("Could not create the state directory {path}")]
     StateDir {
         path: PathBuf,
@@ -55,6 +57,9 @@ pub struct Timings {
     /// QEMU spawned → SSH readiness probes passed: the guest's own boot as
     /// Solstice observes it (comparable to a plain QEMU + SSH polling baseline).
     pub boot_to_ssh: Duration,
+    /// QEMU spawned → the guest's SSH server first sent its banner (the
+    /// rest of `boot_to_ssh` is login, probes and sshd restarts).
+    pub boot_to_banner: Option<Duration>,
     /// SSH ready → the first step's command running in the guest.
     pub first_step: Option<Duration>,
     /// Whole executor run (all steps).
@@ -79,6 +84,21 @@ pub struct VmRun<'a> {
     /// Names the job directory under `<state_dir>/jobs/`.
     pub job_id: &'a str,
     pub spec: &'a JobSpec,
+    /// Told about the VM's resources before they exist and after they are
+    /// gone, so that a crashed daemon's leftovers can be found (the daemon
+    /// records them in its state database).
+    pub observer: Option<&'a dyn VmObserver>,
+}
+
+/// Hears about a job's VM resources (see [`VmRun::observer`]).
+pub trait VmObserver: Send + Sync {
+    /// Before anything is created: `dir` will hold the overlay, seed,
+    /// sockets and console log. An error stops the job before the VM exists.
+    fn before_start(&self, dir: &Path) -> Result<(), String>;
+    /// QEMU runs as `pid`, with the guest's SSH forwarded to `ssh_port`.
+    fn started(&self, pid: u32, ssh_port: u16);
+    /// QEMU is gone and `dir` removed.
+    fn destroyed(&self);
 }
 
 /// Records the instant the first step starts, then forwards to the inner sink.
@@ -152,10 +172,30 @@ pub async fn run_in_vm(
         host_key: host_private.as_ref().zip(host_public.as_deref()),
         hostname: &hostname,
     };
-    let vm = tokio::select! {
-        r = Vm::start(spec) => r.map_err(RunError::Provision)?,
-        _ = cancel.cancelled() => return Err(RunError::Cancelled),
+    if let Some(o) = run.observer {
+        o.before_start(&jobs.join(run.job_id))
+            .map_err(RunError::Record)?;
+    }
+    let started = tokio::select! {
+        r = Vm::start(spec) => Some(r),
+        _ = cancel.cancelled() => None,
     };
+    let vm = match started {
+        Some(Ok(vm)) => vm,
+        other => {
+            // Vm::start (or dropping it) removed what it had created.
+            if let Some(o) = run.observer {
+                o.destroyed();
+            }
+            return Err(match other {
+                Some(Err(e)) => RunError::Provision(e),
+                _ => RunError::Cancelled,
+            });
+        }
+    };
+    if let Some(o) = run.observer {
+        o.started(vm.pid(), vm.ssh_addr().port());
+    }
     timings.provision = t0.elapsed();
     timings.prepare = vm.spawned_at().saturating_duration_since(t0);
 
@@ -175,8 +215,14 @@ pub async fn run_in_vm(
         detail: "destroying the VM".into(),
     });
     let t = Instant::now();
-    if let Err(e) = vm.destroy().await {
-        tracing::warn!(error = %e, "VM teardown reported an error");
+    match vm.destroy().await {
+        Ok(()) => {
+            if let Some(o) = run.observer {
+                o.destroyed();
+            }
+        }
+        // The record stays, so the next start's reconcile retries the cleanup.
+        Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
     }
     timings.teardown = t.elapsed();
 
@@ -225,6 +271,7 @@ async fn boot_and_run(
         ..ReadyOptions::default()
     };
     let t_boot = vm.spawned_at();
+    let t_wait = Instant::now();
     let last_report = Mutex::new(Instant::now());
     let progress = |p: ssh::ReadyProgress| {
         let Ok(mut last) = last_report.lock() else {
@@ -246,8 +293,13 @@ async fn boot_and_run(
             });
         }
     };
-    let session = match ssh::wait_ready(&target, &opts, cancel, &progress).await {
-        Ok(s) => s,
+    let session = match ssh::wait_ready_with_stats(&target, &opts, cancel, &progress).await {
+        Ok((s, stats)) => {
+            // The wait starts a little after the spawn; count from the spawn.
+            let waited_from = t_wait.saturating_duration_since(t_boot);
+            timings.boot_to_banner = stats.first_banner.map(|b| b + waited_from);
+            s
+        }
         Err(ssh::SshError::Cancelled { .. }) => return Err(RunError::Cancelled),
         Err(e @ ssh::SshError::NotReady { .. }) => {
             return Err(RunError::BootTimeout {

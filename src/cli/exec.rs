@@ -194,6 +194,7 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                 accel,
                 job_id: &run_id,
                 spec: &spec,
+                observer: None,
             };
             match runner::run_in_vm(&vm_run, &sink, &cancel).await {
                 Ok(report) => {

@@ -20,7 +20,7 @@ use russh::keys::{Algorithm, HashAlg, PublicKey};
 
 pub use client::connect;
 pub use keys::{CLIENT_KEY_COMMENT, ClientKey, HOST_KEY_COMMENT, HostKey};
-pub use ready::{ReadyOptions, ReadyProgress, wait_ready};
+pub use ready::{ReadyOptions, ReadyProgress, ReadyStats, wait_ready, wait_ready_with_stats};
 pub use session::SshSession;
 
 /// How the guest's host key is verified.

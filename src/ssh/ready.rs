@@ -1,5 +1,6 @@
 //! Waiting for a booting guest to accept SSH logins.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -90,10 +91,15 @@ async fn wait_banner(
 }
 
 /// One readiness attempt: connect, see a banner, log in, run `true`.
-async fn probe(target: &SshTarget, opts: &ReadyOptions) -> Result<SshSession, SshError> {
+async fn probe(
+    target: &SshTarget,
+    opts: &ReadyOptions,
+    banner_seen: &AtomicBool,
+) -> Result<SshSession, SshError> {
     let addr = target.addr;
     let stream = tcp_connect(addr).await?;
     wait_banner(&stream, target, opts.banner_timeout).await?;
+    banner_seen.store(true, Ordering::Relaxed);
     let session = handshake(target, stream).await?;
     // Nobody reads the probe's output: a closed receiver makes exec discard it
     // instead of blocking once the channel is full (chatty login scripts).
@@ -112,6 +118,28 @@ async fn probe(target: &SshTarget, opts: &ReadyOptions) -> Result<SshSession, Ss
     }
 }
 
+/// How the wait went, for latency figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyStats {
+    /// Connection attempts made.
+    pub attempts: u32,
+    /// Time from the start of the wait until the first attempt that saw the
+    /// server's SSH banner (upper bound: measured when that attempt ended).
+    pub first_banner: Option<Duration>,
+}
+
+/// [`wait_ready_with_stats`] without the figures.
+pub async fn wait_ready(
+    target: &SshTarget,
+    opts: &ReadyOptions,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(ReadyProgress) + Send + Sync),
+) -> Result<SshSession, SshError> {
+    wait_ready_with_stats(target, opts, cancel, progress)
+        .await
+        .map(|(s, _)| s)
+}
+
 /// Polls `target` until the guest accepts a login and runs `true`
 /// successfully `opts.probes` times in a row, and returns the session of the
 /// last probe.
@@ -119,12 +147,12 @@ async fn probe(target: &SshTarget, opts: &ReadyOptions) -> Result<SshSession, Ss
 /// Fails with [`SshError::NotReady`] (naming the last failure) once
 /// `opts.deadline` has passed, or with [`SshError::Cancelled`] when `cancel`
 /// fires. `progress` is called after every attempt.
-pub async fn wait_ready(
+pub async fn wait_ready_with_stats(
     target: &SshTarget,
     opts: &ReadyOptions,
     cancel: &CancellationToken,
     progress: &(dyn Fn(ReadyProgress) + Send + Sync),
-) -> Result<SshSession, SshError> {
+) -> Result<(SshSession, ReadyStats), SshError> {
     let addr = target.addr;
     let start = Instant::now();
     let end = start + opts.deadline;
@@ -132,6 +160,8 @@ pub async fn wait_ready(
     let mut attempt = 0;
     let mut successes = 0;
     let mut last: Option<SshError> = None;
+    let banner_seen = AtomicBool::new(false);
+    let mut first_banner: Option<Duration> = None;
     let not_ready = |attempts, last: Option<SshError>| SshError::NotReady {
         addr,
         elapsed: start.elapsed(),
@@ -149,7 +179,7 @@ pub async fn wait_ready(
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(SshError::Cancelled { addr }),
-            r = tokio::time::timeout(budget, probe(target, opts)) => match r {
+            r = tokio::time::timeout(budget, probe(target, opts, &banner_seen)) => match r {
                 Ok(r) => r,
                 // The overall deadline cut this attempt short: what the
                 // attempts before it saw says more than "timed out".
@@ -159,12 +189,19 @@ pub async fn wait_ready(
                 Err(_) => Err(SshError::Timeout { addr, after: budget }),
             },
         };
+        if first_banner.is_none() && banner_seen.load(Ordering::Relaxed) {
+            first_banner = Some(start.elapsed());
+        }
         let pause = match outcome {
             Ok(session) => {
                 successes += 1;
                 last = None;
                 if successes >= needed {
-                    return Ok(session);
+                    let stats = ReadyStats {
+                        attempts: attempt,
+                        first_banner,
+                    };
+                    return Ok((session, stats));
                 }
                 // The next probe must be a fresh connection.
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;

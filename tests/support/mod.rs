@@ -171,6 +171,7 @@ impl TestEnv {
             accel: Accel::Tcg,
             job_id: &job_id,
             spec: &spec,
+            observer: None,
         };
         let cancel = opts.cancel.unwrap_or_default();
         runner::run_in_vm(&run, sink, &cancel).await
