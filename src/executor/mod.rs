@@ -135,6 +135,10 @@ pub struct JobOutcome {
     /// Job `outputs`, evaluated at the end. Outputs that contain a secret are dropped.
     pub outputs: IndexMap<String, String>,
     pub steps: Vec<StepRecord>,
+    /// The job hit its `timeout-minutes` (or the host-wide cap). Its
+    /// conclusion is then `Failure`, as on GitHub; the forge reporter reports
+    /// such a job as cancelled, as forgejo-runner does for its own timeout.
+    pub timed_out: bool,
 }
 
 /// The single exit for events: masks every text before the sink sees it.
@@ -433,6 +437,7 @@ pub async fn run_job(
             conclusion,
             outputs,
             steps,
+            timed_out: false,
         }
     };
     let Some(job) = spec.workflow.jobs.get(&spec.job_id) else {
@@ -578,7 +583,9 @@ pub async fn run_job(
         }
     };
     let records = std::mem::take(&mut state.records);
-    finish(&rt.em, conclusion, outputs, records)
+    let mut outcome = finish(&rt.em, conclusion, outputs, records);
+    outcome.timed_out = state.timed_out;
+    outcome
 }
 
 impl<'a> Runtime<'a> {
