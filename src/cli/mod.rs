@@ -31,6 +31,13 @@ pub enum Command {
     },
     /// Measure boot-to-SSH and Solstice's own overhead against a plain QEMU baseline.
     Bench(BenchArgs),
+    /// Serve the configured forges: poll for jobs and run each in a fresh VM
+    /// (the daemon; stops on SIGTERM/SIGINT after draining running jobs).
+    Run {
+        /// Configuration file (same search order as `exec`).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,8 +120,17 @@ fn valid_name(k: &str) -> bool {
 /// The entry point called by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    // The daemon logs its progress at `info` unless told otherwise.
+    let daemon_default = matches!(cli.command, Command::Run { .. })
+        && std::env::var_os("SOLSTICE_LOG").is_none()
+        && cli.log == "warn";
+    init_tracing(if daemon_default {
+        "info"
+    } else {
+        cli.log.as_str()
+    });
     match cli.command {
+        Command::Run { config } => run_async(crate::daemon::run_main(config.as_deref())),
         Command::CheckConfig { file } => crate::config::check_config_main(&file),
         Command::Exec(args) => run_async(exec::exec_main(args)),
         Command::Bench(args) => run_async(crate::bench::bench_main(args)),

@@ -1,0 +1,347 @@
+//! `solstice run`: the runner daemon. It polls every configured forge for
+//! tasks, runs each in a fresh VM within the host's capacity, streams logs
+//! and results back, and survives crashes, forge outages and restarts
+//! without stray VMs or lost log rows.
+//!
+//! Start-up order: config → state database → reconcile what a previous run
+//! left → accelerator → credentials of every forge → `READY=1` → poll loops.
+//! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
+//! `daemon.drain_timeout_secs`, then cancel them, report them, clean up and
+//! exit 0.
+
+pub mod backoff;
+pub mod notify;
+pub mod slots;
+
+mod poll;
+mod reconcile;
+mod task;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ForgeConfig};
+use crate::forge::client::{ClientOptions, ForgejoClient};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::vm::Accel;
+
+pub use slots::Slots;
+
+/// The version string sent to forges.
+pub const RUNNER_VERSION: &str = concat!("solstice-", env!("CARGO_PKG_VERSION"));
+/// How long cancelled jobs get to tear down and report after the drain.
+const CANCEL_GRACE: Duration = Duration::from_secs(60);
+/// Cap of the back-off between failed polls.
+const POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// Why the daemon could not start (or had to stop).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("The configuration has no [forges.<name>] section, so there is nothing to serve")]
+    NoForges,
+    #[error("Cannot open the state database")]
+    Store(#[source] crate::store::StoreError),
+    #[error("Cannot choose an accelerator")]
+    Accel(#[source] crate::vm::VmError),
+    #[error("Forge {forge}: {message}")]
+    Forge { forge: String, message: String },
+    #[error("Cannot serve metrics on {addr}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot install the signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// One job the daemon is running, for status lines and cancellation.
+#[derive(Debug, Clone)]
+pub(crate) struct RunningJob {
+    pub forge: String,
+    pub task_id: i64,
+    pub cancel: CancellationToken,
+}
+
+/// Everything the poll loops and task runners share.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub slots: Slots,
+    pub metrics: Metrics,
+    pub accel: Accel,
+    /// Cancelled on SIGTERM/SIGINT: stop fetching.
+    pub stop_fetching: CancellationToken,
+    /// Running jobs by job id.
+    pub running: Mutex<HashMap<String, RunningJob>>,
+    /// Every task runner, so that shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Shared {
+    pub fn update_status(&self) {
+        let running = self.running.lock().map(|r| r.len()).unwrap_or_default();
+        let max = self.slots.capacity();
+        let what = if self.stop_fetching.is_cancelled() {
+            "draining"
+        } else {
+            "serving"
+        };
+        notify::status(&format!("{what}: {running} of {max} jobs running"));
+        self.metrics.set_running(running as i64);
+    }
+}
+
+/// Path of the state database.
+pub fn database_path(config: &Config) -> PathBuf {
+    config.daemon.state_dir.join("solstice.db")
+}
+
+/// `solstice run`: the exit code for `main`.
+pub async fn run_main(config_path: Option<&Path>) -> ExitCode {
+    let path = match crate::runner::find_config(config_path) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match crate::config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("error: {} is not valid (see above)", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            crate::cli::exec::report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (then drains) or a fatal error.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    if config.forges.is_empty() {
+        return Err(DaemonError::NoForges);
+    }
+    let config = Arc::new(config);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signals)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(DaemonError::Signals)?;
+
+    let db = database_path(&config);
+    let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
+    tracing::info!(database = %db.display(), "state database open");
+
+    // What a previous run left: VMs first (local, fast), tasks to report later.
+    let jobs_dir = crate::runner::jobs_dir(&config);
+    reconcile::leftover_vms(&store, &jobs_dir);
+
+    let qemu = config.qemu.clone();
+    let probe = tokio::task::spawn_blocking(move || crate::vm::accel::resolve_with_reason(&qemu))
+        .await
+        .map_err(|e| DaemonError::Forge {
+            forge: String::new(),
+            message: format!("accelerator probe panicked: {e}"),
+        })?
+        .map_err(DaemonError::Accel)?;
+    tracing::info!(accel = ?probe.accel, reason = %probe.reason, "accelerator chosen");
+
+    let metrics = Metrics::new();
+    let image_max: BTreeMap<String, u32> = config
+        .images
+        .values()
+        .filter_map(|i| i.max_concurrent_jobs.map(|m| (i.name.clone(), m)))
+        .collect();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        store: store.clone(),
+        slots: Slots::new(config.daemon.max_concurrent_jobs, image_max),
+        metrics: metrics.clone(),
+        accel: probe.accel,
+        stop_fetching: CancellationToken::new(),
+        running: Mutex::new(HashMap::new()),
+        tasks: TaskTracker::new(),
+    });
+    metrics.set_capacity(i64::from(config.daemon.max_concurrent_jobs));
+
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = config.daemon.metrics_listen {
+        let bound = crate::metrics::serve(metrics.clone(), addr, metrics_stop.clone())
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        tracing::info!(address = %bound, "metrics served at /metrics");
+    }
+
+    // Credentials of every forge, before READY=1.
+    let mut clients = Vec::new();
+    for forge in config.forges.values() {
+        let client = tokio::select! {
+            r = connect(&shared, forge) => r?,
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+        };
+        clients.push((forge.clone(), client));
+    }
+
+    // Tasks a previous run left unreported: report them now, in the background.
+    for (forge, client) in &clients {
+        let s = shared.clone();
+        let f = forge.name.clone();
+        let c = client.clone();
+        shared
+            .tasks
+            .spawn(async move { reconcile::interrupted_tasks(&s, &f, &c).await });
+    }
+
+    let forge_names: Vec<&str> = config.forges.keys().map(String::as_str).collect();
+    notify::ready(&format!(
+        "serving {} ({} jobs at most)",
+        forge_names.join(", "),
+        config.daemon.max_concurrent_jobs
+    ));
+    tracing::info!(
+        forges = %forge_names.join(", "),
+        capacity = config.daemon.max_concurrent_jobs,
+        "ready"
+    );
+
+    let watchdog_stop = CancellationToken::new();
+    if let Some(period) = notify::watchdog_interval() {
+        let stop = watchdog_stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notify::watchdog(),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    let mut pollers = tokio::task::JoinSet::new();
+    for (forge, client) in clients {
+        let s = shared.clone();
+        pollers.spawn(async move { poll::poll_loop(s, forge, client).await });
+    }
+
+    // Wait for a signal (or every poll loop ending, which only a fatal error does).
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        _ = async { while pollers.join_next().await.is_some() {} } => "no forge left to poll",
+    };
+    shared.stop_fetching.cancel();
+    let running = shared.running.lock().map(|r| r.len()).unwrap_or_default();
+    let drain = config.daemon.drain_timeout;
+    notify::stopping(&format!(
+        "stopping ({signal}): draining {running} job(s) for up to {}s",
+        drain.as_secs()
+    ));
+    tracing::info!(
+        signal,
+        running,
+        drain_secs = drain.as_secs(),
+        "stopping: no new tasks; waiting for running jobs"
+    );
+    pollers.shutdown().await;
+    shared.tasks.close();
+
+    let drained = tokio::select! {
+        _ = shared.tasks.wait() => true,
+        _ = tokio::time::sleep(drain) => false,
+        _ = sigterm.recv() => false,
+        _ = sigint.recv() => false,
+    };
+    if !drained {
+        let jobs: Vec<RunningJob> = shared
+            .running
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        tracing::warn!(
+            jobs = jobs.len(),
+            "drain time is over: cancelling the running jobs"
+        );
+        notify::status(&format!("stopping: cancelling {} job(s)", jobs.len()));
+        for j in &jobs {
+            tracing::info!(forge = %j.forge, task = j.task_id, "cancelling");
+            j.cancel.cancel();
+        }
+        if tokio::time::timeout(CANCEL_GRACE, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("jobs did not finish reporting in time; their state stays in the database for the next start");
+        }
+    }
+    watchdog_stop.cancel();
+    metrics_stop.cancel();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Obtains a forge's credentials (retrying while the forge is unreachable)
+/// and returns a client that carries them.
+async fn connect(shared: &Shared, forge: &ForgeConfig) -> Result<ForgejoClient, DaemonError> {
+    let opts = ClientOptions::default();
+    let base = ForgejoClient::new(&forge.url, &opts).map_err(|e| DaemonError::Forge {
+        forge: forge.name.clone(),
+        message: e.to_string(),
+    })?;
+    let mut backoff = backoff::Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
+    let mut health = backoff::Health::default();
+    loop {
+        let stored = shared
+            .store
+            .get_credentials(&forge.name)
+            .map_err(DaemonError::Store)?;
+        match crate::forge::credentials::obtain(forge, &base, stored, RUNNER_VERSION).await {
+            Ok(got) => {
+                if got.changed {
+                    shared
+                        .store
+                        .save_credentials(&forge.name, &got.credentials)
+                        .map_err(DaemonError::Store)?;
+                }
+                if let backoff::HealthChange::Up { failures } = health.succeeded() {
+                    tracing::info!(forge = %forge.name, failures, "forge reachable again");
+                }
+                tracing::info!(
+                    forge = %forge.name,
+                    url = %forge.url,
+                    uuid = %got.credentials.uuid,
+                    labels = %forge.labels.join(","),
+                    "connected"
+                );
+                return Ok(got.client);
+            }
+            Err(e) if e.is_retryable() => {
+                shared.metrics.forge_error(&forge.name, "connect");
+                if health.failed() == backoff::HealthChange::Down {
+                    tracing::warn!(forge = %forge.name, error = %e, "cannot reach the forge; retrying with back-off");
+                }
+                tokio::time::sleep(backoff.fail(rand::random::<f64>())).await;
+            }
+            Err(e) => {
+                return Err(DaemonError::Forge {
+                    forge: forge.name.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! One forge's poll loop: reserve free slots, FetchTask with `task_capacity`,
+//! start a task runner per task, back off on failures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backoff::{Backoff, Health, HealthChange};
+use super::slots::HostSlot;
+use super::{POLL_BACKOFF_CAP, Shared};
+use crate::config::ForgeConfig;
+use crate::forge::client::ForgejoClient;
+use crate::forge::proto::{FetchTaskRequest, Task};
+
+/// A fresh request key (`x-runner-request-key`).
+fn new_request_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Polls `forge` until the daemon stops fetching.
+pub(crate) async fn poll_loop(shared: Arc<Shared>, forge: ForgeConfig, client: ForgejoClient) {
+    let stop = shared.stop_fetching.clone();
+    let mut tasks_version: i64 = 0;
+    // Kept across failures, renewed after each successful fetch, so that a
+    // fetch whose answer was lost returns the same tasks again.
+    let mut request_key = new_request_key();
+    let mut backoff = Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
+    let mut health = Health::default();
+    let mut pause = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = forge.fetch_interval;
+        // Reserve every free host slot; with none free, wait for one.
+        let mut reservation = loop {
+            let freed = shared.slots.freed();
+            if let Some(r) = shared.slots.reserve(u32::MAX) {
+                break r;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = freed => {}
+            }
+        };
+        let req = FetchTaskRequest {
+            tasks_version,
+            task_capacity: Some(i64::from(reservation.count())),
+        };
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.fetch_task(req, &request_key, forge.fetch_timeout) => r,
+        };
+        match result {
+            Ok(resp) => {
+                request_key = new_request_key();
+                backoff.reset();
+                if let HealthChange::Up { failures } = health.succeeded() {
+                    tracing::info!(forge = %forge.name, failures, "forge answers again");
+                }
+                // Forgejo 14.0.0/14.0.1 could send additional tasks with an empty `task`.
+                let tasks: Vec<Task> = resp
+                    .task
+                    .into_iter()
+                    .chain(resp.additional_tasks)
+                    .filter(|t| t.id != 0)
+                    .collect();
+                if tasks.is_empty() {
+                    if resp.tasks_version > tasks_version {
+                        tasks_version = resp.tasks_version;
+                    }
+                    continue;
+                }
+                // Ask the database again next time: more jobs may be queued.
+                tasks_version = 0;
+                pause = Duration::ZERO;
+                for task in tasks {
+                    let slot = match reservation.take_one() {
+                        Some(s) => s,
+                        None => {
+                            tracing::warn!(
+                                forge = %forge.name,
+                                task = task.id,
+                                "the forge sent more tasks than asked for; this one waits for a free slot"
+                            );
+                            // Free what is left of the reservation first.
+                            drop(std::mem::replace(
+                                &mut reservation,
+                                empty_reservation(&shared),
+                            ));
+                            HostSlot::acquire(&shared.slots).await
+                        }
+                    };
+                    let s = shared.clone();
+                    let f = forge.clone();
+                    let c = client.clone();
+                    shared
+                        .tasks
+                        .spawn(async move { super::task::run_task(s, f, c, task, slot).await });
+                }
+                drop(reservation);
+            }
+            Err(e) => {
+                drop(reservation);
+                shared.metrics.forge_error(&forge.name, "FetchTask");
+                match health.failed() {
+                    HealthChange::Down => tracing::warn!(
+                        forge = %forge.name,
+                        error = %e,
+                        "polling failed; retrying with back-off (one line when it recovers)"
+                    ),
+                    _ => tracing::debug!(forge = %forge.name, error = %e, "poll failed again"),
+                }
+                if e.is_unauthenticated() {
+                    tracing::error!(
+                        forge = %forge.name,
+                        "the forge no longer knows this runner (deleted in its UI?); re-register it: remove the forge's credentials with a fresh registration token, or fix the credential file"
+                    );
+                }
+                pause = backoff.fail(rand::random::<f64>());
+            }
+        }
+    }
+}
+
+/// A reservation of nothing, to replace a used-up one.
+fn empty_reservation(shared: &Shared) -> super::slots::Reservation {
+    super::slots::Reservation::empty(&shared.slots)
+}
