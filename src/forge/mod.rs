@@ -1,6 +1,8 @@
 //! Forges: where tasks come from and where their logs and results go.
 //! `forgejo` speaks the Forgejo/Gitea runner protocol (Connect RPC).
 
+pub mod client;
+pub mod credentials;
 pub mod error;
 pub mod proto;
 
