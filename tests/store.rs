@@ -234,6 +234,35 @@ fn a_newer_schema_is_refused() {
 }
 
 #[test]
+fn an_older_schema_is_migrated_but_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("solstice.db");
+    {
+        // Ours, at schema version 0 (as if created before any migration).
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+    }
+    let err = Store::open_read_only(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooOld { found: 0, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("start the daemon once"), "{err}");
+    let store = Store::open(&path).unwrap();
+    store.insert_job(&new_job("task-a-1-x", 1, 1000)).unwrap();
+    drop(store);
+    assert_eq!(
+        Store::open_read_only(&path)
+            .unwrap()
+            .unfinished_jobs()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn read_only_open_works_beside_the_writer_and_cannot_write() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("solstice.db");
