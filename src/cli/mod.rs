@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and the top-level commands.
 
 pub mod exec;
+pub mod status;
 pub mod term;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Show the daemon's running and recently finished jobs (from its state database).
+    Status(status::StatusArgs),
     /// Measure boot-to-SSH and Solstice's own overhead against a plain QEMU baseline.
     Bench(BenchArgs),
     /// Serve the configured forges: poll for jobs and run each in a fresh VM
@@ -134,6 +137,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => crate::config::check_config_main(&file),
         Command::Exec(args) => run_async(exec::exec_main(args)),
         Command::Bench(args) => run_async(crate::bench::bench_main(args)),
+        Command::Status(args) => status::status_main(args),
     }
 }
 

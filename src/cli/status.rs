@@ -1,0 +1,315 @@
+//! `solstice status`: the daemon's jobs, read from its state database.
+//!
+//! Opens `<state_dir>/solstice.db` read-only, so it works while the daemon runs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::store::{self, JobRow, Store, StoreError};
+
+/// Arguments of `solstice status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Configuration file (same search order as `exec`).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// How many recently finished jobs to show.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub limit: usize,
+}
+
+/// Exit status of `solstice status`.
+pub mod exit {
+    /// No state database, or it cannot be read.
+    pub const NO_STATE: u8 = 1;
+    /// The configuration could not be found or is invalid.
+    pub const USAGE: u8 = 2;
+}
+
+/// The in-flight and recently finished jobs.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub db: PathBuf,
+    /// Every job not finished, oldest first.
+    pub in_flight: Vec<JobRow>,
+    /// The most recently finished jobs, newest first.
+    pub recent: Vec<JobRow>,
+}
+
+/// Reads the status from the state database in `state_dir`.
+pub fn read_status(state_dir: &Path, limit: usize) -> Result<Status, StoreError> {
+    let db = store::db_path(state_dir);
+    let store = Store::open_read_only(&db)?;
+    Ok(Status {
+        in_flight: store.unfinished_jobs()?,
+        recent: store.recent_finished_jobs(limit)?,
+        db,
+    })
+}
+
+/// `solstice status`.
+pub fn status_main(args: StatusArgs) -> ExitCode {
+    let (_, config) = match super::exec::load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let state_dir = &config.daemon.state_dir;
+    let status = match read_status(state_dir, args.limit) {
+        Ok(s) => s,
+        Err(StoreError::Missing { path }) => {
+            eprintln!(
+                "No state yet: the daemon has not run with state_dir = {} (no {})",
+                state_dir.display(),
+                path.display()
+            );
+            return ExitCode::from(exit::NO_STATE);
+        }
+        Err(e) => {
+            super::exec::report_error(&e);
+            return ExitCode::from(exit::NO_STATE);
+        }
+    };
+    let now = SystemTime::now();
+    if args.json {
+        println!("{:#}", status_json(&status, now));
+    } else {
+        print!("{}", render_text(&status, now));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The status as JSON: `{ "database", "in_flight": [job…], "recent": [job…] }`.
+pub fn status_json(status: &Status, now: SystemTime) -> Value {
+    json!({
+        "database": status.db.display().to_string(),
+        "in_flight": status.in_flight.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
+        "recent": status.recent.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
+    })
+}
+
+fn job_json(j: &JobRow, now: SystemTime) -> Value {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let ms_secs = |ms: Option<u64>| ms.map(|ms| ms as f64 / 1000.0);
+    json!({
+        "id": j.id,
+        "forge": j.forge,
+        "task_id": j.task_id,
+        "repository": j.repository,
+        "job_name": j.job_name,
+        "image": j.image,
+        "state": j.state.as_str(),
+        "result": j.result,
+        "reported": j.reported,
+        "steps": j.n_steps,
+        "received_at_unix": unix(j.received_at),
+        "finished_at_unix": j.finished_at.map(unix),
+        "age_secs": secs(now.duration_since(j.received_at).ok()),
+        "duration_secs": secs(j.duration()),
+        "time_to_first_step_secs": ms_secs(j.timings.to_first_step_ms()),
+        "provision_secs": ms_secs(j.timings.provision_ms),
+        "boot_secs": ms_secs(j.timings.boot_ms),
+        "ssh_ready_secs": ms_secs(j.timings.ssh_ready_ms),
+        "first_step_secs": ms_secs(j.timings.first_step_ms),
+    })
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The status as aligned tables.
+pub fn render_text(status: &Status, now: SystemTime) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("In flight: {}\n", status.in_flight.len()));
+    if !status.in_flight.is_empty() {
+        let mut rows = vec![strings(&[
+            "ID", "FORGE", "TASK", "JOB", "IMAGE", "STATE", "AGE",
+        ])];
+        for j in &status.in_flight {
+            rows.push(vec![
+                j.id.clone(),
+                j.forge.clone(),
+                j.task_id.to_string(),
+                job_label(j),
+                j.image.clone().unwrap_or_else(|| "-".into()),
+                j.state.to_string(),
+                human(now.duration_since(j.received_at).ok()),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out.push_str(&format!("\nRecently finished: {}\n", status.recent.len()));
+    if !status.recent.is_empty() {
+        let mut rows = vec![strings(&[
+            "ID",
+            "FORGE",
+            "TASK",
+            "JOB",
+            "IMAGE",
+            "RESULT",
+            "DURATION",
+            "FIRST STEP",
+            "FINISHED",
+        ])];
+        for j in &status.recent {
+            let mut result = j.result.clone().unwrap_or_else(|| "-".into());
+            if !j.reported {
+                result.push_str(" (unreported)");
+            }
+            rows.push(vec![
+                j.id.clone(),
+                j.forge.clone(),
+                j.task_id.to_string(),
+                job_label(j),
+                j.image.clone().unwrap_or_else(|| "-".into()),
+                result,
+                human(j.duration()),
+                human(j.timings.to_first_step_ms().map(Duration::from_millis)),
+                j.finished_at
+                    .and_then(|f| now.duration_since(f).ok())
+                    .map_or_else(|| "-".into(), |d| format!("{} ago", human(Some(d)))),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn job_label(j: &JobRow) -> String {
+    format!("{}: {}", j.repository, j.job_name)
+}
+
+/// Left-aligned columns separated by two spaces; no trailing spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `850ms`, `12.3s`, `4m05s`, `2h10m`, `3d04h`; `-` when unknown.
+pub fn human(d: Option<Duration>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
+    let s = d.as_secs();
+    if s < 1 {
+        format!("{}ms", d.as_millis())
+    } else if s < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobState, JobTimings};
+
+    fn job(id: &str, state: JobState) -> JobRow {
+        JobRow {
+            id: id.into(),
+            forge: "cb".into(),
+            task_id: 7,
+            job_name: "build".into(),
+            repository: "o/r".into(),
+            image: Some("debian".into()),
+            state,
+            n_steps: None,
+            result: None,
+            received_at: UNIX_EPOCH + Duration::from_secs(1000),
+            updated_at: UNIX_EPOCH + Duration::from_secs(1000),
+            finished_at: None,
+            reported: false,
+            log_ack: 0,
+            timings: JobTimings::default(),
+        }
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(human(None), "-");
+        assert_eq!(human(Some(Duration::from_millis(850))), "850ms");
+        assert_eq!(human(Some(Duration::from_millis(12_340))), "12.3s");
+        assert_eq!(human(Some(Duration::from_secs(245))), "4m05s");
+        assert_eq!(human(Some(Duration::from_secs(7800))), "2h10m");
+        assert_eq!(
+            human(Some(Duration::from_secs(3 * 86_400 + 4 * 3600))),
+            "3d04h"
+        );
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let mut done = job("task-cb-7-b", JobState::Finished);
+        done.result = Some("success".into());
+        done.finished_at = Some(UNIX_EPOCH + Duration::from_secs(1065));
+        done.timings = JobTimings {
+            provision_ms: Some(500),
+            boot_ms: Some(9000),
+            ssh_ready_ms: Some(400),
+            first_step_ms: Some(100),
+        };
+        let status = Status {
+            db: PathBuf::from("/s/solstice.db"),
+            in_flight: vec![job("task-cb-7-a", JobState::Booting)],
+            recent: vec![done],
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1090);
+        let text = render_text(&status, now);
+        let expected = "\
+In flight: 1
+ID           FORGE  TASK  JOB         IMAGE   STATE    AGE
+task-cb-7-a  cb     7     o/r: build  debian  booting  1m30s
+
+Recently finished: 1
+ID           FORGE  TASK  JOB         IMAGE   RESULT                DURATION  FIRST STEP  FINISHED
+task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10.0s       25.0s ago
+";
+        assert_eq!(text, expected);
+        let v = status_json(&status, now);
+        assert_eq!(v["in_flight"][0]["state"], "booting");
+        assert_eq!(v["in_flight"][0]["age_secs"], 90.0);
+        assert_eq!(v["recent"][0]["time_to_first_step_secs"], 10.0);
+        assert_eq!(v["recent"][0]["duration_secs"], 65.0);
+        assert_eq!(v["recent"][0]["reported"], false);
+    }
+}
