@@ -3,6 +3,8 @@
 
 pub mod error;
 pub mod proto;
+pub mod reporter;
+pub mod task;
 
 pub use error::{Code, ForgeError};
 
