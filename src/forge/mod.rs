@@ -5,6 +5,8 @@ pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod proto;
+pub mod reporter;
+pub mod task;
 
 pub use error::{Code, ForgeError};
 

@@ -1,0 +1,697 @@
+//! The forge reporter against a scripted in-memory forge that applies the
+//! server's append/ack rule, with injected failures. Time is paused, so the
+//! report intervals and back-off cost nothing.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use solstice::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
+use solstice::forge::proto::{
+    LogRow, TaskResult, TaskState, UpdateLogRequest, UpdateLogResponse, UpdateTaskRequest,
+    UpdateTaskResponse,
+};
+use solstice::forge::reporter::{
+    LOST_ROW, LogSpool, MemorySpool, ReportError, ReporterConfig, ReporterShared, TaskStateBuilder,
+    finish, run_reporter,
+};
+use solstice::forge::{Code, ForgeError, ReportApi};
+use tokio_util::sync::CancellationToken;
+
+/// What the next call does besides (or instead of) its normal work.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Fails without applying anything.
+    Fail(Code),
+    /// Applies the request, then the answer is lost (client sees a timeout).
+    LostResponse,
+    /// The forge restarts and loses its last `n` rows before applying.
+    Forget(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    Log {
+        index: i64,
+        rows: usize,
+        no_more: bool,
+    },
+    Task {
+        result: i32,
+        outputs: Vec<String>,
+    },
+}
+
+#[derive(Default)]
+struct ForgeState {
+    rows: Vec<LogRow>,
+    archived: bool,
+    last_state: Option<TaskState>,
+    final_result: Option<TaskResult>,
+    /// Set by the "cancel" button (or the zombie reaper).
+    stopped: Option<TaskResult>,
+    outputs: BTreeMap<String, String>,
+    /// The forge ignores outputs on this many more calls.
+    ignore_outputs: usize,
+    log_faults: VecDeque<Option<Fault>>,
+    task_faults: VecDeque<Option<Fault>>,
+    /// Every call fails with this code while set.
+    outage: Option<Code>,
+    calls: Vec<Call>,
+}
+
+#[derive(Default)]
+struct FakeForge(Mutex<ForgeState>);
+
+fn status(code: Code, procedure: &'static str, message: &str) -> ForgeError {
+    ForgeError::Status {
+        procedure,
+        http_status: code.http_status(),
+        code,
+        message: message.into(),
+    }
+}
+
+fn timeout(procedure: &'static str) -> ForgeError {
+    ForgeError::Transport {
+        procedure,
+        message: "operation timed out".into(),
+        timed_out: true,
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportApi for FakeForge {
+    async fn update_log(&self, req: UpdateLogRequest) -> Result<UpdateLogResponse, ForgeError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(Call::Log {
+            index: req.index,
+            rows: req.rows.len(),
+            no_more: req.no_more,
+        });
+        if let Some(code) = s.outage {
+            return Err(status(code, "UpdateLog", "outage"));
+        }
+        let fault = s.log_faults.pop_front().flatten();
+        match fault {
+            Some(Fault::Fail(code)) => return Err(status(code, "UpdateLog", "injected")),
+            Some(Fault::Forget(n)) => {
+                let keep = s.rows.len().saturating_sub(n);
+                s.rows.truncate(keep);
+            }
+            _ => {}
+        }
+        if s.archived && !req.rows.is_empty() {
+            return Err(status(
+                Code::AlreadyExists,
+                "UpdateLog",
+                "log file has been archived",
+            ));
+        }
+        // The server's rule (spec §3.5).
+        let l = s.rows.len() as i64;
+        let end = req.index + req.rows.len() as i64;
+        if req.index <= l && l < end {
+            let skip = (l - req.index) as usize;
+            s.rows.extend(req.rows[skip..].iter().cloned());
+        }
+        let ack = s.rows.len() as i64;
+        if req.no_more && !req.rows.is_empty() && ack >= end {
+            s.archived = true;
+        }
+        if fault == Some(Fault::LostResponse) {
+            return Err(timeout("UpdateLog"));
+        }
+        Ok(UpdateLogResponse { ack_index: ack })
+    }
+
+    async fn update_task(&self, req: UpdateTaskRequest) -> Result<UpdateTaskResponse, ForgeError> {
+        let mut s = self.0.lock().unwrap();
+        let state = req.state.clone().unwrap_or_default();
+        let mut keys: Vec<String> = req.outputs.keys().cloned().collect();
+        keys.sort();
+        s.calls.push(Call::Task {
+            result: state.result,
+            outputs: keys,
+        });
+        if let Some(code) = s.outage {
+            return Err(status(code, "UpdateTask", "outage"));
+        }
+        let fault = s.task_faults.pop_front().flatten();
+        if let Some(Fault::Fail(code)) = fault {
+            return Err(status(code, "UpdateTask", "injected"));
+        }
+        if s.final_result.is_none() && s.stopped.is_none() {
+            if state.result != 0 {
+                s.final_result = Some(TaskResult::from_wire(state.result));
+            }
+            s.last_state = Some(state.clone());
+        }
+        if s.ignore_outputs > 0 && !req.outputs.is_empty() {
+            s.ignore_outputs -= 1;
+        } else {
+            for (k, v) in req.outputs {
+                s.outputs.entry(k).or_insert(v);
+            }
+        }
+        let result = s
+            .stopped
+            .or(s.final_result)
+            .unwrap_or(TaskResult::Unspecified);
+        let resp = UpdateTaskResponse {
+            state: Some(TaskState {
+                id: state.id,
+                result: result as i32,
+                ..TaskState::default()
+            }),
+            sent_outputs: s.outputs.keys().cloned().collect(),
+        };
+        if fault == Some(Fault::LostResponse) {
+            return Err(timeout("UpdateTask"));
+        }
+        Ok(resp)
+    }
+}
+
+impl FakeForge {
+    fn with<R>(&self, f: impl FnOnce(&mut ForgeState) -> R) -> R {
+        f(&mut self.0.lock().unwrap())
+    }
+
+    fn contents(&self) -> Vec<String> {
+        self.with(|s| s.rows.iter().map(|r| r.content.clone()).collect())
+    }
+}
+
+fn config() -> ReporterConfig {
+    ReporterConfig {
+        // Small requests and batches, so chunking is exercised.
+        max_rows_per_request: 7,
+        batch_rows: 5,
+        ..ReporterConfig::default()
+    }
+}
+
+fn shared_for(steps: usize, cfg: ReporterConfig) -> (Arc<ReporterShared>, Arc<MemorySpool>) {
+    let mut b = TaskStateBuilder::new(42, steps, false);
+    b.received(
+        "solstice-test",
+        "solstice-0.1.0",
+        "build",
+        "push",
+        solstice::forge::proto::now(),
+    );
+    let spool = Arc::new(MemorySpool::new());
+    let shared = Arc::new(ReporterShared::new(
+        b,
+        spool.clone() as Arc<dyn LogSpool>,
+        cfg,
+    ));
+    (shared, spool)
+}
+
+fn line(step: usize, text: String) -> JobEvent {
+    JobEvent::Line {
+        step: Some(step),
+        kind: LineKind::Stdout,
+        text,
+    }
+}
+
+/// A job of `steps` steps with `lines` unique lines each, emitted over time.
+async fn run_job(sink: &dyn EventSink, steps: usize, lines: usize, pause: Duration) {
+    sink.emit(JobEvent::Phase {
+        phase: Phase::Boot,
+        detail: "booting".into(),
+    });
+    for s in 0..steps {
+        sink.emit(JobEvent::StepStarted {
+            index: s,
+            name: format!("step {s}"),
+        });
+        for i in 0..lines {
+            sink.emit(line(s, format!("s{s} l{i}")));
+            if i % 4 == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        sink.emit(JobEvent::StepFinished {
+            index: s,
+            outcome: Conclusion::Success,
+            conclusion: Conclusion::Success,
+            duration: Duration::from_secs(1),
+        });
+    }
+    sink.emit(JobEvent::JobFinished {
+        conclusion: Conclusion::Success,
+        duration: Duration::from_secs(1),
+    });
+}
+
+/// Each step's rows on the forge are exactly its lines, in order.
+fn assert_steps_intact(forge: &FakeForge, steps: usize, lines: usize) {
+    let rows = forge.contents();
+    let state = forge.with(|s| s.last_state.clone()).expect("a final state");
+    assert_eq!(state.steps.len(), steps);
+    for (s, st) in state.steps.iter().enumerate() {
+        let from = st.log_index as usize;
+        let got = &rows[from..from + st.log_length as usize];
+        let want: Vec<String> = (0..lines).map(|i| format!("s{s} l{i}")).collect();
+        assert_eq!(got, want.as_slice(), "step {s}");
+        assert_eq!(st.result, TaskResult::Success as i32);
+    }
+}
+
+/// Every row exactly once: no loss, no duplicate.
+fn assert_unique_lines(forge: &FakeForge, steps: usize, lines: usize) {
+    let rows = forge.contents();
+    for s in 0..steps {
+        for i in 0..lines {
+            let l = format!("s{s} l{i}");
+            assert_eq!(rows.iter().filter(|r| **r == l).count(), 1, "{l}");
+        }
+    }
+}
+
+/// All UpdateLog calls (the last with no_more) come before the final UpdateTask.
+fn assert_final_order(forge: &FakeForge) {
+    let calls = forge.with(|s| s.calls.clone());
+    let first_final = calls
+        .iter()
+        .position(|c| matches!(c, Call::Task { result, .. } if *result != 0))
+        .expect("a final UpdateTask");
+    let last_log = calls
+        .iter()
+        .rposition(|c| matches!(c, Call::Log { .. }))
+        .unwrap();
+    assert!(last_log < first_final, "{calls:?}");
+    assert!(
+        matches!(calls[last_log], Call::Log { no_more: true, .. }),
+        "{calls:?}"
+    );
+    assert!(forge.with(|s| s.archived));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_row_arrives_once_despite_errors_and_lost_responses() {
+    let forge = Arc::new(FakeForge::default());
+    forge.with(|s| {
+        let pattern = [
+            None,
+            Some(Fault::Fail(Code::Unavailable)),
+            Some(Fault::LostResponse),
+            None,
+            Some(Fault::LostResponse),
+            Some(Fault::Fail(Code::Internal)),
+        ];
+        s.log_faults = pattern.iter().cycle().take(200).copied().collect();
+        s.task_faults = [
+            None,
+            Some(Fault::LostResponse),
+            Some(Fault::Fail(Code::Unknown)),
+        ]
+        .iter()
+        .cycle()
+        .take(20)
+        .copied()
+        .collect();
+    });
+    let (shared, spool) = shared_for(3, config());
+    let cancel = CancellationToken::new();
+    let reporter = tokio::spawn(run_reporter(forge.clone(), shared.clone(), cancel.clone()));
+    run_job(shared.as_ref(), 3, 40, Duration::from_millis(300)).await;
+    let mut outputs = IndexMap::new();
+    outputs.insert("version".to_string(), "1.2.3".to_string());
+    shared.close(Conclusion::Success, &outputs, None);
+    reporter.await.unwrap().unwrap();
+
+    assert!(!cancel.is_cancelled());
+    assert!(shared.is_done());
+    let rows = forge.contents();
+    assert_eq!(rows.len() as u64, shared.total_rows());
+    assert_eq!(shared.acked_rows(), shared.total_rows());
+    assert_eq!(spool.held(), 0);
+    assert!(rows[0].contains("received task 42 of job build"));
+    assert_eq!(rows.last().unwrap(), "Job succeeded");
+    assert_unique_lines(&forge, 3, 40);
+    assert_steps_intact(&forge, 3, 40);
+    assert_final_order(&forge);
+    let (result, stored) = forge.with(|s| (s.final_result, s.outputs.clone()));
+    assert_eq!(result, Some(TaskResult::Success));
+    assert_eq!(stored["version"], "1.2.3");
+    // Requests were capped.
+    assert!(forge.with(|s| s.calls.iter().all(|c| match c {
+        Call::Log { rows, .. } => *rows <= 7,
+        _ => true,
+    })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_lost_by_a_restarted_forge_are_resent_in_place() {
+    let forge = Arc::new(FakeForge::default());
+    let (shared, _spool) = shared_for(2, config());
+    let cancel = CancellationToken::new();
+    let reporter = tokio::spawn(run_reporter(forge.clone(), shared.clone(), cancel.clone()));
+    // First step fully uploaded, then the forge forgets 3 acknowledged rows.
+    run_job(shared.as_ref(), 1, 10, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(shared.acked_rows(), shared.total_rows());
+    forge.with(|s| s.log_faults.push_back(Some(Fault::Forget(3))));
+    shared.emit(JobEvent::Phase {
+        phase: Phase::Teardown,
+        detail: "teardown".into(),
+    });
+    shared.close(Conclusion::Success, &IndexMap::new(), None);
+    reporter.await.unwrap().unwrap();
+    let rows = forge.contents();
+    // Same number of rows, the lost ones replaced by placeholders, so every
+    // later index is still right.
+    assert_eq!(rows.len() as u64, shared.total_rows());
+    assert_eq!(rows.iter().filter(|r| *r == LOST_ROW).count(), 3);
+    assert_eq!(rows[rows.len() - 2], "Tearing down: teardown");
+    assert_eq!(rows.last().unwrap(), "Job succeeded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_cancellation_cancels_the_job_once() {
+    for (stop, text) in [
+        (TaskResult::Cancelled, "The job was cancelled on the forge"),
+        (
+            TaskResult::Failure,
+            "The job was marked failed by the forge; cancelling it",
+        ),
+    ] {
+        let forge = Arc::new(FakeForge::default());
+        let (shared, _spool) = shared_for(2, config());
+        let cancel = CancellationToken::new();
+        let reporter = tokio::spawn(run_reporter(forge.clone(), shared.clone(), cancel.clone()));
+        shared.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "long".into(),
+        });
+        shared.emit(line(0, "working".into()));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!cancel.is_cancelled());
+        forge.with(|s| s.stopped = Some(stop));
+        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+            .await
+            .expect("the job token is cancelled");
+        assert_eq!(shared.forge_stop(), Some(stop));
+        // The job reacts: its step ends cancelled; it says success anyway.
+        shared.emit(line(0, "stopping".into()));
+        shared.emit(JobEvent::StepFinished {
+            index: 0,
+            outcome: Conclusion::Cancelled,
+            conclusion: Conclusion::Cancelled,
+            duration: Duration::from_secs(1),
+        });
+        shared.emit(JobEvent::JobFinished {
+            conclusion: Conclusion::Cancelled,
+            duration: Duration::from_secs(3),
+        });
+        let mut outputs = IndexMap::new();
+        outputs.insert("x".to_string(), "y".to_string());
+        shared.close(Conclusion::Success, &outputs, None);
+        reporter.await.unwrap().unwrap();
+        let rows = forge.contents();
+        // The notice sits in the running step, which stays contiguous.
+        assert_eq!(rows.iter().filter(|r| *r == text).count(), 1, "{rows:?}");
+        let st = shared.state();
+        assert_eq!(st.result, TaskResult::Cancelled as i32);
+        let s0 = &st.steps[0];
+        let span = &rows[s0.log_index as usize..(s0.log_index + s0.log_length) as usize];
+        assert_eq!(span, ["working", text, "stopping"]);
+        assert_eq!(st.steps[1].result, TaskResult::Cancelled as i32);
+        // Outputs are only sent for a successful job.
+        let sent_outputs = forge.with(|s| {
+            s.calls
+                .iter()
+                .any(|c| matches!(c, Call::Task { outputs, .. } if !outputs.is_empty()))
+        });
+        assert!(!sent_outputs);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outputs_are_resent_until_acknowledged() {
+    let forge = Arc::new(FakeForge::default());
+    forge.with(|s| s.ignore_outputs = 2);
+    let (shared, _spool) = shared_for(1, config());
+    let cancel = CancellationToken::new();
+    let reporter = tokio::spawn(run_reporter(forge.clone(), shared.clone(), cancel.clone()));
+    run_job(shared.as_ref(), 1, 3, Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut outputs = IndexMap::new();
+    outputs.insert("a".to_string(), "1".to_string());
+    outputs.insert("b".to_string(), "2".to_string());
+    outputs.insert("k".repeat(300), "too long a key".to_string());
+    shared.close(Conclusion::Success, &outputs, None);
+    reporter.await.unwrap().unwrap();
+    let calls = forge.with(|s| s.calls.clone());
+    let with_outputs: Vec<&Call> = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Task { outputs, .. } if !outputs.is_empty()))
+        .collect();
+    // Ignored twice, taken on the third call; none while the job ran.
+    assert_eq!(with_outputs.len(), 3, "{calls:?}");
+    for c in &with_outputs {
+        assert_eq!(
+            **c,
+            Call::Task {
+                result: TaskResult::Success as i32,
+                outputs: vec!["a".into(), "b".into()]
+            }
+        );
+    }
+    assert_eq!(forge.with(|s| s.outputs.len()), 2);
+    // No periodic UpdateTask went out after JobFinished set the result.
+    let finished_at = calls
+        .iter()
+        .position(|c| matches!(c, Call::Task { result, .. } if *result != 0))
+        .unwrap();
+    assert!(calls[finished_at..].iter().all(|c| match c {
+        Call::Task { result, .. } => *result != 0,
+        Call::Log { .. } => true,
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_periodic_state_after_the_result_is_set_but_logs_go_on() {
+    let forge = Arc::new(FakeForge::default());
+    let (shared, _spool) = shared_for(1, config());
+    let cancel = CancellationToken::new();
+    let reporter = tokio::spawn(run_reporter(forge.clone(), shared.clone(), cancel.clone()));
+    run_job(shared.as_ref(), 1, 2, Duration::from_millis(10)).await;
+    let tasks_before = forge.with(|s| {
+        s.calls
+            .iter()
+            .filter(|c| matches!(c, Call::Task { .. }))
+            .count()
+    });
+    // Teardown lines keep flowing after JobFinished.
+    for i in 0..3 {
+        shared.emit(JobEvent::Phase {
+            phase: Phase::Teardown,
+            detail: format!("t{i}"),
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(forge.contents().contains(&"Tearing down: t2".to_string()));
+    let tasks_after = forge.with(|s| {
+        s.calls
+            .iter()
+            .filter(|c| matches!(c, Call::Task { .. }))
+            .count()
+    });
+    assert_eq!(tasks_before, tasks_after);
+    shared.close(Conclusion::Success, &IndexMap::new(), Some("last words"));
+    reporter.await.unwrap().unwrap();
+    let rows = forge.contents();
+    assert_eq!(&rows[rows.len() - 2..], ["last words", "Job succeeded"]);
+    assert_final_order(&forge);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_final_answer_then_already_exists_counts_as_done() {
+    let forge = Arc::new(FakeForge::default());
+    let mut cfg = config();
+    cfg.max_rows_per_request = 1000;
+    let (shared, _spool) = shared_for(1, cfg);
+    let cancel = CancellationToken::new();
+    run_job(shared.as_ref(), 1, 3, Duration::from_millis(10)).await;
+    shared.close(Conclusion::Failure, &IndexMap::new(), Some("exit 1"));
+    // The only UpdateLog (all rows, no_more) is applied but its answer lost;
+    // the retry meets an archived log.
+    forge.with(|s| s.log_faults.push_back(Some(Fault::LostResponse)));
+    finish(forge.as_ref(), &shared, &cancel).await.unwrap();
+    let calls = forge.with(|s| s.calls.clone());
+    let logs: Vec<&Call> = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Log { .. }))
+        .collect();
+    assert_eq!(logs.len(), 2, "{calls:?}");
+    assert!(logs.iter().all(|c| matches!(
+        c,
+        Call::Log {
+            index: 0,
+            no_more: true,
+            ..
+        }
+    )));
+    assert!(forge.with(|s| s.archived));
+    assert_eq!(forge.contents().len() as u64, shared.total_rows());
+    assert_unique_lines(&forge, 1, 3);
+    assert_eq!(forge.with(|s| s.final_result), Some(TaskResult::Failure));
+    assert!(shared.is_done());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_final_sequence_gives_up_then_resumes() {
+    let forge = Arc::new(FakeForge::default());
+    forge.with(|s| s.outage = Some(Code::Unavailable));
+    let mut cfg = config();
+    cfg.final_budget = Duration::from_secs(60);
+    let (shared, _spool) = shared_for(1, cfg);
+    let cancel = CancellationToken::new();
+    let reporter = tokio::spawn(run_reporter(forge.clone(), shared.clone(), cancel.clone()));
+    run_job(shared.as_ref(), 1, 12, Duration::from_millis(100)).await;
+    shared.close(Conclusion::Success, &IndexMap::new(), None);
+    let started = tokio::time::Instant::now();
+    let err = reporter.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, ReportError::GaveUp { stage: "log", .. }),
+        "{err}"
+    );
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(60), "{took:?}");
+    assert!(took >= Duration::from_secs(40), "{took:?}");
+    assert!(!cancel.is_cancelled());
+    // Back-off: 100 ms doubling, capped at 10 s.
+    let attempts = forge.with(|s| s.calls.len());
+    assert!((8..=15).contains(&attempts), "{attempts}");
+    // The forge comes back: finishing again sends everything, once.
+    forge.with(|s| s.outage = None);
+    finish(forge.as_ref(), &shared, &cancel).await.unwrap();
+    assert!(shared.is_done());
+    assert_eq!(forge.contents().len() as u64, shared.total_rows());
+    assert_unique_lines(&forge, 1, 12);
+    assert_steps_intact(&forge, 1, 12);
+    assert_final_order(&forge);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_credentials_stop_reporting_at_once() {
+    // While the job runs: the job is cancelled and the loop ends.
+    let forge = Arc::new(FakeForge::default());
+    forge.with(|s| s.outage = Some(Code::Unauthenticated));
+    let (shared, _spool) = shared_for(1, config());
+    let cancel = CancellationToken::new();
+    let err = run_reporter(forge.clone(), shared.clone(), cancel.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ReportError::Unauthenticated { task_id: 42, .. }
+    ));
+    assert!(cancel.is_cancelled());
+    assert_eq!(forge.with(|s| s.calls.len()), 1);
+
+    // In the final sequence: no retries.
+    let forge = Arc::new(FakeForge::default());
+    let (shared, _spool) = shared_for(1, config());
+    shared.close(Conclusion::Success, &IndexMap::new(), None);
+    forge.with(|s| s.outage = Some(Code::Unauthenticated));
+    let err = finish(forge.as_ref(), &shared, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReportError::Unauthenticated { .. }), "{err}");
+    assert_eq!(forge.with(|s| s.calls.len()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_output_keeps_the_memory_batch_bounded() {
+    let cfg = ReporterConfig::default();
+    let (shared, spool) = shared_for(1, cfg.clone());
+    shared.emit(JobEvent::StepStarted {
+        index: 0,
+        name: "flood".into(),
+    });
+    let text = "x".repeat(100);
+    let mut max_pending = 0;
+    for i in 0..50_000 {
+        shared.emit(line(0, format!("{i} {text}")));
+        max_pending = max_pending.max(shared.pending_rows());
+    }
+    assert!(max_pending <= cfg.batch_rows, "{max_pending}");
+    assert!(spool.held() + shared.pending_rows() == shared.total_rows() as usize);
+    // A 2 MiB line alone exceeds the byte threshold and goes to the spool at once.
+    shared.emit(line(0, "y".repeat(2 * 1024 * 1024)));
+    assert_eq!(shared.pending_rows(), 0);
+    // Upload drains the spool.
+    let forge = Arc::new(FakeForge::default());
+    shared.emit(JobEvent::StepFinished {
+        index: 0,
+        outcome: Conclusion::Success,
+        conclusion: Conclusion::Success,
+        duration: Duration::from_secs(1),
+    });
+    shared.close(Conclusion::Success, &IndexMap::new(), None);
+    finish(forge.as_ref(), &shared, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(spool.held(), 0);
+    assert_eq!(forge.contents().len() as u64, shared.total_rows());
+    // Requests respect the byte cap (a row bigger than it goes alone).
+    let calls = forge.with(|s| s.calls.clone());
+    assert!(calls.iter().all(|c| match c {
+        Call::Log { rows, .. } => *rows <= cfg.max_rows_per_request,
+        _ => true,
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_untranslatable_task_is_reported_failed_with_its_error() {
+    use solstice::forge::proto::{Task, json_to_struct};
+    use solstice::forge::task::{TranslateOptions, numbered_payload, translate};
+    let task = Task {
+        id: 42,
+        workflow_payload: Some(b"jobs:\n  a:\n    runs-on: linux\n    steps: [\n".to_vec()),
+        context: Some(json_to_struct(&serde_json::json!({"event_name": "push"}))),
+        ..Task::default()
+    };
+    let opts = TranslateOptions {
+        instance_url: "https://forge.example".into(),
+        runner: solstice::executor::RunnerInfo {
+            os: solstice::config::GuestOs::Linux,
+            name: "r".into(),
+            arch: "X64".into(),
+            home: None,
+        },
+        max_job_timeout: None,
+    };
+    let err = translate(&task, &opts).unwrap_err();
+    // No steps are known: everything goes into "Set up job" / "Complete job".
+    let (shared, _spool) = shared_for(0, config());
+    for l in numbered_payload(&task) {
+        shared.emit(JobEvent::Line {
+            step: None,
+            kind: LineKind::Runner,
+            text: l,
+        });
+    }
+    shared.close(
+        Conclusion::Failure,
+        &IndexMap::new(),
+        Some(&err.to_string()),
+    );
+    let forge = FakeForge::default();
+    finish(&forge, &shared, &CancellationToken::new())
+        .await
+        .unwrap();
+    let rows = forge.contents();
+    assert_eq!(rows[2], "   1: jobs:");
+    assert!(rows[rows.len() - 2].starts_with("The workflow payload cannot be run: "));
+    assert_eq!(forge.with(|s| s.final_result), Some(TaskResult::Failure));
+    assert!(forge.with(|s| s.archived));
+}
