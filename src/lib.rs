@@ -14,5 +14,6 @@ pub mod guest;
 pub mod runner;
 pub mod secret;
 pub mod ssh;
+pub mod testing;
 pub mod vm;
 pub mod workflow;
