@@ -1245,6 +1245,12 @@ impl State {
         }
     }
 
+    /// UpdateLog, §3.5: rows are appended only when `index ≤ L < index+len`;
+    /// every answer is the new `L`. As in Forgejo, a call that appends nothing
+    /// (empty, duplicates only, or a gap) returns early, so a `no_more` without
+    /// new rows does not archive the log (it only sets `no_more`). Once
+    /// archived, new rows get `already_exists`. A gap is also recorded as a
+    /// protocol violation (a correct client never claims rows the server lacks).
     fn update_log(
         &mut self,
         runner_id: i64,
