@@ -17,5 +17,6 @@ pub mod runner;
 pub mod secret;
 pub mod ssh;
 pub mod store;
+pub mod testing;
 pub mod vm;
 pub mod workflow;

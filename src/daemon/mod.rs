@@ -49,7 +49,7 @@ pub enum DaemonError {
     #[error("Cannot open the state database")]
     Store(#[source] crate::store::StoreError),
     #[error("Cannot choose an accelerator")]
-    Accel(#[source] crate::vm::VmError),
+    Accel(#[source] crate::vm::accel::AccelError),
     #[error("Forge {forge}: {message}")]
     Forge { forge: String, message: String },
     #[error("Cannot serve metrics on {addr}")]
@@ -95,7 +95,6 @@ impl Shared {
             "serving"
         };
         notify::status(&format!("{what}: {running} of {max} jobs running"));
-        self.metrics.set_running(running as i64);
     }
 }
 
@@ -175,11 +174,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),
     });
-    metrics.set_capacity(i64::from(config.daemon.max_concurrent_jobs));
+    metrics.set_capacity(config.daemon.max_concurrent_jobs);
 
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = config.daemon.metrics_listen {
-        let bound = crate::metrics::serve(metrics.clone(), addr, metrics_stop.clone())
+        let (bound, _server) = crate::metrics::serve(metrics.clone(), addr, metrics_stop.clone())
             .await
             .map_err(|source| DaemonError::Metrics { addr, source })?;
         tracing::info!(address = %bound, "metrics served at /metrics");
@@ -285,7 +284,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .await
             .is_err()
         {
-            tracing::error!("jobs did not finish reporting in time; their state stays in the database for the next start");
+            tracing::error!(
+                "jobs did not finish reporting in time; their state stays in the database for the next start"
+            );
         }
     }
     watchdog_stop.cancel();

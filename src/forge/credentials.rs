@@ -22,17 +22,7 @@ const WHERE_TOKENS_ARE: &str =
     "Site Administration, or the organisation's or repository's Settings → Actions → Runners";
 
 /// A runner's credentials as the state store keeps them, per forge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCredentials {
-    /// The forge URL the credentials belong to.
-    pub url: String,
-    pub uuid: String,
-    pub token: Secret,
-    /// The runner's id at the forge; 0 when not known.
-    pub runner_id: i64,
-    /// The label names last declared (or registered) successfully.
-    pub declared_labels: Vec<String>,
-}
+pub use crate::store::CredentialsRow as StoredCredentials;
 
 /// The result of [`obtain`].
 #[derive(Debug, Clone)]

@@ -244,6 +244,22 @@ impl TaskStateBuilder {
         }
     }
 
+    /// A builder that continues a task whose last reported state was `state`
+    /// and whose log has `total_rows` rows (after a daemon restart). No
+    /// step is running; new rows go after every step's rows.
+    pub fn resume(state: &TaskState, total_rows: u64, debug: bool) -> Self {
+        let mut b = TaskStateBuilder::new(state.id, state.steps.len(), debug);
+        for (i, (t, s)) in b.steps.iter_mut().zip(&state.steps).enumerate() {
+            t.state = s.clone();
+            t.state.id = i64::try_from(i).unwrap_or(i64::MAX);
+            t.has_rows = s.log_length > 0;
+        }
+        b.any_started = state.steps.iter().any(|s| s.started_at.is_some());
+        b.started_at = state.started_at;
+        b.total = total_rows;
+        b
+    }
+
     /// The first rows of the log, as forgejo-runner writes them.
     pub fn received(
         &mut self,
@@ -617,6 +633,24 @@ impl ReporterShared {
             config,
             wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Continues a report after a restart: the forge acknowledged `acked`
+    /// rows, and the spool holds rows up to `spooled` (the builder's total).
+    pub fn resume(
+        builder: TaskStateBuilder,
+        spool: Arc<dyn LogSpool>,
+        config: ReporterConfig,
+        acked: u64,
+    ) -> Self {
+        let spooled = builder.total_rows();
+        let r = ReporterShared::new(builder, spool, config);
+        {
+            let mut inner = r.lock();
+            inner.spooled = spooled;
+            inner.acked = acked.min(spooled);
+        }
+        r
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

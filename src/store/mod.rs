@@ -75,7 +75,8 @@ CREATE TABLE jobs (
     provision_ms   INTEGER,
     boot_ms        INTEGER,
     ssh_ready_ms   INTEGER,
-    first_step_ms  INTEGER
+    first_step_ms  INTEGER,
+    task_state     BLOB -- the last runner.v1.TaskState sent (protobuf), for reports after a crash
 ) STRICT;
 CREATE INDEX jobs_unfinished ON jobs(state) WHERE state <> 'finished';
 CREATE INDEX jobs_received ON jobs(received_at_ms);
@@ -826,6 +827,32 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Keeps the last task state sent to the forge (encoded protobuf), so a
+    /// report after a crash keeps the steps' results.
+    pub fn save_task_state(&self, id: &str, state: &[u8]) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached("UPDATE jobs SET task_state = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, state]))
+            .map_err(self.err("save a task state"))?;
+        if n == 0 {
+            return Err(StoreError::UnknownJob { id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The task state saved by [`Store::save_task_state`], if any.
+    pub fn task_state(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached("SELECT task_state FROM jobs WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id], |r| r.get::<_, Option<Vec<u8>>>(0))
+                    .optional()
+            })
+            .map(Option::flatten)
+            .map_err(self.err("read a task state"))
     }
 
     /// Forgets a job's VM once QEMU is gone and its directory removed.

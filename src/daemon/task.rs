@@ -1,0 +1,436 @@
+//! One task from fetch to final report: record it, translate it, pick its
+//! image, wait for the image's slot, run it in a VM while the reporter
+//! streams it to the forge, then report the end and forget the VM.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::slots::HostSlot;
+use super::{RunningJob, Shared};
+use crate::config::ForgeConfig;
+use crate::events::Conclusion;
+use crate::executor::RunnerInfo;
+use crate::forge::ReportApi;
+use crate::forge::client::ForgejoClient;
+use crate::forge::proto::{self, LogRow, Task};
+use crate::forge::reporter::{
+    LogSpool, ReporterConfig, ReporterShared, SpoolError, TaskStateBuilder, run_reporter,
+};
+use crate::forge::task::{TranslateOptions, numbered_payload, pick_image, translate};
+use crate::metrics::LatencySplit;
+use crate::runner::{self, VmObserver, VmRun};
+use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, daemon_job_id};
+
+/// A job's log rows in the state database, so that none is lost when the
+/// daemon dies and memory stays bounded however much a step prints.
+pub(crate) struct StoreSpool {
+    pub store: Arc<Store>,
+    pub job_id: String,
+    /// Rows below this index were acknowledged and dropped.
+    pub acked: Mutex<u64>,
+}
+
+fn storage(e: crate::store::StoreError) -> SpoolError {
+    SpoolError::Storage(e.to_string())
+}
+
+impl LogSpool for StoreSpool {
+    fn append(&self, first_index: u64, rows: &[LogRow]) -> Result<(), SpoolError> {
+        let end = u64::try_from(self.store.log_end(&self.job_id).map_err(storage)?).unwrap_or(0);
+        // Rows already held are not stored twice.
+        let skip = usize::try_from(end.saturating_sub(first_index)).unwrap_or(usize::MAX);
+        let Some(rows) = rows.get(skip..).filter(|r| !r.is_empty()) else {
+            return Ok(());
+        };
+        let data: Vec<LogRowData> = rows
+            .iter()
+            .map(|r| LogRowData {
+                time: r.time.map(system_time).unwrap_or(SystemTime::UNIX_EPOCH),
+                content: r.content.clone(),
+            })
+            .collect();
+        let first = i64::try_from(first_index.max(end)).unwrap_or(i64::MAX);
+        self.store
+            .append_log_rows(&self.job_id, first, &data)
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        from: u64,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogRow>, SpoolError> {
+        let acked = *self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        if from < acked {
+            return Err(SpoolError::Acknowledged { first: acked });
+        }
+        let rows = self
+            .store
+            .log_rows(
+                &self.job_id,
+                i64::try_from(from).unwrap_or(i64::MAX),
+                max_rows,
+                max_bytes,
+            )
+            .map_err(storage)?;
+        Ok(rows
+            .into_iter()
+            .map(|(_, r)| LogRow {
+                time: Some(proto::timestamp(r.time)),
+                content: r.content,
+            })
+            .collect())
+    }
+
+    fn ack(&self, upto: u64) -> Result<(), SpoolError> {
+        self.store
+            .ack_log(&self.job_id, i64::try_from(upto).unwrap_or(i64::MAX))
+            .map_err(storage)?;
+        let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        *a = (*a).max(upto);
+        Ok(())
+    }
+}
+
+fn system_time(t: proto::Timestamp) -> SystemTime {
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let nanos = u32::try_from(t.nanos).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+}
+
+/// Records the VM's resources in the state database before they exist.
+struct StoreObserver {
+    store: Arc<Store>,
+    job_id: String,
+    spawned: Mutex<Option<Instant>>,
+}
+
+impl VmObserver for StoreObserver {
+    fn before_start(&self, dir: &std::path::Path) -> Result<(), String> {
+        let _ = self
+            .store
+            .set_job_state(&self.job_id, JobState::Provisioning);
+        self.store
+            .record_vm(&self.job_id, dir)
+            .map_err(|e| e.to_string())
+    }
+
+    fn started(&self, pid: u32, ssh_port: u16) {
+        if let Ok(mut s) = self.spawned.lock() {
+            *s = Some(Instant::now());
+        }
+        if let Err(e) = self.store.record_vm_process(&self.job_id, pid, ssh_port) {
+            tracing::warn!(job = %self.job_id, error = %e, "could not record the VM's process");
+        }
+        let _ = self.store.set_job_state(&self.job_id, JobState::Booting);
+    }
+
+    fn destroyed(&self) {
+        if let Err(e) = self.store.forget_vm(&self.job_id) {
+            tracing::warn!(job = %self.job_id, error = %e, "could not forget the VM record");
+        }
+    }
+}
+
+/// Marks the job running when its first step starts.
+struct StateSink<'a> {
+    inner: &'a ReporterShared,
+    store: &'a Store,
+    job_id: &'a str,
+    started: Mutex<bool>,
+}
+
+impl crate::events::EventSink for StateSink<'_> {
+    fn emit(&self, event: crate::events::JobEvent) {
+        if matches!(event, crate::events::JobEvent::StepStarted { .. })
+            && let Ok(mut s) = self.started.lock()
+            && !*s
+        {
+            *s = true;
+            let _ = self.store.set_job_state(self.job_id, JobState::Running);
+        }
+        self.inner.emit(event);
+    }
+}
+
+/// Runs one task to the end. Never panics on bad input: every problem ends
+/// as a failed task with an explanation in its log.
+pub(crate) async fn run_task(
+    shared: Arc<Shared>,
+    forge: ForgeConfig,
+    client: ForgejoClient,
+    task: Task,
+    host_slot: HostSlot,
+) {
+    let received = Instant::now();
+    let task_id = task.id;
+    let job_id = daemon_job_id(&forge.name, task_id);
+    let store = shared.store.clone();
+    let config = &shared.config;
+
+    let runner = RunnerInfo {
+        os: crate::config::GuestOs::Linux,
+        name: forge.runner_name.clone(),
+        arch: "X64".into(),
+        home: None,
+    };
+    let opts = TranslateOptions {
+        instance_url: forge.url.clone(),
+        runner,
+        max_job_timeout: Some(config.daemon.max_job_timeout),
+    };
+    let translated = translate(&task, &opts);
+    let (job_name, repository, step_count, event, debug) = match &translated {
+        Ok(t) => (
+            t.job_name.clone(),
+            t.repository.clone(),
+            t.step_count,
+            t.event_name.clone(),
+            t.step_debug,
+        ),
+        Err(_) => (
+            String::from("(unreadable)"),
+            String::new(),
+            0,
+            String::new(),
+            false,
+        ),
+    };
+    tracing::info!(forge = %forge.name, task = task_id, job = %job_name, repository = %repository, id = %job_id, "task received");
+
+    // Recorded before anything else exists, so a crash from here on is
+    // reported at the next start.
+    let recorded = store.insert_job(&NewJob {
+        id: job_id.clone(),
+        forge: forge.name.clone(),
+        task_id,
+        job_name: job_name.clone(),
+        repository: repository.clone(),
+        image: None,
+        received_at: SystemTime::now(),
+    });
+    if let Err(e) = &recorded {
+        tracing::error!(task = task_id, error = %e, "could not record the task in the state database; it runs without crash recovery");
+    }
+    let _ = store.set_job_steps(&job_id, i64::try_from(step_count).unwrap_or(0));
+
+    let spool: Arc<dyn LogSpool> = if recorded.is_ok() {
+        Arc::new(StoreSpool {
+            store: store.clone(),
+            job_id: job_id.clone(),
+            acked: Mutex::new(0),
+        })
+    } else {
+        Arc::new(crate::forge::reporter::MemorySpool::new())
+    };
+    let mut builder = TaskStateBuilder::new(task_id, step_count, debug);
+    builder.received(
+        &forge.runner_name,
+        super::RUNNER_VERSION,
+        &job_name,
+        &event,
+        proto::now(),
+    );
+    let reporter = Arc::new(ReporterShared::new(
+        builder,
+        spool,
+        ReporterConfig::default(),
+    ));
+    let cancel = CancellationToken::new();
+    if let Ok(mut r) = shared.running.lock() {
+        r.insert(
+            job_id.clone(),
+            RunningJob {
+                forge: forge.name.clone(),
+                task_id,
+                cancel: cancel.clone(),
+            },
+        );
+    }
+    shared.metrics.job_started();
+    shared.update_status();
+    let api: Arc<dyn ReportApi> = Arc::new(client.clone());
+    let report = tokio::spawn(run_reporter(api, reporter.clone(), cancel.clone()));
+    let saver = tokio::spawn(save_states(store.clone(), job_id.clone(), reporter.clone()));
+
+    let (conclusion, outputs, error) = match translated {
+        Err(e) => {
+            let mut text = format!("Cannot run this task: {e}");
+            for line in numbered_payload(&task) {
+                text.push('\n');
+                text.push_str(&line);
+            }
+            tracing::warn!(forge = %forge.name, task = task_id, error = %e, "task payload cannot be run");
+            (Conclusion::Failure, Default::default(), Some(text))
+        }
+        Ok(mut t) => {
+            for note in &t.notes {
+                runner::runner_line(reporter.as_ref(), note.clone());
+            }
+            match pick_image(&t.runs_on, &config.images) {
+                None => {
+                    let images: Vec<String> = config
+                        .images
+                        .values()
+                        .map(|i| format!("{} [{}]", i.name, i.labels.join(", ")))
+                        .collect();
+                    let msg = format!(
+                        "No image of this runner has all the labels of runs-on [{}]; images and their labels: {}",
+                        t.runs_on.join(", "),
+                        images.join("; ")
+                    );
+                    tracing::warn!(forge = %forge.name, task = task_id, "{msg}");
+                    (Conclusion::Failure, Default::default(), Some(msg))
+                }
+                Some(image) => {
+                    t.use_image(image);
+                    let _ = store.set_job_image(&job_id, &image.name);
+                    let image_slot = tokio::select! {
+                        s = shared.slots.image_slot(&image.name) => Some(s),
+                        _ = cancel.cancelled() => None,
+                    };
+                    match image_slot {
+                        None => (Conclusion::Cancelled, Default::default(), None),
+                        Some(_image_slot) => {
+                            let observer = StoreObserver {
+                                store: store.clone(),
+                                job_id: job_id.clone(),
+                                spawned: Mutex::new(None),
+                            };
+                            let sink = StateSink {
+                                inner: &reporter,
+                                store: &store,
+                                job_id: &job_id,
+                                started: Mutex::new(false),
+                            };
+                            let run = VmRun {
+                                config,
+                                image,
+                                accel: shared.accel,
+                                job_id: &job_id,
+                                spec: &t.spec,
+                                observer: recorded.is_ok().then_some(&observer as &dyn VmObserver),
+                            };
+                            let t_run = Instant::now();
+                            let result = runner::run_in_vm(&run, &sink, &cancel).await;
+                            match result {
+                                Ok(report) => {
+                                    record_latency(
+                                        &shared,
+                                        &store,
+                                        &job_id,
+                                        received,
+                                        t_run,
+                                        &report.timings,
+                                    );
+                                    let conclusion = if report.outcome.timed_out {
+                                        Conclusion::Cancelled
+                                    } else {
+                                        report.outcome.conclusion
+                                    };
+                                    (conclusion, report.outcome.outputs, None)
+                                }
+                                Err(runner::RunError::Cancelled) => {
+                                    (Conclusion::Cancelled, Default::default(), None)
+                                }
+                                Err(e) => {
+                                    let mut text = e.to_string();
+                                    let mut src = std::error::Error::source(&e);
+                                    while let Some(s) = src {
+                                        text.push_str(&format!("\ncaused by: {s}"));
+                                        src = s.source();
+                                    }
+                                    tracing::warn!(forge = %forge.name, task = task_id, error = %text, "job could not run");
+                                    (Conclusion::Failure, Default::default(), Some(text))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // The VM is gone; the slot may serve the next task while the report ends.
+    drop(host_slot);
+    let _ = store.set_job_state(&job_id, JobState::Reporting);
+    reporter.close(conclusion, &outputs, error.as_deref());
+    let final_result = reporter.state().result;
+    let result_name = proto::TaskResult::from_wire(final_result).context_name();
+    let _ = store.finish_job(&job_id, result_name, SystemTime::now());
+    shared.metrics.job_finished(&forge.name, result_name);
+    if let Ok(mut r) = shared.running.lock() {
+        r.remove(&job_id);
+    }
+    shared.update_status();
+
+    match report.await {
+        Ok(Ok(())) => {
+            let _ = store.mark_reported(&job_id);
+            let _ = store.delete_job_logs(&job_id);
+            tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported");
+        }
+        Ok(Err(e)) => {
+            shared.metrics.forge_error(&forge.name, "report");
+            tracing::error!(forge = %forge.name, task = task_id, error = %e, "the final report did not reach the forge; it is kept and sent again at the next start");
+        }
+        Err(e) => tracing::error!(task = task_id, error = %e, "the reporter panicked"),
+    }
+    saver.abort();
+    save_state(&store, &job_id, &reporter);
+}
+
+/// Saves the reporter's task state every second while it changes.
+async fn save_states(store: Arc<Store>, job_id: String, reporter: Arc<ReporterShared>) {
+    let mut last = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let bytes = reporter.state().encode_to_vec();
+        if bytes != last {
+            let _ = store.save_task_state(&job_id, &bytes);
+            last = bytes;
+        }
+    }
+}
+
+fn save_state(store: &Store, job_id: &str, reporter: &ReporterShared) {
+    let _ = store.save_task_state(job_id, &reporter.state().encode_to_vec());
+}
+
+/// Latency from task receipt to the first step, split into provision, boot,
+/// SSH-ready and first step; into the metrics and the state database.
+fn record_latency(
+    shared: &Shared,
+    store: &Store,
+    job_id: &str,
+    received: Instant,
+    run_started: Instant,
+    t: &runner::Timings,
+) {
+    // Provision: receipt (incl. waiting for an image slot) to QEMU spawned.
+    let provision = run_started.saturating_duration_since(received) + t.prepare;
+    let boot = t.boot_to_banner.unwrap_or(t.boot_to_ssh);
+    let ssh_ready = t.boot_to_ssh.saturating_sub(boot);
+    let split = LatencySplit {
+        task_to_first_step: t.first_step.map(|f| provision + t.boot_to_ssh + f),
+        provision: Some(provision),
+        boot: Some(boot),
+        ssh_ready: Some(ssh_ready),
+        first_step: t.first_step,
+    };
+    shared.metrics.observe_latency(&split);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let _ = store.record_timings(
+        job_id,
+        &JobTimings {
+            provision_ms: Some(ms(provision)),
+            boot_ms: Some(ms(boot)),
+            ssh_ready_ms: Some(ms(ssh_ready)),
+            first_step_ms: t.first_step.map(ms),
+        },
+    );
+}

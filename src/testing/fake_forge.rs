@@ -1,0 +1,759 @@
+//! A strict fake Forgejo server for tests and benchmarks.
+//!
+//! It speaks the runner protocol of `shared/spec/forgejo-runner-protocol.md`
+//! (Connect unary, binary proto) on `127.0.0.1`, behaves like Forgejo where
+//! Forgejo is strict and is stricter where a lax answer would hide a client bug
+//! (each such place says so). Tests enqueue jobs, point a runner (the real
+//! `solstice run` binary, or hand-made requests) at [`FakeForge::url`], and then
+//! assert on what the forge saw: tasks with their step states, log rows and
+//! outputs, runners, every request, and a list of protocol violations that a
+//! correct runner never causes.
+//!
+//! Content types: only `application/proto`; everything else (JSON included)
+//! gets HTTP 415. Responses are never compressed. `Connect-Timeout-Ms` is
+//! honoured for answers held back with [`FakeForge::set_delay`]: a delay at
+//! least as long as the client's deadline ends in `deadline_exceeded` (the
+//! call's effect on the state stays, as on a real server that finished its
+//! database work but missed the deadline).
+//!
+//! All runners are instance-wide, so there is one `tasks_version` scope,
+//! bumped by every [`FakeForge::enqueue`].
+
+mod state;
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::forge::error::Code;
+use crate::secret::Secret;
+
+use state::{Caller, Rpc, RpcError, State};
+pub use state::{
+    FakeJob, JobSnapshot, MAX_OUTPUT_KEY_BYTES, MAX_OUTPUT_VALUE_BYTES, RequestRecord,
+    RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus, log_append_from, offline_uuid,
+};
+
+/// Request bodies up to this size are read (log batches can be large).
+const BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// How the fake starts.
+#[derive(Debug, Clone)]
+pub struct FakeOptions {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// Answer every error in Gitea's style (see [`FakeForge::set_gitea_errors`]).
+    pub gitea_errors: bool,
+    /// Value of `forgejo_default_actions_url` / `gitea_default_actions_url`.
+    pub default_actions_url: String,
+    /// Registration tokens accepted by `Register` from the start.
+    pub registration_tokens: Vec<String>,
+}
+
+impl Default for FakeOptions {
+    fn default() -> Self {
+        FakeOptions {
+            port: 0,
+            gitea_errors: false,
+            default_actions_url: "https://code.forgejo.org".into(),
+            registration_tokens: Vec::new(),
+        }
+    }
+}
+
+/// A running fake forge. Cheap to clone; all clones share one state. The
+/// server shuts down when the last clone is dropped.
+#[derive(Clone)]
+pub struct FakeForge {
+    inner: Arc<Inner>,
+    _life: Arc<Lifetime>,
+}
+
+impl std::fmt::Debug for FakeForge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeForge")
+            .field("url", &self.url())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changed: Notify,
+    addr: SocketAddr,
+    serving: tokio::sync::Mutex<Option<Serving>>,
+    /// Kills the connections of the current listening period.
+    current_kill: Mutex<CancellationToken>,
+    /// Parent of every period's token; cancelled when the last handle goes.
+    forever: CancellationToken,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Serving {
+    kill: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Lifetime {
+    forever: CancellationToken,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        self.forever.cancel();
+    }
+}
+
+impl FakeForge {
+    /// Binds `127.0.0.1:opts.port` and starts serving.
+    pub async fn start(opts: FakeOptions) -> io::Result<FakeForge> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, opts.port)).await?;
+        let addr = listener.local_addr()?;
+        let mut state = State::new(
+            format!("http://{addr}/"),
+            opts.default_actions_url,
+            opts.gitea_errors,
+        );
+        for t in &opts.registration_tokens {
+            state.add_registration_token(t);
+        }
+        let forever = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            addr,
+            serving: tokio::sync::Mutex::new(None),
+            current_kill: Mutex::new(forever.child_token()),
+            forever: forever.clone(),
+        });
+        let forge = FakeForge {
+            inner,
+            _life: Arc::new(Lifetime { forever }),
+        };
+        forge.serve(listener).await;
+        Ok(forge)
+    }
+
+    async fn serve(&self, listener: TcpListener) {
+        let kill = self.inner.forever.child_token();
+        *self
+            .inner
+            .current_kill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = kill.clone();
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(self.inner.clone())
+            .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+        let listener = KillableListener {
+            listener,
+            kill: kill.clone(),
+        };
+        let stop = kill.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                r = axum::serve(listener, router).into_future() => {
+                    if let Err(e) = r {
+                        tracing::warn!("fake forge: server ended: {e}");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+        *self.inner.serving.lock().await = Some(Serving { kill, task });
+    }
+
+    /// The instance URL, `http://127.0.0.1:PORT` (no trailing slash, no `/api/actions`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state()
+    }
+
+    fn changed(&self) {
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Accepts `token` in `Register` (reusable until invalidated).
+    pub fn add_registration_token(&self, token: &str) {
+        self.state().add_registration_token(token);
+    }
+
+    /// Marks `token` as regenerated: `Register` now answers "has been invalidated".
+    pub fn invalidate_registration_token(&self, token: &str) {
+        self.state().invalidate_registration_token(token);
+    }
+
+    /// `forgejo-cli actions register --secret SECRET --name NAME --labels …`:
+    /// creates (or updates) the runner whose uuid is derived from the secret
+    /// and whose token is the secret. Returns the uuid.
+    ///
+    /// # Panics
+    /// If `secret` is not 40 hexadecimal characters (forgejo-cli refuses it too).
+    pub fn register_offline(&self, secret: &str, name: &str, labels: &[&str]) -> String {
+        let uuid = self.state().register_offline(secret, name, labels);
+        self.changed();
+        uuid.unwrap_or_else(|| panic!("The offline secret must be 40 hexadecimal characters"))
+    }
+
+    /// Queues a job; returns its id. Jobs are handed out oldest first.
+    pub fn enqueue(&self, job: FakeJob) -> i64 {
+        let id = self.state().enqueue(job);
+        self.changed();
+        id
+    }
+
+    /// Forgejo's "cancel" button (StopTask): the task becomes CANCELLED, and
+    /// every later UpdateTask answer carries RESULT_CANCELLED. Returns false if
+    /// the task does not exist or is already final.
+    pub fn cancel_task(&self, task_id: i64) -> bool {
+        let done = self.state().cancel_task(task_id);
+        self.changed();
+        done
+    }
+
+    /// All tasks, by id.
+    pub fn tasks(&self) -> Vec<TaskSnapshot> {
+        self.state().task_snapshots()
+    }
+
+    /// One task.
+    pub fn task(&self, id: i64) -> Option<TaskSnapshot> {
+        self.state().task_snapshot(id)
+    }
+
+    /// The task a job was assigned as.
+    pub fn task_for_job(&self, job_id: i64) -> Option<TaskSnapshot> {
+        self.state().task_for_job(job_id)
+    }
+
+    /// All jobs, by id.
+    pub fn jobs(&self) -> Vec<JobSnapshot> {
+        self.state().jobs()
+    }
+
+    /// The handle a `FetchSingleTask` can ask for to get this job.
+    pub fn job_handle(&self, job_id: i64) -> Option<String> {
+        self.jobs()
+            .into_iter()
+            .find(|j| j.id == job_id)
+            .map(|j| j.handle)
+    }
+
+    /// Protocol violations seen so far (a correct runner causes none).
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations()
+    }
+
+    /// Registered runners (ephemeral ones vanish once their task is final).
+    pub fn runners(&self) -> Vec<RunnerSnapshot> {
+        self.state().runners()
+    }
+
+    /// Every call answered, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state().requests()
+    }
+
+    /// How many calls of `method` (`"FetchTask"`, …; `"*"` for all) were answered.
+    pub fn request_count(&self, method: &str) -> usize {
+        self.state()
+            .requests()
+            .iter()
+            .filter(|r| method == "*" || r.method == method)
+            .count()
+    }
+
+    /// Peak number of tasks assigned and not yet final at the same time.
+    pub fn max_running_tasks(&self) -> usize {
+        self.state().max_running()
+    }
+
+    /// Tasks assigned and not yet final now.
+    pub fn running_tasks(&self) -> usize {
+        self.state().running()
+    }
+
+    /// The current `tasks_version` counter (0 until first read or enqueue).
+    pub fn tasks_version(&self) -> i64 {
+        self.state().tasks_version()
+    }
+
+    /// Gitea error style: every error becomes HTTP 500
+    /// `{"code":"unknown","message":"rpc error: code = <Code> desc = <message>"}`.
+    pub fn set_gitea_errors(&self, on: bool) {
+        self.state().gitea_errors = on;
+    }
+
+    /// Answers the next `n` calls of `method` (`"*"` = any method) with `code`,
+    /// before anything else happens (no state change).
+    pub fn fail_next(&self, method: &str, n: usize, code: Code) {
+        self.state().fail_next(method, n, code);
+    }
+
+    /// Holds answers of `method` (`"*"` = any) for `d` after the call took
+    /// effect (a lost or late answer); zero removes the delay. A FetchTask's
+    /// request key stays locked while its answer is held.
+    pub fn set_delay(&self, method: &str, d: Duration) {
+        self.state().set_delay(method, d);
+    }
+
+    /// Waits until `pred` holds (checked after every call and every 50 ms).
+    /// Returns false on timeout.
+    pub async fn wait_for(&self, pred: impl Fn(&FakeForge) -> bool, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if pred(self) {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let tick = (deadline - now).min(Duration::from_millis(50));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Waits until the task is final on the server and the runner reported a
+    /// final result (or the server cancelled it and the runner reported).
+    pub async fn wait_task_final(&self, task_id: i64, timeout: Duration) -> Option<TaskSnapshot> {
+        let done = |f: &FakeForge| {
+            f.task(task_id).is_some_and(|t| {
+                t.status.is_final()
+                    && t.client_result != crate::forge::proto::TaskResult::Unspecified
+            })
+        };
+        if self.wait_for(done, timeout).await {
+            self.task(task_id)
+        } else {
+            None
+        }
+    }
+
+    /// Waits until the job was assigned and its task is final (see
+    /// [`FakeForge::wait_task_final`]).
+    pub async fn wait_job_final(&self, job_id: i64, timeout: Duration) -> Option<TaskSnapshot> {
+        let done = |f: &FakeForge| {
+            f.task_for_job(job_id).is_some_and(|t| {
+                t.status.is_final()
+                    && t.client_result != crate::forge::proto::TaskResult::Unspecified
+            })
+        };
+        if self.wait_for(done, timeout).await {
+            self.task_for_job(job_id)
+        } else {
+            None
+        }
+    }
+
+    /// An outage: stops listening (new connections are refused) and drops open
+    /// connections, including calls whose answers are held. State is kept.
+    pub async fn stop(&self) {
+        let serving = self.inner.serving.lock().await.take();
+        if let Some(s) = serving {
+            s.kill.cancel();
+            let _ = s.task.await;
+        }
+    }
+
+    /// Listens again on the same port with the same state. Nothing that was
+    /// acknowledged is lost. A no-op while serving.
+    pub async fn restart(&self) -> io::Result<()> {
+        if self.inner.serving.lock().await.is_some() {
+            return Ok(());
+        }
+        let mut last = None;
+        for _ in 0..50 {
+            match TcpListener::bind(self.inner.addr).await {
+                Ok(l) => {
+                    self.serve(l).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("bind failed")))
+    }
+
+    /// Whether it is listening (not [`FakeForge::stop`]ped).
+    pub async fn is_serving(&self) -> bool {
+        self.inner.serving.lock().await.is_some()
+    }
+}
+
+/// Releases a FetchTask request-key lock when the call ends, however it ends.
+struct KeyGuard {
+    inner: Arc<Inner>,
+    key: Option<String>,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.inner.state().release_key(&k);
+        }
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn media_type(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?;
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// `Connect-Timeout-Ms`: at most 10 digits.
+fn connect_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = header_str(headers, "connect-timeout-ms")?;
+    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok().map(Duration::from_millis)
+}
+
+/// `invalid_argument` → `InvalidArgument` (gRPC's spelling).
+fn camel_code(code: Code) -> String {
+    code.as_str()
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The HTTP answer of an error, in Forgejo's or Gitea's style.
+fn error_response(e: &RpcError, gitea: bool) -> (StatusCode, String) {
+    let (status, body) = if gitea {
+        (
+            500,
+            serde_json::json!({
+                "code": "unknown",
+                "message": format!("rpc error: code = {} desc = {}", camel_code(e.code), e.message),
+            }),
+        )
+    } else {
+        (
+            e.code.http_status(),
+            serde_json::json!({"code": e.code.as_str(), "message": e.message}),
+        )
+    };
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body.to_string(),
+    )
+}
+
+fn record(inner: &Inner, method: &str, caller: &Caller, status: StatusCode, code: Option<Code>) {
+    inner.state().record(RequestRecord {
+        method: method.to_string(),
+        at: SystemTime::now(),
+        runner_uuid: caller.uuid.clone(),
+        request_key: caller.request_key.clone(),
+        http_status: status.as_u16(),
+        code,
+    });
+}
+
+async fn handle(
+    AxState(inner): AxState<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let kill = inner
+        .current_kill
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let path = uri.path();
+    let caller = Caller {
+        uuid: header_str(&headers, "x-runner-uuid"),
+        token: header_str(&headers, "x-runner-token").map(Secret::new),
+        request_key: header_str(&headers, "x-runner-request-key"),
+    };
+    let Some(rpc) = path.strip_prefix("/api/actions/").and_then(Rpc::from_path) else {
+        record(&inner, path, &caller, StatusCode::NOT_FOUND, None);
+        inner.changed.notify_waiters();
+        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    };
+    if method != Method::POST {
+        record(
+            &inner,
+            rpc.name(),
+            &caller,
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+        );
+        inner.changed.notify_waiters();
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, HeaderValue::from_static("POST"))],
+        )
+            .into_response();
+    }
+    if media_type(&headers, header::CONTENT_TYPE).as_deref() != Some("application/proto") {
+        record(
+            &inner,
+            rpc.name(),
+            &caller,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+        );
+        inner.changed.notify_waiters();
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(
+                header::HeaderName::from_static("accept-post"),
+                HeaderValue::from_static("application/proto"),
+            )],
+        )
+            .into_response();
+    }
+    let compressed = media_type(&headers, header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.is_empty() && e != "identity");
+
+    let outcome = if compressed {
+        let gitea = inner.state().gitea_errors;
+        state::Outcome {
+            result: Err(RpcError::new(
+                Code::Unimplemented,
+                "unknown compression: send the body uncompressed",
+            )),
+            locked_key: None,
+            delay: Duration::ZERO,
+            gitea_errors: gitea,
+        }
+    } else {
+        inner.state().call(rpc, &caller, &body)
+    };
+    let _guard = KeyGuard {
+        inner: inner.clone(),
+        key: outcome.locked_key,
+    };
+    let mut result = outcome.result;
+    let mut delay = outcome.delay;
+    if let Some(deadline) = connect_timeout(&headers) {
+        if !delay.is_zero() && delay >= deadline {
+            delay = deadline;
+            result = Err(RpcError::new(
+                Code::DeadlineExceeded,
+                "the operation timed out",
+            ));
+        }
+    }
+    let response = match result {
+        Ok(bytes) => {
+            record(&inner, rpc.name(), &caller, StatusCode::OK, None);
+            (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/proto"),
+                )],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let (status, body) = error_response(&e, outcome.gitea_errors);
+            let code = if outcome.gitea_errors {
+                Code::Unknown
+            } else {
+                e.code
+            };
+            record(&inner, rpc.name(), &caller, status, Some(code));
+            (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response()
+        }
+    };
+    inner.changed.notify_waiters();
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = kill.cancelled() => {}
+        }
+    }
+    response
+}
+
+/// A TCP listener whose connections all fail once `kill` is cancelled.
+struct KillableListener {
+    listener: TcpListener,
+    kill: CancellationToken,
+}
+
+impl axum::serve::Listener for KillableListener {
+    type Io = KillableStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((io, addr)) => {
+                    let _ = io.set_nodelay(true);
+                    let dead = Box::pin(self.kill.clone().cancelled_owned());
+                    return (KillableStream { io, dead }, addr);
+                }
+                Err(e) => {
+                    tracing::debug!("fake forge: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that errors (and so is dropped) once the forge stops.
+struct KillableStream {
+    io: TcpStream,
+    dead: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "fake forge stopped")
+}
+
+impl KillableStream {
+    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
+        self.dead.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(stopped()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(stopped()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(stopped()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gitea_style_errors() {
+        assert_eq!(camel_code(Code::InvalidArgument), "InvalidArgument");
+        assert_eq!(camel_code(Code::Unauthenticated), "Unauthenticated");
+        let e = RpcError::new(Code::Unauthenticated, "unregistered runner");
+        let (status, body) = error_response(&e, true);
+        assert_eq!(status, 500);
+        assert_eq!(
+            body,
+            r#"{"code":"unknown","message":"rpc error: code = Unauthenticated desc = unregistered runner"}"#
+        );
+        let (status, body) = error_response(&e, false);
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            r#"{"code":"unauthenticated","message":"unregistered runner"}"#
+        );
+    }
+
+    #[test]
+    fn timeout_header() {
+        let mut h = HeaderMap::new();
+        h.insert("connect-timeout-ms", HeaderValue::from_static("1500"));
+        assert_eq!(connect_timeout(&h), Some(Duration::from_millis(1500)));
+        h.insert(
+            "connect-timeout-ms",
+            HeaderValue::from_static("12345678901"),
+        );
+        assert_eq!(connect_timeout(&h), None);
+    }
+}
