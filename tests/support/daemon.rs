@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Running the real `solstice run` binary against a fake forge.
 
 use std::io::Read;
@@ -62,11 +63,18 @@ impl Daemon {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             self.poll_messages();
-            if self.messages.iter().any(|m| m.lines().any(|l| l == "READY=1")) {
+            if self
+                .messages
+                .iter()
+                .any(|m| m.lines().any(|l| l == "READY=1"))
+            {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited with {status} before READY=1:\n{}", self.log_text());
+                panic!(
+                    "the daemon exited with {status} before READY=1:\n{}",
+                    self.log_text()
+                );
             }
         }
         panic!("no READY=1 within {timeout:?}:\n{}", self.log_text());
@@ -95,7 +103,10 @@ impl Daemon {
             }
             if Instant::now() >= end {
                 let _ = self.child.kill();
-                panic!("the daemon did not exit within {timeout:?}:\n{}", self.log_text());
+                panic!(
+                    "the daemon did not exit within {timeout:?}:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -135,11 +146,7 @@ pub fn qemu_processes_under(dir: &Path) -> Vec<u32> {
 
 /// Samples the number of QEMU processes under `dir` every 50 ms until
 /// `stop` returns true or `timeout` passes; returns the largest count seen.
-pub async fn max_vms_while(
-    dir: &Path,
-    timeout: Duration,
-    mut stop: impl FnMut() -> bool,
-) -> usize {
+pub async fn max_vms_while(dir: &Path, timeout: Duration, mut stop: impl FnMut() -> bool) -> usize {
     let end = Instant::now() + timeout;
     let mut max = 0;
     while Instant::now() < end && !stop() {

@@ -3,6 +3,8 @@
 //! that runs after every VM test.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,0 +1,499 @@
+//! End to end: the strict fake forge + the real `solstice run` binary + real
+//! QEMU guests (tiny busybox/dropbear image, TCG).
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use solstice::forge::proto::TaskResult;
+use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot, TaskStatus};
+use support::daemon::{Daemon, max_vms_while, qemu_processes_under};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// One test's world: a state directory, a config and its forges.
+struct World {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("solstice-e2e-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("solstice.toml");
+        World { dir, config }
+    }
+
+    /// Writes the config: the tiny image (labels `tiny`, `linux`) and one
+    /// `[forges.<name>]` per entry (name, url, credential line).
+    fn configure(&self, capacity: u32, forges: &[(&str, String, String)], extra_daemon: &str) {
+        let dir = &self.dir;
+        let image = support::image("tiny");
+        let mut text = format!(
+            "[daemon]\nstate_dir = {:?}\nmax_concurrent_jobs = {capacity}\ndrain_timeout_secs = 30\n{extra_daemon}\n[qemu]\naccel = \"tcg\"\n[images.tiny]\npath = {image:?}\nvcpus = 1\nmemory_mib = 256\nboot_timeout_secs = 120\nlabels = [\"tiny\", \"linux\"]\n",
+            dir.path().join("state")
+        );
+        for (name, url, cred) in forges {
+            text.push_str(&format!(
+                "[forges.{name}]\nurl = {url:?}\n{cred}\nfetch_interval_secs = 1\nfetch_timeout_secs = 5\n"
+            ));
+        }
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn secret_file(&self, name: &str, secret: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, format!("{secret}\n")).unwrap();
+        format!("secret_file = {p:?}")
+    }
+
+    fn start(&self) -> Daemon {
+        let logs = self.dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut d = Daemon::spawn(&self.config, &logs);
+        d.wait_ready(Duration::from_secs(60));
+        d
+    }
+
+    /// No QEMU and no job directory left.
+    fn assert_clean(&self) {
+        let qemus = qemu_processes_under(&self.state_dir());
+        assert!(qemus.is_empty(), "QEMU processes left: {qemus:?}");
+        let jobs = self.state_dir().join("jobs");
+        let left: Vec<_> = std::fs::read_dir(&jobs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "job directories left: {left:?}");
+    }
+}
+
+async fn fake() -> FakeForge {
+    FakeForge::start(FakeOptions::default()).await.unwrap()
+}
+
+fn offline(forge: &FakeForge, world: &World, name: &str, secret: &str) -> String {
+    forge.register_offline(secret, name, &["tiny", "linux"]);
+    world.secret_file(&format!("{name}.secret"), secret)
+}
+
+async fn final_task(forge: &FakeForge, job: i64, d: &Daemon) -> TaskSnapshot {
+    match forge.wait_job_final(job, Duration::from_secs(240)).await {
+        Some(t) => t,
+        None => panic!(
+            "job {job} did not finish; forge saw {:#?}\ndaemon log:\n{}",
+            forge.task_for_job(job),
+            d.log_text()
+        ),
+    }
+}
+
+/// Waits until the task of `job` has a step that started.
+async fn wait_step_running(forge: &FakeForge, job: i64, d: &Daemon) -> i64 {
+    let ok = forge
+        .wait_for(
+            |f| {
+                f.task_for_job(job)
+                    .is_some_and(|t| t.steps.iter().any(|s| s.started_at.is_some()))
+            },
+            Duration::from_secs(180),
+        )
+        .await;
+    assert!(ok, "no step started; daemon log:\n{}", d.log_text());
+    forge.task_for_job(job).unwrap().id
+}
+
+fn log_of(t: &TaskSnapshot) -> String {
+    t.log.join("\n")
+}
+
+const GOOD: &str = r#"
+name: ci
+on: push
+jobs:
+  build:
+    name: build
+    runs-on: tiny
+    outputs:
+      answer: ${{ steps.calc.outputs.answer }}
+    steps:
+      - name: Greet
+        run: echo "hello from $(uname -s) secret=${{ secrets.API_KEY }}"
+      - id: calc
+        run: echo "answer=42" >> "$GITHUB_OUTPUT"
+      - name: Group
+        run: |
+          echo "::group::Details"
+          echo inside
+          echo "::endgroup::"
+"#;
+
+const BAD: &str = r#"
+name: ci
+on: push
+jobs:
+  test:
+    runs-on: linux
+    steps:
+      - run: echo before-failure; exit 3
+      - run: echo never-runs
+      - if: failure()
+        run: echo cleanup-ran
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_and_failure_reach_the_forge_with_steps_logs_and_outputs() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(2, &[("fake", forge.url(), cred)], "");
+    let mut good = FakeJob::new(GOOD, &["tiny"]);
+    good.secrets
+        .insert("API_KEY".into(), "s3cr3t-value-xyz".into());
+    let good = forge.enqueue(good);
+    let bad = forge.enqueue(FakeJob::new(BAD, &["linux"]));
+    let mut d = world.start();
+
+    let t = final_task(&forge, good, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    assert_eq!(t.steps.len(), 3);
+    assert!(
+        t.steps.iter().all(|s| s.result == TaskResult::Success),
+        "{:#?}",
+        t.steps
+    );
+    let greet = t.step_log(0).join("\n");
+    assert!(greet.contains("hello from Linux secret=***"), "{greet}");
+    assert!(!log_of(&t).contains("s3cr3t-value-xyz"));
+    let group = t.step_log(2).join("\n");
+    assert!(
+        group.contains("##[group]Details") && group.contains("##[endgroup]"),
+        "{group}"
+    );
+    assert_eq!(t.outputs.get("answer").map(String::as_str), Some("42"));
+    assert!(t.no_more, "logs must be closed with no_more");
+    assert!(log_of(&t).contains("received task"), "{}", log_of(&t));
+
+    let b = final_task(&forge, bad, &d).await;
+    assert_eq!(b.status, TaskStatus::Failure, "{}", log_of(&b));
+    let results: Vec<TaskResult> = b.steps.iter().map(|s| s.result).collect();
+    assert_eq!(
+        results,
+        [
+            TaskResult::Failure,
+            TaskResult::Skipped,
+            TaskResult::Success
+        ]
+    );
+    assert!(b.step_log(0).join("\n").contains("before-failure"));
+    assert!(b.step_log(2).join("\n").contains("cleanup-ran"));
+    assert!(b.outputs.is_empty());
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+
+    // SIGTERM: drains (nothing running), STOPPING=1, exit 0, nothing left.
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", d.log_text());
+    let all = d.messages.join("\n");
+    for m in ["READY=1", "STOPPING=1", "WATCHDOG=1", "STATUS="] {
+        assert!(all.contains(m), "no {m} in {all}");
+    }
+    world.assert_clean();
+
+    // `solstice status` shows both from the database.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .args(["status", "--json", "-c"])
+        .arg(&world.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("success") && text.contains("failure"),
+        "{text}"
+    );
+}
+
+const SLEEPER: &str = r#"
+name: long
+on: push
+jobs:
+  wait:
+    runs-on: tiny
+    steps:
+      - run: echo started-sleeping; sleep 600
+      - run: echo not-reached
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_the_forge_destroys_the_vm_within_seconds() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(SLEEPER, &["tiny"]));
+    let d = world.start();
+    let task = wait_step_running(&forge, job, &d).await;
+    assert_eq!(qemu_processes_under(&world.state_dir()).len(), 1);
+    let t0 = Instant::now();
+    assert!(forge.cancel_task(task));
+    while !qemu_processes_under(&world.state_dir()).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the VM still runs {:?} after the cancel:\n{}",
+            t0.elapsed(),
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The runner reports the task cancelled, logs closed.
+    let ok = forge
+        .wait_for(
+            |f| {
+                f.task(task)
+                    .is_some_and(|t| t.client_result == TaskResult::Cancelled && t.no_more)
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    let t = forge.task(task).unwrap();
+    assert!(ok, "{t:#?}\n{}", d.log_text());
+    assert_eq!(t.steps[0].result, TaskResult::Cancelled);
+    assert!(log_of(&t).contains("started-sleeping"));
+    assert!(!log_of(&t).contains("not-reached"));
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    world.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_timeout_kills_the_vm_and_reports_cancelled() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let yaml = SLEEPER.replace(
+        "    runs-on: tiny\n",
+        "    runs-on: tiny\n    timeout-minutes: \"0.1\"\n",
+    );
+    let job = forge.enqueue(FakeJob::new(yaml, &["tiny"]));
+    let d = world.start();
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Cancelled, "{}", log_of(&t));
+    assert!(
+        log_of(&t).contains("exceeded its maximum execution time"),
+        "{}",
+        log_of(&t)
+    );
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    world.assert_clean();
+}
+
+const COUNTER: &str = r#"
+name: chatty
+on: push
+jobs:
+  count:
+    runs-on: tiny
+    steps:
+      - run: |
+          i=0
+          while [ $i -lt 150 ]; do echo "row-$i"; i=$((i+1)); sleep 0.05; done
+      - run: echo after-outage
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forge_outage_mid_job_loses_no_log_row() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(COUNTER, &["tiny"]));
+    let d = world.start();
+    wait_step_running(&forge, job, &d).await;
+    forge.stop().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    forge.restart().await.unwrap();
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    let rows: Vec<&String> = t.log.iter().filter(|l| l.starts_with("row-")).collect();
+    let want: Vec<String> = (0..150).map(|i| format!("row-{i}")).collect();
+    assert_eq!(
+        rows,
+        want.iter().collect::<Vec<_>>(),
+        "rows lost or duplicated"
+    );
+    let step0 = t.step_log(0);
+    assert_eq!(step0.iter().filter(|l| l.starts_with("row-")).count(), 150);
+    assert!(t.step_log(1).join("\n").contains("after-outage"));
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    // One line when the forge went away, one when it came back.
+    let log = d.log_text();
+    assert_eq!(log.matches("polling failed").count(), 1, "{log}");
+    assert_eq!(log.matches("forge answers again").count(), 1, "{log}");
+    world.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_job_then_restart_leaves_no_orphan_and_reports_the_task() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(SLEEPER, &["tiny"]));
+    let mut d = world.start();
+    let task = wait_step_running(&forge, job, &d).await;
+    // Let the reporter upload the step's first row.
+    forge
+        .wait_for(
+            |f| {
+                f.task(task)
+                    .is_some_and(|t| log_of(&t).contains("started-sleeping"))
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+    drop(d);
+    let d2 = world.start();
+    let t0 = Instant::now();
+    // Within seconds: nothing left, and the forge shows the task failed.
+    let reported = forge
+        .wait_for(
+            |f| f.task(task).is_some_and(|t| t.status.is_final()),
+            Duration::from_secs(30),
+        )
+        .await;
+    let t = forge.task(task).unwrap();
+    assert!(reported, "{t:#?}\n{}", d2.log_text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(t.status, TaskStatus::Failure);
+    let log = log_of(&t);
+    assert!(log.contains("started-sleeping"), "{log}");
+    assert!(
+        log.contains("The runner stopped while this job was"),
+        "{log}"
+    );
+    assert_eq!(log.matches("started-sleeping").count(), 1, "{log}");
+    world.assert_clean();
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_forges_are_served_at_once_one_registered_by_token_in_gitea_style() {
+    let forge_a = fake().await;
+    let forge_b = FakeForge::start(FakeOptions {
+        gitea_errors: true,
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    forge_b.add_registration_token("REGTOKEN0123456789abcdefREGTOKEN01234567");
+    let world = World::new();
+    let cred_a = offline(&forge_a, &world, "a", SECRET);
+    let tok = world.dir.path().join("b.token");
+    std::fs::write(&tok, "REGTOKEN0123456789abcdefREGTOKEN01234567\n").unwrap();
+    let cred_b = format!("registration_token_file = {tok:?}");
+    world.configure(
+        2,
+        &[("a", forge_a.url(), cred_a), ("b", forge_b.url(), cred_b)],
+        "",
+    );
+    let ja = forge_a.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let jb = forge_b.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let mut d = world.start();
+    let ta = final_task(&forge_a, ja, &d).await;
+    let tb = final_task(&forge_b, jb, &d).await;
+    assert_eq!(ta.status, TaskStatus::Success, "{}", log_of(&ta));
+    assert_eq!(tb.status, TaskStatus::Success, "{}", log_of(&tb));
+    assert_eq!(forge_b.runners().len(), 1, "registered once");
+    assert_eq!(forge_b.request_count("Register"), 1);
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    // A restart reuses the stored credentials: no second Register.
+    let mut d = world.start();
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(forge_b.request_count("Register"), 1);
+    assert!(forge_a.violations().is_empty() && forge_b.violations().is_empty());
+    world.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_capacity_never_runs_more_vms_than_allowed() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(2, &[("fake", forge.url(), cred)], "");
+    let short = r#"
+name: burst
+on: push
+jobs:
+  j:
+    runs-on: tiny
+    steps:
+      - run: sleep 4; echo done-sleeping
+"#;
+    let jobs: Vec<i64> = (0..3)
+        .map(|_| forge.enqueue(FakeJob::new(short, &["tiny"])))
+        .collect();
+    // An unrunnable task in the same burst: the payload asks for a label no image has.
+    let unmatched = forge.enqueue(FakeJob::new(
+        short.replace("runs-on: tiny", "runs-on: [tiny, windows]"),
+        &["tiny"],
+    ));
+    let d = world.start();
+    let f2 = forge.clone();
+    let all_final = move || {
+        jobs.iter()
+            .chain([&unmatched])
+            .all(|j| f2.task_for_job(*j).is_some_and(|t| t.status.is_final()))
+    };
+    let max = max_vms_while(&world.state_dir(), Duration::from_secs(300), all_final).await;
+    assert!(max <= 2, "{max} VMs ran at once with capacity 2");
+    assert!(max >= 1);
+    assert!(
+        forge.max_running_tasks() <= 2,
+        "{}",
+        forge.max_running_tasks()
+    );
+    for t in forge.tasks() {
+        if t.job_id == unmatched {
+            assert_eq!(t.status, TaskStatus::Failure);
+            assert!(
+                log_of(&t).contains(
+                    "No image of this runner has all the labels of runs-on [tiny, windows]"
+                ),
+                "{}",
+                log_of(&t)
+            );
+        } else {
+            assert_eq!(
+                t.status,
+                TaskStatus::Success,
+                "{}\n{}",
+                log_of(&t),
+                d.log_text()
+            );
+        }
+    }
+    assert_eq!(forge.tasks().len(), 4);
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    world.assert_clean();
+}
