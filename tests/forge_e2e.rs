@@ -497,3 +497,19 @@ jobs:
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
     world.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_manager_that_stops_reading_notifications_does_not_stall_jobs() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let logs = world.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // A watchdog ping every 50 ms fills the unread socket's queue at once.
+    let d = Daemon::spawn_with(&world.config, &logs, false, "100000");
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    drop(d);
+}

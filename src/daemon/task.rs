@@ -147,14 +147,23 @@ struct StateSink<'a> {
 
 impl crate::events::EventSink for StateSink<'_> {
     fn emit(&self, event: crate::events::JobEvent) {
-        if matches!(event, crate::events::JobEvent::StepStarted { .. })
+        use crate::events::JobEvent;
+        if matches!(event, JobEvent::StepStarted { .. })
             && let Ok(mut s) = self.started.lock()
             && !*s
         {
             *s = true;
             let _ = self.store.set_job_state(self.job_id, JobState::Running);
         }
+        let step_change = matches!(
+            event,
+            JobEvent::StepStarted { .. } | JobEvent::StepFinished { .. }
+        );
         self.inner.emit(event);
+        if step_change {
+            // A crash report then keeps every step's result so far.
+            save_state(self.store, self.job_id, self.inner);
+        }
     }
 }
 
@@ -355,8 +364,6 @@ pub(crate) async fn run_task(
             }
         }
     };
-    // The VM is gone; the slot may serve the next task while the report ends.
-    drop(host_slot);
     let _ = store.set_job_state(&job_id, JobState::Reporting);
     reporter.close(conclusion, &outputs, error.as_deref());
     let final_result = reporter.state().result;
@@ -382,6 +389,9 @@ pub(crate) async fn run_task(
     }
     saver.abort();
     save_state(&store, &job_id, &reporter);
+    // Held until the forge has the final report: until then the forge counts
+    // the task as running on this runner.
+    drop(host_slot);
 }
 
 /// Saves the reporter's task state every second while it changes.

@@ -323,6 +323,14 @@ impl TaskStateBuilder {
         let target = match (self.part(), step) {
             (Part::Step(i), Some(s)) if i == s => Some(i),
             (Part::Setup | Part::Complete, _) => None,
+            // Job-level lines while steps run (a job timeout, a cancellation)
+            // matter to the reader: they go where `notice` puts them, which
+            // keeps every step's rows contiguous.
+            (Part::Step(i), None) => Some(i),
+            (Part::Between, None) => self
+                .steps
+                .iter()
+                .rposition(|s| s.state.result != TaskResult::Unspecified as i32),
             _ => return,
         };
         if self.suppress {
@@ -443,9 +451,7 @@ impl TaskStateBuilder {
         for t in &mut self.steps {
             if t.state.result == TaskResult::Unspecified as i32 {
                 t.state.result = left as i32;
-                if t.state.started_at.is_some() {
-                    t.state.stopped_at = Some(now);
-                }
+                t.state.stopped_at = Some(now);
                 if !t.has_rows {
                     t.state.log_index = total;
                 }
@@ -1012,6 +1018,7 @@ pub async fn run_reporter(
 ) -> Result<(), ReportError> {
     let mut tick = tokio::time::interval(shared.config.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         if shared.is_closed() {
             break;
@@ -1024,7 +1031,11 @@ pub async fn run_reporter(
             break;
         }
         match upload_logs(api.as_ref(), &shared, false).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(task = shared.task_id, "reporting to the forge works again");
+                }
+            }
             Err(PassError::Forge(e)) if e.is_unauthenticated() => {
                 cancel_job.cancel();
                 return Err(ReportError::Unauthenticated {
@@ -1032,8 +1043,12 @@ pub async fn run_reporter(
                     source: e,
                 });
             }
+            Err(e) if failing => {
+                tracing::debug!(task = shared.task_id, error = %e, "UpdateLog failed again")
+            }
             Err(e) => {
-                tracing::warn!(task = shared.task_id, error = %e, "UpdateLog failed; retrying at the next interval")
+                failing = true;
+                tracing::warn!(task = shared.task_id, error = %e, "UpdateLog failed; retrying every interval (one line when it works again)")
             }
         }
         let final_set = shared.lock().builder.result() != TaskResult::Unspecified;
@@ -1049,8 +1064,12 @@ pub async fn run_reporter(
                     source: e,
                 });
             }
+            Err(e) if failing => {
+                tracing::debug!(task = shared.task_id, error = %e, "UpdateTask failed again")
+            }
             Err(e) => {
-                tracing::warn!(task = shared.task_id, error = %e, "UpdateTask failed; retrying at the next interval")
+                failing = true;
+                tracing::warn!(task = shared.task_id, error = %e, "UpdateTask failed; retrying every interval (one line when it works again)")
             }
         }
     }
@@ -1215,11 +1234,11 @@ mod tests {
                 line(None, LineKind::Runner, "setup line"),
                 started(0, "Checkout"),
                 out(0, "cloning"),
-                line(None, LineKind::Runner, "dropped while step 0 runs"),
+                line(None, LineKind::Runner, "job-level line while step 0 runs"),
                 out(1, "wrong step: dropped"),
                 out(0, "done\r"),
                 finished(0, Conclusion::Success),
-                line(None, LineKind::Runner, "dropped between steps"),
+                line(None, LineKind::Runner, "job-level line between steps"),
                 started(1, "Build"),
                 line(Some(1), LineKind::GroupStart, "Compile"),
                 line(Some(1), LineKind::Stderr, "warning: x\ny"),
@@ -1258,7 +1277,9 @@ mod tests {
                 "Provisioning the VM: image deb",
                 "setup line",
                 "cloning",
+                "job-level line while step 0 runs",
                 "done",
+                "job-level line between steps",
                 "##[group]Compile",
                 "warning: x",
                 "y",
@@ -1285,9 +1306,9 @@ mod tests {
         assert_eq!(
             spans,
             [
-                (4, 2, TaskResult::Success as i32),
-                (6, 9, TaskResult::Failure as i32),
-                (15, 1, TaskResult::Skipped as i32),
+                (4, 4, TaskResult::Success as i32),
+                (8, 9, TaskResult::Failure as i32),
+                (17, 1, TaskResult::Skipped as i32),
             ]
         );
         assert!(
@@ -1295,7 +1316,7 @@ mod tests {
                 .iter()
                 .all(|s| s.started_at.is_some() && s.stopped_at.is_some())
         );
-        assert_eq!(b.total_rows(), 18);
+        assert_eq!(b.total_rows(), 20);
     }
 
     #[test]

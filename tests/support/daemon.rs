@@ -5,14 +5,17 @@ use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `solstice run` process with its notify socket and log file.
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
-    notify: UnixDatagram,
-    /// Every sd_notify message received so far.
+    /// Every sd_notify message received so far (read by a thread, as
+    /// systemd does, so the daemon's sends never pile up).
+    received: Arc<Mutex<Vec<String>>>,
+    /// A copy of `received`, refreshed by `poll_messages`.
     pub messages: Vec<String>,
 }
 
@@ -20,13 +23,34 @@ impl Daemon {
     /// Starts `solstice run -c config` with a private NOTIFY_SOCKET and
     /// `WATCHDOG_USEC`, logging to `<dir>/daemon-<n>.log`.
     pub fn spawn(config: &Path, dir: &Path) -> Daemon {
+        Self::spawn_with(config, dir, true, "2000000")
+    }
+
+    /// Like [`Daemon::spawn`]; with `read_notify` false nobody reads the
+    /// notify socket (a stuck service manager), so its queue fills up.
+    pub fn spawn_with(config: &Path, dir: &Path, read_notify: bool, watchdog_usec: &str) -> Daemon {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let sock_path = dir.join(format!("notify-{n}.sock"));
         let _ = std::fs::remove_file(&sock_path);
         let notify = UnixDatagram::bind(&sock_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        if !read_notify {
+            // Keep the socket open, unread, for the life of the test process.
+            std::mem::forget(notify);
+        } else {
+            let received = received.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                // Ends when the socket file's test directory is gone and
+                // the process exits; a blocked recv is harmless.
+                while let Ok(n) = notify.recv(&mut buf) {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            });
+        }
         let log = dir.join(format!("daemon-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_solstice"))
@@ -34,7 +58,7 @@ impl Daemon {
             .arg(config)
             .env("SOLSTICE_LOG", "info,solstice=debug")
             .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "2000000")
+            .env("WATCHDOG_USEC", watchdog_usec)
             .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -44,18 +68,14 @@ impl Daemon {
         Daemon {
             child,
             log,
-            notify,
+            received,
             messages: Vec::new(),
         }
     }
 
-    /// Reads pending notify messages.
+    /// Refreshes `messages`.
     pub fn poll_messages(&mut self) {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = self.notify.recv(&mut buf) {
-            self.messages
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
+        self.messages = self.received.lock().unwrap().clone();
     }
 
     /// Waits for `READY=1`; panics with the log when it does not come.
