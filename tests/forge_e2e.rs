@@ -318,7 +318,7 @@ async fn a_forge_outage_mid_job_loses_no_log_row() {
     let forge = fake().await;
     let world = World::new();
     let cred = offline(&forge, &world, "fake", SECRET);
-    world.configure(1, &[("fake", forge.url(), cred)], "");
+    world.configure(2, &[("fake", forge.url(), cred)], "");
     let job = forge.enqueue(FakeJob::new(COUNTER, &["tiny"]));
     let d = world.start();
     wait_step_running(&forge, job, &d).await;
@@ -338,10 +338,13 @@ async fn a_forge_outage_mid_job_loses_no_log_row() {
     assert_eq!(step0.iter().filter(|l| l.starts_with("row-")).count(), 150);
     assert!(t.step_log(1).join("\n").contains("after-outage"));
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
-    // One line when the forge went away, one when it came back.
+    // One line when the forge went away, one when it came back, for the
+    // poll loop (a free slot keeps it polling) and for the reporter.
     let log = d.log_text();
     assert_eq!(log.matches("polling failed").count(), 1, "{log}");
     assert_eq!(log.matches("forge answers again").count(), 1, "{log}");
+    assert_eq!(log.matches("failed; retrying every interval").count(), 1, "{log}");
+    assert_eq!(log.matches("reporting to the forge works again").count(), 1, "{log}");
     world.assert_clean();
 }
 
