@@ -343,8 +343,16 @@ async fn a_forge_outage_mid_job_loses_no_log_row() {
     let log = d.log_text();
     assert_eq!(log.matches("polling failed").count(), 1, "{log}");
     assert_eq!(log.matches("forge answers again").count(), 1, "{log}");
-    assert_eq!(log.matches("failed; retrying every interval").count(), 1, "{log}");
-    assert_eq!(log.matches("reporting to the forge works again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("failed; retrying every interval").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("reporting to the forge works again").count(),
+        1,
+        "{log}"
+    );
     world.assert_clean();
 }
 
@@ -515,4 +523,142 @@ async fn a_service_manager_that_stops_reading_notifications_does_not_stall_jobs(
     let t = final_task(&forge, job, &d).await;
     assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
     drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_cancels_and_reports_and_exits_zero() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    // Two jobs: one that ends within the drain time, one that never ends.
+    world.configure(2, &[("fake", forge.url(), cred)], "");
+    std::fs::write(
+        &world.config,
+        std::fs::read_to_string(&world.config)
+            .unwrap()
+            .replace("drain_timeout_secs = 30", "drain_timeout_secs = 12"),
+    )
+    .unwrap();
+    let quick = r#"
+name: quick
+on: push
+jobs:
+  q:
+    runs-on: tiny
+    steps:
+      - run: sleep 4; echo finished-during-drain
+"#;
+    let short = forge.enqueue(FakeJob::new(quick, &["tiny"]));
+    let long = forge.enqueue(FakeJob::new(SLEEPER, &["tiny"]));
+    let mut d = world.start();
+    wait_step_running(&forge, short, &d).await;
+    let long_task = wait_step_running(&forge, long, &d).await;
+    // A third job queued now must not be taken once stopping.
+    let late = forge.enqueue(FakeJob::new(quick, &["tiny"]));
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(90));
+    let took = t0.elapsed();
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(
+        took >= Duration::from_secs(11),
+        "exited after {took:?}, before the drain time"
+    );
+    let s = forge.task_for_job(short).unwrap();
+    assert_eq!(s.status, TaskStatus::Success, "{}", log_of(&s));
+    assert!(log_of(&s).contains("finished-during-drain"));
+    let l = forge.task(long_task).unwrap();
+    assert_eq!(l.status, TaskStatus::Cancelled, "{}", log_of(&l));
+    assert!(l.no_more);
+    assert!(
+        forge.task_for_job(late).is_none(),
+        "a task was fetched while stopping"
+    );
+    let all = d.messages.join("\n");
+    assert!(all.contains("STOPPING=1"), "{all}");
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    world.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_jobs_latency_and_forge_errors_and_a_second_daemon_is_refused() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    world.configure(
+        1,
+        &[("fake", forge.url(), cred)],
+        &format!("metrics_listen = \"{port}\""),
+    );
+    forge.fail_next("FetchTask", 2, solstice::forge::Code::Unavailable);
+    let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let mut d = world.start();
+
+    // A second daemon on the same state directory refuses to start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .args(["run", "-c"])
+        .arg(&world.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Another `solstice run` already uses the state directory"),
+        "{err}"
+    );
+
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success);
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> Option<f64> {
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        sample("solstice_jobs_total{forge=\"fake\",result=\"success\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(sample("solstice_jobs_running"), Some(0.0), "{body}");
+    assert_eq!(sample("solstice_job_capacity"), Some(1.0), "{body}");
+    assert_eq!(
+        sample("solstice_forge_request_errors_total{forge=\"fake\",method=\"FetchTask\"}"),
+        Some(2.0),
+        "{body}"
+    );
+    for h in [
+        "task_to_first_step",
+        "provision",
+        "boot",
+        "ssh_ready",
+        "first_step",
+    ] {
+        assert_eq!(
+            sample(&format!("solstice_{h}_seconds_count")),
+            Some(1.0),
+            "{h}: {body}"
+        );
+    }
+    let total = sample("solstice_task_to_first_step_seconds_sum").unwrap();
+    let parts: f64 = ["provision", "boot", "ssh_ready", "first_step"]
+        .iter()
+        .map(|h| sample(&format!("solstice_{h}_seconds_sum")).unwrap())
+        .sum();
+    assert!((total - parts).abs() < 0.01, "{total} vs {parts}");
+    assert!(total > 0.5 && total < 120.0, "{total}");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    world.assert_clean();
 }

@@ -60,6 +60,47 @@ pub enum DaemonError {
     },
     #[error("Cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(
+        "Another `solstice run` already uses the state directory {}; stop it, or give this one another `daemon.state_dir`",
+        .0.display()
+    )]
+    Locked(PathBuf),
+    #[error("Cannot lock the state directory {}", .path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Takes the state directory's lock file (`solstice.lock`), so that two
+/// daemons never share a state directory (each would reconcile away the
+/// other's VMs). Held until the returned lock is dropped.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let path = dir.join("solstice.lock");
+    let lock_err = |source: std::io::Error| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(lock_err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::Locked(dir.to_path_buf())),
+        Err((_, e)) => Err(lock_err(std::io::Error::from(e))),
+    }
 }
 
 /// One job the daemon is running, for status lines and cancellation.
@@ -140,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(DaemonError::Signals)?;
 
+    let _lock = lock_state_dir(&config.daemon.state_dir)?;
     let db = database_path(&config);
     let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
     tracing::info!(database = %db.display(), "state database open");
