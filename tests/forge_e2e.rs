@@ -198,6 +198,14 @@ async fn success_and_failure_reach_the_forge_with_steps_logs_and_outputs() {
     assert!(b.outputs.is_empty());
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
 
+    // No secret in the daemon's own log: job secrets, the runner token, task tokens.
+    let log = d.log_text();
+    assert!(!log.contains("s3cr3t-value-xyz"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+    for task in forge.tasks() {
+        assert!(!log.contains(task.token.expose()), "task token in the log");
+    }
+
     // SIGTERM: drains (nothing running), STOPPING=1, exit 0, nothing left.
     d.signal(Signal::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(30));
@@ -469,11 +477,13 @@ jobs:
         short.replace("runs-on: tiny", "runs-on: [tiny, windows]"),
         &["tiny"],
     ));
+    // And one whose payload is not a workflow at all.
+    let garbage = forge.enqueue(FakeJob::new("jobs: [unclosed", &["tiny"]));
     let d = world.start();
     let f2 = forge.clone();
     let all_final = move || {
         jobs.iter()
-            .chain([&unmatched])
+            .chain([&unmatched, &garbage])
             .all(|j| f2.task_for_job(*j).is_some_and(|t| t.status.is_final()))
     };
     let max = max_vms_while(&world.state_dir(), Duration::from_secs(300), all_final).await;
@@ -485,7 +495,15 @@ jobs:
         forge.max_running_tasks()
     );
     for t in forge.tasks() {
-        if t.job_id == unmatched {
+        if t.job_id == garbage {
+            assert_eq!(t.status, TaskStatus::Failure);
+            assert!(
+                log_of(&t).contains("Cannot run this task"),
+                "{}",
+                log_of(&t)
+            );
+            assert!(log_of(&t).contains("1: jobs: [unclosed"), "{}", log_of(&t));
+        } else if t.job_id == unmatched {
             assert_eq!(t.status, TaskStatus::Failure);
             assert!(
                 log_of(&t).contains(
@@ -504,7 +522,7 @@ jobs:
             );
         }
     }
-    assert_eq!(forge.tasks().len(), 4);
+    assert_eq!(forge.tasks().len(), 5);
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
     world.assert_clean();
 }
@@ -661,4 +679,54 @@ async fn metrics_count_jobs_latency_and_forge_errors_and_a_second_daemon_is_refu
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(30)).success());
     world.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_fetch_answer_is_recovered_with_the_same_request_key() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    // The forge assigns the task but its answer comes too late (fetch timeout 5 s).
+    forge.set_delay("FetchTask", Duration::from_secs(8));
+    let d = world.start();
+    let first = forge
+        .wait_for(|f| f.task_for_job(job).is_some(), Duration::from_secs(30))
+        .await;
+    assert!(first, "{}", d.log_text());
+    let token_before = forge.task_for_job(job).unwrap().token.expose().to_owned();
+    forge.set_delay("FetchTask", Duration::ZERO);
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    assert_eq!(forge.tasks().len(), 1, "the job was assigned twice");
+    assert_ne!(
+        t.token.expose(),
+        token_before,
+        "recovery mints a fresh task token"
+    );
+    // One more poll after the job, with a new key.
+    let polled = forge
+        .wait_for(
+            |f| f.request_count("FetchTask") >= 3,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(polled, "no poll after the job:\n{}", d.log_text());
+    let fetches: Vec<_> = forge
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "FetchTask")
+        .collect();
+    assert!(fetches.len() >= 2);
+    assert_eq!(
+        fetches[0].request_key, fetches[1].request_key,
+        "the key is kept after a failed fetch"
+    );
+    assert_ne!(
+        fetches[1].request_key,
+        fetches.last().unwrap().request_key,
+        "and renewed after a successful one"
+    );
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
 }
