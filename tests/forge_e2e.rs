@@ -730,3 +730,24 @@ async fn a_lost_fetch_answer_is_recovered_with_the_same_request_key() {
     );
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forge_down_at_start_does_not_hold_up_readiness_when_credentials_are_known() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    forge.stop().await;
+    // READY=1 comes although the forge does not answer: the secret is known.
+    let d = world.start();
+    forge.restart().await.unwrap();
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    // The labels were declared once the forge answered.
+    let declared = forge
+        .wait_for(|f| f.request_count("Declare") >= 1, Duration::from_secs(90))
+        .await;
+    assert!(declared, "{}", d.log_text());
+    assert_eq!(forge.runners()[0].version, "solstice-0.1.0");
+}

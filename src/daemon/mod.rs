@@ -35,7 +35,7 @@ use crate::vm::Accel;
 pub use slots::Slots;
 
 /// The version string sent to forges.
-pub const RUNNER_VERSION: &str = concat!("solstice-", env!("CARGO_PKG_VERSION"));
+pub use crate::forge::task::RUNNER_VERSION;
 /// How long cancelled jobs get to tear down and report after the drain.
 const CANCEL_GRACE: Duration = Duration::from_secs(60);
 /// Cap of the back-off between failed polls.
@@ -337,9 +337,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Obtains a forge's credentials (retrying while the forge is unreachable)
-/// and returns a client that carries them.
-async fn connect(shared: &Shared, forge: &ForgeConfig) -> Result<ForgejoClient, DaemonError> {
+/// Obtains a forge's credentials and declares its labels, and returns a
+/// client that carries the credentials. When the forge cannot be reached but
+/// the credentials are known without it (secret or runner file, or stored
+/// after an earlier registration), the daemon serves with them at once and
+/// declares in the background; only a runner that still has to register
+/// waits (with back-off) for the forge.
+async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoClient, DaemonError> {
     let opts = ClientOptions::default();
     let base = ForgejoClient::new(&forge.url, &opts).map_err(|e| DaemonError::Forge {
         forge: forge.name.clone(),
@@ -348,34 +352,30 @@ async fn connect(shared: &Shared, forge: &ForgeConfig) -> Result<ForgejoClient, 
     let mut backoff = backoff::Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
     let mut health = backoff::Health::default();
     loop {
-        let stored = shared
-            .store
-            .get_credentials(&forge.name)
-            .map_err(DaemonError::Store)?;
-        match crate::forge::credentials::obtain(forge, &base, stored, RUNNER_VERSION).await {
-            Ok(got) => {
-                if got.changed {
-                    shared
-                        .store
-                        .save_credentials(&forge.name, &got.credentials)
-                        .map_err(DaemonError::Store)?;
-                }
+        match obtain_once(shared, forge, &base).await {
+            Ok(client) => {
                 if let backoff::HealthChange::Up { failures } = health.succeeded() {
                     tracing::info!(forge = %forge.name, failures, "forge reachable again");
                 }
-                tracing::info!(
-                    forge = %forge.name,
-                    url = %forge.url,
-                    uuid = %got.credentials.uuid,
-                    labels = %forge.labels.join(","),
-                    "connected"
-                );
-                return Ok(got.client);
+                return Ok(client);
             }
             Err(e) if e.is_retryable() => {
                 shared.metrics.forge_error(&forge.name, "connect");
+                let stored = shared.store.get_credentials(&forge.name).ok().flatten();
+                if let Some(creds) = crate::forge::credentials::known_locally(forge, stored.as_ref()) {
+                    tracing::warn!(
+                        forge = %forge.name,
+                        error = %e,
+                        "cannot reach the forge; serving with the credentials known here and declaring the labels once it answers"
+                    );
+                    let s = shared.clone();
+                    let f = forge.clone();
+                    let b = base.clone();
+                    shared.tasks.spawn(async move { declare_later(s, f, b).await });
+                    return Ok(base.with_credentials(creds));
+                }
                 if health.failed() == backoff::HealthChange::Down {
-                    tracing::warn!(forge = %forge.name, error = %e, "cannot reach the forge; retrying with back-off");
+                    tracing::warn!(forge = %forge.name, error = %e, "cannot reach the forge to register; retrying with back-off");
                 }
                 tokio::time::sleep(backoff.fail(rand::random::<f64>())).await;
             }
@@ -384,6 +384,50 @@ async fn connect(shared: &Shared, forge: &ForgeConfig) -> Result<ForgejoClient, 
                     forge: forge.name.clone(),
                     message: e.to_string(),
                 });
+            }
+        }
+    }
+}
+
+/// One attempt at [`crate::forge::credentials::obtain`], saving what changed.
+async fn obtain_once(
+    shared: &Shared,
+    forge: &ForgeConfig,
+    base: &ForgejoClient,
+) -> Result<ForgejoClient, crate::forge::credentials::CredentialError> {
+    let stored = shared.store.get_credentials(&forge.name).ok().flatten();
+    let got = crate::forge::credentials::obtain(forge, base, stored, RUNNER_VERSION).await?;
+    if got.changed
+        && let Err(e) = shared.store.save_credentials(&forge.name, &got.credentials)
+    {
+        tracing::error!(forge = %forge.name, error = %e, "could not save the runner credentials");
+    }
+    tracing::info!(
+        forge = %forge.name,
+        url = %forge.url,
+        uuid = %got.credentials.uuid,
+        labels = %forge.labels.join(","),
+        "connected"
+    );
+    Ok(got.client)
+}
+
+/// Retries the declaration in the background until the forge answers.
+async fn declare_later(shared: Arc<Shared>, forge: ForgeConfig, base: ForgejoClient) {
+    let mut backoff = backoff::Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
+    loop {
+        tokio::select! {
+            _ = shared.stop_fetching.cancelled() => return,
+            _ = tokio::time::sleep(backoff.fail(rand::random::<f64>())) => {}
+        }
+        match obtain_once(&shared, &forge, &base).await {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(forge = %forge.name, error = %e, "declare failed again")
+            }
+            Err(e) => {
+                tracing::error!(forge = %forge.name, error = %e, "declaring the runner failed; jobs may not match its labels");
+                return;
             }
         }
     }

@@ -104,18 +104,17 @@ pub(crate) async fn poll_loop(shared: Arc<Shared>, forge: ForgeConfig, client: F
                 drop(reservation);
                 shared.metrics.forge_error(&forge.name, "FetchTask");
                 match health.failed() {
+                    HealthChange::Down if e.is_unauthenticated() => tracing::error!(
+                        forge = %forge.name,
+                        error = %e,
+                        "the forge no longer accepts this runner (was it deleted in the forge's UI?); give it new credentials (a fresh registration token, secret or runner file) and restart; polling goes on with back-off"
+                    ),
                     HealthChange::Down => tracing::warn!(
                         forge = %forge.name,
                         error = %e,
                         "polling failed; retrying with back-off (one line when it recovers)"
                     ),
                     _ => tracing::debug!(forge = %forge.name, error = %e, "poll failed again"),
-                }
-                if e.is_unauthenticated() {
-                    tracing::error!(
-                        forge = %forge.name,
-                        "the forge no longer knows this runner (deleted in its UI?); re-register it: remove the forge's credentials with a fresh registration token, or fix the credential file"
-                    );
                 }
                 pause = backoff.fail(rand::random::<f64>());
             }

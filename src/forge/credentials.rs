@@ -185,6 +185,38 @@ pub fn parse_runner_file(text: &str) -> Result<RunnerFile, String> {
     })
 }
 
+/// The credentials that can be known without asking the forge: from a
+/// secret file or a runner file, or stored ones registered at this URL.
+/// `None` when a registration is still needed (or a file cannot be read;
+/// [`obtain`] reports that).
+pub fn known_locally(
+    forge: &ForgeConfig,
+    stored: Option<&StoredCredentials>,
+) -> Option<Credentials> {
+    match &forge.credentials {
+        CredentialSource::SecretFile(path) => {
+            let secret = read_shared_secret(path).ok()?;
+            Some(Credentials {
+                uuid: uuid_from_shared_secret(&secret)?,
+                token: secret,
+            })
+        }
+        CredentialSource::RunnerFile(path) => {
+            let f = read_runner_file(path).ok()?;
+            Some(Credentials {
+                uuid: f.uuid,
+                token: f.token,
+            })
+        }
+        CredentialSource::RegistrationTokenFile(_) => stored
+            .filter(|s| s.url == forge.url)
+            .map(|s| Credentials {
+                uuid: s.uuid.clone(),
+                token: s.token.clone(),
+            }),
+    }
+}
+
 fn read_shared_secret(path: &Path) -> Result<Secret, CredentialError> {
     let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
         what: "secret",
