@@ -589,6 +589,11 @@ jobs:
     assert_eq!(l.status, TaskStatus::Cancelled, "{}", log_of(&l));
     assert!(l.no_more);
     assert!(
+        log_of(&l).contains("The runner is shutting down and its drain time (12s) is over"),
+        "{}",
+        log_of(&l)
+    );
+    assert!(
         forge.task_for_job(late).is_none(),
         "a task was fetched while stopping"
     );
@@ -617,7 +622,14 @@ async fn metrics_count_jobs_latency_and_forge_errors_and_a_second_daemon_is_refu
     let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
     let mut d = world.start();
 
-    // A second daemon on the same state directory refuses to start.
+    // `solstice status` sees the daemon running; a second daemon on the
+    // same state directory refuses to start.
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .args(["status", "-c"])
+        .arg(&world.config)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&st.stdout).starts_with("Daemon: running\n"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
         .args(["run", "-c"])
         .arg(&world.config)

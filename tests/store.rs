@@ -903,7 +903,8 @@ fn status_lists_running_and_recent_jobs() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{text}");
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(text.lines().next(), Some("Daemon: not running"));
     assert_eq!(lines[0], "In flight: 1");
     assert!(lines[1].starts_with("ID "), "{text}");
     let running_line = lines[2];

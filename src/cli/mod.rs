@@ -13,9 +13,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "solstice", version, about, long_about = None)]
 pub struct Cli {
-    /// Log filter for diagnostics on stderr (e.g. `info`, `solstice=debug`).
-    #[arg(long, global = true, env = "SOLSTICE_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log filter for diagnostics on stderr (e.g. `info`, `solstice=debug`)
+    /// [default: `info` for `run`, `warn` otherwise].
+    #[arg(long, global = true, env = "SOLSTICE_LOG")]
+    pub log: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -124,14 +125,12 @@ fn valid_name(k: &str) -> bool {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs its progress at `info` unless told otherwise.
-    let daemon_default = matches!(cli.command, Command::Run { .. })
-        && std::env::var_os("SOLSTICE_LOG").is_none()
-        && cli.log == "warn";
-    init_tracing(if daemon_default {
+    let default = if matches!(cli.command, Command::Run { .. }) {
         "info"
     } else {
-        cli.log.as_str()
-    });
+        "warn"
+    };
+    init_tracing(cli.log.as_deref().unwrap_or(default));
     match cli.command {
         Command::Run { config } => run_async(crate::daemon::run_main(config.as_deref())),
         Command::CheckConfig { file } => crate::config::check_config_main(&file),

@@ -36,6 +36,8 @@ pub mod exit {
 #[derive(Debug, Clone)]
 pub struct Status {
     pub db: PathBuf,
+    /// A `solstice run` holds the state directory's lock now.
+    pub daemon_running: bool,
     /// Every job not finished, oldest first.
     pub in_flight: Vec<JobRow>,
     /// The most recently finished jobs, newest first.
@@ -50,6 +52,7 @@ pub fn read_status(state_dir: &Path, limit: usize) -> Result<Status, StoreError>
         in_flight: store.unfinished_jobs()?,
         recent: store.recent_finished_jobs(limit)?,
         db,
+        daemon_running: crate::daemon::is_running(state_dir),
     })
 }
 
@@ -84,10 +87,11 @@ pub fn status_main(args: StatusArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The status as JSON: `{ "database", "in_flight": [job…], "recent": [job…] }`.
+/// The status as JSON: `{ "database", "daemon_running", "in_flight": [job…], "recent": [job…] }`.
 pub fn status_json(status: &Status, now: SystemTime) -> Value {
     json!({
         "database": status.db.display().to_string(),
+        "daemon_running": status.daemon_running,
         "in_flight": status.in_flight.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
         "recent": status.recent.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
     })
@@ -128,6 +132,11 @@ fn unix(t: SystemTime) -> f64 {
 /// The status as aligned tables.
 pub fn render_text(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
+    out.push_str(if status.daemon_running {
+        "Daemon: running\n"
+    } else {
+        "Daemon: not running\n"
+    });
     out.push_str(&format!("In flight: {}\n", status.in_flight.len()));
     if !status.in_flight.is_empty() {
         let mut rows = vec![strings(&[
@@ -290,12 +299,14 @@ mod tests {
         };
         let status = Status {
             db: PathBuf::from("/s/solstice.db"),
+            daemon_running: true,
             in_flight: vec![job("task-cb-7-a", JobState::Booting)],
             recent: vec![done],
         };
         let now = UNIX_EPOCH + Duration::from_secs(1090);
         let text = render_text(&status, now);
         let expected = "\
+Daemon: running
 In flight: 1
 ID           FORGE  TASK  JOB         IMAGE   STATE    AGE
 task-cb-7-a  cb     7     o/r: build  debian  booting  1m30s
@@ -311,5 +322,6 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
         assert_eq!(v["recent"][0]["time_to_first_step_secs"], 10.0);
         assert_eq!(v["recent"][0]["duration_secs"], 65.0);
         assert_eq!(v["recent"][0]["reported"], false);
+        assert_eq!(v["daemon_running"], true);
     }
 }

@@ -3,8 +3,9 @@
 //! and results back, and survives crashes, forge outages and restarts
 //! without stray VMs or lost log rows.
 //!
-//! Start-up order: config → state database → reconcile what a previous run
-//! left → accelerator → credentials of every forge → `READY=1` → poll loops.
+//! Start-up order: config → lock file → state database → reconcile what a
+//! previous run left → accelerator → metrics endpoint → credentials of every
+//! forge → `READY=1` → poll loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
 //! `daemon.drain_timeout_secs`, then cancel them, report them, clean up and
 //! exit 0.
@@ -38,6 +39,8 @@ pub use slots::Slots;
 pub use crate::forge::task::RUNNER_VERSION;
 /// How long cancelled jobs get to tear down and report after the drain.
 const CANCEL_GRACE: Duration = Duration::from_secs(60);
+/// Finished job records kept in the state database (for `solstice status`).
+pub const KEEP_FINISHED_JOBS: usize = 1000;
 /// Cap of the back-off between failed polls.
 const POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
@@ -48,6 +51,8 @@ pub enum DaemonError {
     NoForges,
     #[error("Cannot open the state database")]
     Store(#[source] crate::store::StoreError),
+    #[error("The accelerator probe failed: {0}")]
+    Probe(String),
     #[error("Cannot choose an accelerator")]
     Accel(#[source] crate::vm::accel::AccelError),
     #[error("Forge {forge}: {message}")]
@@ -71,6 +76,17 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// True when a `solstice run` holds the lock of `state_dir` now.
+pub fn is_running(state_dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(state_dir.join("solstice.lock")) else {
+        return false;
+    };
+    matches!(
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
 }
 
 /// Takes the state directory's lock file (`solstice.lock`), so that two
@@ -109,6 +125,8 @@ pub(crate) struct RunningJob {
     pub forge: String,
     pub task_id: i64,
     pub cancel: CancellationToken,
+    /// Where a reason for a cancellation goes (the job's forge log).
+    pub reporter: Arc<crate::forge::reporter::ReporterShared>,
 }
 
 /// Everything the poll loops and task runners share.
@@ -144,22 +162,12 @@ pub fn database_path(config: &Config) -> PathBuf {
     config.daemon.state_dir.join("solstice.db")
 }
 
-/// `solstice run`: the exit code for `main`.
+/// `solstice run`: the exit code for `main`: 0 after a clean stop, 1 when
+/// the daemon cannot start or must stop, 2 for a missing or invalid config.
 pub async fn run_main(config_path: Option<&Path>) -> ExitCode {
-    let path = match crate::runner::find_config(config_path) {
-        Ok(p) => p,
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config = match crate::config::load(&path) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("error: {} is not valid (see above)", path.display());
-            return ExitCode::FAILURE;
-        }
+    let config = match crate::cli::exec::load_config(config_path) {
+        Ok((_, c)) => c,
+        Err(code) => return code,
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,14 +197,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // What a previous run left: VMs first (local, fast), tasks to report later.
     let jobs_dir = crate::runner::jobs_dir(&config);
     reconcile::leftover_vms(&store, &jobs_dir);
+    reconcile::orphaned_forges(&store, &config);
+    match store.prune_finished_jobs(KEEP_FINISHED_JOBS) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "pruned old job records"),
+        Err(e) => tracing::warn!(error = %e, "could not prune old job records"),
+    }
 
     let qemu = config.qemu.clone();
     let probe = tokio::task::spawn_blocking(move || crate::vm::accel::resolve_with_reason(&qemu))
         .await
-        .map_err(|e| DaemonError::Forge {
-            forge: String::new(),
-            message: format!("accelerator probe panicked: {e}"),
-        })?
+        .map_err(|e| DaemonError::Probe(e.to_string()))?
         .map_err(DaemonError::Accel)?;
     tracing::info!(accel = ?probe.accel, reason = %probe.reason, "accelerator chosen");
 
@@ -320,6 +331,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         notify::status(&format!("stopping: cancelling {} job(s)", jobs.len()));
         for j in &jobs {
             tracing::info!(forge = %j.forge, task = j.task_id, "cancelling");
+            crate::runner::runner_line(
+                j.reporter.as_ref(),
+                format!(
+                    "The runner is shutting down and its drain time ({}s) is over: the job is cancelled",
+                    drain.as_secs()
+                ),
+            );
             j.cancel.cancel();
         }
         if tokio::time::timeout(CANCEL_GRACE, shared.tasks.wait())
@@ -362,7 +380,9 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
             Err(e) if e.is_retryable() => {
                 shared.metrics.forge_error(&forge.name, "connect");
                 let stored = shared.store.get_credentials(&forge.name).ok().flatten();
-                if let Some(creds) = crate::forge::credentials::known_locally(forge, stored.as_ref()) {
+                if let Some(creds) =
+                    crate::forge::credentials::known_locally(forge, stored.as_ref())
+                {
                     tracing::warn!(
                         forge = %forge.name,
                         error = %e,
@@ -371,7 +391,9 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
                     let s = shared.clone();
                     let f = forge.clone();
                     let b = base.clone();
-                    shared.tasks.spawn(async move { declare_later(s, f, b).await });
+                    shared
+                        .tasks
+                        .spawn(async move { declare_later(s, f, b).await });
                     return Ok(base.with_credentials(creds));
                 }
                 if health.failed() == backoff::HealthChange::Down {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::task::StoreSpool;
 use crate::forge::client::ForgejoClient;
-use crate::forge::proto::{self, TaskResult, TaskState};
+use crate::forge::proto::{TaskResult, TaskState};
 use crate::forge::reporter::{ReporterConfig, ReporterShared, TaskStateBuilder, finish};
 use crate::store::{JobState, Store};
 
@@ -25,6 +25,29 @@ pub(crate) fn leftover_vms(store: &Store, jobs_dir: &Path) {
     }
     for p in &report.problems {
         tracing::error!("reconcile: {p}");
+    }
+}
+
+/// Unfinished jobs of forges that are no longer configured cannot be
+/// reported: they are closed here as failed, with a warning, so they do not
+/// stay "in flight" forever.
+pub(crate) fn orphaned_forges(store: &Store, config: &crate::config::Config) {
+    let mut jobs = store.unfinished_jobs().unwrap_or_default();
+    jobs.extend(store.unreported_finished_jobs().unwrap_or_default());
+    for job in jobs
+        .into_iter()
+        .filter(|j| !config.forges.contains_key(&j.forge))
+    {
+        tracing::warn!(
+            forge = %job.forge,
+            task = job.task_id,
+            "an interrupted task belongs to a forge no longer in the config; it cannot be reported and is closed here as failed (the forge shows it running until its own timeout)"
+        );
+        if job.state != JobState::Finished {
+            let _ = store.finish_job(&job.id, "failure", std::time::SystemTime::now());
+        }
+        let _ = store.mark_reported(&job.id);
+        let _ = store.delete_job_logs(&job.id);
     }
 }
 
@@ -120,5 +143,4 @@ pub(crate) async fn interrupted_tasks(shared: &Arc<Shared>, forge: &str, client:
             }
         }
     }
-    let _ = proto::now();
 }

@@ -258,6 +258,7 @@ pub(crate) async fn run_task(
                 forge: forge.name.clone(),
                 task_id,
                 cancel: cancel.clone(),
+                reporter: reporter.clone(),
             },
         );
     }

@@ -208,12 +208,12 @@ pub fn known_locally(
                 token: f.token,
             })
         }
-        CredentialSource::RegistrationTokenFile(_) => stored
-            .filter(|s| s.url == forge.url)
-            .map(|s| Credentials {
+        CredentialSource::RegistrationTokenFile(_) => {
+            stored.filter(|s| s.url == forge.url).map(|s| Credentials {
                 uuid: s.uuid.clone(),
                 token: s.token.clone(),
-            }),
+            })
+        }
     }
 }
 
