@@ -17,7 +17,8 @@ use crate::forge::ReportApi;
 use crate::forge::client::ForgejoClient;
 use crate::forge::proto::{self, LogRow, Task};
 use crate::forge::reporter::{
-    LogSpool, ReporterConfig, ReporterShared, SpoolError, TaskStateBuilder, run_reporter,
+    LogSpool, ReportError, ReporterConfig, ReporterShared, SpoolError, TaskStateBuilder, finish,
+    run_reporter,
 };
 use crate::forge::task::{TranslateOptions, numbered_payload, pick_image, translate};
 use crate::metrics::LatencySplit;
@@ -376,24 +377,60 @@ pub(crate) async fn run_task(
     }
     shared.update_status();
 
-    match report.await {
-        Ok(Ok(())) => {
-            let _ = store.mark_reported(&job_id);
-            let _ = store.delete_job_logs(&job_id);
-            tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported");
+    let reported = match report.await {
+        Ok(Ok(())) => true,
+        Ok(Err(e @ ReportError::Unauthenticated { .. })) => {
+            shared.metrics.forge_error(&forge.name, "report");
+            tracing::error!(forge = %forge.name, task = task_id, error = %e, "the forge refused the runner's credentials; the final report is kept and sent again at the next start");
+            false
         }
         Ok(Err(e)) => {
             shared.metrics.forge_error(&forge.name, "report");
-            tracing::error!(forge = %forge.name, task = task_id, error = %e, "the final report did not reach the forge; it is kept and sent again at the next start");
+            tracing::warn!(forge = %forge.name, task = task_id, error = %e, "the final report has not reached the forge yet; retrying every 30 s in the background");
+            false
         }
-        Err(e) => tracing::error!(task = task_id, error = %e, "the reporter panicked"),
-    }
+        Err(e) => {
+            tracing::error!(task = task_id, error = %e, "the reporter panicked");
+            false
+        }
+    };
     saver.abort();
     save_state(&store, &job_id, &reporter);
-    // Held until the forge has the final report: until then the forge counts
-    // the task as running on this runner.
+    if reported {
+        let _ = store.mark_reported(&job_id);
+        let _ = store.delete_job_logs(&job_id);
+        tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported");
+        // Held until the forge has the final report: until then the forge
+        // counts the task as running on this runner.
+        drop(host_slot);
+        return;
+    }
+    // The forge is unreachable for longer than the reporter's budget: free
+    // the slot, keep the report in the database and keep trying while the
+    // daemon runs (the next start sends it otherwise).
     drop(host_slot);
+    loop {
+        tokio::select! {
+            _ = shared.stop_fetching.cancelled() => return,
+            _ = tokio::time::sleep(REPORT_RETRY) => {}
+        }
+        match finish(&client, &reporter, &cancel).await {
+            Ok(()) => {
+                let _ = store.mark_reported(&job_id);
+                let _ = store.delete_job_logs(&job_id);
+                tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported (late)");
+                return;
+            }
+            Err(ReportError::Unauthenticated { .. }) => return,
+            Err(e) => {
+                tracing::debug!(forge = %forge.name, task = task_id, error = %e, "late report failed again")
+            }
+        }
+    }
 }
+
+/// Pause between attempts at a final report that did not get through.
+const REPORT_RETRY: Duration = Duration::from_secs(30);
 
 /// Saves the reporter's task state every second while it changes.
 async fn save_states(store: Arc<Store>, job_id: String, reporter: Arc<ReporterShared>) {
