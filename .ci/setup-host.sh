@@ -50,3 +50,22 @@ if [ "${#new_servers[@]}" -gt 0 ]; then
   fi
 fi
 apt-get install -y -q ksh dash git python3
+
+# Nix tooling for scripts/check-nix: Debian's Nix (only `nix-instantiate
+# --parse` and pure `--eval` are used: nixpkgs cannot be fetched here), and
+# the Nix formatter and dead-code linter at pinned versions from crates.io.
+# nixpkgs-fmt is the formatter the flake's `nix fmt` runs; the RFC-style
+# nixfmt is a Haskell program with no crates.io or Debian 12 package.
+apt-get install -y -q nix-bin
+install_crate() { # NAME VERSION: cargo install unless that version is there
+  if ! "$1" --version 2>/dev/null | grep -q " $2"; then
+    cargo install --locked --version "$2" "$1"
+  fi
+}
+if command -v cargo >/dev/null 2>&1; then
+  install_crate nixpkgs-fmt 1.3.0
+  install_crate deadnix 1.3.1
+else
+  echo "setup-host.sh: cargo is missing; install Rust, then run this again for nixpkgs-fmt and deadnix" >&2
+  exit 1
+fi

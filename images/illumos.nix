@@ -25,11 +25,11 @@ let
       );
 
   illumosImage =
-    {
-      name,
-      # Shell that turns "$src" into a file named `disk` (raw or qcow2).
-      unpack,
-      metadata,
+    { name
+    , # Shell that turns "$src" into a file named `disk` (raw or qcow2).
+      unpack
+    , metadata
+    ,
     }:
     let
       pin = pinOf name;

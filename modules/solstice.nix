@@ -8,11 +8,10 @@
 # a mistake fails `nixos-rebuild`, not the running service.
 # docs/reference/nixos-options.md describes every option declared here
 # (tests/nixos_module.rs checks that the two agree).
-{
-  config,
-  lib,
-  pkgs,
-  ...
+{ config
+, lib
+, pkgs
+, ...
 }:
 let
   inherit (lib)
@@ -48,6 +47,11 @@ let
     if cfg.settings.daemon.state_dir == null then "/var/lib/solstice" else cfg.settings.daemon.state_dir;
 
   nullOr = t: types.nullOr t;
+  imageFormat = types.enum [ "qcow2" "raw" ];
+  guestOs = types.enum [ "linux" "illumos" ];
+  firmwareKind = types.enum [ "bios" "uefi" ];
+  seedKind = types.enum [ "nocloud" "metadata-cpio" ];
+  accelKind = types.enum [ "auto" "kvm" "tcg" ];
   nullOption =
     type: description:
     mkOption {
@@ -135,22 +139,10 @@ let
             build time, so `check-config` then runs with `--no-path-checks`.
           '';
         };
-        format = nullOption (types.enum [
-          "qcow2"
-          "raw"
-        ]) "Disk format of the image. Default: the image's metadata, else `qcow2`.";
-        os = nullOption (types.enum [
-          "linux"
-          "illumos"
-        ]) "Guest operating system. Default: the image's metadata, else `linux`.";
-        firmware = nullOption (types.enum [
-          "bios"
-          "uefi"
-        ]) "Boot firmware. `uefi` makes the module point `qemu.uefi_code` and `qemu.uefi_vars` at OVMF. Default: the image's metadata, else `bios`.";
-        seed = nullOption (types.enum [
-          "nocloud"
-          "metadata-cpio"
-        ]) "How the guest gets its SSH key. Default: the image's metadata, else `nocloud`.";
+        format = nullOption imageFormat "Disk format of the image. Default: the image's metadata, else `qcow2`.";
+        os = nullOption guestOs "Guest operating system. Default: the image's metadata, else `linux`.";
+        firmware = nullOption firmwareKind "Boot firmware. `uefi` makes the module point `qemu.uefi_code` and `qemu.uefi_vars` at OVMF. Default: the image's metadata, else `bios`.";
+        seed = nullOption seedKind "How the guest gets its SSH key. Default: the image's metadata, else `nocloud`.";
         sshUser = nullOption types.str "User the job's steps run as. Default: the image's metadata, else `root`.";
         vcpus = nullOption (types.ints.between 1 64) "Virtual CPUs. Default (null): 2.";
         memoryMib = nullOption (types.ints.between 64 1048576) "Guest memory in MiB; must not be below the image's `minMemoryMib`. Default: the image's metadata, else 1024.";
@@ -219,17 +211,19 @@ let
     else
       unchecked;
 
-  forgeCredentials = lib.mapAttrsToList (
-    name: f:
-    let
-      file = lib.findFirst (v: v != null) null (map (o: f.${o}) credentialOptions);
-    in
-    {
-      inherit name;
-      file = toString file;
-      count = lib.count (o: f.${o} != null) credentialOptions;
-    }
-  ) cfg.forges;
+  forgeCredentials = lib.mapAttrsToList
+    (
+      name: f:
+        let
+          file = lib.findFirst (v: v != null) null (map (o: f.${o}) credentialOptions);
+        in
+        {
+          inherit name;
+          file = toString file;
+          count = lib.count (o: f.${o} != null) credentialOptions;
+        }
+    )
+    cfg.forges;
 in
 {
   options.services.solstice = {
@@ -287,11 +281,7 @@ in
             type = types.submodule {
               freeformType = toml.type;
               options = {
-                accel = nullOption (types.enum [
-                  "auto"
-                  "kvm"
-                  "tcg"
-                ]) "Accelerator: `auto` (KVM if a probe boots, TCG otherwise), `kvm` or `tcg`. Default (null): `auto`.";
+                accel = nullOption accelKind "Accelerator: `auto` (KVM if a probe boots, TCG otherwise), `kvm` or `tcg`. Default (null): `auto`.";
                 uefi_code = mkOption {
                   type = nullOr types.str;
                   default = if anyUefi then "${pkgs.OVMF.fd}/FV/OVMF_CODE.fd" else null;
@@ -342,32 +332,36 @@ in
 
   config = mkIf cfg.enable {
     assertions =
-      lib.concatMap (c: [
-        {
-          assertion = c.count == 1;
-          message = "services.solstice.forges.${c.name}: set exactly one of tokenFile, secretFile and runnerFile.";
-        }
-        {
-          assertion = c.count != 1 || (lib.hasPrefix "/" c.file && !lib.hasPrefix "${builtins.storeDir}/" c.file);
-          message = "services.solstice.forges.${c.name}: the credential file ${c.file} must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.";
-        }
-      ]) forgeCredentials
+      lib.concatMap
+        (c: [
+          {
+            assertion = c.count == 1;
+            message = "services.solstice.forges.${c.name}: set exactly one of tokenFile, secretFile and runnerFile.";
+          }
+          {
+            assertion = c.count != 1 || (lib.hasPrefix "/" c.file && !lib.hasPrefix "${builtins.storeDir}/" c.file);
+            message = "services.solstice.forges.${c.name}: the credential file ${c.file} must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.";
+          }
+        ])
+        forgeCredentials
       ++ lib.concatLists (
-        lib.mapAttrsToList (name: i: [
-          {
-            assertion = (i.image == null) != (i.path == null);
-            message = "services.solstice.images.${name}: set exactly one of image and path.";
-          }
-          {
-            assertion =
-              let
-                min = if i.image == null then null else i.image.passthru.solstice.minMemoryMib or null;
-                mem = images.${name}.memoryMib;
-              in
-              min == null || mem == null || mem >= min;
-            message = "services.solstice.images.${name}: memoryMib is below the image's minimum (passthru.solstice.minMemoryMib).";
-          }
-        ]) cfg.images
+        lib.mapAttrsToList
+          (name: i: [
+            {
+              assertion = (i.image == null) != (i.path == null);
+              message = "services.solstice.images.${name}: set exactly one of image and path.";
+            }
+            {
+              assertion =
+                let
+                  min = if i.image == null then null else i.image.passthru.solstice.minMemoryMib or null;
+                  mem = images.${name}.memoryMib;
+                in
+                min == null || mem == null || mem >= min;
+              message = "services.solstice.images.${name}: memoryMib is below the image's minimum (passthru.solstice.minMemoryMib).";
+            }
+          ])
+          cfg.images
       )
       ++ [
         {
