@@ -62,12 +62,13 @@ rustPlatform.buildRustPackage {
     "workflow_model"
   ];
   # Unit tests call qemu-img (overlays), cpio (metadata seed) and isoinfo
-  # (NoCloud ISO layout) on files they make themselves.
+  # (NoCloud ISO layout) and ssh-keygen on files they make themselves.
   nativeCheckInputs = [
     qemu_kvm
     cpio
     cdrkit
     git
+    openssh
   ];
 
   # QEMU and qemu-img are found through PATH (`qemu.system_binary` and

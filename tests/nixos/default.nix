@@ -7,7 +7,6 @@
 }:
 let
   run = file: pkgs.testers.runNixOSTest (import file { inherit self; });
-  lib = pkgs.lib;
 in
 {
   forgejo-job-runs-in-nixos-guest-and-failure-is-reported = run ./forgejo-job-runs-in-nixos-guest-and-failure-is-reported.nix;
@@ -17,7 +16,7 @@ in
   # running service: building the config file fails, naming the key.
   module-rejects-unknown-key-at-build-time =
     let
-      system = lib.nixosSystem {
+      system = import (pkgs.path + "/nixos/lib/eval-config.nix") {
         inherit (pkgs.stdenv.hostPlatform) system;
         modules = [
           self.nixosModules.default
