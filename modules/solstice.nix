@@ -249,7 +249,7 @@ in
 
     settings = mkOption {
       default = { };
-      example = literalExpression (builtins.toJSON example.settings);
+      example = literalExpression (lib.generators.toPretty { } example.settings);
       description = ''
         The TOML configuration (see docs/reference/config.md), except the
         forges and images declared with `forges` and `images`. Keys not
@@ -304,7 +304,7 @@ in
     forges = mkOption {
       type = types.attrsOf (types.submodule forgeModule);
       default = { };
-      example = literalExpression (builtins.toJSON example.forges);
+      example = literalExpression (lib.generators.toPretty { } example.forges);
       description = ''
         Forgejo or Gitea instances to take jobs from, by name (the name keys
         the runner credentials in the state database and names the systemd
@@ -317,7 +317,7 @@ in
     images = mkOption {
       type = types.attrsOf (types.submodule imageModule);
       default = { };
-      example = literalExpression (builtins.toJSON example.images);
+      example = literalExpression (lib.generators.toPretty { } example.images);
       description = "Base images jobs run on, by name (`[a-z0-9][a-z0-9._-]*`).";
     };
 

@@ -8,7 +8,9 @@
 //! - every forge and image option renders to a key `check-config` accepts;
 //! - its options and `docs/reference/nixos-options.md` list the same names,
 //!   every option has a description, and the settings it declares are real
-//!   config keys.
+//!   config keys;
+//! - an illumos image without a confirmed pin fails to evaluate, naming the
+//!   command that pins it.
 //!
 //! `nix-instantiate` comes from Debian's `nix-bin` (`.ci/setup-host.sh`).
 
@@ -288,4 +290,59 @@ fn every_module_option_has_a_description() {
             "a nullOption has no description: {line}"
         );
     }
+}
+
+/// Evaluates `images/illumos.nix` with stand-ins for the few nixpkgs
+/// functions it calls, and returns nix-instantiate's output.
+fn eval_illumos(attr: &str) -> std::process::Output {
+    let expr = format!(
+        r#"
+      let
+        lib = {{
+          importJSON = f: builtins.fromJSON (builtins.readFile f);
+          optionalString = c: s: if c then s else "";
+        }};
+        pkgs = {{
+          fetchurl = x: x;
+          runCommand = name: attrs: _: attrs // {{ inherit name; }};
+          qemu-utils = null;
+          zstd = null;
+        }};
+      in (import ./images/illumos.nix {{ inherit pkgs lib; }}).{attr}
+    "#
+    );
+    Command::new("nix-instantiate")
+        .current_dir(repo())
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn unpinned_illumos_image_fails_evaluation_naming_the_pin_command() {
+    let pins: serde_json::Value = serde_json::from_str(&read("images/pins.json")).unwrap();
+    for name in ["omnios", "openindiana"] {
+        let pin = &pins[name];
+        let pinned = pin["sha256"].is_string() && pin["url"].is_string();
+        let out = eval_illumos(&format!("{name}.passthru.solstice"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if pinned {
+            assert!(out.status.success(), "{stderr}");
+            let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(meta["os"], "illumos");
+            assert_eq!(meta["console"], "ttya");
+        } else {
+            assert!(!out.status.success(), "{name} evaluated without a pin");
+            assert!(
+                stderr.contains(&format!("run: images/update-pins.sh {name}")),
+                "{stderr}"
+            );
+        }
+    }
+    let out = eval_illumos("isPinned \"omnios\"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
