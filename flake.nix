@@ -27,9 +27,9 @@
         let
           images = imagesFor pkgs;
         in
-        lib.filterAttrs (name: _: name == "image-nixos" || images.isPinned (lib.removePrefix "image-" name)) (
-          imageAttrs pkgs
-        );
+        lib.filterAttrs (
+          name: _: name == "image-nixos" || images.isPinned (lib.removePrefix "image-" name)
+        ) (imageAttrs pkgs);
     in
     {
       overlays.default = final: _prev: {
@@ -84,12 +84,15 @@
             clippy
             rustfmt
             qemu_kvm
-            nixpkgs-fmt
+            nixfmt
             deadnix
           ];
         };
       });
 
-      formatter = forSystems packageSystems (pkgs: pkgs.nixpkgs-fmt);
+      # `pkgs.nixfmt` is the official RFC 166 formatter from nixpkgs 25.11 on;
+      # the older name `nixfmt-rfc-style` is a deprecated alias there that
+      # prints an evaluation warning, and the pre-RFC one is `nixfmt-classic`.
+      formatter = forSystems packageSystems (pkgs: pkgs.nixfmt);
     };
 }

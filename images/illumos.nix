@@ -20,16 +20,18 @@ let
       throw (
         "The ${name} image has no confirmed pin in images/pins.json. "
         + "On a machine with Nix that reaches the publisher, run: images/update-pins.sh ${name}"
-        + lib.optionalString ((pins.${name}.url or null) == null) " --url <URL of the published cloud image>"
+        + lib.optionalString (
+          (pins.${name}.url or null) == null
+        ) " --url <URL of the published cloud image>"
         + " and commit images/pins.json."
       );
 
   illumosImage =
-    { name
-    , # Shell that turns "$src" into a file named `disk` (raw or qcow2).
-      unpack
-    , metadata
-    ,
+    {
+      name,
+      # Shell that turns "$src" into a file named `disk` (raw or qcow2).
+      unpack,
+      metadata,
     }:
     let
       pin = pinOf name;

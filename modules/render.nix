@@ -7,11 +7,11 @@
 # forges:        `services.solstice.forges`, with `tokenFile`, `secretFile` or `runnerFile`
 # images:        `services.solstice.images`, resolved (path, os, ... filled in)
 # credentialDir: where systemd's LoadCredential puts the credential files
-{ settings
-, forges
-, images
-, credentialDir
-,
+{
+  settings,
+  forges,
+  images,
+  credentialDir,
 }:
 let
   # TOML has no null: an unset option is a key left out, so Solstice applies
@@ -19,10 +19,9 @@ let
   dropNulls =
     value:
     if builtins.isAttrs value then
-      builtins.mapAttrs (_: dropNulls)
-        (
-          builtins.removeAttrs value (builtins.filter (n: value.${n} == null) (builtins.attrNames value))
-        )
+      builtins.mapAttrs (_: dropNulls) (
+        builtins.removeAttrs value (builtins.filter (n: value.${n} == null) (builtins.attrNames value))
+      )
     else if builtins.isList value then
       map dropNulls value
     else
@@ -52,12 +51,10 @@ let
     # The module asserts that exactly one is set; the file itself reaches the
     # service through LoadCredential under the forge's name.
     // builtins.listToAttrs (
-      map
-        (o: {
-          name = credentialKeys.${o};
-          value = "${credentialDir}/${name}";
-        })
-        set
+      map (o: {
+        name = credentialKeys.${o};
+        value = "${credentialDir}/${name}";
+      }) set
     );
 
   image = _: i: {
@@ -79,7 +76,7 @@ let
 in
 dropNulls (
   settings
-    // {
+  // {
     forges = (settings.forges or { }) // builtins.mapAttrs forge forges;
     images = (settings.images or { }) // builtins.mapAttrs image images;
   }

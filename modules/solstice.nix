@@ -8,10 +8,11 @@
 # a mistake fails `nixos-rebuild`, not the running service.
 # docs/reference/nixos-options.md describes every option declared here
 # (tests/nixos_module.rs checks that the two agree).
-{ config
-, lib
-, pkgs
-, ...
+{
+  config,
+  lib,
+  pkgs,
+  ...
 }:
 let
   inherit (lib)
@@ -44,14 +45,33 @@ let
     else
       cfg.settings.daemon.drain_timeout_secs;
   stateDir =
-    if cfg.settings.daemon.state_dir == null then "/var/lib/solstice" else cfg.settings.daemon.state_dir;
+    if cfg.settings.daemon.state_dir == null then
+      "/var/lib/solstice"
+    else
+      cfg.settings.daemon.state_dir;
 
   nullOr = t: types.nullOr t;
-  imageFormat = types.enum [ "qcow2" "raw" ];
-  guestOs = types.enum [ "linux" "illumos" ];
-  firmwareKind = types.enum [ "bios" "uefi" ];
-  seedKind = types.enum [ "nocloud" "metadata-cpio" ];
-  accelKind = types.enum [ "auto" "kvm" "tcg" ];
+  imageFormat = types.enum [
+    "qcow2"
+    "raw"
+  ];
+  guestOs = types.enum [
+    "linux"
+    "illumos"
+  ];
+  firmwareKind = types.enum [
+    "bios"
+    "uefi"
+  ];
+  seedKind = types.enum [
+    "nocloud"
+    "metadata-cpio"
+  ];
+  accelKind = types.enum [
+    "auto"
+    "kvm"
+    "tcg"
+  ];
   nullOption =
     type: description:
     mkOption {
@@ -211,19 +231,17 @@ let
     else
       unchecked;
 
-  forgeCredentials = lib.mapAttrsToList
-    (
-      name: f:
-        let
-          file = lib.findFirst (v: v != null) null (map (o: f.${o}) credentialOptions);
-        in
-        {
-          inherit name;
-          file = toString file;
-          count = lib.count (o: f.${o} != null) credentialOptions;
-        }
-    )
-    cfg.forges;
+  forgeCredentials = lib.mapAttrsToList (
+    name: f:
+    let
+      file = lib.findFirst (v: v != null) null (map (o: f.${o}) credentialOptions);
+    in
+    {
+      inherit name;
+      file = toString file;
+      count = lib.count (o: f.${o} != null) credentialOptions;
+    }
+  ) cfg.forges;
 in
 {
   options.services.solstice = {
@@ -332,36 +350,33 @@ in
 
   config = mkIf cfg.enable {
     assertions =
-      lib.concatMap
-        (c: [
-          {
-            assertion = c.count == 1;
-            message = "services.solstice.forges.${c.name}: set exactly one of tokenFile, secretFile and runnerFile.";
-          }
-          {
-            assertion = c.count != 1 || (lib.hasPrefix "/" c.file && !lib.hasPrefix "${builtins.storeDir}/" c.file);
-            message = "services.solstice.forges.${c.name}: the credential file ${c.file} must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.";
-          }
-        ])
-        forgeCredentials
+      lib.concatMap (c: [
+        {
+          assertion = c.count == 1;
+          message = "services.solstice.forges.${c.name}: set exactly one of tokenFile, secretFile and runnerFile.";
+        }
+        {
+          assertion =
+            c.count != 1 || (lib.hasPrefix "/" c.file && !lib.hasPrefix "${builtins.storeDir}/" c.file);
+          message = "services.solstice.forges.${c.name}: the credential file ${c.file} must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.";
+        }
+      ]) forgeCredentials
       ++ lib.concatLists (
-        lib.mapAttrsToList
-          (name: i: [
-            {
-              assertion = (i.image == null) != (i.path == null);
-              message = "services.solstice.images.${name}: set exactly one of image and path.";
-            }
-            {
-              assertion =
-                let
-                  min = if i.image == null then null else i.image.passthru.solstice.minMemoryMib or null;
-                  mem = images.${name}.memoryMib;
-                in
-                min == null || mem == null || mem >= min;
-              message = "services.solstice.images.${name}: memoryMib is below the image's minimum (passthru.solstice.minMemoryMib).";
-            }
-          ])
-          cfg.images
+        lib.mapAttrsToList (name: i: [
+          {
+            assertion = (i.image == null) != (i.path == null);
+            message = "services.solstice.images.${name}: set exactly one of image and path.";
+          }
+          {
+            assertion =
+              let
+                min = if i.image == null then null else i.image.passthru.solstice.minMemoryMib or null;
+                mem = images.${name}.memoryMib;
+              in
+              min == null || mem == null || mem >= min;
+            message = "services.solstice.images.${name}: memoryMib is below the image's minimum (passthru.solstice.minMemoryMib).";
+          }
+        ]) cfg.images
       )
       ++ [
         {

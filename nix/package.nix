@@ -1,15 +1,15 @@
 # The Solstice package: the `solstice` binary, with QEMU, qemu-img and git on
 # its PATH. Built from this repository's Cargo.lock; tests that boot VMs or
 # start SSH servers are kept out of the build sandbox (see `cargoTestFlags`).
-{ lib
-, rustPlatform
-, makeWrapper
-, qemu_kvm
-, git
-, openssh
-, cpio
-, cdrkit
-,
+{
+  lib,
+  rustPlatform,
+  makeWrapper,
+  qemu_kvm,
+  git,
+  openssh,
+  cpio,
+  cdrkit,
 }:
 let
   root = ./..;

@@ -1,9 +1,9 @@
 # The NixOS tests, one file per scenario, named after what they prove. Each
 # sets its own `globalTimeout`. `nix flake check` runs them (x86_64-linux,
 # with the `nixos-test` system feature; KVM makes them much faster).
-{ pkgs
-, self
-,
+{
+  pkgs,
+  self,
 }:
 let
   run = file: pkgs.testers.runNixOSTest (import file { inherit self; });
