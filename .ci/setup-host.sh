@@ -50,3 +50,25 @@ if [ "${#new_servers[@]}" -gt 0 ]; then
   fi
 fi
 apt-get install -y -q ksh dash git python3
+
+# Nix tooling for scripts/check-nix: Debian's Nix (only `nix-instantiate
+# --parse` and pure `--eval` are used: nixpkgs cannot be fetched here), and
+# the Nix formatter and dead-code linter at pinned versions from crates.io.
+# The formatter is nixfmt, the official (RFC 166) one that the flake's
+# `nix fmt` runs; upstream nixfmt is a Haskell program with no Debian 12
+# package, so this installs nixfmt_rs, its Rust port, which installs a binary
+# named `nixfmt` with the same flags and aims at byte-identical output
+# (checked by its authors against nixfmt 1.2.0 over all of nixpkgs).
+apt-get install -y -q nix-bin
+install_crate() { # CRATE VERSION [BINARY]: cargo install unless that version is there
+  if ! "${3:-$1}" --version 2>/dev/null | grep -q " $2\$"; then
+    cargo install --locked --version "$2" "$1"
+  fi
+}
+if command -v cargo >/dev/null 2>&1; then
+  install_crate nixfmt_rs 0.5.3 nixfmt
+  install_crate deadnix 1.3.1
+else
+  echo "setup-host.sh: cargo is missing; install Rust, then run this again for nixfmt and deadnix" >&2
+  exit 1
+fi

@@ -38,7 +38,10 @@ fn loads_a_real_file_with_relative_image_paths() {
         check_config(&file).unwrap(),
         format!("{}: OK (1 image: tiny)", file.display())
     );
-    assert_eq!(check_config_main(&file), ExitCode::SUCCESS);
+    assert_eq!(
+        check_config_main(&file, &ParseOptions::default()),
+        ExitCode::SUCCESS
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn missing_file_is_a_clear_error() {
             file.display()
         )
     );
-    assert_eq!(check_config_main(&file), ExitCode::FAILURE);
+    assert_eq!(
+        check_config_main(&file, &ParseOptions::default()),
+        ExitCode::FAILURE
+    );
 }
 
 #[test]
@@ -101,7 +107,10 @@ fn check_config_prints_every_problem_with_file_line_and_column() {
             format!("{f}:7:1: images.tiny.vcpu: unknown key; did you mean \"vcpus\"?"),
         ]
     );
-    assert_eq!(check_config_main(&file), ExitCode::FAILURE);
+    assert_eq!(
+        check_config_main(&file, &ParseOptions::default()),
+        ExitCode::FAILURE
+    );
 }
 
 fn parse_example() -> Config {

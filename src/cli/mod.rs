@@ -30,6 +30,10 @@ pub enum Command {
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
+        /// Do not check that image and UEFI firmware files exist (for a file
+        /// written for another machine, e.g. at Nix build time).
+        #[arg(long)]
+        no_path_checks: bool,
     },
     /// Show the daemon's running and recently finished jobs (from its state database).
     Status(status::StatusArgs),
@@ -133,7 +137,15 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log.as_deref().unwrap_or(default));
     match cli.command {
         Command::Run { config } => run_async(crate::daemon::run_main(config.as_deref())),
-        Command::CheckConfig { file } => crate::config::check_config_main(&file),
+        Command::CheckConfig {
+            file,
+            no_path_checks,
+        } => crate::config::check_config_main(
+            &file,
+            &crate::config::ParseOptions {
+                check_paths: !no_path_checks,
+            },
+        ),
         Command::Exec(args) => run_async(exec::exec_main(args)),
         Command::Bench(args) => run_async(crate::bench::bench_main(args)),
         Command::Status(args) => status::status_main(args),

@@ -290,13 +290,20 @@ impl Config {
 
 /// Check a config file: the summary line if it is valid, every problem if not.
 pub fn check_config(path: &Path) -> Result<String, ConfigErrors> {
-    load(path).map(|c| c.summary(path))
+    check_config_with(path, &ParseOptions::default())
 }
 
-/// `solstice check-config FILE`: print the summary to stdout, or every problem
-/// (one per line) and a count to stderr. Exit code 0 if valid, 1 if not.
-pub fn check_config_main(path: &Path) -> ExitCode {
-    match check_config(path) {
+/// [`check_config`] with options (`check_paths: false` for
+/// `--no-path-checks`).
+pub fn check_config_with(path: &Path, opts: &ParseOptions) -> Result<String, ConfigErrors> {
+    load_with(path, opts).map(|c| c.summary(path))
+}
+
+/// `solstice check-config [--no-path-checks] FILE`: print the summary to
+/// stdout, or every problem (one per line) and a count to stderr. Exit code 0
+/// if valid, 1 if not.
+pub fn check_config_main(path: &Path, opts: &ParseOptions) -> ExitCode {
+    match check_config_with(path, opts) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS

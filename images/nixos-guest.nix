@@ -1,0 +1,100 @@
+# A minimal NixOS job guest as a qcow2 disk: BIOS boot (GRUB on an MBR disk),
+# serial console on ttyS0, OpenSSH, bash, git and coreutils. It takes its SSH
+# key (and the host key Solstice pins) from Solstice's NoCloud seed through
+# cloud-init, with the datasource pinned so cloud-init never disables itself.
+{ pkgs, lib }:
+let
+  guest = import (pkgs.path + "/nixos/lib/eval-config.nix") {
+    inherit (pkgs.stdenv.hostPlatform) system;
+    modules = [
+      (
+        { modulesPath, ... }:
+        {
+          imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
+
+          system.stateVersion = lib.trivial.release;
+
+          boot.loader.grub.device = "/dev/vda";
+          boot.growPartition = true;
+          boot.kernelParams = [ "console=ttyS0,115200" ];
+          boot.loader.timeout = 0;
+          fileSystems."/" = {
+            device = "/dev/disk/by-label/nixos";
+            fsType = "ext4";
+            autoResize = true;
+          };
+
+          networking.hostName = "solstice-guest";
+          networking.useDHCP = true;
+          networking.firewall.allowedTCPPorts = [ 22 ];
+
+          services.openssh = {
+            enable = true;
+            settings = {
+              PermitRootLogin = "prohibit-password";
+              PasswordAuthentication = false;
+            };
+          };
+
+          services.cloud-init = {
+            enable = true;
+            network.enable = false;
+            settings = {
+              # The seed is always a NoCloud ISO on the IDE CD-ROM.
+              datasource_list = [
+                "NoCloud"
+                "None"
+              ];
+              disable_root = false;
+            };
+          };
+
+          environment.systemPackages = with pkgs; [
+            bash
+            coreutils
+            git
+            gnutar
+            gzip
+            curl
+          ];
+
+          documentation.enable = false;
+          nix.enable = false;
+        }
+      )
+    ];
+  };
+in
+(import (pkgs.path + "/nixos/lib/make-disk-image.nix") {
+  inherit pkgs lib;
+  inherit (guest) config;
+  name = "solstice-image-nixos";
+  format = "qcow2";
+  partitionTableType = "legacy";
+  diskSize = "auto";
+  additionalSpace = "1024M";
+  copyChannel = false;
+  baseName = "nixos";
+}).overrideAttrs
+  (old: {
+    passthru = (old.passthru or { }) // {
+      # Read by services.solstice.images.<name>.image for its defaults.
+      solstice = {
+        file = "nixos.qcow2";
+        format = "qcow2";
+        os = "linux";
+        firmware = "bios";
+        seed = "nocloud";
+        console = "ttyS0";
+        sshUser = "root";
+        readinessProbes = 1;
+        bootTimeoutSecs = 600;
+        memoryMib = 1024;
+        minMemoryMib = 512;
+        labels = [
+          "nixos"
+          "linux"
+        ];
+      };
+    };
+  })

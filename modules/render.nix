@@ -1,0 +1,83 @@
+# Turns the values of `services.solstice` into the TOML document Solstice
+# reads, as an attribute set for `pkgs.formats.toml`. Pure: it uses builtins
+# only, so tests/nixos_module.rs evaluates it on the documented example with a
+# bare `nix-instantiate --eval`, without nixpkgs.
+#
+# settings:      `services.solstice.settings` (unset options are null)
+# forges:        `services.solstice.forges`, with `tokenFile`, `secretFile` or `runnerFile`
+# images:        `services.solstice.images`, resolved (path, os, ... filled in)
+# credentialDir: where systemd's LoadCredential puts the credential files
+{
+  settings,
+  forges,
+  images,
+  credentialDir,
+}:
+let
+  # TOML has no null: an unset option is a key left out, so Solstice applies
+  # its own default.
+  dropNulls =
+    value:
+    if builtins.isAttrs value then
+      builtins.mapAttrs (_: dropNulls) (
+        builtins.removeAttrs value (builtins.filter (n: value.${n} == null) (builtins.attrNames value))
+      )
+    else if builtins.isList value then
+      map dropNulls value
+    else
+      value;
+
+  get = attrs: name: attrs.${name} or null;
+
+  # Option name in the module -> key in `[forges.<name>]`.
+  credentialKeys = {
+    tokenFile = "registration_token_file";
+    secretFile = "secret_file";
+    runnerFile = "runner_file";
+  };
+
+  forge =
+    name: f:
+    let
+      set = builtins.filter (o: get f o != null) (builtins.attrNames credentialKeys);
+    in
+    {
+      url = f.url;
+      runner_name = get f "runnerName";
+      labels = get f "labels";
+      fetch_interval_secs = get f "fetchIntervalSecs";
+      fetch_timeout_secs = get f "fetchTimeoutSecs";
+    }
+    # The module asserts that exactly one is set; the file itself reaches the
+    # service through LoadCredential under the forge's name.
+    // builtins.listToAttrs (
+      map (o: {
+        name = credentialKeys.${o};
+        value = "${credentialDir}/${name}";
+      }) set
+    );
+
+  image = _: i: {
+    path = i.path;
+    format = get i "format";
+    os = get i "os";
+    firmware = get i "firmware";
+    seed = get i "seed";
+    vcpus = get i "vcpus";
+    memory_mib = get i "memoryMib";
+    disk_size_gib = get i "diskSizeGib";
+    ssh_user = get i "sshUser";
+    boot_timeout_secs = get i "bootTimeoutSecs";
+    readiness_probes = get i "readinessProbes";
+    readiness_probe_interval_secs = get i "readinessProbeIntervalSecs";
+    labels = get i "labels";
+    max_concurrent_jobs = get i "maxConcurrentJobs";
+  };
+in
+dropNulls (
+  settings
+  // {
+    forges = (settings.forges or { }) // builtins.mapAttrs forge forges;
+    images = (settings.images or { }) // builtins.mapAttrs image images;
+  }
+)

@@ -1,0 +1,492 @@
+# services.solstice: runs `solstice run`, a Forgejo/Gitea Actions runner that
+# runs each job in a throw-away QEMU VM.
+#
+# Typed options cover what the module itself acts on (the package, forge
+# credentials, images, the drain time the stop timeout depends on); every
+# other key of the TOML file goes through the freeform `settings` (RFC 42).
+# The rendered file is checked with `solstice check-config` at build time, so
+# a mistake fails `nixos-rebuild`, not the running service.
+# docs/reference/nixos-options.md describes every option declared here
+# (tests/nixos_module.rs checks that the two agree).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkOption
+    mkPackageOption
+    types
+    ;
+
+  cfg = config.services.solstice;
+  toml = pkgs.formats.toml { };
+  example = import ./example.nix;
+
+  # Where systemd puts the files named in LoadCredential.
+  credentialDir = "/run/credentials/solstice.service";
+  credentialOptions = [
+    "tokenFile"
+    "secretFile"
+    "runnerFile"
+  ];
+  # Solstice's own default of `daemon.drain_timeout_secs`.
+  defaultDrainSecs = 600;
+  # Time cancelled jobs get to tear down and report after the drain.
+  cancelGraceSecs = 60;
+  drainSecs =
+    if cfg.settings.daemon.drain_timeout_secs == null then
+      defaultDrainSecs
+    else
+      cfg.settings.daemon.drain_timeout_secs;
+  stateDir =
+    if cfg.settings.daemon.state_dir == null then
+      "/var/lib/solstice"
+    else
+      cfg.settings.daemon.state_dir;
+
+  nullOr = t: types.nullOr t;
+  imageFormat = types.enum [
+    "qcow2"
+    "raw"
+  ];
+  guestOs = types.enum [
+    "linux"
+    "illumos"
+  ];
+  firmwareKind = types.enum [
+    "bios"
+    "uefi"
+  ];
+  seedKind = types.enum [
+    "nocloud"
+    "metadata-cpio"
+  ];
+  accelKind = types.enum [
+    "auto"
+    "kvm"
+    "tcg"
+  ];
+  nullOption =
+    type: description:
+    mkOption {
+      type = nullOr type;
+      default = null;
+      inherit description;
+    };
+
+  forgeModule =
+    { name, ... }:
+    {
+      options = {
+        url = mkOption {
+          type = types.str;
+          example = "https://codeberg.org";
+          description = "URL of the Forgejo or Gitea instance (`forges.${name}.url`).";
+        };
+        tokenFile = mkOption {
+          type = nullOr (types.either types.path types.str);
+          default = null;
+          example = "/run/agenix/solstice-codeberg";
+          description = ''
+            File holding a registration token, read by systemd (`LoadCredential`)
+            and never copied into the Nix store. Used once: the runner
+            credentials it yields are kept in the state database. Set exactly
+            one of `tokenFile`, `secretFile` and `runnerFile`.
+          '';
+        };
+        secretFile = mkOption {
+          type = nullOr (types.either types.path types.str);
+          default = null;
+          example = "/run/agenix/solstice-work";
+          description = ''
+            File holding Forgejo's offline registration secret (40 hex
+            characters, as given to `forgejo forgejo-cli actions register --secret`),
+            delivered with `LoadCredential`. Set exactly one of `tokenFile`,
+            `secretFile` and `runnerFile`.
+          '';
+        };
+        runnerFile = mkOption {
+          type = nullOr (types.either types.path types.str);
+          default = null;
+          example = "/run/secrets/solstice-gitea.runner";
+          description = ''
+            JSON file with the runner's `uuid` and `token` (the shape of
+            forgejo-runner's `.runner` file), delivered with `LoadCredential`.
+            Set exactly one of `tokenFile`, `secretFile` and `runnerFile`.
+          '';
+        };
+        labels = mkOption {
+          type = nullOr (types.listOf types.str);
+          default = null;
+          example = [ "nixos" ];
+          description = "Labels declared to this forge; each must belong to an image. Default (null): every image's labels.";
+        };
+        runnerName = nullOption types.str "Runner name shown in this forge's UI. Default (null): `settings.daemon.runner_name`.";
+        fetchIntervalSecs = nullOption (types.ints.between 1 3600) "Seconds between task polls (Codeberg asks for at least 30). Default (null): 2.";
+        fetchTimeoutSecs = nullOption (types.ints.between 1 600) "Deadline of one poll in seconds. Default (null): 30.";
+      };
+    };
+
+  imageModule =
+    { name, ... }:
+    {
+      options = {
+        image = mkOption {
+          type = nullOr types.package;
+          default = null;
+          example = literalExpression "solstice.packages.x86_64-linux.image-nixos";
+          description = ''
+            An image derivation from this flake's `images/` (or any derivation
+            with the same `passthru.solstice` metadata). Its metadata supplies
+            the defaults of `path`, `format`, `os`, `firmware`, `seed`,
+            `sshUser`, `memoryMib`, `bootTimeoutSecs`, `readinessProbes` and
+            `labels`. Set `image` or `path`.
+          '';
+        };
+        path = mkOption {
+          type = nullOr types.str;
+          default = null;
+          example = "/var/lib/solstice-images/debian.qcow2";
+          description = ''
+            The read-only base image file, for an image not built by Nix. Set
+            `image` or `path`. A path outside the Nix store cannot be seen at
+            build time, so `check-config` then runs with `--no-path-checks`.
+          '';
+        };
+        format = nullOption imageFormat "Disk format of the image. Default: the image's metadata, else `qcow2`.";
+        os = nullOption guestOs "Guest operating system. Default: the image's metadata, else `linux`.";
+        firmware = nullOption firmwareKind "Boot firmware. `uefi` makes the module point `qemu.uefi_code` and `qemu.uefi_vars` at OVMF. Default: the image's metadata, else `bios`.";
+        seed = nullOption seedKind "How the guest gets its SSH key. Default: the image's metadata, else `nocloud`.";
+        sshUser = nullOption types.str "User the job's steps run as. Default: the image's metadata, else `root`.";
+        vcpus = nullOption (types.ints.between 1 64) "Virtual CPUs. Default (null): 2.";
+        memoryMib = nullOption (types.ints.between 64 1048576) "Guest memory in MiB; must not be below the image's `minMemoryMib`. Default: the image's metadata, else 1024.";
+        diskSizeGib = nullOption (types.ints.between 1 16384) "Virtual size of the per-job overlay in GiB. Default (null): the base image's size.";
+        bootTimeoutSecs = nullOption (types.ints.between 1 86400) "Seconds from QEMU start until SSH must be ready. Default: the image's metadata, else 300.";
+        readinessProbes = nullOption (types.ints.between 1 20) "Consecutive successful SSH probes before the guest counts as ready (OmniOS needs 2). Default: the image's metadata, else 1.";
+        readinessProbeIntervalSecs = nullOption (types.ints.between 1 600) "Seconds between readiness probes. Default (null): 3.";
+        labels = nullOption (types.listOf types.str) "Labels matched against a job's `runs-on`. Default: the image's metadata, else the name `${name}`.";
+        maxConcurrentJobs = nullOption (types.ints.between 1 1024) "At most this many jobs of this image at once. Default (null): no limit of its own.";
+      };
+    };
+
+  # An image's options with the defaults from its derivation's metadata.
+  resolveImage =
+    _: i:
+    let
+      meta = if i.image == null then { } else i.image.passthru.solstice or { };
+      pick = option: if i.${option} != null then i.${option} else meta.${option} or null;
+    in
+    i
+    // {
+      path = if i.path != null then i.path else "${i.image}/${meta.file or "disk.qcow2"}";
+      format = pick "format";
+      os = pick "os";
+      firmware = pick "firmware";
+      seed = pick "seed";
+      sshUser = pick "sshUser";
+      memoryMib = pick "memoryMib";
+      bootTimeoutSecs = pick "bootTimeoutSecs";
+      readinessProbes = pick "readinessProbes";
+      labels = pick "labels";
+    };
+  images = lib.mapAttrs resolveImage cfg.images;
+  anyUefi = lib.any (i: i.firmware == "uefi") (lib.attrValues images);
+
+  rendered = import ./render.nix {
+    inherit (cfg) settings forges;
+    inherit images credentialDir;
+  };
+
+  # Files check-config looks for. When all are in the Nix store they are in
+  # the build sandbox too, and their existence is checked.
+  checkedPaths =
+    map (i: i.path) (lib.attrValues images)
+    ++ lib.filter (p: p != null) [
+      cfg.settings.qemu.uefi_code
+      cfg.settings.qemu.uefi_vars
+    ];
+  pathsInStore = lib.all (p: lib.hasPrefix "${builtins.storeDir}/" (toString p)) checkedPaths;
+
+  configFile =
+    let
+      unchecked = toml.generate "solstice-unchecked.toml" rendered;
+    in
+    if cfg.checkConfig then
+      pkgs.runCommand "solstice.toml"
+        {
+          nativeBuildInputs = [ cfg.package ];
+          preferLocalBuild = true;
+        }
+        ''
+          cp ${unchecked} solstice.toml
+          solstice check-config ${lib.optionalString (!pathsInStore) "--no-path-checks"} solstice.toml
+          cp solstice.toml $out
+        ''
+    else
+      unchecked;
+
+  forgeCredentials = lib.mapAttrsToList (
+    name: f:
+    let
+      file = lib.findFirst (v: v != null) null (map (o: f.${o}) credentialOptions);
+    in
+    {
+      inherit name;
+      file = toString file;
+      count = lib.count (o: f.${o} != null) credentialOptions;
+    }
+  ) cfg.forges;
+in
+{
+  options.services.solstice = {
+    enable = mkEnableOption "Solstice, a CI runner for Forgejo and Gitea that runs each job in a throw-away QEMU VM";
+
+    package = mkPackageOption pkgs "solstice" { };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Check the generated configuration with `solstice check-config` at
+        build time. Turn it off only to build a configuration for a
+        different Solstice version.
+      '';
+    };
+
+    watchdogSec = mkOption {
+      type = types.ints.between 0 3600;
+      default = 60;
+      description = "systemd watchdog period (`WatchdogSec=`); Solstice pings every half period. 0 turns the watchdog off.";
+    };
+
+    settings = mkOption {
+      default = { };
+      example = literalExpression (lib.generators.toPretty { } example.settings);
+      description = ''
+        The TOML configuration (see docs/reference/config.md), except the
+        forges and images declared with `forges` and `images`. Keys not
+        declared here are passed through as they are; `check-config` rejects
+        unknown ones at build time. Unset (null) keys are left out, so
+        Solstice's own defaults apply.
+      '';
+      type = types.submodule {
+        freeformType = toml.type;
+        options = {
+          daemon = mkOption {
+            default = { };
+            description = "The `[daemon]` table: the runner process itself.";
+            type = types.submodule {
+              freeformType = toml.type;
+              options = {
+                state_dir = nullOption types.str "State directory (database and job directories). Default (null): `/var/lib/solstice`, managed by systemd's `StateDirectory=`; any other directory is made writable with `ReadWritePaths=` and must exist.";
+                max_concurrent_jobs = nullOption (types.ints.between 1 1024) "Host-wide maximum number of job VMs at once. Default (null): 2.";
+                drain_timeout_secs = nullOption (types.ints.between 0 86400) "On stop, seconds running jobs may go on before they are cancelled. The unit's `TimeoutStopSec=` is set from it. Default (null): 600.";
+                max_job_timeout_mins = nullOption (types.ints.between 1 10080) "Host-wide cap on a job's run time in minutes. Default (null): 360.";
+                metrics_listen = nullOption types.str "Where the Prometheus endpoint listens (`host:port`, or a bare port for 127.0.0.1). Jobs can reach it; see docs/operations.md. Default (null): off.";
+                runner_name = nullOption types.str "Runner name shown in the forges' UI. Default (null): `solstice-<hostname>`.";
+              };
+            };
+          };
+          qemu = mkOption {
+            default = { };
+            description = "The `[qemu]` table: how QEMU is found and started.";
+            type = types.submodule {
+              freeformType = toml.type;
+              options = {
+                accel = nullOption accelKind "Accelerator: `auto` (KVM if a probe boots, TCG otherwise), `kvm` or `tcg`. Default (null): `auto`.";
+                uefi_code = mkOption {
+                  type = nullOr types.str;
+                  default = if anyUefi then "${pkgs.OVMF.fd}/FV/OVMF_CODE.fd" else null;
+                  defaultText = literalExpression ''if any image uses UEFI then "''${pkgs.OVMF.fd}/FV/OVMF_CODE.fd" else null'';
+                  description = "UEFI firmware code image, needed by `uefi` images.";
+                };
+                uefi_vars = mkOption {
+                  type = nullOr types.str;
+                  default = if anyUefi then "${pkgs.OVMF.fd}/FV/OVMF_VARS.fd" else null;
+                  defaultText = literalExpression ''if any image uses UEFI then "''${pkgs.OVMF.fd}/FV/OVMF_VARS.fd" else null'';
+                  description = "UEFI variable store template, copied per job.";
+                };
+              };
+            };
+          };
+        };
+      };
+    };
+
+    forges = mkOption {
+      type = types.attrsOf (types.submodule forgeModule);
+      default = { };
+      example = literalExpression (lib.generators.toPretty { } example.forges);
+      description = ''
+        Forgejo or Gitea instances to take jobs from, by name (the name keys
+        the runner credentials in the state database and names the systemd
+        credential). Credentials are file paths outside the Nix store,
+        handed to the service with `LoadCredential` and rendered into the
+        TOML as `/run/credentials/solstice.service/<name>`.
+      '';
+    };
+
+    images = mkOption {
+      type = types.attrsOf (types.submodule imageModule);
+      default = { };
+      example = literalExpression (lib.generators.toPretty { } example.images);
+      description = "Base images jobs run on, by name (`[a-z0-9][a-z0-9._-]*`).";
+    };
+
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = configFile;
+      defaultText = "the rendered and checked TOML file";
+      description = "The configuration file the service reads (also linked to `/etc/solstice/solstice.toml`, where `solstice status` finds it).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions =
+      lib.concatMap (c: [
+        {
+          assertion = c.count == 1;
+          message = "services.solstice.forges.${c.name}: set exactly one of tokenFile, secretFile and runnerFile.";
+        }
+        {
+          assertion =
+            c.count != 1 || (lib.hasPrefix "/" c.file && !lib.hasPrefix "${builtins.storeDir}/" c.file);
+          message = "services.solstice.forges.${c.name}: the credential file ${c.file} must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.";
+        }
+      ]) forgeCredentials
+      ++ lib.concatLists (
+        lib.mapAttrsToList (name: i: [
+          {
+            assertion = (i.image == null) != (i.path == null);
+            message = "services.solstice.images.${name}: set exactly one of image and path.";
+          }
+          {
+            assertion =
+              let
+                min = if i.image == null then null else i.image.passthru.solstice.minMemoryMib or null;
+                mem = images.${name}.memoryMib;
+              in
+              min == null || mem == null || mem >= min;
+            message = "services.solstice.images.${name}: memoryMib is below the image's minimum (passthru.solstice.minMemoryMib).";
+          }
+        ]) cfg.images
+      )
+      ++ [
+        {
+          assertion = cfg.images != { } || (cfg.settings.images or { }) != { };
+          message = "services.solstice: declare at least one image in services.solstice.images.";
+        }
+        {
+          assertion = cfg.forges != { } || (cfg.settings.forges or { }) != { };
+          message = "services.solstice: declare at least one forge in services.solstice.forges (`solstice run` serves forges).";
+        }
+      ];
+
+    users.users.solstice = {
+      isSystemUser = true;
+      group = "solstice";
+      home = stateDir;
+      description = "Solstice CI runner";
+    };
+    users.groups.solstice = { };
+
+    environment.systemPackages = [ cfg.package ];
+    environment.etc."solstice/solstice.toml".source = configFile;
+
+    systemd.services.solstice = {
+      description = "Solstice CI runner";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${lib.getExe cfg.package} run --config ${configFile}";
+        WatchdogSec = cfg.watchdogSec;
+        Restart = "on-failure";
+        RestartSec = 10;
+        # On stop, SIGTERM goes to Solstice only, so running jobs can drain;
+        # QEMU processes are killed only if the stop timeout runs out.
+        KillMode = "mixed";
+        # The drain, then the time cancelled jobs get to tear down and report,
+        # then a margin.
+        TimeoutStopSec = drainSecs + cancelGraceSecs + 60;
+        # Start-up waits for forges that must register; a down forge is
+        # retried by Restart=on-failure rather than a long start timeout.
+        TimeoutStartSec = 300;
+
+        User = "solstice";
+        Group = "solstice";
+        # /dev/kvm belongs to the kvm group.
+        SupplementaryGroups = [ "kvm" ];
+        StateDirectory = "solstice";
+        StateDirectoryMode = "0700";
+        RuntimeDirectory = "solstice";
+        RuntimeDirectoryMode = "0700";
+        WorkingDirectory = stateDir;
+        UMask = "0077";
+        LoadCredential = map (c: "${c.name}:${c.file}") (lib.filter (c: c.count == 1) forgeCredentials);
+        ReadWritePaths = lib.optional (stateDir != "/var/lib/solstice") stateDir;
+
+        # Devices: only /dev/kvm besides the pseudo-devices DevicePolicy=closed
+        # always allows (null, zero, random, urandom, tty, ptmx).
+        DevicePolicy = "closed";
+        DeviceAllow = [ "/dev/kvm rw" ];
+        # Loosened: PrivateDevices=true would hide /dev/kvm; the device list
+        # above restricts access instead.
+        PrivateDevices = false;
+
+        # Hardening.
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        # Solstice's crash clean-up reads /proc/<pid>/cmdline of its own QEMU
+        # processes, which stay visible to the same user.
+        ProtectProc = "invisible";
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        RemoveIPC = true;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        # Unix sockets for QMP and the journal, IP for the forges, SSH to the
+        # guests and QEMU's user-mode network.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        SystemCallErrorNumber = "EPERM";
+        # Loosened: QEMU's TCG accelerator is a JIT that writes and then runs
+        # code, which MemoryDenyWriteExecute forbids.
+        MemoryDenyWriteExecute = false;
+        # Loosened: a private user namespace maps the kvm group to nobody, so
+        # /dev/kvm could not be opened.
+        PrivateUsers = false;
+        # Loosened: ProcSubset=pid would hide /proc/cpuinfo and /proc/sys,
+        # which QEMU reads to pick CPU features.
+        ProcSubset = "all";
+      };
+    };
+  };
+}

@@ -1,0 +1,99 @@
+# The Solstice package: the `solstice` binary, with QEMU, qemu-img and git on
+# its PATH. Built from this repository's Cargo.lock; tests that boot VMs or
+# start SSH servers are kept out of the build sandbox (see `cargoTestFlags`).
+{
+  lib,
+  rustPlatform,
+  makeWrapper,
+  qemu_kvm,
+  git,
+  openssh,
+  cpio,
+  cdrkit,
+}:
+let
+  root = ./..;
+  cargoToml = lib.importTOML (root + "/Cargo.toml");
+in
+rustPlatform.buildRustPackage {
+  pname = "solstice";
+  inherit (cargoToml.package) version;
+
+  # Only what the build reads: a change to docs, images or Nix files does not
+  # rebuild the package.
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.unions [
+      (root + "/Cargo.toml")
+      (root + "/Cargo.lock")
+      (root + "/src")
+      (lib.fileset.difference (root + "/tests") (root + "/tests/nixos"))
+      (root + "/examples")
+      (root + "/docs")
+    ];
+  };
+
+  cargoLock.lockFile = root + "/Cargo.lock";
+
+  nativeBuildInputs = [ makeWrapper ];
+
+  # Test binaries that need no VM, no SSH server and no network beyond
+  # 127.0.0.1. Left out on purpose: exec_cli, exec_debian, exec_tiny, vm_boot
+  # and forge_e2e boot guests; ssh_client and ssh_throughput start sshd and
+  # dropbear; executor_local and executor_shells need ksh, dash and busybox.
+  # These run in `scripts/test` on a host with QEMU, and in the NixOS tests.
+  cargoTestFlags = [
+    "--lib"
+    "--test"
+    "config_check"
+    "--test"
+    "fake_forge"
+    "--test"
+    "forge_client"
+    "--test"
+    "forge_reporter"
+    "--test"
+    "store"
+    "--test"
+    "workflow_expr"
+    "--test"
+    "workflow_matrix"
+    "--test"
+    "workflow_model"
+  ];
+  # Unit tests call qemu-img (overlays), cpio (metadata seed) and isoinfo
+  # (NoCloud ISO layout) and ssh-keygen on files they make themselves.
+  nativeCheckInputs = [
+    qemu_kvm
+    cpio
+    cdrkit
+    git
+    openssh
+  ];
+
+  # QEMU and qemu-img are found through PATH (`qemu.system_binary` and
+  # `qemu.img_binary` default to bare names); git for checkouts made on the
+  # host, ssh for `solstice bench`.
+  postInstall = ''
+    wrapProgram $out/bin/solstice \
+      --suffix PATH : ${
+        lib.makeBinPath [
+          qemu_kvm
+          git
+          openssh
+        ]
+      }
+  '';
+
+  passthru = {
+    # Where the NixOS module finds UEFI firmware for `firmware = "uefi"` images.
+    qemu = qemu_kvm;
+  };
+
+  meta = {
+    description = "Self-hosted CI runner for Forgejo and Gitea that runs each job in a throw-away QEMU VM";
+    license = lib.licenses.mpl20;
+    mainProgram = "solstice";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,348 @@
+//! The NixOS module (`modules/solstice.nix`) checked without nixpkgs, which
+//! these machines cannot fetch:
+//! - its TOML rendering (`modules/render.nix`, builtins only) is evaluated
+//!   with a bare `nix-instantiate --eval` on the documented example
+//!   (`modules/example.nix`) and must equal the fixture
+//!   `tests/nixos/example-settings.toml`, which `solstice check-config`
+//!   accepts;
+//! - every forge and image option renders to a key `check-config` accepts;
+//! - its options and `docs/reference/nixos-options.md` list the same names,
+//!   every option has a description, and the settings it declares are real
+//!   config keys;
+//! - an illumos image without a confirmed pin fails to evaluate, naming the
+//!   command that pins it.
+//!
+//! `nix-instantiate` comes from Debian's `nix-bin` (`.ci/setup-host.sh`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap()
+}
+
+/// Evaluates a Nix expression (builtins only) to JSON.
+fn nix_eval(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("nix-instantiate")
+        .current_dir(repo())
+        .args(["--eval", "--strict", "--json"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run nix-instantiate ({e}); install nix-bin: sudo bash .ci/setup-host.sh")
+        });
+    assert!(
+        out.status.success(),
+        "nix-instantiate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn toml_as_json(text: &str) -> serde_json::Value {
+    let value: toml::Value = toml::from_str(text).unwrap();
+    serde_json::to_value(value).unwrap()
+}
+
+fn check_config(file: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .arg("check-config")
+        .args(extra)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn module_renders_its_documented_example_to_the_fixture() {
+    let rendered = nix_eval(&["modules/render-example.nix"]);
+    let fixture = toml_as_json(&read("tests/nixos/example-settings.toml"));
+    assert_eq!(
+        rendered, fixture,
+        "modules/example.nix renders differently from tests/nixos/example-settings.toml: update the fixture"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_fixture_without_path_checks_only() {
+    let fixture = repo().join("tests/nixos/example-settings.toml");
+    let out = check_config(&fixture, &["--no-path-checks"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK (1 image: nixos; 2 forges: gitea, work)"),
+        "{stdout}"
+    );
+    // With path checks, the image file (absent here) is an error, and the
+    // credential files (absent too) are not: check-config never reads them.
+    let out = check_config(&fixture, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("images.nixos.path"), "{stderr}");
+    assert!(stderr.contains("1 problem found"), "{stderr}");
+}
+
+#[test]
+fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
+    let expr = r#"
+      let
+        render = import ./modules/render.nix;
+        image = {
+          path = "/images/a.qcow2"; format = "qcow2"; os = "illumos"; firmware = "bios";
+          seed = "metadata-cpio"; sshUser = "root"; vcpus = 2; memoryMib = 2048; diskSizeGib = 20;
+          bootTimeoutSecs = 900; readinessProbes = 2; readinessProbeIntervalSecs = 5;
+          labels = [ "a" "illumos" ]; maxConcurrentJobs = 1; image = null;
+        };
+        forge = { url = "https://f.example.org"; runnerName = "r"; labels = [ "a" ];
+          fetchIntervalSecs = 30; fetchTimeoutSecs = 20; };
+      in render {
+        settings = { daemon.state_dir = null; qemu.accel = "tcg"; };
+        forges = {
+          t = forge // { tokenFile = "/s/t"; secretFile = null; runnerFile = null; };
+          s = forge // { secretFile = "/s/s"; };
+          r = forge // { runnerFile = "/s/r"; };
+        };
+        images.a = image;
+        credentialDir = "/run/credentials/solstice.service";
+      }
+    "#;
+    let rendered = nix_eval(&["-E", expr]);
+    let forges = &rendered["forges"];
+    assert_eq!(
+        forges["t"]["registration_token_file"],
+        "/run/credentials/solstice.service/t"
+    );
+    assert_eq!(
+        forges["s"]["secret_file"],
+        "/run/credentials/solstice.service/s"
+    );
+    assert_eq!(
+        forges["r"]["runner_file"],
+        "/run/credentials/solstice.service/r"
+    );
+    assert_eq!(
+        rendered["daemon"],
+        serde_json::json!({}),
+        "null settings are left out"
+    );
+    let image_keys = rendered["images"]["a"].as_object().unwrap().len();
+    assert_eq!(image_keys, 14, "every image option but `image` is rendered");
+
+    let toml_text = toml::to_string(&rendered).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.toml");
+    std::fs::write(&file, &toml_text).unwrap();
+    let out = check_config(&file, &["--no-path-checks"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{toml_text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Option names declared in the module: `name = mkOption`, `nullOption`,
+/// `mkEnableOption` or `mkPackageOption`.
+fn module_option_names(module: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in module.lines() {
+        let line = line.trim();
+        let Some((name, rest)) = line.split_once(" = ") else {
+            continue;
+        };
+        let declares = [
+            "mkOption",
+            "nullOption",
+            "mkEnableOption",
+            "mkPackageOption",
+        ]
+        .iter()
+        .any(|f| rest.starts_with(f));
+        if declares && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+/// Options documented in the reference: headings "### `services.solstice.…`".
+fn documented_options(doc: &str) -> Vec<String> {
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("### `services.solstice."))
+        .filter_map(|l| l.strip_suffix('`'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn options_reference_lists_exactly_the_module_options() {
+    let module = read("modules/solstice.nix");
+    let declared = module_option_names(&module);
+    assert!(declared.len() > 30, "{declared:?}");
+    let documented = documented_options(&read("docs/reference/nixos-options.md"));
+    let documented_last: BTreeSet<String> = documented
+        .iter()
+        .map(|p| p.rsplit('.').next().unwrap().to_owned())
+        .collect();
+    let undocumented: Vec<_> = declared.difference(&documented_last).collect();
+    let unknown: Vec<_> = documented_last.difference(&declared).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "docs/reference/nixos-options.md is out of step with modules/solstice.nix: \
+         undocumented {undocumented:?}, documented but not declared {unknown:?}"
+    );
+    let unique: BTreeSet<&String> = documented.iter().collect();
+    assert_eq!(
+        unique.len(),
+        documented.len(),
+        "an option is documented twice"
+    );
+}
+
+#[test]
+fn documented_settings_forge_and_image_options_are_real_config_keys() {
+    let known: BTreeSet<String> = solstice::config::known_keys().into_iter().collect();
+    let snake = |camel: &str| {
+        let mut s = String::new();
+        for c in camel.chars() {
+            if c.is_ascii_uppercase() {
+                s.push('_');
+                s.push(c.to_ascii_lowercase());
+            } else {
+                s.push(c);
+            }
+        }
+        s
+    };
+    let mut checked = 0;
+    for option in documented_options(&read("docs/reference/nixos-options.md")) {
+        let key = if let Some(k) = option.strip_prefix("settings.") {
+            k.to_owned()
+        } else if let Some(o) = option.strip_prefix("forges.<name>.") {
+            match o {
+                "tokenFile" => "forges.<name>.registration_token_file".to_owned(),
+                o => format!("forges.<name>.{}", snake(o)),
+            }
+        } else if let Some(o) = option.strip_prefix("images.<name>.") {
+            if o == "image" {
+                continue;
+            }
+            format!("images.<name>.{}", snake(o))
+        } else {
+            continue;
+        };
+        if key == "daemon" || key == "qemu" {
+            continue;
+        }
+        assert!(
+            known.contains(&key),
+            "services.solstice.{option} maps to `{key}`, which the config file does not know"
+        );
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} options checked");
+}
+
+#[test]
+fn every_module_option_has_a_description() {
+    let module = read("modules/solstice.nix");
+    let mut blocks = 0;
+    for (start, _) in module.match_indices("mkOption {") {
+        let body = &module[start..];
+        let mut depth = 0usize;
+        let mut end = body.len();
+        for (i, c) in body.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let block = &body[..end];
+        assert!(
+            block.contains("description =") || block.contains("inherit description;"),
+            "an option has no description:\n{block}"
+        );
+        blocks += 1;
+    }
+    assert!(blocks > 10, "{blocks}");
+    // `nullOption TYPE DESCRIPTION` takes its description as an argument,
+    // and mkEnableOption/mkPackageOption make their own.
+    for line in module.lines().filter(|l| l.contains("= nullOption")) {
+        assert!(
+            line.contains('"'),
+            "a nullOption has no description: {line}"
+        );
+    }
+}
+
+/// Evaluates `images/illumos.nix` with stand-ins for the few nixpkgs
+/// functions it calls, and returns nix-instantiate's output.
+fn eval_illumos(attr: &str) -> std::process::Output {
+    let expr = format!(
+        r#"
+      let
+        lib = {{
+          importJSON = f: builtins.fromJSON (builtins.readFile f);
+          optionalString = c: s: if c then s else "";
+        }};
+        pkgs = {{
+          fetchurl = x: x;
+          runCommand = name: attrs: _: attrs // {{ inherit name; }};
+          qemu-utils = null;
+          zstd = null;
+        }};
+      in (import ./images/illumos.nix {{ inherit pkgs lib; }}).{attr}
+    "#
+    );
+    Command::new("nix-instantiate")
+        .current_dir(repo())
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn unpinned_illumos_image_fails_evaluation_naming_the_pin_command() {
+    let pins: serde_json::Value = serde_json::from_str(&read("images/pins.json")).unwrap();
+    for name in ["omnios", "openindiana"] {
+        let pin = &pins[name];
+        let pinned = pin["sha256"].is_string() && pin["url"].is_string();
+        let out = eval_illumos(&format!("{name}.passthru.solstice"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if pinned {
+            assert!(out.status.success(), "{stderr}");
+            let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(meta["os"], "illumos");
+            assert_eq!(meta["console"], "ttya");
+        } else {
+            assert!(!out.status.success(), "{name} evaluated without a pin");
+            assert!(
+                stderr.contains(&format!("run: images/update-pins.sh {name}")),
+                "{stderr}"
+            );
+        }
+    }
+    let out = eval_illumos("isPinned \"omnios\"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
