@@ -30,6 +30,13 @@ let
 
           services.openssh = {
             enable = true;
+            # Only the ed25519 key, the one Solstice's seed carries and pins.
+            hostKeys = [
+              {
+                type = "ed25519";
+                path = "/etc/ssh/ssh_host_ed25519_key";
+              }
+            ];
             settings = {
               PermitRootLogin = "prohibit-password";
               PasswordAuthentication = false;
@@ -46,6 +53,24 @@ let
                 "None"
               ];
               disable_root = false;
+              # Solstice pins the host key it puts in the seed: the `ssh`
+              # module must write it in the init stage, which runs before
+              # sshd, not in the config stage (NixOS's default), which runs
+              # after sshd has loaded its own keys. Setting a stage replaces
+              # NixOS's default list, so the whole stage is listed.
+              cloud_init_modules = [
+                "migrator"
+                "seed_random"
+                "bootcmd"
+                "write-files"
+                "growpart"
+                "resizefs"
+                "update_hostname"
+                "resolv_conf"
+                "users-groups"
+                "ssh"
+              ];
+              cloud_config_modules = [ "runcmd" ];
             };
           };
 

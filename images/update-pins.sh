@@ -59,7 +59,7 @@ nix=(nix --extra-experimental-features nix-command)
 echo "Downloading $url into the Nix store (this is large) ..." >&2
 sri=$("${nix[@]}" store prefetch-file --json --hash-type sha256 "$url" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
-fetched=$("${nix[@]}" hash to-base16 --type sha256 "$sri")
+fetched=$("${nix[@]}" hash convert --hash-algo sha256 --to base16 "$sri")
 if [ "$fetched" != "$published" ]; then
   echo "Hash mismatch for $url: the publisher says $published, the download is $fetched. Pins left unchanged." >&2
   exit 1

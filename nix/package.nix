@@ -3,8 +3,10 @@
 # start SSH servers are kept out of the build sandbox (see `cargoTestFlags`).
 {
   lib,
+  stdenv,
   rustPlatform,
   makeWrapper,
+  qemu,
   qemu_kvm,
   git,
   openssh,
@@ -13,6 +15,13 @@
 }:
 let
   root = ./..;
+  # Guests are x86_64. `qemu_kvm` holds only the host's own target, which is
+  # right on x86_64; elsewhere build QEMU with the x86_64 system emulator.
+  guestQemu =
+    if stdenv.hostPlatform.isx86_64 then
+      qemu_kvm
+    else
+      qemu.override { hostCpuTargets = [ "x86_64-softmmu" ]; };
   cargoToml = lib.importTOML (root + "/Cargo.toml");
 in
 rustPlatform.buildRustPackage {
@@ -64,7 +73,7 @@ rustPlatform.buildRustPackage {
   # Unit tests call qemu-img (overlays), cpio (metadata seed) and isoinfo
   # (NoCloud ISO layout) and ssh-keygen on files they make themselves.
   nativeCheckInputs = [
-    qemu_kvm
+    guestQemu
     cpio
     cdrkit
     git
@@ -78,7 +87,7 @@ rustPlatform.buildRustPackage {
     wrapProgram $out/bin/solstice \
       --suffix PATH : ${
         lib.makeBinPath [
-          qemu_kvm
+          guestQemu
           git
           openssh
         ]
@@ -87,7 +96,7 @@ rustPlatform.buildRustPackage {
 
   passthru = {
     # Where the NixOS module finds UEFI firmware for `firmware = "uefi"` images.
-    qemu = qemu_kvm;
+    qemu = guestQemu;
   };
 
   meta = {

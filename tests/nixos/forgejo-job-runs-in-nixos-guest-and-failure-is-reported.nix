@@ -164,7 +164,7 @@ in
 
       with subtest("the unit stays active and nothing is left behind"):
           runner.succeed("systemctl is-active solstice.service")
-          runner.fail("pgrep -f qemu-system")
+          runner.fail("pgrep -f '[q]emu-system'")
           runner.succeed("test -z \"$(ls -A /var/lib/solstice/jobs)\"")
           out = json.loads(runner.succeed("solstice status --json"))
           assert out["in_flight"] == [], out

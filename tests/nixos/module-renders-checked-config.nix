@@ -42,7 +42,9 @@
 
       with subtest("the daemon starts with credentials from LoadCredential"):
           machine.succeed(
-              "install -d -m 0700 /run/agenix /run/secrets /var/lib/solstice-images",
+              "install -d -m 0700 /run/agenix /run/secrets",
+              # The service user must reach the image it boots.
+              "install -d -m 0755 /var/lib/solstice-images",
               f"printf %s {secret} > /run/agenix/solstice-work",
               "printf %s '{\"uuid\":\"6f0c3a52-2d1b-4c1e-9a53-0d3f2b4a1c77\",\"token\":\"t0ken\"}' > /run/secrets/solstice-gitea.runner",
               "chmod 0600 /run/agenix/solstice-work /run/secrets/solstice-gitea.runner",
@@ -51,7 +53,9 @@
           )
           machine.succeed("systemctl start solstice.service")
           machine.wait_for_unit("solstice.service")
-          assert machine.succeed("cat /run/credentials/solstice.service/work") == secret
+          # The credential lives in the unit's own mount namespace on newer systemd.
+          pid = machine.succeed("systemctl show -p MainPID --value solstice").strip()
+          assert machine.succeed(f"nsenter -t {pid} -m cat /run/credentials/solstice.service/work") == secret
           machine.fail(f"grep -r {secret} /etc/solstice/ $(readlink -f /etc/solstice/solstice.toml)")
 
       with subtest("the unit has the promised properties"):
