@@ -343,8 +343,16 @@ async fn a_forge_outage_mid_job_loses_no_log_row() {
     let log = d.log_text();
     assert_eq!(log.matches("polling failed").count(), 1, "{log}");
     assert_eq!(log.matches("forge answers again").count(), 1, "{log}");
-    assert_eq!(log.matches("failed; retrying every interval").count(), 1, "{log}");
-    assert_eq!(log.matches("reporting to the forge works again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("failed; retrying every interval").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("reporting to the forge works again").count(),
+        1,
+        "{log}"
+    );
     world.assert_clean();
 }
 
