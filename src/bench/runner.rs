@@ -143,7 +143,7 @@ async fn run(
     );
     // Under the system's temporary directory: the daemon's QMP socket paths
     // must stay short.
-    let work = TempDir::new(&std::env::temp_dir(), "solstice-bench")?;
+    let work = TempDir::new(&std::env::temp_dir(), "sbench")?;
 
     // 1. Baselines.
     let runs = args.runs.max(1);
