@@ -21,7 +21,10 @@ fn bench_help_names_both_benchmarks() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("engine"), "{text}");
     assert!(text.contains("runner"), "{text}");
-    let out = solstice().args(["bench", "runner", "--help"]).output().unwrap();
+    let out = solstice()
+        .args(["bench", "runner", "--help"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for flag in ["--jobs", "--log-mb", "--idle-secs", "--json", "--image"] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
@@ -104,7 +107,9 @@ fn bench_runner_prints_every_row_with_tiny_figures() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(
-        state.iter().all(|n| !n.to_string_lossy().starts_with("bench-")),
+        state
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with("bench-")),
         "baseline directories left: {state:?}"
     );
 }

@@ -1461,6 +1461,73 @@ mod tests {
         assert_eq!(parse_payload(": : not yaml ["), (String::new(), vec![]));
     }
 
+    /// Sends `n` rows of 10 bytes from `index` through `UpdateLog`; returns the ack.
+    fn send_rows(state: &mut State, caller: &Caller, task: i64, index: i64, n: usize) -> i64 {
+        let req = proto::UpdateLogRequest {
+            task_id: task,
+            index,
+            rows: (0..n)
+                .map(|_| proto::LogRow {
+                    time: Some(proto::now()),
+                    content: "x".repeat(10),
+                })
+                .collect(),
+            no_more: false,
+        };
+        let out = state.call(Rpc::UpdateLog, caller, &req.encode_to_vec());
+        proto::UpdateLogResponse::decode(out.result.unwrap().as_slice())
+            .unwrap()
+            .ack_index
+    }
+
+    fn forge_with_task(keep: bool) -> (State, Caller, i64) {
+        let mut state = State::new("http://127.0.0.1:1/".into(), String::new(), false);
+        state.keep_log_content = keep;
+        let secret = "0123456789abcdef0123456789abcdef01234567";
+        let uuid = state.register_offline(secret, "r", &["linux"]).unwrap();
+        state.enqueue(FakeJob::new(
+            "jobs:\n  b:\n    runs-on: linux\n    steps:\n      - run: x\n",
+            &["linux"],
+        ));
+        let caller = Caller {
+            uuid: Some(uuid),
+            token: Some(Secret::new(secret)),
+            request_key: None,
+        };
+        let req = proto::FetchTaskRequest {
+            tasks_version: 0,
+            task_capacity: Some(1),
+        };
+        let out = state.call(Rpc::FetchTask, &caller, &req.encode_to_vec());
+        let resp = proto::FetchTaskResponse::decode(out.result.unwrap().as_slice()).unwrap();
+        (state, caller, resp.task.unwrap().id)
+    }
+
+    #[test]
+    fn rows_are_counted_with_or_without_their_content() {
+        for keep in [true, false] {
+            let (mut state, caller, task) = forge_with_task(keep);
+            assert_eq!(send_rows(&mut state, &caller, task, 0, 3), 3);
+            // Overlap: one duplicate, two new rows.
+            assert_eq!(send_rows(&mut state, &caller, task, 2, 3), 5);
+            // Duplicates only: nothing appended, no append recorded.
+            assert_eq!(send_rows(&mut state, &caller, task, 0, 2), 5);
+            let t = state.task_snapshot(task).unwrap();
+            assert_eq!(t.log_rows, 5);
+            assert_eq!(t.log_bytes, 50);
+            assert_eq!(t.log.len(), if keep { 5 } else { 0 });
+            let appends = state.log_appends(task);
+            assert_eq!(
+                appends
+                    .iter()
+                    .map(|a| (a.rows, a.bytes))
+                    .collect::<Vec<_>>(),
+                [(3, 30), (5, 50)]
+            );
+            assert!(appends[0].at <= appends[1].at);
+        }
+    }
+
     fn step(id: i64, result: TaskResult, index: i64, len: i64) -> proto::StepState {
         proto::StepState {
             id,
