@@ -59,6 +59,7 @@ fn bench_runner_prints_every_row_with_tiny_figures() {
         out.status
     );
     for row in [
+        "host load average (1 min):",
         "baseline: plain QEMU + ssh polling, boot to SSH (median of 1)",
         "THROUGHPUT",
         "capacity 1: 1 job(s)",

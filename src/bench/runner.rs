@@ -23,7 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::baseline::{BaselineVm, baseline_boot};
 use super::runner_report::{
-    Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, stat_cpu_ticks, status_kib,
+    Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, loadavg_1min, stat_cpu_ticks,
+    status_kib,
 };
 use super::{TempDir, median, pick_image, require_openssh};
 use crate::cli::RunnerBenchArgs;
@@ -143,6 +144,7 @@ async fn run(
     );
     // Under the system's temporary directory: the daemon's QMP socket paths
     // must stay short.
+    let load_before = load_average();
     let work = TempDir::new(&std::env::temp_dir(), "sbench")?;
 
     // 1. Baselines.
@@ -224,7 +226,12 @@ async fn run(
         idle,
         stream,
         violations,
+        load: (load_before, load_average()),
     })
+}
+
+fn load_average() -> Option<f64> {
+    loadavg_1min(&std::fs::read_to_string("/proc/loadavg").ok()?)
 }
 
 /// What every daemon run shares.

@@ -126,6 +126,9 @@ pub struct RunnerReport {
     pub stream: Stream,
     /// Protocol violations the fake forge saw (a correct daemon causes none).
     pub violations: Vec<String>,
+    /// The host's 1-minute load average before and after the run (other
+    /// work on the host skews every figure).
+    pub load: (Option<f64>, Option<f64>),
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -166,6 +169,12 @@ impl RunnerReport {
         text.push_str(&format!(
             "solstice bench runner: image {}, accelerator {}\n",
             self.image, self.accel
+        ));
+        let load = |l: Option<f64>| l.map_or_else(|| "unknown".to_string(), |l| format!("{l:.2}"));
+        text.push_str(&format!(
+            "host load average (1 min): {} before, {} after\n",
+            load(self.load.0),
+            load(self.load.1)
         ));
         text.push_str(&format!(
             "baseline: plain QEMU + ssh polling, boot to SSH (median of {}): {}\n\n",
@@ -375,8 +384,15 @@ impl RunnerReport {
                 "hwm_met": self.stream.hwm_met(),
             },
             "violations": self.violations,
+            "load_average_before": self.load.0,
+            "load_average_after": self.load.1,
         })
     }
+}
+
+/// The 1-minute load average from `/proc/loadavg`.
+pub fn loadavg_1min(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
@@ -451,6 +467,7 @@ mod tests {
                 hwm_reset: true,
             },
             violations: vec![],
+            load: (Some(0.25), None),
         }
     }
 
@@ -491,6 +508,7 @@ mod tests {
             "= 40% of baseline, target >= 50%: NOT met",
             "target < 64.0 MiB: NOT met",
             "no protocol violations",
+            "host load average (1 min): 0.25 before, unknown after",
         ] {
             assert!(t.contains(needle), "{needle:?} missing from:\n{t}");
         }
@@ -509,5 +527,7 @@ mod tests {
         assert_eq!(stat_cpu_ticks(stat), Some(49));
         assert_eq!(stat_cpu_ticks("garbage"), None);
         assert!((cpu_percent(30, Duration::from_secs(30)) - 1.0).abs() < 1e-9);
+        assert_eq!(loadavg_1min("0.52 0.40 0.31 1/123 4567\n"), Some(0.52));
+        assert_eq!(loadavg_1min(""), None);
     }
 }
