@@ -105,7 +105,7 @@ pub async fn runner_main(args: RunnerBenchArgs) -> ExitCode {
     };
     match run(&args, &config, image, accel, &exe).await {
         Ok(report) => {
-            println!("\n{}", report.render());
+            print!("\n{}", report.render());
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
                 if let Err(e) = std::fs::write(path, text + "\n") {
@@ -138,10 +138,10 @@ async fn run(
         .first()
         .cloned()
         .unwrap_or_else(|| image.name.clone());
-    println!(
-        "solstice bench runner: image {} ({} vCPU, {} MiB), accelerator {accel_name}, {} jobs, {} MB log, {} s idle",
+    progress(format_args!(
+        "image {} ({} vCPU, {} MiB), accelerator {accel_name}, {} jobs, {} MB log, {} s idle",
         image.name, image.vcpus, image.memory_mib, args.jobs, args.log_mb, args.idle_secs
-    );
+    ));
     // Under the system's temporary directory: the daemon's QMP socket paths
     // must stay short.
     let load_before = load_average();
