@@ -37,7 +37,8 @@ pub enum Command {
     },
     /// Show the daemon's running and recently finished jobs (from its state database).
     Status(status::StatusArgs),
-    /// Measure boot-to-SSH and Solstice's own overhead against a plain QEMU baseline.
+    /// Measure Solstice against plain QEMU + OpenSSH baselines
+    /// (`bench engine`: one job's overhead; `bench runner`: the daemon).
     Bench(BenchArgs),
     /// Serve the configured forges: poll for jobs and run each in a fresh VM
     /// (the daemon; stops on SIGTERM/SIGINT after draining running jobs).
@@ -81,17 +82,67 @@ pub struct ExecArgs {
     pub workflow: PathBuf,
 }
 
+/// `solstice bench`: which benchmark.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Configuration file (same search order as `exec`).
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One `true` job through the engine (as `solstice exec` runs it) against
+    /// plain QEMU + `ssh` polling: Solstice's own overhead around the boot.
+    Engine(EngineBenchArgs),
+    /// The `solstice run` daemon against an in-process fake forge: job
+    /// throughput at capacity 1 and 2, the latency split from task receipt to
+    /// the first step, idle memory and CPU, and log streaming, each against
+    /// plain QEMU + OpenSSH in the same run. Takes several minutes under TCG.
+    Runner(RunnerBenchArgs),
+}
+
+/// Options of both benchmarks.
+#[derive(Debug, clap::Args)]
+pub struct BenchCommon {
+    /// Configuration file (same search order as `exec`); its `[qemu]` and
+    /// image settings are used, its forges are not.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Image to measure [default: the only image, or the one named `tiny`].
     #[arg(long, short = 'i')]
     pub image: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EngineBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
     /// Runs of each measurement; medians are reported.
     #[arg(long, short = 'n', default_value_t = 5)]
     pub runs: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunnerBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Trivial (`run: 'true'`) jobs queued at once for each throughput run;
+    /// the latency medians are taken over the capacity-1 run's jobs.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub jobs: u32,
+    /// Megabytes (10^6 bytes, as 100-byte lines) the log-streaming job prints.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub log_mb: u32,
+    /// Seconds the idle daemon's memory and CPU are watched (20 or more for
+    /// a meaningful CPU figure).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_secs: u64,
+    /// Boots of the plain baseline VM; the median boot to SSH is used.
+    #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -45,7 +45,7 @@ use crate::secret::Secret;
 
 use state::{Caller, Rpc, RpcError, State};
 pub use state::{
-    FakeJob, JobSnapshot, MAX_OUTPUT_KEY_BYTES, MAX_OUTPUT_VALUE_BYTES, RequestRecord,
+    FakeJob, JobSnapshot, LogAppend, MAX_OUTPUT_KEY_BYTES, MAX_OUTPUT_VALUE_BYTES, RequestRecord,
     RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus, log_append_from, offline_uuid,
 };
 
@@ -63,6 +63,10 @@ pub struct FakeOptions {
     pub default_actions_url: String,
     /// Registration tokens accepted by `Register` from the start.
     pub registration_tokens: Vec<String>,
+    /// Keep the content of every log row (`TaskSnapshot::log`). Off, rows
+    /// and bytes are only counted, so a benchmark can stream millions of
+    /// rows without the fake holding (and cloning) them.
+    pub keep_log_content: bool,
 }
 
 impl Default for FakeOptions {
@@ -72,6 +76,7 @@ impl Default for FakeOptions {
             gitea_errors: false,
             default_actions_url: "https://code.forgejo.org".into(),
             registration_tokens: Vec::new(),
+            keep_log_content: true,
         }
     }
 }
@@ -134,6 +139,7 @@ impl FakeForge {
             opts.default_actions_url,
             opts.gitea_errors,
         );
+        state.keep_log_content = opts.keep_log_content;
         for t in &opts.registration_tokens {
             state.add_registration_token(t);
         }
@@ -247,6 +253,11 @@ impl FakeForge {
     /// One task.
     pub fn task(&self, id: i64) -> Option<TaskSnapshot> {
         self.state().task_snapshot(id)
+    }
+
+    /// Every `UpdateLog` call of a task that appended rows, in order.
+    pub fn log_appends(&self, task_id: i64) -> Vec<LogAppend> {
+        self.state().log_appends(task_id)
     }
 
     /// The task a job was assigned as.

@@ -217,8 +217,13 @@ pub struct TaskSnapshot {
     pub started_at: Option<Timestamp>,
     pub stopped_at: Option<Timestamp>,
     pub steps: Vec<StepSnapshot>,
-    /// Log rows received (contents), in order.
+    /// Log rows received (contents), in order; empty when the fake was
+    /// started with `keep_log_content: false` (see `log_rows`).
     pub log: Vec<String>,
+    /// Number of log rows held (always counted).
+    pub log_rows: usize,
+    /// Content bytes of the log rows held (always counted).
+    pub log_bytes: u64,
     /// The log was archived (Forgejo: `no_more` on a call that appended rows).
     pub archived: bool,
     /// The runner sent `no_more=true` at least once.
@@ -246,6 +251,17 @@ impl TaskSnapshot {
             .min(self.log.len());
         &self.log[start..end]
     }
+}
+
+/// One `UpdateLog` call that appended rows: when the server took them and
+/// what it held afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogAppend {
+    pub at: SystemTime,
+    /// Rows held after the call.
+    pub rows: usize,
+    /// Content bytes held after the call.
+    pub bytes: u64,
 }
 
 /// A registered runner.
@@ -348,6 +364,9 @@ struct TaskRec {
     stopped_at: Option<Timestamp>,
     steps: Vec<StepRec>,
     log: Vec<proto::LogRow>,
+    log_rows: usize,
+    log_bytes: u64,
+    log_appends: Vec<LogAppend>,
     archived: bool,
     no_more: bool,
     outputs: BTreeMap<String, String>,
@@ -368,6 +387,8 @@ pub(super) struct State {
     server_url: String,
     default_actions_url: String,
     pub(super) gitea_errors: bool,
+    /// Keep log row contents (else only count rows and bytes).
+    pub(super) keep_log_content: bool,
     reg_tokens: HashMap<String, bool>,
     runners: BTreeMap<i64, RunnerRec>,
     jobs: BTreeMap<i64, JobRec>,
@@ -469,6 +490,7 @@ impl State {
             server_url,
             default_actions_url,
             gitea_errors,
+            keep_log_content: true,
             reg_tokens: HashMap::new(),
             runners: BTreeMap::new(),
             jobs: BTreeMap::new(),
@@ -619,6 +641,8 @@ impl State {
                 })
                 .collect(),
             log: t.log.iter().map(|r| r.content.clone()).collect(),
+            log_rows: t.log_rows,
+            log_bytes: t.log_bytes,
             archived: t.archived,
             no_more: t.no_more,
             outputs: t.outputs.clone(),
@@ -634,6 +658,13 @@ impl State {
             .keys()
             .filter_map(|id| self.task_snapshot(*id))
             .collect()
+    }
+
+    pub(super) fn log_appends(&self, task_id: i64) -> Vec<LogAppend> {
+        self.tasks
+            .get(&task_id)
+            .map(|t| t.log_appends.clone())
+            .unwrap_or_default()
     }
 
     pub(super) fn task_for_job(&self, job_id: i64) -> Option<TaskSnapshot> {
@@ -1015,6 +1046,9 @@ impl State {
                 stopped_at: None,
                 steps,
                 log: Vec::new(),
+                log_rows: 0,
+                log_bytes: 0,
+                log_appends: Vec::new(),
                 archived: false,
                 no_more: false,
                 outputs: BTreeMap::new(),
@@ -1193,7 +1227,7 @@ impl State {
             task.client_result = result;
             if !task.final_checked {
                 task.final_checked = true;
-                violations.extend(final_state_violations(task.id, &state, n, task.log.len()));
+                violations.extend(final_state_violations(task.id, &state, n, task.log_rows));
             }
         }
 
@@ -1259,9 +1293,10 @@ impl State {
         if req.index < 0 {
             return Err(invalid(format!("Negative log index {}", req.index)));
         }
+        let keep = self.keep_log_content;
         let task = self.owned_task(runner_id, req.task_id)?;
         task.update_log_calls += 1;
-        let held = i64::try_from(task.log.len()).unwrap_or(i64::MAX);
+        let held = i64::try_from(task.log_rows).unwrap_or(i64::MAX);
         let n = i64::try_from(req.rows.len()).unwrap_or(i64::MAX);
         let task_id = task.id;
         let Some(from) = log_append_from(held, req.index, n) else {
@@ -1283,13 +1318,30 @@ impl State {
                 "log file has been archived",
             ));
         }
-        task.log.extend(req.rows.into_iter().skip(from));
+        let new = req.rows.into_iter().skip(from);
+        if keep {
+            for row in new {
+                task.log_rows += 1;
+                task.log_bytes += row.content.len() as u64;
+                task.log.push(row);
+            }
+        } else {
+            for row in new {
+                task.log_rows += 1;
+                task.log_bytes += row.content.len() as u64;
+            }
+        }
+        task.log_appends.push(LogAppend {
+            at: SystemTime::now(),
+            rows: task.log_rows,
+            bytes: task.log_bytes,
+        });
         if req.no_more {
             task.no_more = true;
             task.archived = true;
         }
         Ok(proto::UpdateLogResponse {
-            ack_index: i64::try_from(task.log.len()).unwrap_or(i64::MAX),
+            ack_index: i64::try_from(task.log_rows).unwrap_or(i64::MAX),
         })
     }
 
@@ -1407,6 +1459,73 @@ mod tests {
             ["echo hi", "Named", "actions/checkout@v4", "only-id"]
         );
         assert_eq!(parse_payload(": : not yaml ["), (String::new(), vec![]));
+    }
+
+    /// Sends `n` rows of 10 bytes from `index` through `UpdateLog`; returns the ack.
+    fn send_rows(state: &mut State, caller: &Caller, task: i64, index: i64, n: usize) -> i64 {
+        let req = proto::UpdateLogRequest {
+            task_id: task,
+            index,
+            rows: (0..n)
+                .map(|_| proto::LogRow {
+                    time: Some(proto::now()),
+                    content: "x".repeat(10),
+                })
+                .collect(),
+            no_more: false,
+        };
+        let out = state.call(Rpc::UpdateLog, caller, &req.encode_to_vec());
+        proto::UpdateLogResponse::decode(out.result.unwrap().as_slice())
+            .unwrap()
+            .ack_index
+    }
+
+    fn forge_with_task(keep: bool) -> (State, Caller, i64) {
+        let mut state = State::new("http://127.0.0.1:1/".into(), String::new(), false);
+        state.keep_log_content = keep;
+        let secret = "0123456789abcdef0123456789abcdef01234567";
+        let uuid = state.register_offline(secret, "r", &["linux"]).unwrap();
+        state.enqueue(FakeJob::new(
+            "jobs:\n  b:\n    runs-on: linux\n    steps:\n      - run: x\n",
+            &["linux"],
+        ));
+        let caller = Caller {
+            uuid: Some(uuid),
+            token: Some(Secret::new(secret)),
+            request_key: None,
+        };
+        let req = proto::FetchTaskRequest {
+            tasks_version: 0,
+            task_capacity: Some(1),
+        };
+        let out = state.call(Rpc::FetchTask, &caller, &req.encode_to_vec());
+        let resp = proto::FetchTaskResponse::decode(out.result.unwrap().as_slice()).unwrap();
+        (state, caller, resp.task.unwrap().id)
+    }
+
+    #[test]
+    fn rows_are_counted_with_or_without_their_content() {
+        for keep in [true, false] {
+            let (mut state, caller, task) = forge_with_task(keep);
+            assert_eq!(send_rows(&mut state, &caller, task, 0, 3), 3);
+            // Overlap: one duplicate, two new rows.
+            assert_eq!(send_rows(&mut state, &caller, task, 2, 3), 5);
+            // Duplicates only: nothing appended, no append recorded.
+            assert_eq!(send_rows(&mut state, &caller, task, 0, 2), 5);
+            let t = state.task_snapshot(task).unwrap();
+            assert_eq!(t.log_rows, 5);
+            assert_eq!(t.log_bytes, 50);
+            assert_eq!(t.log.len(), if keep { 5 } else { 0 });
+            let appends = state.log_appends(task);
+            assert_eq!(
+                appends
+                    .iter()
+                    .map(|a| (a.rows, a.bytes))
+                    .collect::<Vec<_>>(),
+                [(3, 30), (5, 50)]
+            );
+            assert!(appends[0].at <= appends[1].at);
+        }
     }
 
     fn step(id: i64, result: TaskResult, index: i64, len: i64) -> proto::StepState {

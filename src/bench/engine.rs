@@ -1,4 +1,4 @@
-//! `solstice bench`: Solstice's own overhead against a plain QEMU baseline,
+//! `solstice bench engine`: Solstice's own overhead against a plain QEMU baseline,
 //! measured in one run on the same image.
 //!
 //! Baseline: the same QEMU command line Solstice would use (fixed forwarded
@@ -10,22 +10,22 @@
 //! with their setup and file commands, and teardown. It is reported against the
 //! baseline's boot to SSH, together with the total wall time difference.
 
-use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchArgs;
+use super::baseline::baseline_boot;
+use super::{fmt_ms, median, pick_image, require_openssh};
+use crate::cli::EngineBenchArgs;
 use crate::cli::exec::{exit, load_config, report_error, resolve_accel};
 use crate::cli::term::fmt_duration;
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::runner::{self, VmRun};
-use crate::ssh::HostKey;
-use crate::vm::{self, Accel};
+use crate::vm::Accel;
 
 /// Target from issue 2: Solstice's overhead ≤ 10% of raw boot-to-SSH and < 300 ms.
 pub const TARGET_RATIO: f64 = 0.10;
@@ -51,38 +51,21 @@ pub struct SolsticeSample {
     pub total: Duration,
 }
 
-/// The median of `xs` (the mean of the middle two for an even count).
-pub fn median(xs: &[Duration]) -> Duration {
-    if xs.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut v = xs.to_vec();
-    v.sort();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
-pub async fn bench_main(args: BenchArgs) -> ExitCode {
-    let (_, config) = match load_config(args.config.as_deref()) {
+/// `solstice bench engine`.
+pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
+    let (_, config) = match load_config(args.common.config.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let image = match pick_image(&config, args.image.as_deref()) {
+    let image = match pick_image(&config, args.common.image.as_deref()) {
         Ok(i) => i,
         Err(msg) => {
             eprintln!("error: {msg}");
             return ExitCode::from(exit::USAGE);
         }
     };
-    if which("ssh").is_none() || which("ssh-keygen").is_none() {
-        eprintln!(
-            "error: the baseline needs the OpenSSH client (`ssh`, `ssh-keygen`): apt-get install openssh-client"
-        );
-        return ExitCode::from(exit::USAGE);
+    if let Err(code) = require_openssh() {
+        return code;
     }
     let accel = match resolve_accel(&config).await {
         Ok(a) => a,
@@ -90,7 +73,7 @@ pub async fn bench_main(args: BenchArgs) -> ExitCode {
     };
     let runs = args.runs.max(1) as usize;
     println!(
-        "solstice bench: image {} ({} vCPU, {} MiB), accelerator {}, {runs} runs each",
+        "solstice bench engine: image {} ({} vCPU, {} MiB), accelerator {}, {runs} runs each",
         image.name,
         image.vcpus,
         image.memory_mib,
@@ -254,172 +237,6 @@ impl Report {
     }
 }
 
-fn fmt_ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn pick_image<'a>(config: &'a Config, name: Option<&str>) -> Result<&'a ImageConfig, String> {
-    if let Some(n) = name {
-        return config
-            .images
-            .get(n)
-            .ok_or_else(|| format!("no image named `{n}` in the configuration"));
-    }
-    if config.images.len() == 1
-        && let Some(i) = config.images.values().next()
-    {
-        return Ok(i);
-    }
-    config
-        .images
-        .get("tiny")
-        .ok_or_else(|| "several images are configured: pick one with --image NAME".into())
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(bin))
-            .find(|p| p.is_file())
-    })
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Boots the image with a plain QEMU command and polls `ssh … true`.
-async fn baseline_boot(
-    config: &Config,
-    image: &ImageConfig,
-    accel: Accel,
-) -> Result<Duration, String> {
-    let dir = TempDir(
-        config
-            .daemon
-            .state_dir
-            .join(format!("bench-{:016x}", rand::random::<u64>())),
-    );
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("create {}: {e}", dir.0.display()))?;
-    let key = dir.0.join("id_ed25519");
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()
-        .map_err(|e| format!("ssh-keygen: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let public = std::fs::read_to_string(key.with_extension("pub"))
-        .map_err(|e| format!("read public key: {e}"))?;
-    let host = HostKey::generate();
-    let host_private = host.private_openssh();
-    let host_public = host.public_openssh();
-    let seed = vm::seed::write_seed(
-        image.seed,
-        &dir.0,
-        &vm::seed::SeedData {
-            instance_id: &format!("bench-{:08x}", rand::random::<u32>()),
-            hostname: "bench",
-            user: &image.ssh_user,
-            authorized_key: public.trim(),
-            host_key: Some((&host_private, &host_public)),
-        },
-    )
-    .map_err(|e| format!("seed: {e}"))?;
-    let overlay = dir.0.join("overlay.qcow2");
-    vm::disk::create_overlay(
-        &config.qemu.img_binary,
-        &image.path,
-        image.format,
-        &overlay,
-        image.disk_size_gib,
-    )
-    .await
-    .map_err(|e| format!("overlay: {e}"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("pick a port: {e}"))?
-        .port();
-    let plan = vm::argv::VmPlan {
-        name: "solstice-bench-baseline".into(),
-        uuid: format!(
-            "00000000-0000-4000-8000-{:012x}",
-            rand::random::<u64>() >> 16
-        ),
-        accel,
-        vcpus: image.vcpus,
-        memory_mib: image.memory_mib,
-        overlay,
-        seed: Some((image.seed, seed)),
-        uefi: None,
-        console: dir.0.join("console.log"),
-        qmp_socket: dir.0.join("qmp.sock"),
-    };
-    let args: Vec<String> = vm::argv::qemu_args(&plan)
-        .into_iter()
-        .map(|a| {
-            a.to_string_lossy()
-                .replace("127.0.0.1:0-:22", &format!("127.0.0.1:{port}-:22"))
-        })
-        .collect();
-    let start = Instant::now();
-    let mut child = tokio::process::Command::new(&config.qemu.system_binary)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("start QEMU: {e}"))?;
-    let deadline = start + image.boot_timeout;
-    let result = loop {
-        let ok = tokio::process::Command::new("ssh")
-            .args([
-                "-q",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=2",
-                "-i",
-            ])
-            .arg(&key)
-            .args(["-p", &port.to_string()])
-            .arg(format!("{}@127.0.0.1", image.ssh_user))
-            .arg("true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            break Ok(start.elapsed());
-        }
-        if Instant::now() > deadline {
-            break Err(format!("no SSH within {}s", image.boot_timeout.as_secs()));
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!("QEMU exited early: {status}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let _ = child.kill().await;
-    result
-}
-
 async fn solstice_run(
     config: &Config,
     image: &ImageConfig,
@@ -493,16 +310,6 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[ms(3), ms(1), ms(2)]), ms(2));
-        assert_eq!(
-            median(&[ms(4), ms(1), ms(2), ms(3)]),
-            Duration::from_micros(2500)
-        );
-        assert_eq!(median(&[]), Duration::ZERO);
     }
 
     #[test]

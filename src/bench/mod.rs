@@ -1,0 +1,131 @@
+//! `solstice bench`: timing figures against plain baselines, measured in one
+//! run on the same image.
+//!
+//! - [`engine`] (`solstice bench engine`, issue 2): one job through
+//!   [`crate::runner::run_in_vm`] against plain QEMU + `ssh` polling.
+//! - [`runner`] (`solstice bench runner`, issue 3): the `solstice run` daemon
+//!   against an in-process fake forge: throughput, latency split, idle cost
+//!   and log streaming, each against its plain baseline.
+//!
+//! Both boot their baseline VMs with [`baseline::BaselineVm`].
+
+pub mod baseline;
+pub mod engine;
+pub mod runner;
+pub mod runner_report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::{BenchArgs, BenchCommand};
+use crate::config::{Config, ImageConfig};
+
+pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
+
+/// Runs the benchmark the arguments name.
+pub async fn bench_main(args: BenchArgs) -> ExitCode {
+    match args.command {
+        BenchCommand::Engine(a) => engine::engine_main(a).await,
+        BenchCommand::Runner(a) => runner::runner_main(a).await,
+    }
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+pub fn median(xs: &[Duration]) -> Duration {
+    if xs.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut v = xs.to_vec();
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+/// `1234 ms`.
+pub(crate) fn fmt_ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The image named `name`, else the only image, else the one named `tiny`.
+pub(crate) fn pick_image<'a>(
+    config: &'a Config,
+    name: Option<&str>,
+) -> Result<&'a ImageConfig, String> {
+    if let Some(n) = name {
+        return config
+            .images
+            .get(n)
+            .ok_or_else(|| format!("no image named `{n}` in the configuration"));
+    }
+    if config.images.len() == 1
+        && let Some(i) = config.images.values().next()
+    {
+        return Ok(i);
+    }
+    config
+        .images
+        .get("tiny")
+        .ok_or_else(|| "several images are configured: pick one with --image NAME".into())
+}
+
+/// `bin` in `PATH`.
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Checks that the OpenSSH client the baselines use is installed.
+pub(crate) fn require_openssh() -> Result<(), ExitCode> {
+    if which("ssh").is_none() || which("ssh-keygen").is_none() {
+        eprintln!(
+            "error: the baseline needs the OpenSSH client (`ssh`, `ssh-keygen`): apt-get install openssh-client"
+        );
+        return Err(ExitCode::from(crate::cli::exec::exit::USAGE));
+    }
+    Ok(())
+}
+
+/// A directory removed on drop.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `parent/<prefix>-<random>`.
+    pub fn new(parent: &std::path::Path, prefix: &str) -> Result<TempDir, String> {
+        let dir = parent.join(format!("{prefix}-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[ms(3), ms(1), ms(2)]), ms(2));
+        assert_eq!(
+            median(&[ms(4), ms(1), ms(2), ms(3)]),
+            Duration::from_micros(2500)
+        );
+        assert_eq!(median(&[]), Duration::ZERO);
+    }
+}

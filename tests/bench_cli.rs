@@ -1,0 +1,116 @@
+//! `solstice bench` as a user runs it: the real binary, a config file, real
+//! tiny guests. `bench runner` runs with tiny figures (one job per capacity,
+//! a 1 MB log, 3 s idle) and must print every row of its table, write its
+//! JSON and leave no VM or directory behind.
+
+mod support;
+
+use std::process::Command;
+
+use support::TestEnv;
+use support::daemon::qemu_processes_under;
+
+fn solstice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_solstice"))
+}
+
+#[test]
+fn bench_help_names_both_benchmarks() {
+    let out = solstice().args(["bench", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("engine"), "{text}");
+    assert!(text.contains("runner"), "{text}");
+    let out = solstice()
+        .args(["bench", "runner", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--jobs", "--log-mb", "--idle-secs", "--json", "--image"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    // No benchmark named: usage error, nothing started.
+    let out = solstice().arg("bench").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_runner_prints_every_row_with_tiny_figures() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    // The runner's work directory goes under TMPDIR: keep it in the test's dir.
+    let tmp = env.dir.path().join("t");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let json = env.dir.path().join("bench.json");
+    let out = solstice()
+        .args(["bench", "runner", "--jobs", "1", "--log-mb", "1"])
+        .args(["--idle-secs", "3", "--runs", "1", "--config"])
+        .arg(&config)
+        .arg("--json")
+        .arg(&json)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench runner failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in [
+        "host load average (1 min):",
+        "baseline: plain QEMU + ssh polling, boot to SSH (median of 1)",
+        "THROUGHPUT",
+        "capacity 1: 1 job(s)",
+        "capacity 2: 1 job(s)",
+        "jobs/min",
+        "% of ideal",
+        "LATENCY",
+        "provision (receipt → QEMU spawned)",
+        "boot (QEMU spawned → guest SSH port answers)",
+        "SSH ready (port answers → session ready)",
+        "first step (session ready → step 0 running)",
+        "total: task received → first step running",
+        "forge view: job available → step 0 started_at",
+        "IDLE",
+        "resident memory (VmRSS, largest sample)",
+        "target < 30.0 MiB:",
+        "CPU (utime + stime)",
+        "target < 1%:",
+        "LOG STREAMING (1 MB of 100-byte lines)",
+        "baseline: ssh … cat to the host",
+        "solstice: step start → forge acknowledged the last row",
+        "% of baseline, target >= 50%:",
+        "daemon peak resident memory while streaming (VmHWM)",
+        "target < 64.0 MiB:",
+        "fake forge: no protocol violations",
+    ] {
+        assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
+    }
+    // Progress went to stderr, not into the table.
+    assert!(stderr.contains("[bench] streaming:"), "{stderr}");
+    assert!(!stdout.contains("[bench]"), "{stdout}");
+
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(figures["throughput"].as_array().unwrap().len(), 2);
+    assert_eq!(figures["log_streaming"]["bytes"], 1_000_000);
+    assert!(figures["latency_ms"]["boot"].as_f64().unwrap() > 0.0);
+    assert!(figures["idle"]["rss_kib"].as_u64().unwrap() > 0);
+    assert!(figures["violations"].as_array().unwrap().is_empty());
+
+    // Nothing left: no QEMU, no work directory, no baseline directory.
+    assert!(qemu_processes_under(env.dir.path()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    let state: Vec<_> = std::fs::read_dir(&env.config.daemon.state_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        state
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with("bench-")),
+        "baseline directories left: {state:?}"
+    );
+}
