@@ -1,6 +1,6 @@
 //! Waiting for a booting guest to accept SSH logins.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -94,12 +94,14 @@ async fn wait_banner(
 async fn probe(
     target: &SshTarget,
     opts: &ReadyOptions,
-    banner_seen: &AtomicBool,
+    banner_seen: &Mutex<Option<Instant>>,
 ) -> Result<SshSession, SshError> {
     let addr = target.addr;
     let stream = tcp_connect(addr).await?;
     wait_banner(&stream, target, opts.banner_timeout).await?;
-    banner_seen.store(true, Ordering::Relaxed);
+    if let Ok(mut seen) = banner_seen.lock() {
+        seen.get_or_insert_with(Instant::now);
+    }
     let session = handshake(target, stream).await?;
     // Nobody reads the probe's output: a closed receiver makes exec discard it
     // instead of blocking once the channel is full (chatty login scripts).
@@ -123,8 +125,8 @@ async fn probe(
 pub struct ReadyStats {
     /// Connection attempts made.
     pub attempts: u32,
-    /// Time from the start of the wait until the first attempt that saw the
-    /// server's SSH banner (upper bound: measured when that attempt ended).
+    /// Time from the start of the wait until the server's SSH banner first
+    /// arrived.
     pub first_banner: Option<Duration>,
 }
 
@@ -160,8 +162,7 @@ pub async fn wait_ready_with_stats(
     let mut attempt = 0;
     let mut successes = 0;
     let mut last: Option<SshError> = None;
-    let banner_seen = AtomicBool::new(false);
-    let mut first_banner: Option<Duration> = None;
+    let banner_seen: Mutex<Option<Instant>> = Mutex::new(None);
     let not_ready = |attempts, last: Option<SshError>| SshError::NotReady {
         addr,
         elapsed: start.elapsed(),
@@ -189,14 +190,16 @@ pub async fn wait_ready_with_stats(
                 Err(_) => Err(SshError::Timeout { addr, after: budget }),
             },
         };
-        if first_banner.is_none() && banner_seen.load(Ordering::Relaxed) {
-            first_banner = Some(start.elapsed());
-        }
         let pause = match outcome {
             Ok(session) => {
                 successes += 1;
                 last = None;
                 if successes >= needed {
+                    let first_banner = banner_seen
+                        .lock()
+                        .ok()
+                        .and_then(|t| *t)
+                        .map(|t| t.saturating_duration_since(start));
                     let stats = ReadyStats {
                         attempts: attempt,
                         first_banner,
