@@ -309,7 +309,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         drain_secs = drain.as_secs(),
         "stopping: no new tasks; waiting for running jobs"
     );
-    pollers.shutdown().await;
+    // Each poll loop ends at its next pause; a fetch in flight completes
+    // first (bounded by its deadline), and its tasks join the drain.
+    while pollers.join_next().await.is_some() {}
     shared.tasks.close();
 
     let drained = tokio::select! {

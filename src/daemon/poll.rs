@@ -47,10 +47,13 @@ pub(crate) async fn poll_loop(shared: Arc<Shared>, forge: ForgeConfig, client: F
             tasks_version,
             task_capacity: Some(i64::from(reservation.count())),
         };
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = client.fetch_task(req, &request_key, forge.fetch_timeout) => r,
-        };
+        // Not raced against a stop: the forge may assign tasks in this call,
+        // and dropping its answer would leave them running on the forge
+        // until its reaper fails them. The call is bounded by its deadline;
+        // tasks it brings run (or are drained) like any other.
+        let result = client
+            .fetch_task(req, &request_key, forge.fetch_timeout)
+            .await;
         match result {
             Ok(resp) => {
                 request_key = new_request_key();

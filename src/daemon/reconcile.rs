@@ -114,33 +114,43 @@ pub(crate) async fn interrupted_tasks(shared: &Arc<Shared>, forge: &str, client:
             result,
             "reporting a task left by a previous run"
         );
-        let cancel = CancellationToken::new();
-        // Retry until it gets through (or the daemon stops): nothing may be lost.
-        loop {
-            match finish(client, &reporter, &cancel).await {
-                Ok(()) => {
-                    let _ = store.mark_reported(&job.id);
-                    let _ = store.delete_job_logs(&job.id);
-                    let _ = store.save_task_state(&job.id, &reporter.state().encode_to_vec());
-                    tracing::info!(forge, task = job.task_id, result, "reported");
-                    break;
-                }
-                Err(crate::forge::reporter::ReportError::Unauthenticated { .. }) => {
-                    tracing::error!(
-                        forge,
-                        task = job.task_id,
-                        "the forge does not accept this runner's credentials; the task cannot be reported"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(forge, task = job.task_id, error = %e, "reporting the interrupted task failed; retrying");
-                    tokio::select! {
-                        _ = shared.stop_fetching.cancelled() => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        // Each job is reported on its own, so one that cannot get through
+        // does not hold up the others; it retries until it gets through,
+        // the forge refuses it for good, or the daemon stops.
+        let shared = shared.clone();
+        let client = client.clone();
+        let forge = forge.to_owned();
+        let tracker = shared.tasks.clone();
+        tracker.spawn(async move {
+            let store = &shared.store;
+            let cancel = CancellationToken::new();
+            loop {
+                match finish(&client, &reporter, &cancel).await {
+                    Ok(()) => {
+                        let _ = store.mark_reported(&job.id);
+                        let _ = store.delete_job_logs(&job.id);
+                        let _ = store.save_task_state(&job.id, &reporter.state().encode_to_vec());
+                        tracing::info!(forge, task = job.task_id, result, "reported");
+                        return;
+                    }
+                    Err(crate::forge::reporter::ReportError::Unauthenticated { .. }) => {
+                        tracing::error!(forge, task = job.task_id, "the forge does not accept this runner's credentials; the task is reported at a later start");
+                        return;
+                    }
+                    Err(e @ crate::forge::reporter::ReportError::ForeignTask { .. }) => {
+                        tracing::error!(forge, task = job.task_id, error = %e, "the task cannot be reported (another runner's, or gone); giving it up");
+                        let _ = store.mark_reported(&job.id);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(forge, task = job.task_id, error = %e, "reporting the interrupted task failed; retrying");
+                        tokio::select! {
+                            _ = shared.stop_fetching.cancelled() => return,
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                        }
                     }
                 }
             }
-        }
+        });
     }
 }

@@ -379,9 +379,9 @@ pub(crate) async fn run_task(
 
     let reported = match report.await {
         Ok(Ok(())) => true,
-        Ok(Err(e @ ReportError::Unauthenticated { .. })) => {
+        Ok(Err(e @ (ReportError::Unauthenticated { .. } | ReportError::ForeignTask { .. }))) => {
             shared.metrics.forge_error(&forge.name, "report");
-            tracing::error!(forge = %forge.name, task = task_id, error = %e, "the forge refused the runner's credentials; the final report is kept and sent again at the next start");
+            tracing::error!(forge = %forge.name, task = task_id, error = %e, "the forge refuses this report");
             false
         }
         Ok(Err(e)) => {
@@ -421,7 +421,15 @@ pub(crate) async fn run_task(
                 tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported (late)");
                 return;
             }
-            Err(ReportError::Unauthenticated { .. }) => return,
+            Err(ReportError::Unauthenticated { .. }) => {
+                tracing::error!(forge = %forge.name, task = task_id, "the final report is kept and sent again at the next start, once the runner's credentials are fixed");
+                return;
+            }
+            Err(e @ ReportError::ForeignTask { .. }) => {
+                tracing::error!(forge = %forge.name, task = task_id, error = %e, "the task cannot be reported; giving it up");
+                let _ = store.mark_reported(&job_id);
+                return;
+            }
             Err(e) => {
                 tracing::debug!(forge = %forge.name, task = task_id, error = %e, "late report failed again")
             }

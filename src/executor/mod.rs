@@ -57,8 +57,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// keep the channel open; GitHub does not wait for those either).
 const END_GRACE: Duration = Duration::from_millis(500);
 
-/// Everything needed to run one job.
-#[derive(Debug, Clone)]
+/// Everything needed to run one job. Its `Debug` leaves out the contexts and
+/// environment, which can hold tokens (`github.token`, runtime tokens).
+#[derive(Clone)]
 pub struct JobSpec {
     pub workflow: Workflow,
     /// Key of the job in `workflow.jobs`.
@@ -83,6 +84,21 @@ pub struct JobSpec {
     /// Where `uses: owner/repo@ref` would be fetched from (the forge's
     /// default-actions URL); named in the error for unsupported actions.
     pub default_actions_url: Option<String>,
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("job_id", &self.job_id)
+            .field("matrix", &self.matrix)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("extra_env", &self.extra_env.keys().collect::<Vec<_>>())
+            .field("runner", &self.runner)
+            .field("max_job_timeout", &self.max_job_timeout)
+            .field("default_actions_url", &self.default_actions_url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The machine the job runs on.

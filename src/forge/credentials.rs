@@ -208,12 +208,12 @@ pub fn known_locally(
                 token: f.token,
             })
         }
-        CredentialSource::RegistrationTokenFile(_) => {
-            stored.filter(|s| s.url == forge.url).map(|s| Credentials {
+        CredentialSource::RegistrationTokenFile(_) => stored
+            .filter(|s| same_url(&s.url, &forge.url))
+            .map(|s| Credentials {
                 uuid: s.uuid.clone(),
                 token: s.token.clone(),
-            })
-        }
+            }),
     }
 }
 
@@ -361,12 +361,35 @@ async fn obtain_registered(
                 "the forge no longer knows the stored runner; registering again"
             );
             let creds = register(forge, client, path, version).await?;
-            declare(forge, client, &creds, version)
-                .await
-                .map_err(|e| declare_error(forge, &creds, path, e))
+            match declare(forge, client, &creds, version).await {
+                Ok(outcome) => Ok(outcome),
+                Err(e) => registered_anyway(forge, creds, path, e),
+            }
         }
+        Err(e) if fresh => registered_anyway(forge, creds, path, e),
         Err(e) => Err(declare_error(forge, &creds, path, e)),
     }
+}
+
+/// A Declare that failed right after a successful Register: the new
+/// credentials are good (Register carried the labels), so they are kept and
+/// saved; registering again on every retry would leave stale runners behind
+/// on the forge. Credential errors still count.
+fn registered_anyway(
+    forge: &ForgeConfig,
+    creds: StoredCredentials,
+    path: &Path,
+    e: ForgeError,
+) -> Result<(StoredCredentials, Option<Runner>), CredentialError> {
+    if e.is_unauthenticated() {
+        return Err(declare_error(forge, &creds, path, e));
+    }
+    tracing::warn!(
+        forge = %forge.name,
+        error = %e,
+        "registered, but the Declare that follows failed; the labels sent with Register stand"
+    );
+    Ok((creds, None))
 }
 
 /// SecretFile / RunnerFile: the file is the truth; Declare only.

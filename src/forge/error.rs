@@ -205,9 +205,17 @@ impl ForgeError {
             || matches!(self, ForgeError::Status { message, .. } if message.contains("AlreadyExists") || message.contains("has been archived"))
     }
 
-    /// Worth retrying later: everything except bad credentials and bad requests.
+    /// The task is not this runner's (Forgejo: `internal` "invalid runner
+    /// for task"), or does not exist: reporting it can never succeed.
+    pub fn is_foreign_task(&self) -> bool {
+        matches!(self, ForgeError::Status { code, message, .. }
+            if *code == Code::NotFound || message.contains("invalid runner for task"))
+    }
+
+    /// Worth retrying later: everything except bad credentials, bad
+    /// requests and tasks that are not this runner's.
     pub fn is_retryable(&self) -> bool {
-        if self.is_unauthenticated() {
+        if self.is_unauthenticated() || self.is_foreign_task() {
             return false;
         }
         match self {

@@ -249,10 +249,16 @@ impl TaskStateBuilder {
     /// step is running; new rows go after every step's rows.
     pub fn resume(state: &TaskState, total_rows: u64, debug: bool) -> Self {
         let mut b = TaskStateBuilder::new(state.id, state.steps.len(), debug);
+        let total = i64::try_from(total_rows).unwrap_or(i64::MAX);
         for (i, (t, s)) in b.steps.iter_mut().zip(&state.steps).enumerate() {
             t.state = s.clone();
             t.state.id = i64::try_from(i).unwrap_or(i64::MAX);
-            t.has_rows = s.log_length > 0;
+            // The saved state may count rows that never reached the spool
+            // (up to a second's worth before a crash): keep ranges inside
+            // the log that exists.
+            t.state.log_index = t.state.log_index.clamp(0, total);
+            t.state.log_length = t.state.log_length.clamp(0, total - t.state.log_index);
+            t.has_rows = t.state.log_length > 0;
         }
         b.any_started = state.steps.iter().any(|s| s.started_at.is_some());
         b.started_at = state.started_at;
@@ -556,6 +562,14 @@ pub enum ReportError {
         "The forge rejected the runner's credentials while reporting task {task_id}; register the runner again"
     )]
     Unauthenticated {
+        task_id: i64,
+        #[source]
+        source: ForgeError,
+    },
+    /// The forge says the task is not this runner's (or does not exist):
+    /// it can never be reported.
+    #[error("The forge does not let this runner report task {task_id}: {source}")]
+    ForeignTask {
         task_id: i64,
         #[source]
         source: ForgeError,
@@ -910,10 +924,13 @@ async fn upload_logs(
         }
         let resp = match resp {
             Ok(r) => r,
-            Err(e) if req_no_more && e.is_already_exists() => {
+            Err(e) if e.is_already_exists() => {
                 // The log is archived: our earlier no_more went through (its
-                // answer was lost), or the forge closed the log itself.
+                // answer was lost), or the forge closed the log itself (its
+                // reaper does that when it fails a task). Nothing more can
+                // be appended, so the log counts as delivered.
                 let mut inner = shared.lock();
+                inner.no_more_sent = true;
                 if !sent_all_before && inner.acked < total {
                     tracing::warn!(
                         task = shared.task_id,
@@ -1115,6 +1132,12 @@ pub async fn finish(
                     source: e,
                 });
             }
+            Err(PassError::Forge(e)) if e.is_foreign_task() => {
+                return Err(ReportError::ForeignTask {
+                    task_id: shared.task_id,
+                    source: e,
+                });
+            }
             Err(e) => {
                 if started.elapsed() + backoff > cfg.final_budget {
                     return Err(gave_up("log", e.to_string()));
@@ -1155,6 +1178,12 @@ pub async fn finish(
             }
             Err(e) if e.is_unauthenticated() => {
                 return Err(ReportError::Unauthenticated {
+                    task_id: shared.task_id,
+                    source: e,
+                });
+            }
+            Err(e) if e.is_foreign_task() => {
+                return Err(ReportError::ForeignTask {
                     task_id: shared.task_id,
                     source: e,
                 });

@@ -435,6 +435,10 @@ jobs:
     #[test]
     fn forgejo_task_becomes_a_job_spec() {
         let t = translate(&task(PAYLOAD, forgejo_context()), &opts()).unwrap();
+        // Debug output never shows the task token or the runtime token.
+        let debug = format!("{t:?}");
+        assert!(!debug.contains("task-token-1"), "{debug}");
+        assert!(!debug.contains("jwt-runtime"), "{debug}");
         assert_eq!(t.runs_on, ["linux", "big"]);
         assert_eq!(t.job_name, "job1 (linux, 1.2)");
         assert_eq!(t.repository, "acme/widget");
