@@ -695,3 +695,36 @@ async fn an_untranslatable_task_is_reported_failed_with_its_error() {
     assert_eq!(forge.with(|s| s.final_result), Some(TaskResult::Failure));
     assert!(forge.with(|s| s.archived));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_log_the_forge_archived_itself_ends_the_final_sequence_without_retrying_forever() {
+    // The forge's reaper failed the task and archived its log while the
+    // runner was away: every UpdateLog that brings rows gets `already_exists`,
+    // also the first of several chunks, which has no `no_more`.
+    let forge = Arc::new(FakeForge::default());
+    let mut cfg = config();
+    cfg.max_rows_per_request = 2;
+    let (shared, _spool) = shared_for(1, cfg);
+    let cancel = CancellationToken::new();
+    run_job(shared.as_ref(), 1, 6, Duration::from_millis(1)).await;
+    shared.close(Conclusion::Success, &IndexMap::new(), None);
+    forge.with(|s| {
+        s.archived = true;
+        s.stopped = Some(TaskResult::Failure);
+    });
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        finish(forge.as_ref(), &shared, &cancel),
+    )
+    .await
+    .expect("the final sequence must end")
+    .unwrap();
+    let logs = forge.with(|s| {
+        s.calls
+            .iter()
+            .filter(|c| matches!(c, Call::Log { .. }))
+            .count()
+    });
+    assert_eq!(logs, 1, "one refused chunk is enough to know");
+    assert!(shared.is_done());
+}
