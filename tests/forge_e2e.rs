@@ -763,3 +763,34 @@ async fn a_forge_down_at_start_does_not_hold_up_readiness_when_credentials_are_k
     assert!(declared, "{}", d.log_text());
     assert_eq!(forge.runners()[0].version, "solstice-0.1.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_of_a_success_reported_only_after_a_restart_still_reach_the_forge() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    // Every UpdateTask fails: the logs get through, the final state does not.
+    forge.fail_next("UpdateTask", 1_000_000, solstice::forge::Code::Unavailable);
+    let mut d = world.start();
+    let closed = forge
+        .wait_for(
+            |f| f.task_for_job(job).is_some_and(|t| t.no_more),
+            Duration::from_secs(180),
+        )
+        .await;
+    assert!(closed, "{}", d.log_text());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+    let t = forge.task_for_job(job).unwrap();
+    assert!(!t.status.is_final() && t.outputs.is_empty(), "{t:#?}");
+    forge.clear_faults();
+    let d2 = world.start();
+    let t = final_task(&forge, job, &d2).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    assert_eq!(t.outputs.get("answer").map(String::as_str), Some("42"));
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    world.assert_clean();
+}

@@ -103,7 +103,14 @@ pub(crate) async fn interrupted_tasks(shared: &Arc<Shared>, forge: &str, client:
             };
             (c, None)
         };
-        reporter.close(conclusion, &Default::default(), why.as_deref());
+        // A finished job's outputs, kept until the forge has them.
+        let outputs: indexmap::IndexMap<String, String> = store
+            .outputs(&job.id)
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        reporter.close(conclusion, &outputs, why.as_deref());
         let result = TaskResult::from_wire(reporter.state().result).context_name();
         if interrupted {
             let _ = store.finish_job(&job.id, result, std::time::SystemTime::now());

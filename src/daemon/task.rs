@@ -368,6 +368,12 @@ pub(crate) async fn run_task(
     };
     let _ = store.set_job_state(&job_id, JobState::Reporting);
     reporter.close(conclusion, &outputs, error.as_deref());
+    if conclusion == Conclusion::Success
+        && !outputs.is_empty()
+        && let Ok(json) = serde_json::to_string(&outputs)
+    {
+        let _ = store.save_outputs(&job_id, &json);
+    }
     let final_result = reporter.state().result;
     let result_name = proto::TaskResult::from_wire(final_result).context_name();
     let _ = store.finish_job(&job_id, result_name, SystemTime::now());

@@ -76,7 +76,8 @@ CREATE TABLE jobs (
     boot_ms        INTEGER,
     ssh_ready_ms   INTEGER,
     first_step_ms  INTEGER,
-    task_state     BLOB -- the last runner.v1.TaskState sent (protobuf), for reports after a crash
+    task_state     BLOB, -- the last runner.v1.TaskState sent (protobuf), for reports after a crash
+    outputs        TEXT  -- the job's outputs (JSON object) until the forge has them
 ) STRICT;
 CREATE INDEX jobs_unfinished ON jobs(state) WHERE state <> 'finished';
 CREATE INDEX jobs_received ON jobs(received_at_ms);
@@ -841,6 +842,32 @@ impl Store {
             return Err(StoreError::UnknownJob { id: id.to_string() });
         }
         Ok(())
+    }
+
+    /// Keeps a finished job's outputs (a JSON object) until the forge has
+    /// its final report, so a report sent after a restart still carries them.
+    pub fn save_outputs(&self, id: &str, outputs_json: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached("UPDATE jobs SET outputs = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, outputs_json]))
+            .map_err(self.err("save job outputs"))?;
+        if n == 0 {
+            return Err(StoreError::UnknownJob { id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The outputs saved by [`Store::save_outputs`], if any.
+    pub fn outputs(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached("SELECT outputs FROM jobs WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id], |r| r.get::<_, Option<String>>(0))
+                    .optional()
+            })
+            .map(Option::flatten)
+            .map_err(self.err("read job outputs"))
     }
 
     /// The task state saved by [`Store::save_task_state`], if any.

@@ -329,6 +329,11 @@ impl FakeForge {
         self.state().fail_next(method, n, code);
     }
 
+    /// Drops every pending [`FakeForge::fail_next`] fault.
+    pub fn clear_faults(&self) {
+        self.state().clear_faults();
+    }
+
     /// Holds answers of `method` (`"*"` = any) for `d` after the call took
     /// effect (a lost or late answer); zero removes the delay. A FetchTask's
     /// request key stays locked while its answer is held.

@@ -600,6 +600,10 @@ impl State {
         });
     }
 
+    pub(super) fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
     pub(super) fn set_delay(&mut self, method: &str, d: Duration) {
         if d.is_zero() {
             self.delays.remove(method);
