@@ -17,9 +17,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::baseline_boot;
-use super::{fmt_ms, median, pick_image, require_openssh};
+use super::{fmt_ms, load_bench_config, median, pick_image};
 use crate::cli::EngineBenchArgs;
-use crate::cli::exec::{exit, load_config, report_error, resolve_accel};
+use crate::cli::exec::{exit, report_error, resolve_accel};
 use crate::cli::term::fmt_duration;
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
@@ -53,7 +53,7 @@ pub struct SolsticeSample {
 
 /// `solstice bench engine`.
 pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
-    let (_, config) = match load_config(args.common.config.as_deref()) {
+    let config = match load_bench_config(&args.common) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -64,9 +64,6 @@ pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    if let Err(code) = require_openssh() {
-        return code;
-    }
     let accel = match resolve_accel(&config).await {
         Ok(a) => a,
         Err(code) => return code,

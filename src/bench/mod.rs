@@ -52,6 +52,14 @@ pub(crate) fn fmt_ms(d: Duration) -> String {
 }
 
 /// The image named `name`, else the only image, else the one named `tiny`.
+/// What both benchmarks need first: the configuration, with the OpenSSH
+/// client (the baselines use it) checked to be there.
+pub(crate) fn load_bench_config(common: &crate::cli::BenchCommon) -> Result<Config, ExitCode> {
+    let (_, config) = crate::cli::exec::load_config(common.config.as_deref())?;
+    require_openssh()?;
+    Ok(config)
+}
+
 pub(crate) fn pick_image<'a>(
     config: &'a Config,
     name: Option<&str>,

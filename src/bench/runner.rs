@@ -26,9 +26,9 @@ use super::runner_report::{
     Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, loadavg_1min, stat_cpu_ticks,
     status_kib,
 };
-use super::{TempDir, median, pick_image, require_openssh};
+use super::{TempDir, load_bench_config, median, pick_image};
 use crate::cli::RunnerBenchArgs;
-use crate::cli::exec::{exit, load_config, resolve_accel};
+use crate::cli::exec::{exit, resolve_accel};
 use crate::cli::term::fmt_duration;
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
 use crate::forge::proto::{TaskResult, Timestamp};
@@ -78,7 +78,7 @@ fn progress(msg: impl std::fmt::Display) {
 
 /// `solstice bench runner`.
 pub async fn runner_main(args: RunnerBenchArgs) -> ExitCode {
-    let (_, config) = match load_config(args.common.config.as_deref()) {
+    let config = match load_bench_config(&args.common) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -89,9 +89,6 @@ pub async fn runner_main(args: RunnerBenchArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    if let Err(code) = require_openssh() {
-        return code;
-    }
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {

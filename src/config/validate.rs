@@ -201,18 +201,7 @@ fn image(
 ) -> ImageConfig {
     let n = name.get_ref();
     let key = |k: &str| format!("images.{n}.{k}");
-    if !valid_image_name(n) {
-        ctx.push(
-            Some(name.span()),
-            Some(format!("images.{n}")),
-            ErrorKind::InvalidValue,
-            format!("image name \"{n}\" is not allowed"),
-            Some(format!(
-                "use lower-case letters, digits, \".\", \"_\" and \"-\", starting with a letter or digit, e.g. \"{}\"",
-                suggest_image_name(n)
-            )),
-        );
-    }
+    check_name("image", "images", name, ctx);
     let img = raw.get_ref();
     let path = match &img.path {
         Some(p) => {
@@ -368,18 +357,7 @@ fn forge(
 ) -> ForgeConfig {
     let n = name.get_ref();
     let key = |k: &str| format!("forges.{n}.{k}");
-    if !valid_image_name(n) {
-        ctx.push(
-            Some(name.span()),
-            Some(format!("forges.{n}")),
-            ErrorKind::InvalidValue,
-            format!("forge name \"{n}\" is not allowed"),
-            Some(format!(
-                "use lower-case letters, digits, \".\", \"_\" and \"-\", starting with a letter or digit, e.g. \"{}\"",
-                suggest_image_name(n)
-            )),
-        );
-    }
+    check_name("forge", "forges", name, ctx);
     let f = raw.get_ref();
     let url = match &f.url {
         Some(u) => forge_url(u, &key("url"), ctx),
@@ -674,6 +652,24 @@ fn existing_file(path: &Path, span: Range<usize>, key: &str, what: &str, ctx: &m
             ctx.base_dir.display()
         )),
     );
+}
+
+/// Records an error when a section name (`[images.<name>]`,
+/// `[forges.<name>]`) is not `[a-z0-9][a-z0-9._-]*`.
+fn check_name(kind: &str, section: &str, name: &Spanned<String>, ctx: &mut Ctx<'_>) {
+    let n = name.get_ref();
+    if !valid_image_name(n) {
+        ctx.push(
+            Some(name.span()),
+            Some(format!("{section}.{n}")),
+            ErrorKind::InvalidValue,
+            format!("{kind} name \"{n}\" is not allowed"),
+            Some(format!(
+                "use lower-case letters, digits, \".\", \"_\" and \"-\", starting with a letter or digit, e.g. \"{}\"",
+                suggest_image_name(n)
+            )),
+        );
+    }
 }
 
 /// `[a-z0-9][a-z0-9._-]*`
