@@ -11,6 +11,8 @@
 //! | `solstice_ssh_ready_seconds` | histogram | |
 //! | `solstice_first_step_seconds` | histogram | |
 //! | `solstice_forge_request_errors_total` | counter | `forge`, `method` |
+//! | `solstice_kvm_in_use` | gauge (1 or 0) | |
+//! | `solstice_kvm_fallbacks_total` | counter | |
 //!
 //! The four split histograms are consecutive segments of
 //! `task_to_first_step` (see [`LatencySplit`]).
@@ -70,6 +72,8 @@ struct Inner {
     ssh_ready: Histogram,
     first_step: Histogram,
     forge_errors: Family<ForgeErrorLabels, Counter>,
+    kvm_in_use: Gauge,
+    kvm_fallbacks: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +167,18 @@ impl Metrics {
             "Failed requests to a forge, by forge and method",
             forge_errors.clone(),
         );
+        let kvm_in_use = Gauge::default();
+        registry.register(
+            "kvm_in_use",
+            "1 while new VMs start under KVM, 0 under TCG",
+            kvm_in_use.clone(),
+        );
+        let kvm_fallbacks = Counter::default();
+        registry.register(
+            "kvm_fallbacks",
+            "Times KVM was given up because a job's guest did not boot under it",
+            kvm_fallbacks.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -175,6 +191,8 @@ impl Metrics {
                 ssh_ready,
                 first_step,
                 forge_errors,
+                kvm_in_use,
+                kvm_fallbacks,
             }),
         }
     }
@@ -227,6 +245,17 @@ impl Metrics {
                 method: method.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets `kvm_in_use`.
+    pub fn set_kvm_in_use(&self, on: bool) {
+        self.inner.kvm_in_use.set(i64::from(on));
+    }
+
+    /// KVM was given up: `kvm_fallbacks_total` + 1 and `kvm_in_use` 0.
+    pub fn kvm_fell_back(&self) {
+        self.inner.kvm_fallbacks.inc();
+        self.inner.kvm_in_use.set(0);
     }
 
     /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).

@@ -3,20 +3,29 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ImageConfig, SeedKind};
+use crate::config::{AccelChoice, Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
 use crate::executor::{self, JobOutcome, JobSpec};
 use crate::ssh::{self, ClientKey, HostKey, HostKeyCheck, ReadyOptions, SshTarget};
+use crate::vm::accel::{
+    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, STALL_WINDOW, judge_kvm_boot,
+};
 use crate::vm::{self, Accel, Vm, VmSpec};
 
 /// Lines of the serial console quoted when a guest does not come up.
-pub const BOOT_FAILURE_CONSOLE_LINES: usize = 25;
+pub const BOOT_FAILURE_CONSOLE_LINES: usize = 30;
 /// How often boot progress is reported while waiting for SSH.
 const BOOT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often a booting VM is looked at (QEMU alive, run state, console).
+const BOOT_WATCH_EVERY: Duration = Duration::from_millis(250);
+/// Where the console of the latest failed boot of each image is kept:
+/// `<state_dir>/boot-failures/<image>.console.log`.
+pub const BOOT_FAILURES_DIR: &str = "boot-failures";
 
 /// Why a job could not run at all (as opposed to a job whose steps failed).
 #[derive(Debug, thiserror::Error)]
@@ -24,16 +33,25 @@ pub enum RunError {
     #[error("Could not start the VM")]
     Provision(#[source] vm::VmError),
     #[error(
-        "The guest did not accept SSH within {timeout_secs}s ({reason}). Last lines of its serial console:\n{console}"
+        "The guest did not accept SSH within {} s (`images.{image}.boot_timeout_secs`); {last}.\n{console}",
+        secs(*timeout)
     )]
     BootTimeout {
-        timeout_secs: f64,
-        reason: String,
+        image: String,
+        timeout: Duration,
+        /// What the last connection attempt saw, in words.
+        last: String,
+        /// The console tail, with a heading that says where the whole log is.
         console: String,
     },
-    #[error(
-        "Could not reach the guest over SSH ({reason}). Last lines of its serial console:\n{console}"
-    )]
+    #[error("The guest stopped while it booted: {reason}.{hint}\n{console}")]
+    GuestStopped {
+        reason: String,
+        /// What to do about it (may be empty).
+        hint: String,
+        console: String,
+    },
+    #[error("Could not reach the guest over SSH ({reason}).\n{console}")]
     Ssh { reason: String, console: String },
     #[error("Cancelled before the job started")]
     Cancelled,
@@ -45,6 +63,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `120` or `2.5`: seconds without needless decimals.
+fn secs(d: Duration) -> String {
+    let s = format!("{:.1}", d.as_secs_f64());
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
 }
 
 /// Where the time went, for progress output and `solstice bench`.
@@ -66,6 +90,10 @@ pub struct Timings {
     pub job: Duration,
     /// VM destroyed and its files removed.
     pub teardown: Duration,
+    /// Time lost on a KVM guest that did not boot before the job was booted
+    /// again under TCG (zero without a fallback); the other figures are the
+    /// TCG attempt's.
+    pub kvm_fallback: Duration,
 }
 
 /// Result of [`run_in_vm`].
@@ -73,14 +101,18 @@ pub struct Timings {
 pub struct RunReport {
     pub outcome: JobOutcome,
     pub timings: Timings,
+    /// The accelerator the job ran under.
     pub accel: Accel,
+    /// Why KVM was abandoned for this job, when it was.
+    pub kvm_fallback: Option<String>,
 }
 
 /// Everything one VM run needs.
 pub struct VmRun<'a> {
     pub config: &'a Config,
     pub image: &'a ImageConfig,
-    pub accel: Accel,
+    /// The process's accelerator (shared by its jobs; KVM may fall back to TCG).
+    pub accel: &'a Accelerator,
     /// Names the job directory under `<state_dir>/jobs/`.
     pub job_id: &'a str,
     pub spec: &'a JobSpec,
@@ -124,140 +156,308 @@ pub fn jobs_dir(config: &Config) -> PathBuf {
     config.daemon.state_dir.join("jobs")
 }
 
+/// Where the console of `image`'s latest failed boot is kept.
+pub fn boot_failure_console(config: &Config, image: &str) -> PathBuf {
+    config
+        .daemon
+        .state_dir
+        .join(BOOT_FAILURES_DIR)
+        .join(format!("{image}.console.log"))
+}
+
+/// How one boot attempt ended.
+enum Attempt {
+    /// The job ran (or could not run for a reason that is not KVM's).
+    Done(Result<JobOutcome, RunError>),
+    /// `auto`'s KVM did not run the guest: boot again under TCG.
+    KvmBroken(String),
+}
+
 /// Provisions a fresh VM, waits for SSH, runs the job's steps and destroys the
 /// VM, on every path (errors, cancellation, and panics through `Vm`'s `Drop`).
+///
+/// Under `auto`'s KVM, a guest that shows no progress (see
+/// [`crate::vm::accel::judge_kvm_boot`]) is destroyed, KVM is given up for
+/// the process ([`Accelerator::kvm_failed`]) and the job boots again under
+/// TCG; the job log says so.
 pub async fn run_in_vm(
     run: &VmRun<'_>,
     sink: &dyn EventSink,
     cancel: &CancellationToken,
 ) -> Result<RunReport, RunError> {
-    let image = run.image;
     let jobs = jobs_dir(run.config);
     std::fs::create_dir_all(&jobs).map_err(|source| RunError::StateDir {
         path: jobs.clone(),
         source,
     })?;
-
-    let mut timings = Timings::default();
-    let accel_name = match run.accel {
-        Accel::Kvm => "kvm",
-        Accel::Tcg => "tcg",
-    };
-    sink.emit(JobEvent::Phase {
-        phase: Phase::Provision,
-        detail: format!(
-            "image {} ({} vCPU, {} MiB), accelerator {accel_name}",
-            image.name, image.vcpus, image.memory_mib
-        ),
-    });
-
-    let t0 = Instant::now();
-    let client_key = ClientKey::generate();
-    let host_key = match image.seed {
-        SeedKind::NoCloud => Some(HostKey::generate()),
-        // The metadata-agent form cannot carry a host key: pin the first one seen.
-        SeedKind::MetadataCpio => None,
-    };
-    let host_private = host_key.as_ref().map(HostKey::private_openssh);
-    let host_public = host_key.as_ref().map(HostKey::public_openssh);
-    let authorized = client_key.public_openssh();
-    let hostname = format!("solstice-{}", short_id(run.job_id));
-    let spec = VmSpec {
-        job_id: run.job_id,
-        image,
-        qemu: &run.config.qemu,
-        accel: run.accel,
-        jobs_dir: &jobs,
-        authorized_key: &authorized,
-        host_key: host_private.as_ref().zip(host_public.as_deref()),
-        hostname: &hostname,
-    };
-    if let Some(o) = run.observer {
-        o.before_start(&jobs.join(run.job_id))
-            .map_err(RunError::Record)?;
-    }
-    let started = tokio::select! {
-        r = Vm::start(spec) => Some(r),
-        _ = cancel.cancelled() => None,
-    };
-    let vm = match started {
-        Some(Ok(vm)) => vm,
-        other => {
-            // Vm::start (or dropping it) removed what it had created.
-            if let Some(o) = run.observer {
-                o.destroyed();
-            }
-            return Err(match other {
-                Some(Err(e)) => RunError::Provision(e),
-                _ => RunError::Cancelled,
-            });
+    let mut accel = run.accel.current();
+    let mut fallback: Option<String> = None;
+    // A KVM start failure is only KVM's fault if TCG then starts.
+    let mut unconfirmed: Option<String> = None;
+    let t_first = Instant::now();
+    loop {
+        let mut timings = Timings::default();
+        if fallback.is_some() {
+            timings.kvm_fallback = t_first.elapsed();
         }
-    };
-    if let Some(o) = run.observer {
-        o.started(vm.pid(), vm.ssh_addr().port());
-    }
-    timings.provision = t0.elapsed();
-    timings.prepare = vm.spawned_at().saturating_duration_since(t0);
+        let image = run.image;
+        sink.emit(JobEvent::Phase {
+            phase: Phase::Provision,
+            detail: format!(
+                "image {} ({} vCPU, {} MiB), accelerator {}",
+                image.name,
+                image.vcpus,
+                image.memory_mib,
+                accel.name()
+            ),
+        });
+        let t0 = Instant::now();
+        let client_key = ClientKey::generate();
+        let host_key = match image.seed {
+            SeedKind::NoCloud => Some(HostKey::generate()),
+            // The metadata-agent form cannot carry a host key: pin the first one seen.
+            SeedKind::MetadataCpio => None,
+        };
+        let host_private = host_key.as_ref().map(HostKey::private_openssh);
+        let host_public = host_key.as_ref().map(HostKey::public_openssh);
+        let authorized = client_key.public_openssh();
+        let hostname = format!("solstice-{}", short_id(run.job_id));
+        let spec = VmSpec {
+            job_id: run.job_id,
+            image,
+            qemu: &run.config.qemu,
+            accel,
+            jobs_dir: &jobs,
+            authorized_key: &authorized,
+            host_key: host_private.as_ref().zip(host_public.as_deref()),
+            hostname: &hostname,
+        };
+        if let Some(o) = run.observer {
+            o.before_start(&jobs.join(run.job_id))
+                .map_err(RunError::Record)?;
+        }
+        let started = tokio::select! {
+            r = Vm::start(spec) => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        let mut vm = match started {
+            Some(Ok(vm)) => vm,
+            Some(Err(vm::VmError::QemuExited { status, stderr, .. }))
+                if run.accel.may_fall_back(accel) =>
+            {
+                // Vm::start removed what it had created.
+                if let Some(o) = run.observer {
+                    o.destroyed();
+                }
+                let reason = format!(
+                    "QEMU exited as the VM started under KVM ({status}: {})",
+                    last_words(&stderr)
+                );
+                announce_fallback(sink, &reason, false);
+                unconfirmed = Some(reason.clone());
+                fallback = Some(reason);
+                accel = Accel::Tcg;
+                continue;
+            }
+            other => {
+                // Vm::start (or dropping its future) removed what it had created.
+                if let Some(o) = run.observer {
+                    o.destroyed();
+                }
+                return Err(match other {
+                    Some(Err(e)) => RunError::Provision(e),
+                    _ => RunError::Cancelled,
+                });
+            }
+        };
+        if let Some(reason) = unconfirmed.take() {
+            // TCG started where KVM did not: KVM was the difference.
+            run.accel.kvm_failed(&reason);
+        }
+        if let Some(o) = run.observer {
+            o.started(vm.pid(), vm.ssh_addr().port());
+        }
+        timings.provision = t0.elapsed();
+        timings.prepare = vm.spawned_at().saturating_duration_since(t0);
 
-    let result = boot_and_run(
-        run,
-        &vm,
-        client_key,
-        host_public,
-        sink,
-        cancel,
-        &mut timings,
-    )
-    .await;
+        let watch_kvm = run.accel.may_fall_back(accel);
+        let attempt = boot_and_run(
+            run,
+            &mut vm,
+            client_key,
+            host_public,
+            sink,
+            cancel,
+            &mut timings,
+            watch_kvm,
+        )
+        .await;
 
-    sink.emit(JobEvent::Phase {
-        phase: Phase::Teardown,
-        detail: "destroying the VM".into(),
-    });
-    let t = Instant::now();
-    match vm.destroy().await {
-        Ok(()) => {
-            if let Some(o) = run.observer {
-                o.destroyed();
+        sink.emit(JobEvent::Phase {
+            phase: Phase::Teardown,
+            detail: "destroying the VM".into(),
+        });
+        let t = Instant::now();
+        match vm.destroy().await {
+            Ok(()) => {
+                if let Some(o) = run.observer {
+                    o.destroyed();
+                }
+            }
+            // The record stays, so the next start's reconcile retries the cleanup.
+            Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
+        }
+        timings.teardown = t.elapsed();
+
+        match attempt {
+            Attempt::KvmBroken(reason) => {
+                run.accel.kvm_failed(&reason);
+                announce_fallback(sink, &reason, true);
+                fallback = Some(reason);
+                accel = Accel::Tcg;
+            }
+            Attempt::Done(result) => {
+                return result.map(|outcome| RunReport {
+                    outcome,
+                    timings,
+                    accel,
+                    kvm_fallback: fallback,
+                });
             }
         }
-        // The record stays, so the next start's reconcile retries the cleanup.
-        Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
     }
-    timings.teardown = t.elapsed();
-
-    result.map(|outcome| RunReport {
-        outcome,
-        timings,
-        accel: run.accel,
-    })
 }
 
+/// Tells the job log that its KVM guest was given up.
+fn announce_fallback(sink: &dyn EventSink, reason: &str, destroyed: bool) {
+    let what = if destroyed {
+        "The VM was destroyed; booting the job again under TCG"
+    } else {
+        "Starting the job's VM again under TCG"
+    };
+    sink.emit(JobEvent::Phase {
+        phase: Phase::Boot,
+        detail: format!(
+            "KVM does not work on this host: {reason}. {what} (software emulation, slower); later jobs of this runner use TCG from the start (`solstice doctor` explains)"
+        ),
+    });
+}
+
+/// The last line of a program's stderr, or a placeholder.
+fn last_words(stderr: &str) -> String {
+    stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("it printed nothing")
+        .to_string()
+}
+
+/// What the boot watcher concluded.
+enum Watch {
+    /// `auto`'s KVM does not run the guest.
+    KvmBroken(String),
+    /// QEMU died or the guest stopped for good (not a KVM question).
+    Stopped(String),
+}
+
+/// Looks at a booting VM every [`BOOT_WATCH_EVERY`]: reports progress every
+/// [`BOOT_PROGRESS_EVERY`] (elapsed time and the console's last line), and
+/// returns when QEMU died, the guest stopped, or (with `watch_kvm`) KVM
+/// shows no progress. Never returns while the guest boots normally.
+async fn watch_boot(
+    vm: &mut Vm,
+    sink: &dyn EventSink,
+    banner_seen: &AtomicBool,
+    watch_kvm: bool,
+) -> Watch {
+    let mut last_report = Instant::now();
+    let mut console_bytes = 0u64;
+    let mut grew_at: Option<Duration> = None;
+    let mut kvm_ok = !watch_kvm;
+    loop {
+        tokio::time::sleep(BOOT_WATCH_EVERY).await;
+        let elapsed = vm.spawned_at().elapsed();
+        let exited = vm.exited();
+        let run_state = if exited.is_none() {
+            vm.run_state().await
+        } else {
+            None
+        };
+        let len = vm.console_len();
+        if len > console_bytes {
+            console_bytes = len;
+            grew_at = Some(elapsed);
+        }
+        if !kvm_ok {
+            let obs = BootObservation {
+                elapsed,
+                console_bytes,
+                console_grew_at: grew_at,
+                banner_seen: banner_seen.load(Ordering::SeqCst),
+                qemu_exited: exited.clone(),
+                run_state: run_state.clone(),
+            };
+            match judge_kvm_boot(&obs, FIRST_OUTPUT_WINDOW, STALL_WINDOW) {
+                BootVerdict::Wait => {}
+                BootVerdict::Healthy => kvm_ok = true,
+                BootVerdict::Broken(why) => return Watch::KvmBroken(why),
+            }
+        }
+        if let Some(how) = exited {
+            return Watch::Stopped(format!("QEMU exited ({how})"));
+        }
+        if let Some(state) = run_state.filter(|s| {
+            matches!(
+                s.as_str(),
+                "internal-error" | "guest-panicked" | "shutdown" | "io-error"
+            )
+        }) {
+            return Watch::Stopped(format!("QEMU reports the guest as `{state}`"));
+        }
+        if last_report.elapsed() >= BOOT_PROGRESS_EVERY {
+            last_report = Instant::now();
+            let console = match vm.last_console_line() {
+                Some(l) => format!("console: {l}"),
+                None => "nothing on the console yet".into(),
+            };
+            sink.emit(JobEvent::Phase {
+                phase: Phase::Boot,
+                detail: format!("booting, {:.0} s: {console}", elapsed.as_secs_f64()),
+            });
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn boot_and_run(
     run: &VmRun<'_>,
-    vm: &Vm,
+    vm: &mut Vm,
     client_key: ClientKey,
     host_public: Option<String>,
     sink: &dyn EventSink,
     cancel: &CancellationToken,
     timings: &mut Timings,
-) -> Result<JobOutcome, RunError> {
+    watch_kvm: bool,
+) -> Attempt {
     let image = run.image;
     let check = match host_public {
         Some(k) => HostKeyCheck::Pinned(k),
         None => HostKeyCheck::TrustFirstUse,
     };
-    let target =
-        SshTarget::new(vm.ssh_addr(), image.ssh_user.clone(), client_key, check).map_err(|e| {
-            RunError::Ssh {
+    let target = match SshTarget::new(vm.ssh_addr(), image.ssh_user.clone(), client_key, check) {
+        Ok(t) => t,
+        Err(e) => {
+            return Attempt::Done(Err(RunError::Ssh {
                 reason: e.to_string(),
                 console: String::new(),
-            }
-        })?;
+            }));
+        }
+    };
     sink.emit(JobEvent::Phase {
         phase: Phase::Boot,
         detail: format!(
-            "QEMU pid {} running; waiting for SSH on {} as {} (timeout {}s)",
+            "QEMU pid {} running; waiting for SSH on {} as {} (timeout {} s)",
             vm.pid(),
             vm.ssh_addr(),
             image.ssh_user,
@@ -272,47 +472,62 @@ async fn boot_and_run(
     };
     let t_boot = vm.spawned_at();
     let t_wait = Instant::now();
-    let last_report = Mutex::new(Instant::now());
+    let banner_seen = AtomicBool::new(false);
     let progress = |p: ssh::ReadyProgress| {
-        let Ok(mut last) = last_report.lock() else {
-            return;
-        };
-        if last.elapsed() >= BOOT_PROGRESS_EVERY {
-            *last = Instant::now();
-            let why = p
-                .last_failure
-                .map(|f| format!(", last attempt: {f}"))
-                .unwrap_or_default();
-            sink.emit(JobEvent::Phase {
-                phase: Phase::Boot,
-                detail: format!(
-                    "still waiting for SSH after {:.0}s (attempt {}{why})",
-                    p.elapsed.as_secs_f64(),
-                    p.attempt
-                ),
-            });
+        if p.banner_seen {
+            banner_seen.store(true, Ordering::SeqCst);
         }
     };
-    let session = match ssh::wait_ready_with_stats(&target, &opts, cancel, &progress).await {
-        Ok((s, stats)) => {
+    let waited = {
+        let ready = ssh::wait_ready_with_stats(&target, &opts, cancel, &progress);
+        let watch = watch_boot(vm, sink, &banner_seen, watch_kvm);
+        tokio::select! {
+            r = ready => Ok(r),
+            w = watch => Err(w),
+        }
+    };
+    let console_heading = |vm: &Vm| keep_failed_console(run, vm);
+    let explicit_kvm = vm.accel() == Accel::Kvm && run.accel.choice() == AccelChoice::Kvm;
+    let session = match waited {
+        Ok(Ok((s, stats))) => {
             // The wait starts a little after the spawn; count from the spawn.
             let waited_from = t_wait.saturating_duration_since(t_boot);
             timings.boot_to_banner = stats.first_banner.map(|b| b + waited_from);
             s
         }
-        Err(ssh::SshError::Cancelled { .. }) => return Err(RunError::Cancelled),
-        Err(e @ ssh::SshError::NotReady { .. }) => {
-            return Err(RunError::BootTimeout {
-                timeout_secs: image.boot_timeout.as_secs_f64(),
-                reason: e.to_string(),
-                console: console_tail(vm),
-            });
+        Err(Watch::KvmBroken(why)) => return Attempt::KvmBroken(why),
+        Err(Watch::Stopped(why)) => {
+            let hint = if explicit_kvm {
+                " The guest ran under KVM, which is configured explicitly (`qemu.accel = \"kvm\"`): if KVM does not work on this host, set `qemu.accel = \"auto\"` (falls back to TCG) or `\"tcg\"`.".to_string()
+            } else {
+                String::new()
+            };
+            return Attempt::Done(Err(RunError::GuestStopped {
+                reason: why,
+                hint,
+                console: console_heading(vm),
+            }));
         }
-        Err(e) => {
-            return Err(RunError::Ssh {
+        Ok(Err(ssh::SshError::Cancelled { .. })) => return Attempt::Done(Err(RunError::Cancelled)),
+        Ok(Err(ssh::SshError::NotReady { last, .. })) => {
+            let mut last = describe_last_attempt(last.as_deref());
+            if explicit_kvm {
+                last.push_str(
+                    ". The guest ran under KVM, which is configured explicitly (`qemu.accel = \"kvm\"`): if KVM does not work on this host, set `qemu.accel = \"auto\"` (falls back to TCG) or `\"tcg\"`",
+                );
+            }
+            return Attempt::Done(Err(RunError::BootTimeout {
+                image: image.name.clone(),
+                timeout: image.boot_timeout,
+                last,
+                console: console_heading(vm),
+            }));
+        }
+        Ok(Err(e)) => {
+            return Attempt::Done(Err(RunError::Ssh {
                 reason: e.to_string(),
-                console: console_tail(vm),
-            });
+                console: console_heading(vm),
+            }));
         }
     };
     timings.boot_to_ssh = t_boot.elapsed();
@@ -335,19 +550,47 @@ async fn boot_and_run(
         .and_then(|t| *t)
         .map(|t| t.saturating_duration_since(t_job));
     let _ = session.close().await;
-    Ok(outcome)
+    Attempt::Done(Ok(outcome))
 }
 
-/// The console tail quoted in boot errors, or a hint when the guest printed nothing.
-fn console_tail(vm: &Vm) -> String {
+/// What the last SSH attempt of a boot saw, in words for users.
+fn describe_last_attempt(last: Option<&ssh::SshError>) -> String {
+    use ssh::SshError as E;
+    match last {
+        None => "no connection attempt finished".into(),
+        Some(E::NoBanner { .. } | E::ClosedBeforeBanner { .. } | E::Refused { .. }) => {
+            "the guest's SSH server never answered (QEMU forwards the port, but nothing in the guest listened on port 22)".into()
+        }
+        Some(E::Timeout { after, .. }) => format!(
+            "the last connection attempt did not finish within {} s",
+            after.as_secs()
+        ),
+        Some(e) => format!("the last attempt failed: {e}"),
+    }
+}
+
+/// Keeps the console of a failed boot in `<state_dir>/boot-failures/` and
+/// returns its tail with a heading that says where the whole log is.
+fn keep_failed_console(run: &VmRun<'_>, vm: &Vm) -> String {
+    let kept = boot_failure_console(run.config, &run.image.name);
+    let where_ = match vm.keep_console(&kept) {
+        Ok(()) => format!("the whole log is kept in {}", kept.display()),
+        Err(e) => {
+            tracing::warn!(path = %kept.display(), error = %e, "could not keep the console log");
+            "it could not be kept".into()
+        }
+    };
     let tail = vm.console_tail(BOOT_FAILURE_CONSOLE_LINES);
+    let tail = vm::clean_console_text(tail.as_bytes());
     if tail.trim().is_empty() {
         format!(
-            "(empty: the guest printed nothing on its serial console; check that the image boots and logs to ttyS0/ttya; log file was {})",
-            vm.console_path().display()
+            "The guest printed nothing on its serial console ({where_}): check that the image boots and logs to its serial console (console=ttyS0 on Linux, ttya on illumos)."
         )
     } else {
-        tail
+        format!(
+            "Last {BOOT_FAILURE_CONSOLE_LINES} lines of its serial console ({where_}):\n{}",
+            tail.trim_end()
+        )
     }
 }
 

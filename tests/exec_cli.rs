@@ -214,3 +214,127 @@ fn qemu_dies_when_solstice_is_killed() {
     // The job directory stays for the daemon's start-up reconcile to remove;
     // the test's temporary state directory goes with the test.
 }
+
+/// `auto` with KVM forced through the test switch, on a QEMU stand-in whose
+/// KVM guests crawl (their boot loader prints its banner, then nothing comes
+/// for minutes): the first job's guest is given up once its console has
+/// been silent for the stall window, the job boots again under TCG and
+/// succeeds, the log says why, and the next job of the same run goes
+/// straight to TCG.
+#[test]
+fn auto_falls_back_to_tcg_when_a_kvm_guest_makes_no_progress() {
+    let mut env = TestEnv::tiny();
+    env.config.qemu.accel = solstice::config::AccelChoice::Auto;
+    env.config.qemu.system_binary = support::paused_kvm_qemu(env.dir.path());
+    env.image_mut().boot_timeout = Duration::from_secs(300);
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "two.yml",
+        "jobs:\n  x:\n    strategy:\n      matrix:\n        n: [1, 2]\n    steps:\n      - run: echo \"job ${{ matrix.n }} ran\"\n",
+    );
+    let t = Instant::now();
+    let out = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .current_dir(env.dir.path())
+        .env("SOLSTICE_TEST_FORCE_KVM", "1")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .contains("[solstice] accelerator: kvm (auto: KVM forced by SOLSTICE_TEST_FORCE_KVM=1"),
+        "{stdout}"
+    );
+    let fallback = "KVM does not work on this host: the guest's console stopped for 45 s before its SSH server answered under KVM. The VM was destroyed; booting the job again under TCG";
+    assert_eq!(stdout.matches(fallback).count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("job 1 ran") && stdout.contains("job 2 ran"),
+        "{stdout}"
+    );
+    // Job 1: kvm, then tcg; job 2: tcg from the start.
+    let provisions: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("[solstice] provision:"))
+        .collect();
+    assert_eq!(provisions.len(), 3, "{stdout}");
+    assert!(provisions[0].ends_with("accelerator kvm"), "{stdout}");
+    assert!(provisions[1].ends_with("accelerator tcg"), "{stdout}");
+    assert!(provisions[2].ends_with("accelerator tcg"), "{stdout}");
+    // Not the 300 s boot timeout: the window ended the KVM attempt.
+    assert!(took < Duration::from_secs(300), "took {took:?}");
+    eprintln!("two jobs with one KVM fallback took {took:?}");
+    assert!(!stderr.contains("WARN"), "no plumbing on stderr: {stderr}");
+    env.assert_no_leaks();
+}
+
+/// The same with this host's real QEMU and KVM: whatever KVM does here
+/// (aborts, hangs, stops with an emulation error, or works), the job
+/// succeeds and leaves nothing behind; where KVM is broken, the log says so.
+#[test]
+fn auto_with_kvm_forced_still_runs_the_job_on_this_host() {
+    let mut env = TestEnv::tiny();
+    env.config.qemu.accel = solstice::config::AccelChoice::Auto;
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "one.yml",
+        "jobs:\n  x:\n    steps:\n      - run: echo \"ran on $(uname -s)\"\n",
+    );
+    let out = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .current_dir(env.dir.path())
+        .env("SOLSTICE_TEST_FORCE_KVM", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ran on Linux"), "{stdout}");
+    let fell_back = stdout.contains("KVM does not work on this host");
+    let last = stdout
+        .lines()
+        .rfind(|l| l.starts_with("[solstice] provision:"))
+        .unwrap_or_default();
+    if fell_back {
+        assert!(last.ends_with("accelerator tcg"), "{stdout}");
+    } else {
+        assert!(last.ends_with("accelerator kvm"), "a healthy KVM: {stdout}");
+    }
+    eprintln!("this host's KVM: fell back = {fell_back}");
+    env.assert_no_leaks();
+}
+
+/// `accel = "kvm"` never falls back: a KVM guest that makes no progress
+/// fails the job with a message that says what to do.
+#[test]
+fn explicit_kvm_never_falls_back() {
+    let mut env = TestEnv::tiny();
+    env.config.qemu.accel = solstice::config::AccelChoice::Kvm;
+    env.config.qemu.system_binary = support::paused_kvm_qemu(env.dir.path());
+    env.image_mut().boot_timeout = Duration::from_secs(20);
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "one.yml",
+        "jobs:\n  x:\n    steps:\n      - run: 'true'\n",
+    );
+    let out = exec(&config, &[], &wf, env.dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("accelerator tcg"), "{stdout}");
+    assert!(
+        stderr.contains("within 20 s (`images.tiny.boot_timeout_secs`)")
+            && stderr.contains("The guest ran under KVM, which is configured explicitly (`qemu.accel = \"kvm\"`): if KVM does not work on this host, set `qemu.accel = \"auto\"` (falls back to TCG) or `\"tcg\"`"),
+        "{stderr}"
+    );
+    env.assert_no_leaks();
+}

@@ -262,22 +262,25 @@ async fn boot_timeout_quotes_the_serial_console_and_leaves_nothing() {
             RunOpts::default(),
         )
         .await;
-    match result {
-        Err(RunError::BootTimeout {
-            console, reason, ..
-        }) => {
+    let err = result.expect_err("no guest boots in 2.5 s under TCG");
+    let msg = err.to_string();
+    match err {
+        RunError::BootTimeout { console, .. } => {
             assert!(
-                !console.trim().is_empty(),
-                "console tail is empty ({reason})"
+                msg.contains("within 2.5 s (`images.tiny.boot_timeout_secs`)"),
+                "{msg}"
             );
-            let msg = RunError::BootTimeout {
-                timeout_secs: 2.5,
-                reason: reason.clone(),
-                console: console.clone(),
-            }
-            .to_string();
-            assert!(msg.contains("serial console"), "{msg}");
-            assert!(msg.contains(console.trim()), "{msg}");
+            assert!(msg.contains("Last 30 lines of its serial console"), "{msg}");
+            // The whole console is kept after the VM is gone, where the message says.
+            let kept = solstice::runner::boot_failure_console(&env.config, "tiny");
+            assert!(msg.contains(&kept.display().to_string()), "{msg}");
+            let whole = std::fs::read_to_string(&kept).unwrap();
+            let last = console.trim_end().lines().last().unwrap();
+            assert!(
+                !last.trim().is_empty() && whole.contains(last.trim()),
+                "{msg}"
+            );
+            assert_eq!(msg.matches("serial console").count(), 1, "said once: {msg}");
         }
         other => panic!("expected a boot timeout, got {other:?}"),
     }
@@ -313,7 +316,14 @@ async fn broken_image_times_out_with_a_clear_error() {
     let err = result.expect_err("a blank disk cannot boot");
     let msg = err.to_string();
     assert!(matches!(err, RunError::BootTimeout { .. }), "{msg}");
-    assert!(msg.contains("within 6s"), "{msg}");
+    assert!(
+        msg.contains("within 6 s (`images.broken.boot_timeout_secs`)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("printed nothing on its serial console"),
+        "{msg}"
+    );
 }
 
 /// Panics when the first step starts, like a bug inside the job would.

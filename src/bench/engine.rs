@@ -26,6 +26,7 @@ use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::runner::{self, VmRun};
 use crate::vm::Accel;
+use crate::vm::accel::Accelerator;
 
 /// Target from issue 2: Solstice's overhead ≤ 10% of raw boot-to-SSH and < 300 ms.
 pub const TARGET_RATIO: f64 = 0.10;
@@ -64,8 +65,9 @@ pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    // Both sides of the comparison use the accelerator chosen now.
     let accel = match resolve_accel(&config).await {
-        Ok(a) => a,
+        Ok(a) => a.current(),
         Err(code) => return code,
     };
     let runs = args.runs.max(1) as usize;
@@ -268,10 +270,11 @@ async fn solstice_run(
         default_actions_url: None,
     };
     let job_id = runner::new_job_id("bench");
+    let fixed = Accelerator::fixed(accel);
     let run = VmRun {
         config,
         image,
-        accel,
+        accel: &fixed,
         job_id: &job_id,
         spec: &spec,
         observer: None,

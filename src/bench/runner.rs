@@ -96,8 +96,9 @@ pub async fn runner_main(args: RunnerBenchArgs) -> ExitCode {
             return ExitCode::from(exit::INFRA);
         }
     };
+    // Both sides of the comparison use the accelerator chosen now.
     let accel = match resolve_accel(&config).await {
-        Ok(a) => a,
+        Ok(a) => a.current(),
         Err(code) => return code,
     };
     match run(&args, &config, image, accel, &exe).await {

@@ -18,7 +18,7 @@ use crate::events::Conclusion;
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::runner::{self, RunError, VmRun};
 use crate::secret::Secret;
-use crate::vm::{self, Accel};
+use crate::vm::accel::Accelerator;
 use crate::workflow::expr::{Contexts, interpolate};
 use crate::workflow::{self, Combination, Job, Workflow};
 
@@ -57,16 +57,12 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCod
 }
 
 /// Resolves the accelerator without blocking the runtime; prints the choice.
-pub async fn resolve_accel(config: &Config) -> Result<Accel, ExitCode> {
+pub async fn resolve_accel(config: &Config) -> Result<Accelerator, ExitCode> {
     let qemu = config.qemu.clone();
-    match tokio::task::spawn_blocking(move || vm::accel::resolve_with_reason(&qemu)).await {
-        Ok(Ok(p)) => {
-            let name = match p.accel {
-                Accel::Kvm => "kvm",
-                Accel::Tcg => "tcg",
-            };
-            println!("[solstice] accelerator: {name} ({})", p.reason);
-            Ok(p.accel)
+    match tokio::task::spawn_blocking(move || Accelerator::resolve(&qemu, None)).await {
+        Ok(Ok(a)) => {
+            println!("[solstice] accelerator: {}", a.describe());
+            Ok(a)
         }
         Ok(Err(e)) => {
             report_error(&e);
@@ -191,7 +187,7 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
             let vm_run = VmRun {
                 config: &config,
                 image,
-                accel,
+                accel: &accel,
                 job_id: &run_id,
                 spec: &spec,
                 observer: None,

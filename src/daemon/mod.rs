@@ -30,8 +30,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ForgeConfig};
 use crate::forge::client::{ClientOptions, ForgejoClient};
 use crate::metrics::Metrics;
+use crate::store::KvmFailureRow;
 use crate::store::Store;
 use crate::vm::Accel;
+use crate::vm::accel::{Accelerator, KvmFailure};
 
 pub use slots::Slots;
 
@@ -135,7 +137,8 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub slots: Slots,
     pub metrics: Metrics,
-    pub accel: Accel,
+    /// Shared by every job; `auto`'s KVM may fall back to TCG at run time.
+    pub accel: Accelerator,
     /// Cancelled on SIGTERM/SIGINT: stop fetching.
     pub stop_fetching: CancellationToken,
     /// Running jobs by job id.
@@ -155,6 +158,48 @@ impl Shared {
         };
         notify::status(&format!("{what}: {running} of {max} jobs running"));
     }
+}
+
+/// Chooses the accelerator (a KVM failure recorded on this host before
+/// counts), and records a run-time fallback in the database and metrics.
+async fn resolve_accelerator(
+    config: &Config,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+) -> Result<Accelerator, DaemonError> {
+    let remembered = match store.kvm_failure() {
+        Ok(r) => r.map(|r| KvmFailure {
+            reason: r.reason,
+            fingerprint: r.fingerprint,
+            at_unix: r.at_unix,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the KVM failure record; probing KVM again");
+            None
+        }
+    };
+    let qemu = config.qemu.clone();
+    let accel =
+        tokio::task::spawn_blocking(move || Accelerator::resolve(&qemu, remembered.as_ref()))
+            .await
+            .map_err(|e| DaemonError::Probe(e.to_string()))?
+            .map_err(DaemonError::Accel)?;
+    tracing::info!(accel = ?accel.current(), reason = %accel.initial().reason, "accelerator chosen");
+    metrics.set_kvm_in_use(accel.current() == Accel::Kvm);
+    let store = store.clone();
+    let metrics = metrics.clone();
+    Ok(accel.with_listener(Box::new(move |f: &KvmFailure| {
+        tracing::warn!(reason = %f.reason, "KVM does not work on this host: a job's guest did not boot under it; every VM now runs under TCG (recorded in the state database; `solstice doctor` explains)");
+        metrics.kvm_fell_back();
+        let row = KvmFailureRow {
+            reason: f.reason.clone(),
+            fingerprint: f.fingerprint.clone(),
+            at_unix: f.at_unix,
+        };
+        if let Err(e) = store.record_kvm_failure(&row) {
+            tracing::warn!(error = %e, "cannot record the KVM failure; the next start probes KVM again");
+        }
+    })))
 }
 
 /// Path of the state database.
@@ -204,14 +249,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Err(e) => tracing::warn!(error = %e, "could not prune old job records"),
     }
 
-    let qemu = config.qemu.clone();
-    let probe = tokio::task::spawn_blocking(move || crate::vm::accel::resolve_with_reason(&qemu))
-        .await
-        .map_err(|e| DaemonError::Probe(e.to_string()))?
-        .map_err(DaemonError::Accel)?;
-    tracing::info!(accel = ?probe.accel, reason = %probe.reason, "accelerator chosen");
-
     let metrics = Metrics::new();
+    let accel = resolve_accelerator(&config, &store, &metrics).await?;
     let image_max: BTreeMap<String, u32> = config
         .images
         .values()
@@ -222,7 +261,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         store: store.clone(),
         slots: Slots::new(config.daemon.max_concurrent_jobs, image_max),
         metrics: metrics.clone(),
-        accel: probe.accel,
+        accel,
         stop_fetching: CancellationToken::new(),
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),

@@ -322,7 +322,7 @@ pub(crate) async fn run_task(
                             let run = VmRun {
                                 config,
                                 image,
-                                accel: shared.accel,
+                                accel: &shared.accel,
                                 job_id: &job_id,
                                 spec: &t.spec,
                                 observer: recorded.is_ok().then_some(&observer as &dyn VmObserver),

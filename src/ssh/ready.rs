@@ -57,6 +57,8 @@ pub struct ReadyProgress {
     pub successes: u32,
     /// Why the latest attempt failed, if it did.
     pub last_failure: Option<String>,
+    /// The guest's SSH server has sent its banner at least once.
+    pub banner_seen: bool,
 }
 
 /// Waits until the first bytes from `stream` are available: an `SSH-` banner
@@ -222,6 +224,7 @@ pub async fn wait_ready_with_stats(
             elapsed: start.elapsed(),
             successes,
             last_failure: last.as_ref().map(|e| e.to_string()),
+            banner_seen: banner_seen.lock().map(|t| t.is_some()).unwrap_or(false),
         });
         let wake = (Instant::now() + pause).min(end);
         tokio::select! {

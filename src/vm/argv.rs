@@ -34,6 +34,15 @@ fn opt_path(p: &std::path::Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
+/// The accelerator and CPU model of job VMs (the KVM probe boots with the same).
+pub fn accel_args(accel: Accel) -> &'static [&'static str] {
+    match accel {
+        Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
+        // rdrand gives the guest entropy early, so sshd/dropbear start without waiting.
+        Accel::Tcg => &["-accel", "tcg", "-cpu", "qemu64,+rdrand"],
+    }
+}
+
 /// The full argument list (without the binary) for `qemu-system-x86_64`.
 pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
     let mut a: Vec<String> = Vec::new();
@@ -46,11 +55,7 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
     // `pc`, not `q35`: the NoCloud seed is an IDE CD-ROM, and q35 would put it
     // on AHCI, which Debian's cloud kernel lacks.
     push(&["-machine", "pc"]);
-    match plan.accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        // rdrand gives the guest entropy early, so sshd/dropbear start without waiting.
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64,+rdrand"]),
-    }
+    push(accel_args(plan.accel));
     push(&[
         "-smp",
         &plan.vcpus.to_string(),

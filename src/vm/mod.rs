@@ -30,6 +30,16 @@ pub enum Accel {
     Tcg,
 }
 
+impl Accel {
+    /// `kvm` or `tcg`, as in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
 /// How long QEMU may take to open its QMP socket and answer.
 pub const QMP_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long [`Vm::destroy`] waits for QEMU to exit after QMP `quit` before SIGKILL.
@@ -331,6 +341,54 @@ impl Vm {
         tail_file(&self.console_path(), lines)
     }
 
+    /// Bytes the guest has written to its serial console so far.
+    pub fn console_len(&self) -> u64 {
+        std::fs::metadata(self.console_path()).map_or(0, |m| m.len())
+    }
+
+    /// The last line of the serial console with printable text, cleaned of
+    /// escape sequences and control characters, at most 160 characters.
+    pub fn last_console_line(&self) -> Option<String> {
+        last_printable_line(&read_tail(&self.console_path(), 4096))
+    }
+
+    /// Copies the serial console log to `dest` (kept after the VM is gone).
+    pub fn keep_console(&self, dest: &Path) -> std::io::Result<()> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(self.console_path(), dest).map(|_| ())
+    }
+
+    /// When QEMU has exited (it is reaped then): its exit status and the last
+    /// lines it wrote on stderr.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.owned.child.as_mut()?.try_wait().ok()??;
+        let stderr =
+            std::fs::read_to_string(self.owned.dir.join("qemu.stderr")).unwrap_or_default();
+        let said: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let said = said[said.len().saturating_sub(3)..].join(" / ");
+        Some(if said.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status}: {said}")
+        })
+    }
+
+    /// QEMU's run state (`running`, `internal-error`, `guest-panicked`, …),
+    /// or `None` when QMP does not answer within a second.
+    pub async fn run_state(&mut self) -> Option<String> {
+        let conn = self.qmp.as_mut()?;
+        match tokio::time::timeout(Duration::from_secs(1), qmp::status(conn)).await {
+            Ok(Ok((_, state))) => Some(state),
+            _ => None,
+        }
+    }
+
     /// Whether QEMU has exited (reaps it if so).
     pub async fn has_exited(&mut self) -> bool {
         match self.owned.child.as_mut() {
@@ -397,6 +455,58 @@ async fn wait_for_qmp(
     }
 }
 
+/// The last `max` bytes of a file (empty when it cannot be read).
+fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    buf
+}
+
+/// Removes ANSI escape sequences and control characters from console text.
+pub fn clean_console_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for n in chars.by_ref() {
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\n' => out.push('\n'),
+            '\t' => out.push(' '),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn last_printable_line(bytes: &[u8]) -> Option<String> {
+    let text = clean_console_text(bytes);
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    let mut line: String = line.chars().take(160).collect();
+    if line.chars().count() == 160 {
+        line.push('…');
+    }
+    Some(line)
+}
+
 fn tail_file(path: &Path, lines: usize) -> String {
     let Ok(bytes) = std::fs::read(path) else {
         return String::new();
@@ -431,6 +541,23 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b"] {
             assert!(!valid_job_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn console_lines_are_cleaned() {
+        let raw =
+            b"[  OK  ] Started \x1b[0;1;39mssh.service\x1b[0m.\r\n\x1b[?25lrun\x07ning\r\n\r\n";
+        assert_eq!(last_printable_line(raw).as_deref(), Some("running"));
+        assert_eq!(
+            clean_console_text(raw).lines().next(),
+            Some("[  OK  ] Started ssh.service.")
+        );
+        assert_eq!(last_printable_line(b"\r\n  \n"), None);
+        let long = vec![b'x'; 500];
+        assert_eq!(
+            last_printable_line(&long).map(|l| l.chars().count()),
+            Some(161)
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub async fn status(qmp: &mut Qmp) -> Result<(bool, String), String> {
         .execute(qapi::qmp::query_status {})
         .await
         .map_err(|e| e.to_string())?;
-    Ok((s.running, format!("{:?}", s.status)))
+    // The Rust names are QEMU's with `_` for `-` (`internal_error`).
+    Ok((s.running, format!("{:?}", s.status).replace('_', "-")))
 }
 
 /// Reads the host port of the SSH forward (`hostfwd=tcp:127.0.0.1:0-:22`).

@@ -20,6 +20,7 @@ use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::runner::{self, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
 use solstice::vm::Accel;
+use solstice::vm::accel::Accelerator;
 use tokio_util::sync::CancellationToken;
 
 /// Repository root.
@@ -64,6 +65,8 @@ pub fn image(name: &str) -> PathBuf {
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub config: Config,
+    /// TCG, fixed (tests that need another replace it).
+    pub accel: Accelerator,
 }
 
 impl TestEnv {
@@ -103,7 +106,11 @@ impl TestEnv {
             images,
             forges: BTreeMap::new(),
         };
-        Self { dir, config }
+        Self {
+            dir,
+            config,
+            accel: Accelerator::fixed(Accel::Tcg),
+        }
     }
 
     pub fn image(&self) -> &ImageConfig {
@@ -122,8 +129,14 @@ impl TestEnv {
     pub fn write_config_file(&self) -> PathBuf {
         let img = self.image();
         let text = format!(
-            "[daemon]\nstate_dir = {:?}\n[qemu]\naccel = \"tcg\"\n[images.{}]\npath = {:?}\nssh_user = {:?}\nmemory_mib = {}\nvcpus = {}\nboot_timeout_secs = {}\nlabels = [{}]\n",
+            "[daemon]\nstate_dir = {:?}\n[qemu]\naccel = \"{}\"\nsystem_binary = {:?}\n[images.{}]\npath = {:?}\nssh_user = {:?}\nmemory_mib = {}\nvcpus = {}\nboot_timeout_secs = {}\nlabels = [{}]\n",
             self.config.daemon.state_dir,
+            match self.config.qemu.accel {
+                AccelChoice::Auto => "auto",
+                AccelChoice::Kvm => "kvm",
+                AccelChoice::Tcg => "tcg",
+            },
+            self.config.qemu.system_binary,
             img.name,
             img.path,
             img.ssh_user,
@@ -170,7 +183,7 @@ impl TestEnv {
         let run = VmRun {
             config: &self.config,
             image: self.image(),
-            accel: Accel::Tcg,
+            accel: &self.accel,
             job_id: &job_id,
             spec: &spec,
             observer: None,
@@ -253,6 +266,38 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
         labels: vec![name.into()],
         max_concurrent_jobs: None,
     }
+}
+
+/// A stand-in for a host whose KVM is broken: a `qemu-system-x86_64`
+/// wrapper that runs every VM meant for KVM under TCG at about a million
+/// instructions a second (`-icount shift=10`), so its guest crawls without a
+/// word for minutes, as guests on broken nested KVM do, and passes
+/// everything else to the real QEMU unchanged.
+/// Written into `dir`; returns its path.
+pub fn paused_kvm_qemu(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("qemu-paused-kvm");
+    std::fs::write(
+        &path,
+        r#"#!/bin/sh
+# Test stand-in for a broken KVM (see tests/support/mod.rs).
+kvm=0
+for a in "$@"; do [ "$a" = kvm ] && kvm=1; done
+if [ "$kvm" = 1 ]; then
+  n=$#
+  for a in "$@"; do
+    case "$a" in kvm) a=tcg ;; host) a=qemu64 ;; esac
+    set -- "$@" "$a"
+  done
+  shift "$n"
+  set -- "$@" -icount shift=10
+fi
+exec qemu-system-x86_64 "$@"
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// Text of every line event of step `index` (0-based).
