@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the top-level commands.
 
+pub mod doctor;
 pub mod exec;
 pub mod status;
 pub mod term;
@@ -37,6 +38,10 @@ pub enum Command {
     },
     /// Show the daemon's running and recently finished jobs (from its state database).
     Status(status::StatusArgs),
+    /// Explain this host: QEMU, KVM and the accelerator jobs will get, images,
+    /// firmware, the state directory and (with --forges) the forges, one line
+    /// each with what to do; exits 1 when a job could not run.
+    Doctor(doctor::DoctorArgs),
     /// Measure Solstice against plain QEMU + OpenSSH baselines
     /// (`bench engine`: one job's overhead; `bench runner`: the daemon).
     Bench(BenchArgs),
@@ -200,6 +205,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => run_async(exec::exec_main(args)),
         Command::Bench(args) => run_async(crate::bench::bench_main(args)),
         Command::Status(args) => status::status_main(args),
+        Command::Doctor(args) => run_async(doctor::doctor_main(args)),
     }
 }
 

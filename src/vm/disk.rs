@@ -126,6 +126,37 @@ async fn virtual_size(
         .ok_or_else(|| DiskError::Info("no virtual-size in its output".into()))
 }
 
+/// What `qemu-img info` says about an image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// `qcow2`, `raw`, …
+    pub format: String,
+    /// Bytes the guest sees.
+    pub virtual_size: u64,
+}
+
+/// Probes an image with `qemu-img info --output=json` (`-U`: VMs may have it open).
+pub fn image_info(img_binary: &Path, path: &Path) -> Result<ImageInfo, String> {
+    let out = std::process::Command::new(img_binary)
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", img_binary.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img info failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("cannot read qemu-img's answer: {e}"))?;
+    Ok(ImageInfo {
+        format: v["format"].as_str().unwrap_or("unknown").to_string(),
+        virtual_size: v["virtual-size"].as_u64().unwrap_or(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

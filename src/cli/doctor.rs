@@ -1,0 +1,569 @@
+//! `solstice doctor`: explains the host to its operator, one line per check,
+//! with what to do about each problem. Exits 0 when a job can run, 1 when one
+//! could not, 2 when the config cannot be found or read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use crate::config::{AccelChoice, Config, Firmware, ImageConfig, ParseOptions};
+use crate::vm::Accel;
+use crate::vm::accel::{Accelerator, KvmFailure};
+
+/// Free space below which the state directory is a problem (overlays and
+/// consoles of running jobs live there).
+const FREE_FAIL: u64 = 512 << 20;
+/// Free space below which the state directory gets a warning.
+const FREE_WARN: u64 = 4 << 30;
+
+/// Arguments of `solstice doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Configuration file (same search order as `exec`).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Also check that every configured forge answers (a Ping over its runner API).
+    #[arg(long)]
+    pub forges: bool,
+    /// Forget that `auto`'s KVM failed a job on this host, so that the
+    /// daemon probes KVM again at its next start.
+    #[arg(long)]
+    pub retry_kvm: bool,
+}
+
+/// How a check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    /// Jobs run, but not as well as they could.
+    Warn,
+    /// A job could not run.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+    pub detail: String,
+}
+
+impl Check {
+    fn ok(what: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            level: Level::Ok,
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+    fn warn(what: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            level: Level::Warn,
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+    fn fail(what: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            level: Level::Fail,
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// `ok    qemu: …`
+    pub fn render(&self) -> String {
+        let tag = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        format!("{tag}  {}: {}", self.what, self.detail)
+    }
+}
+
+pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
+    let path = match crate::runner::find_config(args.config.as_deref()) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("[solstice] config: {}", path.display());
+    // Paths are checked below, one line each, instead of failing the load.
+    let config = match crate::config::load_with(&path, &ParseOptions { check_paths: false }) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            println!("{}", Check::fail("config", format!("{} is not valid (see above); `solstice check-config {}` lists every problem", path.display(), path.display())).render());
+            return ExitCode::from(2);
+        }
+    };
+    let mut checks = vec![Check::ok(
+        "config",
+        format!(
+            "{} is valid ({} image(s), {} forge(s))",
+            path.display(),
+            config.images.len(),
+            config.forges.len()
+        ),
+    )];
+    if args.retry_kvm {
+        checks.push(forget_kvm_failure(&config));
+    }
+    let mut print_from = 0;
+    let mut flush = |checks: &Vec<Check>| {
+        for c in &checks[print_from..] {
+            println!("{}", c.render());
+        }
+        print_from = checks.len();
+    };
+    flush(&checks);
+    checks.push(binary_check(
+        "qemu",
+        &config.qemu.system_binary,
+        "qemu.system_binary",
+    ));
+    checks.push(binary_check(
+        "qemu-img",
+        &config.qemu.img_binary,
+        "qemu.img_binary",
+    ));
+    flush(&checks);
+    checks.push(kvm_device());
+    flush(&checks);
+    let cfg = config.clone();
+    let accel = tokio::task::spawn_blocking(move || accelerator_check(&cfg))
+        .await
+        .unwrap_or_else(|e| Check::fail("accelerator", format!("the probe failed: {e}")));
+    checks.push(accel);
+    flush(&checks);
+    checks.extend(firmware_checks(&config));
+    for image in config.images.values() {
+        checks.push(image_check(&config, image));
+        flush(&checks);
+    }
+    checks.push(state_dir_check(&config.daemon.state_dir));
+    flush(&checks);
+    if args.forges {
+        for forge in config.forges.values() {
+            checks.push(credentials_check(&config, forge));
+            checks.push(forge_check(forge).await);
+            flush(&checks);
+        }
+        if config.forges.is_empty() {
+            checks.push(Check::warn(
+                "forges",
+                "none configured: `solstice run` has nothing to serve (docs/forges.md)",
+            ));
+            flush(&checks);
+        }
+    }
+    let fails = checks.iter().filter(|c| c.level == Level::Fail).count();
+    let warns = checks.iter().filter(|c| c.level == Level::Warn).count();
+    println!();
+    if fails == 0 {
+        println!(
+            "Jobs can run on this host{}.",
+            if warns > 0 {
+                format!(" ({warns} warning(s) above)")
+            } else {
+                String::new()
+            }
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!("{fails} problem(s) above stop jobs from running; each line says what to do.");
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs `binary --version`; fails with the config key when it cannot run.
+fn binary_check(what: &str, binary: &Path, key: &str) -> Check {
+    match Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            Check::ok(
+                what,
+                format!("{version} ({})", resolve_binary(binary).display()),
+            )
+        }
+        Ok(out) => Check::fail(
+            what,
+            format!(
+                "`{} --version` exited with {}: check `{key}`",
+                binary.display(),
+                out.status
+            ),
+        ),
+        Err(e) => Check::fail(
+            what,
+            format!(
+                "cannot run {} ({e}): install QEMU (Debian: `apt install qemu-system-x86 qemu-utils`, or run .ci/setup-host.sh) or set `{key}`",
+                binary.display()
+            ),
+        ),
+    }
+}
+
+/// Where a bare binary name resolves in `PATH`.
+fn resolve_binary(binary: &Path) -> PathBuf {
+    if binary.components().count() > 1 {
+        return binary.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(binary))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| binary.to_path_buf())
+}
+
+/// `/dev/kvm`: present and usable by this user.
+fn kvm_device() -> Check {
+    let dev = Path::new("/dev/kvm");
+    if !dev.exists() {
+        return Check::warn(
+            "/dev/kvm",
+            "missing: guests run under TCG (software emulation, several times slower); load the kvm module (`modprobe kvm_intel` or `kvm_amd`) or enable nested virtualisation for this VM",
+        );
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        Ok(_) => Check::ok("/dev/kvm", "present and opens for this user"),
+        Err(e) => Check::warn(
+            "/dev/kvm",
+            format!(
+                "present but cannot be opened ({e}): guests run under TCG; add the user that runs solstice to the `kvm` group"
+            ),
+        ),
+    }
+}
+
+/// Which accelerator jobs get and why (runs the same probe as `exec`/`run`).
+fn accelerator_check(config: &Config) -> Check {
+    let remembered = remembered_kvm_failure(config);
+    match Accelerator::resolve(&config.qemu, remembered.as_ref()) {
+        Err(e) => Check::fail("accelerator", e.to_string()),
+        Ok(a) => {
+            let reason = &a.initial().reason;
+            match (config.qemu.accel, a.current()) {
+                (AccelChoice::Kvm, _) => {
+                    // Explicit KVM: say whether a KVM guest really runs here.
+                    match crate::vm::accel::guest_runs(
+                        &config.qemu.system_binary,
+                        Accel::Kvm,
+                        crate::vm::accel::PROBE_DEADLINE,
+                    ) {
+                        Ok(took) => Check::ok(
+                            "accelerator",
+                            format!(
+                                "kvm (configured); a KVM probe guest ran in {} ms",
+                                took.as_millis()
+                            ),
+                        ),
+                        Err(why) => Check::fail(
+                            "accelerator",
+                            format!(
+                                "kvm is configured, but a KVM guest does not run here ({why}); jobs would hang or fail: set `qemu.accel = \"auto\"` (falls back to TCG) or `\"tcg\"`"
+                            ),
+                        ),
+                    }
+                }
+                (AccelChoice::Auto, Accel::Tcg) if Path::new("/dev/kvm").exists() => Check::warn(
+                    "accelerator",
+                    format!("tcg ({reason}); jobs run, more slowly"),
+                ),
+                (_, accel) => Check::ok("accelerator", format!("{} ({reason})", accel.name())),
+            }
+        }
+    }
+}
+
+/// The daemon's record of a KVM failure, when its database exists.
+fn remembered_kvm_failure(config: &Config) -> Option<KvmFailure> {
+    let db = crate::daemon::database_path(config);
+    if !db.exists() {
+        return None;
+    }
+    let store = crate::store::Store::open_read_only(&db).ok()?;
+    store.kvm_failure().ok().flatten().map(|r| KvmFailure {
+        reason: r.reason,
+        fingerprint: r.fingerprint,
+        at_unix: r.at_unix,
+    })
+}
+
+/// `--retry-kvm`: forgets the daemon's KVM failure record.
+fn forget_kvm_failure(config: &Config) -> Check {
+    let db = crate::daemon::database_path(config);
+    if !db.exists() {
+        return Check::ok(
+            "retry KVM",
+            "no state database, so no KVM failure is recorded",
+        );
+    }
+    match crate::store::Store::open(&db).and_then(|s| s.forget_kvm_failure()) {
+        Ok(true) => Check::ok(
+            "retry KVM",
+            "forgot the recorded KVM failure; a running daemon keeps its choice until it restarts, then probes KVM again",
+        ),
+        Ok(false) => Check::ok("retry KVM", "no KVM failure was recorded"),
+        Err(e) => Check::fail("retry KVM", format!("cannot update {}: {e}", db.display())),
+    }
+}
+
+/// UEFI firmware files, when an image needs them.
+fn firmware_checks(config: &Config) -> Vec<Check> {
+    let uefi: Vec<&str> = config
+        .images
+        .values()
+        .filter(|i| i.firmware == Firmware::Uefi)
+        .map(|i| i.name.as_str())
+        .collect();
+    if uefi.is_empty() {
+        return vec![Check::ok(
+            "firmware",
+            "BIOS (SeaBIOS, built into QEMU); no image needs UEFI",
+        )];
+    }
+    let mut out = Vec::new();
+    for (key, path) in [
+        ("qemu.uefi_code", &config.qemu.uefi_code),
+        ("qemu.uefi_vars", &config.qemu.uefi_vars),
+    ] {
+        out.push(match path {
+            None => Check::fail(
+                key,
+                format!(
+                    "not set, but image(s) {} use UEFI: set it (Debian's ovmf package: /usr/share/OVMF/OVMF_CODE_4M.fd and OVMF_VARS_4M.fd)",
+                    uefi.join(", ")
+                ),
+            ),
+            Some(p) => match std::fs::File::open(p) {
+                Ok(_) => Check::ok(key, format!("{} is readable", p.display())),
+                Err(e) => Check::fail(key, format!("cannot read {} ({e}): install OVMF or fix the path", p.display())),
+            },
+        });
+    }
+    out
+}
+
+/// The image file: readable, its real format, its size.
+fn image_check(config: &Config, image: &ImageConfig) -> Check {
+    let what = format!("image {}", image.name);
+    let path = &image.path;
+    if let Err(e) = std::fs::File::open(path) {
+        return Check::fail(
+            what,
+            format!(
+                "cannot read {} ({e}): build or download it (docs/images.md) or fix `images.{}.path`",
+                path.display(),
+                image.name
+            ),
+        );
+    }
+    match crate::vm::disk::image_info(&config.qemu.img_binary, path) {
+        Err(e) => Check::fail(what, format!("{}: {e}", path.display())),
+        Ok(info) => {
+            let declared = image.format.as_str();
+            if info.format != declared {
+                return Check::fail(
+                    what,
+                    format!(
+                        "{} is {}, but `images.{}.format` says \"{declared}\": set it to \"{}\"",
+                        path.display(),
+                        info.format,
+                        image.name,
+                        info.format
+                    ),
+                );
+            }
+            let size = gib(info.virtual_size);
+            if let Some(want) = image.disk_size_gib
+                && u64::from(want) << 30 < info.virtual_size
+            {
+                return Check::fail(
+                    what,
+                    format!(
+                        "`images.{}.disk_size_gib = {want}` is smaller than the image ({size}): raise it or remove it",
+                        image.name
+                    ),
+                );
+            }
+            Check::ok(
+                what,
+                format!(
+                    "{}, {}, {size} virtual, {} os, labels [{}]",
+                    path.display(),
+                    info.format,
+                    image.os.runner_os(),
+                    image.labels.join(", ")
+                ),
+            )
+        }
+    }
+}
+
+/// `1.5 GiB`, `64 MiB`.
+fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+/// The state directory (or the nearest existing parent that would hold it):
+/// writable, with free space.
+fn state_dir_check(dir: &Path) -> Check {
+    let what = "state directory";
+    let mut existing = dir.to_path_buf();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let writable = nix::unistd::access(&existing, nix::unistd::AccessFlags::W_OK).is_ok();
+    if !writable {
+        let owner = owner_of(&existing);
+        return Check::fail(
+            what,
+            format!(
+                "{} is not writable by this user ({}){owner}: give it to the user that runs solstice, or set `daemon.state_dir`",
+                existing.display(),
+                whoami()
+            ),
+        );
+    }
+    let free = nix::sys::statvfs::statvfs(&existing)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(u64::MAX);
+    let place = if existing == dir {
+        format!("{} is writable", dir.display())
+    } else {
+        format!("{} will be created (its parent is writable)", dir.display())
+    };
+    if free < FREE_FAIL {
+        Check::fail(
+            what,
+            format!(
+                "{place}, but only {} free: free space there or move `daemon.state_dir`",
+                gib(free)
+            ),
+        )
+    } else if free < FREE_WARN {
+        Check::warn(
+            what,
+            format!(
+                "{place}; {} free (each job's disk overlay grows there)",
+                gib(free)
+            ),
+        )
+    } else {
+        Check::ok(what, format!("{place}; {} free", gib(free)))
+    }
+}
+
+fn owner_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            ", owned by uid {} with mode {:o}",
+            m.uid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+fn whoami() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// The forge's credential file can be read, unless the daemon already holds
+/// the runner's credentials in its database.
+fn credentials_check(config: &Config, forge: &crate::config::ForgeConfig) -> Check {
+    use crate::config::CredentialSource as C;
+    let what = format!("forge {} credentials", forge.name);
+    let (key, path) = match &forge.credentials {
+        C::RegistrationTokenFile(p) => ("registration_token_file", p),
+        C::SecretFile(p) => ("secret_file", p),
+        C::RunnerFile(p) => ("runner_file", p),
+    };
+    let stored = {
+        let db = crate::daemon::database_path(config);
+        db.exists()
+            && crate::store::Store::open_read_only(&db)
+                .ok()
+                .and_then(|s| s.get_credentials(&forge.name).ok().flatten())
+                .is_some()
+    };
+    match std::fs::File::open(path) {
+        Ok(_) => Check::ok(what, format!("{} is readable", path.display())),
+        Err(_) if stored => Check::ok(
+            what,
+            format!(
+                "registered: the state database holds this runner's credentials ({} is not needed any more)",
+                path.display()
+            ),
+        ),
+        Err(e) => Check::fail(
+            what,
+            format!(
+                "cannot read {} ({e}), and the runner is not registered yet: fix `forges.{}.{key}` (docs/forges.md)",
+                path.display(),
+                forge.name
+            ),
+        ),
+    }
+}
+
+/// A forge answers Ping on its runner API.
+async fn forge_check(forge: &crate::config::ForgeConfig) -> Check {
+    use crate::forge::client::{ClientOptions, ForgejoClient};
+    let what = format!("forge {}", forge.name);
+    let opts = ClientOptions {
+        http_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let client = match ForgejoClient::new(&forge.url, &opts) {
+        Ok(c) => c,
+        Err(e) => return Check::fail(what, format!("{e}: fix `forges.{}.url`", forge.name)),
+    };
+    match client.ping("solstice-doctor").await {
+        Ok(_) => Check::ok(what, format!("{} answers on its runner API", forge.url)),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                text.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            Check::fail(
+                what,
+                format!(
+                    "{} does not answer on its runner API ({text}): check `forges.{}.url` and the network",
+                    forge.url, forge.name
+                ),
+            )
+        }
+    }
+}

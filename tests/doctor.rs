@@ -1,0 +1,162 @@
+//! `solstice doctor` as an operator runs it: the real binary, real QEMU and
+//! qemu-img, a real state database.
+
+mod support;
+
+use std::process::Command;
+
+use solstice::store::{KvmFailureRow, Store};
+use support::TestEnv;
+
+fn doctor(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .arg("doctor")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn line<'a>(out: &'a str, what: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.get(6..).is_some_and(|r| r.starts_with(what)))
+        .unwrap_or_else(|| panic!("no `{what}` line in:\n{out}"))
+}
+
+#[test]
+fn a_working_host_passes_with_one_line_per_check() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = doctor(&["--config", cfg]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.starts_with(&format!("[solstice] config: {cfg}\n")),
+        "{out}"
+    );
+    assert!(line(&out, "config:").starts_with("ok"), "{out}");
+    assert!(
+        line(&out, "qemu:").contains("QEMU emulator version"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "qemu-img:").contains("qemu-img version"),
+        "{out}"
+    );
+    assert!(line(&out, "/dev/kvm:").len() > 10, "{out}");
+    assert!(
+        line(&out, "accelerator:").contains("tcg (configured: accel = \"tcg\")"),
+        "{out}"
+    );
+    assert!(line(&out, "firmware:").starts_with("ok"), "{out}");
+    let image = line(&out, "image tiny:");
+    assert!(
+        image.starts_with("ok") && image.contains(", qcow2, "),
+        "{out}"
+    );
+    assert!(line(&out, "state directory:").starts_with("ok"), "{out}");
+    assert!(
+        out.trim_end().ends_with("Jobs can run on this host."),
+        "{out}"
+    );
+}
+
+#[test]
+fn problems_fail_with_what_to_do_and_exit_1() {
+    let mut env = TestEnv::tiny();
+    env.config.qemu.system_binary = "/nonexistent/qemu-system-x86_64".into();
+    let config = env.write_config_file();
+    let big = env.dir.path().join("big.qcow2");
+    assert!(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&big)
+            .arg("3G")
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A qcow2 image declared raw, a disk smaller than its image, a forge
+    // whose port is closed.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[images.tiny]\n", "[images.tiny]\nformat = \"raw\"\n")
+            + &format!("[images.small]\npath = {big:?}\ndisk_size_gib = 1\n")
+            + "[forges.down]\nurl = \"http://127.0.0.1:9\"\nregistration_token_file = \"/nonexistent/token\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = doctor(&["--config", config.to_str().unwrap(), "--forges"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let qemu = line(&out, "qemu:");
+    assert!(
+        qemu.starts_with("FAIL") && qemu.contains("`qemu.system_binary`"),
+        "{out}"
+    );
+    let tiny = line(&out, "image tiny:");
+    assert!(
+        tiny.starts_with("FAIL")
+            && tiny
+                .contains("is qcow2, but `images.tiny.format` says \"raw\": set it to \"qcow2\""),
+        "{out}"
+    );
+    let small = line(&out, "image small:");
+    assert!(
+        small.starts_with("FAIL")
+            && small
+                .contains("`images.small.disk_size_gib = 1` is smaller than the image (3.0 GiB)"),
+        "{out}"
+    );
+    let creds = line(&out, "forge down credentials:");
+    assert!(
+        creds.starts_with("FAIL") && creds.contains("`forges.down.registration_token_file`"),
+        "{out}"
+    );
+    let forge = line(&out, "forge down:");
+    assert!(
+        forge.starts_with("FAIL") && forge.contains("`forges.down.url`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("problem(s) above stop jobs from running"),
+        "{out}"
+    );
+}
+
+#[test]
+fn retry_kvm_forgets_the_daemons_record() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    std::fs::create_dir_all(&env.config.daemon.state_dir).unwrap();
+    let db = env.config.daemon.state_dir.join("solstice.db");
+    Store::open(&db)
+        .unwrap()
+        .record_kvm_failure(&KvmFailureRow {
+            reason: "the guest printed nothing".into(),
+            fingerprint: "QEMU emulator version 10; Linux 6".into(),
+            at_unix: 1,
+        })
+        .unwrap();
+    let (code, out, err) = doctor(&["--config", config.to_str().unwrap(), "--retry-kvm"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        line(&out, "retry KVM:").contains("forgot the recorded KVM failure"),
+        "{out}"
+    );
+    assert_eq!(Store::open(&db).unwrap().kvm_failure().unwrap(), None);
+    let (_, out, _) = doctor(&["--config", config.to_str().unwrap(), "--retry-kvm"]);
+    assert!(
+        line(&out, "retry KVM:").contains("no KVM failure was recorded"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_config_exits_2() {
+    let (code, _, err) = doctor(&["--config", "/nonexistent/solstice.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+}
