@@ -450,7 +450,7 @@ fn state_dir_check(dir: &Path) -> Check {
         );
     }
     let free = nix::sys::statvfs::statvfs(&existing)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(u64::MAX);
     let place = if existing == dir {
         format!("{} is writable", dir.display())
