@@ -794,3 +794,104 @@ async fn outputs_of_a_success_reported_only_after_a_restart_still_reach_the_forg
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
     world.assert_clean();
 }
+
+/// `auto` with KVM forced (test switch) on a QEMU stand-in whose KVM guests
+/// crawl: the first job falls back to TCG with a line in its forge log, the
+/// fallback is logged once, counted in the metrics and recorded in the
+/// state database; the second job goes straight to TCG; after a restart
+/// (without the switch) the daemon trusts the record and skips KVM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    world.configure(
+        1,
+        &[("fake", forge.url(), cred)],
+        &format!("metrics_listen = \"{port}\""),
+    );
+    let qemu = support::paused_kvm_qemu(world.dir.path());
+    let text = std::fs::read_to_string(&world.config).unwrap().replace(
+        "accel = \"tcg\"",
+        &format!("accel = \"auto\"\nsystem_binary = {qemu:?}"),
+    );
+    std::fs::write(&world.config, text).unwrap();
+    let first = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let second = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let logs = world.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut d = Daemon::spawn_env(&world.config, &logs, &[("SOLSTICE_TEST_FORCE_KVM", "1")]);
+    d.wait_ready(Duration::from_secs(60));
+
+    let t1 = final_task(&forge, first, &d).await;
+    assert_eq!(t1.status, TaskStatus::Success, "{}", log_of(&t1));
+    let log1 = log_of(&t1);
+    assert!(log1.contains("accelerator kvm"), "{log1}");
+    assert!(
+        log1.contains("KVM does not work on this host: the guest's console stopped for 45 s"),
+        "{log1}"
+    );
+    assert!(log1.contains("accelerator tcg"), "{log1}");
+    let t2 = final_task(&forge, second, &d).await;
+    assert_eq!(t2.status, TaskStatus::Success, "{}", log_of(&t2));
+    let log2 = log_of(&t2);
+    assert!(
+        log2.contains("accelerator tcg") && !log2.contains("accelerator kvm"),
+        "{log2}"
+    );
+    assert!(!log2.contains("KVM does not work"), "{log2}");
+
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.lines().any(|l| l == "solstice_kvm_fallbacks_total 1"),
+        "{body}"
+    );
+    assert!(body.lines().any(|l| l == "solstice_kvm_in_use 0"), "{body}");
+    let daemon_log = d.log_text();
+    assert_eq!(
+        daemon_log.matches("KVM does not work on this host").count(),
+        1,
+        "{daemon_log}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    world.assert_clean();
+
+    let db = world.state_dir().join("solstice.db");
+    let record = solstice::store::Store::open(&db)
+        .unwrap()
+        .kvm_failure()
+        .unwrap()
+        .expect("the fallback is recorded");
+    assert!(record.reason.contains("console stopped"), "{record:?}");
+    assert!(
+        record.fingerprint.contains("QEMU emulator version"),
+        "{record:?}"
+    );
+
+    // A restart without the switch: the record keeps KVM off without a probe.
+    let third = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
+    let mut d = world.start();
+    let t3 = final_task(&forge, third, &d).await;
+    assert_eq!(t3.status, TaskStatus::Success, "{}", log_of(&t3));
+    assert!(!log_of(&t3).contains("accelerator kvm"), "{}", log_of(&t3));
+    let daemon_log = d.log_text();
+    assert!(
+        daemon_log.contains("a job's KVM guest failed on this host before"),
+        "{daemon_log}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    world.assert_clean();
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+}

@@ -29,6 +29,21 @@ impl Daemon {
     /// Like [`Daemon::spawn`]; with `read_notify` false nobody reads the
     /// notify socket (a stuck service manager), so its queue fills up.
     pub fn spawn_with(config: &Path, dir: &Path, read_notify: bool, watchdog_usec: &str) -> Daemon {
+        Self::spawn_full(config, dir, read_notify, watchdog_usec, &[])
+    }
+
+    /// Like [`Daemon::spawn`], with extra environment variables.
+    pub fn spawn_env(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_full(config, dir, true, "2000000", env)
+    }
+
+    fn spawn_full(
+        config: &Path,
+        dir: &Path,
+        read_notify: bool,
+        watchdog_usec: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let sock_path = dir.join(format!("notify-{n}.sock"));
         let _ = std::fs::remove_file(&sock_path);
@@ -60,6 +75,7 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", watchdog_usec)
             .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
