@@ -4,7 +4,17 @@
 # a C toolchain for building Solstice, and what the test suite needs (SSH
 # servers it starts itself on 127.0.0.1, shells, git, python3). Idempotent;
 # run as root. It never starts, stops or disables a service you already had.
+#
+#   .ci/setup-host.sh            everything (what CI and scripts/test need)
+#   .ci/setup-host.sh --runtime  only what building and running Solstice and
+#                                its tiny image need (scripts/quickstart)
 set -euo pipefail
+runtime_only=0
+case "${1:-}" in
+  "") ;;
+  --runtime) runtime_only=1 ;;
+  *) echo "usage: $0 [--runtime]" >&2; exit 2 ;;
+esac
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup-host.sh installs Debian packages: run it as root" >&2
   exit 1
@@ -21,9 +31,14 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
-# Image recipes (images/) and building Solstice (ring and the linker need a C toolchain).
+# Image recipes (images/), building Solstice (ring and the linker need a C
+# toolchain), and `solstice exec`'s checkout of a git work tree (git).
 apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs \
-  zstd xz-utils kmod gzip openssh-client build-essential ca-certificates
+  zstd xz-utils kmod gzip openssh-client build-essential ca-certificates git
+if [ "$runtime_only" = 1 ]; then
+  exit 0
+fi
+
 # Only for images/smoke.sh and an ISO layout test (Solstice writes its seeds itself).
 apt-get install -y -q genisoimage
 

@@ -105,6 +105,44 @@ fn bad_input_fails_before_any_vm_starts() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no image named `nope`"), "{stderr}");
 
+    // What would only fail after a boot fails first, with every problem named.
+    let unrunnable = write(
+        env.dir.path(),
+        "unrunnable.yml",
+        "jobs:\n  a:\n    steps:\n      - uses: actions/setup-python@v5\n      - if: github.ref ==\n        run: 'true'\n",
+    );
+    let out = exec(&config, &[], &unrunnable, env.dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("job `a`, step 1: `uses: actions/setup-python@v5` is not supported yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("job `a`, step 2, `if:`: "), "{stderr}");
+    assert!(
+        stderr.contains("cannot run as it is (2 problem(s) above); no VM was started"),
+        "{stderr}"
+    );
+    let ok = write(
+        env.dir.path(),
+        "ok.yml",
+        "jobs:\n  a:\n    steps:\n      - uses: actions/checkout@v4\n",
+    );
+    let out = exec(
+        &config,
+        &["--workdir", "/nonexistent/tree"],
+        &ok,
+        env.dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--workdir /nonexistent/tree: no such directory"),
+        "{stderr}"
+    );
+    // None of these started a VM: the jobs directory was never made.
+    assert!(!env.jobs_dir().exists(), "a VM was started");
+
     let broken_config = write(env.dir.path(), "broken.toml", "[daemon]\nmax_jobs = 3\n");
     let out = solstice()
         .args(["check-config"])

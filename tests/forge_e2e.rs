@@ -895,3 +895,35 @@ async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
     world.assert_clean();
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
 }
+
+/// A job with an action Solstice cannot run and an expression that does not
+/// parse fails before any VM exists, with every problem in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_run_fails_before_any_vm_starts() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let job = forge.enqueue(FakeJob::new(
+        "on: push\njobs:\n  a:\n    runs-on: tiny\n    steps:\n      - uses: actions/setup-go@v5\n      - run: echo ${{ github.sha ==  }}\n",
+        &["tiny"],
+    ));
+    let mut d = world.start();
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Failure, "{}", log_of(&t));
+    let log = log_of(&t);
+    assert!(
+        log.contains("This job cannot run as it is; no VM was started"),
+        "{log}"
+    );
+    assert!(
+        log.contains("job `a`, step 1: `uses: actions/setup-go@v5` is not supported yet"),
+        "{log}"
+    );
+    assert!(log.contains("job `a`, step 2, `run:`: "), "{log}");
+    assert!(!log.contains("accelerator"), "no VM: {log}");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    world.assert_clean();
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+}

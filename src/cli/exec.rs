@@ -108,6 +108,28 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    // Everything that would only fail after a VM has booted fails now.
+    let problems = crate::executor::preflight::preflight(&wf, job_id, job, None);
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {}: {p}", args.workflow.display());
+        }
+        eprintln!(
+            "error: {} cannot run as it is ({} problem(s) above); no VM was started",
+            args.workflow.display(),
+            problems.len()
+        );
+        return ExitCode::from(exit::USAGE);
+    }
+    if let Some(dir) = &args.workdir
+        && !dir.is_dir()
+    {
+        eprintln!(
+            "error: --workdir {}: no such directory (it is what actions/checkout copies into the guest)",
+            dir.display()
+        );
+        return ExitCode::from(exit::USAGE);
+    }
     let all = combos.len();
     let combos = workflow::filter_matrix(combos, &args.matrix);
     if combos.is_empty() {

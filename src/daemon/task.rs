@@ -283,7 +283,24 @@ pub(crate) async fn run_task(
             for note in &t.notes {
                 runner::runner_line(reporter.as_ref(), note.clone());
             }
+            let problems = match t.spec.workflow.jobs.get(&t.spec.job_id) {
+                Some(job) => crate::executor::preflight::preflight(
+                    &t.spec.workflow,
+                    &t.spec.job_id,
+                    job,
+                    t.spec.default_actions_url.as_deref(),
+                ),
+                None => Vec::new(),
+            };
             match pick_image(&t.runs_on, &config.images) {
+                _ if !problems.is_empty() => {
+                    let msg = format!(
+                        "This job cannot run as it is; no VM was started:\n{}",
+                        problems.join("\n")
+                    );
+                    tracing::warn!(forge = %forge.name, task = task_id, problems = problems.len(), "job rejected before boot");
+                    (Conclusion::Failure, Default::default(), Some(msg))
+                }
                 None => {
                     let images: Vec<String> = config
                         .images

@@ -21,6 +21,7 @@ pub mod commands;
 pub mod env;
 pub mod filecmd;
 pub mod mask;
+pub mod preflight;
 pub mod shell;
 
 use crate::config::GuestOs;
