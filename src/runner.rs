@@ -12,8 +12,10 @@ use crate::config::{AccelChoice, Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
 use crate::executor::{self, JobOutcome, JobSpec};
 use crate::ssh::{self, ClientKey, HostKey, HostKeyCheck, ReadyOptions, SshTarget};
+use crate::store::{KvmFailureRow, Store};
 use crate::vm::accel::{
-    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, STALL_WINDOW, judge_kvm_boot,
+    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, KvmFailure, STALL_WINDOW,
+    judge_kvm_boot,
 };
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -591,6 +593,35 @@ fn keep_failed_console(run: &VmRun<'_>, vm: &Vm) -> String {
             "Last {BOOT_FAILURE_CONSOLE_LINES} lines of its serial console ({where_}):\n{}",
             tail.trim_end()
         )
+    }
+}
+
+/// The KVM failure the state database remembers, if any.
+pub fn remembered_kvm_failure(store: &Store) -> Option<KvmFailure> {
+    match store.kvm_failure() {
+        Ok(r) => r.map(|r| KvmFailure {
+            reason: r.reason,
+            fingerprint: r.fingerprint,
+            at_unix: r.at_unix,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the KVM failure record; probing KVM again");
+            None
+        }
+    }
+}
+
+/// Remembers a KVM failure in the state database, so that later runs on
+/// this host (the daemon after a restart, every `solstice exec`) start under
+/// TCG without paying for a stuck KVM boot again.
+pub fn record_kvm_failure(store: &Store, f: &KvmFailure) {
+    let row = KvmFailureRow {
+        reason: f.reason.clone(),
+        fingerprint: f.fingerprint.clone(),
+        at_unix: f.at_unix,
+    };
+    if let Err(e) = store.record_kvm_failure(&row) {
+        tracing::warn!(error = %e, "cannot record the KVM failure; the next start probes KVM again");
     }
 }
 

@@ -309,6 +309,25 @@ fn auto_falls_back_to_tcg_when_a_kvm_guest_makes_no_progress() {
     eprintln!("two jobs with one KVM fallback took {took:?}");
     assert!(!stderr.contains("WARN"), "no plumbing on stderr: {stderr}");
     env.assert_no_leaks();
+
+    // The next `solstice exec` on this host trusts the record: no KVM probe,
+    // no stuck boot.
+    let out = solstice()
+        .args(["exec", "--config"])
+        .arg(&config)
+        .args(["--matrix", "n=1"])
+        .arg(&wf)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("[solstice] accelerator: tcg (auto: a job's KVM guest failed on this host before (the guest's console stopped"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("accelerator kvm"), "{stdout}");
+    env.assert_no_leaks();
 }
 
 /// The same with this host's real QEMU and KVM: whatever KVM does here

@@ -57,9 +57,22 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCod
 }
 
 /// Resolves the accelerator without blocking the runtime; prints the choice.
+/// A KVM failure recorded in the state database counts, and a fallback in
+/// this run is recorded there (when the state directory is usable).
 pub async fn resolve_accel(config: &Config) -> Result<Accelerator, ExitCode> {
-    let qemu = config.qemu.clone();
-    match tokio::task::spawn_blocking(move || Accelerator::resolve(&qemu, None)).await {
+    let config = config.clone();
+    let resolved = tokio::task::spawn_blocking(move || {
+        let store = open_state_quietly(&config).map(std::sync::Arc::new);
+        let remembered = store.as_deref().and_then(runner::remembered_kvm_failure);
+        Accelerator::resolve(&config.qemu, remembered.as_ref()).map(|a| match store {
+            Some(store) => {
+                a.with_listener(Box::new(move |f| runner::record_kvm_failure(&store, f)))
+            }
+            None => a,
+        })
+    })
+    .await;
+    match resolved {
         Ok(Ok(a)) => {
             println!("[solstice] accelerator: {}", a.describe());
             Ok(a)
@@ -71,6 +84,23 @@ pub async fn resolve_accel(config: &Config) -> Result<Accelerator, ExitCode> {
         Err(e) => {
             eprintln!("error: accelerator probe failed: {e}");
             Err(ExitCode::from(exit::INFRA))
+        }
+    }
+}
+
+/// The state database, for the KVM failure record; `None` (at debug level)
+/// when the state directory or the database cannot be used.
+fn open_state_quietly(config: &Config) -> Option<crate::store::Store> {
+    let db = crate::daemon::database_path(config);
+    if let Err(e) = std::fs::create_dir_all(&config.daemon.state_dir) {
+        tracing::debug!(error = %e, "no state directory for the KVM failure record");
+        return None;
+    }
+    match crate::store::Store::open(&db) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(error = %e, "no state database for the KVM failure record");
+            None
         }
     }
 }

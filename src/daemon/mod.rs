@@ -30,7 +30,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ForgeConfig};
 use crate::forge::client::{ClientOptions, ForgejoClient};
 use crate::metrics::Metrics;
-use crate::store::KvmFailureRow;
 use crate::store::Store;
 use crate::vm::Accel;
 use crate::vm::accel::{Accelerator, KvmFailure};
@@ -167,17 +166,7 @@ async fn resolve_accelerator(
     store: &Arc<Store>,
     metrics: &Metrics,
 ) -> Result<Accelerator, DaemonError> {
-    let remembered = match store.kvm_failure() {
-        Ok(r) => r.map(|r| KvmFailure {
-            reason: r.reason,
-            fingerprint: r.fingerprint,
-            at_unix: r.at_unix,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the KVM failure record; probing KVM again");
-            None
-        }
-    };
+    let remembered = crate::runner::remembered_kvm_failure(store);
     let qemu = config.qemu.clone();
     let accel =
         tokio::task::spawn_blocking(move || Accelerator::resolve(&qemu, remembered.as_ref()))
@@ -191,14 +180,7 @@ async fn resolve_accelerator(
     Ok(accel.with_listener(Box::new(move |f: &KvmFailure| {
         tracing::warn!(reason = %f.reason, "KVM does not work on this host: a job's guest did not boot under it; every VM now runs under TCG (recorded in the state database; `solstice doctor` explains)");
         metrics.kvm_fell_back();
-        let row = KvmFailureRow {
-            reason: f.reason.clone(),
-            fingerprint: f.fingerprint.clone(),
-            at_unix: f.at_unix,
-        };
-        if let Err(e) = store.record_kvm_failure(&row) {
-            tracing::warn!(error = %e, "cannot record the KVM failure; the next start probes KVM again");
-        }
+        crate::runner::record_kvm_failure(&store, f);
     })))
 }
 
