@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ForgeConfig};
+use crate::errors::Chain;
 use crate::forge::client::{ClientOptions, ForgejoClient};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -57,6 +58,9 @@ pub enum DaemonError {
     Accel(#[source] crate::vm::accel::AccelError),
     #[error("Forge {forge}: {message}")]
     Forge { forge: String, message: String },
+    /// A forge's credentials cannot be had (the message names the forge).
+    #[error(transparent)]
+    Credentials(crate::forge::credentials::CredentialError),
     #[error("Cannot serve metrics on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -387,7 +391,7 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
                 {
                     tracing::warn!(
                         forge = %forge.name,
-                        error = %e,
+                        error = %Chain(&e),
                         "cannot reach the forge; serving with the credentials known here and declaring the labels once it answers"
                     );
                     let s = shared.clone();
@@ -399,16 +403,13 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
                     return Ok(base.with_credentials(creds));
                 }
                 if health.failed() == backoff::HealthChange::Down {
-                    tracing::warn!(forge = %forge.name, error = %e, "cannot reach the forge to register; retrying with back-off");
+                    tracing::warn!(forge = %forge.name, error = %Chain(&e), "cannot reach the forge to register; retrying with back-off");
+                } else {
+                    tracing::debug!(forge = %forge.name, error = %Chain(&e), "registering failed again");
                 }
                 tokio::time::sleep(backoff.fail(rand::random::<f64>())).await;
             }
-            Err(e) => {
-                return Err(DaemonError::Forge {
-                    forge: forge.name.clone(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(DaemonError::Credentials(e)),
         }
     }
 }
@@ -447,10 +448,10 @@ async fn declare_later(shared: Arc<Shared>, forge: ForgeConfig, base: ForgejoCli
         match obtain_once(&shared, &forge, &base).await {
             Ok(_) => return,
             Err(e) if e.is_retryable() => {
-                tracing::debug!(forge = %forge.name, error = %e, "declare failed again")
+                tracing::debug!(forge = %forge.name, error = %Chain(&e), "declare failed again")
             }
             Err(e) => {
-                tracing::error!(forge = %forge.name, error = %e, "declaring the runner failed; jobs may not match its labels");
+                tracing::error!(forge = %forge.name, error = %Chain(&e), "declaring the runner failed; jobs may not match its labels");
                 return;
             }
         }
