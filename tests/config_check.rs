@@ -17,11 +17,22 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap()
 }
 
+/// An image file made with the real `qemu-img`.
+fn make_image(path: &Path, format: &str, size: &str) {
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn loads_a_real_file_with_relative_image_paths() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("images")).unwrap();
-    std::fs::write(dir.path().join("images/tiny.qcow2"), b"not really qcow2").unwrap();
+    make_image(&dir.path().join("images/tiny.qcow2"), "qcow2", "16M");
     std::fs::write(dir.path().join("OVMF_CODE.fd"), b"").unwrap();
     std::fs::write(dir.path().join("OVMF_VARS.fd"), b"").unwrap();
     let file = dir.path().join("solstice.toml");
@@ -278,4 +289,37 @@ fn documented_defaults_are_the_real_defaults() {
         "expected 19 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
+}
+
+#[test]
+fn check_config_probes_image_files_with_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("raw.img"), "raw", "16M");
+    make_image(&dir.path().join("big.qcow2"), "qcow2", "3G");
+    let file = dir.path().join("solstice.toml");
+    std::fs::write(
+        &file,
+        "[images.a]\npath = \"raw.img\"\nformat = \"qcow2\"\n\n[images.b]\npath = \"big.qcow2\"\ndisk_size_gib = 2\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (f, d) = (file.display(), dir.path().display());
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{f}:3:10: images.a.format: {d}/raw.img is a raw image, not qcow2; images.a.format should be \"raw\""
+            ),
+            format!(
+                "{f}:7:17: images.b.disk_size_gib: 2 GiB is smaller than the image {d}/big.qcow2 (3221225472 bytes, 3.0 GiB); use at least 3, or remove the key to keep the image's size"
+            ),
+            format!("{f}: 2 problems found"),
+        ]
+    );
 }

@@ -144,6 +144,15 @@ impl ImageFormat {
             ImageFormat::Raw => "raw",
         }
     }
+
+    /// The format of that name (as `qemu-img info` and the config write it).
+    pub fn from_name(name: &str) -> Option<ImageFormat> {
+        match name {
+            "qcow2" => Some(ImageFormat::Qcow2),
+            "raw" => Some(ImageFormat::Raw),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
