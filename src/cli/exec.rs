@@ -40,12 +40,38 @@ pub fn report_error(err: &(dyn std::error::Error + 'static)) {
     }
 }
 
-/// Loads the configuration for `exec`/`bench`, printing problems.
+/// Where a command says which config file it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigNotice {
+    /// With the job's progress lines (`exec`).
+    Stdout,
+    /// Where stdout is data (`status`, `bench`) or the log goes to stderr (`run`).
+    Stderr,
+}
+
+/// Finds and loads the configuration (see [`crate::config::find_config`]),
+/// prints `[solstice] config: PATH` on stderr, and prints every problem.
+/// Errors are exit status 2.
 pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCode> {
-    let path = runner::find_config(explicit).map_err(|msg| {
-        eprintln!("error: {msg}");
-        ExitCode::from(exit::USAGE)
-    })?;
+    load_config_to(explicit, ConfigNotice::Stderr)
+}
+
+/// [`load_config`], saying which file was used on `notice`.
+pub fn load_config_to(
+    explicit: Option<&Path>,
+    notice: ConfigNotice,
+) -> Result<(PathBuf, Config), ExitCode> {
+    let path = crate::config::find_config(explicit)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::USAGE)
+        })?
+        .path;
+    let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    match notice {
+        ConfigNotice::Stdout => println!("[solstice] config: {}", shown.display()),
+        ConfigNotice::Stderr => eprintln!("[solstice] config: {}", shown.display()),
+    }
     match crate::config::load(&path) {
         Ok(c) => Ok((path, c)),
         Err(errors) => {
@@ -80,7 +106,7 @@ pub async fn resolve_accel(config: &Config) -> Result<Accel, ExitCode> {
 }
 
 pub async fn exec_main(args: ExecArgs) -> ExitCode {
-    let (_, config) = match load_config(args.config.as_deref()) {
+    let (_, config) = match load_config_to(args.config.as_deref(), ConfigNotice::Stdout) {
         Ok(c) => c,
         Err(code) => return code,
     };
