@@ -110,6 +110,10 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(e) = crate::store::check_state_dir(&config.daemon.state_dir) {
+        report_error(&e);
+        return ExitCode::from(exit::USAGE);
+    }
     let text = match std::fs::read_to_string(&args.workflow) {
         Ok(t) => t,
         Err(e) => {
@@ -138,12 +142,23 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    let all = combos.len();
+    let all = combos.clone();
     let combos = workflow::filter_matrix(combos, &args.matrix);
     if combos.is_empty() {
+        let selectors: Vec<String> = args
+            .matrix
+            .iter()
+            .map(|(k, v)| format!("--matrix {k}={v}"))
+            .collect();
         eprintln!(
-            "error: no matrix combination of job `{job_id}` matches the --matrix selectors ({all} combinations in all)"
+            "error: no matrix combination of job `{job_id}` matches {} ({} combination{} in all):",
+            selectors.join(" "),
+            all.len(),
+            if all.len() == 1 { "" } else { "s" }
         );
+        for line in workflow::matrix::explain_no_match(&all, &args.matrix) {
+            eprintln!("  {line}");
+        }
         return ExitCode::from(exit::USAGE);
     }
     // Choose every image before starting anything, so a bad label fails fast.

@@ -48,8 +48,12 @@ const POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Why the daemon could not start (or had to stop).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("The configuration has no [forges.<name>] section, so there is nothing to serve")]
+    #[error(
+        "The configuration has no [forges.<name>] section, so `solstice run` has nothing to serve: add one for your Forgejo or Gitea instance (docs/forges.md shows how); `solstice exec` runs a workflow file without a forge"
+    )]
     NoForges,
+    #[error(transparent)]
+    StateDir(#[from] crate::store::StateDirError),
     #[error("Cannot open the state database")]
     Store(#[source] crate::store::StoreError),
     #[error("The accelerator probe failed: {0}")]
@@ -193,6 +197,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(DaemonError::Signals)?;
 
+    crate::store::check_state_dir(&config.daemon.state_dir)?;
     let _lock = lock_state_dir(&config.daemon.state_dir)?;
     let db = database_path(&config);
     let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
