@@ -237,7 +237,11 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                 spec: &spec,
                 observer: None,
             };
-            match runner::run_in_vm(&vm_run, &sink, &cancel).await {
+            let started = std::time::Instant::now();
+            let result = runner::run_in_vm(&vm_run, &sink, &cancel).await;
+            // The summary waits for the teardown, to give the wall time too.
+            sink.print_finish(started.elapsed());
+            match result {
                 Ok(report) => {
                     if report.outcome.conclusion != Conclusion::Success {
                         failed += 1;
