@@ -1052,7 +1052,7 @@ async fn a_plain_web_server_is_not_a_forge_whatever_the_credentials() {
     assert_not_a_forge(
         &e,
         &f,
-        "Ping got HTTP 501 (text/html): \"Error response Error response Error code: 501 Message: Unsupported method ('POST').\"",
+        "Ping got HTTP 501 (text/html): \"Error response Error code: 501 Message: Unsupported method ('POST').\"",
     );
     assert_eq!(server.requests().len(), 1, "no retry, no Register");
 

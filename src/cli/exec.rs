@@ -27,6 +27,8 @@ pub mod exit {
     pub const JOB_FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const INFRA: u8 = 3;
+    /// The async runtime could not start (any command that runs one).
+    pub const NO_RUNTIME: u8 = 70;
     pub const INTERRUPTED: u8 = 130;
 }
 

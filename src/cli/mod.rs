@@ -223,7 +223,7 @@ fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(70)
+            ExitCode::from(exec::exit::NO_RUNTIME)
         }
     }
 }

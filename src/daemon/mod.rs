@@ -3,7 +3,7 @@
 //! and results back, and survives crashes, forge outages and restarts
 //! without stray VMs or lost log rows.
 //!
-//! Start-up order: config → lock file → state database → reconcile what a
+//! Start-up order: config → state directory writable → lock file → state database → reconcile what a
 //! previous run left → accelerator → metrics endpoint → credentials of every
 //! forge → `READY=1` → poll loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to

@@ -190,6 +190,12 @@ fn is_connect_error(body: &[u8]) -> bool {
 fn snippet(content_type: &str, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = if content_type.contains("html") {
+        // The page's body only: its title usually repeats the heading.
+        let lower = text.to_ascii_lowercase();
+        let text = match lower.find("</head>") {
+            Some(i) => &text[i..],
+            None => &text[..],
+        };
         let mut plain = String::new();
         let mut in_tag = false;
         for c in text.chars() {
@@ -406,7 +412,7 @@ mod tests {
         let answer = ping_proves_not_a_forge(501, Some("text/html;charset=utf-8"), page).unwrap();
         assert_eq!(
             answer,
-            "HTTP 501 (text/html): \"Error response Error response Error code: 501 Message: Unsupported method ('POST').\""
+            "HTTP 501 (text/html): \"Error response Error code: 501 Message: Unsupported method ('POST').\""
         );
         let answer =
             ping_proves_not_a_forge(404, Some("text/plain"), b"404 page not found\n").unwrap();
