@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod errors;
 pub mod events;
 pub mod executor;
 pub mod forge;

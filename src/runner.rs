@@ -651,34 +651,3 @@ pub fn runner_line(sink: &dyn EventSink, text: impl Into<String>) {
 pub fn succeeded(outcome: &JobOutcome) -> bool {
     outcome.conclusion == Conclusion::Success
 }
-
-/// Finds the configuration file: the explicit one, else the first that exists of
-/// `$SOLSTICE_CONFIG`, `./solstice.toml`, `$XDG_CONFIG_HOME/solstice/solstice.toml`
-/// (or `~/.config/…`), `/etc/solstice/solstice.toml`.
-pub fn find_config(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("SOLSTICE_CONFIG") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(PathBuf::from("solstice.toml"));
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
-        candidates.push(PathBuf::from(dir).join("solstice/solstice.toml"));
-    } else if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".config/solstice/solstice.toml"));
-    }
-    candidates.push(crate::config::default_config_path());
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            format!(
-                "No configuration file found (looked for {}). Pass --config FILE; scripts/quickstart writes one.",
-                list.join(", ")
-            )
-        })
-}

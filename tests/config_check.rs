@@ -17,11 +17,22 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap()
 }
 
+/// An image file made with the real `qemu-img`.
+fn make_image(path: &Path, format: &str, size: &str) {
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn loads_a_real_file_with_relative_image_paths() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("images")).unwrap();
-    std::fs::write(dir.path().join("images/tiny.qcow2"), b"not really qcow2").unwrap();
+    make_image(&dir.path().join("images/tiny.qcow2"), "qcow2", "16M");
     std::fs::write(dir.path().join("OVMF_CODE.fd"), b"").unwrap();
     std::fs::write(dir.path().join("OVMF_VARS.fd"), b"").unwrap();
     let file = dir.path().join("solstice.toml");
@@ -54,7 +65,7 @@ fn missing_file_is_a_clear_error() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}: the config file does not exist; create it (see examples/solstice.toml) or pass another file; the default is /etc/solstice/solstice.toml",
+            "{}: the config file does not exist; create it (examples/solstice.toml shows every key) or name another file",
             file.display()
         )
     );
@@ -278,4 +289,177 @@ fn documented_defaults_are_the_real_defaults() {
         "expected 19 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
+}
+
+#[test]
+fn check_config_probes_image_files_with_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("raw.img"), "raw", "16M");
+    make_image(&dir.path().join("big.qcow2"), "qcow2", "3G");
+    let file = dir.path().join("solstice.toml");
+    std::fs::write(
+        &file,
+        "[images.a]\npath = \"raw.img\"\nformat = \"qcow2\"\n\n[images.b]\npath = \"big.qcow2\"\ndisk_size_gib = 2\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (f, d) = (file.display(), dir.path().display());
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "{f}:3:10: images.a.format: {d}/raw.img is a raw image, not qcow2; images.a.format should be \"raw\""
+            ),
+            format!(
+                "{f}:7:17: images.b.disk_size_gib: 2 GiB is smaller than the image {d}/big.qcow2 (3221225472 bytes, 3.0 GiB); use at least 3, or remove the key to keep the image's size"
+            ),
+            format!("{f}: 2 problems found"),
+        ]
+    );
+}
+
+// ------------------------------------------- which file a command loads
+
+/// A valid config in `dir` (a blank qcow2 image, a state directory that
+/// does not exist yet).
+fn valid_config(dir: &Path, name: &str) -> PathBuf {
+    let image = dir.join("blank.qcow2");
+    if !image.exists() {
+        make_image(&image, "qcow2", "16M");
+    }
+    let file = dir.join(name);
+    std::fs::write(
+        &file,
+        format!(
+            "[daemon]\nstate_dir = {:?}\n[qemu]\naccel = \"tcg\"\n[images.tiny]\npath = {image:?}\n",
+            dir.join("state")
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `solstice ARGS…` in `cwd` with a clean config environment plus `env`.
+fn solstice_in(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("SOLSTICE_CONFIG")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", cwd.join("no-home"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn status_json_says_which_config_on_stderr_and_prints_json_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = valid_config(dir.path(), "solstice.toml");
+    let out = solstice_in(dir.path(), &["status", "--json"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
+    assert_eq!(
+        v,
+        serde_json::json!({"database": null, "daemon_running": false, "in_flight": [], "recent": []})
+    );
+    // Found in the working directory, and named absolutely.
+    assert!(
+        stderr.contains(&format!("[solstice] config: {}\n", file.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No state yet"), "{stderr}");
+}
+
+#[test]
+fn xdg_config_home_is_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("solstice")).unwrap();
+    let file = valid_config(dir.path(), "xdg/solstice/solstice.toml");
+    let out = solstice_in(dir.path(), &["status"], &[("XDG_CONFIG_HOME", &xdg)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("[solstice] config: {}\n", file.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_solstice_config_file_is_an_error_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ./solstice.toml that must NOT be used instead.
+    valid_config(dir.path(), "solstice.toml");
+    let wf = dir.path().join("wf.yml");
+    std::fs::write(&wf, "jobs:\n  a:\n    steps:\n      - run: 'true'\n").unwrap();
+    let missing = dir.path().join("typo.toml");
+    for args in [
+        vec!["status"],
+        vec!["run"],
+        vec!["exec", wf.to_str().unwrap()],
+        vec!["bench", "engine"],
+    ] {
+        let out = solstice_in(dir.path(), &args, &[("SOLSTICE_CONFIG", &missing)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "error: SOLSTICE_CONFIG names {}, which does not exist: fix the variable, or unset it",
+                missing.display()
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("[solstice] config:"), "{stderr}");
+    }
+}
+
+#[test]
+fn exec_says_which_config_on_stdout_with_its_other_progress_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = valid_config(dir.path(), "ci.toml");
+    let out = solstice_in(
+        dir.path(),
+        &["exec", "--config", "ci.toml", "no-such-workflow.yml"],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stdout, format!("[solstice] config: {}\n", file.display()));
+    assert!(stderr.contains("no-such-workflow.yml"), "{stderr}");
+}
+
+#[test]
+fn exec_checks_the_image_before_any_vm_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("raw.img"), "raw", "16M");
+    std::fs::write(
+        dir.path().join("solstice.toml"),
+        format!(
+            "[daemon]\nstate_dir = {:?}\n[qemu]\naccel = \"tcg\"\n[images.tiny]\npath = \"raw.img\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let wf = dir.path().join("wf.yml");
+    std::fs::write(&wf, "jobs:\n  a:\n    steps:\n      - run: 'true'\n").unwrap();
+    let out = solstice_in(dir.path(), &["exec", wf.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("images.tiny.format: ")
+            && stderr.contains("raw.img is a raw image, not qcow2 (the default); images.tiny.format should be \"raw\""),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state/jobs").exists(), "a VM was started");
 }

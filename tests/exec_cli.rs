@@ -37,6 +37,26 @@ fn exec(
         .unwrap()
 }
 
+/// Seconds from `1.23s`, `850ms` or `2m03s`.
+fn secs(text: &str) -> Option<f64> {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return Some(ms.parse::<f64>().ok()? / 1000.0);
+    }
+    let text = text.strip_suffix('s')?;
+    match text.split_once('m') {
+        Some((m, s)) => Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?),
+        None => text.parse().ok(),
+    }
+}
+
+/// (steps, wall) of `Job failed in 6.34s (25.1s with the VM's boot and teardown)`.
+fn verdict_times(line: &str) -> Option<(f64, f64)> {
+    let (_, rest) = line.split_once(" in ")?;
+    let (steps, rest) = rest.split_once(" (")?;
+    let wall = rest.strip_suffix(" with the VM's boot and teardown)")?;
+    Some((secs(steps)?, secs(wall)?))
+}
+
 #[test]
 fn matrix_runs_every_combination_and_the_exit_code_follows_the_jobs() {
     let env = TestEnv::tiny();
@@ -62,6 +82,19 @@ fn matrix_runs_every_combination_and_the_exit_code_follows_the_jobs() {
         stdout.contains("Job succeeded") && stdout.contains("Job failed"),
         "{stdout}"
     );
+    // Each verdict gives the steps' time and the wall time of the whole
+    // run; the summary comes after the VM's teardown.
+    let verdicts: Vec<(f64, f64)> = stdout
+        .lines()
+        .filter(|l| l.starts_with("Job "))
+        .map(|l| verdict_times(l).unwrap_or_else(|| panic!("{l:?}\n{stdout}")))
+        .collect();
+    assert_eq!(verdicts.len(), 2, "{stdout}");
+    for (steps, wall) in verdicts {
+        assert!(wall > steps && wall > 1.0, "{stdout}");
+    }
+    let teardown = stdout.find("[solstice] teardown").unwrap();
+    assert!(teardown < stdout.find("Summary:").unwrap(), "{stdout}");
     env.assert_no_leaks();
 
     // --matrix picks the passing combination only: exit 0.

@@ -833,8 +833,14 @@ async fn shared_secret_derives_the_uuid_and_tolerates_an_old_server() {
     assert_eq!(got.credentials.token.expose(), SECRET);
     // Declare was not understood: nothing counts as declared.
     assert!(got.credentials.declared_labels.is_empty());
-    let r = server.only_request();
-    assert_eq!(r.method_name(), "Declare");
+    // A Ping tells an old forge from a web server that 404s everything.
+    let names: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.method_name().to_string())
+        .collect();
+    assert_eq!(names, ["Declare", "Ping"]);
+    let r = &server.calls_to("Declare")[0];
     assert_eq!(r.header("x-runner-uuid"), Some(SECRET_UUID));
     assert_eq!(r.header("x-runner-token"), Some(SECRET));
 
@@ -981,4 +987,150 @@ async fn an_unreachable_forge_is_a_retryable_error() {
         "{e:?}"
     );
     assert!(e.is_retryable());
+}
+
+// ------------------------------------------- URLs that are not a forge
+
+/// What `python3 -m http.server` answers to a POST.
+fn python_http_server_501() -> Response {
+    raw(
+        501,
+        "text/html;charset=utf-8",
+        b"<!DOCTYPE HTML>\n<html lang=\"en\">\n<head><title>Error response</title></head>\n<body>\n<h1>Error response</h1>\n<p>Error code: 501</p>\n<p>Message: Unsupported method ('POST').</p>\n</body>\n</html>\n",
+    )
+}
+
+/// `obtain` against a server answering every request with `respond`.
+async fn obtain_from(
+    respond: impl Fn(&Recorded) -> Response + Send + Sync + 'static,
+    source: impl Fn(&tempfile::TempDir) -> CredentialSource,
+) -> (CredentialError, TestServer, ForgeConfig) {
+    let server = TestServer::start(respond).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = forge(&server.url, source(&dir), &["linux"]);
+    let e = obtain(&f, &client(&server.url), None, "v")
+        .await
+        .unwrap_err();
+    (e, server, f)
+}
+
+fn token_file(dir: &tempfile::TempDir) -> CredentialSource {
+    CredentialSource::RegistrationTokenFile(write_file(dir, "token", "good-registration-token"))
+}
+
+fn secret_file(dir: &tempfile::TempDir) -> CredentialSource {
+    CredentialSource::SecretFile(write_file(dir, "secret", SECRET))
+}
+
+fn runner_file(dir: &tempfile::TempDir) -> CredentialSource {
+    CredentialSource::RunnerFile(write_file(
+        dir,
+        ".runner",
+        r#"{"uuid":"file-uuid","token":"file-token"}"#,
+    ))
+}
+
+fn assert_not_a_forge(e: &CredentialError, f: &ForgeConfig, answer: &str) {
+    assert!(matches!(e, CredentialError::NotAForge { .. }), "{e:?}");
+    assert!(!e.is_retryable());
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "Forge main: {} is not a Forgejo/Gitea instance",
+            f.url
+        )),
+        "{text}"
+    );
+    assert!(text.contains(answer), "{text}");
+    assert!(text.contains("check forges.main.url"), "{text}");
+}
+
+#[tokio::test]
+async fn a_plain_web_server_is_not_a_forge_whatever_the_credentials() {
+    // Registration: the Ping that starts it gets a web page.
+    let (e, server, f) = obtain_from(|_| python_http_server_501(), token_file).await;
+    assert_not_a_forge(
+        &e,
+        &f,
+        "Ping got HTTP 501 (text/html): \"Error response Error code: 501 Message: Unsupported method ('POST').\"",
+    );
+    assert_eq!(server.requests().len(), 1, "no retry, no Register");
+
+    // A secret or runner file: Declare gets the page, a Ping confirms.
+    for source in [secret_file, runner_file] {
+        let (e, server, f) = obtain_from(|_| python_http_server_501(), source).await;
+        assert_not_a_forge(&e, &f, "HTTP 501 (text/html)");
+        let names: Vec<String> = server
+            .requests()
+            .iter()
+            .map(|r| r.method_name().to_string())
+            .collect();
+        assert_eq!(names, ["Declare", "Ping"]);
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_404s_everything_is_not_an_old_forge() {
+    // A bare 404 on Declare is what an old forge sends too; Ping decides.
+    let (e, _server, f) = obtain_from(
+        |_| raw(404, "text/plain", b"404 page not found\n"),
+        secret_file,
+    )
+    .await;
+    assert_not_a_forge(&e, &f, "HTTP 404 (text/plain): \"404 page not found\"");
+}
+
+#[tokio::test]
+async fn a_login_page_answering_200_is_not_a_forge() {
+    let (e, _server, f) = obtain_from(
+        |_| raw(200, "text/html", b"<html><body>Sign in</body></html>"),
+        runner_file,
+    )
+    .await;
+    assert_not_a_forge(
+        &e,
+        &f,
+        "HTTP 200 with text/html instead of application/proto: \"Sign in\"",
+    );
+    let (e, _server, f) = obtain_from(
+        |_| raw(200, "text/html", b"<html><body>Sign in</body></html>"),
+        token_file,
+    )
+    .await;
+    assert_not_a_forge(&e, &f, "instead of application/proto");
+}
+
+#[tokio::test]
+async fn outages_behind_a_proxy_stay_retryable() {
+    for respond in [
+        |_: &Recorded| raw(502, "text/html", b"<html><h1>502 Bad Gateway</h1></html>"),
+        |_: &Recorded| raw(503, "text/html", b"<html>Service Unavailable</html>"),
+        |_: &Recorded| raw(504, "text/plain", b"gateway timeout"),
+        |_: &Recorded| connect_error(503, "unavailable", "maintenance"),
+    ] {
+        for source in [token_file, secret_file] {
+            let (e, _server, _f) = obtain_from(respond, source).await;
+            assert!(matches!(e, CredentialError::Forge { .. }), "{e:?}");
+            assert!(e.is_retryable(), "{e:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_keeps_its_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let f = forge(&url, token_file(&dir), &["linux"]);
+    let e = obtain(&f, &client(&url), None, "v").await.unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    // The top message alone says nothing about why.
+    assert_eq!(e.to_string(), "Forge main: Ping failed");
+    let chain = solstice::errors::Chain(&e).to_string();
+    assert!(
+        chain.starts_with("Forge main: Ping failed: Ping: error sending request"),
+        "{chain}"
+    );
+    assert!(chain.contains("Connection refused"), "{chain}");
 }

@@ -813,7 +813,14 @@ fn reconcile_kills_recorded_vms_removes_their_dirs_and_strays() {
 // ---- solstice status ----
 
 fn status_config(dir: &Path) -> PathBuf {
-    std::fs::write(dir.join("tiny.qcow2"), b"not really qcow2").unwrap();
+    // The config is checked like any other: the image must be a real one.
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dir.join("tiny.qcow2"))
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
     let file = dir.join("solstice.toml");
     std::fs::write(
         &file,
@@ -846,7 +853,7 @@ fn status_without_state_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "No state yet: the daemon has not run with state_dir = {}",
+            "No state yet: the daemon has not run with daemon.state_dir = {}",
             tmp.path().join("state").display()
         )),
         "{err}"

@@ -358,3 +358,49 @@ fn display_names() {
         r#"b ({"cc":"gcc"})"#
     );
 }
+
+#[test]
+fn selectors_that_match_nothing_are_explained_with_the_axes() {
+    use solstice::workflow::matrix::explain_no_match;
+    let combos = expand_matrix(&job(
+        "strategy:\n  matrix:\n    os: [tiny, debian]\n    node: [18, 20]\n    exclude:\n      - os: tiny\n        node: 20",
+    ))
+    .unwrap();
+    let sel = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let axes = "the matrix: os = tiny, debian; node = 18, 20";
+    assert_eq!(
+        explain_no_match(&combos, &sel(&[("oss", "tiny")])),
+        [
+            "`oss` is not an axis of the matrix; did you mean `os`?",
+            axes
+        ]
+    );
+    assert_eq!(
+        explain_no_match(&combos, &sel(&[("arch", "x64")])),
+        ["`arch` is not an axis of the matrix", axes]
+    );
+    assert_eq!(
+        explain_no_match(&combos, &sel(&[("os", "ubuntu"), ("node", "18")])),
+        ["`os` is never `ubuntu`; its values are tiny, debian", axes]
+    );
+    assert_eq!(
+        explain_no_match(&combos, &sel(&[("os", "tiny"), ("node", "20")])),
+        [
+            "no combination has os=tiny and node=20 together (include/exclude decide which combinations exist)",
+            axes
+        ]
+    );
+    let none = expand_matrix(&job("runs-on: x")).unwrap();
+    assert_eq!(
+        explain_no_match(&none, &sel(&[("os", "tiny")])),
+        [
+            "`os` is not an axis of the matrix",
+            "the job has no matrix: leave out --matrix"
+        ]
+    );
+}

@@ -822,7 +822,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("solstice-bench-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let image_path = dir.join("img.qcow2");
-        std::fs::write(&image_path, b"x").unwrap();
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image_path)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(st.success());
         let secret = dir.join("s");
         std::fs::write(&secret, "0123456789abcdef0123456789abcdef01234567\n").unwrap();
         let user = format!(

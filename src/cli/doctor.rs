@@ -84,8 +84,8 @@ impl Check {
 }
 
 pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
-    let path = match crate::runner::find_config(args.config.as_deref()) {
-        Ok(p) => p,
+    let path = match crate::config::find_config(args.config.as_deref()) {
+        Ok(found) => found.path,
         Err(msg) => {
             eprintln!("error: {msg}");
             return ExitCode::from(2);

@@ -27,6 +27,8 @@ pub mod exit {
     pub const JOB_FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const INFRA: u8 = 3;
+    /// The async runtime could not start (any command that runs one).
+    pub const NO_RUNTIME: u8 = 70;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -40,12 +42,38 @@ pub fn report_error(err: &(dyn std::error::Error + 'static)) {
     }
 }
 
-/// Loads the configuration for `exec`/`bench`, printing problems.
+/// Where a command says which config file it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigNotice {
+    /// With the job's progress lines (`exec`).
+    Stdout,
+    /// Where stdout is data (`status`, `bench`) or the log goes to stderr (`run`).
+    Stderr,
+}
+
+/// Finds and loads the configuration (see [`crate::config::find_config`]),
+/// prints `[solstice] config: PATH` on stderr, and prints every problem.
+/// Errors are exit status 2.
 pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCode> {
-    let path = runner::find_config(explicit).map_err(|msg| {
-        eprintln!("error: {msg}");
-        ExitCode::from(exit::USAGE)
-    })?;
+    load_config_to(explicit, ConfigNotice::Stderr)
+}
+
+/// [`load_config`], saying which file was used on `notice`.
+pub fn load_config_to(
+    explicit: Option<&Path>,
+    notice: ConfigNotice,
+) -> Result<(PathBuf, Config), ExitCode> {
+    let path = crate::config::find_config(explicit)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::USAGE)
+        })?
+        .path;
+    let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    match notice {
+        ConfigNotice::Stdout => println!("[solstice] config: {}", shown.display()),
+        ConfigNotice::Stderr => eprintln!("[solstice] config: {}", shown.display()),
+    }
     match crate::config::load(&path) {
         Ok(c) => Ok((path, c)),
         Err(errors) => {
@@ -106,10 +134,14 @@ fn open_state_quietly(config: &Config) -> Option<crate::store::Store> {
 }
 
 pub async fn exec_main(args: ExecArgs) -> ExitCode {
-    let (_, config) = match load_config(args.config.as_deref()) {
+    let (_, config) = match load_config_to(args.config.as_deref(), ConfigNotice::Stdout) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(e) = crate::store::check_state_dir(&config.daemon.state_dir) {
+        report_error(&e);
+        return ExitCode::from(exit::USAGE);
+    }
     let text = match std::fs::read_to_string(&args.workflow) {
         Ok(t) => t,
         Err(e) => {
@@ -160,12 +192,23 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
         );
         return ExitCode::from(exit::USAGE);
     }
-    let all = combos.len();
+    let all = combos.clone();
     let combos = workflow::filter_matrix(combos, &args.matrix);
     if combos.is_empty() {
+        let selectors: Vec<String> = args
+            .matrix
+            .iter()
+            .map(|(k, v)| format!("--matrix {k}={v}"))
+            .collect();
         eprintln!(
-            "error: no matrix combination of job `{job_id}` matches the --matrix selectors ({all} combinations in all)"
+            "error: no matrix combination of job `{job_id}` matches {} ({} combination{} in all):",
+            selectors.join(" "),
+            all.len(),
+            if all.len() == 1 { "" } else { "s" }
         );
+        for line in workflow::matrix::explain_no_match(&all, &args.matrix) {
+            eprintln!("  {line}");
+        }
         return ExitCode::from(exit::USAGE);
     }
     // Choose every image before starting anything, so a bad label fails fast.
@@ -244,7 +287,11 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                 spec: &spec,
                 observer: None,
             };
-            match runner::run_in_vm(&vm_run, &sink, &cancel).await {
+            let started = std::time::Instant::now();
+            let result = runner::run_in_vm(&vm_run, &sink, &cancel).await;
+            // The summary waits for the teardown, to give the wall time too.
+            sink.print_finish(started.elapsed());
+            match result {
                 Ok(report) => {
                     if report.outcome.conclusion != Conclusion::Success {
                         failed += 1;

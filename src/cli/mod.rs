@@ -56,8 +56,9 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Configuration file [default: $SOLSTICE_CONFIG, ./solstice.toml,
-    /// ~/.config/solstice/solstice.toml, /etc/solstice/solstice.toml; the first that exists].
+    /// Configuration file [default: $SOLSTICE_CONFIG, which must exist; else the first
+    /// that exists of ./solstice.toml, $XDG_CONFIG_HOME/solstice/solstice.toml
+    /// (~/.config/solstice/solstice.toml without XDG_CONFIG_HOME), /etc/solstice/solstice.toml].
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Image to run the job on [default: the image whose labels match `runs-on`, or the only image].
@@ -228,7 +229,7 @@ fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(70)
+            ExitCode::from(exec::exit::NO_RUNTIME)
         }
     }
 }

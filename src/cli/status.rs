@@ -66,8 +66,11 @@ pub fn status_main(args: StatusArgs) -> ExitCode {
     let status = match read_status(state_dir, args.limit) {
         Ok(s) => s,
         Err(StoreError::Missing { path }) => {
+            if args.json {
+                println!("{:#}", no_state_json(state_dir));
+            }
             eprintln!(
-                "No state yet: the daemon has not run with state_dir = {} (no {})",
+                "No state yet: the daemon has not run with daemon.state_dir = {} (no {}); `solstice run` creates it",
                 state_dir.display(),
                 path.display()
             );
@@ -94,6 +97,17 @@ pub fn status_json(status: &Status, now: SystemTime) -> Value {
         "daemon_running": status.daemon_running,
         "in_flight": status.in_flight.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
         "recent": status.recent.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
+    })
+}
+
+/// The JSON of `status --json` when the daemon has never run with this
+/// state directory: the same object, with `"database": null` and no jobs.
+pub fn no_state_json(state_dir: &Path) -> Value {
+    json!({
+        "database": null,
+        "daemon_running": crate::daemon::is_running(state_dir),
+        "in_flight": [],
+        "recent": [],
     })
 }
 
@@ -323,5 +337,25 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
         assert_eq!(v["recent"][0]["duration_secs"], 65.0);
         assert_eq!(v["recent"][0]["reported"], false);
         assert_eq!(v["daemon_running"], true);
+    }
+
+    #[test]
+    fn without_a_database_the_json_has_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = no_state_json(dir.path());
+        let some = status_json(
+            &Status {
+                db: PathBuf::from("/s/solstice.db"),
+                daemon_running: false,
+                in_flight: Vec::new(),
+                recent: Vec::new(),
+            },
+            UNIX_EPOCH,
+        );
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&none), keys(&some));
+        assert_eq!(none["database"], Value::Null);
+        assert_eq!(none["daemon_running"], false);
+        assert_eq!(none["in_flight"], json!([]));
     }
 }

@@ -21,6 +21,9 @@ struct TermState {
     /// Step display names by index, for the summary.
     steps: Vec<(String, Option<StepResult>)>,
     group_depth: usize,
+    /// The job's conclusion and step time, from `JobFinished`; the summary
+    /// waits for [`TerminalSink::finish_job`], which knows the wall time.
+    finished: Option<(Conclusion, Duration)>,
 }
 
 impl TerminalSink {
@@ -117,26 +120,62 @@ impl TerminalSink {
                 conclusion,
                 duration,
             } => {
-                let mut out = String::from("\nSummary:");
-                for (i, (name, res)) in st.steps.iter().enumerate() {
-                    out.push('\n');
-                    match res {
-                        Some((o, c, d)) => {
-                            out.push_str(&format!("  {}", self.step_line(i, name, *o, *c, *d)))
-                        }
-                        None => out.push_str(&format!("  - Step {}: {name} (not finished)", i + 1)),
-                    }
-                }
-                let verdict = match conclusion {
-                    Conclusion::Success => self.paint("1;32", "Job succeeded"),
-                    Conclusion::Failure => self.paint("1;31", "Job failed"),
-                    Conclusion::Cancelled => self.paint("1;33", "Job cancelled"),
-                    Conclusion::Skipped => self.paint("1", "Job skipped"),
-                };
-                out.push_str(&format!("\n{verdict} in {}", fmt_duration(*duration)));
-                Some(out)
+                st.finished = Some((*conclusion, *duration));
+                None
             }
         }
+    }
+
+    /// The summary of the job whose `JobFinished` was seen, ending with the
+    /// verdict, its step time and `wall`, the time the whole run took (VM
+    /// start, boot, steps and teardown): `Job failed in 6.34s (25.1s with
+    /// the VM's boot and teardown)`. Forgets the job, so that the next
+    /// matrix combination starts afresh. `None` if no job finished.
+    pub fn finish_job(&self, wall: Duration) -> Option<String> {
+        let mut st = self.state.lock().ok()?;
+        let state = std::mem::take(&mut *st);
+        let (conclusion, duration) = state.finished?;
+        Some(self.summary(&state.steps, conclusion, duration, wall))
+    }
+
+    /// Prints [`TerminalSink::finish_job`]'s summary to stdout.
+    pub fn print_finish(&self, wall: Duration) {
+        if let Some(text) = self.finish_job(wall) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+    }
+
+    fn summary(
+        &self,
+        steps: &[(String, Option<StepResult>)],
+        conclusion: Conclusion,
+        duration: Duration,
+        wall: Duration,
+    ) -> String {
+        let mut out = String::from("\nSummary:");
+        for (i, (name, res)) in steps.iter().enumerate() {
+            out.push('\n');
+            match res {
+                Some((o, c, d)) => {
+                    out.push_str(&format!("  {}", self.step_line(i, name, *o, *c, *d)))
+                }
+                None => out.push_str(&format!("  - Step {}: {name} (not finished)", i + 1)),
+            }
+        }
+        let verdict = match conclusion {
+            Conclusion::Success => self.paint("1;32", "Job succeeded"),
+            Conclusion::Failure => self.paint("1;31", "Job failed"),
+            Conclusion::Cancelled => self.paint("1;33", "Job cancelled"),
+            Conclusion::Skipped => self.paint("1", "Job skipped"),
+        };
+        out.push_str(&format!(
+            "\n{verdict} in {} ({} with the VM's boot and teardown)",
+            fmt_duration(duration),
+            super::status::human(Some(wall))
+        ));
+        out
     }
 
     fn step_line(
@@ -225,14 +264,28 @@ mod tests {
             fin,
             "✓ Step 1: Run echo hi: success (outcome failure, continue-on-error) [1.50s]"
         );
-        let sum = t
-            .render(&JobEvent::JobFinished {
-                conclusion: Conclusion::Success,
-                duration: Duration::from_secs(75),
-            })
-            .unwrap();
-        assert!(sum.contains("Summary:"), "{sum}");
-        assert!(sum.ends_with("Job succeeded in 1m15s"), "{sum}");
+        // The summary waits for the VM's teardown, to give the wall time too.
+        let fin = t.render(&JobEvent::JobFinished {
+            conclusion: Conclusion::Failure,
+            duration: Duration::from_millis(6340),
+        });
+        assert_eq!(fin, None);
+        let sum = t.finish_job(Duration::from_millis(25_140)).unwrap();
+        assert_eq!(
+            sum,
+            "\nSummary:\n  ✓ Step 1: Run echo hi: success (outcome failure, continue-on-error) [1.50s]\nJob failed in 6.34s (25.1s with the VM's boot and teardown)"
+        );
+        // The next job (matrix combination) starts afresh.
+        assert_eq!(t.finish_job(Duration::from_secs(1)), None);
+        t.render(&JobEvent::JobFinished {
+            conclusion: Conclusion::Success,
+            duration: Duration::from_secs(75),
+        });
+        let sum = t.finish_job(Duration::from_secs(100)).unwrap();
+        assert_eq!(
+            sum,
+            "\nSummary:\nJob succeeded in 1m15s (1m40s with the VM's boot and teardown)"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     MissingFile,
     /// No `[images.<name>]` section at all.
     NoImages,
+    /// An image file is not what its section says (format, size, backing
+    /// file), or not a disk image at all.
+    Image,
 }
 
 /// A 1-based line and column (in characters) in the config file.

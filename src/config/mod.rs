@@ -11,9 +11,13 @@ use serde::Deserialize;
 mod error;
 mod parse;
 pub mod raw;
+mod search;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Position};
+pub use search::{
+    ConfigSource, FoundConfig, SearchError, find_config, find_config_with, search_order,
+};
 
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
@@ -144,6 +148,15 @@ impl ImageFormat {
             ImageFormat::Raw => "raw",
         }
     }
+
+    /// The format of that name (as `qemu-img info` and the config write it).
+    pub fn from_name(name: &str) -> Option<ImageFormat> {
+        match name {
+            "qcow2" => Some(ImageFormat::Qcow2),
+            "raw" => Some(ImageFormat::Raw),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -187,7 +200,8 @@ impl Default for ParseOptions {
     }
 }
 
-/// Where the daemon looks for its config when none is given.
+/// The system-wide config file: the last place searched when no file is
+/// given (see [`find_config`]), and where the service's unit points.
 pub fn default_config_path() -> PathBuf {
     PathBuf::from("/etc/solstice/solstice.toml")
 }
@@ -203,10 +217,8 @@ pub fn load_with(path: &Path, opts: &ParseOptions) -> Result<Config, ConfigError
         let (message, fix) = match e.kind() {
             std::io::ErrorKind::NotFound => (
                 "the config file does not exist".to_owned(),
-                format!(
-                    "create it (see examples/solstice.toml) or pass another file; the default is {}",
-                    default_config_path().display()
-                ),
+                "create it (examples/solstice.toml shows every key) or name another file"
+                    .to_owned(),
             ),
             std::io::ErrorKind::InvalidData => (
                 "the config file is not UTF-8 text".to_owned(),

@@ -414,7 +414,7 @@ fn missing_image_file_names_the_image() {
     );
     // Once the file exists, the relative path resolves against the config's directory.
     std::fs::create_dir(dir.path().join("images")).unwrap();
-    std::fs::write(&expected, b"").unwrap();
+    make_image(&expected, "qcow2", "16M");
     let c = parse_str(text, &origin).unwrap();
     assert_eq!(c.images["tiny"].path, expected);
     assert!(c.images["tiny"].path.is_absolute());
@@ -479,7 +479,7 @@ fn uefi_without_uefi_code_is_an_error() {
 fn uefi_files_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("tiny.qcow2");
-    std::fs::write(&image, b"").unwrap();
+    make_image(&image, "qcow2", "16M");
     let text = format!(
         "[qemu]\nuefi_code = \"/nonexistent/CODE.fd\"\nuefi_vars = \"/nonexistent/VARS.fd\"\n[images.tiny]\npath = \"{}\"\nfirmware = \"uefi\"\n",
         image.display()
@@ -730,4 +730,187 @@ fn forge_mistakes_are_reported_with_their_fix() {
         "[forges.A]\nurl = \"https://a\"\nsecret_file = \"/s\"\n{TINY}"
     ));
     assert!(e.message.contains("forge name \"A\""), "{e}");
+}
+
+// ------------------------------------------------- image files (qemu-img)
+
+/// An image file made with the real `qemu-img`.
+fn make_image(path: &Path, format: &str, size: &str) {
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Checks `text` with path checks, from a config file in `dir`.
+fn checked(dir: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    parse_str(text, &dir.join("solstice.toml")).map_err(|e| e.errors)
+}
+
+#[test]
+fn a_raw_image_under_the_default_format_says_what_format_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("a.img"), "raw", "16M");
+    let text = "[images.tiny]\npath = \"a.img\"\n";
+    let e = checked(dir.path(), text).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].kind, ErrorKind::Image);
+    assert_eq!(e[0].key.as_deref(), Some("images.tiny.format"));
+    assert_eq!(at(&e[0]), (2, 8));
+    assert_eq!(
+        e[0].message,
+        format!(
+            "{} is a raw image, not qcow2 (the default)",
+            dir.path().join("a.img").display()
+        )
+    );
+    assert_eq!(
+        e[0].fix.as_deref(),
+        Some("images.tiny.format should be \"raw\" (add `format = \"raw\"` to [images.tiny])")
+    );
+    let c = checked(dir.path(), &format!("{text}format = \"raw\"\n")).unwrap();
+    assert_eq!(c.images["tiny"].format, ImageFormat::Raw);
+    // Without path checks nothing is probed.
+    parse_str_with(text, &dir.path().join("solstice.toml"), &NO_PATHS).unwrap();
+}
+
+#[test]
+fn a_qcow2_image_declared_raw_is_blamed_on_the_format_key() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("a.qcow2"), "qcow2", "16M");
+    let e = checked(
+        dir.path(),
+        "[images.tiny]\npath = \"a.qcow2\"\nformat = \"raw\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].key.as_deref(), Some("images.tiny.format"));
+    assert_eq!(at(&e[0]), (3, 10));
+    assert!(
+        e[0].message.ends_with("a.qcow2 is a qcow2 image, not raw"),
+        "{}",
+        e[0]
+    );
+    assert_eq!(
+        e[0].fix.as_deref(),
+        Some("images.tiny.format should be \"qcow2\"")
+    );
+}
+
+#[test]
+fn an_image_format_solstice_cannot_boot_says_how_to_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("a.vmdk"), "vmdk", "16M");
+    let e = checked(dir.path(), "[images.tiny]\npath = \"a.vmdk\"\n").unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].message
+            .ends_with("is a vmdk image, which Solstice cannot boot"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[0].fix
+            .as_deref()
+            .unwrap()
+            .contains("qemu-img convert -O qcow2"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn disk_size_below_the_image_size_is_an_error_with_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("a.qcow2"), "qcow2", "2G");
+    let text = "[images.tiny]\npath = \"a.qcow2\"\ndisk_size_gib = 1\n";
+    let e = checked(dir.path(), text).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].kind, ErrorKind::Image);
+    assert_eq!(e[0].key.as_deref(), Some("images.tiny.disk_size_gib"));
+    assert_eq!(at(&e[0]), (3, 17));
+    assert_eq!(
+        e[0].message,
+        format!(
+            "1 GiB is smaller than the image {} (2147483648 bytes, 2.0 GiB)",
+            dir.path().join("a.qcow2").display()
+        )
+    );
+    assert_eq!(
+        e[0].fix.as_deref(),
+        Some("use at least 2, or remove the key to keep the image's size")
+    );
+    checked(dir.path(), &text.replace("= 1", "= 2")).unwrap();
+}
+
+#[test]
+fn an_image_qemu_img_cannot_read_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A qcow2 header cut short, as an interrupted copy leaves it.
+    std::fs::write(dir.path().join("a.qcow2"), b"QFI\xfb\x00\x00\x00\x03").unwrap();
+    let e = checked(dir.path(), "[images.tiny]\npath = \"a.qcow2\"\n").unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].kind, ErrorKind::Image);
+    assert_eq!(e[0].key.as_deref(), Some("images.tiny.path"));
+    assert_eq!(at(&e[0]), (2, 8));
+    assert!(
+        e[0].message
+            .starts_with("image \"tiny\": qemu-img cannot read "),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn a_missing_backing_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    make_image(&base, "qcow2", "16M");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(dir.path().join("child.qcow2"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let text = "[images.tiny]\npath = \"child.qcow2\"\n";
+    checked(dir.path(), text).unwrap();
+    std::fs::remove_file(&base).unwrap();
+    let e = checked(dir.path(), text).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].message.contains(&format!(
+            "needs its backing file {}, which does not exist",
+            base.display()
+        )),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn an_unusable_qemu_img_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(&dir.path().join("a.qcow2"), "qcow2", "16M");
+    make_image(&dir.path().join("b.qcow2"), "qcow2", "16M");
+    let e = checked(
+        dir.path(),
+        "[qemu]\nimg_binary = \"/nonexistent/qemu-img\"\n[images.a]\npath = \"a.qcow2\"\n[images.b]\npath = \"b.qcow2\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].key.as_deref(), Some("qemu.img_binary"));
+    assert!(
+        e[0].message.starts_with("cannot run /nonexistent/qemu-img"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[0].fix.as_deref().unwrap().contains("--no-path-checks"),
+        "{}",
+        e[0]
+    );
 }

@@ -82,6 +82,9 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
             ),
         );
     }
+    if opts.check_paths {
+        image_files(&raw, &qemu, &images, ctx);
+    }
     let mut forges = BTreeMap::new();
     for (name, forge) in &raw.forges {
         let config = self::forge(name, forge, &daemon, &images, ctx);
@@ -701,5 +704,176 @@ fn suggest_image_name(name: &str) -> String {
         "image".to_owned()
     } else {
         trimmed.to_owned()
+    }
+}
+
+/// What each image file really is (`qemu-img info`), against its section:
+/// readable, the declared `format`, a `disk_size_gib` not below the image's
+/// size, an existing backing file. Missing files were reported already.
+fn image_files(
+    raw: &RawConfig,
+    qemu: &QemuConfig,
+    images: &BTreeMap<String, ImageConfig>,
+    ctx: &mut Ctx<'_>,
+) {
+    use crate::vm::disk::{ProbeError, probe_image};
+    for (name, section) in &raw.images {
+        let n = name.get_ref();
+        let (Some(image), Some(path_value)) = (images.get(n), section.get_ref().path.as_ref())
+        else {
+            continue;
+        };
+        if !std::fs::metadata(&image.path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let key = |k: &str| format!("images.{n}.{k}");
+        let path = image.path.display();
+        let info = match probe_image(&qemu.img_binary, &image.path) {
+            Ok(info) => info,
+            Err(ProbeError::Spawn { binary, source }) => {
+                ctx.push(
+                    None,
+                    Some("qemu.img_binary".to_owned()),
+                    ErrorKind::MissingFile,
+                    format!(
+                        "cannot run {} to check the image files ({source})",
+                        binary.display()
+                    ),
+                    Some("install qemu-img (Debian: qemu-utils) or set qemu.img_binary; `check-config --no-path-checks` skips the image checks".to_owned()),
+                );
+                return;
+            }
+            Err(ProbeError::Open { source, .. }) => {
+                ctx.push(
+                    Some(path_value.span()),
+                    Some(key("path")),
+                    ErrorKind::MissingFile,
+                    format!("image \"{n}\": {path} cannot be read ({source})"),
+                    Some(format!(
+                        "let the user that runs Solstice read it ({})",
+                        owner_and_mode(&image.path)
+                    )),
+                );
+                continue;
+            }
+            Err(e) => {
+                let why = match e {
+                    ProbeError::Unreadable { stderr, .. } => stderr,
+                    other => other.to_string(),
+                };
+                ctx.push(
+                    Some(path_value.span()),
+                    Some(key("path")),
+                    ErrorKind::Image,
+                    format!("image \"{n}\": qemu-img cannot read {path} as a disk image ({why})"),
+                    Some("point the path at a complete qcow2 or raw image (a copy may have been cut short)".to_owned()),
+                );
+                continue;
+            }
+        };
+        let declared = section.get_ref().format.as_ref();
+        if info.format != image.format.as_str() {
+            let span = declared.map_or(path_value.span(), |f| f.span());
+            let (message, fix) = match info.known_format() {
+                Some(real) => (
+                    format!(
+                        "{path} is a {} image, not {}{}",
+                        info.format,
+                        image.format.as_str(),
+                        if declared.is_none() {
+                            " (the default)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    format!(
+                        "{} should be \"{}\"{}",
+                        key("format"),
+                        real.as_str(),
+                        if declared.is_none() {
+                            format!(" (add `format = \"{}\"` to [images.{n}])", real.as_str())
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ),
+                None => (
+                    format!(
+                        "{path} is a {} image, which Solstice cannot boot",
+                        info.format
+                    ),
+                    format!(
+                        "convert it (`qemu-img convert -O qcow2 {path} NEW.qcow2`) and point {} at the new file",
+                        key("path")
+                    ),
+                ),
+            };
+            ctx.push(
+                Some(span),
+                Some(key("format")),
+                ErrorKind::Image,
+                message,
+                Some(fix),
+            );
+        }
+        if let (Some(gib), Some(value)) = (
+            image.disk_size_gib,
+            section.get_ref().disk_size_gib.as_ref(),
+        ) && (u64::from(gib) << 30) < info.virtual_size
+        {
+            let at_least = info.virtual_size.div_ceil(1 << 30);
+            ctx.push(
+                Some(value.span()),
+                Some(key("disk_size_gib")),
+                ErrorKind::Image,
+                format!(
+                    "{gib} GiB is smaller than the image {path} ({})",
+                    human_bytes(info.virtual_size)
+                ),
+                Some(format!(
+                    "use at least {at_least}, or remove the key to keep the image's size"
+                )),
+            );
+        }
+        if let Some(backing) = &info.backing_file
+            && !backing.is_file()
+        {
+            ctx.push(
+                Some(path_value.span()),
+                Some(key("path")),
+                ErrorKind::Image,
+                format!(
+                    "image \"{n}\": {path} needs its backing file {}, which does not exist",
+                    backing.display()
+                ),
+                Some(format!(
+                    "put the backing file there, or make a standalone copy (`qemu-img convert -O qcow2 {path} NEW.qcow2`)"
+                )),
+            );
+        }
+    }
+}
+
+/// `owned by uid 0, gid 0, mode 0600`, for messages about unreadable files.
+fn owner_and_mode(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "it is owned by uid {}, gid {}, mode {:04o}",
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => "check its owner and mode".to_owned(),
+    }
+}
+
+/// `2147483648 bytes, 2.0 GiB`.
+fn human_bytes(n: u64) -> String {
+    let gib = n as f64 / f64::from(1u32 << 30);
+    if gib >= 1.0 {
+        format!("{n} bytes, {gib:.1} GiB")
+    } else {
+        format!("{n} bytes, {:.1} MiB", n as f64 / f64::from(1u32 << 20))
     }
 }

@@ -3,7 +3,7 @@
 //! and results back, and survives crashes, forge outages and restarts
 //! without stray VMs or lost log rows.
 //!
-//! Start-up order: config → lock file → state database → reconcile what a
+//! Start-up order: config → state directory writable → lock file → state database → reconcile what a
 //! previous run left → accelerator → metrics endpoint → credentials of every
 //! forge → `READY=1` → poll loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ForgeConfig};
+use crate::errors::Chain;
 use crate::forge::client::{ClientOptions, ForgejoClient};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -48,8 +49,12 @@ const POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Why the daemon could not start (or had to stop).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("The configuration has no [forges.<name>] section, so there is nothing to serve")]
+    #[error(
+        "The configuration has no [forges.<name>] section, so `solstice run` has nothing to serve: add one for your Forgejo or Gitea instance (docs/forges.md shows how); `solstice exec` runs a workflow file without a forge"
+    )]
     NoForges,
+    #[error(transparent)]
+    StateDir(#[from] crate::store::StateDirError),
     #[error("Cannot open the state database")]
     Store(#[source] crate::store::StoreError),
     #[error("The accelerator probe failed: {0}")]
@@ -58,6 +63,9 @@ pub enum DaemonError {
     Accel(#[source] crate::vm::accel::AccelError),
     #[error("Forge {forge}: {message}")]
     Forge { forge: String, message: String },
+    /// A forge's credentials cannot be had (the message names the forge).
+    #[error(transparent)]
+    Credentials(crate::forge::credentials::CredentialError),
     #[error("Cannot serve metrics on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -216,6 +224,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(DaemonError::Signals)?;
 
+    crate::store::check_state_dir(&config.daemon.state_dir)?;
     let _lock = lock_state_dir(&config.daemon.state_dir)?;
     let db = database_path(&config);
     let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
@@ -408,7 +417,7 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
                 {
                     tracing::warn!(
                         forge = %forge.name,
-                        error = %e,
+                        error = %Chain(&e),
                         "cannot reach the forge; serving with the credentials known here and declaring the labels once it answers"
                     );
                     let s = shared.clone();
@@ -420,16 +429,13 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
                     return Ok(base.with_credentials(creds));
                 }
                 if health.failed() == backoff::HealthChange::Down {
-                    tracing::warn!(forge = %forge.name, error = %e, "cannot reach the forge to register; retrying with back-off");
+                    tracing::warn!(forge = %forge.name, error = %Chain(&e), "cannot reach the forge to register; retrying with back-off");
+                } else {
+                    tracing::debug!(forge = %forge.name, error = %Chain(&e), "registering failed again");
                 }
                 tokio::time::sleep(backoff.fail(rand::random::<f64>())).await;
             }
-            Err(e) => {
-                return Err(DaemonError::Forge {
-                    forge: forge.name.clone(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(DaemonError::Credentials(e)),
         }
     }
 }
@@ -468,10 +474,10 @@ async fn declare_later(shared: Arc<Shared>, forge: ForgeConfig, base: ForgejoCli
         match obtain_once(&shared, &forge, &base).await {
             Ok(_) => return,
             Err(e) if e.is_retryable() => {
-                tracing::debug!(forge = %forge.name, error = %e, "declare failed again")
+                tracing::debug!(forge = %forge.name, error = %Chain(&e), "declare failed again")
             }
             Err(e) => {
-                tracing::error!(forge = %forge.name, error = %e, "declaring the runner failed; jobs may not match its labels");
+                tracing::error!(forge = %forge.name, error = %Chain(&e), "declaring the runner failed; jobs may not match its labels");
                 return;
             }
         }

@@ -145,12 +145,12 @@ pub(crate) async fn interrupted_tasks(shared: &Arc<Shared>, forge: &str, client:
                         return;
                     }
                     Err(e @ crate::forge::reporter::ReportError::ForeignTask { .. }) => {
-                        tracing::error!(forge, task = job.task_id, error = %e, "the task cannot be reported (another runner's, or gone); giving it up");
+                        tracing::error!(forge, task = job.task_id, error = %crate::errors::Chain(&e), "the task cannot be reported (another runner's, or gone); giving it up");
                         let _ = store.mark_reported(&job.id);
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(forge, task = job.task_id, error = %e, "reporting the interrupted task failed; retrying");
+                        tracing::warn!(forge, task = job.task_id, error = %crate::errors::Chain(&e), "reporting the interrupted task failed; retrying");
                         tokio::select! {
                             _ = shared.stop_fetching.cancelled() => return,
                             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}

@@ -404,12 +404,12 @@ pub(crate) async fn run_task(
         Ok(Ok(())) => true,
         Ok(Err(e @ (ReportError::Unauthenticated { .. } | ReportError::ForeignTask { .. }))) => {
             shared.metrics.forge_error(&forge.name, "report");
-            tracing::error!(forge = %forge.name, task = task_id, error = %e, "the forge refuses this report");
+            tracing::error!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the forge refuses this report");
             false
         }
         Ok(Err(e)) => {
             shared.metrics.forge_error(&forge.name, "report");
-            tracing::warn!(forge = %forge.name, task = task_id, error = %e, "the final report has not reached the forge yet; retrying every 30 s in the background");
+            tracing::warn!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the final report has not reached the forge yet; retrying every 30 s in the background");
             false
         }
         Err(e) => {
@@ -449,12 +449,12 @@ pub(crate) async fn run_task(
                 return;
             }
             Err(e @ ReportError::ForeignTask { .. }) => {
-                tracing::error!(forge = %forge.name, task = task_id, error = %e, "the task cannot be reported; giving it up");
+                tracing::error!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the task cannot be reported; giving it up");
                 let _ = store.mark_reported(&job_id);
                 return;
             }
             Err(e) => {
-                tracing::debug!(forge = %forge.name, task = task_id, error = %e, "late report failed again")
+                tracing::debug!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "late report failed again")
             }
         }
     }

@@ -32,6 +32,7 @@ const HEADER_REQUEST_KEY: &str = "x-runner-request-key";
 const HEADER_PROTOCOL_VERSION: &str = "connect-protocol-version";
 const HEADER_TIMEOUT_MS: &str = "connect-timeout-ms";
 const CONTENT_TYPE_PROTO: &str = "application/proto";
+const PING_PATH: &str = "ping.v1.PingService/Ping";
 
 /// A runner's identity at a forge: the UUID and the secret token that
 /// authenticate every RunnerService call except `Register`.
@@ -210,15 +211,8 @@ impl ForgejoClient {
     /// `ping.v1.PingService/Ping` (no authentication).
     pub async fn ping(&self, data: &str) -> Result<PingResponse, ForgeError> {
         let req = PingRequest { data: data.into() };
-        self.call(
-            "Ping",
-            "ping.v1.PingService/Ping",
-            &req,
-            Authn::None,
-            HeaderMap::new(),
-            None,
-        )
-        .await
+        self.call("Ping", PING_PATH, &req, Authn::None, HeaderMap::new(), None)
+            .await
     }
 
     /// `Register`: exchanges a registration token for runner credentials (no
@@ -358,6 +352,14 @@ impl ForgejoClient {
             .bytes()
             .await
             .map_err(|e| transport(procedure, &e))?;
+        // Ping is the call every forge answers: an answer that no forge
+        // would give proves that the URL is wrong, which retrying cannot fix.
+        if path == PING_PATH
+            && let Some(answer) =
+                super::error::ping_proves_not_a_forge(status, content_type.as_deref(), &body)
+        {
+            return Err(ForgeError::NotAForge { procedure, answer });
+        }
         if status != 200 {
             return Err(ForgeError::from_response(procedure, status, &body));
         }

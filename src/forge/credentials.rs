@@ -86,6 +86,15 @@ pub enum CredentialError {
         #[source]
         source: ForgeError,
     },
+    /// The forge's URL answers, but not as a Forgejo/Gitea runner API.
+    #[error(
+        "Forge {forge}: {url} is not a Forgejo/Gitea instance with Actions enabled (Ping got {answer}): check forges.{forge}.url (the address you open in a browser) and that Actions are enabled on the forge"
+    )]
+    NotAForge {
+        forge: String,
+        url: String,
+        answer: String,
+    },
     /// A call to the forge failed.
     #[error("Forge {forge}: {step} failed")]
     Forge {
@@ -275,9 +284,9 @@ pub async fn obtain(
     let stored_here = stored
         .clone()
         .filter(|s| same_url(&s.url, &forge.url) && header_safe(&s.uuid));
-    let (mut creds, runner) = match &forge.credentials {
+    let got = match &forge.credentials {
         CredentialSource::RegistrationTokenFile(path) => {
-            obtain_registered(forge, client, stored_here, path, version).await?
+            obtain_registered(forge, client, stored_here, path, version).await
         }
         CredentialSource::SecretFile(path) => {
             let secret = read_shared_secret(path)?;
@@ -287,13 +296,17 @@ pub async fn obtain(
                     problem: "it is too short".into(),
                 })?;
             let creds = from_file(forge, stored_here, uuid, secret, None);
-            declare_fixed(forge, client, creds, path, version).await?
+            declare_fixed(forge, client, creds, path, version).await
         }
         CredentialSource::RunnerFile(path) => {
             let file = read_runner_file(path)?;
             let creds = from_file(forge, stored_here, file.uuid, file.token, file.runner_id);
-            declare_fixed(forge, client, creds, path, version).await?
+            declare_fixed(forge, client, creds, path, version).await
         }
+    };
+    let (mut creds, runner) = match got {
+        Ok(got) => got,
+        Err(e) => return Err(check_is_forge(forge, client, e).await),
     };
     if let Some(runner) = &runner {
         if runner.id != 0 {
@@ -316,6 +329,37 @@ pub async fn obtain(
         changed,
         client,
     })
+}
+
+/// Turns a failure that may come from a URL that is not a forge at all into
+/// [`CredentialError::NotAForge`] when `Ping` proves it: a Ping that already
+/// said so, or an odd answer to another call (a web page, a bare error
+/// status) followed by a Ping that says so. Other errors pass unchanged.
+async fn check_is_forge(
+    forge: &ForgeConfig,
+    client: &ForgejoClient,
+    e: CredentialError,
+) -> CredentialError {
+    let not_a_forge = |answer: String| CredentialError::NotAForge {
+        forge: forge.name.clone(),
+        url: forge.url.clone(),
+        answer,
+    };
+    match e {
+        CredentialError::Forge {
+            source: ForgeError::NotAForge { answer, .. },
+            ..
+        } => not_a_forge(answer),
+        CredentialError::Forge { ref source, .. }
+            if source.is_answer() && source.is_retryable() =>
+        {
+            match client.ping(&forge.runner_name).await {
+                Err(ForgeError::NotAForge { answer, .. }) => not_a_forge(answer),
+                _ => e,
+            }
+        }
+        e => e,
+    }
 }
 
 /// Credentials read from a file; what is stored for the same runner (id,
@@ -532,6 +576,11 @@ async fn declare(
             Ok((creds, resp.runner))
         }
         Err(e) if e.is_unimplemented() => {
+            // A bare 404 is also what any web server answers: only a Ping
+            // tells an old forge from a URL that is no forge at all.
+            if let Err(e @ ForgeError::NotAForge { .. }) = client.ping(&forge.runner_name).await {
+                return Err(e);
+            }
             tracing::info!(
                 forge = %forge.name,
                 "the forge does not know Declare (older than 1.20): the labels given at registration stay"

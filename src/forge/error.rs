@@ -133,6 +133,103 @@ pub enum ForgeError {
         procedure: &'static str,
         message: String,
     },
+    /// The answer to `Ping` (which every Forgejo and Gitea with Actions
+    /// answers, without credentials) proves that no runner API is at this
+    /// URL: a web page, a bare 404/405/501, a 200 that is not protobuf.
+    #[error("{procedure}: {answer}")]
+    NotAForge {
+        procedure: &'static str,
+        /// What came back, e.g. `HTTP 501 (text/html): Unsupported method`.
+        answer: String,
+    },
+}
+
+/// Whether an answer to `Ping` proves that the URL is not a Forgejo/Gitea
+/// runner API; `Some(what came back)` if so.
+///
+/// Real servers are connect-go handlers: success is a 200 in
+/// `application/proto`, and every error is Connect JSON with a `code`.
+/// Anything else came from something other than a forge's runner API,
+/// except what proxies and overloaded servers send during an outage
+/// (408, 429, 500, 502, 503, 504), which is worth retrying.
+pub fn ping_proves_not_a_forge(
+    http_status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Option<String> {
+    let ct = content_type.map(|c| c.split(';').next().unwrap_or(c).trim().to_ascii_lowercase());
+    if http_status == 200 {
+        return match ct.as_deref() {
+            Some(c) if !c.starts_with("application/proto") => Some(format!(
+                "HTTP 200 with {c} instead of application/proto{}",
+                snippet(c, body)
+            )),
+            _ => None,
+        };
+    }
+    if is_connect_error(body) || matches!(http_status, 408 | 429 | 500 | 502 | 503 | 504) {
+        return None;
+    }
+    let shown = ct.as_deref().unwrap_or("no content type");
+    Some(format!(
+        "HTTP {http_status} ({shown}){}",
+        snippet(shown, body)
+    ))
+}
+
+/// A Connect error body: JSON with a known `code`.
+fn is_connect_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+        .is_some_and(|c| Code::from_name(&c).is_some())
+}
+
+/// `: "<first words of the body>"`, tags of a web page left out; empty for
+/// an empty body.
+fn snippet(content_type: &str, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = if content_type.contains("html") {
+        // The page's body only: its title usually repeats the heading.
+        let lower = text.to_ascii_lowercase();
+        let text = match lower.find("</head>") {
+            Some(i) => &text[i..],
+            None => &text[..],
+        };
+        let mut plain = String::new();
+        let mut in_tag = false;
+        for c in text.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' if in_tag => {
+                    in_tag = false;
+                    plain.push(' ');
+                }
+                c if !in_tag => plain.push(c),
+                _ => {}
+            }
+        }
+        plain
+    } else {
+        text.into_owned()
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut short = String::new();
+    for w in words {
+        if short.chars().count() + w.chars().count() > 100 {
+            short.push_str(" …");
+            break;
+        }
+        if !short.is_empty() {
+            short.push(' ');
+        }
+        short.push_str(w);
+    }
+    if short.is_empty() {
+        String::new()
+    } else {
+        format!(": \"{short}\"")
+    }
 }
 
 impl ForgeError {
@@ -213,7 +310,8 @@ impl ForgeError {
     }
 
     /// Worth retrying later: everything except bad credentials, bad
-    /// requests and tasks that are not this runner's.
+    /// requests, tasks that are not this runner's and a URL that is not a
+    /// forge.
     pub fn is_retryable(&self) -> bool {
         if self.is_unauthenticated() || self.is_foreign_task() {
             return false;
@@ -224,7 +322,13 @@ impl ForgeError {
                 Code::InvalidArgument | Code::PermissionDenied | Code::Unimplemented
             ),
             ForgeError::Transport { .. } | ForgeError::Decode { .. } => true,
+            ForgeError::NotAForge { .. } => false,
         }
+    }
+
+    /// The server answered (as opposed to no answer at all).
+    pub fn is_answer(&self) -> bool {
+        !matches!(self, ForgeError::Transport { .. })
     }
 }
 
@@ -279,5 +383,54 @@ mod tests {
             br#"{"code":"already_exists","message":"log file has been archived"}"#,
         );
         assert!(e.is_already_exists());
+    }
+
+    #[test]
+    fn ping_answers_that_prove_the_url_is_not_a_forge() {
+        let proto = Some("application/proto");
+        // What forges send: a protobuf 200, or Connect JSON errors.
+        assert_eq!(ping_proves_not_a_forge(200, proto, b"\x0a\x02hi"), None);
+        assert_eq!(ping_proves_not_a_forge(200, None, b""), None);
+        let connect = br#"{"code":"unavailable","message":"maintenance"}"#;
+        for status in [503, 404, 401, 501] {
+            assert_eq!(
+                ping_proves_not_a_forge(status, Some("application/json"), connect),
+                None,
+                "{status}"
+            );
+        }
+        // Outages: proxies' pages while the forge is down, rate limits.
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(
+                ping_proves_not_a_forge(status, Some("text/html"), b"<h1>Bad Gateway</h1>"),
+                None,
+                "{status}"
+            );
+        }
+        // A plain web server (python3 -m http.server answers POST with 501).
+        let page = b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head>\n<body><h1>Error response</h1><p>Error code: 501</p><p>Message: Unsupported method ('POST').</p></body></html>";
+        let answer = ping_proves_not_a_forge(501, Some("text/html;charset=utf-8"), page).unwrap();
+        assert_eq!(
+            answer,
+            "HTTP 501 (text/html): \"Error response Error code: 501 Message: Unsupported method ('POST').\""
+        );
+        let answer =
+            ping_proves_not_a_forge(404, Some("text/plain"), b"404 page not found\n").unwrap();
+        assert_eq!(answer, "HTTP 404 (text/plain): \"404 page not found\"");
+        let answer = ping_proves_not_a_forge(405, None, b"").unwrap();
+        assert_eq!(answer, "HTTP 405 (no content type)");
+        // A 200 that is not protobuf: a login page, a single-page app, JSON.
+        let answer =
+            ping_proves_not_a_forge(200, Some("text/html"), b"<html>Sign in</html>").unwrap();
+        assert_eq!(
+            answer,
+            "HTTP 200 with text/html instead of application/proto: \"Sign in\""
+        );
+        assert!(ping_proves_not_a_forge(200, Some("application/json"), b"{}").is_some());
+        // Long bodies are cut.
+        let long = "word ".repeat(100);
+        let answer = ping_proves_not_a_forge(403, Some("text/plain"), long.as_bytes()).unwrap();
+        assert!(answer.ends_with(" …\""), "{answer}");
+        assert!(answer.len() < 140, "{answer}");
     }
 }

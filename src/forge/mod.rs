@@ -8,7 +8,7 @@ pub mod proto;
 pub mod reporter;
 pub mod task;
 
-pub use error::{Code, ForgeError};
+pub use error::{Code, ForgeError, ping_proves_not_a_forge};
 
 /// The two calls a running task's reporter makes. The Connect client
 /// implements it; keeping it a trait lets the reporter's retry logic be

@@ -15,6 +15,9 @@
 //! directly.
 
 mod reconcile;
+mod state_dir;
+
+pub use state_dir::{StateDirError, check_state_dir};
 
 pub use reconcile::{
     KilledProcess, ReconcileReport, daemon_job_id, is_daemon_job_id, reconcile_vms,

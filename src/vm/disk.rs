@@ -1,4 +1,5 @@
-//! Per-job disks: the qcow2 overlay on a read-only base image.
+//! Per-job disks: the qcow2 overlay on a read-only base image, and what
+//! `qemu-img info` says about an image file.
 
 use std::path::{Path, PathBuf};
 
@@ -19,14 +20,140 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
-    #[error("qemu-img could not create the overlay: {stderr}")]
-    Failed { stderr: String },
+    #[error("qemu-img could not create the job's overlay on the base image {base}: {stderr}")]
+    Failed { base: PathBuf, stderr: String },
     #[error(
         "disk_size_gib = {requested} is smaller than the base image ({base_bytes} bytes): raise disk_size_gib or remove it to keep the base image's size"
     )]
     TooSmall { requested: u32, base_bytes: u64 },
-    #[error("qemu-img could not read the base image's size: {0}")]
-    Info(String),
+    #[error(
+        "Base image {path} is {}, not {declared}: {}",
+        article(actual),
+        format_fix(actual)
+    )]
+    WrongFormat {
+        path: PathBuf,
+        declared: &'static str,
+        actual: String,
+    },
+    #[error("Cannot inspect the base image")]
+    Probe(#[source] ProbeError),
+}
+
+/// `a raw image`, `an illumos image`…
+fn article(format: &str) -> String {
+    let a = if format.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{a} {format} image")
+}
+
+/// How to fix an image declared with the wrong format.
+fn format_fix(actual: &str) -> String {
+    match ImageFormat::from_name(actual) {
+        Some(f) => format!(
+            "set `format = \"{}\"` in its [images.<name>] section",
+            f.as_str()
+        ),
+        None => "convert it with `qemu-img convert -O qcow2 IMAGE NEW.qcow2` and use the new file"
+            .to_owned(),
+    }
+}
+
+/// What `qemu-img info` says about an image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The format qemu-img detects: `qcow2`, `raw`, `vmdk`, …
+    pub format: String,
+    /// The size of the disk the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// A qcow2 image's backing file, as QEMU resolves it (relative names
+    /// against the image's directory).
+    pub backing_file: Option<PathBuf>,
+}
+
+impl ImageInfo {
+    /// The format as a value of `images.<name>.format`, if Solstice can
+    /// boot it.
+    pub fn known_format(&self) -> Option<ImageFormat> {
+        ImageFormat::from_name(&self.format)
+    }
+}
+
+/// Why an image file could not be inspected.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("Cannot open {path}: check that it exists and that this user may read it")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Could not run {binary}: install qemu-img or set `qemu.img_binary`")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu-img cannot read {path} as a disk image: {stderr}")]
+    Unreadable { path: PathBuf, stderr: String },
+    #[error("qemu-img info gave no format and size for {path}")]
+    Output { path: PathBuf },
+}
+
+/// Inspects an image file with `qemu-img info --output=json` (format
+/// probed, backing chain not opened, shared locks, so an image in use by
+/// running VMs can be inspected). Blocks for the few milliseconds
+/// qemu-img takes.
+pub fn probe_image(qemu_img: &Path, image: &Path) -> Result<ImageInfo, ProbeError> {
+    std::fs::File::open(image).map_err(|source| ProbeError::Open {
+        path: image.to_path_buf(),
+        source,
+    })?;
+    let out = std::process::Command::new(qemu_img)
+        .args(["info", "--output=json", "-U"])
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| ProbeError::Spawn {
+            binary: qemu_img.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        return Err(ProbeError::Unreadable {
+            path: image.to_path_buf(),
+            stderr: stderr
+                .strip_prefix("qemu-img: ")
+                .unwrap_or(stderr)
+                .to_owned(),
+        });
+    }
+    parse_info(&out.stdout).ok_or_else(|| ProbeError::Output {
+        path: image.to_path_buf(),
+    })
+}
+
+/// [`probe_image`] with the error and its causes as one line, for reports
+/// that show one line per check (`solstice doctor`).
+pub fn image_info(qemu_img: &Path, image: &Path) -> Result<ImageInfo, String> {
+    probe_image(qemu_img, image).map_err(|e| crate::errors::Chain(&e).to_string())
+}
+
+/// The parts of `qemu-img info --output=json` that matter here.
+fn parse_info(json: &[u8]) -> Option<ImageInfo> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+    Some(ImageInfo {
+        format: text("format")?.to_owned(),
+        virtual_size: v.get("virtual-size")?.as_u64()?,
+        backing_file: text("full-backing-filename")
+            .or_else(|| text("backing-filename"))
+            .map(PathBuf::from),
+    })
 }
 
 /// The `qemu-img` arguments that create `overlay` on top of `base` (which must
@@ -69,14 +196,33 @@ pub async fn create_overlay(
             path: base.to_path_buf(),
             source,
         })?;
+    // What the file really is: a raw image declared qcow2 would fail with an
+    // error about the overlay, and a qcow2 image declared raw would boot a
+    // guest that finds no file system and never answers.
+    let info = {
+        let (q, b) = (qemu_img.to_path_buf(), base.clone());
+        tokio::task::spawn_blocking(move || probe_image(&q, &b))
+            .await
+            .map_err(|e| DiskError::Spawn {
+                binary: qemu_img.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(DiskError::Probe)?
+    };
+    if info.format != format.as_str() {
+        return Err(DiskError::WrongFormat {
+            path: base,
+            declared: format.as_str(),
+            actual: info.format,
+        });
+    }
     if let Some(gib) = size_gib {
         // qemu-img would happily make the overlay smaller than its base, and the
         // guest would then see a truncated disk and fail to boot.
-        let base_bytes = virtual_size(qemu_img, &base, format).await?;
-        if u64::from(gib) * (1 << 30) < base_bytes {
+        if u64::from(gib) * (1 << 30) < info.virtual_size {
             return Err(DiskError::TooSmall {
                 requested: gib,
-                base_bytes,
+                base_bytes: info.virtual_size,
             });
         }
     }
@@ -92,69 +238,11 @@ pub async fn create_overlay(
         })?;
     if !out.status.success() {
         return Err(DiskError::Failed {
+            base,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
     Ok(())
-}
-
-/// The virtual size of an image in bytes, from `qemu-img info --output=json`.
-async fn virtual_size(
-    qemu_img: &Path,
-    image: &Path,
-    format: ImageFormat,
-) -> Result<u64, DiskError> {
-    let out = tokio::process::Command::new(qemu_img)
-        .args(["info", "--output=json", "-f", format.as_str()])
-        .arg(image)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| DiskError::Spawn {
-            binary: qemu_img.to_path_buf(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(DiskError::Info(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.get("virtual-size").and_then(serde_json::Value::as_u64))
-        .ok_or_else(|| DiskError::Info("no virtual-size in its output".into()))
-}
-
-/// What `qemu-img info` says about an image file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// `qcow2`, `raw`, …
-    pub format: String,
-    /// Bytes the guest sees.
-    pub virtual_size: u64,
-}
-
-/// Probes an image with `qemu-img info --output=json` (`-U`: VMs may have it open).
-pub fn image_info(img_binary: &Path, path: &Path) -> Result<ImageInfo, String> {
-    let out = std::process::Command::new(img_binary)
-        .args(["info", "-U", "--output=json"])
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", img_binary.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "qemu-img info failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("cannot read qemu-img's answer: {e}"))?;
-    Ok(ImageInfo {
-        format: v["format"].as_str().unwrap_or("unknown").to_string(),
-        virtual_size: v["virtual-size"].as_u64().unwrap_or(0),
-    })
 }
 
 #[cfg(test)]
@@ -261,9 +349,111 @@ mod tests {
         create_overlay(q, &base, ImageFormat::Qcow2, &big, Some(3))
             .await
             .unwrap();
+        assert_eq!(probe_image(q, &big).unwrap().virtual_size, 3 << 30);
+    }
+
+    /// A raw image of `size` (qemu-img syntax) in `dir`.
+    fn blank_raw(dir: &Path, size: &str) -> PathBuf {
+        let base = dir.join("base.img");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "raw"])
+            .arg(&base)
+            .arg(size)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        base
+    }
+
+    #[test]
+    fn the_probe_reports_format_size_and_backing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Path::new("qemu-img");
+        let raw = blank_raw(dir.path(), "3M");
         assert_eq!(
-            virtual_size(q, &big, ImageFormat::Qcow2).await.unwrap(),
-            3 << 30
+            probe_image(q, &raw).unwrap(),
+            ImageInfo {
+                format: "raw".into(),
+                virtual_size: 3 << 20,
+                backing_file: None,
+            }
         );
+        let qcow2 = blank_qcow2(dir.path(), "1G");
+        let info = probe_image(q, &qcow2).unwrap();
+        assert_eq!(
+            (info.format.as_str(), info.virtual_size),
+            ("qcow2", 1 << 30)
+        );
+        assert_eq!(info.known_format(), Some(ImageFormat::Qcow2));
+        // A relative backing file is resolved against the image's directory.
+        let child = dir.path().join("child.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+            ])
+            .arg(&child)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(probe_image(q, &child).unwrap().backing_file, Some(qcow2));
+
+        // Not a disk image qemu-img can read: a truncated qcow2 header.
+        let broken = dir.path().join("broken.qcow2");
+        std::fs::write(&broken, b"QFI\xfb\x00\x00\x00\x03garbage").unwrap();
+        let e = probe_image(q, &broken).unwrap_err();
+        assert!(matches!(e, ProbeError::Unreadable { .. }), "{e:?}");
+        assert!(e.to_string().contains(&broken.display().to_string()), "{e}");
+        let e = probe_image(q, &dir.path().join("nope")).unwrap_err();
+        assert!(matches!(e, ProbeError::Open { .. }), "{e:?}");
+        let e = probe_image(Path::new("/nonexistent/qemu-img"), &raw).unwrap_err();
+        assert!(matches!(e, ProbeError::Spawn { .. }), "{e:?}");
+        // The one-line form keeps the cause.
+        let line = image_info(Path::new("/nonexistent/qemu-img"), &raw).unwrap_err();
+        assert!(line.contains("No such file or directory"), "{line}");
+        assert_eq!(image_info(q, &raw).unwrap().format, "raw");
+    }
+
+    #[tokio::test]
+    async fn a_wrongly_declared_format_names_the_base_image_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Path::new("qemu-img");
+        let raw = blank_raw(dir.path(), "16M");
+        let overlay = dir.path().join("o.qcow2");
+        // Declared qcow2 (the default), really raw: qemu-img's own error
+        // would be about the temporary overlay.
+        let e = create_overlay(q, &raw, ImageFormat::Qcow2, &overlay, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Base image {} is a raw image, not qcow2: set `format = \"raw\"` in its [images.<name>] section",
+                raw.display()
+            )
+        );
+        assert!(!overlay.exists());
+        // Declared raw, really qcow2: qemu-img would accept it, and the guest
+        // would find no file system.
+        let qcow2 = blank_qcow2(dir.path(), "16M");
+        let e = create_overlay(q, &qcow2, ImageFormat::Raw, &overlay, None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "is a qcow2 image, not raw: set `format = \"qcow2\"` in its [images.<name>] section"
+            ),
+            "{e}"
+        );
+        assert!(!overlay.exists());
+        create_overlay(q, &raw, ImageFormat::Raw, &overlay, None)
+            .await
+            .unwrap();
     }
 }

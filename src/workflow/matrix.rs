@@ -255,6 +255,68 @@ pub fn filter_matrix(combos: Vec<Combination>, selectors: &[(String, String)]) -
         .collect()
 }
 
+/// Why `--matrix` selectors match no combination of `combos` (the job's
+/// whole expanded matrix), one line per finding, ending with the axes and
+/// their values: an axis the matrix does not have (with the closest one), a
+/// value an axis never takes, or values that never occur together.
+pub fn explain_no_match(combos: &[Combination], selectors: &[(String, String)]) -> Vec<String> {
+    // Every axis with its values, in order of first appearance.
+    let mut axes: IndexMap<String, Vec<String>> = IndexMap::new();
+    for c in combos {
+        for (k, v) in c {
+            let values = axes.entry(k.clone()).or_default();
+            let v = matrix_value_string(v);
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for (key, want) in selectors {
+        let one = [(key.clone(), want.clone())];
+        if !filter_matrix(combos.to_vec(), &one).is_empty() {
+            continue;
+        }
+        match axes.get(key) {
+            None => {
+                let names: Vec<&str> = axes.keys().map(String::as_str).collect();
+                let lower = key.to_ascii_lowercase();
+                let close = names
+                    .iter()
+                    .map(|n| (strsim::jaro_winkler(&lower, &n.to_ascii_lowercase()), *n))
+                    .filter(|(score, n)| *score >= 0.8 || strsim::levenshtein(&lower, n) <= 2)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, n)| n);
+                lines.push(match close {
+                    Some(n) => format!("`{key}` is not an axis of the matrix; did you mean `{n}`?"),
+                    None => format!("`{key}` is not an axis of the matrix"),
+                });
+            }
+            Some(values) => lines.push(format!(
+                "`{key}` is never `{want}`; its values are {}",
+                values.join(", ")
+            )),
+        }
+    }
+    if lines.is_empty() {
+        let all: Vec<String> = selectors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.push(format!(
+            "no combination has {} together (include/exclude decide which combinations exist)",
+            all.join(" and ")
+        ));
+    }
+    if axes.is_empty() {
+        lines.push("the job has no matrix: leave out --matrix".to_owned());
+    } else {
+        let shown: Vec<String> = axes
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", v.join(", ")))
+            .collect();
+        lines.push(format!("the matrix: {}", shown.join("; ")));
+    }
+    lines
+}
+
 /// Parses one `--matrix key=value` argument (split at the first `=`).
 pub fn parse_matrix_selector(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
