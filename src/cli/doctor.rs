@@ -91,6 +91,7 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let path = std::path::absolute(&path).unwrap_or(path);
     println!("[solstice] config: {}", path.display());
     // Paths are checked below, one line each, instead of failing the load.
     let config = match crate::config::load_with(&path, &ParseOptions { check_paths: false }) {
