@@ -299,7 +299,7 @@ in
             type = types.submodule {
               freeformType = toml.type;
               options = {
-                accel = nullOption accelKind "Accelerator: `auto` (KVM if a probe boots, TCG otherwise), `kvm` or `tcg`. Default (null): `auto`.";
+                accel = nullOption accelKind "Accelerator: `auto` (KVM where a probe guest runs under it, with a fallback to TCG when a job's KVM guest shows no progress), `kvm` (never falls back) or `tcg`. Default (null): `auto`.";
                 uefi_code = mkOption {
                   type = nullOr types.str;
                   default = if anyUefi then "${pkgs.OVMF.fd}/FV/OVMF_CODE.fd" else null;
