@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use solstice::events::Conclusion;
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
-use support::{RunOpts, TestEnv, all_text};
+use support::{RunOpts, TestEnv, all_text, step_lines};
 
 const TOKEN: &str = "job-token-7f3a9c2e51";
 
@@ -138,13 +138,19 @@ jobs:
           cloud-init status --long
           grep -q NoCloud /run/cloud-init/result.json && echo "datasource NoCloud"
           echo "hostname=$(hostname)"
-      - name: Default shell is bash with pipefail
+      - name: Default shell is GitHub's bash -e, without pipefail
         run: |
           echo "bash ${BASH_VERSION%%.*}"
           set -o | grep -E '^pipefail' | tr -s ' \t' ' '
-      - name: pipefail makes a failing pipe fail
+          false | tee default-pipe.txt
+          echo "a failing pipe passed under the default shell"
+      - name: An explicit shell bash has pipefail
         continue-on-error: true
-        run: false | true
+        shell: bash
+        run: |
+          set -o | grep -E '^pipefail' | tr -s ' \t' ' '
+          false | tee explicit-pipe.txt
+          echo "not reached under pipefail"
       - name: git, sudo and the cloned tree
         run: |
           cat hello.txt
@@ -192,7 +198,20 @@ jobs:
     assert!(text.contains("status: done"), "{text}");
     assert!(text.contains("hostname=solstice-"), "{text}");
     assert!(text.contains("bash 5"), "{text}");
-    assert!(text.contains("pipefail on"), "{text}");
+    assert_eq!(report.outcome.steps[2].outcome, Success, "{text}");
+    assert!(
+        step_lines(&sink, 2).contains(&"pipefail off".to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("a failing pipe passed under the default shell"),
+        "{text}"
+    );
+    assert!(
+        step_lines(&sink, 3).contains(&"pipefail on".to_string()),
+        "{text}"
+    );
+    assert!(!text.contains("not reached under pipefail"), "{text}");
     assert!(text.contains("hello from the forge"), "{text}");
     assert!(
         text.contains(&format!("head={} branch=main", server.sha)),

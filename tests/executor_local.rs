@@ -534,11 +534,28 @@ jobs:
       - run: false | true
       - run: echo not-bash
         shell: bash
+      - run: false | true
+        shell: bash
 "#;
     let with_bash = run(yaml).await;
     assert!(with_bash.step_lines(0).contains(&"bash=yes".to_string()));
-    // pipefail: `false | true` fails under the bash default.
-    assert_eq!(with_bash.conclusions()[0], (F, F));
+    // GitHub's default is `bash -e {0}`: no pipefail, so `false | true` passes;
+    // only an explicit `shell: bash` adds `-o pipefail`.
+    assert_eq!(with_bash.conclusions()[0], (S, S));
+    assert_eq!(with_bash.conclusions()[3], (F, F));
+
+    // `defaults.run.shell: bash` is an explicit bash too.
+    let defaults = run(r#"
+jobs:
+  build:
+    defaults:
+      run:
+        shell: bash
+    steps:
+      - run: false | true
+"#)
+    .await;
+    assert_eq!(defaults.conclusions(), vec![(F, F)]);
 
     let no_bash = run_with(yaml, &NoBashSession, |_| {}, CancellationToken::new()).await;
     assert!(
