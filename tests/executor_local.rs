@@ -161,6 +161,50 @@ jobs:
 }
 
 #[tokio::test]
+async fn skip_lines_blame_the_earlier_failure_not_the_users_if() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - if: github.ref == 'refs/heads/nope'
+        run: echo not-on-this-ref
+      - run: exit 3
+      - run: echo no-if
+      - if: github.ref == 'refs/heads/main'
+        run: echo ref-matches
+      - if: success()
+        run: echo explicit-success
+      - if: always() && github.ref == 'refs/heads/nope'
+        run: echo always-but-false
+"#)
+    .await;
+    assert_eq!(
+        r.conclusions(),
+        vec![(K, K), (F, F), (K, K), (K, K), (K, K), (K, K)]
+    );
+    let skip = |i: usize| {
+        r.step_lines(i)
+            .into_iter()
+            .find(|l| l.starts_with("Skipped"))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        skip(0),
+        "Skipped: `if: github.ref == 'refs/heads/nope'` is false"
+    );
+    assert_eq!(skip(2), "Skipped: an earlier step failed");
+    assert_eq!(
+        skip(3),
+        "Skipped: an earlier step failed (an `if:` without success(), failure(), always() or cancelled() runs only while the job succeeds)"
+    );
+    assert_eq!(skip(4), "Skipped: an earlier step failed (`if: success()`)");
+    assert_eq!(
+        skip(5),
+        "Skipped: `if: always() && github.ref == 'refs/heads/nope'` is false"
+    );
+}
+
+#[tokio::test]
 async fn continue_on_error_keeps_outcome_and_conclusion_apart() {
     let r = run(r#"
 jobs:
@@ -443,6 +487,12 @@ jobs:
     assert!(l.contains(&"always-after-timeout".to_string()));
     assert!(l.contains(&"cancelled-is-true".to_string()));
     assert!(l.iter().any(|x| x.contains("maximum execution time")));
+    assert!(
+        r.step_lines(1)
+            .contains(&"Skipped: the job timed out".to_string()),
+        "{:?}",
+        r.step_lines(1)
+    );
 }
 
 #[tokio::test]
@@ -489,6 +539,18 @@ jobs:
     assert_eq!(r.outcome.conclusion, C);
     assert_eq!(r.conclusions(), vec![(C, C), (K, K), (S, S), (K, K)]);
     assert!(r.lines().contains(&"always-ran".to_string()));
+    assert!(
+        r.step_lines(1)
+            .contains(&"Skipped: the job was cancelled".to_string()),
+        "{:?}",
+        r.step_lines(1)
+    );
+    assert!(
+        r.step_lines(3)
+            .contains(&"Skipped: `if: failure()` is false".to_string()),
+        "{:?}",
+        r.step_lines(3)
+    );
 }
 
 #[tokio::test]

@@ -839,12 +839,12 @@ impl<'a> Runtime<'a> {
         let ctx = self.contexts(&env_ctx, state);
         let name = self.display_name(step, &ctx);
 
-        let condition = step
+        let explicit_if = step
             .if_
             .as_ref()
             .map(|s| s.0.trim())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("success()");
+            .filter(|s| !s.is_empty());
+        let condition = explicit_if.unwrap_or("success()");
         let run_it = match evaluate_condition(condition, &ctx) {
             Ok(b) => b,
             Err(e) => {
@@ -858,7 +858,7 @@ impl<'a> Runtime<'a> {
         });
         if !run_it {
             self.em
-                .runner(Some(index), format!("Skipped: `if: {condition}` is false"));
+                .runner(Some(index), skip_reason(explicit_if, &ctx, state));
             self.record(
                 state,
                 index,
@@ -1489,6 +1489,54 @@ impl<'a> Runtime<'a> {
             Err(e) => Err(format!("Copying the local tree into the guest failed: {e}")),
         }
     }
+}
+
+/// The line that says why a step did not run. A step without `if:` (or whose
+/// `if:` has no status function) runs only while the job succeeds, as on
+/// GitHub: when that implied `success()` is what failed, the line says so
+/// instead of blaming the user's condition.
+fn skip_reason(explicit_if: Option<&str>, ctx: &Contexts, state: &JobState) -> String {
+    let status = match state.status {
+        JobStatus::Success => None,
+        JobStatus::Failure => Some("an earlier step failed"),
+        JobStatus::Cancelled if state.timed_out => Some("the job timed out"),
+        JobStatus::Cancelled => Some("the job was cancelled"),
+    };
+    match (explicit_if, status) {
+        (None, Some(why)) => format!("Skipped: {why}"),
+        (None, None) => "Skipped: `if: success()` is false".to_string(),
+        (Some(cond), Some(why)) => {
+            // Would the user's condition have let the step run had the job
+            // succeeded so far? Then the implied `success()` is the reason.
+            let mut succeeded = ctx.clone();
+            succeeded.status = JobStatus::Success;
+            if evaluate_condition(cond, &succeeded).unwrap_or(false) {
+                if has_status_function(cond) {
+                    format!("Skipped: {why} (`if: {cond}`)")
+                } else {
+                    format!(
+                        "Skipped: {why} (an `if:` without success(), failure(), always() or cancelled() runs only while the job succeeds)"
+                    )
+                }
+            } else {
+                format!("Skipped: `if: {cond}` is false")
+            }
+        }
+        (Some(cond), None) => format!("Skipped: `if: {cond}` is false"),
+    }
+}
+
+/// Whether a condition's text calls a status function (for the wording of
+/// [`skip_reason`] only).
+fn has_status_function(cond: &str) -> bool {
+    let c: String = cond
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    ["success(", "failure(", "always(", "cancelled("]
+        .iter()
+        .any(|f| c.contains(f))
 }
 
 /// A step's `run` default from the job, else the workflow.
