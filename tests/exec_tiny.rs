@@ -100,7 +100,10 @@ jobs:
         .run(
             &yaml,
             RunOpts {
-                checkout: Some(CheckoutSource::LocalTree(tree.path().to_path_buf())),
+                checkout: Some(CheckoutSource::LocalTree {
+                    root: tree.path().to_path_buf(),
+                    exclude: Vec::new(),
+                }),
                 ..Default::default()
             },
         )

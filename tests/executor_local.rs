@@ -822,7 +822,12 @@ jobs:
       - run: test -f other/tracked.txt && echo in-path
 "#,
         &LocalSession,
-        move |s| s.checkout = CheckoutSource::LocalTree(root),
+        move |s| {
+            s.checkout = CheckoutSource::LocalTree {
+                root,
+                exclude: Vec::new(),
+            }
+        },
         CancellationToken::new(),
     )
     .await;
@@ -832,6 +837,121 @@ jobs:
         assert!(l.contains(&want.to_string()), "{want}: {l:?}");
     }
     assert!(r.step_lines(3).contains(&"in-path".to_string()));
+}
+
+/// Every line event of step `index` with its kind.
+fn kinds(r: &Run, index: usize) -> Vec<(LineKind, String)> {
+    r.sink
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Line {
+                step: Some(i),
+                kind,
+                text,
+            } if i == index => Some((kind, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn local_checkout_copies_special_trees_and_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tree");
+    std::fs::create_dir_all(p.join("state/jobs/j1")).unwrap();
+    std::fs::write(p.join("tracked.txt"), "tracked\n").unwrap();
+    let f = std::fs::File::create(p.join("sparse.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(p.join("pipe"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _sock = std::os::unix::net::UnixListener::bind(p.join("app.sock")).unwrap();
+    let _qmp = std::os::unix::net::UnixListener::bind(p.join("state/jobs/j1/qmp.sock")).unwrap();
+    let root = p.clone();
+    let state = p.join("state");
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          fetch_depth: 0
+          Submodules: true
+      - run: |
+          ls -A | sort | tr '\n' ' '; echo
+          wc -c < sparse.img | tr -d ' '
+      - uses: actions/checkout@v4
+        with:
+          path: tracked.txt/sub
+"#,
+        &LocalSession,
+        move |s| {
+            s.checkout = CheckoutSource::LocalTree {
+                root,
+                exclude: vec![state],
+            }
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        r.conclusions(),
+        vec![(S, S), (S, S), (F, F)],
+        "{:?}",
+        r.lines()
+    );
+    let warn = LineKind::Annotation("warning".into());
+    let l = kinds(&r, 0);
+    assert!(
+        l.iter().any(|(k, t)| *k == warn
+            && t.starts_with(
+                "Unexpected input(s) 'fetch_depth', valid inputs are ['repository', "
+            )),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&(
+            warn.clone(),
+            "Left out 2 file(s) that tar cannot copy: app.sock (socket), pipe (FIFO)".into()
+        )),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&(
+            LineKind::Runner,
+            "Left out state: it is Solstice's state directory (daemon.state_dir)".into()
+        )),
+        "{l:?}"
+    );
+    assert!(
+        l.iter().any(|(k, t)| *k == LineKind::Runner
+            && t.starts_with("Submodules: the local tree is copied as it is")),
+        "{l:?}"
+    );
+    assert_eq!(
+        r.step_lines(1),
+        vec![
+            "sparse.img tracked.txt ".to_string(),
+            (64u32 << 20).to_string()
+        ]
+    );
+    // A failed unpack is one `Solstice:` error line; no stray output.
+    let l: Vec<_> = kinds(&r, 2)
+        .into_iter()
+        .filter(|(k, _)| !matches!(k, LineKind::Runner) && *k != warn)
+        .collect();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0].0, LineKind::Annotation("error".into()), "{l:?}");
+    assert!(
+        l[0].1.starts_with("Solstice: could not create ") && l[0].1.contains("tracked.txt/sub: "),
+        "{l:?}"
+    );
 }
 
 #[tokio::test]

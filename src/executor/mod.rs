@@ -117,8 +117,13 @@ pub struct RunnerInfo {
 pub enum CheckoutSource {
     /// Nothing to check out: the step logs a warning and succeeds.
     None,
-    /// Copy this host directory (git-aware) into the guest.
-    LocalTree(PathBuf),
+    /// Copy this host directory (git-aware) into the guest, leaving out the
+    /// directories in `exclude` (Solstice's own state directory, when it lies
+    /// inside the tree).
+    LocalTree {
+        root: PathBuf,
+        exclude: Vec<PathBuf>,
+    },
     /// Clone inside the guest.
     Remote {
         server_url: String,
@@ -253,6 +258,10 @@ struct StepOutput<'e, 'a> {
     cmds: CommandState,
     pending_empty: bool,
     dump: Option<Vec<u8>>,
+    /// The exec runs only Solstice's own plumbing (no user code): its stdout
+    /// lines are runner lines and its stderr lines errors, with no workflow
+    /// commands.
+    own: bool,
 }
 
 impl<'e, 'a> StepOutput<'e, 'a> {
@@ -266,10 +275,23 @@ impl<'e, 'a> StepOutput<'e, 'a> {
             cmds: CommandState::new(debug),
             pending_empty: false,
             dump: None,
+            own: false,
         }
     }
 
     fn handle(&mut self, line: &str, stream: Stream) {
+        if self.own {
+            let kind = match stream {
+                Stream::Stdout => LineKind::Runner,
+                Stream::Stderr => LineKind::Annotation("error".into()),
+            };
+            self.em.emit(JobEvent::Line {
+                step: Some(self.index),
+                kind,
+                text: line.to_string(),
+            });
+            return;
+        }
         match self.cmds.process(line, stream) {
             LineAction::Emit(kind, text) => self.em.emit(JobEvent::Line {
                 step: Some(self.index),
@@ -740,7 +762,7 @@ impl<'a> Runtime<'a> {
         let cmd = format!(
             "H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
              cd \"$H\" && mkdir -p work/{r}/{r} _temp/_solstice _temp/_github_workflow _tool && \
-             cd _temp/_github_workflow && tar xf -",
+             cd _temp/_github_workflow && tar xmf -",
             r = shell_quote(&repo)
         );
         let event = self
@@ -1054,9 +1076,10 @@ impl<'a> Runtime<'a> {
                 for (k, v) in &step.with {
                     let val =
                         interpolate(&v.0, ctx).map_err(|e| format!("Invalid `with.{k}`: {e}"))?;
-                    with.insert(k.clone(), val);
+                    // Input names are case-insensitive, as on GitHub.
+                    with.insert(k.to_ascii_lowercase(), val);
                 }
-                match self.checkout_plan(&with, &dir)? {
+                match self.checkout_plan(plan.index, &with, &dir)? {
                     CheckoutPlan::Skip(msg) => {
                         self.em.line(
                             Some(plan.index),
@@ -1178,11 +1201,7 @@ impl<'a> Runtime<'a> {
         }
         let tar =
             build_tar(&files).map_err(|e| format!("Could not build the step archive: {e}"))?;
-        let cmd = format!(
-            "cd {} && tar xf - && exec sh {}",
-            shell_quote(&self.layout.steps_root),
-            shell_quote(&format!("{dir}/wrapper.sh"))
-        );
+        let cmd = step_command(&self.layout.steps_root, &format!("{dir}/wrapper.sh"));
         let res = self.exec_step(plan, &cmd, &tar, Some(marker), &dir).await;
         self.finish_exec(plan, res, state)
     }
@@ -1262,8 +1281,24 @@ impl<'a> Runtime<'a> {
         marker: Option<String>,
         step_dir: &str,
     ) -> ExecResult {
+        self.exec_step_as(plan, cmd, stdin, marker, step_dir, false)
+            .await
+    }
+
+    /// [`Self::exec_step`]; `own`: the command is Solstice's plumbing only (see
+    /// [`StepOutput::own`]).
+    async fn exec_step_as(
+        &self,
+        plan: &StepRun<'_>,
+        cmd: &str,
+        stdin: &[u8],
+        marker: Option<String>,
+        step_dir: &str,
+        own: bool,
+    ) -> ExecResult {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
         let mut out = StepOutput::new(&self.em, plan.index, marker, self.debug);
+        out.own = own;
         let exec = self.session.exec(cmd, stdin, tx);
         tokio::pin!(exec);
         let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -1372,29 +1407,104 @@ impl<'a> Runtime<'a> {
         .await;
     }
 
+    fn warn(&self, index: usize, text: impl Into<String>) {
+        self.em
+            .line(Some(index), LineKind::Annotation("warning".into()), text);
+    }
+
     fn checkout_plan(
         &self,
+        index: usize,
         with: &IndexMap<String, String>,
         step_dir: &str,
     ) -> Result<CheckoutPlan, String> {
         let get = |k: &str| with.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
         let dest = self.layout.resolve(get("path"));
         let clean = get("clean").is_none_or(is_true);
+        let submodules = checkout::Submodules::parse(get("submodules"));
+        let lfs = get("lfs").is_some_and(is_true);
+        let server = match &self.spec.checkout {
+            CheckoutSource::Remote { server_url, .. } => Some(server_url.as_str()),
+            _ => None,
+        };
+        if !matches!(self.spec.checkout, CheckoutSource::None) {
+            for w in checkout::input_warnings(with, server) {
+                self.warn(index, w);
+            }
+        }
         match &self.spec.checkout {
             CheckoutSource::None => Ok(CheckoutPlan::Skip(
                 "Nothing to check out: no source was given for this job; the workspace stays empty"
                     .into(),
             )),
-            CheckoutSource::LocalTree(root) => {
+            CheckoutSource::LocalTree { root, exclude } => {
                 if let Some(r) = get("repository") {
                     return Err(format!(
                         "actions/checkout with `repository: {r}` needs a remote source; this job copies the local tree"
                     ));
                 }
-                let tar = checkout::local_tree_tar(root).map_err(|e| {
-                    format!("Could not read the local tree {}: {e}", root.display())
+                let tree = checkout::local_tree_tar(root, exclude).map_err(|e| {
+                    format!("Could not copy the local tree {}: {e}", root.display())
                 })?;
-                Ok(CheckoutPlan::Local { tar, dest, clean })
+                for d in &tree.excluded {
+                    self.em.runner(
+                        Some(index),
+                        format!(
+                            "Left out {d}: it is Solstice's state directory (daemon.state_dir)"
+                        ),
+                    );
+                }
+                if !tree.skipped.is_empty() {
+                    const SHOWN: usize = 20;
+                    let mut names: Vec<String> = tree
+                        .skipped
+                        .iter()
+                        .take(SHOWN)
+                        .map(|(p, kind)| format!("{p} ({kind})"))
+                        .collect();
+                    if tree.skipped.len() > SHOWN {
+                        names.push(format!("and {} more", tree.skipped.len() - SHOWN));
+                    }
+                    self.warn(
+                        index,
+                        format!(
+                            "Left out {} file(s) that tar cannot copy: {}",
+                            tree.skipped.len(),
+                            names.join(", ")
+                        ),
+                    );
+                }
+                if submodules != checkout::Submodules::None {
+                    self.em.runner(
+                        Some(index),
+                        "Submodules: the local tree is copied as it is, with the submodules checked out in it; nothing is fetched",
+                    );
+                    if !tree.empty_submodules.is_empty() {
+                        self.warn(
+                            index,
+                            format!(
+                                "Submodule(s) not checked out in the local tree: {}; run `git submodule update --init{}` first",
+                                tree.empty_submodules.join(", "),
+                                if submodules == checkout::Submodules::Recursive {
+                                    " --recursive"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
+                }
+                if lfs {
+                    self.em.runner(
+                        Some(index),
+                        "LFS: the local tree is copied as it is, with the LFS files as they are checked out on this host; nothing is fetched",
+                    );
+                }
+                Ok(CheckoutPlan::Local {
+                    tar: tree.data,
+                    dest,
+                    clean,
+                })
             }
             CheckoutSource::Remote {
                 server_url,
@@ -1438,7 +1548,10 @@ impl<'a> Runtime<'a> {
                     git_ref: r,
                     dest,
                     fetch_depth,
+                    fetch_tags: get("fetch-tags").is_some_and(is_true),
                     clean,
+                    submodules,
+                    lfs,
                     auth_config,
                 });
                 Ok(CheckoutPlan::Remote { script, extra })
@@ -1453,25 +1566,13 @@ impl<'a> Runtime<'a> {
         dest: &str,
         clean: bool,
     ) -> Result<(StepEnd, IndexMap<String, String>), String> {
-        let d = shell_quote(dest);
-        let prep = if clean {
-            format!("rm -rf {d} && mkdir -p {d}")
-        } else {
-            format!("mkdir -p {d}")
-        };
         let count = tar.len();
-        // `o`: files belong to the job's user, not to the host's uids (GNU,
-        // busybox and illumos tar agree). GNU tar is preferred where it exists
-        // under the name `gtar` (illumos), as the archive may use GNU long names.
-        // The pid file lets a timeout or cancellation stop the copy like any step:
-        // `exec` keeps the shell's pid for tar.
         let step_dir = self.step_dir(plan.index);
-        let sd = shell_quote(&step_dir);
-        let cmd = format!(
-            "mkdir -p {sd} && echo $$ > {sd}/pid && {prep} && cd {d} && if command -v gtar >/dev/null 2>&1; then exec gtar xof -; else exec tar xof -; fi"
-        );
+        let cmd = local_unpack_command(&step_dir, dest, clean);
         let tar = checkout::pad_record(tar);
-        let res = self.exec_step(plan, &cmd, &tar, None, &step_dir).await;
+        let res = self
+            .exec_step_as(plan, &cmd, &tar, None, &step_dir, true)
+            .await;
         if let Some(stop) = res.stop {
             return Ok((StepEnd::Stopped(stop), IndexMap::new()));
         }
@@ -1483,12 +1584,68 @@ impl<'a> Runtime<'a> {
                 );
                 Ok((StepEnd::Success, IndexMap::new()))
             }
-            Ok(s) => Err(format!(
-                "Copying the local tree into the guest failed (tar exited with {s})"
-            )),
+            // The guest said what failed, in one `Solstice:` line.
+            Ok(_) => Ok((StepEnd::Failure, IndexMap::new())),
             Err(e) => Err(format!("Copying the local tree into the guest failed: {e}")),
         }
     }
+}
+
+/// The guest command of a `run:` step: unpack the step's files (on stdin)
+/// into `steps_root` and run the wrapper. `tar -m`: times are not restored
+/// (the archive carries the host's clock; a guest behind it would warn about
+/// files from the future). Nothing of this plumbing reaches the step's log but
+/// one `Solstice:` line when it fails. `steps_root` is created again if a step
+/// removed it.
+fn step_command(steps_root: &str, wrapper: &str) -> String {
+    let r = shell_quote(steps_root);
+    format!(
+        "cd {r} 2>/dev/null || {{ e=$(mkdir -p {r} 2>&1) && cd {r}; }} || \
+         {{ printf 'Solstice: could not create %s: %s\\n' {r} \"$(printf '%s' \"$e\" | tr '\\n' ' ')\" >&2; exit 1; }}; \
+         e=$(tar xmf - 2>&1 >/dev/null) || \
+         {{ printf 'Solstice: could not unpack the step into %s: %s\\n' {r} \"$(printf '%s' \"$e\" | tr '\\n' ' ')\" >&2; exit 1; }}; \
+         exec sh {w}",
+        w = shell_quote(wrapper)
+    )
+}
+
+/// The guest command that unpacks the local tree (on stdin) into `dest`.
+/// `-m`: times are not restored, so a guest clock behind the host's never
+/// sees files from the future; `o`: files belong to the job's user, not to
+/// the host's uids (GNU, busybox and illumos tar agree). GNU tar is preferred
+/// where it exists as `gtar` (illumos). Whatever the plumbing writes to stderr
+/// is kept out of the log; on failure one `Solstice:` line says what failed.
+/// The pid file lets a timeout or cancellation stop the copy like any step.
+fn local_unpack_command(step_dir: &str, dest: &str, clean: bool) -> String {
+    let d = shell_quote(dest);
+    let sd = shell_quote(step_dir);
+    // Prints `Solstice: WHAT: <captured stderr on one line>` and fails.
+    let fail = |what: &str| {
+        format!(
+            "{{ e=$(printf '%s' \"$e\" | tr '\\n' ' '); printf 'Solstice: %s%s\\n' {} \"${{e:+: $e}}\" >&2; exit 1; }}",
+            shell_quote(what)
+        )
+    };
+    let prep = if clean {
+        format!(
+            "e=$(rm -rf {d} 2>&1) || {}\n",
+            fail(&format!("could not empty {dest}"))
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "e=$(mkdir -p {sd} 2>&1) || {f_sd}\n\
+         if kill -0 -$$ 2>/dev/null; then echo \"-$$\" > {sd}/pid; else echo \"$$\" > {sd}/pid; fi\n\
+         {prep}e=$(mkdir -p {d} 2>&1) || {f_mk}\n\
+         cd {d} 2>/dev/null || {{ e=; {f_cd}; }}\n\
+         if command -v gtar >/dev/null 2>&1; then t=gtar; else t=tar; fi\n\
+         e=$($t xmof - 2>&1 >/dev/null) || {f_tar}\n",
+        f_sd = fail(&format!("could not create {step_dir}")),
+        f_mk = fail(&format!("could not create {dest}")),
+        f_cd = fail(&format!("could not enter {dest}")),
+        f_tar = fail(&format!("could not unpack the local tree into {dest}")),
+    )
 }
 
 /// The line that says why a step did not run. A step without `if:` (or whose

@@ -143,13 +143,13 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
     s.push_str("    SOLSTICE_SETSID=1; export SOLSTICE_SETSID; exec setsid sh \"$0\"\n");
     s.push_str("  fi\nfi\nunset SOLSTICE_SETSID\n");
     s.push_str(&format!(
-        "if kill -0 -$$ 2>/dev/null; then echo \"-$$\" > {p}; else echo \"$$\" > {p}; fi\n",
+        "if kill -0 -$$ 2>/dev/null; then echo \"-$$\" > {p}; else echo \"$$\" > {p}; fi 2>/dev/null\n",
         p = q(&format!("{d}/pid"))
     ));
     // The wrapper holds the step's env (secrets included) and the script may hold
     // interpolated secrets: neither is left on the guest's disk for later steps.
     // The shell keeps reading this file through its open descriptor.
-    s.push_str("rm -f \"$0\"\n");
+    s.push_str("rm -f \"$0\" 2>/dev/null\n");
     for (k, v) in w.env {
         s.push_str(&format!("{k}={}; export {k}\n", q(v)));
     }
@@ -169,7 +169,7 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
     ));
     s.push_str(&format!("{} </dev/null\n", w.run));
     s.push_str("solstice_status=$?\n");
-    s.push_str(&format!("rm -f {}/script.*\n", q(d)));
+    s.push_str(&format!("rm -f {}/script.* 2>/dev/null\n", q(d)));
     let m = q(w.marker);
     s.push_str(&format!("printf '\\n%s\\n' {m}\n"));
     s.push_str(&format!(
