@@ -17,6 +17,7 @@
 //! dropped. `RUNNER_DEBUG=1` is set when `ACTIONS_RUNNER_DEBUG` is `true`.
 
 pub mod checkout;
+pub mod clock;
 pub mod commands;
 pub mod env;
 pub mod filecmd;
@@ -50,6 +51,8 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(360 * 60);
 /// Upper bound for each `always()`/`cancelled()` step that runs after the job
 /// was cancelled or timed out.
 pub const AFTER_CANCEL_STEP_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// Upper bound for each of the clock's execs (reading, setting).
+const CLOCK_EXEC_LIMIT: Duration = Duration::from_secs(15);
 /// How long to wait for the output of a finished exec to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// After the wrapper reports the end, how long to wait for the command itself to
@@ -410,6 +413,9 @@ struct JobState {
 struct Probe {
     home: String,
     has_bash: bool,
+    /// The guest user is root (else `sudo -n` is tried to set the clock).
+    root: bool,
+    clock: Option<clock::Offset>,
 }
 
 struct Runtime<'a> {
@@ -420,6 +426,8 @@ struct Runtime<'a> {
     cancel: CancellationToken,
     layout: GuestLayout,
     has_bash: bool,
+    /// The guest user is root.
+    root: bool,
     job_deadline: Instant,
     job_timeout: Duration,
     /// Workflow and job `env`, evaluated.
@@ -516,6 +524,7 @@ pub async fn run_job(
         cancel,
         layout: GuestLayout::new("/", "workspace"),
         has_bash: false,
+        root: false,
         job_deadline: started + DEFAULT_JOB_TIMEOUT,
         job_timeout: DEFAULT_JOB_TIMEOUT,
         base_env: IndexMap::new(),
@@ -575,6 +584,15 @@ pub async fn run_job(
         Ok(p) => {
             rt.layout = GuestLayout::new(&p.home, &env::repo_name(&spec.github));
             rt.has_bash = p.has_bash;
+            rt.root = p.root;
+            match p.clock {
+                Some(off) => rt.sync_clock(off, true).await,
+                None => tracing::debug!(
+                    target: "solstice::clock",
+                    job = %spec.job_id,
+                    "guest clock: no reading at job start"
+                ),
+            }
         }
         Err(msg) => {
             let conclusion = if rt.cancel.is_cancelled() {
@@ -589,7 +607,12 @@ pub async fn run_job(
 
     for (index, step) in job.steps.iter().enumerate() {
         rt.check_job_state(&mut state);
+        let t = Instant::now();
         rt.run_step(index, step, &mut state, runner_debug).await;
+        // A guest can fall behind during a long step (TCG under load).
+        if t.elapsed() >= clock::RECHECK_AFTER && !rt.cancel.is_cancelled() {
+            rt.check_clock().await;
+        }
     }
     rt.check_job_state(&mut state);
 
@@ -759,10 +782,14 @@ impl<'a> Runtime<'a> {
             Some(h) => shell_quote(h),
             None => "\"$HOME\"".to_string(),
         };
+        // The clock is read first: the time its line reaches the host is
+        // the other half of the measurement.
         let cmd = format!(
-            "H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
+            "{read}; H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
+             echo \"solstice-uid=$(id -u 2>/dev/null)\"; \
              cd \"$H\" && mkdir -p work/{r}/{r} _temp/_solstice _temp/_github_workflow _tool && \
              cd _temp/_github_workflow && tar xmf -",
+            read = clock::READ,
             r = shell_quote(&repo)
         );
         let event = self
@@ -779,17 +806,23 @@ impl<'a> Runtime<'a> {
         let collect = async {
             let mut out = Vec::new();
             let mut err = Vec::new();
+            let mut clock_at = None;
             while let Some(c) = rx.recv().await {
                 match c.stream {
-                    Stream::Stdout => out.extend_from_slice(&c.data),
+                    Stream::Stdout => {
+                        out.extend_from_slice(&c.data);
+                        if clock_at.is_none() && clock_line_done(&out) {
+                            clock_at = Some(std::time::SystemTime::now());
+                        }
+                    }
                     Stream::Stderr => err.extend_from_slice(&c.data),
                 }
             }
-            (out, err)
+            (out, err, clock_at)
         };
         let work = async { tokio::join!(exec, collect) };
         let deadline = tokio::time::Instant::from_std(self.job_deadline);
-        let (status, (out, err)) = tokio::select! {
+        let (status, (out, err, clock_at)) = tokio::select! {
             r = work => r,
             _ = self.cancel.cancelled() => return Err("The job was cancelled during setup".into()),
             _ = tokio::time::sleep_until(deadline) => return Err("The job timed out during setup".into()),
@@ -814,10 +847,108 @@ impl<'a> Runtime<'a> {
                 "The guest has no home directory ($HOME is empty); set the image's home".into(),
             );
         }
+        let clock = clock::parse(&out)
+            .zip(clock_at)
+            .map(|(r, at)| clock::offset(r, at));
         Ok(Probe {
             home,
             has_bash: !field("solstice-bash=").is_empty(),
+            root: field("solstice-uid=") == "0",
+            clock,
         })
+    }
+
+    /// Sets the guest's clock from the host's when `off` says it is off (see
+    /// [`clock::should_set`]) and the session is a throw-away guest. Nothing
+    /// goes to the job log.
+    async fn sync_clock(&self, off: clock::Offset, at_start: bool) {
+        let set = self.session.owns_clock() && clock::should_set(&off, at_start);
+        tracing::debug!(
+            target: "solstice::clock",
+            job = %self.spec.job_id,
+            at_start,
+            offset = %format!("{:+.3}", off.estimate),
+            low = %format!("{:+.3}", off.low),
+            kind = ?off.kind,
+            set,
+            "guest clock measured"
+        );
+        if !set {
+            return;
+        }
+        let cmd = clock::set_command(std::time::SystemTime::now(), off.kind, !self.root);
+        match self.quiet_exec(&cmd).await {
+            Some((_, out)) if out.contains(clock::SET_OK) => tracing::debug!(
+                target: "solstice::clock",
+                job = %self.spec.job_id,
+                "guest clock set from the host's"
+            ),
+            _ => tracing::debug!(
+                target: "solstice::clock",
+                job = %self.spec.job_id,
+                root = self.root,
+                "guest clock could not be set (needs root or passwordless sudo -n); left as it is"
+            ),
+        }
+    }
+
+    /// Reads the guest's clock in its own exec and sets it forward if it fell behind.
+    async fn check_clock(&self) {
+        let sent = std::time::SystemTime::now();
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let exec = self.session.exec(clock::READ, b"", tx);
+        let collect = async {
+            let mut out = Vec::new();
+            let mut at = None;
+            while let Some(c) = rx.recv().await {
+                if c.stream == Stream::Stdout {
+                    out.extend_from_slice(&c.data);
+                    if at.is_none() && clock_line_done(&out) {
+                        at = Some(std::time::SystemTime::now());
+                    }
+                }
+            }
+            (out, at)
+        };
+        let Ok((_, (out, at))) =
+            tokio::time::timeout(CLOCK_EXEC_LIMIT, async { tokio::join!(exec, collect) }).await
+        else {
+            tracing::debug!(target: "solstice::clock", "guest clock: the reading timed out");
+            return;
+        };
+        match clock::parse(&String::from_utf8_lossy(&out)).zip(at) {
+            Some((r, at)) => {
+                tracing::debug!(
+                    target: "solstice::clock",
+                    job = %self.spec.job_id,
+                    round_trip = %format!("{:.3}", at.duration_since(sent).unwrap_or_default().as_secs_f64()),
+                    "guest clock read after a long step"
+                );
+                self.sync_clock(clock::offset(r, at), false).await;
+            }
+            None => tracing::debug!(target: "solstice::clock", "guest clock: no reading"),
+        }
+    }
+
+    /// Runs one of Solstice's own commands whose output stays out of the log;
+    /// returns its status and stdout, or `None` when it failed or took too long.
+    async fn quiet_exec(&self, cmd: &str) -> Option<(u32, String)> {
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let exec = self.session.exec(cmd, b"", tx);
+        let collect = async {
+            let mut out = Vec::new();
+            while let Some(c) = rx.recv().await {
+                if c.stream == Stream::Stdout {
+                    out.extend_from_slice(&c.data);
+                }
+            }
+            out
+        };
+        let (status, out) =
+            tokio::time::timeout(CLOCK_EXEC_LIMIT, async { tokio::join!(exec, collect) })
+                .await
+                .ok()?;
+        Some((status.ok()?, String::from_utf8_lossy(&out).into_owned()))
     }
 
     fn step_dir(&self, index: usize) -> String {
@@ -1589,6 +1720,14 @@ impl<'a> Runtime<'a> {
             Err(e) => Err(format!("Copying the local tree into the guest failed: {e}")),
         }
     }
+}
+
+/// Whether `out` holds the whole `solstice-clock=` line.
+fn clock_line_done(out: &[u8]) -> bool {
+    let p = clock::PREFIX.as_bytes();
+    out.windows(p.len())
+        .position(|w| w == p)
+        .is_some_and(|i| out[i..].contains(&b'\n'))
 }
 
 /// The guest command of a `run:` step: unpack the step's files (on stdin)
