@@ -495,25 +495,38 @@ jobs:
           wc -c < disk.img | tr -d ' '
           dd if=disk.img bs=1 skip=2097152 count=13 2>/dev/null; echo
           cat {long}
+      - name: The guest clock after the sync at job start (busybox adjtimex)
+        run: adjtimex | awk '/tv_sec/ {{s=$2}} /tv_usec/ {{u=$2}} END {{printf "%d.%06d\n", s, u}}'
 "#
     );
     let checkout = CheckoutSource::LocalTree {
         root: t.to_path_buf(),
         exclude: vec![env.config.daemon.state_dir.clone()],
     };
-    let (result, sink) = env
-        .run(
+    let timed = TimedSink::default();
+    let result = env
+        .run_with_sink(
             &yaml,
             RunOpts {
                 checkout: Some(checkout),
                 ..Default::default()
             },
+            &timed,
         )
         .await;
+    env.assert_no_leaks();
+    let sink = &timed.inner;
     let report = result.expect("the VM ran the job");
-    let text = all_text(&sink);
+    let text = all_text(sink);
     assert_eq!(report.outcome.conclusion, Conclusion::Success, "{text}");
-    let copy = step_lines(&sink, 0);
+    // busybox sets whole seconds: the set waits for the host's next second.
+    let skew = timed.skew(2);
+    println!("tiny guest clock after the sync at job start: {skew:+.3} s");
+    assert!(
+        (-1.0..=0.0).contains(&skew),
+        "guest clock off by {skew:+.3} s"
+    );
+    let copy = step_lines(sink, 0);
     assert!(
         copy.contains(
             &"Left out 2 file(s) that tar cannot copy: app.sock (socket), fifo (FIFO)".to_string()
@@ -528,7 +541,7 @@ jobs:
     );
     assert!(!text.contains("typeflag"), "{text}");
     assert_eq!(
-        step_lines(&sink, 1),
+        step_lines(sink, 1),
         vec![
             format!("a.txt {dir} disk.img "),
             (4u32 << 20).to_string(),
@@ -537,4 +550,47 @@ jobs:
         ],
         "{text}"
     );
+}
+
+/// Records when each event reached the host.
+#[derive(Default)]
+struct TimedSink {
+    inner: solstice::events::VecSink,
+    at: std::sync::Mutex<Vec<(std::time::SystemTime, JobEvent)>>,
+}
+
+impl EventSink for TimedSink {
+    fn emit(&self, event: JobEvent) {
+        if let Ok(mut v) = self.at.lock() {
+            v.push((std::time::SystemTime::now(), event.clone()));
+        }
+        self.inner.emit(event);
+    }
+}
+
+impl TimedSink {
+    /// The guest time printed by step `index` minus the host's time when the
+    /// line arrived: the guest's offset, less the line's delivery time.
+    fn skew(&self, index: usize) -> f64 {
+        let v = self.at.lock().unwrap();
+        let (at, text) = v
+            .iter()
+            .find_map(|(t, e)| match e {
+                JobEvent::Line {
+                    step: Some(i),
+                    text,
+                    ..
+                } if *i == index => Some((*t, text.clone())),
+                _ => None,
+            })
+            .unwrap();
+        let guest: f64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a time: {text}"));
+        guest
+            - at.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+    }
 }
