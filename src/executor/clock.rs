@@ -185,13 +185,9 @@ mod tests {
 
     #[test]
     fn readings() {
-        assert_eq!(
-            parse("x\nsolstice-clock=gnu 1700000000.123456789\n"),
-            Some(Reading {
-                kind: Kind::Gnu,
-                secs: 1_700_000_000.123_456_789
-            })
-        );
+        let r = parse("x\nsolstice-clock=gnu 1700000000.123456789\n").unwrap();
+        assert_eq!(r.kind, Kind::Gnu);
+        assert!((r.secs - 1_700_000_000.123_456).abs() < 1e-5, "{r:?}");
         assert_eq!(
             parse("solstice-clock=fine 1700000000.5").map(|r| r.kind),
             Some(Kind::Fine)
