@@ -348,7 +348,7 @@ pub fn input_warnings(
 }
 
 /// The archive of a local tree and what was left out of it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LocalTar {
     /// A plain ustar archive (pax headers for long names), not padded.
     pub data: Vec<u8>,
@@ -360,6 +360,17 @@ pub struct LocalTar {
     pub excluded: Vec<String>,
     /// Submodules (gitlinks) whose directory is empty: not checked out here.
     pub empty_submodules: Vec<String>,
+}
+
+impl std::fmt::Debug for LocalTar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTar")
+            .field("bytes", &self.data.len())
+            .field("skipped", &self.skipped)
+            .field("excluded", &self.excluded)
+            .field("empty_submodules", &self.empty_submodules)
+            .finish()
+    }
 }
 
 /// Why the local tree could not be archived. Each names the offending file.
@@ -833,6 +844,31 @@ mod tests {
         assert!(NO_GIT_LFS.contains("apt-get install git-lfs"));
         // git itself is checked first of all.
         assert!(s.find(&shell_quote(NO_GIT)).unwrap() < check);
+    }
+
+    /// Every form of the script parses under the shells guests have
+    /// (dash, busybox ash, illumos ksh93).
+    #[test]
+    fn remote_scripts_are_posix() {
+        for sub in [Submodules::None, Submodules::Top, Submodules::Recursive] {
+            for lfs in [false, true] {
+                for depth in [0, 1] {
+                    let mut c = remote(sub, lfs, depth);
+                    for auth in [None, Some("/t/a b/auth.gitconfig".to_string())] {
+                        c.auth_config = auth;
+                        let s = remote_script(&c);
+                        for sh in [&["/bin/dash"][..], &["/bin/busybox", "sh"], &["/bin/ksh93"]] {
+                            let out = std::process::Command::new(sh[0])
+                                .args(&sh[1..])
+                                .args(["-n", "-c", &s])
+                                .output()
+                                .unwrap();
+                            assert!(out.status.success(), "{sh:?}: {s}: {:?}", out.stderr);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
