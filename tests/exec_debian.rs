@@ -586,9 +586,9 @@ impl EventSink for TimedSink {
 
 impl TimedSink {
     /// The guest's clock printed by step `index` (`date +%s.%N`) minus the
-    /// host's clock when the line arrived (an upper bound of the guest's
+    /// host's clock when the line arrived (a lower bound of the guest's
     /// offset: the line took some time to arrive), and minus the host's clock
-    /// when the step started (a lower bound).
+    /// when the step started (an upper bound).
     fn skew(&self, index: usize) -> (f64, f64) {
         let v = self.at.lock().unwrap();
         let started = v
@@ -737,7 +737,8 @@ jobs:
     assert_eq!(offsets[1].1, "true", "{offsets:?}");
     let back: f64 = offsets[1].0.parse().unwrap();
     assert!((-32.0..-28.0).contains(&back), "{offsets:?}");
-    // Not ahead of the host, and within a second of it.
+    // Within a second behind the host, and not ahead of it by more than the
+    // time a line takes to arrive.
     for skew in [after_sync_arrived, after_long_arrived] {
         assert!(
             (-1.0..=0.0).contains(&skew),
