@@ -48,6 +48,12 @@ pub trait GuestSession: Send + Sync {
         output: mpsc::Sender<OutputChunk>,
     ) -> Result<u32, GuestError>;
 
+    /// Whether this session is a throw-away guest whose clock Solstice may set
+    /// (a VM reached over SSH). `false` for anything that runs on the host.
+    fn owns_clock(&self) -> bool {
+        false
+    }
+
     /// Writes `contents` to `path` in the guest with the given mode. Parent
     /// directories must exist. The contents travel on stdin, never in argv.
     async fn upload(&self, path: &str, contents: &[u8], mode: u32) -> Result<(), GuestError> {

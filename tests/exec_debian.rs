@@ -1,23 +1,37 @@
 //! End to end with the Debian guest: real cloud-init consumes Solstice's NoCloud
 //! seed (user, key, pinned host key), and a job uses bash, git and sudo. The
-//! built-in checkout clones inside the guest from an HTTP git server on the
-//! host that refuses requests without the job token.
+//! built-in checkout clones inside the guest from a smart-HTTP git server on
+//! the host (`git http-backend`, with a Git LFS batch API) that refuses
+//! requests without the job token. GNU tar and GNU date live here, so the
+//! guest clock and the cleanliness of the log are checked here too.
 
 mod support;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
 
-use solstice::events::Conclusion;
+use solstice::events::{Conclusion, EventSink, JobEvent, LineKind, VecSink};
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
-use support::{RunOpts, TestEnv, all_text};
+use support::{RunOpts, TestEnv, all_text, step_lines};
 
 const TOKEN: &str = "job-token-7f3a9c2e51";
 
-/// A bare repository `octo/hello.git` under a temporary root, served over
-/// git's "dumb" HTTP protocol by a Python server that answers 401 unless the
-/// `Authorization` header carries the token as actions/checkout sends it.
+/// Content of the LFS-tracked file of `octo/media`.
+fn lfs_payload() -> Vec<u8> {
+    b"large file stored in Git LFS\n".repeat(100)
+}
+
+/// Bare repositories under a temporary root, served by a Python server that
+/// answers 401 unless the `Authorization` header carries the token as
+/// actions/checkout sends it, runs `git http-backend` for git and answers the
+/// Git LFS batch API and object downloads itself:
+/// - `octo/hello`: `hello.txt`, tag `v1.0`;
+/// - `octo/super` → submodule `lib` (`../lib.git`) → submodule `nested`
+///   (`../nested.git`), relative URLs on the same server;
+/// - `octo/media`: `big.bin` in Git LFS.
 struct GitServer {
     child: std::process::Child,
     port: u16,
@@ -30,6 +44,18 @@ impl Drop for GitServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl GitServer {
+    fn url(&self) -> String {
+        // User-mode networking: the guest reaches the host's loopback at 10.0.2.2.
+        format!("http://10.0.2.2:{}", self.port)
+    }
+
+    /// The request log: `ok|refused METHOD PATH` per request.
+    fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -48,46 +74,203 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Commits `files` and `submodules` (path, url, commit) to a new repository
+/// and publishes it as `srv/octo/NAME.git`. Returns the commit.
+fn publish(
+    root: &std::path::Path,
+    name: &str,
+    files: &[(&str, &[u8])],
+    submodules: &[(&str, &str, &str)],
+) -> String {
+    let work = root.join("work").join(name);
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    for (path, content) in files {
+        std::fs::write(work.join(path), content).unwrap();
+        git(&work, &["add", path]);
+    }
+    if !submodules.is_empty() {
+        let mut gm = String::new();
+        for (path, url, sha) in submodules {
+            gm.push_str(&format!(
+                "[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n"
+            ));
+            git(
+                &work,
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("160000,{sha},{path}"),
+                ],
+            );
+        }
+        std::fs::write(work.join(".gitmodules"), gm).unwrap();
+        git(&work, &["add", ".gitmodules"]);
+    }
+    git(
+        &work,
+        &["commit", "-q", "-m", &format!("{name}: first commit")],
+    );
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    let bare = root.join("srv/octo").join(format!("{name}.git"));
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    // As forges do: a reachable commit can be fetched by its id.
+    git(
+        &bare,
+        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+    );
+    sha
+}
+
 fn start_git_server() -> GitServer {
     let root = tempfile::tempdir().unwrap();
-    let work = root.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("hello.txt"), "hello from the forge\n").unwrap();
-    git(&work, &["add", "hello.txt"]);
-    git(&work, &["commit", "-q", "-m", "first commit"]);
-    let sha = git(&work, &["rev-parse", "HEAD"]);
-    let srv = root.path().join("srv");
-    std::fs::create_dir_all(srv.join("octo")).unwrap();
-    git(
-        root.path(),
-        &["clone", "-q", "--bare", "work", "srv/octo/hello.git"],
+    let r = root.path();
+    std::fs::create_dir_all(r.join("srv/octo")).unwrap();
+    let sha = publish(r, "hello", &[("hello.txt", b"hello from the forge\n")], &[]);
+    git(&r.join("srv/octo/hello.git"), &["tag", "v1.0", &sha]);
+    let nested = publish(
+        r,
+        "nested",
+        &[("nested.txt", b"from the nested submodule\n")],
+        &[],
     );
-    git(&srv.join("octo/hello.git"), &["update-server-info"]);
-    let log = root.path().join("auth.log");
+    let lib = publish(
+        r,
+        "lib",
+        &[("lib.txt", b"from the submodule\n")],
+        &[("nested", "../nested.git", &nested)],
+    );
+    publish(
+        r,
+        "super",
+        &[("super.txt", b"from the superproject\n")],
+        &[("lib", "../lib.git", &lib)],
+    );
+    // An LFS pointer as git-lfs writes it; the object is served by the batch API.
+    let payload = lfs_payload();
+    let oid = {
+        use std::io::Write;
+        let mut c = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&payload).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    };
+    let lfs = r.join("lfs");
+    std::fs::create_dir_all(&lfs).unwrap();
+    std::fs::write(lfs.join(&oid), &payload).unwrap();
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {}\n",
+        payload.len()
+    );
+    publish(
+        r,
+        "media",
+        &[
+            (
+                ".gitattributes",
+                b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+            ),
+            ("big.bin", pointer.as_bytes()),
+        ],
+        &[],
+    );
+    let log = r.join("requests.log");
     let expected = solstice::executor::checkout::auth_header_value(TOKEN);
     let script = format!(
         r#"
-import functools, http.server, sys
-class H(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):
-        got = self.headers.get("Authorization", "")
-        with open({log:?}, "a") as f:
-            f.write(("ok" if got.lower() == {expected:?}.lower() else "refused " + got) + "\n")
-        if got.lower() != {expected:?}.lower():
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.end_headers()
-            return
-        super().do_GET()
+import http.server, json, os, subprocess
+ROOT = {root:?}
+LFS = {lfs:?}
+LOG = {log:?}
+EXPECTED = {expected:?}.lower()
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                n = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if n == 0:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(n)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+    def any(self):
+        ok = self.headers.get("Authorization", "").lower() == EXPECTED
+        with open(LOG, "a") as f:
+            f.write(("ok " if ok else "refused ") + self.command + " " + self.path + "\n")
+        body = self.body()
+        if not ok:
+            return self.reply(401, headers=[("WWW-Authenticate", 'Basic realm="git"')])
+        path, _, query = self.path.partition("?")
+        if path.startswith("/lfs-objects/"):
+            p = os.path.join(LFS, os.path.basename(path))
+            if not os.path.isfile(p):
+                return self.reply(404)
+            with open(p, "rb") as f:
+                return self.reply(200, f.read(), [("Content-Type", "application/octet-stream")])
+        if path.endswith("/info/lfs/objects/batch"):
+            req = json.loads(body or b"{{}}")
+            objs = []
+            for o in req.get("objects", []):
+                if os.path.isfile(os.path.join(LFS, o["oid"])):
+                    href = "http://%s/lfs-objects/%s" % (self.headers.get("Host"), o["oid"])
+                    objs.append({{"oid": o["oid"], "size": o["size"], "authenticated": True,
+                                 "actions": {{"download": {{"href": href}}}}}})
+                else:
+                    objs.append({{"oid": o["oid"], "size": o["size"], "error": {{"code": 404, "message": "no such object"}}}})
+            out = json.dumps({{"transfer": "basic", "objects": objs}}).encode()
+            return self.reply(200, out, [("Content-Type", "application/vnd.git-lfs+json")])
+        env = dict(os.environ, GIT_PROJECT_ROOT=ROOT, GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
+                   QUERY_STRING=query, REQUEST_METHOD=self.command, REMOTE_ADDR="127.0.0.1",
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
+                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+        head, sep, rest = out.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, rest = out.partition(b"\n\n")
+        status, headers = 200, []
+        for line in head.decode("latin-1").splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.reply(status, rest, headers)
+    do_GET = any
+    do_POST = any
     def log_message(self, *args):
         pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory={root:?}))
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#,
+        root = r.join("srv").to_str().unwrap(),
+        lfs = lfs.to_str().unwrap(),
         log = log.to_str().unwrap(),
-        root = srv.to_str().unwrap(),
     );
     let mut child = Command::new("python3")
         .args(["-c", &script])
@@ -112,9 +295,8 @@ srv.serve_forever()
 async fn real_cloud_init_consumes_the_seed_and_a_bash_job_clones_with_the_token() {
     let env = TestEnv::debian();
     let server = start_git_server();
-    // User-mode networking: the guest reaches the host's loopback at 10.0.2.2.
     let checkout = CheckoutSource::Remote {
-        server_url: format!("http://10.0.2.2:{}", server.port),
+        server_url: server.url(),
         repository: "octo/hello".into(),
         git_ref: "refs/heads/main".into(),
         sha: server.sha.clone(),
@@ -138,18 +320,25 @@ jobs:
           cloud-init status --long
           grep -q NoCloud /run/cloud-init/result.json && echo "datasource NoCloud"
           echo "hostname=$(hostname)"
-      - name: Default shell is bash with pipefail
+      - name: Default shell is GitHub's bash -e, without pipefail
         run: |
           echo "bash ${BASH_VERSION%%.*}"
           set -o | grep -E '^pipefail' | tr -s ' \t' ' '
-      - name: pipefail makes a failing pipe fail
+          false | tee default-pipe.txt
+          echo "a failing pipe passed under the default shell"
+      - name: An explicit shell bash has pipefail
         continue-on-error: true
-        run: false | true
+        shell: bash
+        run: |
+          set -o | grep -E '^pipefail' | tr -s ' \t' ' '
+          false | tee explicit-pipe.txt
+          echo "not reached under pipefail"
       - name: git, sudo and the cloned tree
         run: |
           cat hello.txt
           echo "head=$(git rev-parse HEAD) branch=$(git rev-parse --abbrev-ref HEAD)"
           git log --format=%s -1
+          echo "describe=$(git describe --tags)"
           if git config --local --get-all include.path; then echo "credentials left behind"; exit 1; fi
           # base64 of "x-access-token:", assembled here so this script does not match itself
           p1=eC1hY2Nlc3; p2=MtdG9rZW46
@@ -192,19 +381,401 @@ jobs:
     assert!(text.contains("status: done"), "{text}");
     assert!(text.contains("hostname=solstice-"), "{text}");
     assert!(text.contains("bash 5"), "{text}");
-    assert!(text.contains("pipefail on"), "{text}");
+    assert_eq!(report.outcome.steps[2].outcome, Success, "{text}");
+    assert!(
+        step_lines(&sink, 2).contains(&"pipefail off".to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("a failing pipe passed under the default shell"),
+        "{text}"
+    );
+    assert!(
+        step_lines(&sink, 3).contains(&"pipefail on".to_string()),
+        "{text}"
+    );
+    assert!(!text.contains("not reached under pipefail"), "{text}");
     assert!(text.contains("hello from the forge"), "{text}");
     assert!(
         text.contains(&format!("head={} branch=main", server.sha)),
         "{text}"
     );
-    assert!(text.contains("first commit"), "{text}");
+    assert!(text.contains("hello: first commit"), "{text}");
+    // fetch-depth 0: every branch and tag, as actions/checkout fetches them.
+    assert!(text.contains("describe=v1.0"), "{text}");
     assert!(text.contains("no credentials left"), "{text}");
     assert!(text.contains("sudo ok"), "{text}");
     assert!(!text.contains(TOKEN), "token leaked into the log:\n{text}");
-    let log = std::fs::read_to_string(&server.log).unwrap();
+    let log = server.requests();
     assert!(
-        log.lines().any(|l| l == "ok"),
+        log.lines().any(|l| l.starts_with("ok ")),
         "the server saw no authorised request: {log}"
     );
+    assert!(!log.contains("refused"), "{log}");
+}
+
+/// Lines of step `index` with their kinds.
+fn kinds(sink: &VecSink, index: usize) -> Vec<(LineKind, String)> {
+    sink.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Line {
+                step: Some(i),
+                kind,
+                text,
+            } if i == index => Some((kind, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_fetches_submodules_with_the_job_token_and_lfs_files_with_git_lfs() {
+    let env = TestEnv::debian();
+    let server = start_git_server();
+    let checkout = CheckoutSource::Remote {
+        server_url: server.url(),
+        repository: "octo/hello".into(),
+        git_ref: "refs/heads/main".into(),
+        sha: server.sha.clone(),
+        token: Some(Secret::new(TOKEN)),
+    };
+    let yaml = r####"
+jobs:
+  debian:
+    runs-on: debian
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          repository: octo/super
+          path: top
+          submodules: true
+      - name: Top-level submodule only, shallow
+        run: |
+          cat top/super.txt top/lib/lib.txt
+          test -e top/lib/nested/nested.txt && echo nested-present || echo nested-absent
+          echo "lib shallow=$(git -C top/lib rev-parse --is-shallow-repository)"
+      - uses: actions/checkout@v4
+        with:
+          repository: octo/super
+          path: rec
+          submodules: recursive
+          fetch-depth: 0
+      - name: Nested submodules, full history
+        run: |
+          cat rec/lib/nested/nested.txt
+          echo "nested shallow=$(git -C rec/lib/nested rev-parse --is-shallow-repository)"
+      - name: A guest without git-lfs
+        run: sudo -n mv /usr/bin/git-lfs /usr/bin/git-lfs.hidden
+      - uses: actions/checkout@v4
+        with:
+          repository: octo/media
+          path: media
+          lfs: true
+      - name: git-lfs back
+        if: always()
+        run: sudo -n mv /usr/bin/git-lfs.hidden /usr/bin/git-lfs
+      - uses: actions/checkout@v4
+        if: always()
+        with:
+          repository: octo/media
+          path: media
+          lfs: true
+          fetch_depth: 3
+      - name: The LFS file, not its pointer; no credentials left
+        if: always()
+        run: |
+          sha256sum media/big.bin | cut -c1-64
+          wc -c < media/big.bin
+          head -c 28 media/big.bin; echo
+          p1=eC1hY2Nlc3; p2=MtdG9rZW46
+          left=$(grep -rl "$p1$p2" top rec media "$RUNNER_TEMP" "$HOME" 2>/dev/null | head -n 5 | tr '\n' ' ')
+          if [ -n "$left" ]; then echo "token left on disk: $left"; exit 1; fi
+          echo "no credentials left"
+"####;
+    let (result, sink) = env
+        .run(
+            yaml,
+            RunOpts {
+                checkout: Some(checkout),
+                ..Default::default()
+            },
+        )
+        .await;
+    let report = result.expect("the Debian guest ran the job");
+    let text = all_text(&sink);
+    let steps: Vec<_> = report.outcome.steps.iter().map(|s| s.outcome).collect();
+    use Conclusion::*;
+    assert_eq!(
+        steps,
+        vec![
+            Success, Success, Success, Success, Success, Failure, Success, Success, Success
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        step_lines(&sink, 1),
+        vec![
+            "from the superproject",
+            "from the submodule",
+            "nested-absent",
+            "lib shallow=true"
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        step_lines(&sink, 3),
+        vec!["from the nested submodule", "nested shallow=false"],
+        "{text}"
+    );
+    // Without git-lfs: the step fails with the one line that says what to install.
+    let no_lfs = kinds(&sink, 5);
+    assert!(
+        no_lfs
+            .iter()
+            .any(|(_, t)| t == solstice::executor::checkout::NO_GIT_LFS),
+        "{no_lfs:?}"
+    );
+    assert!(!text.contains("git: 'lfs' is not a git command"), "{text}");
+    // With git-lfs: an unknown input is named, and the file is the real content.
+    let warn = LineKind::Annotation("warning".into());
+    assert!(
+        kinds(&sink, 7).iter().any(|(k, t)| *k == warn
+            && t.starts_with("Unexpected input(s) 'fetch_depth', valid inputs are ['repository', 'ref', 'token', ")),
+        "{text}"
+    );
+    let payload = lfs_payload();
+    let lines = step_lines(&sink, 8);
+    assert_eq!(lines[1], payload.len().to_string(), "{text}");
+    assert_eq!(lines[2], "large file stored in Git LFS", "{text}");
+    assert_eq!(lines[3], "no credentials left", "{text}");
+    assert!(!text.contains(TOKEN), "token leaked into the log:\n{text}");
+    // Every request, submodules and LFS included, carried the job token.
+    let log = server.requests();
+    for repo in [
+        "super.git",
+        "lib.git",
+        "nested.git",
+        "media.git/info/lfs/objects/batch",
+        "lfs-objects/",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with("ok ") && l.contains(repo)),
+            "no authorised request for {repo}: {log}"
+        );
+    }
+    assert!(!log.contains("refused"), "{log}");
+}
+
+/// Records when each event reached the host.
+#[derive(Default)]
+struct TimedSink {
+    inner: VecSink,
+    at: Mutex<Vec<(SystemTime, JobEvent)>>,
+}
+
+impl EventSink for TimedSink {
+    fn emit(&self, event: JobEvent) {
+        if let Ok(mut v) = self.at.lock() {
+            v.push((SystemTime::now(), event.clone()));
+        }
+        self.inner.emit(event);
+    }
+}
+
+impl TimedSink {
+    /// The guest's clock printed by step `index` (`date +%s.%N`) minus the
+    /// host's clock when the line arrived (a lower bound of the guest's
+    /// offset: the line took some time to arrive), and minus the host's clock
+    /// when the step started (an upper bound).
+    fn skew(&self, index: usize) -> (f64, f64) {
+        let v = self.at.lock().unwrap();
+        let started = v
+            .iter()
+            .find_map(|(t, e)| {
+                matches!(e, JobEvent::StepStarted { index: i, .. } if *i == index).then_some(*t)
+            })
+            .unwrap();
+        let (arrived, text) = v
+            .iter()
+            .find_map(|(t, e)| match e {
+                JobEvent::Line {
+                    step: Some(i),
+                    text,
+                    ..
+                } if *i == index => Some((*t, text.clone())),
+                _ => None,
+            })
+            .unwrap();
+        let guest: f64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a time: {text}"));
+        let secs = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        (guest - secs(arrived), guest - secs(started))
+    }
+}
+
+/// `solstice::clock` debug events of this test binary.
+fn clock_log() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        struct W;
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut l) = clock_log().lock() {
+                    l.extend_from_slice(b);
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("solstice::clock=debug"))
+            .with_ansi(false)
+            .with_writer(|| W)
+            .try_init();
+        Mutex::new(Vec::new())
+    })
+}
+
+/// The `offset=` figures of the clock's "measured" events for job `job`.
+fn measured_offsets(job: &str) -> Vec<(String, String)> {
+    let log = String::from_utf8_lossy(&clock_log().lock().unwrap()).into_owned();
+    log.lines()
+        .filter(|l| l.contains("guest clock measured") && l.contains(&format!("job={job} ")))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (field("offset"), field("set"))
+        })
+        .collect()
+}
+
+/// GNU tar warned about "time stamp … in the future" on every step bundle
+/// when the guest clock was behind the host's; and Solstice's plumbing must
+/// never write into the log. A step sets the clock 30 s back: the next steps'
+/// logs are still exactly what they printed. The clock is measured at job
+/// start and set from the host's, and again after a long step.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_clock_follows_the_host_and_the_log_holds_only_what_steps_print() {
+    clock_log();
+    let env = TestEnv::debian();
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tree.path().join("Makefile"),
+        "all:
+	@echo made
+",
+    )
+    .unwrap();
+    let yaml = r####"
+jobs:
+  clock_skew:
+    runs-on: debian
+    steps:
+      - uses: actions/checkout@v4
+      - name: After the sync at job start
+        run: date -u +%s.%N
+      - name: The clock goes 30 s back
+        run: sudo -n date -u -s "@$(( $(date -u +%s) - 30 ))" >/dev/null 2>&1
+      - name: Plain output on both streams
+        run: |
+          echo one
+          echo two >&2
+          ls Makefile
+          # Unpacked without its (host) times: nothing of this step is from the future.
+          if [ "$(stat -c %Y "$GITHUB_ENV")" -gt "$(date +%s)" ]; then echo "GITHUB_ENV is from the future"; fi
+      - name: A long step
+        run: |
+          sleep 31
+          echo slept
+      - name: After the long step
+        run: date -u +%s.%N
+"####;
+    let sink = TimedSink::default();
+    let result = env
+        .run_with_sink(
+            yaml,
+            RunOpts {
+                checkout: Some(CheckoutSource::LocalTree {
+                    root: tree.path().to_path_buf(),
+                    exclude: Vec::new(),
+                }),
+                ..Default::default()
+            },
+            &sink,
+        )
+        .await;
+    env.assert_no_leaks();
+    let report = result.expect("the Debian guest ran the job");
+    let text = all_text(&sink.inner);
+    assert_eq!(report.outcome.conclusion, Conclusion::Success, "{text}");
+    let offsets = measured_offsets("clock_skew");
+    let (after_sync_arrived, after_sync_started) = sink.skew(1);
+    let (after_long_arrived, after_long_started) = sink.skew(5);
+    println!("guest clock offsets measured by the executor (offset, set): {offsets:?}");
+    println!(
+        "guest clock after the sync at job start: {after_sync_arrived:+.3} s (line arrival) .. {after_sync_started:+.3} s (step start)"
+    );
+    println!(
+        "guest clock after the long step (it was set 30 s back): {after_long_arrived:+.3} s .. {after_long_started:+.3} s"
+    );
+    // Measured at job start, and after the long step (30 s back: set).
+    assert_eq!(offsets.len(), 2, "{offsets:?}");
+    assert_eq!(offsets[1].1, "true", "{offsets:?}");
+    let back: f64 = offsets[1].0.parse().unwrap();
+    assert!((-32.0..-28.0).contains(&back), "{offsets:?}");
+    // Within a second behind the host, and not ahead of it by more than the
+    // time a line takes to arrive.
+    for skew in [after_sync_arrived, after_long_arrived] {
+        assert!(
+            (-1.0..=0.0).contains(&skew),
+            "guest clock off by {skew:+.3} s"
+        );
+    }
+    // The whole log: exactly what the steps printed, and the checkout's own line.
+    let lines: Vec<(Option<usize>, LineKind, String)> = sink
+        .inner
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Line { step, kind, text } => Some((step, kind, text)),
+            _ => None,
+        })
+        .collect();
+    let shown: Vec<String> = lines.iter().map(|l| format!("{l:?}")).collect();
+    assert_eq!(lines.len(), 7, "{shown:#?}");
+    assert_eq!(lines[0].0, Some(0), "{shown:#?}");
+    assert_eq!(lines[0].1, LineKind::Runner, "{shown:#?}");
+    assert!(
+        lines[0].2.starts_with("Copied the local tree ("),
+        "{shown:#?}"
+    );
+    assert_eq!(lines[1].0, Some(1), "{shown:#?}");
+    assert_eq!(
+        lines[2..6]
+            .iter()
+            .map(|l| (l.0, l.1.clone(), l.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Some(3), LineKind::Stdout, "one"),
+            (Some(3), LineKind::Stderr, "two"),
+            (Some(3), LineKind::Stdout, "Makefile"),
+            (Some(4), LineKind::Stdout, "slept"),
+        ],
+        "{shown:#?}"
+    );
+    assert_eq!(lines[6].0, Some(5), "{shown:#?}");
 }

@@ -100,7 +100,10 @@ jobs:
         .run(
             &yaml,
             RunOpts {
-                checkout: Some(CheckoutSource::LocalTree(tree.path().to_path_buf())),
+                checkout: Some(CheckoutSource::LocalTree {
+                    root: tree.path().to_path_buf(),
+                    exclude: Vec::new(),
+                }),
                 ..Default::default()
             },
         )
@@ -453,5 +456,151 @@ async fn cancelling_during_provisioning_never_leaks_a_vm() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         env.assert_no_leaks();
+    }
+}
+
+/// `solstice exec` in a tree like a user's: a sparse file, a FIFO, a live unix
+/// socket, names too long for ustar, and Solstice's own state directory (with
+/// this job's live QMP socket) inside it. busybox tar in the guest must
+/// unpack it (it rejects GNU sparse entries), nothing that tar cannot copy
+/// may stop the copy, and each left-out file is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_tree_with_sparse_file_fifo_socket_and_the_state_dir_reaches_busybox_tar() {
+    let tree = tempfile::tempdir().unwrap();
+    let t = tree.path();
+    let mut env = TestEnv::tiny();
+    // The state directory lives inside the tree, as when `solstice exec` runs
+    // in a project that holds its own solstice.toml and state.
+    env.config.daemon.state_dir = t.join("state");
+    std::fs::write(t.join("a.txt"), "a\n").unwrap();
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::File::create(t.join("disk.img")).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.seek(std::io::SeekFrom::Start(2 << 20)).unwrap();
+        f.write_all(b"in the middle").unwrap();
+    }
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(t.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _sock = std::os::unix::net::UnixListener::bind(t.join("app.sock")).unwrap();
+    let dir = "d".repeat(120);
+    let long = format!("{dir}/{}", "f".repeat(120));
+    std::fs::create_dir_all(t.join(&dir)).unwrap();
+    std::fs::write(t.join(&long), "long name\n").unwrap();
+    let yaml = format!(
+        r#"
+jobs:
+  tree:
+    runs-on: tiny
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          if command -v bash >/dev/null 2>&1; then echo "unexpected bash"; fi
+          ls -A | sort | tr '\n' ' '; echo
+          wc -c < disk.img | tr -d ' '
+          dd if=disk.img bs=1 skip=2097152 count=13 2>/dev/null; echo
+          cat {long}
+      - name: The guest clock after the sync at job start (busybox adjtimex)
+        run: adjtimex | awk '/tv_sec/ {{s=$2}} /tv_usec/ {{u=$2}} END {{printf "%d.%06d\n", s, u}}'
+"#
+    );
+    let checkout = CheckoutSource::LocalTree {
+        root: t.to_path_buf(),
+        exclude: vec![env.config.daemon.state_dir.clone()],
+    };
+    let timed = TimedSink::default();
+    let result = env
+        .run_with_sink(
+            &yaml,
+            RunOpts {
+                checkout: Some(checkout),
+                ..Default::default()
+            },
+            &timed,
+        )
+        .await;
+    env.assert_no_leaks();
+    let sink = &timed.inner;
+    let report = result.expect("the VM ran the job");
+    let text = all_text(sink);
+    assert_eq!(report.outcome.conclusion, Conclusion::Success, "{text}");
+    // busybox sets whole seconds: the set waits for the host's next second.
+    let skew = timed.skew(2);
+    println!("tiny guest clock after the sync at job start: {skew:+.3} s");
+    assert!(
+        (-1.0..=0.0).contains(&skew),
+        "guest clock off by {skew:+.3} s"
+    );
+    let copy = step_lines(sink, 0);
+    assert!(
+        copy.contains(
+            &"Left out 2 file(s) that tar cannot copy: app.sock (socket), fifo (FIFO)".to_string()
+        ),
+        "{copy:?}"
+    );
+    assert!(
+        copy.contains(
+            &"Left out state: it is Solstice's state directory (daemon.state_dir)".to_string()
+        ),
+        "{copy:?}"
+    );
+    assert!(!text.contains("typeflag"), "{text}");
+    assert_eq!(
+        step_lines(sink, 1),
+        vec![
+            format!("a.txt {dir} disk.img "),
+            (4u32 << 20).to_string(),
+            "in the middle".to_string(),
+            "long name".to_string(),
+        ],
+        "{text}"
+    );
+}
+
+/// Records when each event reached the host.
+#[derive(Default)]
+struct TimedSink {
+    inner: solstice::events::VecSink,
+    at: std::sync::Mutex<Vec<(std::time::SystemTime, JobEvent)>>,
+}
+
+impl EventSink for TimedSink {
+    fn emit(&self, event: JobEvent) {
+        if let Ok(mut v) = self.at.lock() {
+            v.push((std::time::SystemTime::now(), event.clone()));
+        }
+        self.inner.emit(event);
+    }
+}
+
+impl TimedSink {
+    /// The guest time printed by step `index` minus the host's time when the
+    /// line arrived: the guest's offset, less the line's delivery time.
+    fn skew(&self, index: usize) -> f64 {
+        let v = self.at.lock().unwrap();
+        let (at, text) = v
+            .iter()
+            .find_map(|(t, e)| match e {
+                JobEvent::Line {
+                    step: Some(i),
+                    text,
+                    ..
+                } if *i == index => Some((*t, text.clone())),
+                _ => None,
+            })
+            .unwrap();
+        let guest: f64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a time: {text}"));
+        guest
+            - at.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
     }
 }

@@ -161,6 +161,50 @@ jobs:
 }
 
 #[tokio::test]
+async fn skip_lines_blame_the_earlier_failure_not_the_users_if() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - if: github.ref == 'refs/heads/nope'
+        run: echo not-on-this-ref
+      - run: exit 3
+      - run: echo no-if
+      - if: github.ref == 'refs/heads/main'
+        run: echo ref-matches
+      - if: success()
+        run: echo explicit-success
+      - if: always() && github.ref == 'refs/heads/nope'
+        run: echo always-but-false
+"#)
+    .await;
+    assert_eq!(
+        r.conclusions(),
+        vec![(K, K), (F, F), (K, K), (K, K), (K, K), (K, K)]
+    );
+    let skip = |i: usize| {
+        r.step_lines(i)
+            .into_iter()
+            .find(|l| l.starts_with("Skipped"))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        skip(0),
+        "Skipped: `if: github.ref == 'refs/heads/nope'` is false"
+    );
+    assert_eq!(skip(2), "Skipped: an earlier step failed");
+    assert_eq!(
+        skip(3),
+        "Skipped: an earlier step failed (an `if:` without success(), failure(), always() or cancelled() runs only while the job succeeds)"
+    );
+    assert_eq!(skip(4), "Skipped: an earlier step failed (`if: success()`)");
+    assert_eq!(
+        skip(5),
+        "Skipped: `if: always() && github.ref == 'refs/heads/nope'` is false"
+    );
+}
+
+#[tokio::test]
 async fn continue_on_error_keeps_outcome_and_conclusion_apart() {
     let r = run(r#"
 jobs:
@@ -443,6 +487,12 @@ jobs:
     assert!(l.contains(&"always-after-timeout".to_string()));
     assert!(l.contains(&"cancelled-is-true".to_string()));
     assert!(l.iter().any(|x| x.contains("maximum execution time")));
+    assert!(
+        r.step_lines(1)
+            .contains(&"Skipped: the job timed out".to_string()),
+        "{:?}",
+        r.step_lines(1)
+    );
 }
 
 #[tokio::test]
@@ -489,6 +539,18 @@ jobs:
     assert_eq!(r.outcome.conclusion, C);
     assert_eq!(r.conclusions(), vec![(C, C), (K, K), (S, S), (K, K)]);
     assert!(r.lines().contains(&"always-ran".to_string()));
+    assert!(
+        r.step_lines(1)
+            .contains(&"Skipped: the job was cancelled".to_string()),
+        "{:?}",
+        r.step_lines(1)
+    );
+    assert!(
+        r.step_lines(3)
+            .contains(&"Skipped: `if: failure()` is false".to_string()),
+        "{:?}",
+        r.step_lines(3)
+    );
 }
 
 #[tokio::test]
@@ -534,11 +596,28 @@ jobs:
       - run: false | true
       - run: echo not-bash
         shell: bash
+      - run: false | true
+        shell: bash
 "#;
     let with_bash = run(yaml).await;
     assert!(with_bash.step_lines(0).contains(&"bash=yes".to_string()));
-    // pipefail: `false | true` fails under the bash default.
-    assert_eq!(with_bash.conclusions()[0], (F, F));
+    // GitHub's default is `bash -e {0}`: no pipefail, so `false | true` passes;
+    // only an explicit `shell: bash` adds `-o pipefail`.
+    assert_eq!(with_bash.conclusions()[0], (S, S));
+    assert_eq!(with_bash.conclusions()[3], (F, F));
+
+    // `defaults.run.shell: bash` is an explicit bash too.
+    let defaults = run(r#"
+jobs:
+  build:
+    defaults:
+      run:
+        shell: bash
+    steps:
+      - run: false | true
+"#)
+    .await;
+    assert_eq!(defaults.conclusions(), vec![(F, F)]);
 
     let no_bash = run_with(yaml, &NoBashSession, |_| {}, CancellationToken::new()).await;
     assert!(
@@ -743,7 +822,12 @@ jobs:
       - run: test -f other/tracked.txt && echo in-path
 "#,
         &LocalSession,
-        move |s| s.checkout = CheckoutSource::LocalTree(root),
+        move |s| {
+            s.checkout = CheckoutSource::LocalTree {
+                root,
+                exclude: Vec::new(),
+            }
+        },
         CancellationToken::new(),
     )
     .await;
@@ -753,6 +837,121 @@ jobs:
         assert!(l.contains(&want.to_string()), "{want}: {l:?}");
     }
     assert!(r.step_lines(3).contains(&"in-path".to_string()));
+}
+
+/// Every line event of step `index` with its kind.
+fn kinds(r: &Run, index: usize) -> Vec<(LineKind, String)> {
+    r.sink
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Line {
+                step: Some(i),
+                kind,
+                text,
+            } if i == index => Some((kind, text)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn local_checkout_copies_special_trees_and_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tree");
+    std::fs::create_dir_all(p.join("state/jobs/j1")).unwrap();
+    std::fs::write(p.join("tracked.txt"), "tracked\n").unwrap();
+    let f = std::fs::File::create(p.join("sparse.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(p.join("pipe"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _sock = std::os::unix::net::UnixListener::bind(p.join("app.sock")).unwrap();
+    let _qmp = std::os::unix::net::UnixListener::bind(p.join("state/jobs/j1/qmp.sock")).unwrap();
+    let root = p.clone();
+    let state = p.join("state");
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          fetch_depth: 0
+          Submodules: true
+      - run: |
+          ls -A | sort | tr '\n' ' '; echo
+          wc -c < sparse.img | tr -d ' '
+      - uses: actions/checkout@v4
+        with:
+          path: tracked.txt/sub
+"#,
+        &LocalSession,
+        move |s| {
+            s.checkout = CheckoutSource::LocalTree {
+                root,
+                exclude: vec![state],
+            }
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        r.conclusions(),
+        vec![(S, S), (S, S), (F, F)],
+        "{:?}",
+        r.lines()
+    );
+    let warn = LineKind::Annotation("warning".into());
+    let l = kinds(&r, 0);
+    assert!(
+        l.iter().any(|(k, t)| *k == warn
+            && t.starts_with(
+                "Unexpected input(s) 'fetch_depth', valid inputs are ['repository', "
+            )),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&(
+            warn.clone(),
+            "Left out 2 file(s) that tar cannot copy: app.sock (socket), pipe (FIFO)".into()
+        )),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&(
+            LineKind::Runner,
+            "Left out state: it is Solstice's state directory (daemon.state_dir)".into()
+        )),
+        "{l:?}"
+    );
+    assert!(
+        l.iter().any(|(k, t)| *k == LineKind::Runner
+            && t.starts_with("Submodules: the local tree is copied as it is")),
+        "{l:?}"
+    );
+    assert_eq!(
+        r.step_lines(1),
+        vec![
+            "sparse.img tracked.txt ".to_string(),
+            (64u32 << 20).to_string()
+        ]
+    );
+    // A failed unpack is one `Solstice:` error line; no stray output.
+    let l: Vec<_> = kinds(&r, 2)
+        .into_iter()
+        .filter(|(k, _)| !matches!(k, LineKind::Runner) && *k != warn)
+        .collect();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0].0, LineKind::Annotation("error".into()), "{l:?}");
+    assert!(
+        l[0].1.starts_with("Solstice: could not create ") && l[0].1.contains("tracked.txt/sub: "),
+        "{l:?}"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! `sh` is put first on `PATH` as a link to the shell under test, and the
 //! command runs as a session leader, as it does under sshd/dropbear.
 //! Needs `busybox` and `ksh93` on the host (Debian: `apt-get install busybox ksh`).
+//! The local-tree copy is also unpacked with busybox tar, as in the tiny guest.
 
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -180,4 +181,93 @@ async fn ksh93() {
 #[tokio::test]
 async fn bash_as_sh() {
     check_shell("/bin/bash", 704).await;
+}
+
+/// The local tree (sparse file, FIFO, socket, state directory, long names)
+/// copied through the generated unpack command under `target`, with `tar`
+/// being busybox's when `busybox_tar`.
+async fn check_local_tree(target: &str, busybox_tar: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let s = session(dir.path(), target);
+    if busybox_tar {
+        std::os::unix::fs::symlink("/bin/busybox", s.bin.join("tar")).unwrap();
+    }
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join(".solstice/jobs/j")).unwrap();
+    std::fs::write(tree.join("a.txt"), "a\n").unwrap();
+    std::fs::File::create(tree.join("disk.img"))
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(tree.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _s1 = std::os::unix::net::UnixListener::bind(tree.join("app.sock")).unwrap();
+    let _s2 =
+        std::os::unix::net::UnixListener::bind(tree.join(".solstice/jobs/j/qmp.sock")).unwrap();
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(120));
+    std::fs::create_dir_all(tree.join("d".repeat(120))).unwrap();
+    std::fs::write(tree.join(&long), "long\n").unwrap();
+    let spec = JobSpec {
+        workflow: parse_workflow(&format!(
+            "jobs:\n  b:\n    steps:\n      - uses: actions/checkout@v4\n      - shell: sh\n        run: |\n          ls -A | sort | tr '\\n' ' '; echo\n          wc -c < disk.img | tr -d ' '\n          cat {long}\n"
+        ))
+        .unwrap(),
+        job_id: "b".into(),
+        matrix: IndexMap::new(),
+        github: json!({"repository": "acme/w"}),
+        secrets: BTreeMap::new(),
+        vars: BTreeMap::new(),
+        inputs: json!({}),
+        needs: json!({}),
+        runner: RunnerInfo {
+            os: GuestOs::Linux,
+            name: "r".into(),
+            arch: "X64".into(),
+            home: Some(home.to_str().unwrap().into()),
+        },
+        extra_env: IndexMap::new(),
+        checkout: CheckoutSource::LocalTree {
+            root: tree.clone(),
+            exclude: vec![tree.join(".solstice")],
+        },
+        max_job_timeout: None,
+        extra_masks: Vec::new(),
+        default_actions_url: None,
+    };
+    let sink = VecSink::default();
+    let out = run_job(&spec, &s, &sink, CancellationToken::new()).await;
+    let lines = sink.lines();
+    assert_eq!(out.conclusion, Conclusion::Success, "{target}: {lines:?}");
+    let step = sink.step_lines(1);
+    assert_eq!(
+        step,
+        vec![
+            format!("a.txt {} disk.img ", "d".repeat(120)),
+            (8u32 << 20).to_string(),
+            "long".to_string()
+        ],
+        "{target}: {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn local_tree_busybox_ash_and_busybox_tar() {
+    check_local_tree("/bin/busybox sh", true).await;
+}
+
+#[tokio::test]
+async fn local_tree_dash_and_gnu_tar() {
+    check_local_tree("/bin/dash", false).await;
+}
+
+#[tokio::test]
+async fn local_tree_ksh93_and_gnu_tar() {
+    check_local_tree("/bin/ksh93", false).await;
 }

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Recipe for the "debian" guest: Debian bookworm (debootstrap minbase) with Debian's cloud kernel, cloud-init
-# (NoCloud only, trimmed), OpenSSH, bash, git and sudo. Default user: debian (cloud-init's default user config).
+# (NoCloud only, trimmed), OpenSSH, bash, git, git-lfs and sudo. Default user: debian (cloud-init's default user config).
 # Layout: p1 FAT (syslinux, vmlinuz, initrd.img), p2 ext4 root labelled solroot, built with mkfs.ext4 -d (no mount).
 # Sourced by images/build.sh, which provides WORK, log, die and lib/common.sh.
 

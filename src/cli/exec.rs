@@ -273,7 +273,10 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                     home: None,
                 },
                 extra_env: extra_env.clone(),
-                checkout: CheckoutSource::LocalTree(workdir.clone()),
+                checkout: CheckoutSource::LocalTree {
+                    root: workdir.clone(),
+                    exclude: vec![config.daemon.state_dir.clone()],
+                },
                 max_job_timeout: None,
                 extra_masks: Vec::new(),
                 default_actions_url: None,

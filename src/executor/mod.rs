@@ -17,6 +17,7 @@
 //! dropped. `RUNNER_DEBUG=1` is set when `ACTIONS_RUNNER_DEBUG` is `true`.
 
 pub mod checkout;
+pub mod clock;
 pub mod commands;
 pub mod env;
 pub mod filecmd;
@@ -51,6 +52,8 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(360 * 60);
 /// Upper bound for each `always()`/`cancelled()` step that runs after the job
 /// was cancelled or timed out.
 pub const AFTER_CANCEL_STEP_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// Upper bound for each of the clock's execs (reading, setting).
+const CLOCK_EXEC_LIMIT: Duration = Duration::from_secs(15);
 /// How long to wait for the output of a finished exec to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// After the wrapper reports the end, how long to wait for the command itself to
@@ -118,8 +121,13 @@ pub struct RunnerInfo {
 pub enum CheckoutSource {
     /// Nothing to check out: the step logs a warning and succeeds.
     None,
-    /// Copy this host directory (git-aware) into the guest.
-    LocalTree(PathBuf),
+    /// Copy this host directory (git-aware) into the guest, leaving out the
+    /// directories in `exclude` (Solstice's own state directory, when it lies
+    /// inside the tree).
+    LocalTree {
+        root: PathBuf,
+        exclude: Vec<PathBuf>,
+    },
     /// Clone inside the guest.
     Remote {
         server_url: String,
@@ -254,6 +262,10 @@ struct StepOutput<'e, 'a> {
     cmds: CommandState,
     pending_empty: bool,
     dump: Option<Vec<u8>>,
+    /// The exec runs only Solstice's own plumbing (no user code): its stdout
+    /// lines are runner lines and its stderr lines errors, with no workflow
+    /// commands.
+    own: bool,
 }
 
 impl<'e, 'a> StepOutput<'e, 'a> {
@@ -267,10 +279,23 @@ impl<'e, 'a> StepOutput<'e, 'a> {
             cmds: CommandState::new(debug),
             pending_empty: false,
             dump: None,
+            own: false,
         }
     }
 
     fn handle(&mut self, line: &str, stream: Stream) {
+        if self.own {
+            let kind = match stream {
+                Stream::Stdout => LineKind::Runner,
+                Stream::Stderr => LineKind::Annotation("error".into()),
+            };
+            self.em.emit(JobEvent::Line {
+                step: Some(self.index),
+                kind,
+                text: line.to_string(),
+            });
+            return;
+        }
         match self.cmds.process(line, stream) {
             LineAction::Emit(kind, text) => self.em.emit(JobEvent::Line {
                 step: Some(self.index),
@@ -389,6 +414,9 @@ struct JobState {
 struct Probe {
     home: String,
     has_bash: bool,
+    /// The guest user is root (else `sudo -n` is tried to set the clock).
+    root: bool,
+    clock: Option<clock::Offset>,
 }
 
 struct Runtime<'a> {
@@ -399,6 +427,8 @@ struct Runtime<'a> {
     cancel: CancellationToken,
     layout: GuestLayout,
     has_bash: bool,
+    /// The guest user is root.
+    root: bool,
     job_deadline: Instant,
     job_timeout: Duration,
     /// Workflow and job `env`, evaluated.
@@ -495,6 +525,7 @@ pub async fn run_job(
         cancel,
         layout: GuestLayout::new("/", "workspace"),
         has_bash: false,
+        root: false,
         job_deadline: started + DEFAULT_JOB_TIMEOUT,
         job_timeout: DEFAULT_JOB_TIMEOUT,
         base_env: IndexMap::new(),
@@ -554,6 +585,15 @@ pub async fn run_job(
         Ok(p) => {
             rt.layout = GuestLayout::new(&p.home, &env::repo_name(&spec.github));
             rt.has_bash = p.has_bash;
+            rt.root = p.root;
+            match p.clock {
+                Some(off) => rt.sync_clock(off, true).await,
+                None => tracing::debug!(
+                    target: "solstice::clock",
+                    job = %spec.job_id,
+                    "guest clock: no reading at job start"
+                ),
+            }
         }
         Err(msg) => {
             let conclusion = if rt.cancel.is_cancelled() {
@@ -568,7 +608,12 @@ pub async fn run_job(
 
     for (index, step) in job.steps.iter().enumerate() {
         rt.check_job_state(&mut state);
+        let t = Instant::now();
         rt.run_step(index, step, &mut state, runner_debug).await;
+        // A guest can fall behind during a long step (TCG under load).
+        if t.elapsed() >= clock::RECHECK_AFTER && !rt.cancel.is_cancelled() {
+            rt.check_clock().await;
+        }
     }
     rt.check_job_state(&mut state);
 
@@ -738,10 +783,14 @@ impl<'a> Runtime<'a> {
             Some(h) => shell_quote(h),
             None => "\"$HOME\"".to_string(),
         };
+        // The clock is read first: the time its line reaches the host is
+        // the other half of the measurement.
         let cmd = format!(
-            "H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
+            "{read}; H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
+             echo \"solstice-uid=$(id -u 2>/dev/null)\"; \
              cd \"$H\" && mkdir -p work/{r}/{r} _temp/_solstice _temp/_github_workflow _tool && \
-             cd _temp/_github_workflow && tar xf -",
+             cd _temp/_github_workflow && tar xmf -",
+            read = clock::READ,
             r = shell_quote(&repo)
         );
         let event = self
@@ -758,17 +807,23 @@ impl<'a> Runtime<'a> {
         let collect = async {
             let mut out = Vec::new();
             let mut err = Vec::new();
+            let mut clock_at = None;
             while let Some(c) = rx.recv().await {
                 match c.stream {
-                    Stream::Stdout => out.extend_from_slice(&c.data),
+                    Stream::Stdout => {
+                        out.extend_from_slice(&c.data);
+                        if clock_at.is_none() && clock_line_done(&out) {
+                            clock_at = Some(std::time::SystemTime::now());
+                        }
+                    }
                     Stream::Stderr => err.extend_from_slice(&c.data),
                 }
             }
-            (out, err)
+            (out, err, clock_at)
         };
         let work = async { tokio::join!(exec, collect) };
         let deadline = tokio::time::Instant::from_std(self.job_deadline);
-        let (status, (out, err)) = tokio::select! {
+        let (status, (out, err, clock_at)) = tokio::select! {
             r = work => r,
             _ = self.cancel.cancelled() => return Err("The job was cancelled during setup".into()),
             _ = tokio::time::sleep_until(deadline) => return Err("The job timed out during setup".into()),
@@ -793,10 +848,108 @@ impl<'a> Runtime<'a> {
                 "The guest has no home directory ($HOME is empty); set the image's home".into(),
             );
         }
+        let clock = clock::parse(&out)
+            .zip(clock_at)
+            .map(|(r, at)| clock::offset(r, at));
         Ok(Probe {
             home,
             has_bash: !field("solstice-bash=").is_empty(),
+            root: field("solstice-uid=") == "0",
+            clock,
         })
+    }
+
+    /// Sets the guest's clock from the host's when `off` says it is off (see
+    /// [`clock::should_set`]) and the session is a throw-away guest. Nothing
+    /// goes to the job log.
+    async fn sync_clock(&self, off: clock::Offset, at_start: bool) {
+        let set = self.session.owns_clock() && clock::should_set(&off, at_start);
+        tracing::debug!(
+            target: "solstice::clock",
+            job = %self.spec.job_id,
+            at_start,
+            offset = %format!("{:+.3}", off.estimate),
+            low = %format!("{:+.3}", off.low),
+            kind = ?off.kind,
+            set,
+            "guest clock measured"
+        );
+        if !set {
+            return;
+        }
+        let cmd = clock::set_command(std::time::SystemTime::now(), off.kind, !self.root);
+        match self.quiet_exec(&cmd).await {
+            Some((_, out)) if out.contains(clock::SET_OK) => tracing::debug!(
+                target: "solstice::clock",
+                job = %self.spec.job_id,
+                "guest clock set from the host's"
+            ),
+            _ => tracing::debug!(
+                target: "solstice::clock",
+                job = %self.spec.job_id,
+                root = self.root,
+                "guest clock could not be set (needs root or passwordless sudo -n); left as it is"
+            ),
+        }
+    }
+
+    /// Reads the guest's clock in its own exec and sets it forward if it fell behind.
+    async fn check_clock(&self) {
+        let sent = std::time::SystemTime::now();
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let exec = self.session.exec(clock::READ, b"", tx);
+        let collect = async {
+            let mut out = Vec::new();
+            let mut at = None;
+            while let Some(c) = rx.recv().await {
+                if c.stream == Stream::Stdout {
+                    out.extend_from_slice(&c.data);
+                    if at.is_none() && clock_line_done(&out) {
+                        at = Some(std::time::SystemTime::now());
+                    }
+                }
+            }
+            (out, at)
+        };
+        let Ok((_, (out, at))) =
+            tokio::time::timeout(CLOCK_EXEC_LIMIT, async { tokio::join!(exec, collect) }).await
+        else {
+            tracing::debug!(target: "solstice::clock", "guest clock: the reading timed out");
+            return;
+        };
+        match clock::parse(&String::from_utf8_lossy(&out)).zip(at) {
+            Some((r, at)) => {
+                tracing::debug!(
+                    target: "solstice::clock",
+                    job = %self.spec.job_id,
+                    round_trip = %format!("{:.3}", at.duration_since(sent).unwrap_or_default().as_secs_f64()),
+                    "guest clock read after a long step"
+                );
+                self.sync_clock(clock::offset(r, at), false).await;
+            }
+            None => tracing::debug!(target: "solstice::clock", "guest clock: no reading"),
+        }
+    }
+
+    /// Runs one of Solstice's own commands whose output stays out of the log;
+    /// returns its status and stdout, or `None` when it failed or took too long.
+    async fn quiet_exec(&self, cmd: &str) -> Option<(u32, String)> {
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let exec = self.session.exec(cmd, b"", tx);
+        let collect = async {
+            let mut out = Vec::new();
+            while let Some(c) = rx.recv().await {
+                if c.stream == Stream::Stdout {
+                    out.extend_from_slice(&c.data);
+                }
+            }
+            out
+        };
+        let (status, out) =
+            tokio::time::timeout(CLOCK_EXEC_LIMIT, async { tokio::join!(exec, collect) })
+                .await
+                .ok()?;
+        Some((status.ok()?, String::from_utf8_lossy(&out).into_owned()))
     }
 
     fn step_dir(&self, index: usize) -> String {
@@ -840,12 +993,12 @@ impl<'a> Runtime<'a> {
         let ctx = self.contexts(&env_ctx, state);
         let name = self.display_name(step, &ctx);
 
-        let condition = step
+        let explicit_if = step
             .if_
             .as_ref()
             .map(|s| s.0.trim())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("success()");
+            .filter(|s| !s.is_empty());
+        let condition = explicit_if.unwrap_or("success()");
         let run_it = match evaluate_condition(condition, &ctx) {
             Ok(b) => b,
             Err(e) => {
@@ -859,7 +1012,7 @@ impl<'a> Runtime<'a> {
         });
         if !run_it {
             self.em
-                .runner(Some(index), format!("Skipped: `if: {condition}` is false"));
+                .runner(Some(index), skip_reason(explicit_if, &ctx, state));
             self.record(
                 state,
                 index,
@@ -1055,9 +1208,10 @@ impl<'a> Runtime<'a> {
                 for (k, v) in &step.with {
                     let val =
                         interpolate(&v.0, ctx).map_err(|e| format!("Invalid `with.{k}`: {e}"))?;
-                    with.insert(k.clone(), val);
+                    // Input names are case-insensitive, as on GitHub.
+                    with.insert(k.to_ascii_lowercase(), val);
                 }
-                match self.checkout_plan(&with, &dir)? {
+                match self.checkout_plan(plan.index, &with, &dir)? {
                     CheckoutPlan::Skip(msg) => {
                         self.em.line(
                             Some(plan.index),
@@ -1179,11 +1333,7 @@ impl<'a> Runtime<'a> {
         }
         let tar =
             build_tar(&files).map_err(|e| format!("Could not build the step archive: {e}"))?;
-        let cmd = format!(
-            "cd {} && tar xf - && exec sh {}",
-            shell_quote(&self.layout.steps_root),
-            shell_quote(&format!("{dir}/wrapper.sh"))
-        );
+        let cmd = step_command(&self.layout.steps_root, &format!("{dir}/wrapper.sh"));
         let res = self.exec_step(plan, &cmd, &tar, Some(marker), &dir).await;
         self.finish_exec(plan, res, state)
     }
@@ -1263,8 +1413,24 @@ impl<'a> Runtime<'a> {
         marker: Option<String>,
         step_dir: &str,
     ) -> ExecResult {
+        self.exec_step_as(plan, cmd, stdin, marker, step_dir, false)
+            .await
+    }
+
+    /// [`Self::exec_step`]; `own`: the command is Solstice's plumbing only (see
+    /// [`StepOutput::own`]).
+    async fn exec_step_as(
+        &self,
+        plan: &StepRun<'_>,
+        cmd: &str,
+        stdin: &[u8],
+        marker: Option<String>,
+        step_dir: &str,
+        own: bool,
+    ) -> ExecResult {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
         let mut out = StepOutput::new(&self.em, plan.index, marker, self.debug);
+        out.own = own;
         let exec = self.session.exec(cmd, stdin, tx);
         tokio::pin!(exec);
         let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -1373,29 +1539,104 @@ impl<'a> Runtime<'a> {
         .await;
     }
 
+    fn warn(&self, index: usize, text: impl Into<String>) {
+        self.em
+            .line(Some(index), LineKind::Annotation("warning".into()), text);
+    }
+
     fn checkout_plan(
         &self,
+        index: usize,
         with: &IndexMap<String, String>,
         step_dir: &str,
     ) -> Result<CheckoutPlan, String> {
         let get = |k: &str| with.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
         let dest = self.layout.resolve(get("path"));
         let clean = get("clean").is_none_or(is_true);
+        let submodules = checkout::Submodules::parse(get("submodules"));
+        let lfs = get("lfs").is_some_and(is_true);
+        let server = match &self.spec.checkout {
+            CheckoutSource::Remote { server_url, .. } => Some(server_url.as_str()),
+            _ => None,
+        };
+        if !matches!(self.spec.checkout, CheckoutSource::None) {
+            for w in checkout::input_warnings(with, server) {
+                self.warn(index, w);
+            }
+        }
         match &self.spec.checkout {
             CheckoutSource::None => Ok(CheckoutPlan::Skip(
                 "Nothing to check out: no source was given for this job; the workspace stays empty"
                     .into(),
             )),
-            CheckoutSource::LocalTree(root) => {
+            CheckoutSource::LocalTree { root, exclude } => {
                 if let Some(r) = get("repository") {
                     return Err(format!(
                         "actions/checkout with `repository: {r}` needs a remote source; this job copies the local tree"
                     ));
                 }
-                let tar = checkout::local_tree_tar(root).map_err(|e| {
-                    format!("Could not read the local tree {}: {e}", root.display())
+                let tree = checkout::local_tree_tar(root, exclude).map_err(|e| {
+                    format!("Could not copy the local tree {}: {e}", root.display())
                 })?;
-                Ok(CheckoutPlan::Local { tar, dest, clean })
+                for d in &tree.excluded {
+                    self.em.runner(
+                        Some(index),
+                        format!(
+                            "Left out {d}: it is Solstice's state directory (daemon.state_dir)"
+                        ),
+                    );
+                }
+                if !tree.skipped.is_empty() {
+                    const SHOWN: usize = 20;
+                    let mut names: Vec<String> = tree
+                        .skipped
+                        .iter()
+                        .take(SHOWN)
+                        .map(|(p, kind)| format!("{p} ({kind})"))
+                        .collect();
+                    if tree.skipped.len() > SHOWN {
+                        names.push(format!("and {} more", tree.skipped.len() - SHOWN));
+                    }
+                    self.warn(
+                        index,
+                        format!(
+                            "Left out {} file(s) that tar cannot copy: {}",
+                            tree.skipped.len(),
+                            names.join(", ")
+                        ),
+                    );
+                }
+                if submodules != checkout::Submodules::None {
+                    self.em.runner(
+                        Some(index),
+                        "Submodules: the local tree is copied as it is, with the submodules checked out in it; nothing is fetched",
+                    );
+                    if !tree.empty_submodules.is_empty() {
+                        self.warn(
+                            index,
+                            format!(
+                                "Submodule(s) not checked out in the local tree: {}; run `git submodule update --init{}` first",
+                                tree.empty_submodules.join(", "),
+                                if submodules == checkout::Submodules::Recursive {
+                                    " --recursive"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
+                }
+                if lfs {
+                    self.em.runner(
+                        Some(index),
+                        "LFS: the local tree is copied as it is, with the LFS files as they are checked out on this host; nothing is fetched",
+                    );
+                }
+                Ok(CheckoutPlan::Local {
+                    tar: tree.data,
+                    dest,
+                    clean,
+                })
             }
             CheckoutSource::Remote {
                 server_url,
@@ -1439,7 +1680,10 @@ impl<'a> Runtime<'a> {
                     git_ref: r,
                     dest,
                     fetch_depth,
+                    fetch_tags: get("fetch-tags").is_some_and(is_true),
                     clean,
+                    submodules,
+                    lfs,
                     auth_config,
                 });
                 Ok(CheckoutPlan::Remote { script, extra })
@@ -1454,25 +1698,13 @@ impl<'a> Runtime<'a> {
         dest: &str,
         clean: bool,
     ) -> Result<(StepEnd, IndexMap<String, String>), String> {
-        let d = shell_quote(dest);
-        let prep = if clean {
-            format!("rm -rf {d} && mkdir -p {d}")
-        } else {
-            format!("mkdir -p {d}")
-        };
         let count = tar.len();
-        // `o`: files belong to the job's user, not to the host's uids (GNU,
-        // busybox and illumos tar agree). GNU tar is preferred where it exists
-        // under the name `gtar` (illumos), as the archive may use GNU long names.
-        // The pid file lets a timeout or cancellation stop the copy like any step:
-        // `exec` keeps the shell's pid for tar.
         let step_dir = self.step_dir(plan.index);
-        let sd = shell_quote(&step_dir);
-        let cmd = format!(
-            "mkdir -p {sd} && echo $$ > {sd}/pid && {prep} && cd {d} && if command -v gtar >/dev/null 2>&1; then exec gtar xof -; else exec tar xof -; fi"
-        );
+        let cmd = local_unpack_command(&step_dir, dest, clean);
         let tar = checkout::pad_record(tar);
-        let res = self.exec_step(plan, &cmd, &tar, None, &step_dir).await;
+        let res = self
+            .exec_step_as(plan, &cmd, &tar, None, &step_dir, true)
+            .await;
         if let Some(stop) = res.stop {
             return Ok((StepEnd::Stopped(stop), IndexMap::new()));
         }
@@ -1484,12 +1716,124 @@ impl<'a> Runtime<'a> {
                 );
                 Ok((StepEnd::Success, IndexMap::new()))
             }
-            Ok(s) => Err(format!(
-                "Copying the local tree into the guest failed (tar exited with {s})"
-            )),
+            // The guest said what failed, in one `Solstice:` line.
+            Ok(_) => Ok((StepEnd::Failure, IndexMap::new())),
             Err(e) => Err(format!("Copying the local tree into the guest failed: {e}")),
         }
     }
+}
+
+/// Whether `out` holds the whole `solstice-clock=` line.
+fn clock_line_done(out: &[u8]) -> bool {
+    let p = clock::PREFIX.as_bytes();
+    out.windows(p.len())
+        .position(|w| w == p)
+        .is_some_and(|i| out[i..].contains(&b'\n'))
+}
+
+/// The guest command of a `run:` step: unpack the step's files (on stdin)
+/// into `steps_root` and run the wrapper. `tar -m`: times are not restored
+/// (the archive carries the host's clock; a guest behind it would warn about
+/// files from the future). Nothing of this plumbing reaches the step's log but
+/// one `Solstice:` line when it fails. `steps_root` is created again if a step
+/// removed it.
+fn step_command(steps_root: &str, wrapper: &str) -> String {
+    let r = shell_quote(steps_root);
+    format!(
+        "cd {r} 2>/dev/null || {{ e=$(mkdir -p {r} 2>&1) && cd {r}; }} || \
+         {{ printf 'Solstice: could not create %s: %s\\n' {r} \"$(printf '%s' \"$e\" | tr '\\n' ' ')\" >&2; exit 1; }}; \
+         e=$(tar xmf - 2>&1 >/dev/null) || \
+         {{ printf 'Solstice: could not unpack the step into %s: %s\\n' {r} \"$(printf '%s' \"$e\" | tr '\\n' ' ')\" >&2; exit 1; }}; \
+         exec sh {w}",
+        w = shell_quote(wrapper)
+    )
+}
+
+/// The guest command that unpacks the local tree (on stdin) into `dest`.
+/// `-m`: times are not restored, so a guest clock behind the host's never
+/// sees files from the future; `o`: files belong to the job's user, not to
+/// the host's uids (GNU, busybox and illumos tar agree). GNU tar is preferred
+/// where it exists as `gtar` (illumos). Whatever the plumbing writes to stderr
+/// is kept out of the log; on failure one `Solstice:` line says what failed.
+/// The pid file lets a timeout or cancellation stop the copy like any step.
+fn local_unpack_command(step_dir: &str, dest: &str, clean: bool) -> String {
+    let d = shell_quote(dest);
+    let sd = shell_quote(step_dir);
+    // Prints `Solstice: WHAT: <captured stderr on one line>` and fails.
+    let fail = |what: &str| {
+        format!(
+            "{{ e=$(printf '%s' \"$e\" | tr '\\n' ' '); printf 'Solstice: %s%s\\n' {} \"${{e:+: $e}}\" >&2; exit 1; }}",
+            shell_quote(what)
+        )
+    };
+    let prep = if clean {
+        format!(
+            "e=$(rm -rf {d} 2>&1) || {}\n",
+            fail(&format!("could not empty {dest}"))
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "e=$(mkdir -p {sd} 2>&1) || {f_sd}\n\
+         if kill -0 -$$ 2>/dev/null; then echo \"-$$\" > {sd}/pid; else echo \"$$\" > {sd}/pid; fi\n\
+         {prep}e=$(mkdir -p {d} 2>&1) || {f_mk}\n\
+         cd {d} 2>/dev/null || {{ e=; {f_cd}; }}\n\
+         if command -v gtar >/dev/null 2>&1; then t=gtar; else t=tar; fi\n\
+         e=$($t xmof - 2>&1 >/dev/null) || {f_tar}\n",
+        f_sd = fail(&format!("could not create {step_dir}")),
+        f_mk = fail(&format!("could not create {dest}")),
+        f_cd = fail(&format!("could not enter {dest}")),
+        f_tar = fail(&format!("could not unpack the local tree into {dest}")),
+    )
+}
+
+/// The line that says why a step did not run. A step without `if:` (or whose
+/// `if:` has no status function) runs only while the job succeeds, as on
+/// GitHub: when that implied `success()` is what failed, the line says so
+/// instead of blaming the user's condition.
+fn skip_reason(explicit_if: Option<&str>, ctx: &Contexts, state: &JobState) -> String {
+    let status = match state.status {
+        JobStatus::Success => None,
+        JobStatus::Failure => Some("an earlier step failed"),
+        JobStatus::Cancelled if state.timed_out => Some("the job timed out"),
+        JobStatus::Cancelled => Some("the job was cancelled"),
+    };
+    match (explicit_if, status) {
+        (None, Some(why)) => format!("Skipped: {why}"),
+        (None, None) => "Skipped: `if: success()` is false".to_string(),
+        (Some(cond), Some(why)) => {
+            // Would the user's condition have let the step run had the job
+            // succeeded so far? Then the implied `success()` is the reason.
+            let mut succeeded = ctx.clone();
+            succeeded.status = JobStatus::Success;
+            if evaluate_condition(cond, &succeeded).unwrap_or(false) {
+                if has_status_function(cond) {
+                    format!("Skipped: {why} (`if: {cond}`)")
+                } else {
+                    format!(
+                        "Skipped: {why} (an `if:` without success(), failure(), always() or cancelled() runs only while the job succeeds)"
+                    )
+                }
+            } else {
+                format!("Skipped: `if: {cond}` is false")
+            }
+        }
+        (Some(cond), None) => format!("Skipped: `if: {cond}` is false"),
+    }
+}
+
+/// Whether a condition's text calls a status function (for the wording of
+/// [`skip_reason`] only).
+fn has_status_function(cond: &str) -> bool {
+    let c: String = cond
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    ["success(", "failure(", "always(", "cancelled("]
+        .iter()
+        .any(|f| c.contains(f))
 }
 
 /// A step's `run` default from the job, else the workflow.

@@ -26,8 +26,11 @@ pub enum ResolvedShell {
     Python,
 }
 
-/// The default for `run:` steps when bash is present (the same as the Forgejo/act
-/// runner and GitHub's `shell: bash`).
+/// The default for `run:` steps (no `shell:`, no `defaults.run.shell`) when bash
+/// is present, as on GitHub and Forgejo: **no** `pipefail`, so `make | tee log`
+/// passes when `make` fails, exactly as it does there.
+pub const DEFAULT_BASH_TEMPLATE: &str = "bash -e {0}";
+/// An explicit `shell: bash` (GitHub's table of `steps[*].shell`).
 pub const BASH_TEMPLATE: &str = "bash --noprofile --norc -e -o pipefail {0}";
 /// The default when bash is missing, and `shell: sh`.
 pub const SH_TEMPLATE: &str = "sh -e {0}";
@@ -39,7 +42,11 @@ fn template(s: &str) -> ResolvedShell {
 /// Chooses the shell for a step. `shell` is the step's value or the defaults' value.
 pub fn resolve_shell(shell: Option<&str>, has_bash: bool) -> Result<ResolvedShell, ShellError> {
     match shell.map(str::trim) {
-        None | Some("") => Ok(template(if has_bash { BASH_TEMPLATE } else { SH_TEMPLATE })),
+        None | Some("") => Ok(template(if has_bash {
+            DEFAULT_BASH_TEMPLATE
+        } else {
+            SH_TEMPLATE
+        })),
         Some("bash") => {
             if has_bash {
                 Ok(template(BASH_TEMPLATE))
@@ -136,13 +143,13 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
     s.push_str("    SOLSTICE_SETSID=1; export SOLSTICE_SETSID; exec setsid sh \"$0\"\n");
     s.push_str("  fi\nfi\nunset SOLSTICE_SETSID\n");
     s.push_str(&format!(
-        "if kill -0 -$$ 2>/dev/null; then echo \"-$$\" > {p}; else echo \"$$\" > {p}; fi\n",
+        "if kill -0 -$$ 2>/dev/null; then echo \"-$$\" > {p}; else echo \"$$\" > {p}; fi 2>/dev/null\n",
         p = q(&format!("{d}/pid"))
     ));
     // The wrapper holds the step's env (secrets included) and the script may hold
     // interpolated secrets: neither is left on the guest's disk for later steps.
     // The shell keeps reading this file through its open descriptor.
-    s.push_str("rm -f \"$0\"\n");
+    s.push_str("rm -f \"$0\" 2>/dev/null\n");
     for (k, v) in w.env {
         s.push_str(&format!("{k}={}; export {k}\n", q(v)));
     }
@@ -162,7 +169,7 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
     ));
     s.push_str(&format!("{} </dev/null\n", w.run));
     s.push_str("solstice_status=$?\n");
-    s.push_str(&format!("rm -f {}/script.*\n", q(d)));
+    s.push_str(&format!("rm -f {}/script.* 2>/dev/null\n", q(d)));
     let m = q(w.marker);
     s.push_str(&format!("printf '\\n%s\\n' {m}\n"));
     s.push_str(&format!(
@@ -230,8 +237,21 @@ mod tests {
 
     #[test]
     fn default_shell_depends_on_bash() {
-        assert_eq!(resolve_shell(None, true).unwrap(), template(BASH_TEMPLATE));
+        // No `shell:`: GitHub's `bash -e {0}` (no pipefail), else `sh -e {0}`.
+        assert_eq!(
+            resolve_shell(None, true).unwrap(),
+            template(DEFAULT_BASH_TEMPLATE)
+        );
+        assert_eq!(
+            resolve_shell(Some(" "), true).unwrap(),
+            template("bash -e {0}")
+        );
         assert_eq!(resolve_shell(None, false).unwrap(), template(SH_TEMPLATE));
+        // Only an explicit `shell: bash` adds pipefail.
+        assert_eq!(
+            resolve_shell(Some("bash"), true).unwrap(),
+            template("bash --noprofile --norc -e -o pipefail {0}")
+        );
         assert_eq!(resolve_shell(Some("bash"), false), Err(ShellError::NoBash));
         assert_eq!(
             resolve_shell(Some("sh"), true).unwrap(),
@@ -257,6 +277,12 @@ mod tests {
         assert_eq!(resolve_shell(None, true).unwrap().extension(), "sh");
         assert_eq!(
             resolve_shell(None, true).unwrap().command("/a b/s.sh"),
+            "bash -e '/a b/s.sh'"
+        );
+        assert_eq!(
+            resolve_shell(Some("bash"), true)
+                .unwrap()
+                .command("/a b/s.sh"),
             "bash --noprofile --norc -e -o pipefail '/a b/s.sh'"
         );
     }

@@ -150,6 +150,11 @@ impl SshSession {
 
 #[async_trait]
 impl GuestSession for SshSession {
+    /// Every SSH session Solstice opens is to a job's own VM.
+    fn owns_clock(&self) -> bool {
+        true
+    }
+
     async fn exec(
         &self,
         command: &str,
