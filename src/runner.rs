@@ -15,7 +15,7 @@ use crate::ssh::{self, ClientKey, HostKey, HostKeyCheck, ReadyOptions, SshTarget
 use crate::store::{KvmFailureRow, Store};
 use crate::vm::accel::{
     Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, KvmFailure, STALL_WINDOW,
-    judge_kvm_boot,
+    console_alarm, judge_kvm_boot,
 };
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -193,9 +193,10 @@ pub async fn run_in_vm(
         source,
     })?;
     let mut accel = run.accel.current();
+    // Why this job's KVM guest was given up. KVM is turned off for the
+    // process only once the same VM reaches SSH under TCG: a guest that
+    // fails under both is the image's fault, not KVM's.
     let mut fallback: Option<String> = None;
-    // A KVM start failure is only KVM's fault if TCG then starts.
-    let mut unconfirmed: Option<String> = None;
     let t_first = Instant::now();
     loop {
         let mut timings = Timings::default();
@@ -256,7 +257,6 @@ pub async fn run_in_vm(
                     last_words(&stderr)
                 );
                 announce_fallback(sink, &reason, false);
-                unconfirmed = Some(reason.clone());
                 fallback = Some(reason);
                 accel = Accel::Tcg;
                 continue;
@@ -272,10 +272,6 @@ pub async fn run_in_vm(
                 });
             }
         };
-        if let Some(reason) = unconfirmed.take() {
-            // TCG started where KVM did not: KVM was the difference.
-            run.accel.kvm_failed(&reason);
-        }
         if let Some(o) = run.observer {
             o.started(vm.pid(), vm.ssh_addr().port());
         }
@@ -286,12 +282,14 @@ pub async fn run_in_vm(
         let attempt = boot_and_run(
             run,
             &mut vm,
-            client_key,
-            host_public,
+            (client_key, host_public),
             sink,
             cancel,
             &mut timings,
-            watch_kvm,
+            Kvm {
+                watch: watch_kvm,
+                to_confirm: fallback.as_deref().filter(|_| accel == Accel::Tcg),
+            },
         )
         .await;
 
@@ -313,7 +311,6 @@ pub async fn run_in_vm(
 
         match attempt {
             Attempt::KvmBroken(reason) => {
-                run.accel.kvm_failed(&reason);
                 announce_fallback(sink, &reason, true);
                 fallback = Some(reason);
                 accel = Accel::Tcg;
@@ -340,9 +337,19 @@ fn announce_fallback(sink: &dyn EventSink, reason: &str, destroyed: bool) {
     sink.emit(JobEvent::Phase {
         phase: Phase::Boot,
         detail: format!(
-            "KVM does not work on this host: {reason}. {what} (software emulation, slower); later jobs of this runner use TCG from the start (`solstice doctor` explains)"
+            "KVM did not run this job's guest: {reason}. {what} (software emulation, slower); if it boots there, KVM is off for later jobs on this host (`solstice doctor` explains)"
         ),
     });
+}
+
+/// What a boot attempt does about KVM.
+#[derive(Clone, Copy)]
+struct Kvm<'a> {
+    /// Watch the guest and give up KVM when it shows no progress (`auto`'s KVM).
+    watch: bool,
+    /// This is the TCG attempt after a KVM failure (the reason): once SSH
+    /// answers, KVM was the difference, and it is given up.
+    to_confirm: Option<&'a str>,
 }
 
 /// The last line of a program's stderr, or a placeholder.
@@ -377,6 +384,8 @@ async fn watch_boot(
     let mut console_bytes = 0u64;
     let mut grew_at: Option<Duration> = None;
     let mut kvm_ok = !watch_kvm;
+    let mut scanned = 0u64;
+    let mut alarm: Option<String> = None;
     loop {
         tokio::time::sleep(BOOT_WATCH_EVERY).await;
         let elapsed = vm.spawned_at().elapsed();
@@ -391,6 +400,12 @@ async fn watch_boot(
             console_bytes = len;
             grew_at = Some(elapsed);
         }
+        if !kvm_ok && alarm.is_none() && len > scanned {
+            // Only whole lines are judged; a partial last line waits.
+            let (text, upto) = vm.console_lines_since(scanned);
+            scanned = upto;
+            alarm = console_alarm(&text);
+        }
         if !kvm_ok {
             let obs = BootObservation {
                 elapsed,
@@ -399,6 +414,7 @@ async fn watch_boot(
                 banner_seen: banner_seen.load(Ordering::SeqCst),
                 qemu_exited: exited.clone(),
                 run_state: run_state.clone(),
+                console_alarm: alarm.clone(),
             };
             match judge_kvm_boot(&obs, FIRST_OUTPUT_WINDOW, STALL_WINDOW) {
                 BootVerdict::Wait => {}
@@ -431,16 +447,14 @@ async fn watch_boot(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn boot_and_run(
     run: &VmRun<'_>,
     vm: &mut Vm,
-    client_key: ClientKey,
-    host_public: Option<String>,
+    (client_key, host_public): (ClientKey, Option<String>),
     sink: &dyn EventSink,
     cancel: &CancellationToken,
     timings: &mut Timings,
-    watch_kvm: bool,
+    kvm: Kvm<'_>,
 ) -> Attempt {
     let image = run.image;
     let check = match host_public {
@@ -482,7 +496,7 @@ async fn boot_and_run(
     };
     let waited = {
         let ready = ssh::wait_ready_with_stats(&target, &opts, cancel, &progress);
-        let watch = watch_boot(vm, sink, &banner_seen, watch_kvm);
+        let watch = watch_boot(vm, sink, &banner_seen, kvm.watch);
         tokio::select! {
             r = ready => Ok(r),
             w = watch => Err(w),
@@ -511,6 +525,15 @@ async fn boot_and_run(
             }));
         }
         Ok(Err(ssh::SshError::Cancelled { .. })) => return Attempt::Done(Err(RunError::Cancelled)),
+        Ok(Err(ssh::SshError::NotReady { last, .. })) if kvm.watch => {
+            // Under `auto`'s KVM the boot timeout is KVM's failure too, if the
+            // same VM then boots under TCG.
+            return Attempt::KvmBroken(format!(
+                "the guest did not accept SSH within {} s under KVM ({})",
+                secs(image.boot_timeout),
+                describe_last_attempt(last.as_deref())
+            ));
+        }
         Ok(Err(ssh::SshError::NotReady { last, .. })) => {
             let mut last = describe_last_attempt(last.as_deref());
             if explicit_kvm {
@@ -533,6 +556,10 @@ async fn boot_and_run(
         }
     };
     timings.boot_to_ssh = t_boot.elapsed();
+    if let Some(reason) = kvm.to_confirm {
+        // The guest that did not run under KVM runs under TCG.
+        run.accel.kvm_failed(reason);
+    }
     sink.emit(JobEvent::Phase {
         phase: Phase::Ready,
         detail: format!("SSH ready after {:.1}s", timings.boot_to_ssh.as_secs_f64()),

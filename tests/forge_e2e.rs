@@ -833,7 +833,7 @@ async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
     let log1 = log_of(&t1);
     assert!(log1.contains("accelerator kvm"), "{log1}");
     assert!(
-        log1.contains("KVM does not work on this host: the guest's console stopped for 45 s"),
+        log1.contains("KVM did not run this job's guest: the guest"),
         "{log1}"
     );
     assert!(log1.contains("accelerator tcg"), "{log1}");
@@ -844,7 +844,7 @@ async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
         log2.contains("accelerator tcg") && !log2.contains("accelerator kvm"),
         "{log2}"
     );
-    assert!(!log2.contains("KVM does not work"), "{log2}");
+    assert!(!log2.contains("KVM did not run"), "{log2}");
 
     let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
@@ -873,7 +873,10 @@ async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
         .kvm_failure()
         .unwrap()
         .expect("the fallback is recorded");
-    assert!(record.reason.contains("console stopped"), "{record:?}");
+    assert!(
+        record.reason.contains("console stopped") || record.reason.contains("stalled CPUs"),
+        "{record:?}"
+    );
     assert!(
         record.fingerprint.contains("QEMU emulator version"),
         "{record:?}"

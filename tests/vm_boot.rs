@@ -294,3 +294,27 @@ fn auto_accel_explains_its_choice_and_a_kvm_choice_is_backed_by_a_guest_that_ran
     assert_eq!(t.current(), Accel::Tcg);
     assert!(!t.may_fall_back(Accel::Tcg));
 }
+
+/// A QMP command that does not answer in time (QEMU stopped with SIGSTOP)
+/// gives up the QMP connection instead of leaving a command in flight: the
+/// next command (`quit` in `destroy`) would otherwise panic inside the qapi
+/// crate ("duplicate command id"). Destroy still removes everything.
+#[tokio::test]
+async fn a_qmp_command_that_times_out_leaves_destroy_working() {
+    let base = tiny_image();
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let img = image(base, SeedKind::NoCloud);
+    let mut vm = Vm::start(spec("qmp-stall", &img, &q, jobs.path()))
+        .await
+        .unwrap();
+    assert_eq!(vm.run_state().await.as_deref(), Some("running"));
+    let pid = nix::unistd::Pid::from_raw(vm.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    assert_eq!(vm.run_state().await, None, "a stopped QEMU cannot answer");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // The connection was given up: no command is sent on it again.
+    assert_eq!(vm.run_state().await, None);
+    vm.destroy().await.unwrap();
+    assert_no_leaks(jobs.path());
+}

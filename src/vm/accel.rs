@@ -15,14 +15,17 @@
 //!    status [`PROBE_EXIT_STATUS`], all within [`PROBE_DEADLINE`]. A healthy
 //!    KVM host does that in about 0.3 s, TCG here in 0.3 s as well; a broken
 //!    one fails, hangs or needs seconds (rejected: a slow KVM is no gain).
-//! 2. **A fallback at run time** ([`Accelerator::kvm_failed`] with
-//!    [`judge_kvm_boot`]): a job VM under `auto`'s KVM that shows no progress
-//!    (no console output and no SSH banner within [`FIRST_OUTPUT_WINDOW`], or
-//!    a console silent for [`STALL_WINDOW`] before SSH answers), stops with an
-//!    internal error, or whose QEMU dies, is destroyed and booted again under
-//!    TCG, and KVM is off for the rest of the process. The daemon also records
-//!    the failure in its state database, so it survives restarts (until QEMU
-//!    or the host kernel changes).
+//! 2. **A fallback at run time** ([`judge_kvm_boot`], then
+//!    [`Accelerator::kvm_failed`]): a job VM under `auto`'s KVM that shows no
+//!    progress (no console output and no SSH banner within
+//!    [`FIRST_OUTPUT_WINDOW`], a console silent for [`STALL_WINDOW`] before
+//!    SSH answers, a kernel reporting stalled CPUs ([`CONSOLE_ALARMS`]), a
+//!    stopped guest, a dead QEMU, or no SSH within the image's boot timeout)
+//!    is destroyed and the job booted again under TCG. When that VM reaches
+//!    SSH, KVM was the difference: it is off for the rest of the process,
+//!    and the daemon and `exec` record it in the state database, so it
+//!    survives restarts (until QEMU or the host kernel changes). A guest that
+//!    fails under TCG too is the image's fault, and KVM stays on.
 //!
 //! An explicit `accel = "kvm"` never falls back: it fails with a message that
 //! says what to do.
@@ -489,8 +492,12 @@ fn run_probe(
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    kill_group(child.id());
-    let _ = child.kill();
+    // Once reaped, its pid (and process group id) may belong to another
+    // process: only a child still running is killed.
+    if matches!(child.try_wait(), Ok(None)) {
+        kill_group(child.id());
+        let _ = child.kill();
+    }
     let stderr = child.stderr.take();
     let _ = child.wait();
     outcome.map_err(|end| match end {
@@ -538,6 +545,26 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" / ")
 }
 
+/// What guest kernels print when their CPUs cannot make progress (Linux RCU
+/// stall and lockup detectors, Linux and illumos panics). Seen on a KVM
+/// guest's console, they are taken as KVM's failure (to be confirmed by the
+/// same VM booting under TCG).
+pub const CONSOLE_ALARMS: [&str; 6] = [
+    "detected stall",
+    "soft lockup",
+    "hard LOCKUP",
+    "Kernel panic",
+    "panic[cpu",
+    "deadman timer",
+];
+
+/// The first console line (of `text`) that carries one of [`CONSOLE_ALARMS`].
+pub fn console_alarm(text: &str) -> Option<String> {
+    text.lines()
+        .find(|l| CONSOLE_ALARMS.iter().any(|a| l.contains(a)))
+        .map(|l| l.trim().chars().take(160).collect())
+}
+
 /// What a watcher saw of a booting job VM.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootObservation {
@@ -553,6 +580,9 @@ pub struct BootObservation {
     pub qemu_exited: Option<String>,
     /// QEMU's run state (`query-status`), e.g. `running`, `internal-error`.
     pub run_state: Option<String>,
+    /// A console line in which the guest's kernel reports stalled CPUs or a
+    /// panic (see [`console_alarm`]).
+    pub console_alarm: Option<String>,
 }
 
 /// The watcher's verdict on a KVM guest.
@@ -589,6 +619,11 @@ pub fn judge_kvm_boot(
     }
     if obs.banner_seen {
         return BootVerdict::Healthy;
+    }
+    if let Some(line) = &obs.console_alarm {
+        return BootVerdict::Broken(format!(
+            "the guest's kernel reported stalled CPUs under KVM (\"{line}\")"
+        ));
     }
     match obs.console_grew_at {
         None if obs.console_bytes == 0 && obs.elapsed >= first_output => {
@@ -740,6 +775,29 @@ mod tests {
             ..obs(1)
         };
         assert_eq!(judge_kvm_boot(&running, W, S), BootVerdict::Wait);
+    }
+
+    #[test]
+    fn kernel_stall_reports_are_broken_but_ordinary_lines_are_not() {
+        let text =
+            "[    0.1] Booting\n[ 332.3] rcu: INFO: rcu_preempt self-detected stall on CPU\n";
+        let line = console_alarm(text).unwrap();
+        assert!(line.contains("self-detected stall"), "{line}");
+        assert_eq!(
+            console_alarm("[ 1.0] rcu: Hierarchical RCU implementation.\n"),
+            None
+        );
+        assert!(console_alarm("watchdog: BUG: soft lockup - CPU#0 stuck for 22s!").is_some());
+        assert!(console_alarm("panic[cpu0]/thread=fffffffffbc2b2e0: deadman: timed out").is_some());
+        let o = BootObservation {
+            console_bytes: 100,
+            console_grew_at: Some(Duration::from_secs(9)),
+            console_alarm: Some(line),
+            ..obs(9)
+        };
+        assert!(
+            matches!(judge_kvm_boot(&o, W, S), BootVerdict::Broken(w) if w.contains("stalled CPUs"))
+        );
     }
 
     fn auto() -> Accelerator {

@@ -352,6 +352,25 @@ impl Vm {
         last_printable_line(&read_tail(&self.console_path(), 4096))
     }
 
+    /// The console's whole lines from byte `from` on (at most 64 KiB of
+    /// them, cleaned of escape sequences), and the offset after them.
+    pub fn console_lines_since(&self, from: u64) -> (String, u64) {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(self.console_path())
+            && f.seek(SeekFrom::Start(from)).is_ok()
+        {
+            let _ = f.take(64 << 10).read_to_end(&mut buf);
+        }
+        let whole = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            // One line longer than the window: judge it as it is.
+            None if buf.len() == 64 << 10 => buf.len(),
+            None => 0,
+        };
+        (clean_console_text(&buf[..whole]), from + whole as u64)
+    }
+
     /// Copies the serial console log to `dest` (kept after the VM is gone).
     pub fn keep_console(&self, dest: &Path) -> std::io::Result<()> {
         if let Some(parent) = dest.parent() {
@@ -381,11 +400,19 @@ impl Vm {
 
     /// QEMU's run state (`running`, `internal-error`, `guest-panicked`, …),
     /// or `None` when QMP does not answer within a second.
+    ///
+    /// The QMP connection is dropped when a command does not complete: QEMU
+    /// without out-of-band support answers every command under the same id,
+    /// and the `qapi` crate panics on the next command while an abandoned
+    /// one is still pending. [`Vm::destroy`] then kills QEMU instead.
     pub async fn run_state(&mut self) -> Option<String> {
         let conn = self.qmp.as_mut()?;
         match tokio::time::timeout(Duration::from_secs(1), qmp::status(conn)).await {
             Ok(Ok((_, state))) => Some(state),
-            _ => None,
+            Ok(Err(_)) | Err(_) => {
+                self.qmp = None;
+                None
+            }
         }
     }
 
