@@ -219,3 +219,36 @@ fn log_lines_quoted_in_operations_md_are_real() {
     }
     assert!(checked >= 6, "only {checked} quoted log lines found");
 }
+
+/// Every example workflow parses, and each of its jobs passes the checks
+/// `solstice exec` makes before it boots a VM (the getting-started guide
+/// runs them as written).
+#[test]
+fn example_workflows_are_runnable() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let wf = solstice::workflow::parse_workflow(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (id, job) in &wf.jobs {
+            let problems = solstice::executor::preflight::preflight(&wf, id, job, None);
+            assert!(problems.is_empty(), "{}: {problems:?}", path.display());
+            solstice::workflow::expand_matrix(job)
+                .unwrap_or_else(|e| panic!("{} job {id}: {e}", path.display()));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 2, "examples/*.yml: {seen}");
+    // The commands getting-started.md gives name jobs that exist.
+    let guide = read("docs/getting-started.md");
+    for (file, job) in [("examples/ci.yml", "test"), ("examples/ci.yml", "deploy")] {
+        assert!(guide.contains(&format!("solstice exec {file} --job {job}")), "{job}");
+        let wf = solstice::workflow::parse_workflow(&read(file)).unwrap();
+        assert!(wf.jobs.contains_key(job), "{file} has no job {job}");
+    }
+}
