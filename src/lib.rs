@@ -5,6 +5,7 @@
 //! drive it. One module per external boundary: see `docs/explanation/architecture.md`.
 
 pub mod bench;
+pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod daemon;

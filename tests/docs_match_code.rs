@@ -247,7 +247,10 @@ fn example_workflows_are_runnable() {
     // The commands getting-started.md gives name jobs that exist.
     let guide = read("docs/getting-started.md");
     for (file, job) in [("examples/ci.yml", "test"), ("examples/ci.yml", "deploy")] {
-        assert!(guide.contains(&format!("solstice exec {file} --job {job}")), "{job}");
+        assert!(
+            guide.contains(&format!("solstice exec {file} --job {job}")),
+            "{job}"
+        );
         let wf = solstice::workflow::parse_workflow(&read(file)).unwrap();
         assert!(wf.jobs.contains_key(job), "{file} has no job {job}");
     }

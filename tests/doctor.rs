@@ -70,16 +70,7 @@ fn problems_fail_with_what_to_do_and_exit_1() {
     let mut env = TestEnv::tiny();
     env.config.qemu.system_binary = "/nonexistent/qemu-system-x86_64".into();
     let config = env.write_config_file();
-    let big = env.dir.path().join("big.qcow2");
-    assert!(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&big)
-            .arg("3G")
-            .status()
-            .unwrap()
-            .success()
-    );
+    let big = support::blank_qcow2(env.dir.path(), "big.qcow2", "3G");
     // A qcow2 image declared raw, a disk smaller than its image, a forge
     // whose port is closed.
     let text = std::fs::read_to_string(&config).unwrap();

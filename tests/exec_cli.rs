@@ -57,6 +57,23 @@ fn verdict_times(line: &str) -> Option<(f64, f64)> {
     Some((secs(steps)?, secs(wall)?))
 }
 
+/// `solstice exec --config CONFIG WORKFLOW` with `auto` forced to take KVM
+/// without its probe (the test switch).
+fn exec_forcing_kvm(
+    config: &std::path::Path,
+    wf: &std::path::Path,
+    cwd: &std::path::Path,
+) -> std::process::Output {
+    solstice()
+        .args(["exec", "--config"])
+        .arg(config)
+        .arg(wf)
+        .current_dir(cwd)
+        .env("SOLSTICE_TEST_FORCE_KVM", "1")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn matrix_runs_every_combination_and_the_exit_code_follows_the_jobs() {
     let env = TestEnv::tiny();
@@ -305,14 +322,7 @@ fn auto_falls_back_to_tcg_when_a_kvm_guest_makes_no_progress() {
         "jobs:\n  x:\n    strategy:\n      matrix:\n        n: [1, 2]\n    steps:\n      - run: echo \"job ${{ matrix.n }} ran\"\n",
     );
     let t = Instant::now();
-    let out = solstice()
-        .args(["exec", "--config"])
-        .arg(&config)
-        .arg(&wf)
-        .current_dir(env.dir.path())
-        .env("SOLSTICE_TEST_FORCE_KVM", "1")
-        .output()
-        .unwrap();
+    let out = exec_forcing_kvm(&config, &wf, env.dir.path());
     let took = t.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -391,14 +401,7 @@ fn auto_with_kvm_forced_still_runs_the_job_on_this_host() {
         "one.yml",
         "jobs:\n  x:\n    steps:\n      - run: echo \"ran on $(uname -s)\"\n",
     );
-    let out = solstice()
-        .args(["exec", "--config"])
-        .arg(&config)
-        .arg(&wf)
-        .current_dir(env.dir.path())
-        .env("SOLSTICE_TEST_FORCE_KVM", "1")
-        .output()
-        .unwrap();
+    let out = exec_forcing_kvm(&config, &wf, env.dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -450,16 +453,7 @@ fn explicit_kvm_never_falls_back() {
 #[test]
 fn an_image_that_boots_nowhere_does_not_turn_kvm_off() {
     let dir = tempfile::tempdir().unwrap();
-    let blank = dir.path().join("blank.qcow2");
-    assert!(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&blank)
-            .arg("64M")
-            .status()
-            .unwrap()
-            .success()
-    );
+    let blank = support::blank_qcow2(dir.path(), "blank.qcow2", "64M");
     let mut img = support::image_config("blank", blank, "root", 128);
     img.boot_timeout = Duration::from_secs(8);
     let mut env = TestEnv::with_image(img);
@@ -470,14 +464,7 @@ fn an_image_that_boots_nowhere_does_not_turn_kvm_off() {
         "one.yml",
         "jobs:\n  x:\n    steps:\n      - run: 'true'\n",
     );
-    let out = solstice()
-        .args(["exec", "--config"])
-        .arg(&config)
-        .arg(&wf)
-        .current_dir(env.dir.path())
-        .env("SOLSTICE_TEST_FORCE_KVM", "1")
-        .output()
-        .unwrap();
+    let out = exec_forcing_kvm(&config, &wf, env.dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");

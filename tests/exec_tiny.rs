@@ -293,14 +293,7 @@ async fn boot_timeout_quotes_the_serial_console_and_leaves_nothing() {
 async fn broken_image_times_out_with_a_clear_error() {
     // A blank disk: SeaBIOS finds nothing to boot.
     let dir = tempfile::tempdir().unwrap();
-    let blank = dir.path().join("blank.qcow2");
-    let st = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&blank)
-        .arg("64M")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let blank = support::blank_qcow2(dir.path(), "blank.qcow2", "64M");
     let mut img = support::image_config("broken", blank, "root", 128);
     img.boot_timeout = Duration::from_secs(6);
     let env = TestEnv::with_image(img);

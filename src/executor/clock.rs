@@ -130,23 +130,10 @@ pub const SET_OK: &str = "solstice-clock-set";
 
 /// UTC `MMDDhhmmCCYY.SS` (the `date` operand GNU, busybox and illumos accept).
 fn posix_date(secs: i64) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let c = crate::civil::Civil::from_unix(secs);
     format!(
-        "{month:02}{day:02}{:02}{:02}{year:04}.{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:02}{:02}{:02}{:02}{:04}.{:02}",
+        c.month, c.day, c.hour, c.min, c.year, c.sec
     )
 }
 

@@ -281,17 +281,30 @@ mod tests {
         assert_eq!(a.last().unwrap(), "20G");
     }
 
-    /// A blank qcow2 base image of `size` (qemu-img syntax) in `dir`.
-    fn blank_qcow2(dir: &Path, size: &str) -> PathBuf {
-        let base = dir.join("base.qcow2");
+    /// A blank base image in `format` (`qcow2`: `base.qcow2`, `raw`:
+    /// `base.img`) of `size` (qemu-img syntax) in `dir`.
+    fn blank(dir: &Path, format: &str, size: &str) -> PathBuf {
+        let base = dir.join(if format == "raw" {
+            "base.img"
+        } else {
+            "base.qcow2"
+        });
         let st = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
+            .args(["create", "-q", "-f", format])
             .arg(&base)
             .arg(size)
             .status()
             .unwrap();
         assert!(st.success());
         base
+    }
+
+    fn blank_qcow2(dir: &Path, size: &str) -> PathBuf {
+        blank(dir, "qcow2", size)
+    }
+
+    fn blank_raw(dir: &Path, size: &str) -> PathBuf {
+        blank(dir, "raw", size)
     }
 
     #[tokio::test]
@@ -350,19 +363,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(probe_image(q, &big).unwrap().virtual_size, 3 << 30);
-    }
-
-    /// A raw image of `size` (qemu-img syntax) in `dir`.
-    fn blank_raw(dir: &Path, size: &str) -> PathBuf {
-        let base = dir.join("base.img");
-        let st = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "raw"])
-            .arg(&base)
-            .arg(size)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        base
     }
 
     #[test]

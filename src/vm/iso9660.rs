@@ -18,6 +18,7 @@
 //! | 24 | Joliet root directory |
 //! | 25… | file contents, each starting on a new sector |
 
+use crate::civil::Civil;
 use thiserror::Error;
 
 /// Bytes per logical sector and block.
@@ -70,6 +71,10 @@ pub fn build(label: &str, files: &[IsoFile<'_>], unix_time: i64) -> Result<Vec<u
         return Err(IsoError::LabelTooLong(label.to_string()));
     }
     let date = Civil::from_unix(unix_time);
+    let date = Civil {
+        year: date.year.clamp(1900, 2155),
+        ..date
+    };
 
     // Assign names and extents.
     struct Entry<'a> {
@@ -378,40 +383,13 @@ fn volume_descriptor(joliet: bool, label: &str, total_sectors: u32, date: &Civil
     d
 }
 
-/// A UTC calendar date.
-struct Civil {
-    year: i64,
-    month: u8,
-    day: u8,
-    hour: u8,
-    min: u8,
-    sec: u8,
+/// ISO 9660's two date forms of a [`Civil`] date (years 1900 to 2155).
+trait IsoDate {
+    fn record_date(&self) -> [u8; 7];
+    fn volume_date(&self) -> [u8; 17];
 }
 
-impl Civil {
-    fn from_unix(t: i64) -> Civil {
-        let days = t.div_euclid(86_400);
-        let secs = t.rem_euclid(86_400);
-        // Days to civil date (proleptic Gregorian), after H. Hinnant's algorithm.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Civil {
-            year: year.clamp(1900, 2155),
-            month,
-            day,
-            hour: (secs / 3600) as u8,
-            min: (secs / 60 % 60) as u8,
-            sec: (secs % 60) as u8,
-        }
-    }
-
+impl IsoDate for Civil {
     fn record_date(&self) -> [u8; 7] {
         [
             (self.year - 1900) as u8,

@@ -300,6 +300,20 @@ exec qemu-system-x86_64 "$@"
     path
 }
 
+/// A blank qcow2 image named `name` of `size` (qemu-img syntax) in `dir`:
+/// nothing boots from it.
+pub fn blank_qcow2(dir: &std::path::Path, name: &str, size: &str) -> PathBuf {
+    let path = dir.join(name);
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg(size)
+        .status()
+        .expect("run qemu-img");
+    assert!(st.success(), "qemu-img create {}", path.display());
+    path
+}
+
 /// Text of every line event of step `index` (0-based).
 pub fn step_lines(sink: &VecSink, index: usize) -> Vec<String> {
     sink.step_lines(index)
