@@ -318,3 +318,25 @@ async fn a_qmp_command_that_times_out_leaves_destroy_working() {
     vm.destroy().await.unwrap();
     assert_no_leaks(jobs.path());
 }
+
+/// The same when the caller drops a `run_state` future mid-command (as a
+/// `select!` does when SSH answers while the boot watcher waits for QMP).
+#[tokio::test]
+async fn a_qmp_command_dropped_mid_flight_leaves_destroy_working() {
+    let base = tiny_image();
+    let jobs = tempfile::tempdir().unwrap();
+    let q = qemu();
+    let img = image(base, SeedKind::NoCloud);
+    let mut vm = Vm::start(spec("qmp-dropped", &img, &q, jobs.path()))
+        .await
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(vm.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    tokio::select! {
+        _ = vm.run_state() => panic!("a stopped QEMU answered"),
+        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    vm.destroy().await.unwrap();
+    assert_no_leaks(jobs.path());
+}

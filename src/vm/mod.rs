@@ -142,6 +142,10 @@ impl Drop for Owned {
 pub struct Vm {
     owned: Owned,
     qmp: Option<qmp::Qmp>,
+    /// A QMP command was sent and its answer not read yet: set when a
+    /// caller's future was dropped mid-command (a `select!`). The connection
+    /// is not used again then (see [`Vm::run_state`]).
+    qmp_in_flight: bool,
     pid: u32,
     ssh_addr: SocketAddr,
     accel: Accel,
@@ -300,6 +304,7 @@ impl Vm {
         Ok(Vm {
             owned,
             qmp: Some(conn),
+            qmp_in_flight: false,
             pid,
             ssh_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             accel: spec.accel,
@@ -405,9 +410,18 @@ impl Vm {
     /// without out-of-band support answers every command under the same id,
     /// and the `qapi` crate panics on the next command while an abandoned
     /// one is still pending. [`Vm::destroy`] then kills QEMU instead.
+    ///
+    /// Cancellation-safe: a caller that drops this future mid-command (a
+    /// `select!`) leaves the connection marked, and it is not used again.
     pub async fn run_state(&mut self) -> Option<String> {
+        if self.qmp_in_flight {
+            self.qmp = None;
+        }
         let conn = self.qmp.as_mut()?;
-        match tokio::time::timeout(Duration::from_secs(1), qmp::status(conn)).await {
+        self.qmp_in_flight = true;
+        let answer = tokio::time::timeout(Duration::from_secs(1), qmp::status(conn)).await;
+        self.qmp_in_flight = false;
+        match answer {
             Ok(Ok((_, state))) => Some(state),
             Ok(Err(_)) | Err(_) => {
                 self.qmp = None;
@@ -428,7 +442,9 @@ impl Vm {
     /// the job directory.
     pub async fn destroy(mut self) -> Result<(), VmError> {
         let t0 = Instant::now();
-        if let Some(mut conn) = self.qmp.take() {
+        // A connection with a command still in flight cannot take another
+        // (see `run_state`): QEMU is killed instead.
+        if let Some(mut conn) = self.qmp.take().filter(|_| !self.qmp_in_flight) {
             let quit = tokio::time::timeout(QUIT_GRACE, qmp::quit(&mut conn)).await;
             drop(conn);
             if matches!(quit, Ok(Ok(()))) {
