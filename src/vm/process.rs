@@ -9,8 +9,30 @@ use nix::unistd::Pid;
 
 type Request = (
     Command,
-    tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+    tokio::sync::oneshot::Sender<std::io::Result<Unclaimed>>,
 );
+
+/// A spawned child on its way to the caller. If it is dropped before the
+/// caller claims it (the caller's future was dropped after the spawner
+/// handed it over, with the child still inside the channel), the child is
+/// killed: nobody else would ever kill it.
+struct Unclaimed(Option<Child>);
+
+impl Unclaimed {
+    fn claim(mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(mut orphan) = self.0.take() {
+            kill_group(orphan.id());
+            let _ = orphan.kill();
+            let _ = orphan.wait();
+        }
+    }
+}
 
 /// Spawns `cmd` in its own process group with `PR_SET_PDEATHSIG = SIGKILL`.
 ///
@@ -28,7 +50,9 @@ pub async fn spawn_guarded(cmd: Command) -> std::io::Result<Child> {
         .send((cmd, tx))
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
     rx.await
-        .map_err(|_| std::io::Error::other("spawner thread is gone"))?
+        .map_err(|_| std::io::Error::other("spawner thread is gone"))??
+        .claim()
+        .ok_or_else(|| std::io::Error::other("the spawned process was already claimed"))
 }
 
 fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
@@ -39,14 +63,11 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
             .name("solstice-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    // The caller may have gone away (its future was dropped, e.g. a
-                    // job cancelled mid-spawn): then nobody owns the child, so it
-                    // must not outlive this moment.
-                    if let Err(Ok(mut orphan)) = reply.send(spawn_now(&mut cmd)) {
-                        kill_group(orphan.id());
-                        let _ = orphan.kill();
-                        let _ = orphan.wait();
-                    }
+                    // The caller may go away (its future dropped, e.g. a job
+                    // cancelled mid-spawn) before or after this send: either
+                    // way the child's `Unclaimed` wrapper is dropped, which
+                    // kills it, so it cannot outlive this moment.
+                    let _ = reply.send(spawn_now(&mut cmd).map(|c| Unclaimed(Some(c))));
                 }
             });
         if let Err(e) = spawned {
