@@ -271,3 +271,105 @@ async fn local_tree_dash_and_gnu_tar() {
 async fn local_tree_ksh93_and_gnu_tar() {
     check_local_tree("/bin/ksh93", false).await;
 }
+
+// ---- Generated guest shell under the shells guests have (dash, busybox
+// ash, illumos ksh93). These need those shells on the host, so they live here
+// rather than in the library's unit tests (the Nix build runs those).
+
+mod generated_shell {
+    use solstice::executor::checkout::{RemoteCheckout, Submodules, clone_url, remote_script};
+    use solstice::executor::clock;
+    use std::time::SystemTime;
+
+    const SHELLS: [&[&str]; 3] = [&["/bin/dash"], &["/bin/busybox", "sh"], &["/bin/ksh93"]];
+
+    /// `sh -n -c script` under every guest shell: it parses.
+    fn parses_everywhere(script: &str) {
+        for sh in SHELLS {
+            let out = std::process::Command::new(sh[0])
+                .args(&sh[1..])
+                .args(["-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{sh:?}: {script}: {:?}", out.stderr);
+        }
+    }
+
+    /// Every form of the remote checkout script parses.
+    #[test]
+    fn remote_checkout_scripts_are_posix() {
+        for submodules in [Submodules::None, Submodules::Top, Submodules::Recursive] {
+            for lfs in [false, true] {
+                for fetch_depth in [0, 1] {
+                    for auth_config in [None, Some("/t/a b/auth.gitconfig".to_string())] {
+                        parses_everywhere(&remote_script(&RemoteCheckout {
+                            url: clone_url("https://forge.example", "acme/w"),
+                            sha: Some("abc123".into()),
+                            git_ref: "refs/heads/main".into(),
+                            dest: "/h/w".into(),
+                            fetch_depth,
+                            fetch_tags: false,
+                            clean: true,
+                            submodules,
+                            lfs,
+                            auth_config,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The clock-setting commands parse (never run here: they would set the
+    /// host's clock).
+    #[test]
+    fn clock_set_commands_are_posix() {
+        let now = SystemTime::now();
+        for kind in [clock::Kind::Gnu, clock::Kind::Fine, clock::Kind::Coarse] {
+            for sudo in [false, true] {
+                parses_everywhere(&clock::set_command(now, kind, sudo));
+            }
+        }
+    }
+
+    /// The clock reading runs under every shell and prints one line.
+    #[test]
+    fn clock_reading_runs_under_posix_shells() {
+        for sh in [
+            &["/bin/dash"][..],
+            &["/bin/busybox", "sh"],
+            &["/bin/ksh93"],
+            &["/bin/bash"],
+        ] {
+            let out = std::process::Command::new(sh[0])
+                .args(&sh[1..])
+                .arg("-c")
+                .arg(clock::READ)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let r = clock::parse(&text).unwrap_or_else(|| panic!("{sh:?}: {text:?}"));
+            let off = clock::offset(r, SystemTime::now());
+            assert!(off.low <= 0.0 && off.low > -5.0, "{sh:?}: {off:?}");
+            assert_eq!(text.lines().count(), 1, "{sh:?}: {text:?}");
+            assert!(out.stderr.is_empty(), "{sh:?}: {:?}", out.stderr);
+        }
+    }
+
+    /// busybox's applets alone (no GNU date on PATH) still give a fine reading.
+    #[test]
+    fn clock_reading_with_busybox_applets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for a in ["date", "adjtimex", "awk"] {
+            std::os::unix::fs::symlink("/bin/busybox", dir.path().join(a)).unwrap();
+        }
+        let out = std::process::Command::new("/bin/busybox")
+            .args(["sh", "-c", clock::READ])
+            .env("PATH", dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r = clock::parse(&text).unwrap_or_else(|| panic!("{text:?}"));
+        assert_eq!(r.kind, clock::Kind::Fine, "{text}");
+    }
+}

@@ -846,31 +846,6 @@ mod tests {
         assert!(s.find(&shell_quote(NO_GIT)).unwrap() < check);
     }
 
-    /// Every form of the script parses under the shells guests have
-    /// (dash, busybox ash, illumos ksh93).
-    #[test]
-    fn remote_scripts_are_posix() {
-        for sub in [Submodules::None, Submodules::Top, Submodules::Recursive] {
-            for lfs in [false, true] {
-                for depth in [0, 1] {
-                    let mut c = remote(sub, lfs, depth);
-                    for auth in [None, Some("/t/a b/auth.gitconfig".to_string())] {
-                        c.auth_config = auth;
-                        let s = remote_script(&c);
-                        for sh in [&["/bin/dash"][..], &["/bin/busybox", "sh"], &["/bin/ksh93"]] {
-                            let out = std::process::Command::new(sh[0])
-                                .args(&sh[1..])
-                                .args(["-n", "-c", &s])
-                                .output()
-                                .unwrap();
-                            assert!(out.status.success(), "{sh:?}: {s}: {:?}", out.stderr);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     #[test]
     fn fetch_tags_fetches_tags() {
         let mut c = remote(Submodules::None, false, 1);
