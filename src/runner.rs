@@ -14,8 +14,8 @@ use crate::executor::{self, JobOutcome, JobSpec};
 use crate::ssh::{self, ClientKey, HostKey, HostKeyCheck, ReadyOptions, SshTarget};
 use crate::store::{KvmFailureRow, Store};
 use crate::vm::accel::{
-    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, KvmFailure, STALL_WINDOW,
-    console_alarm, judge_kvm_boot,
+    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, KvmFailure, KvmTrouble,
+    STALL_WINDOW, console_alarm, judge_kvm_boot,
 };
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -171,8 +171,9 @@ pub fn boot_failure_console(config: &Config, image: &str) -> PathBuf {
 enum Attempt {
     /// The job ran (or could not run for a reason that is not KVM's).
     Done(Result<JobOutcome, RunError>),
-    /// `auto`'s KVM did not run the guest: boot again under TCG.
-    KvmBroken(String),
+    /// `auto`'s KVM did not run the guest: boot again under TCG. With how
+    /// long the KVM guest ran.
+    KvmBroken(KvmTrouble, Duration),
 }
 
 /// Provisions a fresh VM, waits for SSH, runs the job's steps and destroys the
@@ -193,10 +194,11 @@ pub async fn run_in_vm(
         source,
     })?;
     let mut accel = run.accel.current();
-    // Why this job's KVM guest was given up. KVM is turned off for the
-    // process only once the same VM reaches SSH under TCG: a guest that
-    // fails under both is the image's fault, not KVM's.
-    let mut fallback: Option<String> = None;
+    // Why this job's KVM guest was given up, and how long it ran. KVM is
+    // turned off for the process only when the same VM's TCG boot proves it
+    // broken (see `KvmTrouble::confirmed_by`): a guest that fails under both
+    // is the image's fault, and a slow guest may be the host's load.
+    let mut fallback: Option<(KvmTrouble, Duration)> = None;
     let t_first = Instant::now();
     loop {
         let mut timings = Timings::default();
@@ -245,19 +247,14 @@ pub async fn run_in_vm(
         };
         let mut vm = match started {
             Some(Ok(vm)) => vm,
-            Some(Err(vm::VmError::QemuExited { status, stderr, .. }))
-                if run.accel.may_fall_back(accel) =>
-            {
+            Some(Err(e)) if run.accel.may_fall_back(accel) && kvm_start_failure(&e).is_some() => {
                 // Vm::start removed what it had created.
                 if let Some(o) = run.observer {
                     o.destroyed();
                 }
-                let reason = format!(
-                    "QEMU exited as the VM started under KVM ({status}: {})",
-                    last_words(&stderr)
-                );
-                announce_fallback(sink, &reason, false);
-                fallback = Some(reason);
+                let trouble = KvmTrouble::outright(kvm_start_failure(&e).unwrap_or_default());
+                announce_fallback(sink, &trouble.reason, false);
+                fallback = Some((trouble, Duration::ZERO));
                 accel = Accel::Tcg;
                 continue;
             }
@@ -288,7 +285,7 @@ pub async fn run_in_vm(
             &mut timings,
             Kvm {
                 watch: watch_kvm,
-                to_confirm: fallback.as_deref().filter(|_| accel == Accel::Tcg),
+                to_confirm: fallback.as_ref().filter(|_| accel == Accel::Tcg),
             },
         )
         .await;
@@ -310,9 +307,9 @@ pub async fn run_in_vm(
         timings.teardown = t.elapsed();
 
         match attempt {
-            Attempt::KvmBroken(reason) => {
-                announce_fallback(sink, &reason, true);
-                fallback = Some(reason);
+            Attempt::KvmBroken(trouble, ran) => {
+                announce_fallback(sink, &trouble.reason, true);
+                fallback = Some((trouble, ran));
                 accel = Accel::Tcg;
             }
             Attempt::Done(result) => {
@@ -320,7 +317,7 @@ pub async fn run_in_vm(
                     outcome,
                     timings,
                     accel,
-                    kvm_fallback: fallback,
+                    kvm_fallback: fallback.map(|(t, _)| t.reason),
                 });
             }
         }
@@ -337,7 +334,7 @@ fn announce_fallback(sink: &dyn EventSink, reason: &str, destroyed: bool) {
     sink.emit(JobEvent::Phase {
         phase: Phase::Boot,
         detail: format!(
-            "KVM did not run this job's guest: {reason}. {what} (software emulation, slower); if it boots there, KVM is off for later jobs on this host (`solstice doctor` explains)"
+            "KVM did not run this job's guest: {reason}. {what} (software emulation, slower); if that proves KVM broken, later jobs on this host start under TCG (`solstice doctor` explains)"
         ),
     });
 }
@@ -347,9 +344,26 @@ fn announce_fallback(sink: &dyn EventSink, reason: &str, destroyed: bool) {
 struct Kvm<'a> {
     /// Watch the guest and give up KVM when it shows no progress (`auto`'s KVM).
     watch: bool,
-    /// This is the TCG attempt after a KVM failure (the reason): once SSH
-    /// answers, KVM was the difference, and it is given up.
-    to_confirm: Option<&'a str>,
+    /// This is the TCG attempt after a KVM failure (and how long the KVM
+    /// guest ran): once SSH answers, KVM is given up if that proves it
+    /// broken ([`KvmTrouble::confirmed_by`]).
+    to_confirm: Option<&'a (KvmTrouble, Duration)>,
+}
+
+/// Why a VM could not start under KVM, when that is a question of KVM: QEMU
+/// exited, or the guest was not running once QEMU was up (an emulation
+/// error at its first instruction).
+fn kvm_start_failure(e: &vm::VmError) -> Option<String> {
+    match e {
+        vm::VmError::QemuExited { status, stderr, .. } => Some(format!(
+            "QEMU exited as the VM started under KVM ({status}: {})",
+            last_words(stderr)
+        )),
+        vm::VmError::GuestNotRunning(state) => Some(format!(
+            "the guest stopped as the VM started under KVM (QEMU state {state})"
+        )),
+        _ => None,
+    }
 }
 
 /// The last line of a program's stderr, or a placeholder.
@@ -365,7 +379,7 @@ fn last_words(stderr: &str) -> String {
 /// What the boot watcher concluded.
 enum Watch {
     /// `auto`'s KVM does not run the guest.
-    KvmBroken(String),
+    KvmBroken(KvmTrouble),
     /// QEMU died or the guest stopped for good (not a KVM question).
     Stopped(String),
 }
@@ -419,7 +433,7 @@ async fn watch_boot(
             match judge_kvm_boot(&obs, FIRST_OUTPUT_WINDOW, STALL_WINDOW) {
                 BootVerdict::Wait => {}
                 BootVerdict::Healthy => kvm_ok = true,
-                BootVerdict::Broken(why) => return Watch::KvmBroken(why),
+                BootVerdict::Broken(trouble) => return Watch::KvmBroken(trouble),
             }
         }
         if let Some(how) = exited {
@@ -511,7 +525,10 @@ async fn boot_and_run(
             timings.boot_to_banner = stats.first_banner.map(|b| b + waited_from);
             s
         }
-        Err(Watch::KvmBroken(why)) => return Attempt::KvmBroken(why),
+        Err(Watch::KvmBroken(trouble)) => {
+            keep_kvm_console(run, vm);
+            return Attempt::KvmBroken(trouble, t_boot.elapsed());
+        }
         Err(Watch::Stopped(why)) => {
             let hint = if explicit_kvm {
                 " The guest ran under KVM, which is configured explicitly (`qemu.accel = \"kvm\"`): if KVM does not work on this host, set `qemu.accel = \"auto\"` (falls back to TCG) or `\"tcg\"`.".to_string()
@@ -525,14 +542,22 @@ async fn boot_and_run(
             }));
         }
         Ok(Err(ssh::SshError::Cancelled { .. })) => return Attempt::Done(Err(RunError::Cancelled)),
-        Ok(Err(ssh::SshError::NotReady { last, .. })) if kvm.watch => {
-            // Under `auto`'s KVM the boot timeout is KVM's failure too, if the
-            // same VM then boots under TCG.
-            return Attempt::KvmBroken(format!(
-                "the guest did not accept SSH within {} s under KVM ({})",
-                secs(image.boot_timeout),
-                describe_last_attempt(last.as_deref())
-            ));
+        Ok(Err(ssh::SshError::NotReady { last, .. }))
+            if kvm.watch && !banner_seen.load(Ordering::SeqCst) =>
+        {
+            // Under `auto`'s KVM a guest whose SSH server never answered is
+            // KVM's failure too, if the same VM then boots under TCG in less
+            // time. (With a banner, KVM ran the guest: a login that fails is
+            // the image's problem, and the job fails with it.)
+            keep_kvm_console(run, vm);
+            return Attempt::KvmBroken(
+                KvmTrouble::slow(format!(
+                    "the guest's SSH server did not answer within {} s under KVM ({})",
+                    secs(image.boot_timeout),
+                    describe_last_attempt(last.as_deref())
+                )),
+                t_boot.elapsed(),
+            );
         }
         Ok(Err(ssh::SshError::NotReady { last, .. })) => {
             let mut last = describe_last_attempt(last.as_deref());
@@ -556,9 +581,26 @@ async fn boot_and_run(
         }
     };
     timings.boot_to_ssh = t_boot.elapsed();
-    if let Some(reason) = kvm.to_confirm {
-        // The guest that did not run under KVM runs under TCG.
-        run.accel.kvm_failed(reason);
+    if let Some((trouble, kvm_ran)) = kvm.to_confirm {
+        let tcg_alarm = vm.console_alarm().is_some();
+        if trouble.confirmed_by(*kvm_ran, timings.boot_to_ssh, tcg_alarm) {
+            // The guest that did not run under KVM runs under TCG.
+            run.accel.kvm_failed(&trouble.reason);
+        } else {
+            let why = if tcg_alarm {
+                "its kernel reported stalled CPUs under TCG as well (a loaded host?)".to_string()
+            } else {
+                format!(
+                    "it needed {:.0} s under TCG, more than it had under KVM ({:.0} s)",
+                    timings.boot_to_ssh.as_secs_f64(),
+                    kvm_ran.as_secs_f64()
+                )
+            };
+            sink.emit(JobEvent::Phase {
+                phase: Phase::Boot,
+                detail: format!("That does not prove KVM broken: {why}; later jobs try KVM again"),
+            });
+        }
     }
     sink.emit(JobEvent::Phase {
         phase: Phase::Ready,
@@ -595,6 +637,15 @@ fn describe_last_attempt(last: Option<&ssh::SshError>) -> String {
             after.as_secs()
         ),
         Some(e) => format!("the last attempt failed: {e}"),
+    }
+}
+
+/// Keeps the console of a KVM attempt that was given up, as
+/// `<state_dir>/boot-failures/<image>.kvm.console.log`, for diagnosis.
+fn keep_kvm_console(run: &VmRun<'_>, vm: &Vm) {
+    let kept = boot_failure_console(run.config, &format!("{}.kvm", run.image.name));
+    if let Err(e) = vm.keep_console(&kept) {
+        tracing::warn!(path = %kept.display(), error = %e, "could not keep the KVM attempt's console log");
     }
 }
 

@@ -151,3 +151,52 @@ fn a_missing_config_exits_2() {
     let (code, _, err) = doctor(&["--config", "/nonexistent/solstice.toml"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// A state directory whose `jobs/` the user cannot write (left by an earlier
+/// `sudo solstice exec`, say) fails doctor, as it would fail `exec`.
+#[test]
+fn an_unwritable_jobs_directory_fails() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let root = nix::unistd::geteuid().is_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = support::blank_qcow2(dir.path(), "blank.qcow2", "16M");
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("jobs")).unwrap();
+    if root {
+        // The state directory is nobody's, its jobs/ root's (mode 0755).
+        nix::unistd::chown(&state, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    } else {
+        std::fs::set_permissions(state.join("jobs"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
+    }
+    let config = dir.path().join("solstice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = {state:?}\n[qemu]\naccel = \"tcg\"\n[images.blank]\npath = {image:?}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_solstice"));
+    cmd.args(["doctor", "--config"]).arg(&config);
+    if root {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let l = line(&stdout, "state directory:");
+    assert!(
+        l.starts_with("FAIL")
+            && l.contains(&format!(
+                "cannot create files in {}",
+                state.join("jobs").display()
+            )),
+        "{stdout}"
+    );
+}

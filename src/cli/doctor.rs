@@ -438,6 +438,12 @@ fn state_dir_check(dir: &Path) -> Check {
             None => break,
         }
     }
+    if existing == dir {
+        // Test-writes in it and in its jobs/ directory, as exec and run do.
+        if let Err(e) = crate::store::check_state_dir(dir) {
+            return Check::fail(what, e.to_string());
+        }
+    }
     let writable = nix::unistd::access(&existing, nix::unistd::AccessFlags::W_OK).is_ok();
     if !writable {
         let owner = owner_of(&existing);

@@ -86,17 +86,21 @@ pub fn load_config_to(
 
 /// Resolves the accelerator without blocking the runtime; prints the choice.
 /// A KVM failure recorded in the state database counts, and a fallback in
-/// this run is recorded there (when the state directory is usable).
+/// this run is recorded there (when the database is this user's, see
+/// [`state_for_accel`]).
 pub async fn resolve_accel(config: &Config) -> Result<Accelerator, ExitCode> {
     let config = config.clone();
     let resolved = tokio::task::spawn_blocking(move || {
-        let store = open_state_quietly(&config).map(std::sync::Arc::new);
+        let (store, writable) = match state_for_accel(&config) {
+            Some((store, writable)) => (Some(std::sync::Arc::new(store)), writable),
+            None => (None, false),
+        };
         let remembered = store.as_deref().and_then(runner::remembered_kvm_failure);
         Accelerator::resolve(&config.qemu, remembered.as_ref()).map(|a| match store {
-            Some(store) => {
+            Some(store) if writable => {
                 a.with_listener(Box::new(move |f| runner::record_kvm_failure(&store, f)))
             }
-            None => a,
+            _ => a,
         })
     })
     .await;
@@ -116,15 +120,29 @@ pub async fn resolve_accel(config: &Config) -> Result<Accelerator, ExitCode> {
     }
 }
 
-/// The state database, for the KVM failure record; `None` (at debug level)
-/// when the state directory or the database cannot be used.
-fn open_state_quietly(config: &Config) -> Option<crate::store::Store> {
+/// The state database for the KVM failure record, and whether this process
+/// may write to it. The database belongs to whoever runs the daemon: it is
+/// opened for writing (and created) only when it (or, before it exists, the
+/// state directory) belongs to this user; another user's database is only
+/// read, so that `sudo solstice exec` never leaves a root-owned file the
+/// daemon's user cannot open. `None` (at debug level) when there is none.
+fn state_for_accel(config: &Config) -> Option<(crate::store::Store, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
     let db = crate::daemon::database_path(config);
-    if let Err(e) = std::fs::create_dir_all(&config.daemon.state_dir) {
-        tracing::debug!(error = %e, "no state directory for the KVM failure record");
+    let mine = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == me);
+    let opened = if db.exists() {
+        if mine(&db) {
+            crate::store::Store::open(&db).map(|s| (s, true))
+        } else {
+            crate::store::Store::open_read_only(&db).map(|s| (s, false))
+        }
+    } else if mine(&config.daemon.state_dir) {
+        crate::store::Store::open(&db).map(|s| (s, true))
+    } else {
         return None;
-    }
-    match crate::store::Store::open(&db) {
+    };
+    match opened {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::debug!(error = %e, "no state database for the KVM failure record");

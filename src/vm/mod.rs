@@ -103,6 +103,8 @@ pub enum VmError {
     QmpTimeout(Duration, String),
     #[error("QMP failed: {0}")]
     Qmp(String),
+    #[error("The guest is not running once QEMU started (QEMU state {0})")]
+    GuestNotRunning(String),
 }
 
 /// Owns the job directory and the QEMU process; its `Drop` tears both down.
@@ -285,9 +287,7 @@ impl Vm {
         let mut conn = wait_for_qmp(&mut owned, &qmp_socket, &stderr_path).await?;
         let (running, state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;
         if !running {
-            return Err(VmError::Qmp(format!(
-                "the guest is not running (state {state})"
-            )));
+            return Err(VmError::GuestNotRunning(state));
         }
         let port = qmp::forwarded_ssh_port(&mut conn)
             .await
@@ -374,6 +374,22 @@ impl Vm {
             None => 0,
         };
         (clean_console_text(&buf[..whole]), from + whole as u64)
+    }
+
+    /// The first console line in which the guest's kernel reports stalled
+    /// CPUs or a panic (see [`accel::console_alarm`]), reading the whole log.
+    pub fn console_alarm(&self) -> Option<String> {
+        let mut from = 0;
+        loop {
+            let (text, upto) = self.console_lines_since(from);
+            if let Some(line) = accel::console_alarm(&text) {
+                return Some(line);
+            }
+            if upto == from {
+                return None;
+            }
+            from = upto;
+        }
     }
 
     /// Copies the serial console log to `dest` (kept after the VM is gone).
