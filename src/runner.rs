@@ -180,9 +180,10 @@ enum Attempt {
 /// VM, on every path (errors, cancellation, and panics through `Vm`'s `Drop`).
 ///
 /// Under `auto`'s KVM, a guest that shows no progress (see
-/// [`crate::vm::accel::judge_kvm_boot`]) is destroyed, KVM is given up for
-/// the process ([`Accelerator::kvm_failed`]) and the job boots again under
-/// TCG; the job log says so.
+/// [`crate::vm::accel::judge_kvm_boot`]) is destroyed and the job boots
+/// again under TCG; the job log says so. When that TCG boot proves KVM
+/// broken ([`KvmTrouble::confirmed_by`]), KVM is given up for the process
+/// ([`Accelerator::kvm_failed`]).
 pub async fn run_in_vm(
     run: &VmRun<'_>,
     sink: &dyn EventSink,
