@@ -48,6 +48,17 @@ impl Drop for GitServer {
 }
 
 impl GitServer {
+    /// The job's checkout source: `octo/hello` at `main`, with the token.
+    fn checkout(&self) -> CheckoutSource {
+        CheckoutSource::Remote {
+            server_url: self.url(),
+            repository: "octo/hello".into(),
+            git_ref: "refs/heads/main".into(),
+            sha: self.sha.clone(),
+            token: Some(Secret::new(TOKEN)),
+        }
+    }
+
     fn url(&self) -> String {
         // User-mode networking: the guest reaches the host's loopback at 10.0.2.2.
         format!("http://10.0.2.2:{}", self.port)
@@ -295,13 +306,7 @@ srv.serve_forever()
 async fn real_cloud_init_consumes_the_seed_and_a_bash_job_clones_with_the_token() {
     let env = TestEnv::debian();
     let server = start_git_server();
-    let checkout = CheckoutSource::Remote {
-        server_url: server.url(),
-        repository: "octo/hello".into(),
-        git_ref: "refs/heads/main".into(),
-        sha: server.sha.clone(),
-        token: Some(Secret::new(TOKEN)),
-    };
+    let checkout = server.checkout();
 
     let yaml = r####"
 jobs:
@@ -433,13 +438,7 @@ fn kinds(sink: &VecSink, index: usize) -> Vec<(LineKind, String)> {
 async fn checkout_fetches_submodules_with_the_job_token_and_lfs_files_with_git_lfs() {
     let env = TestEnv::debian();
     let server = start_git_server();
-    let checkout = CheckoutSource::Remote {
-        server_url: server.url(),
-        repository: "octo/hello".into(),
-        git_ref: "refs/heads/main".into(),
-        sha: server.sha.clone(),
-        token: Some(Secret::new(TOKEN)),
-    };
+    let checkout = server.checkout();
     let yaml = r####"
 jobs:
   debian:

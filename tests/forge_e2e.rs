@@ -76,6 +76,15 @@ impl World {
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on now (for `metrics_listen`).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 async fn fake() -> FakeForge {
     FakeForge::start(FakeOptions::default()).await.unwrap()
 }
@@ -608,11 +617,7 @@ async fn metrics_count_jobs_latency_and_forge_errors_and_a_second_daemon_is_refu
     let forge = fake().await;
     let world = World::new();
     let cred = offline(&forge, &world, "fake", SECRET);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     world.configure(
         1,
         &[("fake", forge.url(), cred)],
@@ -805,11 +810,7 @@ async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
     let forge = fake().await;
     let world = World::new();
     let cred = offline(&forge, &world, "fake", SECRET);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     world.configure(
         1,
         &[("fake", forge.url(), cred)],
