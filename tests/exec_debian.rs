@@ -10,9 +10,8 @@ mod support;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
 
-use solstice::events::{Conclusion, EventSink, JobEvent, LineKind, VecSink};
+use solstice::events::{Conclusion, JobEvent, LineKind, VecSink};
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
 use support::{RunOpts, TestEnv, all_text, step_lines};
@@ -567,59 +566,6 @@ jobs:
     assert!(!log.contains("refused"), "{log}");
 }
 
-/// Records when each event reached the host.
-#[derive(Default)]
-struct TimedSink {
-    inner: VecSink,
-    at: Mutex<Vec<(SystemTime, JobEvent)>>,
-}
-
-impl EventSink for TimedSink {
-    fn emit(&self, event: JobEvent) {
-        if let Ok(mut v) = self.at.lock() {
-            v.push((SystemTime::now(), event.clone()));
-        }
-        self.inner.emit(event);
-    }
-}
-
-impl TimedSink {
-    /// The guest's clock printed by step `index` (`date +%s.%N`) minus the
-    /// host's clock when the line arrived (a lower bound of the guest's
-    /// offset: the line took some time to arrive), and minus the host's clock
-    /// when the step started (an upper bound).
-    fn skew(&self, index: usize) -> (f64, f64) {
-        let v = self.at.lock().unwrap();
-        let started = v
-            .iter()
-            .find_map(|(t, e)| {
-                matches!(e, JobEvent::StepStarted { index: i, .. } if *i == index).then_some(*t)
-            })
-            .unwrap();
-        let (arrived, text) = v
-            .iter()
-            .find_map(|(t, e)| match e {
-                JobEvent::Line {
-                    step: Some(i),
-                    text,
-                    ..
-                } if *i == index => Some((*t, text.clone())),
-                _ => None,
-            })
-            .unwrap();
-        let guest: f64 = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("not a time: {text}"));
-        let secs = |t: SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-        };
-        (guest - secs(arrived), guest - secs(started))
-    }
-}
-
 /// `solstice::clock` debug events of this test binary.
 fn clock_log() -> &'static Mutex<Vec<u8>> {
     static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
@@ -703,7 +649,7 @@ jobs:
       - name: After the long step
         run: date -u +%s.%N
 "####;
-    let sink = TimedSink::default();
+    let sink = support::TimedSink::default();
     let result = env
         .run_with_sink(
             yaml,

@@ -506,7 +506,7 @@ jobs:
         root: t.to_path_buf(),
         exclude: vec![env.config.daemon.state_dir.clone()],
     };
-    let timed = TimedSink::default();
+    let timed = support::TimedSink::default();
     let result = env
         .run_with_sink(
             &yaml,
@@ -523,7 +523,7 @@ jobs:
     let text = all_text(sink);
     assert_eq!(report.outcome.conclusion, Conclusion::Success, "{text}");
     // busybox sets whole seconds: the set waits for the host's next second.
-    let skew = timed.skew(2);
+    let (skew, _) = timed.skew(2);
     println!("tiny guest clock after the sync at job start: {skew:+.3} s");
     assert!(
         (-1.0..=0.0).contains(&skew),
@@ -553,47 +553,4 @@ jobs:
         ],
         "{text}"
     );
-}
-
-/// Records when each event reached the host.
-#[derive(Default)]
-struct TimedSink {
-    inner: solstice::events::VecSink,
-    at: std::sync::Mutex<Vec<(std::time::SystemTime, JobEvent)>>,
-}
-
-impl EventSink for TimedSink {
-    fn emit(&self, event: JobEvent) {
-        if let Ok(mut v) = self.at.lock() {
-            v.push((std::time::SystemTime::now(), event.clone()));
-        }
-        self.inner.emit(event);
-    }
-}
-
-impl TimedSink {
-    /// The guest time printed by step `index` minus the host's time when the
-    /// line arrived: the guest's offset, less the line's delivery time.
-    fn skew(&self, index: usize) -> f64 {
-        let v = self.at.lock().unwrap();
-        let (at, text) = v
-            .iter()
-            .find_map(|(t, e)| match e {
-                JobEvent::Line {
-                    step: Some(i),
-                    text,
-                    ..
-                } if *i == index => Some((*t, text.clone())),
-                _ => None,
-            })
-            .unwrap();
-        let guest: f64 = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("not a time: {text}"));
-        guest
-            - at.duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-    }
 }

@@ -314,6 +314,60 @@ pub fn blank_qcow2(dir: &std::path::Path, name: &str, size: &str) -> PathBuf {
     path
 }
 
+/// Records when each event reached the host (for measuring the guest clock).
+#[derive(Default)]
+pub struct TimedSink {
+    pub inner: VecSink,
+    at: std::sync::Mutex<Vec<(std::time::SystemTime, solstice::events::JobEvent)>>,
+}
+
+impl solstice::events::EventSink for TimedSink {
+    fn emit(&self, event: solstice::events::JobEvent) {
+        if let Ok(mut v) = self.at.lock() {
+            v.push((std::time::SystemTime::now(), event.clone()));
+        }
+        self.inner.emit(event);
+    }
+}
+
+impl TimedSink {
+    /// The guest's clock printed by step `index` (seconds since the epoch)
+    /// minus the host's clock when the line arrived (a lower bound of the
+    /// guest's offset: the line took some time to arrive), and minus the
+    /// host's clock when the step started (an upper bound).
+    pub fn skew(&self, index: usize) -> (f64, f64) {
+        use solstice::events::JobEvent;
+        let v = self.at.lock().unwrap();
+        let started = v
+            .iter()
+            .find_map(|(t, e)| {
+                matches!(e, JobEvent::StepStarted { index: i, .. } if *i == index).then_some(*t)
+            })
+            .unwrap();
+        let (arrived, text) = v
+            .iter()
+            .find_map(|(t, e)| match e {
+                JobEvent::Line {
+                    step: Some(i),
+                    text,
+                    ..
+                } if *i == index => Some((*t, text.clone())),
+                _ => None,
+            })
+            .unwrap();
+        let guest: f64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a time: {text}"));
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        (guest - secs(arrived), guest - secs(started))
+    }
+}
+
 /// Text of every line event of step `index` (0-based).
 pub fn step_lines(sink: &VecSink, index: usize) -> Vec<String> {
     sink.step_lines(index)
