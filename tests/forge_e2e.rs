@@ -32,10 +32,21 @@ impl World {
     /// Writes the config: the tiny image (labels `tiny`, `linux`) and one
     /// `[forges.<name>]` per entry (name, url, credential line).
     fn configure(&self, capacity: u32, forges: &[(&str, String, String)], extra_daemon: &str) {
+        self.configure_labels(capacity, forges, extra_daemon, &["tiny", "linux"]);
+    }
+
+    /// [`World::configure`] with the tiny image's `labels`.
+    fn configure_labels(
+        &self,
+        capacity: u32,
+        forges: &[(&str, String, String)],
+        extra_daemon: &str,
+        labels: &[&str],
+    ) {
         let dir = &self.dir;
         let image = support::image("tiny");
         let mut text = format!(
-            "[daemon]\nstate_dir = {:?}\nmax_concurrent_jobs = {capacity}\ndrain_timeout_secs = 30\n{extra_daemon}\n[qemu]\naccel = \"tcg\"\n[images.tiny]\npath = {image:?}\nvcpus = 1\nmemory_mib = 256\nboot_timeout_secs = 120\nlabels = [\"tiny\", \"linux\"]\n",
+            "[daemon]\nstate_dir = {:?}\nmax_concurrent_jobs = {capacity}\ndrain_timeout_secs = 30\n{extra_daemon}\n[qemu]\naccel = \"tcg\"\n[images.tiny]\npath = {image:?}\nvcpus = 1\nmemory_mib = 256\nboot_timeout_secs = 120\nlabels = {labels:?}\n",
             dir.path().join("state")
         );
         for (name, url, cred) in forges {
@@ -931,4 +942,111 @@ async fn a_job_that_cannot_run_fails_before_any_vm_starts() {
     assert!(d.wait_exit(Duration::from_secs(30)).success());
     world.assert_clean();
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+}
+
+/// Scale-out through the forge's queue: two hosts (two daemons, two state
+/// directories, two runners) on one forge. Every job runs exactly once, on
+/// one of them; a job only one host's labels cover goes there; a drained
+/// host takes nothing more while the other carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_on_one_forge_never_take_the_same_task() {
+    let forge = fake().await;
+    let (host_a, host_b) = (World::new(), World::new());
+    let uuid_a = forge.register_offline(SECRET, "host-a", &["tiny", "linux"]);
+    let secret_b = "fedcba9876543210fedcba9876543210fedcba98";
+    let uuid_b = forge.register_offline(secret_b, "host-b", &["tiny", "linux", "big"]);
+    let cred_a = host_a.secret_file("a.secret", SECRET);
+    let cred_b = host_b.secret_file("b.secret", secret_b);
+    host_a.configure_labels(
+        1,
+        &[("shared", forge.url(), cred_a)],
+        "",
+        &["tiny", "linux"],
+    );
+    host_b.configure_labels(
+        1,
+        &[("shared", forge.url(), cred_b)],
+        "",
+        &["tiny", "linux", "big"],
+    );
+    let mut a = host_a.start();
+    let b = host_b.start();
+    let job = |marker: &str, runs_on: &str| {
+        format!(
+            "name: scale\non: push\njobs:\n  j:\n    runs-on: {runs_on}\n    steps:\n      - run: sleep 6; echo {marker}-done\n"
+        )
+    };
+    let mut jobs: Vec<i64> = (0..4)
+        .map(|i| forge.enqueue(FakeJob::new(job(&format!("job{i}"), "tiny"), &["tiny"])))
+        .collect();
+    let big = forge.enqueue(FakeJob::new(job("big", "big"), &["big"]));
+    jobs.push(big);
+    for j in &jobs {
+        let t = match forge.wait_job_final(*j, Duration::from_secs(400)).await {
+            Some(t) => t,
+            None => panic!(
+                "job {j} did not finish\nhost a:\n{}\nhost b:\n{}",
+                a.log_text(),
+                b.log_text()
+            ),
+        };
+        assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    }
+    let tasks = forge.tasks();
+    assert_eq!(
+        tasks.len(),
+        jobs.len(),
+        "a job was assigned twice: {tasks:#?}"
+    );
+    let on = |uuid: &str| tasks.iter().filter(|t| t.runner_uuid == uuid).count();
+    assert_eq!(on(&uuid_a) + on(&uuid_b), jobs.len());
+    // Each host runs one job at a time, so both had work.
+    assert!(on(&uuid_a) >= 1 && on(&uuid_b) >= 1, "{tasks:#?}");
+    let big_task = forge.task_for_job(big).unwrap();
+    assert_eq!(
+        big_task.runner_uuid, uuid_b,
+        "only host b has the label big"
+    );
+    // Each host's state database knows only its own tasks.
+    for (world, uuid) in [(&host_a, &uuid_a), (&host_b, &uuid_b)] {
+        let store =
+            solstice::store::Store::open_read_only(&solstice::store::db_path(&world.state_dir()))
+                .unwrap();
+        let mut mine: Vec<i64> = tasks
+            .iter()
+            .filter(|t| &t.runner_uuid == uuid)
+            .map(|t| t.id)
+            .collect();
+        let mut recorded: Vec<i64> = store
+            .recent_jobs(100)
+            .unwrap()
+            .iter()
+            .map(|j| j.task_id)
+            .collect();
+        mine.sort_unstable();
+        recorded.sort_unstable();
+        assert_eq!(recorded, mine, "host {uuid} recorded other tasks");
+    }
+
+    // Drain host a for maintenance: new jobs go to host b only.
+    a.signal(Signal::SIGTERM);
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.log_text()
+    );
+    let later: Vec<i64> = (0..2)
+        .map(|i| forge.enqueue(FakeJob::new(job(&format!("late{i}"), "tiny"), &["tiny"])))
+        .collect();
+    for j in &later {
+        let t = forge
+            .wait_job_final(*j, Duration::from_secs(300))
+            .await
+            .unwrap_or_else(|| panic!("job {j} did not finish:\n{}", b.log_text()));
+        assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+        assert_eq!(t.runner_uuid, uuid_b, "a drained host took a job");
+    }
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    drop(b);
+    host_a.assert_clean();
 }
