@@ -516,7 +516,7 @@ jobs:
             assert_eq!(t.status, TaskStatus::Failure);
             assert!(
                 log_of(&t).contains(
-                    "No image of this runner has all the labels of runs-on [tiny, windows]"
+                    "No image of this runner has all the labels of `runs-on: [tiny, windows]`, so the job cannot run here: image tiny lacks windows."
                 ),
                 "{}",
                 log_of(&t)

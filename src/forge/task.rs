@@ -107,6 +107,29 @@ pub fn pick_image<'a>(
         .find(|img| runs_on.iter().all(|l| img.labels.iter().any(|il| il == l)))
 }
 
+/// Why no image fits `runs-on` (when [`pick_image`] found none), in one
+/// paragraph for the task log: the labels, and for each image the labels it
+/// lacks. The forge matches a job against the union of the labels this
+/// runner declared, so such a job is assigned here all the same.
+pub fn no_image_message(runs_on: &[String], images: &BTreeMap<String, ImageConfig>) -> String {
+    let lacks: Vec<String> = images
+        .values()
+        .map(|img| {
+            let missing: Vec<&str> = runs_on
+                .iter()
+                .filter(|l| !img.labels.iter().any(|il| il == *l))
+                .map(String::as_str)
+                .collect();
+            format!("image {} lacks {}", img.name, missing.join(", "))
+        })
+        .collect();
+    format!(
+        "No image of this runner has all the labels of `runs-on: [{}]`, so the job cannot run here: {}. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`.",
+        runs_on.join(", "),
+        lacks.join("; ")
+    )
+}
+
 fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     m.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
@@ -810,6 +833,10 @@ jobs:
             "c-omni"
         );
         assert!(pick_image(&l(&["illumos", "big"]), &images).is_none());
+        assert_eq!(
+            no_image_message(&l(&["illumos", "big"]), &images),
+            "No image of this runner has all the labels of `runs-on: [illumos, big]`, so the job cannot run here: image a-big lacks illumos; image b-small lacks illumos, big; image c-omni lacks big. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`."
+        );
         assert_eq!(pick_image(&[], &images).unwrap().name, "a-big");
         let mut t = translate(&task(PAYLOAD, forgejo_context()), &opts()).unwrap();
         t.use_image(&images["c-omni"]);

@@ -272,12 +272,19 @@ on:
             let w = wf(on);
             let event = json!({"inputs": "not an object"});
             for name in ["workflow_call", "workflow_dispatch", "push"] {
-                let v = inputs_context(&w, InputSource::Event { name, event: &event });
+                let v = inputs_context(
+                    &w,
+                    InputSource::Event {
+                        name,
+                        event: &event,
+                    },
+                );
                 assert!(v.is_object(), "{on}: {v}");
             }
         }
         // A numeric key and a non-mapping input are skipped; a mapping default is kept.
-        let w = wf("on:\n  workflow_dispatch:\n    inputs:\n      a: {default: {k: v}}\n      b: x\n");
+        let w =
+            wf("on:\n  workflow_dispatch:\n    inputs:\n      a: {default: {k: v}}\n      b: x\n");
         assert_eq!(
             inputs_context(&w, InputSource::Local),
             json!({"a": {"k": "v"}})

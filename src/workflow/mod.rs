@@ -6,11 +6,11 @@ pub mod inputs;
 pub mod matrix;
 pub mod model;
 
+pub use inputs::{InputSource, inputs_context};
 pub use matrix::{
     Combination, expand_matrix, filter_matrix, job_display_name, parse_matrix_selector,
 };
-pub use inputs::{InputSource, inputs_context};
 pub use model::{
-    Defaults, InputSpec, Triggers, Job, RunDefaults, Scalar, Step, Strategy, Workflow, WorkflowError, parse_workflow,
-    select_job,
+    Defaults, InputSpec, Job, RunDefaults, Scalar, Step, Strategy, Triggers, Workflow,
+    WorkflowError, parse_workflow, select_job,
 };
