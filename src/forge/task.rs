@@ -397,6 +397,7 @@ jobs:
         version:
           - \"1.2\"
     timeout-minutes: \"5\"
+    enable-openid-connect: true
     steps:
       - uses: actions/checkout@v4
       - name: Build

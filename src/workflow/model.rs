@@ -175,6 +175,11 @@ pub struct Job {
     /// Concurrency group: a forge matter, ignored by the runner.
     #[serde(default)]
     pub concurrency: Option<serde_norway::Value>,
+    /// Forgejo's OIDC switch: the forge then sends the ID-token request
+    /// token and URL with the task (exported to the steps); nothing else
+    /// for the runner to do.
+    #[serde(default)]
+    pub enable_openid_connect: Option<serde_norway::Value>,
 }
 
 /// `strategy:`; see [`crate::workflow::matrix`] for the matrix.
