@@ -236,7 +236,9 @@ pub struct RawImage {
     /// [`READINESS_PROBE_INTERVAL_SECS`].
     pub readiness_probe_interval_secs: Option<Spanned<i64>>,
     /// Labels matched against a job's `runs-on`. Default: the image's name.
-    /// Labels may repeat across images; empty labels are an error.
+    /// Labels may repeat across images. They are names only: an empty
+    /// label, one with a `:` (forgejo-runner's `name:docker://image`) or
+    /// with spaces around it is an error.
     pub labels: Option<Spanned<Vec<Spanned<String>>>>,
     /// At most this many jobs of this image at once, within
     /// `daemon.max_concurrent_jobs`. Default: no limit of its own; range:
@@ -284,8 +286,9 @@ pub struct RawForge {
     /// Runner name shown in this forge's UI. Default: `daemon.runner_name`.
     pub runner_name: Option<Spanned<String>>,
     /// Labels declared to this forge: jobs whose `runs-on` are all among
-    /// them are sent here. Each must belong to an image. Default: every
-    /// image's labels.
+    /// them are sent here, even when no single image has them all (a
+    /// warning names such a pair). Each must belong to an image. Default:
+    /// every image's labels.
     pub labels: Option<Spanned<Vec<Spanned<String>>>>,
     /// Seconds between task polls. Codeberg asks for at least 30; above 60
     /// the forge shows the runner offline between polls (a warning).
