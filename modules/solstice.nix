@@ -287,7 +287,7 @@ in
                 state_dir = nullOption types.str "State directory (database and job directories). Default (null): `/var/lib/solstice`, managed by systemd's `StateDirectory=`; any other directory is made writable with `ReadWritePaths=` and must exist.";
                 max_concurrent_jobs = nullOption (types.ints.between 1 1024) "Host-wide maximum number of job VMs at once. Default (null): 2.";
                 drain_timeout_secs = nullOption (types.ints.between 0 86400) "On stop, seconds running jobs may go on before they are cancelled. The unit's `TimeoutStopSec=` is set from it. Default (null): 600.";
-                max_job_timeout_mins = nullOption (types.ints.between 1 10080) "Host-wide cap on a job's run time in minutes. Default (null): 360.";
+                max_job_timeout_mins = nullOption (types.ints.between 1 10080) "Host-wide cap on a job's run time in minutes. Default (null): 180 (the forge fails any task after 3 hours).";
                 metrics_listen = nullOption types.str "Where the Prometheus endpoint listens (`host:port`, or a bare port for 127.0.0.1). Jobs can reach it; see docs/operations.md. Default (null): off.";
                 runner_name = nullOption types.str "Runner name shown in the forges' UI. Default (null): `solstice-<hostname>`.";
               };

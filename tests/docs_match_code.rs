@@ -255,3 +255,29 @@ fn example_workflows_are_runnable() {
         assert!(wf.jobs.contains_key(job), "{file} has no job {job}");
     }
 }
+
+/// The job timeout default the docs give is the executor's, and it is not
+/// longer than the 3 hours after which Forgejo and Gitea fail any task
+/// (`ENDLESS_TASK_TIMEOUT`), so that the runner ends a long job itself.
+#[test]
+fn the_documented_job_timeout_default_is_the_real_one() {
+    let mins = solstice::executor::DEFAULT_JOB_TIMEOUT.as_secs() / 60;
+    assert!(mins <= 180, "{mins}");
+    let flat = |path: &str| read(path).split_whitespace().collect::<Vec<_>>().join(" ");
+    for (doc, phrase) in [
+        (
+            "docs/reference/workflows.md",
+            format!("`timeout-minutes` (default {mins},"),
+        ),
+        (
+            "docs/forges.md",
+            format!("`timeout-minutes` (default {mins})"),
+        ),
+        (
+            "docs/operations.md",
+            format!("`timeout-minutes`, by default {mins},"),
+        ),
+    ] {
+        assert!(flat(doc).contains(&phrase), "{doc} does not say {phrase}");
+    }
+}

@@ -200,3 +200,35 @@ fn an_unwritable_jobs_directory_fails() {
         "{stdout}"
     );
 }
+
+#[test]
+fn config_warnings_are_warn_lines_with_their_place() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let forge_line = text.lines().count() + 4;
+    std::fs::write(
+        &config,
+        text + "[forges.local]\nurl = \"http://127.0.0.1:9\"\nrunner_file = \"/nonexistent/runner\"\nfetch_interval_secs = 90\n",
+    )
+    .unwrap();
+    let (code, out, err) = doctor(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let w = line(
+        &out,
+        &format!("forges.local.fetch_interval_secs (line {forge_line}, column 23):"),
+    );
+    assert!(
+        w.starts_with("warn")
+            && w.contains(
+                "the forge shows a runner as offline when it has not called for 60 seconds"
+            )
+            && w.ends_with("; use 60 or less (Codeberg asks for at least 30)"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end()
+            .ends_with("Jobs can run on this host (1 warning(s) above)."),
+        "{out}"
+    );
+}

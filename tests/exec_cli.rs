@@ -123,6 +123,26 @@ fn matrix_runs_every_combination_and_the_exit_code_follows_the_jobs() {
 }
 
 #[test]
+fn exec_gives_the_declared_input_defaults_typed() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "dispatch.yml",
+        "on:\n  push:\n  workflow_dispatch:\n    inputs:\n      target:\n        default: staging\n      dry:\n        type: boolean\n        default: true\n      level:\n        type: number\n        default: '2'\njobs:\n  deploy:\n    runs-on: tiny\n    steps:\n      - run: echo 'deploy to=${{ inputs.target }} dry=${{ inputs.dry == true }} level=${{ toJSON(inputs.level) }}.'\n",
+    );
+    let out = exec(&config, &[], &wf, env.dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("deploy to=staging dry=true level=2."),
+        "{stdout}"
+    );
+    env.assert_no_leaks();
+}
+
+#[test]
 fn bad_input_fails_before_any_vm_starts() {
     let env = TestEnv::tiny();
     let config = env.write_config_file();

@@ -527,7 +527,7 @@ jobs:
             assert_eq!(t.status, TaskStatus::Failure);
             assert!(
                 log_of(&t).contains(
-                    "No image of this runner has all the labels of runs-on [tiny, windows]"
+                    "No image of this runner has all the labels of `runs-on: [tiny, windows]`, so the job cannot run here: image tiny lacks windows."
                 ),
                 "{}",
                 log_of(&t)
@@ -1049,4 +1049,74 @@ async fn two_hosts_on_one_forge_never_take_the_same_task() {
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
     drop(b);
     host_a.assert_clean();
+}
+
+/// An inner job of a reusable workflow as Forgejo sends it after expanding
+/// the call: `event_name` is `workflow_call`, the caller's `with:` values
+/// are the defaults of `on.workflow_call.inputs`, next to a `__metadata`
+/// block. OIDC is on for it.
+const CALLED: &str = r#"
+name: reusable
+on:
+  workflow_call:
+    inputs:
+      greeting:
+        type: string
+        default: hello
+      n:
+        type: number
+        default: "3"
+      flag:
+        type: boolean
+        default: true
+  __metadata:
+    workflow_call_id: 0123abcd
+    workflow_call_parent: caller
+jobs:
+  reusable-1.job1:
+    name: caller / job1
+    runs-on: tiny
+    enable-openid-connect: true
+    steps:
+      - run: echo "inputs greeting=${{ inputs.greeting }} n=${{ inputs.n }} flag=${{ inputs.flag }} flag-is-bool=${{ inputs.flag == true }}"
+      - run: echo "oidc url=$ACTIONS_ID_TOKEN_REQUEST_URL token=$ACTIONS_ID_TOKEN_REQUEST_TOKEN"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reusable_workflow_job_gets_its_inputs_and_the_oidc_variables() {
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    let oidc_url = format!(
+        "{}/api/actions/_apis/pipelines/workflows/1/idtoken?placeholder=true",
+        forge.url().trim_end_matches('/')
+    );
+    let mut job = FakeJob::new(CALLED, &["tiny"]);
+    job.context_overrides = serde_json::json!({
+        "event_name": "workflow_call",
+        "forgejo_actions_id_token_request_token": "oidc-token-value-xyz",
+        "forgejo_actions_id_token_request_url": oidc_url,
+    });
+    let job = forge.enqueue(job);
+    let mut d = world.start();
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    let inputs = t.step_log(0).join("\n");
+    assert!(
+        inputs.contains("inputs greeting=hello n=3 flag=true flag-is-bool=true"),
+        "{inputs}"
+    );
+    let oidc = t.step_log(1).join("\n");
+    assert!(
+        oidc.contains(&format!("oidc url={oidc_url} token=***")),
+        "{oidc}"
+    );
+    assert!(!log_of(&t).contains("oidc-token-value-xyz"));
+    assert!(!d.log_text().contains("oidc-token-value-xyz"));
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", d.log_text());
+    world.assert_clean();
 }

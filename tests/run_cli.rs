@@ -191,3 +191,39 @@ fn an_unreachable_forge_is_logged_with_its_cause_and_retried() {
     .unwrap();
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn config_warnings_are_logged_at_start_up_once_per_forge() {
+    let url = plain_web_server();
+    let dir = tempfile::tempdir().unwrap();
+    let token = registration_token(dir.path());
+    let config = config(
+        dir.path(),
+        Some(&format!(
+            "url = {url:?}\nregistration_token_file = {token:?}\nfetch_interval_secs = 90\n"
+        )),
+    );
+    // A second image with a label of its own: `tiny` and `gpu` are both
+    // declared to the forge, and no image has both.
+    let image = dir.path().join("blank.qcow2");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[images.gpu]\npath = {image:?}\nlabels = [\"gpu\"]\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let (code, text) = run_to_end(&config);
+    // The forge is not one, so the daemon stops; the warnings come first.
+    assert_eq!(code, Some(1), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(
+        warnings[0].contains("forges.local: labels \"gpu\" (image gpu) and \"tiny\" (image tiny) are both declared to this forge, but no single image has both")
+            && warnings[0].contains("assigns a job with `runs-on: [gpu, tiny]` to this runner, which then fails it"),
+        "{text}"
+    );
+    assert!(
+        warnings[1]
+            .contains("forges.local.fetch_interval_secs: the forge shows a runner as offline"),
+        "{text}"
+    );
+}

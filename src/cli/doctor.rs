@@ -111,6 +111,19 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
             config.forges.len()
         ),
     )];
+    // What works but probably not as meant, as `check-config` words it.
+    for w in &config.warnings {
+        let place = match (&w.key, w.position) {
+            (Some(k), Some(p)) => format!("{k} (line {}, column {})", p.line, p.column),
+            (Some(k), None) => k.clone(),
+            (None, _) => "config".to_owned(),
+        };
+        let detail = match &w.fix {
+            Some(fix) => format!("{}; {fix}", w.message),
+            None => w.message.clone(),
+        };
+        checks.push(Check::warn(place, detail));
+    }
     if args.retry_kvm {
         checks.push(forget_kvm_failure(&config));
     }

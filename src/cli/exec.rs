@@ -257,6 +257,8 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
     let vars: BTreeMap<String, String> = args.vars.iter().cloned().collect();
     let extra_env: IndexMap<String, String> = args.env.iter().cloned().collect();
     let github = local_github_context(&wf, job_id, &args.workflow, &workdir);
+    // No event locally: the inputs are the declared defaults.
+    let inputs = workflow::inputs_context(&wf, workflow::InputSource::Local);
 
     let cancel = CancellationToken::new();
     let hard_stop = CancellationToken::new();
@@ -282,7 +284,7 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                 github: github.clone(),
                 secrets: secrets.clone(),
                 vars: vars.clone(),
-                inputs: json!({}),
+                inputs: inputs.clone(),
                 needs: json!({}),
                 runner: RunnerInfo {
                     os: image.os,

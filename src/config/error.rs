@@ -90,6 +90,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something in a valid config file that works, but probably not as the
+/// operator expects (a poll interval the forge's UI calls offline, a job
+/// timeout the forge cuts short, labels no single image has together).
+/// Printed by `check-config`, `doctor` and at daemon start-up; never an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The config file, as given by the caller.
+    pub file: PathBuf,
+    /// Where in the file, when the warning has a place.
+    pub position: Option<Position>,
+    /// Dotted key path, e.g. `forges.codeberg.fetch_interval_secs`.
+    pub key: Option<String>,
+    /// What to expect.
+    pub message: String,
+    /// What to change, if the operator wants to.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for ConfigWarning {
+    /// `FILE:LINE:COL: warning: KEY: message; fix`, leaving out the parts
+    /// that are unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(p) = self.position {
+            write!(f, ":{}:{}", p.line, p.column)?;
+        }
+        f.write_str(": warning: ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "; {fix}")?;
+        }
+        Ok(())
+    }
+}
+
 /// All problems found in one config file, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors {

@@ -14,7 +14,7 @@ pub mod raw;
 mod search;
 mod validate;
 
-pub use error::{ConfigError, ConfigErrors, ErrorKind, Position};
+pub use error::{ConfigError, ConfigErrors, ConfigWarning, ErrorKind, Position};
 pub use search::{
     ConfigSource, FoundConfig, SearchError, find_config, find_config_with, search_order,
 };
@@ -28,6 +28,9 @@ pub struct Config {
     pub images: BTreeMap<String, ImageConfig>,
     /// Forges to serve with `solstice run`, by section name.
     pub forges: BTreeMap<String, ForgeConfig>,
+    /// What works but probably not as meant, in file order (see
+    /// [`ConfigWarning`]); `check-config`, `doctor` and `solstice run` print them.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// One `[forges.<name>]` section: a Forgejo or Gitea instance to take jobs from.
@@ -264,6 +267,7 @@ pub fn parse_str_with(
         text,
         base_dir,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let config = parse::parse_raw(&mut ctx).and_then(|raw| validate::validate(raw, opts, &mut ctx));
     match config {
@@ -291,8 +295,13 @@ impl Config {
             let noun = if f.len() == 1 { "forge" } else { "forges" };
             format!("; {} {noun}: {}", f.len(), f.join(", "))
         };
+        let warnings = match self.warnings.len() {
+            0 => String::new(),
+            1 => ", 1 warning".to_owned(),
+            n => format!(", {n} warnings"),
+        };
         format!(
-            "{}: OK ({} {noun}: {}{forges})",
+            "{}: OK ({} {noun}: {}{forges}){warnings}",
             file.display(),
             names.len(),
             names.join(", ")
@@ -311,13 +320,17 @@ pub fn check_config_with(path: &Path, opts: &ParseOptions) -> Result<String, Con
     load_with(path, opts).map(|c| c.summary(path))
 }
 
-/// `solstice check-config [--no-path-checks] FILE`: print the summary to
-/// stdout, or every problem (one per line) and a count to stderr. Exit code 0
-/// if valid, 1 if not.
+/// `solstice check-config [--no-path-checks] FILE`: print the warnings (one
+/// per line) to stderr and the summary to stdout, or every problem (one per
+/// line) and a count to stderr. Exit code 0 if valid, warnings or not; 1 if
+/// not.
 pub fn check_config_main(path: &Path, opts: &ParseOptions) -> ExitCode {
-    match check_config_with(path, opts) {
-        Ok(summary) => {
-            println!("{summary}");
+    match load_with(path, opts) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("{w}");
+            }
+            println!("{}", config.summary(path));
             ExitCode::SUCCESS
         }
         Err(errors) => {

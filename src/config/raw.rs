@@ -77,7 +77,8 @@ pub struct RawDaemon {
     /// [`DRAIN_TIMEOUT_SECS`].
     pub drain_timeout_secs: Option<Spanned<i64>>,
     /// Host-wide cap on a job's run time in minutes: a job's
-    /// `timeout-minutes` cannot exceed it. Default:
+    /// `timeout-minutes` cannot exceed it. The forge's own limit (3 h by
+    /// default) wins over a longer value. Default:
     /// [`DEFAULT_MAX_JOB_TIMEOUT_MINS`]; range: [`MAX_JOB_TIMEOUT_MINS`].
     pub max_job_timeout_mins: Option<Spanned<i64>>,
     /// Where the Prometheus endpoint (`GET /metrics`) listens: `"host:port"`,
@@ -95,8 +96,10 @@ pub const DRAIN_TIMEOUT_SECS: Limit = Limit {
     max: 86400,
     unit: "seconds",
 };
-/// Default of `daemon.max_job_timeout_mins` (as GitHub's default job timeout).
-pub const DEFAULT_MAX_JOB_TIMEOUT_MINS: i64 = 360;
+/// Default of `daemon.max_job_timeout_mins`: 3 hours, the limit Forgejo and
+/// Gitea put on any task (`ENDLESS_TASK_TIMEOUT`), so that the runner, not
+/// the forge, ends a long job and says why.
+pub const DEFAULT_MAX_JOB_TIMEOUT_MINS: i64 = 180;
 /// Allowed range of `daemon.max_job_timeout_mins` (up to a week).
 pub const MAX_JOB_TIMEOUT_MINS: Limit = Limit {
     min: 1,
@@ -233,7 +236,9 @@ pub struct RawImage {
     /// [`READINESS_PROBE_INTERVAL_SECS`].
     pub readiness_probe_interval_secs: Option<Spanned<i64>>,
     /// Labels matched against a job's `runs-on`. Default: the image's name.
-    /// Labels may repeat across images; empty labels are an error.
+    /// Labels may repeat across images. They are names only: an empty
+    /// label, one with a `:` (forgejo-runner's `name:docker://image`) or
+    /// with spaces around it is an error.
     pub labels: Option<Spanned<Vec<Spanned<String>>>>,
     /// At most this many jobs of this image at once, within
     /// `daemon.max_concurrent_jobs`. Default: no limit of its own; range:
@@ -281,10 +286,12 @@ pub struct RawForge {
     /// Runner name shown in this forge's UI. Default: `daemon.runner_name`.
     pub runner_name: Option<Spanned<String>>,
     /// Labels declared to this forge: jobs whose `runs-on` are all among
-    /// them are sent here. Each must belong to an image. Default: every
-    /// image's labels.
+    /// them are sent here, even when no single image has them all (a
+    /// warning names such a pair). Each must belong to an image. Default:
+    /// every image's labels.
     pub labels: Option<Spanned<Vec<Spanned<String>>>>,
-    /// Seconds between task polls. Codeberg asks for at least 30.
+    /// Seconds between task polls. Codeberg asks for at least 30; above 60
+    /// the forge shows the runner offline between polls (a warning).
     /// Default: [`DEFAULT_FETCH_INTERVAL_SECS`]; range: [`FETCH_INTERVAL_SECS`].
     pub fetch_interval_secs: Option<Spanned<i64>>,
     /// Deadline of one poll in seconds (`Connect-Timeout-Ms`).

@@ -685,7 +685,10 @@ fn forges_get_defaults_from_the_daemon_and_the_images() {
     assert_eq!(c.images["deb"].max_concurrent_jobs, Some(1));
     assert_eq!(c.images["tiny"].max_concurrent_jobs, None);
     assert_eq!(c.daemon.drain_timeout, Duration::from_secs(600));
-    assert_eq!(c.daemon.max_job_timeout, Duration::from_secs(360 * 60));
+    // 3 h: the forges' own limit on a task (ENDLESS_TASK_TIMEOUT).
+    assert_eq!(c.daemon.max_job_timeout, Duration::from_secs(180 * 60));
+    // One forge, images with labels of their own: one warning, about the labels.
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
     assert!(ok(TINY).daemon.runner_name.starts_with("solstice-"));
 }
 
@@ -912,5 +915,132 @@ fn an_unusable_qemu_img_is_reported_once() {
         e[0].fix.as_deref().unwrap().contains("--no-path-checks"),
         "{}",
         e[0]
+    );
+}
+
+#[test]
+fn labels_are_names_only() {
+    // forgejo-runner's `name:docker://image` form, in an image.
+    let e = one(
+        "[images.a]\npath = \"/a\"\nlabels = [\"linux\", \"ubuntu-latest:docker://node:20\"]\n",
+    );
+    assert_eq!(at(&e), (3, 20));
+    assert_eq!(e.key.as_deref(), Some("images.a.labels"));
+    assert_eq!(e.kind, ErrorKind::InvalidValue);
+    assert!(
+        e.message.starts_with("label \"ubuntu-latest:docker://node:20\" has a `:`; Solstice labels are names only: each image is a VM image, so there is no `docker://` or other schema"),
+        "{e}"
+    );
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("write the name alone: \"ubuntu-latest\"")
+    );
+    // Spaces around a label.
+    let e = one("[images.a]\npath = \"/a\"\nlabels = [\" linux\"]\n");
+    assert_eq!(at(&e), (3, 11));
+    assert_eq!(
+        e.to_string(),
+        "/etc/solstice/solstice.toml:3:11: images.a.labels: label \" linux\" has spaces around it, so no `runs-on` would ever match it; write \"linux\""
+    );
+    // In a forge's labels: one error (not also "belongs to no image").
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\nlabels = [\"tiny\", \"linux:host\", \"tiny \"]\n"
+    ).replace("\"tiny \"]", "\"tiny\"]"));
+    assert_eq!(e.key.as_deref(), Some("forges.a.labels"));
+    assert!(e.message.contains("\"linux:host\" has a `:`"), "{e}");
+    assert_eq!(e.fix.as_deref(), Some("write the name alone: \"linux\""));
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\nlabels = [\"tiny \"]\n"
+    ));
+    assert!(e.message.contains("has spaces around it"), "{e}");
+}
+
+const FORGE: &str = "url = \"https://f.example\"\nrunner_file = \"/r\"\n";
+
+#[test]
+fn labels_no_image_has_together_are_a_warning_per_forge() {
+    // tiny [tiny, linux], deb [deb]: linux+deb and tiny+deb never meet.
+    let c = ok(&format!(
+        "{FORGE_IMAGES}[forges.f]\n{FORGE}[forges.g]\n{FORGE}"
+    ));
+    assert_eq!(c.warnings.len(), 2, "{:#?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("forges.f"));
+    let p = w.position.unwrap();
+    assert_eq!((p.line, p.column), (7, 9));
+    assert_eq!(
+        w.to_string(),
+        "/etc/solstice/solstice.toml:7:9: warning: forges.f: labels \"deb\" (image deb) and \"linux\" (image tiny) are both declared to this forge, but no single image has both (2 such label pairs in all); the forge matches a job against all the labels declared together, so it assigns a job with `runs-on: [deb, linux]` to this runner, which then fails it because no image fits; give one image every label that jobs ask for together, or declare only labels that can run together with `forges.f.labels`; nothing to change if no workflow combines labels of different images"
+    );
+    assert_eq!(c.warnings[1].key.as_deref(), Some("forges.g"));
+    // Labels one image has together: no warning.
+    let c = ok(&format!(
+        "{FORGE_IMAGES}[forges.f]\n{FORGE}labels = [\"linux\", \"tiny\"]\n"
+    ));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    // A label several images share, named with all of them.
+    let c = ok(&format!(
+        "[images.a]\npath = \"/a\"\nlabels = [\"linux\", \"gpu\"]\n[images.b]\npath = \"/b\"\nlabels = [\"linux\", \"big\"]\n[forges.f]\n{FORGE}labels = [\"linux\", \"gpu\", \"big\"]\n"
+    ));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("forges.f.labels"));
+    assert!(
+        w.message.starts_with("labels \"gpu\" (image a) and \"big\" (image b) are both declared to this forge, but no single image has both;"),
+        "{w}"
+    );
+    // Without forges nothing is declared, so nothing to warn about.
+    assert!(ok(FORGE_IMAGES).warnings.is_empty());
+}
+
+#[test]
+fn longer_job_timeouts_than_the_forge_allows_are_a_warning() {
+    let text = |mins: u32, forge: bool| {
+        format!(
+            "[daemon]\nmax_job_timeout_mins = {mins}\n{TINY}{}",
+            if forge {
+                format!("[forges.f]\n{FORGE}")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let c = ok(&text(240, true));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "/etc/solstice/solstice.toml:2:24: warning: daemon.max_job_timeout_mins: 240 minutes is longer than the forges allow: Forgejo and Gitea fail any task 180 minutes after it started (their ENDLESS_TASK_TIMEOUT, checked every 30 minutes), so a longer job is cut by the forge after 3 to 3.5 hours, without this runner's timeout message; use 180 or less, or raise ENDLESS_TASK_TIMEOUT in the forge's [actions] settings as well"
+    );
+    assert!(ok(&text(180, true)).warnings.is_empty());
+    // `solstice exec` alone: no forge limit.
+    assert!(ok(&text(240, false)).warnings.is_empty());
+}
+
+#[test]
+fn polls_slower_than_the_forges_offline_limit_are_a_warning() {
+    let text = |secs: u32| format!("{TINY}[forges.f]\n{FORGE}fetch_interval_secs = {secs}\n");
+    let c = ok(&text(61));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("forges.f.fetch_interval_secs"));
+    let p = w.position.unwrap();
+    assert_eq!((p.line, p.column), (6, 23));
+    assert!(
+        w.message.starts_with("the forge shows a runner as offline when it has not called for 60 seconds, so with 61 seconds between polls"),
+        "{w}"
+    );
+    assert_eq!(
+        w.fix.as_deref(),
+        Some("use 60 or less (Codeberg asks for at least 30)")
+    );
+    assert!(ok(&text(60)).warnings.is_empty());
+    // The summary counts the warnings.
+    assert_eq!(
+        c.summary(Path::new("/s.toml")),
+        "/s.toml: OK (1 image: tiny; 1 forge: f), 1 warning"
+    );
+    assert_eq!(
+        ok(&text(60)).summary(Path::new("/s.toml")),
+        "/s.toml: OK (1 image: tiny; 1 forge: f)"
     );
 }

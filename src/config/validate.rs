@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, ErrorKind, Position};
+use super::error::{ConfigError, ConfigWarning, ErrorKind, Position};
 use super::raw::{self, Limit, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
 use super::{
     Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig, ImageConfig, ParseOptions,
@@ -24,6 +24,8 @@ pub(crate) struct Ctx<'a> {
     pub base_dir: PathBuf,
     /// Everything found so far.
     pub errors: Vec<ConfigError>,
+    /// Warnings found so far (only kept when there are no errors).
+    pub warnings: Vec<ConfigWarning>,
 }
 
 impl Ctx<'_> {
@@ -41,6 +43,23 @@ impl Ctx<'_> {
             position: span.map(|s| Position::of_offset(self.text, s.start)),
             key,
             kind,
+            message,
+            fix,
+        });
+    }
+
+    /// Record one warning; `span` is a byte range in `text`.
+    pub fn warn(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        message: String,
+        fix: Option<String>,
+    ) {
+        self.warnings.push(ConfigWarning {
+            file: self.file.to_path_buf(),
+            position: span.map(|s| Position::of_offset(self.text, s.start)),
+            key,
             message,
             fix,
         });
@@ -93,12 +112,160 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
     if had_errors || !ctx.errors.is_empty() {
         return None;
     }
+    warnings(&raw, &daemon, &images, &forges, ctx);
+    ctx.warnings.sort_by_key(|w| {
+        w.position
+            .map_or((usize::MAX, usize::MAX), |p| (p.line, p.column))
+    });
     Some(Config {
         daemon,
         qemu,
         images,
         forges,
+        warnings: std::mem::take(&mut ctx.warnings),
     })
+}
+
+/// Forgejo and Gitea fail every task this long after it started
+/// (`ENDLESS_TASK_TIMEOUT`, default 3 h), even one that still reports.
+pub(crate) const FORGE_TASK_LIMIT_MINS: i64 = 180;
+/// A forge's UI shows a runner offline when it has not called for this long.
+pub(crate) const FORGE_OFFLINE_AFTER_SECS: i64 = 60;
+
+/// What a valid config does that the operator probably does not mean.
+fn warnings(
+    raw: &RawConfig,
+    daemon: &DaemonConfig,
+    images: &BTreeMap<String, ImageConfig>,
+    forges: &BTreeMap<String, ForgeConfig>,
+    ctx: &mut Ctx<'_>,
+) {
+    if !forges.is_empty()
+        && daemon.max_job_timeout > Duration::from_secs(60 * FORGE_TASK_LIMIT_MINS.unsigned_abs())
+    {
+        ctx.warn(
+            raw.daemon.max_job_timeout_mins.as_ref().map(|v| v.span()),
+            Some("daemon.max_job_timeout_mins".to_owned()),
+            format!(
+                "{} minutes is longer than the forges allow: Forgejo and Gitea fail any task {FORGE_TASK_LIMIT_MINS} minutes after it started (their ENDLESS_TASK_TIMEOUT, checked every 30 minutes), so a longer job is cut by the forge after 3 to 3.5 hours, without this runner's timeout message",
+                daemon.max_job_timeout.as_secs() / 60
+            ),
+            Some(format!(
+                "use {FORGE_TASK_LIMIT_MINS} or less, or raise ENDLESS_TASK_TIMEOUT in the forge's [actions] settings as well"
+            )),
+        );
+    }
+    for (name, section) in &raw.forges {
+        let n = name.get_ref();
+        let (Some(forge), f) = (forges.get(n), section.get_ref()) else {
+            continue;
+        };
+        if let Some(v) = &f.fetch_interval_secs
+            && *v.get_ref() > FORGE_OFFLINE_AFTER_SECS
+        {
+            ctx.warn(
+                Some(v.span()),
+                Some(format!("forges.{n}.fetch_interval_secs")),
+                format!(
+                    "the forge shows a runner as offline when it has not called for {FORGE_OFFLINE_AFTER_SECS} seconds, so with {} seconds between polls this runner looks offline in the forge's UI most of the time while idle (it still takes jobs at each poll)",
+                    v.get_ref()
+                ),
+                Some(format!(
+                    "use {FORGE_OFFLINE_AFTER_SECS} or less (Codeberg asks for at least 30)"
+                )),
+            );
+        }
+        if let Some(split) = split_labels(&forge.labels, images) {
+            let span = f.labels.as_ref().map_or(name.span(), |l| l.span());
+            let key = if f.labels.is_some() {
+                format!("forges.{n}.labels")
+            } else {
+                format!("forges.{n}")
+            };
+            ctx.warn(
+                Some(span),
+                Some(key),
+                format!(
+                    "labels \"{a}\" ({ia}) and \"{b}\" ({ib}) are both declared to this forge, but no single image has both{more}; the forge matches a job against all the labels declared together, so it assigns a job with `runs-on: [{a}, {b}]` to this runner, which then fails it because no image fits",
+                    a = split.a,
+                    b = split.b,
+                    ia = images_phrase(&split.a_images),
+                    ib = images_phrase(&split.b_images),
+                    more = if split.pairs > 1 {
+                        format!(" ({} such label pairs in all)", split.pairs)
+                    } else {
+                        String::new()
+                    },
+                ),
+                Some(format!(
+                    "give one image every label that jobs ask for together, or declare only labels that can run together with `forges.{n}.labels`; nothing to change if no workflow combines labels of different images"
+                )),
+            );
+        }
+    }
+}
+
+/// Two declared labels that no image carries together.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SplitLabels {
+    pub a: String,
+    pub a_images: Vec<String>,
+    pub b: String,
+    pub b_images: Vec<String>,
+    /// How many such pairs the labels have.
+    pub pairs: usize,
+}
+
+/// The first pair of `labels` (in their order) that no single image has
+/// both of, with the images that have each, and how many pairs there are.
+/// `None` when every pair fits some image.
+pub(crate) fn split_labels(
+    labels: &[String],
+    images: &BTreeMap<String, ImageConfig>,
+) -> Option<SplitLabels> {
+    let mut unique: Vec<&String> = Vec::new();
+    for l in labels {
+        if !unique.contains(&l) {
+            unique.push(l);
+        }
+    }
+    let carriers = |l: &str| -> Vec<String> {
+        images
+            .values()
+            .filter(|i| i.labels.iter().any(|il| il == l))
+            .map(|i| i.name.clone())
+            .collect()
+    };
+    let mut first = None;
+    let mut pairs = 0;
+    for (i, a) in unique.iter().enumerate() {
+        for b in &unique[i + 1..] {
+            let together = images.values().any(|img| {
+                img.labels.iter().any(|l| l == *a) && img.labels.iter().any(|l| l == *b)
+            });
+            if !together {
+                pairs += 1;
+                first.get_or_insert(((*a).clone(), (*b).clone()));
+            }
+        }
+    }
+    let (a, b) = first?;
+    Some(SplitLabels {
+        a_images: carriers(&a),
+        b_images: carriers(&b),
+        a,
+        b,
+        pairs,
+    })
+}
+
+/// `image tiny` or `images debian, tiny`.
+fn images_phrase(names: &[String]) -> String {
+    match names {
+        [one] => format!("image {one}"),
+        [] => "no image".to_owned(),
+        many => format!("images {}", many.join(", ")),
+    }
 }
 
 fn daemon(raw: &RawDaemon, ctx: &mut Ctx<'_>) -> DaemonConfig {
@@ -438,6 +605,9 @@ fn forge(
             }
             for label in list.get_ref() {
                 let l = label.get_ref();
+                if !label_syntax(label, &key("labels"), ctx) {
+                    continue;
+                }
                 if !image_labels.contains(&l) {
                     let mut known: Vec<&str> = image_labels.iter().map(|s| s.as_str()).collect();
                     known.sort_unstable();
@@ -589,9 +759,47 @@ fn labels(
                 format!("label {} is empty", i + 1),
                 Some("remove it or write the label text".to_owned()),
             );
+        } else {
+            label_syntax(label, &key, ctx);
         }
     }
     list.get_ref().iter().map(|l| l.get_ref().clone()).collect()
+}
+
+/// Records an error for a label that can never match `runs-on`: one with a
+/// `:` (forgejo-runner's `name:docker://image` form) or with spaces around
+/// it. False when the label is bad.
+fn label_syntax(label: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> bool {
+    let l = label.get_ref();
+    let trimmed = l.trim();
+    if let Some((name, _)) = l.split_once(':') {
+        let name = name.trim();
+        ctx.push(
+            Some(label.span()),
+            Some(key.to_owned()),
+            ErrorKind::InvalidValue,
+            format!(
+                "label \"{l}\" has a `:`; Solstice labels are names only: each image is a VM image, so there is no `docker://` or other schema after the name, and the forge would only ever see the whole text"
+            ),
+            Some(if name.is_empty() {
+                "write the label's name alone, e.g. \"ubuntu-latest\"".to_owned()
+            } else {
+                format!("write the name alone: \"{name}\"")
+            }),
+        );
+        return false;
+    }
+    if trimmed != l {
+        ctx.push(
+            Some(label.span()),
+            Some(key.to_owned()),
+            ErrorKind::InvalidValue,
+            format!("label \"{l}\" has spaces around it, so no `runs-on` would ever match it"),
+            Some(format!("write \"{trimmed}\"")),
+        );
+        return false;
+    }
+    true
 }
 
 /// A number within `limit`, or `default` when absent. Out of range is recorded.

@@ -218,6 +218,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if config.forges.is_empty() {
         return Err(DaemonError::NoForges);
     }
+    // What works but probably not as meant (`check-config` shows the same).
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let config = Arc::new(config);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(DaemonError::Signals)?;

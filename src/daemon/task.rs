@@ -20,7 +20,9 @@ use crate::forge::reporter::{
     LogSpool, ReportError, ReporterConfig, ReporterShared, SpoolError, TaskStateBuilder, finish,
     run_reporter,
 };
-use crate::forge::task::{TranslateOptions, numbered_payload, pick_image, translate};
+use crate::forge::task::{
+    TranslateOptions, no_image_message, numbered_payload, pick_image, translate,
+};
 use crate::metrics::LatencySplit;
 use crate::runner::{self, VmObserver, VmRun};
 use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, daemon_job_id};
@@ -302,16 +304,7 @@ pub(crate) async fn run_task(
                     (Conclusion::Failure, Default::default(), Some(msg))
                 }
                 None => {
-                    let images: Vec<String> = config
-                        .images
-                        .values()
-                        .map(|i| format!("{} [{}]", i.name, i.labels.join(", ")))
-                        .collect();
-                    let msg = format!(
-                        "No image of this runner has all the labels of runs-on [{}]; images and their labels: {}",
-                        t.runs_on.join(", "),
-                        images.join("; ")
-                    );
+                    let msg = no_image_message(&t.runs_on, &config.images);
                     tracing::warn!(forge = %forge.name, task = task_id, "{msg}");
                     (Conclusion::Failure, Default::default(), Some(msg))
                 }

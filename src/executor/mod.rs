@@ -47,8 +47,11 @@ use tokio_util::sync::CancellationToken;
 /// Time between `kill -TERM` and `kill -KILL` of a step's processes, and after
 /// `-KILL` before the step is abandoned.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
-/// Default job timeout (GitHub's): 360 minutes.
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(360 * 60);
+/// Timeout of a job without `timeout-minutes`: 180 minutes. Not GitHub's
+/// 360: Forgejo and Gitea fail any task after 3 hours
+/// (`ENDLESS_TASK_TIMEOUT`), so a longer default would only let the forge,
+/// rather than the runner, end the job. `solstice exec` uses it too.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(180 * 60);
 /// Upper bound for each `always()`/`cancelled()` step that runs after the job
 /// was cancelled or timed out.
 pub const AFTER_CANCEL_STEP_LIMIT: Duration = Duration::from_secs(5 * 60);

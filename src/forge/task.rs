@@ -107,6 +107,29 @@ pub fn pick_image<'a>(
         .find(|img| runs_on.iter().all(|l| img.labels.iter().any(|il| il == l)))
 }
 
+/// Why no image fits `runs-on` (when [`pick_image`] found none), in one
+/// paragraph for the task log: the labels, and for each image the labels it
+/// lacks. The forge matches a job against the union of the labels this
+/// runner declared, so such a job is assigned here all the same.
+pub fn no_image_message(runs_on: &[String], images: &BTreeMap<String, ImageConfig>) -> String {
+    let lacks: Vec<String> = images
+        .values()
+        .map(|img| {
+            let missing: Vec<&str> = runs_on
+                .iter()
+                .filter(|l| !img.labels.iter().any(|il| il == *l))
+                .map(String::as_str)
+                .collect();
+            format!("image {} lacks {}", img.name, missing.join(", "))
+        })
+        .collect();
+    format!(
+        "No image of this runner has all the labels of `runs-on: [{}]`, so the job cannot run here: {}. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`.",
+        runs_on.join(", "),
+        lacks.join("; ")
+    )
+}
+
 fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     m.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
@@ -236,16 +259,14 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
     let event_name = get_str(&github, "event_name")
         .unwrap_or_default()
         .to_string();
-    let inputs = if event_name == "workflow_dispatch" {
-        github
-            .get("event")
-            .and_then(|e| e.get("inputs"))
-            .filter(|i| i.is_object())
-            .cloned()
-            .unwrap_or_else(|| json!({}))
-    } else {
-        json!({})
-    };
+    let no_event = Value::Null;
+    let inputs = workflow::inputs_context(
+        &wf,
+        workflow::InputSource::Event {
+            name: &event_name,
+            event: github.get("event").unwrap_or(&no_event),
+        },
+    );
 
     // needs: { id: { outputs, result } }, ids sorted.
     let mut need_ids: Vec<&String> = task.needs.keys().collect();
@@ -277,6 +298,15 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
     extra_env.insert("ACTIONS_RESULTS_URL".into(), instance.clone());
     if let Some(t) = &runtime_token {
         extra_env.insert("ACTIONS_RUNTIME_TOKEN".into(), t.clone());
+    }
+    // OIDC (`enable-openid-connect`): what actions use to ask the forge for an
+    // ID token. The token is masked above.
+    if let (Some(token), Some(url)) = (
+        extra(&context, "actions_id_token_request_token"),
+        extra(&context, "actions_id_token_request_url"),
+    ) {
+        extra_env.insert("ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(), token.to_string());
+        extra_env.insert("ACTIONS_ID_TOKEN_REQUEST_URL".into(), url.to_string());
     }
     extra_env.insert("GITEA_ACTIONS".into(), "true".into());
     extra_env.insert("GITEA_ACTIONS_RUNNER_VERSION".into(), RUNNER_VERSION.into());
@@ -367,6 +397,7 @@ jobs:
         version:
           - \"1.2\"
     timeout-minutes: \"5\"
+    enable-openid-connect: true
     steps:
       - uses: actions/checkout@v4
       - name: Build
@@ -413,6 +444,7 @@ jobs:
             "gitea_runtime_token": "jwt-runtime",
             "forgejo_server_version": "15.0.0",
             "forgejo_actions_id_token_request_token": "oidc-token",
+            "forgejo_actions_id_token_request_url": "https://forge.example/api/actions/_apis/pipelines/workflows/17/idtoken?placeholder=true",
         })
     }
 
@@ -439,6 +471,7 @@ jobs:
         let debug = format!("{t:?}");
         assert!(!debug.contains("task-token-1"), "{debug}");
         assert!(!debug.contains("jwt-runtime"), "{debug}");
+        assert!(!debug.contains("oidc-token"), "{debug}");
         assert_eq!(t.runs_on, ["linux", "big"]);
         assert_eq!(t.job_name, "job1 (linux, 1.2)");
         assert_eq!(t.repository, "acme/widget");
@@ -481,6 +514,12 @@ jobs:
         assert_eq!(e["FORGEJO_ACTIONS"], "true");
         assert!(e["FORGEJO_ACTIONS_RUNNER_VERSION"].starts_with("solstice-"));
         assert!(!e.contains_key("GITHUB_SERVER_URL"));
+        // OIDC: the request token and URL reach the steps.
+        assert_eq!(e["ACTIONS_ID_TOKEN_REQUEST_TOKEN"], "oidc-token");
+        assert_eq!(
+            e["ACTIONS_ID_TOKEN_REQUEST_URL"],
+            "https://forge.example/api/actions/_apis/pipelines/workflows/17/idtoken?placeholder=true"
+        );
         // Tokens that are not secrets of the job are masked.
         let masks: Vec<&str> = s.extra_masks.iter().map(Secret::expose).collect();
         assert!(masks.contains(&"jwt-runtime"), "{masks:?}");
@@ -513,6 +552,14 @@ jobs:
             json!("https://github.com"),
         );
         m.insert("gitea_runtime_token".into(), json!("gitea-jwt"));
+        m.insert(
+            "gitea_actions_id_token_request_token".into(),
+            json!("gitea-oidc"),
+        );
+        m.insert(
+            "gitea_actions_id_token_request_url".into(),
+            json!("https://gitea.example/sub/idtoken"),
+        );
         m.insert("server_url".into(), json!("https://gitea.example/sub/"));
         let mut tk = task(PAYLOAD, ctx);
         tk.secrets.remove("FORGEJO_TOKEN");
@@ -522,6 +569,13 @@ jobs:
         let s = &t.spec;
         assert_eq!(s.default_actions_url.as_deref(), Some("https://github.com"));
         assert_eq!(s.extra_env["ACTIONS_RUNTIME_TOKEN"], "gitea-jwt");
+        assert_eq!(s.extra_env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"], "gitea-oidc");
+        assert_eq!(
+            s.extra_env["ACTIONS_ID_TOKEN_REQUEST_URL"],
+            "https://gitea.example/sub/idtoken"
+        );
+        let masks: Vec<&str> = s.extra_masks.iter().map(Secret::expose).collect();
+        assert!(masks.contains(&"gitea-oidc"), "{masks:?}");
         assert_eq!(s.github["server_url"], "https://gitea.example/sub");
         // GITEA_TOKEN wins over GITHUB_TOKEN.
         assert_eq!(s.github["token"], "gitea-task-token");
@@ -555,6 +609,9 @@ jobs:
         assert_eq!(s.github["server_url"], "https://forge.example");
         // No secrets: the context token is the job token and the runtime token.
         assert_eq!(s.extra_env["ACTIONS_RUNTIME_TOKEN"], "task-token-1");
+        // No OIDC for this job: nothing exported.
+        assert!(!s.extra_env.contains_key("ACTIONS_ID_TOKEN_REQUEST_TOKEN"));
+        assert!(!s.extra_env.contains_key("ACTIONS_ID_TOKEN_REQUEST_URL"));
         let masks: Vec<&str> = s.extra_masks.iter().map(Secret::expose).collect();
         assert_eq!(masks, ["task-token-1"]);
     }
@@ -606,6 +663,71 @@ jobs:
         );
         assert_eq!(t.spec.inputs, json!({"level": "3", "dry": "true"}));
         assert!(t.spec.matrix.is_empty());
+    }
+
+    /// An inner job of a reusable workflow that Forgejo expanded: the
+    /// caller's `with:` values are the defaults of `on.workflow_call.inputs`.
+    const WORKFLOW_CALL_PAYLOAD: &str = "\
+name: reusable
+on:
+  workflow_call:
+    inputs:
+      flag:
+        type: boolean
+        default: true
+      n:
+        type: number
+        default: \"3\"
+      greeting:
+        type: string
+        default: hello
+  __metadata:
+    workflow_call_id: 0123abcd
+    workflow_call_parent: caller
+    inputs:
+      flag: true
+jobs:
+  reusable-1.job1:
+    name: caller / job1
+    runs-on: linux
+    steps:
+      - run: echo ${{ inputs.greeting }} ${{ inputs.n }} ${{ inputs.flag }}
+";
+
+    #[test]
+    fn workflow_call_inputs_come_from_the_payload() {
+        let mut ctx = forgejo_context();
+        ctx["event_name"] = json!("workflow_call");
+        let t = translate(&task(WORKFLOW_CALL_PAYLOAD, ctx), &opts()).unwrap();
+        assert_eq!(t.spec.job_id, "reusable-1.job1");
+        assert_eq!(t.event_name, "workflow_call");
+        assert_eq!(
+            t.spec.inputs,
+            json!({"flag": true, "n": 3, "greeting": "hello"})
+        );
+        // The same payload under another event has no inputs.
+        let t = translate(&task(WORKFLOW_CALL_PAYLOAD, forgejo_context()), &opts()).unwrap();
+        assert_eq!(t.spec.inputs, json!({}));
+    }
+
+    #[test]
+    fn dispatch_defaults_fill_in_missing_event_inputs() {
+        let payload = "\
+on:
+  workflow_dispatch:
+    inputs:
+      level: {type: number, default: 1}
+      dry: {type: boolean, default: false}
+jobs:
+  j:
+    runs-on: linux
+    steps: [{run: 'true'}]
+";
+        let mut ctx = forgejo_context();
+        ctx["event_name"] = json!("workflow_dispatch");
+        ctx["event"] = json!({"inputs": {"level": "5"}});
+        let t = translate(&task(payload, ctx), &opts()).unwrap();
+        assert_eq!(t.spec.inputs, json!({"level": "5", "dry": false}));
     }
 
     #[test]
@@ -712,6 +834,10 @@ jobs:
             "c-omni"
         );
         assert!(pick_image(&l(&["illumos", "big"]), &images).is_none());
+        assert_eq!(
+            no_image_message(&l(&["illumos", "big"]), &images),
+            "No image of this runner has all the labels of `runs-on: [illumos, big]`, so the job cannot run here: image a-big lacks illumos; image b-small lacks illumos, big; image c-omni lacks big. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`."
+        );
         assert_eq!(pick_image(&[], &images).unwrap().name, "a-big");
         let mut t = translate(&task(PAYLOAD, forgejo_context()), &opts()).unwrap();
         t.use_image(&images["c-omni"]);

@@ -2,13 +2,15 @@
 //! Pure logic, no I/O.
 
 pub mod expr;
+pub mod inputs;
 pub mod matrix;
 pub mod model;
 
+pub use inputs::{InputSource, inputs_context};
 pub use matrix::{
     Combination, expand_matrix, filter_matrix, job_display_name, parse_matrix_selector,
 };
 pub use model::{
-    Defaults, Job, RunDefaults, Scalar, Step, Strategy, Workflow, WorkflowError, parse_workflow,
-    select_job,
+    Defaults, InputSpec, Job, RunDefaults, Scalar, Step, Strategy, Triggers, Workflow,
+    WorkflowError, parse_workflow, select_job,
 };

@@ -1,7 +1,10 @@
 //! The parts of an Actions workflow file that a runner needs.
 //!
-//! Unknown top-level keys (`on`, `permissions`, `concurrency`, ...) are accepted
+//! Unknown top-level keys (`permissions`, `concurrency`, ...) are accepted
 //! and ignored, as a runner receives whole workflow files written for forges.
+//! Of `on:` only the declared inputs of `workflow_call` and
+//! `workflow_dispatch` are kept (see [`Triggers`]); any other shape is
+//! accepted and ignored.
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -35,7 +38,66 @@ pub struct Workflow {
     pub env: IndexMap<String, Scalar>,
     #[serde(default)]
     pub defaults: Option<Defaults>,
+    /// `on:`, read leniently: only the inputs the runner needs.
+    #[serde(default)]
+    pub on: Triggers,
     pub jobs: IndexMap<String, Job>,
+}
+
+/// What the runner takes from `on:`: the declared inputs of `workflow_call`
+/// (where Forgejo puts a caller's `with:` values, as defaults) and of
+/// `workflow_dispatch` (their defaults). `on:` may be a string, a list or a
+/// mapping, and holds keys the runner does not use (`push`, `__metadata`,
+/// ...): any shape is accepted, and what is not understood is ignored, so
+/// that `on:` never stops a job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Triggers {
+    /// `on.workflow_call.inputs`, in file order.
+    pub workflow_call_inputs: IndexMap<String, InputSpec>,
+    /// `on.workflow_dispatch.inputs`, in file order.
+    pub workflow_dispatch_inputs: IndexMap<String, InputSpec>,
+}
+
+/// One declared input: its `type` and its `default`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputSpec {
+    /// `type:` as written (`boolean`, `number`, `string`, `choice`, ...),
+    /// lower-cased; empty when absent.
+    pub kind: String,
+    /// `default:`, when present and not null.
+    pub default: Option<serde_norway::Value>,
+}
+
+impl<'de> Deserialize<'de> for Triggers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Any YAML value is accepted; only mappings carry inputs.
+        let v = serde_norway::Value::deserialize(d)?;
+        let inputs_of = |event: &str| -> IndexMap<String, InputSpec> {
+            let Some(serde_norway::Value::Mapping(inputs)) =
+                v.get(event).and_then(|e| e.get("inputs"))
+            else {
+                return IndexMap::new();
+            };
+            inputs
+                .iter()
+                .filter_map(|(name, spec)| {
+                    let name = name.as_str()?.to_string();
+                    let kind = spec
+                        .get("type")
+                        .and_then(serde_norway::Value::as_str)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase();
+                    let default = spec.get("default").filter(|d| !d.is_null()).cloned();
+                    Some((name, InputSpec { kind, default }))
+                })
+                .collect()
+        };
+        Ok(Triggers {
+            workflow_call_inputs: inputs_of("workflow_call"),
+            workflow_dispatch_inputs: inputs_of("workflow_dispatch"),
+        })
+    }
 }
 
 /// `defaults:` at workflow or job level.
@@ -113,6 +175,11 @@ pub struct Job {
     /// Concurrency group: a forge matter, ignored by the runner.
     #[serde(default)]
     pub concurrency: Option<serde_norway::Value>,
+    /// Forgejo's OIDC switch: the forge then sends the ID-token request
+    /// token and URL with the task (exported to the steps); nothing else
+    /// for the runner to do.
+    #[serde(default)]
+    pub enable_openid_connect: Option<serde_norway::Value>,
 }
 
 /// `strategy:`; see [`crate::workflow::matrix`] for the matrix.

@@ -105,6 +105,7 @@ impl TestEnv {
             },
             images,
             forges: BTreeMap::new(),
+            warnings: Vec::new(),
         };
         Self {
             dir,
