@@ -469,11 +469,11 @@ fn check_config_prints_warnings_with_their_place_and_still_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let file = valid_config(dir.path(), "solstice.toml");
     let mut text = std::fs::read_to_string(&file).unwrap();
-    // A second image with labels of its own, a forge declared the labels of
-    // both, and a poll slower than the forge's offline limit.
+    // Two more images sharing a label, a forge declared the labels of all,
+    // and a poll slower than the forge's offline limit.
     let image = dir.path().join("blank.qcow2");
     text.push_str(&format!(
-        "[images.gpu]\npath = {image:?}\nlabels = [\"gpu\"]\n[forges.f]\nurl = \"https://f.example\"\nrunner_file = \"/r\"\nfetch_interval_secs = 90\n"
+        "[images.gpu]\npath = {image:?}\nlabels = [\"gpu\", \"big\"]\n[images.big]\npath = {image:?}\nlabels = [\"big\"]\n[forges.f]\nurl = \"https://f.example\"\nrunner_file = \"/r\"\nfetch_interval_secs = 90\n"
     ));
     std::fs::write(&file, &text).unwrap();
     let out = solstice_in(dir.path(), &["check-config", "solstice.toml"], &[]);
@@ -482,22 +482,25 @@ fn check_config_prints_warnings_with_their_place_and_still_exits_0() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert_eq!(
         stdout.trim_end(),
-        "solstice.toml: OK (2 images: gpu, tiny; 1 forge: f), 2 warnings"
+        "solstice.toml: OK (3 images: big, gpu, tiny; 1 forge: f), 2 warnings"
     );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(
-        lines[0].starts_with("solstice.toml:10:9: warning: forges.f: labels \"gpu\" (image gpu) and \"tiny\" (image tiny) are both declared to this forge, but no single image has both;"),
+        lines[0].starts_with("solstice.toml:13:9: warning: forges.f: labels \"big\" (images big, gpu) and \"tiny\" (image tiny) are both declared to this forge, but no single image has both (2 such label pairs in all);"),
         "{stderr}"
     );
     assert!(
-        lines[1].starts_with("solstice.toml:13:23: warning: forges.f.fetch_interval_secs: the forge shows a runner as offline when it has not called for 60 seconds"),
+        lines[1].starts_with("solstice.toml:16:23: warning: forges.f.fetch_interval_secs: the forge shows a runner as offline when it has not called for 60 seconds"),
         "{stderr}"
     );
     // A label in forgejo-runner's form is an error, with its place.
     std::fs::write(
         &file,
-        text.replace("labels = [\"gpu\"]", "labels = [\"gpu:docker://node:20\"]"),
+        text.replace(
+            "labels = [\"gpu\", ",
+            "labels = [\"gpu:docker://node:20\", ",
+        ),
     )
     .unwrap();
     let out = solstice_in(dir.path(), &["check-config", "solstice.toml"], &[]);

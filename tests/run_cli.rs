@@ -203,12 +203,12 @@ fn config_warnings_are_logged_at_start_up_once_per_forge() {
             "url = {url:?}\nregistration_token_file = {token:?}\nfetch_interval_secs = 90\n"
         )),
     );
-    // A second image with a label of its own: `tiny` and `gpu` are both
+    // Two more images sharing the label `big`: `big` and `tiny` are both
     // declared to the forge, and no image has both.
     let image = dir.path().join("blank.qcow2");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "[images.gpu]\npath = {image:?}\nlabels = [\"gpu\"]\n"
+        "[images.gpu]\npath = {image:?}\nlabels = [\"gpu\", \"big\"]\n[images.big]\npath = {image:?}\nlabels = [\"big\"]\n"
     ));
     std::fs::write(&config, text).unwrap();
     let (code, text) = run_to_end(&config);
@@ -217,8 +217,8 @@ fn config_warnings_are_logged_at_start_up_once_per_forge() {
     let warnings: Vec<&str> = text.lines().filter(|l| l.contains("warning: ")).collect();
     assert_eq!(warnings.len(), 2, "{text}");
     assert!(
-        warnings[0].contains("forges.local: labels \"gpu\" (image gpu) and \"tiny\" (image tiny) are both declared to this forge, but no single image has both")
-            && warnings[0].contains("assigns a job with `runs-on: [gpu, tiny]` to this runner, which then fails it"),
+        warnings[0].contains("forges.local: labels \"big\" (images big, gpu) and \"tiny\" (image tiny) are both declared to this forge, but no single image has both")
+            && warnings[0].contains("assigns a job with `runs-on: [big, tiny]` to this runner, which then fails it"),
         "{text}"
     );
     assert!(

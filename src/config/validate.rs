@@ -186,7 +186,7 @@ fn warnings(
                 Some(span),
                 Some(key),
                 format!(
-                    "labels \"{a}\" ({ia}) and \"{b}\" ({ib}) are both declared to this forge, but no single image has both{more}; the forge matches a job against all the labels declared together, so it assigns a job with `runs-on: [{a}, {b}]` to this runner, which then fails it because no image fits",
+                    "labels \"{a}\" ({ia}) and \"{b}\" ({ib}) are both declared to this forge, but no single image has both{more}; the forge assigns a job with `runs-on: [{a}, {b}]` to this runner, which then fails it because no image fits",
                     a = split.a,
                     b = split.b,
                     ia = images_phrase(&split.a_images),
@@ -198,7 +198,7 @@ fn warnings(
                     },
                 ),
                 Some(format!(
-                    "give one image every label that jobs ask for together, or declare only labels that can run together with `forges.{n}.labels`; nothing to change if no workflow combines labels of different images"
+                    "give one image all the labels that jobs combine, or declare fewer with `forges.{n}.labels`; nothing to change if no workflow combines these labels"
                 )),
             );
         }
@@ -218,7 +218,11 @@ pub(crate) struct SplitLabels {
 
 /// The first pair of `labels` (in their order) that no single image has
 /// both of, with the images that have each, and how many pairs there are.
-/// `None` when every pair fits some image.
+/// `None` when every pair fits some image, and also when no label is
+/// shared by two images: then every label names one image (`debian`,
+/// `omnios`, `illumos`), and a job asking for two of them contradicts
+/// itself, which its failure message says. Only shared labels (`linux` on
+/// two images next to `docker` on one) make a combination look runnable.
 pub(crate) fn split_labels(
     labels: &[String],
     images: &BTreeMap<String, ImageConfig>,
@@ -236,6 +240,9 @@ pub(crate) fn split_labels(
             .map(|i| i.name.clone())
             .collect()
     };
+    if !unique.iter().any(|l| carriers(l).len() > 1) {
+        return None;
+    }
     let mut first = None;
     let mut pairs = 0;
     for (i, a) in unique.iter().enumerate() {
