@@ -935,13 +935,13 @@ mod tests {
         assert_eq!(camel_code(Code::Unauthenticated), "Unauthenticated");
         let e = RpcError::new(Code::Unauthenticated, "unregistered runner");
         let (code, status, body) = error_response(&e, true);
-        assert_eq!((code, status), (Code::Unknown, 500));
+        assert_eq!((code, status.as_u16()), (Code::Unknown, 500));
         assert_eq!(
             body,
             r#"{"code":"unknown","message":"rpc error: code = Unauthenticated desc = unregistered runner"}"#
         );
         let (code, status, body) = error_response(&e, false);
-        assert_eq!((code, status), (Code::Unauthenticated, 401));
+        assert_eq!((code, status.as_u16()), (Code::Unauthenticated, 401));
         assert_eq!(
             body,
             r#"{"code":"unauthenticated","message":"unregistered runner"}"#
@@ -949,7 +949,7 @@ mod tests {
         // connect-go's own errors keep their code in Gitea's style too.
         let e = RpcError::connect(Code::InvalidArgument, "unmarshal request: x");
         let (code, status, _) = error_response(&e, true);
-        assert_eq!((code, status), (Code::InvalidArgument, 400));
+        assert_eq!((code, status.as_u16()), (Code::InvalidArgument, 400));
     }
 
     #[test]
