@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use prost::Message;
 use serde_json::json;
+use solstice::forge::ForgeError;
+use solstice::forge::client::{ClientOptions, Credentials, ForgejoClient};
 use solstice::forge::error::Code;
 use solstice::forge::proto::{self, TaskResult};
+use solstice::secret::Secret;
 use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskStatus};
 
 const REG_TOKEN: &str = "0000000000111111111122222222223333333333";
@@ -598,12 +601,7 @@ async fn task_contents_follow_the_spec() {
     assert_eq!(task.secrets["API_KEY"], "hunter2");
     assert_eq!(ctx["token"], token.as_str());
     assert_eq!(ctx["server_url"], format!("{}/", forge.url()));
-    assert_eq!(
-        ctx["forgejo_default_actions_url"],
-        "https://code.forgejo.org"
-    );
-    assert_eq!(ctx["gitea_default_actions_url"], "https://code.forgejo.org");
-    assert!(ctx["forgejo_runtime_token"].as_str().unwrap().len() > 10);
+    assert_eq!(ctx["gitea_default_actions_url"], "https://data.forgejo.org");
     assert!(
         ctx.get("gitea_runtime_token").is_none(),
         "null override removes"
@@ -625,7 +623,7 @@ async fn task_contents_follow_the_spec() {
     assert_eq!(snap.steps[1].name, "echo step 1");
     assert_eq!(snap.token.expose(), token);
     // Task ids are never reused.
-    forge.enqueue(FakeJob::new(payload(0), &[]));
+    forge.enqueue(FakeJob::new(payload(0), &["linux"]));
     let t2 = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap();
     assert!(t2.id > task.id);
     assert_eq!(forge.task(t2.id).unwrap().steps.len(), 0);
@@ -657,8 +655,8 @@ async fn request_key_recovery_returns_the_same_tasks_with_fresh_tokens() {
     assert_ne!(new_token, old_token, "fresh token");
     assert_eq!(ctx(&t1b)["token"], new_token.as_str());
     assert_ne!(
-        ctx(&t1b)["forgejo_runtime_token"],
-        ctx(&t1)["forgejo_runtime_token"]
+        ctx(&t1b)["gitea_runtime_token"],
+        ctx(&t1)["gitea_runtime_token"]
     );
     // The old token is gone: the server only knows the new one.
     let snap = forge.task(t1.id).unwrap();
@@ -671,7 +669,8 @@ async fn request_key_recovery_returns_the_same_tasks_with_fresh_tokens() {
     assert!(other.task.is_none());
     assert_eq!(forge.tasks().len(), 2);
 
-    // Once final, a task is not recovered any more.
+    // Whatever their status, recorded tasks keep coming back (Forgejo does
+    // not look at the status): one finished, one cancelled.
     c.update(
         &r,
         state(
@@ -683,19 +682,39 @@ async fn request_key_recovery_returns_the_same_tasks_with_fresh_tokens() {
     )
     .await
     .unwrap();
+    let t2 = first.additional_tasks[0].id;
+    assert!(forge.cancel_task(t2));
     let again = c.fetch(&r, 0, Some(2), Some("key-1")).await.unwrap();
-    assert_eq!(again.task.unwrap().id, first.additional_tasks[0].id);
-    assert!(again.additional_tasks.is_empty());
+    assert_eq!(again.tasks_version, 0);
+    let t1c = again.task.unwrap();
+    assert_eq!(t1c.id, t1.id);
+    assert_eq!(again.additional_tasks.len(), 1);
+    assert_eq!(again.additional_tasks[0].id, t2);
+    assert_ne!(t1c.secrets["GITHUB_TOKEN"], new_token, "fresh token again");
+    assert_eq!(
+        forge.task(t1.id).unwrap().token.expose(),
+        t1c.secrets["GITHUB_TOKEN"]
+    );
+    assert_eq!(forge.task(t1.id).unwrap().status, TaskStatus::Success);
+    assert_eq!(forge.task(t2).unwrap().status, TaskStatus::Cancelled);
 }
 
 #[tokio::test]
 async fn request_key_lock_rejects_concurrent_fetches_with_the_same_key() {
     let (forge, c) = forge().await;
     let r = c.register(&["linux"], false).await;
-    forge.set_delay("FetchTask", Duration::from_millis(600));
+    forge.set_delay("FetchTask", Duration::from_secs(3));
     let slow = c.fetch(&r, 0, None, Some("k"));
     let second = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The first call has taken effect; its answer (and the lock) is held.
+        assert!(
+            forge
+                .wait_for(
+                    |f| f.request_count("FetchTask") == 1,
+                    Duration::from_secs(30)
+                )
+                .await
+        );
         let same = c.fetch(&r, 0, None, Some("k")).await;
         let other = c.fetch(&r, 0, None, Some("other")).await;
         (same, other)
@@ -877,14 +896,18 @@ async fn update_task_ownership_steps_outputs_and_finality() {
     forge.enqueue(FakeJob::new(payload(2), &["linux"]));
     let id = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap().id;
 
-    // Another runner's task, or no such task: internal "invalid runner for task".
-    for (creds, task_id) in [(&other, id), (&r, 999)] {
+    // Another runner's task: internal "invalid runner for task"; no such
+    // task: internal "update task: resource does not exist".
+    for (creds, task_id, message) in [
+        (&other, id, "invalid runner for task"),
+        (&r, 999, "update task: resource does not exist"),
+    ] {
         let e = c
             .update(creds, state(task_id, TaskResult::Unspecified, vec![]), &[])
             .await
             .unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (500, "internal"));
-        assert_eq!(e.message, "invalid runner for task");
+        assert_eq!(e.message, message);
     }
     // Step ids outside [0, n): invalid_argument (stricter than Forgejo).
     for bad in [2, -1] {
@@ -1046,9 +1069,12 @@ async fn cancel_hook_turns_the_next_reply_into_cancelled() {
         .unwrap();
     assert_eq!(resp.state.unwrap().result, TaskResult::Cancelled as i32);
     assert_eq!(forge.running_tasks(), 0);
-    // Logs still go up after a cancel; the runner then reports.
-    c.log(&r, id, 0, &["cancelled"], true).await.unwrap();
-    let waiter = forge.wait_job_final(job, Duration::from_secs(5));
+    // A user's cancel does not archive the log (only the reapers do): rows
+    // still go up after it; the runner then reports.
+    assert!(!forge.task(id).unwrap().archived);
+    assert_eq!(c.log(&r, id, 0, &["post step"], false).await.unwrap(), 1);
+    assert_eq!(c.log(&r, id, 1, &["cancelled"], true).await.unwrap(), 2);
+    let waiter = forge.wait_job_final(job, Duration::from_secs(30));
     let report = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         c.update(
@@ -1056,7 +1082,7 @@ async fn cancel_hook_turns_the_next_reply_into_cancelled() {
             state(
                 id,
                 TaskResult::Cancelled,
-                vec![step(0, TaskResult::Cancelled, 0, 1)],
+                vec![step(0, TaskResult::Cancelled, 0, 2)],
             ),
             &[],
         )
@@ -1116,15 +1142,67 @@ async fn gitea_error_style() {
         e.message,
         "rpc error: code = Unauthenticated desc = unregistered runner"
     );
-    let e = c
-        .call::<_, proto::RegisterResponse>("Register", &proto::RegisterRequest::default(), None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.status, 500);
+    // Register returns plain Go errors in Gitea: the bare message, no
+    // "rpc error:" prefix.
+    let reg = |name: &str, token: &str| proto::RegisterRequest {
+        name: name.into(),
+        token: token.into(),
+        labels: vec!["linux".into()],
+        ..Default::default()
+    };
+    forge.add_registration_token("old");
+    forge.invalidate_registration_token("old");
+    for (req, message) in [
+        (reg("", ""), "missing runner token, name"),
+        (reg("r", "nope"), "runner registration token not found"),
+        (
+            reg("r", "old"),
+            "runner registration token has been invalidated, please use the latest one",
+        ),
+    ] {
+        let e = c
+            .call::<_, proto::RegisterResponse>("Register", &req, None)
+            .await
+            .unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (500, "unknown"));
+        assert_eq!(e.message, message);
+    }
+    // Other RPCs keep the gRPC status text, for example a deleted task.
+    let r = c.register(&["linux"], false).await;
+    forge.enqueue(FakeJob::new(payload(1), &["linux"]));
+    let id = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap().id;
+    assert!(forge.delete_task(id));
+    let e = c.log(&r, id, 0, &["x"], false).await.unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (500, "unknown"));
     assert_eq!(
         e.message,
-        "rpc error: code = InvalidArgument desc = missing runner token, name"
+        format!(
+            "rpc error: code = Internal desc = get task: task with id {id}: resource does not exist"
+        )
     );
+    let e = c
+        .update(&r, state(id, TaskResult::Unspecified, vec![]), &[])
+        .await
+        .unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (500, "unknown"));
+    assert_eq!(
+        e.message,
+        "rpc error: code = Internal desc = update task: resource does not exist"
+    );
+    // connect-go's own errors (an undecodable body) keep their code.
+    let (status, body) = c
+        .raw(
+            reqwest::Method::POST,
+            "runner.v1.RunnerService/Register",
+            Some("application/proto"),
+            vec![0xff, 0xff, 0xff],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["code"], "invalid_argument");
     forge.set_gitea_errors(false);
     let e = c
         .call::<_, proto::FetchTaskResponse>("FetchTask", &proto::FetchTaskRequest::default(), None)
@@ -1172,8 +1250,9 @@ async fn fault_injection_and_delays() {
             .all(|q| q.runner_uuid.as_deref() == Some(r.uuid.as_str()))
     );
 
-    // A held answer beyond the client's Connect-Timeout-Ms: deadline_exceeded.
-    forge.set_delay("FetchTask", Duration::from_millis(300));
+    // A held answer beyond the client's Connect-Timeout-Ms: deadline_exceeded
+    // once the client's deadline passed, long before the delay ends.
+    forge.set_delay("FetchTask", Duration::from_secs(60));
     let started = std::time::Instant::now();
     let e = c
         .call_with::<_, proto::FetchTaskResponse>(
@@ -1185,7 +1264,8 @@ async fn fault_injection_and_delays() {
         .await
         .unwrap_err();
     assert_eq!((e.status, e.code.as_str()), (504, "deadline_exceeded"));
-    assert!(started.elapsed() < Duration::from_millis(290));
+    assert!(started.elapsed() < Duration::from_secs(50));
+    forge.set_delay("FetchTask", Duration::from_millis(300));
     // Within the deadline: answered late but fine.
     let started = std::time::Instant::now();
     assert!(c.fetch(&r, 0, None, None).await.is_ok());
@@ -1276,4 +1356,477 @@ async fn stop_drops_held_answers() {
     let resp = c.fetch(&r, 0, None, Some("lost")).await.unwrap();
     assert_eq!(resp.tasks_version, 0);
     assert_eq!(resp.task.unwrap().id, forge.tasks()[0].id);
+}
+
+#[tokio::test]
+async fn context_keys_are_those_of_released_forgejo_with_opt_in_twins_and_oidc() {
+    let (forge, c) = forge().await;
+    let r = c.register(&["linux"], false).await;
+    forge.enqueue(FakeJob::new(payload(1), &["linux"]));
+    let task = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap();
+    let x = ctx(&task);
+    // Every released Forgejo: only the gitea_* names, and Forgejo's default URL.
+    assert_eq!(x["gitea_default_actions_url"], "https://data.forgejo.org");
+    let runtime = x["gitea_runtime_token"].as_str().unwrap();
+    assert!(runtime.len() > 10);
+    assert_ne!(runtime, task.secrets["GITHUB_TOKEN"]);
+    assert_eq!(x["forgejo_server_version"], "fake-forge");
+    for absent in [
+        "forgejo_default_actions_url",
+        "forgejo_runtime_token",
+        "forgejo_actions_id_token_request_token",
+        "forgejo_actions_id_token_request_url",
+    ] {
+        assert!(x.get(absent).is_none(), "{absent} sent by default");
+    }
+    // The other §2.5 keys are still there.
+    for key in [
+        "server_url",
+        "api_url",
+        "workflow_ref",
+        "actor_id",
+        "repository_id",
+        "repository_owner_id",
+        "secret_source",
+        "run_id",
+        "run_attempt",
+    ] {
+        assert!(x.get(key).is_some(), "{key} missing");
+    }
+
+    // Opt-in twins (post-Jul-2026 development code) carry the same values.
+    let twins = FakeForge::start(FakeOptions {
+        registration_tokens: vec![REG_TOKEN.into()],
+        forgejo_key_twins: true,
+        default_actions_url: "https://mirror.example".into(),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let c2 = Client::new(&twins);
+    let r2 = c2.register(&["linux"], false).await;
+    twins.enqueue(FakeJob::new(payload(1), &["linux"]));
+    let t = c2.fetch(&r2, 0, None, None).await.unwrap().task.unwrap();
+    let x = ctx(&t);
+    assert_eq!(x["forgejo_default_actions_url"], "https://mirror.example");
+    assert_eq!(x["gitea_default_actions_url"], "https://mirror.example");
+    assert_eq!(x["forgejo_runtime_token"], x["gitea_runtime_token"]);
+    assert!(x.get("forgejo_actions_id_token_request_url").is_none());
+
+    // OIDC per job: the request token and Forgejo's placeholder URL.
+    let mut job = FakeJob::new(payload(1), &["linux"]);
+    job.oidc = true;
+    let job_id = forge.enqueue(job);
+    let t = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap();
+    let x = ctx(&t);
+    let run_id = x["run_id"].as_str().unwrap().to_string();
+    assert_eq!(run_id, job_id.to_string());
+    assert_eq!(
+        x["forgejo_actions_id_token_request_url"],
+        format!(
+            "{}/api/actions/_apis/pipelines/workflows/{run_id}/idtoken?placeholder=true",
+            forge.url()
+        )
+    );
+    let oidc = x["forgejo_actions_id_token_request_token"]
+        .as_str()
+        .unwrap();
+    assert!(oidc.len() > 10);
+    assert_ne!(oidc, x["gitea_runtime_token"].as_str().unwrap());
+    assert_ne!(oidc, t.secrets["GITHUB_TOKEN"]);
+}
+
+/// A FetchTask call with `Accept-Encoding: gzip` through a client that does
+/// not decompress: (status, Content-Encoding, raw body).
+async fn raw_fetch(
+    forge: &FakeForge,
+    creds: &Creds,
+    accept_gzip: bool,
+) -> (u16, Option<String>, Vec<u8>) {
+    let http = reqwest::Client::builder().no_gzip().build().unwrap();
+    let mut rb = http
+        .post(format!(
+            "{}/api/actions/runner.v1.RunnerService/FetchTask",
+            forge.url()
+        ))
+        .header("content-type", "application/proto")
+        .header("x-runner-uuid", &creds.uuid)
+        .header("x-runner-token", &creds.token)
+        .body(proto::FetchTaskRequest::default().encode_to_vec());
+    if accept_gzip {
+        rb = rb.header("accept-encoding", "gzip");
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let enc = resp
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, enc, resp.bytes().await.unwrap().to_vec())
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn answers_of_1_kib_or_more_are_gzipped_when_the_client_accepts_it() {
+    let (forge, c) = forge().await;
+    let r = c.register(&["linux"], false).await;
+
+    // A task answer crosses 1 KiB and arrives gzipped.
+    forge.enqueue(FakeJob::new(payload(3), &["linux"]));
+    let (status, enc, body) = raw_fetch(&forge, &r, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(enc.as_deref(), Some("gzip"));
+    let plain = gunzip(&body);
+    assert!(plain.len() >= 1024, "{} bytes", plain.len());
+    let resp = proto::FetchTaskResponse::decode(&plain[..]).unwrap();
+    let task = resp.task.unwrap();
+    assert_eq!(task.workflow_payload.unwrap(), payload(3).into_bytes());
+
+    // Small answers (no task) are not compressed.
+    let (status, enc, body) = raw_fetch(&forge, &r, true).await;
+    assert_eq!((status, enc), (200, None));
+    assert!(proto::FetchTaskResponse::decode(&body[..]).is_ok());
+
+    // Without Accept-Encoding: plain, however large.
+    forge.enqueue(FakeJob::new(payload(3), &["linux"]));
+    let (status, enc, body) = raw_fetch(&forge, &r, false).await;
+    assert_eq!((status, enc), (200, None));
+    assert!(body.len() >= 1024);
+    assert!(
+        proto::FetchTaskResponse::decode(&body[..])
+            .unwrap()
+            .task
+            .is_some()
+    );
+
+    // Error bodies are never compressed.
+    let bad = Creds {
+        uuid: r.uuid.clone(),
+        token: "0".repeat(40),
+    };
+    let (status, enc, body) = raw_fetch(&forge, &bad, true).await;
+    assert_eq!((status, enc), (401, None));
+    assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+
+    // Solstice's own client (which sends Accept-Encoding: gzip) decodes the
+    // gzipped task end to end.
+    let job = forge.enqueue(FakeJob::new(payload(2), &["linux"]));
+    let client = ForgejoClient::new(&forge.url(), &ClientOptions::default())
+        .unwrap()
+        .with_credentials(Credentials {
+            uuid: r.uuid.clone(),
+            token: Secret::new(r.token.clone()),
+        });
+    let resp = client
+        .fetch_task(
+            proto::FetchTaskRequest::default(),
+            "gzip-key",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let task = resp.task.unwrap();
+    assert_eq!(task.id, forge.task_for_job(job).unwrap().id);
+    assert_eq!(
+        ctx(&task)["gitea_default_actions_url"],
+        "https://data.forgejo.org"
+    );
+    assert_eq!(task.workflow_payload.unwrap(), payload(2).into_bytes());
+    let last = forge.requests().pop().unwrap();
+    assert_eq!(last.method, "FetchTask");
+    assert!(last.gzipped, "the client's answer was gzipped on the wire");
+
+    // The option turns compression off.
+    let plain_forge = FakeForge::start(FakeOptions {
+        registration_tokens: vec![REG_TOKEN.into()],
+        compress_responses: false,
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let c2 = Client::new(&plain_forge);
+    let r2 = c2.register(&["linux"], false).await;
+    plain_forge.enqueue(FakeJob::new(payload(3), &["linux"]));
+    let (status, enc, body) = raw_fetch(&plain_forge, &r2, true).await;
+    assert_eq!((status, enc), (200, None));
+    assert!(body.len() >= 1024);
+}
+
+#[tokio::test]
+async fn gzipped_request_bodies_are_accepted_other_encodings_refused() {
+    let (_forge, c) = forge().await;
+    let req = proto::PingRequest {
+        data: "zipped".into(),
+    };
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, &req.encode_to_vec()).unwrap();
+    let (status, body) = c
+        .raw(
+            reqwest::Method::POST,
+            "ping.v1.PingService/Ping",
+            Some("application/proto"),
+            enc.finish().unwrap(),
+            &[("content-encoding", "gzip")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        proto::PingResponse::decode(&body[..]).unwrap().data,
+        "Hello, zipped!"
+    );
+    let (status, body) = c
+        .raw(
+            reqwest::Method::POST,
+            "ping.v1.PingService/Ping",
+            Some("application/proto"),
+            req.encode_to_vec(),
+            &[("content-encoding", "br")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 501);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["code"], "unimplemented");
+}
+
+#[tokio::test]
+async fn empty_runs_on_or_a_runner_without_labels_never_matches() {
+    let (forge, c) = forge().await;
+    let bare = c.register(&[], false).await;
+    let labelled = c.register(&["linux"], false).await;
+    let anywhere = forge.enqueue(FakeJob::new(payload(1), &[]));
+    let linux = forge.enqueue(FakeJob::new(payload(1), &["linux"]));
+    // The label-less runner gets nothing, not even the job without runs-on.
+    let resp = c.fetch(&bare, 0, Some(5), None).await.unwrap();
+    assert!(resp.task.is_none());
+    assert!(resp.additional_tasks.is_empty());
+    // The labelled runner gets the linux job only, although the other is older.
+    let resp = c.fetch(&labelled, 0, Some(5), None).await.unwrap();
+    assert_eq!(resp.task.unwrap().id, forge.task_for_job(linux).unwrap().id);
+    assert!(resp.additional_tasks.is_empty());
+    assert!(forge.task_for_job(anywhere).is_none());
+    // A runner that declares no labels any more stops getting work.
+    forge.enqueue(FakeJob::new(payload(1), &["linux"]));
+    let _: proto::DeclareResponse = c
+        .call(
+            "Declare",
+            &proto::DeclareRequest {
+                version: "v2".into(),
+                labels: vec![],
+                ..Default::default()
+            },
+            Some(&labelled),
+        )
+        .await
+        .unwrap();
+    assert!(
+        c.fetch(&labelled, 0, None, None)
+            .await
+            .unwrap()
+            .task
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn reaper_fails_the_task_and_archives_its_log() {
+    let (forge, c) = forge().await;
+    let r = c.register(&["linux"], false).await;
+    let job = forge.enqueue(FakeJob::new(payload(2), &["linux"]));
+    let id = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap().id;
+    assert_eq!(c.log(&r, id, 0, &["a", "b"], false).await.unwrap(), 2);
+    c.update(
+        &r,
+        state(
+            id,
+            TaskResult::Unspecified,
+            vec![step(0, TaskResult::Success, 0, 2)],
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+
+    assert!(forge.reap_task(id));
+    assert!(!forge.reap_task(id), "already final");
+    assert!(!forge.cancel_task(id), "already final");
+    assert!(!forge.reap_task(999));
+    let snap = forge.task(id).unwrap();
+    assert_eq!(snap.status, TaskStatus::Failure);
+    assert!(snap.archived, "the reaper moves the log to storage");
+    assert_eq!(snap.steps[0].result, TaskResult::Success, "done steps stay");
+    assert_eq!(snap.steps[1].result, TaskResult::Failure);
+    assert_eq!(forge.running_tasks(), 0);
+
+    // The next UpdateTask answer carries FAILURE.
+    let resp = c
+        .update(&r, state(id, TaskResult::Unspecified, vec![]), &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.state.unwrap().result, TaskResult::Failure as i32);
+    // New rows: already_exists; duplicates and empty calls are acknowledged.
+    let e = c.log(&r, id, 2, &["c"], false).await.unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (409, "already_exists"));
+    assert_eq!(e.message, "log file has been archived");
+    assert_eq!(c.log(&r, id, 0, &["a", "b"], true).await.unwrap(), 2);
+    assert_eq!(c.log(&r, id, 2, &[], true).await.unwrap(), 2);
+    // The runner's final report changes nothing on the server.
+    let resp = c
+        .update(
+            &r,
+            state(
+                id,
+                TaskResult::Cancelled,
+                vec![
+                    step(0, TaskResult::Success, 0, 2),
+                    step(1, TaskResult::Cancelled, 2, 0),
+                ],
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.state.unwrap().result, TaskResult::Failure as i32);
+    let snap = forge
+        .wait_job_final(job, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(snap.status, TaskStatus::Failure);
+    assert_eq!(snap.client_result, TaskResult::Cancelled);
+    assert_eq!(snap.log, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn deleted_task_reports_fail_with_resource_does_not_exist() {
+    let (forge, c) = forge().await;
+    let r = c.register(&["linux"], false).await;
+    let job = forge.enqueue(FakeJob::new(payload(1), &["linux"]));
+    let id = c
+        .fetch(&r, 0, None, Some("del-key"))
+        .await
+        .unwrap()
+        .task
+        .unwrap()
+        .id;
+    assert_eq!(c.log(&r, id, 0, &["a"], false).await.unwrap(), 1);
+
+    assert!(forge.delete_task(id));
+    assert!(!forge.delete_task(id), "already gone");
+    assert!(forge.task(id).is_none());
+    assert!(forge.task_for_job(job).is_none());
+    assert!(forge.jobs().iter().all(|j| j.id != job));
+
+    let e = c.log(&r, id, 1, &["b"], false).await.unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (500, "internal"));
+    assert_eq!(
+        e.message,
+        format!("get task: task with id {id}: resource does not exist")
+    );
+    let e = c
+        .update(&r, state(id, TaskResult::Success, vec![]), &[])
+        .await
+        .unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (500, "internal"));
+    assert_eq!(e.message, "update task: resource does not exist");
+    // Nor does request-key recovery bring it back.
+    let resp = c.fetch(&r, 0, None, Some("del-key")).await.unwrap();
+    assert!(resp.task.is_none());
+    assert!(resp.tasks_version > 0);
+}
+
+#[tokio::test]
+async fn a_proxy_body_limit_answers_413_with_an_html_page() {
+    let forge = FakeForge::start(FakeOptions {
+        registration_tokens: vec![REG_TOKEN.into()],
+        max_request_body: Some(2000),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let c = Client::new(&forge);
+    let r = c.register(&["linux"], false).await;
+    forge.enqueue(FakeJob::new(payload(1), &["linux"]));
+    let id = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap().id;
+
+    // Under the limit: accepted.
+    let small = "s".repeat(100);
+    assert_eq!(c.log(&r, id, 0, &[small.as_str()], false).await.unwrap(), 1);
+    // Over it: 413 with nginx's HTML, never reaching the forge.
+    let big = "b".repeat(3000);
+    let req = proto::UpdateLogRequest {
+        task_id: id,
+        index: 1,
+        rows: vec![proto::LogRow {
+            time: Some(proto::now()),
+            content: big,
+        }],
+        no_more: false,
+    };
+    let headers = [
+        ("x-runner-uuid", r.uuid.as_str()),
+        ("x-runner-token", r.token.as_str()),
+    ];
+    for _ in 0..2 {
+        let (status, body) = c
+            .raw(
+                reqwest::Method::POST,
+                "runner.v1.RunnerService/UpdateLog",
+                Some("application/proto"),
+                req.encode_to_vec(),
+                &headers,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 413);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("<html>"), "{text}");
+        assert!(text.contains("413 Request Entity Too Large"));
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+    }
+    let snap = forge.task(id).unwrap();
+    assert_eq!(snap.log_rows, 1);
+    assert_eq!(
+        snap.update_log_calls, 1,
+        "the forge never saw the big calls"
+    );
+    let rejected: Vec<_> = forge
+        .requests()
+        .into_iter()
+        .filter(|q| q.http_status == 413)
+        .collect();
+    assert_eq!(rejected.len(), 2);
+    assert!(rejected.iter().all(|q| q.method == "UpdateLog"));
+
+    // Solstice's client sees a non-JSON 413 as `unknown` with the status.
+    let client = ForgejoClient::new(&forge.url(), &ClientOptions::default())
+        .unwrap()
+        .with_credentials(Credentials {
+            uuid: r.uuid.clone(),
+            token: Secret::new(r.token.clone()),
+        });
+    let e = client.update_log(req.clone()).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ForgeError::Status {
+                http_status: 413,
+                code: Code::Unknown,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // The limit can be lifted at run time.
+    forge.set_max_request_body(None);
+    assert_eq!(client.update_log(req).await.unwrap().ack_index, 2);
 }

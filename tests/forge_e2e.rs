@@ -217,6 +217,13 @@ async fn success_and_failure_reach_the_forge_with_steps_logs_and_outputs() {
     assert!(b.step_log(2).join("\n").contains("cleanup-ran"));
     assert!(b.outputs.is_empty());
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    // The tasks came gzipped, as real forges send them, and the daemon ran them.
+    assert!(
+        forge
+            .requests()
+            .iter()
+            .any(|r| r.method == "FetchTask" && r.gzipped)
+    );
 
     // No secret in the daemon's own log: job secrets, the runner token, task tokens.
     let log = d.log_text();

@@ -1,20 +1,66 @@
 //! A strict fake Forgejo server for tests and benchmarks.
 //!
 //! It speaks the runner protocol of `shared/spec/forgejo-runner-protocol.md`
-//! (Connect unary, binary proto) on `127.0.0.1`, behaves like Forgejo where
-//! Forgejo is strict and is stricter where a lax answer would hide a client bug
-//! (each such place says so). Tests enqueue jobs, point a runner (the real
-//! `solstice run` binary, or hand-made requests) at [`FakeForge::url`], and then
-//! assert on what the forge saw: tasks with their step states, log rows and
-//! outputs, runners, every request, and a list of protocol violations that a
-//! correct runner never causes.
+//! (Connect unary, binary proto) on `127.0.0.1`, sends what a released
+//! Forgejo sends, rejects what it rejects, and is stricter only where a lax
+//! answer would hide a client bug (each such place says so). Tests enqueue
+//! jobs, point a runner (the real `solstice run` binary, or hand-made
+//! requests) at [`FakeForge::url`], and then assert on what the forge saw:
+//! tasks with their step states, log rows and outputs, runners, every
+//! request, and a list of protocol violations that a correct runner never
+//! causes.
 //!
-//! Content types: only `application/proto`; everything else (JSON included)
-//! gets HTTP 415. Responses are never compressed. `Connect-Timeout-Ms` is
-//! honoured for answers held back with [`FakeForge::set_delay`]: a delay at
-//! least as long as the client's deadline ends in `deadline_exceeded` (the
-//! call's effect on the state stays, as on a real server that finished its
-//! database work but missed the deadline).
+//! What it implements (the spec's §7 fake-server checklist):
+//!
+//! - **Transport.** Routes under `/api/actions/`, POST only (405 otherwise),
+//!   unknown methods a bare 404. Only `application/proto`; everything else
+//!   (JSON included) gets 415. `Connect-Protocol-Version` is ignored.
+//!   Answers of at least [`COMPRESS_MIN_BYTES`] are gzipped
+//!   (`Content-Encoding: gzip`) when the request says `Accept-Encoding:
+//!   gzip`, as connect-go's `WithCompressMinBytes(1024)` does on both
+//!   servers ([`FakeOptions::compress_responses`] turns it off); error bodies
+//!   are never compressed. Gzipped request bodies are accepted, other
+//!   encodings get `unimplemented`. `Connect-Timeout-Ms` is honoured for
+//!   answers held back with [`FakeForge::set_delay`]: a delay at least as
+//!   long as the client's deadline ends in `deadline_exceeded` (the call's
+//!   effect on the state stays, as on a real server that finished its
+//!   database work but missed the deadline).
+//! - **Errors.** Forgejo's Connect codes by default. In Gitea's style
+//!   ([`FakeForge::set_gitea_errors`]) handler and interceptor errors become
+//!   500 `unknown` "rpc error: code = … desc = …", `Register` errors 500
+//!   `unknown` with the bare message, and connect-go's own errors (bad body,
+//!   unknown compression, deadline) keep their code.
+//! - **Proxy.** [`FakeOptions::max_request_body`] puts an nginx-like limit in
+//!   front: larger bodies get 413 with an HTML page.
+//! - **Auth.** Every RunnerService method but `Register` needs
+//!   `x-runner-uuid` + `x-runner-token`; bad ones get 401 `unauthenticated`
+//!   "unregistered runner". Ping needs nothing.
+//! - **Register / Declare / offline registration** with Forgejo's
+//!   validation messages, reusable registration tokens until invalidated,
+//!   40-hex runner tokens; Declare overwrites labels and version.
+//! - **FetchTask / FetchSingleTask.** Request-key recovery first (per-key
+//!   lock; every task recorded for (runner, key), finished and cancelled
+//!   ones included, each with a fresh token, `tasks_version` 0), then the
+//!   `tasks_version` check (never 0), then the oldest waiting jobs whose
+//!   `runs-on` is a subset of the runner's labels (an empty `runs-on`, or a
+//!   runner without labels, never matches), up to `task_capacity`.
+//! - **Task contents.** The §2.5 `github` keys plus, as every released
+//!   Forgejo sends, `gitea_default_actions_url` (default
+//!   `https://data.forgejo.org`), `gitea_runtime_token` and
+//!   `forgejo_server_version`; the `forgejo_*` twins only with
+//!   [`FakeOptions::forgejo_key_twins`]; the OIDC keys when the job has
+//!   [`FakeJob::oidc`]. Secrets include `GITHUB_TOKEN`, `GITEA_TOKEN` and
+//!   `FORGEJO_TOKEN`; vars and needs as enqueued.
+//! - **UpdateTask / UpdateLog.** Ownership (`internal` "invalid runner for
+//!   task"), final tasks unchanged, steps by index, outputs first write wins
+//!   with the complete `sent_outputs`; the §3.5 append/ack rule, `no_more`
+//!   archives, new rows after archiving get `already_exists`. A task the
+//!   server no longer has gets `internal` "… resource does not exist".
+//! - **Ephemeral runners** get one task and are deleted once it is final.
+//! - **Hooks.** [`FakeForge::cancel_task`] (user cancel: CANCELLED, log left
+//!   open), [`FakeForge::reap_task`] (zombie/endless reaper: FAILURE, log
+//!   archived), [`FakeForge::delete_task`] (run deleted), plus fault
+//!   injection, delays, outages and restarts.
 //!
 //! All runners are instance-wide, so there is one `tasks_version` scope,
 //! bumped by every [`FakeForge::enqueue`].
@@ -22,7 +68,7 @@
 mod state;
 
 use std::future::{Future, IntoFuture};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,24 +89,47 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::forge::error::Code;
 use crate::secret::Secret;
 
-use state::{Caller, Rpc, RpcError, State};
+use state::{Caller, Origin, Rpc, RpcError, State};
 pub use state::{
-    FakeJob, JobSnapshot, LogAppend, MAX_OUTPUT_KEY_BYTES, MAX_OUTPUT_VALUE_BYTES, RequestRecord,
-    RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus, log_append_from, offline_uuid,
+    FORGEJO_SERVER_VERSION, FakeJob, JobSnapshot, LogAppend, MAX_OUTPUT_KEY_BYTES,
+    MAX_OUTPUT_VALUE_BYTES, RequestRecord, RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus,
+    log_append_from, offline_uuid,
 };
 
 /// Request bodies up to this size are read (log batches can be large).
 const BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Answers of at least this many bytes are gzipped for clients that accept
+/// it (connect-go's `WithCompressMinBytes(1024)`, as both servers set it).
+pub const COMPRESS_MIN_BYTES: usize = 1024;
+
+/// What nginx answers when a body exceeds `client_max_body_size`.
+const NGINX_413_BODY: &str = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 /// How the fake starts.
 #[derive(Debug, Clone)]
 pub struct FakeOptions {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
-    /// Answer every error in Gitea's style (see [`FakeForge::set_gitea_errors`]).
+    /// Answer errors in Gitea's style (see [`FakeForge::set_gitea_errors`]).
     pub gitea_errors: bool,
-    /// Value of `forgejo_default_actions_url` / `gitea_default_actions_url`.
+    /// Value of `gitea_default_actions_url` (and of its
+    /// `forgejo_default_actions_url` twin when [`FakeOptions::forgejo_key_twins`]
+    /// is on). Forgejo's default, `https://data.forgejo.org`, unless changed.
     pub default_actions_url: String,
+    /// Also send `forgejo_default_actions_url` and `forgejo_runtime_token`
+    /// next to the `gitea_*` keys. Off by default: every released Forgejo
+    /// sends only the `gitea_*` names; the twins exist only in later
+    /// development code.
+    pub forgejo_key_twins: bool,
+    /// Gzip answers of at least [`COMPRESS_MIN_BYTES`] when the request
+    /// says `Accept-Encoding: gzip`, as both real servers do. On by default.
+    pub compress_responses: bool,
+    /// A reverse proxy's request-body limit (nginx `client_max_body_size`):
+    /// any request whose body is larger than this many bytes is answered
+    /// with HTTP 413 and an HTML page, without reaching the forge. `None`
+    /// (the default): no proxy.
+    pub max_request_body: Option<usize>,
     /// Registration tokens accepted by `Register` from the start.
     pub registration_tokens: Vec<String>,
     /// Keep the content of every log row (`TaskSnapshot::log`). Off, rows
@@ -74,7 +143,10 @@ impl Default for FakeOptions {
         FakeOptions {
             port: 0,
             gitea_errors: false,
-            default_actions_url: "https://code.forgejo.org".into(),
+            default_actions_url: "https://data.forgejo.org".into(),
+            forgejo_key_twins: false,
+            compress_responses: true,
+            max_request_body: None,
             registration_tokens: Vec::new(),
             keep_log_content: true,
         }
@@ -140,6 +212,9 @@ impl FakeForge {
             opts.gitea_errors,
         );
         state.keep_log_content = opts.keep_log_content;
+        state.forgejo_key_twins = opts.forgejo_key_twins;
+        state.compress_responses = opts.compress_responses;
+        state.max_request_body = opts.max_request_body;
         for t in &opts.registration_tokens {
             state.add_registration_token(t);
         }
@@ -237,10 +312,35 @@ impl FakeForge {
     }
 
     /// Forgejo's "cancel" button (StopTask): the task becomes CANCELLED, and
-    /// every later UpdateTask answer carries RESULT_CANCELLED. Returns false if
-    /// the task does not exist or is already final.
+    /// every later UpdateTask answer carries RESULT_CANCELLED. The log is not
+    /// archived: later rows are still accepted. Returns false if the task
+    /// does not exist or is already final.
     pub fn cancel_task(&self, task_id: i64) -> bool {
         let done = self.state().cancel_task(task_id);
+        self.changed();
+        done
+    }
+
+    /// Forgejo's zombie or endless-task reaper: the task and its unfinished
+    /// steps become FAILURE (every later UpdateTask answer carries
+    /// RESULT_FAILURE) and the log is archived, so later new rows get
+    /// `already_exists` "log file has been archived". Returns false if the
+    /// task does not exist or is already final.
+    pub fn reap_task(&self, task_id: i64) -> bool {
+        let done = self.state().reap_task(task_id);
+        self.changed();
+        done
+    }
+
+    /// The task's run (or repository) is deleted on the forge: the task and
+    /// its job disappear (from [`FakeForge::tasks`] and [`FakeForge::jobs`]
+    /// too). Afterwards UpdateLog fails with `internal` "get task: task with
+    /// id N: resource does not exist" and UpdateTask with `internal` "update
+    /// task: resource does not exist" (in Gitea's style, 500 `unknown`
+    /// "rpc error: code = Internal desc = …"). Returns false if there was no
+    /// such task.
+    pub fn delete_task(&self, task_id: i64) -> bool {
+        let done = self.state().delete_task(task_id);
         self.changed();
         done
     }
@@ -317,8 +417,13 @@ impl FakeForge {
         self.state().tasks_version()
     }
 
-    /// Gitea error style: every error becomes HTTP 500
-    /// `{"code":"unknown","message":"rpc error: code = <Code> desc = <message>"}`.
+    /// Gitea error style: every error of a handler or the auth interceptor
+    /// becomes HTTP 500
+    /// `{"code":"unknown","message":"rpc error: code = <Code> desc = <message>"}`,
+    /// except `Register`'s, which carry the bare message (Gitea returns plain
+    /// Go errors there). Errors connect-go produces itself (an undecodable
+    /// body, an unknown request compression, a missed deadline) keep their
+    /// Connect code, as on every server.
     pub fn set_gitea_errors(&self, on: bool) {
         self.state().gitea_errors = on;
     }
@@ -327,6 +432,11 @@ impl FakeForge {
     /// before anything else happens (no state change).
     pub fn fail_next(&self, method: &str, n: usize, code: Code) {
         self.state().fail_next(method, n, code);
+    }
+
+    /// Changes [`FakeOptions::max_request_body`] (the proxy's body limit).
+    pub fn set_max_request_body(&self, limit: Option<usize>) {
+        self.state().max_request_body = limit;
     }
 
     /// Drops every pending [`FakeForge::fail_next`] fault.
@@ -488,29 +598,70 @@ fn camel_code(code: Code) -> String {
         .collect()
 }
 
-/// The HTTP answer of an error, in Forgejo's or Gitea's style.
-fn error_response(e: &RpcError, gitea: bool) -> (StatusCode, String) {
-    let (status, body) = if gitea {
-        (
-            500,
-            serde_json::json!({
-                "code": "unknown",
-                "message": format!("rpc error: code = {} desc = {}", camel_code(e.code), e.message),
-            }),
-        )
-    } else {
-        (
-            e.code.http_status(),
-            serde_json::json!({"code": e.code.as_str(), "message": e.message}),
-        )
+/// The Connect code, HTTP status and JSON body of an error, in Forgejo's or
+/// Gitea's style.
+fn error_response(e: &RpcError, gitea: bool) -> (Code, StatusCode, String) {
+    let (code, message) = match (gitea, e.origin) {
+        (false, _) | (true, Origin::Connect) => (e.code, e.message.clone()),
+        (true, Origin::PlainGo) => (Code::Unknown, e.message.clone()),
+        (true, Origin::Handler) => (
+            Code::Unknown,
+            format!(
+                "rpc error: code = {} desc = {}",
+                camel_code(e.code),
+                e.message
+            ),
+        ),
     };
+    let body = serde_json::json!({"code": code.as_str(), "message": message});
     (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        code,
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         body.to_string(),
     )
 }
 
+/// Whether `Accept-Encoding` lists gzip (connect-go compares the names and
+/// ignores quality values).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            e.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("gzip")
+        })
+}
+
+fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+fn gunzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 fn record(inner: &Inner, method: &str, caller: &Caller, status: StatusCode, code: Option<Code>) {
+    record_answer(inner, method, caller, status, code, false);
+}
+
+fn record_answer(
+    inner: &Inner,
+    method: &str,
+    caller: &Caller,
+    status: StatusCode,
+    code: Option<Code>,
+    gzipped: bool,
+) {
     inner.state().record(RequestRecord {
         method: method.to_string(),
         at: SystemTime::now(),
@@ -518,6 +669,7 @@ fn record(inner: &Inner, method: &str, caller: &Caller, status: StatusCode, code
         request_key: caller.request_key.clone(),
         http_status: status.as_u16(),
         code,
+        gzipped,
     });
 }
 
@@ -539,7 +691,24 @@ async fn handle(
         token: header_str(&headers, "x-runner-token").map(Secret::new),
         request_key: header_str(&headers, "x-runner-request-key"),
     };
-    let Some(rpc) = path.strip_prefix("/api/actions/").and_then(Rpc::from_path) else {
+    let rpc = path.strip_prefix("/api/actions/").and_then(Rpc::from_path);
+    let (max_body, compress_responses) = {
+        let st = inner.state();
+        (st.max_request_body, st.compress_responses)
+    };
+    // The proxy in front of the forge refuses the body before the forge sees it.
+    if max_body.is_some_and(|max| body.len() > max) {
+        let name = rpc.map_or(path, |r| r.name());
+        record(&inner, name, &caller, StatusCode::PAYLOAD_TOO_LARGE, None);
+        inner.changed.notify_waiters();
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+            NGINX_413_BODY,
+        )
+            .into_response();
+    }
+    let Some(rpc) = rpc else {
         record(&inner, path, &caller, StatusCode::NOT_FOUND, None);
         inner.changed.notify_waiters();
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
@@ -577,22 +746,29 @@ async fn handle(
         )
             .into_response();
     }
-    let compressed = media_type(&headers, header::CONTENT_ENCODING)
-        .is_some_and(|e| !e.is_empty() && e != "identity");
-
-    let outcome = if compressed {
-        let gitea = inner.state().gitea_errors;
-        state::Outcome {
-            result: Err(RpcError::new(
-                Code::Unimplemented,
-                "unknown compression: send the body uncompressed",
-            )),
+    // connect-go on both servers accepts gzipped request bodies (clients do
+    // not send them) and refuses any other compression.
+    let body = match media_type(&headers, header::CONTENT_ENCODING).as_deref() {
+        None | Some("") | Some("identity") => Ok(body.to_vec()),
+        Some("gzip") => gunzip(&body).map_err(|e| {
+            RpcError::connect(
+                Code::InvalidArgument,
+                format!("decompress request body: {e}"),
+            )
+        }),
+        Some(other) => Err(RpcError::connect(
+            Code::Unimplemented,
+            format!("unknown compression \"{other}\": supported encodings are gzip"),
+        )),
+    };
+    let outcome = match body {
+        Ok(body) => inner.state().call(rpc, &caller, &body),
+        Err(e) => state::Outcome {
+            result: Err(e),
             locked_key: None,
             delay: Duration::ZERO,
-            gitea_errors: gitea,
-        }
-    } else {
-        inner.state().call(rpc, &caller, &body)
+            gitea_errors: inner.state().gitea_errors,
+        },
     };
     let _guard = KeyGuard {
         inner: inner.clone(),
@@ -603,16 +779,26 @@ async fn handle(
     if let Some(deadline) = connect_timeout(&headers) {
         if !delay.is_zero() && delay >= deadline {
             delay = deadline;
-            result = Err(RpcError::new(
+            result = Err(RpcError::connect(
                 Code::DeadlineExceeded,
                 "the operation timed out",
             ));
         }
     }
+    // Only messages are compressed; connect-go writes error bodies plain.
+    let result = result.and_then(|bytes| {
+        if compress_responses && bytes.len() >= COMPRESS_MIN_BYTES && accepts_gzip(&headers) {
+            gzip(&bytes)
+                .map(|gz| (gz, true))
+                .map_err(|e| RpcError::connect(Code::Internal, format!("compress: {e}")))
+        } else {
+            Ok((bytes, false))
+        }
+    });
     let response = match result {
-        Ok(bytes) => {
-            record(&inner, rpc.name(), &caller, StatusCode::OK, None);
-            (
+        Ok((bytes, gzipped)) => {
+            record_answer(&inner, rpc.name(), &caller, StatusCode::OK, None, gzipped);
+            let mut response = (
                 StatusCode::OK,
                 [(
                     header::CONTENT_TYPE,
@@ -620,15 +806,16 @@ async fn handle(
                 )],
                 bytes,
             )
-                .into_response()
+                .into_response();
+            if gzipped {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            response
         }
         Err(e) => {
-            let (status, body) = error_response(&e, outcome.gitea_errors);
-            let code = if outcome.gitea_errors {
-                Code::Unknown
-            } else {
-                e.code
-            };
+            let (code, status, body) = error_response(&e, outcome.gitea_errors);
             record(&inner, rpc.name(), &caller, status, Some(code));
             (
                 status,
@@ -747,18 +934,40 @@ mod tests {
         assert_eq!(camel_code(Code::InvalidArgument), "InvalidArgument");
         assert_eq!(camel_code(Code::Unauthenticated), "Unauthenticated");
         let e = RpcError::new(Code::Unauthenticated, "unregistered runner");
-        let (status, body) = error_response(&e, true);
-        assert_eq!(status, 500);
+        let (code, status, body) = error_response(&e, true);
+        assert_eq!((code, status.as_u16()), (Code::Unknown, 500));
         assert_eq!(
             body,
             r#"{"code":"unknown","message":"rpc error: code = Unauthenticated desc = unregistered runner"}"#
         );
-        let (status, body) = error_response(&e, false);
-        assert_eq!(status, 401);
+        let (code, status, body) = error_response(&e, false);
+        assert_eq!((code, status.as_u16()), (Code::Unauthenticated, 401));
         assert_eq!(
             body,
             r#"{"code":"unauthenticated","message":"unregistered runner"}"#
         );
+        // connect-go's own errors keep their code in Gitea's style too.
+        let e = RpcError::connect(Code::InvalidArgument, "unmarshal request: x");
+        let (code, status, _) = error_response(&e, true);
+        assert_eq!((code, status.as_u16()), (Code::InvalidArgument, 400));
+    }
+
+    #[test]
+    fn accept_encoding_lists() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, GZIP;q=0.5"),
+        );
+        assert!(accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        assert!(!accepts_gzip(&h));
+        let data = vec![7u8; 4000];
+        assert_eq!(gunzip(&gzip(&data).unwrap()).unwrap(), data);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::secret::Secret;
 pub const MAX_OUTPUT_KEY_BYTES: usize = 255;
 /// Largest output value the server stores (bytes), as in Forgejo.
 pub const MAX_OUTPUT_VALUE_BYTES: usize = 1024 * 1024;
+/// The `forgejo_server_version` the fake sends.
+pub const FORGEJO_SERVER_VERSION: &str = "fake-forge";
 /// Runner names are truncated to this many bytes.
 const MAX_NAME_BYTES: usize = 255;
 
@@ -69,11 +71,27 @@ pub(super) struct Caller {
     pub request_key: Option<String>,
 }
 
+/// Who produced an error; decides its form in Gitea's error style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// The server's handler or interceptor. Gitea returns gRPC `status`
+    /// errors there, which connect-go does not recognise: 500 `unknown`
+    /// "rpc error: code = <Code> desc = <message>".
+    Handler,
+    /// A handler returning a plain Go error (Gitea's `Register`): 500
+    /// `unknown` with the bare message.
+    PlainGo,
+    /// connect-go itself (an undecodable body, an unknown compression, a
+    /// missed deadline): the real Connect code on every server.
+    Connect,
+}
+
 /// A Connect error the server answers with.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct RpcError {
     pub code: Code,
     pub message: String,
+    pub origin: Origin,
 }
 
 impl RpcError {
@@ -81,12 +99,35 @@ impl RpcError {
         RpcError {
             code,
             message: message.into(),
+            origin: Origin::Handler,
+        }
+    }
+
+    /// An error connect-go produces before or after the handler runs.
+    pub(super) fn connect(code: Code, message: impl Into<String>) -> RpcError {
+        RpcError {
+            origin: Origin::Connect,
+            ..RpcError::new(code, message)
+        }
+    }
+
+    /// A plain Go error (`errors.New`) returned by a handler.
+    fn plain(code: Code, message: impl Into<String>) -> RpcError {
+        RpcError {
+            origin: Origin::PlainGo,
+            ..RpcError::new(code, message)
         }
     }
 }
 
 fn invalid(message: impl Into<String>) -> RpcError {
     RpcError::new(Code::InvalidArgument, message)
+}
+
+/// A `Register` validation error: Forgejo's `invalid_argument`, Gitea's
+/// plain Go error.
+fn register_error(message: &str) -> RpcError {
+    RpcError::plain(Code::InvalidArgument, message)
 }
 
 fn internal(message: impl Into<String>) -> RpcError {
@@ -161,8 +202,12 @@ pub struct FakeJob {
     /// Results and outputs of the jobs this one needs.
     pub needs: HashMap<String, proto::TaskNeed>,
     /// Top-level keys merged over the default context (an object; `null`
-    /// values remove a key, for example `forgejo_default_actions_url`).
+    /// values remove a key, for example `gitea_default_actions_url`).
     pub context_overrides: Value,
+    /// OpenID Connect is enabled for the job (`enable-openid-connect`): the
+    /// context carries `forgejo_actions_id_token_request_token` and
+    /// `forgejo_actions_id_token_request_url`, as Forgejo sends them.
+    pub oidc: bool,
 }
 
 impl FakeJob {
@@ -186,6 +231,7 @@ impl fmt::Debug for FakeJob {
             .field("secrets", &names)
             .field("vars", &self.vars.keys().collect::<Vec<_>>())
             .field("needs", &self.needs.keys().collect::<Vec<_>>())
+            .field("oidc", &self.oidc)
             .finish_non_exhaustive()
     }
 }
@@ -303,6 +349,8 @@ pub struct RequestRecord {
     pub http_status: u16,
     /// The Connect code of an error answer.
     pub code: Option<Code>,
+    /// The answer's body was gzipped (`Content-Encoding: gzip`).
+    pub gzipped: bool,
 }
 
 struct RunnerRec {
@@ -357,6 +405,8 @@ struct TaskRec {
     runner_uuid: String,
     token: Secret,
     runtime_token: Secret,
+    /// `forgejo_actions_id_token_request_token` (sent when the job has OIDC).
+    oidc_token: Secret,
     request_key: Option<String>,
     status: TaskStatus,
     client_result: TaskResult,
@@ -386,6 +436,13 @@ pub(super) struct State {
     /// Instance URL with a trailing slash.
     server_url: String,
     default_actions_url: String,
+    /// Also send the `forgejo_default_actions_url` / `forgejo_runtime_token`
+    /// twins (unreleased Forgejo development code does).
+    pub(super) forgejo_key_twins: bool,
+    /// Gzip large answers for clients that accept it.
+    pub(super) compress_responses: bool,
+    /// The reverse proxy's request-body limit, if any.
+    pub(super) max_request_body: Option<usize>,
     pub(super) gitea_errors: bool,
     /// Keep log row contents (else only count rows and bytes).
     pub(super) keep_log_content: bool,
@@ -444,6 +501,13 @@ pub fn log_append_from(held: i64, index: i64, n: i64) -> Option<usize> {
     usize::try_from(held - index).ok()
 }
 
+/// Forgejo's `ItRunsOn`: every `runs-on` entry is one of the runner's
+/// labels, and neither list is empty (an empty `runs-on`, or a runner that
+/// declared no labels, never matches).
+fn runs_on_matches(runs_on: &[String], labels: &HashSet<String>) -> bool {
+    !runs_on.is_empty() && !labels.is_empty() && runs_on.iter().all(|l| labels.contains(l))
+}
+
 /// Job key and step names of a single-job workflow payload.
 fn parse_payload(yaml: &str) -> (String, Vec<String>) {
     let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(yaml) else {
@@ -476,7 +540,8 @@ fn parse_payload(yaml: &str) -> (String, Vec<String>) {
 }
 
 fn decode<M: Message + Default>(body: &[u8]) -> Result<M, RpcError> {
-    M::decode(body).map_err(|e| invalid(format!("unmarshal request: {e}")))
+    M::decode(body)
+        .map_err(|e| RpcError::connect(Code::InvalidArgument, format!("unmarshal request: {e}")))
 }
 
 impl State {
@@ -489,6 +554,9 @@ impl State {
         State {
             server_url,
             default_actions_url,
+            forgejo_key_twins: false,
+            compress_responses: true,
+            max_request_body: None,
             gitea_errors,
             keep_log_content: true,
             reg_tokens: HashMap::new(),
@@ -571,24 +639,48 @@ impl State {
         id
     }
 
-    /// Forgejo's StopTask: the task becomes CANCELLED, unfinished steps too.
+    /// A user's cancel (Forgejo's `StopTask` with CANCELLED): the task and
+    /// its unfinished steps become CANCELLED; the log stays open.
     pub(super) fn cancel_task(&mut self, task_id: i64) -> bool {
+        self.stop_task(task_id, TaskStatus::Cancelled, false)
+    }
+
+    /// The zombie/endless reapers: `StopTask` with FAILURE, then the log is
+    /// moved to storage (archived), so later new rows get `already_exists`.
+    pub(super) fn reap_task(&mut self, task_id: i64) -> bool {
+        self.stop_task(task_id, TaskStatus::Failure, true)
+    }
+
+    fn stop_task(&mut self, task_id: i64, status: TaskStatus, archive: bool) -> bool {
         let Some(t) = self.tasks.get_mut(&task_id) else {
             return false;
         };
         if t.status.is_final() {
             return false;
         }
-        t.status = TaskStatus::Cancelled;
+        t.status = status;
         let now = proto::now();
         for s in &mut t.steps {
             if s.result == TaskResult::Unspecified {
-                s.result = TaskResult::Cancelled;
+                s.result = status.wire_result();
                 s.stopped_at = Some(now);
             }
         }
+        if archive {
+            t.archived = true;
+        }
         let runner_id = t.runner_id;
         self.task_became_final(runner_id);
+        true
+    }
+
+    /// The task's run (or repository) was deleted: the task and its job are
+    /// gone; reports for it fail with "resource does not exist".
+    pub(super) fn delete_task(&mut self, task_id: i64) -> bool {
+        let Some(t) = self.tasks.remove(&task_id) else {
+            return false;
+        };
+        self.jobs.remove(&t.job_id);
         true
     }
 
@@ -859,12 +951,12 @@ impl State {
         req: proto::RegisterRequest,
     ) -> Result<proto::RegisterResponse, RpcError> {
         if req.token.is_empty() || req.name.is_empty() {
-            return Err(invalid("missing runner token, name"));
+            return Err(register_error("missing runner token, name"));
         }
         match self.reg_tokens.get(&req.token) {
-            None => return Err(invalid("runner registration token not found")),
+            None => return Err(register_error("runner registration token not found")),
             Some(false) => {
-                return Err(invalid(
+                return Err(register_error(
                     "runner registration token has been invalidated, please use the latest one",
                 ));
             }
@@ -942,8 +1034,9 @@ impl State {
         handle: Option<&str>,
         single: bool,
     ) -> Result<(Vec<proto::Task>, i64), RpcError> {
-        // Recovery: tasks already assigned under (runner, key) come back with
-        // fresh tokens and tasks_version 0. [I] Final tasks are not returned.
+        // Recovery: every task recorded under (runner, key), whatever its
+        // status (finished and cancelled ones included, as in Forgejo), comes
+        // back with fresh tokens and tasks_version 0. Deleted tasks are gone.
         if let Some(key) = key {
             let ids: Vec<i64> = self
                 .request_keys
@@ -951,7 +1044,7 @@ impl State {
                 .map(|ids| {
                     ids.iter()
                         .copied()
-                        .filter(|id| self.tasks.get(id).is_some_and(|t| !t.status.is_final()))
+                        .filter(|id| self.tasks.contains_key(id))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -964,6 +1057,7 @@ impl State {
                     if let Some(t) = self.tasks.get_mut(&id) {
                         t.token = Secret::new(random_hex40());
                         t.runtime_token = Secret::new(format!("fake-runtime-{}", random_hex40()));
+                        t.oidc_token = Secret::new(format!("fake-oidc-{}", random_hex40()));
                     }
                     out.extend(self.build_task(id));
                 }
@@ -992,7 +1086,7 @@ impl State {
                 .values()
                 .find(|j| {
                     j.task_id.is_none()
-                        && j.job.runs_on.iter().all(|l| labels.contains(l))
+                        && runs_on_matches(&j.job.runs_on, &labels)
                         && handle.is_none_or(|h| h == j.handle)
                 })
                 .map(|j| j.id)
@@ -1043,6 +1137,7 @@ impl State {
                 runner_uuid,
                 token: Secret::new(random_hex40()),
                 runtime_token: Secret::new(format!("fake-runtime-{}", random_hex40())),
+                oidc_token: Secret::new(format!("fake-oidc-{}", random_hex40())),
                 request_key: key.map(str::to_string),
                 status: TaskStatus::Running,
                 client_result: TaskResult::Unspecified,
@@ -1124,15 +1219,33 @@ impl State {
                 s("fake-owner/fake-repo/.forgejo/workflows/ci.yml@refs/heads/main"),
             ),
             ("workspace", s("")),
-            ("forgejo_default_actions_url", s(&self.default_actions_url)),
             ("gitea_default_actions_url", s(&self.default_actions_url)),
-            ("forgejo_runtime_token", s(runtime)),
             ("gitea_runtime_token", s(runtime)),
-            ("forgejo_server_version", s("fake-forge")),
+            ("forgejo_server_version", s(FORGEJO_SERVER_VERSION)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if self.forgejo_key_twins {
+            ctx.insert(
+                "forgejo_default_actions_url".into(),
+                s(&self.default_actions_url),
+            );
+            ctx.insert("forgejo_runtime_token".into(), s(runtime));
+        }
+        if j.job.oidc {
+            ctx.insert(
+                "forgejo_actions_id_token_request_token".into(),
+                s(t.oidc_token.expose()),
+            );
+            ctx.insert(
+                "forgejo_actions_id_token_request_url".into(),
+                s(&format!(
+                    "{url}api/actions/_apis/pipelines/workflows/{}/idtoken?placeholder=true",
+                    j.id
+                )),
+            );
+        }
         if let Some(overrides) = j.job.context_overrides.as_object() {
             for (k, v) in overrides {
                 if v.is_null() {
@@ -1157,12 +1270,26 @@ impl State {
         })
     }
 
-    /// A task of `runner_id`, else Forgejo's `internal` error.
-    fn owned_task(&mut self, runner_id: i64, task_id: i64) -> Result<&mut TaskRec, RpcError> {
-        self.tasks
-            .get_mut(&task_id)
-            .filter(|t| t.runner_id == runner_id)
-            .ok_or_else(|| internal("invalid runner for task"))
+    /// A task of `runner_id`. A task the server does not have gets the
+    /// `internal` error of `rpc` ("… resource does not exist"), another
+    /// runner's task `internal` "invalid runner for task".
+    fn owned_task(
+        &mut self,
+        rpc: Rpc,
+        runner_id: i64,
+        task_id: i64,
+    ) -> Result<&mut TaskRec, RpcError> {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return Err(internal(if rpc == Rpc::UpdateLog {
+                format!("get task: task with id {task_id}: resource does not exist")
+            } else {
+                "update task: resource does not exist".to_string()
+            }));
+        };
+        if task.runner_id != runner_id {
+            return Err(internal("invalid runner for task"));
+        }
+        Ok(task)
     }
 
     /// UpdateTask. Stricter than Forgejo: step ids outside `[0, n)` (Forgejo
@@ -1176,7 +1303,7 @@ impl State {
         let Some(state) = req.state else {
             return Err(invalid("missing task state"));
         };
-        let task = self.owned_task(runner_id, state.id)?;
+        let task = self.owned_task(Rpc::UpdateTask, runner_id, state.id)?;
         task.update_task_calls += 1;
         let n = task.steps.len();
         for s in &state.steps {
@@ -1298,7 +1425,7 @@ impl State {
             return Err(invalid(format!("Negative log index {}", req.index)));
         }
         let keep = self.keep_log_content;
-        let task = self.owned_task(runner_id, req.task_id)?;
+        let task = self.owned_task(Rpc::UpdateLog, runner_id, req.task_id)?;
         task.update_log_calls += 1;
         let held = i64::try_from(task.log_rows).unwrap_or(i64::MAX);
         let n = i64::try_from(req.rows.len()).unwrap_or(i64::MAX);
