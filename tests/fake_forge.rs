@@ -877,14 +877,18 @@ async fn update_task_ownership_steps_outputs_and_finality() {
     forge.enqueue(FakeJob::new(payload(2), &["linux"]));
     let id = c.fetch(&r, 0, None, None).await.unwrap().task.unwrap().id;
 
-    // Another runner's task, or no such task: internal "invalid runner for task".
-    for (creds, task_id) in [(&other, id), (&r, 999)] {
+    // Another runner's task: internal "invalid runner for task"; no such
+    // task: internal "update task: resource does not exist".
+    for (creds, task_id, message) in [
+        (&other, id, "invalid runner for task"),
+        (&r, 999, "update task: resource does not exist"),
+    ] {
         let e = c
             .update(creds, state(task_id, TaskResult::Unspecified, vec![]), &[])
             .await
             .unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (500, "internal"));
-        assert_eq!(e.message, "invalid runner for task");
+        assert_eq!(e.message, message);
     }
     // Step ids outside [0, n): invalid_argument (stricter than Forgejo).
     for bad in [2, -1] {

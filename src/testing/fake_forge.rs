@@ -45,12 +45,16 @@ use crate::secret::Secret;
 
 use state::{Caller, Rpc, RpcError, State};
 pub use state::{
-    FakeJob, JobSnapshot, LogAppend, MAX_OUTPUT_KEY_BYTES, MAX_OUTPUT_VALUE_BYTES, RequestRecord,
-    RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus, log_append_from, offline_uuid,
+    FakeJob, JobSnapshot, LogAppend, MAX_LOG_ROW_BYTES, MAX_OUTPUT_KEY_BYTES,
+    MAX_OUTPUT_VALUE_BYTES, RequestRecord, RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus,
+    log_append_from, offline_uuid,
 };
 
 /// Request bodies up to this size are read (log batches can be large).
 const BODY_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// What nginx answers to a body above `client_max_body_size`.
+const NGINX_413: &str = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 /// How the fake starts.
 #[derive(Debug, Clone)]
@@ -67,6 +71,10 @@ pub struct FakeOptions {
     /// and bytes are only counted, so a benchmark can stream millions of
     /// rows without the fake holding (and cloning) them.
     pub keep_log_content: bool,
+    /// A reverse proxy's body limit (nginx `client_max_body_size`): request
+    /// bodies above this many bytes get HTTP 413 with an HTML page, before
+    /// the forge sees them.
+    pub max_request_body: Option<usize>,
 }
 
 impl Default for FakeOptions {
@@ -77,6 +85,7 @@ impl Default for FakeOptions {
             default_actions_url: "https://code.forgejo.org".into(),
             registration_tokens: Vec::new(),
             keep_log_content: true,
+            max_request_body: None,
         }
     }
 }
@@ -140,6 +149,7 @@ impl FakeForge {
             opts.gitea_errors,
         );
         state.keep_log_content = opts.keep_log_content;
+        state.max_request_body = opts.max_request_body;
         for t in &opts.registration_tokens {
             state.add_registration_token(t);
         }
@@ -241,6 +251,22 @@ impl FakeForge {
     /// the task does not exist or is already final.
     pub fn cancel_task(&self, task_id: i64) -> bool {
         let done = self.state().cancel_task(task_id);
+        self.changed();
+        done
+    }
+
+    /// Changes the proxy body limit (see [`FakeOptions::max_request_body`]).
+    pub fn set_max_request_body(&self, limit: Option<usize>) {
+        self.state().max_request_body = limit;
+    }
+
+    /// Deletes a task, as deleting its run or repository does: later
+    /// UpdateLog calls for it get `internal` "get task: task with id N:
+    /// resource does not exist", UpdateTask calls `internal` "update task:
+    /// resource does not exist" (Gitea style: `unknown` "rpc error: code =
+    /// Internal desc = …"). Returns false if there was no such task.
+    pub fn delete_task(&self, task_id: i64) -> bool {
+        let done = self.state().delete_task(task_id);
         self.changed();
         done
     }
@@ -574,6 +600,23 @@ async fn handle(
                 header::HeaderName::from_static("accept-post"),
                 HeaderValue::from_static("application/proto"),
             )],
+        )
+            .into_response();
+    }
+    let limit = inner.state().max_request_body;
+    if limit.is_some_and(|max| body.len() > max) {
+        record(
+            &inner,
+            rpc.name(),
+            &caller,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        );
+        inner.changed.notify_waiters();
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+            NGINX_413,
         )
             .into_response();
     }

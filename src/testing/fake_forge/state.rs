@@ -389,6 +389,8 @@ pub(super) struct State {
     pub(super) gitea_errors: bool,
     /// Keep log row contents (else only count rows and bytes).
     pub(super) keep_log_content: bool,
+    /// Proxy body limit: larger requests get HTTP 413.
+    pub(super) max_request_body: Option<usize>,
     reg_tokens: HashMap<String, bool>,
     runners: BTreeMap<i64, RunnerRec>,
     jobs: BTreeMap<i64, JobRec>,
@@ -405,6 +407,9 @@ pub(super) struct State {
     faults: Vec<Fault>,
     delays: HashMap<String, Duration>,
 }
+
+/// Longest log row the forge stores; longer rows are cut (spec §3.5).
+pub const MAX_LOG_ROW_BYTES: usize = 64 * 1024;
 
 fn random_hex40() -> String {
     let bytes: [u8; 20] = rand::random();
@@ -491,6 +496,7 @@ impl State {
             default_actions_url,
             gitea_errors,
             keep_log_content: true,
+            max_request_body: None,
             reg_tokens: HashMap::new(),
             runners: BTreeMap::new(),
             jobs: BTreeMap::new(),
@@ -590,6 +596,12 @@ impl State {
         let runner_id = t.runner_id;
         self.task_became_final(runner_id);
         true
+    }
+
+    /// The task is deleted (its run, or its repository, was deleted): it
+    /// disappears, and later UpdateLog/UpdateTask calls for it fail.
+    pub(super) fn delete_task(&mut self, task_id: i64) -> bool {
+        self.tasks.remove(&task_id).is_some()
     }
 
     pub(super) fn fail_next(&mut self, method: &str, n: usize, code: Code) {
@@ -1157,12 +1169,20 @@ impl State {
         })
     }
 
-    /// A task of `runner_id`, else Forgejo's `internal` error.
-    fn owned_task(&mut self, runner_id: i64, task_id: i64) -> Result<&mut TaskRec, RpcError> {
-        self.tasks
-            .get_mut(&task_id)
-            .filter(|t| t.runner_id == runner_id)
-            .ok_or_else(|| internal("invalid runner for task"))
+    /// A task of `runner_id`, else Forgejo's `internal` errors: `missing`
+    /// when no such task exists (deleted), "invalid runner for task" when it
+    /// is another runner's.
+    fn owned_task(
+        &mut self,
+        runner_id: i64,
+        task_id: i64,
+        missing: impl FnOnce() -> String,
+    ) -> Result<&mut TaskRec, RpcError> {
+        match self.tasks.get_mut(&task_id) {
+            None => Err(internal(missing())),
+            Some(t) if t.runner_id != runner_id => Err(internal("invalid runner for task")),
+            Some(t) => Ok(t),
+        }
     }
 
     /// UpdateTask. Stricter than Forgejo: step ids outside `[0, n)` (Forgejo
@@ -1176,7 +1196,9 @@ impl State {
         let Some(state) = req.state else {
             return Err(invalid("missing task state"));
         };
-        let task = self.owned_task(runner_id, state.id)?;
+        let task = self.owned_task(runner_id, state.id, || {
+            "update task: resource does not exist".to_string()
+        })?;
         task.update_task_calls += 1;
         let n = task.steps.len();
         for s in &state.steps {
@@ -1298,11 +1320,13 @@ impl State {
             return Err(invalid(format!("Negative log index {}", req.index)));
         }
         let keep = self.keep_log_content;
-        let task = self.owned_task(runner_id, req.task_id)?;
+        let task_id = req.task_id;
+        let task = self.owned_task(runner_id, task_id, || {
+            format!("get task: task with id {task_id}: resource does not exist")
+        })?;
         task.update_log_calls += 1;
         let held = i64::try_from(task.log_rows).unwrap_or(i64::MAX);
         let n = i64::try_from(req.rows.len()).unwrap_or(i64::MAX);
-        let task_id = task.id;
         let Some(from) = log_append_from(held, req.index, n) else {
             if req.no_more {
                 task.no_more = true;
@@ -1322,7 +1346,13 @@ impl State {
                 "log file has been archived",
             ));
         }
-        let new = req.rows.into_iter().skip(from);
+        // Forgejo cuts every stored row to 64 KiB.
+        let new = req.rows.into_iter().skip(from).map(|mut row| {
+            if row.content.len() > MAX_LOG_ROW_BYTES {
+                row.content = truncate_bytes(&row.content, MAX_LOG_ROW_BYTES);
+            }
+            row
+        });
         if keep {
             for row in new {
                 task.log_rows += 1;
