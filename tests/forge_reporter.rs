@@ -999,6 +999,53 @@ mod over_http {
     }
 
     #[tokio::test]
+    async fn a_proxy_that_refuses_a_single_row_ends_in_the_usual_give_up_not_a_loop() {
+        // 4 KiB: less than one 64 KiB row. Halving cannot go below one row.
+        let l = live(
+            FakeOptions {
+                max_request_body: Some(4 * 1024),
+                ..FakeOptions::default()
+            },
+            ONE_STEP,
+            &[],
+        )
+        .await;
+        let cfg = ReporterConfig {
+            final_budget: Duration::from_secs(3),
+            ..http_config()
+        };
+        let shared = reporter(l.task.id, 1, cfg);
+        shared.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "wide".into(),
+        });
+        for i in 0..20 {
+            shared.emit(line(0, format!("{i} {}", "w".repeat(1000))));
+        }
+        shared.emit(line(0, "v".repeat(64 * 1024)));
+        shared.close(Conclusion::Success, &IndexMap::new(), None);
+        let err = finish(l.client.as_ref(), &shared, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReportError::GaveUp { stage: "log", .. }),
+            "{err}"
+        );
+        // The short rows went in small requests; the wide row was refused
+        // once per back-off step, not in a tight loop.
+        let t = l.forge.task(l.task.id).unwrap();
+        assert_eq!(t.log.len(), 2 + 20, "the first rows and the short lines");
+        let refused = l
+            .forge
+            .requests()
+            .iter()
+            .filter(|r| r.http_status == 413)
+            .count();
+        assert!((1..60).contains(&refused), "{refused} refused requests");
+        assert!(!shared.is_done());
+    }
+
+    #[tokio::test]
     async fn a_200_kib_line_arrives_whole_as_consecutive_rows_of_its_step() {
         let l = live(FakeOptions::default(), ONE_STEP, &[]).await;
         // Multi-byte characters around every 64 KiB boundary.

@@ -855,6 +855,8 @@ impl ReporterShared {
             );
             inner.gone = Some(e.clone());
             inner.builder.drain_rows();
+            // The spool may free what it holds.
+            let _ = self.spool.ack(inner.spooled);
             inner.builder.set_suppress(true);
             if let Some(c) = inner.closing.as_mut() {
                 c.outputs.clear();
@@ -1074,22 +1076,18 @@ async fn upload_logs(
     }
 }
 
-/// Encoded size of an `UpdateLogRequest` without rows (task id, index up
-/// to 10 bytes each with their tags, `no_more`).
-const REQUEST_OVERHEAD: usize = 24;
-
 /// Keeps the leading rows whose encoded request fits in `limit` bytes (at
 /// least one row); returns the encoded size of the request with them.
 fn fit_body(task_id: i64, rows: &mut Vec<LogRow>, limit: usize) -> usize {
     use prost::Message;
+    // The largest index and `no_more` set: never less than what is sent.
     let base = UpdateLogRequest {
         task_id,
         index: i64::MAX,
         rows: Vec::new(),
         no_more: true,
     }
-    .encoded_len()
-    .max(REQUEST_OVERHEAD);
+    .encoded_len();
     let mut size = base;
     let mut keep = 0;
     for row in rows.iter() {
