@@ -3,89 +3,13 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use solstice::forge::proto::TaskResult;
-use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot, TaskStatus};
+use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskStatus};
 use support::daemon::{Daemon, max_vms_while, qemu_processes_under};
-
-const SECRET: &str = "0123456789abcdef0123456789abcdef01234567";
-
-/// One test's world: a state directory, a config and its forges.
-struct World {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::Builder::new()
-            .prefix("solstice-e2e-")
-            .tempdir()
-            .unwrap();
-        let config = dir.path().join("solstice.toml");
-        World { dir, config }
-    }
-
-    /// Writes the config: the tiny image (labels `tiny`, `linux`) and one
-    /// `[forges.<name>]` per entry (name, url, credential line).
-    fn configure(&self, capacity: u32, forges: &[(&str, String, String)], extra_daemon: &str) {
-        self.configure_labels(capacity, forges, extra_daemon, &["tiny", "linux"]);
-    }
-
-    /// [`World::configure`] with the tiny image's `labels`.
-    fn configure_labels(
-        &self,
-        capacity: u32,
-        forges: &[(&str, String, String)],
-        extra_daemon: &str,
-        labels: &[&str],
-    ) {
-        let dir = &self.dir;
-        let image = support::image("tiny");
-        let mut text = format!(
-            "[daemon]\nstate_dir = {:?}\nmax_concurrent_jobs = {capacity}\ndrain_timeout_secs = 30\n{extra_daemon}\n[qemu]\naccel = \"tcg\"\n[images.tiny]\npath = {image:?}\nvcpus = 1\nmemory_mib = 256\nboot_timeout_secs = 120\nlabels = {labels:?}\n",
-            dir.path().join("state")
-        );
-        for (name, url, cred) in forges {
-            text.push_str(&format!(
-                "[forges.{name}]\nurl = {url:?}\n{cred}\nfetch_interval_secs = 1\nfetch_timeout_secs = 5\n"
-            ));
-        }
-        std::fs::write(&self.config, text).unwrap();
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn secret_file(&self, name: &str, secret: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, format!("{secret}\n")).unwrap();
-        format!("secret_file = {p:?}")
-    }
-
-    fn start(&self) -> Daemon {
-        let logs = self.dir.path().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let mut d = Daemon::spawn(&self.config, &logs);
-        d.wait_ready(Duration::from_secs(60));
-        d
-    }
-
-    /// No QEMU and no job directory left.
-    fn assert_clean(&self) {
-        let qemus = qemu_processes_under(&self.state_dir());
-        assert!(qemus.is_empty(), "QEMU processes left: {qemus:?}");
-        let jobs = self.state_dir().join("jobs");
-        let left: Vec<_> = std::fs::read_dir(&jobs)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "job directories left: {left:?}");
-    }
-}
+use support::world::{SECRET, World, fake, final_task, log_of, offline, wait_step_running};
 
 /// A port on 127.0.0.1 that nothing listens on now (for `metrics_listen`).
 fn free_port() -> u16 {
@@ -94,45 +18,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn fake() -> FakeForge {
-    FakeForge::start(FakeOptions::default()).await.unwrap()
-}
-
-fn offline(forge: &FakeForge, world: &World, name: &str, secret: &str) -> String {
-    forge.register_offline(secret, name, &["tiny", "linux"]);
-    world.secret_file(&format!("{name}.secret"), secret)
-}
-
-async fn final_task(forge: &FakeForge, job: i64, d: &Daemon) -> TaskSnapshot {
-    match forge.wait_job_final(job, Duration::from_secs(240)).await {
-        Some(t) => t,
-        None => panic!(
-            "job {job} did not finish; forge saw {:#?}\ndaemon log:\n{}",
-            forge.task_for_job(job),
-            d.log_text()
-        ),
-    }
-}
-
-/// Waits until the task of `job` has a step that started.
-async fn wait_step_running(forge: &FakeForge, job: i64, d: &Daemon) -> i64 {
-    let ok = forge
-        .wait_for(
-            |f| {
-                f.task_for_job(job)
-                    .is_some_and(|t| t.steps.iter().any(|s| s.started_at.is_some()))
-            },
-            Duration::from_secs(180),
-        )
-        .await;
-    assert!(ok, "no step started; daemon log:\n{}", d.log_text());
-    forge.task_for_job(job).unwrap().id
-}
-
-fn log_of(t: &TaskSnapshot) -> String {
-    t.log.join("\n")
 }
 
 const GOOD: &str = r#"

@@ -728,3 +728,407 @@ async fn a_log_the_forge_archived_itself_ends_the_final_sequence_without_retryin
     assert_eq!(logs, 1, "one refused chunk is enough to know");
     assert!(shared.is_done());
 }
+
+// ---------------------------------------------------------------------------
+// Against the strict fake forge over HTTP (real client, real time)
+// ---------------------------------------------------------------------------
+
+mod over_http {
+    use super::*;
+    use solstice::forge::client::{ClientOptions, Credentials, ForgejoClient};
+    use solstice::forge::proto::FetchTaskRequest;
+    use solstice::secret::Secret;
+    use solstice::testing::fake_forge::{
+        FakeForge as HttpForge, FakeJob, FakeOptions, MAX_LOG_ROW_BYTES,
+    };
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// A fake forge, a client registered with it, and one task it handed out.
+    struct Live {
+        forge: HttpForge,
+        client: Arc<ForgejoClient>,
+        task: solstice::forge::proto::Task,
+    }
+
+    async fn live(opts: FakeOptions, yaml: &str, secrets: &[(&str, &str)]) -> Live {
+        let forge = HttpForge::start(opts).await.unwrap();
+        let uuid = forge.register_offline(SECRET, "solstice-test", &["linux"]);
+        let client = ForgejoClient::new(&forge.url(), &ClientOptions::default())
+            .unwrap()
+            .with_credentials(Credentials {
+                uuid,
+                token: Secret::new(SECRET),
+            });
+        let mut job = FakeJob::new(yaml, &["linux"]);
+        for (k, v) in secrets {
+            job.secrets.insert(k.to_string(), v.to_string());
+        }
+        forge.enqueue(job);
+        let req = FetchTaskRequest {
+            tasks_version: 0,
+            task_capacity: Some(1),
+        };
+        let task = client
+            .fetch_task(req, "key-1", Duration::from_secs(10))
+            .await
+            .unwrap()
+            .task
+            .expect("a task");
+        Live {
+            forge,
+            client: Arc::new(client),
+            task,
+        }
+    }
+
+    const ONE_STEP: &str =
+        "jobs:\n  build:\n    runs-on: linux\n    steps:\n      - run: echo hi\n";
+
+    fn http_config() -> ReporterConfig {
+        ReporterConfig {
+            report_interval: Duration::from_millis(50),
+            // Short, so that a reporter that retries a gone task fails the
+            // request count below instead of hanging for minutes.
+            final_budget: Duration::from_secs(10),
+            ..ReporterConfig::default()
+        }
+    }
+
+    fn reporter(task_id: i64, steps: usize, cfg: ReporterConfig) -> Arc<ReporterShared> {
+        let mut b = TaskStateBuilder::new(task_id, steps, false);
+        b.received(
+            "solstice-test",
+            "solstice-0.1.0",
+            "build",
+            "push",
+            solstice::forge::proto::now(),
+        );
+        Arc::new(ReporterShared::new(
+            b,
+            Arc::new(MemorySpool::new()) as Arc<dyn LogSpool>,
+            cfg,
+        ))
+    }
+
+    /// Calls of `UpdateLog`/`UpdateTask` the fake answered with an error.
+    fn failed_reports(forge: &HttpForge) -> usize {
+        forge
+            .requests()
+            .iter()
+            .filter(|r| {
+                matches!(r.method.as_str(), "UpdateLog" | "UpdateTask") && r.http_status != 200
+            })
+            .count()
+    }
+
+    fn report_calls(forge: &HttpForge) -> usize {
+        forge.request_count("UpdateLog") + forge.request_count("UpdateTask")
+    }
+
+    #[tokio::test]
+    async fn a_task_deleted_while_the_job_runs_is_given_up_after_one_refused_call() {
+        for gitea in [false, true] {
+            let l = live(
+                FakeOptions {
+                    gitea_errors: gitea,
+                    ..FakeOptions::default()
+                },
+                ONE_STEP,
+                &[],
+            )
+            .await;
+            let shared = reporter(l.task.id, 1, http_config());
+            let cancel = CancellationToken::new();
+            let run = tokio::spawn(run_reporter(
+                l.client.clone(),
+                shared.clone(),
+                cancel.clone(),
+            ));
+            shared.emit(JobEvent::StepStarted {
+                index: 0,
+                name: "echo".into(),
+            });
+            shared.emit(line(0, "before the delete".into()));
+            let id = l.task.id;
+            assert!(
+                l.forge
+                    .wait_for(
+                        |f| f.task(id).is_some_and(|t| t.log.len() >= 3),
+                        Duration::from_secs(30)
+                    )
+                    .await
+            );
+            assert!(l.forge.delete_task(id));
+            shared.emit(line(0, "after the delete".into()));
+            let err = tokio::time::timeout(Duration::from_secs(60), run)
+                .await
+                .expect("the reporter stops")
+                .unwrap()
+                .unwrap_err();
+            assert!(
+                matches!(err, ReportError::TaskGone { task_id, .. } if task_id == id),
+                "{err}"
+            );
+            assert!(cancel.is_cancelled(), "the job is cancelled");
+            assert!(shared.is_gone());
+            assert_eq!(failed_reports(&l.forge), 1, "gitea={gitea}");
+            // The job ends: nothing more is sent, not even a final report.
+            let calls = report_calls(&l.forge);
+            shared.emit(line(0, "ignored".into()));
+            shared.close(Conclusion::Cancelled, &IndexMap::new(), None);
+            let err = finish(l.client.as_ref(), &shared, &cancel)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ReportError::TaskGone { .. }), "{err}");
+            assert_eq!(report_calls(&l.forge), calls);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_deleted_before_the_final_report_costs_one_call_not_the_budget() {
+        for gitea in [false, true] {
+            let l = live(
+                FakeOptions {
+                    gitea_errors: gitea,
+                    ..FakeOptions::default()
+                },
+                ONE_STEP,
+                &[],
+            )
+            .await;
+            let shared = reporter(l.task.id, 1, http_config());
+            let mut outputs = IndexMap::new();
+            outputs.insert("answer".to_string(), "42".to_string());
+            run_job(shared.as_ref(), 1, 3, Duration::ZERO).await;
+            shared.close(Conclusion::Success, &outputs, None);
+            assert!(l.forge.delete_task(l.task.id));
+            let cancel = CancellationToken::new();
+            let err = finish(l.client.as_ref(), &shared, &cancel)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ReportError::TaskGone { .. }), "{err}");
+            assert_eq!(failed_reports(&l.forge), 1, "gitea={gitea}");
+            assert_eq!(report_calls(&l.forge), 1, "gitea={gitea}");
+            // Called again (a later retry): nothing is sent.
+            let err = finish(l.client.as_ref(), &shared, &cancel)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ReportError::TaskGone { .. }), "{err}");
+            assert_eq!(report_calls(&l.forge), 1);
+        }
+    }
+
+    /// Emits `lines` lines of about 1 KiB in one step while the reporter
+    /// runs, then ends the job and waits for the reporter.
+    async fn stream_through(l: &Live, lines: usize, extra: &[String]) -> Vec<String> {
+        let shared = reporter(l.task.id, 1, http_config());
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(run_reporter(l.client.clone(), shared.clone(), cancel));
+        shared.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "flood".into(),
+        });
+        let pad = "x".repeat(1000);
+        let mut want = Vec::new();
+        for i in 0..lines {
+            let text = format!("{i:06} {pad}");
+            want.push(text.clone());
+            shared.emit(line(0, text));
+            if i % 500 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for e in extra {
+            want.push(e.clone());
+            shared.emit(line(0, e.clone()));
+        }
+        shared.emit(JobEvent::StepFinished {
+            index: 0,
+            outcome: Conclusion::Success,
+            conclusion: Conclusion::Success,
+            duration: Duration::from_secs(1),
+        });
+        shared.close(Conclusion::Success, &IndexMap::new(), None);
+        tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("the reporter finishes")
+            .unwrap()
+            .unwrap();
+        want
+    }
+
+    #[tokio::test]
+    async fn a_log_of_several_mib_passes_a_proxy_body_limit_complete_and_in_order() {
+        for limit in [1024 * 1024, 256 * 1024] {
+            let l = live(
+                FakeOptions {
+                    max_request_body: Some(limit),
+                    ..FakeOptions::default()
+                },
+                ONE_STEP,
+                &[],
+            )
+            .await;
+            // About 4 MiB of short lines, then one long line.
+            let long = "L".repeat(150 * 1024);
+            let want = stream_through(&l, 4000, std::slice::from_ref(&long)).await;
+            let t = l.forge.task(l.task.id).unwrap();
+            assert!(t.no_more && t.status.is_final(), "limit {limit}");
+            let step = t.step_log(0);
+            let (lines, long_rows) = step.split_at(want.len() - 1);
+            assert_eq!(lines, &want[..want.len() - 1], "limit {limit}");
+            assert_eq!(long_rows.concat(), long, "limit {limit}");
+            assert!(
+                l.forge.violations().is_empty(),
+                "{:?}",
+                l.forge.violations()
+            );
+            let refused = l
+                .forge
+                .requests()
+                .iter()
+                .filter(|r| r.http_status == 413)
+                .count();
+            if limit == 1024 * 1024 {
+                assert_eq!(refused, 0, "the default fits nginx's default limit");
+            } else {
+                assert!(refused >= 1, "the 256 KiB proxy refused something");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_refuses_a_single_row_ends_in_the_usual_give_up_not_a_loop() {
+        // 4 KiB: less than one 64 KiB row. Halving cannot go below one row.
+        let l = live(
+            FakeOptions {
+                max_request_body: Some(4 * 1024),
+                ..FakeOptions::default()
+            },
+            ONE_STEP,
+            &[],
+        )
+        .await;
+        let cfg = ReporterConfig {
+            final_budget: Duration::from_secs(3),
+            ..http_config()
+        };
+        let shared = reporter(l.task.id, 1, cfg);
+        shared.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "wide".into(),
+        });
+        for i in 0..20 {
+            shared.emit(line(0, format!("{i} {}", "w".repeat(1000))));
+        }
+        shared.emit(line(0, "v".repeat(64 * 1024)));
+        shared.close(Conclusion::Success, &IndexMap::new(), None);
+        let err = finish(l.client.as_ref(), &shared, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReportError::GaveUp { stage: "log", .. }),
+            "{err}"
+        );
+        // The short rows went in small requests; the wide row was refused
+        // once per back-off step, not in a tight loop.
+        let t = l.forge.task(l.task.id).unwrap();
+        assert_eq!(t.log.len(), 2 + 20, "the first rows and the short lines");
+        let refused = l
+            .forge
+            .requests()
+            .iter()
+            .filter(|r| r.http_status == 413)
+            .count();
+        assert!((1..60).contains(&refused), "{refused} refused requests");
+        assert!(!shared.is_done());
+    }
+
+    #[tokio::test]
+    async fn a_200_kib_line_arrives_whole_as_consecutive_rows_of_its_step() {
+        let l = live(FakeOptions::default(), ONE_STEP, &[]).await;
+        // Multi-byte characters around every 64 KiB boundary.
+        let mut long = String::new();
+        while long.len() < 200 * 1024 {
+            long.push_str("abcdefghij€ü");
+        }
+        let want = stream_through(&l, 2, std::slice::from_ref(&long)).await;
+        let t = l.forge.task(l.task.id).unwrap();
+        let step = t.step_log(0);
+        assert_eq!(&step[..2], &want[..2]);
+        let pieces = &step[2..];
+        assert_eq!(pieces.len(), long.len().div_ceil(MAX_LOG_ROW_BYTES));
+        assert!(pieces.iter().all(|p| p.len() <= MAX_LOG_ROW_BYTES));
+        assert_eq!(pieces.concat(), long);
+        assert_eq!(t.steps[0].log_length as usize, 2 + pieces.len());
+        assert!(
+            l.forge.violations().is_empty(),
+            "{:?}",
+            l.forge.violations()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_across_a_row_boundary_is_masked_before_the_line_is_split() {
+        use solstice::forge::task::{TranslateOptions, translate};
+        let token = "s3cr3t-across-the-boundary";
+        // The secret starts 10 bytes before the 64 KiB boundary.
+        let before = MAX_LOG_ROW_BYTES - 10;
+        let yaml = format!(
+            "jobs:\n  build:\n    runs-on: linux\n    steps:\n      - run: |\n          head -c {before} /dev/zero | tr '\\000' a; echo \"${{{{ secrets.TOKEN }}}}-tail$(head -c 1000 /dev/zero | tr '\\000' b)\"\n"
+        );
+        let l = live(FakeOptions::default(), &yaml, &[("TOKEN", token)]).await;
+        let opts = TranslateOptions {
+            instance_url: l.forge.url(),
+            runner: solstice::executor::RunnerInfo {
+                os: solstice::config::GuestOs::Linux,
+                name: "solstice-test".into(),
+                arch: "X64".into(),
+                home: None,
+            },
+            max_job_timeout: None,
+        };
+        let mut t = translate(&l.task, &opts).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        t.spec.runner.home = Some(home.path().to_str().unwrap().to_string());
+        t.spec.checkout = solstice::executor::CheckoutSource::None;
+        let shared = reporter(l.task.id, t.step_count, http_config());
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(run_reporter(
+            l.client.clone(),
+            shared.clone(),
+            cancel.clone(),
+        ));
+        let outcome = solstice::executor::run_job(
+            &t.spec,
+            &solstice::guest::LocalSession,
+            shared.as_ref(),
+            cancel,
+        )
+        .await;
+        assert_eq!(outcome.conclusion, Conclusion::Success);
+        shared.close(outcome.conclusion, &outcome.outputs, None);
+        tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("the reporter finishes")
+            .unwrap()
+            .unwrap();
+        let task = l.forge.task(l.task.id).unwrap();
+        let all = task.log.concat();
+        assert!(!all.contains("s3cr3t"), "the secret reached the forge");
+        assert!(!all.contains("across-the-boundary"));
+        let step = task.step_log(0);
+        let shown: Vec<String> = step.iter().map(|r| r.chars().take(12).collect()).collect();
+        assert_eq!(step.len(), 2, "the masked line is two rows: {shown:?}");
+        let joined = step.concat();
+        let want = format!("{}***-tail{}", "a".repeat(before), "b".repeat(1000));
+        assert!(
+            joined == want,
+            "the step's rows join to {} bytes ending {:?}, not the masked line",
+            joined.len(),
+            &joined[joined.len().saturating_sub(40)..]
+        );
+        assert!(step.iter().all(|r| r.len() <= MAX_LOG_ROW_BYTES));
+    }
+}

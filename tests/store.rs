@@ -956,3 +956,55 @@ fn status_lists_running_and_recent_jobs() {
     assert_eq!(recent[2]["reported"], true);
     drop(store);
 }
+
+#[test]
+fn a_given_up_job_is_finished_never_reported_again_and_its_log_and_outputs_are_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("solstice.db")).unwrap();
+    store.insert_job(&new_job("task-a-1-x", 1, 1000)).unwrap();
+    store.insert_job(&new_job("task-a-2-x", 2, 1001)).unwrap();
+    store
+        .set_job_state("task-a-1-x", JobState::Running)
+        .unwrap();
+    let row = |c: &str| LogRowData {
+        time: UNIX_EPOCH + Duration::from_secs(1000),
+        content: c.into(),
+    };
+    store
+        .append_log_rows("task-a-1-x", 0, &[row("one"), row("two")])
+        .unwrap();
+    store.save_outputs("task-a-1-x", r#"{"a":"1"}"#).unwrap();
+    // Finished but unreported: it would be sent at the next start.
+    store
+        .finish_job(
+            "task-a-2-x",
+            "success",
+            UNIX_EPOCH + Duration::from_secs(1002),
+        )
+        .unwrap();
+
+    store.give_up_job("task-a-1-x").unwrap();
+    store.give_up_job("task-a-2-x").unwrap();
+    assert!(store.is_given_up("task-a-1-x").unwrap());
+    assert!(!store.is_given_up("task-zzz").unwrap());
+    assert!(store.give_up_job("task-zzz").is_err());
+    let j = store.job("task-a-1-x").unwrap().unwrap();
+    assert_eq!(j.state, JobState::Finished);
+    assert_eq!(j.result.as_deref(), Some("cancelled"));
+    assert!(j.reported && j.finished_at.is_some());
+    // A result already recorded is kept.
+    let j2 = store.job("task-a-2-x").unwrap().unwrap();
+    assert_eq!(j2.result.as_deref(), Some("success"));
+    assert!(store.unfinished_jobs().unwrap().is_empty());
+    assert!(store.unreported_finished_jobs().unwrap().is_empty());
+    assert_eq!(store.log_end("task-a-1-x").unwrap(), 0);
+    assert!(
+        store
+            .log_rows("task-a-1-x", 0, 10, 1 << 20)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.outputs("task-a-1-x").unwrap(), None);
+    // Pruned like reported jobs.
+    assert_eq!(store.prune_finished_jobs(0).unwrap(), 2);
+}

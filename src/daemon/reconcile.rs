@@ -144,9 +144,9 @@ pub(crate) async fn interrupted_tasks(shared: &Arc<Shared>, forge: &str, client:
                         tracing::error!(forge, task = job.task_id, "the forge does not accept this runner's credentials; the task is reported at a later start");
                         return;
                     }
-                    Err(e @ crate::forge::reporter::ReportError::ForeignTask { .. }) => {
-                        tracing::error!(forge, task = job.task_id, error = %crate::errors::Chain(&e), "the task cannot be reported (another runner's, or gone); giving it up");
-                        let _ = store.mark_reported(&job.id);
+                    Err(crate::forge::reporter::ReportError::TaskGone { .. }) => {
+                        // Logged by the reporter, once; never tried again.
+                        super::task::give_up(store, &job.id);
                         return;
                     }
                     Err(e) => {

@@ -376,6 +376,21 @@ pub(crate) async fn run_task(
             }
         }
     };
+    if reporter.is_gone() {
+        // The forge deleted the task (or it is not ours): the reporter
+        // logged it, cancelled the job (the VM is gone now) and dropped
+        // what was not sent. Nothing of it is ever sent again.
+        give_up(&store, &job_id);
+        shared.metrics.job_finished(&forge.name, "cancelled");
+        if let Ok(mut r) = shared.running.lock() {
+            r.remove(&job_id);
+        }
+        shared.update_status();
+        let _ = report.await;
+        saver.abort();
+        drop(host_slot);
+        return;
+    }
     let _ = store.set_job_state(&job_id, JobState::Reporting);
     reporter.close(conclusion, &outputs, error.as_deref());
     if conclusion == Conclusion::Success
@@ -395,7 +410,14 @@ pub(crate) async fn run_task(
 
     let reported = match report.await {
         Ok(Ok(())) => true,
-        Ok(Err(e @ (ReportError::Unauthenticated { .. } | ReportError::ForeignTask { .. }))) => {
+        Ok(Err(ReportError::TaskGone { .. })) => {
+            // Logged by the reporter, once.
+            saver.abort();
+            give_up(&store, &job_id);
+            drop(host_slot);
+            return;
+        }
+        Ok(Err(e @ ReportError::Unauthenticated { .. })) => {
             shared.metrics.forge_error(&forge.name, "report");
             tracing::error!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the forge refuses this report");
             false
@@ -441,15 +463,23 @@ pub(crate) async fn run_task(
                 tracing::error!(forge = %forge.name, task = task_id, "the final report is kept and sent again at the next start, once the runner's credentials are fixed");
                 return;
             }
-            Err(e @ ReportError::ForeignTask { .. }) => {
-                tracing::error!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the task cannot be reported; giving it up");
-                let _ = store.mark_reported(&job_id);
+            Err(ReportError::TaskGone { .. }) => {
+                // Logged by the reporter, once.
+                give_up(&store, &job_id);
                 return;
             }
             Err(e) => {
                 tracing::debug!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "late report failed again")
             }
         }
+    }
+}
+
+/// Records in the state database that the job's task is gone for good, so
+/// that no later start tries to report it (the reporter logged why).
+pub(crate) fn give_up(store: &Store, job_id: &str) {
+    if let Err(e) = store.give_up_job(job_id) {
+        tracing::error!(job = %job_id, error = %e, "could not record in the state database that the task was given up");
     }
 }
 

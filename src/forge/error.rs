@@ -302,18 +302,55 @@ impl ForgeError {
             || matches!(self, ForgeError::Status { message, .. } if message.contains("AlreadyExists") || message.contains("has been archived"))
     }
 
-    /// The task is not this runner's (Forgejo: `internal` "invalid runner
-    /// for task"), or does not exist: reporting it can never succeed.
-    pub fn is_foreign_task(&self) -> bool {
-        matches!(self, ForgeError::Status { code, message, .. }
-            if *code == Code::NotFound || message.contains("invalid runner for task"))
+    /// The forge will never accept reports for this task (spec §1.4, "Task
+    /// gone"): on `UpdateLog`/`UpdateTask`, an `internal`/`unknown` error
+    /// saying the task "does not exist" (Forgejo: "get task: task with id N:
+    /// resource does not exist", "update task: resource does not exist";
+    /// Gitea: the same behind "rpc error: code = Internal desc = "), the
+    /// task is another runner's ("invalid runner for task"), or `not_found`.
+    pub fn is_task_gone(&self) -> bool {
+        let ForgeError::Status {
+            procedure,
+            code,
+            message,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        if !matches!(*procedure, "UpdateLog" | "UpdateTask") {
+            return false;
+        }
+        match code {
+            Code::NotFound => true,
+            Code::Internal | Code::Unknown => {
+                message.contains("invalid runner for task")
+                    || message.contains("resource does not exist")
+                    || (message.contains("task") && message.contains("does not exist"))
+            }
+            _ => false,
+        }
+    }
+
+    /// HTTP 413: the request body is larger than something in front of the
+    /// forge (usually a reverse proxy) accepts. Sending the same body again
+    /// never works; a smaller one may.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            ForgeError::Status {
+                http_status: 413,
+                ..
+            }
+        )
     }
 
     /// Worth retrying later: everything except bad credentials, bad
-    /// requests, tasks that are not this runner's and a URL that is not a
-    /// forge.
+    /// requests, tasks the forge no longer takes reports for and a URL that
+    /// is not a forge. (A 413 counts as retryable here: the log uploader
+    /// retries it with a smaller body, see [`ForgeError::is_too_large`].)
     pub fn is_retryable(&self) -> bool {
-        if self.is_unauthenticated() || self.is_foreign_task() {
+        if self.is_unauthenticated() || self.is_task_gone() {
             return false;
         }
         match self {
@@ -383,6 +420,80 @@ mod tests {
             br#"{"code":"already_exists","message":"log file has been archived"}"#,
         );
         assert!(e.is_already_exists());
+    }
+
+    #[test]
+    fn tasks_the_forge_deleted_or_never_gave_us_are_gone() {
+        let gone = [
+            (
+                "UpdateLog",
+                500,
+                r#"{"code":"internal","message":"get task: task with id 7: resource does not exist"}"#,
+            ),
+            (
+                "UpdateTask",
+                500,
+                r#"{"code":"internal","message":"update task: resource does not exist"}"#,
+            ),
+            (
+                "UpdateLog",
+                500,
+                r#"{"code":"unknown","message":"rpc error: code = Internal desc = get task: task with id 7: resource does not exist"}"#,
+            ),
+            (
+                "UpdateTask",
+                500,
+                r#"{"code":"internal","message":"invalid runner for task"}"#,
+            ),
+            (
+                "UpdateTask",
+                500,
+                r#"{"code":"unknown","message":"rpc error: code = Internal desc = invalid runner for task"}"#,
+            ),
+            (
+                "UpdateLog",
+                404,
+                r#"{"code":"not_found","message":"no such task"}"#,
+            ),
+        ];
+        for (procedure, status, body) in gone {
+            let e = ForgeError::from_response(procedure, status, body.as_bytes());
+            assert!(e.is_task_gone(), "{e}");
+            assert!(!e.is_retryable(), "{e}");
+        }
+        let not_gone = [
+            (
+                "UpdateLog",
+                500,
+                r#"{"code":"internal","message":"database is locked"}"#,
+            ),
+            (
+                "UpdateLog",
+                409,
+                r#"{"code":"already_exists","message":"log file has been archived"}"#,
+            ),
+            ("UpdateLog", 404, "404 page not found"),
+            (
+                "FetchTask",
+                500,
+                r#"{"code":"internal","message":"task with id 7: resource does not exist"}"#,
+            ),
+        ];
+        for (procedure, status, body) in not_gone {
+            let e = ForgeError::from_response(procedure, status, body.as_bytes());
+            assert!(!e.is_task_gone(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_413_keeps_its_status() {
+        let page = b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+        let e = ForgeError::from_response("UpdateLog", 413, page);
+        assert!(e.is_too_large(), "{e}");
+        assert_eq!(e.code(), Some(Code::Unknown));
+        assert!(!e.is_task_gone());
+        let other = ForgeError::from_response("UpdateLog", 502, b"bad gateway");
+        assert!(!other.is_too_large());
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub const MAX_OUTPUT_VALUE_BYTES: usize = 1024 * 1024;
 /// While the spool fails, rows are kept in memory up to this size; beyond
 /// it, new job output is counted and dropped (and the loss is logged).
 pub const SPOOL_FAILURE_MEMORY_CAP: usize = 64 * 1024 * 1024;
+/// Longest row the forge stores whole (it cuts longer ones, spec §3.5):
+/// longer lines are split into several rows of at most this many bytes.
+pub const MAX_ROW_BYTES: usize = 64 * 1024;
+/// Default cap on the encoded size of one `UpdateLog` request; nginx, a
+/// common reverse proxy in front of forges, refuses bodies above 1 MiB.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Content of a row the forge lost after acknowledging it, when the spool no
 /// longer holds the original (keeps every later index right).
 pub const LOST_ROW: &str = "(log line lost by the forge)";
@@ -157,6 +163,25 @@ impl LogSpool for MemorySpool {
 // ---------------------------------------------------------------------------
 // TaskStateBuilder (pure)
 // ---------------------------------------------------------------------------
+
+/// `line` in pieces of at most `max` bytes (at least one piece, empty for an
+/// empty line), never cutting a UTF-8 character.
+fn split_row(line: &str, max: usize) -> Vec<&str> {
+    let max = max.max(4);
+    let mut out = Vec::new();
+    let mut rest = line;
+    while rest.len() > max {
+        let mut end = max;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (head, tail) = rest.split_at(end);
+        out.push(head);
+        rest = tail;
+    }
+    out.push(rest);
+    out
+}
 
 #[derive(Debug, Clone)]
 struct StepTrack {
@@ -301,25 +326,30 @@ impl TaskStateBuilder {
     }
 
     /// Appends rows (one per line of `content`) to `step` or outside steps.
+    /// A line longer than [`MAX_ROW_BYTES`] becomes several rows with the
+    /// same time, each cut at a character boundary; each counts as a row
+    /// of the step. (Secrets were masked in the whole line before.)
     fn push(&mut self, step: Option<usize>, content: &str, now: &Timestamp) {
         for line in content.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
-            if let Some(t) = step.and_then(|i| self.steps.get_mut(i)) {
-                if !t.has_rows {
-                    t.has_rows = true;
-                    t.state.log_index = i64::try_from(self.total).unwrap_or(i64::MAX);
+            for piece in split_row(line, MAX_ROW_BYTES) {
+                if let Some(t) = step.and_then(|i| self.steps.get_mut(i)) {
+                    if !t.has_rows {
+                        t.has_rows = true;
+                        t.state.log_index = i64::try_from(self.total).unwrap_or(i64::MAX);
+                    }
+                    t.state.log_length += 1;
                 }
-                t.state.log_length += 1;
+                if self.started_at.is_none() {
+                    self.started_at = Some(*now);
+                }
+                self.rows_bytes += piece.len();
+                self.rows.push(LogRow {
+                    time: Some(*now),
+                    content: piece.to_string(),
+                });
+                self.total += 1;
             }
-            if self.started_at.is_none() {
-                self.started_at = Some(*now);
-            }
-            self.rows_bytes += line.len();
-            self.rows.push(LogRow {
-                time: Some(*now),
-                content: line.to_string(),
-            });
-            self.total += 1;
         }
     }
 
@@ -521,7 +551,9 @@ pub struct ReporterConfig {
     pub report_interval: Duration,
     /// Cap on rows per `UpdateLog` request.
     pub max_rows_per_request: usize,
-    /// Cap on content bytes per `UpdateLog` request.
+    /// Cap on the encoded size of one `UpdateLog` request body. Halved for
+    /// a task each time the forge (its proxy) answers HTTP 413; a single
+    /// row is always sent, whatever the cap.
     pub max_bytes_per_request: usize,
     /// The in-memory batch goes to the spool at this many rows...
     pub batch_rows: usize,
@@ -543,7 +575,7 @@ impl Default for ReporterConfig {
         ReporterConfig {
             report_interval: Duration::from_secs(1),
             max_rows_per_request: 5000,
-            max_bytes_per_request: 4 * 1024 * 1024,
+            max_bytes_per_request: MAX_REQUEST_BYTES,
             batch_rows: 1000,
             batch_bytes: 1024 * 1024,
             retry_initial: Duration::from_millis(100),
@@ -566,10 +598,13 @@ pub enum ReportError {
         #[source]
         source: ForgeError,
     },
-    /// The forge says the task is not this runner's (or does not exist):
-    /// it can never be reported.
-    #[error("The forge does not let this runner report task {task_id}: {source}")]
-    ForeignTask {
+    /// The forge will never take reports for this task: it was deleted
+    /// (with its run or repository) or is not this runner's. The reporter
+    /// gave it up: the job was cancelled and its rows and outputs dropped.
+    #[error(
+        "The forge no longer accepts reports for task {task_id} (deleted, or not this runner's): {source}"
+    )]
+    TaskGone {
         task_id: i64,
         #[source]
         source: ForgeError,
@@ -610,6 +645,10 @@ struct Inner {
     forge_stop: Option<TaskResult>,
     /// The final sequence completed.
     done: bool,
+    /// Cap on the encoded size of an `UpdateLog` body (halved on HTTP 413).
+    body_limit: usize,
+    /// The forge answered that the task is gone: nothing more is sent.
+    gone: Option<ForgeError>,
 }
 
 /// The reporter's state, shared by the job (through [`EventSink`]), the
@@ -648,6 +687,8 @@ impl ReporterShared {
                 closing: None,
                 forge_stop: None,
                 done: false,
+                body_limit: config.max_bytes_per_request.max(1),
+                gone: None,
             }),
             spool,
             config,
@@ -722,7 +763,7 @@ impl ReporterShared {
         error: Option<&str>,
     ) {
         let mut inner = self.lock();
-        if inner.closing.is_some() {
+        if inner.closing.is_some() || inner.gone.is_some() {
             return;
         }
         let result = match inner.forge_stop {
@@ -790,12 +831,51 @@ impl ReporterShared {
     pub fn is_done(&self) -> bool {
         self.lock().done
     }
+
+    /// The forge said the task is gone (see [`ReportError::TaskGone`]).
+    pub fn is_gone(&self) -> bool {
+        self.lock().gone.is_some()
+    }
+
+    /// The cap on the encoded size of the next `UpdateLog` body.
+    pub fn body_limit(&self) -> usize {
+        self.lock().body_limit
+    }
+
+    /// Gives the task up after the forge answered `e` (a "task gone" error):
+    /// logs it once, cancels the job, drops the rows and outputs not sent.
+    /// Later events, [`ReporterShared::close`] and [`finish`] do nothing.
+    fn give_up(&self, e: ForgeError, cancel_job: &CancellationToken) -> ReportError {
+        let mut inner = self.lock();
+        if inner.gone.is_none() {
+            tracing::warn!(
+                task = self.task_id,
+                error = %e,
+                "the forge no longer has this task (deleted, or not this runner's); giving it up: job stopped, its unsent log and outputs dropped, never retried"
+            );
+            inner.gone = Some(e.clone());
+            inner.builder.drain_rows();
+            // The spool may free what it holds.
+            let _ = self.spool.ack(inner.spooled);
+            inner.builder.set_suppress(true);
+            if let Some(c) = inner.closing.as_mut() {
+                c.outputs.clear();
+            }
+        }
+        drop(inner);
+        cancel_job.cancel();
+        self.wake.notify_one();
+        ReportError::TaskGone {
+            task_id: self.task_id,
+            source: e,
+        }
+    }
 }
 
 impl EventSink for ReporterShared {
     fn emit(&self, event: JobEvent) {
         let mut inner = self.lock();
-        if inner.closing.is_some() {
+        if inner.closing.is_some() || inner.gone.is_some() {
             return;
         }
         let over =
@@ -877,14 +957,14 @@ async fn upload_logs(
     };
     let mut stalls = 0;
     loop {
-        let offset = shared.lock().acked;
-        let rows = if offset >= total {
+        let (offset, limit) = {
+            let inner = shared.lock();
+            (inner.acked, inner.body_limit)
+        };
+        let mut rows = if offset >= total {
             Vec::new()
         } else {
-            match shared
-                .spool
-                .read(offset, cfg.max_rows_per_request, cfg.max_bytes_per_request)
-            {
+            match shared.spool.read(offset, cfg.max_rows_per_request, limit) {
                 Ok(r) => r,
                 Err(SpoolError::Acknowledged { first }) => {
                     let n = (first.min(total) - offset).min(cfg.max_rows_per_request as u64);
@@ -908,6 +988,8 @@ async fn upload_logs(
                 "row {offset} is missing from the spool"
             ))));
         }
+        let size = fit_body(shared.task_id, &mut rows, limit);
+        let sent_rows = rows.len();
         let end = offset + rows.len() as u64;
         let last = end >= total;
         let req_no_more = no_more && last;
@@ -919,11 +1001,32 @@ async fn upload_logs(
         };
         let sent_all_before = shared.lock().no_more_sent;
         let resp = api.update_log(req).await;
-        if req_no_more {
+        if req_no_more && !resp.as_ref().is_err_and(ForgeError::is_too_large) {
             shared.lock().no_more_sent = true;
         }
         let resp = match resp {
             Ok(r) => r,
+            Err(e) if e.is_too_large() && sent_rows > 1 => {
+                // A proxy in front of the forge caps request bodies: the
+                // same body never gets through, a smaller one may.
+                let smaller = (size.min(limit) / 2).max(1);
+                tracing::info!(
+                    task = shared.task_id,
+                    refused = size,
+                    limit = smaller,
+                    "the forge refused a log upload as too large (HTTP 413); sending smaller batches for this task"
+                );
+                shared.lock().body_limit = smaller;
+                continue;
+            }
+            Err(e) if e.is_too_large() => {
+                tracing::warn!(
+                    task = shared.task_id,
+                    bytes = size,
+                    "the forge refuses even a single log row as too large (HTTP 413); raise the body size limit of the proxy in front of it (nginx: client_max_body_size) to at least 1 MiB"
+                );
+                return Err(PassError::Forge(e));
+            }
             Err(e) if e.is_already_exists() => {
                 // The log is archived: our earlier no_more went through (its
                 // answer was lost), or the forge closed the log itself (its
@@ -971,6 +1074,32 @@ async fn upload_logs(
             }
         }
     }
+}
+
+/// Keeps the leading rows whose encoded request fits in `limit` bytes (at
+/// least one row); returns the encoded size of the request with them.
+fn fit_body(task_id: i64, rows: &mut Vec<LogRow>, limit: usize) -> usize {
+    use prost::Message;
+    // The largest index and `no_more` set: never less than what is sent.
+    let base = UpdateLogRequest {
+        task_id,
+        index: i64::MAX,
+        rows: Vec::new(),
+        no_more: true,
+    }
+    .encoded_len();
+    let mut size = base;
+    let mut keep = 0;
+    for row in rows.iter() {
+        let n = prost::encoding::message::encoded_len(3, row);
+        if keep > 0 && size + n > limit {
+            break;
+        }
+        size += n;
+        keep += 1;
+    }
+    rows.truncate(keep);
+    size
 }
 
 /// Sends the current state (and unacknowledged outputs once closing);
@@ -1060,6 +1189,9 @@ pub async fn run_reporter(
                     source: e,
                 });
             }
+            Err(PassError::Forge(e)) if e.is_task_gone() => {
+                return Err(shared.give_up(e, &cancel_job));
+            }
             Err(e) if failing => {
                 tracing::debug!(task = shared.task_id, error = %e, "UpdateLog failed again")
             }
@@ -1080,6 +1212,9 @@ pub async fn run_reporter(
                     task_id: shared.task_id,
                     source: e,
                 });
+            }
+            Err(e) if e.is_task_gone() => {
+                return Err(shared.give_up(e, &cancel_job));
             }
             Err(e) if failing => {
                 tracing::debug!(task = shared.task_id, error = %e, "UpdateTask failed again")
@@ -1107,6 +1242,12 @@ pub async fn finish(
     if shared.is_done() {
         return Ok(());
     }
+    if let Some(e) = shared.lock().gone.clone() {
+        return Err(ReportError::TaskGone {
+            task_id: shared.task_id,
+            source: e,
+        });
+    }
     if !shared.is_closed() {
         shared.close(
             Conclusion::Failure,
@@ -1132,11 +1273,8 @@ pub async fn finish(
                     source: e,
                 });
             }
-            Err(PassError::Forge(e)) if e.is_foreign_task() => {
-                return Err(ReportError::ForeignTask {
-                    task_id: shared.task_id,
-                    source: e,
-                });
+            Err(PassError::Forge(e)) if e.is_task_gone() => {
+                return Err(shared.give_up(e, cancel_job));
             }
             Err(e) => {
                 if started.elapsed() + backoff > cfg.final_budget {
@@ -1182,11 +1320,8 @@ pub async fn finish(
                     source: e,
                 });
             }
-            Err(e) if e.is_foreign_task() => {
-                return Err(ReportError::ForeignTask {
-                    task_id: shared.task_id,
-                    source: e,
-                });
+            Err(e) if e.is_task_gone() => {
+                return Err(shared.give_up(e, cancel_job));
             }
             Err(e) => {
                 if started.elapsed() + backoff > cfg.final_budget {
@@ -1469,6 +1604,26 @@ mod tests {
         assert!(s.read(4, 10, 100).unwrap().is_empty());
         s.ack(4).unwrap();
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn long_lines_become_rows_of_at_most_64_kib_without_cutting_characters() {
+        assert_eq!(split_row("", 8), [""]);
+        assert_eq!(split_row("abcdefgh", 8), ["abcdefgh"]);
+        assert_eq!(split_row("abcdefghi", 8), ["abcdefgh", "i"]);
+        // "é" is two bytes: a piece ends before a character it would cut.
+        assert_eq!(split_row("abcdefgéé", 8), ["abcdefg", "éé"]);
+        let mut b = TaskStateBuilder::new(1, 1, false);
+        b.handle(&started(0, "long"), ts());
+        let line = "€".repeat(50_000); // 3 bytes each: 150 000 bytes
+        b.handle(&out(0, &format!("{line}\nshort")), ts());
+        let rows = contents(&mut b);
+        assert_eq!(rows.len(), 4, "three pieces and the short line");
+        assert!(rows.iter().all(|r| r.len() <= MAX_ROW_BYTES));
+        assert_eq!(rows[..3].concat(), line);
+        assert_eq!(rows[3], "short");
+        let st = b.state();
+        assert_eq!((st.steps[0].log_index, st.steps[0].log_length), (0, 4));
     }
 
     #[test]

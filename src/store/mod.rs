@@ -326,7 +326,8 @@ pub struct JobRow {
     /// Last change of any column through this API.
     pub updated_at: SystemTime,
     pub finished_at: Option<SystemTime>,
-    /// The forge acknowledged the final state.
+    /// The forge acknowledged the final state, or the job was given up
+    /// ([`Store::give_up_job`]); either way it is never sent again.
     pub reported: bool,
     /// Log rows below this index were acknowledged by the forge.
     pub log_ack: i64,
@@ -673,6 +674,42 @@ impl Store {
         )
     }
 
+    /// Gives a job up for good: the forge no longer has its task (deleted,
+    /// or not this runner's), so nothing of it can ever be reported. The job
+    /// is finished (`cancelled` unless it had a result), marked as given up
+    /// (`reported = 2`, which [`Store::unreported_finished_jobs`] skips, so
+    /// no later start sends it again), and its spooled log rows and outputs
+    /// are deleted.
+    pub fn give_up_job(&self, id: &str) -> Result<(), StoreError> {
+        let now = to_ms(SystemTime::now());
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("give a job up"))?;
+        let n = tx
+            .execute(
+                "UPDATE jobs SET state = 'finished', result = COALESCE(result, 'cancelled'),
+                        finished_at_ms = COALESCE(finished_at_ms, ?2), reported = 2,
+                        outputs = NULL, updated_at_ms = ?2
+                 WHERE id = ?1",
+                params![id, now],
+            )
+            .map_err(self.err("give a job up"))?;
+        if n == 0 {
+            return Err(StoreError::UnknownJob { id: id.to_string() });
+        }
+        tx.execute("DELETE FROM log_rows WHERE job_id = ?1", [id])
+            .map_err(self.err("give a job up"))?;
+        tx.commit().map_err(self.err("give a job up"))
+    }
+
+    /// Whether [`Store::give_up_job`] gave this job up.
+    pub fn is_given_up(&self, id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached("SELECT reported = 2 FROM jobs WHERE id = ?1")
+            .and_then(|mut st| st.query_row([id], |r| r.get::<_, bool>(0)).optional())
+            .map(|v| v.unwrap_or(false))
+            .map_err(self.err("read whether a job was given up"))
+    }
+
     fn query_jobs(
         &self,
         what: &'static str,
@@ -751,7 +788,7 @@ impl Store {
     pub fn prune_finished_jobs(&self, keep: usize) -> Result<usize, StoreError> {
         let conn = self.conn();
         conn.prepare_cached(
-            "DELETE FROM jobs WHERE state = 'finished' AND reported = 1
+            "DELETE FROM jobs WHERE state = 'finished' AND reported <> 0
                AND id NOT IN (SELECT job_id FROM vms)
                AND id NOT IN (SELECT id FROM jobs WHERE state = 'finished'
                               ORDER BY finished_at_ms DESC, id DESC LIMIT ?1)",

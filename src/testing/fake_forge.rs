@@ -91,9 +91,9 @@ use crate::secret::Secret;
 
 use state::{Caller, Origin, Rpc, RpcError, State};
 pub use state::{
-    FORGEJO_SERVER_VERSION, FakeJob, JobSnapshot, LogAppend, MAX_OUTPUT_KEY_BYTES,
-    MAX_OUTPUT_VALUE_BYTES, RequestRecord, RunnerSnapshot, StepSnapshot, TaskSnapshot, TaskStatus,
-    log_append_from, offline_uuid,
+    FORGEJO_SERVER_VERSION, FakeJob, JobSnapshot, LogAppend, MAX_LOG_ROW_BYTES,
+    MAX_OUTPUT_KEY_BYTES, MAX_OUTPUT_VALUE_BYTES, RequestRecord, RunnerSnapshot, StepSnapshot,
+    TaskSnapshot, TaskStatus, log_append_from, offline_uuid,
 };
 
 /// Request bodies up to this size are read (log batches can be large).

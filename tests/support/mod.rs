@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod world;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -463,6 +463,9 @@ pub(super) struct State {
     delays: HashMap<String, Duration>,
 }
 
+/// Longest log row the forge stores; longer rows are cut (spec §3.5).
+pub const MAX_LOG_ROW_BYTES: usize = 64 * 1024;
+
 fn random_hex40() -> String {
     let bytes: [u8; 20] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -1449,7 +1452,13 @@ impl State {
                 "log file has been archived",
             ));
         }
-        let new = req.rows.into_iter().skip(from);
+        // Forgejo cuts every stored row to 64 KiB.
+        let new = req.rows.into_iter().skip(from).map(|mut row| {
+            if row.content.len() > MAX_LOG_ROW_BYTES {
+                row.content = truncate_bytes(&row.content, MAX_LOG_ROW_BYTES);
+            }
+            row
+        });
         if keep {
             for row in new {
                 task.log_rows += 1;
