@@ -396,6 +396,51 @@ jobs:
         JobEvent::StepSummary { markdown, .. } if markdown.trim() == "summary: ***")));
 }
 
+/// A line longer than the executor's 1 MiB line cap is cut into pieces,
+/// each masked on its own: a secret written across the cut stays whole in
+/// one piece and is hidden.
+#[tokio::test]
+async fn a_secret_across_the_cut_of_an_overlong_line_is_masked() {
+    let r = run_with(
+        r#"
+jobs:
+  build:
+    steps:
+      - run: |
+          # 1 MiB minus 4 bytes of x, then the secret, then more: the
+          # secret straddles the 1 MiB cut.
+          head -c 1048572 /dev/zero | tr '\0' x
+          printf '%s-tail\n' "$TOKEN"
+        env:
+          TOKEN: ${{ secrets.TOKEN }}
+"#,
+        &LocalSession,
+        |s| {
+            s.secrets
+                .insert("TOKEN".into(), Secret::new("s3cret-value-123"));
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S);
+    let l = r.lines();
+    for piece in &l {
+        for part in ["s3cr", "ret-value", "value-123"] {
+            assert!(
+                !piece.contains(part),
+                "a piece of the secret leaked: {part}"
+            );
+        }
+    }
+    let joined: String = l.concat();
+    assert!(
+        joined.ends_with("x***-tail"),
+        "{}",
+        &joined[joined.len().saturating_sub(40)..]
+    );
+    assert_eq!(joined.len(), 1048572 + "***-tail".len());
+}
+
 #[tokio::test]
 async fn job_outputs_with_secrets_are_dropped() {
     let r = run_with(

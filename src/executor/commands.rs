@@ -170,10 +170,20 @@ impl LineSplitter {
     /// Adds bytes and returns the complete lines they finish. Each byte is
     /// scanned once; lines longer than [`MAX_LINE_BYTES`] are cut.
     pub fn feed(&mut self, data: &[u8]) -> Vec<String> {
+        self.feed_with(data, &|piece: &[u8]| piece.len())
+    }
+
+    /// Like [`LineSplitter::feed`]; where a line longer than
+    /// [`MAX_LINE_BYTES`] is cut, `cut(piece)` may move the cut back (to
+    /// keep a secret whole for the masker, see
+    /// [`crate::executor::mask::Masker::safe_cut`]). The bytes after it
+    /// start the next piece. A cut moved back by more than half a piece is
+    /// not followed, so every piece is at least half [`MAX_LINE_BYTES`].
+    pub fn feed_with(&mut self, data: &[u8], cut: &dyn Fn(&[u8]) -> usize) -> Vec<String> {
         let mut lines = Vec::new();
         let mut rest = data;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            self.push_capped(&rest[..pos], &mut lines);
+            self.push_capped(&rest[..pos], &mut lines, cut);
             let mut line = std::mem::take(&mut self.buf);
             if line.last() == Some(&b'\r') {
                 line.pop();
@@ -181,18 +191,48 @@ impl LineSplitter {
             lines.push(String::from_utf8_lossy(&line).into_owned());
             rest = &rest[pos + 1..];
         }
-        self.push_capped(rest, &mut lines);
+        self.push_capped(rest, &mut lines, cut);
         lines
     }
 
-    /// Appends bytes that contain no newline, emitting full pieces of
-    /// [`MAX_LINE_BYTES`] as lines.
-    fn push_capped(&mut self, mut bytes: &[u8], lines: &mut Vec<String>) {
+    /// Appends bytes that contain no newline, emitting pieces of at most
+    /// [`MAX_LINE_BYTES`] as lines, each cut where `cut` allows, between
+    /// UTF-8 characters.
+    fn push_capped(
+        &mut self,
+        mut bytes: &[u8],
+        lines: &mut Vec<String>,
+        cut: &dyn Fn(&[u8]) -> usize,
+    ) {
         while self.buf.len() + bytes.len() > MAX_LINE_BYTES {
             let take = MAX_LINE_BYTES - self.buf.len();
             self.buf.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            let piece = std::mem::take(&mut self.buf);
+            let full = self.buf.len();
+            let mut at = cut(&self.buf).min(full);
+            if at < full / 2 {
+                at = full;
+            }
+            // Not inside a multi-byte character: a UTF-8 continuation byte
+            // (the next input byte when cutting at the end) moves the cut
+            // back, at most 3 bytes.
+            let continues = |i: usize| {
+                let b = if i < full {
+                    self.buf.get(i)
+                } else {
+                    bytes.get(i - full)
+                };
+                b.is_some_and(|b| b & 0xC0 == 0x80)
+            };
+            let mut back = at;
+            while back + 3 > at && back > 1 && continues(back) {
+                back -= 1;
+            }
+            if !continues(back) {
+                at = back;
+            }
+            let rest = self.buf.split_off(at);
+            let piece = std::mem::replace(&mut self.buf, rest);
             lines.push(String::from_utf8_lossy(&piece).into_owned());
         }
         self.buf.extend_from_slice(bytes);
@@ -328,6 +368,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_long_line_is_cut_between_characters_and_where_the_cut_function_says() {
+        // A 4-byte character straddling the 1 MiB mark stays whole.
+        let mut sp = LineSplitter::default();
+        let mut line = vec![b'a'; MAX_LINE_BYTES - 2];
+        line.extend_from_slice("😀".as_bytes());
+        line.extend_from_slice(b"tail\n");
+        let pieces = sp.feed(&line);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len(), MAX_LINE_BYTES - 2);
+        assert_eq!(pieces[1], "😀tail");
+        assert!(!pieces.concat().contains('\u{FFFD}'));
+        // The cut function moves the cut back; the rest starts the next piece.
+        let mut sp = LineSplitter::default();
+        let mut line = vec![b'b'; MAX_LINE_BYTES + 10];
+        line.push(b'\n');
+        let pieces = sp.feed_with(&line, &|p: &[u8]| p.len() - 5);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len(), MAX_LINE_BYTES - 5);
+        assert_eq!(pieces[1].len(), 15);
+        // A cut moved back by more than half a piece is not followed.
+        let pieces = sp.feed_with(&line, &|_: &[u8]| 3);
+        assert_eq!(pieces[0].len(), MAX_LINE_BYTES);
     }
 
     #[test]

@@ -61,6 +61,34 @@ impl Masker {
         self.values.iter().any(|v| text.contains(v.as_str()))
     }
 
+    /// Where to cut `piece`, the start of a line too long to keep whole, so
+    /// that no registered value is split between two pieces (each piece is
+    /// masked on its own): the largest position at or before the end such
+    /// that no value occurs across it, counting a value whose start is at
+    /// the end of `piece` and may go on in the next bytes.
+    pub fn safe_cut(&self, piece: &[u8]) -> usize {
+        let end = piece.len();
+        let mut at = end;
+        loop {
+            let before = at;
+            for v in &self.values {
+                let v = v.as_bytes();
+                // Occurrences that start before `at` and end after it.
+                let first = (at + 1).saturating_sub(v.len());
+                for start in first..at {
+                    let seen = &piece[start..end.min(start + v.len())];
+                    if start + v.len() > at && v.starts_with(seen) {
+                        at = start;
+                        break;
+                    }
+                }
+            }
+            if at == before || at == 0 {
+                return at;
+            }
+        }
+    }
+
     /// `text` with every registered value replaced by `***`. All occurrences of
     /// all values are found first (overlapping ones too) and their ranges merged,
     /// so overlapping secrets are hidden completely.
@@ -102,6 +130,25 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_never_splits_a_value() {
+        let mut m = Masker::new();
+        m.add("s3cret");
+        m.add("token-xyz");
+        // Nothing across the end: cut at the end.
+        assert_eq!(m.safe_cut(b"aaaa s3cret."), 12);
+        // The last `t` may begin `token-xyz`; cutting before it would split
+        // `s3cret`, so the cut goes before both.
+        assert_eq!(m.safe_cut(b"aaaa s3cret"), 5);
+        // A value that begins at the end and may go on: cut before it.
+        assert_eq!(m.safe_cut(b"aaaa s3c"), 5);
+        assert_eq!(m.safe_cut(b"aaaa token-"), 5);
+        // Something that is no value's beginning stays.
+        assert_eq!(m.safe_cut(b"aaaa s3x"), 8);
+        // No values: the end.
+        assert_eq!(Masker::new().safe_cut(b"abc"), 3);
+    }
 
     #[test]
     fn overlapping_values_are_hidden_completely() {

@@ -183,6 +183,14 @@ impl Emitter<'_> {
         }
     }
 
+    /// Where a too-long line may be cut without splitting a secret.
+    fn safe_cut(&self, piece: &[u8]) -> usize {
+        match self.masker.lock() {
+            Ok(m) => m.safe_cut(piece),
+            Err(p) => p.into_inner().safe_cut(piece),
+        }
+    }
+
     fn add_mask(&self, value: &str) {
         match self.masker.lock() {
             Ok(mut m) => m.add(value),
@@ -358,7 +366,10 @@ impl<'e, 'a> StepOutput<'e, 'a> {
                     }
                     return;
                 }
-                let lines = self.stdout.feed(&chunk.data);
+                let em = self.em;
+                let lines = self
+                    .stdout
+                    .feed_with(&chunk.data, &|piece: &[u8]| em.safe_cut(piece));
                 let mut iter = lines.into_iter();
                 for line in iter.by_ref() {
                     self.stdout_line(line);
@@ -378,7 +389,11 @@ impl<'e, 'a> StepOutput<'e, 'a> {
                 }
             }
             Stream::Stderr => {
-                for line in self.stderr.feed(&chunk.data) {
+                let em = self.em;
+                for line in self
+                    .stderr
+                    .feed_with(&chunk.data, &|piece: &[u8]| em.safe_cut(piece))
+                {
                     self.handle(&line, Stream::Stderr);
                 }
             }
