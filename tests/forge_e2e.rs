@@ -9,7 +9,9 @@ use nix::sys::signal::Signal;
 use solstice::forge::proto::TaskResult;
 use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskStatus};
 use support::daemon::{Daemon, max_vms_while, qemu_processes_under};
-use support::world::{SECRET, World, fake, final_task, log_of, offline, wait_step_running};
+use support::world::{
+    SECRET, SLEEPER, World, fake, final_task, log_of, offline, wait_step_running,
+};
 
 /// A port on 127.0.0.1 that nothing listens on now (for `metrics_listen`).
 fn free_port() -> u16 {
@@ -145,17 +147,6 @@ async fn success_and_failure_reach_the_forge_with_steps_logs_and_outputs() {
         "{text}"
     );
 }
-
-const SLEEPER: &str = r#"
-name: long
-on: push
-jobs:
-  wait:
-    runs-on: tiny
-    steps:
-      - run: echo started-sleeping; sleep 600
-      - run: echo not-reached
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_on_the_forge_destroys_the_vm_within_seconds() {

@@ -10,21 +10,12 @@ use nix::sys::signal::Signal;
 use solstice::store::Store;
 use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskStatus};
 use support::daemon::{Daemon, qemu_processes_under};
-use support::world::{SECRET, World, fake, final_task, log_of, offline, wait_step_running};
+use support::world::{
+    SECRET, SLEEPER, World, fake, final_task, log_of, offline, wait_step_running,
+};
 
 /// The daemon's one line for a task the forge no longer has.
 const GONE_LINE: &str = "the forge no longer has this task";
-
-const SLEEPER: &str = r#"
-name: long
-on: push
-jobs:
-  wait:
-    runs-on: tiny
-    steps:
-      - run: echo started-sleeping; sleep 600
-      - run: echo not-reached
-"#;
 
 const QUICK: &str = r#"
 name: quick

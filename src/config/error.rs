@@ -72,23 +72,46 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     /// `FILE:LINE:COL: KEY: message; fix`, leaving out the parts that are unknown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = Located {
+            file: &self.file,
+            position: self.position,
+            key: self.key.as_deref(),
+            message: &self.message,
+            fix: self.fix.as_deref(),
+        };
+        parts.write(f, "")
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The parts of a located message, written as
+/// `FILE[:LINE:COL]: {tag}[KEY: ]message[; fix]`.
+struct Located<'a> {
+    file: &'a std::path::Path,
+    position: Option<Position>,
+    key: Option<&'a str>,
+    message: &'a str,
+    fix: Option<&'a str>,
+}
+
+impl Located<'_> {
+    fn write(&self, f: &mut fmt::Formatter<'_>, tag: &str) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if let Some(p) = self.position {
             write!(f, ":{}:{}", p.line, p.column)?;
         }
-        f.write_str(": ")?;
-        if let Some(key) = &self.key {
+        write!(f, ": {tag}")?;
+        if let Some(key) = self.key {
             write!(f, "{key}: ")?;
         }
-        f.write_str(&self.message)?;
-        if let Some(fix) = &self.fix {
+        f.write_str(self.message)?;
+        if let Some(fix) = self.fix {
             write!(f, "; {fix}")?;
         }
         Ok(())
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 /// Something in a valid config file that works, but probably not as the
 /// operator expects (a poll interval the forge's UI calls offline, a job
@@ -112,19 +135,14 @@ impl fmt::Display for ConfigWarning {
     /// `FILE:LINE:COL: warning: KEY: message; fix`, leaving out the parts
     /// that are unknown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(p) = self.position {
-            write!(f, ":{}:{}", p.line, p.column)?;
-        }
-        f.write_str(": warning: ")?;
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
-        }
-        f.write_str(&self.message)?;
-        if let Some(fix) = &self.fix {
-            write!(f, "; {fix}")?;
-        }
-        Ok(())
+        let parts = Located {
+            file: &self.file,
+            position: self.position,
+            key: self.key.as_deref(),
+            message: &self.message,
+            fix: self.fix.as_deref(),
+        };
+        parts.write(f, "warning: ")
     }
 }
 

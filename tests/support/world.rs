@@ -123,3 +123,15 @@ pub async fn wait_step_running(forge: &FakeForge, job: i64, d: &Daemon) -> i64 {
 pub fn log_of(t: &TaskSnapshot) -> String {
     t.log.join("\n")
 }
+
+/// A job that prints `started-sleeping` and then sleeps for ten minutes.
+pub const SLEEPER: &str = r#"
+name: long
+on: push
+jobs:
+  wait:
+    runs-on: tiny
+    steps:
+      - run: echo started-sleeping; sleep 600
+      - run: echo not-reached
+"#;
