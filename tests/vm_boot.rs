@@ -184,7 +184,16 @@ async fn cpio_seed_guest_boots_and_applies_the_seed() {
     let vm = Vm::start(spec("cpio-1", &img, &q, jobs.path()))
         .await
         .unwrap();
-    assert!(vm.dir().join("seed.cpio").is_file());
+    let seed = vm.dir().join("seed.cpio");
+    assert!(std::fs::metadata(&seed).unwrap().len() >= 1 << 20);
+    // Exactly one cpio device: the metadata-agent stops at two.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.pid())).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let cpio_args = args.iter().filter(|a| a.contains("seed.cpio")).count();
+    assert_eq!(cpio_args, 1, "{args:?}");
     let result = wait_for_banner(&vm, Duration::from_secs(90));
     let console = vm.console_tail(200);
     vm.destroy().await.unwrap();
@@ -196,6 +205,17 @@ async fn cpio_seed_guest_boots_and_applies_the_seed() {
     );
     assert!(
         console.contains("seed applied: 1 authorized key(s)"),
+        "{console}"
+    );
+    // The stand-in agent ran the seed's own firstboot.sh (no svcadm here).
+    assert!(
+        console.contains(
+            "firstboot.sh: solstice firstboot: no /usr/sbin/svcadm (no SMF here): nothing to enable"
+        ),
+        "{console}"
+    );
+    assert!(
+        console.contains("ran the seed's firstboot.sh (exit 0)"),
         "{console}"
     );
 }

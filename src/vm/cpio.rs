@@ -7,7 +7,11 @@
 //! recognise the SVR4 "newc" magic `070701`, so this writer emits the POSIX.1
 //! portable ASCII ("odc", magic `070707`) format instead. The archive is
 //! padded with zeros to a multiple of 512 bytes, so the agent's 512-byte read
-//! always succeeds.
+//! always succeeds; [`pad_disk`] pads it further into a whole disk image.
+//!
+//! The agent ignores the mode of `firstboot.sh` (it copies the script's text
+//! to a root-only 0700 file of its own), but the archive still marks it
+//! executable, so a plain `cpio -i` of the seed gives a runnable script.
 
 /// Magic of the portable ASCII (odc) cpio format.
 pub const MAGIC: &[u8; 6] = b"070707";
@@ -15,11 +19,13 @@ const TRAILER: &str = "TRAILER!!!";
 /// Largest file size an odc header can state (11 octal digits).
 const MAX_SIZE: u64 = 0o77777777777;
 
-/// One regular file in the archive (mode 0644, owned by root).
+/// One regular file in the archive, owned by root.
 #[derive(Debug, Clone)]
 pub struct CpioFile<'a> {
     pub name: &'a str,
     pub contents: &'a [u8],
+    /// Permission bits (for example `0o644`, or `0o755` for a script).
+    pub perm: u32,
 }
 
 /// Builds an odc cpio archive of regular files, padded to 512 bytes.
@@ -33,7 +39,7 @@ pub fn build(files: &[CpioFile<'_>], mtime: u64) -> Vec<u8> {
         header(
             &mut out,
             i as u64 + 1,
-            0o100644,
+            0o100000 | u64::from(f.perm & 0o7777),
             1,
             mtime,
             f.name,
@@ -45,6 +51,14 @@ pub fn build(files: &[CpioFile<'_>], mtime: u64) -> Vec<u8> {
     let padded = out.len().div_ceil(512) * 512;
     out.resize(padded, 0);
     out
+}
+
+/// Pads `archive` with zeros to a disk of at least `min_len` bytes and a
+/// whole number of 512-byte sectors. The zeros come after the trailer, where
+/// every cpio reader has stopped.
+pub fn pad_disk(archive: &mut Vec<u8>, min_len: usize) {
+    let len = archive.len().max(min_len).div_ceil(512) * 512;
+    archive.resize(len, 0);
 }
 
 fn header(out: &mut Vec<u8>, ino: u64, mode: u64, nlink: u64, mtime: u64, name: &str, size: u64) {
@@ -78,10 +92,12 @@ mod tests {
                 CpioFile {
                     name: "authorized_keys",
                     contents: b"ssh-ed25519 AAAA test\n",
+                    perm: 0o644,
                 },
                 CpioFile {
                     name: "nodename",
                     contents: b"job-1\n",
+                    perm: 0o755,
                 },
             ],
             1_700_000_000,
@@ -130,6 +146,42 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
             "authorized_keys\nnodename\n"
+        );
+    }
+
+    #[test]
+    fn a_padded_disk_keeps_the_archive_and_its_modes() {
+        let archive = sample();
+        let mut disk = archive.clone();
+        pad_disk(&mut disk, 1 << 20);
+        assert_eq!(disk.len(), 1 << 20);
+        assert_eq!(&disk[..archive.len()], &archive[..]);
+        assert!(disk[archive.len()..].iter().all(|b| *b == 0));
+        // Never shorter than the archive, always whole sectors.
+        let mut odd = vec![1u8; 1000];
+        pad_disk(&mut odd, 700);
+        assert_eq!(odd.len(), 1024);
+
+        // Read from a file, as the agent reads the device: cpio stops at the
+        // trailer and never reads the padding.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &disk).unwrap();
+        let out = Command::new("cpio")
+            .args(["-t", "-v", "--quiet", "-I"])
+            .arg(file.path())
+            .output()
+            .expect("cpio must be installed (apt-get install cpio)");
+        assert!(out.status.success(), "{out:?}");
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = listing.lines().collect();
+        assert_eq!(lines.len(), 2, "{listing}");
+        assert!(
+            lines[0].starts_with("-rw-r--r--") && lines[0].ends_with(" authorized_keys"),
+            "{listing}"
+        );
+        assert!(
+            lines[1].starts_with("-rwxr-xr-x") && lines[1].ends_with(" nodename"),
+            "{listing}"
         );
     }
 }

@@ -136,23 +136,53 @@ pub fn nocloud_iso(d: &SeedData<'_>, unix_time: i64) -> Result<Vec<u8>, IsoError
     )
 }
 
-/// The metadata-agent cpio archive: `authorized_keys` and `nodename`.
+/// Smallest size of the metadata cpio disk: a disk of one or a few sectors is
+/// an untested edge case for illumos disk drivers, and 1 MiB costs nothing.
+pub const CPIO_DISK_MIN: usize = 1 << 20;
+
+/// `firstboot.sh` of every metadata cpio seed. The illumos metadata-agent
+/// never enables sshd; it hands this script to
+/// `svc:/system/illumos/userscript`, which runs it once (root, 0700) after
+/// the keys are installed. Enabling an online service is harmless. Without
+/// `svcadm` (a Linux stand-in) it only says so. Portable: illumos runs it
+/// with ksh93 as `/bin/sh`; its output goes to the service's SMF log.
+pub const FIRSTBOOT_SH: &str = "#!/bin/sh
+# Written by Solstice: the metadata-agent installs SSH keys but never turns sshd on.
+if [ -x /usr/sbin/svcadm ]; then
+	echo 'solstice firstboot: enabling svc:/network/ssh:default'
+	exec /usr/sbin/svcadm enable -s svc:/network/ssh:default
+fi
+echo 'solstice firstboot: no /usr/sbin/svcadm (no SMF here): nothing to enable'
+exit 0
+";
+
+/// The metadata-agent seed disk: a cpio archive with `authorized_keys`,
+/// `nodename` and `firstboot.sh` at LBA 0, zero-padded to [`CPIO_DISK_MIN`].
 pub fn metadata_cpio(d: &SeedData<'_>, unix_time: u64) -> Vec<u8> {
     let keys = format!("{}\n", d.authorized_key.trim());
     let node = format!("{}\n", d.hostname);
-    cpio::build(
+    let mut disk = cpio::build(
         &[
             CpioFile {
                 name: "authorized_keys",
                 contents: keys.as_bytes(),
+                perm: 0o644,
             },
             CpioFile {
                 name: "nodename",
                 contents: node.as_bytes(),
+                perm: 0o644,
+            },
+            CpioFile {
+                name: "firstboot.sh",
+                contents: FIRSTBOOT_SH.as_bytes(),
+                perm: 0o755,
             },
         ],
         unix_time,
-    )
+    );
+    cpio::pad_disk(&mut disk, CPIO_DISK_MIN);
+    disk
 }
 
 /// Writes the seed of `kind` into `dir` (mode 0600, since it may hold the
@@ -299,5 +329,94 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    /// GNU cpio reading `disk` from a file, as the agent reads the device
+    /// (`cpio -i -I DEV`): it stops at the trailer, before the padding.
+    fn gnu_cpio(args: &[&str], dir: &Path, disk: &[u8]) -> String {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), disk).unwrap();
+        let out = Command::new("cpio")
+            .args(args)
+            .arg("-I")
+            .arg(file.path())
+            .current_dir(dir)
+            .output()
+            .expect("cpio must be installed (apt-get install cpio)");
+        assert!(out.status.success(), "cpio {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn cpio_seed_carries_an_executable_firstboot_script_on_a_padded_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let disk = metadata_cpio(&data(), 1_700_000_000);
+        // Whole sectors, at least 1 MiB, the agent's magic at LBA 0.
+        assert!(disk.len() >= CPIO_DISK_MIN, "{}", disk.len());
+        assert_eq!(disk.len() % 512, 0);
+        assert_eq!(&disk[..6], b"070707");
+        // The trailer is whole and only zeros follow it.
+        let t = disk
+            .windows(11)
+            .position(|w| w == b"TRAILER!!!\0")
+            .expect("no cpio trailer");
+        assert!(disk[t + 11..].iter().all(|b| *b == 0));
+
+        let dir = tempfile::tempdir().unwrap();
+        let listing = gnu_cpio(&["-t", "-v", "--quiet"], dir.path(), &disk);
+        let script_line = listing
+            .lines()
+            .find(|l| l.ends_with(" firstboot.sh"))
+            .unwrap_or_else(|| panic!("no firstboot.sh in:\n{listing}"));
+        assert!(script_line.starts_with("-rwxr-xr-x"), "{listing}");
+        assert_eq!(listing.lines().count(), 3, "{listing}");
+
+        gnu_cpio(&["-i", "--quiet"], dir.path(), &disk);
+        let script = dir.path().join("firstboot.sh");
+        assert_eq!(std::fs::read_to_string(&script).unwrap(), FIRSTBOOT_SH);
+        assert_ne!(
+            std::fs::metadata(&script).unwrap().permissions().mode() & 0o111,
+            0
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("authorized_keys")).unwrap(),
+            format!("{KEY}\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("nodename")).unwrap(),
+            "job-42\n"
+        );
+    }
+
+    #[test]
+    fn firstboot_script_enables_ssh_through_smf_and_is_harmless_without_it() {
+        // What the agent insists on, and the one command that matters on illumos.
+        assert!(FIRSTBOOT_SH.starts_with("#!/bin/sh\n"));
+        assert!(FIRSTBOOT_SH.ends_with('\n'));
+        assert!(
+            FIRSTBOOT_SH.contains("\texec /usr/sbin/svcadm enable -s svc:/network/ssh:default\n")
+        );
+        // This host has no svcadm, like the Linux stand-in: every shell the
+        // script may meet (ksh93 is illumos's /bin/sh) runs it to success.
+        assert!(!Path::new("/usr/sbin/svcadm").exists());
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("firstboot.sh");
+        std::fs::write(&script, FIRSTBOOT_SH).unwrap();
+        for shell in ["ksh93", "dash", "busybox"] {
+            let mut cmd = Command::new(shell);
+            if shell == "busybox" {
+                cmd.arg("sh");
+            }
+            let out = cmd
+                .arg(&script)
+                .output()
+                .unwrap_or_else(|e| panic!("{shell} must be installed (.ci/setup-host.sh): {e}"));
+            assert!(out.status.success(), "{shell}: {out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "solstice firstboot: no /usr/sbin/svcadm (no SMF here): nothing to enable\n",
+                "{shell}"
+            );
+        }
     }
 }
