@@ -232,3 +232,116 @@ fn config_warnings_are_warn_lines_with_their_place() {
         "{out}"
     );
 }
+
+/// `--image tiny --boot` boots the real tiny guest through the job path and
+/// reports the login, the host key, `uname -a`, the network and the tools
+/// (tiny has busybox only: no git, gtar, bash, node or python3).
+#[test]
+fn boot_reports_what_a_job_finds_in_the_tiny_image() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = doctor(&["--config", cfg, "--image", "tiny", "--boot"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    // Progress while it boots, then the report.
+    assert!(
+        out.contains("[solstice] booting image tiny with its NoCloud seed"),
+        "{out}"
+    );
+    assert!(out.contains("[solstice] boot: QEMU pid "), "{out}");
+    let boot = line(&out, "boot tiny:");
+    assert!(
+        boot.starts_with("ok")
+            && boot.contains("SSH up after ")
+            && boot.contains(" under tcg as root with the job's key; its host key matched the one in the seed (pinned)"),
+        "{out}"
+    );
+    assert!(line(&out, "guest user:").contains("uid=0(root)"), "{out}");
+    let uname = line(&out, "guest uname -a:");
+    assert!(uname.contains(": Linux solstice-doctor"), "{out}");
+    let net = line(&out, "guest network:");
+    assert!(
+        net.starts_with("ok") && net.contains(" on eth0; default route via 10.0.2.2"),
+        "{out}"
+    );
+    for tool in ["git", "gtar", "bash", "node", "python3"] {
+        let l = line(&out, &format!("guest {tool}:"));
+        assert!(
+            l.starts_with(&format!("warn  guest {tool}: not found: ")),
+            "{out}"
+        );
+    }
+    assert!(out.trim_end().ends_with("warning(s) above)."), "{out}");
+    env.assert_no_leaks();
+}
+
+/// The metadata cpio seed (padded, with its firstboot.sh) boots the tiny
+/// guest through doctor too; its host key cannot be pinned, and doctor says so.
+#[test]
+fn boot_with_the_metadata_cpio_seed_says_the_host_key_was_trusted_on_first_use() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "[images.tiny]\n",
+            "[images.tiny]\nseed = \"metadata-cpio\"\n",
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = doctor(&["--config", cfg, "-i", "tiny", "--boot"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("with its metadata cpio seed"), "{out}");
+    let boot = line(&out, "boot tiny:");
+    assert!(
+        boot.starts_with("ok")
+            && boot.contains(
+                "its host key was trusted on first use (the metadata cpio seed cannot carry one)"
+            ),
+        "{out}"
+    );
+    assert!(line(&out, "guest network:").starts_with("ok"), "{out}");
+    env.assert_no_leaks();
+}
+
+/// An image that never answers SSH fails with the console tail, exit 1;
+/// an unknown image name is a usage error, exit 2; --boot needs --image.
+#[test]
+fn boot_of_an_image_that_never_comes_up_fails_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = support::blank_qcow2(dir.path(), "blank.qcow2", "16M");
+    let state = dir.path().join("state");
+    let config = dir.path().join("solstice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = {state:?}\n[qemu]\naccel = \"tcg\"\n[images.blank]\npath = {image:?}\nboot_timeout_secs = 8\n"
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = doctor(&["--config", cfg, "--image", "blank", "--boot"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let boot = line(&out, "boot blank:");
+    assert!(
+        boot.starts_with("FAIL") && boot.contains("the guest did not come up over SSH"),
+        "{out}"
+    );
+    assert!(err.contains("did not accept SSH within 8 s"), "{err}");
+    assert!(err.contains("boot-failures/blank.console.log"), "{err}");
+    assert!(!out.contains("guest user:"), "{out}");
+    let leaks = solstice::vm::leaks::check(&state.join("jobs"));
+    assert!(leaks.is_empty(), "{leaks:#?}");
+
+    let (code, _, err) = doctor(&["--config", cfg, "--image", "nosuch", "--boot"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("no image `nosuch` in the configuration; configured images: blank"),
+        "{err}"
+    );
+    let (code, _, err) = doctor(&["--config", cfg, "--boot"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--image"), "{err}");
+}

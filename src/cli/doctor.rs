@@ -1,6 +1,10 @@
 //! `solstice doctor`: explains the host to its operator, one line per check,
 //! with what to do about each problem. Exits 0 when a job can run, 1 when one
-//! could not, 2 when the config cannot be found or read.
+//! could not, 2 when the config cannot be found or read. With `--image NAME
+//! --boot` it also boots that image and reports what a job finds in it
+//! (see [`boot`]).
+
+mod boot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -29,6 +33,15 @@ pub struct DoctorArgs {
     /// daemon probes KVM again at its next start.
     #[arg(long)]
     pub retry_kvm: bool,
+    /// The configured image that --boot boots.
+    #[arg(long, short = 'i', value_name = "NAME", requires = "boot")]
+    pub image: Option<String>,
+    /// Boot the image named by --image as a job would (same seed, QEMU command
+    /// line and SSH login) and report the login, `uname -a`, the network and
+    /// where git, gtar, bash, node and python3 are; exits 1 when SSH never
+    /// came up. Under TCG an illumos guest can take minutes.
+    #[arg(long, requires = "image")]
+    pub boot: bool,
 }
 
 /// How a check went.
@@ -101,6 +114,10 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
             println!("{}", Check::fail("config", format!("{} is not valid (see above); `solstice check-config {}` lists every problem", path.display(), path.display())).render());
             return ExitCode::from(2);
         }
+    };
+    let boot_image = match boot_image(&args, &config) {
+        Ok(i) => i,
+        Err(code) => return code,
     };
     let mut checks = vec![Check::ok(
         "config",
@@ -175,6 +192,9 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
             flush(&checks);
         }
     }
+    if let Some(image) = boot_image {
+        boot_and_report(&config, image, &mut checks).await;
+    }
     let fails = checks.iter().filter(|c| c.level == Level::Fail).count();
     let warns = checks.iter().filter(|c| c.level == Level::Warn).count();
     println!();
@@ -192,6 +212,51 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
         println!("{fails} problem(s) above stop jobs from running; each line says what to do.");
         ExitCode::FAILURE
     }
+}
+
+/// The image `--image NAME --boot` asks for; exit status 2 when the config
+/// has no image of that name.
+fn boot_image<'a>(
+    args: &DoctorArgs,
+    config: &'a Config,
+) -> Result<Option<&'a ImageConfig>, ExitCode> {
+    let Some(name) = args.image.as_deref().filter(|_| args.boot) else {
+        return Ok(None);
+    };
+    match config.images.get(name) {
+        Some(image) => Ok(Some(image)),
+        None => {
+            let names: Vec<&str> = config.images.keys().map(String::as_str).collect();
+            eprintln!(
+                "error: no image `{name}` in the configuration; configured images: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// `--boot`: boots the image unless a problem above stops every job anyway,
+/// printing its lines as they come.
+async fn boot_and_report(config: &Config, image: &ImageConfig, checks: &mut Vec<Check>) {
+    println!();
+    let blocked = checks.iter().any(|c| c.level == Level::Fail);
+    let found = if blocked {
+        vec![Check::fail(
+            format!("boot {}", image.name),
+            "not tried: the problems above stop every job; fix them first",
+        )]
+    } else {
+        boot::boot_checks(config, image).await
+    };
+    for c in &found {
+        println!("{}", c.render());
+    }
+    checks.extend(found);
 }
 
 /// Runs `binary --version`; fails with the config key when it cannot run.
