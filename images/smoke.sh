@@ -7,6 +7,8 @@
 #         non-root user; metadata cpio seed on a raw virtio disk.
 # debian: NoCloud ISO seed as user debian (pinned host key, hostname, sudo, cloud-init status --long).
 # Prints the boot-to-SSH time of each boot. Exits non-zero on the first failed check.
+# To check an image as configured (any image, illumos too) with Solstice's own seed and QEMU command line, run
+# `solstice doctor --image NAME --boot` instead (docs/images.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
