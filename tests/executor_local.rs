@@ -58,6 +58,8 @@ fn spec(yaml: &str, home: &Path) -> JobSpec {
             name: "test-runner".into(),
             arch: "X64".into(),
             home: Some(home.to_str().unwrap().to_string()),
+            path_prepend: vec![],
+            node: None,
         },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,

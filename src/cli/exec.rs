@@ -291,6 +291,8 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                     name: format!("solstice-{}", hostname()),
                     arch: "X64".into(),
                     home: None,
+                    path_prepend: image.path_prepend.clone(),
+                    node: image.node.clone(),
                 },
                 extra_env: extra_env.clone(),
                 checkout: CheckoutSource::LocalTree {
