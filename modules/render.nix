@@ -72,6 +72,9 @@ let
     readiness_probe_interval_secs = get i "readinessProbeIntervalSecs";
     labels = get i "labels";
     max_concurrent_jobs = get i "maxConcurrentJobs";
+    cpu = get i "cpu";
+    path_prepend = get i "pathPrepend";
+    node = get i "node";
   };
 in
 dropNulls (

@@ -172,6 +172,9 @@ let
         readinessProbeIntervalSecs = nullOption (types.ints.between 1 600) "Seconds between readiness probes. Default (null): 3.";
         labels = nullOption (types.listOf types.str) "Labels matched against a job's `runs-on`. Default: the image's metadata, else the name `${name}`.";
         maxConcurrentJobs = nullOption (types.ints.between 1 1024) "At most this many jobs of this image at once. Default (null): no limit of its own.";
+        cpu = nullOption (types.strMatching "[A-Za-z0-9][^[:space:]]*") "QEMU CPU model and features (`-cpu`), e.g. `EPYC-Rome` or `qemu64,+rdrand,-svm`; used under KVM and TCG alike (`host` runs only under KVM). Default (null): by OS and accelerator (TCG `qemu64,+rdrand`, illumos `qemu64,+rdrand,-svm`; KVM `host,-arch-capabilities,-vmx,-svm`).";
+        pathPrepend = nullOption (types.listOf (types.strMatching "/[^:]*")) "Absolute directories put in front of the guest's `PATH` in every step (behind the job's `GITHUB_PATH` entries), e.g. `[ \"/usr/gnu/bin\" \"/opt/ooce/bin\" ]` for OmniOS. Default (null): none.";
+        node = nullOption (types.strMatching "/.*") "Absolute path of the guest's Node.js binary, for JavaScript actions (OmniOS: `/opt/ooce/bin/node`). Default (null): `node` on the guest's `PATH`.";
       };
     };
 

@@ -285,8 +285,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 19,
-        "expected 19 keys with literal defaults in the doc"
+        checked, 20,
+        "expected 20 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }
@@ -509,5 +509,105 @@ fn check_config_prints_warnings_with_their_place_and_still_exits_0() {
     assert!(
         stderr.starts_with("solstice.toml:9:11: images.gpu.labels: label \"gpu:docker://node:20\" has a `:`; Solstice labels are names only"),
         "{stderr}"
+    );
+}
+
+/// `images.<name>.cpu`, `path_prepend` and `node`: good values reach the
+/// image, bad ones are reported at the offending character.
+#[test]
+fn cpu_model_path_prepend_and_node_are_checked_with_line_and_column() {
+    let origin = Path::new("/etc/solstice/solstice.toml");
+    let opts = ParseOptions { check_paths: false };
+    let good = "[images.omnios]\npath = \"/x\"\nos = \"illumos\"\ncpu = \"EPYC-Rome,-svm,+rdrand,model-id=Solstice\"\npath_prepend = [\"/usr/gnu/bin\", \"/opt/ooce/bin\"]\nnode = \"/opt/ooce/bin/node\"\n[images.plain]\npath = \"/y\"\n";
+    let c = parse_str_with(good, origin, &opts).unwrap();
+    let omnios = &c.images["omnios"];
+    assert_eq!(
+        omnios.cpu.as_deref(),
+        Some("EPYC-Rome,-svm,+rdrand,model-id=Solstice")
+    );
+    assert_eq!(omnios.path_prepend, ["/usr/gnu/bin", "/opt/ooce/bin"]);
+    assert_eq!(omnios.node.as_deref(), Some("/opt/ooce/bin/node"));
+    let plain = &c.images["plain"];
+    assert_eq!(
+        (
+            plain.cpu.as_deref(),
+            plain.path_prepend.len(),
+            plain.node.as_deref()
+        ),
+        (None, 0, None)
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    let bad = [
+        ("cpu = \"\"", "1:8", "the CPU model is empty"),
+        ("cpu = \"qemu64, +rdrand\"", "1:15", "has a space"),
+        ("cpu = \"-cpu host\"", "1:12", "has a space"),
+        ("cpu = \"-svm\"", "1:8", "starts with `-`"),
+        ("cpu = \",+svm\"", "1:8", "the model name is missing"),
+        ("cpu = \"qemu64;reboot\"", "1:8", "is not a CPU model name"),
+        (
+            "cpu = \"qemu64,+rdrand,svm\"",
+            "1:23",
+            "write `+svm`, `-svm` or `svm=on`",
+        ),
+        (
+            "cpu = \"qemu64,+\"",
+            "1:15",
+            "is not a `+flag` or `-flag` feature",
+        ),
+        (
+            "cpu = \"qemu64,level=\"",
+            "1:15",
+            "is not a `key=value` feature",
+        ),
+        (
+            "path_prepend = [\"/usr/gnu/bin\", \"opt/bin\"]",
+            "1:34",
+            "\"opt/bin\" is not an absolute path",
+        ),
+        (
+            "path_prepend = [\"/a:/b\"]",
+            "1:20",
+            "has a `:`, which separates `PATH` entries",
+        ),
+        (
+            "path_prepend = [\"/a\\nb\"]",
+            "1:17",
+            "has a newline or control character",
+        ),
+        ("node = \"node\"", "1:9", "\"node\" is not an absolute path"),
+    ];
+    for (line, at, message) in bad {
+        let text = format!("{line}\npath = \"/x\"\n");
+        let text = format!("[images.a]\n{text}");
+        let e = parse_str_with(&text, origin, &opts)
+            .err()
+            .unwrap_or_else(|| panic!("{line} was accepted"));
+        let shown = e.to_string();
+        let (l, col) = at.split_once(':').unwrap();
+        let l: usize = l.parse::<usize>().unwrap() + 1;
+        assert!(
+            shown.starts_with(&format!("/etc/solstice/solstice.toml:{l}:{col}: images.a.")),
+            "{line}: {shown}"
+        );
+        assert!(shown.contains(message), "{line}: {shown}");
+        assert_eq!(e.len(), 1, "{line}: {shown}");
+    }
+
+    // `host` runs only under KVM: a warning unless the accelerator is KVM.
+    let host = "[images.a]\npath = \"/x\"\ncpu = \"host,-vmx\"\n";
+    let c = parse_str_with(host, origin, &opts).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    let w = c.warnings[0].to_string();
+    assert!(
+        w.contains(":3:7: warning: images.a.cpu: QEMU runs the `host` CPU model only under KVM"),
+        "{w}"
+    );
+    let kvm = format!("[qemu]\naccel = \"kvm\"\n{host}");
+    assert!(
+        parse_str_with(&kvm, origin, &opts)
+            .unwrap()
+            .warnings
+            .is_empty()
     );
 }

@@ -58,6 +58,11 @@ fn a_working_host_passes_with_one_line_per_check() {
         image.starts_with("ok") && image.contains(", qcow2, "),
         "{out}"
     );
+    assert_eq!(
+        line(&out, "image tiny cpu:"),
+        "ok    image tiny cpu: qemu64,+rdrand under tcg (default for Linux guests)",
+        "{out}"
+    );
     assert!(line(&out, "state directory:").starts_with("ok"), "{out}");
     assert!(
         out.trim_end().ends_with("Jobs can run on this host."),

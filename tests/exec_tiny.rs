@@ -554,3 +554,49 @@ jobs:
         "{text}"
     );
 }
+
+/// `images.<name>.path_prepend` puts the image's directories in front of the
+/// guest's `PATH` in every step, in their order, and the job's own
+/// `GITHUB_PATH` entries still come before them (as on GitHub, where they
+/// go in front of the runner machine's `PATH`).
+#[tokio::test(flavor = "multi_thread")]
+async fn image_path_prepend_is_on_path_in_every_step_behind_github_path() {
+    let mut env = TestEnv::tiny();
+    env.image_mut().path_prepend = vec!["/tmp/img-a".into(), "/tmp/img-b".into()];
+    let yaml = r#"
+jobs:
+  x:
+    steps:
+      - name: The image's directories lead PATH; tools in them are found
+        run: |
+          case "$PATH" in /tmp/img-a:/tmp/img-b:*) echo "image dirs lead PATH" ;; *) echo "PATH=$PATH"; exit 1 ;; esac
+          mkdir -p /tmp/img-a /tmp/img-b /tmp/gh
+          printf '#!/bin/sh\necho "imgtool from image dir b"\n' > /tmp/img-b/imgtool
+          printf '#!/bin/sh\necho "which: image dir a"\n' > /tmp/img-a/which-one
+          printf '#!/bin/sh\necho "which: GITHUB_PATH"\n' > /tmp/gh/which-one
+          chmod +x /tmp/img-b/imgtool /tmp/img-a/which-one /tmp/gh/which-one
+          which-one
+          command -v sh >/dev/null && echo "the guest's own PATH is still there"
+          echo /tmp/gh >> "$GITHUB_PATH"
+      - name: GITHUB_PATH entries come first, the image's next
+        run: |
+          case "$PATH" in /tmp/gh:/tmp/img-a:/tmp/img-b:*) echo "order ok" ;; *) echo "PATH=$PATH"; exit 1 ;; esac
+          imgtool
+          which-one
+"#;
+    let (result, sink) = env.run(yaml, RunOpts::default()).await;
+    let report = result.expect("the job ran");
+    let text = all_text(&sink);
+    assert_eq!(report.outcome.conclusion, Conclusion::Success, "{text}");
+    let first = step_lines(&sink, 0).join("\n");
+    assert!(first.contains("image dirs lead PATH"), "{first}");
+    assert!(first.contains("which: image dir a"), "{first}");
+    assert!(
+        first.contains("the guest's own PATH is still there"),
+        "{first}"
+    );
+    let second = step_lines(&sink, 1).join("\n");
+    assert!(second.contains("order ok"), "{second}");
+    assert!(second.contains("imgtool from image dir b"), "{second}");
+    assert!(second.contains("which: GITHUB_PATH"), "{second}");
+}

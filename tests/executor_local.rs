@@ -58,6 +58,8 @@ fn spec(yaml: &str, home: &Path) -> JobSpec {
             name: "test-runner".into(),
             arch: "X64".into(),
             home: Some(home.to_str().unwrap().to_string()),
+            path_prepend: vec![],
+            node: None,
         },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,
@@ -1152,4 +1154,75 @@ jobs:
     assert_eq!(r.conclusions(), vec![(S, S), (S, S)]);
     assert_eq!(summaries, vec![1 << 20]);
     assert!(r.lines().contains(&"output=ok".to_string()));
+}
+
+/// The image's `path_prepend` is the base of every step's `PATH`: the job's
+/// `GITHUB_PATH` entries go in front of it, and a `PATH` in a step's `env:`
+/// replaces it (as it replaces the runner machine's `PATH` on GitHub).
+#[tokio::test]
+async fn image_path_prepend_is_the_base_that_github_path_and_env_path_build_on() {
+    let yaml = r#"
+jobs:
+  x:
+    steps:
+      - run: |
+          echo "first=$PATH"
+          echo /opt/from-github-path >> "$GITHUB_PATH"
+      - run: echo "second=$PATH"
+      - env:
+          PATH: /usr/bin:/bin
+        run: echo "third=$PATH"
+"#;
+    let r = run_with(
+        yaml,
+        &LocalSession,
+        |s| s.runner.path_prepend = vec!["/opt/img-a".into(), "/opt/img b".into()],
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        r.outcome.conclusion,
+        Conclusion::Success,
+        "{}",
+        r.all_text()
+    );
+    let first = r.step_lines(0).join("\n");
+    assert!(first.starts_with("first=/opt/img-a:/opt/img b:"), "{first}");
+    assert!(
+        first.len() > "first=/opt/img-a:/opt/img b:".len(),
+        "{first}"
+    );
+    let second = r.step_lines(1).join("\n");
+    assert!(
+        second.starts_with("second=/opt/from-github-path:/opt/img-a:/opt/img b:"),
+        "{second}"
+    );
+    let third = r.step_lines(2).join("\n");
+    assert_eq!(third, "third=/opt/from-github-path:/usr/bin:/bin");
+}
+
+/// The job-start probe looks for bash with the image's `path_prepend` in
+/// front of `PATH` too, so a bash that lives only there (say in
+/// `/opt/ooce/bin`) becomes the default shell as on any runner with bash.
+#[tokio::test]
+async fn the_bash_probe_searches_the_image_path_prepend() {
+    // NoBashSession probes for `solstice-no-such-bash`: put one in a
+    // directory that only path_prepend names.
+    let extra = tempfile::tempdir().unwrap();
+    let fake = extra.path().join("solstice-no-such-bash");
+    std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let yaml = "jobs:\n  x:\n    steps:\n      - run: echo \"bash=${BASH_VERSION:+yes}\"\n";
+    let without = run_with(yaml, &NoBashSession, |_| {}, CancellationToken::new()).await;
+    assert_eq!(without.step_lines(0), ["bash="], "{}", without.all_text());
+    let dir = extra.path().to_str().unwrap().to_owned();
+    let with = run_with(
+        yaml,
+        &NoBashSession,
+        |s| s.runner.path_prepend = vec![dir],
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(with.step_lines(0), ["bash=yes"], "{}", with.all_text());
 }

@@ -108,6 +108,8 @@ async fn check_shell(target: &str, secs: u32) {
             name: "r".into(),
             arch: "X64".into(),
             home: Some(home.to_str().unwrap().into()),
+            path_prepend: vec![],
+            node: None,
         },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,
@@ -231,6 +233,8 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
             name: "r".into(),
             arch: "X64".into(),
             home: Some(home.to_str().unwrap().into()),
+            path_prepend: vec![],
+            node: None,
         },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::LocalTree {

@@ -667,6 +667,8 @@ async fn an_untranslatable_task_is_reported_failed_with_its_error() {
             name: "r".into(),
             arch: "X64".into(),
             home: None,
+            path_prepend: vec![],
+            node: None,
         },
         max_job_timeout: None,
     };
@@ -1086,6 +1088,8 @@ mod over_http {
                 name: "solstice-test".into(),
                 arch: "X64".into(),
                 home: None,
+                path_prepend: vec![],
+                node: None,
             },
             max_job_timeout: None,
         };

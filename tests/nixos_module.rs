@@ -102,6 +102,8 @@ fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
           seed = "metadata-cpio"; sshUser = "root"; vcpus = 2; memoryMib = 2048; diskSizeGib = 20;
           bootTimeoutSecs = 900; readinessProbes = 2; readinessProbeIntervalSecs = 5;
           labels = [ "a" "illumos" ]; maxConcurrentJobs = 1; image = null;
+          cpu = "qemu64,+rdrand,-svm"; pathPrepend = [ "/usr/gnu/bin" "/opt/ooce/bin" ];
+          node = "/opt/ooce/bin/node";
         };
         forge = { url = "https://f.example.org"; runnerName = "r"; labels = [ "a" ];
           fetchIntervalSecs = 30; fetchTimeoutSecs = 20; };
@@ -136,7 +138,7 @@ fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
         "null settings are left out"
     );
     let image_keys = rendered["images"]["a"].as_object().unwrap().len();
-    assert_eq!(image_keys, 14, "every image option but `image` is rendered");
+    assert_eq!(image_keys, 17, "every image option but `image` is rendered");
 
     let toml_text = toml::to_string(&rendered).unwrap();
     let dir = tempfile::tempdir().unwrap();

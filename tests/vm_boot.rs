@@ -69,6 +69,9 @@ fn image(path: PathBuf, seed: SeedKind) -> ImageConfig {
         readiness_probe_interval: Duration::from_secs(1),
         labels: vec![],
         max_concurrent_jobs: None,
+        cpu: None,
+        path_prepend: vec![],
+        node: None,
     }
 }
 
@@ -132,6 +135,39 @@ fn assert_no_leaks(jobs: &Path) {
     assert!(l.is_empty(), "leaks: {l:#?}");
 }
 
+/// A PCI function's slot, `-device` id and subsystem (vendor, id).
+type Placed = (i64, String, Option<(i64, i64)>);
+
+/// Asks the running QEMU (`query-pci`) where it placed each PCI device and
+/// checks the fixed layout: the machine's own devices at slots 0 and 1, rng
+/// at 2, the NIC at 3, the root disk at 4 (as virtio-blk with subsystem
+/// 1af4,2: the `pci1af4,2@4` that kayak pins OmniOS's root pool to) and the
+/// cpio seed disk, when there is one, at 5.
+async fn assert_pci_layout(vm: &mut Vm, cpio_seed: bool) {
+    let mut found: Vec<Placed> = vm
+        .pci_functions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.bus == 0 && f.function == 0)
+        .map(|f| (f.slot, f.qdev_id, f.subsystem))
+        .collect();
+    found.sort();
+    let virtio = |id: i64| Some((0x1af4, id));
+    let mut want = vec![
+        (2, "rng0".to_string(), virtio(4)),
+        (3, "nic0".to_string(), virtio(1)),
+        (4, "root".to_string(), virtio(2)),
+    ];
+    if cpio_seed {
+        want.push((5, "seed".to_string(), virtio(2)));
+    }
+    let ours: Vec<_> = found.iter().filter(|f| f.0 >= 2).cloned().collect();
+    assert_eq!(ours, want, "PCI layout: {found:?}");
+    let machine: Vec<i64> = found.iter().filter(|f| f.0 < 2).map(|f| f.0).collect();
+    assert_eq!(machine, [0, 1], "host bridge and PIIX3: {found:?}");
+}
+
 fn listening_on(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
 }
@@ -145,7 +181,7 @@ async fn nocloud_guest_boots_to_an_ssh_banner_and_destroy_leaves_nothing() {
     let img = image(base.clone(), SeedKind::NoCloud);
 
     let t0 = Instant::now();
-    let vm = Vm::start(spec("nocloud-1", &img, &q, jobs.path()))
+    let mut vm = Vm::start(spec("nocloud-1", &img, &q, jobs.path()))
         .await
         .unwrap();
     let provision = t0.elapsed();
@@ -154,6 +190,9 @@ async fn nocloud_guest_boots_to_an_ssh_banner_and_destroy_leaves_nothing() {
     assert!(vm.dir().join("seed.iso").is_file());
     assert!(vm.dir().join("overlay.qcow2").is_file());
     let (banner, to_ssh) = wait_for_banner(&vm, Duration::from_secs(60)).unwrap();
+    // The guest found its root disk, its seed and its network (SSH answers
+    // through the NIC) with every device at its fixed slot.
+    assert_pci_layout(&mut vm, false).await;
     let console = vm.console_tail(200);
     assert!(console.contains("NoCloud seed on /dev/sr0"), "{console}");
     assert!(
@@ -180,21 +219,31 @@ async fn cpio_seed_guest_boots_and_applies_the_seed() {
     let base = tiny_image();
     let jobs = tempfile::tempdir().unwrap();
     let q = qemu();
-    let img = image(base, SeedKind::MetadataCpio);
-    let vm = Vm::start(spec("cpio-1", &img, &q, jobs.path()))
+    let mut img = image(base, SeedKind::MetadataCpio);
+    // The illumos defaults: under TCG the guest gets `qemu64,+rdrand,-svm`.
+    img.os = GuestOs::Illumos;
+    let mut vm = Vm::start(spec("cpio-1", &img, &q, jobs.path()))
         .await
         .unwrap();
     let seed = vm.dir().join("seed.cpio");
     assert!(std::fs::metadata(&seed).unwrap().len() >= 1 << 20);
-    // Exactly one cpio device: the metadata-agent stops at two.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.pid())).unwrap();
     let args: Vec<String> = cmdline
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
+    // Exactly one cpio device: the metadata-agent stops at two.
     let cpio_args = args.iter().filter(|a| a.contains("seed.cpio")).count();
     assert_eq!(cpio_args, 1, "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "-cpu" && w[1] == "qemu64,+rdrand,-svm"),
+        "{args:?}"
+    );
     let result = wait_for_banner(&vm, Duration::from_secs(90));
+    if result.is_ok() {
+        assert_pci_layout(&mut vm, true).await;
+    }
     let console = vm.console_tail(200);
     vm.destroy().await.unwrap();
     assert_no_leaks(jobs.path());

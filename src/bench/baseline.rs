@@ -83,6 +83,7 @@ impl BaselineVm {
                 rand::random::<u64>() >> 16
             ),
             accel,
+            cpu: vm::argv::cpu_model(image, accel).to_owned(),
             vcpus: image.vcpus,
             memory_mib: image.memory_mib,
             overlay,

@@ -262,6 +262,8 @@ async fn solstice_run(
             name: "solstice-bench".into(),
             arch: "X64".into(),
             home: None,
+            path_prepend: image.path_prepend.clone(),
+            node: image.node.clone(),
         },
         extra_env: Default::default(),
         checkout: CheckoutSource::None,

@@ -166,14 +166,20 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
     checks.push(kvm_device());
     flush(&checks);
     let cfg = config.clone();
-    let accel = tokio::task::spawn_blocking(move || accelerator_check(&cfg))
+    let (accel_line, accel) = tokio::task::spawn_blocking(move || accelerator_check(&cfg))
         .await
-        .unwrap_or_else(|e| Check::fail("accelerator", format!("the probe failed: {e}")));
-    checks.push(accel);
+        .unwrap_or_else(|e| {
+            (
+                Check::fail("accelerator", format!("the probe failed: {e}")),
+                None,
+            )
+        });
+    checks.push(accel_line);
     flush(&checks);
     checks.extend(firmware_checks(&config));
     for image in config.images.values() {
         checks.push(image_check(&config, image));
+        checks.push(cpu_check(image, accel));
         flush(&checks);
     }
     checks.push(state_dir_check(&config.daemon.state_dir));
@@ -331,12 +337,34 @@ fn kvm_device() -> Check {
     }
 }
 
-/// Which accelerator jobs get and why (runs the same probe as `exec`/`run`).
-fn accelerator_check(config: &Config) -> Check {
+/// The CPU model `image`'s job VMs get under `accel` (both accelerators'
+/// when none can be used), and where it comes from.
+fn cpu_check(image: &ImageConfig, accel: Option<Accel>) -> Check {
+    let what = format!("image {} cpu", image.name);
+    let one = |accel: Accel| {
+        let model = crate::vm::argv::cpu_model(image, accel);
+        let source = if image.cpu.is_some() {
+            format!("`images.{}.cpu`", image.name)
+        } else {
+            format!("default for {} guests", image.os.runner_os())
+        };
+        format!("{model} under {} ({source})", accel.name())
+    };
+    match accel {
+        Some(a) => Check::ok(what, one(a)),
+        None => Check::ok(what, format!("{}; {}", one(Accel::Kvm), one(Accel::Tcg))),
+    }
+}
+
+/// Which accelerator jobs get and why (runs the same probe as `exec`/`run`),
+/// and that accelerator (`None` when none can be used).
+fn accelerator_check(config: &Config) -> (Check, Option<Accel>) {
     let remembered = remembered_kvm_failure(config);
-    match Accelerator::resolve(&config.qemu, remembered.as_ref()) {
+    let mut in_use = None;
+    let check = match Accelerator::resolve(&config.qemu, remembered.as_ref()) {
         Err(e) => Check::fail("accelerator", e.to_string()),
         Ok(a) => {
+            in_use = Some(a.current());
             let reason = &a.initial().reason;
             match (config.qemu.accel, a.current()) {
                 (AccelChoice::Kvm, _) => {
@@ -368,7 +396,8 @@ fn accelerator_check(config: &Config) -> Check {
                 (_, accel) => Check::ok("accelerator", format!("{} ({reason})", accel.name())),
             }
         }
-    }
+    };
+    (check, in_use)
 }
 
 /// The daemon's record of a KVM failure, when its database exists.

@@ -286,12 +286,7 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                 vars: vars.clone(),
                 inputs: inputs.clone(),
                 needs: json!({}),
-                runner: RunnerInfo {
-                    os: image.os,
-                    name: format!("solstice-{}", hostname()),
-                    arch: "X64".into(),
-                    home: None,
-                },
+                runner: RunnerInfo::for_image(image, format!("solstice-{}", hostname())),
                 extra_env: extra_env.clone(),
                 checkout: CheckoutSource::LocalTree {
                     root: workdir.clone(),

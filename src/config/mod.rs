@@ -186,6 +186,14 @@ pub struct ImageConfig {
     /// At most this many jobs of this image at once (within the host-wide
     /// maximum); `None` = only the host-wide maximum applies.
     pub max_concurrent_jobs: Option<u32>,
+    /// The `-cpu` value; `None` = the default for the OS and accelerator
+    /// (`crate::vm::argv::cpu_model`).
+    pub cpu: Option<String>,
+    /// Absolute directories put in front of the guest's `PATH` in every
+    /// step (after the job's `GITHUB_PATH` entries).
+    pub path_prepend: Vec<String>,
+    /// Absolute path of the guest's `node`; `None` = found on `PATH`.
+    pub node: Option<String>,
 }
 
 /// How [`parse_str_with`] and [`load_with`] check a file.

@@ -244,6 +244,23 @@ pub struct RawImage {
     /// `daemon.max_concurrent_jobs`. Default: no limit of its own; range:
     /// [`MAX_CONCURRENT_JOBS`].
     pub max_concurrent_jobs: Option<Spanned<i64>>,
+    /// QEMU CPU model and features (`-cpu`), e.g. `"EPYC-Rome"` or
+    /// `"qemu64,+rdrand,-svm"`: a model name, then `,+flag`, `,-flag` or
+    /// `,key=value` items, no spaces. Used under both accelerators (`host`
+    /// only runs under KVM). Default: by OS and accelerator, see
+    /// `crate::vm::argv::default_cpu` (TCG: `qemu64,+rdrand`, illumos
+    /// `qemu64,+rdrand,-svm`; KVM: `host,-arch-capabilities,-vmx,-svm`).
+    pub cpu: Option<Spanned<String>>,
+    /// Directories put in front of the guest's `PATH` in every step, first
+    /// searched first, e.g. `["/usr/gnu/bin", "/opt/ooce/bin"]` on OmniOS
+    /// (non-interactive SSH sessions there have neither). A job's own
+    /// `GITHUB_PATH` additions still come before them. Each entry is an
+    /// absolute path without `:`. Default: none.
+    pub path_prepend: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Absolute path of the guest's Node.js binary, e.g.
+    /// `"/opt/ooce/bin/node"` on OmniOS, for JavaScript actions. Default:
+    /// `node` found on the guest's `PATH`.
+    pub node: Option<Spanned<String>>,
 }
 
 /// Default of `forges.<name>.fetch_interval_secs` (as forgejo-runner).

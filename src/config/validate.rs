@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::error::{ConfigError, ConfigWarning, ErrorKind, Position};
 use super::raw::{self, Limit, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
 use super::{
-    Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig, ImageConfig, ParseOptions,
-    QemuConfig,
+    AccelChoice, Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig, ImageConfig,
+    ParseOptions, QemuConfig,
 };
 
 /// Where problems are collected while one file is checked.
@@ -155,6 +155,21 @@ fn warnings(
             )),
         );
     }
+    if qemu_accel(raw) != AccelChoice::Kvm {
+        for (name, section) in &raw.images {
+            let Some(cpu) = &section.get_ref().cpu else {
+                continue;
+            };
+            if cpu.get_ref().split(',').next() == Some("host") {
+                ctx.warn(
+                    Some(cpu.span()),
+                    Some(format!("images.{}.cpu", name.get_ref())),
+                    "QEMU runs the `host` CPU model only under KVM, and this host may use TCG (`qemu.accel` is not \"kvm\", so `auto` can fall back to TCG): a job VM of this image would then fail to start".to_owned(),
+                    Some("set `qemu.accel = \"kvm\"`, or use a named model (e.g. \"EPYC-Rome\", \"Skylake-Server\") that runs under both, or remove the key to use the defaults".to_owned()),
+                );
+            }
+        }
+    }
     for (name, section) in &raw.forges {
         let n = name.get_ref();
         let (Some(forge), f) = (forges.get(n), section.get_ref()) else {
@@ -203,6 +218,13 @@ fn warnings(
             );
         }
     }
+}
+
+fn qemu_accel(raw: &RawConfig) -> AccelChoice {
+    raw.qemu
+        .accel
+        .as_ref()
+        .map_or(raw::DEFAULT_ACCEL, |a| *a.get_ref())
 }
 
 /// Two declared labels that no image carries together.
@@ -522,7 +544,160 @@ fn image(
                 ctx,
             )
         }),
+        cpu: img.cpu.as_ref().map(|c| {
+            cpu_model(c, &key("cpu"), ctx);
+            c.get_ref().clone()
+        }),
+        path_prepend: path_prepend(img.path_prepend.as_ref(), &key("path_prepend"), ctx),
+        node: img.node.as_ref().map(|p| {
+            guest_path(p, &key("node"), false, ctx);
+            p.get_ref().clone()
+        }),
     }
+}
+
+/// Where character `i` (a byte index) of a string value lies in the file:
+/// exact when the value is written without escapes, else the value's start.
+fn char_span(v: &Spanned<String>, i: usize, text: &str) -> Range<usize> {
+    let span = v.span();
+    let written = text.get(span.clone()).unwrap_or_default();
+    let inner = written.get(1..written.len().saturating_sub(1));
+    if inner == Some(v.get_ref().as_str()) {
+        span.start + 1 + i..span.end
+    } else {
+        span
+    }
+}
+
+/// Records an error unless `v` reads as QEMU's `-cpu` argument: a model
+/// name (`[A-Za-z0-9][A-Za-z0-9._-]*`), then comma-separated `+flag`,
+/// `-flag` or `key=value` items, without spaces.
+fn cpu_model(v: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) {
+    const FIX: &str = "write a model and optional features, e.g. \"qemu64,+rdrand,-svm\", \"EPYC-Rome\" or \"host,-vmx\" (`qemu-system-x86_64 -cpu help` lists the models), or remove the key to use the default";
+    let text = v.get_ref();
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let problem: Option<(usize, String)> = if text.is_empty() {
+        Some((0, "the CPU model is empty".to_owned()))
+    } else if let Some(i) = text.find(|c: char| c.is_whitespace() || c.is_control()) {
+        Some((
+            i,
+            format!(
+                "\"{}\" has a space or control character: QEMU takes the CPU model as one word",
+                text.escape_debug()
+            ),
+        ))
+    } else if text.starts_with('-') {
+        Some((
+            0,
+            format!(
+                "\"{text}\" starts with `-`, so QEMU would read it as an option, not a CPU model"
+            ),
+        ))
+    } else {
+        let mut at = 0;
+        let mut found = None;
+        for (n, item) in text.split(',').enumerate() {
+            let bad = if n == 0 {
+                if item.is_empty() {
+                    Some("the model name is missing before the first `,`".to_owned())
+                } else {
+                    item.find(|c| !name_char(c)).map(|_| {
+                        format!(
+                            "\"{item}\" is not a CPU model name (letters, digits, `.`, `_` and `-`)"
+                        )
+                    })
+                }
+            } else if let Some(flag) = item.strip_prefix(['+', '-']) {
+                (flag.is_empty() || !flag.chars().all(name_char))
+                    .then(|| format!("\"{item}\" is not a `+flag` or `-flag` feature"))
+            } else if let Some((k, val)) = item.split_once('=') {
+                let ok_val = |c: char| name_char(c) || matches!(c, '+' | ':');
+                (k.is_empty()
+                    || !k.chars().all(name_char)
+                    || val.is_empty()
+                    || !val.chars().all(ok_val))
+                .then(|| format!("\"{item}\" is not a `key=value` feature"))
+            } else {
+                Some(format!(
+                    "\"{item}\" is not a feature: write `+{item}`, `-{item}` or `{item}=on`"
+                ))
+            };
+            if let Some(b) = bad {
+                found = Some((at, b));
+                break;
+            }
+            at += item.len() + 1;
+        }
+        found
+    };
+    if let Some((i, message)) = problem {
+        let span = char_span(v, i, ctx.text);
+        ctx.push(
+            Some(span),
+            Some(key.to_owned()),
+            ErrorKind::InvalidValue,
+            message,
+            Some(FIX.to_owned()),
+        );
+    }
+}
+
+/// Records an error unless `v` is an absolute guest path without control
+/// characters (and, when it is a `PATH` entry, without `:`). False when bad.
+fn guest_path(v: &Spanned<String>, key: &str, path_entry: bool, ctx: &mut Ctx<'_>) -> bool {
+    let p = v.get_ref();
+    let problem = if !p.starts_with('/') {
+        Some((
+            0,
+            format!("\"{}\" is not an absolute path", p.escape_debug()),
+        ))
+    } else if let Some(i) = p.find(char::is_control) {
+        Some((
+            i,
+            format!(
+                "\"{}\" has a newline or control character",
+                p.escape_debug()
+            ),
+        ))
+    } else if path_entry && let Some(i) = p.find(':') {
+        Some((
+            i,
+            format!("\"{p}\" has a `:`, which separates `PATH` entries"),
+        ))
+    } else {
+        None
+    };
+    let Some((i, message)) = problem else {
+        return true;
+    };
+    let span = char_span(v, i, ctx.text);
+    ctx.push(
+        Some(span),
+        Some(key.to_owned()),
+        ErrorKind::InvalidValue,
+        message,
+        Some(if path_entry {
+            "write one absolute directory per entry, e.g. \"/usr/gnu/bin\"".to_owned()
+        } else {
+            "write the absolute path in the guest, e.g. \"/opt/ooce/bin/node\"".to_owned()
+        }),
+    );
+    false
+}
+
+fn path_prepend(
+    raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    key: &str,
+    ctx: &mut Ctx<'_>,
+) -> Vec<String> {
+    let Some(list) = raw else {
+        return Vec::new();
+    };
+    list.get_ref()
+        .iter()
+        .filter(|dir| guest_path(dir, key, true, ctx))
+        .map(|dir| dir.get_ref().clone())
+        .collect()
 }
 
 fn forge(

@@ -190,6 +190,8 @@ pub(crate) async fn run_task(
         name: forge.runner_name.clone(),
         arch: "X64".into(),
         home: None,
+        path_prepend: vec![],
+        node: None,
     };
     let opts = TranslateOptions {
         instance_url: forge.url.clone(),

@@ -117,6 +117,33 @@ pub struct RunnerInfo {
     pub arch: String,
     /// Guest base directory; `None` = `$HOME` in the guest.
     pub home: Option<String>,
+    /// The image's `path_prepend`: put in front of the guest's `PATH` in
+    /// every step, behind the job's `GITHUB_PATH` entries.
+    pub path_prepend: Vec<String>,
+    /// The image's `node`: where JavaScript actions find Node.js; `None` =
+    /// `node` on `PATH`.
+    pub node: Option<String>,
+}
+
+impl RunnerInfo {
+    /// The runner `name` on `image` (x86-64, `$HOME` as base directory).
+    pub fn for_image(image: &crate::config::ImageConfig, name: String) -> RunnerInfo {
+        RunnerInfo {
+            os: image.os,
+            name,
+            arch: "X64".into(),
+            home: None,
+            path_prepend: image.path_prepend.clone(),
+            node: image.node.clone(),
+        }
+    }
+
+    /// Adopts `image`'s settings (guest OS, `PATH` additions, `node`).
+    pub fn use_image(&mut self, image: &crate::config::ImageConfig) {
+        self.os = image.os;
+        self.path_prepend = image.path_prepend.clone();
+        self.node = image.node.clone();
+    }
 }
 
 /// Where `actions/checkout` gets the code from.
@@ -803,8 +830,17 @@ impl<'a> Runtime<'a> {
         };
         // The clock is read first: the time its line reaches the host is
         // the other half of the measurement.
+        // The image's `PATH` additions count for finding bash, as in steps.
+        let path = if self.spec.runner.path_prepend.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "PATH={}:\"$PATH\"; export PATH; ",
+                shell_quote(&self.spec.runner.path_prepend.join(":"))
+            )
+        };
         let cmd = format!(
-            "{read}; H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
+            "{read}; {path}H={home}; echo \"solstice-home=$H\"; echo \"solstice-bash=$(command -v bash 2>/dev/null)\"; \
              echo \"solstice-uid=$(id -u 2>/dev/null)\"; \
              cd \"$H\" && mkdir -p work/{r}/{r} _temp/_solstice _temp/_github_workflow _tool && \
              cd _temp/_github_workflow && tar xmf -",
@@ -1328,6 +1364,7 @@ impl<'a> Runtime<'a> {
         let wrapper = shell::render_wrapper(&WrapperSpec {
             step_dir: &dir,
             env: &env_list,
+            image_path: &self.spec.runner.path_prepend,
             path_prefix: &state.path_prefix,
             working_dir: &working_dir,
             run: &run_cmd,

@@ -113,7 +113,11 @@ pub struct WrapperSpec<'a> {
     pub step_dir: &'a str,
     /// Variables to export, already merged in precedence order. Names must be valid.
     pub env: &'a [(String, String)],
-    /// `GITHUB_PATH` entries, first is searched first.
+    /// The image's `path_prepend` directories (first is searched first): the
+    /// guest's own `PATH`, as the runner machine's `PATH` is on GitHub.
+    pub image_path: &'a [String],
+    /// `GITHUB_PATH` entries, first is searched first; they come before
+    /// [`WrapperSpec::image_path`], as on GitHub.
     pub path_prefix: &'a [String],
     /// Absolute working directory.
     pub working_dir: &'a str,
@@ -150,6 +154,15 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
     // interpolated secrets: neither is left on the guest's disk for later steps.
     // The shell keeps reading this file through its open descriptor.
     s.push_str("rm -f \"$0\" 2>/dev/null\n");
+    // The image's directories first, so that a `PATH` in the step's `env:`
+    // replaces them (as it replaces the runner's own PATH on GitHub); the
+    // job's `GITHUB_PATH` entries go in front of whatever PATH is then.
+    if !w.image_path.is_empty() {
+        s.push_str(&format!(
+            "PATH={}:\"$PATH\"; export PATH\n",
+            q(&w.image_path.join(":"))
+        ));
+    }
     for (k, v) in w.env {
         s.push_str(&format!("{k}={}; export {k}\n", q(v)));
     }
@@ -302,6 +315,7 @@ mod tests {
         let w = render_wrapper(&WrapperSpec {
             step_dir: "/t/s1",
             env: &env,
+            image_path: &["/usr/gnu/bin".to_string(), "/opt/ooce/bin".to_string()],
             path_prefix: &["/opt/bin".to_string()],
             working_dir: "/w",
             run: "sh -e /t/s1/script.sh",
@@ -309,6 +323,13 @@ mod tests {
         });
         assert!(w.contains(r"V='it'\''s $HOME `x`'; export V"), "{w}");
         assert!(w.contains("PATH=/opt/bin:\"$PATH\"; export PATH"));
+        // The image's directories are the base; GITHUB_PATH goes in front.
+        let image = w
+            .find("PATH=/usr/gnu/bin:/opt/ooce/bin:\"$PATH\"; export PATH\n")
+            .unwrap();
+        let env = w.find("export V\n").unwrap();
+        let github = w.find("PATH=/opt/bin:").unwrap();
+        assert!(image < env && env < github, "{w}");
         assert!(w.contains("sh -e /t/s1/script.sh </dev/null"));
     }
 

@@ -89,9 +89,10 @@ pub struct TranslatedTask {
 }
 
 impl TranslatedTask {
-    /// Adopts the chosen image's guest OS for `RUNNER_OS`.
+    /// Adopts the chosen image's guest OS (for `RUNNER_OS`) and its `PATH`
+    /// additions and `node`.
     pub fn use_image(&mut self, image: &ImageConfig) {
-        self.spec.runner.os = image.os;
+        self.spec.runner.use_image(image);
     }
 }
 
@@ -413,6 +414,8 @@ jobs:
                 name: "solstice-host".into(),
                 arch: "X64".into(),
                 home: None,
+                path_prepend: vec![],
+                node: None,
             },
             max_job_timeout: Some(Duration::from_secs(3600)),
         }
@@ -813,6 +816,9 @@ jobs:
             readiness_probe_interval: Duration::from_secs(1),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             max_concurrent_jobs: None,
+            cpu: None,
+            path_prepend: vec![],
+            node: None,
         }
     }
 
@@ -840,7 +846,15 @@ jobs:
         );
         assert_eq!(pick_image(&[], &images).unwrap().name, "a-big");
         let mut t = translate(&task(PAYLOAD, forgejo_context()), &opts()).unwrap();
-        t.use_image(&images["c-omni"]);
+        let mut omni = images["c-omni"].clone();
+        omni.path_prepend = vec!["/usr/gnu/bin".into(), "/opt/ooce/bin".into()];
+        omni.node = Some("/opt/ooce/bin/node".into());
+        t.use_image(&omni);
         assert_eq!(t.spec.runner.os, GuestOs::Illumos);
+        assert_eq!(
+            t.spec.runner.path_prepend,
+            ["/usr/gnu/bin", "/opt/ooce/bin"]
+        );
+        assert_eq!(t.spec.runner.node.as_deref(), Some("/opt/ooce/bin/node"));
     }
 }

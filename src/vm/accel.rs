@@ -35,10 +35,10 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::{AccelChoice, QemuConfig};
+use crate::config::{AccelChoice, GuestOs, QemuConfig};
 
 use super::Accel;
-use super::argv::accel_args;
+use super::argv::{Slot, accel_args, default_cpu, virtio_disk_args};
 use super::process::{kill_group, spawn_now};
 
 /// How long the probe guest may take, from spawning QEMU to its exit.
@@ -473,17 +473,19 @@ fn run_probe(
     let start = Instant::now();
     let mut cmd = Command::new(system_binary);
     cmd.args(["-machine", "pc"])
-        .args(accel_args(accel))
+        // The CPU model every job VM gets by default under `accel`: a model
+        // that makes QEMU abort on this host is caught here.
+        .args(accel_args(accel, default_cpu(GuestOs::Linux, accel)))
         .args(["-m", "16", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .arg("-chardev")
         .arg(format!("file,id=dbg,path={}", esc(&log)))
         .args(["-device", "isa-debugcon,iobase=0x402,chardev=dbg"])
         .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"])
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,readonly=on",
-            esc(&disk)
+        .args(virtio_disk_args(
+            Slot::RootDisk,
+            &disk,
+            "format=raw,readonly=on",
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::config::SeedKind;
+use crate::config::{GuestOs, ImageConfig, SeedKind};
 
 use super::Accel;
 
@@ -16,6 +16,8 @@ pub struct VmPlan {
     /// SMBIOS system UUID; fresh per job so first-boot agents run again.
     pub uuid: String,
     pub accel: Accel,
+    /// The `-cpu` value (see [`cpu_model`]).
+    pub cpu: String,
     pub vcpus: u32,
     pub memory_mib: u32,
     /// The per-job qcow2 overlay (the only writable disk).
@@ -34,13 +36,129 @@ fn opt_path(p: &std::path::Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
-/// The accelerator and CPU model of job VMs (the KVM probe boots with the same).
-pub fn accel_args(accel: Accel) -> &'static [&'static str] {
-    match accel {
-        Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
-        // rdrand gives the guest entropy early, so sshd/dropbear start without waiting.
-        Accel::Tcg => &["-accel", "tcg", "-cpu", "qemu64,+rdrand"],
+/// Where each PCI device of a job VM sits on the `pc` machine's only bus
+/// (`pci.0`). Every device gets its slot from here and nowhere else, so that
+/// adding a device can never move another one:
+///
+/// - The OmniOS image (kayak) records its root pool's physical path in the
+///   pool label as virtio-blk at slot 4 (`/pci@0,0/pci1af4,2@4/blkdev@0,0`):
+///   the root disk must be at [`Slot::RootDisk`] = 4.
+/// - illumos numbers NIC instances by PCI path (`/etc/path_to_inst`): the
+///   NIC keeps one slot forever, or `vioif0` becomes `vioif1` and DHCP never
+///   starts.
+///
+/// Slots 0 (host bridge) and 1 (PIIX3: ISA bridge, IDE with the NoCloud
+/// CD-ROM, ACPI) are the machine's own. Slot 2 would be VGA without
+/// `-nodefaults`. Slots 2, 3 and 5 are where these devices landed before
+/// their slots were fixed (rng and NIC first, then the disks in argument
+/// order), so images prepared with an earlier Solstice see the same paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `virtio-rng-pci`: early entropy for Linux guests (illumos has no
+    /// driver for it; the device is harmless there).
+    Rng,
+    /// `virtio-net-pci`, the job's only NIC (`vioif0` on illumos).
+    Nic,
+    /// `virtio-blk-pci` with the job's qcow2 overlay.
+    RootDisk,
+    /// `virtio-blk-pci` with the raw metadata cpio (metadata-agent reads it
+    /// at LBA 0 of a block device).
+    CpioSeed,
+}
+
+impl Slot {
+    /// Every slot, in address order.
+    pub const ALL: [Slot; 4] = [Slot::Rng, Slot::Nic, Slot::RootDisk, Slot::CpioSeed];
+
+    /// The PCI slot number (device number, function 0).
+    pub const fn number(self) -> u8 {
+        match self {
+            Slot::Rng => 2,
+            Slot::Nic => 3,
+            Slot::RootDisk => 4,
+            Slot::CpioSeed => 5,
+        }
     }
+
+    /// The QEMU device id (`query-pci` reports it as `qdev_id`).
+    pub const fn id(self) -> &'static str {
+        match self {
+            Slot::Rng => "rng0",
+            Slot::Nic => "nic0",
+            Slot::RootDisk => "root",
+            Slot::CpioSeed => "seed",
+        }
+    }
+
+    /// `bus=pci.0,addr=0x4,id=root`: the placement of a `-device`.
+    pub fn placement(self) -> String {
+        format!("bus=pci.0,addr={:#x},id={}", self.number(), self.id())
+    }
+}
+
+/// The `-drive`/`-device` pair of a virtio-blk disk at `slot`. `-drive
+/// if=virtio` cannot take an address, so the drive is a bare backend
+/// (`if=none`) and the device names it. `drive_opts` are the backend's own
+/// options (`format=qcow2,cache=unsafe`).
+pub fn virtio_disk_args(slot: Slot, file: &std::path::Path, drive_opts: &str) -> [String; 4] {
+    let drive = format!("{}-drive", slot.id());
+    [
+        "-drive".into(),
+        format!("file={},if=none,id={drive},{drive_opts}", opt_path(file)),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={drive},{}", slot.placement()),
+    ]
+}
+
+/// Default CPU model of a KVM guest, whatever its OS.
+///
+/// Not `host`, and not `max` either: on an AMD EPYC host with nested KVM
+/// (this project's CI machine, QEMU 10) both abort at start with "failed to
+/// set MSR 0x10a" (IA32_ARCH_CAPABILITIES, which the outer hypervisor does
+/// not let the inner KVM set), while `host,-arch-capabilities` starts. `vmx`
+/// and `svm` are removed too: a job VM never runs its own hypervisor, and
+/// on nested Intel hosts the VMX capability MSRs that `host` brings are the
+/// other known cause of such start-up failures (and illumos is given no
+/// `svm` under TCG either). What stays is the host's own model and feature
+/// set, so builds run at native speed with SSE4/AVX. An image that needs
+/// something else sets `images.<name>.cpu`.
+pub const KVM_CPU: &str = "host,-arch-capabilities,-vmx,-svm";
+/// Default CPU model of a Linux guest under TCG. `rdrand` gives the guest
+/// entropy early, so sshd/dropbear start without waiting (plain `max` is
+/// slower under TCG).
+pub const TCG_CPU_LINUX: &str = "qemu64,+rdrand";
+/// Default CPU model of an illumos guest under TCG: `qemu64` advertises
+/// AMD's SVM, which an OpenIndiana test harness removes for illumos guests.
+pub const TCG_CPU_ILLUMOS: &str = "qemu64,+rdrand,-svm";
+
+/// The CPU model a guest of `os` gets under `accel` when its image does not
+/// set `cpu`: the one source of these defaults (job VMs, the KVM probe,
+/// `doctor`).
+pub fn default_cpu(os: GuestOs, accel: Accel) -> &'static str {
+    match (accel, os) {
+        (Accel::Kvm, _) => KVM_CPU,
+        (Accel::Tcg, GuestOs::Linux) => TCG_CPU_LINUX,
+        (Accel::Tcg, GuestOs::Illumos) => TCG_CPU_ILLUMOS,
+    }
+}
+
+/// The CPU model of `image`'s job VMs under `accel`: its `cpu` key, or the
+/// default for its OS.
+pub fn cpu_model(image: &ImageConfig, accel: Accel) -> &str {
+    image
+        .cpu
+        .as_deref()
+        .unwrap_or_else(|| default_cpu(image.os, accel))
+}
+
+/// The accelerator and CPU model of a VM (the KVM probe boots with the same).
+pub fn accel_args(accel: Accel, cpu: &str) -> [String; 4] {
+    [
+        "-accel".into(),
+        accel.name().into(),
+        "-cpu".into(),
+        cpu.into(),
+    ]
 }
 
 /// The full argument list (without the binary) for `qemu-system-x86_64`.
@@ -55,7 +173,8 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
     // `pc`, not `q35`: the NoCloud seed is an IDE CD-ROM, and q35 would put it
     // on AHCI, which Debian's cloud kernel lacks.
     push(&["-machine", "pc"]);
-    push(accel_args(plan.accel));
+    let accel = accel_args(plan.accel, &plan.cpu);
+    push(&accel.each_ref().map(String::as_str));
     push(&[
         "-smp",
         &plan.vcpus.to_string(),
@@ -89,16 +208,16 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
             &format!("if=pflash,unit=1,format=raw,file={}", opt_path(vars)),
         ]);
     }
-    push(&["-device", "virtio-rng-pci"]);
-    // The job VM is thrown away, so host-side flushes buy nothing.
+    // Every PCI device below takes its slot from `Slot`.
     push(&[
-        "-drive",
-        &format!(
-            "file={},format=qcow2,if=virtio,cache=unsafe",
-            opt_path(&plan.overlay)
-        ),
+        "-device",
+        &format!("virtio-rng-pci,{}", Slot::Rng.placement()),
     ]);
+    // The job VM is thrown away, so host-side flushes buy nothing.
+    let root = virtio_disk_args(Slot::RootDisk, &plan.overlay, "format=qcow2,cache=unsafe");
+    push(&root.each_ref().map(String::as_str));
     match &plan.seed {
+        // On the PIIX3 IDE controller (slot 1), not a PCI device of its own.
         Some((SeedKind::NoCloud, p)) => push(&[
             "-drive",
             &format!(
@@ -106,10 +225,10 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
                 opt_path(p)
             ),
         ]),
-        Some((SeedKind::MetadataCpio, p)) => push(&[
-            "-drive",
-            &format!("file={},format=raw,if=virtio,readonly=on", opt_path(p)),
-        ]),
+        Some((SeedKind::MetadataCpio, p)) => {
+            let seed = virtio_disk_args(Slot::CpioSeed, p, "format=raw,readonly=on");
+            push(&seed.each_ref().map(String::as_str));
+        }
         None => {}
     }
     // Port 0: the host kernel picks a free port atomically (no probe-then-bind
@@ -118,7 +237,7 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
         "-netdev",
         "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
         "-device",
-        "virtio-net-pci,netdev=net0",
+        &format!("virtio-net-pci,netdev=net0,{}", Slot::Nic.placement()),
     ]);
     a.into_iter().map(OsString::from).collect()
 }
@@ -132,6 +251,7 @@ mod tests {
             name: "job-1".into(),
             uuid: "0e2b3a4c-0000-4000-8000-000000000001".into(),
             accel: Accel::Tcg,
+            cpu: TCG_CPU_LINUX.into(),
             vcpus: 2,
             memory_mib: 256,
             overlay: "/j/1/overlay.qcow2".into(),
@@ -176,11 +296,20 @@ mod tests {
             "-chardev",
             "socket,id=qmp0,path=/j/1/qmp.sock,server=on,wait=off"
         ));
-        assert!(has_pair(&a, "-device", "virtio-rng-pci"));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-rng-pci,bus=pci.0,addr=0x2,id=rng0"
+        ));
         assert!(has_pair(
             &a,
             "-drive",
-            "file=/j/1/overlay.qcow2,format=qcow2,if=virtio,cache=unsafe"
+            "file=/j/1/overlay.qcow2,if=none,id=root-drive,format=qcow2,cache=unsafe"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-blk-pci,drive=root-drive,bus=pci.0,addr=0x4,id=root"
         ));
         assert!(has_pair(
             &a,
@@ -192,7 +321,11 @@ mod tests {
             "-netdev",
             "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"
         ));
-        assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=net0"));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-net-pci,netdev=net0,bus=pci.0,addr=0x3,id=nic0"
+        ));
         assert!(!a.iter().any(|x| x.contains("pflash") || x == "-daemonize"));
         assert!(
             !a.iter().any(|x| x.contains("hostfwd=tcp::")),
@@ -201,14 +334,126 @@ mod tests {
     }
 
     #[test]
-    fn kvm_uses_host_cpu() {
+    fn kvm_takes_the_plans_cpu() {
         let a = s(&VmPlan {
             accel: Accel::Kvm,
+            cpu: KVM_CPU.into(),
             ..plan()
         });
         assert!(has_pair(&a, "-accel", "kvm"));
-        assert!(has_pair(&a, "-cpu", "host"));
+        assert!(has_pair(&a, "-cpu", "host,-arch-capabilities,-vmx,-svm"));
         assert!(!a.contains(&"tcg".to_string()));
+    }
+
+    fn image(os: GuestOs, cpu: Option<&str>) -> ImageConfig {
+        ImageConfig {
+            name: "i".into(),
+            path: "/i.qcow2".into(),
+            format: crate::config::ImageFormat::Qcow2,
+            os,
+            firmware: crate::config::Firmware::Bios,
+            vcpus: 1,
+            memory_mib: 256,
+            disk_size_gib: None,
+            ssh_user: "root".into(),
+            seed: SeedKind::NoCloud,
+            boot_timeout: std::time::Duration::from_secs(60),
+            readiness_probes: 1,
+            readiness_probe_interval: std::time::Duration::from_secs(1),
+            labels: vec![],
+            max_concurrent_jobs: None,
+            cpu: cpu.map(str::to_owned),
+            path_prepend: vec![],
+            node: None,
+        }
+    }
+
+    #[test]
+    fn cpu_defaults_by_os_and_accelerator_and_the_image_key_wins() {
+        use GuestOs::{Illumos, Linux};
+        assert_eq!(cpu_model(&image(Linux, None), Accel::Tcg), "qemu64,+rdrand");
+        assert_eq!(
+            cpu_model(&image(Illumos, None), Accel::Tcg),
+            "qemu64,+rdrand,-svm"
+        );
+        for os in [Linux, Illumos] {
+            assert_eq!(
+                cpu_model(&image(os, None), Accel::Kvm),
+                "host,-arch-capabilities,-vmx,-svm"
+            );
+            for accel in [Accel::Kvm, Accel::Tcg] {
+                assert_eq!(cpu_model(&image(os, Some("EPYC,-svm")), accel), "EPYC,-svm");
+            }
+        }
+        assert_eq!(
+            accel_args(Accel::Tcg, "qemu64"),
+            ["-accel", "tcg", "-cpu", "qemu64"]
+        );
+    }
+
+    /// (slot, device text) of every `-device` on the PCI bus.
+    fn pci_layout(a: &[String]) -> Vec<(String, String)> {
+        a.windows(2)
+            .filter(|w| w[0] == "-device")
+            .map(|w| {
+                let addr = w[1]
+                    .split(',')
+                    .find_map(|o| o.strip_prefix("addr="))
+                    .unwrap_or_else(|| panic!("no addr= in {}", w[1]))
+                    .to_string();
+                assert!(w[1].contains("bus=pci.0"), "{}", w[1]);
+                (addr, w[1].split(',').next().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_pci_device_has_its_fixed_slot_and_the_root_disk_is_at_4() {
+        let nocloud = pci_layout(&s(&plan()));
+        let want = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(a, d)| (a.to_string(), d.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            nocloud,
+            want(&[
+                ("0x2", "virtio-rng-pci"),
+                ("0x4", "virtio-blk-pci"),
+                ("0x3", "virtio-net-pci"),
+            ])
+        );
+        let cpio = pci_layout(&s(&VmPlan {
+            seed: Some((SeedKind::MetadataCpio, "/j/1/seed.cpio".into())),
+            ..plan()
+        }));
+        assert_eq!(
+            cpio,
+            want(&[
+                ("0x2", "virtio-rng-pci"),
+                ("0x4", "virtio-blk-pci"),
+                ("0x5", "virtio-blk-pci"),
+                ("0x3", "virtio-net-pci"),
+            ])
+        );
+        // UEFI adds flash, not PCI devices: the layout stays.
+        let uefi = pci_layout(&s(&VmPlan {
+            uefi: Some(("/c.fd".into(), "/v.fd".into())),
+            ..plan()
+        }));
+        assert_eq!(uefi, nocloud);
+        // No disk is attached without an address (`if=virtio` cannot take one).
+        assert!(!s(&plan()).iter().any(|x| x.contains("if=virtio")));
+        // The table itself: distinct slots, none of the machine's own (0, 1).
+        let numbers: Vec<u8> = Slot::ALL.iter().map(|s| s.number()).collect();
+        assert_eq!(numbers, [2, 3, 4, 5]);
+        assert_eq!(
+            Slot::RootDisk.number(),
+            4,
+            "kayak pins the OmniOS root at @4"
+        );
+        assert_eq!(Slot::RootDisk.placement(), "bus=pci.0,addr=0x4,id=root");
     }
 
     #[test]
@@ -220,7 +465,12 @@ mod tests {
         assert!(has_pair(
             &a,
             "-drive",
-            "file=/j/1/seed.cpio,format=raw,if=virtio,readonly=on"
+            "file=/j/1/seed.cpio,if=none,id=seed-drive,format=raw,readonly=on"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-blk-pci,drive=seed-drive,bus=pci.0,addr=0x5,id=seed"
         ));
         assert!(!a.iter().any(|x| x.contains("media=cdrom")));
     }

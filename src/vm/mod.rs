@@ -258,6 +258,7 @@ impl Vm {
             name: format!("solstice-{}", spec.job_id),
             uuid: random_uuid(),
             accel: spec.accel,
+            cpu: argv::cpu_model(spec.image, spec.accel).to_owned(),
             vcpus: spec.image.vcpus,
             memory_mib: spec.image.memory_mib,
             overlay,
@@ -442,6 +443,25 @@ impl Vm {
             Ok(Err(_)) | Err(_) => {
                 self.qmp = None;
                 None
+            }
+        }
+    }
+
+    /// The PCI functions QEMU placed (`query-pci`), to check the slot
+    /// layout of [`argv::Slot`] on a running VM.
+    pub async fn pci_functions(&mut self) -> Result<Vec<qmp::PciFunction>, String> {
+        if self.qmp_in_flight {
+            self.qmp = None;
+        }
+        let conn = self.qmp.as_mut().ok_or("the QMP connection was given up")?;
+        self.qmp_in_flight = true;
+        let answer = tokio::time::timeout(Duration::from_secs(5), qmp::pci_functions(conn)).await;
+        self.qmp_in_flight = false;
+        match answer {
+            Ok(r) => r,
+            Err(_) => {
+                self.qmp = None;
+                Err("QEMU did not answer query-pci within 5 s".into())
             }
         }
     }

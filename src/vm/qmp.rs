@@ -55,6 +55,42 @@ pub fn parse_usernet_ssh_port(text: &str) -> Option<u16> {
     })
 }
 
+/// One PCI function as QEMU placed it (`query-pci`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciFunction {
+    pub bus: i64,
+    pub slot: i64,
+    pub function: i64,
+    pub vendor: i64,
+    pub device: i64,
+    /// PCI subsystem vendor and id: illumos names the device node after
+    /// them (`pci1af4,2` is a virtio-blk disk).
+    pub subsystem: Option<(i64, i64)>,
+    /// The `-device` id (empty for the machine's own devices).
+    pub qdev_id: String,
+}
+
+/// `query-pci`: every PCI function on every bus.
+pub async fn pci_functions(qmp: &mut Qmp) -> Result<Vec<PciFunction>, String> {
+    let buses = qmp
+        .execute(qapi::qmp::query_pci {})
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(buses
+        .into_iter()
+        .flat_map(|b| b.devices)
+        .map(|d| PciFunction {
+            bus: d.bus,
+            slot: d.slot,
+            function: d.function,
+            vendor: d.id.vendor,
+            device: d.id.device,
+            subsystem: d.id.subsystem_vendor.zip(d.id.subsystem),
+            qdev_id: d.qdev_id,
+        })
+        .collect())
+}
+
 /// Asks QEMU to quit; the connection closes as QEMU exits, which may race
 /// the reply, so only a refusal counts as an error.
 pub async fn quit(qmp: &mut Qmp) -> Result<(), String> {

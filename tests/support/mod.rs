@@ -233,6 +233,8 @@ impl TestEnv {
                 name: "solstice-test".into(),
                 arch: "X64".into(),
                 home: None,
+                path_prepend: self.image().path_prepend.clone(),
+                node: self.image().node.clone(),
             },
             extra_env: Default::default(),
             checkout,
@@ -267,6 +269,9 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
         readiness_probe_interval: Duration::from_secs(1),
         labels: vec![name.into()],
         max_concurrent_jobs: None,
+        cpu: None,
+        path_prepend: vec![],
+        node: None,
     }
 }
 
@@ -287,7 +292,7 @@ for a in "$@"; do [ "$a" = kvm ] && kvm=1; done
 if [ "$kvm" = 1 ]; then
   n=$#
   for a in "$@"; do
-    case "$a" in kvm) a=tcg ;; host) a=qemu64 ;; esac
+    case "$a" in kvm) a=tcg ;; host|host,*) a=qemu64 ;; esac
     set -- "$@" "$a"
   done
   shift "$n"

@@ -296,12 +296,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         vars: Default::default(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo {
-            os: image.os,
-            name: "solstice-doctor".into(),
-            arch: "X64".into(),
-            home: None,
-        },
+        runner: RunnerInfo::for_image(image, "solstice-doctor".into()),
         extra_env: Default::default(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
