@@ -613,7 +613,12 @@ async fn boot_and_run(
         first_step: Mutex::new(None),
     };
     let t_job = Instant::now();
-    let outcome = executor::run_job(run.spec, &session, &timing_sink, cancel.clone()).await;
+    // A guest without git gets its checkout fetched inside the job's directory.
+    let mut spec = run.spec.clone();
+    if let executor::CheckoutSource::Remote { host_dir, .. } = &mut spec.checkout {
+        *host_dir = Some(vm.dir().to_path_buf());
+    }
+    let outcome = executor::run_job(&spec, &session, &timing_sink, cancel.clone()).await;
     timings.job = t_job.elapsed();
     timings.first_step = timing_sink
         .first_step

@@ -55,6 +55,7 @@ impl GitServer {
             git_ref: "refs/heads/main".into(),
             sha: self.sha.clone(),
             token: Some(Secret::new(TOKEN)),
+            host_dir: None,
         }
     }
 

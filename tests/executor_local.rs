@@ -1055,6 +1055,7 @@ jobs:
                 git_ref: "refs/heads/main".into(),
                 sha: first.clone(),
                 token: Some(Secret::new("tok-abc-123")),
+                host_dir: None,
             };
         },
         CancellationToken::new(),

@@ -183,6 +183,7 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
         flush(&checks);
     }
     checks.push(state_dir_check(&config.daemon.state_dir));
+    checks.push(host_git_check());
     flush(&checks);
     if args.forges {
         for forge in config.forges.values() {
@@ -532,6 +533,37 @@ fn gib(bytes: u64) -> String {
     } else {
         format!("{} MiB", bytes >> 20)
     }
+}
+
+/// git on this host: it fetches the checkout for guests without git (2.31 or
+/// later, for the token in `GIT_CONFIG_COUNT`) and lists `solstice exec`'s tree.
+fn host_git_check() -> Check {
+    let out = Command::new("git").arg("--version").output();
+    let version = match &out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => {
+            return Check::warn(
+                "git",
+                "not found on PATH: guests without git (the OmniOS cloud image) cannot check out, nor can `solstice exec` copy a git work tree; install git (Debian: apt-get install git)",
+            );
+        }
+    };
+    let mut nums = version
+        .trim_start_matches("git version ")
+        .split('.')
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    if (nums.next().unwrap_or(0), nums.next().unwrap_or(0)) < (2, 31) {
+        return Check::warn(
+            "git",
+            format!(
+                "{version}: guests without git need git 2.31 or later on this host to check out"
+            ),
+        );
+    }
+    Check::ok(
+        "git",
+        format!("{version} (fetches the checkout for guests without git)"),
+    )
 }
 
 /// The state directory (or the nearest existing parent that would hold it):

@@ -1,6 +1,7 @@
 //! The built-in `actions/checkout`: a clone inside the guest (remote source) or
 //! a tar of the local working tree streamed into the guest.
 
+use super::archive::{ArchiveWriter, Kind};
 use crate::guest::shell_quote;
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
@@ -261,6 +262,278 @@ pub fn remote_script(c: &RemoteCheckout) -> String {
     s
 }
 
+/// The probe of the checkout step: prints `solstice-git=yes` where the guest
+/// has git. Without git the repository is fetched on the host ([`host_fetch`]).
+pub const GIT_PROBE: &str =
+    "if command -v git >/dev/null 2>&1; then echo solstice-git=yes; else echo solstice-git=no; fi";
+
+/// Whether `repository` is a plain `owner/name` (letters, digits, `.`, `-`,
+/// `_`; not `.` or `..`): the only form the host-side fetch accepts, so the
+/// URL it builds stays a repository of the job's forge.
+pub fn plain_repository(repository: &str) -> bool {
+    let repo = repository.strip_suffix(".git").unwrap_or(repository);
+    let parts: Vec<&str> = repo.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        })
+}
+
+/// What a checkout on the host (for a guest without git) fetches.
+pub struct HostFetch<'a> {
+    /// The job's forge (from the task): the only server the fetch talks to.
+    pub server_url: &'a str,
+    /// `owner/name` on that forge.
+    pub repository: &'a str,
+    pub sha: Option<&'a str>,
+    /// As [`RemoteCheckout::git_ref`].
+    pub git_ref: &'a str,
+    pub fetch_depth: u32,
+    pub fetch_tags: bool,
+    /// Sent as an HTTP header through git's environment, never in argv.
+    pub token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for HostFetch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostFetch")
+            .field("server_url", &self.server_url)
+            .field("repository", &self.repository)
+            .field("sha", &self.sha)
+            .field("git_ref", &self.git_ref)
+            .field("fetch_depth", &self.fetch_depth)
+            .field("token", &self.token.map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The git commands of a host-side fetch, in order, as argv after `git -C DIR`
+/// (none carries a secret), and which of them is the network fetch that gets
+/// the token. Mirrors [`remote_script`]: the same refs, depth and branch.
+fn host_fetch_commands(f: &HostFetch<'_>) -> Vec<(Vec<String>, bool)> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut cmds = vec![
+        (v(&["init", "-q", "."]), false),
+        (
+            v(&[
+                "remote",
+                "add",
+                "origin",
+                &clone_url(f.server_url, f.repository),
+            ]),
+            false,
+        ),
+    ];
+    let mut fetch = v(&["-c", "protocol.version=2", "fetch"]);
+    fetch.push(if f.fetch_tags && f.fetch_depth != 0 {
+        "--tags".into()
+    } else {
+        "--no-tags".into()
+    });
+    fetch.push("--prune".into());
+    if f.fetch_depth != 0 {
+        fetch.push(format!("--depth={}", f.fetch_depth));
+    }
+    fetch.push("origin".into());
+    if f.fetch_depth == 0 {
+        let mut all = fetch.clone();
+        all.extend(v(&[
+            "+refs/heads/*:refs/remotes/origin/*",
+            "+refs/tags/*:refs/tags/*",
+        ]));
+        cmds.push((all, true));
+    }
+    let fetch_ref = if f.git_ref.is_empty() {
+        "HEAD"
+    } else {
+        f.git_ref
+    };
+    let target = match f.sha {
+        Some(sha) => {
+            // Fetching the commit by id; the ref is the fallback (see `host_fetch`).
+            let mut by_sha = fetch.clone();
+            by_sha.push(sha.to_string());
+            cmds.push((by_sha, true));
+            sha.to_string()
+        }
+        None => {
+            let mut by_ref = fetch.clone();
+            by_ref.push(fetch_ref.to_string());
+            cmds.push((by_ref, true));
+            "FETCH_HEAD".to_string()
+        }
+    };
+    cmds.push((
+        v(&["checkout", "-q", "--force", "--detach", &target]),
+        false,
+    ));
+    let branch = f
+        .git_ref
+        .strip_prefix("refs/heads/")
+        .map(str::to_string)
+        .or_else(|| {
+            (!f.git_ref.is_empty() && !f.git_ref.starts_with("refs/"))
+                .then(|| f.git_ref.to_string())
+        });
+    if let Some(b) = branch {
+        cmds.push((v(&["checkout", "-q", "-B", &b]), false));
+    }
+    cmds
+}
+
+/// Runs `git -C dir ARGS` on the host, isolated from the host's git
+/// configuration (no system or global config, so no credential helper, URL
+/// rewrite, hook path or LFS filter of the host's user applies), never
+/// prompting, and allowed to speak only the forge URL's own protocol. The
+/// token goes to git as `http.<forge>/.extraheader` through
+/// `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_0`/`GIT_CONFIG_VALUE_0` (git 2.31 and
+/// later): it is in neither argv nor any file. Returns stdout, or stderr as
+/// the error.
+async fn host_git(
+    dir: &Path,
+    args: &[String],
+    server_url: &str,
+    token: Option<&str>,
+) -> Result<String, String> {
+    let scheme = server_url
+        .split_once("://")
+        .map_or("https", |(s, _)| s)
+        .to_ascii_lowercase();
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("-C").arg(dir).args(args);
+    for var in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_CONFIG",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_COUNT",
+        "GIT_NAMESPACE",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+        "GIT_PROXY_COMMAND",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", &scheme)
+        .env("GIT_LFS_SKIP_SMUDGE", "1");
+    if let Some(t) = token {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env(
+                "GIT_CONFIG_KEY_0",
+                format!("http.{}/.extraheader", server_url.trim_end_matches('/')),
+            )
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("AUTHORIZATION: {}", auth_header_value(t)),
+            );
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| format!("could not run git on the runner host: {e} (install git there)"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Fetches the repository into `dir` (an empty directory on the host) and
+/// checks it out as [`remote_script`] does in a guest with git: `origin` is
+/// the forge's URL without credentials, HEAD is at the sha (or the fetched
+/// ref), the branch is set up. Nothing of the token is left in `dir`.
+/// Returns the `HEAD is now at …` line.
+pub async fn host_fetch(f: &HostFetch<'_>, dir: &Path) -> Result<String, String> {
+    let cmds = host_fetch_commands(f);
+    let fetch_ref = if f.git_ref.is_empty() {
+        "HEAD"
+    } else {
+        f.git_ref
+    };
+    for (args, network) in &cmds {
+        let token = if *network { f.token } else { None };
+        match host_git(dir, args, f.server_url, token).await {
+            Ok(_) => {}
+            // As in the guest: a server that does not serve commits by id
+            // gets the ref fetched instead.
+            Err(e) if *network && f.sha.is_some_and(|s| args.last().is_some_and(|a| a == s)) => {
+                let mut by_ref = args.clone();
+                by_ref.pop();
+                by_ref.push(fetch_ref.to_string());
+                host_git(dir, &by_ref, f.server_url, token)
+                    .await
+                    .map_err(|e2| {
+                        format!("git fetch failed: {e}; fetching the ref instead failed too: {e2}")
+                    })?;
+            }
+            Err(e) => return Err(format!("git {} failed: {e}", args_shown(args))),
+        }
+    }
+    host_git(
+        dir,
+        &[
+            "log".into(),
+            "-1".into(),
+            "--format=HEAD is now at %h %s".into(),
+        ],
+        f.server_url,
+        None,
+    )
+    .await
+    .map(|s| s.trim().to_string())
+}
+
+/// A private (0700) directory for a host-side fetch, removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// `<base>/checkout-<step>-<random>`.
+    pub fn create(base: &Path, step: usize) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::create_dir_all(base)?;
+        let dir = base.join(format!(
+            "checkout-{}-{:016x}",
+            step + 1,
+            rand::random::<u64>()
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A git command as shown in an error: the subcommand and its options.
+fn args_shown(args: &[String]) -> String {
+    args.iter()
+        .skip_while(|a| *a == "-c" || a.contains('='))
+        .take(1)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The warning lines for the built-in checkout's `with:` (keys lower-cased):
 /// unknown inputs (as GitHub words it), and known inputs set to a value that
 /// Solstice does not honour. `server_url` is the forge for a remote checkout,
@@ -350,7 +623,8 @@ pub fn input_warnings(
 /// The archive of a local tree and what was left out of it.
 #[derive(Default)]
 pub struct LocalTar {
-    /// A plain ustar archive (pax headers for long names), not padded.
+    /// A ustar archive with pax headers for long names (see
+    /// [`super::archive`]), padded to a whole record.
     pub data: Vec<u8>,
     /// Files tar cannot copy (sockets, FIFOs, device files), relative to the
     /// root, with their kind.
@@ -390,8 +664,6 @@ pub enum LocalTreeError {
 /// Mtime of every entry (the guest unpacks with `tar -m` anyway): the tar
 /// crate's deterministic mode uses the same value.
 const TREE_MTIME: u64 = 1153704088;
-/// Largest size an ustar header holds in octal; bigger files get a pax `size`.
-const USTAR_MAX_SIZE: u64 = 0o77777777777;
 
 /// A tar of a local tree for the guest. In a git work tree: tracked and
 /// untracked-but-not-ignored files plus `.git` (a submodule's or nested
@@ -416,7 +688,7 @@ pub fn local_tree_tar(root: &Path, exclude: &[PathBuf]) -> Result<LocalTar, Loca
         .filter(|p| !canonical.starts_with(p))
         .collect();
     let mut t = TreeArchive {
-        b: tar::Builder::new(Vec::new()),
+        b: ArchiveWriter::new(),
         root: canonical,
         exclude,
         dirs: BTreeSet::new(),
@@ -486,9 +758,8 @@ pub fn local_tree_tar(root: &Path, exclude: &[PathBuf]) -> Result<LocalTar, Loca
             t.add(Path::new(&name))?;
         }
     }
-    t.b.finish().map_err(io(root))?;
     let mut out = t.out;
-    out.data = t.b.into_inner().map_err(io(root))?;
+    out.data = t.b.finish();
     Ok(out)
 }
 
@@ -510,7 +781,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<std::ffi::OsString>, LocalTreeError
 }
 
 struct TreeArchive {
-    b: tar::Builder<Vec<u8>>,
+    b: ArchiveWriter,
     /// Canonical root: relative paths are joined to it.
     root: PathBuf,
     /// Canonical directories to leave out.
@@ -551,7 +822,7 @@ impl TreeArchive {
         }
         for d in missing.into_iter().rev() {
             self.dirs.insert(d.clone());
-            self.write(&d, tar::EntryType::Directory, 0o755, None, &[])?;
+            self.write(&d, Kind::Dir, 0o755, None, &[])?;
         }
         Ok(())
     }
@@ -571,7 +842,7 @@ impl TreeArchive {
         let ft = meta.file_type();
         if ft.is_dir() {
             if self.dirs.insert(rel.to_path_buf()) {
-                self.write(rel, tar::EntryType::Directory, 0o755, None, &[])?;
+                self.write(rel, Kind::Dir, 0o755, None, &[])?;
             }
             for name in read_dir_sorted(&full)? {
                 self.add(&rel.join(name))?;
@@ -579,7 +850,7 @@ impl TreeArchive {
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&full).map_err(io)?;
             let target = target.as_os_str().as_bytes().to_vec();
-            self.write(rel, tar::EntryType::Symlink, 0o777, Some(&target), &[])?;
+            self.write(rel, Kind::Symlink, 0o777, Some(&target), &[])?;
         } else if ft.is_file() {
             use std::io::Read;
             use std::os::unix::fs::PermissionsExt;
@@ -601,7 +872,7 @@ impl TreeArchive {
             } else {
                 0o644
             };
-            self.write(rel, tar::EntryType::Regular, mode, None, &data)?;
+            self.write(rel, Kind::File, mode, None, &data)?;
         } else {
             let kind = if ft.is_socket() {
                 "socket"
@@ -619,115 +890,25 @@ impl TreeArchive {
         Ok(())
     }
 
-    /// Writes one ustar entry, preceded by a pax header when the name, the
-    /// link target or the size does not fit ustar's fields.
+    /// Writes one entry (see [`ArchiveWriter::add`]).
     fn write(
         &mut self,
         rel: &Path,
-        kind: tar::EntryType,
+        kind: Kind,
         mode: u32,
         link: Option<&[u8]>,
         data: &[u8],
     ) -> Result<(), LocalTreeError> {
-        let io = |err| LocalTreeError::Io {
-            path: self.root.join(rel),
-            err,
-        };
-        let (header, pax) = entry_header(
+        self.b.add(
             rel.as_os_str().as_bytes(),
             kind,
             mode,
+            TREE_MTIME,
             link,
-            data.len() as u64,
+            data,
         );
-        if let Some(pax) = pax {
-            let mut x = tar::Header::new_ustar();
-            x.set_entry_type(tar::EntryType::XHeader);
-            x.set_mode(0o644);
-            x.set_uid(0);
-            x.set_gid(0);
-            x.set_mtime(TREE_MTIME);
-            x.set_size(pax.len() as u64);
-            set_name_bytes(&mut x, b"PaxHeader");
-            x.set_cksum();
-            self.b.append(&x, pax.as_slice()).map_err(io)?;
-        }
-        self.b.append(&header, data).map_err(io)
+        Ok(())
     }
-}
-
-/// An ustar header for one entry, and the pax records it needs (a long
-/// `path` or `linkpath`, or a `size` beyond ustar's octal field).
-fn entry_header(
-    path: &[u8],
-    kind: tar::EntryType,
-    mode: u32,
-    link: Option<&[u8]>,
-    size: u64,
-) -> (tar::Header, Option<Vec<u8>>) {
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(TREE_MTIME);
-    h.set_size(size);
-    let mut pax = Vec::new();
-    if h.set_path(Path::new(std::ffi::OsStr::from_bytes(path)))
-        .is_err()
-    {
-        pax.extend(pax_record("path", path));
-        set_name_bytes(&mut h, path);
-    }
-    if let Some(link) = link {
-        if let Some(u) = h.as_ustar_mut() {
-            u.linkname = [0; 100];
-            if link.len() <= u.linkname.len() {
-                u.linkname[..link.len()].copy_from_slice(link);
-            } else {
-                u.linkname.copy_from_slice(&link[..100]);
-                pax.extend(pax_record("linkpath", link));
-            }
-        }
-    }
-    if size > USTAR_MAX_SIZE {
-        pax.extend(pax_record("size", size.to_string().as_bytes()));
-    }
-    h.set_cksum();
-    (h, (!pax.is_empty()).then_some(pax))
-}
-
-/// Puts (the start of) `name` into the ustar name field and clears the prefix.
-fn set_name_bytes(h: &mut tar::Header, name: &[u8]) {
-    if let Some(u) = h.as_ustar_mut() {
-        u.prefix = [0; 155];
-        u.name = [0; 100];
-        let n = name.len().min(u.name.len());
-        u.name[..n].copy_from_slice(&name[..n]);
-    }
-}
-
-/// One pax extended-header record: `"<len> <key>=<value>\n"`, where `<len>`
-/// counts the whole record, its own digits included.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let rest = 1 + key.len() + 1 + value.len() + 1;
-    let mut len = rest + 1;
-    while len.to_string().len() + rest != len {
-        len = len.to_string().len() + rest;
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
-
-/// Pads a tar archive to a whole 10 KiB record, which every tar reads cleanly from a pipe.
-pub fn pad_record(mut archive: Vec<u8>) -> Vec<u8> {
-    let rem = archive.len() % 10240;
-    if rem != 0 {
-        archive.resize(archive.len() + 10240 - rem, 0);
-    }
-    archive
 }
 
 #[cfg(test)]
@@ -1046,6 +1227,8 @@ mod tests {
                 ("qmp.sock".to_string(), "socket")
             ]
         );
+        // Every header is plain ustar or pax (see archive::inspect).
+        crate::executor::archive::inspect::headers(&t.data);
         let types = raw_types(&t.data);
         assert!(!types.contains(&b'S'), "GNU sparse entry: {types:?}");
         assert!(
@@ -1145,6 +1328,84 @@ mod tests {
         // git does not list sockets among untracked files; the one in .git is skipped.
         assert_eq!(skipped, vec![".git/fsmonitor--daemon.ipc"]);
         assert!(!names.contains(&"untracked.sock".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn host_fetch_mirrors_the_guest_script_without_the_token_in_argv() {
+        let f = HostFetch {
+            server_url: "https://forge.example/",
+            repository: "acme/w",
+            sha: Some("abc123"),
+            git_ref: "refs/heads/main",
+            fetch_depth: 1,
+            fetch_tags: false,
+            token: Some("tok-secret"),
+        };
+        let cmds = host_fetch_commands(&f);
+        let shown: Vec<String> = cmds.iter().map(|(a, _)| a.join(" ")).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "init -q .",
+                "remote add origin https://forge.example/acme/w.git",
+                "-c protocol.version=2 fetch --no-tags --prune --depth=1 origin abc123",
+                "checkout -q --force --detach abc123",
+                "checkout -q -B main",
+            ]
+        );
+        // Only the fetch gets the header.
+        assert_eq!(
+            cmds.iter().map(|(_, net)| *net).collect::<Vec<_>>(),
+            vec![false, false, true, false, false]
+        );
+        let all = shown.join(" ");
+        assert!(
+            !all.contains("tok-secret") && !all.contains(&base64(b"x-access-token:tok-secret"))
+        );
+        assert!(!format!("{f:?}").contains("tok-secret"));
+        // Full history: every branch and tag first, as in the guest.
+        let f = HostFetch {
+            fetch_depth: 0,
+            sha: None,
+            git_ref: "v1",
+            ..f
+        };
+        let shown: Vec<String> = host_fetch_commands(&f)
+            .iter()
+            .map(|(a, _)| a.join(" "))
+            .collect();
+        assert_eq!(
+            shown[2],
+            "-c protocol.version=2 fetch --no-tags --prune origin +refs/heads/*:refs/remotes/origin/* +refs/tags/*:refs/tags/*"
+        );
+        assert_eq!(
+            shown[3],
+            "-c protocol.version=2 fetch --no-tags --prune origin v1"
+        );
+        assert_eq!(shown[4], "checkout -q --force --detach FETCH_HEAD");
+        assert_eq!(shown[5], "checkout -q -B v1");
+    }
+
+    #[test]
+    fn only_plain_owner_name_repositories_are_fetched_on_the_host() {
+        for ok in ["acme/w", "Acme-1/w.x_y", "acme/w.git"] {
+            assert!(plain_repository(ok), "{ok}");
+        }
+        for bad in [
+            "acme",
+            "a/b/c",
+            "../x",
+            "acme/..",
+            "/acme/w",
+            "acme/w/",
+            "a@evil.example/w",
+            "acme/w?x=1",
+            "acme/w#f",
+            "acme/ w",
+            "",
+        ] {
+            assert!(!plain_repository(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! variable `ACTIONS_STEP_DEBUG` is `true`, as on GitHub; otherwise they are
 //! dropped. `RUNNER_DEBUG=1` is set when `ACTIONS_RUNNER_DEBUG` is `true`.
 
+pub mod archive;
 pub mod checkout;
 pub mod clock;
 pub mod commands;
@@ -166,6 +167,9 @@ pub enum CheckoutSource {
         git_ref: String,
         sha: String,
         token: Option<Secret>,
+        /// Where a guest without git gets its checkout fetched on the host
+        /// (the job's directory); `None`: the system's temporary directory.
+        host_dir: Option<PathBuf>,
     },
 }
 
@@ -1275,14 +1279,25 @@ impl<'a> Runtime<'a> {
                         return Ok((StepEnd::Success, IndexMap::new()));
                     }
                     CheckoutPlan::Local { tar, dest, clean } => {
-                        return self.local_checkout(plan, tar, &dest, clean).await;
+                        return self
+                            .local_checkout(plan, tar, &dest, clean, "the local tree")
+                            .await;
                     }
-                    CheckoutPlan::Remote { script, extra } => (
+                    CheckoutPlan::Remote {
                         script,
-                        "sh",
-                        ResolvedShell::Template(vec!["sh".into(), "-e".into(), "{0}".into()]),
                         extra,
-                    ),
+                        host,
+                    } => {
+                        if !self.guest_has_git().await {
+                            return self.host_checkout(plan, &host).await;
+                        }
+                        (
+                            script,
+                            "sh",
+                            ResolvedShell::Template(vec!["sh".into(), "-e".into(), "{0}".into()]),
+                            extra,
+                        )
+                    }
                 }
             }
             (None, Some(uses)) => {
@@ -1699,6 +1714,7 @@ impl<'a> Runtime<'a> {
                 git_ref,
                 sha,
                 token,
+                host_dir,
             } => {
                 let repo = get("repository").unwrap_or(repository);
                 let same = repo.eq_ignore_ascii_case(repository);
@@ -1720,6 +1736,21 @@ impl<'a> Runtime<'a> {
                     None if same => (git_ref.clone(), Some(sha.clone()).filter(|s| !s.is_empty())),
                     None => (String::new(), None),
                 };
+                let fetch_tags = get("fetch-tags").is_some_and(is_true);
+                let host = Box::new(HostCheckout {
+                    server_url: server_url.clone(),
+                    repository: repo.to_string(),
+                    sha: s.clone(),
+                    git_ref: r.clone(),
+                    fetch_depth,
+                    fetch_tags,
+                    token: token.clone().map(Secret::new),
+                    dest: dest.clone(),
+                    clean,
+                    submodules,
+                    lfs,
+                    host_dir: host_dir.clone(),
+                });
                 let mut extra = Vec::new();
                 let auth_config = token.map(|t| {
                     self.em.add_mask(&checkout::auth_header_value(&t));
@@ -1735,15 +1766,127 @@ impl<'a> Runtime<'a> {
                     git_ref: r,
                     dest,
                     fetch_depth,
-                    fetch_tags: get("fetch-tags").is_some_and(is_true),
+                    fetch_tags,
                     clean,
                     submodules,
                     lfs,
                     auth_config,
                 });
-                Ok(CheckoutPlan::Remote { script, extra })
+                Ok(CheckoutPlan::Remote {
+                    script,
+                    extra,
+                    host,
+                })
             }
         }
+    }
+
+    /// Whether the guest has git (the checkout's probe). When the probe
+    /// itself fails, the clone in the guest runs and reports what is wrong.
+    async fn guest_has_git(&self) -> bool {
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let collect = async {
+            let mut out = Vec::new();
+            while let Some(c) = rx.recv().await {
+                if c.stream == Stream::Stdout {
+                    out.extend_from_slice(&c.data);
+                }
+            }
+            out
+        };
+        let probe =
+            async { tokio::join!(self.session.exec(checkout::GIT_PROBE, b"", tx), collect) };
+        match tokio::time::timeout(Duration::from_secs(60), probe).await {
+            Ok((_, out)) => !String::from_utf8_lossy(&out).contains("solstice-git=no"),
+            Err(_) => true,
+        }
+    }
+
+    /// The checkout for a guest without git: fetched on the host into a
+    /// scratch directory, then copied in with its `.git` like a local tree.
+    async fn host_checkout(
+        &self,
+        plan: &StepRun<'_>,
+        h: &HostCheckout,
+    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+        let at = h.sha.clone().unwrap_or_else(|| {
+            if h.git_ref.is_empty() {
+                "HEAD".into()
+            } else {
+                h.git_ref.clone()
+            }
+        });
+        self.em.runner(
+            Some(plan.index),
+            format!(
+                "git is not installed in the guest; fetching {}@{at} on the runner host and copying it in",
+                h.repository
+            ),
+        );
+        if !checkout::plain_repository(&h.repository) {
+            return Err(format!(
+                "`repository: {}` is not an owner/name on the job's forge {}",
+                h.repository, h.server_url
+            ));
+        }
+        if h.submodules != checkout::Submodules::None {
+            self.warn(
+                plan.index,
+                "Submodules are not fetched: the guest has no git; install git in the image to check them out",
+            );
+        }
+        if h.lfs {
+            self.warn(
+                plan.index,
+                "LFS files are not downloaded (they stay pointer files): the guest has no git; install git and git-lfs in the image",
+            );
+        }
+        let base = h.host_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let scratch = checkout::ScratchDir::create(&base, plan.index)
+            .map_err(|e| format!("Could not create a directory in {}: {e}", base.display()))?;
+        let fetch = checkout::HostFetch {
+            server_url: &h.server_url,
+            repository: &h.repository,
+            sha: h.sha.as_deref(),
+            git_ref: &h.git_ref,
+            fetch_depth: h.fetch_depth,
+            fetch_tags: h.fetch_tags,
+            token: h.token.as_ref().map(Secret::expose),
+        };
+        let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = plan
+            .deadline
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(far);
+        let fetched = tokio::select! {
+            r = checkout::host_fetch(&fetch, scratch.path()) => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok((StepEnd::Stopped(plan.stop_kind), IndexMap::new()));
+            }
+            _ = self.cancel.cancelled(), if plan.watch_cancel => {
+                return Ok((StepEnd::Stopped(Stop::Cancelled), IndexMap::new()));
+            }
+        };
+        let head = match fetched {
+            Ok(head) => head,
+            Err(e) => {
+                self.em.error(
+                    Some(plan.index),
+                    format!("Fetching {} on the runner host failed: {e}", h.repository),
+                );
+                return Ok((StepEnd::Failure, IndexMap::new()));
+            }
+        };
+        let tree = checkout::local_tree_tar(scratch.path(), &[])
+            .map_err(|e| format!("Could not archive the checkout: {e}"))?;
+        drop(scratch);
+        let end = self
+            .local_checkout(plan, tree.data, &h.dest, h.clean, "the checkout")
+            .await?;
+        if matches!(end.0, StepEnd::Success) {
+            self.em.runner(Some(plan.index), head);
+        }
+        Ok(end)
     }
 
     async fn local_checkout(
@@ -1752,11 +1895,11 @@ impl<'a> Runtime<'a> {
         tar: Vec<u8>,
         dest: &str,
         clean: bool,
+        what: &str,
     ) -> Result<(StepEnd, IndexMap<String, String>), String> {
         let count = tar.len();
         let step_dir = self.step_dir(plan.index);
         let cmd = local_unpack_command(&step_dir, dest, clean);
-        let tar = checkout::pad_record(tar);
         let res = self
             .exec_step_as(plan, &cmd, &tar, None, &step_dir, true)
             .await;
@@ -1767,13 +1910,13 @@ impl<'a> Runtime<'a> {
             Ok(0) => {
                 self.em.runner(
                     Some(plan.index),
-                    format!("Copied the local tree ({count} bytes of tar) to {dest}"),
+                    format!("Copied {what} ({count} bytes of tar) to {dest}"),
                 );
                 Ok((StepEnd::Success, IndexMap::new()))
             }
             // The guest said what failed, in one `Solstice:` line.
             Ok(_) => Ok((StepEnd::Failure, IndexMap::new())),
-            Err(e) => Err(format!("Copying the local tree into the guest failed: {e}")),
+            Err(e) => Err(format!("Copying {what} into the guest failed: {e}")),
         }
     }
 }
@@ -1839,7 +1982,7 @@ fn local_unpack_command(step_dir: &str, dest: &str, clean: bool) -> String {
         f_sd = fail(&format!("could not create {step_dir}")),
         f_mk = fail(&format!("could not create {dest}")),
         f_cd = fail(&format!("could not enter {dest}")),
-        f_tar = fail(&format!("could not unpack the local tree into {dest}")),
+        f_tar = fail(&format!("could not unpack the archive into {dest}")),
     )
 }
 
@@ -1913,7 +2056,25 @@ enum CheckoutPlan {
     Remote {
         script: String,
         extra: Vec<(String, Vec<u8>)>,
+        /// For a guest without git.
+        host: Box<HostCheckout>,
     },
+}
+
+/// The same checkout, fetched on the host for a guest without git.
+struct HostCheckout {
+    server_url: String,
+    repository: String,
+    sha: Option<String>,
+    git_ref: String,
+    fetch_depth: u32,
+    fetch_tags: bool,
+    token: Option<Secret>,
+    dest: String,
+    clean: bool,
+    submodules: checkout::Submodules,
+    lfs: bool,
+    host_dir: Option<PathBuf>,
 }
 
 /// How a step's process ended.
@@ -1964,30 +2125,23 @@ impl TarFile {
     }
 }
 
-/// A small tar (padded to a whole record) for `tar xf -` in the guest.
+/// A small tar (padded to a whole record) for `tar xf -` in the guest:
+/// ustar, with pax headers where a name is too long ([`archive`]).
 fn build_tar(files: &[TarFile]) -> std::io::Result<Vec<u8>> {
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut b = tar::Builder::new(Vec::new());
+    let mut w = archive::ArchiveWriter::new();
     for f in files {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(f.mode);
-        h.set_mtime(mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        if f.dir {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-            b.append_data(&mut h, format!("{}/", f.path), std::io::empty())?;
+        let kind = if f.dir {
+            archive::Kind::Dir
         } else {
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(f.data.len() as u64);
-            b.append_data(&mut h, &f.path, f.data.as_slice())?;
-        }
+            archive::Kind::File
+        };
+        w.add(f.path.as_bytes(), kind, f.mode, mtime, None, &f.data);
     }
-    Ok(checkout::pad_record(b.into_inner()?))
+    Ok(w.finish())
 }
 
 #[cfg(test)]

@@ -329,6 +329,7 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
         git_ref: get_str(&github, "ref").unwrap_or_default().to_string(),
         sha: get_str(&github, "sha").unwrap_or_default().to_string(),
         token: job_token.clone().map(Secret::new),
+        host_dir: None,
     };
     let job_id = job_id.to_string();
     let spec = JobSpec {
@@ -534,6 +535,7 @@ jobs:
                 git_ref,
                 sha,
                 token,
+                ..
             } => {
                 assert_eq!(server_url, "https://forge.example");
                 assert_eq!(repository, "acme/widget");
