@@ -8,9 +8,8 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use async_trait::async_trait;
 use solstice::events::{Conclusion, VecSink};
@@ -57,24 +56,15 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// `octo/hello` with two commits on `main` (the job's sha is the first), served
 /// on 127.0.0.1 with the token required.
 struct GitServer {
-    child: std::process::Child,
-    port: u16,
+    served: support::git_server::Served,
     /// The job's commit (not the branch tip).
     sha: String,
-    log: std::path::PathBuf,
     _root: tempfile::TempDir,
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl GitServer {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.served.port)
     }
 
     fn checkout(&self) -> CheckoutSource {
@@ -89,7 +79,7 @@ impl GitServer {
     }
 
     fn requests(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.served.log).unwrap_or_default()
     }
 }
 
@@ -124,85 +114,10 @@ fn start_git_server() -> GitServer {
         &bare,
         &["config", "uploadpack.allowReachableSHA1InWant", "true"],
     );
-    let log = r.join("requests.log");
-    let expected = solstice::executor::checkout::auth_header_value(TOKEN);
-    let script = format!(
-        r#"
-import http.server, os, subprocess
-ROOT = {root:?}
-LOG = {log:?}
-EXPECTED = {expected:?}.lower()
-class H(http.server.BaseHTTPRequestHandler):
-    def reply(self, status, body=b"", headers=()):
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = b""
-            while True:
-                n = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if n == 0:
-                    self.rfile.readline()
-                    return out
-                out += self.rfile.read(n)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-    def any(self):
-        ok = self.headers.get("Authorization", "").lower() == EXPECTED
-        with open(LOG, "a") as f:
-            f.write(("ok " if ok else "refused ") + self.command + " " + self.path + "\n")
-        body = self.body()
-        if not ok:
-            return self.reply(401, headers=[("WWW-Authenticate", 'Basic realm="git"')])
-        path, _, query = self.path.partition("?")
-        env = dict(os.environ, GIT_PROJECT_ROOT=ROOT, GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
-                   QUERY_STRING=query, REQUEST_METHOD=self.command, REMOTE_ADDR="127.0.0.1",
-                   CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
-                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
-                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
-        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
-        head, sep, rest = out.partition(b"\r\n\r\n")
-        if not sep:
-            head, sep, rest = out.partition(b"\n\n")
-        status, headers = 200, []
-        for line in head.decode("latin-1").splitlines():
-            k, _, v = line.partition(":")
-            if k.lower() == "status":
-                status = int(v.split()[0])
-            elif k:
-                headers.append((k, v.strip()))
-        self.reply(status, rest, headers)
-    do_GET = any
-    do_POST = any
-    def log_message(self, *args):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#,
-        root = r.join("srv").to_str().unwrap(),
-        log = log.to_str().unwrap(),
-    );
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the test git server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("server printed its port");
+    let served = support::git_server::serve(&r.join("srv"), &r.join("lfs"), TOKEN);
     GitServer {
-        child,
-        port,
+        served,
         sha,
-        log,
         _root: root,
     }
 }

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
@@ -32,18 +31,9 @@ fn lfs_payload() -> Vec<u8> {
 ///   (`../nested.git`), relative URLs on the same server;
 /// - `octo/media`: `big.bin` in Git LFS.
 struct GitServer {
-    child: std::process::Child,
-    port: u16,
+    served: support::git_server::Served,
     sha: String,
-    log: std::path::PathBuf,
     _root: tempfile::TempDir,
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl GitServer {
@@ -61,12 +51,12 @@ impl GitServer {
 
     fn url(&self) -> String {
         // User-mode networking: the guest reaches the host's loopback at 10.0.2.2.
-        format!("http://10.0.2.2:{}", self.port)
+        format!("http://10.0.2.2:{}", self.served.port)
     }
 
     /// The request log: `ok|refused METHOD PATH` per request.
     fn requests(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.served.log).unwrap_or_default()
     }
 }
 
@@ -199,105 +189,10 @@ fn start_git_server() -> GitServer {
         ],
         &[],
     );
-    let log = r.join("requests.log");
-    let expected = solstice::executor::checkout::auth_header_value(TOKEN);
-    let script = format!(
-        r#"
-import http.server, json, os, subprocess
-ROOT = {root:?}
-LFS = {lfs:?}
-LOG = {log:?}
-EXPECTED = {expected:?}.lower()
-class H(http.server.BaseHTTPRequestHandler):
-    def reply(self, status, body=b"", headers=()):
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = b""
-            while True:
-                n = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if n == 0:
-                    self.rfile.readline()
-                    return out
-                out += self.rfile.read(n)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-    def any(self):
-        ok = self.headers.get("Authorization", "").lower() == EXPECTED
-        with open(LOG, "a") as f:
-            f.write(("ok " if ok else "refused ") + self.command + " " + self.path + "\n")
-        body = self.body()
-        if not ok:
-            return self.reply(401, headers=[("WWW-Authenticate", 'Basic realm="git"')])
-        path, _, query = self.path.partition("?")
-        if path.startswith("/lfs-objects/"):
-            p = os.path.join(LFS, os.path.basename(path))
-            if not os.path.isfile(p):
-                return self.reply(404)
-            with open(p, "rb") as f:
-                return self.reply(200, f.read(), [("Content-Type", "application/octet-stream")])
-        if path.endswith("/info/lfs/objects/batch"):
-            req = json.loads(body or b"{{}}")
-            objs = []
-            for o in req.get("objects", []):
-                if os.path.isfile(os.path.join(LFS, o["oid"])):
-                    href = "http://%s/lfs-objects/%s" % (self.headers.get("Host"), o["oid"])
-                    objs.append({{"oid": o["oid"], "size": o["size"], "authenticated": True,
-                                 "actions": {{"download": {{"href": href}}}}}})
-                else:
-                    objs.append({{"oid": o["oid"], "size": o["size"], "error": {{"code": 404, "message": "no such object"}}}})
-            out = json.dumps({{"transfer": "basic", "objects": objs}}).encode()
-            return self.reply(200, out, [("Content-Type", "application/vnd.git-lfs+json")])
-        env = dict(os.environ, GIT_PROJECT_ROOT=ROOT, GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
-                   QUERY_STRING=query, REQUEST_METHOD=self.command, REMOTE_ADDR="127.0.0.1",
-                   CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
-                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
-                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
-        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
-        head, sep, rest = out.partition(b"\r\n\r\n")
-        if not sep:
-            head, sep, rest = out.partition(b"\n\n")
-        status, headers = 200, []
-        for line in head.decode("latin-1").splitlines():
-            k, _, v = line.partition(":")
-            if k.lower() == "status":
-                status = int(v.split()[0])
-            elif k:
-                headers.append((k, v.strip()))
-        self.reply(status, rest, headers)
-    do_GET = any
-    do_POST = any
-    def log_message(self, *args):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#,
-        root = r.join("srv").to_str().unwrap(),
-        lfs = lfs.to_str().unwrap(),
-        log = log.to_str().unwrap(),
-    );
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the test git server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("server printed its port");
+    let served = support::git_server::serve(&r.join("srv"), &lfs, TOKEN);
     GitServer {
-        child,
-        port,
+        served,
         sha,
-        log,
         _root: root,
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod git_server;
 pub mod world;
 
 use std::collections::BTreeMap;
