@@ -36,6 +36,18 @@ pub enum Phase {
     Teardown,
 }
 
+impl Phase {
+    /// The phase's name in progress lines (`[solstice] boot: …`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Provision => "provision",
+            Phase::Boot => "boot",
+            Phase::Ready => "ready",
+            Phase::Teardown => "teardown",
+        }
+    }
+}
+
 /// What kind of line this is, after workflow-command parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineKind {

@@ -9,13 +9,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use async_trait::async_trait;
 use solstice::events::{Conclusion, VecSink};
 use solstice::executor::{CheckoutSource, run_job};
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
 use solstice::secret::Secret;
+use support::git_server::git;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,21 +36,6 @@ impl GuestSession for NoGitSession {
         let command = command.replace("command -v git", "command -v solstice-no-such-git");
         LocalSession.exec(&command, stdin, output).await
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// `octo/hello` with two commits on `main` (the job's sha is the first), served

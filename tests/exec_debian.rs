@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use solstice::events::{Conclusion, JobEvent, LineKind, VecSink};
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
+use support::git_server::git;
 use support::{RunOpts, TestEnv, all_text, step_lines};
 
 const TOKEN: &str = "job-token-7f3a9c2e51";
@@ -58,21 +59,6 @@ impl GitServer {
     fn requests(&self) -> String {
         std::fs::read_to_string(&self.served.log).unwrap_or_default()
     }
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Commits `files` and `submodules` (path, url, commit) to a new repository

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
+use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
 
 /// Prints job events to stdout as they happen.
 pub struct TerminalSink {
@@ -52,12 +52,7 @@ impl TerminalSink {
         let mut st = self.state.lock().ok()?;
         match event {
             JobEvent::Phase { phase, detail } => {
-                let what = match phase {
-                    Phase::Provision => "provision",
-                    Phase::Boot => "boot",
-                    Phase::Ready => "ready",
-                    Phase::Teardown => "teardown",
-                };
+                let what = phase.name();
                 Some(self.paint("2", &format!("[solstice] {what}: {detail}")))
             }
             JobEvent::StepStarted { index, name } => {

@@ -123,3 +123,20 @@ srv.serve_forever()
     let port = line.trim().parse().expect("server printed its port");
     Served { child, port, log }
 }
+
+/// Runs `git ARGS` in `dir` as a throw-away committer; panics with git's
+/// stderr on failure. Returns stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Check;
 use crate::config::{Config, ImageConfig, SeedKind};
-use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
+use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::runner::{self, RunError, VmRun};
 
@@ -231,12 +231,7 @@ impl EventSink for DoctorSink {
     fn emit(&self, event: JobEvent) {
         match event {
             JobEvent::Phase { phase, detail } => {
-                let what = match phase {
-                    Phase::Provision => "provision",
-                    Phase::Boot => "boot",
-                    Phase::Ready => "ready",
-                    Phase::Teardown => "teardown",
-                };
+                let what = phase.name();
                 println!("[solstice] {what}: {detail}");
             }
             JobEvent::Line {
