@@ -1034,6 +1034,7 @@ async fn remote_checkout_clones_at_the_sha_without_the_token_in_argv() {
     );
     git(&bare, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
     let server = format!("file://{}", forge.path().display());
+    let job_sha = first.clone();
     let r = run_with(
         r#"
 jobs:
@@ -1062,6 +1063,9 @@ jobs:
     )
     .await;
     assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    // The step log says which path the checkout took.
+    let path = format!("git is installed in the guest; fetching acme/widget@{job_sha} there");
+    assert!(r.step_lines(0).contains(&path), "{:?}", r.step_lines(0));
     let l = r.step_lines(1);
     assert_eq!(l[0], "one");
     assert_eq!(l[2], "main");

@@ -1291,6 +1291,14 @@ impl<'a> Runtime<'a> {
                         if !self.guest_has_git().await {
                             return self.host_checkout(plan, &host).await;
                         }
+                        self.em.runner(
+                            Some(plan.index),
+                            format!(
+                                "git is installed in the guest; fetching {}@{} there",
+                                host.repository,
+                                host.at()
+                            ),
+                        );
                         (
                             script,
                             "sh",
@@ -1809,13 +1817,7 @@ impl<'a> Runtime<'a> {
         plan: &StepRun<'_>,
         h: &HostCheckout,
     ) -> Result<(StepEnd, IndexMap<String, String>), String> {
-        let at = h.sha.clone().unwrap_or_else(|| {
-            if h.git_ref.is_empty() {
-                "HEAD".into()
-            } else {
-                h.git_ref.clone()
-            }
-        });
+        let at = h.at();
         self.em.runner(
             Some(plan.index),
             format!(
@@ -2075,6 +2077,17 @@ struct HostCheckout {
     submodules: checkout::Submodules,
     lfs: bool,
     host_dir: Option<PathBuf>,
+}
+
+impl HostCheckout {
+    /// What is checked out, for the step log: the sha, else the ref, else `HEAD`.
+    fn at(&self) -> String {
+        match (&self.sha, self.git_ref.is_empty()) {
+            (Some(sha), _) => sha.clone(),
+            (None, true) => "HEAD".into(),
+            (None, false) => self.git_ref.clone(),
+        }
+    }
 }
 
 /// How a step's process ended.
