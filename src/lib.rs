@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) is thin; everything lives here so that tests can
 //! drive it. One module per external boundary: see `docs/explanation/architecture.md`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod civil;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod runner;
 pub mod secret;
 pub mod ssh;
 pub mod store;
+#[cfg(feature = "testkit")]
 pub mod testing;
 pub mod vm;
 pub mod workflow;

@@ -337,7 +337,7 @@ fn boot_of_an_image_that_never_comes_up_fails_with_exit_1() {
     assert!(err.contains("did not accept SSH within 8 s"), "{err}");
     assert!(err.contains("boot-failures/blank.console.log"), "{err}");
     assert!(!out.contains("guest user:"), "{out}");
-    let leaks = solstice::vm::leaks::check(&state.join("jobs"));
+    let leaks = solstice::testing::leaks::check(&state.join("jobs"));
     assert!(leaks.is_empty(), "{leaks:#?}");
 
     let (code, _, err) = doctor(&["--config", cfg, "--image", "nosuch", "--boot"]);

@@ -302,7 +302,7 @@ fn qemu_dies_when_solstice_is_killed() {
     let env = TestEnv::tiny();
     let (mut child, _lines, _) = start_sleeping_job(&env, "");
     let running = |env: &TestEnv| {
-        solstice::vm::leaks::check(&env.jobs_dir())
+        solstice::testing::leaks::check(&env.jobs_dir())
             .into_iter()
             .filter(|l| l.starts_with("QEMU process"))
             .collect::<Vec<_>>()

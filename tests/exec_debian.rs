@@ -10,7 +10,8 @@ mod support;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use solstice::events::{Conclusion, JobEvent, LineKind, VecSink};
+use solstice::events::{Conclusion, JobEvent, LineKind};
+use solstice::testing::VecSink;
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
 use support::git_server::git;

@@ -443,7 +443,7 @@ async fn cancelling_during_provisioning_never_leaks_a_vm() {
         // A QEMU spawned for a caller that went away is killed on the spawner
         // thread; give it a moment, then nothing may be left.
         let t = Instant::now();
-        while !solstice::vm::leaks::check(&env.jobs_dir()).is_empty()
+        while !solstice::testing::leaks::check(&env.jobs_dir()).is_empty()
             && t.elapsed() < Duration::from_secs(3)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

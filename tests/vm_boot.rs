@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use solstice::config::{
     AccelChoice, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig, SeedKind,
 };
-use solstice::vm::{Accel, Vm, VmError, VmSpec, accel, leaks};
+use solstice::testing::leaks;
+use solstice::vm::{Accel, Vm, VmError, VmSpec, accel};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDx7v8Wz0vQk2P6qSxF4y7b3HcXkqg1d0v8Yx3m4zLQZ test@solstice";
 

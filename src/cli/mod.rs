@@ -44,6 +44,7 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Measure Solstice against plain QEMU + OpenSSH baselines
     /// (`bench engine`: one job's overhead; `bench runner`: the daemon).
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
     /// Serve the configured forges: poll for jobs and run each in a fresh VM
     /// (the daemon; stops on SIGTERM/SIGINT after draining running jobs).
@@ -204,6 +205,7 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Exec(args) => run_async(exec::exec_main(args)),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => run_async(crate::bench::bench_main(args)),
         Command::Status(args) => status::status_main(args),
         Command::Doctor(args) => run_async(doctor::doctor_main(args)),

@@ -2172,7 +2172,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::events::VecSink;
+    use crate::testing::VecSink;
 
     fn chunk(stream: Stream, s: &str) -> OutputChunk {
         OutputChunk {

@@ -1,6 +1,10 @@
-//! Test and benchmark support that must live in the library (so that
-//! `solstice bench` can use it too): a strict fake Forgejo server.
+//! Test and benchmark support, compiled only with the `testkit` feature (the
+//! tests enable it; `solstice bench` needs it): a strict fake Forgejo server,
+//! the leak checker and an in-memory event sink. The product never contains it.
 
 pub mod fake_forge;
+pub mod leaks;
+pub mod sink;
 
 pub use fake_forge::{FakeForge, FakeJob, FakeOptions};
+pub use sink::VecSink;

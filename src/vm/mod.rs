@@ -10,7 +10,6 @@ pub mod argv;
 pub mod cpio;
 pub mod disk;
 pub mod iso9660;
-pub mod leaks;
 pub mod process;
 pub mod qmp;
 pub mod seed;

@@ -159,7 +159,7 @@ impl TestEnv {
 
     /// Asserts that no QEMU process and no per-job file is left behind.
     pub fn assert_no_leaks(&self) {
-        let leaks = solstice::vm::leaks::check(&self.jobs_dir());
+        let leaks = solstice::testing::leaks::check(&self.jobs_dir());
         assert!(leaks.is_empty(), "resources left behind: {leaks:#?}");
     }
 
