@@ -4,7 +4,7 @@
 # - the option examples shown in modules/solstice.nix,
 # - tests/nixos/module-renders-checked-config.nix, which enables it,
 # - tests/nixos/example-settings.toml, the TOML it renders to; the Rust test
-#   tests/nixos_module.rs evaluates this file through modules/render.nix and
+#   tests/it/nixos_module.rs evaluates this file through modules/render.nix and
 #   checks that the fixture matches, then runs `solstice check-config` on it.
 # Pure data: no nixpkgs needed to evaluate it.
 {

@@ -1,6 +1,6 @@
 # Turns the values of `services.solstice` into the TOML document Solstice
 # reads, as an attribute set for `pkgs.formats.toml`. Pure: it uses builtins
-# only, so tests/nixos_module.rs evaluates it on the documented example with a
+# only, so tests/it/nixos_module.rs evaluates it on the documented example with a
 # bare `nix-instantiate --eval`, without nixpkgs.
 #
 # settings:      `services.solstice.settings` (unset options are null)

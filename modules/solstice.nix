@@ -7,7 +7,7 @@
 # The rendered file is checked with `solstice check-config` at build time, so
 # a mistake fails `nixos-rebuild`, not the running service.
 # docs/reference/nixos-options.md describes every option declared here
-# (tests/nixos_module.rs checks that the two agree).
+# (tests/it/nixos_module.rs checks that the two agree).
 {
   config,
   lib,

@@ -1,7 +1,6 @@
 //! Shared harness for the tests that boot real guests: image lookup, a
 //! per-test state directory, running a workflow in a VM, and the leak check
 //! that runs after every VM test.
-#![allow(dead_code)]
 
 pub mod daemon;
 pub mod git_server;
@@ -17,10 +16,10 @@ use solstice::config::{
     AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
     SeedKind,
 };
-use solstice::testing::VecSink;
 use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::runner::{self, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
+use solstice::testing::VecSink;
 use solstice::vm::Accel;
 use solstice::vm::accel::Accelerator;
 use tokio_util::sync::CancellationToken;
@@ -287,7 +286,7 @@ pub fn paused_kvm_qemu(dir: &std::path::Path) -> PathBuf {
     std::fs::write(
         &path,
         r#"#!/bin/sh
-# Test stand-in for a broken KVM (see tests/support/mod.rs).
+# Test stand-in for a broken KVM (see tests/it/support/mod.rs).
 kvm=0
 for a in "$@"; do [ "$a" = kvm ] && kvm=1; done
 if [ "$kvm" = 1 ]; then

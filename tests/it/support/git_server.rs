@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! A git server on 127.0.0.1 for checkout tests: `git http-backend` behind a
 //! small Python HTTP server that requires the job token (Basic auth as
 //! actions/checkout sends it), logs every request, and serves Git LFS

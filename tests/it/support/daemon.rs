@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! Running the real `solstice run` binary against a fake forge.
 
 use std::io::Read;

@@ -1,7 +1,7 @@
 //! `solstice exec` as a user runs it: the real binary, a config file, a real
 //! tiny guest. Exit codes, matrix expansion, the terminal log, and Ctrl-C.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! Figures are printed; run with `--nocapture` (and `--release` for real
 //! numbers).
 
-mod ssh_common;
+use crate::ssh_common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Real jobs in the tiny busybox/dropbear guest (no bash, POSIX sh only), under
 //! TCG, through the same path as `solstice exec`. Every test checks for leaks.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! a 1 MB log, 3 s idle) and must print every row of its table, write its
 //! JSON and leave no VM or directory behind.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

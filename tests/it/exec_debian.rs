@@ -5,15 +5,15 @@
 //! requests without the job token. GNU tar and GNU date live here, so the
 //! guest clock and the cleanliness of the log are checked here too.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use solstice::events::{Conclusion, JobEvent, LineKind};
-use solstice::testing::VecSink;
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
+use solstice::testing::VecSink;
 use support::git_server::git;
 use support::{RunOpts, TestEnv, all_text, step_lines};
 

@@ -1,6 +1,6 @@
 //! The SSH client against real OpenSSH and dropbear servers on 127.0.0.1.
 
-mod ssh_common;
+use crate::ssh_common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

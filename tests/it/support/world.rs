@@ -1,4 +1,3 @@
-#![allow(dead_code)]
 //! One end-to-end test's world: a state directory, the `solstice run`
 //! config for the tiny image and fake forges, and helpers to wait for tasks.
 

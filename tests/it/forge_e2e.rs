@@ -1,7 +1,7 @@
 //! End to end: the strict fake forge + the real `solstice run` binary + real
 //! QEMU guests (tiny busybox/dropbear image, TCG).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

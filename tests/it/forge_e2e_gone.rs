@@ -2,7 +2,7 @@
 //! strict fake forge: tasks the forge deletes, and logs through a reverse
 //! proxy's body limit.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `solstice doctor` as an operator runs it: the real binary, real QEMU and
 //! qemu-img, a real state database.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,0 +1,33 @@
+//! Solstice's integration tests, one binary with a module per area (one
+//! binary links the library once; see CONTRIBUTING.md). Shared support lives
+//! in `support` and `ssh_common`. Run one area with
+//! `cargo test --test it exec_tiny::`.
+
+mod ssh_common;
+mod support;
+
+mod bench_cli;
+mod checkout_gitless;
+mod cli_messages;
+mod config_check;
+mod docs_match_code;
+mod doctor_cli;
+mod exec_cli;
+mod exec_debian;
+mod exec_tiny;
+mod executor_local;
+mod executor_shells;
+mod fake_forge;
+mod forge_client;
+mod forge_e2e;
+mod forge_e2e_gone;
+mod forge_reporter;
+mod nixos_module;
+mod run_cli;
+mod ssh_client;
+mod ssh_throughput;
+mod store;
+mod vm_boot;
+mod workflow_expr;
+mod workflow_matrix;
+mod workflow_model;
