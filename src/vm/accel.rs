@@ -226,10 +226,11 @@ impl std::fmt::Debug for Accelerator {
 impl Accelerator {
     /// A fixed accelerator that never changes (tests, benchmarks of one accelerator).
     pub fn fixed(accel: Accel) -> Accelerator {
-        let (choice, name) = match accel {
-            Accel::Kvm => (AccelChoice::Kvm, "kvm"),
-            Accel::Tcg => (AccelChoice::Tcg, "tcg"),
+        let choice = match accel {
+            Accel::Kvm => AccelChoice::Kvm,
+            Accel::Tcg => AccelChoice::Tcg,
         };
+        let name = accel.as_str();
         Accelerator {
             choice,
             initial: Probe {
@@ -326,7 +327,7 @@ impl Accelerator {
             Some(why) if self.initial.accel == Accel::Kvm => {
                 format!("tcg (auto: KVM was given up: {why})")
             }
-            _ => format!("{} ({})", self.initial.accel.name(), self.initial.reason),
+            _ => format!("{} ({})", self.initial.accel.as_str(), self.initial.reason),
         }
     }
 

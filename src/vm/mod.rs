@@ -31,7 +31,7 @@ pub enum Accel {
 
 impl Accel {
     /// `kvm` or `tcg`, as in the configuration.
-    pub fn name(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
@@ -165,13 +165,13 @@ impl std::fmt::Debug for Vm {
 }
 
 fn valid_job_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    !id.is_empty() && id.len() <= 64 && id != "." && id != ".." && id.bytes().all(is_job_id_byte)
+}
+
+/// The bytes a job id (and so its directory's name) may hold: ASCII letters,
+/// digits, `.`, `_`, `-`.
+pub fn is_job_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
