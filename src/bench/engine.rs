@@ -53,7 +53,7 @@ pub struct SolsticeSample {
 /// `solstice bench engine`.
 pub async fn engine_main(args: EngineBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
-    let image = pick_image(&config, args.common.image.as_deref()).map_err(BenchError::Usage)?;
+    let image = pick_image(&config, args.common.image.as_deref())?;
     // Both sides of the comparison use the accelerator chosen now.
     let accel = resolve_accel(&config).await?.current();
     let runs = args.runs.max(1) as usize;

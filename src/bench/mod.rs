@@ -83,22 +83,20 @@ pub(crate) fn load_bench_config(common: &BenchCommon) -> Result<Config, BenchErr
 pub(crate) fn pick_image<'a>(
     config: &'a Config,
     name: Option<&str>,
-) -> Result<&'a ImageConfig, String> {
+) -> Result<&'a ImageConfig, BenchError> {
     if let Some(n) = name {
-        return config
-            .images
-            .get(n)
-            .ok_or_else(|| format!("no image named `{n}` in the configuration"));
+        return config.images.get(n).ok_or_else(|| {
+            BenchError::Usage(format!("no image named `{n}` in the configuration"))
+        });
     }
     if config.images.len() == 1
         && let Some(i) = config.images.values().next()
     {
         return Ok(i);
     }
-    config
-        .images
-        .get("tiny")
-        .ok_or_else(|| "several images are configured: pick one with --image NAME".into())
+    config.images.get("tiny").ok_or_else(|| {
+        BenchError::Usage("several images are configured: pick one with --image NAME".into())
+    })
 }
 
 /// `bin` in `PATH`.
@@ -125,9 +123,10 @@ pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
     /// Creates `parent/<prefix>-<random>`.
-    pub fn new(parent: &std::path::Path, prefix: &str) -> Result<TempDir, String> {
+    pub fn new(parent: &std::path::Path, prefix: &str) -> Result<TempDir, BenchError> {
         let dir = parent.join(format!("{prefix}-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BenchError::Infra(format!("create {}: {e}", dir.display())))?;
         Ok(TempDir(dir))
     }
 }

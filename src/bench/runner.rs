@@ -78,7 +78,7 @@ fn progress(msg: impl std::fmt::Display) {
 /// `solstice bench runner`.
 pub async fn runner_main(args: RunnerBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
-    let image = pick_image(&config, args.common.image.as_deref()).map_err(BenchError::Usage)?;
+    let image = pick_image(&config, args.common.image.as_deref())?;
     let exe = std::env::current_exe().map_err(|e| {
         BenchError::Infra(format!(
             "cannot find the solstice binary to start the daemon: {e}"
@@ -118,7 +118,7 @@ async fn run(
     // Under the system's temporary directory: the daemon's QMP socket paths
     // must stay short.
     let load_before = load_average();
-    let work = TempDir::new(&std::env::temp_dir(), "sbench")?;
+    let work = TempDir::new(&std::env::temp_dir(), "sbench").map_err(|e| e.to_string())?;
 
     // 1. Baselines.
     let runs = args.runs.max(1);
@@ -142,8 +142,13 @@ async fn run(
     let vm = BaselineVm::boot(config, image, accel)
         .await
         .map_err(|e| format!("baseline boot failed: {e}"))?;
-    vm.run(&gen_block_script()).await?;
-    let (got, baseline_stream) = vm.stream(&cat_loop_script(args.log_mb)).await?;
+    vm.run(&gen_block_script())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (got, baseline_stream) = vm
+        .stream(&cat_loop_script(args.log_mb))
+        .await
+        .map_err(|e| e.to_string())?;
     vm.shutdown().await;
     if got != bytes {
         return Err(format!(

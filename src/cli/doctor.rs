@@ -477,8 +477,12 @@ fn image_check(config: &Config, image: &ImageConfig) -> Check {
             ),
         );
     }
-    match crate::vm::disk::image_info(&config.qemu.img_binary, path) {
-        Err(e) => Check::fail(what, format!("{}: {e}", path.display())),
+    match crate::vm::disk::probe_image(&config.qemu.img_binary, path) {
+        // The error and its causes on one line: one line per check.
+        Err(e) => Check::fail(
+            what,
+            format!("{}: {}", path.display(), crate::errors::Chain(&e)),
+        ),
         Ok(info) => {
             let declared = image.format.as_str();
             if info.format != declared {

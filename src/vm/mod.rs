@@ -448,19 +448,24 @@ impl Vm {
 
     /// The PCI functions QEMU placed (`query-pci`), to check the slot
     /// layout of [`argv::Slot`] on a running VM.
-    pub async fn pci_functions(&mut self) -> Result<Vec<qmp::PciFunction>, String> {
+    pub async fn pci_functions(&mut self) -> Result<Vec<qmp::PciFunction>, VmError> {
         if self.qmp_in_flight {
             self.qmp = None;
         }
-        let conn = self.qmp.as_mut().ok_or("the QMP connection was given up")?;
+        let conn = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmError::Qmp("the QMP connection was given up".into()))?;
         self.qmp_in_flight = true;
         let answer = tokio::time::timeout(Duration::from_secs(5), qmp::pci_functions(conn)).await;
         self.qmp_in_flight = false;
         match answer {
-            Ok(r) => r,
+            Ok(r) => r.map_err(VmError::Qmp),
             Err(_) => {
                 self.qmp = None;
-                Err("QEMU did not answer query-pci within 5 s".into())
+                Err(VmError::Qmp(
+                    "QEMU did not answer query-pci within 5 s".into(),
+                ))
             }
         }
     }
