@@ -15,10 +15,12 @@ pub mod events;
 pub mod executor;
 pub mod forge;
 pub mod guest;
+pub mod human;
 pub mod metrics;
 pub mod runner;
 pub mod secret;
 pub mod ssh;
+pub mod startup;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testing;

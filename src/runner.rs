@@ -214,7 +214,7 @@ pub async fn run_in_vm(
                 image.name,
                 image.vcpus,
                 image.memory_mib,
-                accel.name()
+                accel.as_str()
             ),
         });
         let t0 = Instant::now();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use super::TempDir;
+use super::{BenchError, TempDir};
 use crate::config::{Config, ImageConfig};
 use crate::ssh::HostKey;
 use crate::vm::{self, Accel};
@@ -31,22 +31,22 @@ impl BaselineVm {
         config: &Config,
         image: &ImageConfig,
         accel: Accel,
-    ) -> Result<BaselineVm, String> {
+    ) -> Result<BaselineVm, BenchError> {
         let dir = TempDir::new(&config.daemon.state_dir, "bench")?;
         let key = dir.0.join("id_ed25519");
         let out = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(&key)
             .output()
-            .map_err(|e| format!("ssh-keygen: {e}"))?;
+            .map_err(|e| BenchError::Infra(format!("ssh-keygen: {e}")))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(BenchError::Infra(format!(
                 "ssh-keygen failed: {}",
                 String::from_utf8_lossy(&out.stderr)
-            ));
+            )));
         }
         let public = std::fs::read_to_string(key.with_extension("pub"))
-            .map_err(|e| format!("read public key: {e}"))?;
+            .map_err(|e| BenchError::Infra(format!("read public key: {e}")))?;
         let host = HostKey::generate();
         let host_private = host.private_openssh();
         let host_public = host.public_openssh();
@@ -61,7 +61,7 @@ impl BaselineVm {
                 host_key: Some((&host_private, &host_public)),
             },
         )
-        .map_err(|e| format!("seed: {e}"))?;
+        .map_err(|e| BenchError::Infra(format!("seed: {e}")))?;
         let overlay = dir.0.join("overlay.qcow2");
         vm::disk::create_overlay(
             &config.qemu.img_binary,
@@ -71,10 +71,10 @@ impl BaselineVm {
             image.disk_size_gib,
         )
         .await
-        .map_err(|e| format!("overlay: {e}"))?;
+        .map_err(|e| BenchError::Infra(format!("overlay: {e}")))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| format!("pick a port: {e}"))?
+            .map_err(|e| BenchError::Infra(format!("pick a port: {e}")))?
             .port();
         let plan = vm::argv::VmPlan {
             name: "solstice-bench-baseline".into(),
@@ -107,7 +107,7 @@ impl BaselineVm {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("start QEMU: {e}"))?;
+            .map_err(|e| BenchError::Infra(format!("start QEMU: {e}")))?;
         let mut vm = BaselineVm {
             child,
             key,
@@ -130,10 +130,13 @@ impl BaselineVm {
                 return Ok(vm);
             }
             if Instant::now() > deadline {
-                return Err(format!("no SSH within {}s", image.boot_timeout.as_secs()));
+                return Err(BenchError::Infra(format!(
+                    "no SSH within {}s",
+                    image.boot_timeout.as_secs()
+                )));
             }
             if let Ok(Some(status)) = vm.child.try_wait() {
-                return Err(format!("QEMU exited early: {status}"));
+                return Err(BenchError::Infra(format!("QEMU exited early: {status}")));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -165,33 +168,35 @@ impl BaselineVm {
     }
 
     /// Runs `command` in the guest; an error unless it exits 0.
-    pub async fn run(&self, command: &str) -> Result<(), String> {
+    pub async fn run(&self, command: &str) -> Result<(), BenchError> {
         let status = self
             .ssh(command)
             .stdout(Stdio::null())
             .status()
             .await
-            .map_err(|e| format!("ssh: {e}"))?;
+            .map_err(|e| BenchError::Infra(format!("ssh: {e}")))?;
         if status.success() {
             Ok(())
         } else {
-            Err(format!("`{command}` in the baseline guest: {status}"))
+            Err(BenchError::Infra(format!(
+                "`{command}` in the baseline guest: {status}"
+            )))
         }
     }
 
     /// Runs `command` in the guest and reads its stdout to the end over the
     /// OpenSSH client. Returns the bytes read and the time from the first
     /// byte to the end (the transfer, without the SSH handshake).
-    pub async fn stream(&self, command: &str) -> Result<(u64, Duration), String> {
+    pub async fn stream(&self, command: &str) -> Result<(u64, Duration), BenchError> {
         let mut child = self
             .ssh(command)
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("ssh: {e}"))?;
+            .map_err(|e| BenchError::Infra(format!("ssh: {e}")))?;
         let mut out = child
             .stdout
             .take()
-            .ok_or_else(|| "ssh: no stdout pipe".to_string())?;
+            .ok_or_else(|| BenchError::Infra("ssh: no stdout pipe".into()))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut bytes = 0u64;
         let mut first: Option<Instant> = None;
@@ -199,7 +204,7 @@ impl BaselineVm {
             let n = out
                 .read(&mut buf)
                 .await
-                .map_err(|e| format!("read ssh output: {e}"))?;
+                .map_err(|e| BenchError::Infra(format!("read ssh output: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -207,9 +212,14 @@ impl BaselineVm {
             bytes += n as u64;
         }
         let took = first.map(|f| f.elapsed()).unwrap_or_default();
-        let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| BenchError::Infra(format!("ssh: {e}")))?;
         if !status.success() {
-            return Err(format!("streaming over ssh failed: {status}"));
+            return Err(BenchError::Infra(format!(
+                "streaming over ssh failed: {status}"
+            )));
         }
         Ok((bytes, took))
     }
@@ -233,7 +243,7 @@ pub async fn baseline_boot(
     config: &Config,
     image: &ImageConfig,
     accel: Accel,
-) -> Result<Duration, String> {
+) -> Result<Duration, BenchError> {
     let vm = BaselineVm::boot(config, image, accel).await?;
     let d = vm.boot_to_ssh;
     vm.shutdown().await;

@@ -10,21 +10,19 @@
 //! with their setup and file commands, and teardown. It is reported against the
 //! baseline's boot to SSH, together with the total wall time difference.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::baseline_boot;
-use super::{fmt_ms, load_bench_config, median, pick_image};
-use crate::cli::EngineBenchArgs;
-use crate::cli::exec::{exit, report_error, resolve_accel};
-use crate::cli::term::fmt_duration;
+use super::{BenchError, EngineBenchArgs, fmt_ms, load_bench_config, median, pick_image};
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
+use crate::human::fmt_duration;
 use crate::runner::{self, VmRun};
+use crate::startup::resolve_accel;
 use crate::vm::Accel;
 use crate::vm::accel::Accelerator;
 
@@ -53,33 +51,18 @@ pub struct SolsticeSample {
 }
 
 /// `solstice bench engine`.
-pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
-    let config = match load_bench_config(&args.common) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let image = match pick_image(&config, args.common.image.as_deref()) {
-        Ok(i) => i,
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
+pub async fn engine_main(args: EngineBenchArgs) -> Result<(), BenchError> {
+    let config = load_bench_config(&args.common)?;
+    let image = pick_image(&config, args.common.image.as_deref())?;
     // Both sides of the comparison use the accelerator chosen now.
-    let accel = match resolve_accel(&config).await {
-        Ok(a) => a.current(),
-        Err(code) => return code,
-    };
+    let accel = resolve_accel(&config).await?.current();
     let runs = args.runs.max(1) as usize;
     println!(
         "solstice bench engine: image {} ({} vCPU, {} MiB), accelerator {}, {runs} runs each",
         image.name,
         image.vcpus,
         image.memory_mib,
-        match accel {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
+        accel.as_str()
     );
 
     let mut baseline = Vec::new();
@@ -93,10 +76,7 @@ pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
                 );
                 baseline.push(d);
             }
-            Err(e) => {
-                eprintln!("error: baseline run failed: {e}");
-                return ExitCode::from(exit::INFRA);
-            }
+            Err(e) => return Err(BenchError::Infra(format!("baseline run failed: {e}"))),
         }
     }
     let mut samples = Vec::new();
@@ -115,12 +95,12 @@ pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
                 );
                 samples.push(s);
             }
-            Err(code) => return code,
+            Err(e) => return Err(e),
         }
     }
     let report = Report::new(&baseline, &samples);
     println!("\n{}", report.render());
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// Medians and the overhead verdict.
@@ -240,14 +220,9 @@ async fn solstice_run(
     config: &Config,
     image: &ImageConfig,
     accel: Accel,
-) -> Result<SolsticeSample, ExitCode> {
-    let wf = match crate::workflow::parse_workflow(TRUE_WORKFLOW) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("error: built-in bench workflow: {e}");
-            return Err(ExitCode::from(exit::INFRA));
-        }
-    };
+) -> Result<SolsticeSample, BenchError> {
+    let wf = crate::workflow::parse_workflow(TRUE_WORKFLOW)
+        .map_err(|e| BenchError::Infra(format!("built-in bench workflow: {e}")))?;
     let spec = JobSpec {
         workflow: wf,
         job_id: "bench".into(),
@@ -282,17 +257,12 @@ async fn solstice_run(
         observer: None,
     };
     let start = Instant::now();
-    let report = match runner::run_in_vm(&run, &NullSink, &CancellationToken::new()).await {
-        Ok(r) => r,
-        Err(e) => {
-            report_error(&e);
-            return Err(ExitCode::from(exit::INFRA));
-        }
-    };
+    let report = runner::run_in_vm(&run, &NullSink, &CancellationToken::new()).await?;
     let total = start.elapsed();
     if report.outcome.conclusion != Conclusion::Success {
-        eprintln!("error: the benchmark's `true` job did not succeed");
-        return Err(ExitCode::from(exit::INFRA));
+        return Err(BenchError::Infra(
+            "the benchmark's `true` job did not succeed".into(),
+        ));
     }
     let t = report.timings;
     Ok(SolsticeSample {

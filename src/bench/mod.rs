@@ -9,22 +9,42 @@
 //!
 //! Both boot their baseline VMs with [`baseline::BaselineVm`].
 
+mod args;
 pub mod baseline;
 pub mod engine;
 pub mod runner;
 pub mod runner_report;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::{BenchArgs, BenchCommand};
 use crate::config::{Config, ImageConfig};
+use crate::runner::RunError;
+use crate::startup::StartupError;
 
+pub use args::{BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs, RunnerBenchArgs};
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
+/// Why a benchmark stopped without figures. The command-line edge maps it to
+/// the exit status (docs/reference/cli.md).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// No configuration, or the accelerator cannot be used.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// Bad usage: no such image, or the OpenSSH client is missing.
+    #[error("{0}")]
+    Usage(String),
+    /// A VM could not be run or measured.
+    #[error("{0}")]
+    Infra(String),
+    /// Solstice's own job run failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
 /// Runs the benchmark the arguments name.
-pub async fn bench_main(args: BenchArgs) -> ExitCode {
+pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
     match args.command {
         BenchCommand::Engine(a) => engine::engine_main(a).await,
         BenchCommand::Runner(a) => runner::runner_main(a).await,
@@ -54,8 +74,8 @@ pub(crate) fn fmt_ms(d: Duration) -> String {
 /// The image named `name`, else the only image, else the one named `tiny`.
 /// What both benchmarks need first: the configuration, with the OpenSSH
 /// client (the baselines use it) checked to be there.
-pub(crate) fn load_bench_config(common: &crate::cli::BenchCommon) -> Result<Config, ExitCode> {
-    let (_, config) = crate::cli::exec::load_config(common.config.as_deref())?;
+pub(crate) fn load_bench_config(common: &BenchCommon) -> Result<Config, BenchError> {
+    let (_, config) = crate::startup::load_config(common.config.as_deref())?;
     require_openssh()?;
     Ok(config)
 }
@@ -63,22 +83,20 @@ pub(crate) fn load_bench_config(common: &crate::cli::BenchCommon) -> Result<Conf
 pub(crate) fn pick_image<'a>(
     config: &'a Config,
     name: Option<&str>,
-) -> Result<&'a ImageConfig, String> {
+) -> Result<&'a ImageConfig, BenchError> {
     if let Some(n) = name {
-        return config
-            .images
-            .get(n)
-            .ok_or_else(|| format!("no image named `{n}` in the configuration"));
+        return config.images.get(n).ok_or_else(|| {
+            BenchError::Usage(format!("no image named `{n}` in the configuration"))
+        });
     }
     if config.images.len() == 1
         && let Some(i) = config.images.values().next()
     {
         return Ok(i);
     }
-    config
-        .images
-        .get("tiny")
-        .ok_or_else(|| "several images are configured: pick one with --image NAME".into())
+    config.images.get("tiny").ok_or_else(|| {
+        BenchError::Usage("several images are configured: pick one with --image NAME".into())
+    })
 }
 
 /// `bin` in `PATH`.
@@ -91,12 +109,11 @@ pub(crate) fn which(bin: &str) -> Option<PathBuf> {
 }
 
 /// Checks that the OpenSSH client the baselines use is installed.
-pub(crate) fn require_openssh() -> Result<(), ExitCode> {
+pub(crate) fn require_openssh() -> Result<(), BenchError> {
     if which("ssh").is_none() || which("ssh-keygen").is_none() {
-        eprintln!(
-            "error: the baseline needs the OpenSSH client (`ssh`, `ssh-keygen`): apt-get install openssh-client"
-        );
-        return Err(ExitCode::from(crate::cli::exec::exit::USAGE));
+        return Err(BenchError::Usage(
+            "the baseline needs the OpenSSH client (`ssh`, `ssh-keygen`): apt-get install openssh-client".into(),
+        ));
     }
     Ok(())
 }
@@ -106,9 +123,10 @@ pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
     /// Creates `parent/<prefix>-<random>`.
-    pub fn new(parent: &std::path::Path, prefix: &str) -> Result<TempDir, String> {
+    pub fn new(parent: &std::path::Path, prefix: &str) -> Result<TempDir, BenchError> {
         let dir = parent.join(format!("{prefix}-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BenchError::Infra(format!("create {}: {e}", dir.display())))?;
         Ok(TempDir(dir))
     }
 }

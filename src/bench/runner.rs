@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::baseline::{BaselineVm, baseline_boot};
@@ -26,12 +26,11 @@ use super::runner_report::{
     Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, loadavg_1min, stat_cpu_ticks,
     status_kib,
 };
-use super::{TempDir, load_bench_config, median, pick_image};
-use crate::cli::RunnerBenchArgs;
-use crate::cli::exec::{exit, resolve_accel};
-use crate::cli::term::fmt_duration;
+use super::{BenchError, RunnerBenchArgs, TempDir, load_bench_config, median, pick_image};
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
 use crate::forge::proto::{TaskResult, Timestamp};
+use crate::human::fmt_duration;
+use crate::startup::resolve_accel;
 use crate::store::Store;
 use crate::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot};
 use crate::vm::Accel;
@@ -77,47 +76,26 @@ fn progress(msg: impl std::fmt::Display) {
 }
 
 /// `solstice bench runner`.
-pub async fn runner_main(args: RunnerBenchArgs) -> ExitCode {
-    let config = match load_bench_config(&args.common) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let image = match pick_image(&config, args.common.image.as_deref()) {
-        Ok(i) => i,
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: cannot find the solstice binary to start the daemon: {e}");
-            return ExitCode::from(exit::INFRA);
-        }
-    };
+pub async fn runner_main(args: RunnerBenchArgs) -> Result<(), BenchError> {
+    let config = load_bench_config(&args.common)?;
+    let image = pick_image(&config, args.common.image.as_deref())?;
+    let exe = std::env::current_exe().map_err(|e| {
+        BenchError::Infra(format!(
+            "cannot find the solstice binary to start the daemon: {e}"
+        ))
+    })?;
     // Both sides of the comparison use the accelerator chosen now.
-    let accel = match resolve_accel(&config).await {
-        Ok(a) => a.current(),
-        Err(code) => return code,
-    };
-    match run(&args, &config, image, accel, &exe).await {
-        Ok(report) => {
-            print!("\n{}", report.render());
-            if let Some(path) = &args.json {
-                let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
-                if let Err(e) = std::fs::write(path, text + "\n") {
-                    eprintln!("error: cannot write {}: {e}", path.display());
-                    return ExitCode::from(exit::INFRA);
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(exit::INFRA)
-        }
+    let accel = resolve_accel(&config).await?.current();
+    let report = run(&args, &config, image, accel, &exe)
+        .await
+        .map_err(BenchError::Infra)?;
+    print!("\n{}", report.render());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+        std::fs::write(path, text + "\n")
+            .map_err(|e| BenchError::Infra(format!("cannot write {}: {e}", path.display())))?;
     }
+    Ok(())
 }
 
 async fn run(
@@ -127,10 +105,7 @@ async fn run(
     accel: Accel,
     exe: &Path,
 ) -> Result<RunnerReport, String> {
-    let accel_name = match accel {
-        Accel::Kvm => "kvm",
-        Accel::Tcg => "tcg",
-    };
+    let accel_name = accel.as_str();
     let label = image
         .labels
         .first()
@@ -143,7 +118,7 @@ async fn run(
     // Under the system's temporary directory: the daemon's QMP socket paths
     // must stay short.
     let load_before = load_average();
-    let work = TempDir::new(&std::env::temp_dir(), "sbench")?;
+    let work = TempDir::new(&std::env::temp_dir(), "sbench").map_err(|e| e.to_string())?;
 
     // 1. Baselines.
     let runs = args.runs.max(1);
@@ -167,8 +142,13 @@ async fn run(
     let vm = BaselineVm::boot(config, image, accel)
         .await
         .map_err(|e| format!("baseline boot failed: {e}"))?;
-    vm.run(&gen_block_script()).await?;
-    let (got, baseline_stream) = vm.stream(&cat_loop_script(args.log_mb)).await?;
+    vm.run(&gen_block_script())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (got, baseline_stream) = vm
+        .stream(&cat_loop_script(args.log_mb))
+        .await
+        .map_err(|e| e.to_string())?;
     vm.shutdown().await;
     if got != bytes {
         return Err(format!(
@@ -640,7 +620,7 @@ fn forge_view(jobs: &[JobRecord]) -> Duration {
 
 /// The latency split of the jobs, from the daemon's database.
 fn db_latency(state_dir: &Path, jobs: &[JobRecord]) -> Result<Latency, String> {
-    let db = state_dir.join("solstice.db");
+    let db = crate::store::db_path(state_dir);
     let store = Store::open_read_only(&db).map_err(|e| format!("open {}: {e}", db.display()))?;
     let rows = store
         .recent_jobs(jobs.len() + 100)

@@ -7,9 +7,10 @@
 mod boot;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::error::{CliError, Exit};
 use crate::config::{AccelChoice, Config, Firmware, ImageConfig, ParseOptions};
 use crate::vm::Accel;
 use crate::vm::accel::{Accelerator, KvmFailure};
@@ -96,14 +97,10 @@ impl Check {
     }
 }
 
-pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
-    let path = match crate::config::find_config(args.config.as_deref()) {
-        Ok(found) => found.path,
-        Err(msg) => {
-            eprintln!("error: {msg}");
-            return ExitCode::from(2);
-        }
-    };
+pub async fn doctor_main(args: DoctorArgs) -> Result<(), CliError> {
+    let path = crate::config::find_config(args.config.as_deref())
+        .map_err(|e| CliError::usage(e.to_string()))?
+        .path;
     let path = std::path::absolute(&path).unwrap_or(path);
     println!("[solstice] config: {}", path.display());
     // Paths are checked below, one line each, instead of failing the load.
@@ -112,13 +109,10 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             println!("{}", Check::fail("config", format!("{} is not valid (see above); `solstice check-config {}` lists every problem", path.display(), path.display())).render());
-            return ExitCode::from(2);
+            return Err(CliError::reported(Exit::Usage));
         }
     };
-    let boot_image = match boot_image(&args, &config) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
+    let boot_image = boot_image(&args, &config)?;
     let mut checks = vec![Check::ok(
         "config",
         format!(
@@ -214,10 +208,10 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
                 String::new()
             }
         );
-        ExitCode::SUCCESS
+        Ok(())
     } else {
         println!("{fails} problem(s) above stop jobs from running; each line says what to do.");
-        ExitCode::FAILURE
+        Err(CliError::reported(Exit::Failed))
     }
 }
 
@@ -226,7 +220,7 @@ pub async fn doctor_main(args: DoctorArgs) -> ExitCode {
 fn boot_image<'a>(
     args: &DoctorArgs,
     config: &'a Config,
-) -> Result<Option<&'a ImageConfig>, ExitCode> {
+) -> Result<Option<&'a ImageConfig>, CliError> {
     let Some(name) = args.image.as_deref().filter(|_| args.boot) else {
         return Ok(None);
     };
@@ -234,15 +228,14 @@ fn boot_image<'a>(
         Some(image) => Ok(Some(image)),
         None => {
             let names: Vec<&str> = config.images.keys().map(String::as_str).collect();
-            eprintln!(
-                "error: no image `{name}` in the configuration; configured images: {}",
+            Err(CliError::usage(format!(
+                "no image `{name}` in the configuration; configured images: {}",
                 if names.is_empty() {
                     "none".to_string()
                 } else {
                     names.join(", ")
                 }
-            );
-            Err(ExitCode::from(2))
+            )))
         }
     }
 }
@@ -349,7 +342,7 @@ fn cpu_check(image: &ImageConfig, accel: Option<Accel>) -> Check {
         } else {
             format!("default for {} guests", image.os.runner_os())
         };
-        format!("{model} under {} ({source})", accel.name())
+        format!("{model} under {} ({source})", accel.as_str())
     };
     match accel {
         Some(a) => Check::ok(what, one(a)),
@@ -394,7 +387,7 @@ fn accelerator_check(config: &Config) -> (Check, Option<Accel>) {
                     "accelerator",
                     format!("tcg ({reason}); jobs run, more slowly"),
                 ),
-                (_, accel) => Check::ok("accelerator", format!("{} ({reason})", accel.name())),
+                (_, accel) => Check::ok("accelerator", format!("{} ({reason})", accel.as_str())),
             }
         }
     };
@@ -403,7 +396,7 @@ fn accelerator_check(config: &Config) -> (Check, Option<Accel>) {
 
 /// The daemon's record of a KVM failure, when its database exists.
 fn remembered_kvm_failure(config: &Config) -> Option<KvmFailure> {
-    let db = crate::daemon::database_path(config);
+    let db = crate::store::db_path(&config.daemon.state_dir);
     if !db.exists() {
         return None;
     }
@@ -417,7 +410,7 @@ fn remembered_kvm_failure(config: &Config) -> Option<KvmFailure> {
 
 /// `--retry-kvm`: forgets the daemon's KVM failure record.
 fn forget_kvm_failure(config: &Config) -> Check {
-    let db = crate::daemon::database_path(config);
+    let db = crate::store::db_path(&config.daemon.state_dir);
     if !db.exists() {
         return Check::ok(
             "retry KVM",
@@ -484,8 +477,12 @@ fn image_check(config: &Config, image: &ImageConfig) -> Check {
             ),
         );
     }
-    match crate::vm::disk::image_info(&config.qemu.img_binary, path) {
-        Err(e) => Check::fail(what, format!("{}: {e}", path.display())),
+    match crate::vm::disk::probe_image(&config.qemu.img_binary, path) {
+        // The error and its causes on one line: one line per check.
+        Err(e) => Check::fail(
+            what,
+            format!("{}: {}", path.display(), crate::errors::Chain(&e)),
+        ),
         Ok(info) => {
             let declared = image.format.as_str();
             if info.format != declared {
@@ -655,7 +652,7 @@ fn credentials_check(config: &Config, forge: &crate::config::ForgeConfig) -> Che
         C::RunnerFile(p) => ("runner_file", p),
     };
     let stored = {
-        let db = crate::daemon::database_path(config);
+        let db = crate::store::db_path(&config.daemon.state_dir);
         db.exists()
             && crate::store::Store::open_read_only(&db)
                 .ok()

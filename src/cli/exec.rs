@@ -12,203 +12,69 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::ExecArgs;
+use super::error::{CliError, Exit};
 use super::term::TerminalSink;
 use crate::config::{Config, ImageConfig};
 use crate::events::Conclusion;
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::runner::{self, RunError, VmRun};
 use crate::secret::Secret;
-use crate::vm::accel::Accelerator;
+use crate::startup::{ConfigNotice, load_config_to, resolve_accel};
 use crate::workflow::expr::{Contexts, interpolate};
 use crate::workflow::{self, Combination, Job, Workflow};
 
-/// Exit status of `solstice exec` (documented in docs/reference/cli.md).
+/// Exit status of `solstice exec` (documented in docs/reference/cli.md),
+/// from the one mapping [`Exit::code`].
 pub mod exit {
-    pub const JOB_FAILED: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const INFRA: u8 = 3;
+    use super::Exit;
+    pub const JOB_FAILED: u8 = Exit::JobFailed.code();
+    pub const USAGE: u8 = Exit::Usage.code();
+    pub const INFRA: u8 = Exit::Infra.code();
     /// The async runtime could not start (any command that runs one).
-    pub const NO_RUNTIME: u8 = 70;
-    pub const INTERRUPTED: u8 = 130;
+    pub const NO_RUNTIME: u8 = Exit::NoRuntime.code();
+    pub const INTERRUPTED: u8 = Exit::Interrupted.code();
 }
 
-/// Prints an error and its causes to stderr.
+/// Prints an error and its causes to stderr. Only for `daemon::run_main`
+/// until it returns its error to the edge; commands return a [`CliError`].
 pub fn report_error(err: &(dyn std::error::Error + 'static)) {
-    eprintln!("error: {err}");
-    let mut source = err.source();
-    while let Some(s) = source {
-        eprintln!("  caused by: {s}");
-        source = s.source();
-    }
+    eprintln!("{}", super::error::Report(err));
 }
 
-/// Where a command says which config file it uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigNotice {
-    /// With the job's progress lines (`exec`).
-    Stdout,
-    /// Where stdout is data (`status`, `bench`) or the log goes to stderr (`run`).
-    Stderr,
-}
-
-/// Finds and loads the configuration (see [`crate::config::find_config`]),
-/// prints `[solstice] config: PATH` on stderr, and prints every problem.
-/// Errors are exit status 2.
+/// [`crate::startup::load_config`] for `daemon::run_main`, until it returns
+/// its error to the edge: the error is printed, the exit status returned.
 pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCode> {
-    load_config_to(explicit, ConfigNotice::Stderr)
+    crate::startup::load_config(explicit).map_err(|e| super::error::finish(Err(e.into())))
 }
 
-/// [`load_config`], saying which file was used on `notice`.
-pub fn load_config_to(
-    explicit: Option<&Path>,
-    notice: ConfigNotice,
-) -> Result<(PathBuf, Config), ExitCode> {
-    let path = crate::config::find_config(explicit)
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(exit::USAGE)
-        })?
-        .path;
-    let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-    match notice {
-        ConfigNotice::Stdout => println!("[solstice] config: {}", shown.display()),
-        ConfigNotice::Stderr => eprintln!("[solstice] config: {}", shown.display()),
-    }
-    match crate::config::load(&path) {
-        Ok(c) => Ok((path, c)),
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("error: {} is not valid (see above)", path.display());
-            Err(ExitCode::from(exit::USAGE))
-        }
-    }
-}
-
-/// Resolves the accelerator without blocking the runtime; prints the choice.
-/// A KVM failure recorded in the state database counts, and a fallback in
-/// this run is recorded there (when the database is this user's, see
-/// [`state_for_accel`]).
-pub async fn resolve_accel(config: &Config) -> Result<Accelerator, ExitCode> {
-    let config = config.clone();
-    let resolved = tokio::task::spawn_blocking(move || {
-        let (store, writable) = match state_for_accel(&config) {
-            Some((store, writable)) => (Some(std::sync::Arc::new(store)), writable),
-            None => (None, false),
-        };
-        let remembered = store.as_deref().and_then(runner::remembered_kvm_failure);
-        Accelerator::resolve(&config.qemu, remembered.as_ref()).map(|a| match store {
-            Some(store) if writable => {
-                a.with_listener(Box::new(move |f| runner::record_kvm_failure(&store, f)))
-            }
-            _ => a,
-        })
-    })
-    .await;
-    match resolved {
-        Ok(Ok(a)) => {
-            println!("[solstice] accelerator: {}", a.describe());
-            Ok(a)
-        }
-        Ok(Err(e)) => {
-            report_error(&e);
-            Err(ExitCode::from(exit::INFRA))
-        }
-        Err(e) => {
-            eprintln!("error: accelerator probe failed: {e}");
-            Err(ExitCode::from(exit::INFRA))
-        }
-    }
-}
-
-/// The state database for the KVM failure record, and whether this process
-/// may write to it. The database belongs to whoever runs the daemon: it is
-/// opened for writing (and created) only when it (or, before it exists, the
-/// state directory) belongs to this user; another user's database is only
-/// read, so that `sudo solstice exec` never leaves a root-owned file the
-/// daemon's user cannot open. `None` (at debug level) when there is none.
-fn state_for_accel(config: &Config) -> Option<(crate::store::Store, bool)> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    let db = crate::daemon::database_path(config);
-    let mine = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == me);
-    let opened = if db.exists() {
-        if mine(&db) {
-            crate::store::Store::open(&db).map(|s| (s, true))
-        } else {
-            crate::store::Store::open_read_only(&db).map(|s| (s, false))
-        }
-    } else if mine(&config.daemon.state_dir) {
-        crate::store::Store::open(&db).map(|s| (s, true))
-    } else {
-        return None;
-    };
-    match opened {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::debug!(error = %e, "no state database for the KVM failure record");
-            None
-        }
-    }
-}
-
-pub async fn exec_main(args: ExecArgs) -> ExitCode {
-    let (_, config) = match load_config_to(args.config.as_deref(), ConfigNotice::Stdout) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if let Err(e) = crate::store::check_state_dir(&config.daemon.state_dir) {
-        report_error(&e);
-        return ExitCode::from(exit::USAGE);
-    }
-    let text = match std::fs::read_to_string(&args.workflow) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.workflow.display());
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let wf = match workflow::parse_workflow(&text) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("error: {}: {e}", args.workflow.display());
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let (job_id, job) = match workflow::select_job(&wf, args.job.as_deref()) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {}: {e}", args.workflow.display());
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let combos = match workflow::expand_matrix(job) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}: {e}", args.workflow.display());
-            return ExitCode::from(exit::USAGE);
-        }
-    };
+pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
+    let (_, config) = load_config_to(args.config.as_deref(), ConfigNotice::Stdout)?;
+    crate::store::check_state_dir(&config.daemon.state_dir).map_err(CliError::usage)?;
+    let file = args.workflow.display();
+    let text = std::fs::read_to_string(&args.workflow)
+        .map_err(|e| CliError::usage(format!("cannot read {file}: {e}")))?;
+    let in_file = |e: &dyn std::fmt::Display| CliError::usage(format!("{file}: {e}"));
+    let wf = workflow::parse_workflow(&text).map_err(|e| in_file(&e))?;
+    let (job_id, job) = workflow::select_job(&wf, args.job.as_deref()).map_err(|e| in_file(&e))?;
+    let combos = workflow::expand_matrix(job).map_err(|e| in_file(&e))?;
     // Everything that would only fail after a VM has booted fails now.
     let problems = crate::executor::preflight::preflight(&wf, job_id, job, None);
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("error: {}: {p}", args.workflow.display());
         }
-        eprintln!(
-            "error: {} cannot run as it is ({} problem(s) above); no VM was started",
-            args.workflow.display(),
+        return Err(CliError::usage(format!(
+            "{file} cannot run as it is ({} problem(s) above); no VM was started",
             problems.len()
-        );
-        return ExitCode::from(exit::USAGE);
+        )));
     }
     if let Some(dir) = &args.workdir
         && !dir.is_dir()
     {
-        eprintln!(
-            "error: --workdir {}: no such directory (it is what actions/checkout copies into the guest)",
+        return Err(CliError::usage(format!(
+            "--workdir {}: no such directory (it is what actions/checkout copies into the guest)",
             dir.display()
-        );
-        return ExitCode::from(exit::USAGE);
+        )));
     }
     let all = combos.clone();
     let combos = workflow::filter_matrix(combos, &args.matrix);
@@ -218,32 +84,26 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
             .iter()
             .map(|(k, v)| format!("--matrix {k}={v}"))
             .collect();
-        eprintln!(
-            "error: no matrix combination of job `{job_id}` matches {} ({} combination{} in all):",
+        let mut msg = format!(
+            "no matrix combination of job `{job_id}` matches {} ({} combination{} in all):",
             selectors.join(" "),
             all.len(),
             if all.len() == 1 { "" } else { "s" }
         );
         for line in workflow::matrix::explain_no_match(&all, &args.matrix) {
-            eprintln!("  {line}");
+            msg.push_str(&format!("\n  {line}"));
         }
-        return ExitCode::from(exit::USAGE);
+        return Err(CliError::usage(msg));
     }
     // Choose every image before starting anything, so a bad label fails fast.
     let mut plan = Vec::new();
     for combo in &combos {
         match choose_image(&config, args.image.as_deref(), job, combo) {
             Ok(img) => plan.push((combo, img)),
-            Err(msg) => {
-                eprintln!("error: {msg}");
-                return ExitCode::from(exit::USAGE);
-            }
+            Err(msg) => return Err(CliError::usage(msg)),
         }
     }
-    let accel = match resolve_accel(&config).await {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
+    let accel = resolve_accel(&config).await?;
 
     let workdir = match args.workdir.clone() {
         Some(d) => d,
@@ -319,10 +179,7 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
                     failed += 1;
                     break;
                 }
-                Err(e) => {
-                    report_error(&e);
-                    return Err(ExitCode::from(exit::INFRA));
-                }
+                Err(e) => return Err(CliError::infra(e)),
             }
         }
         Ok(())
@@ -330,14 +187,12 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
     let result = tokio::select! {
         r = run_all => r,
         // A second Ctrl-C: dropping the run future destroys the VM at once.
-        _ = hard_stop.cancelled() => Err(ExitCode::from(exit::INTERRUPTED)),
+        _ = hard_stop.cancelled() => Err(CliError::reported(Exit::Interrupted)),
     };
-    if let Err(code) = result {
-        return code;
-    }
+    result?;
     if interrupted.load(Ordering::SeqCst) {
         eprintln!("interrupted: the job was cancelled and its VM destroyed");
-        return ExitCode::from(exit::INTERRUPTED);
+        return Err(CliError::reported(Exit::Interrupted));
     }
     if total > 1 {
         println!(
@@ -346,9 +201,9 @@ pub async fn exec_main(args: ExecArgs) -> ExitCode {
         );
     }
     if failed == 0 {
-        ExitCode::SUCCESS
+        Ok(())
     } else {
-        ExitCode::from(exit::JOB_FAILED)
+        Err(CliError::reported(Exit::JobFailed))
     }
 }
 

@@ -1,12 +1,15 @@
 //! Command-line interface: argument parsing and the top-level commands.
 
 pub mod doctor;
+pub mod error;
 pub mod exec;
 pub mod status;
 pub mod term;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+pub use error::{CliError, Exit};
 
 use clap::{Parser, Subcommand};
 
@@ -45,7 +48,7 @@ pub enum Command {
     /// Measure Solstice against plain QEMU + OpenSSH baselines
     /// (`bench engine`: one job's overhead; `bench runner`: the daemon).
     #[cfg(feature = "bench")]
-    Bench(BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Serve the configured forges: poll for jobs and run each in a fresh VM
     /// (the daemon; stops on SIGTERM/SIGINT after draining running jobs).
     Run {
@@ -89,69 +92,6 @@ pub struct ExecArgs {
     pub workflow: PathBuf,
 }
 
-/// `solstice bench`: which benchmark.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// One `true` job through the engine (as `solstice exec` runs it) against
-    /// plain QEMU + `ssh` polling: Solstice's own overhead around the boot.
-    Engine(EngineBenchArgs),
-    /// The `solstice run` daemon against an in-process fake forge: job
-    /// throughput at capacity 1 and 2, the latency split from task receipt to
-    /// the first step, idle memory and CPU, and log streaming, each against
-    /// plain QEMU + OpenSSH in the same run. Takes several minutes under TCG.
-    Runner(RunnerBenchArgs),
-}
-
-/// Options of both benchmarks.
-#[derive(Debug, clap::Args)]
-pub struct BenchCommon {
-    /// Configuration file (same search order as `exec`); its `[qemu]` and
-    /// image settings are used, its forges are not.
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
-    /// Image to measure [default: the only image, or the one named `tiny`].
-    #[arg(long, short = 'i')]
-    pub image: Option<String>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct EngineBenchArgs {
-    #[command(flatten)]
-    pub common: BenchCommon,
-    /// Runs of each measurement; medians are reported.
-    #[arg(long, short = 'n', default_value_t = 5)]
-    pub runs: u32,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct RunnerBenchArgs {
-    #[command(flatten)]
-    pub common: BenchCommon,
-    /// Trivial (`run: 'true'`) jobs queued at once for each throughput run;
-    /// the latency medians are taken over the capacity-1 run's jobs.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub jobs: u32,
-    /// Megabytes (10^6 bytes, as 100-byte lines) the log-streaming job prints.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
-    pub log_mb: u32,
-    /// Seconds the idle daemon's memory and CPU are watched (20 or more for
-    /// a meaningful CPU figure).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub idle_secs: u64,
-    /// Boots of the plain baseline VM; the median boot to SSH is used.
-    #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub runs: u32,
-    /// Also write the figures as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-}
-
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if valid_name(k) => Ok((k.to_string(), v.to_string())),
@@ -193,22 +133,55 @@ pub fn main() -> ExitCode {
         "warn"
     };
     init_tracing(cli.log.as_deref().unwrap_or(default));
-    match cli.command {
-        Command::Run { config } => run_async(crate::daemon::run_main(config.as_deref())),
+    let result = match cli.command {
+        Command::Run { config } => {
+            return match run_async(crate::daemon::run_main(config.as_deref())) {
+                Ok(code) => code,
+                Err(e) => error::finish(Err(e)),
+            };
+        }
         Command::CheckConfig {
             file,
             no_path_checks,
-        } => crate::config::check_config_main(
+        } => check_config_main(
             &file,
             &crate::config::ParseOptions {
                 check_paths: !no_path_checks,
             },
         ),
-        Command::Exec(args) => run_async(exec::exec_main(args)),
+        Command::Exec(args) => run_async(exec::exec_main(args)).and_then(|r| r),
         #[cfg(feature = "bench")]
-        Command::Bench(args) => run_async(crate::bench::bench_main(args)),
+        Command::Bench(args) => {
+            run_async(crate::bench::bench_main(args)).and_then(|r| r.map_err(CliError::from))
+        }
         Command::Status(args) => status::status_main(args),
-        Command::Doctor(args) => run_async(doctor::doctor_main(args)),
+        Command::Doctor(args) => run_async(doctor::doctor_main(args)).and_then(|r| r),
+    };
+    error::finish(result)
+}
+
+/// `solstice check-config [--no-path-checks] FILE`: print the warnings (one
+/// per line) to stderr and the summary to stdout, or every problem (one per
+/// line) and a count to stderr ([`Exit::Failed`]).
+pub fn check_config_main(path: &Path, opts: &crate::config::ParseOptions) -> Result<(), CliError> {
+    match crate::config::load_with(path, opts) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("{w}");
+            }
+            println!("{}", config.summary(path));
+            Ok(())
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.len();
+            eprintln!(
+                "{}: {n} problem{} found",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            Err(CliError::reported(Exit::Failed))
+        }
     }
 }
 
@@ -223,16 +196,16 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
-fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+fn run_async<T>(fut: impl std::future::Future<Output = T>) -> Result<T, CliError> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(fut),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(exec::exit::NO_RUNTIME)
-        }
+        Ok(rt) => Ok(rt.block_on(fut)),
+        Err(e) => Err(CliError::new(
+            Exit::NoRuntime,
+            format!("cannot start the async runtime: {e}"),
+        )),
     }
 }
 

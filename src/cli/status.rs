@@ -3,11 +3,11 @@
 //! Opens `<state_dir>/solstice.db` read-only, so it works while the daemon runs.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::error::{CliError, Exit};
 use crate::store::{self, JobRow, Store, StoreError};
 
 /// Arguments of `solstice status`.
@@ -24,12 +24,13 @@ pub struct StatusArgs {
     pub limit: usize,
 }
 
-/// Exit status of `solstice status`.
+/// Exit status of `solstice status`, from the one mapping [`Exit::code`].
 pub mod exit {
+    use super::Exit;
     /// No state database, or it cannot be read.
-    pub const NO_STATE: u8 = 1;
+    pub const NO_STATE: u8 = Exit::NoState.code();
     /// The configuration could not be found or is invalid.
-    pub const USAGE: u8 = 2;
+    pub const USAGE: u8 = Exit::Usage.code();
 }
 
 /// The in-flight and recently finished jobs.
@@ -57,11 +58,8 @@ pub fn read_status(state_dir: &Path, limit: usize) -> Result<Status, StoreError>
 }
 
 /// `solstice status`.
-pub fn status_main(args: StatusArgs) -> ExitCode {
-    let (_, config) = match super::exec::load_config(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+pub fn status_main(args: StatusArgs) -> Result<(), CliError> {
+    let (_, config) = crate::startup::load_config(args.config.as_deref())?;
     let state_dir = &config.daemon.state_dir;
     let status = match read_status(state_dir, args.limit) {
         Ok(s) => s,
@@ -74,12 +72,9 @@ pub fn status_main(args: StatusArgs) -> ExitCode {
                 state_dir.display(),
                 path.display()
             );
-            return ExitCode::from(exit::NO_STATE);
+            return Err(CliError::reported(Exit::NoState));
         }
-        Err(e) => {
-            super::exec::report_error(&e);
-            return ExitCode::from(exit::NO_STATE);
-        }
+        Err(e) => return Err(CliError::new(Exit::NoState, e)),
     };
     let now = SystemTime::now();
     if args.json {
@@ -87,7 +82,7 @@ pub fn status_main(args: StatusArgs) -> ExitCode {
     } else {
         print!("{}", render_text(&status, now));
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// The status as JSON: `{ "database", "daemon_running", "in_flight": [job…], "recent": [job…] }`.

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
+use crate::human::fmt_duration;
 
 /// Prints job events to stdout as they happen.
 pub struct TerminalSink {
@@ -215,17 +216,6 @@ impl EventSink for TerminalSink {
             let _ = writeln!(out, "{text}");
             let _ = out.flush();
         }
-    }
-}
-
-/// `1.23s`, or `2m03s` from a minute on.
-pub fn fmt_duration(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        format!("{secs:.2}s")
-    } else {
-        let whole = d.as_secs();
-        format!("{}m{:02}s", whole / 60, whole % 60)
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -326,32 +325,6 @@ pub fn check_config(path: &Path) -> Result<String, ConfigErrors> {
 /// `--no-path-checks`).
 pub fn check_config_with(path: &Path, opts: &ParseOptions) -> Result<String, ConfigErrors> {
     load_with(path, opts).map(|c| c.summary(path))
-}
-
-/// `solstice check-config [--no-path-checks] FILE`: print the warnings (one
-/// per line) to stderr and the summary to stdout, or every problem (one per
-/// line) and a count to stderr. Exit code 0 if valid, warnings or not; 1 if
-/// not.
-pub fn check_config_main(path: &Path, opts: &ParseOptions) -> ExitCode {
-    match load_with(path, opts) {
-        Ok(config) => {
-            for w in &config.warnings {
-                eprintln!("{w}");
-            }
-            println!("{}", config.summary(path));
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            let n = errors.len();
-            eprintln!(
-                "{}: {n} problem{} found",
-                path.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// Every key the file accepts, as dotted paths (`daemon.state_dir`,

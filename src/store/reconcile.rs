@@ -21,13 +21,11 @@
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use std::time::Duration;
 
 use super::Store;
+use crate::vm::is_job_id_byte;
+use crate::vm::process::{ProcessInfo, cmdline, dir_spellings, kill_and_wait, mentions, processes};
 
 /// How long to wait for a killed process to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -73,7 +71,7 @@ pub fn is_daemon_job_id(name: &str) -> bool {
     name.len() > DAEMON_PREFIX.len()
         && name.len() <= MAX_JOB_ID_LEN
         && name.starts_with(DAEMON_PREFIX)
-        && name.bytes().all(is_id_byte)
+        && name.bytes().all(is_job_id_byte)
 }
 
 /// A fresh daemon job id, `task-<forge>-<task id>-<8 hex>`: characters of the
@@ -85,7 +83,7 @@ pub fn daemon_job_id(forge: &str, task_id: i64) -> String {
     let forge: String = forge
         .chars()
         .map(|c| {
-            if c.is_ascii() && is_id_byte(c as u8) {
+            if c.is_ascii() && is_job_id_byte(c as u8) {
                 c
             } else {
                 '_'
@@ -94,10 +92,6 @@ pub fn daemon_job_id(forge: &str, task_id: i64) -> String {
         .take(room)
         .collect();
     format!("{DAEMON_PREFIX}{forge}{tail}")
-}
-
-fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
 }
 
 /// Kills what the VM records in `store` and stray job directories under
@@ -130,7 +124,7 @@ pub fn reconcile_vms(store: &Store, jobs_dir: &Path) -> ReconcileReport {
             ));
             continue;
         }
-        let needles = needles(&vm.dir);
+        let needles = dir_spellings(&vm.dir);
         let mut pids: BTreeSet<u32> = users(&procs, &needles);
         if let Some(pid) = vm.pid {
             if cmdline(pid).is_some_and(|args| mentions(&args, &needles)) {
@@ -174,7 +168,7 @@ pub fn reconcile_vms(store: &Store, jobs_dir: &Path) -> ReconcileReport {
             continue;
         }
         let dir = entry.path();
-        let needles = needles(&dir);
+        let needles = dir_spellings(&dir);
         let pids = users(&procs, &needles);
         if kill_all(&pids, &dir, &needles, &mut report) {
             remove_dir(&dir, &mut report);
@@ -183,68 +177,11 @@ pub fn reconcile_vms(store: &Store, jobs_dir: &Path) -> ReconcileReport {
     report
 }
 
-/// Spellings of `dir` that a command line may contain: as recorded, absolute,
-/// and with symbolic links resolved (`vm::Vm` canonicalizes the jobs directory).
-fn needles(dir: &Path) -> Vec<Vec<u8>> {
-    let mut out = vec![dir.as_os_str().as_bytes().to_vec()];
-    if let Ok(abs) = std::path::absolute(dir) {
-        out.push(abs.as_os_str().as_bytes().to_vec());
-    }
-    let canonical = std::fs::canonicalize(dir).ok().or_else(|| {
-        let parent = std::fs::canonicalize(dir.parent()?).ok()?;
-        Some(parent.join(dir.file_name()?))
-    });
-    if let Some(c) = canonical {
-        out.push(c.as_os_str().as_bytes().to_vec());
-    }
-    out.retain(|n| !n.is_empty());
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// True if an argument contains a needle not followed by a job-id character,
-/// so that the match ends at a path-component boundary.
-fn mentions(args: &[Vec<u8>], needles: &[Vec<u8>]) -> bool {
-    args.iter().any(|arg| {
-        needles.iter().any(|needle| {
-            arg.windows(needle.len()).enumerate().any(|(i, w)| {
-                w == needle.as_slice() && arg.get(i + needle.len()).is_none_or(|&b| !is_id_byte(b))
-            })
-        })
-    })
-}
-
-/// The arguments of a process; `None` if it is gone. Zombies and kernel
-/// threads have none.
-fn cmdline(pid: u32) -> Option<Vec<Vec<u8>>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect(),
-    )
-}
-
-/// Every other process with its arguments.
-fn processes() -> Vec<(u32, Vec<Vec<u8>>)> {
-    let me = std::process::id();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter_map(|pid| Some((pid, cmdline(pid)?)))
-        .collect()
-}
-
-fn users(procs: &[(u32, Vec<Vec<u8>>)], needles: &[Vec<u8>]) -> BTreeSet<u32> {
+fn users(procs: &[ProcessInfo], needles: &[Vec<u8>]) -> BTreeSet<u32> {
     procs
         .iter()
-        .filter(|(_, args)| mentions(args, needles))
-        .map(|(pid, _)| *pid)
+        .filter(|p| p.mentions_dir(needles))
+        .map(|p| p.pid)
         .collect()
 }
 
@@ -256,51 +193,29 @@ fn kill_all(
     needles: &[Vec<u8>],
     report: &mut ReconcileReport,
 ) -> bool {
-    let mut waiting = Vec::new();
-    let mut ok = true;
-    for &pid in pids {
-        let Ok(raw) = i32::try_from(pid) else {
-            continue;
-        };
-        if raw <= 1 {
-            continue;
-        }
-        match kill(Pid::from_raw(raw), Signal::SIGKILL) {
-            Ok(()) => {
-                report.killed.push(KilledProcess {
-                    pid,
-                    dir: dir.to_path_buf(),
-                });
-                waiting.push(pid);
-            }
-            Err(Errno::ESRCH) => {}
-            Err(e) => {
-                report.problems.push(format!(
-                    "Could not kill process {pid} using {}: {e}",
-                    dir.display()
-                ));
-                ok = false;
-            }
-        }
+    let outcome = kill_and_wait(pids.iter().copied(), KILL_WAIT, |pid| {
+        cmdline(pid).is_some_and(|args| mentions(&args, needles))
+    });
+    for &pid in &outcome.killed {
+        report.killed.push(KilledProcess {
+            pid,
+            dir: dir.to_path_buf(),
+        });
     }
-    let deadline = Instant::now() + KILL_WAIT;
-    loop {
-        waiting.retain(|&pid| cmdline(pid).is_some_and(|args| mentions(&args, needles)));
-        if waiting.is_empty() {
-            return ok;
-        }
-        if Instant::now() >= deadline {
-            for pid in waiting {
-                report.problems.push(format!(
-                    "Process {pid} using {} still runs {} s after SIGKILL",
-                    dir.display(),
-                    KILL_WAIT.as_secs()
-                ));
-            }
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    for (pid, e) in &outcome.failed {
+        report.problems.push(format!(
+            "Could not kill process {pid} using {}: {e}",
+            dir.display()
+        ));
     }
+    for pid in &outcome.survivors {
+        report.problems.push(format!(
+            "Process {pid} using {} still runs {} s after SIGKILL",
+            dir.display(),
+            KILL_WAIT.as_secs()
+        ));
+    }
+    outcome.failed.is_empty() && outcome.survivors.is_empty()
 }
 
 /// Removes a job directory; a missing one is fine. False on failure.
@@ -324,25 +239,6 @@ fn remove_dir(dir: &Path, report: &mut ReconcileReport) -> bool {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<Vec<u8>> {
-        list.iter().map(|a| a.as_bytes().to_vec()).collect()
-    }
-
-    #[test]
-    fn mentions_needs_a_component_boundary() {
-        let n = vec![b"/s/jobs/task-a-1-x".to_vec()];
-        assert!(mentions(
-            &args(&["qemu", "-qmp", "unix:/s/jobs/task-a-1-x/qmp.sock"]),
-            &n
-        ));
-        assert!(mentions(&args(&["/s/jobs/task-a-1-x"]), &n));
-        assert!(mentions(&args(&["file=/s/jobs/task-a-1-x,if=none"]), &n));
-        assert!(!mentions(&args(&["/s/jobs/task-a-1-xy/qmp.sock"]), &n));
-        assert!(!mentions(&args(&["/s/jobs/task-a-1-x.old"]), &n));
-        assert!(!mentions(&args(&["sleep", "100"]), &n));
-        assert!(!mentions(&[], &n));
-    }
-
     #[test]
     fn daemon_job_ids() {
         assert!(is_daemon_job_id("task-codeberg-42-0a1b2c3d"));
@@ -365,19 +261,5 @@ mod tests {
         let long = daemon_job_id(&"f".repeat(200), i64::MAX);
         assert!(is_daemon_job_id(&long), "{long}");
         assert_ne!(daemon_job_id("a", 1), daemon_job_id("a", 1));
-    }
-
-    #[test]
-    fn needles_include_the_resolved_path() {
-        let tmp = tempfile::tempdir().unwrap();
-        let real = tmp.path().join("real");
-        std::fs::create_dir(&real).unwrap();
-        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
-        let n = needles(&tmp.path().join("link/task-a-1-x"));
-        let resolved = std::fs::canonicalize(&real).unwrap().join("task-a-1-x");
-        assert!(
-            n.contains(&resolved.as_os_str().as_bytes().to_vec()),
-            "{n:?}"
-        );
     }
 }

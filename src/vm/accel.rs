@@ -226,10 +226,11 @@ impl std::fmt::Debug for Accelerator {
 impl Accelerator {
     /// A fixed accelerator that never changes (tests, benchmarks of one accelerator).
     pub fn fixed(accel: Accel) -> Accelerator {
-        let (choice, name) = match accel {
-            Accel::Kvm => (AccelChoice::Kvm, "kvm"),
-            Accel::Tcg => (AccelChoice::Tcg, "tcg"),
+        let choice = match accel {
+            Accel::Kvm => AccelChoice::Kvm,
+            Accel::Tcg => AccelChoice::Tcg,
         };
+        let name = accel.as_str();
         Accelerator {
             choice,
             initial: Probe {
@@ -326,7 +327,7 @@ impl Accelerator {
             Some(why) if self.initial.accel == Accel::Kvm => {
                 format!("tcg (auto: KVM was given up: {why})")
             }
-            _ => format!("{} ({})", self.initial.accel.name(), self.initial.reason),
+            _ => format!("{} ({})", self.initial.accel.as_str(), self.initial.reason),
         }
     }
 
@@ -403,7 +404,7 @@ pub fn probe(system_binary: &Path) -> Probe {
     let mut result = guest_runs(system_binary, Accel::Kvm, PROBE_DEADLINE);
     if result
         .as_ref()
-        .is_err_and(|why| why.contains(MISSED_DEADLINE))
+        .is_err_and(|why| why.0.contains(MISSED_DEADLINE))
     {
         // Missing the deadline once may be a cold start (page cache, a busy
         // disk at boot): a healthy KVM passes the second time. A guest that
@@ -433,14 +434,20 @@ pub fn guest_runs(
     system_binary: &Path,
     accel: Accel,
     deadline: Duration,
-) -> Result<Duration, String> {
-    let dir = probe_dir().map_err(|e| format!("cannot create a probe directory: {e}"))?;
+) -> Result<Duration, ProbeFailed> {
+    let dir =
+        probe_dir().map_err(|e| ProbeFailed(format!("cannot create a probe directory: {e}")))?;
     let result = write_disk(&dir.join("probe.img"))
         .map_err(|e| format!("cannot write the probe disk: {e}"))
         .and_then(|()| run_probe(system_binary, accel, &dir, deadline));
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map_err(ProbeFailed)
 }
+
+/// Why the probe guest did not run to its end: one sentence for users.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProbeFailed(pub String);
 
 fn probe_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
@@ -753,7 +760,8 @@ mod tests {
             Accel::Tcg,
             Duration::from_secs(2),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .0;
         assert!(err.contains("cannot run"), "{err}");
     }
 
@@ -765,7 +773,8 @@ mod tests {
             Accel::Tcg,
             Duration::from_millis(1),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .0;
         assert!(err.contains("did not finish within 1 ms"), "{err}");
     }
 

@@ -155,7 +155,7 @@ pub fn cpu_model(image: &ImageConfig, accel: Accel) -> &str {
 pub fn accel_args(accel: Accel, cpu: &str) -> [String; 4] {
     [
         "-accel".into(),
-        accel.name().into(),
+        accel.as_str().into(),
         "-cpu".into(),
         cpu.into(),
     ]

@@ -137,12 +137,6 @@ pub fn probe_image(qemu_img: &Path, image: &Path) -> Result<ImageInfo, ProbeErro
     })
 }
 
-/// [`probe_image`] with the error and its causes as one line, for reports
-/// that show one line per check (`solstice doctor`).
-pub fn image_info(qemu_img: &Path, image: &Path) -> Result<ImageInfo, String> {
-    probe_image(qemu_img, image).map_err(|e| crate::errors::Chain(&e).to_string())
-}
-
 /// The parts of `qemu-img info --output=json` that matter here.
 fn parse_info(json: &[u8]) -> Option<ImageInfo> {
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
@@ -414,10 +408,10 @@ mod tests {
         assert!(matches!(e, ProbeError::Open { .. }), "{e:?}");
         let e = probe_image(Path::new("/nonexistent/qemu-img"), &raw).unwrap_err();
         assert!(matches!(e, ProbeError::Spawn { .. }), "{e:?}");
-        // The one-line form keeps the cause.
-        let line = image_info(Path::new("/nonexistent/qemu-img"), &raw).unwrap_err();
+        // The one-line form (doctor's) keeps the cause.
+        let line = crate::errors::Chain(&e).to_string();
         assert!(line.contains("No such file or directory"), "{line}");
-        assert_eq!(image_info(q, &raw).unwrap().format, "raw");
+        assert_eq!(probe_image(q, &raw).unwrap().format, "raw");
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ pub enum Accel {
 
 impl Accel {
     /// `kvm` or `tcg`, as in the configuration.
-    pub fn name(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
@@ -165,13 +165,13 @@ impl std::fmt::Debug for Vm {
 }
 
 fn valid_job_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    !id.is_empty() && id.len() <= 64 && id != "." && id != ".." && id.bytes().all(is_job_id_byte)
+}
+
+/// The bytes a job id (and so its directory's name) may hold: ASCII letters,
+/// digits, `.`, `_`, `-`.
+pub fn is_job_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
@@ -448,19 +448,24 @@ impl Vm {
 
     /// The PCI functions QEMU placed (`query-pci`), to check the slot
     /// layout of [`argv::Slot`] on a running VM.
-    pub async fn pci_functions(&mut self) -> Result<Vec<qmp::PciFunction>, String> {
+    pub async fn pci_functions(&mut self) -> Result<Vec<qmp::PciFunction>, VmError> {
         if self.qmp_in_flight {
             self.qmp = None;
         }
-        let conn = self.qmp.as_mut().ok_or("the QMP connection was given up")?;
+        let conn = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmError::Qmp("the QMP connection was given up".into()))?;
         self.qmp_in_flight = true;
         let answer = tokio::time::timeout(Duration::from_secs(5), qmp::pci_functions(conn)).await;
         self.qmp_in_flight = false;
         match answer {
-            Ok(r) => r,
+            Ok(r) => r.map_err(VmError::Qmp),
             Err(_) => {
                 self.qmp = None;
-                Err("QEMU did not answer query-pci within 5 s".into())
+                Err(VmError::Qmp(
+                    "QEMU did not answer query-pci within 5 s".into(),
+                ))
             }
         }
     }

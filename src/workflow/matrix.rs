@@ -40,7 +40,7 @@ fn is_expression(v: &serde_norway::Value) -> Option<&str> {
 
 /// Converts YAML to JSON. Mapping keys that are not strings (numbers,
 /// booleans) become their text; tags are dropped.
-pub fn yaml_to_json(v: &serde_norway::Value) -> Result<Value, String> {
+fn yaml_to_json(v: &serde_norway::Value) -> Result<Value, String> {
     use serde_norway::Value as Y;
     Ok(match v {
         Y::Null => Value::Null,
@@ -317,13 +317,16 @@ pub fn explain_no_match(combos: &[Combination], selectors: &[(String, String)]) 
     lines
 }
 
+/// A `--matrix` argument that is not `key=value`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid matrix selector `{0}`; write it as key=value, e.g. os=linux")]
+pub struct MatrixSelectorError(pub String);
+
 /// Parses one `--matrix key=value` argument (split at the first `=`).
-pub fn parse_matrix_selector(arg: &str) -> Result<(String, String), String> {
+pub fn parse_matrix_selector(arg: &str) -> Result<(String, String), MatrixSelectorError> {
     match arg.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!(
-            "Invalid matrix selector `{arg}`; write it as key=value, e.g. os=linux"
-        )),
+        _ => Err(MatrixSelectorError(arg.to_string())),
     }
 }
 

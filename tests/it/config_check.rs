@@ -1,12 +1,11 @@
 //! Integration tests for the config file: loading real files, `check-config`,
 //! and keeping the example and the reference doc in step with the code.
 
+use solstice::cli::{Exit, check_config_main};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use solstice::config::{
-    self, Config, ErrorKind, ParseOptions, check_config, check_config_main, known_keys, load,
-    parse_str_with,
+    self, Config, ErrorKind, ParseOptions, check_config, known_keys, load, parse_str_with,
 };
 
 fn repo(path: &str) -> PathBuf {
@@ -50,8 +49,8 @@ fn loads_a_real_file_with_relative_image_paths() {
         format!("{}: OK (1 image: tiny)", file.display())
     );
     assert_eq!(
-        check_config_main(&file, &ParseOptions::default()),
-        ExitCode::SUCCESS
+        check_config_main(&file, &ParseOptions::default()).map_err(|e| e.exit),
+        Ok(())
     );
 }
 
@@ -70,8 +69,8 @@ fn missing_file_is_a_clear_error() {
         )
     );
     assert_eq!(
-        check_config_main(&file, &ParseOptions::default()),
-        ExitCode::FAILURE
+        check_config_main(&file, &ParseOptions::default()).map_err(|e| e.exit),
+        Err(Exit::Failed)
     );
 }
 
@@ -119,8 +118,8 @@ fn check_config_prints_every_problem_with_file_line_and_column() {
         ]
     );
     assert_eq!(
-        check_config_main(&file, &ParseOptions::default()),
-        ExitCode::FAILURE
+        check_config_main(&file, &ParseOptions::default()).map_err(|e| e.exit),
+        Err(Exit::Failed)
     );
 }
 

@@ -661,8 +661,8 @@ fn wait_for_cmdline(pid: u32, needle: &str) {
     // The child may not have exec'd yet.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&c).contains(needle) {
+        if let Some(p) = solstice::vm::process::process(pid) {
+            if p.args_lossy().iter().any(|a| a.contains(needle)) {
                 return;
             }
         }

@@ -13,7 +13,7 @@ use solstice::config::{
     AccelChoice, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig, SeedKind,
 };
 use solstice::testing::leaks;
-use solstice::vm::{Accel, Vm, VmError, VmSpec, accel};
+use solstice::vm::{Accel, Vm, VmError, VmSpec, accel, process};
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDx7v8Wz0vQk2P6qSxF4y7b3HcXkqg1d0v8Yx3m4zLQZ test@solstice";
 
@@ -228,11 +228,7 @@ async fn cpio_seed_guest_boots_and_applies_the_seed() {
         .unwrap();
     let seed = vm.dir().join("seed.cpio");
     assert!(std::fs::metadata(&seed).unwrap().len() >= 1 << 20);
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.pid())).unwrap();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = process::process(vm.pid()).unwrap().args_lossy();
     // Exactly one cpio device: the metadata-agent stops at two.
     let cpio_args = args.iter().filter(|a| a.contains("seed.cpio")).count();
     assert_eq!(cpio_args, 1, "{args:?}");
@@ -281,7 +277,7 @@ async fn dropping_a_running_vm_leaves_nothing() {
         .unwrap();
     let pid = vm.pid();
     let port = vm.ssh_addr().port();
-    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(process::process(pid).is_some());
     assert!(
         !leaks::check(jobs.path()).is_empty(),
         "leak check must see a running VM"
@@ -289,7 +285,7 @@ async fn dropping_a_running_vm_leaves_nothing() {
     drop(vm);
     assert_no_leaks(jobs.path());
     assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
+        process::process(pid).is_none(),
         "QEMU {pid} survived the drop"
     );
     assert!(!listening_on(port));

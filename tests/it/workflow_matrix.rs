@@ -324,7 +324,7 @@ fn matrix_selector_parsing() {
         ("k".into(), String::new())
     );
     assert_eq!(
-        parse_matrix_selector("os").unwrap_err(),
+        parse_matrix_selector("os").unwrap_err().to_string(),
         "Invalid matrix selector `os`; write it as key=value, e.g. os=linux"
     );
     assert!(parse_matrix_selector("=x").is_err());

@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Check;
+use crate::cli::error::Report;
 use crate::config::{Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
 use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
@@ -269,9 +270,10 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         },
         image.boot_timeout.as_secs()
     );
-    let accel = match crate::cli::exec::resolve_accel(config).await {
+    let accel = match crate::startup::resolve_accel(config).await {
         Ok(a) => a,
-        Err(_) => {
+        Err(e) => {
+            eprintln!("{}", Report(&e));
             return vec![Check::fail(
                 what,
                 "no accelerator can run a guest (see above)",
@@ -326,7 +328,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         Err(RunError::Cancelled) => return vec![Check::fail(what, "interrupted")],
         Err(e) => {
             // The error carries the console tail and where the whole log is kept.
-            crate::cli::exec::report_error(&e);
+            eprintln!("{}", Report(&e));
             return vec![Check::fail(
                 what,
                 "the guest did not come up over SSH (see above): fix the image or `images.*` settings before running jobs on it",
@@ -344,7 +346,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         format!(
             "SSH up after {:.1} s under {} as {} with the job's key; {host_key}",
             report.timings.boot_to_ssh.as_secs_f64(),
-            report.accel.name(),
+            report.accel.as_str(),
             image.ssh_user
         ),
     )];

@@ -160,23 +160,14 @@ impl Drop for Daemon {
 /// QEMU processes whose command line mentions `dir` (a state directory).
 pub fn qemu_processes_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("qemu-system") && cmd.contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    solstice::vm::process::processes()
+        .into_iter()
+        .filter(|p| {
+            let cmd = p.args_lossy().join(" ");
+            cmd.contains("qemu-system") && cmd.contains(&needle)
+        })
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Samples the number of QEMU processes under `dir` every 50 ms until

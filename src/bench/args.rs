@@ -1,0 +1,68 @@
+//! The arguments of `solstice bench` (the command-line edge embeds them).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+/// `solstice bench`: which benchmark.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One `true` job through the engine (as `solstice exec` runs it) against
+    /// plain QEMU + `ssh` polling: Solstice's own overhead around the boot.
+    Engine(EngineBenchArgs),
+    /// The `solstice run` daemon against an in-process fake forge: job
+    /// throughput at capacity 1 and 2, the latency split from task receipt to
+    /// the first step, idle memory and CPU, and log streaming, each against
+    /// plain QEMU + OpenSSH in the same run. Takes several minutes under TCG.
+    Runner(RunnerBenchArgs),
+}
+
+/// Options of both benchmarks.
+#[derive(Debug, clap::Args)]
+pub struct BenchCommon {
+    /// Configuration file (same search order as `exec`); its `[qemu]` and
+    /// image settings are used, its forges are not.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Image to measure [default: the only image, or the one named `tiny`].
+    #[arg(long, short = 'i')]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EngineBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, short = 'n', default_value_t = 5)]
+    pub runs: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunnerBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Trivial (`run: 'true'`) jobs queued at once for each throughput run;
+    /// the latency medians are taken over the capacity-1 run's jobs.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub jobs: u32,
+    /// Megabytes (10^6 bytes, as 100-byte lines) the log-streaming job prints.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub log_mb: u32,
+    /// Seconds the idle daemon's memory and CPU are watched (20 or more for
+    /// a meaningful CPU figure).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_secs: u64,
+    /// Boots of the plain baseline VM; the median boot to SSH is used.
+    #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
