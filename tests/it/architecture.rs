@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 const RULES: &[(&str, &[&str])] = &[
     // The lower floors: each wraps one boundary and knows nothing above it.
     ("civil", UPPER),
+    ("human", UPPER),
     ("secret", UPPER),
     ("errors", UPPER),
     ("events", UPPER),
@@ -24,6 +25,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("ssh", UPPER),
     ("guest", UPPER),
     ("store", UPPER),
+    // Start-up shared by the commands: the configuration and the accelerator
+    // (with the KVM failure a previous job remembered).
+    ("startup", &["forge", "daemon", "cli", "bench", "testing"]),
     // The job's semantics: steps over any guest session.
     (
         "executor",
