@@ -11,7 +11,8 @@ mod support;
 use std::path::Path;
 
 use async_trait::async_trait;
-use solstice::events::{Conclusion, VecSink};
+use solstice::events::Conclusion;
+use solstice::testing::VecSink;
 use solstice::executor::{CheckoutSource, run_job};
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
 use solstice::secret::Secret;

@@ -425,7 +425,7 @@ async fn cancelling_during_provisioning_never_leaks_a_vm() {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             c2.cancel();
         });
-        let sink = solstice::events::VecSink::default();
+        let sink = solstice::testing::VecSink::default();
         let result = env
             .run_with_sink(
                 "jobs:\n  x:\n    steps:\n      - run: 'true'\n",

@@ -17,7 +17,7 @@ use solstice::config::{
     AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
     SeedKind,
 };
-use solstice::events::VecSink;
+use solstice::testing::VecSink;
 use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::runner::{self, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
