@@ -4,7 +4,7 @@
 //! Baseline: the same QEMU command line Solstice would use (fixed forwarded
 //! port instead of QMP port discovery), started directly, and the OpenSSH
 //! client polled until `ssh … true` succeeds. Solstice: a one-step `true` job
-//! through [`crate::runner::run_in_vm`], exactly as `solstice exec` runs it.
+//! through [`crate::job::run_in_vm`], exactly as `solstice exec` runs it.
 //! Solstice's own overhead is everything outside the guest's boot (QEMU spawned
 //! → SSH ready): preparing the job directory, seed and overlay, the job's steps
 //! with their setup and file commands, and teardown. It is reported against the
@@ -17,14 +17,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::baseline_boot;
-use super::{fmt_ms, load_bench_config, median, pick_image};
+use super::{fmt_ms, load_bench_config, median};
 use crate::cli::EngineBenchArgs;
 use crate::cli::exec::{exit, report_error, resolve_accel};
 use crate::cli::term::fmt_duration;
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
-use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
-use crate::runner::{self, VmRun};
+use crate::job::placement::{Fallback, choose_image};
+use crate::job::{self, CheckoutSource, JobSpec, VmRun};
 use crate::vm::Accel;
 use crate::vm::accel::Accelerator;
 
@@ -58,10 +58,15 @@ pub async fn engine_main(args: EngineBenchArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let image = match pick_image(&config, args.common.image.as_deref()) {
-        Ok(i) => i,
-        Err(msg) => {
-            eprintln!("error: {msg}");
+    let image = match choose_image(
+        &config.images,
+        args.common.image.as_deref(),
+        &[],
+        Fallback::Bench,
+    ) {
+        Ok(placed) => placed.image,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -257,21 +262,13 @@ async fn solstice_run(
         vars: Default::default(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo {
-            os: image.os,
-            name: "solstice-bench".into(),
-            arch: "X64".into(),
-            home: None,
-            path_prepend: image.path_prepend.clone(),
-            node: image.node.clone(),
-        },
         extra_env: Default::default(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
     };
-    let job_id = runner::new_job_id("bench");
+    let job_id = job::id::new_job_id("bench");
     let fixed = Accelerator::fixed(accel);
     let run = VmRun {
         config,
@@ -279,10 +276,11 @@ async fn solstice_run(
         accel: &fixed,
         job_id: &job_id,
         spec: &spec,
+        runner_name: "solstice-bench",
         observer: None,
     };
     let start = Instant::now();
-    let report = match runner::run_in_vm(&run, &NullSink, &CancellationToken::new()).await {
+    let report = match job::run_in_vm(&run, &NullSink, &CancellationToken::new()).await {
         Ok(r) => r,
         Err(e) => {
             report_error(&e);

@@ -2,7 +2,7 @@
 //! run on the same image.
 //!
 //! - [`engine`] (`solstice bench engine`, issue 2): one job through
-//!   [`crate::runner::run_in_vm`] against plain QEMU + `ssh` polling.
+//!   [`crate::job::run_in_vm`] against plain QEMU + `ssh` polling.
 //! - [`runner`] (`solstice bench runner`, issue 3): the `solstice run` daemon
 //!   against an in-process fake forge: throughput, latency split, idle cost
 //!   and log streaming, each against its plain baseline.
@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::{BenchArgs, BenchCommand};
-use crate::config::{Config, ImageConfig};
+use crate::config::Config;
 
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
@@ -51,34 +51,12 @@ pub(crate) fn fmt_ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The image named `name`, else the only image, else the one named `tiny`.
 /// What both benchmarks need first: the configuration, with the OpenSSH
 /// client (the baselines use it) checked to be there.
 pub(crate) fn load_bench_config(common: &crate::cli::BenchCommon) -> Result<Config, ExitCode> {
     let (_, config) = crate::cli::exec::load_config(common.config.as_deref())?;
     require_openssh()?;
     Ok(config)
-}
-
-pub(crate) fn pick_image<'a>(
-    config: &'a Config,
-    name: Option<&str>,
-) -> Result<&'a ImageConfig, String> {
-    if let Some(n) = name {
-        return config
-            .images
-            .get(n)
-            .ok_or_else(|| format!("no image named `{n}` in the configuration"));
-    }
-    if config.images.len() == 1
-        && let Some(i) = config.images.values().next()
-    {
-        return Ok(i);
-    }
-    config
-        .images
-        .get("tiny")
-        .ok_or_else(|| "several images are configured: pick one with --image NAME".into())
 }
 
 /// `bin` in `PATH`.

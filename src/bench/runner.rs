@@ -26,12 +26,13 @@ use super::runner_report::{
     Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, loadavg_1min, stat_cpu_ticks,
     status_kib,
 };
-use super::{TempDir, load_bench_config, median, pick_image};
+use super::{TempDir, load_bench_config, median};
 use crate::cli::RunnerBenchArgs;
 use crate::cli::exec::{exit, resolve_accel};
 use crate::cli::term::fmt_duration;
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
 use crate::forge::proto::{TaskResult, Timestamp};
+use crate::job::placement::{Fallback, choose_image};
 use crate::store::Store;
 use crate::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot};
 use crate::vm::Accel;
@@ -82,10 +83,15 @@ pub async fn runner_main(args: RunnerBenchArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let image = match pick_image(&config, args.common.image.as_deref()) {
-        Ok(i) => i,
-        Err(msg) => {
-            eprintln!("error: {msg}");
+    let image = match choose_image(
+        &config.images,
+        args.common.image.as_deref(),
+        &[],
+        Fallback::Bench,
+    ) {
+        Ok(placed) => placed.image,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(exit::USAGE);
         }
     };

@@ -13,8 +13,8 @@ pub mod run;
 pub mod spec;
 
 pub use run::{
-    BOOT_FAILURE_CONSOLE_LINES, BOOT_FAILURES_DIR, RunError, RunReport, Timings, VmObserver,
-    VmRun, boot_failure_console, jobs_dir, record_kvm_failure, remembered_kvm_failure,
-    run_in_vm, runner_line, succeeded,
+    BOOT_FAILURE_CONSOLE_LINES, BOOT_FAILURES_DIR, RunError, RunReport, Timings, VmObserver, VmRun,
+    boot_failure_console, jobs_dir, record_kvm_failure, remembered_kvm_failure, run_in_vm,
+    runner_line, succeeded,
 };
 pub use spec::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
