@@ -20,11 +20,10 @@ use crate::forge::reporter::{
     run_reporter,
 };
 use crate::forge::task::{TranslateOptions, numbered_payload, translate};
-use crate::job::id::daemon_job_id;
 use crate::job::placement::{Fallback, choose_image};
 use crate::job::{self, VmObserver, VmRun};
 use crate::metrics::LatencySplit;
-use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, StoreError};
+use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, StoreError, daemon_job_id};
 
 /// A job's log rows in the state database, so that none is lost when the
 /// daemon dies and memory stays bounded however much a step prints.

@@ -19,7 +19,9 @@ mod state_dir;
 
 pub use state_dir::{StateDirError, check_state_dir};
 
-pub use reconcile::{KilledProcess, ReconcileReport, reconcile_vms};
+pub use reconcile::{
+    KilledProcess, ReconcileReport, daemon_job_id, is_daemon_job_id, reconcile_vms,
+};
 
 use std::ffi::OsStr;
 use std::fs::{DirBuilder, OpenOptions};
@@ -266,7 +268,7 @@ pub struct CredentialsRow {
 /// A job as it is first recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
-    /// Our job id (see [`crate::job::id::daemon_job_id`]); also the name of its VM directory.
+    /// Our job id (see [`daemon_job_id`]); also the name of its VM directory.
     pub id: String,
     /// The forge name from the config.
     pub forge: String,
