@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 use tokio::sync::mpsc;
 
 use super::checkout;
+use super::error::StepError;
 use super::exec::Stop;
 use super::runtime::Runtime;
 use super::state::is_true;
@@ -23,7 +24,7 @@ impl Runtime<'_> {
         index: usize,
         with: &IndexMap<String, String>,
         step_dir: &str,
-    ) -> Result<CheckoutPlan, String> {
+    ) -> Result<CheckoutPlan, StepError> {
         let get = |k: &str| with.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
         let dest = self.layout.resolve(get("path"));
         let clean = get("clean").is_none_or(is_true);
@@ -45,12 +46,13 @@ impl Runtime<'_> {
             )),
             CheckoutSource::LocalTree { root, exclude } => {
                 if let Some(r) = get("repository") {
-                    return Err(format!(
-                        "actions/checkout with `repository: {r}` needs a remote source; this job copies the local tree"
-                    ));
+                    return Err(StepError::CheckoutNeedsRemote(r.to_string()));
                 }
-                let tree = checkout::local_tree_tar(root, exclude).map_err(|e| {
-                    format!("Could not copy the local tree {}: {e}", root.display())
+                let tree = checkout::local_tree_tar(root, exclude).map_err(|error| {
+                    StepError::LocalTree {
+                        root: root.clone(),
+                        error,
+                    }
                 })?;
                 for d in &tree.excluded {
                     self.em.runner(
@@ -132,7 +134,7 @@ impl Runtime<'_> {
                 let fetch_depth = match get("fetch-depth") {
                     Some(d) => d
                         .parse()
-                        .map_err(|_| format!("Invalid `fetch-depth: {d}`: expected a number"))?,
+                        .map_err(|_| StepError::FetchDepth(d.to_string()))?,
                     None => 1,
                 };
                 let (r, s) = match get("ref") {
@@ -212,7 +214,7 @@ impl Runtime<'_> {
         &self,
         plan: &StepRun<'_>,
         h: &HostCheckout,
-    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+    ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let at = h.at();
         self.em.runner(
             Some(plan.index),
@@ -222,10 +224,10 @@ impl Runtime<'_> {
             ),
         );
         if !checkout::plain_repository(&h.repository) {
-            return Err(format!(
-                "`repository: {}` is not an owner/name on the job's forge {}",
-                h.repository, h.server_url
-            ));
+            return Err(StepError::NotOwnerName {
+                repository: h.repository.clone(),
+                server_url: h.server_url.clone(),
+            });
         }
         if h.submodules != checkout::Submodules::None {
             self.warn(
@@ -240,8 +242,12 @@ impl Runtime<'_> {
             );
         }
         let base = h.host_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let scratch = checkout::ScratchDir::create(&base, plan.index)
-            .map_err(|e| format!("Could not create a directory in {}: {e}", base.display()))?;
+        let scratch = checkout::ScratchDir::create(&base, plan.index).map_err(|error| {
+            StepError::ScratchDir {
+                base: base.clone(),
+                error,
+            }
+        })?;
         let fetch = checkout::HostFetch {
             server_url: &h.server_url,
             repository: &h.repository,
@@ -275,8 +281,8 @@ impl Runtime<'_> {
                 return Ok((StepEnd::Failure, IndexMap::new()));
             }
         };
-        let tree = checkout::local_tree_tar(scratch.path(), &[])
-            .map_err(|e| format!("Could not archive the checkout: {e}"))?;
+        let tree =
+            checkout::local_tree_tar(scratch.path(), &[]).map_err(StepError::CheckoutArchive)?;
         drop(scratch);
         let end = self
             .local_checkout(plan, tree.data, &h.dest, h.clean, "the checkout")
@@ -294,7 +300,7 @@ impl Runtime<'_> {
         dest: &str,
         clean: bool,
         what: &str,
-    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+    ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let count = tar.len();
         let step_dir = self.step_dir(plan.index);
         let cmd = local_unpack_command(&step_dir, dest, clean);
@@ -314,7 +320,10 @@ impl Runtime<'_> {
             }
             // The guest said what failed, in one `Solstice:` line.
             Ok(_) => Ok((StepEnd::Failure, IndexMap::new())),
-            Err(e) => Err(format!("Copying {what} into the guest failed: {e}")),
+            Err(error) => Err(StepError::Copy {
+                what: what.to_string(),
+                error,
+            }),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod commands;
 mod context;
 mod emit;
 pub mod env;
+mod error;
 mod exec;
 pub mod filecmd;
 pub mod mask;

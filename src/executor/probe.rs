@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::archive::{TarFile, build_tar};
 use super::clock;
 use super::env;
+use super::error::ProbeError;
 use super::runtime::Runtime;
 use crate::guest::{OutputChunk, Stream, shell_quote};
 
@@ -27,7 +28,7 @@ pub(super) struct Probe {
 impl Runtime<'_> {
     /// One exec: reports `$HOME`, bash and the OS, creates the layout and writes
     /// the event file.
-    pub(super) async fn probe(&self) -> Result<Probe, String> {
+    pub(super) async fn probe(&self) -> Result<Probe, ProbeError> {
         let repo = env::repo_name(&self.spec.github);
         let home = match &self.runner.home {
             Some(h) => shell_quote(h),
@@ -60,7 +61,7 @@ impl Runtime<'_> {
             .unwrap_or_else(|| json!({}));
         let event_json = serde_json::to_vec_pretty(&event).unwrap_or_else(|_| b"{}".to_vec());
         let tar = build_tar(&[TarFile::file("event.json", event_json, 0o600)])
-            .map_err(|e| format!("Could not build the job setup archive: {e}"))?;
+            .map_err(ProbeError::Archive)?;
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
         let exec = self.session.exec(&cmd, &tar, tx);
         let collect = async {
@@ -84,16 +85,16 @@ impl Runtime<'_> {
         let deadline = tokio::time::Instant::from_std(self.job_deadline);
         let (status, (out, err, clock_at)) = tokio::select! {
             r = work => r,
-            _ = self.cancel.cancelled() => return Err("The job was cancelled during setup".into()),
-            _ = tokio::time::sleep_until(deadline) => return Err("The job timed out during setup".into()),
+            _ = self.cancel.cancelled() => return Err(ProbeError::Cancelled),
+            _ = tokio::time::sleep_until(deadline) => return Err(ProbeError::TimedOut),
         };
-        let status = status.map_err(|e| format!("Could not prepare the guest: {e}"))?;
+        let status = status.map_err(ProbeError::Guest)?;
         let out = String::from_utf8_lossy(&out);
         if status != 0 {
-            return Err(format!(
-                "Could not prepare the guest (exit status {status}): {}",
-                String::from_utf8_lossy(&err).trim()
-            ));
+            return Err(ProbeError::Status {
+                status,
+                stderr: String::from_utf8_lossy(&err).trim().to_string(),
+            });
         }
         let field = |name: &str| {
             out.lines()
@@ -103,9 +104,7 @@ impl Runtime<'_> {
         };
         let home = field("solstice-home=");
         if home.is_empty() {
-            return Err(
-                "The guest has no home directory ($HOME is empty); set the image's home".into(),
-            );
+            return Err(ProbeError::NoHome);
         }
         let clock = clock::parse(&out)
             .zip(clock_at)

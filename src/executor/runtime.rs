@@ -183,13 +183,13 @@ pub async fn run_job(
                 ),
             }
         }
-        Err(msg) => {
+        Err(e) => {
             let conclusion = if rt.cancel.is_cancelled() {
                 Conclusion::Cancelled
             } else {
                 Conclusion::Failure
             };
-            rt.em.error(None, msg);
+            rt.em.error(None, e.to_string());
             return finish(&rt.em, conclusion, IndexMap::new(), Vec::new());
         }
     }

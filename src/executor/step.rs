@@ -11,6 +11,7 @@ use super::checkout;
 use super::checkout_step::CheckoutPlan;
 use super::context::run_default;
 use super::env::{self, RunnerVarsInput};
+use super::error::StepError;
 use super::exec::{ExecResult, Stop};
 use super::filecmd;
 use super::runtime::Runtime;
@@ -176,8 +177,8 @@ impl Runtime<'_> {
                         }
                     }
                 }
-                Err(msg) => {
-                    self.em.error(Some(index), msg);
+                Err(e) => {
+                    self.em.error(Some(index), e.to_string());
                     Conclusion::Failure
                 }
             }
@@ -201,30 +202,35 @@ impl Runtime<'_> {
         &self,
         plan: &StepRun<'_>,
         state: &mut JobState,
-    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+    ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let step = plan.step;
         let ctx = plan.ctx;
         let dir = self.step_dir(plan.index);
         let (script, ext, shell_cmd, extra) = match (&step.run, &step.uses) {
             (Some(_), Some(_)) => {
-                return Err("A step cannot have both `run:` and `uses:`".into());
+                return Err(StepError::RunAndUses);
             }
-            (None, None) => return Err("A step needs `run:` or `uses:`".into()),
+            (None, None) => return Err(StepError::NoRunOrUses),
             (Some(run), None) => {
-                let script = interpolate(run, ctx).map_err(|e| format!("Invalid `run:`: {e}"))?;
+                let script = interpolate(run, ctx).map_err(|error| StepError::Expression {
+                    what: "`run:`".into(),
+                    error,
+                })?;
                 let shell_name = step
                     .shell
                     .clone()
                     .or_else(|| run_default(self.job, &self.spec.workflow, |d| d.shell.clone()));
                 let shell = shell::resolve_shell(shell_name.as_deref(), self.has_bash)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(StepError::Shell)?;
                 (script, shell.extension(), shell, Vec::new())
             }
             (None, Some(uses)) if checkout::is_checkout(uses) => {
                 let mut with = IndexMap::new();
                 for (k, v) in &step.with {
-                    let val =
-                        interpolate(&v.0, ctx).map_err(|e| format!("Invalid `with.{k}`: {e}"))?;
+                    let val = interpolate(&v.0, ctx).map_err(|error| StepError::Expression {
+                        what: format!("`with.{k}`"),
+                        error,
+                    })?;
                     // Input names are case-insensitive, as on GitHub.
                     with.insert(k.to_ascii_lowercase(), val);
                 }
@@ -268,15 +274,10 @@ impl Runtime<'_> {
                 }
             }
             (None, Some(uses)) => {
-                let from = self
-                    .spec
-                    .default_actions_url
-                    .as_deref()
-                    .map(|u| format!("; it would come from {u}"))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "`uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout){from}"
-                ));
+                return Err(StepError::Unsupported {
+                    uses: uses.clone(),
+                    from: self.spec.default_actions_url.clone(),
+                });
             }
         };
 
@@ -334,9 +335,10 @@ impl Runtime<'_> {
             })
         });
         let wd = match wd_raw {
-            Some(w) => Some(
-                interpolate(&w, ctx).map_err(|e| format!("Invalid `working-directory`: {e}"))?,
-            ),
+            Some(w) => Some(interpolate(&w, ctx).map_err(|error| StepError::Expression {
+                what: "`working-directory`".into(),
+                error,
+            })?),
             None => None,
         };
         let working_dir = self.layout.resolve(wd.as_deref());
@@ -368,8 +370,7 @@ impl Runtime<'_> {
         for (fname, bytes) in extra {
             files.push(TarFile::file(&format!("{name}/{fname}"), bytes, 0o600));
         }
-        let tar =
-            build_tar(&files).map_err(|e| format!("Could not build the step archive: {e}"))?;
+        let tar = build_tar(&files).map_err(StepError::Archive)?;
         let cmd = step_command(&self.layout.steps_root, &format!("{dir}/wrapper.sh"));
         let res = self.exec_step(plan, &cmd, &tar, Some(marker), &dir).await;
         self.finish_exec(plan, res, state)
@@ -381,14 +382,14 @@ impl Runtime<'_> {
         plan: &StepRun<'_>,
         res: ExecResult,
         state: &mut JobState,
-    ) -> Result<(StepEnd, IndexMap<String, String>), String> {
+    ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let status = match res.status {
             Ok(s) => s,
             Err(e) => {
                 if let Some(stop) = res.stop {
                     return Ok((StepEnd::Stopped(stop), IndexMap::new()));
                 }
-                return Err(format!("The step could not run in the guest: {e}"));
+                return Err(StepError::Guest(e));
             }
         };
         if let Some(stop) = res.stop {
