@@ -89,7 +89,8 @@ pub struct Timings {
     /// QEMU spawned → the guest's SSH server first sent its banner (the
     /// rest of `boot_to_ssh` is login, probes and sshd restarts).
     pub boot_to_banner: Option<Duration>,
-    /// SSH ready → the first step's command running in the guest.
+    /// SSH ready → the first step started (after the executor's probe of the
+    /// guest, before the step's command runs).
     pub first_step: Option<Duration>,
     /// Whole executor run (all steps).
     pub job: Duration,
