@@ -14,7 +14,8 @@
 //!   in the store, which may not name this module.
 //! - Every id is 1 to 64 bytes of ASCII letters, digits, `.`, `_`, `-`, and
 //!   neither `.` nor `..`: `vm::Vm::start` refuses any other, since the id
-//!   becomes a path component.
+//!   becomes a path component. The VM also names QEMU (`-name solstice-<id>`)
+//!   and the seed's instance id (`solstice-<id>-<8 hex>`) after it.
 
 /// A fresh job id: `<prefix>-<16 hex>`.
 pub fn new_job_id(prefix: &str) -> String {
