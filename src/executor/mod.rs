@@ -9,20 +9,20 @@
 //! cancellation costs one more exec (`kill -TERM` of the step's process group,
 //! then `kill -KILL` after [`KILL_GRACE`]).
 //!
-//! Every event goes through one emitter ([`emit`]), which masks secrets and values
+//! Every event goes through one emitter (`emit`), which masks secrets and values
 //! registered with `::add-mask::`, so no sink ever sees an unmasked line.
 //!
 //! `::debug::` lines are emitted (as [`LineKind::Debug`](crate::events::LineKind::Debug)) only when the secret or
 //! variable `ACTIONS_STEP_DEBUG` is `true`, as on GitHub; otherwise they are
 //! dropped. `RUNNER_DEBUG=1` is set when `ACTIONS_RUNNER_DEBUG` is `true`.
 //!
-//! The modules, in the order a job meets them: [`runtime`] (the job's run),
-//! [`probe`] (the guest at job start, its clock), [`context`] (expression
-//! contexts), [`state`] (status, timeouts, step records), [`step`] (one
-//! step), [`exec`] (one wrapped exec), [`output`] (its output), [`emit`]
-//! (masking), [`checkout_step`] (`actions/checkout`); beside them the pure
-//! helpers ([`shell`], [`env`], [`commands`], [`filecmd`], [`mask`],
-//! [`clock`], [`checkout`], [`archive`], [`preflight`]).
+//! The modules, in the order a job meets them: `runtime` (the job's run),
+//! `probe` (the guest at job start, its clock), `context` (expression
+//! contexts), `state` (status, timeouts, step records), `step` (one
+//! step), `exec` (one wrapped exec), `output` (its output), `emit`
+//! (masking), `checkout_step` (`actions/checkout`); beside them the pure
+//! helpers (`shell`, `env`, `commands`, `filecmd`, `mask`,
+//! `clock`, `checkout`, `archive`, `preflight`).
 //!
 //! The job itself ([`crate::job::JobSpec`], [`crate::job::RunnerInfo`]) is
 //! defined in [`crate::job`]; the executor never reaches up into the VM run.

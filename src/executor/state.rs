@@ -25,7 +25,7 @@ pub struct StepRecord {
     pub duration: Duration,
 }
 
-/// The result of [`run_job`].
+/// The result of [`run_job`](super::run_job).
 #[derive(Debug, Clone)]
 pub struct JobOutcome {
     pub conclusion: Conclusion,
