@@ -1,5 +1,7 @@
 //! What a running job reports. `solstice exec` prints these; the forge reporter
-//! (later) uploads them. Every `Line` is already masked by the executor.
+//! uploads them. Every text the executor emits (lines, step names,
+//! summaries) is masked before it leaves the executor; the VM run's own
+//! events (phases, runner lines) carry no job secrets.
 
 use std::time::Duration;
 
@@ -23,7 +25,8 @@ impl Conclusion {
     }
 }
 
-/// Phases before the first step, for progress output and timing.
+/// Phases of a VM run around the steps (before the first, and the teardown
+/// after the last), for progress output and timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Overlay, seed and QEMU process being created.
@@ -77,7 +80,8 @@ pub enum JobEvent {
         name: String,
     },
     /// One masked output line (no trailing newline). `step` is `None` for lines
-    /// outside any step (boot progress, job-level errors).
+    /// outside any step (job-level errors and remarks, such as an invalid job
+    /// `env` or a forge's notes; boot progress is a [`JobEvent::Phase`]).
     Line {
         step: Option<usize>,
         kind: LineKind,

@@ -22,6 +22,8 @@ pub struct OutputChunk {
     pub data: Vec<u8>,
 }
 
+/// Why a guest command failed. The message carries the whole story (the
+/// executor writes it into one log line), so no variant has a `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
     #[error("Guest connection lost: {0}")]
@@ -29,7 +31,13 @@ pub enum GuestError {
     #[error("Guest command could not be started: {0}")]
     Exec(String),
     #[error("Guest I/O failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for GuestError {
+    fn from(e: std::io::Error) -> Self {
+        GuestError::Io(e)
+    }
 }
 
 /// A running guest that can execute commands.

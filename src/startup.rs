@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::config::SearchError;
-use crate::vm::accel::{AccelError, Accelerator};
+use crate::store::{KvmFailureRow, Store};
+use crate::vm::accel::{AccelError, Accelerator, KvmFailure};
 
 /// Why a command could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +75,11 @@ pub async fn resolve_accel(config: &Config) -> Result<Accelerator, StartupError>
             Some((store, writable)) => (Some(std::sync::Arc::new(store)), writable),
             None => (None, false),
         };
-        let remembered = store
-            .as_deref()
-            .and_then(crate::runner::remembered_kvm_failure);
+        let remembered = store.as_deref().and_then(remembered_kvm_failure);
         Accelerator::resolve(&config.qemu, remembered.as_ref()).map(|a| match store {
-            Some(store) if writable => a.with_listener(Box::new(move |f| {
-                crate::runner::record_kvm_failure(&store, f)
-            })),
+            Some(store) if writable => {
+                a.with_listener(Box::new(move |f| record_kvm_failure(&store, f)))
+            }
             _ => a,
         })
     })
@@ -123,5 +122,34 @@ fn state_for_accel(config: &Config) -> Option<(crate::store::Store, bool)> {
             tracing::debug!(error = %e, "no state database for the KVM failure record");
             None
         }
+    }
+}
+
+/// The KVM failure the state database remembers, if any.
+pub fn remembered_kvm_failure(store: &Store) -> Option<KvmFailure> {
+    match store.kvm_failure() {
+        Ok(r) => r.map(|r| KvmFailure {
+            reason: r.reason,
+            fingerprint: r.fingerprint,
+            at_unix: r.at_unix,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the KVM failure record; probing KVM again");
+            None
+        }
+    }
+}
+
+/// Remembers a KVM failure in the state database, so that later runs on
+/// this host (the daemon after a restart, every `solstice exec`) start under
+/// TCG without paying for a stuck KVM boot again.
+pub fn record_kvm_failure(store: &Store, f: &KvmFailure) {
+    let row = KvmFailureRow {
+        reason: f.reason.clone(),
+        fingerprint: f.fingerprint.clone(),
+        at_unix: f.at_unix,
+    };
+    if let Err(e) = store.record_kvm_failure(&row) {
+        tracing::warn!(error = %e, "cannot record the KVM failure; the next start probes KVM again");
     }
 }

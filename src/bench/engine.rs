@@ -4,7 +4,7 @@
 //! Baseline: the same QEMU command line Solstice would use (fixed forwarded
 //! port instead of QMP port discovery), started directly, and the OpenSSH
 //! client polled until `ssh … true` succeeds. Solstice: a one-step `true` job
-//! through [`crate::runner::run_in_vm`], exactly as `solstice exec` runs it.
+//! through [`crate::job::run_in_vm`], exactly as `solstice exec` runs it.
 //! Solstice's own overhead is everything outside the guest's boot (QEMU spawned
 //! → SSH ready): preparing the job directory, seed and overlay, the job's steps
 //! with their setup and file commands, and teardown. It is reported against the
@@ -16,12 +16,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::baseline_boot;
-use super::{BenchError, EngineBenchArgs, fmt_ms, load_bench_config, median, pick_image};
+use super::{BenchError, EngineBenchArgs, fmt_ms, load_bench_config, median};
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
-use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::human::fmt_duration;
-use crate::runner::{self, VmRun};
+use crate::job::placement::{Fallback, choose_image};
+use crate::job::{self, CheckoutSource, JobSpec, VmRun};
 use crate::startup::resolve_accel;
 use crate::vm::Accel;
 use crate::vm::accel::Accelerator;
@@ -53,7 +53,14 @@ pub struct SolsticeSample {
 /// `solstice bench engine`.
 pub async fn engine_main(args: EngineBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
-    let image = pick_image(&config, args.common.image.as_deref())?;
+    let image = choose_image(
+        &config.images,
+        args.common.image.as_deref(),
+        &[],
+        Fallback::Bench,
+    )
+    .map_err(|e| BenchError::Usage(e.to_string()))?
+    .image;
     // Both sides of the comparison use the accelerator chosen now.
     let accel = resolve_accel(&config).await?.current();
     let runs = args.runs.max(1) as usize;
@@ -232,21 +239,13 @@ async fn solstice_run(
         vars: Default::default(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo {
-            os: image.os,
-            name: "solstice-bench".into(),
-            arch: "X64".into(),
-            home: None,
-            path_prepend: image.path_prepend.clone(),
-            node: image.node.clone(),
-        },
         extra_env: Default::default(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
     };
-    let job_id = runner::new_job_id("bench");
+    let job_id = job::id::new_job_id("bench");
     let fixed = Accelerator::fixed(accel);
     let run = VmRun {
         config,
@@ -254,10 +253,11 @@ async fn solstice_run(
         accel: &fixed,
         job_id: &job_id,
         spec: &spec,
+        runner_name: "solstice-bench",
         observer: None,
     };
     let start = Instant::now();
-    let report = runner::run_in_vm(&run, &NullSink, &CancellationToken::new()).await?;
+    let report = job::run_in_vm(&run, &NullSink, &CancellationToken::new()).await?;
     let total = start.elapsed();
     if report.outcome.conclusion != Conclusion::Success {
         return Err(BenchError::Infra(

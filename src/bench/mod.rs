@@ -2,7 +2,7 @@
 //! run on the same image.
 //!
 //! - [`engine`] (`solstice bench engine`, issue 2): one job through
-//!   [`crate::runner::run_in_vm`] against plain QEMU + `ssh` polling.
+//!   [`crate::job::run_in_vm`] against plain QEMU + `ssh` polling.
 //! - [`runner`] (`solstice bench runner`, issue 3): the `solstice run` daemon
 //!   against an in-process fake forge: throughput, latency split, idle cost
 //!   and log streaming, each against its plain baseline.
@@ -18,8 +18,8 @@ pub mod runner_report;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Config, ImageConfig};
-use crate::runner::RunError;
+use crate::config::Config;
+use crate::job::RunError;
 use crate::startup::StartupError;
 
 pub use args::{BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs, RunnerBenchArgs};
@@ -71,32 +71,12 @@ pub(crate) fn fmt_ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The image named `name`, else the only image, else the one named `tiny`.
 /// What both benchmarks need first: the configuration, with the OpenSSH
 /// client (the baselines use it) checked to be there.
 pub(crate) fn load_bench_config(common: &BenchCommon) -> Result<Config, BenchError> {
     let (_, config) = crate::startup::load_config(common.config.as_deref())?;
     require_openssh()?;
     Ok(config)
-}
-
-pub(crate) fn pick_image<'a>(
-    config: &'a Config,
-    name: Option<&str>,
-) -> Result<&'a ImageConfig, BenchError> {
-    if let Some(n) = name {
-        return config.images.get(n).ok_or_else(|| {
-            BenchError::Usage(format!("no image named `{n}` in the configuration"))
-        });
-    }
-    if config.images.len() == 1
-        && let Some(i) = config.images.values().next()
-    {
-        return Ok(i);
-    }
-    config.images.get("tiny").ok_or_else(|| {
-        BenchError::Usage("several images are configured: pick one with --image NAME".into())
-    })
 }
 
 /// `bin` in `PATH`.

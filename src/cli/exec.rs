@@ -14,14 +14,12 @@ use tokio_util::sync::CancellationToken;
 use super::ExecArgs;
 use super::error::{CliError, Exit};
 use super::term::TerminalSink;
-use crate::config::{Config, ImageConfig};
+use crate::config::Config;
 use crate::events::Conclusion;
-use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
-use crate::runner::{self, RunError, VmRun};
+use crate::job::{self, CheckoutSource, JobSpec, RunError, VmRun};
 use crate::secret::Secret;
 use crate::startup::{ConfigNotice, load_config_to, resolve_accel};
-use crate::workflow::expr::{Contexts, interpolate};
-use crate::workflow::{self, Combination, Job, Workflow};
+use crate::workflow::{self, Workflow};
 
 /// Exit status of `solstice exec` (documented in docs/reference/cli.md),
 /// from the one mapping [`Exit::code`].
@@ -98,10 +96,17 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
     // Choose every image before starting anything, so a bad label fails fast.
     let mut plan = Vec::new();
     for combo in &combos {
-        match choose_image(&config, args.image.as_deref(), job, combo) {
-            Ok(img) => plan.push((combo, img)),
-            Err(msg) => return Err(CliError::usage(msg)),
+        let placed = crate::job::placement::place_workflow_job(
+            &config.images,
+            args.image.as_deref(),
+            job,
+            combo,
+        )
+        .map_err(CliError::usage)?;
+        if let Some(notice) = &placed.notice {
+            println!("[solstice] {notice}");
         }
+        plan.push((combo, placed.image));
     }
     let accel = resolve_accel(&config).await?;
 
@@ -126,6 +131,7 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
     spawn_interrupt_handler(cancel.clone(), hard_stop.clone(), interrupted.clone());
 
     let sink = TerminalSink::new();
+    let runner_name = format!("solstice-{}", hostname());
     let total = plan.len();
     let mut failed = 0usize;
     let run_all = async {
@@ -146,7 +152,6 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 vars: vars.clone(),
                 inputs: inputs.clone(),
                 needs: json!({}),
-                runner: RunnerInfo::for_image(image, format!("solstice-{}", hostname())),
                 extra_env: extra_env.clone(),
                 checkout: CheckoutSource::LocalTree {
                     root: workdir.clone(),
@@ -156,17 +161,18 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 extra_masks: Vec::new(),
                 default_actions_url: None,
             };
-            let run_id = runner::new_job_id("exec");
+            let run_id = job::id::new_job_id("exec");
             let vm_run = VmRun {
                 config: &config,
                 image,
                 accel: &accel,
                 job_id: &run_id,
                 spec: &spec,
+                runner_name: &runner_name,
                 observer: None,
             };
             let started = std::time::Instant::now();
-            let result = runner::run_in_vm(&vm_run, &sink, &cancel).await;
+            let result = job::run_in_vm(&vm_run, &sink, &cancel).await;
             // The summary waits for the teardown, to give the wall time too.
             sink.print_finish(started.elapsed());
             match result {
@@ -237,111 +243,6 @@ fn spawn_interrupt_handler(
             }
         }
     });
-}
-
-/// Picks the image for one matrix combination: `--image`, else the image whose
-/// labels include every `runs-on` label, else the only image.
-pub fn choose_image<'a>(
-    config: &'a Config,
-    explicit: Option<&str>,
-    job: &Job,
-    combo: &Combination,
-) -> Result<&'a ImageConfig, String> {
-    let names = || config.images.keys().cloned().collect::<Vec<_>>().join(", ");
-    if let Some(name) = explicit {
-        return config.images.get(name).ok_or_else(|| {
-            format!(
-                "no image named `{name}` in the configuration (images: {})",
-                names()
-            )
-        });
-    }
-    let labels = runs_on_labels(job, combo)?;
-    if labels.is_empty() {
-        if config.images.len() == 1
-            && let Some(img) = config.images.values().next()
-        {
-            return Ok(img);
-        }
-        return Err(format!(
-            "the job has no `runs-on` labels and there are several images; pick one with --image ({})",
-            names()
-        ));
-    }
-    let matching: Vec<&ImageConfig> = config
-        .images
-        .values()
-        .filter(|img| labels.iter().all(|l| img.labels.iter().any(|il| il == l)))
-        .collect();
-    match matching.first() {
-        Some(img) => Ok(img),
-        None if config.images.len() == 1 => {
-            let img = config
-                .images
-                .values()
-                .next()
-                .ok_or("no images configured")?;
-            println!(
-                "[solstice] no image has all the labels of `runs-on: [{}]`; using the only image `{}` (--image picks one)",
-                labels.join(", "),
-                img.name
-            );
-            Ok(img)
-        }
-        None => {
-            let offered: Vec<String> = config
-                .images
-                .values()
-                .map(|i| format!("{} [{}]", i.name, i.labels.join(", ")))
-                .collect();
-            Err(format!(
-                "no image has all the labels of `runs-on: [{}]`; images: {}; use --image NAME or add labels to an image",
-                labels.join(", "),
-                offered.join("; ")
-            ))
-        }
-    }
-}
-
-/// The `runs-on` labels of a job, with `${{ matrix.* }}` interpolated.
-fn runs_on_labels(job: &Job, combo: &Combination) -> Result<Vec<String>, String> {
-    let Some(v) = &job.runs_on else {
-        return Ok(Vec::new());
-    };
-    let mut ctx = Contexts::default();
-    ctx.values.insert(
-        "matrix".into(),
-        Value::Object(combo.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-    );
-    let raw: Vec<String> = match v {
-        serde_norway::Value::String(s) => vec![s.clone()],
-        serde_norway::Value::Sequence(items) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_string))
-            .collect(),
-        serde_norway::Value::Mapping(m) => match m.get("labels") {
-            Some(serde_norway::Value::String(s)) => vec![s.clone()],
-            Some(serde_norway::Value::Sequence(items)) => items
-                .iter()
-                .filter_map(|i| i.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        },
-        _ => return Err("`runs-on` must be a label or a list of labels".into()),
-    };
-    let mut out = Vec::new();
-    for label in raw {
-        let value = interpolate(&label, &ctx).map_err(|e| format!("runs-on: {e}"))?;
-        // An expression may yield a JSON list of labels.
-        match serde_json::from_str::<Value>(&value) {
-            Ok(Value::Array(items)) => {
-                out.extend(items.iter().filter_map(|i| i.as_str().map(str::to_string)))
-            }
-            _ => out.push(value),
-        }
-    }
-    out.retain(|l| !l.is_empty());
-    Ok(out)
 }
 
 /// The `github` context of a local run, filled from the work tree's git state

@@ -174,7 +174,7 @@ async fn resolve_accelerator(
     store: &Arc<Store>,
     metrics: &Metrics,
 ) -> Result<Accelerator, DaemonError> {
-    let remembered = crate::runner::remembered_kvm_failure(store);
+    let remembered = crate::startup::remembered_kvm_failure(store);
     let qemu = config.qemu.clone();
     let accel =
         tokio::task::spawn_blocking(move || Accelerator::resolve(&qemu, remembered.as_ref()))
@@ -188,7 +188,7 @@ async fn resolve_accelerator(
     Ok(accel.with_listener(Box::new(move |f: &KvmFailure| {
         tracing::warn!(reason = %f.reason, "KVM does not work on this host: a job's guest did not boot under it; every VM now runs under TCG (recorded in the state database; `solstice doctor` explains)");
         metrics.kvm_fell_back();
-        crate::runner::record_kvm_failure(&store, f);
+        crate::startup::record_kvm_failure(&store, f);
     })))
 }
 
@@ -235,7 +235,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(database = %db.display(), "state database open");
 
     // What a previous run left: VMs first (local, fast), tasks to report later.
-    let jobs_dir = crate::runner::jobs_dir(&config);
+    let jobs_dir = crate::job::jobs_dir(&config);
     reconcile::leftover_vms(&store, &jobs_dir);
     reconcile::orphaned_forges(&store, &config);
     match store.prune_finished_jobs(KEEP_FINISHED_JOBS) {
@@ -367,7 +367,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         notify::status(&format!("stopping: cancelling {} job(s)", jobs.len()));
         for j in &jobs {
             tracing::info!(forge = %j.forge, task = j.task_id, "cancelling");
-            crate::runner::runner_line(
+            crate::job::runner_line(
                 j.reporter.as_ref(),
                 format!(
                     "The runner is shutting down and its drain time ({}s) is over: the job is cancelled",

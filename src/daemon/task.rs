@@ -12,7 +12,6 @@ use super::slots::HostSlot;
 use super::{RunningJob, Shared};
 use crate::config::ForgeConfig;
 use crate::events::Conclusion;
-use crate::executor::RunnerInfo;
 use crate::forge::ReportApi;
 use crate::forge::client::ForgejoClient;
 use crate::forge::proto::{self, LogRow, Task};
@@ -20,12 +19,11 @@ use crate::forge::reporter::{
     LogSpool, ReportError, ReporterConfig, ReporterShared, SpoolError, TaskStateBuilder, finish,
     run_reporter,
 };
-use crate::forge::task::{
-    TranslateOptions, no_image_message, numbered_payload, pick_image, translate,
-};
+use crate::forge::task::{TranslateOptions, numbered_payload, translate};
+use crate::job::placement::{Fallback, choose_image};
+use crate::job::{self, VmObserver, VmRun};
 use crate::metrics::LatencySplit;
-use crate::runner::{self, VmObserver, VmRun};
-use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, daemon_job_id};
+use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, StoreError, daemon_job_id};
 
 /// A job's log rows in the state database, so that none is lost when the
 /// daemon dies and memory stays bounded however much a step prints.
@@ -114,13 +112,11 @@ struct StoreObserver {
 }
 
 impl VmObserver for StoreObserver {
-    fn before_start(&self, dir: &std::path::Path) -> Result<(), String> {
+    fn before_start(&self, dir: &std::path::Path) -> Result<(), StoreError> {
         let _ = self
             .store
             .set_job_state(&self.job_id, JobState::Provisioning);
-        self.store
-            .record_vm(&self.job_id, dir)
-            .map_err(|e| e.to_string())
+        self.store.record_vm(&self.job_id, dir)
     }
 
     fn started(&self, pid: u32, ssh_port: u16) {
@@ -185,17 +181,8 @@ pub(crate) async fn run_task(
     let store = shared.store.clone();
     let config = &shared.config;
 
-    let runner = RunnerInfo {
-        os: crate::config::GuestOs::Linux,
-        name: forge.runner_name.clone(),
-        arch: "X64".into(),
-        home: None,
-        path_prepend: vec![],
-        node: None,
-    };
     let opts = TranslateOptions {
         instance_url: forge.url.clone(),
-        runner,
         max_job_timeout: Some(config.daemon.max_job_timeout),
     };
     let translated = translate(&task, &opts);
@@ -283,9 +270,9 @@ pub(crate) async fn run_task(
             tracing::warn!(forge = %forge.name, task = task_id, error = %e, "task payload cannot be run");
             (Conclusion::Failure, Default::default(), Some(text))
         }
-        Ok(mut t) => {
+        Ok(t) => {
             for note in &t.notes {
-                runner::runner_line(reporter.as_ref(), note.clone());
+                job::runner_line(reporter.as_ref(), note.clone());
             }
             let problems = match t.spec.workflow.jobs.get(&t.spec.job_id) {
                 Some(job) => crate::executor::preflight::preflight(
@@ -296,7 +283,7 @@ pub(crate) async fn run_task(
                 ),
                 None => Vec::new(),
             };
-            match pick_image(&t.runs_on, &config.images) {
+            match choose_image(&config.images, None, &t.runs_on, Fallback::Assigned) {
                 _ if !problems.is_empty() => {
                     let msg = format!(
                         "This job cannot run as it is; no VM was started:\n{}",
@@ -305,13 +292,13 @@ pub(crate) async fn run_task(
                     tracing::warn!(forge = %forge.name, task = task_id, problems = problems.len(), "job rejected before boot");
                     (Conclusion::Failure, Default::default(), Some(msg))
                 }
-                None => {
-                    let msg = no_image_message(&t.runs_on, &config.images);
+                Err(e) => {
+                    let msg = e.to_string();
                     tracing::warn!(forge = %forge.name, task = task_id, "{msg}");
                     (Conclusion::Failure, Default::default(), Some(msg))
                 }
-                Some(image) => {
-                    t.use_image(image);
+                Ok(placed) => {
+                    let image = placed.image;
                     let _ = store.set_job_image(&job_id, &image.name);
                     let image_slot = tokio::select! {
                         s = shared.slots.image_slot(&image.name) => Some(s),
@@ -337,10 +324,11 @@ pub(crate) async fn run_task(
                                 accel: &shared.accel,
                                 job_id: &job_id,
                                 spec: &t.spec,
+                                runner_name: &forge.runner_name,
                                 observer: recorded.is_ok().then_some(&observer as &dyn VmObserver),
                             };
                             let t_run = Instant::now();
-                            let result = runner::run_in_vm(&run, &sink, &cancel).await;
+                            let result = job::run_in_vm(&run, &sink, &cancel).await;
                             match result {
                                 Ok(report) => {
                                     record_latency(
@@ -358,7 +346,7 @@ pub(crate) async fn run_task(
                                     };
                                     (conclusion, report.outcome.outputs, None)
                                 }
-                                Err(runner::RunError::Cancelled) => {
+                                Err(job::RunError::Cancelled) => {
                                     (Conclusion::Cancelled, Default::default(), None)
                                 }
                                 Err(e) => {
@@ -513,7 +501,7 @@ fn record_latency(
     job_id: &str,
     received: Instant,
     run_started: Instant,
-    t: &runner::Timings,
+    t: &job::Timings,
 ) {
     // Provision: receipt (incl. waiting for an image slot) to QEMU spawned.
     let provision = run_started.saturating_duration_since(received) + t.prepare;

@@ -201,6 +201,49 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     r
 }
 
+/// One entry of a generated tar.
+pub(super) struct TarFile {
+    pub(super) path: String,
+    pub(super) data: Vec<u8>,
+    pub(super) mode: u32,
+    pub(super) dir: bool,
+}
+
+impl TarFile {
+    pub(super) fn file(path: &str, data: Vec<u8>, mode: u32) -> Self {
+        TarFile {
+            path: path.to_string(),
+            data,
+            mode,
+            dir: false,
+        }
+    }
+
+    pub(super) fn dir(path: &str) -> Self {
+        TarFile {
+            path: path.to_string(),
+            data: Vec::new(),
+            mode: 0o700,
+            dir: true,
+        }
+    }
+}
+
+/// A small tar (padded to a whole record) for `tar xf -` in the guest:
+/// ustar, with pax headers where a name is too long ([`ArchiveWriter`]).
+pub(super) fn build_tar(files: &[TarFile]) -> std::io::Result<Vec<u8>> {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut w = ArchiveWriter::new();
+    for f in files {
+        let kind = if f.dir { Kind::Dir } else { Kind::File };
+        w.add(f.path.as_bytes(), kind, f.mode, mtime, None, &f.data);
+    }
+    Ok(w.finish())
+}
+
 /// Test helpers: the GNU-only type flags, and a check of a whole archive.
 #[cfg(test)]
 pub(crate) mod inspect {
@@ -398,10 +441,10 @@ mod tests {
     /// 100 bytes.
     fn sample_archives() -> (Vec<u8>, Vec<u8>, tempfile::TempDir) {
         let long = format!("step-1/{}", "s".repeat(120));
-        let bundle = crate::executor::build_tar(&[
-            crate::executor::TarFile::dir("step-1"),
-            crate::executor::TarFile::file("step-1/wrapper.sh", b"exit 0\n".to_vec(), 0o700),
-            crate::executor::TarFile::file(&long, b"long\n".to_vec(), 0o600),
+        let bundle = build_tar(&[
+            TarFile::dir("step-1"),
+            TarFile::file("step-1/wrapper.sh", b"exit 0\n".to_vec(), 0o700),
+            TarFile::file(&long, b"long\n".to_vec(), 0o600),
         ])
         .unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -398,7 +398,7 @@ async fn host_git(
     args: &[String],
     server_url: &str,
     token: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, HostGitError> {
     let scheme = server_url
         .split_once("://")
         .map_or("https", |(s, _)| s)
@@ -440,15 +440,41 @@ async fn host_git(
             );
     }
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| format!("could not run git on the runner host: {e} (install git there)"))?;
+    let out = cmd.output().await.map_err(HostGitError::Spawn)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        Err(HostGitError::Failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
+}
+
+/// Why one `git` on the runner host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostGitError {
+    #[error("could not run git on the runner host: {0} (install git there)")]
+    Spawn(std::io::Error),
+    /// git's stderr.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why [`host_fetch`] failed (the step log says `Fetching … failed: <this>`).
+#[derive(Debug, thiserror::Error)]
+pub enum HostFetchError {
+    /// Fetching the sha failed, and so did fetching the ref instead.
+    #[error("git fetch failed: {by_sha}; fetching the ref instead failed too: {by_ref}")]
+    Fetch {
+        by_sha: HostGitError,
+        by_ref: HostGitError,
+    },
+    /// `git ARGS` failed.
+    #[error("git {args} failed: {error}")]
+    Git { args: String, error: HostGitError },
+    /// Reading the checked-out `HEAD` failed.
+    #[error("{0}")]
+    Head(HostGitError),
 }
 
 /// Fetches the repository into `dir` (an empty directory on the host) and
@@ -456,7 +482,7 @@ async fn host_git(
 /// the forge's URL without credentials, HEAD is at the sha (or the fetched
 /// ref), the branch is set up. Nothing of the token is left in `dir`.
 /// Returns the `HEAD is now at …` line.
-pub async fn host_fetch(f: &HostFetch<'_>, dir: &Path) -> Result<String, String> {
+pub async fn host_fetch(f: &HostFetch<'_>, dir: &Path) -> Result<String, HostFetchError> {
     let cmds = host_fetch_commands(f);
     let fetch_ref = if f.git_ref.is_empty() {
         "HEAD"
@@ -475,11 +501,14 @@ pub async fn host_fetch(f: &HostFetch<'_>, dir: &Path) -> Result<String, String>
                 by_ref.push(fetch_ref.to_string());
                 host_git(dir, &by_ref, f.server_url, token)
                     .await
-                    .map_err(|e2| {
-                        format!("git fetch failed: {e}; fetching the ref instead failed too: {e2}")
-                    })?;
+                    .map_err(|by_ref| HostFetchError::Fetch { by_sha: e, by_ref })?;
             }
-            Err(e) => return Err(format!("git {} failed: {e}", args_shown(args))),
+            Err(error) => {
+                return Err(HostFetchError::Git {
+                    args: args_shown(args),
+                    error,
+                });
+            }
         }
     }
     host_git(
@@ -494,6 +523,7 @@ pub async fn host_fetch(f: &HostFetch<'_>, dir: &Path) -> Result<String, String>
     )
     .await
     .map(|s| s.trim().to_string())
+    .map_err(HostFetchError::Head)
 }
 
 /// A private (0700) directory for a host-side fetch, removed when dropped.

@@ -3,6 +3,8 @@
 use crate::workflow::expr::{Value, to_actions_string};
 use indexmap::IndexMap;
 
+use crate::job::spec::RunnerArch;
+
 /// Paths of one job in the guest, all absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestLayout {
@@ -76,7 +78,7 @@ pub struct RunnerVarsInput<'a> {
     pub job_id: &'a str,
     pub workflow_name: &'a str,
     pub runner_os: &'a str,
-    pub runner_arch: &'a str,
+    pub runner_arch: RunnerArch,
     pub runner_name: &'a str,
     /// `GITHUB_ACTION`: the step id, or `__run`/`__run_N`.
     pub action: &'a str,
@@ -152,7 +154,7 @@ pub fn runner_variables(i: &RunnerVarsInput<'_>) -> IndexMap<String, String> {
     set("GITHUB_WORKFLOW", workflow);
     set("GITHUB_ACTION", i.action.to_string());
     set("RUNNER_OS", i.runner_os.to_string());
-    set("RUNNER_ARCH", i.runner_arch.to_string());
+    set("RUNNER_ARCH", i.runner_arch.as_str().to_string());
     set("RUNNER_NAME", i.runner_name.to_string());
     set("RUNNER_TEMP", i.layout.temp.clone());
     set("RUNNER_TOOL_CACHE", i.layout.tool_cache.clone());
@@ -197,7 +199,7 @@ mod tests {
             job_id: "build",
             workflow_name: "CI",
             runner_os: "illumos",
-            runner_arch: "X64",
+            runner_arch: RunnerArch::X64,
             runner_name: "r1",
             action: "__run",
             step_dir: "/h/_temp/_solstice/step-1",

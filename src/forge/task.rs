@@ -15,8 +15,8 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value, json};
 
 use super::proto::{self, TaskResult};
-use crate::config::ImageConfig;
-use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
+use crate::job::placement::{RunsOnSource, runs_on_labels};
+use crate::job::{CheckoutSource, JobSpec};
 use crate::secret::Secret;
 use crate::workflow::{self, WorkflowError};
 
@@ -60,9 +60,6 @@ pub struct TranslateOptions {
     /// `ACTIONS_RUNTIME_URL`/`ACTIONS_RESULTS_URL` and as the fallback server
     /// URL. A trailing `/` is ignored.
     pub instance_url: String,
-    /// Machine description; `os` is a placeholder until
-    /// [`TranslatedTask::use_image`] sets the chosen image's.
-    pub runner: RunnerInfo,
     /// Host-wide cap on the job's run time (the daemon's `max_job_timeout`).
     pub max_job_timeout: Option<Duration>,
 }
@@ -88,49 +85,6 @@ pub struct TranslatedTask {
     pub notes: Vec<String>,
 }
 
-impl TranslatedTask {
-    /// Adopts the chosen image's guest OS (for `RUNNER_OS`) and its `PATH`
-    /// additions and `node`.
-    pub fn use_image(&mut self, image: &ImageConfig) {
-        self.spec.runner.use_image(image);
-    }
-}
-
-/// The image a job runs on: the first image, in name order, whose labels
-/// include **every** `runs-on` label. An empty `runs-on` matches the first
-/// image. `None` when no image has all the labels.
-pub fn pick_image<'a>(
-    runs_on: &[String],
-    images: &'a BTreeMap<String, ImageConfig>,
-) -> Option<&'a ImageConfig> {
-    images
-        .values()
-        .find(|img| runs_on.iter().all(|l| img.labels.iter().any(|il| il == l)))
-}
-
-/// Why no image fits `runs-on` (when [`pick_image`] found none), in one
-/// paragraph for the task log: the labels, and for each image the labels it
-/// lacks. The forge matches a job against the union of the labels this
-/// runner declared, so such a job is assigned here all the same.
-pub fn no_image_message(runs_on: &[String], images: &BTreeMap<String, ImageConfig>) -> String {
-    let lacks: Vec<String> = images
-        .values()
-        .map(|img| {
-            let missing: Vec<&str> = runs_on
-                .iter()
-                .filter(|l| !img.labels.iter().any(|il| il == *l))
-                .map(String::as_str)
-                .collect();
-            format!("image {} lacks {}", img.name, missing.join(", "))
-        })
-        .collect();
-    format!(
-        "No image of this runner has all the labels of `runs-on: [{}]`, so the job cannot run here: {}. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`.",
-        runs_on.join(", "),
-        lacks.join("; ")
-    )
-}
-
 fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     m.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
@@ -140,29 +94,6 @@ fn extra<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     EXTRA_PREFIXES
         .iter()
         .find_map(|p| get_str(m, &format!("{p}{name}")))
-}
-
-/// The `runs-on` labels as the forge evaluated them (a label, a list, or a
-/// mapping with `labels`).
-fn runs_on_labels(v: Option<&serde_norway::Value>) -> Vec<String> {
-    use serde_norway::Value as Y;
-    let list = |v: &Y| -> Vec<String> {
-        match v {
-            Y::String(s) => vec![s.clone()],
-            Y::Sequence(items) => items
-                .iter()
-                .filter_map(|i| i.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
-    let mut out = match v {
-        None => Vec::new(),
-        Some(Y::Mapping(m)) => m.get("labels").map(list).unwrap_or_default(),
-        Some(other) => list(other),
-    };
-    out.retain(|l| !l.trim().is_empty());
-    out
 }
 
 /// Translates a task. Fails only when the payload cannot be run; missing
@@ -191,7 +122,8 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
         });
     }
     let matrix = combos.remove(0);
-    let runs_on = runs_on_labels(job.runs_on.as_ref());
+    // Never an error: a forge's labels are taken as they are.
+    let runs_on = runs_on_labels(job.runs_on.as_ref(), RunsOnSource::Evaluated).unwrap_or_default();
     let job_name = job.name.clone().unwrap_or_else(|| job_id.to_string());
     let step_count = job.steps.len();
 
@@ -345,7 +277,6 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
             .collect(),
         inputs,
         needs,
-        runner: opts.runner.clone(),
         extra_env,
         checkout,
         max_job_timeout: opts.max_job_timeout,
@@ -377,7 +308,6 @@ pub fn numbered_payload(task: &proto::Task) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::GuestOs;
     use proto::TaskNeed;
     use std::collections::HashMap;
 
@@ -410,14 +340,6 @@ jobs:
     fn opts() -> TranslateOptions {
         TranslateOptions {
             instance_url: "https://forge.example/".into(),
-            runner: RunnerInfo {
-                os: GuestOs::Linux,
-                name: "solstice-host".into(),
-                arch: "X64".into(),
-                home: None,
-                path_prepend: vec![],
-                node: None,
-            },
             max_job_timeout: Some(Duration::from_secs(3600)),
         }
     }
@@ -799,64 +721,5 @@ jobs:
             ),
             Err(TaskError::NoPayload)
         ));
-    }
-
-    fn image(name: &str, labels: &[&str]) -> ImageConfig {
-        ImageConfig {
-            name: name.into(),
-            path: "/img".into(),
-            format: crate::config::ImageFormat::Qcow2,
-            os: GuestOs::Illumos,
-            firmware: crate::config::Firmware::Bios,
-            vcpus: 1,
-            memory_mib: 512,
-            disk_size_gib: None,
-            ssh_user: "u".into(),
-            seed: crate::config::SeedKind::NoCloud,
-            boot_timeout: Duration::from_secs(60),
-            readiness_probes: 1,
-            readiness_probe_interval: Duration::from_secs(1),
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            max_concurrent_jobs: None,
-            cpu: None,
-            path_prepend: vec![],
-            node: None,
-        }
-    }
-
-    #[test]
-    fn pick_image_needs_every_label() {
-        let images = BTreeMap::from([
-            ("b-small".to_string(), image("b-small", &["linux"])),
-            ("a-big".to_string(), image("a-big", &["linux", "big"])),
-            ("c-omni".to_string(), image("c-omni", &["illumos"])),
-        ]);
-        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(pick_image(&l(&["linux"]), &images).unwrap().name, "a-big");
-        assert_eq!(
-            pick_image(&l(&["big", "linux"]), &images).unwrap().name,
-            "a-big"
-        );
-        assert_eq!(
-            pick_image(&l(&["illumos"]), &images).unwrap().name,
-            "c-omni"
-        );
-        assert!(pick_image(&l(&["illumos", "big"]), &images).is_none());
-        assert_eq!(
-            no_image_message(&l(&["illumos", "big"]), &images),
-            "No image of this runner has all the labels of `runs-on: [illumos, big]`, so the job cannot run here: image a-big lacks illumos; image b-small lacks illumos, big; image c-omni lacks big. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`."
-        );
-        assert_eq!(pick_image(&[], &images).unwrap().name, "a-big");
-        let mut t = translate(&task(PAYLOAD, forgejo_context()), &opts()).unwrap();
-        let mut omni = images["c-omni"].clone();
-        omni.path_prepend = vec!["/usr/gnu/bin".into(), "/opt/ooce/bin".into()];
-        omni.node = Some("/opt/ooce/bin/node".into());
-        t.use_image(&omni);
-        assert_eq!(t.spec.runner.os, GuestOs::Illumos);
-        assert_eq!(
-            t.spec.runner.path_prepend,
-            ["/usr/gnu/bin", "/opt/ooce/bin"]
-        );
-        assert_eq!(t.spec.runner.node.as_deref(), Some("/opt/ooce/bin/node"));
     }
 }

@@ -27,7 +27,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("store", UPPER),
     // Start-up shared by the commands: the configuration and the accelerator
     // (with the KVM failure a previous job remembered).
-    ("startup", &["forge", "daemon", "cli", "bench", "testing"]),
+    ("startup", UPPER),
     // The job's semantics: steps over any guest session.
     (
         "executor",

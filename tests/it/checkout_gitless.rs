@@ -12,8 +12,9 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use solstice::events::Conclusion;
-use solstice::executor::{CheckoutSource, run_job};
+use solstice::executor::run_job;
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
+use solstice::job::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use support::git_server::git;
@@ -108,16 +109,17 @@ fn start_git_server() -> GitServer {
     }
 }
 
-fn spec(yaml: &str, home: &Path, checkout: CheckoutSource) -> solstice::executor::JobSpec {
+fn spec(yaml: &str, home: &Path, checkout: CheckoutSource) -> (JobSpec, RunnerInfo) {
     let env = support::TestEnv::with_image(support::image_config(
         "none",
         home.join("no-image"),
         "root",
         128,
     ));
-    let mut s = env.spec(yaml, Vec::new(), checkout);
-    s.runner.home = Some(home.to_str().unwrap().to_string());
-    s
+    let s = env.spec(yaml, Vec::new(), checkout);
+    let mut runner = RunnerInfo::for_image(env.image(), "solstice-test");
+    runner.home = Some(home.to_str().unwrap().to_string());
+    (s, runner)
 }
 
 /// The base64 of `x-access-token:` (how the token travels), split so this
@@ -158,9 +160,16 @@ jobs:
         d = "d".repeat(90),
         e = "e".repeat(90),
     );
-    let spec = spec(&yaml, home.path(), checkout);
+    let (spec, runner) = spec(&yaml, home.path(), checkout);
     let sink = VecSink::default();
-    let outcome = run_job(&spec, &NoGitSession, &sink, CancellationToken::new()).await;
+    let outcome = run_job(
+        &spec,
+        &runner,
+        &NoGitSession,
+        &sink,
+        CancellationToken::new(),
+    )
+    .await;
     let text = sink.all_text();
     assert_eq!(outcome.conclusion, Conclusion::Success, "{text}");
     let first = sink.step_lines(0);
@@ -219,9 +228,16 @@ jobs:
         with:
           repository: "../../elsewhere/x"
 "#;
-    let spec = spec(yaml, home.path(), server.checkout());
+    let (spec, runner) = spec(yaml, home.path(), server.checkout());
     let sink = VecSink::default();
-    let outcome = run_job(&spec, &NoGitSession, &sink, CancellationToken::new()).await;
+    let outcome = run_job(
+        &spec,
+        &runner,
+        &NoGitSession,
+        &sink,
+        CancellationToken::new(),
+    )
+    .await;
     let text = sink.all_text();
     assert_eq!(outcome.conclusion, Conclusion::Failure, "{text}");
     assert!(

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use solstice::events::{Conclusion, JobEvent, LineKind};
-use solstice::executor::CheckoutSource;
+use solstice::job::CheckoutSource;
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use support::git_server::git;

@@ -6,12 +6,11 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use solstice::events::{Conclusion, EventSink, JobEvent};
-use solstice::executor::CheckoutSource;
-use solstice::runner::RunError;
+use solstice::job::{CheckoutSource, RunError};
 use support::{RunOpts, TestEnv, all_text, step_lines};
 use tokio_util::sync::CancellationToken;
 
-fn conclusions(report: &solstice::runner::RunReport) -> Vec<(Conclusion, Conclusion)> {
+fn conclusions(report: &solstice::job::RunReport) -> Vec<(Conclusion, Conclusion)> {
     report
         .outcome
         .steps
@@ -275,7 +274,7 @@ async fn boot_timeout_quotes_the_serial_console_and_leaves_nothing() {
             );
             assert!(msg.contains("Last 30 lines of its serial console"), "{msg}");
             // The whole console is kept after the VM is gone, where the message says.
-            let kept = solstice::runner::boot_failure_console(&env.config, "tiny");
+            let kept = solstice::job::boot_failure_console(&env.config, "tiny");
             assert!(msg.contains(&kept.display().to_string()), "{msg}");
             let whole = std::fs::read_to_string(&kept).unwrap();
             let last = console.trim_end().lines().last().unwrap();

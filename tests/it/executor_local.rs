@@ -6,12 +6,14 @@ use indexmap::IndexMap;
 use serde_json::{Value, json};
 use solstice::config::GuestOs;
 use solstice::events::{Conclusion, JobEvent, LineKind};
-use solstice::executor::{CheckoutSource, JobOutcome, JobSpec, RunnerInfo, run_job};
+use solstice::executor::{JobOutcome, run_job};
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
+use solstice::job::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use solstice::workflow::model::parse_workflow;
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -34,10 +36,29 @@ impl GuestSession for NoBashSession {
     }
 }
 
-fn spec(yaml: &str, home: &Path) -> JobSpec {
+/// A job and the runner it runs on, as the tests edit them.
+struct TestJob {
+    spec: JobSpec,
+    runner: RunnerInfo,
+}
+
+impl Deref for TestJob {
+    type Target = JobSpec;
+    fn deref(&self) -> &JobSpec {
+        &self.spec
+    }
+}
+
+impl DerefMut for TestJob {
+    fn deref_mut(&mut self) -> &mut JobSpec {
+        &mut self.spec
+    }
+}
+
+fn spec(yaml: &str, home: &Path) -> TestJob {
     let workflow = parse_workflow(yaml).unwrap();
     let job_id = workflow.jobs.keys().next().unwrap().clone();
-    JobSpec {
+    let spec = JobSpec {
         workflow,
         job_id,
         matrix: IndexMap::new(),
@@ -54,20 +75,21 @@ fn spec(yaml: &str, home: &Path) -> JobSpec {
         vars: BTreeMap::new(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo {
-            os: GuestOs::Linux,
-            name: "test-runner".into(),
-            arch: "X64".into(),
-            home: Some(home.to_str().unwrap().to_string()),
-            path_prepend: vec![],
-            node: None,
-        },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
-    }
+    };
+    let runner = RunnerInfo {
+        os: GuestOs::Linux,
+        name: "test-runner".into(),
+        arch: RunnerArch::X64,
+        home: Some(home.to_str().unwrap().to_string()),
+        path_prepend: vec![],
+        node: None,
+    };
+    TestJob { spec, runner }
 }
 
 struct Run {
@@ -102,14 +124,14 @@ impl Run {
 async fn run_with(
     yaml: &str,
     session: &dyn GuestSession,
-    edit: impl FnOnce(&mut JobSpec),
+    edit: impl FnOnce(&mut TestJob),
     cancel: CancellationToken,
 ) -> Run {
     let home = tempfile::tempdir().unwrap();
     let mut spec = spec(yaml, home.path());
     edit(&mut spec);
     let sink = VecSink::default();
-    let outcome = run_job(&spec, session, &sink, cancel).await;
+    let outcome = run_job(&spec.spec, &spec.runner, session, &sink, cancel).await;
     Run {
         outcome,
         sink,

@@ -10,8 +10,9 @@ use indexmap::IndexMap;
 use serde_json::json;
 use solstice::config::GuestOs;
 use solstice::events::Conclusion;
-use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo, run_job};
+use solstice::executor::run_job;
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk, shell_quote};
+use solstice::job::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use solstice::workflow::model::parse_workflow;
@@ -104,14 +105,6 @@ async fn check_shell(target: &str, secs: u32) {
         vars: BTreeMap::new(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo {
-            os: GuestOs::Illumos,
-            name: "r".into(),
-            arch: "X64".into(),
-            home: Some(home.to_str().unwrap().into()),
-            path_prepend: vec![],
-            node: None,
-        },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
@@ -120,7 +113,15 @@ async fn check_shell(target: &str, secs: u32) {
     };
     let sink = VecSink::default();
     let started = Instant::now();
-    let out = run_job(&spec, &s, &sink, CancellationToken::new()).await;
+    let runner = RunnerInfo {
+        os: GuestOs::Illumos,
+        name: "r".into(),
+        arch: RunnerArch::X64,
+        home: Some(home.to_str().unwrap().into()),
+        path_prepend: vec![],
+        node: None,
+    };
+    let out = run_job(&spec, &runner, &s, &sink, CancellationToken::new()).await;
     let lines = sink.lines();
     assert!(
         started.elapsed() < Duration::from_secs(40),
@@ -229,14 +230,6 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
         vars: BTreeMap::new(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo {
-            os: GuestOs::Linux,
-            name: "r".into(),
-            arch: "X64".into(),
-            home: Some(home.to_str().unwrap().into()),
-            path_prepend: vec![],
-            node: None,
-        },
         extra_env: IndexMap::new(),
         checkout: CheckoutSource::LocalTree {
             root: tree.clone(),
@@ -247,7 +240,15 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
         default_actions_url: None,
     };
     let sink = VecSink::default();
-    let out = run_job(&spec, &s, &sink, CancellationToken::new()).await;
+    let runner = RunnerInfo {
+        os: GuestOs::Linux,
+        name: "r".into(),
+        arch: RunnerArch::X64,
+        home: Some(home.to_str().unwrap().into()),
+        path_prepend: vec![],
+        node: None,
+    };
+    let out = run_job(&spec, &runner, &s, &sink, CancellationToken::new()).await;
     let lines = sink.lines();
     assert_eq!(out.conclusion, Conclusion::Success, "{target}: {lines:?}");
     let step = sink.step_lines(1);

@@ -662,14 +662,6 @@ async fn an_untranslatable_task_is_reported_failed_with_its_error() {
     };
     let opts = TranslateOptions {
         instance_url: "https://forge.example".into(),
-        runner: solstice::executor::RunnerInfo {
-            os: solstice::config::GuestOs::Linux,
-            name: "r".into(),
-            arch: "X64".into(),
-            home: None,
-            path_prepend: vec![],
-            node: None,
-        },
         max_job_timeout: None,
     };
     let err = translate(&task, &opts).unwrap_err();
@@ -1083,20 +1075,19 @@ mod over_http {
         let l = live(FakeOptions::default(), &yaml, &[("TOKEN", token)]).await;
         let opts = TranslateOptions {
             instance_url: l.forge.url(),
-            runner: solstice::executor::RunnerInfo {
-                os: solstice::config::GuestOs::Linux,
-                name: "solstice-test".into(),
-                arch: "X64".into(),
-                home: None,
-                path_prepend: vec![],
-                node: None,
-            },
             max_job_timeout: None,
         };
         let mut t = translate(&l.task, &opts).unwrap();
         let home = tempfile::tempdir().unwrap();
-        t.spec.runner.home = Some(home.path().to_str().unwrap().to_string());
-        t.spec.checkout = solstice::executor::CheckoutSource::None;
+        let runner = solstice::job::RunnerInfo {
+            os: solstice::config::GuestOs::Linux,
+            name: "solstice-test".into(),
+            arch: solstice::job::RunnerArch::X64,
+            home: Some(home.path().to_str().unwrap().to_string()),
+            path_prepend: vec![],
+            node: None,
+        };
+        t.spec.checkout = solstice::job::CheckoutSource::None;
         let shared = reporter(l.task.id, t.step_count, http_config());
         let cancel = CancellationToken::new();
         let run = tokio::spawn(run_reporter(
@@ -1106,6 +1097,7 @@ mod over_http {
         ));
         let outcome = solstice::executor::run_job(
             &t.spec,
+            &runner,
             &solstice::guest::LocalSession,
             shared.as_ref(),
             cancel,

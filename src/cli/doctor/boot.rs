@@ -1,6 +1,6 @@
 //! `solstice doctor --image NAME --boot`: boots one configured image the way
 //! a job boots it (the same seed, QEMU command line, SSH readiness and step
-//! executor, through [`crate::runner::run_in_vm`]) and reports what a job
+//! executor, through [`crate::job::run_in_vm`]) and reports what a job
 //! finds inside: the login, `uname -a`, the network and the tools.
 
 use std::sync::Mutex;
@@ -12,8 +12,7 @@ use super::Check;
 use crate::cli::error::Report;
 use crate::config::{Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
-use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
-use crate::runner::{self, RunError, VmRun};
+use crate::job::{self, CheckoutSource, JobSpec, RunError, VmRun};
 
 /// Tools whose presence the report shows, with what their absence means.
 const TOOLS: &[(&str, &str)] = &[
@@ -293,20 +292,20 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         vars: Default::default(),
         inputs: json!({}),
         needs: json!({}),
-        runner: RunnerInfo::for_image(image, "solstice-doctor".into()),
         extra_env: Default::default(),
         checkout: CheckoutSource::None,
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
     };
-    let job_id = runner::new_job_id("doctor");
+    let job_id = job::id::new_job_id("doctor");
     let run = VmRun {
         config,
         image,
         accel: &accel,
         job_id: &job_id,
         spec: &spec,
+        runner_name: "solstice-doctor",
         observer: None,
     };
     let sink = DoctorSink {
@@ -321,7 +320,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
             on_signal.cancel();
         }
     });
-    let result = runner::run_in_vm(&run, &sink, &cancel).await;
+    let result = job::run_in_vm(&run, &sink, &cancel).await;
     signals.abort();
     let report = match result {
         Ok(r) => r,

@@ -16,8 +16,7 @@ use solstice::config::{
     AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
     SeedKind,
 };
-use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
-use solstice::runner::{self, RunError, RunReport, VmRun};
+use solstice::job::{self, CheckoutSource, JobSpec, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use solstice::vm::Accel;
@@ -124,7 +123,7 @@ impl TestEnv {
     }
 
     pub fn jobs_dir(&self) -> PathBuf {
-        runner::jobs_dir(&self.config)
+        job::jobs_dir(&self.config)
     }
 
     /// Writes a solstice.toml for this environment (for tests of the binary).
@@ -181,17 +180,18 @@ impl TestEnv {
             opts.secrets,
             opts.checkout.unwrap_or(CheckoutSource::None),
         );
-        let job_id = runner::new_job_id("test");
+        let job_id = job::id::new_job_id("test");
         let run = VmRun {
             config: &self.config,
             image: self.image(),
             accel: &self.accel,
             job_id: &job_id,
             spec: &spec,
+            runner_name: "solstice-test",
             observer: None,
         };
         let cancel = opts.cancel.unwrap_or_default();
-        runner::run_in_vm(&run, sink, &cancel).await
+        job::run_in_vm(&run, sink, &cancel).await
     }
 
     pub fn spec(
@@ -228,14 +228,6 @@ impl TestEnv {
             vars: Default::default(),
             inputs: json!({}),
             needs: json!({}),
-            runner: RunnerInfo {
-                os: self.image().os,
-                name: "solstice-test".into(),
-                arch: "X64".into(),
-                home: None,
-                path_prepend: self.image().path_prepend.clone(),
-                node: self.image().node.clone(),
-            },
             extra_env: Default::default(),
             checkout,
             max_job_timeout: None,

@@ -1,5 +1,6 @@
 //! Runs one job end to end: provision a VM, wait for SSH, execute, tear down.
-//! `solstice exec` and (later) `solstice run` share [`run_in_vm`].
+//! `solstice exec`, `solstice run` (the daemon), `doctor --boot` and `bench`
+//! share [`run_in_vm`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -8,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::id;
+use super::spec::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::config::{AccelChoice, Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
-use crate::executor::{self, JobOutcome, JobSpec};
+use crate::executor::{self, JobOutcome};
 use crate::ssh::{self, ClientKey, HostKey, HostKeyCheck, ReadyOptions, SshTarget};
-use crate::store::{KvmFailureRow, Store};
+use crate::store::StoreError;
 use crate::vm::accel::{
-    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, KvmFailure, KvmTrouble,
-    STALL_WINDOW, console_alarm, judge_kvm_boot,
+    Accelerator, BootObservation, BootVerdict, FIRST_OUTPUT_WINDOW, KvmTrouble, STALL_WINDOW,
+    console_alarm, judge_kvm_boot,
 };
 use crate::vm::{self, Accel, Vm, VmSpec};
 
@@ -58,7 +61,7 @@ pub enum RunError {
     #[error("Cancelled before the job started")]
     Cancelled,
     #[error("Could not record the VM in the state database: {0}")]
-    Record(String),
+    Record(StoreError),
     #[error("Could not create the state directory {path}")]
     StateDir {
         path: PathBuf,
@@ -86,7 +89,8 @@ pub struct Timings {
     /// QEMU spawned → the guest's SSH server first sent its banner (the
     /// rest of `boot_to_ssh` is login, probes and sshd restarts).
     pub boot_to_banner: Option<Duration>,
-    /// SSH ready → the first step's command running in the guest.
+    /// SSH ready → the first step started (after the executor's probe of the
+    /// guest, before the step's command runs).
     pub first_step: Option<Duration>,
     /// Whole executor run (all steps).
     pub job: Duration,
@@ -115,9 +119,12 @@ pub struct VmRun<'a> {
     pub image: &'a ImageConfig,
     /// The process's accelerator (shared by its jobs; KVM may fall back to TCG).
     pub accel: &'a Accelerator,
-    /// Names the job directory under `<state_dir>/jobs/`.
+    /// Names the job directory under `<state_dir>/jobs/` (see [`id`]).
     pub job_id: &'a str,
     pub spec: &'a JobSpec,
+    /// The runner's name (`runner.name`, `RUNNER_NAME`); the rest of the
+    /// runner ([`RunnerInfo`]) comes from `image`.
+    pub runner_name: &'a str,
     /// Told about the VM's resources before they exist and after they are
     /// gone, so that a crashed daemon's leftovers can be found (the daemon
     /// records them in its state database).
@@ -128,7 +135,7 @@ pub struct VmRun<'a> {
 pub trait VmObserver: Send + Sync {
     /// Before anything is created: `dir` will hold the overlay, seed,
     /// sockets and console log. An error stops the job before the VM exists.
-    fn before_start(&self, dir: &Path) -> Result<(), String>;
+    fn before_start(&self, dir: &Path) -> Result<(), StoreError>;
     /// QEMU runs as `pid`, with the guest's SSH forwarded to `ssh_port`.
     fn started(&self, pid: u32, ssh_port: u16);
     /// QEMU is gone and `dir` removed.
@@ -227,7 +234,7 @@ pub async fn run_in_vm(
         let host_private = host_key.as_ref().map(HostKey::private_openssh);
         let host_public = host_key.as_ref().map(HostKey::public_openssh);
         let authorized = client_key.public_openssh();
-        let hostname = format!("solstice-{}", short_id(run.job_id));
+        let hostname = id::hostname(run.job_id);
         let spec = VmSpec {
             job_id: run.job_id,
             image,
@@ -615,10 +622,11 @@ async fn boot_and_run(
     let t_job = Instant::now();
     // A guest without git gets its checkout fetched inside the job's directory.
     let mut spec = run.spec.clone();
-    if let executor::CheckoutSource::Remote { host_dir, .. } = &mut spec.checkout {
+    if let CheckoutSource::Remote { host_dir, .. } = &mut spec.checkout {
         *host_dir = Some(vm.dir().to_path_buf());
     }
-    let outcome = executor::run_job(&spec, &session, &timing_sink, cancel.clone()).await;
+    let runner = RunnerInfo::for_image(image, run.runner_name);
+    let outcome = executor::run_job(&spec, &runner, &session, &timing_sink, cancel.clone()).await;
     timings.job = t_job.elapsed();
     timings.first_step = timing_sink
         .first_step
@@ -678,48 +686,6 @@ fn keep_failed_console(run: &VmRun<'_>, vm: &Vm) -> String {
             tail.trim_end()
         )
     }
-}
-
-/// The KVM failure the state database remembers, if any.
-pub fn remembered_kvm_failure(store: &Store) -> Option<KvmFailure> {
-    match store.kvm_failure() {
-        Ok(r) => r.map(|r| KvmFailure {
-            reason: r.reason,
-            fingerprint: r.fingerprint,
-            at_unix: r.at_unix,
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the KVM failure record; probing KVM again");
-            None
-        }
-    }
-}
-
-/// Remembers a KVM failure in the state database, so that later runs on
-/// this host (the daemon after a restart, every `solstice exec`) start under
-/// TCG without paying for a stuck KVM boot again.
-pub fn record_kvm_failure(store: &Store, f: &KvmFailure) {
-    let row = KvmFailureRow {
-        reason: f.reason.clone(),
-        fingerprint: f.fingerprint.clone(),
-        at_unix: f.at_unix,
-    };
-    if let Err(e) = store.record_kvm_failure(&row) {
-        tracing::warn!(error = %e, "cannot record the KVM failure; the next start probes KVM again");
-    }
-}
-
-/// The first 12 characters of a job id, for host names.
-fn short_id(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect()
-}
-
-/// A fresh job id: `<prefix>-<16 hex>`.
-pub fn new_job_id(prefix: &str) -> String {
-    format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
 /// Emits a runner line outside any step.

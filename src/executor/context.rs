@@ -1,0 +1,140 @@
+//! Context building: the `env` context and the expression contexts
+//! (`github`, `runner`, `matrix`, ...) a step's expressions see.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use serde_json::{Map, json};
+
+use super::runtime::Runtime;
+use super::state::JobState;
+use crate::workflow::expr::{Contexts, JobStatus, Value, interpolate};
+use crate::workflow::{Job, Step, Workflow};
+
+impl Runtime<'_> {
+    /// The `env` context: workflow+job env, `GITHUB_ENV` additions, then step env.
+    pub(super) fn env_context(
+        &self,
+        state: &JobState,
+        step_env: Option<&IndexMap<String, String>>,
+    ) -> IndexMap<String, String> {
+        let mut env = self.base_env.clone();
+        for (k, v) in &state.env_files {
+            env.insert(k.clone(), v.clone());
+        }
+        if let Some(s) = step_env {
+            for (k, v) in s {
+                env.insert(k.clone(), v.clone());
+            }
+        }
+        env
+    }
+
+    pub(super) fn contexts(&self, env: &IndexMap<String, String>, state: &JobState) -> Contexts {
+        let spec = self.spec;
+        let mut values = BTreeMap::new();
+        let mut github = match &spec.github {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        github.insert("job".into(), json!(spec.job_id));
+        github.insert("workspace".into(), json!(self.layout.workspace));
+        github
+            .entry("workflow")
+            .or_insert_with(|| json!(spec.workflow.name.clone().unwrap_or_default()));
+        if let Some(t) = spec.secrets.get("GITHUB_TOKEN") {
+            github.entry("token").or_insert_with(|| json!(t.expose()));
+        }
+        values.insert("github".into(), Value::Object(github));
+        values.insert(
+            "env".into(),
+            Value::Object(env.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
+        );
+        values.insert(
+            "vars".into(),
+            Value::Object(
+                spec.vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect(),
+            ),
+        );
+        values.insert(
+            "secrets".into(),
+            Value::Object(
+                spec.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v.expose())))
+                    .collect(),
+            ),
+        );
+        values.insert(
+            "matrix".into(),
+            Value::Object(
+                spec.matrix
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        );
+        values.insert("needs".into(), spec.needs.clone());
+        values.insert("inputs".into(), spec.inputs.clone());
+        values.insert("steps".into(), Value::Object(state.steps_ctx.clone()));
+        let status = match state.status {
+            JobStatus::Success => "success",
+            JobStatus::Failure => "failure",
+            JobStatus::Cancelled => "cancelled",
+        };
+        values.insert("job".into(), json!({ "status": status }));
+        values.insert(
+            "runner".into(),
+            json!({
+                "os": self.runner.os.runner_os(),
+                "arch": self.runner.arch.as_str(),
+                "name": self.runner.name,
+                "temp": self.layout.temp,
+                "tool_cache": self.layout.tool_cache,
+                "debug": if self.debug { "1" } else { "" },
+            }),
+        );
+        values.insert(
+            "strategy".into(),
+            json!({ "fail-fast": true, "job-index": 0, "job-total": 1, "max-parallel": 1 }),
+        );
+        Contexts {
+            values,
+            status: state.status,
+        }
+    }
+
+    pub(super) fn step_dir(&self, index: usize) -> String {
+        format!("{}/step-{}", self.layout.steps_root, index + 1)
+    }
+
+    pub(super) fn display_name(&self, step: &Step, ctx: &Contexts) -> String {
+        if let Some(n) = &step.name {
+            return interpolate(n, ctx).unwrap_or_else(|_| n.clone());
+        }
+        if let Some(run) = &step.run {
+            let first = run.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let first = interpolate(first, ctx).unwrap_or_else(|_| first.to_string());
+            return format!("Run {}", first.trim());
+        }
+        if let Some(u) = &step.uses {
+            return format!("Run {u}");
+        }
+        "Step".into()
+    }
+}
+
+/// A step's `run` default from the job, else the workflow.
+pub(super) fn run_default(
+    job: &Job,
+    wf: &Workflow,
+    pick: impl Fn(&crate::workflow::RunDefaults) -> Option<String>,
+) -> Option<String> {
+    let from = |d: &Option<crate::workflow::Defaults>| {
+        d.as_ref().and_then(|d| d.run.as_ref()).and_then(&pick)
+    };
+    from(&job.defaults).or_else(|| from(&wf.defaults))
+}

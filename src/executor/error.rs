@@ -1,0 +1,153 @@
+//! Why a step, or the job's setup, failed before its commands could tell.
+//! Each message becomes one error line in the job log, as it is: a guest or
+//! I/O error is part of the sentence, not a separate cause.
+
+use std::path::PathBuf;
+
+use super::checkout::LocalTreeError;
+use super::shell::ShellError;
+use crate::guest::GuestError;
+use crate::workflow::expr::ExprError;
+
+/// Why the probe at job start failed (the job fails, or counts as
+/// cancelled when it was).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProbeError {
+    #[error("The job was cancelled during setup")]
+    Cancelled,
+    #[error("The job timed out during setup")]
+    TimedOut,
+    #[error("Could not build the job setup archive: {0}")]
+    Archive(std::io::Error),
+    #[error("Could not prepare the guest: {0}")]
+    Guest(GuestError),
+    #[error("Could not prepare the guest (exit status {status}): {stderr}")]
+    Status { status: u32, stderr: String },
+    #[error("The guest has no home directory ($HOME is empty); set the image's home")]
+    NoHome,
+}
+
+/// Why a step failed before (or instead of) running its command.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StepError {
+    #[error("A step cannot have both `run:` and `uses:`")]
+    RunAndUses,
+    #[error("A step needs `run:` or `uses:`")]
+    NoRunOrUses,
+    /// An expression in the step's `what` (`` `run:` ``, `` `with.ref` ``,
+    /// `` `working-directory` ``) does not evaluate.
+    #[error("Invalid {what}: {error}")]
+    Expression { what: String, error: ExprError },
+    #[error("{0}")]
+    Shell(ShellError),
+    #[error(
+        "`uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout){}",
+        .from.as_ref().map(|u| format!("; it would come from {u}")).unwrap_or_default()
+    )]
+    Unsupported {
+        uses: String,
+        /// The forge's default-actions URL.
+        from: Option<String>,
+    },
+    #[error("Could not build the step archive: {0}")]
+    Archive(std::io::Error),
+    #[error("The step could not run in the guest: {0}")]
+    Guest(GuestError),
+    #[error(
+        "actions/checkout with `repository: {0}` needs a remote source; this job copies the local tree"
+    )]
+    CheckoutNeedsRemote(String),
+    #[error("Could not copy the local tree {}: {error}", .root.display())]
+    LocalTree {
+        root: PathBuf,
+        error: LocalTreeError,
+    },
+    #[error("Invalid `fetch-depth: {0}`: expected a number")]
+    FetchDepth(String),
+    #[error("`repository: {repository}` is not an owner/name on the job's forge {server_url}")]
+    NotOwnerName {
+        repository: String,
+        server_url: String,
+    },
+    #[error("Could not create a directory in {}: {error}", .base.display())]
+    ScratchDir {
+        base: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("Could not archive the checkout: {0}")]
+    CheckoutArchive(LocalTreeError),
+    #[error("Copying {what} into the guest failed: {error}")]
+    Copy { what: String, error: GuestError },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages are the ones the job log showed when they were strings.
+    #[test]
+    fn messages_read_as_before() {
+        let guest = || GuestError::Exec("no exit status".into());
+        let cases: Vec<(String, &str)> = vec![
+            (
+                ProbeError::Guest(guest()).to_string(),
+                "Could not prepare the guest: Guest command could not be started: no exit status",
+            ),
+            (
+                ProbeError::Status {
+                    status: 2,
+                    stderr: "mkdir: denied".into(),
+                }
+                .to_string(),
+                "Could not prepare the guest (exit status 2): mkdir: denied",
+            ),
+            (
+                StepError::Unsupported {
+                    uses: "actions/setup-go@v5".into(),
+                    from: Some("https://code.forgejo.org".into()),
+                }
+                .to_string(),
+                "`uses: actions/setup-go@v5` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout); it would come from https://code.forgejo.org",
+            ),
+            (
+                StepError::Unsupported {
+                    uses: "a/b@v1".into(),
+                    from: None,
+                }
+                .to_string(),
+                "`uses: a/b@v1` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout)",
+            ),
+            (
+                StepError::FetchDepth("x".into()).to_string(),
+                "Invalid `fetch-depth: x`: expected a number",
+            ),
+            (
+                StepError::NotOwnerName {
+                    repository: "a/b/c".into(),
+                    server_url: "https://forge.example".into(),
+                }
+                .to_string(),
+                "`repository: a/b/c` is not an owner/name on the job's forge https://forge.example",
+            ),
+            (
+                StepError::Copy {
+                    what: "the local tree".into(),
+                    error: guest(),
+                }
+                .to_string(),
+                "Copying the local tree into the guest failed: Guest command could not be started: no exit status",
+            ),
+            (
+                StepError::ScratchDir {
+                    base: "/s/jobs/x".into(),
+                    error: std::io::Error::other("full"),
+                }
+                .to_string(),
+                "Could not create a directory in /s/jobs/x: full",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+}
