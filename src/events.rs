@@ -106,4 +106,3 @@ pub enum JobEvent {
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: JobEvent);
 }
-

@@ -31,7 +31,7 @@ use crate::cli::RunnerBenchArgs;
 use crate::cli::exec::{exit, resolve_accel};
 use crate::cli::term::fmt_duration;
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
-use crate::forge::proto::{TaskResult, Timestamp};
+use crate::forge::forgejo::proto::{TaskResult, Timestamp};
 use crate::store::Store;
 use crate::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot};
 use crate::vm::Accel;

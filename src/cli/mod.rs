@@ -194,7 +194,21 @@ pub fn main() -> ExitCode {
     };
     init_tracing(cli.log.as_deref().unwrap_or(default));
     match cli.command {
-        Command::Run { config } => run_async(crate::daemon::run_main(config.as_deref())),
+        Command::Run { config } => run_async(async move {
+            // 0 after a clean stop, 1 when the daemon cannot start or must
+            // stop, 2 for a missing or invalid config.
+            let config = match exec::load_config(config.as_deref()) {
+                Ok((_, c)) => c,
+                Err(code) => return code,
+            };
+            match crate::daemon::run(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    exec::report_error(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::CheckConfig {
             file,
             no_path_checks,

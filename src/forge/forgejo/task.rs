@@ -20,9 +20,8 @@ use crate::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use crate::secret::Secret;
 use crate::workflow::{self, WorkflowError};
 
-/// The version string this runner reports in `*_ACTIONS_RUNNER_VERSION` and
-/// in the first log row: `solstice-<crate version>`.
-pub const RUNNER_VERSION: &str = concat!("solstice-", env!("CARGO_PKG_VERSION"));
+/// Reported in `*_ACTIONS_RUNNER_VERSION` and in the first log row.
+pub use crate::forge::RUNNER_VERSION;
 
 /// Context keys that configure the runner and are not part of `github`.
 const EXTRA_PREFIXES: [&str; 2] = ["forgejo_", "gitea_"];
@@ -38,7 +37,7 @@ pub enum TaskError {
     #[error("The workflow payload is not valid UTF-8 text")]
     NotUtf8,
     /// The payload does not parse or validate as a workflow.
-    #[error("The workflow payload cannot be run: {0}")]
+    #[error("The workflow payload cannot be run")]
     Workflow(#[source] WorkflowError),
     /// The payload does not hold exactly one job.
     #[error(
@@ -94,41 +93,6 @@ impl TranslatedTask {
     pub fn use_image(&mut self, image: &ImageConfig) {
         self.spec.runner.use_image(image);
     }
-}
-
-/// The image a job runs on: the first image, in name order, whose labels
-/// include **every** `runs-on` label. An empty `runs-on` matches the first
-/// image. `None` when no image has all the labels.
-pub fn pick_image<'a>(
-    runs_on: &[String],
-    images: &'a BTreeMap<String, ImageConfig>,
-) -> Option<&'a ImageConfig> {
-    images
-        .values()
-        .find(|img| runs_on.iter().all(|l| img.labels.iter().any(|il| il == l)))
-}
-
-/// Why no image fits `runs-on` (when [`pick_image`] found none), in one
-/// paragraph for the task log: the labels, and for each image the labels it
-/// lacks. The forge matches a job against the union of the labels this
-/// runner declared, so such a job is assigned here all the same.
-pub fn no_image_message(runs_on: &[String], images: &BTreeMap<String, ImageConfig>) -> String {
-    let lacks: Vec<String> = images
-        .values()
-        .map(|img| {
-            let missing: Vec<&str> = runs_on
-                .iter()
-                .filter(|l| !img.labels.iter().any(|il| il == *l))
-                .map(String::as_str)
-                .collect();
-            format!("image {} lacks {}", img.name, missing.join(", "))
-        })
-        .collect();
-    format!(
-        "No image of this runner has all the labels of `runs-on: [{}]`, so the job cannot run here: {}. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`.",
-        runs_on.join(", "),
-        lacks.join("; ")
-    )
 }
 
 fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -759,7 +723,7 @@ jobs:
         let payload = "jobs:\n  a:\n    runs-on: linux\n    steps:\n      - run: [unclosed\n";
         let tk = task(payload, forgejo_context());
         let err = translate(&tk, &opts()).unwrap_err();
-        let msg = err.to_string();
+        let msg = crate::errors::Chain(&err).to_string();
         assert!(
             msg.starts_with("The workflow payload cannot be run: "),
             "{msg}"
@@ -770,9 +734,8 @@ jobs:
         assert_eq!(listing.len(), 5);
         // A schema error also names its place.
         let bad = "jobs:\n  a:\n    runs-on: linux\n    stepz: []\n";
-        let msg = translate(&task(bad, forgejo_context()), &opts())
-            .unwrap_err()
-            .to_string();
+        let err = translate(&task(bad, forgejo_context()), &opts()).unwrap_err();
+        let msg = crate::errors::Chain(&err).to_string();
         assert!(msg.contains("stepz") && msg.contains("line 4"), "{msg}");
     }
 
@@ -825,30 +788,9 @@ jobs:
     }
 
     #[test]
-    fn pick_image_needs_every_label() {
-        let images = BTreeMap::from([
-            ("b-small".to_string(), image("b-small", &["linux"])),
-            ("a-big".to_string(), image("a-big", &["linux", "big"])),
-            ("c-omni".to_string(), image("c-omni", &["illumos"])),
-        ]);
-        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(pick_image(&l(&["linux"]), &images).unwrap().name, "a-big");
-        assert_eq!(
-            pick_image(&l(&["big", "linux"]), &images).unwrap().name,
-            "a-big"
-        );
-        assert_eq!(
-            pick_image(&l(&["illumos"]), &images).unwrap().name,
-            "c-omni"
-        );
-        assert!(pick_image(&l(&["illumos", "big"]), &images).is_none());
-        assert_eq!(
-            no_image_message(&l(&["illumos", "big"]), &images),
-            "No image of this runner has all the labels of `runs-on: [illumos, big]`, so the job cannot run here: image a-big lacks illumos; image b-small lacks illumos, big; image c-omni lacks big. The forge sent the job to this runner because it declares each of these labels, but they belong to different images; give one image all of them (`labels` in its [images.<name>] section) or change the job's `runs-on`."
-        );
-        assert_eq!(pick_image(&[], &images).unwrap().name, "a-big");
+    fn use_image_adopts_the_images_os_path_and_node() {
+        let mut omni = image("c-omni", &["illumos"]);
         let mut t = translate(&task(PAYLOAD, forgejo_context()), &opts()).unwrap();
-        let mut omni = images["c-omni"].clone();
         omni.path_prepend = vec!["/usr/gnu/bin".into(), "/opt/ooce/bin".into()];
         omni.node = Some("/opt/ooce/bin/node".into());
         t.use_image(&omni);
