@@ -106,3 +106,4 @@ pub enum JobEvent {
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: JobEvent);
 }
+

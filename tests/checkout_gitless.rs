@@ -12,10 +12,10 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use solstice::events::Conclusion;
+use solstice::testing::VecSink;
 use solstice::executor::{CheckoutSource, run_job};
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
 use solstice::secret::Secret;
-use solstice::testing::VecSink;
 use support::git_server::git;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

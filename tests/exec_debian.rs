@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use solstice::events::{Conclusion, JobEvent, LineKind};
+use solstice::testing::VecSink;
 use solstice::executor::CheckoutSource;
 use solstice::secret::Secret;
-use solstice::testing::VecSink;
 use support::git_server::git;
 use support::{RunOpts, TestEnv, all_text, step_lines};
 

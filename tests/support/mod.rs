@@ -17,10 +17,10 @@ use solstice::config::{
     AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
     SeedKind,
 };
+use solstice::testing::VecSink;
 use solstice::executor::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::runner::{self, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
-use solstice::testing::VecSink;
 use solstice::vm::Accel;
 use solstice::vm::accel::Accelerator;
 use tokio_util::sync::CancellationToken;
