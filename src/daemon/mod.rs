@@ -19,6 +19,8 @@ mod reconcile;
 mod record;
 mod spool;
 mod task;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

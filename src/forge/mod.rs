@@ -23,6 +23,8 @@
 
 pub mod forgejo;
 mod placement;
+#[cfg(test)]
+pub(crate) mod scripted;
 mod spool;
 
 use std::sync::Arc;
