@@ -240,8 +240,11 @@ impl Unrunnable {
     }
 }
 
+/// What starts a report: given the task's spool, returns its report.
+type StartReport = dyn FnOnce(Arc<dyn LogSpool>) -> Arc<dyn TaskReport> + Send;
+
 /// Starts an assignment's report, once the daemon gave it a spool.
-pub struct ReportStarter(Box<dyn FnOnce(Arc<dyn LogSpool>) -> Arc<dyn TaskReport> + Send>);
+pub struct ReportStarter(Box<StartReport>);
 
 impl ReportStarter {
     pub fn new(
