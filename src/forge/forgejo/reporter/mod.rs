@@ -364,7 +364,9 @@ impl ReporterShared {
             inner.gone = Some(e.clone());
             inner.builder.drain_rows();
             // The spool may free what it holds.
-            let _ = self.spool.ack(inner.spooled);
+            if let Err(e) = self.spool.ack(inner.spooled) {
+                tracing::warn!(task = self.task_id, error = %e, "log spool ack failed");
+            }
             inner.builder.set_suppress(true);
             if let Some(c) = inner.closing.as_mut() {
                 c.outputs.clear();

@@ -146,7 +146,9 @@ async fn upload_logs(
                     );
                 }
                 inner.acked = total;
-                let _ = shared.spool.ack(total);
+                if let Err(e) = shared.spool.ack(total) {
+                    tracing::warn!(task = shared.task_id, error = %e, "log spool ack failed");
+                }
                 return Ok(());
             }
             Err(e) => return Err(PassError::Forge(e)),
