@@ -343,11 +343,16 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
     }
 
     // Credentials of every forge, before READY=1.
-    let mut sessions = Vec::new();
+    let mut sessions: Vec<(ForgeConfig, Arc<dyn Session>)> = Vec::new();
     for forge in config.forges.values() {
         let session = tokio::select! {
             r = connect(&shared, forge, open_forge.as_ref()) => r?,
-            _ = signals.next() => return Ok(()),
+            _ = signals.next() => {
+                for (_, session) in &sessions {
+                    session.disconnect().await;
+                }
+                return Ok(());
+            }
         };
         sessions.push((forge.clone(), session));
     }
@@ -389,9 +394,11 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
     }
 
     let mut pollers = tokio::task::JoinSet::new();
-    for (forge, session) in sessions {
+    for (forge, session) in &sessions {
         let s = shared.clone();
-        pollers.spawn(async move { poll::poll_loop(s, forge, session.poller()).await });
+        let f = forge.clone();
+        let poller = session.poller();
+        pollers.spawn(async move { poll::poll_loop(s, f, poller).await });
     }
 
     // Wait for a signal (or every poll loop ending, which only a fatal error does).
@@ -400,6 +407,9 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         _ = async { while pollers.join_next().await.is_some() {} } => "no forge left to poll",
     };
     drain(&shared, signal, pollers, &mut signals).await;
+    for (_, session) in &sessions {
+        session.disconnect().await;
+    }
     watchdog_stop.cancel();
     metrics_stop.cancel();
     tracing::info!("stopped");

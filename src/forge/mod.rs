@@ -164,6 +164,7 @@ pub trait Forge: Send + Sync {
 }
 
 /// A forge the runner is connected to.
+#[async_trait::async_trait]
 pub trait Session: Send + Sync {
     /// A fetcher of new tasks, holding what the forge's fetch protocol keeps
     /// between calls. One per poll loop.
@@ -172,6 +173,10 @@ pub trait Session: Send + Sync {
     /// The report of a task a previous run left unreported, continued from
     /// what it saved.
     fn resume(&self, task: ResumedTask) -> Arc<dyn TaskReport>;
+
+    /// The daemon stops (after its drain): a forge that keeps a session
+    /// for the runner ends it here. Forgejo keeps none.
+    async fn disconnect(&self) {}
 }
 
 /// Fetches new tasks.
