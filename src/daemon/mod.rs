@@ -3,12 +3,16 @@
 //! and results back, and survives crashes, forge outages and restarts
 //! without stray VMs or lost log rows.
 //!
-//! Start-up order: config → state directory writable → lock file → state database → reconcile what a
-//! previous run left → accelerator → metrics endpoint → credentials of every
-//! forge → `READY=1` → poll loops.
+//! It talks to forges only through the port in [`crate::forge`]: connect,
+//! fetch assignments, report, resume after a restart.
+//!
+//! Start-up order (the cli loaded the config): state directory writable →
+//! lock file → state database → reconcile what a previous run left →
+//! accelerator → metrics endpoint → credentials of every forge → `READY=1`
+//! → poll loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
 //! `daemon.drain_timeout_secs`, then cancel them, report them, clean up and
-//! exit 0.
+//! return (the cli exits 0).
 
 pub mod backoff;
 pub mod notify;
