@@ -28,7 +28,7 @@ use super::runner_report::{
 };
 use super::{BenchError, RunnerBenchArgs, TempDir, load_bench_config, median};
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
-use crate::forge::proto::{TaskResult, Timestamp};
+use crate::forge::forgejo::proto::{TaskResult, Timestamp};
 use crate::human::fmt_duration;
 use crate::job::placement::{Fallback, choose_image};
 use crate::startup::resolve_accel;

@@ -681,7 +681,7 @@ fn credentials_check(config: &Config, forge: &crate::config::ForgeConfig) -> Che
 
 /// A forge answers Ping on its runner API.
 async fn forge_check(forge: &crate::config::ForgeConfig) -> Check {
-    use crate::forge::client::{ClientOptions, ForgejoClient};
+    use crate::forge::forgejo::client::{ClientOptions, ForgejoClient};
     let what = format!("forge {}", forge.name);
     let opts = ClientOptions {
         http_timeout: Duration::from_secs(10),

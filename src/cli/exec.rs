@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::ExecArgs;
 use super::error::{CliError, Exit};
 use super::term::TerminalSink;
-use crate::config::Config;
 use crate::events::Conclusion;
 use crate::job::{self, CheckoutSource, JobSpec, RunError, VmRun};
 use crate::secret::Secret;
@@ -31,18 +29,6 @@ pub mod exit {
     /// The async runtime could not start (any command that runs one).
     pub const NO_RUNTIME: u8 = Exit::NoRuntime.code();
     pub const INTERRUPTED: u8 = Exit::Interrupted.code();
-}
-
-/// Prints an error and its causes to stderr. Only for `daemon::run_main`
-/// until it returns its error to the edge; commands return a [`CliError`].
-pub fn report_error(err: &(dyn std::error::Error + 'static)) {
-    eprintln!("{}", super::error::Report(err));
-}
-
-/// [`crate::startup::load_config`] for `daemon::run_main`, until it returns
-/// its error to the edge: the error is printed, the exit status returned.
-pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ExitCode> {
-    crate::startup::load_config(explicit).map_err(|e| super::error::finish(Err(e.into())))
 }
 
 pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {

@@ -134,12 +134,15 @@ pub fn main() -> ExitCode {
     };
     init_tracing(cli.log.as_deref().unwrap_or(default));
     let result = match cli.command {
-        Command::Run { config } => {
-            return match run_async(crate::daemon::run_main(config.as_deref())) {
-                Ok(code) => code,
-                Err(e) => error::finish(Err(e)),
-            };
-        }
+        Command::Run { config } => run_async(async move {
+            // 0 after a clean stop, 1 when the daemon cannot start or must
+            // stop, 2 for a missing or invalid config.
+            let (_, config) = crate::startup::load_config(config.as_deref())?;
+            crate::daemon::run(config)
+                .await
+                .map_err(|e| CliError::new(Exit::Failed, e))
+        })
+        .and_then(|r| r),
         Command::CheckConfig {
             file,
             no_path_checks,

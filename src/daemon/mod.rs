@@ -3,12 +3,16 @@
 //! and results back, and survives crashes, forge outages and restarts
 //! without stray VMs or lost log rows.
 //!
-//! Start-up order: config → state directory writable → lock file → state database → reconcile what a
-//! previous run left → accelerator → metrics endpoint → credentials of every
-//! forge → `READY=1` → poll loops.
+//! It talks to forges only through the port in [`crate::forge`]: connect,
+//! fetch assignments, report, resume after a restart.
+//!
+//! Start-up order (the cli loaded the config): state directory writable →
+//! lock file → state database → reconcile what a previous run left →
+//! accelerator → metrics endpoint → credentials of every forge → `READY=1`
+//! → poll loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
 //! `daemon.drain_timeout_secs`, then cancel them, report them, clean up and
-//! exit 0.
+//! return (the cli exits 0).
 
 pub mod backoff;
 pub mod notify;
@@ -16,11 +20,14 @@ pub mod slots;
 
 mod poll;
 mod reconcile;
+mod record;
+mod spool;
 mod task;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,16 +36,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ForgeConfig};
 use crate::errors::Chain;
-use crate::forge::client::{ClientOptions, ForgejoClient};
+use crate::forge::{Failure, Forge, RunnerCredentials, Session, TaskReport};
+use crate::job::VmRun;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{CredentialsRow, Store};
 use crate::vm::Accel;
 use crate::vm::accel::{Accelerator, KvmFailure};
 
 pub use slots::Slots;
 
 /// The version string sent to forges.
-pub use crate::forge::task::RUNNER_VERSION;
+pub use crate::forge::RUNNER_VERSION;
 /// How long cancelled jobs get to tear down and report after the drain.
 const CANCEL_GRACE: Duration = Duration::from_secs(60);
 /// Finished job records kept in the state database (for `solstice status`).
@@ -58,14 +66,15 @@ pub enum DaemonError {
     #[error("Cannot open the state database")]
     Store(#[source] crate::store::StoreError),
     #[error("The accelerator probe failed: {0}")]
-    Probe(String),
+    Probe(tokio::task::JoinError),
     #[error("Cannot choose an accelerator")]
     Accel(#[source] crate::vm::accel::AccelError),
-    #[error("Forge {forge}: {message}")]
-    Forge { forge: String, message: String },
+    /// The forge's configuration cannot be used (its URL).
+    #[error("Forge {forge}: {error}")]
+    Forge { forge: String, error: Failure },
     /// A forge's credentials cannot be had (the message names the forge).
     #[error(transparent)]
-    Credentials(crate::forge::credentials::CredentialError),
+    Credentials(Failure),
     #[error("Cannot serve metrics on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -129,13 +138,13 @@ fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Daemon
 }
 
 /// One job the daemon is running, for status lines and cancellation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RunningJob {
     pub forge: String,
     pub task_id: i64,
     pub cancel: CancellationToken,
     /// Where a reason for a cancellation goes (the job's forge log).
-    pub reporter: Arc<crate::forge::reporter::ReporterShared>,
+    pub reporter: Arc<dyn TaskReport>,
 }
 
 /// Everything the poll loops and task runners share.
@@ -152,6 +161,8 @@ pub(crate) struct Shared {
     pub running: Mutex<HashMap<String, RunningJob>>,
     /// Every task runner, so that shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Runs a job (in a VM).
+    pub jobs: Arc<dyn JobRunner>,
 }
 
 impl Shared {
@@ -179,7 +190,7 @@ async fn resolve_accelerator(
     let accel =
         tokio::task::spawn_blocking(move || Accelerator::resolve(&qemu, remembered.as_ref()))
             .await
-            .map_err(|e| DaemonError::Probe(e.to_string()))?
+            .map_err(DaemonError::Probe)?
             .map_err(DaemonError::Accel)?;
     tracing::info!(accel = ?accel.current(), reason = %accel.initial().reason, "accelerator chosen");
     metrics.set_kvm_in_use(accel.current() == Accel::Kvm);
@@ -192,23 +203,81 @@ async fn resolve_accelerator(
     })))
 }
 
-/// Path of the state database.
-pub fn database_path(config: &Config) -> PathBuf {
-    config.daemon.state_dir.join("solstice.db")
+/// Runs a job in a VM: [`crate::job::run_in_vm`], behind a trait so that
+/// the daemon's tests can run jobs without VMs.
+#[async_trait::async_trait]
+pub(crate) trait JobRunner: Send + Sync {
+    async fn run(
+        &self,
+        run: &VmRun<'_>,
+        sink: &dyn crate::events::EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<crate::job::RunReport, crate::job::RunError>;
 }
 
-/// `solstice run`: the exit code for `main`: 0 after a clean stop, 1 when
-/// the daemon cannot start or must stop, 2 for a missing or invalid config.
-pub async fn run_main(config_path: Option<&Path>) -> ExitCode {
-    let config = match crate::cli::exec::load_config(config_path) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            crate::cli::exec::report_error(&e);
-            ExitCode::FAILURE
+/// The real [`JobRunner`].
+struct VmJobs;
+
+#[async_trait::async_trait]
+impl JobRunner for VmJobs {
+    async fn run(
+        &self,
+        run: &VmRun<'_>,
+        sink: &dyn crate::events::EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<crate::job::RunReport, crate::job::RunError> {
+        crate::job::run_in_vm(run, sink, cancel).await
+    }
+}
+
+/// Opens the port of a configured forge.
+pub(crate) type OpenForge = dyn Fn(&ForgeConfig) -> Result<Arc<dyn Forge>, Failure> + Send + Sync;
+
+/// What the daemon is built from besides its config: the forges' ports and
+/// the job runner (tests replace both), and what stops it.
+pub(crate) struct Parts {
+    pub open_forge: Box<OpenForge>,
+    pub jobs: Arc<dyn JobRunner>,
+    pub signals: Signals,
+}
+
+/// Stop requests: SIGTERM/SIGINT (or a test's), by name.
+pub(crate) struct Signals(tokio::sync::mpsc::UnboundedReceiver<&'static str>);
+
+impl Signals {
+    /// SIGTERM and SIGINT.
+    fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    Some(()) = sigterm.recv() => "SIGTERM",
+                    Some(()) = sigint.recv() => "SIGINT",
+                    else => break,
+                };
+                if tx.send(name).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Signals(rx))
+    }
+
+    /// Stop requests sent by the caller.
+    #[cfg(test)]
+    pub(crate) fn manual() -> (tokio::sync::mpsc::UnboundedSender<&'static str>, Signals) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Signals(rx))
+    }
+
+    /// The next stop request.
+    async fn next(&mut self) -> &'static str {
+        match self.0.recv().await {
+            Some(name) => name,
+            None => std::future::pending().await,
         }
     }
 }
@@ -222,27 +291,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let config = Arc::new(config);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DaemonError::Signals)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(DaemonError::Signals)?;
+    let signals = Signals::install()?;
+    let max_job_timeout = config.daemon.max_job_timeout;
+    let parts = Parts {
+        open_forge: Box::new(move |f| crate::forge::open(f, max_job_timeout)),
+        jobs: Arc::new(VmJobs),
+        signals,
+    };
+    serve(config, parts).await
+}
 
+/// The daemon from its state directory on: start-up, serving, drain.
+pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonError> {
+    let Parts {
+        open_forge,
+        jobs,
+        mut signals,
+    } = parts;
+    let config = Arc::new(config);
     crate::store::check_state_dir(&config.daemon.state_dir)?;
     let _lock = lock_state_dir(&config.daemon.state_dir)?;
-    let db = database_path(&config);
-    let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
-    tracing::info!(database = %db.display(), "state database open");
-
-    // What a previous run left: VMs first (local, fast), tasks to report later.
-    let jobs_dir = crate::job::jobs_dir(&config);
-    reconcile::leftover_vms(&store, &jobs_dir);
-    reconcile::orphaned_forges(&store, &config);
-    match store.prune_finished_jobs(KEEP_FINISHED_JOBS) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "pruned old job records"),
-        Err(e) => tracing::warn!(error = %e, "could not prune old job records"),
-    }
+    let store = open_state(&config)?;
 
     let metrics = Metrics::new();
     let accel = resolve_accelerator(&config, &store, &metrics).await?;
@@ -260,6 +329,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         stop_fetching: CancellationToken::new(),
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),
+        jobs,
     });
     metrics.set_capacity(config.daemon.max_concurrent_jobs);
 
@@ -272,24 +342,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     // Credentials of every forge, before READY=1.
-    let mut clients = Vec::new();
+    let mut sessions: Vec<(ForgeConfig, Arc<dyn Session>)> = Vec::new();
     for forge in config.forges.values() {
-        let client = tokio::select! {
-            r = connect(&shared, forge) => r?,
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
+        let session = tokio::select! {
+            r = connect(&shared, forge, open_forge.as_ref()) => r?,
+            _ = signals.next() => {
+                for (_, session) in &sessions {
+                    session.disconnect().await;
+                }
+                return Ok(());
+            }
         };
-        clients.push((forge.clone(), client));
+        sessions.push((forge.clone(), session));
     }
 
     // Tasks a previous run left unreported: report them now, in the background.
-    for (forge, client) in &clients {
+    for (forge, session) in &sessions {
         let s = shared.clone();
         let f = forge.name.clone();
-        let c = client.clone();
+        let c = session.clone();
         shared
             .tasks
-            .spawn(async move { reconcile::interrupted_tasks(&s, &f, &c).await });
+            .spawn(async move { reconcile::interrupted_tasks(&s, &f, c.as_ref()).await });
     }
 
     let forge_names: Vec<&str> = config.forges.keys().map(String::as_str).collect();
@@ -319,20 +393,56 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     let mut pollers = tokio::task::JoinSet::new();
-    for (forge, client) in clients {
+    for (forge, session) in &sessions {
         let s = shared.clone();
-        pollers.spawn(async move { poll::poll_loop(s, forge, client).await });
+        let f = forge.clone();
+        let poller = session.poller();
+        pollers.spawn(async move { poll::poll_loop(s, f, poller).await });
     }
 
     // Wait for a signal (or every poll loop ending, which only a fatal error does).
     let signal = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+        s = signals.next() => s,
         _ = async { while pollers.join_next().await.is_some() {} } => "no forge left to poll",
     };
+    drain(&shared, signal, pollers, &mut signals).await;
+    for (_, session) in &sessions {
+        session.disconnect().await;
+    }
+    watchdog_stop.cancel();
+    metrics_stop.cancel();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the state database and cleans up what a previous run left: VMs
+/// first (local, fast); its tasks are reported once the forges are connected.
+fn open_state(config: &Config) -> Result<Arc<Store>, DaemonError> {
+    let db = crate::store::db_path(&config.daemon.state_dir);
+    let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
+    tracing::info!(database = %db.display(), "state database open");
+    let jobs_dir = crate::job::jobs_dir(config);
+    reconcile::leftover_vms(&store, &jobs_dir);
+    reconcile::orphaned_forges(&store, config);
+    match store.prune_finished_jobs(KEEP_FINISHED_JOBS) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "pruned old job records"),
+        Err(e) => tracing::warn!(error = %e, "could not prune old job records"),
+    }
+    Ok(store)
+}
+
+/// Stops fetching, lets the running jobs finish within the drain time, then
+/// cancels the rest and waits (a while) for their reports.
+async fn drain(
+    shared: &Arc<Shared>,
+    signal: &str,
+    mut pollers: tokio::task::JoinSet<()>,
+    signals: &mut Signals,
+) {
     shared.stop_fetching.cancel();
     let running = shared.running.lock().map(|r| r.len()).unwrap_or_default();
-    let drain = config.daemon.drain_timeout;
+    let drain = shared.config.daemon.drain_timeout;
     notify::stopping(&format!(
         "stopping ({signal}): draining {running} job(s) for up to {}s",
         drain.as_secs()
@@ -351,74 +461,102 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let drained = tokio::select! {
         _ = shared.tasks.wait() => true,
         _ = tokio::time::sleep(drain) => false,
-        _ = sigterm.recv() => false,
-        _ = sigint.recv() => false,
+        _ = signals.next() => false,
     };
-    if !drained {
-        let jobs: Vec<RunningJob> = shared
-            .running
-            .lock()
-            .map(|r| r.values().cloned().collect())
-            .unwrap_or_default();
-        tracing::warn!(
-            jobs = jobs.len(),
-            "drain time is over: cancelling the running jobs"
+    if drained {
+        return;
+    }
+    let jobs: Vec<RunningJob> = shared
+        .running
+        .lock()
+        .map(|r| r.values().cloned().collect())
+        .unwrap_or_default();
+    tracing::warn!(
+        jobs = jobs.len(),
+        "drain time is over: cancelling the running jobs"
+    );
+    notify::status(&format!("stopping: cancelling {} job(s)", jobs.len()));
+    for j in &jobs {
+        tracing::info!(forge = %j.forge, task = j.task_id, "cancelling");
+        crate::job::runner_line(
+            j.reporter.as_ref(),
+            format!(
+                "The runner is shutting down and its drain time ({}s) is over: the job is cancelled",
+                drain.as_secs()
+            ),
         );
-        notify::status(&format!("stopping: cancelling {} job(s)", jobs.len()));
-        for j in &jobs {
-            tracing::info!(forge = %j.forge, task = j.task_id, "cancelling");
-            crate::job::runner_line(
-                j.reporter.as_ref(),
-                format!(
-                    "The runner is shutting down and its drain time ({}s) is over: the job is cancelled",
-                    drain.as_secs()
-                ),
-            );
-            j.cancel.cancel();
-        }
-        if tokio::time::timeout(CANCEL_GRACE, shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::error!(
-                "jobs did not finish reporting in time; their state stays in the database for the next start"
-            );
+        j.cancel.cancel();
+    }
+    if tokio::time::timeout(CANCEL_GRACE, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "jobs did not finish reporting in time; their state stays in the database for the next start"
+        );
+    }
+}
+
+/// The credentials saved for `forge` (a database failure is logged: the
+/// forge is then asked again).
+fn saved_credentials(store: &Store, forge: &str) -> Option<RunnerCredentials> {
+    match store.get_credentials(forge) {
+        Ok(row) => row.map(|r| RunnerCredentials {
+            url: r.url,
+            uuid: r.uuid,
+            token: r.token,
+            runner_id: r.runner_id,
+            declared_labels: r.declared_labels,
+        }),
+        Err(e) => {
+            tracing::warn!(forge, error = %e, "could not read the saved runner credentials");
+            None
         }
     }
-    watchdog_stop.cancel();
-    metrics_stop.cancel();
-    tracing::info!("stopped");
-    Ok(())
+}
+
+fn save_credentials(store: &Store, forge: &str, c: &RunnerCredentials) {
+    let row = CredentialsRow {
+        url: c.url.clone(),
+        uuid: c.uuid.clone(),
+        token: c.token.clone(),
+        runner_id: c.runner_id,
+        declared_labels: c.declared_labels.clone(),
+    };
+    if let Err(e) = store.save_credentials(forge, &row) {
+        tracing::error!(forge, error = %e, "could not save the runner credentials");
+    }
 }
 
 /// Obtains a forge's credentials and declares its labels, and returns a
-/// client that carries the credentials. When the forge cannot be reached but
-/// the credentials are known without it (secret or runner file, or stored
-/// after an earlier registration), the daemon serves with them at once and
-/// declares in the background; only a runner that still has to register
-/// waits (with back-off) for the forge.
-async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoClient, DaemonError> {
-    let opts = ClientOptions::default();
-    let base = ForgejoClient::new(&forge.url, &opts).map_err(|e| DaemonError::Forge {
+/// session that carries the credentials. When the forge cannot be reached
+/// but the credentials are known without it (secret or runner file, or
+/// saved after an earlier registration), the daemon serves with them at
+/// once and declares in the background; only a runner that still has to
+/// register waits (with back-off) for the forge.
+async fn connect(
+    shared: &Arc<Shared>,
+    forge: &ForgeConfig,
+    open_forge: &OpenForge,
+) -> Result<Arc<dyn Session>, DaemonError> {
+    let port = open_forge(forge).map_err(|error| DaemonError::Forge {
         forge: forge.name.clone(),
-        message: e.to_string(),
+        error,
     })?;
     let mut backoff = backoff::Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
     let mut health = backoff::Health::default();
     loop {
-        match obtain_once(shared, forge, &base).await {
-            Ok(client) => {
+        match connect_once(shared, forge, port.as_ref()).await {
+            Ok(session) => {
                 if let backoff::HealthChange::Up { failures } = health.succeeded() {
                     tracing::info!(forge = %forge.name, failures, "forge reachable again");
                 }
-                return Ok(client);
+                return Ok(session);
             }
             Err(e) if e.is_retryable() => {
                 shared.metrics.forge_error(&forge.name, "connect");
-                let stored = shared.store.get_credentials(&forge.name).ok().flatten();
-                if let Some(creds) =
-                    crate::forge::credentials::known_locally(forge, stored.as_ref())
-                {
+                let saved = saved_credentials(&shared.store, &forge.name);
+                if let Some(session) = port.connect_offline(saved.as_ref()) {
                     tracing::warn!(
                         forge = %forge.name,
                         error = %Chain(&e),
@@ -426,11 +564,11 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
                     );
                     let s = shared.clone();
                     let f = forge.clone();
-                    let b = base.clone();
+                    let p = port.clone();
                     shared
                         .tasks
-                        .spawn(async move { declare_later(s, f, b).await });
-                    return Ok(base.with_credentials(creds));
+                        .spawn(async move { declare_later(s, f, p).await });
+                    return Ok(session);
                 }
                 if health.failed() == backoff::HealthChange::Down {
                     tracing::warn!(forge = %forge.name, error = %Chain(&e), "cannot reach the forge to register; retrying with back-off");
@@ -444,18 +582,16 @@ async fn connect(shared: &Arc<Shared>, forge: &ForgeConfig) -> Result<ForgejoCli
     }
 }
 
-/// One attempt at [`crate::forge::credentials::obtain`], saving what changed.
-async fn obtain_once(
+/// One attempt at [`Forge::connect`], saving what changed.
+async fn connect_once(
     shared: &Shared,
     forge: &ForgeConfig,
-    base: &ForgejoClient,
-) -> Result<ForgejoClient, crate::forge::credentials::CredentialError> {
-    let stored = shared.store.get_credentials(&forge.name).ok().flatten();
-    let got = crate::forge::credentials::obtain(forge, base, stored, RUNNER_VERSION).await?;
-    if got.changed
-        && let Err(e) = shared.store.save_credentials(&forge.name, &got.credentials)
-    {
-        tracing::error!(forge = %forge.name, error = %e, "could not save the runner credentials");
+    port: &dyn Forge,
+) -> Result<Arc<dyn Session>, Failure> {
+    let saved = saved_credentials(&shared.store, &forge.name);
+    let got = port.connect(saved).await?;
+    if got.changed {
+        save_credentials(&shared.store, &forge.name, &got.credentials);
     }
     tracing::info!(
         forge = %forge.name,
@@ -464,18 +600,18 @@ async fn obtain_once(
         labels = %forge.labels.join(","),
         "connected"
     );
-    Ok(got.client)
+    Ok(got.session)
 }
 
 /// Retries the declaration in the background until the forge answers.
-async fn declare_later(shared: Arc<Shared>, forge: ForgeConfig, base: ForgejoClient) {
+async fn declare_later(shared: Arc<Shared>, forge: ForgeConfig, port: Arc<dyn Forge>) {
     let mut backoff = backoff::Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
     loop {
         tokio::select! {
             _ = shared.stop_fetching.cancelled() => return,
             _ = tokio::time::sleep(backoff.fail(rand::random::<f64>())) => {}
         }
-        match obtain_once(&shared, &forge, &base).await {
+        match connect_once(&shared, &forge, port.as_ref()).await {
             Ok(_) => return,
             Err(e) if e.is_retryable() => {
                 tracing::debug!(forge = %forge.name, error = %Chain(&e), "declare failed again")

@@ -1,5 +1,6 @@
-//! One forge's poll loop: reserve free slots, FetchTask with `task_capacity`,
-//! start a task runner per task, back off on failures.
+//! One forge's poll loop: reserve free slots, fetch at most that many tasks
+//! through the forge's [`Poller`], start a task runner per task, back off
+//! on failures.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,21 +9,15 @@ use super::backoff::{Backoff, Health, HealthChange};
 use super::slots::HostSlot;
 use super::{POLL_BACKOFF_CAP, Shared};
 use crate::config::ForgeConfig;
-use crate::forge::client::ForgejoClient;
-use crate::forge::proto::{FetchTaskRequest, Task};
-
-/// A fresh request key (`x-runner-request-key`).
-fn new_request_key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use crate::forge::Poller;
 
 /// Polls `forge` until the daemon stops fetching.
-pub(crate) async fn poll_loop(shared: Arc<Shared>, forge: ForgeConfig, client: ForgejoClient) {
+pub(crate) async fn poll_loop(
+    shared: Arc<Shared>,
+    forge: ForgeConfig,
+    mut poller: Box<dyn Poller>,
+) {
     let stop = shared.stop_fetching.clone();
-    let mut tasks_version: i64 = 0;
-    // Kept across failures, renewed after each successful fetch, so that a
-    // fetch whose answer was lost returns the same tasks again.
-    let mut request_key = new_request_key();
     let mut backoff = Backoff::new(forge.fetch_interval, POLL_BACKOFF_CAP);
     let mut health = Health::default();
     let mut pause = Duration::ZERO;
@@ -43,47 +38,29 @@ pub(crate) async fn poll_loop(shared: Arc<Shared>, forge: ForgeConfig, client: F
                 _ = freed => {}
             }
         };
-        let req = FetchTaskRequest {
-            tasks_version,
-            task_capacity: Some(i64::from(reservation.count())),
-        };
         // Not raced against a stop: the forge may assign tasks in this call,
         // and dropping its answer would leave them running on the forge
         // until its reaper fails them. The call is bounded by its deadline;
         // tasks it brings run (or are drained) like any other.
-        let result = client
-            .fetch_task(req, &request_key, forge.fetch_timeout)
-            .await;
+        let result = poller.fetch(reservation.count()).await;
         match result {
-            Ok(resp) => {
-                request_key = new_request_key();
+            Ok(assignments) => {
                 backoff.reset();
                 if let HealthChange::Up { failures } = health.succeeded() {
                     tracing::info!(forge = %forge.name, failures, "forge answers again");
                 }
-                // Forgejo 14.0.0/14.0.1 could send additional tasks with an empty `task`.
-                let tasks: Vec<Task> = resp
-                    .task
-                    .into_iter()
-                    .chain(resp.additional_tasks)
-                    .filter(|t| t.id != 0)
-                    .collect();
-                if tasks.is_empty() {
-                    if resp.tasks_version > tasks_version {
-                        tasks_version = resp.tasks_version;
-                    }
+                if assignments.is_empty() {
                     continue;
                 }
-                // Ask the database again next time: more jobs may be queued.
-                tasks_version = 0;
+                // More jobs may be queued: ask again at once.
                 pause = Duration::ZERO;
-                for task in tasks {
+                for assignment in assignments {
                     let slot = match reservation.take_one() {
                         Some(s) => s,
                         None => {
                             tracing::warn!(
                                 forge = %forge.name,
-                                task = task.id,
+                                task = assignment.task_id,
                                 "the forge sent more tasks than asked for; this one waits for a free slot"
                             );
                             // Free what is left of the reservation first.
@@ -96,10 +73,9 @@ pub(crate) async fn poll_loop(shared: Arc<Shared>, forge: ForgeConfig, client: F
                     };
                     let s = shared.clone();
                     let f = forge.clone();
-                    let c = client.clone();
                     shared
                         .tasks
-                        .spawn(async move { super::task::run_task(s, f, c, task, slot).await });
+                        .spawn(async move { super::task::run_task(s, f, assignment, slot).await });
                 }
                 drop(reservation);
             }

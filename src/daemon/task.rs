@@ -1,146 +1,459 @@
-//! One task from fetch to final report: record it, translate it, pick its
-//! image, wait for the image's slot, run it in a VM while the reporter
-//! streams it to the forge, then report the end and forget the VM.
+//! One task from fetch to final report, in stages:
+//! - [`receive`]: record the task, start its report (which streams to the
+//!   forge from then on), count it as running;
+//! - [`execute`]: check the job, place it on an image, wait for the image's
+//!   slot and run it in a VM ([`run_job`]);
+//! - [`conclude`]: close the report, record the end and wait until the
+//!   forge has the whole report;
+//! - [`report_late`]: when the forge was away too long, keep trying in the
+//!   background while the daemon runs (the next start sends it otherwise).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use prost::Message;
+use indexmap::IndexMap;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::record::JobRecord;
 use super::slots::HostSlot;
+use super::spool::StoreSpool;
 use super::{RunningJob, Shared};
-use crate::config::ForgeConfig;
+use crate::config::{ForgeConfig, ImageConfig};
+use crate::errors::Chain;
 use crate::events::Conclusion;
-use crate::forge::ReportApi;
-use crate::forge::client::ForgejoClient;
-use crate::forge::proto::{self, LogRow, Task};
-use crate::forge::reporter::{
-    LogSpool, ReportError, ReporterConfig, ReporterShared, SpoolError, TaskStateBuilder, finish,
-    run_reporter,
+use crate::forge::{
+    AssignedJob, Assignment, Failure, LogSpool, MemorySpool, TaskReport, Unrunnable,
 };
-use crate::forge::task::{TranslateOptions, numbered_payload, translate};
 use crate::job::placement::{Fallback, choose_image};
 use crate::job::{self, VmObserver, VmRun};
 use crate::metrics::LatencySplit;
-use crate::store::{JobState, JobTimings, LogRowData, NewJob, Store, StoreError, daemon_job_id};
+use crate::store::{JobState, JobTimings, NewJob, StoreError, daemon_job_id};
 
-/// A job's log rows in the state database, so that none is lost when the
-/// daemon dies and memory stays bounded however much a step prints.
-pub(crate) struct StoreSpool {
-    pub store: Arc<Store>,
-    pub job_id: String,
-    /// Rows below this index were acknowledged and dropped.
-    pub acked: Mutex<u64>,
+/// Pause between attempts at a final report that did not get through.
+const REPORT_RETRY: Duration = Duration::from_secs(30);
+
+/// Runs one task to the end. Never panics on bad input: every problem ends
+/// as a failed task with an explanation in its log.
+pub(crate) async fn run_task(
+    shared: Arc<Shared>,
+    forge: ForgeConfig,
+    assignment: Assignment,
+    host_slot: HostSlot,
+) {
+    let (task, job) = receive(&shared, &forge, assignment);
+    let ending = execute(&shared, &task, job).await;
+    conclude(&shared, task, ending, host_slot).await;
 }
 
-fn storage(e: crate::store::StoreError) -> SpoolError {
-    SpoolError::Storage(e.to_string())
+/// A task between [`receive`] and the end of its report.
+struct TaskRun {
+    forge: String,
+    /// The name the job sees as `runner.name` (the forge's `runner_name`).
+    runner_name: String,
+    task_id: i64,
+    record: Arc<JobRecord>,
+    /// The job is in the state database: a crash is reported at the next start.
+    recorded: bool,
+    received: Instant,
+    report: Arc<dyn TaskReport>,
+    /// Cancels the job (the forge cancelled it, or the drain is over).
+    cancel: CancellationToken,
+    /// The report's upload loop ([`TaskReport::run`]).
+    uploader: JoinHandle<Result<(), Failure>>,
+    /// Saves the report's state while it changes.
+    saver: JoinHandle<()>,
 }
 
-impl LogSpool for StoreSpool {
-    fn append(&self, first_index: u64, rows: &[LogRow]) -> Result<(), SpoolError> {
-        let end = u64::try_from(self.store.log_end(&self.job_id).map_err(storage)?).unwrap_or(0);
-        // Rows already held are not stored twice.
-        let skip = usize::try_from(end.saturating_sub(first_index)).unwrap_or(usize::MAX);
-        let Some(rows) = rows.get(skip..).filter(|r| !r.is_empty()) else {
-            return Ok(());
-        };
-        let data: Vec<LogRowData> = rows
-            .iter()
-            .map(|r| LogRowData {
-                time: r.time.map(system_time).unwrap_or(SystemTime::UNIX_EPOCH),
-                content: r.content.clone(),
-            })
-            .collect();
-        let first = i64::try_from(first_index.max(end)).unwrap_or(i64::MAX);
-        self.store
-            .append_log_rows(&self.job_id, first, &data)
-            .map_err(storage)?;
-        Ok(())
-    }
+/// How the job ended, for its report.
+struct Ending {
+    conclusion: Conclusion,
+    outputs: IndexMap<String, String>,
+    /// A last line for the task log.
+    error: Option<String>,
+}
 
-    fn read(
-        &self,
-        from: u64,
-        max_rows: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<LogRow>, SpoolError> {
-        let acked = *self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        if from < acked {
-            return Err(SpoolError::Acknowledged { first: acked });
+impl Ending {
+    fn failed(error: String) -> Ending {
+        Ending {
+            conclusion: Conclusion::Failure,
+            outputs: IndexMap::new(),
+            error: Some(error),
         }
-        let rows = self
-            .store
-            .log_rows(
-                &self.job_id,
-                i64::try_from(from).unwrap_or(i64::MAX),
-                max_rows,
-                max_bytes,
-            )
-            .map_err(storage)?;
-        Ok(rows
-            .into_iter()
-            .map(|(_, r)| LogRow {
-                time: Some(proto::timestamp(r.time)),
-                content: r.content,
-            })
-            .collect())
     }
 
-    fn ack(&self, upto: u64) -> Result<(), SpoolError> {
-        self.store
-            .ack_log(&self.job_id, i64::try_from(upto).unwrap_or(i64::MAX))
-            .map_err(storage)?;
-        let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        *a = (*a).max(upto);
-        Ok(())
+    fn cancelled() -> Ending {
+        Ending {
+            conclusion: Conclusion::Cancelled,
+            outputs: IndexMap::new(),
+            error: None,
+        }
     }
 }
 
-fn system_time(t: proto::Timestamp) -> SystemTime {
-    let secs = u64::try_from(t.seconds).unwrap_or(0);
-    let nanos = u32::try_from(t.nanos).unwrap_or(0);
-    SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+/// Records the task (before anything else exists, so that a crash from here
+/// on is reported at the next start), starts its report and counts it as
+/// running.
+fn receive(
+    shared: &Arc<Shared>,
+    forge: &ForgeConfig,
+    assignment: Assignment,
+) -> (TaskRun, Result<AssignedJob, Unrunnable>) {
+    let received = Instant::now();
+    let Assignment {
+        task_id,
+        job_name,
+        repository,
+        step_count,
+        job,
+        report,
+    } = assignment;
+    let job_id = daemon_job_id(&forge.name, task_id);
+    tracing::info!(forge = %forge.name, task = task_id, job = %job_name, repository = %repository, id = %job_id, "task received");
+    let store = shared.store.clone();
+    let recorded = store.insert_job(&NewJob {
+        id: job_id.clone(),
+        forge: forge.name.clone(),
+        task_id,
+        job_name,
+        repository,
+        image: None,
+        received_at: std::time::SystemTime::now(),
+    });
+    if let Err(e) = &recorded {
+        tracing::error!(task = task_id, error = %e, "could not record the task in the state database; it runs without crash recovery");
+    }
+    let recorded = recorded.is_ok();
+    let record = Arc::new(JobRecord::new(store.clone(), job_id.clone(), !recorded));
+    record.set_steps(step_count);
+
+    let spool: Arc<dyn LogSpool> = if recorded {
+        Arc::new(StoreSpool {
+            store,
+            job_id: job_id.clone(),
+            acked: Mutex::new(0),
+        })
+    } else {
+        Arc::new(MemorySpool::new())
+    };
+    let report = report.start(spool);
+    let cancel = CancellationToken::new();
+    if let Ok(mut r) = shared.running.lock() {
+        r.insert(
+            job_id,
+            RunningJob {
+                forge: forge.name.clone(),
+                task_id,
+                cancel: cancel.clone(),
+                reporter: report.clone(),
+            },
+        );
+    }
+    shared.metrics.job_started();
+    shared.update_status();
+    let uploader = {
+        let report = report.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { report.run(cancel).await })
+    };
+    let saver = tokio::spawn(save_states(record.clone(), report.clone()));
+    let task = TaskRun {
+        forge: forge.name.clone(),
+        runner_name: forge.runner_name.clone(),
+        task_id,
+        record,
+        recorded,
+        received,
+        report,
+        cancel,
+        uploader,
+        saver,
+    };
+    (task, job)
+}
+
+/// Checks and places the job, waits for its image's slot and runs it.
+async fn execute(shared: &Shared, task: &TaskRun, job: Result<AssignedJob, Unrunnable>) -> Ending {
+    let job = match job {
+        Ok(job) => job,
+        Err(u) => {
+            tracing::warn!(forge = %task.forge, task = task.task_id, error = %Chain(&*u.error), "task payload cannot be run");
+            return Ending::failed(u.log_text());
+        }
+    };
+    for note in &job.notes {
+        job::runner_line(task.report.as_ref(), note.clone());
+    }
+    let image = match place(shared, task, &job) {
+        Ok(image) => image,
+        Err(ending) => return ending,
+    };
+    task.record.set_image(&image.name);
+    let _image_slot = tokio::select! {
+        s = shared.slots.image_slot(&image.name) => s,
+        _ = task.cancel.cancelled() => return Ending::cancelled(),
+    };
+    run_job(shared, task, image, &job).await
+}
+
+/// The image the job runs on; a job that cannot run as it is, or on no
+/// image of this runner, fails before any VM starts.
+fn place<'c>(
+    shared: &'c Shared,
+    task: &TaskRun,
+    job: &AssignedJob,
+) -> Result<&'c ImageConfig, Ending> {
+    let spec = &job.spec;
+    let problems = match spec.workflow.jobs.get(&spec.job_id) {
+        Some(j) => crate::executor::preflight::preflight(
+            &spec.workflow,
+            &spec.job_id,
+            j,
+            spec.default_actions_url.as_deref(),
+        ),
+        None => Vec::new(),
+    };
+    if !problems.is_empty() {
+        let msg = format!(
+            "This job cannot run as it is; no VM was started:\n{}",
+            problems.join("\n")
+        );
+        tracing::warn!(forge = %task.forge, task = task.task_id, problems = problems.len(), "job rejected before boot");
+        return Err(Ending::failed(msg));
+    }
+    let images = &shared.config.images;
+    match choose_image(images, None, &job.runs_on, Fallback::Assigned) {
+        Ok(placed) => Ok(placed.image),
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::warn!(forge = %task.forge, task = task.task_id, "{msg}");
+            Err(Ending::failed(msg))
+        }
+    }
+}
+
+/// Runs the job in a VM, the job's events going to its report.
+async fn run_job(
+    shared: &Shared,
+    task: &TaskRun,
+    image: &ImageConfig,
+    job: &AssignedJob,
+) -> Ending {
+    let observer = StoreObserver {
+        record: task.record.clone(),
+    };
+    let sink = StateSink {
+        report: task.report.as_ref(),
+        record: &task.record,
+        started: Mutex::new(false),
+    };
+    let run = VmRun {
+        config: &shared.config,
+        image,
+        accel: &shared.accel,
+        job_id: &task.record.id,
+        spec: &job.spec,
+        runner_name: &task.runner_name,
+        observer: task.recorded.then_some(&observer as &dyn VmObserver),
+    };
+    let t_run = Instant::now();
+    match shared.jobs.run(&run, &sink, &task.cancel).await {
+        Ok(report) => {
+            record_latency(shared, task, t_run, &report.timings);
+            let conclusion = if report.outcome.timed_out {
+                Conclusion::Cancelled
+            } else {
+                report.outcome.conclusion
+            };
+            Ending {
+                conclusion,
+                outputs: report.outcome.outputs,
+                error: None,
+            }
+        }
+        Err(job::RunError::Cancelled) => Ending::cancelled(),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                text.push_str(&format!("\ncaused by: {s}"));
+                src = s.source();
+            }
+            tracing::warn!(forge = %task.forge, task = task.task_id, error = %text, "job could not run");
+            Ending::failed(text)
+        }
+    }
+}
+
+/// Closes the report and waits until the forge has it; the host slot is
+/// held until then (the forge counts the task as running on this runner).
+async fn conclude(shared: &Shared, task: TaskRun, ending: Ending, host_slot: HostSlot) {
+    let TaskRun {
+        forge,
+        task_id,
+        record,
+        report,
+        cancel,
+        uploader,
+        saver,
+        ..
+    } = task;
+    let leave = || {
+        if let Ok(mut r) = shared.running.lock() {
+            r.remove(&record.id);
+        }
+        shared.update_status();
+    };
+    if report.is_gone() {
+        // The forge deleted the task (or it is not ours): the reporter
+        // logged it, cancelled the job (the VM is gone now) and dropped
+        // what was not sent. Nothing of it is ever sent again.
+        record.give_up();
+        shared.metrics.job_finished(&forge, "cancelled");
+        leave();
+        if let Err(e) = uploader.await {
+            tracing::error!(task = task_id, error = %e, "the reporter panicked");
+        }
+        saver.abort();
+        drop(host_slot);
+        return;
+    }
+    record.set_state(JobState::Reporting);
+    report.close(ending.conclusion, &ending.outputs, ending.error.as_deref());
+    if ending.conclusion == Conclusion::Success
+        && !ending.outputs.is_empty()
+        && let Ok(json) = serde_json::to_string(&ending.outputs)
+    {
+        record.save_outputs(&json);
+    }
+    let result = report.result().map(Conclusion::as_str).unwrap_or("");
+    record.finish(result);
+    shared.metrics.job_finished(&forge, result);
+    leave();
+
+    let reported = match uploader.await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) if e.is_task_gone() => {
+            // Logged by the reporter, once.
+            saver.abort();
+            record.give_up();
+            drop(host_slot);
+            return;
+        }
+        Ok(Err(e)) if e.is_unauthenticated() => {
+            shared.metrics.forge_error(&forge, "report");
+            tracing::error!(forge = %forge, task = task_id, error = %Chain(&e), "the forge refuses this report");
+            false
+        }
+        Ok(Err(e)) => {
+            shared.metrics.forge_error(&forge, "report");
+            tracing::warn!(forge = %forge, task = task_id, error = %Chain(&e), "the final report has not reached the forge yet; retrying every 30 s in the background");
+            false
+        }
+        Err(e) => {
+            tracing::error!(task = task_id, error = %e, "the reporter panicked");
+            false
+        }
+    };
+    saver.abort();
+    record.save_task_state(&report.save());
+    if reported {
+        record.reported();
+        tracing::info!(forge = %forge, task = task_id, result, "task reported");
+        drop(host_slot);
+        return;
+    }
+    // The forge is unreachable for longer than the reporter's budget: free
+    // the slot, keep the report in the database and keep trying while the
+    // daemon runs (the next start sends it otherwise).
+    drop(host_slot);
+    report_late(
+        shared,
+        &forge,
+        task_id,
+        &record,
+        report.as_ref(),
+        &cancel,
+        result,
+    )
+    .await;
+}
+
+/// Retries the final report every [`REPORT_RETRY`] until it gets through,
+/// the forge refuses it for good, or the daemon stops fetching.
+async fn report_late(
+    shared: &Shared,
+    forge: &str,
+    task_id: i64,
+    record: &JobRecord,
+    report: &dyn TaskReport,
+    cancel: &CancellationToken,
+    result: &str,
+) {
+    loop {
+        tokio::select! {
+            _ = shared.stop_fetching.cancelled() => return,
+            _ = tokio::time::sleep(REPORT_RETRY) => {}
+        }
+        match report.finish(cancel).await {
+            Ok(()) => {
+                record.reported();
+                tracing::info!(forge, task = task_id, result, "task reported (late)");
+                return;
+            }
+            Err(e) if e.is_unauthenticated() => {
+                tracing::error!(
+                    forge,
+                    task = task_id,
+                    "the final report is kept and sent again at the next start, once the runner's credentials are fixed"
+                );
+                return;
+            }
+            Err(e) if e.is_task_gone() => {
+                // Logged by the reporter, once.
+                record.give_up();
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(forge, task = task_id, error = %Chain(&e), "late report failed again")
+            }
+        }
+    }
 }
 
 /// Records the VM's resources in the state database before they exist.
 struct StoreObserver {
-    store: Arc<Store>,
-    job_id: String,
-    spawned: Mutex<Option<Instant>>,
+    record: Arc<JobRecord>,
 }
 
 impl VmObserver for StoreObserver {
     fn before_start(&self, dir: &std::path::Path) -> Result<(), StoreError> {
-        let _ = self
-            .store
-            .set_job_state(&self.job_id, JobState::Provisioning);
-        self.store.record_vm(&self.job_id, dir)
+        self.record.set_state(JobState::Provisioning);
+        self.record.store.record_vm(&self.record.id, dir)
     }
 
     fn started(&self, pid: u32, ssh_port: u16) {
-        if let Ok(mut s) = self.spawned.lock() {
-            *s = Some(Instant::now());
+        let r = &self.record;
+        if let Err(e) = r.store.record_vm_process(&r.id, pid, ssh_port) {
+            tracing::warn!(job = %r.id, error = %e, "could not record the VM's process");
         }
-        if let Err(e) = self.store.record_vm_process(&self.job_id, pid, ssh_port) {
-            tracing::warn!(job = %self.job_id, error = %e, "could not record the VM's process");
-        }
-        let _ = self.store.set_job_state(&self.job_id, JobState::Booting);
+        r.set_state(JobState::Booting);
     }
 
     fn destroyed(&self) {
-        if let Err(e) = self.store.forget_vm(&self.job_id) {
-            tracing::warn!(job = %self.job_id, error = %e, "could not forget the VM record");
+        let r = &self.record;
+        if let Err(e) = r.store.forget_vm(&r.id) {
+            tracing::warn!(job = %r.id, error = %e, "could not forget the VM record");
         }
     }
 }
 
-/// Marks the job running when its first step starts.
+/// The job's events on their way to the report: marks the job running when
+/// its first step starts, and saves the report's state at each step change
+/// (a crash report then keeps every step's result so far).
 struct StateSink<'a> {
-    inner: &'a ReporterShared,
-    store: &'a Store,
-    job_id: &'a str,
+    report: &'a dyn TaskReport,
+    record: &'a JobRecord,
     started: Mutex<bool>,
 }
 
@@ -152,359 +465,37 @@ impl crate::events::EventSink for StateSink<'_> {
             && !*s
         {
             *s = true;
-            let _ = self.store.set_job_state(self.job_id, JobState::Running);
+            self.record.set_state(JobState::Running);
         }
         let step_change = matches!(
             event,
             JobEvent::StepStarted { .. } | JobEvent::StepFinished { .. }
         );
-        self.inner.emit(event);
+        self.report.emit(event);
         if step_change {
-            // A crash report then keeps every step's result so far.
-            save_state(self.store, self.job_id, self.inner);
+            self.record.save_task_state(&self.report.save());
         }
     }
 }
 
-/// Runs one task to the end. Never panics on bad input: every problem ends
-/// as a failed task with an explanation in its log.
-pub(crate) async fn run_task(
-    shared: Arc<Shared>,
-    forge: ForgeConfig,
-    client: ForgejoClient,
-    task: Task,
-    host_slot: HostSlot,
-) {
-    let received = Instant::now();
-    let task_id = task.id;
-    let job_id = daemon_job_id(&forge.name, task_id);
-    let store = shared.store.clone();
-    let config = &shared.config;
-
-    let opts = TranslateOptions {
-        instance_url: forge.url.clone(),
-        max_job_timeout: Some(config.daemon.max_job_timeout),
-    };
-    let translated = translate(&task, &opts);
-    let (job_name, repository, step_count, event, debug) = match &translated {
-        Ok(t) => (
-            t.job_name.clone(),
-            t.repository.clone(),
-            t.step_count,
-            t.event_name.clone(),
-            t.step_debug,
-        ),
-        Err(_) => (
-            String::from("(unreadable)"),
-            String::new(),
-            0,
-            String::new(),
-            false,
-        ),
-    };
-    tracing::info!(forge = %forge.name, task = task_id, job = %job_name, repository = %repository, id = %job_id, "task received");
-
-    // Recorded before anything else exists, so a crash from here on is
-    // reported at the next start.
-    let recorded = store.insert_job(&NewJob {
-        id: job_id.clone(),
-        forge: forge.name.clone(),
-        task_id,
-        job_name: job_name.clone(),
-        repository: repository.clone(),
-        image: None,
-        received_at: SystemTime::now(),
-    });
-    if let Err(e) = &recorded {
-        tracing::error!(task = task_id, error = %e, "could not record the task in the state database; it runs without crash recovery");
-    }
-    let _ = store.set_job_steps(&job_id, i64::try_from(step_count).unwrap_or(0));
-
-    let spool: Arc<dyn LogSpool> = if recorded.is_ok() {
-        Arc::new(StoreSpool {
-            store: store.clone(),
-            job_id: job_id.clone(),
-            acked: Mutex::new(0),
-        })
-    } else {
-        Arc::new(crate::forge::reporter::MemorySpool::new())
-    };
-    let mut builder = TaskStateBuilder::new(task_id, step_count, debug);
-    builder.received(
-        &forge.runner_name,
-        super::RUNNER_VERSION,
-        &job_name,
-        &event,
-        proto::now(),
-    );
-    let reporter = Arc::new(ReporterShared::new(
-        builder,
-        spool,
-        ReporterConfig::default(),
-    ));
-    let cancel = CancellationToken::new();
-    if let Ok(mut r) = shared.running.lock() {
-        r.insert(
-            job_id.clone(),
-            RunningJob {
-                forge: forge.name.clone(),
-                task_id,
-                cancel: cancel.clone(),
-                reporter: reporter.clone(),
-            },
-        );
-    }
-    shared.metrics.job_started();
-    shared.update_status();
-    let api: Arc<dyn ReportApi> = Arc::new(client.clone());
-    let report = tokio::spawn(run_reporter(api, reporter.clone(), cancel.clone()));
-    let saver = tokio::spawn(save_states(store.clone(), job_id.clone(), reporter.clone()));
-
-    let (conclusion, outputs, error) = match translated {
-        Err(e) => {
-            let mut text = format!("Cannot run this task: {e}");
-            for line in numbered_payload(&task) {
-                text.push('\n');
-                text.push_str(&line);
-            }
-            tracing::warn!(forge = %forge.name, task = task_id, error = %e, "task payload cannot be run");
-            (Conclusion::Failure, Default::default(), Some(text))
-        }
-        Ok(t) => {
-            for note in &t.notes {
-                job::runner_line(reporter.as_ref(), note.clone());
-            }
-            let problems = match t.spec.workflow.jobs.get(&t.spec.job_id) {
-                Some(job) => crate::executor::preflight::preflight(
-                    &t.spec.workflow,
-                    &t.spec.job_id,
-                    job,
-                    t.spec.default_actions_url.as_deref(),
-                ),
-                None => Vec::new(),
-            };
-            match choose_image(&config.images, None, &t.runs_on, Fallback::Assigned) {
-                _ if !problems.is_empty() => {
-                    let msg = format!(
-                        "This job cannot run as it is; no VM was started:\n{}",
-                        problems.join("\n")
-                    );
-                    tracing::warn!(forge = %forge.name, task = task_id, problems = problems.len(), "job rejected before boot");
-                    (Conclusion::Failure, Default::default(), Some(msg))
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    tracing::warn!(forge = %forge.name, task = task_id, "{msg}");
-                    (Conclusion::Failure, Default::default(), Some(msg))
-                }
-                Ok(placed) => {
-                    let image = placed.image;
-                    let _ = store.set_job_image(&job_id, &image.name);
-                    let image_slot = tokio::select! {
-                        s = shared.slots.image_slot(&image.name) => Some(s),
-                        _ = cancel.cancelled() => None,
-                    };
-                    match image_slot {
-                        None => (Conclusion::Cancelled, Default::default(), None),
-                        Some(_image_slot) => {
-                            let observer = StoreObserver {
-                                store: store.clone(),
-                                job_id: job_id.clone(),
-                                spawned: Mutex::new(None),
-                            };
-                            let sink = StateSink {
-                                inner: &reporter,
-                                store: &store,
-                                job_id: &job_id,
-                                started: Mutex::new(false),
-                            };
-                            let run = VmRun {
-                                config,
-                                image,
-                                accel: &shared.accel,
-                                job_id: &job_id,
-                                spec: &t.spec,
-                                runner_name: &forge.runner_name,
-                                observer: recorded.is_ok().then_some(&observer as &dyn VmObserver),
-                            };
-                            let t_run = Instant::now();
-                            let result = job::run_in_vm(&run, &sink, &cancel).await;
-                            match result {
-                                Ok(report) => {
-                                    record_latency(
-                                        &shared,
-                                        &store,
-                                        &job_id,
-                                        received,
-                                        t_run,
-                                        &report.timings,
-                                    );
-                                    let conclusion = if report.outcome.timed_out {
-                                        Conclusion::Cancelled
-                                    } else {
-                                        report.outcome.conclusion
-                                    };
-                                    (conclusion, report.outcome.outputs, None)
-                                }
-                                Err(job::RunError::Cancelled) => {
-                                    (Conclusion::Cancelled, Default::default(), None)
-                                }
-                                Err(e) => {
-                                    let mut text = e.to_string();
-                                    let mut src = std::error::Error::source(&e);
-                                    while let Some(s) = src {
-                                        text.push_str(&format!("\ncaused by: {s}"));
-                                        src = s.source();
-                                    }
-                                    tracing::warn!(forge = %forge.name, task = task_id, error = %text, "job could not run");
-                                    (Conclusion::Failure, Default::default(), Some(text))
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    if reporter.is_gone() {
-        // The forge deleted the task (or it is not ours): the reporter
-        // logged it, cancelled the job (the VM is gone now) and dropped
-        // what was not sent. Nothing of it is ever sent again.
-        give_up(&store, &job_id);
-        shared.metrics.job_finished(&forge.name, "cancelled");
-        if let Ok(mut r) = shared.running.lock() {
-            r.remove(&job_id);
-        }
-        shared.update_status();
-        let _ = report.await;
-        saver.abort();
-        drop(host_slot);
-        return;
-    }
-    let _ = store.set_job_state(&job_id, JobState::Reporting);
-    reporter.close(conclusion, &outputs, error.as_deref());
-    if conclusion == Conclusion::Success
-        && !outputs.is_empty()
-        && let Ok(json) = serde_json::to_string(&outputs)
-    {
-        let _ = store.save_outputs(&job_id, &json);
-    }
-    let final_result = reporter.state().result;
-    let result_name = proto::TaskResult::from_wire(final_result).context_name();
-    let _ = store.finish_job(&job_id, result_name, SystemTime::now());
-    shared.metrics.job_finished(&forge.name, result_name);
-    if let Ok(mut r) = shared.running.lock() {
-        r.remove(&job_id);
-    }
-    shared.update_status();
-
-    let reported = match report.await {
-        Ok(Ok(())) => true,
-        Ok(Err(ReportError::TaskGone { .. })) => {
-            // Logged by the reporter, once.
-            saver.abort();
-            give_up(&store, &job_id);
-            drop(host_slot);
-            return;
-        }
-        Ok(Err(e @ ReportError::Unauthenticated { .. })) => {
-            shared.metrics.forge_error(&forge.name, "report");
-            tracing::error!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the forge refuses this report");
-            false
-        }
-        Ok(Err(e)) => {
-            shared.metrics.forge_error(&forge.name, "report");
-            tracing::warn!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "the final report has not reached the forge yet; retrying every 30 s in the background");
-            false
-        }
-        Err(e) => {
-            tracing::error!(task = task_id, error = %e, "the reporter panicked");
-            false
-        }
-    };
-    saver.abort();
-    save_state(&store, &job_id, &reporter);
-    if reported {
-        let _ = store.mark_reported(&job_id);
-        let _ = store.delete_job_logs(&job_id);
-        tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported");
-        // Held until the forge has the final report: until then the forge
-        // counts the task as running on this runner.
-        drop(host_slot);
-        return;
-    }
-    // The forge is unreachable for longer than the reporter's budget: free
-    // the slot, keep the report in the database and keep trying while the
-    // daemon runs (the next start sends it otherwise).
-    drop(host_slot);
-    loop {
-        tokio::select! {
-            _ = shared.stop_fetching.cancelled() => return,
-            _ = tokio::time::sleep(REPORT_RETRY) => {}
-        }
-        match finish(&client, &reporter, &cancel).await {
-            Ok(()) => {
-                let _ = store.mark_reported(&job_id);
-                let _ = store.delete_job_logs(&job_id);
-                tracing::info!(forge = %forge.name, task = task_id, result = result_name, "task reported (late)");
-                return;
-            }
-            Err(ReportError::Unauthenticated { .. }) => {
-                tracing::error!(forge = %forge.name, task = task_id, "the final report is kept and sent again at the next start, once the runner's credentials are fixed");
-                return;
-            }
-            Err(ReportError::TaskGone { .. }) => {
-                // Logged by the reporter, once.
-                give_up(&store, &job_id);
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(forge = %forge.name, task = task_id, error = %crate::errors::Chain(&e), "late report failed again")
-            }
-        }
-    }
-}
-
-/// Records in the state database that the job's task is gone for good, so
-/// that no later start tries to report it (the reporter logged why).
-pub(crate) fn give_up(store: &Store, job_id: &str) {
-    if let Err(e) = store.give_up_job(job_id) {
-        tracing::error!(job = %job_id, error = %e, "could not record in the state database that the task was given up");
-    }
-}
-
-/// Pause between attempts at a final report that did not get through.
-const REPORT_RETRY: Duration = Duration::from_secs(30);
-
-/// Saves the reporter's task state every second while it changes.
-async fn save_states(store: Arc<Store>, job_id: String, reporter: Arc<ReporterShared>) {
+/// Saves the report's state every second while it changes.
+async fn save_states(record: Arc<JobRecord>, report: Arc<dyn TaskReport>) {
     let mut last = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let bytes = reporter.state().encode_to_vec();
+        let bytes = report.save();
         if bytes != last {
-            let _ = store.save_task_state(&job_id, &bytes);
+            record.save_task_state(&bytes);
             last = bytes;
         }
     }
 }
 
-fn save_state(store: &Store, job_id: &str, reporter: &ReporterShared) {
-    let _ = store.save_task_state(job_id, &reporter.state().encode_to_vec());
-}
-
 /// Latency from task receipt to the first step, split into provision, boot,
 /// SSH-ready and first step; into the metrics and the state database.
-fn record_latency(
-    shared: &Shared,
-    store: &Store,
-    job_id: &str,
-    received: Instant,
-    run_started: Instant,
-    t: &job::Timings,
-) {
+fn record_latency(shared: &Shared, task: &TaskRun, run_started: Instant, t: &job::Timings) {
     // Provision: receipt (incl. waiting for an image slot) to QEMU spawned.
-    let provision = run_started.saturating_duration_since(received) + t.prepare;
+    let provision = run_started.saturating_duration_since(task.received) + t.prepare;
     let boot = t.boot_to_banner.unwrap_or(t.boot_to_ssh);
     let ssh_ready = t.boot_to_ssh.saturating_sub(boot);
     let split = LatencySplit {
@@ -516,13 +507,10 @@ fn record_latency(
     };
     shared.metrics.observe_latency(&split);
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let _ = store.record_timings(
-        job_id,
-        &JobTimings {
-            provision_ms: Some(ms(provision)),
-            boot_ms: Some(ms(boot)),
-            ssh_ready_ms: Some(ms(ssh_ready)),
-            first_step_ms: t.first_step.map(ms),
-        },
-    );
+    task.record.record_timings(&JobTimings {
+        provision_ms: Some(ms(provision)),
+        boot_ms: Some(ms(boot)),
+        ssh_ready_ms: Some(ms(ssh_ready)),
+        first_step_ms: t.first_step.map(ms),
+    });
 }

@@ -86,7 +86,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::forge::error::Code;
+use crate::forge::forgejo::error::Code;
 use crate::secret::Secret;
 
 use state::{Caller, Origin, Rpc, RpcError, State};
@@ -480,7 +480,7 @@ impl FakeForge {
         let done = |f: &FakeForge| {
             f.task(task_id).is_some_and(|t| {
                 t.status.is_final()
-                    && t.client_result != crate::forge::proto::TaskResult::Unspecified
+                    && t.client_result != crate::forge::forgejo::proto::TaskResult::Unspecified
             })
         };
         if self.wait_for(done, timeout).await {
@@ -496,7 +496,7 @@ impl FakeForge {
         let done = |f: &FakeForge| {
             f.task_for_job(job_id).is_some_and(|t| {
                 t.status.is_final()
-                    && t.client_result != crate::forge::proto::TaskResult::Unspecified
+                    && t.client_result != crate::forge::forgejo::proto::TaskResult::Unspecified
             })
         };
         if self.wait_for(done, timeout).await {

@@ -45,6 +45,8 @@ const RULES: &[(&str, &[&str])] = &[
     // Benchmarks and test support sit beside the product, below the terminal.
     ("bench", &["cli"]),
     ("testing", &["cli", "bench"]),
+    // The terminal: every command, at the top; it never needs test support.
+    ("cli", &["testing"]),
 ];
 
 /// What the lower floors never name.

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use prost::Message;
 use serde_json::json;
-use solstice::forge::ForgeError;
-use solstice::forge::client::{ClientOptions, Credentials, ForgejoClient};
-use solstice::forge::error::Code;
-use solstice::forge::proto::{self, TaskResult};
+use solstice::forge::forgejo::ForgeError;
+use solstice::forge::forgejo::client::{ClientOptions, Credentials, ForgejoClient};
+use solstice::forge::forgejo::error::Code;
+use solstice::forge::forgejo::proto::{self, TaskResult};
 use solstice::secret::Secret;
 use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskStatus};
 

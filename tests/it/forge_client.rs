@@ -13,14 +13,14 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use prost::Message;
 use solstice::config::{CredentialSource, ForgeConfig};
-use solstice::forge::client::{ClientOptions, Credentials, ForgejoClient};
-use solstice::forge::credentials::{CredentialError, StoredCredentials, obtain};
-use solstice::forge::proto::{
+use solstice::forge::forgejo::client::{ClientOptions, Credentials, ForgejoClient};
+use solstice::forge::forgejo::credentials::{CredentialError, StoredCredentials, obtain};
+use solstice::forge::forgejo::proto::{
     DeclareRequest, DeclareResponse, FetchTaskRequest, FetchTaskResponse, LogRow, RegisterRequest,
     RegisterResponse, Runner, Task, UpdateLogRequest, UpdateLogResponse, UpdateTaskRequest,
     UpdateTaskResponse,
 };
-use solstice::forge::{Code, ForgeError, ReportApi};
+use solstice::forge::forgejo::{Code, ForgeError, ReportApi};
 use solstice::secret::Secret;
 
 /// One request as the server saw it.
@@ -158,8 +158,8 @@ fn has_auth(r: &Recorded) -> bool {
 #[tokio::test]
 async fn ping_posts_proto_without_credentials() {
     let server = TestServer::start(|r| {
-        let req = solstice::forge::proto::PingRequest::decode(r.body.as_slice()).unwrap();
-        proto(&solstice::forge::proto::PingResponse {
+        let req = solstice::forge::forgejo::proto::PingRequest::decode(r.body.as_slice()).unwrap();
+        proto(&solstice::forge::forgejo::proto::PingResponse {
             data: format!("Hello, {}!", req.data),
         })
     })
@@ -565,7 +565,7 @@ fn write_file(dir: &tempfile::TempDir, name: &str, content: &str) -> PathBuf {
 async fn registry_server(declare_unimplemented: bool) -> TestServer {
     let registered = Mutex::new(0u32);
     TestServer::start(move |r| match r.method_name() {
-        "Ping" => proto(&solstice::forge::proto::PingResponse {
+        "Ping" => proto(&solstice::forge::forgejo::proto::PingResponse {
             data: "Hello!".into(),
         }),
         "Register" => {

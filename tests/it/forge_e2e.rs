@@ -6,7 +6,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use solstice::forge::proto::TaskResult;
+use solstice::forge::forgejo::proto::TaskResult;
 use solstice::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskStatus};
 use support::daemon::{Daemon, max_vms_while, qemu_processes_under};
 use support::world::{
@@ -517,7 +517,7 @@ async fn metrics_count_jobs_latency_and_forge_errors_and_a_second_daemon_is_refu
         &[("fake", forge.url(), cred)],
         &format!("metrics_listen = \"{port}\""),
     );
-    forge.fail_next("FetchTask", 2, solstice::forge::Code::Unavailable);
+    forge.fail_next("FetchTask", 2, solstice::forge::forgejo::Code::Unavailable);
     let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
     let mut d = world.start();
 
@@ -671,7 +671,11 @@ async fn outputs_of_a_success_reported_only_after_a_restart_still_reach_the_forg
     world.configure(1, &[("fake", forge.url(), cred)], "");
     let job = forge.enqueue(FakeJob::new(GOOD, &["tiny"]));
     // Every UpdateTask fails: the logs get through, the final state does not.
-    forge.fail_next("UpdateTask", 1_000_000, solstice::forge::Code::Unavailable);
+    forge.fail_next(
+        "UpdateTask",
+        1_000_000,
+        solstice::forge::forgejo::Code::Unavailable,
+    );
     let mut d = world.start();
     let closed = forge
         .wait_for(

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use solstice::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
-use solstice::forge::proto::{
+use solstice::forge::forgejo::proto::{
     LogRow, TaskResult, TaskState, UpdateLogRequest, UpdateLogResponse, UpdateTaskRequest,
     UpdateTaskResponse,
 };
-use solstice::forge::reporter::{
-    LOST_ROW, LogSpool, MemorySpool, ReportError, ReporterConfig, ReporterShared, TaskStateBuilder,
-    finish, run_reporter,
+use solstice::forge::forgejo::reporter::{
+    LOST_ROW, ReportError, ReporterConfig, ReporterShared, TaskStateBuilder, finish, run_reporter,
 };
-use solstice::forge::{Code, ForgeError, ReportApi};
+use solstice::forge::forgejo::{Code, ForgeError, ReportApi};
+use solstice::forge::{LogSpool, MemorySpool};
 use tokio_util::sync::CancellationToken;
 
 /// What the next call does besides (or instead of) its normal work.
@@ -200,7 +200,7 @@ fn shared_for(steps: usize, cfg: ReporterConfig) -> (Arc<ReporterShared>, Arc<Me
         "solstice-0.1.0",
         "build",
         "push",
-        solstice::forge::proto::now(),
+        solstice::forge::forgejo::proto::now(),
     );
     let spool = Arc::new(MemorySpool::new());
     let shared = Arc::new(ReporterShared::new(
@@ -652,8 +652,8 @@ async fn a_flood_of_output_keeps_the_memory_batch_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn an_untranslatable_task_is_reported_failed_with_its_error() {
-    use solstice::forge::proto::{Task, json_to_struct};
-    use solstice::forge::task::{TranslateOptions, numbered_payload, translate};
+    use solstice::forge::forgejo::proto::{Task, json_to_struct};
+    use solstice::forge::forgejo::task::{TranslateOptions, numbered_payload, translate};
     let task = Task {
         id: 42,
         workflow_payload: Some(b"jobs:\n  a:\n    runs-on: linux\n    steps: [\n".to_vec()),
@@ -677,7 +677,7 @@ async fn an_untranslatable_task_is_reported_failed_with_its_error() {
     shared.close(
         Conclusion::Failure,
         &IndexMap::new(),
-        Some(&err.to_string()),
+        Some(&solstice::errors::Chain(&err).to_string()),
     );
     let forge = FakeForge::default();
     finish(&forge, &shared, &CancellationToken::new())
@@ -729,8 +729,8 @@ async fn a_log_the_forge_archived_itself_ends_the_final_sequence_without_retryin
 
 mod over_http {
     use super::*;
-    use solstice::forge::client::{ClientOptions, Credentials, ForgejoClient};
-    use solstice::forge::proto::FetchTaskRequest;
+    use solstice::forge::forgejo::client::{ClientOptions, Credentials, ForgejoClient};
+    use solstice::forge::forgejo::proto::FetchTaskRequest;
     use solstice::secret::Secret;
     use solstice::testing::fake_forge::{
         FakeForge as HttpForge, FakeJob, FakeOptions, MAX_LOG_ROW_BYTES,
@@ -742,7 +742,7 @@ mod over_http {
     struct Live {
         forge: HttpForge,
         client: Arc<ForgejoClient>,
-        task: solstice::forge::proto::Task,
+        task: solstice::forge::forgejo::proto::Task,
     }
 
     async fn live(opts: FakeOptions, yaml: &str, secrets: &[(&str, &str)]) -> Live {
@@ -796,7 +796,7 @@ mod over_http {
             "solstice-0.1.0",
             "build",
             "push",
-            solstice::forge::proto::now(),
+            solstice::forge::forgejo::proto::now(),
         );
         Arc::new(ReporterShared::new(
             b,
@@ -1065,7 +1065,7 @@ mod over_http {
 
     #[tokio::test]
     async fn a_secret_across_a_row_boundary_is_masked_before_the_line_is_split() {
-        use solstice::forge::task::{TranslateOptions, translate};
+        use solstice::forge::forgejo::task::{TranslateOptions, translate};
         let token = "s3cr3t-across-the-boundary";
         // The secret starts 10 bytes before the 64 KiB boundary.
         let before = MAX_LOG_ROW_BYTES - 10;

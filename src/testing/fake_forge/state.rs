@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 use serde_json::{Value, json};
 
-use crate::forge::error::Code;
-use crate::forge::proto::{self, TaskResult, Timestamp};
+use crate::forge::forgejo::error::Code;
+use crate::forge::forgejo::proto::{self, TaskResult, Timestamp};
 use crate::secret::Secret;
 
 /// Largest output key the server stores (bytes), as in Forgejo.

@@ -100,30 +100,40 @@ enum Authn {
     Runner,
 }
 
+/// Why a forge URL is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("The forge URL {url:?} is not a valid URL ({problem})")]
+    Invalid { url: String, problem: String },
+    #[error("The forge URL {0:?} must start with https:// (or http://)")]
+    Scheme(String),
+    #[error("The forge URL {0:?} has no host name")]
+    NoHost(String),
+    #[error("The forge URL must not hold a user name or password: remove them from the URL")]
+    UserInfo,
+    #[error("The forge URL {0:?} must not have a query (?…) or fragment (#…)")]
+    QueryOrFragment(String),
+}
+
 /// Checks an instance URL and returns it without trailing `/`, plus the base
-/// URL of the runner API. Pure; errors are messages for [`ForgeError`].
-pub fn api_base(instance_url: &str) -> Result<(String, String), String> {
+/// URL of the runner API. Pure.
+pub fn api_base(instance_url: &str) -> Result<(String, String), UrlError> {
     let trimmed = instance_url.trim().trim_end_matches('/');
-    let parsed = reqwest::Url::parse(trimmed)
-        .map_err(|e| format!("The forge URL {trimmed:?} is not a valid URL ({e})"))?;
+    let parsed = reqwest::Url::parse(trimmed).map_err(|e| UrlError::Invalid {
+        url: trimmed.to_string(),
+        problem: e.to_string(),
+    })?;
     if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err(format!(
-            "The forge URL {trimmed:?} must start with https:// (or http://)"
-        ));
+        return Err(UrlError::Scheme(trimmed.to_string()));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("The forge URL {trimmed:?} has no host name"));
+        return Err(UrlError::NoHost(trimmed.to_string()));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "The forge URL must not hold a user name or password: remove them from the URL"
-                .to_string(),
-        );
+        return Err(UrlError::UserInfo);
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!(
-            "The forge URL {trimmed:?} must not have a query (?…) or fragment (#…)"
-        ));
+        return Err(UrlError::QueryOrFragment(trimmed.to_string()));
     }
     Ok((trimmed.to_string(), format!("{trimmed}/api/actions")))
 }
@@ -164,12 +174,11 @@ impl ForgejoClient {
     /// A client of the instance at `instance_url` (`https://host` or
     /// `https://host/sub/path/`). Fails on a URL that is not http(s).
     pub fn new(instance_url: &str, opts: &ClientOptions) -> Result<Self, ForgeError> {
-        let (instance_url, base) =
-            api_base(instance_url).map_err(|message| ForgeError::Transport {
-                procedure: "client",
-                message,
-                timed_out: false,
-            })?;
+        let (instance_url, base) = api_base(instance_url).map_err(|e| ForgeError::Transport {
+            procedure: "client",
+            message: e.to_string(),
+            timed_out: false,
+        })?;
         let http = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             .timeout(opts.http_timeout)
@@ -433,11 +442,11 @@ mod tests {
 
     #[test]
     fn non_http_urls_are_rejected_with_a_clear_message() {
-        let e = api_base("ftp://host").unwrap_err();
+        let e = api_base("ftp://host").unwrap_err().to_string();
         assert!(e.contains("https://"), "{e}");
-        let e = api_base("codeberg.org").unwrap_err();
+        let e = api_base("codeberg.org").unwrap_err().to_string();
         assert!(e.contains("not a valid URL"), "{e}");
-        let e = api_base("https://user:pw@host").unwrap_err();
+        let e = api_base("https://user:pw@host").unwrap_err().to_string();
         assert!(
             e.contains("user name or password") && !e.contains("pw"),
             "{e}"

@@ -21,8 +21,8 @@ pub const SHARED_SECRET_LEN: usize = 40;
 const WHERE_TOKENS_ARE: &str =
     "Site Administration, or the organisation's or repository's Settings → Actions → Runners";
 
-/// A runner's credentials as the state store keeps them, per forge.
-pub use crate::store::CredentialsRow as StoredCredentials;
+/// A runner's credentials as the daemon keeps them, per forge.
+pub use crate::forge::RunnerCredentials as StoredCredentials;
 
 /// The result of [`obtain`].
 #[derive(Debug, Clone)]
@@ -55,12 +55,18 @@ pub enum CredentialError {
     #[error(
         "The secret file {path} must hold exactly 40 hex characters (the secret given to `forgejo forgejo-cli actions register --secret`), but {problem}"
     )]
-    BadSecret { path: PathBuf, problem: String },
+    BadSecret {
+        path: PathBuf,
+        problem: SecretProblem,
+    },
     /// The runner file is not JSON with `uuid` and `token` strings.
     #[error(
         "The runner file {path} is not usable: {problem}; it must be JSON with \"uuid\" and \"token\" strings, like forgejo-runner's .runner file"
     )]
-    BadRunnerFile { path: PathBuf, problem: String },
+    BadRunnerFile {
+        path: PathBuf,
+        problem: RunnerFileProblem,
+    },
     /// The forge refused the registration token.
     #[error(
         "Forge {forge} refused the registration token in {path} ({message}): get a fresh registration token from the forge ({WHERE_TOKENS_ARE}) and put it in that file"
@@ -135,16 +141,27 @@ pub fn read_registration_token(path: &Path) -> Result<Secret, CredentialError> {
     Ok(Secret::new(token))
 }
 
+/// What is wrong with a shared secret (never quoting it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretProblem {
+    #[error("it holds {0} characters")]
+    Length(usize),
+    #[error("it holds characters other than 0-9 and a-f")]
+    NotHex,
+    #[error("it is too short")]
+    TooShort,
+}
+
 /// Checks a Forgejo offline shared secret (surrounding whitespace ignored).
-/// The error text describes the problem without quoting the secret.
-pub fn validate_shared_secret(text: &str) -> Result<Secret, String> {
+/// The error describes the problem without quoting the secret.
+pub fn validate_shared_secret(text: &str) -> Result<Secret, SecretProblem> {
     let secret = text.trim();
     let len = secret.chars().count();
     if len != SHARED_SECRET_LEN {
-        return Err(format!("it holds {len} characters"));
+        return Err(SecretProblem::Length(len));
     }
     if !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("it holds characters other than 0-9 and a-f".into());
+        return Err(SecretProblem::NotHex);
     }
     Ok(Secret::new(secret))
 }
@@ -165,23 +182,37 @@ pub struct RunnerFile {
     pub runner_id: Option<i64>,
 }
 
+/// What is wrong with a runner file (never quoting its content).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunnerFileProblem {
+    #[error("not valid JSON (line {line}, column {column})")]
+    NotJson { line: usize, column: usize },
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("the key \"{0}\" is missing")]
+    Missing(&'static str),
+    #[error("\"{0}\" is empty or holds spaces or non-ASCII characters")]
+    NotHeaderSafe(&'static str),
+    #[error("\"{0}\" is not a string")]
+    NotString(&'static str),
+}
+
 /// Parses a runner file: JSON with `uuid` and `token` strings; other keys
-/// are ignored. The error text never quotes the file's content.
-pub fn parse_runner_file(text: &str) -> Result<RunnerFile, String> {
+/// are ignored. The error never quotes the file's content.
+pub fn parse_runner_file(text: &str) -> Result<RunnerFile, RunnerFileProblem> {
     // Parse to a generic value first: serde's typed errors can quote values.
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("not valid JSON (line {}, column {})", e.line(), e.column()))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| "not a JSON object".to_string())?;
-    let field = |key: &str| -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| RunnerFileProblem::NotJson {
+            line: e.line(),
+            column: e.column(),
+        })?;
+    let object = value.as_object().ok_or(RunnerFileProblem::NotObject)?;
+    let field = |key: &'static str| -> Result<String, RunnerFileProblem> {
         match object.get(key) {
-            None => Err(format!("the key \"{key}\" is missing")),
+            None => Err(RunnerFileProblem::Missing(key)),
             Some(serde_json::Value::String(s)) if header_safe(s.trim()) => Ok(s.trim().to_string()),
-            Some(serde_json::Value::String(_)) => Err(format!(
-                "\"{key}\" is empty or holds spaces or non-ASCII characters"
-            )),
-            Some(_) => Err(format!("\"{key}\" is not a string")),
+            Some(serde_json::Value::String(_)) => Err(RunnerFileProblem::NotHeaderSafe(key)),
+            Some(_) => Err(RunnerFileProblem::NotString(key)),
         }
     };
     let uuid = field("uuid")?;
@@ -293,7 +324,7 @@ pub async fn obtain(
             let uuid =
                 uuid_from_shared_secret(&secret).ok_or_else(|| CredentialError::BadSecret {
                     path: path.clone(),
-                    problem: "it is too short".into(),
+                    problem: SecretProblem::TooShort,
                 })?;
             let creds = from_file(forge, stored_here, uuid, secret, None);
             declare_fixed(forge, client, creds, path, version).await
@@ -608,10 +639,13 @@ mod tests {
     fn shared_secret_must_be_40_hex_characters() {
         let ok = "0123456789ABCDEF0123456789abcdef01234567";
         assert_eq!(validate_shared_secret(ok).unwrap().expose(), ok);
-        let short = validate_shared_secret("0123456789abcdef").unwrap_err();
+        let short = validate_shared_secret("0123456789abcdef")
+            .unwrap_err()
+            .to_string();
         assert_eq!(short, "it holds 16 characters");
-        let not_hex =
-            validate_shared_secret("0123456789abcdefg123456789abcdef01234567").unwrap_err();
+        let not_hex = validate_shared_secret("0123456789abcdefg123456789abcdef01234567")
+            .unwrap_err()
+            .to_string();
         assert!(not_hex.contains("other than"), "{not_hex}");
         assert!(!not_hex.contains("0123"), "{not_hex}");
         assert!(validate_shared_secret("").is_err());
@@ -639,16 +673,27 @@ mod tests {
 
     #[test]
     fn runner_file_errors_name_the_problem_but_not_the_content() {
-        let e = parse_runner_file("{\"uuid\": \"u\", \"token\": \"hunter2\"").unwrap_err();
+        let e = parse_runner_file("{\"uuid\": \"u\", \"token\": \"hunter2\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("not valid JSON"), "{e}");
         assert!(!e.contains("hunter2"));
-        let e = parse_runner_file(r#"{"uuid":"u"}"#).unwrap_err();
+        let e = parse_runner_file(r#"{"uuid":"u"}"#)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "the key \"token\" is missing");
-        let e = parse_runner_file(r#"{"uuid":"u","token":12345}"#).unwrap_err();
+        let e = parse_runner_file(r#"{"uuid":"u","token":12345}"#)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "\"token\" is not a string");
-        let e = parse_runner_file(r#"{"uuid":"u","token":"a b"}"#).unwrap_err();
+        let e = parse_runner_file(r#"{"uuid":"u","token":"a b"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spaces"), "{e}");
-        assert_eq!(parse_runner_file("[]").unwrap_err(), "not a JSON object");
+        assert_eq!(
+            parse_runner_file("[]").unwrap_err().to_string(),
+            "not a JSON object"
+        );
     }
 
     #[test]

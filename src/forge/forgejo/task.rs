@@ -20,9 +20,8 @@ use crate::job::{CheckoutSource, JobSpec};
 use crate::secret::Secret;
 use crate::workflow::{self, WorkflowError};
 
-/// The version string this runner reports in `*_ACTIONS_RUNNER_VERSION` and
-/// in the first log row: `solstice-<crate version>`.
-pub const RUNNER_VERSION: &str = concat!("solstice-", env!("CARGO_PKG_VERSION"));
+/// Reported in `*_ACTIONS_RUNNER_VERSION` and in the first log row.
+pub use crate::forge::RUNNER_VERSION;
 
 /// Context keys that configure the runner and are not part of `github`.
 const EXTRA_PREFIXES: [&str; 2] = ["forgejo_", "gitea_"];
@@ -38,7 +37,7 @@ pub enum TaskError {
     #[error("The workflow payload is not valid UTF-8 text")]
     NotUtf8,
     /// The payload does not parse or validate as a workflow.
-    #[error("The workflow payload cannot be run: {0}")]
+    #[error("The workflow payload cannot be run")]
     Workflow(#[source] WorkflowError),
     /// The payload does not hold exactly one job.
     #[error(
@@ -681,7 +680,7 @@ jobs:
         let payload = "jobs:\n  a:\n    runs-on: linux\n    steps:\n      - run: [unclosed\n";
         let tk = task(payload, forgejo_context());
         let err = translate(&tk, &opts()).unwrap_err();
-        let msg = err.to_string();
+        let msg = crate::errors::Chain(&err).to_string();
         assert!(
             msg.starts_with("The workflow payload cannot be run: "),
             "{msg}"
@@ -692,9 +691,8 @@ jobs:
         assert_eq!(listing.len(), 5);
         // A schema error also names its place.
         let bad = "jobs:\n  a:\n    runs-on: linux\n    stepz: []\n";
-        let msg = translate(&task(bad, forgejo_context()), &opts())
-            .unwrap_err()
-            .to_string();
+        let err = translate(&task(bad, forgejo_context()), &opts()).unwrap_err();
+        let msg = crate::errors::Chain(&err).to_string();
         assert!(msg.contains("stepz") && msg.contains("line 4"), "{msg}");
     }
 
