@@ -14,7 +14,7 @@ use crate::store::{JobState, JobTimings, Store, StoreError};
 /// One job's record (see the module docs).
 pub(crate) struct JobRecord {
     pub store: Arc<Store>,
-    /// The job id ([`crate::store::daemon_job_id`]).
+    /// The job id ([`crate::job::id::daemon_job_id`]).
     pub id: String,
     /// A failure of this record was logged as a warning (or error) already.
     warned: AtomicBool,

@@ -25,10 +25,11 @@ use crate::events::Conclusion;
 use crate::forge::{
     AssignedJob, Assignment, Failure, LogSpool, MemorySpool, TaskReport, Unrunnable,
 };
+use crate::job::id::daemon_job_id;
 use crate::job::placement::{Fallback, choose_image};
 use crate::job::{self, VmObserver, VmRun};
 use crate::metrics::LatencySplit;
-use crate::store::{JobState, JobTimings, NewJob, StoreError, daemon_job_id};
+use crate::store::{JobState, JobTimings, NewJob, StoreError};
 
 /// Pause between attempts at a final report that did not get through.
 const REPORT_RETRY: Duration = Duration::from_secs(30);

@@ -15,8 +15,9 @@ use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
 use crate::executor::JobOutcome;
 use crate::forge::Forge;
 use crate::forge::scripted::ScriptedForge;
+use crate::job::id::daemon_job_id;
 use crate::job::{RunError, RunReport, Timings, VmRun};
-use crate::store::{JobRow, JobState, NewJob, Store, daemon_job_id};
+use crate::store::{JobRow, JobState, NewJob, Store};
 
 /// Jobs that run until the test releases them (or they are cancelled).
 struct GatedJobs {

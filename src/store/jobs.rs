@@ -61,7 +61,7 @@ impl std::fmt::Display for JobState {
 /// A job as it is first recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
-    /// Our job id (see [`daemon_job_id`]); also the name of its VM directory.
+    /// Our job id (see [`crate::job::id::daemon_job_id`]); also the name of its VM directory.
     pub id: String,
     /// The forge name from the config.
     pub forge: String,

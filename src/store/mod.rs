@@ -31,9 +31,7 @@ pub use schema::SCHEMA_VERSION;
 pub use state_dir::{StateDirError, check_state_dir};
 pub use vms::VmRow;
 
-pub use reconcile::{
-    KilledProcess, ReconcileReport, daemon_job_id, is_daemon_job_id, reconcile_vms,
-};
+pub use reconcile::{KilledProcess, ReconcileReport, reconcile_vms};
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;

@@ -12,7 +12,7 @@
 //!   every process using it is gone; otherwise the record is kept for the next
 //!   start.
 //! - Under `jobs_dir`, a directory no record mentions is removed only if its
-//!   name looks like a daemon job id ([`is_daemon_job_id`]: `task-` followed
+//!   name looks like a daemon job id ([`crate::job::id::is_daemon_job_id`]: `task-` followed
 //!   by letters, digits, `.`, `_`, `-`). Directories of `solstice exec`
 //!   (`exec-…`) and `bench` (`bench-…`) runs, which may share the state
 //!   directory and run right now, are never touched; neither are files or
@@ -24,15 +24,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Store;
-use crate::vm::is_job_id_byte;
+use crate::job::id::is_daemon_job_id;
 use crate::vm::process::{ProcessInfo, cmdline, dir_spellings, kill_and_wait, mentions, processes};
 
 /// How long to wait for a killed process to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// Longest job id the VM layer accepts.
-const MAX_JOB_ID_LEN: usize = 64;
-/// Prefix of every daemon job id.
-const DAEMON_PREFIX: &str = "task-";
 
 /// A process killed during reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,35 +59,6 @@ impl ReconcileReport {
             && self.forgotten.is_empty()
             && self.problems.is_empty()
     }
-}
-
-/// True for names the daemon gives its jobs (and so their directories):
-/// `task-` then only ASCII letters, digits, `.`, `_`, `-`, at most 64 bytes.
-pub fn is_daemon_job_id(name: &str) -> bool {
-    name.len() > DAEMON_PREFIX.len()
-        && name.len() <= MAX_JOB_ID_LEN
-        && name.starts_with(DAEMON_PREFIX)
-        && name.bytes().all(is_job_id_byte)
-}
-
-/// A fresh daemon job id, `task-<forge>-<task id>-<8 hex>`: characters of the
-/// forge name outside `[A-Za-z0-9._-]` become `_`, and it is shortened so that
-/// the id fits in 64 bytes. Always satisfies [`is_daemon_job_id`].
-pub fn daemon_job_id(forge: &str, task_id: i64) -> String {
-    let tail = format!("-{task_id}-{:08x}", rand::random::<u32>());
-    let room = MAX_JOB_ID_LEN - DAEMON_PREFIX.len() - tail.len();
-    let forge: String = forge
-        .chars()
-        .map(|c| {
-            if c.is_ascii() && is_job_id_byte(c as u8) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(room)
-        .collect();
-    format!("{DAEMON_PREFIX}{forge}{tail}")
 }
 
 /// Kills what the VM records in `store` and stray job directories under
@@ -232,34 +199,5 @@ fn remove_dir(dir: &Path, report: &mut ReconcileReport) -> bool {
                 .push(format!("Could not remove {}: {e}", dir.display()));
             false
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn daemon_job_ids() {
-        assert!(is_daemon_job_id("task-codeberg-42-0a1b2c3d"));
-        for bad in [
-            "task-",
-            "exec-0123456789abcdef",
-            "bench-0123456789abcdef",
-            "task-a/b",
-            "task-a b",
-            "keep",
-            "",
-        ] {
-            assert!(!is_daemon_job_id(bad), "{bad}");
-        }
-        assert!(!is_daemon_job_id(&format!("task-{}", "a".repeat(60))));
-
-        let id = daemon_job_id("code berg/ü", 42);
-        assert!(is_daemon_job_id(&id), "{id}");
-        assert!(id.starts_with("task-code_berg__-42-"), "{id}");
-        let long = daemon_job_id(&"f".repeat(200), i64::MAX);
-        assert!(is_daemon_job_id(&long), "{long}");
-        assert_ne!(daemon_job_id("a", 1), daemon_job_id("a", 1));
     }
 }

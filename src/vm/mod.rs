@@ -164,16 +164,6 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-fn valid_job_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id != "." && id != ".." && id.bytes().all(is_job_id_byte)
-}
-
-/// The bytes a job id (and so its directory's name) may hold: ASCII letters,
-/// digits, `.`, `_`, `-`.
-pub fn is_job_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
-}
-
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     let what = what.into();
     move |source| VmError::Io { what, source }
@@ -185,7 +175,7 @@ impl Vm {
     /// On any error everything created so far is removed again.
     pub async fn start(spec: VmSpec<'_>) -> Result<Vm, VmError> {
         let t0 = Instant::now();
-        if !valid_job_id(spec.job_id) {
+        if !crate::job::id::is_valid(spec.job_id) {
             return Err(VmError::BadJobId(spec.job_id.to_string()));
         }
         std::fs::create_dir_all(spec.jobs_dir).map_err(io(format!(
@@ -617,14 +607,6 @@ fn random_uuid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn job_ids_are_checked() {
-        assert!(valid_job_id("job-1.a_b"));
-        for bad in ["", ".", "..", "a/b", "a b"] {
-            assert!(!valid_job_id(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn console_lines_are_cleaned() {

@@ -237,7 +237,7 @@ pub fn mentions(args: &[Vec<u8>], spellings: &[Vec<u8>]) -> bool {
                 w == needle.as_slice()
                     && arg
                         .get(i + needle.len())
-                        .is_none_or(|&b| !super::is_job_id_byte(b))
+                        .is_none_or(|&b| !crate::job::id::is_job_id_byte(b))
             })
         })
     })
