@@ -32,9 +32,16 @@ pub(crate) fn leftover_vms(store: &Store, jobs_dir: &Path) {
 /// reported: they are closed here as failed, with a warning, so they do not
 /// stay "in flight" forever.
 pub(crate) fn orphaned_forges(store: &Arc<Store>, config: &crate::config::Config) {
-    let Some(jobs) = leftover_jobs(store) else {
-        return;
-    };
+    // What can be listed is closed; a listing that fails is logged (at
+    // error level) by each forge's `interrupted_tasks`, so only here at debug.
+    let mut jobs = store.unfinished_jobs().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cannot list interrupted jobs");
+        Vec::new()
+    });
+    match store.unreported_finished_jobs() {
+        Ok(j) => jobs.extend(j),
+        Err(e) => tracing::debug!(error = %e, "cannot list unreported jobs"),
+    }
     for job in jobs
         .into_iter()
         .filter(|j| !config.forges.contains_key(&j.forge))

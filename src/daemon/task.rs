@@ -100,9 +100,9 @@ fn receive(
     forge: &ForgeConfig,
     assignment: Assignment,
 ) -> (TaskRun, Result<AssignedJob, Unrunnable>) {
-    let received = Instant::now();
     let Assignment {
         task_id,
+        received,
         job_name,
         repository,
         step_count,

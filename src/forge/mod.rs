@@ -191,6 +191,9 @@ pub trait Poller: Send {
 pub struct Assignment {
     /// The forge's number for the task.
     pub task_id: i64,
+    /// When the task arrived (before its translation): the start of the
+    /// latency figures.
+    pub received: std::time::Instant,
     /// The job's display name (`(unreadable)` when the task cannot be read).
     pub job_name: String,
     /// `owner/name` (empty when unknown).

@@ -171,6 +171,7 @@ impl Poller for ScriptedForge {
             .map(|task_id| {
                 let forge = self.clone();
                 Assignment {
+                    received: std::time::Instant::now(),
                     task_id,
                     job_name: "build".into(),
                     repository: "octo/hello".into(),

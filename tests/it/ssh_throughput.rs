@@ -1,8 +1,9 @@
 //! Large output streams with bounded memory, and timing figures.
 //!
-//! One test per binary so that the process's peak memory belongs to it.
-//! Figures are printed; run with `--nocapture` (and `--release` for real
-//! numbers).
+//! The measuring test runs in a process of its own (see
+//! [`crate::support::run_alone`]) so that the process's peak memory belongs
+//! to it. Figures are printed; run with `--nocapture` (and `--release` for
+//! real numbers).
 
 use crate::ssh_common;
 
@@ -102,8 +103,16 @@ async fn measure(kind: Kind) {
     s.close().await.unwrap();
 }
 
+#[test]
+fn large_output_streams_with_bounded_memory() {
+    crate::support::run_alone("ssh_throughput::measured_alone");
+}
+
+/// The measurement itself: only in a process of its own, where no other
+/// test's allocations count towards the peak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_output_streams_with_bounded_memory() {
+#[ignore = "runs in a process of its own, through large_output_streams_with_bounded_memory"]
+async fn measured_alone() {
     measure(Kind::Dropbear).await;
     measure(Kind::OpenSsh).await;
 }

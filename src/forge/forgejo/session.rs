@@ -138,6 +138,7 @@ impl SessionInner {
     /// A fetched task as the port hands it out: translated into a job (or
     /// why it cannot run), with the means to start its report.
     pub(super) fn assignment(&self, task: Task) -> Assignment {
+        let received = std::time::Instant::now();
         let opts = TranslateOptions {
             instance_url: self.forge.url.clone(),
             max_job_timeout: Some(self.max_job_timeout),
@@ -181,6 +182,7 @@ impl SessionInner {
             }) as Arc<dyn TaskReport>
         });
         Assignment {
+            received,
             task_id,
             job_name,
             repository,

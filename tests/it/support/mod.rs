@@ -376,3 +376,35 @@ pub fn step_lines(sink: &VecSink, index: usize) -> Vec<String> {
 pub fn all_text(sink: &VecSink) -> String {
     sink.all_text()
 }
+
+/// Runs the `#[ignore]`d test `name` (its full path, `module::test`) in a
+/// process of its own and fails with its output if it fails. For tests that
+/// measure the whole process (peak memory), which the other tests of this
+/// one binary would otherwise share.
+pub fn run_alone(name: &str) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("start the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Shown with the test's output (or on failure).
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process ({})",
+        out.status
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{name} did not run in its own process (no such test?)"
+    );
+}
