@@ -348,3 +348,45 @@ fn unpinned_illumos_image_fails_evaluation_naming_the_pin_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Nix package's check skips the test modules that need a VM, an SSH
+/// server or host tools (`checkFlags` in `nix/package.nix`): each skipped
+/// name must be a module of the test binary, so a rename cannot silently
+/// start running (and failing) a module in the build sandbox.
+#[test]
+fn the_nix_check_skips_only_real_test_modules() {
+    let package = read("nix/package.nix");
+    let flags = package
+        .split("checkFlags")
+        .nth(1)
+        .and_then(|s| s.split("];\n").next())
+        .expect("nix/package.nix has checkFlags with a list of modules");
+    let skipped: Vec<&str> = flags
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix('"')?.strip_suffix('"'))
+        .filter(|name| {
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert!(skipped.len() > 10, "{skipped:?}");
+    let main = read("tests/it/main.rs");
+    let modules: BTreeSet<&str> = main
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    for name in &skipped {
+        assert!(
+            modules.contains(name),
+            "nix/package.nix skips `{name}`, which tests/it/main.rs does not have"
+        );
+    }
+    // The VM tests are among them.
+    for vm in ["exec_tiny", "exec_debian", "vm_boot", "forge_e2e"] {
+        assert!(
+            skipped.contains(&vm),
+            "{vm} must not run in the Nix sandbox"
+        );
+    }
+}
