@@ -49,6 +49,13 @@ pub enum Command {
     /// (`bench engine`: one job's overhead; `bench runner`: the daemon).
     #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
+    /// A build without benchmarks: says how to get them.
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Serve the configured forges: poll for jobs and run each in a fresh VM
     /// (the daemon; stops on SIGTERM/SIGINT after draining running jobs).
     Run {
@@ -157,6 +164,10 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => {
             run_async(crate::bench::bench_main(args)).and_then(|r| r.map_err(CliError::from))
         }
+        #[cfg(not(feature = "bench"))]
+        Command::Bench { .. } => Err(CliError::usage(
+            "This Solstice was built without benchmarks (they need the fake forge of the `bench` cargo feature); from a source checkout run `cargo run --release --features bench -- bench engine` (or `bench runner`)",
+        )),
         Command::Status(args) => status::status_main(args),
         Command::Doctor(args) => run_async(doctor::doctor_main(args)).and_then(|r| r),
     };
