@@ -16,11 +16,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::baseline_boot;
-use super::{BenchError, EngineBenchArgs, fmt_ms, load_bench_config, median};
+use super::{BenchError, EngineBenchArgs, bench_image, fmt_ms, load_bench_config, median};
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::human::fmt_duration;
-use crate::job::placement::{Fallback, choose_image};
 use crate::job::{self, CheckoutSource, JobSpec, VmRun};
 use crate::startup::resolve_accel;
 use crate::vm::Accel;
@@ -53,14 +52,7 @@ pub struct SolsticeSample {
 /// `solstice bench engine`.
 pub async fn engine_main(args: EngineBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
-    let image = choose_image(
-        &config.images,
-        args.common.image.as_deref(),
-        &[],
-        Fallback::Bench,
-    )
-    .map_err(|e| BenchError::Usage(e.to_string()))?
-    .image;
+    let image = bench_image(&config, &args.common)?;
     // Both sides of the comparison use the accelerator chosen now.
     let accel = resolve_accel(&config).await?.current();
     let runs = args.runs.max(1) as usize;

@@ -18,8 +18,9 @@ pub mod runner_report;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ImageConfig};
 use crate::job::RunError;
+use crate::job::placement::{Fallback, choose_image};
 use crate::startup::StartupError;
 
 pub use args::{BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs, RunnerBenchArgs};
@@ -77,6 +78,22 @@ pub(crate) fn load_bench_config(common: &BenchCommon) -> Result<Config, BenchErr
     let (_, config) = crate::startup::load_config(common.config.as_deref())?;
     require_openssh()?;
     Ok(config)
+}
+
+/// The image both benchmarks measure: `--image`, else the only image, else
+/// the one named `tiny` ([`Fallback::Bench`]).
+pub(crate) fn bench_image<'a>(
+    config: &'a Config,
+    common: &BenchCommon,
+) -> Result<&'a ImageConfig, BenchError> {
+    let placed = choose_image(
+        &config.images,
+        common.image.as_deref(),
+        &[],
+        Fallback::Bench,
+    )
+    .map_err(|e| BenchError::Usage(e.to_string()))?;
+    Ok(placed.image)
 }
 
 /// `bin` in `PATH`.

@@ -26,11 +26,10 @@ use super::runner_report::{
     Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, loadavg_1min, stat_cpu_ticks,
     status_kib,
 };
-use super::{BenchError, RunnerBenchArgs, TempDir, load_bench_config, median};
+use super::{BenchError, RunnerBenchArgs, TempDir, bench_image, load_bench_config, median};
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
 use crate::forge::forgejo::proto::{TaskResult, Timestamp};
 use crate::human::fmt_duration;
-use crate::job::placement::{Fallback, choose_image};
 use crate::startup::resolve_accel;
 use crate::store::Store;
 use crate::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot};
@@ -79,14 +78,7 @@ fn progress(msg: impl std::fmt::Display) {
 /// `solstice bench runner`.
 pub async fn runner_main(args: RunnerBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
-    let image = choose_image(
-        &config.images,
-        args.common.image.as_deref(),
-        &[],
-        Fallback::Bench,
-    )
-    .map_err(|e| BenchError::Usage(e.to_string()))?
-    .image;
+    let image = bench_image(&config, &args.common)?;
     let exe = std::env::current_exe().map_err(|e| {
         BenchError::Infra(format!(
             "cannot find the solstice binary to start the daemon: {e}"
