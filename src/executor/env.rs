@@ -161,7 +161,53 @@ pub fn runner_variables(i: &RunnerVarsInput<'_>) -> IndexMap<String, String> {
     if i.debug {
         set("RUNNER_DEBUG", "1".into());
     }
+    forgejo_copies(&mut v);
     v
+}
+
+/// The `GITHUB_*` variables that forgejo-runner also sets as `FORGEJO_*`
+/// (its `withGithubEnv`), so that workflows written for Forgejo find them.
+const FORGEJO_COPIES: &[&str] = &[
+    "WORKFLOW",
+    "RUN_ATTEMPT",
+    "RUN_ID",
+    "RUN_NUMBER",
+    "ACTION",
+    "ACTION_PATH",
+    "ACTION_REPOSITORY",
+    "ACTION_REF",
+    "ACTOR",
+    "REPOSITORY",
+    "EVENT_NAME",
+    "EVENT_PATH",
+    "WORKSPACE",
+    "SHA",
+    "REF",
+    "REF_NAME",
+    "REF_TYPE",
+    "TOKEN",
+    "JOB",
+    "REPOSITORY_OWNER",
+    "RETENTION_DAYS",
+    "BASE_REF",
+    "HEAD_REF",
+    "SERVER_URL",
+    "API_URL",
+    "WORKFLOW_REF",
+    "OUTPUT",
+    "STATE",
+    "PATH",
+    "ENV",
+    "STEP_SUMMARY",
+];
+
+/// Adds `FORGEJO_<X>` beside every `GITHUB_<X>` of [`FORGEJO_COPIES`] that is set.
+fn forgejo_copies(v: &mut IndexMap<String, String>) {
+    for name in FORGEJO_COPIES {
+        if let Some(value) = v.get(&format!("GITHUB_{name}")).cloned() {
+            v.insert(format!("FORGEJO_{name}"), value);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -214,5 +260,24 @@ mod tests {
         assert_eq!(v["RUNNER_OS"], "illumos");
         assert_eq!(v["GITHUB_WORKFLOW"], "CI");
         assert!(!v.contains_key("RUNNER_DEBUG"));
+        // forgejo-runner's FORGEJO_* copies, for each GITHUB_* that is set.
+        for (name, value) in [
+            ("REPOSITORY", "acme/widget"),
+            ("SHA", "abc"),
+            ("REF_NAME", "v1"),
+            ("SERVER_URL", "https://forge.example"),
+            ("API_URL", "https://forge.example/api/v1"),
+            ("OUTPUT", "/h/_temp/_solstice/step-1/output"),
+            ("WORKSPACE", "/h/work/widget/widget"),
+            ("JOB", "build"),
+        ] {
+            assert_eq!(v[&format!("GITHUB_{name}")], value, "{name}");
+            assert_eq!(v[&format!("FORGEJO_{name}")], value, "{name}");
+        }
+        assert!(!v.contains_key("FORGEJO_STATE") && !v.contains_key("GITHUB_STATE"));
+        assert!(
+            !v.keys().any(|k| k.starts_with("GITEA_")),
+            "no GITEA_ copies"
+        );
     }
 }

@@ -364,6 +364,40 @@ jobs:
     );
 }
 
+/// Workflows written for Forgejo or Gitea: the `forge`, `forgejo` and
+/// `gitea` contexts are `github`, and the `FORGEJO_*` copies of the
+/// `GITHUB_*` variables are set, file commands included.
+#[tokio::test]
+async fn forgejo_and_gitea_names_reach_a_real_shell() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - id: first
+        run: |
+          echo "ctx=${{ forgejo.repository }} ${{ gitea.sha }} ${{ forge.event_name }}"
+          echo "env=$FORGEJO_REPOSITORY $FORGEJO_SHA $FORGEJO_REF_NAME $FORGEJO_JOB $FORGEJO_SERVER_URL"
+          test "$FORGEJO_WORKSPACE" = "$GITHUB_WORKSPACE" && echo same-workspace
+          echo "via=forgejo" >> "$FORGEJO_OUTPUT"
+      - run: echo "out=${{ steps.first.outputs.via }}"
+"#)
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let l = r.lines();
+    assert!(
+        l.contains(&"ctx=acme/widget 0123456789abcdef push".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(
+            &"env=acme/widget 0123456789abcdef main build https://forge.example".to_string()
+        ),
+        "{l:?}"
+    );
+    assert!(l.contains(&"same-workspace".to_string()), "{l:?}");
+    assert!(l.contains(&"out=forgejo".to_string()), "{l:?}");
+}
+
 #[tokio::test]
 async fn secrets_are_masked_everywhere() {
     let r = run_with(

@@ -15,6 +15,14 @@ pub const KNOWN_CONTEXTS: &[&str] = &[
     "strategy",
 ];
 
+/// Other names of a context: Forgejo and Gitea workflows may write `forge.`,
+/// `forgejo.` or `gitea.` for `github.` (forgejo-runner's interpreter).
+const CONTEXT_ALIASES: &[(&str, &str)] = &[
+    ("forge", "github"),
+    ("forgejo", "github"),
+    ("gitea", "github"),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BinOp {
     Eq,
@@ -302,7 +310,10 @@ impl Parser<'_> {
                 Kind::Call(func, args)
             }
             Tok::Ident(ref name) => {
-                let lower = name.to_ascii_lowercase();
+                let mut lower = name.to_ascii_lowercase();
+                if let Some((_, canonical)) = CONTEXT_ALIASES.iter().find(|(a, _)| *a == lower) {
+                    lower = canonical.to_string();
+                }
                 if !KNOWN_CONTEXTS.contains(&lower.as_str()) && !(self.extra)(name) {
                     return Err(self.error(
                         format!(

@@ -146,6 +146,11 @@ fn operators_and_precedence() {
 fn property_access_index_and_case() {
     let cases: &[(&str, Value)] = &[
         ("github.sha", json!("abc123")),
+        // Forgejo's and Gitea's names for the github context.
+        ("forgejo.sha", json!("abc123")),
+        ("gitea['sha']", json!("abc123")),
+        ("forge.event.number", json!(42)),
+        ("Forgejo.event_name == github.event_name", json!(true)),
         ("GITHUB.SHA", json!("abc123")),
         ("github['sha']", json!("abc123")),
         ("github['SHA']", json!("abc123")),
