@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`) is thin; everything lives here so that tests can
 //! drive it. One module per external boundary: see `docs/explanation/architecture.md`.
 
+pub mod actions;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod civil;

@@ -236,6 +236,7 @@ async fn solstice_run(
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
+        actions: None,
     };
     let job_id = job::id::new_job_id("bench");
     let fixed = Accelerator::fixed(accel);

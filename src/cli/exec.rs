@@ -146,6 +146,7 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 max_job_timeout: None,
                 extra_masks: Vec::new(),
                 default_actions_url: None,
+                actions: None,
             };
             let run_id = job::id::new_job_id("exec");
             let vm_run = VmRun {

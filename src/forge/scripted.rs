@@ -115,6 +115,7 @@ fn job(task_id: i64) -> AssignedJob {
             max_job_timeout: None,
             extra_masks: vec![],
             default_actions_url: None,
+            actions: None,
         },
         runs_on: vec!["tiny".into()],
         notes: vec![],

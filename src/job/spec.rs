@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+
+use crate::actions::ActionCache;
 
 use crate::config::{GuestOs, ImageConfig};
 use crate::secret::Secret;
@@ -40,6 +43,9 @@ pub struct JobSpec {
     /// Where `uses: owner/repo@ref` would be fetched from (the forge's
     /// default-actions URL); named in the error for unsupported actions.
     pub default_actions_url: Option<String>,
+    /// The host's action cache; `None`: remote actions cannot be fetched
+    /// (their steps fail and say so).
+    pub actions: Option<Arc<ActionCache>>,
 }
 
 impl std::fmt::Debug for JobSpec {

@@ -1,6 +1,7 @@
-//! Workflow files: the typed job model, `${{ }}` expressions and matrix expansion.
+//! Workflow files and action metadata: the typed job model, `${{ }}` expressions and matrix expansion.
 //! Pure logic, no I/O.
 
+pub mod action;
 pub mod expr;
 pub mod inputs;
 pub mod matrix;

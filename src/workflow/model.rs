@@ -196,7 +196,7 @@ pub struct Strategy {
 }
 
 /// One step: exactly one of `run` and `uses`. Unknown keys are rejected.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Step {
     #[serde(default)]

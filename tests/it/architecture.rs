@@ -25,6 +25,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("ssh", UPPER),
     ("guest", UPPER),
     ("store", UPPER),
+    // Actions on the host: references, the fetch policy, the cache.
+    ("actions", UPPER),
     // Start-up shared by the commands: the configuration and the accelerator
     // (with the KVM failure a previous job remembered).
     ("startup", UPPER),

@@ -80,6 +80,7 @@ fn spec(yaml: &str, home: &Path) -> TestJob {
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
+        actions: None,
     };
     let runner = RunnerInfo {
         os: GuestOs::Linux,

@@ -110,6 +110,7 @@ async fn check_shell(target: &str, secs: u32) {
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
+        actions: None,
     };
     let sink = VecSink::default();
     let started = Instant::now();
@@ -238,6 +239,7 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
+        actions: None,
     };
     let sink = VecSink::default();
     let runner = RunnerInfo {

@@ -297,6 +297,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         max_job_timeout: None,
         extra_masks: Vec::new(),
         default_actions_url: None,
+        actions: None,
     };
     let job_id = job::id::new_job_id("doctor");
     let run = VmRun {

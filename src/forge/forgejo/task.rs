@@ -281,6 +281,7 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
         max_job_timeout: opts.max_job_timeout,
         extra_masks,
         default_actions_url: Some(default_actions_url),
+        actions: None,
     };
     Ok(TranslatedTask {
         spec,

@@ -233,6 +233,7 @@ impl TestEnv {
             max_job_timeout: None,
             extra_masks: Vec::new(),
             default_actions_url: None,
+            actions: None,
         }
     }
 }
