@@ -49,5 +49,28 @@ pub struct UsesError(pub String);
 
 /// Parses a step's `uses:`.
 pub fn parse_uses(uses: &str) -> Result<UsesRef, UsesError> {
-    Err(UsesError(format!("`{uses}`: not implemented yet")))
+    // Provisional (lead's branch): replaced by the full parser.
+    let u = uses.trim();
+    if u.starts_with("./") {
+        return Ok(UsesRef::Local(u.to_string()));
+    }
+    if let Some(i) = u.strip_prefix("docker://") {
+        return Ok(UsesRef::Docker(i.to_string()));
+    }
+    let (path, git_ref) = u.split_once('@').ok_or_else(|| {
+        UsesError(format!(
+            "`{u}`: Expected format {{owner}}/{{repo}}[/path]@ref"
+        ))
+    })?;
+    let mut parts = path.splitn(3, '/');
+    let owner = parts.next().unwrap_or_default().to_string();
+    let repo = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().map(str::to_string);
+    Ok(UsesRef::Remote(RemoteRef {
+        base: None,
+        owner,
+        repo,
+        path,
+        git_ref: git_ref.to_string(),
+    }))
 }
