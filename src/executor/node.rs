@@ -62,15 +62,15 @@ impl Runtime<'_> {
             action.uses, node.using, self.runner.image, node_bin
         );
         // `NODE_ICU_DATA` breaks node (the GitHub runner removes it too).
-        let command = format!(
-            "if ! command -v {n} >/dev/null 2>&1; then printf '%s\\n' {m}; exit 1; fi; unset NODE_ICU_DATA; {n} {s}",
+        let setup = format!(
+            "if ! command -v {n} >/dev/null 2>&1; then printf '%s\\n' {m}; exit 1; fi; unset NODE_ICU_DATA",
             n = shell_quote(&node_bin),
             m = shell_quote(&missing),
-            s = shell_quote(&script),
         );
+        let program = format!("{} {}", shell_quote(&node_bin), shell_quote(&script));
         state.saved_state.clear();
         let body = Body {
-            run: RunCommand::Command(command),
+            run: RunCommand::Command { setup, program },
             extra_files: Vec::new(),
             vars,
             action: Some(action.info.clone()),

@@ -443,7 +443,7 @@ impl Runtime<'_> {
                 merged.insert(k, v);
             }
         }
-        let command_like = matches!(body.run, RunCommand::Command(_));
+        let command_like = matches!(body.run, RunCommand::Command { .. });
         let mut env_list = Vec::new();
         let mut odd_names = Vec::new();
         for (k, v) in merged {
@@ -478,15 +478,15 @@ impl Runtime<'_> {
                 ));
                 shell.command(&script_path)
             }
-            RunCommand::Command(cmd) => {
+            RunCommand::Command { setup, program } => {
                 if odd_names.is_empty() {
-                    cmd
+                    format!("{setup}\n{program}")
                 } else {
                     let pairs: Vec<String> = odd_names
                         .iter()
                         .map(|(k, v)| shell_quote(&format!("{k}={v}")))
                         .collect();
-                    format!("env {} {cmd}", pairs.join(" "))
+                    format!("{setup}\nenv {} {program}", pairs.join(" "))
                 }
             }
         };
@@ -633,8 +633,9 @@ pub(super) enum RunCommand {
         script: String,
         shell: ResolvedShell,
     },
-    /// Shell code run as it is (an action's `node main.js`).
-    Command(String),
+    /// `setup` (shell code), then `program` (a command line) run with the
+    /// variables no shell can export (`INPUT_MY-INPUT`) through env(1).
+    Command { setup: String, program: String },
 }
 
 /// One wrapped exec of a step ([`Runtime::run_wrapped`]).

@@ -837,22 +837,22 @@ jobs:
             who:
               default: world
             Shout-It:
-              default: ${{ github.ref }}
+              default: @{{ github.ref }}
           outputs:
             greeting:
-              value: ${{ steps.hi.outputs.text }}
+              value: @{{ steps.hi.outputs.text }}
           runs:
             using: composite
             steps:
               - id: hi
                 shell: sh
                 run: |
-                  echo "text=hello ${{ inputs.who }}" >> "$GITHUB_OUTPUT"
-                  echo "shout=${{ inputs.shout-it }}"
+                  echo "text=hello @{{ inputs.who }}" >> "$GITHUB_OUTPUT"
+                  echo "shout=@{{ inputs.shout-it }}"
                   sh "$GITHUB_ACTION_PATH/helper.sh"
                   echo "COMP_ENV=from-composite" >> "$GITHUB_ENV"
               - shell: sh
-                run: echo "action path ${{ github.action_path }}" | sed "s#$HOME#HOME#"
+                run: echo "action path @{{ github.action_path }}" | sed "s#$HOME#HOME#"
           EOF
           echo 'echo "helper ran in $(basename "$(dirname "$0")")"' > .github/actions/comp/helper.sh
           cat > .github/actions/js/action.yml <<'EOF'
@@ -875,6 +875,9 @@ jobs:
           fs.appendFileSync(process.env.GITHUB_STATE, 'fromMain=m\n');
           EOF
           cp .github/actions/js/main.js .github/actions/js/pre.js
+          # The actions were written with @{{ (this step evaluates its own
+          # expressions).
+          sed -i 's/@{{/$''{{/g' .github/actions/*/action.yml
           cat > .github/actions/js/post.js <<'EOF'
           console.log(`post state=${process.env['STATE_fromMain']} input=${process.env['INPUT_MY-INPUT']}`);
           EOF
