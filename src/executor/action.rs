@@ -139,19 +139,25 @@ impl Runtime<'_> {
             }),
             Ok(UsesRef::Local(path)) => self.load_local(uses, &path).await.map(Arc::new),
             Ok(UsesRef::Remote(r)) => {
-                if let Some(a) = self
+                // Loaded once per job: a failure is not retried either (the
+                // step that uses the action reports it).
+                let known = self
                     .loaded_actions
                     .lock()
                     .ok()
-                    .and_then(|m| m.get(uses).cloned())
-                {
-                    return Ok(a);
+                    .and_then(|m| m.get(uses).cloned());
+                if let Some(known) = known {
+                    return known.map_err(StepError::Loading);
                 }
-                let a = Arc::new(self.load_remote(uses, &r, log).await?);
+                let loaded = self
+                    .load_remote(uses, &r, log)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string());
                 if let Ok(mut m) = self.loaded_actions.lock() {
-                    m.insert(uses.to_string(), a.clone());
+                    m.insert(uses.to_string(), loaded.clone());
                 }
-                Ok(a)
+                loaded.map_err(StepError::Loading)
             }
         }
     }

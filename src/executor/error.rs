@@ -40,6 +40,9 @@ pub(super) enum StepError {
     Expression { what: String, error: ExprError },
     #[error("{0}")]
     Shell(ShellError),
+    /// An action that could not be loaded earlier in the job (the message).
+    #[error("{0}")]
+    Loading(String),
     #[error("Invalid `uses:`: {0}")]
     BadUses(String),
     #[error(

@@ -38,8 +38,9 @@ pub(super) struct Runtime<'a> {
     /// Workflow and job `env`, evaluated.
     pub(super) base_env: IndexMap<String, String>,
     pub(super) debug: bool,
-    /// Remote actions loaded in this job, by their `uses:`.
-    pub(super) loaded_actions: Mutex<HashMap<String, Arc<LoadedAction>>>,
+    /// Remote actions loaded in this job (or why they could not be), by
+    /// their `uses:`.
+    pub(super) loaded_actions: Mutex<HashMap<String, Result<Arc<LoadedAction>, String>>>,
     /// Guest directories that already hold an action's tree.
     pub(super) delivered: Mutex<HashSet<String>>,
 }
