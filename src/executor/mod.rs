@@ -46,6 +46,7 @@ mod runtime;
 pub mod shell;
 mod state;
 mod step;
+pub mod vmactions;
 
 use std::time::Duration;
 
