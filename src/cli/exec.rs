@@ -42,7 +42,7 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
     let (job_id, job) = workflow::select_job(&wf, args.job.as_deref()).map_err(|e| in_file(&e))?;
     let combos = workflow::expand_matrix(job).map_err(|e| in_file(&e))?;
     // Everything that would only fail after a VM has booted fails now.
-    let problems = crate::executor::preflight::preflight(&wf, job_id, job, None);
+    let problems = crate::executor::preflight::preflight(&wf, job_id, job);
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("error: {}: {p}", args.workflow.display());

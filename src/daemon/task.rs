@@ -206,12 +206,7 @@ fn place<'c>(
 ) -> Result<&'c ImageConfig, Ending> {
     let spec = &job.spec;
     let problems = match spec.workflow.jobs.get(&spec.job_id) {
-        Some(j) => crate::executor::preflight::preflight(
-            &spec.workflow,
-            &spec.job_id,
-            j,
-            spec.default_actions_url.as_deref(),
-        ),
+        Some(j) => crate::executor::preflight::preflight(&spec.workflow, &spec.job_id, j),
         None => Vec::new(),
     };
     if !problems.is_empty() {

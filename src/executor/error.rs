@@ -43,6 +43,8 @@ pub(super) enum StepError {
     /// An action that could not be loaded earlier in the job (the message).
     #[error("{0}")]
     Loading(String),
+    #[error("{0}")]
+    VmAction(String),
     #[error("Invalid `uses:`: {0}")]
     BadUses(String),
     #[error(

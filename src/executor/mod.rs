@@ -49,6 +49,7 @@ pub mod shell;
 mod state;
 mod step;
 mod vm_step;
+pub mod vmactions;
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 //! is rejected as a whole, and an action that cannot be resolved fails the
 //! job in "Set up job", before any step runs.
 
+use crate::actions::parse_uses;
 use crate::workflow::expr;
 use crate::workflow::model::step_label;
 use crate::workflow::{Job, Workflow};
@@ -12,14 +13,13 @@ use crate::workflow::{Job, Workflow};
 use super::checkout;
 
 /// Every problem that would stop `job` (the key `job_id` of `wf`) from
-/// running, one message each (empty when it can run). `default_actions_url`
-/// is where a forge would fetch `uses: owner/repo@ref` from, for the message.
-pub fn preflight(
-    wf: &Workflow,
-    job_id: &str,
-    job: &Job,
-    default_actions_url: Option<&str>,
-) -> Vec<String> {
+/// running, one message each (empty when it can run): malformed `uses:`
+/// references first, then expressions that do not parse, in file order.
+///
+/// A `uses:` holding `${{ }}` is checked as an expression only: Forgejo
+/// evaluates `uses:` before resolving it. Every well-formed reference passes,
+/// `docker://` included (its step fails when it runs, with the reason).
+pub fn preflight(wf: &Workflow, job_id: &str, job: &Job) -> Vec<String> {
     let mut problems = Vec::new();
     let mut check = |what: &str, text: &str| check_expr(&mut problems, what, text);
     let templated = |text: &str| text.contains("${{");
@@ -48,7 +48,7 @@ pub fn preflight(
             check(&job_what, &field.0);
         }
     }
-    let mut unsupported = Vec::new();
+    let mut malformed = Vec::new();
     for (i, step) in job.steps.iter().enumerate() {
         let what = format!("{job_what}, {}", step_label(i, step));
         if let Some(c) = step.if_.as_ref().filter(|c| !c.0.trim().is_empty()) {
@@ -79,19 +79,18 @@ pub fn preflight(
                 check(&what, &field.0);
             }
         }
-        if let Some(uses) = &step.uses
-            && !checkout::is_checkout(uses)
-        {
-            let from = default_actions_url
-                .map(|u| format!("; it would come from {u}"))
-                .unwrap_or_default();
-            unsupported.push(format!(
-                "{what}: `uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout){from}"
-            ));
+        if let Some(uses) = &step.uses {
+            if templated(uses) {
+                check(&format!("{what}, `uses:`"), uses);
+            } else if !checkout::is_checkout(uses)
+                && let Err(e) = parse_uses(uses)
+            {
+                malformed.push(format!("{what}: {e}"));
+            }
         }
     }
-    unsupported.extend(problems);
-    unsupported
+    malformed.extend(problems);
+    malformed
 }
 
 fn check_expr(out: &mut Vec<String>, what: &str, text: &str) {
@@ -108,7 +107,7 @@ mod tests {
     fn problems(yaml: &str) -> Vec<String> {
         let wf = parse_workflow(yaml).unwrap();
         let (id, job) = select_job(&wf, None).unwrap();
-        preflight(&wf, id, job, Some("https://data.forgejo.org"))
+        preflight(&wf, id, job)
     }
 
     #[test]
@@ -120,26 +119,45 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_actions_and_bad_expressions_are_all_reported() {
+    fn every_well_formed_uses_passes() {
         let p = problems(
-            "jobs:\n  b:\n    steps:\n      - uses: actions/setup-node@v4\n      - name: Build\n        if: github.ref ==\n        run: echo ${{ githb.sha }}\n      - run: echo ${{ fromJSON( }}\n        env:\n          X: ${{ nope() }}\n",
+            "jobs:\n  b:\n    steps:\n      - uses: actions/checkout\n      - uses: actions/setup-node@v4\n      - uses: github/codeql-action/init@v3\n      - uses: https://code.forgejo.org/forgejo/upload-artifact@v4\n      - uses: ./.github/actions/setup\n      - uses: docker://alpine:3.20\n      - uses: vmactions/omnios-vm@v1\n        with:\n          run: make\n      - uses: ${{ secrets.ACTIONS_HOST }}/o/r@v1\n",
         );
-        // Unsupported actions first, then expressions in file order.
-        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn malformed_uses_and_bad_expressions_are_all_reported() {
+        let p = problems(
+            "jobs:\n  b:\n    steps:\n      - uses: actions/setup-node\n      - name: Build\n        if: github.ref ==\n        run: echo ${{ githb.sha }}\n      - run: echo ${{ fromJSON( }}\n        env:\n          X: ${{ nope() }}\n      - uses: ./.github/workflows/ci.yml\n      - uses: ${{ matrix.action ==  }}\n      - uses: ./../outside\n",
+        );
+        // Malformed references first, then expressions in file order.
+        assert_eq!(p.len(), 8, "{p:#?}");
         assert!(
-            p[0].starts_with("job `b`, step 1: `uses: actions/setup-node@v4` is not supported yet")
-                && p[0].ends_with("it would come from https://data.forgejo.org"),
+            p[0].starts_with("job `b`, step 1: Invalid `uses: actions/setup-node`: ")
+                && p[0].contains("{owner}/{repo}[/path]@{ref}"),
             "{p:#?}"
         );
         assert!(
-            p[1].starts_with("job `b`, step 2 (\"Build\"), `if:`: "),
+            p[1].starts_with("job `b`, step 4: Invalid `uses: ./.github/workflows/ci.yml`: ")
+                && p[1].contains("reusable workflow"),
             "{p:#?}"
         );
         assert!(
-            p[2].starts_with("job `b`, step 2 (\"Build\"), `run:`: ") && p[2].contains("githb"),
+            p[2].starts_with("job `b`, step 6: Invalid `uses: ./../outside`: ")
+                && p[2].contains("leaves the workspace"),
             "{p:#?}"
         );
-        assert!(p[3].starts_with("job `b`, step 3, `run:`: "), "{p:#?}");
-        assert!(p[4].starts_with("job `b`, step 3, env `X`: "), "{p:#?}");
+        assert!(
+            p[3].starts_with("job `b`, step 2 (\"Build\"), `if:`: "),
+            "{p:#?}"
+        );
+        assert!(
+            p[4].starts_with("job `b`, step 2 (\"Build\"), `run:`: ") && p[4].contains("githb"),
+            "{p:#?}"
+        );
+        assert!(p[5].starts_with("job `b`, step 3, `run:`: "), "{p:#?}");
+        assert!(p[6].starts_with("job `b`, step 3, env `X`: "), "{p:#?}");
+        assert!(p[7].starts_with("job `b`, step 5, `uses:`: "), "{p:#?}");
     }
 }

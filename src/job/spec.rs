@@ -90,6 +90,8 @@ impl RunnerArch {
 pub struct RunnerInfo {
     /// The image's name (for messages).
     pub image: String,
+    /// The image's labels (for messages that say which `runs-on:` to use).
+    pub labels: Vec<String>,
     pub os: GuestOs,
     pub name: String,
     /// `RUNNER_ARCH`.
@@ -110,6 +112,7 @@ impl RunnerInfo {
     pub fn for_image(image: &ImageConfig, name: impl Into<String>) -> RunnerInfo {
         RunnerInfo {
             image: image.name.clone(),
+            labels: image.labels.clone(),
             os: image.os,
             name: name.into(),
             arch: RunnerArch::of_image(image),

@@ -236,7 +236,7 @@ fn example_workflows_are_runnable() {
         let wf = solstice::workflow::parse_workflow(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for (id, job) in &wf.jobs {
-            let problems = solstice::executor::preflight::preflight(&wf, id, job, None);
+            let problems = solstice::executor::preflight::preflight(&wf, id, job);
             assert!(problems.is_empty(), "{}: {problems:?}", path.display());
             solstice::workflow::expand_matrix(job)
                 .unwrap_or_else(|e| panic!("{} job {id}: {e}", path.display()));

@@ -179,13 +179,15 @@ fn bad_input_fails_before_any_vm_starts() {
     let unrunnable = write(
         env.dir.path(),
         "unrunnable.yml",
-        "jobs:\n  a:\n    steps:\n      - uses: actions/setup-python@v5\n      - if: github.ref ==\n        run: 'true'\n",
+        "jobs:\n  a:\n    steps:\n      - uses: actions/setup-python\n      - if: github.ref ==\n        run: 'true'\n",
     );
     let out = exec(&config, &[], &unrunnable, env.dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("job `a`, step 1: `uses: actions/setup-python@v5` is not supported yet"),
+        stderr.contains(
+            "job `a`, step 1: Invalid `uses: actions/setup-python`: the version (`@ref`) is missing"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("job `a`, step 2, `if:`: "), "{stderr}");

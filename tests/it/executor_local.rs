@@ -84,6 +84,7 @@ fn spec(yaml: &str, home: &Path) -> TestJob {
     };
     let runner = RunnerInfo {
         image: "local".into(),
+        labels: vec![],
         os: GuestOs::Linux,
         name: "test-runner".into(),
         arch: RunnerArch::X64,

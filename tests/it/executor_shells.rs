@@ -116,6 +116,7 @@ async fn check_shell(target: &str, secs: u32) {
     let started = Instant::now();
     let runner = RunnerInfo {
         image: "local".into(),
+        labels: vec![],
         os: GuestOs::Illumos,
         name: "r".into(),
         arch: RunnerArch::X64,
@@ -245,6 +246,7 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
     let sink = VecSink::default();
     let runner = RunnerInfo {
         image: "local".into(),
+        labels: vec![],
         os: GuestOs::Linux,
         name: "r".into(),
         arch: RunnerArch::X64,

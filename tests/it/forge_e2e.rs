@@ -799,8 +799,8 @@ async fn a_broken_kvm_falls_back_once_and_the_record_survives_a_restart() {
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
 }
 
-/// A job with an action Solstice cannot run and an expression that does not
-/// parse fails before any VM exists, with every problem in its log.
+/// A job with a malformed `uses:` and an expression that does not parse
+/// fails before any VM exists, with every problem in its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_cannot_run_fails_before_any_vm_starts() {
     let forge = fake().await;
@@ -808,7 +808,7 @@ async fn a_job_that_cannot_run_fails_before_any_vm_starts() {
     let cred = offline(&forge, &world, "fake", SECRET);
     world.configure(1, &[("fake", forge.url(), cred)], "");
     let job = forge.enqueue(FakeJob::new(
-        "on: push\njobs:\n  a:\n    runs-on: tiny\n    steps:\n      - uses: actions/setup-go@v5\n      - run: echo ${{ github.sha ==  }}\n",
+        "on: push\njobs:\n  a:\n    runs-on: tiny\n    steps:\n      - uses: actions/setup-go\n      - run: echo ${{ github.sha ==  }}\n",
         &["tiny"],
     ));
     let mut d = world.start();
@@ -820,7 +820,9 @@ async fn a_job_that_cannot_run_fails_before_any_vm_starts() {
         "{log}"
     );
     assert!(
-        log.contains("job `a`, step 1: `uses: actions/setup-go@v5` is not supported yet"),
+        log.contains(
+            "job `a`, step 1: Invalid `uses: actions/setup-go`: the version (`@ref`) is missing"
+        ),
         "{log}"
     );
     assert!(log.contains("job `a`, step 2, `run:`: "), "{log}");

@@ -1081,6 +1081,7 @@ mod over_http {
         let home = tempfile::tempdir().unwrap();
         let runner = solstice::job::RunnerInfo {
             image: "local".into(),
+            labels: vec![],
             os: solstice::config::GuestOs::Linux,
             name: "solstice-test".into(),
             arch: solstice::job::RunnerArch::X64,
