@@ -262,8 +262,14 @@ impl ActionCache {
                 format!("refs/heads/{git_ref}"),
             ]
         };
+        // `ls-remote` matches patterns against whole ref names: an annotated
+        // tag's commit (`refs/tags/v1^{}`) needs a pattern of its own.
+        let patterns: Vec<String> = candidates
+            .iter()
+            .flat_map(|c| [c.clone(), format!("{c}^{{}}")])
+            .collect();
         let mut args = vec!["ls-remote", "--", url.as_str()];
-        args.extend(candidates.iter().map(String::as_str));
+        args.extend(patterns.iter().map(String::as_str));
         let out = match self
             .git
             .run(None, Some(&remote), &args, LS_REMOTE_TIMEOUT)
