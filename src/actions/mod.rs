@@ -5,10 +5,14 @@
 //! The host fetches, never the guest: an action reaches the guest as an
 //! archive. Facts: `../shared/spec/actions-runtime.md` §1.
 
+mod cache;
+mod git;
+pub mod policy;
 pub mod reference;
 
 use std::path::PathBuf;
 
+pub use cache::ActionCache;
 pub use reference::{RemoteRef, UsesError, UsesRef, parse_uses};
 
 use crate::secret::Secret;
@@ -21,7 +25,10 @@ pub struct CacheSettings {
     /// Bound on the cache's size; least recently used entries go first.
     pub max_bytes: u64,
     /// `[actions] allowed_hosts`: more hosts actions may come from, and
-    /// hosts allowed even on loopback, link-local or private addresses.
+    /// hosts allowed even on loopback, link-local or private addresses
+    /// (`host` for any port, `host:port`). Callers add the hosts of the
+    /// configured forge URLs and of the default actions URL the operator
+    /// chose: see [`policy`].
     pub allowed_hosts: Vec<String>,
 }
 
@@ -49,8 +56,9 @@ pub struct FetchedAction {
     pub archive: Vec<u8>,
     /// Served from the cache without contacting the server.
     pub cached: bool,
-    /// What happened that the step's log should say (a server that could
-    /// not be reached, a damaged cache entry fetched again).
+    /// Notices for the step's log about what was unusual (the server could
+    /// not be reached and a remembered commit was used; a damaged cache
+    /// entry was fetched again).
     pub notes: Vec<String>,
 }
 
@@ -61,29 +69,4 @@ pub enum FetchError {
     Refused(String),
     #[error("{0}")]
     Failed(String),
-}
-
-/// The host's cache of fetched actions, keyed by URL and resolved commit.
-#[derive(Debug)]
-pub struct ActionCache {
-    settings: CacheSettings,
-}
-
-impl ActionCache {
-    pub fn new(settings: CacheSettings) -> ActionCache {
-        ActionCache { settings }
-    }
-
-    pub fn settings(&self) -> &CacheSettings {
-        &self.settings
-    }
-
-    /// Resolves `req.action`'s ref and returns its tree, fetching it when
-    /// the cache does not hold it.
-    pub async fn fetch(&self, req: &FetchRequest<'_>) -> Result<FetchedAction, FetchError> {
-        Err(FetchError::Failed(format!(
-            "fetching {} is not implemented yet",
-            req.action
-        )))
-    }
 }
