@@ -92,7 +92,7 @@ fn target(os: &str) -> (String, Option<GuestOs>) {
 
 /// vmactions inputs that steer the VM or the copy in and out of it; they
 /// have nothing to do here.
-const VMACTIONS_IGNORED: [&str; 17] = [
+pub const VMACTIONS_IGNORED: [&str; 17] = [
     "release",
     "arch",
     "mem",
@@ -114,10 +114,10 @@ const VMACTIONS_IGNORED: [&str; 17] = [
 
 /// vmactions inputs read here or ignored without a word (`osname` repeats
 /// the action's name; `token` only locates VM images).
-const VMACTIONS_USED: [&str; 6] = ["prepare", "run", "usesh", "envs", "osname", "token"];
+pub const VMACTIONS_USED: [&str; 6] = ["prepare", "run", "usesh", "envs", "osname", "token"];
 
 /// cross-platform-actions inputs that steer the VM.
-const CPA_IGNORED: [&str; 8] = [
+pub const CPA_IGNORED: [&str; 8] = [
     "architecture",
     "version",
     "memory",
@@ -128,7 +128,7 @@ const CPA_IGNORED: [&str; 8] = [
     "shutdown_vm",
 ];
 
-const CPA_USED: [&str; 4] = ["operating_system", "run", "shell", "environment_variables"];
+pub const CPA_USED: [&str; 4] = ["operating_system", "run", "shell", "environment_variables"];
 
 /// Plans a VM action step on this image. `with` = the step's evaluated
 /// `with:` (keys lower-cased), `os` = the image's guest OS, `root` = whether

@@ -281,3 +281,38 @@ fn the_documented_job_timeout_default_is_the_real_one() {
         assert!(flat(doc).contains(&phrase), "{doc} does not say {phrase}");
     }
 }
+
+/// The vmactions how-to lists the inputs the built-in step ignores, and
+/// quotes its mismatch error as the code words it.
+#[test]
+fn the_vmactions_how_to_matches_the_built_in_step() {
+    use solstice::executor::vmactions;
+    let doc = read("docs/how-to/migrate-from-vmactions.md");
+    let flat = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    for input in vmactions::VMACTIONS_IGNORED
+        .iter()
+        .chain(&vmactions::CPA_IGNORED)
+        .chain(&vmactions::VMACTIONS_USED)
+        .chain(&vmactions::CPA_USED)
+    {
+        assert!(
+            flat.contains(&format!("`{input}`")) || flat.contains(&format!("`{input}:")),
+            "the how-to does not name the input `{input}`"
+        );
+    }
+    let with = [("run".to_string(), "make".to_string())]
+        .into_iter()
+        .collect();
+    let err = vmactions::plan(
+        "vmactions/omnios-vm@v1",
+        &with,
+        solstice::config::GuestOs::Linux,
+        true,
+        &["debian".to_string(), "linux".to_string()],
+    )
+    .unwrap_err();
+    assert!(
+        flat.contains(&err),
+        "the how-to does not quote the mismatch error:\n{err}"
+    );
+}
