@@ -270,6 +270,7 @@ mod tests {
             action: "__run",
             step_dir: "/h/_temp/_solstice/step-1",
             debug: false,
+            action_info: None,
         });
         assert_eq!(v["GITHUB_REF_NAME"], "v1");
         assert_eq!(v["GITHUB_REF_TYPE"], "tag");
@@ -290,11 +291,15 @@ mod tests {
             ("OUTPUT", "/h/_temp/_solstice/step-1/output"),
             ("WORKSPACE", "/h/work/widget/widget"),
             ("JOB", "build"),
+            ("STATE", "/h/_temp/_solstice/step-1/state"),
         ] {
             assert_eq!(v[&format!("GITHUB_{name}")], value, "{name}");
             assert_eq!(v[&format!("FORGEJO_{name}")], value, "{name}");
         }
-        assert!(!v.contains_key("FORGEJO_STATE") && !v.contains_key("GITHUB_STATE"));
+        assert!(
+            !v.contains_key("GITHUB_ACTION_PATH"),
+            "only action steps have one"
+        );
         assert!(
             !v.keys().any(|k| k.starts_with("GITEA_")),
             "no GITEA_ copies"

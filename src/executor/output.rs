@@ -188,7 +188,7 @@ mod tests {
             sink: &sink,
             masker: Mutex::new(Masker::new()),
         };
-        let mut out = StepOutput::new(&em, 0, Some("__m__".into()), false);
+        let mut out = StepOutput::new(&em, Some(0), Some("__m__".into()), false);
         out.feed(chunk(
             Stream::Stdout,
             "one
@@ -224,7 +224,7 @@ __m__ end 0
             sink: &sink,
             masker: Mutex::new(Masker::new()),
         };
-        let mut out = StepOutput::new(&em, 0, Some("__m__".into()), false);
+        let mut out = StepOutput::new(&em, Some(0), Some("__m__".into()), false);
         out.feed(chunk(Stream::Stdout, "a\n\npartial"));
         assert!(out.finish().is_none());
         assert_eq!(sink.lines(), vec!["a", "", "partial"]);
