@@ -104,6 +104,7 @@ impl Runtime<'_> {
         Contexts {
             values,
             status: state.status,
+            hash_files: BTreeMap::new(),
         }
     }
 
