@@ -38,6 +38,7 @@ pub mod env;
 mod error;
 mod exec;
 pub mod filecmd;
+mod hashfiles;
 pub mod mask;
 mod output;
 pub mod preflight;
