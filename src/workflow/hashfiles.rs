@@ -459,7 +459,7 @@ fn seg_match(seg: &Seg, name: &str) -> bool {
 fn segs_match(p: &[Seg], f: &[&str]) -> bool {
     match p.split_first() {
         None => f.is_empty() || f == [""],
-        Some((Seg::Globstar, rest)) if rest.is_empty() => !f.is_empty(),
+        Some((Seg::Globstar, [])) => !f.is_empty(),
         Some((Seg::Globstar, rest)) => (0..=f.len()).any(|k| segs_match(rest, &f[k..])),
         Some((seg, rest)) => match f.split_first() {
             Some((name, tail)) => seg_match(seg, name) && segs_match(rest, tail),
