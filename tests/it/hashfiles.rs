@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 const WORKFLOW: &str = r#"
 jobs:
   h:
+    outputs:
+      key: deps-${{ hashFiles('a.txt', 'a/*') }}
     steps:
       - shell: sh
         run: |
@@ -126,20 +128,30 @@ fn walk(dir: &Path, rel: &str, follow: bool, out: &mut Vec<(String, Vec<u8>)>) {
     }
 }
 
+/// The contents of the files whose workspace-relative path passes `keep`, in
+/// walk order.
+fn files(ws: &Path, follow: bool, keep: impl Fn(&str) -> bool) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    walk(ws, "", follow, &mut all);
+    all.into_iter()
+        .filter(|(rel, _)| keep(rel))
+        .map(|(_, bytes)| bytes)
+        .collect()
+}
+
 /// The spec's digest of the files whose workspace-relative path passes `keep`.
 fn expected(ws: &Path, follow: bool, keep: impl Fn(&str) -> bool) -> String {
-    let mut files = Vec::new();
-    walk(ws, "", follow, &mut files);
-    let mut outer = Sha256::new();
-    let mut any = false;
-    for (rel, bytes) in files {
-        if keep(&rel) {
-            outer.update(Sha256::digest(&bytes));
-            any = true;
-        }
-    }
-    if !any {
+    combine(files(ws, follow, keep))
+}
+
+/// SHA-256 over the raw SHA-256 digests of `contents`; `""` for none.
+fn combine(contents: Vec<Vec<u8>>) -> String {
+    if contents.is_empty() {
         return String::new();
+    }
+    let mut outer = Sha256::new();
+    for bytes in contents {
+        outer.update(Sha256::digest(&bytes));
     }
     outer
         .finalize()
@@ -239,6 +251,17 @@ async fn check(session: &dyn GuestSession, what: &str, home: &Path) {
     let follow_all = expected(&ws, true, |_| true);
     assert_ne!(follow_all, all);
     assert_eq!(line(8, "follow-all"), follow_all, "{what}");
+    // Job outputs are evaluated after the steps, in the guest too.
+    // Two search roots, `a.txt` then `a`, in the order of the patterns: the
+    // file comes first here, unlike in one walk of the workspace.
+    let mut both = files(&ws, false, |r| r == "a.txt");
+    both.extend(files(&ws, false, |r| r.starts_with("a/")));
+    let key = combine(both);
+    assert_ne!(
+        key,
+        expected(&ws, false, |r| r == "a.txt" || r.starts_with("a/"))
+    );
+    assert_eq!(out.outputs["key"], format!("deps-{key}"), "{what}");
 }
 
 #[tokio::test]
@@ -248,7 +271,7 @@ async fn host_sh() {
 }
 
 /// A `bin` directory for a `PATH` of its own: every busybox applet.
-fn busybox_bin(dir: &Path) -> PathBuf {
+fn busybox_bin(dir: &Path, except: &[&str]) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let list = std::process::Command::new("/bin/busybox")
@@ -256,6 +279,9 @@ fn busybox_bin(dir: &Path) -> PathBuf {
         .output()
         .unwrap();
     for a in String::from_utf8(list.stdout).unwrap().lines() {
+        if except.contains(&a) {
+            continue;
+        }
         std::os::unix::fs::symlink("/bin/busybox", bin.join(a)).unwrap();
     }
     bin
@@ -285,7 +311,7 @@ fn ksh93_openssl_bin(dir: &Path) -> PathBuf {
 async fn busybox_applets_only() {
     let dir = tempfile::tempdir().unwrap();
     let s = ShellSession {
-        bin: busybox_bin(dir.path()),
+        bin: busybox_bin(dir.path(), &[]),
         shell: "/bin/busybox sh",
         only: true,
     };
@@ -305,4 +331,71 @@ async fn ksh93_with_openssl_only() {
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     check(&s, "ksh93 + openssl", &home).await;
+}
+
+/// A guest without any SHA-256 tool: the step fails and says what to install.
+#[tokio::test]
+async fn no_sha256_tool_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // dash, not busybox sh: that one runs its own applets even when they
+    // are not on PATH.
+    let bin = busybox_bin(dir.path(), &["sha256sum", "sh"]);
+    std::os::unix::fs::symlink("/bin/dash", bin.join("sh")).unwrap();
+    let s = ShellSession {
+        bin,
+        shell: "/bin/dash",
+        only: true,
+    };
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let spec = JobSpec {
+        workflow: parse_workflow(
+            "jobs:\n  h:\n    steps:\n      - shell: sh\n        run: echo x > f\n      \
+             - shell: sh\n        run: echo \"${{ hashFiles('f') }}\"\n      \
+             - shell: sh\n        run: echo \"[${{ hashFiles('nothing') }}]\"\n",
+        )
+        .unwrap(),
+        job_id: "h".into(),
+        matrix: IndexMap::new(),
+        github: json!({"repository": "acme/w"}),
+        secrets: BTreeMap::new(),
+        vars: BTreeMap::new(),
+        inputs: json!({}),
+        needs: json!({}),
+        extra_env: IndexMap::new(),
+        checkout: CheckoutSource::None,
+        max_job_timeout: None,
+        extra_masks: Vec::new(),
+        default_actions_url: None,
+        actions: None,
+    };
+    let runner = RunnerInfo {
+        os: GuestOs::Linux,
+        name: "r".into(),
+        arch: RunnerArch::X64,
+        home: Some(home.to_str().unwrap().into()),
+        path_prepend: vec![],
+        node: None,
+    };
+    let sink = VecSink::default();
+    let out = run_job(&spec, &runner, &s, &sink, CancellationToken::new()).await;
+    let text = sink.all_text();
+    let c: Vec<_> = out.steps.iter().map(|s| s.outcome).collect();
+    assert_eq!(
+        c,
+        [
+            Conclusion::Success,
+            Conclusion::Failure,
+            Conclusion::Skipped
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "hashing 1 file in the guest failed (exit status 3): no SHA-256 tool in the guest: \
+             hashFiles() needs sha256sum, digest (illumos), shasum or openssl on PATH \
+             (in `hashFiles('f')`)"
+        ),
+        "{text}"
+    );
 }
