@@ -114,13 +114,29 @@ impl Runtime<'_> {
             (out, err)
         };
         let work = async { tokio::join!(exec, collect) };
+        // Steps that run after a cancellation or the job's timeout (`if:
+        // always()`) still get their hashes, within HASH_FILES_LIMIT.
+        let watch_cancel = !self.cancel.is_cancelled();
+        let cancelled = async {
+            if watch_cancel {
+                self.cancel.cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        let watch_deadline = std::time::Instant::now() < self.job_deadline;
         let deadline = tokio::time::Instant::from_std(self.job_deadline);
+        let timed_out = async {
+            if watch_deadline {
+                tokio::time::sleep_until(deadline).await
+            } else {
+                std::future::pending().await
+            }
+        };
         let (status, (out, err)) = tokio::select! {
             r = work => r,
-            _ = self.cancel.cancelled() => return Err("hashFiles(): the job was cancelled".into()),
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err("hashFiles(): the job's time ran out".into());
-            }
+            _ = cancelled => return Err("hashFiles(): the job was cancelled".into()),
+            _ = timed_out => return Err("hashFiles(): the job's time ran out".into()),
             _ = tokio::time::sleep(HASH_FILES_LIMIT) => {
                 return Err(format!(
                     "hashFiles() did not finish within {} seconds",
@@ -218,16 +234,16 @@ pub(crate) fn parse_listing(out: &[u8], roots: usize, follow: bool) -> Option<Ve
             continue;
         }
         let kind_of = |k: u8| match k {
-            b'f' => Some(EntryKind::File),
-            b'd' => Some(EntryKind::SymlinkToDir),
-            b'b' => Some(EntryKind::Broken),
-            _ => Some(EntryKind::Special),
+            b'f' => EntryKind::File,
+            b'd' => EntryKind::SymlinkToDir,
+            b'b' => EntryKind::Broken,
+            _ => EntryKind::Special,
         };
         let (kind, path) = match section {
             b'F' => (EntryKind::File, line.to_vec()),
             b'S' => (EntryKind::Special, line.to_vec()),
-            b'L' => (kind_of(line[0])?, line[1..].to_vec()),
-            b'N' => (kind_of(line[0])?, decode_hex(&line[1..])?),
+            b'L' => (kind_of(line[0]), line[1..].to_vec()),
+            b'N' => (kind_of(line[0]), decode_hex(&line[1..])?),
             _ => return None,
         };
         // With --follow-symbolic-links broken links are skipped, as the

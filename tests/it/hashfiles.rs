@@ -333,6 +333,57 @@ async fn ksh93_with_openssl_only() {
     check(&s, "ksh93 + openssl", &home).await;
 }
 
+/// A job that timed out still hashes files for its `if: always()` steps.
+#[tokio::test]
+async fn always_steps_after_the_job_timeout_still_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = JobSpec {
+        workflow: parse_workflow(
+            "jobs:\n  h:\n    timeout-minutes: 0.05\n    steps:\n      - shell: sh\n        \
+             run: printf x > f; sleep 20\n      - if: always()\n        shell: sh\n        \
+             run: echo \"h=${{ hashFiles('f') }}\"\n",
+        )
+        .unwrap(),
+        job_id: "h".into(),
+        matrix: IndexMap::new(),
+        github: json!({"repository": "acme/w"}),
+        secrets: BTreeMap::new(),
+        vars: BTreeMap::new(),
+        inputs: json!({}),
+        needs: json!({}),
+        extra_env: IndexMap::new(),
+        checkout: CheckoutSource::None,
+        max_job_timeout: None,
+        extra_masks: Vec::new(),
+        default_actions_url: None,
+        actions: None,
+    };
+    let runner = RunnerInfo {
+        os: GuestOs::Linux,
+        name: "r".into(),
+        arch: RunnerArch::X64,
+        home: Some(dir.path().to_str().unwrap().into()),
+        path_prepend: vec![],
+        node: None,
+    };
+    let sink = VecSink::default();
+    let out = run_job(
+        &spec,
+        &runner,
+        &LocalSession,
+        &sink,
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(out.timed_out, "{}", sink.all_text());
+    assert_eq!(
+        sink.step_lines(1),
+        [format!("h={}", combine(vec![b"x".to_vec()]))],
+        "{}",
+        sink.all_text()
+    );
+}
+
 /// A guest without any SHA-256 tool: the step fails and says what to install.
 #[tokio::test]
 async fn no_sha256_tool_fails_clearly() {
