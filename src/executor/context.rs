@@ -124,6 +124,7 @@ impl Runtime<'_> {
         Contexts {
             values,
             status: state.status,
+            hash_files: BTreeMap::new(),
         }
     }
 

@@ -39,6 +39,7 @@ pub mod env;
 mod error;
 mod exec;
 pub mod filecmd;
+mod hashfiles;
 pub mod mask;
 mod node;
 mod output;

@@ -213,8 +213,13 @@ pub async fn run_job(
 
     // Job outputs.
     let mut outputs = IndexMap::new();
-    let ctx = rt.contexts(&rt.env_context(&state, None), &state);
+    let mut ctx = rt.contexts(&rt.env_context(&state, None), &state);
     for (name, template) in &job.outputs {
+        if let Err(e) = rt.prepare_hash_files(&mut ctx, &[template], false).await {
+            rt.em
+                .error(None, format!("Invalid job output `{name}`: {e}"));
+            continue;
+        }
         match interpolate(template, &ctx) {
             Ok(v) if rt.em.contains_secret(&v) => rt.em.line(
                 None,

@@ -54,11 +54,19 @@ impl Runtime<'_> {
         let index = site.index;
         let started = Instant::now();
         let after_cancel = state.status == JobStatus::Cancelled;
-        let base_ctx = self.contexts(&self.env_context(state, None), state);
+        let mut base_ctx = self.contexts(&self.env_context(state, None), state);
 
         // Step env (may refer to the env context without the step's own values).
         let mut step_env = IndexMap::new();
         let mut setup_error: Option<String> = None;
+        // hashFiles() results are computed in the guest before evaluating.
+        let env_texts: Vec<&str> = step.env.values().map(|v| v.0.as_str()).collect();
+        if let Err(e) = self
+            .prepare_hash_files(&mut base_ctx, &env_texts, false)
+            .await
+        {
+            setup_error.get_or_insert(e);
+        }
         for (k, v) in &step.env {
             match interpolate(&v.0, &base_ctx) {
                 Ok(val) => {
@@ -70,7 +78,8 @@ impl Runtime<'_> {
             }
         }
         let env_ctx = self.env_context(state, Some(&step_env));
-        let ctx = self.contexts(&env_ctx, state);
+        let mut ctx = self.contexts(&env_ctx, state);
+        ctx.hash_files = std::mem::take(&mut base_ctx.hash_files);
         let name = self.display_name(step, &ctx);
 
         let explicit_if = step
@@ -79,6 +88,9 @@ impl Runtime<'_> {
             .map(|s| s.0.trim())
             .filter(|s| !s.is_empty());
         let condition = explicit_if.unwrap_or("success()");
+        if let Err(e) = self.prepare_hash_files(&mut ctx, &[condition], true).await {
+            setup_error.get_or_insert(e);
+        }
         let run_it = match evaluate_condition(condition, &ctx) {
             Ok(b) => b,
             Err(e) => {
@@ -123,6 +135,18 @@ impl Runtime<'_> {
             }
         }
 
+        // hashFiles() in the fields evaluated from here on.
+        let wd_default = run_default(self.job, &self.spec.workflow, |d| {
+            d.working_directory.clone()
+        });
+        let mut texts: Vec<&str> = step.with.values().map(|v| v.0.as_str()).collect();
+        texts.extend(step.run.as_deref());
+        texts.extend(step.working_directory.as_deref().or(wd_default.as_deref()));
+        texts.extend(step.continue_on_error.as_ref().map(|c| c.0.as_str()));
+        texts.extend(step.timeout_minutes.as_ref().map(|t| t.0.as_str()));
+        if let Err(e) = self.prepare_hash_files(&mut ctx, &texts, false).await {
+            setup_error.get_or_insert(e);
+        }
         let continue_on_error = step
             .continue_on_error
             .as_ref()

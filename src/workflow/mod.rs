@@ -3,6 +3,7 @@
 
 pub mod action;
 pub mod expr;
+pub mod hashfiles;
 pub mod inputs;
 pub mod matrix;
 pub mod model;

@@ -25,6 +25,7 @@ mod forge_e2e;
 mod forge_e2e_gone;
 mod forge_reporter;
 mod git_server;
+mod hashfiles;
 mod nixos_module;
 mod run_cli;
 mod ssh_client;

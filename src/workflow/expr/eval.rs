@@ -3,13 +3,15 @@
 use super::functions::{self, Func};
 use super::parser::{BinOp, Kind, Node, Selector};
 use super::value::{Val, ValKind, empty_object, loose_compare, loose_equal};
-use super::{Contexts, ExprError, JobStatus};
+use super::{Contexts, ExprError, JobStatus, PendingHashFiles};
 use serde_json::Value;
 use std::cmp::Ordering;
 
 pub(crate) struct Evaluator<'a> {
     pub ctx: &'a Contexts,
     pub source: &'a str,
+    /// Set when the caller wants to learn which `hashFiles` result is missing.
+    pub pending: Option<&'a PendingHashFiles>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -103,6 +105,24 @@ impl<'a> Evaluator<'a> {
             Func::Join => Val::Str(functions::join(&vals[0], vals.get(1))),
             Func::ToJson => Val::Str(functions::to_json(&vals[0])),
             Func::FromJson => functions::from_json(&vals[0]).map_err(|m| self.error(m, pos))?,
+            Func::HashFiles => {
+                let args: Vec<String> = vals.iter().map(Val::to_display_string).collect();
+                match self.ctx.hash_files.get(&args) {
+                    Some(hash) => Val::Str(hash.clone()),
+                    None => {
+                        if let Some(p) = self.pending {
+                            *p.borrow_mut() = Some(args);
+                        }
+                        return Err(self.error(
+                            "hashFiles() cannot be computed here: it hashes files in the job's \
+                             workspace, so it works in a step's `if`, `env`, `run`, `with` and \
+                             `working-directory` and in job outputs"
+                                .into(),
+                            pos,
+                        ));
+                    }
+                }
+            }
             Func::Success | Func::Failure | Func::Cancelled | Func::Always => {
                 unreachable!("handled above")
             }

@@ -17,6 +17,7 @@ pub(crate) enum Func {
     Failure,
     Always,
     Cancelled,
+    HashFiles,
 }
 
 impl Func {
@@ -34,17 +35,12 @@ impl Func {
             "failure" => Func::Failure,
             "always" => Func::Always,
             "cancelled" => Func::Cancelled,
-            "hashfiles" => {
-                return Err(
-                    "hashFiles() is not supported: steps run inside a VM, so the \
-                            runner cannot hash the workspace; compute the hash in a `run` step"
-                        .into(),
-                );
-            }
+            "hashfiles" => Func::HashFiles,
             _ => {
                 return Err(format!(
                     "Unrecognized function '{name}'; available are contains, startsWith, \
-                     endsWith, format, join, toJSON, fromJSON, success, failure, always, cancelled"
+                     endsWith, format, join, toJSON, fromJSON, hashFiles, success, failure, always, \
+                     cancelled"
                 ));
             }
         })
@@ -64,6 +60,7 @@ impl Func {
             Func::Failure => "failure",
             Func::Always => "always",
             Func::Cancelled => "cancelled",
+            Func::HashFiles => "hashFiles",
         }
     }
 
@@ -82,6 +79,7 @@ impl Func {
             Func::Join => (1, 2),
             Func::ToJson | Func::FromJson => (1, 1),
             Func::Success | Func::Failure | Func::Always | Func::Cancelled => (0, 0),
+            Func::HashFiles => (1, crate::workflow::hashfiles::MAX_ARGS),
         }
     }
 

@@ -28,8 +28,13 @@ pub use value::format_number;
 
 use eval::Evaluator;
 use parser::Node;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use value::Val;
+
+/// Where the evaluator records the arguments of a `hashFiles` call that has
+/// no result in [`Contexts::hash_files`].
+pub(crate) type PendingHashFiles = RefCell<Option<Vec<String>>>;
 
 /// The job status that `success()`, `failure()` and `cancelled()` look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +53,10 @@ pub struct Contexts {
     /// present here are accepted as contexts too.
     pub values: BTreeMap<String, Value>,
     pub status: JobStatus,
+    /// Results of `hashFiles(...)`, keyed by the call's evaluated arguments.
+    /// The files live in the guest, so the caller computes them first (see
+    /// [`pending_hash_files`]); a call without a result here is an error.
+    pub hash_files: BTreeMap<Vec<String>, String>,
 }
 
 /// A parse or evaluation error in one expression.
@@ -127,8 +136,18 @@ fn parse(source: &str, ctx: &Contexts) -> Result<Node, ExprError> {
     parser::parse(source, ctx.values.keys().map(String::as_str))
 }
 
-fn eval_node<'a>(node: &Node, source: &'a str, ctx: &'a Contexts) -> Result<Val<'a>, ExprError> {
-    Evaluator { ctx, source }.eval(node)
+fn eval_node<'a>(
+    node: &Node,
+    source: &'a str,
+    ctx: &'a Contexts,
+    pending: Option<&'a PendingHashFiles>,
+) -> Result<Val<'a>, ExprError> {
+    Evaluator {
+        ctx,
+        source,
+        pending,
+    }
+    .eval(node)
 }
 
 /// Parses `source` without evaluating it, to report syntax errors, unknown
@@ -156,12 +175,20 @@ pub fn check(source: &str) -> Result<(), ExprError> {
 pub fn evaluate(source: &str, ctx: &Contexts) -> Result<Value, ExprError> {
     let source = single_expression(source)?.unwrap_or(source);
     let node = parse(source, ctx)?;
-    Ok(eval_node(&node, source, ctx)?.to_json())
+    Ok(eval_node(&node, source, ctx, None)?.to_json())
 }
 
 /// Replaces every `${{ expr }}` in `template` with the string form of its
 /// value ([`to_actions_string`]: null is empty, arrays and objects are JSON).
 pub fn interpolate(template: &str, ctx: &Contexts) -> Result<String, ExprError> {
+    interpolate_with(template, ctx, None)
+}
+
+fn interpolate_with(
+    template: &str,
+    ctx: &Contexts,
+    pending: Option<&PendingHashFiles>,
+) -> Result<String, ExprError> {
     if !template.contains("${{") {
         return Ok(template.to_string());
     }
@@ -171,7 +198,7 @@ pub fn interpolate(template: &str, ctx: &Contexts) -> Result<String, ExprError> 
             Segment::Text(t) => out.push_str(t),
             Segment::Expr(e) => {
                 let node = parse(e, ctx)?;
-                out.push_str(&eval_node(&node, e, ctx)?.to_display_string());
+                out.push_str(&eval_node(&node, e, ctx, pending)?.to_display_string());
             }
         }
     }
@@ -197,6 +224,14 @@ pub fn evaluate_template(template: &str, ctx: &Contexts) -> Result<Value, ExprEr
 /// `success()`. Without a status function (`success()`, `failure()`,
 /// `always()`, `cancelled()`) the condition is `success() && (condition)`.
 pub fn evaluate_condition(source: &str, ctx: &Contexts) -> Result<bool, ExprError> {
+    condition_with(source, ctx, None)
+}
+
+fn condition_with(
+    source: &str,
+    ctx: &Contexts,
+    pending: Option<&PendingHashFiles>,
+) -> Result<bool, ExprError> {
     let trimmed = source.trim();
     let succeeded = ctx.status == JobStatus::Success;
     if trimmed.is_empty() {
@@ -214,7 +249,7 @@ pub fn evaluate_condition(source: &str, ctx: &Contexts) -> Result<bool, ExprErro
             if !has_status && !succeeded {
                 return Ok(false);
             }
-            return Ok(!interpolate(trimmed, ctx)?.is_empty());
+            return Ok(!interpolate_with(trimmed, ctx, pending)?.is_empty());
         }
         None => trimmed,
     };
@@ -222,7 +257,31 @@ pub fn evaluate_condition(source: &str, ctx: &Contexts) -> Result<bool, ExprErro
     if !node.has_status_function() && !succeeded {
         return Ok(false);
     }
-    Ok(eval_node(&node, expr, ctx)?.truthy())
+    Ok(eval_node(&node, expr, ctx, pending)?.truthy())
+}
+
+/// The next `hashFiles(...)` call that evaluating `source` reaches and that
+/// has no result in `ctx.hash_files`: its evaluated arguments. `source` is a
+/// template (`${{ }}` parts, as for [`interpolate`] and
+/// [`evaluate_template`]) or, when `condition` is true, an `if:` condition
+/// (as for [`evaluate_condition`]). Calls that evaluation does not reach
+/// (`false && hashFiles(...)`, a skipped condition) are not reported.
+///
+/// A caller computes the result, inserts it into `ctx.hash_files` and asks
+/// again until this returns `None`; then evaluating `source` needs no more
+/// files. Syntax and other evaluation errors give `None` here and are
+/// reported by the evaluation itself.
+pub fn pending_hash_files(source: &str, condition: bool, ctx: &Contexts) -> Option<Vec<String>> {
+    if !source.to_ascii_lowercase().contains("hashfiles") {
+        return None;
+    }
+    let pending = PendingHashFiles::default();
+    let _ = if condition {
+        condition_with(source, ctx, Some(&pending)).map(drop)
+    } else {
+        interpolate_with(source, ctx, Some(&pending)).map(drop)
+    };
+    pending.into_inner()
 }
 
 /// Actions' truthiness: false, 0, -0, NaN, "" and null are falsy.

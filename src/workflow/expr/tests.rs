@@ -38,6 +38,7 @@ fn ctx() -> Contexts {
     Contexts {
         values,
         status: JobStatus::Success,
+        hash_files: BTreeMap::new(),
     }
 }
 
@@ -537,7 +538,7 @@ fn semantic_errors() {
         ),
         (
             "nope()",
-            "Unrecognized function 'nope'; available are contains, startsWith, endsWith, format, join, toJSON, fromJSON, success, failure, always, cancelled",
+            "Unrecognized function 'nope'; available are contains, startsWith, endsWith, format, join, toJSON, fromJSON, hashFiles, success, failure, always, cancelled",
             0,
         ),
         (
@@ -567,7 +568,7 @@ fn semantic_errors() {
         ),
         (
             "true && hashFiles('**/x')",
-            "hashFiles() is not supported: steps run inside a VM, so the runner cannot hash the workspace; compute the hash in a `run` step",
+            "hashFiles() cannot be computed here: it hashes files in the job's workspace, so it works in a step's `if`, `env`, `run`, `with` and `working-directory` and in job outputs",
             8,
         ),
         (
@@ -631,7 +632,9 @@ fn check_reports_errors_without_contexts() {
     assert!(check("github.sha == 'x'").is_ok());
     assert!(check("echo ${{ matrix.os }} and ${{ env.X }}").is_ok());
     assert!(check("echo ${{ matrix.os ) }}").is_err());
-    assert!(check("hashFiles('x')").is_err());
+    assert!(check("hashFiles('x')").is_ok());
+    assert!(check("hashFiles('a', 'b', '--x')").is_ok());
+    assert!(check("hashFiles()").is_err());
 }
 
 #[test]
@@ -691,4 +694,76 @@ fn number_formatting() {
     ] {
         assert_eq!(format_number(n), s, "{n}");
     }
+}
+
+#[test]
+fn hash_files_reads_precomputed_results() {
+    let mut c = ctx();
+    let key = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    c.hash_files.insert(key(&["**/*.lock"]), "abc".into());
+    c.hash_files.insert(key(&["a", "1"]), "".into());
+    assert_eq!(
+        evaluate("HASHFILES('**/*.lock')", &c).unwrap(),
+        json!("abc")
+    );
+    assert_eq!(
+        interpolate("k-${{ hashFiles('**/*.lock') }}", &c).unwrap(),
+        "k-abc"
+    );
+    // Arguments are keyed by their string forms.
+    assert_eq!(evaluate("hashFiles('a', 1)", &c).unwrap(), json!(""));
+    let e = evaluate("hashFiles('other')", &c).unwrap_err();
+    assert!(
+        e.message.starts_with("hashFiles() cannot be computed here"),
+        "{e}"
+    );
+    assert!(check("hashFiles('a', 'b')").is_ok());
+}
+
+#[test]
+fn pending_hash_files_follows_evaluation() {
+    let mut c = ctx();
+    let key = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Arguments are evaluated in the contexts.
+    assert_eq!(
+        pending_hash_files(
+            "x ${{ hashFiles(format('{0}/*.lock', env.NAME), 'b') }}",
+            false,
+            &c
+        ),
+        Some(key(&["World/*.lock", "b"]))
+    );
+    // One at a time, in evaluation order; short-circuits are respected.
+    let t = "${{ hashFiles('a') }}-${{ false && hashFiles('never') || hashFiles('b') }}";
+    assert_eq!(pending_hash_files(t, false, &c), Some(key(&["a"])));
+    c.hash_files.insert(key(&["a"]), "1".into());
+    assert_eq!(pending_hash_files(t, false, &c), Some(key(&["b"])));
+    c.hash_files.insert(key(&["b"]), "2".into());
+    assert_eq!(pending_hash_files(t, false, &c), None);
+    assert_eq!(interpolate(t, &c).unwrap(), "1-2");
+    // Conditions: bare or wrapped; not evaluated after a failure without a
+    // status function.
+    assert_eq!(
+        pending_hash_files("hashFiles('c') != ''", true, &c),
+        Some(key(&["c"]))
+    );
+    assert_eq!(
+        pending_hash_files("${{ hashFiles('c') }}", true, &c),
+        Some(key(&["c"]))
+    );
+    let failed = Contexts {
+        status: JobStatus::Failure,
+        ..c.clone()
+    };
+    assert_eq!(
+        pending_hash_files("hashFiles('c') != ''", true, &failed),
+        None
+    );
+    assert_eq!(
+        pending_hash_files("always() && hashFiles('c') != ''", true, &failed),
+        Some(key(&["c"]))
+    );
+    // Text without calls, and syntax errors, give nothing.
+    assert_eq!(pending_hash_files("echo hi", false, &c), None);
+    assert_eq!(pending_hash_files("${{ hashFiles( }}", false, &c), None);
 }
