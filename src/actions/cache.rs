@@ -3,7 +3,8 @@
 //! Solstice processes using the same state directory.
 //!
 //! Layout:
-//! - `entries/<url-hash>-<sha>/archive.tar`: `git archive` of the commit;
+//! - `entries/<url-hash>-<sha>/archive.tar`: `git archive` of the commit's
+//!   tree (plain ustar, no pax global header; file times are the fetch's);
 //!   `archive.sha256` beside it (checked on every use; its modification
 //!   time is the entry's last use, for least-recently-used eviction);
 //!   `source` says which URL and commit, for people.
@@ -427,12 +428,16 @@ impl ActionCache {
                 remote.url
             )));
         }
+        // The tree, not the commit: a commit's archive starts with a pax
+        // global header (the commit id) that old tars (illumos) extract as a
+        // file named `pax_global_header`.
+        let tree = format!("{got}^{{tree}}");
         let archive = self
             .git
             .run(
                 Some(dir),
                 None,
-                &["archive", "--format=tar", got.as_str()],
+                &["archive", "--format=tar", tree.as_str()],
                 FETCH_TIMEOUT,
             )
             .await
