@@ -143,7 +143,12 @@ impl ActionCache {
             .resolve_online(&url, verdict, &name, &a.git_ref, token)
             .await?
         {
-            Online::Resolved { sha, refname, pin } => (sha, refname, pin, false),
+            Online::Resolved { sha, refname, pin } => {
+                if refname.is_some() {
+                    self.remember(&url, &a.git_ref, &sha).await;
+                }
+                (sha, refname, pin, false)
+            }
             Online::Unreachable(why) => {
                 let Some(sha) = self.remembered(&url, &a.git_ref).await else {
                     return Err(FetchError::Failed(format!(
@@ -196,7 +201,8 @@ impl ActionCache {
                 archive.len() >> 20
             )));
         }
-        if refname.is_some() && !full_sha {
+        if refname.is_some() {
+            // The ref may have moved since `ls-remote`.
             self.remember(&url, &a.git_ref, &sha).await;
         }
         self.store(&url, &sha, &archive).await?;

@@ -664,3 +664,32 @@ async fn least_recently_used_entries_are_evicted() {
         .to_string();
     assert!(msg.contains("cache_max_mib"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_remembered_commit_follows_a_moved_tag_even_from_the_cache() {
+    let w = world().await;
+    w.server.publish("acme", "act", &w.tree, &["v1"]);
+    let c = w.cache();
+    let url = w.server.url();
+    fetch(&c, &remote("acme", "act", None, "v1"), url)
+        .await
+        .unwrap();
+    action_tree(&w.tree, "two");
+    let second = w.server.publish("acme", "act", &w.tree, &["v1"]);
+    // The new commit gets cached by its sha first; then `v1` resolves to it
+    // and is served from the cache.
+    fetch(&c, &remote("acme", "act", None, &second), url)
+        .await
+        .unwrap();
+    let packs = w.server.upload_packs();
+    let moved = fetch(&c, &remote("acme", "act", None, "v1"), url)
+        .await
+        .unwrap();
+    assert_eq!(moved.sha, second);
+    assert_eq!(w.server.upload_packs(), packs);
+    w.server.set_down(true);
+    let offline = fetch(&c, &remote("acme", "act", None, "v1"), url)
+        .await
+        .unwrap();
+    assert_eq!(offline.sha, second, "{:?}", offline.notes);
+}
