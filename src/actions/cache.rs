@@ -3,7 +3,8 @@
 //! Solstice processes using the same state directory.
 //!
 //! Layout:
-//! - `entries/<url-hash>-<sha>/archive.tar`: `git archive` of the commit;
+//! - `entries/<url-hash>-<sha>/archive.tar`: `git archive` of the commit's
+//!   tree (plain ustar, no pax global header; file times are the fetch's);
 //!   `archive.sha256` beside it (checked on every use; its modification
 //!   time is the entry's last use, for least-recently-used eviction);
 //!   `source` says which URL and commit, for people.
@@ -142,7 +143,12 @@ impl ActionCache {
             .resolve_online(&url, verdict, &name, &a.git_ref, token)
             .await?
         {
-            Online::Resolved { sha, refname, pin } => (sha, refname, pin, false),
+            Online::Resolved { sha, refname, pin } => {
+                if refname.is_some() {
+                    self.remember(&url, &a.git_ref, &sha).await;
+                }
+                (sha, refname, pin, false)
+            }
             Online::Unreachable(why) => {
                 let Some(sha) = self.remembered(&url, &a.git_ref).await else {
                     return Err(FetchError::Failed(format!(
@@ -195,7 +201,8 @@ impl ActionCache {
                 archive.len() >> 20
             )));
         }
-        if refname.is_some() && !full_sha {
+        if refname.is_some() {
+            // The ref may have moved since `ls-remote`.
             self.remember(&url, &a.git_ref, &sha).await;
         }
         self.store(&url, &sha, &archive).await?;
@@ -427,12 +434,16 @@ impl ActionCache {
                 remote.url
             )));
         }
+        // The tree, not the commit: a commit's archive starts with a pax
+        // global header (the commit id) that old tars (illumos) extract as a
+        // file named `pax_global_header`.
+        let tree = format!("{got}^{{tree}}");
         let archive = self
             .git
             .run(
                 Some(dir),
                 None,
-                &["archive", "--format=tar", got.as_str()],
+                &["archive", "--format=tar", tree.as_str()],
                 FETCH_TIMEOUT,
             )
             .await

@@ -56,11 +56,21 @@ pub enum GitError {
 }
 
 impl GitError {
-    /// Whether git said the repository does not exist (HTTP 404), as
-    /// opposed to the server being unreachable or failing.
+    /// Whether the server answered that the repository does not exist or
+    /// needs credentials (HTTP 404, 401, 403; forges answer a private
+    /// repository like a missing one), as opposed to being unreachable.
     pub fn is_not_found(&self) -> bool {
         match self {
-            GitError::Failed(e) => e.contains("not found") || e.contains("returned error: 404"),
+            GitError::Failed(e) => [
+                "not found",
+                "returned error: 404",
+                "returned error: 401",
+                "returned error: 403",
+                "Authentication failed",
+                "could not read Username",
+            ]
+            .iter()
+            .any(|m| e.contains(m)),
             _ => false,
         }
     }
@@ -176,6 +186,24 @@ impl Git {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_and_private_are_not_outages() {
+        for e in [
+            "fatal: repository 'http://h/o/r/' not found",
+            "fatal: could not read Username for 'https://h': terminal prompts disabled",
+            "fatal: unable to access 'https://h/o/r/': The requested URL returned error: 403",
+        ] {
+            assert!(GitError::Failed(e.into()).is_not_found(), "{e}");
+        }
+        for e in [
+            "fatal: unable to access 'http://h/o/r/': The requested URL returned error: 503",
+            "fatal: unable to access 'http://h/': Failed to connect to h port 80",
+        ] {
+            assert!(!GitError::Failed(e.into()).is_not_found(), "{e}");
+        }
+        assert!(!GitError::Timeout(5).is_not_found());
+    }
 
     #[test]
     fn auth_header_is_basic_with_the_token() {

@@ -60,6 +60,18 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
             dir.display()
         )));
     }
+    let actions_url = match &args.actions_url {
+        Some(u) => crate::actions::policy::HttpUrl::parse(u)
+            .map_err(|e| CliError::usage(format!("--actions-url {e}")))?
+            .as_str()
+            .to_owned(),
+        None => config.actions.default_url.clone(),
+    };
+    let action_cache = Arc::new(crate::actions::ActionCache::new(
+        config
+            .actions
+            .cache_settings(&config.daemon.state_dir, [actions_url.as_str()]),
+    ));
     let all = combos.clone();
     let combos = workflow::filter_matrix(combos, &args.matrix);
     if combos.is_empty() {
@@ -145,8 +157,8 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 },
                 max_job_timeout: None,
                 extra_masks: Vec::new(),
-                default_actions_url: None,
-                actions: None,
+                default_actions_url: Some(actions_url.clone()),
+                actions: Some(action_cache.clone()),
             };
             let run_id = job::id::new_job_id("exec");
             let vm_run = VmRun {

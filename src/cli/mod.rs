@@ -95,6 +95,10 @@ pub struct ExecArgs {
     /// holding the workflow file, else the current directory].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Where `uses: owner/repo@ref` actions come from [default: `[actions] default_url`
+    /// of the config, else https://github.com].
+    #[arg(long, value_name = "URL")]
+    pub actions_url: Option<String>,
     /// The workflow file.
     pub workflow: PathBuf,
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub images: BTreeMap<String, ImageConfig>,
     /// Forges to serve with `solstice run`, by section name.
     pub forges: BTreeMap<String, ForgeConfig>,
+    /// `[actions]`.
+    pub actions: ActionsConfig,
     /// What works but probably not as meant, in file order (see
     /// [`ConfigWarning`]); `check-config`, `doctor` and `solstice run` print them.
     pub warnings: Vec<ConfigWarning>,
@@ -62,6 +64,67 @@ pub enum CredentialSource {
     /// A ready JSON file with `uuid` and `token` (forgejo-runner's `.runner`
     /// file has this shape).
     RunnerFile(PathBuf),
+}
+
+/// `[actions]`: where actions come from and the host's cache of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionsConfig {
+    /// Where `owner/repo@ref` comes from in `solstice exec`: an `http(s)`
+    /// URL without a trailing `/`.
+    pub default_url: String,
+    /// `host` or `host:port` entries, checked.
+    pub allowed_hosts: Vec<String>,
+    /// Bound on the cache's size in bytes.
+    pub cache_max_bytes: u64,
+}
+
+impl Default for ActionsConfig {
+    /// What an absent `[actions]` section means.
+    fn default() -> Self {
+        ActionsConfig {
+            default_url: raw::DEFAULT_ACTIONS_URL.to_owned(),
+            allowed_hosts: Vec::new(),
+            cache_max_bytes: raw::DEFAULT_ACTIONS_CACHE_MAX_MIB.unsigned_abs() << 20,
+        }
+    }
+}
+
+impl ActionsConfig {
+    /// The cache directory under a state directory.
+    pub fn cache_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("actions")
+    }
+
+    /// The host (`host:port`, as an `allowed_hosts` entry) of an `http(s)`
+    /// URL; `None` when it is not one.
+    pub fn host_entry_of(url: &str) -> Option<String> {
+        let u = crate::actions::policy::HttpUrl::parse(url).ok()?;
+        Some(crate::actions::policy::host_port(&u))
+    }
+
+    /// The settings of the action cache under `state_dir`. `operator_urls`
+    /// are URLs the operator configured (forge URLs, the default actions
+    /// URL or `--actions-url`): their hosts are added to `allowed_hosts`,
+    /// so they may be fetched from even on private addresses.
+    pub fn cache_settings<'a>(
+        &self,
+        state_dir: &Path,
+        operator_urls: impl IntoIterator<Item = &'a str>,
+    ) -> crate::actions::CacheSettings {
+        let mut allowed_hosts = self.allowed_hosts.clone();
+        for url in operator_urls {
+            if let Some(h) = Self::host_entry_of(url)
+                && !allowed_hosts.contains(&h)
+            {
+                allowed_hosts.push(h);
+            }
+        }
+        crate::actions::CacheSettings {
+            dir: Self::cache_dir(state_dir),
+            max_bytes: self.cache_max_bytes,
+            allowed_hosts,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +400,7 @@ pub fn known_keys() -> Vec<String> {
         (raw::names_of::<raw::RawQemu>(), "qemu."),
         (raw::names_of::<raw::RawImage>(), "images.<name>."),
         (raw::names_of::<raw::RawForge>(), "forges.<name>."),
+        (raw::names_of::<raw::RawActions>(), "actions."),
     ] {
         keys.extend(section.iter().map(|k| format!("{prefix}{k}")));
     }

@@ -13,17 +13,18 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ErrorKind, Position};
-use super::raw::{RawConfig, RawDaemon, RawForge, RawImage, RawQemu, names_of};
+use super::raw::{RawActions, RawConfig, RawDaemon, RawForge, RawImage, RawQemu, names_of};
 use super::validate::Ctx;
 
 /// The sections of the file, as (how a section is named in messages, its keys).
-pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 5] {
+pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 6] {
     [
         ("the top level", names_of::<RawConfig>()),
         ("[daemon]", names_of::<RawDaemon>()),
         ("[qemu]", names_of::<RawQemu>()),
         ("[images.<name>]", names_of::<RawImage>()),
         ("[forges.<name>]", names_of::<RawForge>()),
+        ("[actions]", names_of::<RawActions>()),
     ]
 }
 
@@ -110,13 +111,16 @@ fn first_line(s: &str) -> String {
 
 /// Report and drop every key that its section does not know.
 fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
-    let [top, daemon, qemu, image, forge] = sections();
+    let [top, daemon, qemu, image, forge, actions] = sections();
     check_table(root, "", top.1, 0, ctx);
     if let Some(DeValue::Table(t)) = root.get_mut("daemon").map(|v| v.get_mut()) {
         check_table(t, "daemon.", daemon.1, 1, ctx);
     }
     if let Some(DeValue::Table(t)) = root.get_mut("qemu").map(|v| v.get_mut()) {
         check_table(t, "qemu.", qemu.1, 2, ctx);
+    }
+    if let Some(DeValue::Table(t)) = root.get_mut("actions").map(|v| v.get_mut()) {
+        check_table(t, "actions.", actions.1, 5, ctx);
     }
     if let Some(DeValue::Table(images)) = root.get_mut("images").map(|v| v.get_mut()) {
         for (name, value) in images.iter_mut() {

@@ -46,6 +46,10 @@ pub struct RawConfig {
     /// jobs from, by name. None is fine for `solstice exec`.
     #[serde(default)]
     pub forges: BTreeMap<Spanned<String>, Spanned<RawForge>>,
+    /// `[actions]`: where the actions that steps `uses:` come from, and the
+    /// host's cache of them.
+    #[serde(default)]
+    pub actions: RawActions,
 }
 
 /// Default of `daemon.state_dir`.
@@ -314,6 +318,41 @@ pub struct RawForge {
     /// Deadline of one poll in seconds (`Connect-Timeout-Ms`).
     /// Default: [`DEFAULT_FETCH_TIMEOUT_SECS`]; range: [`FETCH_TIMEOUT_SECS`].
     pub fetch_timeout_secs: Option<Spanned<i64>>,
+}
+
+/// Default of `actions.default_url`.
+pub const DEFAULT_ACTIONS_URL: &str = "https://github.com";
+/// Default of `actions.cache_max_mib`.
+pub const DEFAULT_ACTIONS_CACHE_MAX_MIB: i64 = 2048;
+/// Allowed range of `actions.cache_max_mib` (up to 1 TiB).
+pub const ACTIONS_CACHE_MAX_MIB: Limit = Limit {
+    min: 1,
+    max: 1_048_576,
+    unit: "MiB",
+};
+
+/// `[actions]`: the actions steps name with `uses:`. The runner host
+/// fetches them (never the guest) with git and keeps them in
+/// `<state_dir>/actions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActions {
+    /// Where `uses: owner/repo@ref` comes from in `solstice exec` (a forge's
+    /// job uses the default actions URL the forge sends). An `http://` or
+    /// `https://` URL; `solstice exec --actions-url` overrides it. Default:
+    /// [`DEFAULT_ACTIONS_URL`].
+    pub default_url: Option<Spanned<String>>,
+    /// More hosts actions may be fetched from, besides the forge's own host
+    /// and the default actions URL's host: `"host"` (any port) or
+    /// `"host:port"` (`"[::1]:3000"` for IPv6). A listed host may also be on a
+    /// loopback, link-local or private address, which is refused otherwise.
+    /// The hosts of the configured forges and of `default_url` count as
+    /// listed. Default: none.
+    pub allowed_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Bound on the action cache's size in MiB; the least recently used
+    /// actions are removed first. Default: [`DEFAULT_ACTIONS_CACHE_MAX_MIB`];
+    /// range: [`ACTIONS_CACHE_MAX_MIB`].
+    pub cache_max_mib: Option<Spanned<i64>>,
 }
 
 /// Field names of a serde struct, or variant names of a serde enum, read from

@@ -619,7 +619,7 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 17 + 8);
+    assert_eq!(keys.len(), 6 + 5 + 17 + 8 + 3);
 }
 
 #[test]
@@ -1050,5 +1050,82 @@ fn polls_slower_than_the_forges_offline_limit_are_a_warning() {
     assert_eq!(
         ok(&text(60)).summary(Path::new("/s.toml")),
         "/s.toml: OK (1 image: tiny; 1 forge: f)"
+    );
+}
+
+#[test]
+fn actions_section_defaults_and_values() {
+    let c = ok(TINY);
+    assert_eq!(c.actions.default_url, "https://github.com");
+    assert!(c.actions.allowed_hosts.is_empty());
+    assert_eq!(c.actions.cache_max_bytes, 2048 << 20);
+    let c = ok(&format!(
+        "{TINY}[actions]\ndefault_url = \"https://data.forgejo.org/\"\n\
+         allowed_hosts = [\"mirror.example\", \"10.0.0.5:3000\", \"[::1]:8080\"]\n\
+         cache_max_mib = 16\n"
+    ));
+    assert_eq!(c.actions.default_url, "https://data.forgejo.org");
+    assert_eq!(
+        c.actions.allowed_hosts,
+        ["mirror.example", "10.0.0.5:3000", "[::1]:8080"]
+    );
+    assert_eq!(c.actions.cache_max_bytes, 16 << 20);
+}
+
+#[test]
+fn actions_section_errors_name_the_key() {
+    let e = errs(&format!(
+        "{TINY}[actions]\ndefault_url = \"github.com\"\n\
+         allowed_hosts = [\"ok.example\", \"https://x.example/\", \"h:0\"]\n\
+         cache_max_mib = 0\ndefault_ur = 1\n"
+    ));
+    let keys: Vec<&str> = e.iter().filter_map(|e| e.key.as_deref()).collect();
+    assert_eq!(
+        keys,
+        [
+            "actions.default_url",
+            "actions.allowed_hosts",
+            "actions.allowed_hosts",
+            "actions.cache_max_mib",
+            "actions.default_ur",
+        ],
+        "{e:#?}"
+    );
+    assert!(
+        e[0].message.contains("not an http:// or https:// URL"),
+        "{}",
+        e[0]
+    );
+    assert!(e[1].message.contains("https://x.example/"), "{}", e[1]);
+    assert_eq!(e[4].fix.as_deref(), Some("did you mean \"default_url\"?"));
+    let e = one(&format!(
+        "{TINY}[actions]\ndefault_url = \"ftp://x.example\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("actions.default_url"));
+}
+
+#[test]
+fn actions_default_is_the_absent_section() {
+    assert_eq!(ok(TINY).actions, ActionsConfig::default());
+}
+
+#[test]
+fn cache_settings_list_the_operators_hosts() {
+    let c = ok(&format!(
+        "{TINY}[actions]\nallowed_hosts = [\"mirror.example\"]\ncache_max_mib = 3\n"
+    ));
+    let s = c.actions.cache_settings(
+        Path::new("/var/lib/solstice"),
+        [
+            "http://127.0.0.1:3000/",
+            "https://codeberg.org",
+            "not a url",
+        ],
+    );
+    assert_eq!(s.dir, Path::new("/var/lib/solstice/actions"));
+    assert_eq!(s.max_bytes, 3 << 20);
+    assert_eq!(
+        s.allowed_hosts,
+        ["mirror.example", "127.0.0.1:3000", "codeberg.org:443"]
     );
 }

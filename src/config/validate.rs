@@ -8,10 +8,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, ConfigWarning, ErrorKind, Position};
-use super::raw::{self, Limit, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
+use super::raw::{self, Limit, RawActions, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
 use super::{
-    AccelChoice, Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig, ImageConfig,
-    ParseOptions, QemuConfig,
+    AccelChoice, ActionsConfig, Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig,
+    ImageConfig, ParseOptions, QemuConfig,
 };
 
 /// Where problems are collected while one file is checked.
@@ -109,6 +109,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         let config = self::forge(name, forge, &daemon, &images, ctx);
         forges.insert(name.get_ref().clone(), config);
     }
+    let actions = actions(&raw.actions, ctx);
     if had_errors || !ctx.errors.is_empty() {
         return None;
     }
@@ -122,6 +123,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         qemu,
         images,
         forges,
+        actions,
         warnings: std::mem::take(&mut ctx.warnings),
     })
 }
@@ -338,6 +340,62 @@ fn daemon(raw: &RawDaemon, ctx: &mut Ctx<'_>) -> DaemonConfig {
             Some(n) => runner_name(n, "daemon.runner_name", ctx),
             None => default_runner_name(),
         },
+    }
+}
+
+fn actions(raw: &RawActions, ctx: &mut Ctx<'_>) -> ActionsConfig {
+    let default_url = match &raw.default_url {
+        Some(u) => match crate::actions::policy::HttpUrl::parse(u.get_ref()) {
+            Ok(url) if u.get_ref().trim().contains("://") => url.as_str().to_owned(),
+            Ok(_) | Err(_) => {
+                ctx.push(
+                    Some(u.span()),
+                    Some("actions.default_url".to_owned()),
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "\"{}\" is not an http:// or https:// URL",
+                        u.get_ref().trim()
+                    ),
+                    Some(
+                        "write where actions come from, e.g. \"https://github.com\" or \
+                         \"https://data.forgejo.org\" (no user name, query or fragment)"
+                            .to_owned(),
+                    ),
+                );
+                String::new()
+            }
+        },
+        None => raw::DEFAULT_ACTIONS_URL.to_owned(),
+    };
+    let mut allowed_hosts = Vec::new();
+    if let Some(list) = &raw.allowed_hosts {
+        for h in list.get_ref() {
+            match crate::actions::policy::HostEntry::parse(h.get_ref()) {
+                Ok(_) => allowed_hosts.push(h.get_ref().trim().to_owned()),
+                Err(e) => ctx.push(
+                    Some(h.span()),
+                    Some("actions.allowed_hosts".to_owned()),
+                    ErrorKind::InvalidValue,
+                    e,
+                    Some(
+                        "list host names or addresses, with a port when only one port is meant"
+                            .to_owned(),
+                    ),
+                ),
+            }
+        }
+    }
+    let mib = number(
+        raw.cache_max_mib.as_ref(),
+        raw::DEFAULT_ACTIONS_CACHE_MAX_MIB,
+        raw::ACTIONS_CACHE_MAX_MIB,
+        "actions.cache_max_mib",
+        ctx,
+    );
+    ActionsConfig {
+        default_url,
+        allowed_hosts,
+        cache_max_bytes: u64::from(mib) << 20,
     }
 }
 

@@ -34,6 +34,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::actions::ActionCache;
 use crate::config::{Config, ForgeConfig};
 use crate::errors::Chain;
 use crate::forge::{Failure, Forge, RunnerCredentials, Session, TaskReport};
@@ -163,6 +164,8 @@ pub(crate) struct Shared {
     pub tasks: TaskTracker,
     /// Runs a job (in a VM).
     pub jobs: Arc<dyn JobRunner>,
+    /// The host's action cache, shared by every job.
+    pub actions: Arc<ActionCache>,
 }
 
 impl Shared {
@@ -330,6 +333,10 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),
         jobs,
+        actions: Arc::new(ActionCache::new(config.actions.cache_settings(
+            &config.daemon.state_dir,
+            config.forges.values().map(|f| f.url.as_str()),
+        ))),
     });
     metrics.set_capacity(config.daemon.max_concurrent_jobs);
 

@@ -175,7 +175,7 @@ fn receive(
 
 /// Checks and places the job, waits for its image's slot and runs it.
 async fn execute(shared: &Shared, task: &TaskRun, job: Result<AssignedJob, Unrunnable>) -> Ending {
-    let job = match job {
+    let mut job = match job {
         Ok(job) => job,
         Err(u) => {
             tracing::warn!(forge = %task.forge, task = task.task_id, error = %Chain(&*u.error), "task payload cannot be run");
@@ -185,6 +185,7 @@ async fn execute(shared: &Shared, task: &TaskRun, job: Result<AssignedJob, Unrun
     for note in &job.notes {
         job::runner_line(task.report.as_ref(), note.clone());
     }
+    job.spec.actions = Some(shared.actions.clone());
     let image = match place(shared, task, &job) {
         Ok(image) => image,
         Err(ending) => return ending,

@@ -139,6 +139,10 @@ async fn tags_branches_and_full_shas() {
     assert!(!got.cached);
     assert!(got.notes.is_empty(), "{:?}", got.notes);
     let f = files(&got.archive);
+    assert!(
+        !got.archive.starts_with(b"pax_global_header"),
+        "plain ustar for old tars"
+    );
     assert_eq!(f["action.yml"], "name: root one\n");
     assert_eq!(f["sub/action.yml"], "name: sub one\n");
     assert_eq!(
@@ -156,7 +160,7 @@ async fn tags_branches_and_full_shas() {
     let by_tag_cached = t1.elapsed();
     assert_eq!(again.sha, first);
     assert_eq!(w.server.upload_packs(), packs, "no download");
-    assert_eq!(again.archive, got.archive);
+    assert_eq!(again.archive, got.archive, "the cached bytes");
 
     // A full sha already cached: no network at all.
     let listings = w.server.ref_listings();
@@ -376,6 +380,20 @@ async fn the_policy_refuses_other_hosts_and_private_addresses() {
         .unwrap_err();
     assert!(e.to_string().contains("link-local"), "{e}");
 
+    // A host name is resolved and checked: `localhost` as the default host
+    // is refused, and allowed (through the pinned addresses) once listed.
+    let port = w.server.url().rsplit(':').next().unwrap();
+    let by_name = format!("http://localhost:{port}");
+    let e = fetch(&listed, &remote("acme", "act", None, "v1"), &by_name)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("loopback"), "{e}");
+    let named = cache(&w.tmp_dir("named"), &["localhost".to_string()], 1 << 30);
+    let got = fetch(&named, &remote("acme", "act", None, "v1"), &by_name)
+        .await
+        .unwrap();
+    assert_eq!(got.url, format!("{by_name}/acme/act"));
+
     // Other schemes never.
     let mut file = remote("x", "y", None, "v1");
     file.base = Some("file:///etc".into());
@@ -544,7 +562,7 @@ async fn a_damaged_entry_is_detected_and_fetched_again() {
     let again = fetch(&c, &remote("acme", "act", None, &sha), url)
         .await
         .unwrap();
-    assert_eq!(again.archive, good.archive);
+    assert_eq!(files(&again.archive), files(&good.archive));
     assert!(!again.cached);
     assert!(
         again.notes.iter().any(|n| n.contains("damaged")),
@@ -645,4 +663,33 @@ async fn least_recently_used_entries_are_evicted() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("cache_max_mib"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_remembered_commit_follows_a_moved_tag_even_from_the_cache() {
+    let w = world().await;
+    w.server.publish("acme", "act", &w.tree, &["v1"]);
+    let c = w.cache();
+    let url = w.server.url();
+    fetch(&c, &remote("acme", "act", None, "v1"), url)
+        .await
+        .unwrap();
+    action_tree(&w.tree, "two");
+    let second = w.server.publish("acme", "act", &w.tree, &["v1"]);
+    // The new commit gets cached by its sha first; then `v1` resolves to it
+    // and is served from the cache.
+    fetch(&c, &remote("acme", "act", None, &second), url)
+        .await
+        .unwrap();
+    let packs = w.server.upload_packs();
+    let moved = fetch(&c, &remote("acme", "act", None, "v1"), url)
+        .await
+        .unwrap();
+    assert_eq!(moved.sha, second);
+    assert_eq!(w.server.upload_packs(), packs);
+    w.server.set_down(true);
+    let offline = fetch(&c, &remote("acme", "act", None, "v1"), url)
+        .await
+        .unwrap();
+    assert_eq!(offline.sha, second, "{:?}", offline.notes);
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use solstice::config::{
-    AccelChoice, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat, QemuConfig,
-    SeedKind,
+    AccelChoice, ActionsConfig, Config, DaemonConfig, Firmware, GuestOs, ImageConfig, ImageFormat,
+    QemuConfig, SeedKind,
 };
 use solstice::job::{self, CheckoutSource, JobSpec, RunError, RunReport, VmRun};
 use solstice::secret::Secret;
@@ -105,6 +105,7 @@ impl TestEnv {
             },
             images,
             forges: BTreeMap::new(),
+            actions: ActionsConfig::default(),
             warnings: Vec::new(),
         };
         Self {
