@@ -178,6 +178,8 @@ async fn check(session: &dyn GuestSession, what: &str, home: &Path) {
         actions: None,
     };
     let runner = RunnerInfo {
+        image: "local".into(),
+        labels: vec![],
         os: GuestOs::Linux,
         name: "r".into(),
         arch: RunnerArch::X64,
@@ -359,6 +361,8 @@ async fn always_steps_after_the_job_timeout_still_hash() {
         actions: None,
     };
     let runner = RunnerInfo {
+        image: "local".into(),
+        labels: vec![],
         os: GuestOs::Linux,
         name: "r".into(),
         arch: RunnerArch::X64,
@@ -421,6 +425,8 @@ async fn no_sha256_tool_fails_clearly() {
         actions: None,
     };
     let runner = RunnerInfo {
+        image: "local".into(),
+        labels: vec![],
         os: GuestOs::Linux,
         name: "r".into(),
         arch: RunnerArch::X64,
