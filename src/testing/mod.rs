@@ -3,8 +3,10 @@
 //! the leak checker and an in-memory event sink. The product never contains it.
 
 pub mod fake_forge;
+pub mod git_server;
 pub mod leaks;
 pub mod sink;
 
 pub use fake_forge::{FakeForge, FakeJob, FakeOptions};
+pub use git_server::GitServer;
 pub use sink::VecSink;

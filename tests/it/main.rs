@@ -24,6 +24,7 @@ mod forge_client;
 mod forge_e2e;
 mod forge_e2e_gone;
 mod forge_reporter;
+mod git_server;
 mod nixos_module;
 mod run_cli;
 mod ssh_client;
