@@ -49,6 +49,9 @@ pub struct FetchedAction {
     pub archive: Vec<u8>,
     /// Served from the cache without contacting the server.
     pub cached: bool,
+    /// What happened that the step's log should say (a server that could
+    /// not be reached, a damaged cache entry fetched again).
+    pub notes: Vec<String>,
 }
 
 /// Why an action could not be fetched. The text is for the step's log.

@@ -217,7 +217,7 @@ impl Runtime<'_> {
     ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let at = h.at();
         self.em.runner(
-            Some(plan.index),
+            plan.log,
             format!(
                 "git is not installed in the guest; fetching {}@{at} on the runner host and copying it in",
                 h.repository
@@ -275,7 +275,7 @@ impl Runtime<'_> {
             Ok(head) => head,
             Err(e) => {
                 self.em.error(
-                    Some(plan.index),
+                    plan.log,
                     format!("Fetching {} on the runner host failed: {e}", h.repository),
                 );
                 return Ok((StepEnd::Failure, IndexMap::new()));
@@ -288,7 +288,7 @@ impl Runtime<'_> {
             .local_checkout(plan, tree.data, &h.dest, h.clean, "the checkout")
             .await?;
         if matches!(end.0, StepEnd::Success) {
-            self.em.runner(Some(plan.index), head);
+            self.em.runner(plan.log, head);
         }
         Ok(end)
     }
@@ -302,7 +302,7 @@ impl Runtime<'_> {
         what: &str,
     ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let count = tar.len();
-        let step_dir = self.step_dir(plan.index);
+        let step_dir = plan.dir.clone();
         let cmd = local_unpack_command(&step_dir, dest, clean);
         let res = self
             .exec_step_as(plan, &cmd, &tar, None, &step_dir, true)
@@ -313,7 +313,7 @@ impl Runtime<'_> {
         match res.status {
             Ok(0) => {
                 self.em.runner(
-                    Some(plan.index),
+                    plan.log,
                     format!("Copied {what} ({count} bytes of tar) to {dest}"),
                 );
                 Ok((StepEnd::Success, IndexMap::new()))

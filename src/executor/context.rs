@@ -22,6 +22,12 @@ impl Runtime<'_> {
         for (k, v) in &state.env_files {
             env.insert(k.clone(), v.clone());
         }
+        // Inside a composite action, the calling step's env.
+        if let Some(scope) = state.scopes.last() {
+            for (k, v) in &scope.env {
+                env.insert(k.clone(), v.clone());
+            }
+        }
         if let Some(s) = step_env {
             for (k, v) in s {
                 env.insert(k.clone(), v.clone());
@@ -45,6 +51,12 @@ impl Runtime<'_> {
         if let Some(t) = spec.secrets.get("GITHUB_TOKEN") {
             github.entry("token").or_insert_with(|| json!(t.expose()));
         }
+        let scope = state.scopes.last();
+        if let Some(scope) = scope {
+            github.insert("action_path".into(), json!(scope.info.path));
+            github.insert("action_repository".into(), json!(scope.info.repository));
+            github.insert("action_ref".into(), json!(scope.info.git_ref));
+        }
         values.insert("github".into(), Value::Object(github));
         values.insert(
             "env".into(),
@@ -59,15 +71,17 @@ impl Runtime<'_> {
                     .collect(),
             ),
         );
-        values.insert(
-            "secrets".into(),
-            Value::Object(
-                spec.secrets
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(v.expose())))
-                    .collect(),
-            ),
-        );
+        // A composite action has no `secrets` context (GitHub): secrets
+        // reach it as inputs.
+        let secrets = match scope {
+            Some(_) => Map::new(),
+            None => spec
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v.expose())))
+                .collect(),
+        };
+        values.insert("secrets".into(), Value::Object(secrets));
         values.insert(
             "matrix".into(),
             Value::Object(
@@ -78,7 +92,13 @@ impl Runtime<'_> {
             ),
         );
         values.insert("needs".into(), spec.needs.clone());
-        values.insert("inputs".into(), spec.inputs.clone());
+        values.insert(
+            "inputs".into(),
+            match scope {
+                Some(scope) => Value::Object(scope.inputs.clone()),
+                None => spec.inputs.clone(),
+            },
+        );
         values.insert("steps".into(), Value::Object(state.steps_ctx.clone()));
         let status = match state.status {
             JobStatus::Success => "success",
@@ -105,10 +125,6 @@ impl Runtime<'_> {
             values,
             status: state.status,
         }
-    }
-
-    pub(super) fn step_dir(&self, index: usize) -> String {
-        format!("{}/step-{}", self.layout.steps_root, index + 1)
     }
 
     pub(super) fn display_name(&self, step: &Step, ctx: &Contexts) -> String {

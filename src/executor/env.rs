@@ -84,6 +84,20 @@ pub struct RunnerVarsInput<'a> {
     pub action: &'a str,
     pub step_dir: &'a str,
     pub debug: bool,
+    /// The action the step runs (or whose composite steps it is part of).
+    pub action_info: Option<&'a ActionInfo>,
+}
+
+/// `GITHUB_ACTION_PATH`, `GITHUB_ACTION_REPOSITORY` and `GITHUB_ACTION_REF`
+/// (and `github.action_path`, ...) of a step that runs an action.
+#[derive(Debug, Clone, Default)]
+pub struct ActionInfo {
+    /// The action's directory in the guest.
+    pub path: String,
+    /// `owner/repo`; empty for a local action.
+    pub repository: String,
+    /// The ref as written; empty for a local action.
+    pub git_ref: String,
 }
 
 /// The variables the runner sets for every step.
@@ -100,6 +114,7 @@ pub fn runner_variables(i: &RunnerVarsInput<'_>) -> IndexMap<String, String> {
     set("GITHUB_OUTPUT", format!("{}/output", i.step_dir));
     set("GITHUB_PATH", format!("{}/path", i.step_dir));
     set("GITHUB_STEP_SUMMARY", format!("{}/summary", i.step_dir));
+    set("GITHUB_STATE", format!("{}/state", i.step_dir));
     set("GITHUB_EVENT_PATH", i.layout.event_path.clone());
     for (var, key) in [
         ("GITHUB_RUN_ID", "run_id"),
@@ -153,6 +168,11 @@ pub fn runner_variables(i: &RunnerVarsInput<'_>) -> IndexMap<String, String> {
     };
     set("GITHUB_WORKFLOW", workflow);
     set("GITHUB_ACTION", i.action.to_string());
+    if let Some(a) = i.action_info {
+        set("GITHUB_ACTION_PATH", a.path.clone());
+        set("GITHUB_ACTION_REPOSITORY", a.repository.clone());
+        set("GITHUB_ACTION_REF", a.git_ref.clone());
+    }
     set("RUNNER_OS", i.runner_os.to_string());
     set("RUNNER_ARCH", i.runner_arch.as_str().to_string());
     set("RUNNER_NAME", i.runner_name.to_string());

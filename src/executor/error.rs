@@ -40,15 +40,32 @@ pub(super) enum StepError {
     Expression { what: String, error: ExprError },
     #[error("{0}")]
     Shell(ShellError),
+    #[error("Invalid `uses:`: {0}")]
+    BadUses(String),
     #[error(
-        "`uses: {uses}` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout){}",
-        .from.as_ref().map(|u| format!("; it would come from {u}")).unwrap_or_default()
+        "`uses: {uses}` is a Docker action: it needs a container engine in the image, and Solstice does not run Docker actions yet"
     )]
-    Unsupported {
-        uses: String,
-        /// The forge's default-actions URL.
-        from: Option<String>,
-    },
+    DockerAction { uses: String },
+    #[error(
+        "`uses: {uses}` cannot be fetched: this run has no action cache (remote actions are fetched by the host)"
+    )]
+    NoActionCache { uses: String },
+    #[error("Could not fetch `{uses}`: {error}")]
+    Fetch { uses: String, error: String },
+    #[error("Could not copy the action into the guest at {dest}: {error}")]
+    ActionCopy { dest: String, error: String },
+    #[error(
+        "Can't find 'action.yml', 'action.yaml' or 'Dockerfile' for `uses: {uses}` in {dir}. Did you forget to run actions/checkout before running your local action?"
+    )]
+    LocalActionMissing { uses: String, dir: String },
+    #[error("Invalid action metadata: {0}")]
+    Manifest(String),
+    #[error("Can't find 'action.yml', 'action.yaml' or 'Dockerfile' in {at}")]
+    NoManifest { at: String },
+    #[error(
+        "`uses: {uses}`: composite action depth exceeded max depth {max} (does an action use itself?)"
+    )]
+    CompositeDepth { uses: String, max: usize },
     #[error("Could not build the step archive: {0}")]
     Archive(std::io::Error),
     #[error("The step could not run in the guest: {0}")]
@@ -102,20 +119,11 @@ mod tests {
                 "Could not prepare the guest (exit status 2): mkdir: denied",
             ),
             (
-                StepError::Unsupported {
-                    uses: "actions/setup-go@v5".into(),
-                    from: Some("https://code.forgejo.org".into()),
+                StepError::DockerAction {
+                    uses: "docker://alpine:3".into(),
                 }
                 .to_string(),
-                "`uses: actions/setup-go@v5` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout); it would come from https://code.forgejo.org",
-            ),
-            (
-                StepError::Unsupported {
-                    uses: "a/b@v1".into(),
-                    from: None,
-                }
-                .to_string(),
-                "`uses: a/b@v1` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout)",
+                "`uses: docker://alpine:3` is a Docker action: it needs a container engine in the image, and Solstice does not run Docker actions yet",
             ),
             (
                 StepError::FetchDepth("x".into()).to_string(),

@@ -62,7 +62,7 @@ impl Runtime<'_> {
         own: bool,
     ) -> ExecResult {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
-        let mut out = StepOutput::new(&self.em, plan.index, marker, self.debug);
+        let mut out = StepOutput::new(&self.em, plan.log, marker, self.debug);
         out.own = own;
         let exec = self.session.exec(cmd, stdin, tx);
         tokio::pin!(exec);
@@ -133,7 +133,7 @@ impl Runtime<'_> {
                         kills_sent = 2;
                         escalate_at = tokio::time::Instant::now() + KILL_GRACE;
                     } else {
-                        self.em.error(Some(plan.index), "The step's processes did not stop; abandoning it");
+                        self.em.error(plan.log, "The step's processes did not stop; abandoning it");
                         status = Some(Err(GuestError::Exec("the step did not stop".into())));
                         break;
                     }

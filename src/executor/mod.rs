@@ -27,6 +27,7 @@
 //! The job itself ([`crate::job::JobSpec`], [`crate::job::RunnerInfo`]) is
 //! defined in [`crate::job`]; the executor never reaches up into the VM run.
 
+mod action;
 pub mod archive;
 pub mod checkout;
 mod checkout_step;
@@ -39,6 +40,7 @@ mod error;
 mod exec;
 pub mod filecmd;
 pub mod mask;
+mod node;
 mod output;
 pub mod preflight;
 mod probe;
@@ -46,6 +48,7 @@ mod runtime;
 pub mod shell;
 mod state;
 mod step;
+mod vm_step;
 
 use std::time::Duration;
 

@@ -10,7 +10,8 @@ use crate::guest::{OutputChunk, Stream};
 /// Turns a step's output chunks into masked events and finds the file dump.
 pub(super) struct StepOutput<'e, 'a> {
     pub(super) em: &'e Emitter<'a>,
-    pub(super) index: usize,
+    /// The step lines are reported under (`None`: outside steps).
+    pub(super) index: Option<usize>,
     pub(super) marker: Option<String>,
     pub(super) stdout: LineSplitter,
     pub(super) stderr: LineSplitter,
@@ -26,7 +27,7 @@ pub(super) struct StepOutput<'e, 'a> {
 impl<'e, 'a> StepOutput<'e, 'a> {
     pub(super) fn new(
         em: &'e Emitter<'a>,
-        index: usize,
+        index: Option<usize>,
         marker: Option<String>,
         debug: bool,
     ) -> Self {
@@ -50,7 +51,7 @@ impl<'e, 'a> StepOutput<'e, 'a> {
                 Stream::Stderr => LineKind::Annotation("error".into()),
             };
             self.em.emit(JobEvent::Line {
-                step: Some(self.index),
+                step: self.index,
                 kind,
                 text: line.to_string(),
             });
@@ -58,7 +59,7 @@ impl<'e, 'a> StepOutput<'e, 'a> {
         }
         match self.cmds.process(line, stream) {
             LineAction::Emit(kind, text) => self.em.emit(JobEvent::Line {
-                step: Some(self.index),
+                step: self.index,
                 kind,
                 text,
             }),

@@ -25,6 +25,9 @@ pub(super) struct Probe {
     pub(super) clock: Option<clock::Offset>,
 }
 
+/// Longest wait for copying an action into the guest.
+const QUIET_COPY_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Runtime<'_> {
     /// One exec: reports `$HOME`, bash and the OS, creates the layout and writes
     /// the event file.
@@ -192,22 +195,49 @@ impl Runtime<'_> {
     /// Runs one of Solstice's own commands whose output stays out of the log;
     /// returns its status and stdout, or `None` when it failed or took too long.
     pub(super) async fn quiet_exec(&self, cmd: &str) -> Option<(u32, String)> {
+        self.quiet_exec_within(cmd, b"", CLOCK_EXEC_LIMIT)
+            .await
+            .map(|(status, out, _)| (status, out))
+    }
+
+    /// [`Self::quiet_exec`] with `stdin` (an archive to unpack); returns the
+    /// status and stderr. Cancelling the job stops the wait.
+    pub(super) async fn quiet_exec_stdin(&self, cmd: &str, stdin: &[u8]) -> Option<(u32, String)> {
+        tokio::select! {
+            r = self.quiet_exec_within(cmd, stdin, QUIET_COPY_LIMIT) => r.map(|(status, _, err)| (status, err)),
+            _ = self.cancel.cancelled() => None,
+        }
+    }
+
+    async fn quiet_exec_within(
+        &self,
+        cmd: &str,
+        stdin: &[u8],
+        limit: std::time::Duration,
+    ) -> Option<(u32, String, String)> {
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
-        let exec = self.session.exec(cmd, b"", tx);
+        let exec = self.session.exec(cmd, stdin, tx);
         let collect = async {
             let mut out = Vec::new();
+            let mut err = Vec::new();
             while let Some(c) = rx.recv().await {
                 if c.stream == Stream::Stdout {
                     out.extend_from_slice(&c.data);
+                } else {
+                    err.extend_from_slice(&c.data);
                 }
             }
-            out
+            (out, err)
         };
-        let (status, out) =
-            tokio::time::timeout(CLOCK_EXEC_LIMIT, async { tokio::join!(exec, collect) })
+        let (status, (out, err)) =
+            tokio::time::timeout(limit, async { tokio::join!(exec, collect) })
                 .await
                 .ok()?;
-        Some((status.ok()?, String::from_utf8_lossy(&out).into_owned()))
+        Some((
+            status.ok()?,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        ))
     }
 }
 

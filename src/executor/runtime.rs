@@ -2,13 +2,14 @@
 //! evaluates the job's environment and timeout, probes the guest and runs
 //! the steps.
 
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
-use serde_json::Map;
 use tokio_util::sync::CancellationToken;
 
+use super::action::LoadedAction;
 use super::emit::Emitter;
 use super::env::{self, GuestLayout};
 use super::mask::Masker;
@@ -37,6 +38,10 @@ pub(super) struct Runtime<'a> {
     /// Workflow and job `env`, evaluated.
     pub(super) base_env: IndexMap<String, String>,
     pub(super) debug: bool,
+    /// Remote actions loaded in this job, by their `uses:`.
+    pub(super) loaded_actions: Mutex<HashMap<String, Arc<LoadedAction>>>,
+    /// Guest directories that already hold an action's tree.
+    pub(super) delivered: Mutex<HashSet<String>>,
 }
 
 /// Runs one job on `runner` (the guest behind `session`) and returns its
@@ -118,15 +123,10 @@ pub async fn run_job(
         job_timeout: DEFAULT_JOB_TIMEOUT,
         base_env: IndexMap::new(),
         debug,
+        loaded_actions: Mutex::new(HashMap::new()),
+        delivered: Mutex::new(HashSet::new()),
     };
-    let mut state = JobState {
-        status: JobStatus::Success,
-        timed_out: false,
-        env_files: IndexMap::new(),
-        path_prefix: Vec::new(),
-        steps_ctx: Map::new(),
-        records: Vec::new(),
-    };
+    let mut state = JobState::new();
 
     // Workflow and job env, then the job timeout.
     let mut base_env = IndexMap::new();
@@ -194,6 +194,8 @@ pub async fn run_job(
         }
     }
 
+    // The pre stages of the job's JavaScript actions (fetched here).
+    rt.run_pre_stages(&mut state, runner_debug).await;
     for (index, step) in job.steps.iter().enumerate() {
         rt.check_job_state(&mut state);
         let t = Instant::now();
@@ -203,6 +205,9 @@ pub async fn run_job(
             rt.check_clock().await;
         }
     }
+    rt.check_job_state(&mut state);
+    // The actions' post stages, last registered first.
+    rt.run_post_stages(&mut state, runner_debug).await;
     rt.check_job_state(&mut state);
 
     // Job outputs.

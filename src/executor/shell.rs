@@ -104,7 +104,7 @@ pub fn valid_env_name(name: &str) -> bool {
 }
 
 /// Names of the per-step file-command files inside the step directory.
-pub const FILE_COMMANDS: [&str; 4] = ["env", "output", "path", "summary"];
+pub const FILE_COMMANDS: [&str; 5] = ["env", "output", "path", "summary", "state"];
 
 /// Everything the wrapper needs.
 #[derive(Debug, Clone)]
@@ -206,6 +206,8 @@ pub struct FileDump {
     pub output: String,
     pub path: String,
     pub summary: String,
+    /// `GITHUB_STATE`: values for the later stages of the same action.
+    pub state: String,
     /// The step's exit status as the wrapper saw it (`None` if the dump was cut short).
     pub status: Option<i32>,
 }
@@ -233,6 +235,7 @@ pub fn parse_dump(dump: &[u8], marker: &str) -> FileDump {
             "output" => &mut out.output,
             "path" => &mut out.path,
             "summary" => &mut out.summary,
+            "state" => &mut out.state,
             _ => {
                 rest = next;
                 continue;

@@ -1,11 +1,13 @@
 //! The job's state machine: its status as steps end, cancellation and
 //! timeouts, the records of the steps, and why a step is skipped.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use serde_json::{Map, json};
 
+use super::action::{ActionScope, PostStage};
 use super::runtime::Runtime;
 use crate::events::{Conclusion, JobEvent};
 use crate::workflow::Step;
@@ -47,6 +49,36 @@ pub(super) struct JobState {
     pub(super) path_prefix: Vec<String>,
     pub(super) steps_ctx: Map<String, Value>,
     pub(super) records: Vec<StepRecord>,
+    /// The composite actions being run, innermost last.
+    pub(super) scopes: Vec<ActionScope>,
+    /// What the last exec wrote to `GITHUB_STATE`.
+    pub(super) saved_state: IndexMap<String, String>,
+    /// Saved state per action step instance ([`Site::key`](super::step::Site::key)),
+    /// given to its later stages as `STATE_<name>`.
+    pub(super) action_states: HashMap<String, IndexMap<String, String>>,
+    /// Post stages to run at the end of the job, last registered first.
+    pub(super) posts: Vec<PostStage>,
+    /// Step instances whose `pre` stage ran (they get their post even when
+    /// their main stage is skipped).
+    pub(super) pre_ran: HashSet<String>,
+}
+
+impl JobState {
+    pub(super) fn new() -> JobState {
+        JobState {
+            status: JobStatus::Success,
+            timed_out: false,
+            env_files: IndexMap::new(),
+            path_prefix: Vec::new(),
+            steps_ctx: Map::new(),
+            records: Vec::new(),
+            scopes: Vec::new(),
+            saved_state: IndexMap::new(),
+            action_states: HashMap::new(),
+            posts: Vec::new(),
+            pre_ran: HashSet::new(),
+        }
+    }
 }
 
 pub(super) fn is_true(s: &str) -> bool {
@@ -135,6 +167,30 @@ impl Runtime<'_> {
             outputs,
             duration,
         });
+    }
+}
+
+impl Runtime<'_> {
+    /// Records a step of a composite action: only in the composite's own
+    /// `steps` context.
+    pub(super) fn record_child(
+        &self,
+        state: &mut JobState,
+        step: &Step,
+        outcome: Conclusion,
+        conclusion: Conclusion,
+        outputs: IndexMap<String, String>,
+    ) {
+        if let Some(id) = &step.id {
+            state.steps_ctx.insert(
+                id.clone(),
+                json!({
+                    "outputs": outputs,
+                    "outcome": conclusion_str(outcome),
+                    "conclusion": conclusion_str(conclusion),
+                }),
+            );
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::archive::{TarFile, build_tar};
 use super::checkout;
 use super::checkout_step::CheckoutPlan;
 use super::context::run_default;
-use super::env::{self, RunnerVarsInput};
+use super::env::{self, ActionInfo, RunnerVarsInput};
 use super::error::StepError;
 use super::exec::{ExecResult, Stop};
 use super::filecmd;
@@ -23,6 +23,8 @@ use crate::workflow::Step;
 use crate::workflow::expr::{Contexts, JobStatus, evaluate_condition, interpolate};
 
 impl Runtime<'_> {
+    /// Runs step `index` of the job: its events, its record and the job's
+    /// status.
     pub(super) async fn run_step(
         &self,
         index: usize,
@@ -30,6 +32,26 @@ impl Runtime<'_> {
         state: &mut JobState,
         runner_debug: bool,
     ) {
+        let site = Site {
+            index,
+            key: format!("step-{}", index + 1),
+            child: false,
+            limit: None,
+        };
+        self.run_step_at(&site, step, state, runner_debug).await;
+    }
+
+    /// Runs one step where `site` says: a job step, or a step of a
+    /// composite action (then its lines go to the calling step, and its
+    /// result only to the composite's `steps` context).
+    pub(super) async fn run_step_at(
+        &self,
+        site: &Site,
+        step: &Step,
+        state: &mut JobState,
+        runner_debug: bool,
+    ) {
+        let index = site.index;
         let started = Instant::now();
         let after_cancel = state.status == JobStatus::Cancelled;
         let base_ctx = self.contexts(&self.env_context(state, None), state);
@@ -64,24 +86,41 @@ impl Runtime<'_> {
                 true
             }
         };
-        self.em.emit(JobEvent::StepStarted {
-            index,
-            name: name.clone(),
-        });
-        if !run_it {
+        if site.child {
+            if !run_it {
+                // As on GitHub, a skipped step of a composite action leaves
+                // no trace but its `steps` context.
+                self.record_child(
+                    state,
+                    step,
+                    Conclusion::Skipped,
+                    Conclusion::Skipped,
+                    IndexMap::new(),
+                );
+                return;
+            }
             self.em
-                .runner(Some(index), skip_reason(explicit_if, &ctx, state));
-            self.record(
-                state,
+                .line(Some(index), LineKind::GroupStart, name.clone());
+        } else {
+            self.em.emit(JobEvent::StepStarted {
                 index,
-                step,
-                name,
-                Conclusion::Skipped,
-                Conclusion::Skipped,
-                IndexMap::new(),
-                started,
-            );
-            return;
+                name: name.clone(),
+            });
+            if !run_it {
+                self.em
+                    .runner(Some(index), skip_reason(explicit_if, &ctx, state));
+                self.record(
+                    state,
+                    index,
+                    step,
+                    name,
+                    Conclusion::Skipped,
+                    Conclusion::Skipped,
+                    IndexMap::new(),
+                    started,
+                );
+                return;
+            }
         }
 
         let continue_on_error = step
@@ -126,8 +165,18 @@ impl Runtime<'_> {
                 deadline = Some(self.job_deadline);
                 stop_kind = Stop::JobTimeout;
             }
+            // A composite's steps also end with the calling step.
+            if let Some((limit, kind)) = site.limit
+                && deadline.is_none_or(|d| d > limit)
+            {
+                deadline = Some(limit);
+                stop_kind = kind;
+            }
             let plan = StepRun {
                 index,
+                log: Some(index),
+                dir: format!("{}/{}", self.layout.steps_root, site.key),
+                key: site.key.clone(),
                 step,
                 ctx: &ctx,
                 step_env: &step_env,
@@ -172,7 +221,9 @@ impl Runtime<'_> {
                         }
                         StepEnd::Stopped(Stop::Cancelled) => {
                             state.status = JobStatus::Cancelled;
-                            self.em.runner(Some(index), "The step was cancelled");
+                            if !site.child {
+                                self.em.runner(Some(index), "The step was cancelled");
+                            }
                             Conclusion::Cancelled
                         }
                     }
@@ -191,9 +242,14 @@ impl Runtime<'_> {
         if conclusion == Conclusion::Failure && state.status == JobStatus::Success {
             state.status = JobStatus::Failure;
         }
-        self.record(
-            state, index, step, name, outcome, conclusion, outputs, started,
-        );
+        if site.child {
+            self.em.line(Some(index), LineKind::GroupEnd, "");
+            self.record_child(state, step, outcome, conclusion, outputs);
+        } else {
+            self.record(
+                state, index, step, name, outcome, conclusion, outputs, started,
+            );
+        }
     }
 
     /// Runs a step's `run:` or `uses:`; returns how it ended and its outputs, or
@@ -205,48 +261,46 @@ impl Runtime<'_> {
     ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
         let step = plan.step;
         let ctx = plan.ctx;
-        let dir = self.step_dir(plan.index);
-        let (script, ext, shell_cmd, extra) = match (&step.run, &step.uses) {
-            (Some(_), Some(_)) => {
-                return Err(StepError::RunAndUses);
-            }
-            (None, None) => return Err(StepError::NoRunOrUses),
+        match (&step.run, &step.uses) {
+            (Some(_), Some(_)) => Err(StepError::RunAndUses),
+            (None, None) => Err(StepError::NoRunOrUses),
             (Some(run), None) => {
                 let script = interpolate(run, ctx).map_err(|error| StepError::Expression {
                     what: "`run:`".into(),
                     error,
                 })?;
-                let shell_name = step
-                    .shell
-                    .clone()
-                    .or_else(|| run_default(self.job, &self.spec.workflow, |d| d.shell.clone()));
+                let shell_name = step.shell.clone().or_else(|| {
+                    if state.scopes.is_empty() {
+                        run_default(self.job, &self.spec.workflow, |d| d.shell.clone())
+                    } else {
+                        // A composite's steps name their shell themselves.
+                        None
+                    }
+                });
                 let shell = shell::resolve_shell(shell_name.as_deref(), self.has_bash)
                     .map_err(StepError::Shell)?;
-                (script, shell.extension(), shell, Vec::new())
+                let working_dir = self.working_dir(plan, state)?;
+                let body = Body {
+                    run: RunCommand::Script { script, shell },
+                    extra_files: Vec::new(),
+                    vars: Vec::new(),
+                    action: None,
+                    working_dir,
+                };
+                let res = self.run_wrapped(plan, state, body).await?;
+                self.finish_exec(plan, res, state)
             }
             (None, Some(uses)) if checkout::is_checkout(uses) => {
-                let mut with = IndexMap::new();
-                for (k, v) in &step.with {
-                    let val = interpolate(&v.0, ctx).map_err(|error| StepError::Expression {
-                        what: format!("`with.{k}`"),
-                        error,
-                    })?;
-                    // Input names are case-insensitive, as on GitHub.
-                    with.insert(k.to_ascii_lowercase(), val);
-                }
-                match self.checkout_plan(plan.index, &with, &dir)? {
+                let with = self.evaluate_with(plan)?;
+                match self.checkout_plan(plan.index, &with, &plan.dir)? {
                     CheckoutPlan::Skip(msg) => {
-                        self.em.line(
-                            Some(plan.index),
-                            LineKind::Annotation("warning".into()),
-                            msg,
-                        );
-                        return Ok((StepEnd::Success, IndexMap::new()));
+                        self.em
+                            .line(plan.log, LineKind::Annotation("warning".into()), msg);
+                        Ok((StepEnd::Success, IndexMap::new()))
                     }
                     CheckoutPlan::Local { tar, dest, clean } => {
-                        return self
-                            .local_checkout(plan, tar, &dest, clean, "the local tree")
-                            .await;
+                        self.local_checkout(plan, tar, &dest, clean, "the local tree")
+                            .await
                     }
                     CheckoutPlan::Remote {
                         script,
@@ -257,35 +311,98 @@ impl Runtime<'_> {
                             return self.host_checkout(plan, &host).await;
                         }
                         self.em.runner(
-                            Some(plan.index),
+                            plan.log,
                             format!(
                                 "git is installed in the guest; fetching {}@{} there",
                                 host.repository,
                                 host.at()
                             ),
                         );
-                        (
-                            script,
-                            "sh",
-                            ResolvedShell::Template(vec!["sh".into(), "-e".into(), "{0}".into()]),
-                            extra,
-                        )
+                        let body = Body {
+                            run: RunCommand::Script {
+                                script,
+                                shell: ResolvedShell::Template(vec![
+                                    "sh".into(),
+                                    "-e".into(),
+                                    "{0}".into(),
+                                ]),
+                            },
+                            extra_files: extra,
+                            vars: Vec::new(),
+                            action: None,
+                            working_dir: self.working_dir(plan, state)?,
+                        };
+                        let res = self.run_wrapped(plan, state, body).await?;
+                        self.finish_exec(plan, res, state)
                     }
                 }
             }
-            (None, Some(uses)) => {
-                return Err(StepError::Unsupported {
-                    uses: uses.clone(),
-                    from: self.spec.default_actions_url.clone(),
-                });
-            }
-        };
+            (None, Some(uses)) => self.run_action_step(plan, state, uses).await,
+        }
+    }
 
-        // Environment, in precedence order.
-        let action = step
+    /// A step's `with:`, evaluated, names lower-cased (input names are
+    /// case-insensitive, as on GitHub).
+    pub(super) fn evaluate_with(
+        &self,
+        plan: &StepRun<'_>,
+    ) -> Result<IndexMap<String, String>, StepError> {
+        let mut with = IndexMap::new();
+        for (k, v) in &plan.step.with {
+            let val = interpolate(&v.0, plan.ctx).map_err(|error| StepError::Expression {
+                what: format!("`with.{k}`"),
+                error,
+            })?;
+            with.insert(k.to_ascii_lowercase(), val);
+        }
+        Ok(with)
+    }
+
+    /// The step's working directory: its `working-directory`, else the
+    /// defaults' (not inside a composite action), else the workspace.
+    fn working_dir(&self, plan: &StepRun<'_>, state: &JobState) -> Result<String, StepError> {
+        let wd_raw = plan.step.working_directory.clone().or_else(|| {
+            if state.scopes.is_empty() {
+                run_default(self.job, &self.spec.workflow, |d| {
+                    d.working_directory.clone()
+                })
+            } else {
+                None
+            }
+        });
+        let wd = match wd_raw {
+            Some(w) => Some(
+                interpolate(&w, plan.ctx).map_err(|error| StepError::Expression {
+                    what: "`working-directory`".into(),
+                    error,
+                })?,
+            ),
+            None => None,
+        };
+        Ok(self.layout.resolve(wd.as_deref()))
+    }
+
+    /// Runs `body` in one wrapped exec with the step's environment, in
+    /// precedence order: workflow and job `env`, the runner's variables,
+    /// `GITHUB_ENV`, the calling step's `env` (inside a composite action),
+    /// the step's `env`, then `body.vars` (`INPUT_*`, `STATE_*`). The
+    /// default `GITHUB_*` and `RUNNER_*` variables cannot be overridden.
+    pub(super) async fn run_wrapped(
+        &self,
+        plan: &StepRun<'_>,
+        state: &mut JobState,
+        body: Body,
+    ) -> Result<ExecResult, StepError> {
+        let dir = plan.dir.as_str();
+        let action = plan
+            .step
             .id
             .clone()
             .unwrap_or_else(|| format!("__run_{}", plan.index + 1));
+        let action_info = body
+            .action
+            .as_ref()
+            .or_else(|| state.scopes.last().map(|s| &s.info));
         let runner_vars = env::runner_variables(&RunnerVarsInput {
             github: &self.spec.github,
             layout: &self.layout,
@@ -295,8 +412,9 @@ impl Runtime<'_> {
             runner_arch: self.runner.arch,
             runner_name: &self.runner.name,
             action: &action,
-            step_dir: &dir,
+            step_dir: dir,
             debug: plan.runner_debug,
+            action_info,
         });
         let mut merged: IndexMap<String, String> = self.base_env.clone();
         for (k, v) in runner_vars
@@ -306,7 +424,16 @@ impl Runtime<'_> {
         {
             merged.insert(k, v);
         }
-        for (k, v) in state.env_files.iter().chain(plan.step_env) {
+        let scope_env = state.scopes.last().map(|s| &s.env);
+        for (k, v) in state
+            .env_files
+            .iter()
+            .chain(scope_env.into_iter().flatten())
+            .chain(plan.step_env)
+        {
+            merged.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &body.vars {
             merged.insert(k.clone(), v.clone());
         }
         // As on GitHub, the default GITHUB_* and RUNNER_* variables cannot be
@@ -316,64 +443,77 @@ impl Runtime<'_> {
                 merged.insert(k, v);
             }
         }
+        let command_like = matches!(body.run, RunCommand::Command { .. });
         let mut env_list = Vec::new();
+        let mut odd_names = Vec::new();
         for (k, v) in merged {
             if shell::valid_env_name(&k) {
                 env_list.push((k, v));
+            } else if command_like && !k.is_empty() && !k.contains('=') && !k.contains('\0') {
+                // `INPUT_MY-INPUT`: no shell can export it, env(1) can.
+                odd_names.push((k, v));
             } else {
                 self.em.line(
-                    Some(plan.index),
+                    plan.log,
                     LineKind::Annotation("warning".into()),
                     format!("Skipped environment variable `{k}`: not a valid shell variable name"),
                 );
             }
         }
 
-        let wd_raw = step.working_directory.clone().or_else(|| {
-            run_default(self.job, &self.spec.workflow, |d| {
-                d.working_directory.clone()
-            })
-        });
-        let wd = match wd_raw {
-            Some(w) => Some(interpolate(&w, ctx).map_err(|error| StepError::Expression {
-                what: "`working-directory`".into(),
-                error,
-            })?),
-            None => None,
+        let name = dir.rsplit('/').next().unwrap_or("step").to_string();
+        let mut files = vec![TarFile::dir(&name)];
+        let run_cmd = match body.run {
+            RunCommand::Script { script, shell } => {
+                let ext = shell.extension();
+                let script_path = format!("{dir}/script.{ext}");
+                let mut script_bytes = script.into_bytes();
+                if !script_bytes.ends_with(b"\n") {
+                    script_bytes.push(b'\n');
+                }
+                files.push(TarFile::file(
+                    &format!("{name}/script.{ext}"),
+                    script_bytes,
+                    0o700,
+                ));
+                shell.command(&script_path)
+            }
+            RunCommand::Command { setup, program } => {
+                if odd_names.is_empty() {
+                    format!("{setup}\n{program}")
+                } else {
+                    let pairs: Vec<String> = odd_names
+                        .iter()
+                        .map(|(k, v)| shell_quote(&format!("{k}={v}")))
+                        .collect();
+                    format!("{setup}\nenv {} {program}", pairs.join(" "))
+                }
+            }
         };
-        let working_dir = self.layout.resolve(wd.as_deref());
-        let script_path = format!("{dir}/script.{ext}");
         let marker = format!("__solstice_files_{:032x}__", rand::random::<u128>());
-        let run_cmd = shell_cmd.command(&script_path);
         let wrapper = shell::render_wrapper(&WrapperSpec {
-            step_dir: &dir,
+            step_dir: dir,
             env: &env_list,
             image_path: &self.runner.path_prepend,
             path_prefix: &state.path_prefix,
-            working_dir: &working_dir,
+            working_dir: &body.working_dir,
             run: &run_cmd,
             marker: &marker,
         });
-        let name = format!("step-{}", plan.index + 1);
-        let mut script_bytes = script.into_bytes();
-        if !script_bytes.ends_with(b"\n") {
-            script_bytes.push(b'\n');
-        }
-        let mut files = vec![
-            TarFile::dir(&name),
-            TarFile::file(&format!("{name}/script.{ext}"), script_bytes, 0o700),
-            TarFile::file(&format!("{name}/wrapper.sh"), wrapper.into_bytes(), 0o700),
-        ];
+        files.push(TarFile::file(
+            &format!("{name}/wrapper.sh"),
+            wrapper.into_bytes(),
+            0o700,
+        ));
         for f in shell::FILE_COMMANDS {
             files.push(TarFile::file(&format!("{name}/{f}"), Vec::new(), 0o600));
         }
-        for (fname, bytes) in extra {
+        for (fname, bytes) in body.extra_files {
             files.push(TarFile::file(&format!("{name}/{fname}"), bytes, 0o600));
         }
         let tar = build_tar(&files).map_err(StepError::Archive)?;
         let cmd = step_command(&self.layout.steps_root, &format!("{dir}/wrapper.sh"));
-        let res = self.exec_step(plan, &cmd, &tar, Some(marker), &dir).await;
-        self.finish_exec(plan, res, state)
+        Ok(self.exec_step(plan, &cmd, &tar, Some(marker), dir).await)
     }
 
     /// Applies the file commands and maps an exec result to a step end.
@@ -405,19 +545,25 @@ impl Runtime<'_> {
                     }
                 }
                 Err(e) => {
-                    self.em.error(Some(plan.index), format!("GITHUB_ENV: {e}"));
+                    self.em.error(plan.log, format!("GITHUB_ENV: {e}"));
                     failed = true;
                 }
             }
             match filecmd::parse_key_values(&dump.output) {
                 Ok(pairs) => outputs.extend(pairs),
                 Err(e) => {
-                    self.em
-                        .error(Some(plan.index), format!("GITHUB_OUTPUT: {e}"));
+                    self.em.error(plan.log, format!("GITHUB_OUTPUT: {e}"));
                     failed = true;
                 }
             }
             filecmd::prepend_paths(&mut state.path_prefix, filecmd::parse_path(&dump.path));
+            match filecmd::parse_key_values(&dump.state) {
+                Ok(pairs) => state.saved_state = pairs.into_iter().collect(),
+                Err(e) => {
+                    self.em.error(plan.log, format!("GITHUB_STATE: {e}"));
+                    failed = true;
+                }
+            }
             if !dump.summary.trim().is_empty() {
                 self.em.emit(JobEvent::StepSummary {
                     index: plan.index,
@@ -427,7 +573,7 @@ impl Runtime<'_> {
         }
         if status != 0 {
             self.em.runner(
-                Some(plan.index),
+                plan.log,
                 format!("Process completed with exit code {status}."),
             );
         }
@@ -467,8 +613,55 @@ pub(super) enum StepEnd {
     Stopped(Stop),
 }
 
-pub(super) struct StepRun<'p> {
+/// Where a step runs: a job step, or a step of a composite action.
+pub(super) struct Site {
+    /// The job step (for a composite's steps: the calling step).
     pub(super) index: usize,
+    /// Unique name of this step instance in the job (`step-3`, `step-3.2`):
+    /// its directory under `steps_root`, and the key of its action's state.
+    pub(super) key: String,
+    /// A step of a composite action.
+    pub(super) child: bool,
+    /// The calling step's deadline, for a composite's steps.
+    pub(super) limit: Option<(Instant, Stop)>,
+}
+
+/// What one wrapped exec runs.
+pub(super) enum RunCommand {
+    /// A script file run by a shell.
+    Script {
+        script: String,
+        shell: ResolvedShell,
+    },
+    /// `setup` (shell code), then `program` (a command line) run with the
+    /// variables no shell can export (`INPUT_MY-INPUT`) through env(1).
+    Command { setup: String, program: String },
+}
+
+/// One wrapped exec of a step ([`Runtime::run_wrapped`]).
+pub(super) struct Body {
+    pub(super) run: RunCommand,
+    /// More files in the step directory (name, content).
+    pub(super) extra_files: Vec<(String, Vec<u8>)>,
+    /// Variables set last, whatever their names (`INPUT_MY-INPUT`).
+    pub(super) vars: Vec<(String, String)>,
+    /// The action run (`GITHUB_ACTION_PATH`, ...); `None`: the composite
+    /// action the step belongs to, if any.
+    pub(super) action: Option<ActionInfo>,
+    pub(super) working_dir: String,
+}
+
+pub(super) struct StepRun<'p> {
+    /// The job step (for a composite's steps and an action's pre and post
+    /// stages: the calling step).
+    pub(super) index: usize,
+    /// The step lines are reported under (`None`: outside any step, for pre
+    /// and post stages).
+    pub(super) log: Option<usize>,
+    /// The step's directory in the guest.
+    pub(super) dir: String,
+    /// The step instance's key ([`Site::key`]).
+    pub(super) key: String,
     pub(super) step: &'p Step,
     pub(super) ctx: &'p Contexts,
     /// The step's own `env`, evaluated.

@@ -88,6 +88,8 @@ impl RunnerArch {
 /// The machine the job runs on.
 #[derive(Debug, Clone)]
 pub struct RunnerInfo {
+    /// The image's name (for messages).
+    pub image: String,
     pub os: GuestOs,
     pub name: String,
     /// `RUNNER_ARCH`.
@@ -107,6 +109,7 @@ impl RunnerInfo {
     /// additions and `node`, with `$HOME` as base directory.
     pub fn for_image(image: &ImageConfig, name: impl Into<String>) -> RunnerInfo {
         RunnerInfo {
+            image: image.name.clone(),
             os: image.os,
             name: name.into(),
             arch: RunnerArch::of_image(image),

@@ -83,6 +83,7 @@ fn spec(yaml: &str, home: &Path) -> TestJob {
         actions: None,
     };
     let runner = RunnerInfo {
+        image: "local".into(),
         os: GuestOs::Linux,
         name: "test-runner".into(),
         arch: RunnerArch::X64,
@@ -787,7 +788,133 @@ jobs:
     assert_eq!(r.outcome.conclusion, F);
     assert_eq!(r.conclusions(), vec![(F, F), (S, S)]);
     assert!(r.lines().iter().any(|l| l
-        == "`uses: actions/setup-node@v4` is not supported yet (Solstice runs `run:` steps and the built-in actions/checkout)"));
+        == "`uses: actions/setup-node@v4` cannot be fetched: this run has no action cache (remote actions are fetched by the host)"), "{:?}", r.lines());
+}
+
+#[tokio::test]
+async fn docker_actions_fail_the_step_clearly() {
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - uses: docker://alpine:3
+      - if: always()
+        run: echo after
+"#)
+    .await;
+    assert_eq!(r.conclusions(), vec![(F, F), (S, S)]);
+    assert!(
+        r.lines()
+            .iter()
+            .any(|l| l.contains("is a Docker action: it needs a container engine")),
+        "{:?}",
+        r.lines()
+    );
+}
+
+/// Local actions (from the workspace): a composite with inputs, outputs,
+/// `GITHUB_ACTION_PATH` and a failing step, and a JavaScript action with
+/// pre/main/post stages, state and inputs (plain node: no packages).
+#[tokio::test]
+async fn local_composite_and_javascript_actions_run() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("this test needs node on the host's PATH");
+    }
+    let r = run(r#"
+jobs:
+  build:
+    steps:
+      - name: write the actions
+        run: |
+          mkdir -p .github/actions/comp .github/actions/js
+          cat > .github/actions/comp/action.yml <<'EOF'
+          name: comp
+          inputs:
+            who:
+              default: world
+            Shout-It:
+              default: @{{ github.ref }}
+          outputs:
+            greeting:
+              value: @{{ steps.hi.outputs.text }}
+          runs:
+            using: composite
+            steps:
+              - id: hi
+                shell: sh
+                run: |
+                  echo "text=hello @{{ inputs.who }}" >> "$GITHUB_OUTPUT"
+                  echo "shout=@{{ inputs.shout-it }}"
+                  sh "$GITHUB_ACTION_PATH/helper.sh"
+                  echo "COMP_ENV=from-composite" >> "$GITHUB_ENV"
+              - shell: sh
+                run: echo "action path @{{ github.action_path }}" | sed "s#$HOME#HOME#"
+          EOF
+          echo 'echo "helper ran in $(basename "$(dirname "$0")")"' > .github/actions/comp/helper.sh
+          cat > .github/actions/js/action.yml <<'EOF'
+          name: js
+          inputs:
+            my-input:
+              required: true
+            a.b:
+              default: dotted
+          runs:
+            using: node20
+            pre: pre.js
+            main: main.js
+            post: post.js
+          EOF
+          cat > .github/actions/js/main.js <<'EOF'
+          const fs = require('fs');
+          console.log(`main my-input=${process.env['INPUT_MY-INPUT']} a.b=${process.env['INPUT_A.B']} state=${process.env['STATE_Saved']}`);
+          fs.appendFileSync(process.env.GITHUB_OUTPUT, 'out=42\n');
+          fs.appendFileSync(process.env.GITHUB_STATE, 'fromMain=m\n');
+          EOF
+          cp .github/actions/js/main.js .github/actions/js/pre.js
+          # The actions were written with @{{ (this step evaluates its own
+          # expressions).
+          sed -i 's/@{{/$''{{/g' .github/actions/*/action.yml
+          cat > .github/actions/js/post.js <<'EOF'
+          console.log(`post state=${process.env['STATE_fromMain']} input=${process.env['INPUT_MY-INPUT']}`);
+          EOF
+      - id: c
+        uses: ./.github/actions/comp
+        with:
+          WHO: solstice
+      - run: echo "greeting=${{ steps.c.outputs.greeting }} env=$COMP_ENV"
+      - id: j
+        uses: ./.github/actions/js
+        with:
+          my-input: mine
+          unknown: x
+      - run: echo "js out=${{ steps.j.outputs.out }}"
+"#)
+    .await;
+    let lines = r.lines();
+    assert_eq!(r.outcome.conclusion, S, "{lines:#?}");
+    for want in [
+        "shout=refs/heads/main",
+        "helper ran in comp",
+        "greeting=hello solstice env=from-composite",
+        "main my-input=mine a.b=dotted state=undefined",
+        "js out=42",
+        "post state=m input=mine",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want:?} in {lines:#?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Unexpected input(s) 'unknown'")),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test]

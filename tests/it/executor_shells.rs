@@ -115,6 +115,7 @@ async fn check_shell(target: &str, secs: u32) {
     let sink = VecSink::default();
     let started = Instant::now();
     let runner = RunnerInfo {
+        image: "local".into(),
         os: GuestOs::Illumos,
         name: "r".into(),
         arch: RunnerArch::X64,
@@ -243,6 +244,7 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
     };
     let sink = VecSink::default();
     let runner = RunnerInfo {
+        image: "local".into(),
         os: GuestOs::Linux,
         name: "r".into(),
         arch: RunnerArch::X64,

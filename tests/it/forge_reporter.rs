@@ -1080,6 +1080,7 @@ mod over_http {
         let mut t = translate(&l.task, &opts).unwrap();
         let home = tempfile::tempdir().unwrap();
         let runner = solstice::job::RunnerInfo {
+            image: "local".into(),
             os: solstice::config::GuestOs::Linux,
             name: "solstice-test".into(),
             arch: solstice::job::RunnerArch::X64,

@@ -1,0 +1,317 @@
+//! JavaScript actions: `node <action>/<entry>` in the guest, with the
+//! inputs as `INPUT_<NAME>` and the action's saved state as `STATE_<name>`;
+//! the `pre` stages at the start of the job and the `post` stages at its end.
+//!
+//! Facts: `../shared/spec/actions-runtime.md` §4.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use indexmap::IndexMap;
+
+use super::AFTER_CANCEL_STEP_LIMIT;
+use super::action::{LoadedAction, PostStage};
+use super::error::StepError;
+use super::exec::Stop;
+use super::runtime::Runtime;
+use super::state::JobState;
+use super::step::{Body, RunCommand, StepEnd, StepRun};
+use crate::actions::{UsesRef, parse_uses};
+use crate::events::LineKind;
+use crate::guest::shell_quote;
+use crate::workflow::Step;
+use crate::workflow::action::{Runs, input_env_name};
+use crate::workflow::expr::{JobStatus, evaluate_condition, interpolate};
+
+impl Runtime<'_> {
+    /// Runs one stage (`main`, `pre` or `post`) of a JavaScript action.
+    /// What the stage writes to `GITHUB_STATE` is kept for the later stages
+    /// of the same step instance (`plan.key`).
+    pub(super) async fn run_node_stage(
+        &self,
+        plan: &StepRun<'_>,
+        state: &mut JobState,
+        action: &LoadedAction,
+        entry: &str,
+        inputs: &IndexMap<String, String>,
+    ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
+        let Runs::Node(node) = &action.manifest.runs else {
+            return Ok((StepEnd::Failure, IndexMap::new()));
+        };
+        let mut vars = Vec::new();
+        for (k, v) in &node.env {
+            let val = interpolate(&v.0, plan.ctx).map_err(|error| StepError::Expression {
+                what: format!("`runs.env.{k}` of {}", action.uses),
+                error,
+            })?;
+            vars.push((k.clone(), val));
+        }
+        for (name, value) in inputs {
+            vars.push((input_env_name(name), value.clone()));
+        }
+        if let Some(saved) = state.action_states.get(&plan.key) {
+            for (name, value) in saved {
+                vars.push((format!("STATE_{name}"), value.clone()));
+            }
+        }
+        let node_bin = self.runner.node.clone().unwrap_or_else(|| "node".into());
+        let script = format!("{}/{}", action.info.path, entry.trim_start_matches("./"));
+        let missing = format!(
+            "::error::This step runs a JavaScript action ({}, `runs.using: {}`), which needs Node.js 20 or later in the guest, but image `{}` has no `{}`. \
+             Install node in the image (docs/images.md: \"Node.js for JavaScript actions\") or set the image's `node` key to its path.",
+            action.uses, node.using, self.runner.image, node_bin
+        );
+        // `NODE_ICU_DATA` breaks node (the GitHub runner removes it too).
+        let setup = format!(
+            "if ! command -v {n} >/dev/null 2>&1; then printf '%s\\n' {m}; exit 1; fi; unset NODE_ICU_DATA",
+            n = shell_quote(&node_bin),
+            m = shell_quote(&missing),
+        );
+        let program = format!("{} {}", shell_quote(&node_bin), shell_quote(&script));
+        state.saved_state.clear();
+        let body = Body {
+            run: RunCommand::Command { setup, program },
+            extra_files: Vec::new(),
+            vars,
+            action: Some(action.info.clone()),
+            working_dir: self.layout.workspace.clone(),
+        };
+        let res = self.run_wrapped(plan, state, body).await?;
+        let end = self.finish_exec(plan, res, state);
+        let saved = std::mem::take(&mut state.saved_state);
+        if !saved.is_empty() {
+            state
+                .action_states
+                .entry(plan.key.clone())
+                .or_default()
+                .extend(saved);
+        }
+        end
+    }
+
+    /// Runs the `pre` stages of the job's JavaScript actions, in step order,
+    /// before any step (their lines go outside the steps, into the job's
+    /// set-up part). The actions are fetched here, as on GitHub; a fetch
+    /// that fails is reported by its step.
+    pub(super) async fn run_pre_stages(&self, state: &mut JobState, runner_debug: bool) {
+        for (index, step) in self.job.steps.iter().enumerate() {
+            let Some(uses) = &step.uses else { continue };
+            if super::checkout::is_checkout(uses) {
+                continue;
+            }
+            let ctx = self.contexts(&self.env_context(state, None), state);
+            let Ok(uses) = interpolate(uses, &ctx) else {
+                continue;
+            };
+            let uses = uses.trim().to_string();
+            // Local actions get no pre stage (GitHub: "`pre` execution is not
+            // supported for local action"); they are read when they run.
+            if !matches!(parse_uses(&uses), Ok(UsesRef::Remote(_))) || self.is_vm_action(&uses) {
+                continue;
+            }
+            let Ok(action) = self.load_action(&uses, None).await else {
+                continue;
+            };
+            let Runs::Node(node) = &action.manifest.runs else {
+                continue;
+            };
+            let Some(pre) = node.pre.clone() else {
+                continue;
+            };
+            let pre_if = node.pre_if.clone();
+            let post = node.post.clone().map(|p| (p, node.post_if.clone()));
+            self.run_stage(
+                state,
+                Stage {
+                    index,
+                    key: format!("step-{}", index + 1),
+                    dir: format!("pre-{}", index + 1),
+                    step: step.clone(),
+                    action: action.clone(),
+                    entry: pre,
+                    condition: pre_if,
+                    inputs: None,
+                    step_env: None,
+                    name: format!("Pre {}", self.display_name(step, &ctx)),
+                },
+                runner_debug,
+            )
+            .await;
+            let key = format!("step-{}", index + 1);
+            state.pre_ran.insert(key.clone());
+            if let Some((entry, condition)) = post {
+                state.posts.push(PostStage {
+                    key,
+                    index,
+                    step: step.clone(),
+                    action,
+                    entry,
+                    condition,
+                    inputs: IndexMap::new(),
+                    step_env: IndexMap::new(),
+                    name: format!("Post {}", self.display_name(step, &ctx)),
+                });
+            }
+        }
+    }
+
+    /// Runs the registered post stages, last registered first, each when its
+    /// `post-if` holds (default `always()`).
+    pub(super) async fn run_post_stages(&self, state: &mut JobState, runner_debug: bool) {
+        while let Some(post) = state.posts.pop() {
+            let n = state.posts.len() + 1;
+            // A post registered by a pre stage gets the inputs of its main
+            // stage when that ran (they were evaluated then).
+            let inputs = if post.inputs.is_empty() {
+                None
+            } else {
+                Some(post.inputs.clone())
+            };
+            let step_env = if post.step_env.is_empty() {
+                None
+            } else {
+                Some(post.step_env.clone())
+            };
+            self.run_stage(
+                state,
+                Stage {
+                    index: post.index,
+                    key: post.key.clone(),
+                    dir: format!("post-{n}-{}", post.key),
+                    step: post.step,
+                    action: post.action,
+                    entry: post.entry,
+                    condition: post.condition,
+                    inputs,
+                    step_env,
+                    name: post.name,
+                },
+                runner_debug,
+            )
+            .await;
+        }
+    }
+
+    /// Runs a pre or post stage outside the steps.
+    async fn run_stage(&self, state: &mut JobState, stage: Stage, runner_debug: bool) {
+        let started = Instant::now();
+        let after_cancel = state.status == JobStatus::Cancelled;
+        let base_ctx = self.contexts(&self.env_context(state, None), state);
+        let step_env = match stage.step_env {
+            Some(e) => e,
+            None => {
+                let mut e = IndexMap::new();
+                for (k, v) in &stage.step.env {
+                    if let Ok(val) = interpolate(&v.0, &base_ctx) {
+                        e.insert(k.clone(), val);
+                    }
+                }
+                e
+            }
+        };
+        let ctx = self.contexts(&self.env_context(state, Some(&step_env)), state);
+        match evaluate_condition(&stage.condition, &ctx) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                self.em.error(
+                    None,
+                    format!(
+                        "{}: invalid condition `{}`: {e}",
+                        stage.name, stage.condition
+                    ),
+                );
+                self.fail_job(state);
+                return;
+            }
+        }
+        self.em.line(None, LineKind::GroupStart, stage.name.clone());
+        let now = Instant::now();
+        let (deadline, stop_kind) = if after_cancel {
+            (now + AFTER_CANCEL_STEP_LIMIT, Stop::JobTimeout)
+        } else {
+            (self.job_deadline.max(now), Stop::JobTimeout)
+        };
+        let plan = StepRun {
+            index: stage.index,
+            log: None,
+            dir: format!("{}/{}", self.layout.steps_root, stage.dir),
+            key: stage.key.clone(),
+            step: &stage.step,
+            ctx: &ctx,
+            step_env: &step_env,
+            deadline: Some(deadline),
+            stop_kind,
+            watch_cancel: !after_cancel,
+            runner_debug,
+        };
+        let inputs = match stage.inputs {
+            Some(i) => Ok(i),
+            None => self.action_inputs(&plan, &stage.action),
+        };
+        let end = match inputs {
+            Ok(inputs) => {
+                self.run_node_stage(&plan, state, &stage.action, &stage.entry, &inputs)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match end {
+            Ok((StepEnd::Success, _)) => {}
+            Ok((StepEnd::Failure, _)) => self.fail_job(state),
+            Ok((StepEnd::Stopped(Stop::Cancelled), _)) => {
+                state.status = JobStatus::Cancelled;
+                self.em
+                    .runner(None, format!("{} was cancelled", stage.name));
+            }
+            Ok((StepEnd::Stopped(_), _)) => {
+                if after_cancel {
+                    self.em.error(
+                        None,
+                        format!(
+                            "{} was stopped: stages that run after the job was cancelled or timed out get at most {} minutes",
+                            stage.name,
+                            AFTER_CANCEL_STEP_LIMIT.as_secs() / 60
+                        ),
+                    );
+                    self.fail_job(state);
+                } else {
+                    self.mark_timed_out(state);
+                }
+            }
+            Err(e) => {
+                self.em.error(None, format!("{}: {e}", stage.name));
+                self.fail_job(state);
+            }
+        }
+        self.em.line(None, LineKind::GroupEnd, "");
+        tracing::debug!(
+            target: "solstice::executor",
+            stage = %stage.dir,
+            ms = started.elapsed().as_millis() as u64,
+            "action stage finished"
+        );
+    }
+
+    fn fail_job(&self, state: &mut JobState) {
+        if state.status == JobStatus::Success {
+            state.status = JobStatus::Failure;
+        }
+    }
+}
+
+/// A pre or post stage to run.
+struct Stage {
+    index: usize,
+    key: String,
+    /// Its directory's name under `steps_root`.
+    dir: String,
+    step: Step,
+    action: Arc<LoadedAction>,
+    entry: String,
+    condition: String,
+    /// Evaluated inputs; `None`: evaluate them now.
+    inputs: Option<IndexMap<String, String>>,
+    step_env: Option<IndexMap<String, String>>,
+    name: String,
+}
