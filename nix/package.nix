@@ -52,7 +52,8 @@ rustPlatform.buildRustPackage {
   # vm_boot, doctor_cli, checkout_gitless, run_cli and forge_e2e* boot guests;
   # ssh_client and ssh_throughput start sshd and dropbear; executor_local and
   # executor_shells need ksh, dash and busybox; nixos_module needs
-  # nix-instantiate; bench_cli, cli_messages and docs_match_code were left out
+  # nix-instantiate; actions_local needs node and the npm registry (once, for
+  # @actions/core); bench_cli, cli_messages and docs_match_code were left out
   # when each was its own binary, and still are.
   # These run in `scripts/test` on a host with QEMU, and in the NixOS tests.
   cargoTestFlags = [
@@ -67,6 +68,7 @@ rustPlatform.buildRustPackage {
         "${module}::"
       ])
       [
+        "actions_local"
         "bench_cli"
         "checkout_gitless"
         "cli_messages"

@@ -1009,3 +1009,77 @@ async fn a_reusable_workflow_job_gets_its_inputs_and_the_oidc_variables() {
     assert!(status.success(), "{status}:\n{}", d.log_text());
     world.assert_clean();
 }
+
+/// A Forgejo task whose workflow uses a composite action (which nests a
+/// second one) and a JavaScript action, both from the fake forge's default
+/// actions URL (a git server on 127.0.0.1), on the tiny busybox guest: the
+/// composite's `shell: sh` steps run without bash and its output reaches a
+/// later step; the tiny image has no node, so the JavaScript action fails
+/// its step with a message about node, and the job carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forge_task_runs_composite_and_javascript_actions_from_the_default_actions_url() {
+    use solstice::testing::git_server::GitServer;
+    let server = GitServer::start().await;
+    support::actions::publish_all(&server, &["composite-inner", "js-post"]);
+    let forge = FakeForge::start(FakeOptions {
+        default_actions_url: server.url().to_string(),
+        ..FakeOptions::default()
+    })
+    .await
+    .unwrap();
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(1, &[("fake", forge.url(), cred)], "");
+    // The git server is on a loopback address: allowed explicitly.
+    let mut config = std::fs::read_to_string(&world.config).unwrap();
+    config.push_str("[actions]\nallowed_hosts = [\"127.0.0.1\"]\n");
+    std::fs::write(&world.config, config).unwrap();
+    let job = forge.enqueue(FakeJob::new(
+        r#"
+name: actions
+on: push
+jobs:
+  build:
+    runs-on: tiny
+    steps:
+      - id: up
+        uses: fixtures/composite-inner@v1
+        with:
+          text: busybox
+      - run: echo "composite said ${{ steps.up.outputs.shout }}"
+      - uses: fixtures/js-post@v1
+        continue-on-error: true
+      - run: echo after-js
+"#,
+        &["tiny"],
+    ));
+    let mut d = world.start();
+    let t = final_task(&forge, job, &d).await;
+    assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+    let results: Vec<TaskResult> = t.steps.iter().map(|s| s.result).collect();
+    assert_eq!(
+        results,
+        [
+            TaskResult::Success,
+            TaskResult::Success,
+            TaskResult::Success,
+            TaskResult::Success
+        ],
+        "{}",
+        log_of(&t)
+    );
+    let said = t.step_log(1).join("\n");
+    assert!(said.contains("composite said BUSYBOX"), "{said}");
+    let js = t.step_log(2).join("\n").to_lowercase();
+    assert!(js.contains("node"), "{js}");
+    assert!(!log_of(&t).contains("js-post main"));
+    assert!(t.step_log(3).join("\n").contains("after-js"));
+    // Fetched from the default actions URL; the task token (this forge's)
+    // never went to the actions host.
+    assert!(server.upload_packs() >= 2, "{}", server.upload_packs());
+    assert!(server.authorizations().is_empty());
+    assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    world.assert_clean();
+}

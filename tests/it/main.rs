@@ -7,6 +7,7 @@ mod ssh_common;
 mod support;
 
 mod actions_cache;
+mod actions_local;
 mod architecture;
 mod bench_cli;
 mod checkout_gitless;

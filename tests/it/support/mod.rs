@@ -2,8 +2,10 @@
 //! per-test state directory, running a workflow in a VM, and the leak check
 //! that runs after every VM test.
 
+pub mod actions;
 pub mod daemon;
 pub mod git_server;
+pub mod npm;
 pub mod world;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,228 @@
+//! The real `@actions/core` from npm for the test actions, without `npm`:
+//! a pinned closure of tarballs, downloaded once from the public registry
+//! into `$XDG_CACHE_HOME/solstice/npm` (else `~/.cache/solstice/npm`),
+//! checked against the registry's sha512 integrity, and unpacked flat into
+//! an action's `node_modules/`.
+//!
+//! Why 1.11.1: it is the newest `@actions/core` that is CommonJS with small
+//! dependencies. 2.x is CommonJS too (its dependencies are newer majors); 3.x
+//! is ESM only (`"type": "module"`, `exports` has only `import`), so a
+//! `require('@actions/core')` would need node ≥ 22.12 (or a flag on 20.x).
+//! The closure was resolved from the registry's JSON (highest version
+//! satisfying every range) and has no version conflicts, so a flat
+//! `node_modules` is what npm itself would install.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine;
+use sha2::{Digest, Sha512};
+
+/// One pinned npm package.
+pub struct Tarball {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// `dist.tarball`.
+    pub url: &'static str,
+    /// `dist.integrity` (`sha512-<base64>`).
+    pub integrity: &'static str,
+}
+
+/// `@actions/core@1.11.1` and its dependency closure.
+pub const ACTIONS_CORE: &[Tarball] = &[
+    Tarball {
+        name: "@actions/core",
+        version: "1.11.1",
+        url: "https://registry.npmjs.org/@actions/core/-/core-1.11.1.tgz",
+        integrity: "sha512-hXJCSrkwfA46Vd9Z3q4cpEpHB1rL5NG04+/rbqW9d3+CSvtB1tYe8UTpAlixa1vj0m/ULglfEK2UKxMGxCxv5A==",
+    },
+    Tarball {
+        name: "@actions/exec",
+        version: "1.1.1",
+        url: "https://registry.npmjs.org/@actions/exec/-/exec-1.1.1.tgz",
+        integrity: "sha512-+sCcHHbVdk93a0XT19ECtO/gIXoxvdsgQLzb2fE2/5sIZmWQuluYyjPQtrtTHdU1YzTZ7bAPN4sITq2xi1679w==",
+    },
+    Tarball {
+        name: "@actions/io",
+        version: "1.1.3",
+        url: "https://registry.npmjs.org/@actions/io/-/io-1.1.3.tgz",
+        integrity: "sha512-wi9JjgKLYS7U/z8PPbco+PvTb/nRWjeoFlJ1Qer83k/3C5PHQi28hiVdeE2kHXmIL99mQFawx8qt/JPjZilJ8Q==",
+    },
+    Tarball {
+        name: "@actions/http-client",
+        version: "2.2.3",
+        url: "https://registry.npmjs.org/@actions/http-client/-/http-client-2.2.3.tgz",
+        integrity: "sha512-mx8hyJi/hjFvbPokCg4uRd4ZX78t+YyRPtnKWwIl+RzNaVuFpQHfmlGVfsKEJN8LwTCvL+DfVgAM04XaHkm6bA==",
+    },
+    Tarball {
+        name: "tunnel",
+        version: "0.0.6",
+        url: "https://registry.npmjs.org/tunnel/-/tunnel-0.0.6.tgz",
+        integrity: "sha512-1h/Lnq9yajKY2PEbBadPXj3VxsDDu844OnaAo52UVmIzIvwwtBPIuNvkjuzBlTWpfJyUbG3ez0KSBibQkj4ojg==",
+    },
+    Tarball {
+        name: "undici",
+        version: "5.29.0",
+        url: "https://registry.npmjs.org/undici/-/undici-5.29.0.tgz",
+        integrity: "sha512-raqeBD6NQK4SkWhQzeYKd1KmIG6dllBOTt55Rmkt4HtI9mwdWtJljnrXjAFUBLTSN67HWrOIZ3EPF4kjUw80Bg==",
+    },
+    Tarball {
+        name: "@fastify/busboy",
+        version: "2.1.1",
+        url: "https://registry.npmjs.org/@fastify/busboy/-/busboy-2.1.1.tgz",
+        integrity: "sha512-vBZP4NlzfOlerQTnba4aqZoMhE/a9HY7HRqoOPaETQcSQuWEIyZMHGfVu6w9wGtGK5fED5qRs2DteVCjOH60sA==",
+    },
+];
+
+/// The download cache directory.
+pub fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
+        });
+    base.join("solstice").join("npm")
+}
+
+/// Installs `@actions/core@1.11.1` and its dependencies into
+/// `dir/node_modules/` (as `npm install` would, flat). Downloads each
+/// tarball once into [`cache_dir`]; safe under concurrent tests (a download
+/// is written to a private file and renamed into place once verified).
+pub fn install_actions_core(dir: &Path) {
+    install(dir, ACTIONS_CORE);
+}
+
+/// Installs `packages` into `dir/node_modules/<name>/`.
+pub fn install(dir: &Path, packages: &[Tarball]) {
+    for p in packages {
+        let tgz = tarball(p);
+        let dest = dir.join("node_modules").join(p.name);
+        std::fs::create_dir_all(&dest).unwrap();
+        unpack(&tgz, &dest).unwrap_or_else(|e| panic!("unpacking {}: {e}", p.url));
+    }
+}
+
+/// The bytes of `p`'s tarball, integrity checked, from the cache or the registry.
+pub fn tarball(p: &Tarball) -> Vec<u8> {
+    let dir = cache_dir();
+    let file_name = format!("{}-{}.tgz", p.name.replace('/', "+"), p.version);
+    let path = dir.join(&file_name);
+    if let Ok(bytes) = std::fs::read(&path) {
+        if integrity_ok(&bytes, p.integrity) {
+            return bytes;
+        }
+        // A damaged cache entry: fetch it again below.
+    }
+    let bytes = download(p.url);
+    assert!(
+        integrity_ok(&bytes, p.integrity),
+        "{} does not match its pinned integrity {} (registry changed, or a proxy altered it)",
+        p.url,
+        p.integrity
+    );
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("creating the npm cache {}: {e}", dir.display()));
+    let tmp = tempfile::NamedTempFile::new_in(&dir).unwrap();
+    std::fs::write(tmp.path(), &bytes).unwrap();
+    tmp.persist(&path)
+        .unwrap_or_else(|e| panic!("saving {}: {e}", path.display()));
+    bytes
+}
+
+/// Whether `bytes` has the npm `integrity` string `sha512-<base64>`.
+pub fn integrity_ok(bytes: &[u8], integrity: &str) -> bool {
+    let Some(b64) = integrity.strip_prefix("sha512-") else {
+        panic!("only sha512 integrity strings are pinned, not {integrity}");
+    };
+    let digest = Sha512::digest(bytes);
+    base64::engine::general_purpose::STANDARD.encode(digest) == b64
+}
+
+/// GETs `url` on a private runtime (the callers may be inside a tokio test).
+fn download(url: &str) -> Vec<u8> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resp = client().get(&url).send().await.unwrap_or_else(|e| {
+                panic!(
+                    "downloading {url}: {e} (the npm registry must be reachable once; \
+                         the tarball is then cached in {})",
+                    cache_dir().display()
+                )
+            });
+            assert!(
+                resp.status().is_success(),
+                "downloading {url}: HTTP {}",
+                resp.status()
+            );
+            resp.bytes()
+                .await
+                .unwrap_or_else(|e| panic!("downloading {url}: {e}"))
+                .to_vec()
+        })
+    })
+    .join()
+    .expect("the download thread panicked")
+}
+
+/// A client that also trusts the certificates in `$SSL_CERT_FILE` (a
+/// machine behind a TLS-inspecting proxy lists its CA there; reqwest's
+/// built-in roots do not have it).
+fn client() -> reqwest::Client {
+    let mut b = reqwest::Client::builder();
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE")
+        && let Ok(pem) = std::fs::read(&file)
+    {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .unwrap_or_else(|e| panic!("SSL_CERT_FILE={}: {e}", Path::new(&file).display()));
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().unwrap()
+}
+
+/// Unpacks an npm tarball into `dest`, dropping its top-level directory
+/// (`package/` in nearly every tarball).
+pub fn unpack(tgz: &[u8], dest: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut parts = path.components();
+        parts.next(); // package/
+        let rest: PathBuf = parts.collect();
+        if rest.as_os_str().is_empty() {
+            continue;
+        }
+        if rest
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(std::io::Error::other(format!(
+                "unsafe path in tarball: {}",
+                path.display()
+            )));
+        }
+        let target = dest.join(&rest);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data)?;
+                std::fs::write(&target, data)?;
+            }
+            // npm tarballs carry files only; links and the rest are skipped.
+            _ => {}
+        }
+    }
+    Ok(())
+}
