@@ -106,8 +106,8 @@ pub struct ActionError {
 
 fn location(line: Option<usize>, column: Option<usize>) -> String {
     match (line, column) {
-        (Some(l), Some(c)) => format!(":{l}:{c}"),
-        (Some(l), None) => format!(":{l}"),
+        (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+        (Some(l), None) => format!(" at line {l}"),
         _ => String::new(),
     }
 }
@@ -791,7 +791,7 @@ branding:
         );
         assert_eq!(
             e.to_string(),
-            format!("{FILE}:7:7: {}", e.message),
+            format!("{FILE} at line 7, column 7: {}", e.message),
             "the text names file, line and column"
         );
     }

@@ -82,6 +82,8 @@ fn job(yaml: &str, server: &GitServer) -> TestJob {
         actions: Some(action_cache(cache.path())),
     };
     let runner = RunnerInfo {
+        image: "local".into(),
+        labels: vec![],
         os: GuestOs::Linux,
         name: "test-runner".into(),
         arch: RunnerArch::X64,
