@@ -8,6 +8,7 @@ mod support;
 
 mod actions_cache;
 mod actions_local;
+mod actions_vm;
 mod architecture;
 mod bench_cli;
 mod checkout_gitless;

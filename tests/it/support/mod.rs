@@ -178,11 +178,15 @@ impl TestEnv {
         opts: RunOpts,
         sink: &dyn solstice::events::EventSink,
     ) -> Result<RunReport, RunError> {
-        let spec = self.spec(
+        let mut spec = self.spec(
             yaml,
             opts.secrets,
             opts.checkout.unwrap_or(CheckoutSource::None),
         );
+        if let Some((cache, url)) = opts.actions {
+            spec.actions = Some(cache);
+            spec.default_actions_url = Some(url);
+        }
         let job_id = job::id::new_job_id("test");
         let run = VmRun {
             config: &self.config,
@@ -244,6 +248,8 @@ impl TestEnv {
 #[derive(Default)]
 pub struct RunOpts {
     pub secrets: Vec<(&'static str, &'static str)>,
+    /// The action cache and the default actions URL the job fetches from.
+    pub actions: Option<(std::sync::Arc<solstice::actions::ActionCache>, String)>,
     pub checkout: Option<CheckoutSource>,
     pub cancel: Option<CancellationToken>,
 }
