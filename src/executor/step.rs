@@ -589,10 +589,23 @@ impl Runtime<'_> {
                 }
             }
             if !dump.summary.trim().is_empty() {
-                self.em.emit(JobEvent::StepSummary {
-                    index: plan.index,
-                    markdown: dump.summary,
-                });
+                match plan.log {
+                    Some(index) => self.em.emit(JobEvent::StepSummary {
+                        index,
+                        markdown: dump.summary,
+                    }),
+                    // A pre or post stage is outside the steps: its summary
+                    // goes where its lines go.
+                    None => {
+                        self.em.line(None, LineKind::GroupStart, "Summary");
+                        self.em.line(
+                            None,
+                            LineKind::Stdout,
+                            dump.summary.trim_end_matches(['\n', '\r']),
+                        );
+                        self.em.line(None, LineKind::GroupEnd, "");
+                    }
+                }
             }
         }
         if status != 0 {
