@@ -508,3 +508,41 @@ fn an_image_that_boots_nowhere_does_not_turn_kvm_off() {
     assert_eq!(record, None, "a broken image must not turn KVM off");
     env.assert_no_leaks();
 }
+
+/// `solstice exec --actions-url URL` fetches `owner/repo@ref` actions from
+/// URL (its host counts as allowed), and refuses a URL the workflow names on
+/// another host, naming the config key that would allow it.
+#[test]
+fn exec_fetches_actions_from_the_actions_url_and_refuses_other_hosts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(solstice::testing::git_server::GitServer::start());
+    support::actions::publish(&server, "composite-inner");
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let wf = write(
+        env.dir.path(),
+        "actions.yml",
+        "jobs:\n  a:\n    runs-on: tiny\n    steps:\n      - id: up\n        uses: fixtures/composite-inner@v1\n        with:\n          text: from exec\n      - run: echo \"got ${{ steps.up.outputs.shout }}\"\n      - uses: http://127.0.0.1:9/fixtures/composite-inner@v1\n",
+    );
+    let out = exec(
+        &config,
+        &["--actions-url", server.url()],
+        &wf,
+        env.dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("got FROM EXEC"), "{stdout}");
+    assert!(
+        stdout.contains("Download action repository 'fixtures/composite-inner@v1'"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("http://127.0.0.1:9/fixtures/composite-inner")
+            && stdout.contains("[actions] allowed_hosts"),
+        "{stdout}"
+    );
+    env.assert_no_leaks();
+    drop(rt);
+}
