@@ -245,6 +245,12 @@ impl Runtime<'_> {
             watch_cancel: !after_cancel,
             runner_debug,
         };
+        // As on GitHub, a stage shares its step's `continue-on-error`.
+        let continue_on_error = stage
+            .step
+            .continue_on_error
+            .as_ref()
+            .is_some_and(|c| interpolate(&c.0, &ctx).is_ok_and(|v| super::state::is_true(&v)));
         let inputs = match stage.inputs {
             Some(i) => Ok(i),
             None => self.action_inputs(&plan, &stage.action),
@@ -258,6 +264,13 @@ impl Runtime<'_> {
         };
         match end {
             Ok((StepEnd::Success, _)) => {}
+            Ok((StepEnd::Failure, _)) if continue_on_error => self.em.runner(
+                None,
+                format!(
+                    "{} failed; the job goes on (`continue-on-error`)",
+                    stage.name
+                ),
+            ),
             Ok((StepEnd::Failure, _)) => self.fail_job(state),
             Ok((StepEnd::Stopped(Stop::Cancelled), _)) => {
                 state.status = JobStatus::Cancelled;
@@ -281,7 +294,9 @@ impl Runtime<'_> {
             }
             Err(e) => {
                 self.em.error(None, format!("{}: {e}", stage.name));
-                self.fail_job(state);
+                if !continue_on_error {
+                    self.fail_job(state);
+                }
             }
         }
         self.em.line(None, LineKind::GroupEnd, "");
