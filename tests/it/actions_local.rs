@@ -82,6 +82,7 @@ fn job(yaml: &str, server: &GitServer) -> TestJob {
         actions: Some(action_cache(cache.path())),
     };
     let runner = RunnerInfo {
+        image: "local".into(),
         os: GuestOs::Linux,
         name: "test-runner".into(),
         arch: RunnerArch::X64,
@@ -730,8 +731,9 @@ async fn a_malformed_manifest_names_the_file_and_position() {
     .await;
     assert_eq!(r.outcome.conclusion, F, "{:?}", r.lines());
     let t = r.step_text_lower(0);
-    assert!(t.contains("action.yml"), "{t}");
-    assert!(t.contains("line"), "{t}");
+    // `inputs:` holds a list that starts on line 4, column 3.
+    assert!(t.contains("fixtures/bad-manifest@v1/action.yml:4:3"), "{t}");
+    assert!(t.contains("inputs"), "{t}");
     assert!(!r.has_line("never"));
 }
 
