@@ -321,6 +321,15 @@ impl Runtime<'_> {
         plan: &StepRun<'_>,
         action: &LoadedAction,
     ) -> Result<IndexMap<String, String>, StepError> {
+        self.evaluate_inputs(plan, action, true)
+    }
+
+    fn evaluate_inputs(
+        &self,
+        plan: &StepRun<'_>,
+        action: &LoadedAction,
+        warn: bool,
+    ) -> Result<IndexMap<String, String>, StepError> {
         let declared = &action.manifest.inputs;
         let mut inputs = IndexMap::new();
         let mut unexpected = Vec::new();
@@ -331,7 +340,7 @@ impl Runtime<'_> {
             })?;
             match declared.keys().find(|d| d.eq_ignore_ascii_case(k)) {
                 Some(d) => {
-                    if let Some(msg) = &declared[d].deprecation_message {
+                    if let Some(msg) = declared[d].deprecation_message.as_ref().filter(|_| warn) {
                         self.warn_at(
                             plan,
                             format!("Input '{d}' has been deprecated with message: {msg}"),
@@ -350,7 +359,7 @@ impl Runtime<'_> {
             !(matches!(action.manifest.runs, Runs::Docker(_))
                 && (k.eq_ignore_ascii_case("args") || k.eq_ignore_ascii_case("entrypoint")))
         });
-        if !unexpected.is_empty() {
+        if warn && !unexpected.is_empty() {
             let valid: Vec<String> = declared.keys().map(|k| format!("'{k}'")).collect();
             self.warn_at(
                 plan,
@@ -379,6 +388,16 @@ impl Runtime<'_> {
             inputs.insert(name.clone(), value);
         }
         Ok(inputs)
+    }
+
+    /// [`Self::action_inputs`] without its warnings (they are given when
+    /// the step itself runs).
+    pub(super) fn action_inputs_quiet(
+        &self,
+        plan: &StepRun<'_>,
+        action: &LoadedAction,
+    ) -> Result<IndexMap<String, String>, StepError> {
+        self.evaluate_inputs(plan, action, false)
     }
 
     fn warn_at(&self, plan: &StepRun<'_>, text: String) {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use indexmap::IndexMap;
 
 use super::AFTER_CANCEL_STEP_LIMIT;
-use super::action::{LoadedAction, PostStage};
+use super::action::{ActionScope, LoadedAction, PostStage};
 use super::error::StepError;
 use super::exec::Stop;
 use super::runtime::Runtime;
@@ -95,63 +95,137 @@ impl Runtime<'_> {
     /// that fails is reported by its step.
     pub(super) async fn run_pre_stages(&self, state: &mut JobState, runner_debug: bool) {
         for (index, step) in self.job.steps.iter().enumerate() {
-            let Some(uses) = &step.uses else { continue };
-            if super::checkout::is_checkout(uses) {
-                continue;
-            }
-            let ctx = self.contexts(&self.env_context(state, None), state);
-            let Ok(uses) = interpolate(uses, &ctx) else {
-                continue;
-            };
-            let uses = uses.trim().to_string();
-            // Local actions get no pre stage (GitHub: "`pre` execution is not
-            // supported for local action"); they are read when they run.
-            if !matches!(parse_uses(&uses), Ok(UsesRef::Remote(_))) || self.is_vm_action(&uses) {
-                continue;
-            }
-            let Ok(action) = self.load_action(&uses, None).await else {
-                continue;
-            };
-            let Runs::Node(node) = &action.manifest.runs else {
-                continue;
-            };
-            let Some(pre) = node.pre.clone() else {
-                continue;
-            };
-            let pre_if = node.pre_if.clone();
-            let post = node.post.clone().map(|p| (p, node.post_if.clone()));
-            self.run_stage(
-                state,
-                Stage {
-                    index,
-                    key: format!("step-{}", index + 1),
-                    dir: format!("pre-{}", index + 1),
-                    step: step.clone(),
-                    action: action.clone(),
-                    entry: pre,
-                    condition: pre_if,
-                    inputs: None,
-                    step_env: None,
-                    name: format!("Pre {}", self.display_name(step, &ctx)),
-                },
-                runner_debug,
-            )
-            .await;
             let key = format!("step-{}", index + 1);
-            state.pre_ran.insert(key.clone());
-            if let Some((entry, condition)) = post {
-                state.posts.push(PostStage {
-                    key,
-                    index,
-                    step: step.clone(),
-                    action,
-                    entry,
-                    condition,
-                    inputs: IndexMap::new(),
-                    step_env: IndexMap::new(),
-                    name: format!("Post {}", self.display_name(step, &ctx)),
-                });
+            self.pre_stages_of(state, index, &key, step, runner_debug)
+                .await;
+        }
+    }
+
+    /// The pre stage of the action `step` uses (instance `key`), or, for a
+    /// composite action, those of the actions its steps use (as GitHub
+    /// gathers them into the composite's own pre stage), with the
+    /// composite's inputs.
+    async fn pre_stages_of(
+        &self,
+        state: &mut JobState,
+        index: usize,
+        key: &str,
+        step: &Step,
+        runner_debug: bool,
+    ) {
+        let Some(uses) = &step.uses else { return };
+        if super::checkout::is_checkout(uses) {
+            return;
+        }
+        let ctx = self.contexts(&self.env_context(state, None), state);
+        let Ok(uses) = interpolate(uses, &ctx) else {
+            return;
+        };
+        let uses = uses.trim().to_string();
+        // Local actions get no pre stage (GitHub: "`pre` execution is not
+        // supported for local action"); they are read when they run.
+        if !matches!(parse_uses(&uses), Ok(UsesRef::Remote(_))) || self.is_vm_action(&uses) {
+            return;
+        }
+        let Ok(action) = self.load_action(&uses, None).await else {
+            return;
+        };
+        match &action.manifest.runs {
+            Runs::Node(node) => {
+                let Some(pre) = node.pre.clone() else {
+                    return;
+                };
+                let pre_if = node.pre_if.clone();
+                let post = node.post.clone().map(|p| (p, node.post_if.clone()));
+                let ran = self
+                    .run_stage(
+                        state,
+                        Stage {
+                            index,
+                            key: key.to_string(),
+                            dir: format!("pre-{key}"),
+                            step: step.clone(),
+                            action: action.clone(),
+                            entry: pre,
+                            condition: pre_if,
+                            inputs: None,
+                            step_env: None,
+                            name: format!("Pre {}", self.display_name(step, &ctx)),
+                        },
+                        runner_debug,
+                    )
+                    .await;
+                if !ran {
+                    return;
+                }
+                // Its post is due now, whether or not the main stage runs.
+                state.pre_ran.insert(key.to_string());
+                if let Some((entry, condition)) = post {
+                    state.posts.push(PostStage {
+                        key: key.to_string(),
+                        index,
+                        step: step.clone(),
+                        action,
+                        entry,
+                        condition,
+                        inputs: IndexMap::new(),
+                        step_env: IndexMap::new(),
+                        name: format!("Post {}", self.display_name(step, &ctx)),
+                    });
+                }
             }
+            Runs::Composite(composite) => {
+                let depth = state.scopes.last().map_or(0, |s| s.depth) + 1;
+                if depth > super::action::MAX_COMPOSITE_DEPTH {
+                    // The step reports it when it runs.
+                    return;
+                }
+                let mut step_env = IndexMap::new();
+                for (k, v) in &step.env {
+                    if let Ok(val) = interpolate(&v.0, &ctx) {
+                        step_env.insert(k.clone(), val);
+                    }
+                }
+                let ctx = self.contexts(&self.env_context(state, Some(&step_env)), state);
+                let plan = StepRun {
+                    index,
+                    log: None,
+                    dir: String::new(),
+                    key: key.to_string(),
+                    step,
+                    ctx: &ctx,
+                    step_env: &step_env,
+                    deadline: None,
+                    stop_kind: Stop::JobTimeout,
+                    watch_cancel: true,
+                    runner_debug,
+                };
+                let Ok(inputs) = self.action_inputs_quiet(&plan, &action) else {
+                    return;
+                };
+                let mut env = state
+                    .scopes
+                    .last()
+                    .map(|s| s.env.clone())
+                    .unwrap_or_default();
+                env.extend(step_env);
+                state.scopes.push(ActionScope {
+                    inputs: inputs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                        .collect(),
+                    info: action.info.clone(),
+                    env,
+                    depth,
+                });
+                for (i, child) in composite.steps.iter().enumerate() {
+                    let child_key = format!("{key}.{}", i + 1);
+                    Box::pin(self.pre_stages_of(state, index, &child_key, child, runner_debug))
+                        .await;
+                }
+                state.scopes.pop();
+            }
+            Runs::Docker(_) => {}
         }
     }
 
@@ -192,8 +266,9 @@ impl Runtime<'_> {
         }
     }
 
-    /// Runs a pre or post stage outside the steps.
-    async fn run_stage(&self, state: &mut JobState, stage: Stage, runner_debug: bool) {
+    /// Runs a pre or post stage outside the steps; `false` when its
+    /// condition kept it from running.
+    async fn run_stage(&self, state: &mut JobState, stage: Stage, runner_debug: bool) -> bool {
         let started = Instant::now();
         let after_cancel = state.status == JobStatus::Cancelled;
         let base_ctx = self.contexts(&self.env_context(state, None), state);
@@ -212,7 +287,7 @@ impl Runtime<'_> {
         let ctx = self.contexts(&self.env_context(state, Some(&step_env)), state);
         match evaluate_condition(&stage.condition, &ctx) {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return false,
             Err(e) => {
                 self.em.error(
                     None,
@@ -222,7 +297,7 @@ impl Runtime<'_> {
                     ),
                 );
                 self.fail_job(state);
-                return;
+                return false;
             }
         }
         self.em.line(None, LineKind::GroupStart, stage.name.clone());
@@ -306,6 +381,7 @@ impl Runtime<'_> {
             ms = started.elapsed().as_millis() as u64,
             "action stage finished"
         );
+        true
     }
 
     fn fail_job(&self, state: &mut JobState) {

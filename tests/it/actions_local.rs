@@ -732,8 +732,9 @@ async fn a_malformed_manifest_names_the_file_and_position() {
     .await;
     assert_eq!(r.outcome.conclusion, F, "{:?}", r.lines());
     let t = r.step_text_lower(0);
-    assert!(t.contains("action.yml"), "{t}");
-    assert!(t.contains("line"), "{t}");
+    // `inputs:` holds a list that starts on line 4, column 3.
+    assert!(t.contains("fixtures/bad-manifest@v1/action.yml at line 4, column 3"), "{t}");
+    assert!(t.contains("inputs"), "{t}");
     assert!(!r.has_line("never"));
 }
 
@@ -753,4 +754,45 @@ async fn a_missing_node_fails_the_step_clearly() {
     assert!(t.contains("node"), "{t}");
     assert!(!r.has_line("js-post main"));
     assert!(!r.has_line("js-post post"));
+}
+
+#[tokio::test]
+async fn a_javascript_action_nested_in_a_composite_gets_its_pre_and_post() {
+    let server = server_with(&["composite-posts", "js-stages"]).await;
+    let r = run(
+        r#"
+jobs:
+  build:
+    steps:
+      - uses: fixtures/composite-posts@v1
+      - run: echo run-step
+"#,
+        &server,
+    )
+    .await;
+    assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
+    let order: Vec<String> = r
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            ["pre ", "main ", "post "].iter().any(|p| l.starts_with(p))
+                || l == "run-step"
+                || l == "composite-child"
+        })
+        .collect();
+    // The nested post runs at the end of the job (actions/runner#1434), with
+    // the state of the nested action's earlier stages.
+    let post = "post nested pre-key=[from-pre-nested] main-key=[from-main-nested]";
+    assert_eq!(order.last().map(String::as_str), Some(post), "{order:?}");
+    let at = |s: &str| order.iter().position(|l| l.starts_with(s));
+    assert!(
+        at("main nested pre-key=[from-pre-nested]").is_some(),
+        "{order:?}"
+    );
+    assert!(at("composite-child") < at("main nested"), "{order:?}");
+    assert!(at("main nested") < at("run-step"), "{order:?}");
+    // The pre ran (GitHub collects nested pre stages into the composite's
+    // pre, at the start of the job), before the main stage.
+    assert!(at("pre nested").is_some(), "{order:?}");
+    assert!(at("pre nested") < at("main nested"), "{order:?}");
 }

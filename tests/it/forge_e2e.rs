@@ -1020,7 +1020,7 @@ async fn a_reusable_workflow_job_gets_its_inputs_and_the_oidc_variables() {
 async fn a_forge_task_runs_composite_and_javascript_actions_from_the_default_actions_url() {
     use solstice::testing::git_server::GitServer;
     let server = GitServer::start().await;
-    support::actions::publish_all(&server, &["composite-inner", "js-post"]);
+    support::actions::publish_all(&server, &["composite-inner", "js-inputs"]);
     let forge = FakeForge::start(FakeOptions {
         default_actions_url: server.url().to_string(),
         ..FakeOptions::default()
@@ -1047,8 +1047,10 @@ jobs:
         with:
           text: busybox
       - run: echo "composite said ${{ steps.up.outputs.shout }}"
-      - uses: fixtures/js-post@v1
+      - uses: fixtures/js-inputs@v1
         continue-on-error: true
+        with:
+          my-input: e2e
       - run: echo after-js
 "#,
         &["tiny"],
@@ -1072,7 +1074,7 @@ jobs:
     assert!(said.contains("composite said BUSYBOX"), "{said}");
     let js = t.step_log(2).join("\n").to_lowercase();
     assert!(js.contains("node"), "{js}");
-    assert!(!log_of(&t).contains("js-post main"));
+    assert!(!log_of(&t).contains("my-input=[e2e]"));
     assert!(t.step_log(3).join("\n").contains("after-js"));
     // Fetched from the default actions URL; the task token (this forge's)
     // never went to the actions host.
