@@ -98,6 +98,14 @@ impl Runtime<'_> {
             Runs::Docker(_) => Err(StepError::DockerAction { uses }),
             Runs::Composite(_) => self.run_composite(plan, state, &action, &inputs).await,
             Runs::Node(node) => {
+                if node.pre.is_some() && action.info.repository.is_empty() {
+                    // GitHub's words: a local action is read when its step
+                    // runs, after the job's pre stages.
+                    self.em.runner(
+                        plan.log,
+                        "`pre` execution is not supported for local action",
+                    );
+                }
                 let main = node.main.clone();
                 let post = node.post.clone().map(|entry| (entry, node.post_if.clone()));
                 let end = self

@@ -733,7 +733,10 @@ async fn a_malformed_manifest_names_the_file_and_position() {
     assert_eq!(r.outcome.conclusion, F, "{:?}", r.lines());
     let t = r.step_text_lower(0);
     // `inputs:` holds a list that starts on line 4, column 3.
-    assert!(t.contains("fixtures/bad-manifest@v1/action.yml at line 4, column 3"), "{t}");
+    assert!(
+        t.contains("fixtures/bad-manifest@v1/action.yml at line 4, column 3"),
+        "{t}"
+    );
     assert!(t.contains("inputs"), "{t}");
     assert!(!r.has_line("never"));
 }
