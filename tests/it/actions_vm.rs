@@ -140,3 +140,69 @@ jobs:
     );
     assert!(text.contains("mem"), "the ignored inputs are named: {text}");
 }
+
+/// The Debian guest with node (from npm, in the image): JavaScript actions
+/// with the real `@actions/core` run their pre, main and post stages in
+/// GitHub's order with state between them, read inputs whose names no shell
+/// can export, and a composite nests one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn javascript_actions_run_in_a_guest_with_node() {
+    let (server, cache, _dir) = actions(&[
+        "js-stages",
+        "js-inputs",
+        "composite-basic",
+        "composite-inner",
+    ])
+    .await;
+    let env = TestEnv::debian();
+    let yaml = r#"
+jobs:
+  build:
+    steps:
+      - uses: fixtures/js-stages@v1
+        with:
+          label: A
+      - id: in
+        uses: fixtures/js-inputs@v1
+        with:
+          my-input: mine
+          a.b: dotted
+      - run: echo "node $(node --version) echo=${{ steps.in.outputs.echo }}"
+"#;
+    let (result, sink) = env
+        .run(
+            yaml,
+            RunOpts {
+                actions: Some((cache, server.url().to_string())),
+                ..RunOpts::default()
+            },
+        )
+        .await;
+    let report = result.expect("the job ran");
+    let text = all_text(&sink);
+    assert_eq!(report.outcome.conclusion, S, "{text}");
+    let lines = sink.lines();
+    let pos = |want: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(want))
+            .unwrap_or_else(|| panic!("no line starting with {want:?} in {text}"))
+    };
+    // pre (job set-up), main, post (job end), with the state of each stage.
+    let (pre, main, post) = (pos("pre A"), pos("main A"), pos("post A"));
+    assert!(pre < main && main < post, "{text}");
+    assert!(lines[main].contains("pre-key=[from-pre-A]"), "{text}");
+    assert!(lines[post].contains("main-key=[from-main-A]"), "{text}");
+    let step1 = step_lines(&sink, 1);
+    assert!(step1.contains(&"my-input=[mine]".to_string()), "{text}");
+    assert!(step1.contains(&"a.b=[dotted]".to_string()), "{text}");
+    assert!(
+        step1.contains(&"cwd-is-workspace=true".to_string()),
+        "{text}"
+    );
+    let step2 = step_lines(&sink, 2).join("\n");
+    assert!(
+        step2.contains("node v2") && step2.contains("echo=mine"),
+        "{text}"
+    );
+}
