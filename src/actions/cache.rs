@@ -121,8 +121,14 @@ impl ActionCache {
         let name = format!("{}/{}@{}", a.owner, a.repo, a.git_ref);
         let full_sha = is_hex(&a.git_ref) && a.git_ref.len() == 40;
 
-        // A full sha already cached needs no network at all.
-        if full_sha {
+        let token = req
+            .token
+            .filter(|_| policy::token_allowed(&url, forge.as_ref()));
+        // A full sha already cached needs no network at all, unless the
+        // action is the forge's, fetched with a job's token: it may be
+        // private, so every job proves with its own token that it may read
+        // it before the cache serves it.
+        if full_sha && token.is_none() {
             let sha = a.git_ref.to_ascii_lowercase();
             let _g = self.lock(&url, &sha).await?;
             if let Some(archive) = self.read_entry(&url, &sha, &mut notes).await? {
@@ -136,9 +142,6 @@ impl ActionCache {
             }
         }
 
-        let token = req
-            .token
-            .filter(|_| policy::token_allowed(&url, forge.as_ref()));
         let (sha, refname, pin, offline) = match self
             .resolve_online(&url, verdict, &name, &a.git_ref, token)
             .await?
@@ -150,7 +153,13 @@ impl ActionCache {
                 (sha, refname, pin, false)
             }
             Online::Unreachable(why) => {
-                let Some(sha) = self.remembered(&url, &a.git_ref).await else {
+                // The forge's own actions are not served while it cannot say
+                // whether this job's token may read them.
+                let remembered = match token {
+                    Some(_) => None,
+                    None => self.remembered(&url, &a.git_ref).await,
+                };
+                let Some(sha) = remembered else {
                     return Err(FetchError::Failed(format!(
                         "Could not fetch `{name}` from {}: {why}",
                         url.as_str()
@@ -249,7 +258,7 @@ impl ActionCache {
                 .map_err(|e| FetchError::Refused(self.with_bad_entries(e)))?;
         }
         let pin = policy::curl_resolve(url, &addrs);
-        if is_hex(git_ref) && git_ref.len() == 40 {
+        if is_hex(git_ref) && git_ref.len() == 40 && token.is_none() {
             return Ok(Online::Resolved {
                 sha: git_ref.to_ascii_lowercase(),
                 refname: None,
@@ -261,7 +270,12 @@ impl ActionCache {
             pin: pin.clone(),
             token,
         };
-        let candidates: Vec<String> = if git_ref.starts_with("refs/") {
+        let full_sha = is_hex(git_ref) && git_ref.len() == 40;
+        let candidates: Vec<String> = if full_sha {
+            // With a token: `ls-remote` only proves the token may read the
+            // repository.
+            vec!["HEAD".to_owned()]
+        } else if git_ref.starts_with("refs/") {
             vec![git_ref.to_owned()]
         } else {
             vec![
@@ -295,6 +309,13 @@ impl ActionCache {
             }
             Err(e) => return Ok(Online::Unreachable(e.to_string())),
         };
+        if full_sha {
+            return Ok(Online::Resolved {
+                sha: git_ref.to_ascii_lowercase(),
+                refname: None,
+                pin,
+            });
+        }
         let listing = String::from_utf8_lossy(&out);
         match pick_ref(&listing, &candidates) {
             Some((sha, refname)) => Ok(Online::Resolved {

@@ -280,9 +280,10 @@ impl HostEntry {
 /// What the policy says about one clone URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Listed in `allowed_hosts`: any address is fine.
+    /// Listed in `allowed_hosts`, or the host of the forge that sent the
+    /// job (the operator configured it): any address is fine.
     Listed,
-    /// The forge's or the default actions host: only public addresses.
+    /// The default actions host (the forge sent it): only public addresses.
     PublicOnly,
 }
 
@@ -299,7 +300,10 @@ pub fn host_verdict(
     let same = |u: Option<&HttpUrl>| {
         u.is_some_and(|u| u.host().eq_ignore_ascii_case(&url.host()) && u.port() == url.port())
     };
-    if same(forge_url) || same(default_url) {
+    if same(forge_url) {
+        return Ok(Verdict::Listed);
+    }
+    if same(default_url) {
         return Ok(Verdict::PublicOnly);
     }
     Err(format!(
@@ -470,7 +474,7 @@ mod tests {
                 &allowed,
             )
         };
-        assert_eq!(v("https://forge.example/a/b").unwrap(), Verdict::PublicOnly);
+        assert_eq!(v("https://forge.example/a/b").unwrap(), Verdict::Listed);
         assert_eq!(
             v("https://data.forgejo.org/a/b").unwrap(),
             Verdict::PublicOnly

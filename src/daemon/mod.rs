@@ -333,10 +333,13 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         running: Mutex::new(HashMap::new()),
         tasks: TaskTracker::new(),
         jobs,
-        actions: Arc::new(ActionCache::new(config.actions.cache_settings(
-            &config.daemon.state_dir,
-            config.forges.values().map(|f| f.url.as_str()),
-        ))),
+        // The forge that sent a job is allowed for that job (at any address:
+        // the operator configured it); other forges' hosts are not listed.
+        actions: Arc::new(ActionCache::new(
+            config
+                .actions
+                .cache_settings(&config.daemon.state_dir, std::iter::empty()),
+        )),
     });
     metrics.set_capacity(config.daemon.max_concurrent_jobs);
 

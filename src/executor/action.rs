@@ -42,7 +42,7 @@ pub(super) struct LoadedAction {
 }
 
 /// A composite action being run: what its steps see.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct ActionScope {
     /// The `inputs` context.
     pub(super) inputs: Map<String, Value>,
@@ -52,10 +52,28 @@ pub(super) struct ActionScope {
     pub(super) env: IndexMap<String, String>,
     /// 1 for a composite called by a job step.
     pub(super) depth: usize,
+    /// One of its steps failed (what `success()` inside says when the job
+    /// was already cancelled).
+    pub(super) failed: bool,
+    /// The calling step's `timeout-minutes` stopped one of its steps.
+    pub(super) caller_timed_out: bool,
+}
+
+impl std::fmt::Debug for ActionScope {
+    /// The values (inputs, env) may hold secrets passed as inputs: only
+    /// their names.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionScope")
+            .field("inputs", &self.inputs.keys().collect::<Vec<_>>())
+            .field("info", &self.info)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("depth", &self.depth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A post stage waiting for the end of the job.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct PostStage {
     /// The step instance ([`super::step::Site::key`]).
     pub(super) key: String,
@@ -66,12 +84,35 @@ pub(super) struct PostStage {
     /// The entry point, relative to the action's directory.
     pub(super) entry: String,
     pub(super) condition: String,
-    /// The inputs of the main stage.
-    pub(super) inputs: IndexMap<String, String>,
-    /// The step's evaluated `env`.
-    pub(super) step_env: IndexMap<String, String>,
+    /// The inputs of the main stage; `None` (registered by a pre stage
+    /// whose main stage did not run): evaluated when the post runs.
+    pub(super) inputs: Option<IndexMap<String, String>>,
+    /// The step's evaluated `env`, likewise.
+    pub(super) step_env: Option<IndexMap<String, String>>,
     /// `Post <name>`.
     pub(super) name: String,
+    /// The composite action the step belongs to, if any (its inputs and
+    /// env, and no `secrets` context, hold for the stage too).
+    pub(super) scope: Option<ActionScope>,
+}
+
+impl std::fmt::Debug for PostStage {
+    /// Inputs and env may hold secrets: only their names.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostStage")
+            .field("key", &self.key)
+            .field("entry", &self.entry)
+            .field("condition", &self.condition)
+            .field(
+                "inputs",
+                &self.inputs.as_ref().map(|i| i.keys().collect::<Vec<_>>()),
+            )
+            .field(
+                "step_env",
+                &self.step_env.as_ref().map(|e| e.keys().collect::<Vec<_>>()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runtime<'_> {
@@ -111,10 +152,15 @@ impl Runtime<'_> {
                 let end = self
                     .run_node_stage(plan, state, &action, &main, &inputs)
                     .await;
-                // The main stage ran: its post runs at the end of the job.
-                if let Some((entry, condition)) = post
-                    && !state.pre_ran.contains(&plan.key)
-                {
+                // The main stage ran: its post runs at the end of the job
+                // with the main stage's inputs (registered already when
+                // its pre stage ran).
+                if state.pre_ran.contains(&plan.key) {
+                    if let Some(p) = state.posts.iter_mut().find(|p| p.key == plan.key) {
+                        p.inputs = Some(inputs);
+                        p.step_env = Some(plan.step_env.clone());
+                    }
+                } else if let Some((entry, condition)) = post {
                     state.posts.push(PostStage {
                         key: plan.key.clone(),
                         index: plan.index,
@@ -122,9 +168,10 @@ impl Runtime<'_> {
                         action: action.clone(),
                         entry,
                         condition,
-                        inputs,
-                        step_env: plan.step_env.clone(),
+                        inputs: Some(inputs),
+                        step_env: Some(plan.step_env.clone()),
                         name: format!("Post {}", self.display_name(plan.step, plan.ctx)),
+                        scope: state.scopes.last().cloned(),
                     });
                 }
                 end
@@ -192,18 +239,36 @@ impl Runtime<'_> {
             } => (Some(server_url.as_str()), token.as_ref()),
             _ => (None, None),
         };
-        let fetched = cache
-            .fetch(&FetchRequest {
-                action: r,
-                default_url,
-                forge_url,
-                token,
-            })
-            .await
-            .map_err(|e| StepError::Fetch {
+        let req = FetchRequest {
+            action: r,
+            default_url,
+            forge_url,
+            token,
+        };
+        // A fetch ends with the job: cancelled, or past its deadline (after
+        // a cancellation, within the time `always()` steps get).
+        let watch_cancel = !self.cancel.is_cancelled();
+        let until = if watch_cancel {
+            self.job_deadline
+        } else {
+            std::time::Instant::now() + super::AFTER_CANCEL_STEP_LIMIT
+        };
+        let stopped = |why: &str| StepError::Fetch {
+            uses: uses.to_string(),
+            error: why.to_string(),
+        };
+        let fetched = tokio::select! {
+            r = cache.fetch(&req) => r.map_err(|e| StepError::Fetch {
                 uses: uses.to_string(),
                 error: e.to_string(),
-            })?;
+            })?,
+            _ = self.cancel.cancelled(), if watch_cancel => {
+                return Err(stopped("the job was cancelled"));
+            }
+            _ = tokio::time::sleep_until(until.into()) => {
+                return Err(stopped("the job ran out of time"));
+            }
+        };
         for note in &fetched.notes {
             self.em.runner(log, note.clone());
         }
@@ -452,14 +517,29 @@ impl Runtime<'_> {
             info: action.info.clone(),
             env,
             depth,
+            failed: false,
+            caller_timed_out: false,
         };
-        // The composite's own `steps` context and running status.
+        // The composite's own `steps` context and running status: it starts
+        // as a success, unless the job was cancelled already (then only its
+        // `always()` and `cancelled()` steps run).
+        use crate::workflow::expr::JobStatus;
         let outer_steps = std::mem::take(&mut state.steps_ctx);
-        let outer_status =
-            std::mem::replace(&mut state.status, crate::workflow::expr::JobStatus::Success);
+        let was_cancelled = state.status == JobStatus::Cancelled;
+        let outer_status = std::mem::replace(
+            &mut state.status,
+            if was_cancelled {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Success
+            },
+        );
         state.scopes.push(scope);
         let limit = plan.deadline.map(|d| (d, plan.stop_kind));
         for (i, child) in composite.steps.iter().enumerate() {
+            if state.scopes.last().is_some_and(|s| s.caller_timed_out) {
+                break;
+            }
             self.check_job_state(state);
             let site = super::step::Site {
                 index: plan.index,
@@ -471,9 +551,15 @@ impl Runtime<'_> {
         }
         self.check_job_state(state);
         // Outputs, evaluated in the composite's scope even when a step failed.
-        let ctx = self.contexts(&self.env_context(state, None), state);
+        let mut ctx = self.contexts(&self.env_context(state, None), state);
+        let texts: Vec<&str> = action
+            .manifest
+            .outputs
+            .values()
+            .filter_map(|o| o.value.as_deref())
+            .collect();
+        let mut bad_output = self.prepare_hash_files(&mut ctx, &texts, false).await.err();
         let mut outputs = IndexMap::new();
-        let mut bad_output = None;
         for (name, out) in &action.manifest.outputs {
             let Some(template) = &out.value else { continue };
             match interpolate(template, &ctx) {
@@ -487,17 +573,28 @@ impl Runtime<'_> {
             }
         }
         let inner = state.status;
-        state.scopes.pop();
+        let scope = state.scopes.pop();
         state.steps_ctx = outer_steps;
-        state.status = outer_status;
-        use crate::workflow::expr::JobStatus;
+        // A cancellation or timeout during the composite holds for the job.
+        state.status = if inner == JobStatus::Cancelled {
+            JobStatus::Cancelled
+        } else {
+            outer_status
+        };
+        let failed = scope.as_ref().is_some_and(|s| s.failed);
         let end = match inner {
-            JobStatus::Cancelled if state.timed_out => {
+            _ if scope.as_ref().is_some_and(|s| s.caller_timed_out) => {
+                StepEnd::Stopped(super::exec::Stop::StepTimeout)
+            }
+            JobStatus::Cancelled if !was_cancelled && state.timed_out => {
                 StepEnd::Stopped(super::exec::Stop::JobTimeout)
             }
-            JobStatus::Cancelled => StepEnd::Stopped(super::exec::Stop::Cancelled),
+            JobStatus::Cancelled if !was_cancelled => {
+                StepEnd::Stopped(super::exec::Stop::Cancelled)
+            }
+            _ if failed => StepEnd::Failure,
             JobStatus::Failure => StepEnd::Failure,
-            JobStatus::Success => match bad_output {
+            JobStatus::Success | JobStatus::Cancelled => match bad_output {
                 Some(msg) => {
                     self.em.error(plan.log, msg);
                     StepEnd::Failure

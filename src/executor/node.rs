@@ -95,6 +95,10 @@ impl Runtime<'_> {
     /// that fails is reported by its step.
     pub(super) async fn run_pre_stages(&self, state: &mut JobState, runner_debug: bool) {
         for (index, step) in self.job.steps.iter().enumerate() {
+            self.check_job_state(state);
+            if state.status == JobStatus::Cancelled {
+                return;
+            }
             let key = format!("step-{}", index + 1);
             self.pre_stages_of(state, index, &key, step, runner_debug)
                 .await;
@@ -168,9 +172,10 @@ impl Runtime<'_> {
                         action,
                         entry,
                         condition,
-                        inputs: IndexMap::new(),
-                        step_env: IndexMap::new(),
+                        inputs: None,
+                        step_env: None,
                         name: format!("Post {}", self.display_name(step, &ctx)),
+                        scope: state.scopes.last().cloned(),
                     });
                 }
             }
@@ -217,6 +222,8 @@ impl Runtime<'_> {
                     info: action.info.clone(),
                     env,
                     depth,
+                    failed: false,
+                    caller_timed_out: false,
                 });
                 for (i, child) in composite.steps.iter().enumerate() {
                     let child_key = format!("{key}.{}", i + 1);
@@ -234,18 +241,12 @@ impl Runtime<'_> {
     pub(super) async fn run_post_stages(&self, state: &mut JobState, runner_debug: bool) {
         while let Some(post) = state.posts.pop() {
             let n = state.posts.len() + 1;
-            // A post registered by a pre stage gets the inputs of its main
-            // stage when that ran (they were evaluated then).
-            let inputs = if post.inputs.is_empty() {
-                None
-            } else {
-                Some(post.inputs.clone())
-            };
-            let step_env = if post.step_env.is_empty() {
-                None
-            } else {
-                Some(post.step_env.clone())
-            };
+            // A nested action's post sees its composite's inputs and env
+            // (and no secrets), as its main stage did.
+            let scoped = post.scope.is_some();
+            if let Some(scope) = post.scope {
+                state.scopes.push(scope);
+            }
             self.run_stage(
                 state,
                 Stage {
@@ -256,13 +257,16 @@ impl Runtime<'_> {
                     action: post.action,
                     entry: post.entry,
                     condition: post.condition,
-                    inputs,
-                    step_env,
+                    inputs: post.inputs,
+                    step_env: post.step_env,
                     name: post.name,
                 },
                 runner_debug,
             )
             .await;
+            if scoped {
+                state.scopes.pop();
+            }
         }
     }
 
@@ -271,10 +275,14 @@ impl Runtime<'_> {
     async fn run_stage(&self, state: &mut JobState, stage: Stage, runner_debug: bool) -> bool {
         let started = Instant::now();
         let after_cancel = state.status == JobStatus::Cancelled;
-        let base_ctx = self.contexts(&self.env_context(state, None), state);
+        let mut base_ctx = self.contexts(&self.env_context(state, None), state);
         let step_env = match stage.step_env {
             Some(e) => e,
             None => {
+                let texts: Vec<&str> = stage.step.env.values().map(|v| v.0.as_str()).collect();
+                if let Err(e) = self.prepare_hash_files(&mut base_ctx, &texts, false).await {
+                    self.em.error(None, format!("{}: {e}", stage.name));
+                }
                 let mut e = IndexMap::new();
                 for (k, v) in &stage.step.env {
                     if let Ok(val) = interpolate(&v.0, &base_ctx) {
@@ -284,7 +292,19 @@ impl Runtime<'_> {
                 e
             }
         };
-        let ctx = self.contexts(&self.env_context(state, Some(&step_env)), state);
+        let mut ctx = self.contexts(&self.env_context(state, Some(&step_env)), state);
+        if let Err(e) = self
+            .prepare_hash_files(&mut ctx, &[stage.condition.as_str()], true)
+            .await
+        {
+            self.em.error(None, format!("{}: {e}", stage.name));
+        }
+        if stage.inputs.is_none() {
+            let texts: Vec<&str> = stage.step.with.values().map(|v| v.0.as_str()).collect();
+            if let Err(e) = self.prepare_hash_files(&mut ctx, &texts, false).await {
+                self.em.error(None, format!("{}: {e}", stage.name));
+            }
+        }
         match evaluate_condition(&stage.condition, &ctx) {
             Ok(true) => {}
             Ok(false) => return false,

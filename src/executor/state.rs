@@ -114,11 +114,13 @@ impl Runtime<'_> {
     }
 
     pub(super) fn mark_timed_out(&self, state: &mut JobState) {
+        // Inside a composite action the status is the composite's: it is
+        // set there too, the message is given once.
+        state.status = JobStatus::Cancelled;
         if state.timed_out {
             return;
         }
         state.timed_out = true;
-        state.status = JobStatus::Cancelled;
         self.em.error(
             None,
             format!(

@@ -215,6 +215,14 @@ impl Runtime<'_> {
                     match res {
                         StepEnd::Success => Conclusion::Success,
                         StepEnd::Failure => Conclusion::Failure,
+                        StepEnd::Stopped(Stop::StepTimeout) if site.child => {
+                            // Composite steps have no `timeout-minutes`: the
+                            // calling step's stopped it, and says so.
+                            if let Some(s) = state.scopes.last_mut() {
+                                s.caller_timed_out = true;
+                            }
+                            Conclusion::Failure
+                        }
                         StepEnd::Stopped(Stop::StepTimeout) => {
                             self.em.error(
                                 Some(index),
@@ -267,6 +275,11 @@ impl Runtime<'_> {
             state.status = JobStatus::Failure;
         }
         if site.child {
+            if conclusion == Conclusion::Failure
+                && let Some(s) = state.scopes.last_mut()
+            {
+                s.failed = true;
+            }
             self.em.line(Some(index), LineKind::GroupEnd, "");
             self.record_child(state, step, outcome, conclusion, outputs);
         } else {

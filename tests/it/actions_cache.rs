@@ -367,13 +367,13 @@ async fn the_policy_refuses_other_hosts_and_private_addresses() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("a private address"), "{e}");
-    let mut meta = remote("x", "y", None, "v1");
-    meta.base = Some("http://169.254.169.254".into());
+    // Cloud metadata as the default actions URL a forge sent: refused. (The
+    // forge's own host is not checked: the operator configured the forge.)
     let e = listed
         .fetch(&FetchRequest {
-            action: &meta,
-            default_url: "https://github.com",
-            forge_url: Some("http://169.254.169.254/"),
+            action: &remote("x", "y", None, "v1"),
+            default_url: "http://169.254.169.254",
+            forge_url: Some("https://forge.example/"),
             token: None,
         })
         .await
@@ -438,6 +438,47 @@ async fn the_token_goes_to_the_forge_only() {
         seen.iter().all(|a| a.eq_ignore_ascii_case(&expected)),
         "{seen:?}"
     );
+
+    // The forge's actions may be private: a cached commit is served to a
+    // job only after its own token proved it may read the repository, and
+    // not at all while the forge cannot say.
+    let sha = forge.server.publish("org", "private", &forge.tree, &["v1"]);
+    let mut by_sha = own.clone();
+    by_sha.git_ref = sha.clone();
+    let listings = forge.server.ref_listings();
+    c.fetch(&FetchRequest {
+        action: &by_sha,
+        default_url: actions.url(),
+        forge_url: Some(&forge_url),
+        token: Some(&token),
+    })
+    .await
+    .unwrap();
+    let again = c
+        .fetch(&FetchRequest {
+            action: &by_sha,
+            default_url: actions.url(),
+            forge_url: Some(&forge_url),
+            token: Some(&token),
+        })
+        .await
+        .unwrap();
+    assert!(!again.cached, "checked with the token, not served blindly");
+    assert!(forge.server.ref_listings() >= listings + 2);
+    forge.server.set_down(true);
+    for action in [&by_sha, &own] {
+        let e = c
+            .fetch(&FetchRequest {
+                action,
+                default_url: actions.url(),
+                forge_url: Some(&forge_url),
+                token: Some(&token),
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("Could not fetch"), "{e}");
+    }
+    forge.server.set_down(false);
 
     // From the default actions URL (another server): never.
     let got = c

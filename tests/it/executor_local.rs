@@ -1417,3 +1417,85 @@ async fn the_bash_probe_searches_the_image_path_prepend() {
     .await;
     assert_eq!(with.step_lines(0), ["bash=yes"], "{}", with.all_text());
 }
+
+/// The slow local composite the timeout tests use, written by a first step
+/// (`sleep 612` in its first step, an `always()` step after it).
+const SLOW_COMPOSITE: &str = r#"
+      - run: |
+          mkdir -p .github/actions/slow
+          cat > .github/actions/slow/action.yml <<'EOF'
+          runs:
+            using: composite
+            steps:
+              - shell: sh
+                run: echo inner-started; sleep 612; echo inner-not-reached
+              - shell: sh
+                run: echo inner-skipped
+              - if: always()
+                shell: sh
+                run: echo inner-always
+          EOF
+"#;
+
+/// A job that times out inside a composite action's step is a timed-out
+/// job: the composite step is cancelled, later steps are skipped (not
+/// started), and `always()` steps still run with their grace.
+#[tokio::test]
+async fn a_job_timeout_inside_a_composite_action_stops_the_job() {
+    let started = Instant::now();
+    let yaml = format!(
+        "jobs:\n  build:\n    timeout-minutes: 0.05\n    steps:{SLOW_COMPOSITE}      - uses: ./.github/actions/slow\n      - run: echo outer-skipped\n      - if: always()\n        run: echo outer-always\n"
+    );
+    let r = run(&yaml).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    let l = r.lines();
+    assert_eq!(r.outcome.conclusion, F, "{l:#?}");
+    assert!(r.outcome.timed_out, "{l:#?}");
+    assert_eq!(
+        r.conclusions(),
+        vec![(S, S), (C, C), (K, K), (S, S)],
+        "{l:#?}"
+    );
+    assert!(l.contains(&"inner-started".to_string()), "{l:#?}");
+    assert!(!l.contains(&"inner-not-reached".to_string()), "{l:#?}");
+    assert!(!l.contains(&"inner-skipped".to_string()), "{l:#?}");
+    assert!(l.contains(&"inner-always".to_string()), "{l:#?}");
+    assert!(!l.contains(&"outer-skipped".to_string()), "{l:#?}");
+    assert!(l.contains(&"outer-always".to_string()), "{l:#?}");
+    assert_eq!(
+        l.iter()
+            .filter(|x| x.contains("maximum execution time"))
+            .count(),
+        1,
+        "{l:#?}"
+    );
+}
+
+/// The calling step's `timeout-minutes` bounds its composite action: the
+/// step fails with its own timeout message and the job goes on.
+#[tokio::test]
+async fn a_composite_steps_timeout_minutes_bounds_the_composite() {
+    let started = Instant::now();
+    let yaml = format!(
+        "jobs:\n  build:\n    steps:{SLOW_COMPOSITE}      - uses: ./.github/actions/slow\n        timeout-minutes: 0.03\n      - if: always()\n        run: echo after\n"
+    );
+    let r = run(&yaml).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    let l = r.lines();
+    assert_eq!(r.conclusions(), vec![(S, S), (F, F), (S, S)], "{l:#?}");
+    assert!(
+        l.iter()
+            .any(|x| x == "The step was stopped after its timeout-minutes (0.03)"),
+        "{l:#?}"
+    );
+    assert!(!l.contains(&"inner-skipped".to_string()), "{l:#?}");
+    assert!(l.contains(&"after".to_string()), "{l:#?}");
+}
