@@ -101,12 +101,12 @@ pin() {
 # fetch_pinned NAME: the path of the file pinned as NAME in images/pins.json (its `url`, checked against its npm
 # `integrity` or its `sha256`), downloaded once into the download cache beside the images.
 fetch_pinned() {
-  local name=$1 url integrity sha256 dir file
-  url=$(pin "$name" url)
-  integrity=$(pin "$name" integrity)
-  sha256=$(pin "$name" sha256)
-  [ -n "$url" ] || die "No url pinned for '$name' in images/pins.json: run images/update-pins.sh $name"
-  [ -n "$integrity$sha256" ] || die "No integrity or sha256 pinned for '$name' in images/pins.json: run images/update-pins.sh $name"
+  local pinned=$1 url integrity sha256 dir file
+  url=$(pin "$pinned" url)
+  integrity=$(pin "$pinned" integrity)
+  sha256=$(pin "$pinned" sha256)
+  [ -n "$url" ] || die "No url pinned for '$pinned' in images/pins.json: run images/update-pins.sh $pinned"
+  [ -n "$integrity$sha256" ] || die "No integrity or sha256 pinned for '$pinned' in images/pins.json: run images/update-pins.sh $pinned"
   need curl
   dir="$cache_dir/downloads"
   mkdir -p "$dir"
@@ -115,9 +115,9 @@ fetch_pinned() {
     log "cached download: $file"
   else
     log "downloading $url"
-    curl -fsSL --retry 3 -o "$file.part.$$" "$url" || { rm -f "$file.part.$$"; die "Cannot download $url (pinned as '$name' in images/pins.json)"; }
+    curl -fsSL --retry 3 -o "$file.part.$$" "$url" || { rm -f "$file.part.$$"; die "Cannot download $url (pinned as '$pinned' in images/pins.json)"; }
     verify_pinned "$file.part.$$" "$integrity" "$sha256" ||
-      { rm -f "$file.part.$$"; die "$url does not match the hash pinned as '$name' in images/pins.json"; }
+      { rm -f "$file.part.$$"; die "$url does not match the hash pinned as '$pinned' in images/pins.json"; }
     mv -f "$file.part.$$" "$file"
   fi
   printf '%s\n' "$file"

@@ -53,12 +53,16 @@ EOF
   [ -n "$toolchain" ] || die "No rustup toolchain pinned in images/pins.json (rustup.toolchain)"
   rustup=$(fetch_pinned rustup)
   install -m 755 "$rustup" "$root/tmp/rustup-init"
+  # rustup in the chroot trusts what the host trusts, for this run only: a host behind a TLS-inspecting proxy
+  # names its extra CA in SSL_CERT_FILE. The bundle is not left in the image.
+  install -m 644 "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$root/tmp/host-ca.pem" ||
+    die "No CA bundle on the host for rustup: install ca-certificates or set SSL_CERT_FILE"
   log "rustup $(pin rustup version), Rust $toolchain (profile minimal + rustfmt, clippy) for $RUNNER_USER"
   chroot --userspec="$RUNNER_USER:$RUNNER_USER" "$root" env -i HOME="$home" USER="$RUNNER_USER" \
-    PATH=/usr/bin:/bin /tmp/rustup-init -y --quiet --no-modify-path --profile minimal \
-    --default-toolchain "$toolchain" --component rustfmt --component clippy >&2 ||
+    PATH=/usr/bin:/bin SSL_CERT_FILE=/tmp/host-ca.pem /tmp/rustup-init -y --quiet --no-modify-path \
+    --profile minimal --default-toolchain "$toolchain" --component rustfmt --component clippy >&2 ||
     die "rustup-init failed (it downloads from static.rust-lang.org)"
-  rm -f "$root/tmp/rustup-init"
+  rm -f "$root/tmp/rustup-init" "$root/tmp/host-ca.pem"
   rm -rf "$root$home/.rustup/downloads" "$root$home/.rustup/tmp"
   chroot --userspec="$RUNNER_USER:$RUNNER_USER" "$root" env -i HOME="$home" "$home/.cargo/bin/cargo" --version >&2
 }

@@ -8,9 +8,9 @@
 //! pkg-config, python3 with venv, node with npm, Rust through rustup, jq,
 //! zstd, rsync, zip/unzip, xz.
 //!
-//! The guest downloads from deb.debian.org and PyPI (package registries,
-//! reachable from these machines; the VM's user-mode network goes through the
-//! host).
+//! The guest downloads from deb.debian.org (a package registry, reachable
+//! from these machines over plain HTTP; the VM's user-mode network goes
+//! through the host). Everything else runs offline.
 
 use crate::support;
 
@@ -56,8 +56,12 @@ jobs:
           python --version
           python3 -m venv "$RUNNER_TEMP/venv"
           "$RUNNER_TEMP/venv/bin/python" -c 'import sys; print("venv", sys.prefix != sys.base_prefix)'
-          pip install --user --no-deps --quiet six==1.16.0
-          python3 -c 'import six, site; print("user site", six.__file__.startswith(site.getusersitepackages()))'
+          # A local project (no index): Debian 12 refuses this without /etc/pip.conf.
+          mkdir probe && cd probe
+          printf 'VALUE = 42\n' >solstice_probe.py
+          printf '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n[project]\nname = "solstice-probe"\nversion = "1"\n[tool.setuptools]\npy-modules = ["solstice_probe"]\n' >pyproject.toml
+          pip install --user --no-index --no-build-isolation --quiet .
+          cd / && python3 -c 'import solstice_probe, site; print("user site", solstice_probe.__file__.startswith(site.getusersitepackages()), solstice_probe.VALUE)'
       - name: Node and npm
         run: |
           node --version
@@ -104,7 +108,7 @@ jobs:
         "pkg-config 1.",
         "GNU Make",
         "venv True",
-        "user site True",
+        "user site True 42",
         "node ran 2,4",
         "Hello, world!",
         "[1,2]",
