@@ -31,10 +31,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
-# Image recipes (images/), building Solstice (ring and the linker need a C
+# Image recipes (images/; curl and python3 fetch and check the downloads pinned
+# in images/pins.json), building Solstice (ring and the linker need a C
 # toolchain), and `solstice exec`'s checkout of a git work tree (git).
 apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs \
-  zstd xz-utils kmod gzip openssh-client build-essential ca-certificates git
+  zstd xz-utils kmod gzip openssh-client build-essential ca-certificates git curl python3
 if [ "$runtime_only" = 1 ]; then
   exit 0
 fi

@@ -3,16 +3,16 @@
 #
 #   images/build.sh NAME [--force]
 #
-# NAME is a directory under images/ holding a recipe.sh (tiny, debian). Progress goes to stderr; on success the
+# NAME is a directory under images/ holding a recipe.sh (tiny, debian, runner). Progress goes to stderr; on success the
 # only line on stdout is the absolute path of the qcow2 image. The cache entry is
 #   ${SOLSTICE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/solstice/images}/NAME-<hash>.qcow2
-# where <hash> covers this script, images/lib/ and images/NAME/. An existing entry is reused unless --force.
+# where <hash> covers this script, images/pins.json, images/lib/ and images/NAME/. An existing entry is reused unless --force.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
-  echo "Usage: images/build.sh NAME [--force]   (NAME: tiny, debian)" >&2
+  echo "Usage: images/build.sh NAME [--force]   (NAME: tiny, debian, runner)" >&2
   exit 2
 }
 
@@ -43,7 +43,7 @@ die() { printf '[build %s] ERROR: %s\n' "$name" "$*" >&2; exit 1; }
 recipe_hash() {
   (
     cd "$here"
-    { echo build.sh; find lib "$name" -type f; } | LC_ALL=C sort | while IFS= read -r f; do
+    { echo build.sh; echo pins.json; find lib "$name" -type f; } | LC_ALL=C sort | while IFS= read -r f; do
       printf '%s  %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
   ) | sha256sum | cut -c1-16

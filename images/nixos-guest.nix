@@ -1,7 +1,11 @@
-# A minimal NixOS job guest as a qcow2 disk: BIOS boot (GRUB on an MBR disk),
-# serial console on ttyS0, OpenSSH, bash, git and coreutils. It takes its SSH
-# key (and the host key Solstice pins) from Solstice's NoCloud seed through
-# cloud-init, with the datasource pinned so cloud-init never disables itself.
+# A NixOS job guest as a qcow2 disk: BIOS boot (GRUB on an MBR disk), serial
+# console on ttyS0, OpenSSH, and the conventions and tools of Solstice's Debian
+# runner image (images/runner), which follow GitHub's hosted Ubuntu images:
+# user `runner` (uid 1001) with passwordless sudo, a C toolchain, cmake,
+# pkg-config, python3 with pip and venv, node 24, Rust (cargo, rustc, clippy,
+# rustfmt), jq, zstd, rsync, zip/unzip. It takes its SSH key (and the host key
+# Solstice pins) from Solstice's NoCloud seed through cloud-init, with the
+# datasource pinned so cloud-init never disables itself.
 { pkgs, lib }:
 let
   guest = import (pkgs.path + "/nixos/lib/eval-config.nix") {
@@ -74,13 +78,75 @@ let
             };
           };
 
+          # The job user, as on GitHub's hosted images. Solstice's seed adds
+          # its SSH key through cloud-init (the user already exists).
+          users.users.runner = {
+            isNormalUser = true;
+            uid = 1001;
+            extraGroups = [
+              "wheel"
+              "systemd-journal"
+            ];
+          };
+          security.sudo.wheelNeedsPassword = false;
+
+          # `pip install` outside a venv, as on GitHub's hosted images.
+          environment.etc."pip.conf".text = ''
+            [global]
+            break-system-packages = true
+          '';
+          # rustup's and pip's per-user bin directories lead PATH.
+          environment.sessionVariables.PATH = [
+            "$HOME/.cargo/bin"
+            "$HOME/.local/bin"
+          ];
+
           environment.systemPackages = with pkgs; [
             bash
             coreutils
+            findutils
+            diffutils
+            gnugrep
+            gnused
+            gawk
+            which
+            file
+            less
             git
+            git-lfs
+            openssh
             gnutar
             gzip
+            bzip2
+            xz
+            zstd
+            zip
+            unzip
+            rsync
             curl
+            wget
+            jq
+            gnupg
+            # Building C and C++ (gcc, binutils, make, cmake, ...).
+            gcc
+            gnumake
+            cmake
+            ninja
+            pkg-config
+            autoconf
+            automake
+            libtool
+            patch
+            # Python with pip (venv is in the standard library).
+            (python3.withPackages (ps: [ ps.pip ]))
+            # JavaScript actions run on node.
+            nodejs_24
+            # Rust from nixpkgs: rustup's downloaded toolchains are not built for
+            # NixOS; add pkgs.rustup (without these) to let jobs pick one.
+            cargo
+            rustc
+            clippy
+            rustfmt
           ];
 
           documentation.enable = false;
@@ -111,7 +177,7 @@ in
         firmware = "bios";
         seed = "nocloud";
         console = "ttyS0";
-        sshUser = "root";
+        sshUser = "runner";
         readinessProbes = 1;
         bootTimeoutSecs = 600;
         memoryMib = 1024;

@@ -76,6 +76,7 @@ rustPlatform.buildRustPackage {
         "doctor_cli"
         "exec_cli"
         "exec_debian"
+        "exec_runner"
         "exec_tiny"
         "executor_local"
         "executor_shells"

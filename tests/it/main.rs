@@ -18,6 +18,7 @@ mod docs_match_code;
 mod doctor_cli;
 mod exec_cli;
 mod exec_debian;
+mod exec_runner;
 mod exec_tiny;
 mod executor_local;
 mod executor_shells;

@@ -35,9 +35,11 @@ pub fn repo_root() -> PathBuf {
 pub fn image(name: &str) -> PathBuf {
     static TINY: OnceLock<PathBuf> = OnceLock::new();
     static DEBIAN: OnceLock<PathBuf> = OnceLock::new();
+    static RUNNER: OnceLock<PathBuf> = OnceLock::new();
     let cell = match name {
         "tiny" => &TINY,
         "debian" => &DEBIAN,
+        "runner" => &RUNNER,
         other => panic!("unknown test image {other}"),
     };
     cell.get_or_init(|| {
@@ -80,6 +82,15 @@ impl TestEnv {
     /// The Debian guest with real cloud-init, user `debian`.
     pub fn debian() -> Self {
         Self::with_image(image_config("debian", image("debian"), "debian", 512))
+    }
+
+    /// The runner image (GitHub's conventions: user `runner`, sudo, apt
+    /// assumes yes, compilers, node, Rust), labelled `ubuntu-latest` too.
+    pub fn runner() -> Self {
+        let mut img = image_config("runner", image("runner"), "runner", 1024);
+        img.labels.push("ubuntu-latest".into());
+        img.boot_timeout = Duration::from_secs(300);
+        Self::with_image(img)
     }
 
     pub fn with_image(img: ImageConfig) -> Self {
