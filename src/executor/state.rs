@@ -150,16 +150,7 @@ impl Runtime<'_> {
             conclusion,
             duration,
         });
-        if let Some(id) = &step.id {
-            state.steps_ctx.insert(
-                id.clone(),
-                json!({
-                    "outputs": outputs,
-                    "outcome": conclusion_str(outcome),
-                    "conclusion": conclusion_str(conclusion),
-                }),
-            );
-        }
+        self.record_child(state, step, outcome, conclusion, outputs.clone());
         state.records.push(StepRecord {
             index,
             id: step.id.clone(),
@@ -173,8 +164,8 @@ impl Runtime<'_> {
 }
 
 impl Runtime<'_> {
-    /// Records a step of a composite action: only in the composite's own
-    /// `steps` context.
+    /// Records a step in the `steps` context (for a step of a composite
+    /// action, that is all: the composite's own `steps` context).
     pub(super) fn record_child(
         &self,
         state: &mut JobState,

@@ -197,17 +197,7 @@ pub fn parse_action(text: &str, file: &str) -> Result<ActionManifest, ActionErro
 /// out of the message; the YAML path (`runs.steps[1]: `) is kept, except in
 /// front of a composite step's own message, which names the step already.
 fn yaml_error(e: &serde_norway::Error) -> (String, Option<usize>, Option<usize>) {
-    let mut message = e.to_string();
-    let (line, column) = match e.location() {
-        Some(loc) => {
-            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            if let Some(stripped) = message.strip_suffix(&suffix) {
-                message = stripped.to_string();
-            }
-            (Some(loc.line()), Some(loc.column()))
-        }
-        None => (None, None),
-    };
+    let (mut message, line, column) = super::model::yaml_location(e);
     if let Some(i) = message.find(STEP_PREFIX)
         && i > 0
         && message[..i].ends_with(": ")

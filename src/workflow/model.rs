@@ -271,6 +271,22 @@ pub enum WorkflowError {
     Matrix { message: String },
 }
 
+/// A YAML error's message without its trailing " at line L column C", and
+/// that line and column (1-based), reported separately.
+pub(crate) fn yaml_location(e: &serde_norway::Error) -> (String, Option<usize>, Option<usize>) {
+    let mut message = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_string();
+            }
+            (message, Some(loc.line()), Some(loc.column()))
+        }
+        None => (message, None, None),
+    }
+}
+
 fn location_suffix(line: Option<usize>, column: Option<usize>) -> String {
     match (line, column) {
         (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
@@ -287,19 +303,7 @@ fn suggestion_suffix(s: &Option<String>) -> String {
 
 impl WorkflowError {
     fn from_yaml(e: &serde_norway::Error) -> Self {
-        let mut message = e.to_string();
-        let (line, column) = match e.location() {
-            Some(loc) => {
-                // The message ends with " at line L column C"; the location
-                // is reported separately.
-                let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-                if let Some(stripped) = message.strip_suffix(&suffix) {
-                    message = stripped.to_string();
-                }
-                (Some(loc.line()), Some(loc.column()))
-            }
-            None => (None, None),
-        };
+        let (message, line, column) = yaml_location(e);
         WorkflowError::Yaml {
             message,
             line,

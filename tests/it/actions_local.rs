@@ -17,7 +17,7 @@ use solstice::config::GuestOs;
 use solstice::events::{Conclusion, JobEvent, LineKind};
 use solstice::executor::{JobOutcome, StepRecord, run_job};
 use solstice::guest::LocalSession;
-use solstice::job::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
+use solstice::job::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use solstice::testing::git_server::GitServer;
@@ -81,16 +81,7 @@ fn job(yaml: &str, server: &GitServer) -> TestJob {
         default_actions_url: Some(server.url().to_string()),
         actions: Some(action_cache(cache.path())),
     };
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Linux,
-        name: "test-runner".into(),
-        arch: RunnerArch::X64,
-        home: Some(home.path().to_str().unwrap().to_string()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Linux, "test-runner", home.path());
     TestJob {
         spec,
         runner,

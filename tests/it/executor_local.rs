@@ -8,7 +8,7 @@ use solstice::config::GuestOs;
 use solstice::events::{Conclusion, JobEvent, LineKind};
 use solstice::executor::{JobOutcome, run_job};
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk};
-use solstice::job::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
+use solstice::job::{CheckoutSource, JobSpec, RunnerInfo};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use solstice::workflow::model::parse_workflow;
@@ -82,16 +82,7 @@ fn spec(yaml: &str, home: &Path) -> TestJob {
         default_actions_url: None,
         actions: None,
     };
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Linux,
-        name: "test-runner".into(),
-        arch: RunnerArch::X64,
-        home: Some(home.to_str().unwrap().to_string()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Linux, "test-runner", home);
     TestJob { spec, runner }
 }
 

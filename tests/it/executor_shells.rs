@@ -12,7 +12,7 @@ use solstice::config::GuestOs;
 use solstice::events::Conclusion;
 use solstice::executor::run_job;
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk, shell_quote};
-use solstice::job::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
+use solstice::job::{CheckoutSource, JobSpec};
 use solstice::secret::Secret;
 use solstice::testing::VecSink;
 use solstice::workflow::model::parse_workflow;
@@ -114,16 +114,7 @@ async fn check_shell(target: &str, secs: u32) {
     };
     let sink = VecSink::default();
     let started = Instant::now();
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Illumos,
-        name: "r".into(),
-        arch: RunnerArch::X64,
-        home: Some(home.to_str().unwrap().into()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Illumos, "r", &home);
     let out = run_job(&spec, &runner, &s, &sink, CancellationToken::new()).await;
     let lines = sink.lines();
     assert!(
@@ -244,16 +235,7 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
         actions: None,
     };
     let sink = VecSink::default();
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Linux,
-        name: "r".into(),
-        arch: RunnerArch::X64,
-        home: Some(home.to_str().unwrap().into()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Linux, "r", &home);
     let out = run_job(&spec, &runner, &s, &sink, CancellationToken::new()).await;
     let lines = sink.lines();
     assert_eq!(out.conclusion, Conclusion::Success, "{target}: {lines:?}");

@@ -1079,16 +1079,11 @@ mod over_http {
         };
         let mut t = translate(&l.task, &opts).unwrap();
         let home = tempfile::tempdir().unwrap();
-        let runner = solstice::job::RunnerInfo {
-            image: "local".into(),
-            labels: vec![],
-            os: solstice::config::GuestOs::Linux,
-            name: "solstice-test".into(),
-            arch: solstice::job::RunnerArch::X64,
-            home: Some(home.path().to_str().unwrap().to_string()),
-            path_prepend: vec![],
-            node: None,
-        };
+        let runner = crate::support::local_runner(
+            solstice::config::GuestOs::Linux,
+            "solstice-test",
+            home.path(),
+        );
         t.spec.checkout = solstice::job::CheckoutSource::None;
         let shared = reporter(l.task.id, t.step_count, http_config());
         let cancel = CancellationToken::new();

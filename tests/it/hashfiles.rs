@@ -15,7 +15,7 @@ use solstice::config::GuestOs;
 use solstice::events::Conclusion;
 use solstice::executor::run_job;
 use solstice::guest::{GuestError, GuestSession, LocalSession, OutputChunk, shell_quote};
-use solstice::job::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};
+use solstice::job::{CheckoutSource, JobSpec};
 use solstice::testing::VecSink;
 use solstice::workflow::model::parse_workflow;
 use std::collections::BTreeMap;
@@ -177,16 +177,7 @@ async fn check(session: &dyn GuestSession, what: &str, home: &Path) {
         default_actions_url: None,
         actions: None,
     };
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Linux,
-        name: "r".into(),
-        arch: RunnerArch::X64,
-        home: Some(home.to_str().unwrap().into()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Linux, "r", home);
     let sink = VecSink::default();
     let out = run_job(&spec, &runner, session, &sink, CancellationToken::new()).await;
     let text = sink.all_text();
@@ -360,16 +351,7 @@ async fn always_steps_after_the_job_timeout_still_hash() {
         default_actions_url: None,
         actions: None,
     };
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Linux,
-        name: "r".into(),
-        arch: RunnerArch::X64,
-        home: Some(dir.path().to_str().unwrap().into()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Linux, "r", dir.path());
     let sink = VecSink::default();
     let out = run_job(
         &spec,
@@ -424,16 +406,7 @@ async fn no_sha256_tool_fails_clearly() {
         default_actions_url: None,
         actions: None,
     };
-    let runner = RunnerInfo {
-        image: "local".into(),
-        labels: vec![],
-        os: GuestOs::Linux,
-        name: "r".into(),
-        arch: RunnerArch::X64,
-        home: Some(home.to_str().unwrap().into()),
-        path_prepend: vec![],
-        node: None,
-    };
+    let runner = crate::support::local_runner(GuestOs::Linux, "r", &home);
     let sink = VecSink::default();
     let out = run_job(&spec, &runner, &s, &sink, CancellationToken::new()).await;
     let text = sink.all_text();

@@ -429,3 +429,22 @@ pub fn run_alone(name: &str) {
         "{name} did not run in its own process (no such test?)"
     );
 }
+
+/// The runner of a job run on a local session (`LocalSession` and its
+/// variants): `home` is the job's base directory.
+pub fn local_runner(
+    os: solstice::config::GuestOs,
+    name: &str,
+    home: &std::path::Path,
+) -> solstice::job::RunnerInfo {
+    solstice::job::RunnerInfo {
+        image: "local".into(),
+        labels: vec![],
+        os,
+        name: name.into(),
+        arch: solstice::job::RunnerArch::X64,
+        home: Some(home.to_str().expect("a UTF-8 path").to_string()),
+        path_prepend: vec![],
+        node: None,
+    }
+}
