@@ -61,7 +61,7 @@ const COMPOSITE_MANIFEST: &str = "name: noop-composite\ndescription: Does nothin
 /// `solstice bench actions`.
 pub async fn actions_main(args: ActionsBenchArgs) -> Result<(), BenchError> {
     let want = |p: ActionsPhase| args.only.is_empty() || args.only.contains(&p);
-    let work = TempDir::new(&std::env::temp_dir(), "sbench-actions")?;
+    let work = TempDir::new(&std::env::temp_dir(), "sbench")?;
     progress("publishing the benchmark's actions on a git server on 127.0.0.1");
     let server = GitServer::start().await;
     let shas = publish(&server, &work.0)?;
@@ -597,9 +597,9 @@ async fn daemon_part(
         label: &label,
         actions_url: Some(server.url()),
     };
-    let plain = daemon_case(&setup, "plain", &true_payload(&label), jobs).await?;
+    let plain = daemon_case(&setup, "p", "plain", &true_payload(&label), jobs).await?;
     let packs = server.upload_packs();
-    let actions = daemon_case(&setup, "actions", &action_payload(&label), jobs).await?;
+    let actions = daemon_case(&setup, "a", "actions", &action_payload(&label), jobs).await?;
     if server.upload_packs() == packs {
         return Err("the daemon's jobs did not fetch the action from the git server".into());
     }
@@ -611,14 +611,16 @@ async fn daemon_part(
     })
 }
 
-/// A fresh daemon (capacity 1) runs `jobs` jobs of `payload`.
+/// A fresh daemon (capacity 1, its files in `work/<dir>`: a short name,
+/// as QMP socket paths must stay short) runs `jobs` jobs of `payload`.
 async fn daemon_case(
     setup: &Setup<'_>,
+    dir: &str,
     name: &str,
     payload: &str,
     jobs: u32,
 ) -> Result<DaemonMemory, String> {
-    let (forge, mut daemon) = setup.start_in(name, 1).await?;
+    let (forge, mut daemon) = setup.start_in(dir, 1).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start_kib = daemon.kib("VmRSS")?;
     let ids: Vec<i64> = (0..jobs)
