@@ -343,11 +343,14 @@ impl LastLines {
     }
 }
 
-/// The `steps` part's job: K steps of each kind.
+/// The `steps` part's job: K steps of each kind, every script run by `sh`.
 fn steps_workflow(k: u32) -> String {
     let mut y = String::from("jobs:\n  bench:\n    steps:\n");
     for i in 1..=k {
-        y.push_str(&format!("      - name: run {i}\n        run: 'true'\n"));
+        // `sh`, as in the composite: the image's default shell may be bash.
+        y.push_str(&format!(
+            "      - name: run {i}\n        run: 'true'\n        shell: sh\n"
+        ));
     }
     for i in 1..=k {
         y.push_str(&format!(
@@ -508,7 +511,7 @@ impl StepsReport {
                 fmt_ms(s.median)
             ));
         };
-        row("baseline: `run: 'true'`", &self.run);
+        row("baseline: `run: 'true'` (`shell: sh`)", &self.run);
         row("composite action (one `run: 'true'`)", &self.composite);
         if let Ok(js) = &self.javascript {
             row("JavaScript action (empty main.js)", js);
