@@ -21,6 +21,23 @@ pub enum BenchCommand {
     /// the first step, idle memory and CPU, and log streaming, each against
     /// plain QEMU + OpenSSH in the same run. Takes several minutes under TCG.
     Runner(RunnerBenchArgs),
+    /// Actions: the time a JavaScript action adds to a step (node start-up
+    /// in the guest) against `run:` and composite steps in the same job; a
+    /// first fetch against cached fetches (by tag, by sha) from a git server
+    /// on 127.0.0.1; the daemon's memory with jobs that use a fetched action
+    /// against jobs that do not.
+    Actions(ActionsBenchArgs),
+}
+
+/// A part of `solstice bench actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionsPhase {
+    /// One VM job: `run:`, composite and JavaScript steps.
+    Steps,
+    /// First and cached fetches through the host's action cache (no VM).
+    Fetch,
+    /// The daemon's memory with and without actions.
+    Daemon,
 }
 
 /// Options of both benchmarks.
@@ -65,4 +82,24 @@ pub struct RunnerBenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ActionsBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Steps of each kind (`run: 'true'`, a no-op composite action, a no-op
+    /// JavaScript action) in the one VM job of the `steps` part.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub steps: u32,
+    /// Repetitions of each fetch measurement (a fresh cache each); medians
+    /// are reported.
+    #[arg(long, short = 'n', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Jobs the daemon runs in each case of the `daemon` part.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub jobs: u32,
+    /// Run only these parts (repeat or separate with commas) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<ActionsPhase>,
 }

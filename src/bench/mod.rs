@@ -6,9 +6,13 @@
 //! - [`runner`] (`solstice bench runner`, issue 3): the `solstice run` daemon
 //!   against an in-process fake forge: throughput, latency split, idle cost
 //!   and log streaming, each against its plain baseline.
+//! - [`actions`] (`solstice bench actions`, issue 12): node start-up in the
+//!   guest against `run:` and composite steps, first against cached action
+//!   fetches, and the daemon's memory with the action cache in use.
 //!
 //! Both boot their baseline VMs with [`baseline::BaselineVm`].
 
+pub mod actions;
 mod args;
 pub mod baseline;
 pub mod engine;
@@ -23,7 +27,10 @@ use crate::job::RunError;
 use crate::job::placement::{Fallback, choose_image};
 use crate::startup::StartupError;
 
-pub use args::{BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs, RunnerBenchArgs};
+pub use args::{
+    ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs,
+    RunnerBenchArgs,
+};
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
 /// Why a benchmark stopped without figures. The command-line edge maps it to
@@ -49,6 +56,7 @@ pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
     match args.command {
         BenchCommand::Engine(a) => engine::engine_main(a).await,
         BenchCommand::Runner(a) => runner::runner_main(a).await,
+        BenchCommand::Actions(a) => actions::actions_main(a).await,
     }
 }
 

@@ -46,7 +46,8 @@ pub enum Command {
     /// each with what to do; exits 1 when a job could not run.
     Doctor(doctor::DoctorArgs),
     /// Measure Solstice against plain QEMU + OpenSSH baselines
-    /// (`bench engine`: one job's overhead; `bench runner`: the daemon).
+    /// (`bench engine`: one job's overhead; `bench runner`: the daemon;
+    /// `bench actions`: node start-up, fetches, the daemon's memory).
     #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
     /// A build without benchmarks: says how to get them.

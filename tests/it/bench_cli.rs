@@ -1,7 +1,8 @@
 //! `solstice bench` as a user runs it: the real binary, a config file, real
 //! tiny guests. `bench runner` runs with tiny figures (one job per capacity,
 //! a 1 MB log, 3 s idle) and must print every row of its table, write its
-//! JSON and leave no VM or directory behind.
+//! JSON and leave no VM or directory behind. `bench actions` prints its
+//! fetch table without a VM, and every part on the tiny guest.
 
 use crate::support;
 
@@ -15,12 +16,36 @@ fn solstice() -> Command {
 }
 
 #[test]
-fn bench_help_names_both_benchmarks() {
+fn bench_help_names_every_benchmark() {
     let out = solstice().args(["bench", "--help"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("engine"), "{text}");
     assert!(text.contains("runner"), "{text}");
+    assert!(text.contains("actions"), "{text}");
+    let out = solstice()
+        .args(["bench", "actions", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--steps", "--runs", "--jobs", "--only", "--image", "--config",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    // A part that does not exist, or zero steps: usage errors.
+    for bad in [
+        &["--only", "nope"][..],
+        &["--steps", "0"],
+        &["--only", "fetch,nope"],
+    ] {
+        let out = solstice()
+            .args(["bench", "actions"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
     let out = solstice()
         .args(["bench", "runner", "--help"])
         .output()
@@ -113,4 +138,85 @@ fn bench_runner_prints_every_row_with_tiny_figures() {
             .all(|n| !n.to_string_lossy().starts_with("bench-")),
         "baseline directories left: {state:?}"
     );
+}
+
+/// `bench actions --only fetch` needs no VM and no configuration: it prints
+/// the fetch table for both actions and leaves nothing in TMPDIR.
+#[test]
+fn bench_actions_fetch_part_prints_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = solstice()
+        .args(["bench", "actions", "--only", "fetch", "--runs", "1"])
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench actions failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in [
+        "FETCH (git server on 127.0.0.1, a fresh cache each run; medians of 1)",
+        "bench/noop-js (archive",
+        "bench/noop-big (archive 20",
+        "first fetch by tag (ls-remote, fetch, archive)",
+        "cached, by tag (ls-remote, then the cache)",
+        "cached, by full sha (no network)",
+        "first is",
+    ] {
+        assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("STEPS"), "{stdout}");
+    assert!(
+        stderr.contains("[bench] fetch bench/noop-big 1/1"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
+/// The whole of `bench actions` on the tiny guest (no node there): the
+/// steps table says so instead of a node figure; the daemon's jobs fetch
+/// the action through its cache.
+#[test]
+fn bench_actions_on_the_tiny_guest_prints_every_part() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let tmp = env.dir.path().join("t");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = solstice()
+        .args([
+            "bench", "actions", "--steps", "1", "--runs", "1", "--jobs", "1",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench actions failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in [
+        "FETCH",
+        "STEPS (one job on image tiny",
+        "baseline: `run: 'true'`",
+        "composite action (one `run: 'true'`)",
+        "action plumbing: composite − run (medians)",
+        "JavaScript action: no figure, no usable node in image tiny",
+        "DAEMON MEMORY",
+        "baseline: `run: 'true'` jobs",
+        "jobs using a fetched action (2 MiB file)",
+        "with the action cache in use",
+    ] {
+        assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
+    }
+    assert!(qemu_processes_under(env.dir.path()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
