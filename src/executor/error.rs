@@ -55,7 +55,7 @@ pub(super) enum StepError {
         "`uses: {uses}` cannot be fetched: this run has no action cache (remote actions are fetched by the host)"
     )]
     NoActionCache { uses: String },
-    #[error("Could not fetch `{uses}`: {error}")]
+    #[error("{}", fetch_message(.uses, .error))]
     Fetch { uses: String, error: String },
     #[error("Could not copy the action into the guest at {dest}: {error}")]
     ActionCopy { dest: String, error: String },
@@ -102,6 +102,16 @@ pub(super) enum StepError {
     Copy { what: String, error: GuestError },
 }
 
+/// A fetch failure's text: the cache's own message when it already says
+/// what could not be fetched, else prefixed with the `uses:`.
+fn fetch_message(uses: &str, error: &str) -> String {
+    if error.starts_with("Could not fetch") || error.starts_with("Refusing to fetch") {
+        error.to_string()
+    } else {
+        format!("Could not fetch `{uses}`: {error}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +132,22 @@ mod tests {
                 }
                 .to_string(),
                 "Could not prepare the guest (exit status 2): mkdir: denied",
+            ),
+            (
+                StepError::Fetch {
+                    uses: "a/b@v1".into(),
+                    error: "Could not fetch `a/b@v1` from https://x/a/b: down".into(),
+                }
+                .to_string(),
+                "Could not fetch `a/b@v1` from https://x/a/b: down",
+            ),
+            (
+                StepError::Fetch {
+                    uses: "a/b@v1".into(),
+                    error: "the job was cancelled".into(),
+                }
+                .to_string(),
+                "Could not fetch `a/b@v1`: the job was cancelled",
             ),
             (
                 StepError::DockerAction {
