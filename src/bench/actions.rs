@@ -23,7 +23,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::runner::{Setup, is_final, progress, true_payload, wait_all_final};
@@ -35,7 +34,7 @@ use crate::actions::{ActionCache, CacheSettings, FetchRequest, RemoteRef};
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::forge::forgejo::proto::TaskResult;
-use crate::job::{self, CheckoutSource, JobSpec, VmRun};
+use crate::job::{self, JobSpec, VmRun};
 use crate::startup::resolve_accel;
 use crate::testing::git_server::GitServer;
 use crate::vm::Accel;
@@ -413,20 +412,9 @@ async fn steps_part(
     let wf = crate::workflow::parse_workflow(&yaml)
         .map_err(|e| BenchError::Infra(format!("built-in bench workflow: {e}")))?;
     let spec = JobSpec {
-        workflow: wf,
-        job_id: "bench".into(),
-        matrix: Default::default(),
-        github: json!({"repository": "local/bench", "workflow": "bench"}),
-        secrets: Default::default(),
-        vars: Default::default(),
-        inputs: json!({}),
-        needs: json!({}),
-        extra_env: Default::default(),
-        checkout: CheckoutSource::None,
-        max_job_timeout: None,
-        extra_masks: Vec::new(),
         default_actions_url: Some(server.url().to_owned()),
         actions: Some(Arc::new(cache)),
+        ..JobSpec::own(wf, "bench")
     };
     progress(format_args!(
         "steps: one job on image {} ({} vCPU, {} MiB, accelerator {}) with {k} run, {k} composite and {k} JavaScript steps",

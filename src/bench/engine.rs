@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::baseline::baseline_boot;
@@ -20,7 +19,7 @@ use super::{BenchError, EngineBenchArgs, bench_image, fmt_ms, load_bench_config,
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::human::fmt_duration;
-use crate::job::{self, CheckoutSource, JobSpec, VmRun};
+use crate::job::{self, JobSpec, VmRun};
 use crate::startup::resolve_accel;
 use crate::vm::Accel;
 use crate::vm::accel::Accelerator;
@@ -222,22 +221,7 @@ async fn solstice_run(
 ) -> Result<SolsticeSample, BenchError> {
     let wf = crate::workflow::parse_workflow(TRUE_WORKFLOW)
         .map_err(|e| BenchError::Infra(format!("built-in bench workflow: {e}")))?;
-    let spec = JobSpec {
-        workflow: wf,
-        job_id: "bench".into(),
-        matrix: Default::default(),
-        github: json!({"repository": "local/bench", "workflow": "bench"}),
-        secrets: Default::default(),
-        vars: Default::default(),
-        inputs: json!({}),
-        needs: json!({}),
-        extra_env: Default::default(),
-        checkout: CheckoutSource::None,
-        max_job_timeout: None,
-        extra_masks: Vec::new(),
-        default_actions_url: None,
-        actions: None,
-    };
+    let spec = JobSpec::own(wf, "bench");
     let job_id = job::id::new_job_id("bench");
     let fixed = Accelerator::fixed(accel);
     let run = VmRun {

@@ -48,6 +48,33 @@ pub struct JobSpec {
     pub actions: Option<Arc<ActionCache>>,
 }
 
+impl JobSpec {
+    /// Solstice's own job `job_id` of `workflow` (the doctor's probe, the
+    /// benchmarks): repository `local/<job_id>`, no event, secrets,
+    /// checkout or actions.
+    pub fn own(workflow: Workflow, job_id: &str) -> JobSpec {
+        JobSpec {
+            workflow,
+            job_id: job_id.to_string(),
+            matrix: IndexMap::new(),
+            github: serde_json::json!({
+                "repository": format!("local/{job_id}"),
+                "workflow": job_id,
+            }),
+            secrets: BTreeMap::new(),
+            vars: BTreeMap::new(),
+            inputs: serde_json::json!({}),
+            needs: serde_json::json!({}),
+            extra_env: IndexMap::new(),
+            checkout: CheckoutSource::None,
+            max_job_timeout: None,
+            extra_masks: Vec::new(),
+            default_actions_url: None,
+            actions: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for JobSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobSpec")

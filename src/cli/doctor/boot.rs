@@ -5,14 +5,13 @@
 
 use std::sync::Mutex;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Check;
 use crate::cli::error::Report;
 use crate::config::{Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind};
-use crate::job::{self, CheckoutSource, JobSpec, RunError, VmRun};
+use crate::job::{self, JobSpec, RunError, VmRun};
 
 /// Tools whose presence the report shows, with what their absence means.
 const TOOLS: &[(&str, &str)] = &[
@@ -283,22 +282,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         Ok(w) => w,
         Err(e) => return vec![Check::fail(what, format!("built-in probe workflow: {e}"))],
     };
-    let spec = JobSpec {
-        workflow: wf,
-        job_id: "doctor".into(),
-        matrix: Default::default(),
-        github: json!({"repository": "local/doctor", "workflow": "doctor"}),
-        secrets: Default::default(),
-        vars: Default::default(),
-        inputs: json!({}),
-        needs: json!({}),
-        extra_env: Default::default(),
-        checkout: CheckoutSource::None,
-        max_job_timeout: None,
-        extra_masks: Vec::new(),
-        default_actions_url: None,
-        actions: None,
-    };
+    let spec = JobSpec::own(wf, "doctor");
     let job_id = job::id::new_job_id("doctor");
     let run = VmRun {
         config,
