@@ -181,9 +181,7 @@ impl Store {
             .map_err(sql_err(path, "set the busy timeout"))?;
         // Identify the file before changing anything in it.
         check_identity(&conn, path, false)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(sql_err(path, "switch to WAL mode"))?;
+        let mode = switch_to_wal(&conn).map_err(sql_err(path, "switch to WAL mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "the state database is not in WAL mode");
         }
@@ -247,6 +245,28 @@ impl Store {
     }
 }
 
+/// Switches `conn` to WAL mode and returns the mode SQLite reports. Changing
+/// the journal mode needs an exclusive lock and SQLite answers "database is
+/// locked" at once, without its busy handler, while another connection
+/// holds one (two processes opening a new state directory together), so
+/// this waits for the lock itself, up to [`BUSY_TIMEOUT`].
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn sql_err(path: &Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| match source.sqlite_error_code() {
@@ -300,6 +320,29 @@ mod tests {
             UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
         );
         assert_eq!(split_time(UNIX_EPOCH - Duration::from_secs(5)), (0, 0));
+    }
+
+    /// Two processes (`exec` and the daemon, say) may open a new state
+    /// directory at the same moment; neither may fail for it.
+    #[test]
+    fn opening_a_new_database_from_many_connections_at_once_succeeds() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state").join("solstice.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Store::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]

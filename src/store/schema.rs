@@ -156,16 +156,17 @@ pub(super) fn check_identity(
 }
 
 fn read_identity(conn: &Connection, path: &Path) -> Result<(i32, i64, i64), StoreError> {
-    let app: i32 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(sql_err(path, "read the application id"))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(sql_err(path, "read the schema version"))?;
-    let objects: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .map_err(sql_err(path, "read the schema"))?;
-    Ok((app, version, objects))
+    // One statement, so one snapshot: another process may be creating the
+    // schema at this moment, and three separate reads could see its tables
+    // without its application id.
+    conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id), \
+                (SELECT user_version FROM pragma_user_version), \
+                (SELECT count(*) FROM sqlite_schema)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .map_err(sql_err(path, "read the database's identity"))
 }
 
 /// Applies the pending migrations in one transaction.
