@@ -244,6 +244,7 @@ pub async fn run_in_vm(
             authorized_key: &authorized,
             host_key: host_private.as_ref().zip(host_public.as_deref()),
             hostname: &hostname,
+            host_ports: &[],
         };
         if let Some(o) = run.observer {
             o.before_start(&jobs.join(run.job_id))

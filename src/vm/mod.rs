@@ -63,6 +63,10 @@ pub struct VmSpec<'a> {
     /// Guest SSH host key to pin: (private key in OpenSSH format, public key line).
     pub host_key: Option<(&'a Secret, &'a str)>,
     pub hostname: &'a str,
+    /// Ports of services on the host's loopback that the guest may reach,
+    /// deliberately, at the gateway address (`10.0.2.2:<port>`): the
+    /// built-in cache service. Nothing else on the host is reachable.
+    pub host_ports: &'a [u16],
 }
 
 /// Why a VM could not be started or stopped.

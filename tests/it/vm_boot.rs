@@ -91,6 +91,7 @@ fn spec<'a>(
         authorized_key: KEY,
         host_key: None,
         hostname: "tiny-test",
+        host_ports: &[],
     }
 }
 
