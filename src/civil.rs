@@ -35,6 +35,21 @@ impl Civil {
             sec: (secs % 60) as u8,
         }
     }
+
+    /// Seconds since the epoch of this date and time (the inverse of
+    /// [`Civil::from_unix`], Howard Hinnant's days-from-civil). Fields out
+    /// of their ranges give a meaningless but defined result.
+    pub fn to_unix(&self) -> i64 {
+        let month = i64::from(self.month);
+        let y = self.year - i64::from(month <= 2);
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let mp = if month > 2 { month - 3 } else { month + 9 };
+        let doy = (153 * mp + 2) / 5 + i64::from(self.day) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        days * 86_400 + i64::from(self.hour) * 3600 + i64::from(self.min) * 60 + i64::from(self.sec)
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +72,8 @@ mod tests {
         );
         let c = Civil::from_unix(-1);
         assert_eq!((c.year, c.month, c.day, c.hour), (1969, 12, 31, 23));
+        for t in [0, -1, 951_782_400, 4_102_444_799, 1_796_000_123] {
+            assert_eq!(Civil::from_unix(t).to_unix(), t);
+        }
     }
 }

@@ -65,11 +65,12 @@
 //! All runners are instance-wide, so there is one `tasks_version` scope,
 //! bumped by every [`FakeForge::enqueue`].
 
+mod artifacts;
 mod state;
 
 use std::future::{Future, IntoFuture};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -89,6 +90,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::forge::forgejo::error::Code;
 use crate::secret::Secret;
 
+pub use artifacts::{
+    ARTIFACT_V4_ROUTE_BASE, ArtifactSnapshot, ArtifactStatus, DEFAULT_SIGNED_URL_TTL,
+};
 use state::{Caller, Origin, Rpc, RpcError, State};
 pub use state::{
     FORGEJO_SERVER_VERSION, FakeJob, JobSnapshot, LogAppend, MAX_LOG_ROW_BYTES,
@@ -109,7 +113,11 @@ const NGINX_413_BODY: &str = "<html>\r\n<head><title>413 Request Entity Too Larg
 /// How the fake starts.
 #[derive(Debug, Clone)]
 pub struct FakeOptions {
-    /// Port on 127.0.0.1; 0 picks a free one.
+    /// The address to listen on: `127.0.0.1` by default. Tests whose guests
+    /// must reach the forge bind an address of a network namespace they
+    /// created (guests cannot reach the host's loopback).
+    pub bind: IpAddr,
+    /// Port on [`FakeOptions::bind`]; 0 picks a free one.
     pub port: u16,
     /// Answer errors in Gitea's style (see [`FakeForge::set_gitea_errors`]).
     pub gitea_errors: bool,
@@ -141,6 +149,7 @@ pub struct FakeOptions {
 impl Default for FakeOptions {
     fn default() -> Self {
         FakeOptions {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             gitea_errors: false,
             default_actions_url: "https://data.forgejo.org".into(),
@@ -202,9 +211,25 @@ impl Drop for Lifetime {
 }
 
 impl FakeForge {
-    /// Binds `127.0.0.1:opts.port` and starts serving.
+    /// Binds `opts.bind:opts.port` and starts serving.
     pub async fn start(opts: FakeOptions) -> io::Result<FakeForge> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, opts.port)).await?;
+        let listener = TcpListener::bind((opts.bind, opts.port)).await?;
+        FakeForge::start_listening(listener, opts).await
+    }
+
+    /// Serves on a socket the caller bound, for example one inside a network
+    /// namespace the test created (`opts.bind` and `opts.port` are not
+    /// used). [`FakeForge::restart`] binds the same address again in the
+    /// caller's own namespace, so it only works for host addresses.
+    pub async fn start_on(
+        listener: std::net::TcpListener,
+        opts: FakeOptions,
+    ) -> io::Result<FakeForge> {
+        listener.set_nonblocking(true)?;
+        FakeForge::start_listening(TcpListener::from_std(listener)?, opts).await
+    }
+
+    async fn start_listening(listener: TcpListener, opts: FakeOptions) -> io::Result<FakeForge> {
         let addr = listener.local_addr()?;
         let mut state = State::new(
             format!("http://{addr}/"),
@@ -264,7 +289,7 @@ impl FakeForge {
         *self.inner.serving.lock().await = Some(Serving { kill, task });
     }
 
-    /// The instance URL, `http://127.0.0.1:PORT` (no trailing slash, no `/api/actions`).
+    /// The instance URL, `http://ADDRESS:PORT` (no trailing slash, no `/api/actions`).
     pub fn url(&self) -> String {
         format!("http://{}", self.inner.addr)
     }
@@ -343,6 +368,26 @@ impl FakeForge {
         let done = self.state().delete_task(task_id);
         self.changed();
         done
+    }
+
+    /// Every artifact of every run, by id (see the artifact service in
+    /// `fake_forge/artifacts.rs`).
+    pub fn artifacts(&self) -> Vec<ArtifactSnapshot> {
+        self.state().services.snapshots()
+    }
+
+    /// The task's current runtime JWT (`gitea_runtime_token`; also the
+    /// ID-token request token when its job has OIDC). Empty before the task
+    /// was handed out; `None` for an unknown task.
+    pub fn runtime_token(&self, task_id: i64) -> Option<Secret> {
+        self.state().runtime_token(task_id)
+    }
+
+    /// How long signed upload/download URLs minted from now on stay valid
+    /// ([`DEFAULT_SIGNED_URL_TTL`], Forgejo's hour, by default; zero makes
+    /// every new URL expired at once).
+    pub fn set_signed_url_ttl(&self, ttl: Duration) {
+        self.state().services.signed_url_ttl = ttl;
     }
 
     /// All tasks, by id.
@@ -709,6 +754,9 @@ async fn handle(
             .into_response();
     }
     let Some(rpc) = rpc else {
+        if let Some(response) = serve_job_services(&inner, &method, &uri, &headers, &body) {
+            return response;
+        }
         record(&inner, path, &caller, StatusCode::NOT_FOUND, None);
         inner.changed.notify_waiters();
         return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
@@ -836,6 +884,52 @@ async fn handle(
         }
     }
     response
+}
+
+/// The services jobs call (artifacts, ID tokens); `None` for other paths.
+fn serve_job_services(
+    inner: &Inner,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response> {
+    let (name, answer) = {
+        let mut guard = inner.state();
+        let st = &mut *guard;
+        let server_url = st.server_url().to_string();
+        let req = artifacts::Request {
+            method,
+            path: uri.path(),
+            query: uri.query(),
+            headers,
+            body,
+            server_url: &server_url,
+        };
+        let (services, tasks) = st.services_and_tasks();
+        artifacts::handle(services, &tasks, &req)?
+    };
+    let caller = Caller {
+        uuid: None,
+        token: None,
+        request_key: None,
+    };
+    record(inner, &name, &caller, answer.status, None);
+    inner.changed.notify_waiters();
+    let mut response = (answer.status, answer.body).into_response();
+    let h = response.headers_mut();
+    if !answer.content_type.is_empty() {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(answer.content_type),
+        );
+    }
+    for (k, v) in answer.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    Some(response)
 }
 
 /// A TCP listener whose connections all fail once `kill` is cancelled.

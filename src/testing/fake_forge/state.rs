@@ -13,6 +13,8 @@ use crate::forge::forgejo::error::Code;
 use crate::forge::forgejo::proto::{self, TaskResult, Timestamp};
 use crate::secret::Secret;
 
+use super::artifacts::{Services, TaskAuth, Tasks};
+
 /// Largest output key the server stores (bytes), as in Forgejo.
 pub const MAX_OUTPUT_KEY_BYTES: usize = 255;
 /// Largest output value the server stores (bytes), as in Forgejo.
@@ -205,9 +207,15 @@ pub struct FakeJob {
     /// values remove a key, for example `gitea_default_actions_url`).
     pub context_overrides: Value,
     /// OpenID Connect is enabled for the job (`enable-openid-connect`): the
-    /// context carries `forgejo_actions_id_token_request_token` and
+    /// context carries `forgejo_actions_id_token_request_token` (the runtime
+    /// JWT, whose scope then allows ID tokens) and
     /// `forgejo_actions_id_token_request_url`, as Forgejo sends them.
     pub oidc: bool,
+    /// The run the job belongs to (`github.run_id`, the runtime token's
+    /// `RunID`). `None`: a run of its own whose id is the job's id. Jobs of
+    /// one run share its artifacts, as a job and the jobs that `needs:` it
+    /// do on Forgejo; pass the first job's id to the later ones.
+    pub run_id: Option<i64>,
 }
 
 impl FakeJob {
@@ -232,6 +240,7 @@ impl fmt::Debug for FakeJob {
             .field("vars", &self.vars.keys().collect::<Vec<_>>())
             .field("needs", &self.needs.keys().collect::<Vec<_>>())
             .field("oidc", &self.oidc)
+            .field("run_id", &self.run_id)
             .finish_non_exhaustive()
     }
 }
@@ -404,9 +413,9 @@ struct TaskRec {
     runner_id: i64,
     runner_uuid: String,
     token: Secret,
+    /// The runtime JWT (also the ID-token request token with OIDC); empty
+    /// until the task is built for a FetchTask answer.
     runtime_token: Secret,
-    /// `forgejo_actions_id_token_request_token` (sent when the job has OIDC).
-    oidc_token: Secret,
     request_key: Option<String>,
     status: TaskStatus,
     client_result: TaskResult,
@@ -461,6 +470,8 @@ pub(super) struct State {
     max_running: usize,
     faults: Vec<Fault>,
     delays: HashMap<String, Duration>,
+    /// The artifact and ID-token services (and the signing keys).
+    pub(super) services: Services,
 }
 
 /// Longest log row the forge stores; longer rows are cut (spec §3.5).
@@ -577,7 +588,18 @@ impl State {
             max_running: 0,
             faults: Vec::new(),
             delays: HashMap::new(),
+            services: Services::new(),
         }
+    }
+
+    /// The instance URL, with a trailing slash.
+    pub(super) fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The current runtime JWT of a task (empty before its first FetchTask).
+    pub(super) fn runtime_token(&self, task_id: i64) -> Option<Secret> {
+        self.tasks.get(&task_id).map(|t| t.runtime_token.clone())
     }
 
     // ---- test-facing operations ----
@@ -1059,8 +1081,7 @@ impl State {
                 for id in ids {
                     if let Some(t) = self.tasks.get_mut(&id) {
                         t.token = Secret::new(random_hex40());
-                        t.runtime_token = Secret::new(format!("fake-runtime-{}", random_hex40()));
-                        t.oidc_token = Secret::new(format!("fake-oidc-{}", random_hex40()));
+                        t.runtime_token = Secret::new(String::new());
                     }
                     out.extend(self.build_task(id));
                 }
@@ -1139,8 +1160,7 @@ impl State {
                 runner_id,
                 runner_uuid,
                 token: Secret::new(random_hex40()),
-                runtime_token: Secret::new(format!("fake-runtime-{}", random_hex40())),
-                oidc_token: Secret::new(format!("fake-oidc-{}", random_hex40())),
+                runtime_token: Secret::new(String::new()),
                 request_key: key.map(str::to_string),
                 status: TaskStatus::Running,
                 client_result: TaskResult::Unspecified,
@@ -1169,12 +1189,15 @@ impl State {
         id
     }
 
-    /// The `Task` message of an assigned task (with its current tokens).
-    fn build_task(&self, task_id: i64) -> Option<proto::Task> {
+    /// The `Task` message of an assigned task (with its current tokens;
+    /// the runtime JWT is minted here the first time, as Forgejo mints it
+    /// when it builds the task's context).
+    fn build_task(&mut self, task_id: i64) -> Option<proto::Task> {
         let t = self.tasks.get(&task_id)?;
         let j = self.jobs.get(&t.job_id)?;
-        let token = t.token.expose();
-        let runtime = t.runtime_token.expose();
+        let run_id = j.job.run_id.unwrap_or(j.id);
+        let token = t.token.expose().to_string();
+        let token = token.as_str();
         let url = &self.server_url;
         let s = |v: &str| Value::String(v.to_string());
         let mut ctx: serde_json::Map<String, Value> = [
@@ -1206,8 +1229,8 @@ impl State {
             ("repository_owner_id", s("1")),
             ("repositoryUrl", s(&format!("{url}fake-owner/fake-repo"))),
             ("retention_days", s("")),
-            ("run_id", s(&j.id.to_string())),
-            ("run_number", s(&j.id.to_string())),
+            ("run_id", s(&run_id.to_string())),
+            ("run_number", s(&run_id.to_string())),
             ("run_attempt", s("1")),
             ("runner_perflog", s("")),
             ("runner_tracking_id", s("")),
@@ -1223,12 +1246,25 @@ impl State {
             ),
             ("workspace", s("")),
             ("gitea_default_actions_url", s(&self.default_actions_url)),
-            ("gitea_runtime_token", s(runtime)),
             ("forgejo_server_version", s(FORGEJO_SERVER_VERSION)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let (job_id, oidc) = (j.id, j.job.oidc);
+        if t.runtime_token.expose().is_empty() {
+            let jwt =
+                self.services
+                    .mint_runtime_token(task_id, run_id, job_id, oidc.then_some(&ctx));
+            if let Some(t) = self.tasks.get_mut(&task_id) {
+                t.runtime_token = Secret::new(jwt);
+            }
+        }
+        let t = self.tasks.get(&task_id)?;
+        let j = self.jobs.get(&t.job_id)?;
+        let url = &self.server_url;
+        let runtime = t.runtime_token.expose();
+        ctx.insert("gitea_runtime_token".into(), s(runtime));
         if self.forgejo_key_twins {
             ctx.insert(
                 "forgejo_default_actions_url".into(),
@@ -1237,15 +1273,11 @@ impl State {
             ctx.insert("forgejo_runtime_token".into(), s(runtime));
         }
         if j.job.oidc {
-            ctx.insert(
-                "forgejo_actions_id_token_request_token".into(),
-                s(t.oidc_token.expose()),
-            );
+            ctx.insert("forgejo_actions_id_token_request_token".into(), s(runtime));
             ctx.insert(
                 "forgejo_actions_id_token_request_url".into(),
                 s(&format!(
-                    "{url}api/actions/_apis/pipelines/workflows/{}/idtoken?placeholder=true",
-                    j.id
+                    "{url}api/actions/_apis/pipelines/workflows/{run_id}/idtoken?placeholder=true"
                 )),
             );
         }
@@ -1557,6 +1589,46 @@ fn final_state_violations(
         }
     }
     out
+}
+
+/// The tasks as the job services see them (borrowed next to the services).
+pub(super) struct TaskView<'a> {
+    tasks: &'a BTreeMap<i64, TaskRec>,
+    jobs: &'a BTreeMap<i64, JobRec>,
+}
+
+impl State {
+    /// The job services, and the tasks they authenticate against.
+    pub(super) fn services_and_tasks(&mut self) -> (&mut Services, TaskView<'_>) {
+        (
+            &mut self.services,
+            TaskView {
+                tasks: &self.tasks,
+                jobs: &self.jobs,
+            },
+        )
+    }
+}
+
+impl Tasks for TaskView<'_> {
+    fn task_auth(&self, task_id: i64) -> Option<TaskAuth> {
+        let t = self.tasks.get(&task_id)?;
+        let j = self.jobs.get(&t.job_id)?;
+        Some(TaskAuth {
+            task_id,
+            run_id: j.job.run_id.unwrap_or(j.id),
+            job_id: j.id,
+            running: t.status == TaskStatus::Running,
+        })
+    }
+
+    fn running_task_by_token(&self, token: &str) -> Option<TaskAuth> {
+        let t = self
+            .tasks
+            .values()
+            .find(|t| t.status == TaskStatus::Running && t.token.expose() == token)?;
+        self.task_auth(t.id)
+    }
 }
 
 #[cfg(test)]
