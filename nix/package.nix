@@ -50,7 +50,8 @@ rustPlatform.buildRustPackage {
   # server and no network beyond 127.0.0.1 (one test binary, `it`, with a
   # module per area). Skipped on purpose: exec_cli, exec_debian, exec_tiny,
   # exec_runner, actions_vm, vm_boot, doctor_cli, checkout_gitless, run_cli
-  # and forge_e2e* boot guests; hashfiles runs under busybox, dash and ksh;
+  # and forge_e2e* boot guests; forge_artifacts needs node, npm and the npm
+  # registry, root (network namespaces) and boots guests; hashfiles runs under busybox, dash and ksh;
   # ssh_client and ssh_throughput start sshd and dropbear; executor_local and
   # executor_shells need ksh, dash and busybox; nixos_module needs
   # nix-instantiate; actions_local needs node and the npm registry (once, for
@@ -82,6 +83,7 @@ rustPlatform.buildRustPackage {
         "exec_tiny"
         "executor_local"
         "executor_shells"
+        "forge_artifacts"
         "forge_e2e"
         "forge_e2e_gone"
         "hashfiles"

@@ -23,6 +23,7 @@ mod exec_tiny;
 mod executor_local;
 mod executor_shells;
 mod fake_forge;
+mod forge_artifacts;
 mod forge_client;
 mod forge_e2e;
 mod forge_e2e_gone;

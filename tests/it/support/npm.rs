@@ -226,3 +226,138 @@ pub fn unpack(tgz: &[u8], dest: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Installs the dependency closure pinned by `fixture_dir/package-lock.json`
+/// with the real `npm ci --ignore-scripts` (no install scripts run), once,
+/// into `<cache_dir>/locked/<first 16 hex digits of the lock's SHA-256>/`,
+/// and returns that directory's `node_modules`. A changed lock gets a new
+/// directory. Concurrent callers each install into a private directory and
+/// rename it into place; the loser's copy is removed. Needs `npm` and the
+/// npm registry (or npm's own cache).
+pub fn install_locked(fixture_dir: &Path) -> PathBuf {
+    use sha2::Sha256;
+    let lock = std::fs::read(fixture_dir.join("package-lock.json"))
+        .unwrap_or_else(|e| panic!("{}: no package-lock.json: {e}", fixture_dir.display()));
+    let hash: String = Sha256::digest(&lock)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let root = cache_dir().join("locked");
+    let dir = root.join(&hash);
+    let modules = dir.join("node_modules");
+    // npm ci writes this file last.
+    if modules.join(".package-lock.json").is_file() {
+        return modules;
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{hash}.tmp-"))
+        .tempdir_in(&root)
+        .unwrap();
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(fixture_dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let out = std::process::Command::new("npm")
+        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("run npm (node's package manager must be installed)");
+    assert!(
+        out.status.success(),
+        "npm ci in {} failed: {}",
+        tmp.path().display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tmp.keep();
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test installed the same lock first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(modules.join(".package-lock.json").is_file());
+    modules
+}
+
+/// A node `--require` preload that, when node exits, appends every module
+/// file node loaded to the file named by `$SOLSTICE_NODE_TRACE`. Written
+/// into `dir`; returns its path.
+pub fn trace_preload(dir: &Path) -> PathBuf {
+    let p = dir.join("solstice-trace-requires.js");
+    std::fs::write(
+        &p,
+        "process.on('exit', () => {\n  const out = process.env.SOLSTICE_NODE_TRACE;\n  if (out) require('fs').appendFileSync(out, Object.keys(require.cache).join('\\n') + '\\n');\n});\n",
+    )
+    .unwrap();
+    p
+}
+
+/// Copies into `dest/node_modules` the packages of `modules` that node
+/// loaded a file from in the runs recorded in `trace` (written by
+/// [`trace_preload`]), each whole (with its nested `node_modules`) but for
+/// what node never loads through `require`: source maps, type declarations,
+/// Markdown, and `esm`, `browser`, `react-native`, `docs` and `test`
+/// directories. A locked closure holds build tools of its dependencies
+/// (TypeScript, protobuf compilers); a guest gets the few megabytes the
+/// action uses. Whole packages rather than single files: another node
+/// version loads other files lazily (undici's HTTP parser, for one).
+pub fn copy_traced(modules: &Path, trace: &Path, dest: &Path) {
+    let text = std::fs::read_to_string(trace).unwrap();
+    let mut packages: std::collections::BTreeSet<PathBuf> = Default::default();
+    for line in text.lines() {
+        let Ok(rel) = Path::new(line).strip_prefix(modules) else {
+            continue;
+        };
+        let mut parts = rel.components();
+        let Some(first) = parts.next() else { continue };
+        let first = PathBuf::from(first.as_os_str());
+        let package = if first.to_string_lossy().starts_with('@') {
+            match parts.next() {
+                Some(second) => first.join(second.as_os_str()),
+                None => continue,
+            }
+        } else {
+            first
+        };
+        packages.insert(package);
+    }
+    assert!(
+        !packages.is_empty(),
+        "the trace {} names no module under {}",
+        trace.display(),
+        modules.display()
+    );
+    for package in packages {
+        copy_runtime_files(
+            &modules.join(&package),
+            &dest.join("node_modules").join(&package),
+        );
+    }
+}
+
+fn copy_runtime_files(src: &Path, dest: &Path) {
+    const SKIP_DIRS: [&str; 7] = [
+        "esm",
+        "dist-esm",
+        "browser",
+        "react-native",
+        "docs",
+        "test",
+        "tests",
+    ];
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            if !SKIP_DIRS.contains(&name.as_str()) {
+                copy_runtime_files(&e.path(), &dest.join(&name));
+            }
+        } else if ty.is_file()
+            && ![".map", ".ts", ".mts", ".cts", ".md", ".markdown"]
+                .iter()
+                .any(|x| name.ends_with(x))
+        {
+            std::fs::copy(e.path(), dest.join(&name)).unwrap();
+        }
+    }
+}
