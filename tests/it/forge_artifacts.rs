@@ -523,11 +523,14 @@ jobs:
           STALE: ${{ secrets.STALE }}
           RUN: ${{ github.run_id }}
         run: |
-          code=$(curl -s -o resp.txt -w '%{http_code}' -X POST \
-            -H "Authorization: Bearer $STALE" -H 'Content-Type: application/json' \
-            -d "{\"workflow_run_backend_id\":\"$RUN\",\"workflow_job_run_backend_id\":\"$RUN\",\"name\":\"evil\",\"version\":4}" \
-            "$ACTIONS_RESULTS_URL/twirp/github.actions.results.api.v1.ArtifactService/CreateArtifact")
-          echo "stale-token: status=$code body=$(cat resp.txt)"
+          node -e '
+            const body = JSON.stringify({ workflow_run_backend_id: process.env.RUN,
+              workflow_job_run_backend_id: process.env.RUN, name: "evil", version: 4 });
+            fetch(process.env.ACTIONS_RESULTS_URL + "/twirp/github.actions.results.api.v1.ArtifactService/CreateArtifact", {
+              method: "POST", body,
+              headers: { authorization: "Bearer " + process.env.STALE, "content-type": "application/json" },
+            }).then(async (r) => console.log(`stale-token: status=${r.status} body=${(await r.text()).trim()}`));
+          '
 "#;
 
 /// End to end in Debian guests run by the daemon: the fake forge listens in
