@@ -443,6 +443,18 @@ async fn host_scenario(keep: &Path) -> PathBuf {
         get(&expired, None).await,
         (401, "Error link expired\n".into())
     );
+    // DeleteArtifact only marks it (Forgejo's cleanup job deletes later).
+    let (s, body) = twirp(
+        &forge,
+        "DeleteArtifact",
+        Some(&bearer_a),
+        &json!({"workflow_run_backend_id": job_a.to_string(), "name": "bundle"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["artifactId"], forge.artifacts()[0].id.to_string());
+    assert_eq!(forge.artifacts()[0].status, ArtifactStatus::PendingDeletion);
     // A task that is over: its token and its URLs stop working.
     assert!(forge.cancel_task(task_a.id));
     assert_eq!(
