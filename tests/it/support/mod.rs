@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod daemon;
 pub mod git_server;
+pub mod netns;
 pub mod npm;
 pub mod world;
 
