@@ -40,3 +40,37 @@ fn netns_helper_listener_is_reachable_from_the_host() {
         "namespace left behind"
     );
 }
+
+/// The namespace QEMU starts in: its own loopback, up, and the policy's
+/// rules ahead of the main table (seen by `ip rule` run inside it).
+#[test]
+fn the_namespace_has_the_policy_rules_before_anything_runs() {
+    use solstice::config::{Cidr, NetworkMode};
+    use solstice::vm::netns;
+    let policy = netns::Policy::new(
+        NetworkMode::Outbound,
+        &[Cidr::parse("10.0.0.0/8").unwrap()],
+        &[Cidr::parse("10.1.0.0/16").unwrap()],
+        &["192.0.2.99".parse().unwrap()],
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ip rule; ip -6 rule; ip -br link show lo"]);
+    netns::isolate(&mut cmd, &policy, None);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "100:\tfrom all to 169.254.0.0/16 prohibit",
+        "100:\tfrom all to 192.0.2.99 prohibit",
+        "200:\tfrom all to 10.1.0.0/16 lookup main",
+        "300:\tfrom all to 10.0.0.0/8 prohibit",
+        "100:\tfrom all to fe80::/10 prohibit",
+    ] {
+        assert!(text.contains(want), "no `{want}` in:\n{text}");
+    }
+    assert!(text.contains("lo ") && text.contains("UP"), "{text}");
+}
