@@ -301,6 +301,7 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(stderr);
         let mut dns_forward = false;
+        let mut policy_for_ns = None;
         if isolated.is_some() {
             let host_addrs = netns::host_addresses().map_err(|e| {
                 net_err(netns::IsolationError::Io(
@@ -329,7 +330,8 @@ impl Vm {
                 }
                 _ => None,
             };
-            netns::isolate(&mut cmd, &policy, resolv.as_deref());
+            netns::isolate(&mut cmd, resolv.as_deref());
+            policy_for_ns = Some(policy);
         }
         let t_spawn = Instant::now();
         let child = process::spawn_guarded(cmd).await.map_err(|source| {
@@ -355,6 +357,12 @@ impl Vm {
             port = attach_pasta(&mut owned, pasta, pid, port, spec.host_ports, dns_forward)
                 .await
                 .map_err(net_err)?;
+            if let Some(policy) = policy_for_ns {
+                tokio::task::spawn_blocking(move || netns::apply_policy(pid, &policy))
+                    .await
+                    .map_err(|e| VmError::Qmp(format!("rule helper task: {e}")))?
+                    .map_err(net_err)?;
+            }
             qmp::cont(&mut conn).await.map_err(VmError::Qmp)?;
         }
         let (running, state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;

@@ -8,7 +8,7 @@
 //! `exec`, so QEMU stays our direct child), whose only uplink is `pasta`
 //! (package passt) attached from outside:
 //!
-//! - Before QEMU runs, the namespace gets policy-routing rules that come
+//! - Before the guest runs, the namespace gets policy-routing rules that come
 //!   before every routing table but the local one: `prohibit` for link-local
 //!   ranges and every address of the host's interfaces (built in, first, so
 //!   nothing re-opens them), then `network_allow` (look up the main table),
@@ -172,26 +172,11 @@ struct ChildSetup {
 
 /// Makes `cmd` start in a new user + network namespace (and a mount
 /// namespace with its own resolv.conf when `resolv_conf` is given) whose
-/// loopback is up and whose rules implement `policy`, before it execs.
-pub fn isolate(cmd: &mut Command, policy: &Policy, resolv_conf: Option<&Path>) {
+/// loopback is up, before it execs. The namespace has no uplink and no rules
+/// yet: see [`apply_policy`].
+pub fn isolate(cmd: &mut Command, resolv_conf: Option<&Path>) {
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    let mut netlink = vec![link_up_lo(1)];
-    let mut seq = 2;
-    let mut rule = |c: &Cidr, prio: u32, prohibit: bool| {
-        let m = rule_msg(seq, c, prio, prohibit);
-        seq += 1;
-        m
-    };
-    for c in &policy.builtin {
-        netlink.push(rule(c, PRIO_BUILTIN, true));
-    }
-    for c in &policy.allow {
-        netlink.push(rule(c, PRIO_ALLOW, false));
-    }
-    for c in &policy.deny {
-        netlink.push(rule(c, PRIO_DENY, true));
-    }
     let cstr = |s: &str| CString::new(s).unwrap_or_default();
     let setup = ChildSetup {
         setgroups: cstr("/proc/self/setgroups"),
@@ -199,7 +184,7 @@ pub fn isolate(cmd: &mut Command, policy: &Policy, resolv_conf: Option<&Path>) {
         uid_map: format!("{uid} {uid} 1\n").into_bytes(),
         gid_map_path: cstr("/proc/self/gid_map"),
         gid_map: format!("{gid} {gid} 1\n").into_bytes(),
-        netlink,
+        netlink: vec![link_up_lo(1)],
         resolv: resolv_conf.and_then(|p| {
             use std::os::unix::ffi::OsStrExt;
             Some((
@@ -214,6 +199,101 @@ pub fn isolate(cmd: &mut Command, policy: &Policy, resolv_conf: Option<&Path>) {
     unsafe {
         cmd.pre_exec(move || setup.run());
     }
+}
+
+/// The netlink requests that install `policy`'s rules.
+fn policy_messages(policy: &Policy) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut seq = 1;
+    let mut rule = |c: &Cidr, prio: u32, prohibit: bool| {
+        let m = rule_msg(seq, c, prio, prohibit);
+        seq += 1;
+        m
+    };
+    for c in &policy.builtin {
+        out.push(rule(c, PRIO_BUILTIN, true));
+    }
+    for c in &policy.allow {
+        out.push(rule(c, PRIO_ALLOW, false));
+    }
+    for c in &policy.deny {
+        out.push(rule(c, PRIO_DENY, true));
+    }
+    out
+}
+
+/// Installs `policy`'s rules in the network namespace of process `pid`
+/// (made by [`isolate`], owned by this user). Done once pasta has set up
+/// the namespace's routes: the kernel checks a new route's gateway through
+/// the rules, so a `none` policy in place earlier would make pasta's default
+/// route fail. QEMU must not run guest code before this returns.
+///
+/// A forked helper joins the namespaces (a multi-threaded process cannot
+/// join a user namespace), sends the requests and exits without exec.
+pub fn apply_policy(pid: u32, policy: &Policy) -> Result<(), IsolationError> {
+    let open = |kind: &str| {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        std::fs::File::open(&path).map_err(|e| IsolationError::Io(format!("open {path}"), e))
+    };
+    let (user, net) = (open("user")?, open("net")?);
+    let messages = policy_messages(policy);
+    let (user_fd, net_fd) = {
+        use std::os::fd::AsRawFd;
+        (user.as_raw_fd(), net.as_raw_fd())
+    };
+    // Never exec'd: the helper exits from `pre_exec`.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: runs in the forked child; only async-signal-safe system calls
+    // (setns, socket, send, recv, close, _exit) on buffers prepared above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(user_fd, libc::CLONE_NEWUSER) != 0
+                || libc::setns(net_fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            send_all(&messages)?;
+            libc::_exit(0);
+        });
+    }
+    let status = cmd
+        .spawn()
+        .and_then(|mut c| c.wait())
+        .map_err(|e| IsolationError::Io("install the guest's network rules".into(), e))?;
+    drop((user, net));
+    if !status.success() {
+        return Err(IsolationError::Pasta(format!(
+            "the rule helper failed ({status})"
+        )));
+    }
+    Ok(())
+}
+
+/// Sends netlink requests on a fresh socket, stopping at the first refusal
+/// (async-signal-safe).
+fn send_all(messages: &[Vec<u8>]) -> std::io::Result<()> {
+    // SAFETY: plain system calls on valid buffers.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for msg in messages {
+            if let Err(e) = netlink_call(fd, msg) {
+                libc::close(fd);
+                return Err(e);
+            }
+        }
+        libc::close(fd);
+    }
+    Ok(())
 }
 
 impl ChildSetup {
@@ -250,23 +330,8 @@ impl ChildSetup {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            );
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for msg in &self.netlink {
-                if let Err(e) = netlink_call(fd, msg) {
-                    libc::close(fd);
-                    return Err(e);
-                }
-            }
-            libc::close(fd);
         }
-        Ok(())
+        send_all(&self.netlink)
     }
 }
 
