@@ -140,6 +140,24 @@ pub fn find_pasta() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Checks that this host can isolate a guest's network: pasta is installed
+/// and a user + network namespace can be made (by running `pasta --version`
+/// in one). Returns pasta's path.
+pub fn probe() -> Result<PathBuf, IsolationError> {
+    let pasta = find_pasta().ok_or(IsolationError::NoPasta("outbound"))?;
+    let mut cmd = Command::new(&pasta);
+    cmd.arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    isolate(&mut cmd, None);
+    match cmd.status() {
+        Ok(_) => Ok(pasta),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(IsolationError::NoPasta("outbound")),
+        Err(e) => Err(IsolationError::Namespace(e)),
+    }
+}
+
 /// Why the host cannot isolate a guest's network.
 #[derive(Debug, thiserror::Error)]
 pub enum IsolationError {
