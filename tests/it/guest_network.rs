@@ -98,10 +98,8 @@ use crate::support::{TestEnv, image, image_config};
 fn serve(listener: TcpListener, token: &'static str) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for s in listener.incoming() {
-            if let Ok(mut s) = s {
-                let _ = s.write_all(token.as_bytes());
-            }
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(token.as_bytes());
         }
     });
     addr
