@@ -309,3 +309,67 @@ async fn none_reaches_only_network_allow() {
     assert!(!got.contains("LOOPBACK"), "{got}");
     g.destroy().await;
 }
+
+/// With a resolver on the host's loopback, QEMU's namespace sees its own
+/// resolv.conf (naming pasta's DNS forward); the host's file is untouched.
+#[test]
+fn a_private_resolv_conf_is_seen_only_inside_the_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("resolv.conf");
+    let text = format!("nameserver {}\n", solstice::vm::netns::DNS_FORWARD_ADDR);
+    std::fs::write(&ours, &text).unwrap();
+    let before = std::fs::read("/etc/resolv.conf").unwrap();
+    let mut cmd = std::process::Command::new("cat");
+    cmd.arg("/etc/resolv.conf");
+    solstice::vm::netns::isolate(&mut cmd, Some(&ours));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    assert_eq!(std::fs::read("/etc/resolv.conf").unwrap(), before);
+}
+
+/// Without pasta, a job of an isolated image fails before its VM boots,
+/// saying what is missing and what to do; it never falls back to the open
+/// network.
+#[test]
+fn without_pasta_the_job_fails_before_boot_and_says_what_to_do() {
+    let env = TestEnv::tiny();
+    // A PATH with QEMU but without pasta.
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["qemu-system-x86_64", "qemu-img"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8(found.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), bin.join(tool)).unwrap();
+    }
+    let config = env.write_config_file();
+    let wf = env.dir.path().join("wf.yml");
+    std::fs::write(
+        &wf,
+        "on: push\njobs:\n  j:\n    runs-on: tiny\n    steps:\n      - run: echo should-not-run\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg(&wf)
+        .env("PATH", &bin)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("pasta"), "{text}");
+    assert!(text.contains("apt install passt"), "{text}");
+    assert!(text.contains("unrestricted"), "{text}");
+    assert!(!text.contains("should-not-run\n"), "{text}");
+    env.assert_no_leaks();
+}
