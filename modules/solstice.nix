@@ -447,9 +447,14 @@ in
         ReadWritePaths = lib.optional (stateDir != "/var/lib/solstice") stateDir;
 
         # Devices: only /dev/kvm besides the pseudo-devices DevicePolicy=closed
-        # always allows (null, zero, random, urandom, tty, ptmx).
+        # always allows (null, zero, random, urandom, tty, ptmx), and
+        # /dev/net/tun, with which pasta makes the network interface inside
+        # each job VM's own network namespace (never one of the host's).
         DevicePolicy = "closed";
-        DeviceAllow = [ "/dev/kvm rw" ];
+        DeviceAllow = [
+          "/dev/kvm rw"
+          "/dev/net/tun rw"
+        ];
         # Loosened: PrivateDevices=true would hide /dev/kvm; the device list
         # above restricts access instead.
         PrivateDevices = false;

@@ -631,7 +631,11 @@ async fn attach_pasta(
             if let Some(status) = exited {
                 owned.pasta = None;
                 let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                last = format!("pasta exited ({status}): {}", said.trim());
+                let said: Vec<&str> = said.lines().filter(|l| !l.contains("syslog")).collect();
+                last = format!("pasta exited ({status}): {}", said.join(" / "));
+                if last.contains("tun") {
+                    return Err(netns::IsolationError::Tun(std::io::Error::other(last)));
+                }
                 break;
             }
             // pasta writes its pid file once its set-up is done.

@@ -41,6 +41,9 @@ use crate::config::{Cidr, NetworkMode};
 /// resolver is on its loopback; pasta maps it to the host's resolver.
 pub const DNS_FORWARD_ADDR: &str = "192.0.0.53";
 
+/// The device pasta opens to make the namespace's network interface.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
 /// Rule priorities (the local table is 0, the main table 32766).
 const PRIO_BUILTIN: u32 = 100;
 const PRIO_ALLOW: u32 = 200;
@@ -145,6 +148,12 @@ pub fn find_pasta() -> Option<PathBuf> {
 /// in one). Returns pasta's path.
 pub fn probe() -> Result<PathBuf, IsolationError> {
     let pasta = find_pasta().ok_or(IsolationError::NoPasta("outbound"))?;
+    // pasta makes the namespace's interface with the tun device.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .map_err(IsolationError::Tun)?;
     let mut cmd = Command::new(&pasta);
     cmd.arg("--version")
         .stdin(std::process::Stdio::null())
@@ -169,6 +178,10 @@ pub enum IsolationError {
         "Could not create a user and network namespace for QEMU ({0}): the host restricts user namespaces (check `sysctl user.max_user_namespaces` (must be > 0), `kernel.unprivileged_userns_clone` (Debian, must be 1), `kernel.apparmor_restrict_unprivileged_userns` (Ubuntu, must be 0) and the service's RestrictNamespaces=), or set network = \"unrestricted\" for this image (unsafe: jobs then reach the host's loopback)"
     )]
     Namespace(std::io::Error),
+    #[error(
+        "Could not open {TUN_DEVICE} ({0}), which pasta needs for the guest's network: it must be readable and writable by this user (mode 0666, as most distributions ship it; under systemd's DevicePolicy= also DeviceAllow=/dev/net/tun rw), or set network = \"unrestricted\" for this image (unsafe: jobs then reach the host's loopback)"
+    )]
+    Tun(std::io::Error),
     #[error("pasta could not attach to QEMU's network namespace: {0}")]
     Pasta(String),
     #[error("Could not {0}")]
