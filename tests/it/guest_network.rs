@@ -373,3 +373,75 @@ fn without_pasta_the_job_fails_before_boot_and_says_what_to_do() {
     assert!(!text.contains("should-not-run\n"), "{text}");
     env.assert_no_leaks();
 }
+
+/// A resolver on the host's loopback (as systemd-resolved's 127.0.0.53):
+/// the guest's DNS (10.0.2.3) still reaches it, through pasta's DNS
+/// forward, while the rest of the host's loopback stays closed. The host's
+/// resolv.conf is replaced only in a private mount namespace around
+/// `solstice exec`; the resolver is a small fake that answers every A query
+/// with 192.0.2.123.
+#[test]
+fn a_resolver_on_the_host_loopback_still_answers_the_guest() {
+    let env = TestEnv::tiny();
+    let dir = env.dir.path();
+    let resolver = "127.0.0.153";
+    let server = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    qd_end = 12
+    while q[qd_end] != 0:
+        qd_end += q[qd_end] + 1
+    qtype = q[qd_end + 1:qd_end + 3]
+    question = q[12:qd_end + 5]
+    is_a = qtype == b"\x00\x01"
+    head = q[:2] + b"\x81\x80" + b"\x00\x01" + (b"\x00\x01" if is_a else b"\x00\x00") + b"\x00\x00\x00\x00"
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 123]) if is_a else b""
+    s.sendto(head + question + answer, peer)
+"#;
+    let mut dns = std::process::Command::new("python3")
+        .args(["-c", server, resolver])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    dns.stdout.take().unwrap().read_exact(&mut ready).unwrap();
+    let resolv = dir.join("host-resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {resolver}\n")).unwrap();
+    let config = env.write_config_file();
+    let wf = dir.join("wf.yml");
+    std::fs::write(
+        &wf,
+        "on: push\njobs:\n  j:\n    runs-on: tiny\n    steps:\n      - run: nslookup solstice-dns-test.example 2>&1; true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" /etc/resolv.conf && exec \"$2\" exec --config \"$3\" \"$4\"",
+            "sh",
+        ])
+        .arg(&resolv)
+        .arg(env!("CARGO_BIN_EXE_solstice"))
+        .arg(&config)
+        .arg(&wf)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let _ = dns.kill();
+    let _ = dns.wait();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    println!("{text}");
+    assert!(
+        text.contains("192.0.2.123"),
+        "the guest got no answer from the host's resolver:\n{text}"
+    );
+    env.assert_no_leaks();
+}
