@@ -445,3 +445,21 @@ while True:
     );
     env.assert_no_leaks();
 }
+
+/// Control for the tests above: with `network = "unrestricted"` (the old
+/// behaviour) the same probe does reach a listener on the host's loopback,
+/// so a probe that fails under `outbound` fails because of the isolation.
+#[tokio::test]
+async fn unrestricted_still_reaches_the_host_loopback() {
+    let loopback = serve(TcpListener::bind("127.0.0.1:0").unwrap(), "LOOPBACK");
+    let g = boot(tiny(NetworkMode::Unrestricted, &[], &[]), &[]).await;
+    let got = g
+        .fetch(SocketAddr::from(([10, 0, 2, 2], loopback.port())))
+        .await;
+    assert_eq!(got, "LOOPBACK");
+    let dir = g.vm.dir().to_path_buf();
+    assert!(!dir.join("pasta.pid").exists(), "no pasta for unrestricted");
+    g.session.close().await.ok();
+    g.vm.destroy().await.unwrap();
+    g._env.assert_no_leaks();
+}
