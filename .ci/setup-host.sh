@@ -36,6 +36,9 @@ apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
 # toolchain), and `solstice exec`'s checkout of a git work tree (git).
 apt-get install -y -q debootstrap busybox-static cpio mtools syslinux syslinux-common dosfstools fdisk e2fsprogs \
   zstd xz-utils kmod gzip openssh-client build-essential ca-certificates git curl python3
+# pasta (package passt): the uplink of each job VM's own network namespace, which
+# keeps guests away from the host's loopback (docs/how-to/guest-network.md).
+apt-get install -y -q passt
 if [ "$runtime_only" = 1 ]; then
   exit 0
 fi

@@ -75,6 +75,9 @@ let
     cpu = get i "cpu";
     path_prepend = get i "pathPrepend";
     node = get i "node";
+    network = get i "network";
+    network_deny = get i "networkDeny";
+    network_allow = get i "networkAllow";
   };
 in
 dropNulls (

@@ -63,6 +63,11 @@ let
     "bios"
     "uefi"
   ];
+  networkMode = types.enum [
+    "outbound"
+    "none"
+    "unrestricted"
+  ];
   seedKind = types.enum [
     "nocloud"
     "metadata-cpio"
@@ -175,6 +180,9 @@ let
         cpu = nullOption (types.strMatching "[A-Za-z0-9][^[:space:]]*") "QEMU CPU model and features (`-cpu`), e.g. `EPYC-Rome` or `qemu64,+rdrand,-svm`; used under KVM and TCG alike (`host` runs only under KVM). Default (null): by OS and accelerator (TCG `qemu64,+rdrand`, illumos `qemu64,+rdrand,-svm`; KVM `host,-arch-capabilities,-vmx,-svm`).";
         pathPrepend = nullOption (types.listOf (types.strMatching "/[^:]*")) "Absolute directories put in front of the guest's `PATH` in every step (behind the job's `GITHUB_PATH` entries), e.g. `[ \"/usr/gnu/bin\" \"/opt/ooce/bin\" ]` for OmniOS. Default (null): none.";
         node = nullOption (types.strMatching "/.*") "Absolute path of the guest's Node.js binary, for JavaScript actions (OmniOS: `/opt/ooce/bin/node`). Default (null): `node` on the guest's `PATH`.";
+        network = nullOption networkMode "What the guest's network reaches: `outbound` (the internet, never the host's loopback, link-local addresses or the host's own addresses), `none` (only `networkAllow`), `unrestricted` (unsafe: jobs reach every service on the host's loopback). Default (null): `outbound`.";
+        networkDeny = nullOption (types.listOf types.str) "Extra CIDR ranges the guest cannot reach, e.g. `[ \"10.0.0.0/8\" \"fd00::/8\" ]`. Default (null): none.";
+        networkAllow = nullOption (types.listOf types.str) "CIDR ranges re-opened inside `networkDeny`, and the only destinations with `network = \"none\"`. Default (null): none.";
       };
     };
 
@@ -439,9 +447,14 @@ in
         ReadWritePaths = lib.optional (stateDir != "/var/lib/solstice") stateDir;
 
         # Devices: only /dev/kvm besides the pseudo-devices DevicePolicy=closed
-        # always allows (null, zero, random, urandom, tty, ptmx).
+        # always allows (null, zero, random, urandom, tty, ptmx), and
+        # /dev/net/tun, with which pasta makes the network interface inside
+        # each job VM's own network namespace (never one of the host's).
         DevicePolicy = "closed";
-        DeviceAllow = [ "/dev/kvm rw" ];
+        DeviceAllow = [
+          "/dev/kvm rw"
+          "/dev/net/tun rw"
+        ];
         # Loosened: PrivateDevices=true would hide /dev/kvm; the device list
         # above restricts access instead.
         PrivateDevices = false;
@@ -460,7 +473,18 @@ in
         # Solstice's crash clean-up reads /proc/<pid>/cmdline of its own QEMU
         # processes, which stay visible to the same user.
         ProtectProc = "invisible";
-        RestrictNamespaces = true;
+        # Loosened: each job VM's QEMU runs in a user + network namespace of
+        # its own (so the guest cannot reach the host's loopback), with a
+        # mount namespace when the host's resolver is on loopback; pasta, its
+        # uplink, sandboxes itself in user, mount, IPC and UTS namespaces.
+        # No other kind (pid, cgroup) is allowed.
+        RestrictNamespaces = [
+          "user"
+          "net"
+          "mnt"
+          "ipc"
+          "uts"
+        ];
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
         LockPersonality = true;
@@ -468,16 +492,23 @@ in
         CapabilityBoundingSet = "";
         AmbientCapabilities = "";
         # Unix sockets for QMP and the journal, IP for the forges, SSH to the
-        # guests and QEMU's user-mode network.
+        # guests and QEMU's user-mode network; netlink to set up the job VM's
+        # own network namespace (its loopback and rules; pasta's addresses
+        # and routes), never the host's.
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"
           "AF_INET6"
+          "AF_NETLINK"
         ];
         SystemCallArchitectures = "native";
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
+          # pasta confines itself in its own mount namespace (mount,
+          # umount2, pivot_root) and Solstice bind-mounts a resolv.conf in
+          # QEMU's; both act only inside namespaces this service made.
+          "@mount"
         ];
         SystemCallErrorNumber = "EPERM";
         # Loosened: QEMU's TCG accelerator is a JIT that writes and then runs

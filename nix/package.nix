@@ -12,6 +12,7 @@
   openssh,
   cpio,
   cdrkit,
+  passt,
 }:
 let
   root = ./..;
@@ -49,9 +50,11 @@ rustPlatform.buildRustPackage {
   # The unit tests and the integration-test modules that need no VM, no SSH
   # server and no network beyond 127.0.0.1 (one test binary, `it`, with a
   # module per area). Skipped on purpose: exec_cli, exec_debian, exec_tiny,
-  # exec_runner, actions_vm, vm_boot, doctor_cli, checkout_gitless, run_cli
-  # and forge_e2e* boot guests; forge_artifacts needs node, npm and the npm
-  # registry, root (network namespaces) and boots guests; hashfiles runs under busybox, dash and ksh;
+  # exec_runner, actions_vm, vm_boot, doctor_cli, checkout_gitless, run_cli,
+  # guest_network and forge_e2e* boot guests (guest_network also makes network
+  # namespaces as root); forge_artifacts needs node, npm and the npm registry,
+  # root (network namespaces) and boots guests; hashfiles runs under busybox,
+  # dash and ksh;
   # ssh_client and ssh_throughput start sshd and dropbear; executor_local and
   # executor_shells need ksh, dash and busybox; nixos_module needs
   # nix-instantiate; actions_local needs node and the npm registry (once, for
@@ -86,6 +89,7 @@ rustPlatform.buildRustPackage {
         "forge_artifacts"
         "forge_e2e"
         "forge_e2e_gone"
+        "guest_network"
         "hashfiles"
         "nixos_module"
         "run_cli"
@@ -105,7 +109,8 @@ rustPlatform.buildRustPackage {
 
   # QEMU and qemu-img are found through PATH (`qemu.system_binary` and
   # `qemu.img_binary` default to bare names); git for checkouts made on the
-  # host, ssh for `solstice bench`.
+  # host, ssh for `solstice bench`; pasta (passt) is the uplink of each job
+  # VM's own network namespace (images with network = "outbound" or "none").
   postInstall = ''
     wrapProgram $out/bin/solstice \
       --suffix PATH : ${
@@ -113,6 +118,7 @@ rustPlatform.buildRustPackage {
           guestQemu
           git
           openssh
+          passt
         ]
       }
   '';

@@ -27,6 +27,10 @@ pub enum BenchCommand {
     /// on 127.0.0.1; the daemon's memory with jobs that use a fetched action
     /// against jobs that do not.
     Actions(ActionsBenchArgs),
+    /// The guest's network isolation: boot to SSH and a download inside the
+    /// guest from a server in a test network namespace, with `network =
+    /// "unrestricted"` against `"outbound"` in the same run. Needs root.
+    Network(NetworkBenchArgs),
 }
 
 /// A part of `solstice bench actions`.
@@ -102,4 +106,16 @@ pub struct ActionsBenchArgs {
     /// Run only these parts (repeat or separate with commas) [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<ActionsPhase>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NetworkBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Boots (each with one download) per network mode; medians are reported.
+    #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Megabytes (10^6 bytes) each download fetches.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub mb: u32,
 }

@@ -91,6 +91,7 @@ impl BaselineVm {
             uefi: None,
             console: dir.0.join("console.log"),
             qmp_socket: dir.0.join("qmp.sock"),
+            paused: false,
         };
         let args: Vec<String> = vm::argv::qemu_args(&plan)
             .into_iter()

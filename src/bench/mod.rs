@@ -10,12 +10,17 @@
 //!   guest against `run:` and composite steps, first against cached action
 //!   fetches, and the daemon's memory with the action cache in use.
 //!
+//! - [`network`] (`solstice bench network`, issue 13): boot to SSH and a
+//!   download in the guest with `network = "unrestricted"` against
+//!   `"outbound"` (QEMU in its own namespace behind pasta).
+//!
 //! Both boot their baseline VMs with [`baseline::BaselineVm`].
 
 pub mod actions;
 mod args;
 pub mod baseline;
 pub mod engine;
+pub mod network;
 pub mod runner;
 pub mod runner_report;
 
@@ -29,7 +34,7 @@ use crate::startup::StartupError;
 
 pub use args::{
     ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs,
-    RunnerBenchArgs,
+    NetworkBenchArgs, RunnerBenchArgs,
 };
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
@@ -57,6 +62,7 @@ pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Engine(a) => engine::engine_main(a).await,
         BenchCommand::Runner(a) => runner::runner_main(a).await,
         BenchCommand::Actions(a) => actions::actions_main(a).await,
+        BenchCommand::Network(a) => network::network_main(a).await,
     }
 }
 

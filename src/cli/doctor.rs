@@ -178,6 +178,7 @@ pub async fn doctor_main(args: DoctorArgs) -> Result<(), CliError> {
     }
     checks.push(state_dir_check(&config.daemon.state_dir));
     checks.push(host_git_check());
+    checks.push(guest_network_check(&config));
     flush(&checks);
     if args.forges {
         for forge in config.forges.values() {
@@ -534,6 +535,38 @@ fn gib(bytes: u64) -> String {
 
 /// git on this host: it fetches the checkout for guests without git (2.31 or
 /// later, for the token in `GIT_CONFIG_COUNT`) and lists `solstice exec`'s tree.
+/// Whether guests of images with an isolated network (`outbound`, `none`)
+/// can start here: pasta installed, user and network namespaces allowed.
+fn guest_network_check(config: &Config) -> Check {
+    use crate::config::NetworkMode;
+    let isolated: Vec<&str> = config
+        .images
+        .values()
+        .filter(|i| i.network != NetworkMode::Unrestricted)
+        .map(|i| i.name.as_str())
+        .collect();
+    if isolated.is_empty() {
+        return Check::ok(
+            "network isolation",
+            "every image is `unrestricted` (nothing to isolate; see the warnings above)",
+        );
+    }
+    match crate::vm::netns::probe() {
+        Ok(pasta) => Check::ok(
+            "network isolation",
+            format!(
+                "isolated for {} ({} and user namespaces work)",
+                isolated.join(", "),
+                pasta.display()
+            ),
+        ),
+        Err(e) => Check::fail(
+            "network isolation",
+            format!("jobs of {} cannot start: {e}", isolated.join(", ")),
+        ),
+    }
+}
+
 fn host_git_check() -> Check {
     let out = Command::new("git").arg("--version").output();
     let version = match &out {

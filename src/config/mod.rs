@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod cidr;
 mod error;
 mod parse;
 pub mod raw;
 mod search;
 mod validate;
 
+pub use cidr::Cidr;
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, ErrorKind, Position};
 pub use search::{
     ConfigSource, FoundConfig, SearchError, find_config, find_config_with, search_order,
@@ -189,6 +191,33 @@ pub enum Firmware {
     Uefi,
 }
 
+/// What a job VM's network reaches (`images.<name>.network`; see
+/// docs/how-to/guest-network.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The internet, but not the host's loopback, link-local addresses or the
+    /// host's own addresses (and not `network_deny`).
+    Outbound,
+    /// Nothing outside the guest but `network_allow` and what Solstice
+    /// exposes on purpose.
+    None,
+    /// QEMU's user-mode network as it is: the guest reaches the host's
+    /// loopback at 10.0.2.2 and everything the host reaches. Unsafe.
+    Unrestricted,
+}
+
+impl NetworkMode {
+    /// The value as the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Outbound => "outbound",
+            NetworkMode::None => "none",
+            NetworkMode::Unrestricted => "unrestricted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum SeedKind {
     /// cloud-init NoCloud ISO (label `cidata`) on an IDE CD-ROM.
@@ -256,6 +285,13 @@ pub struct ImageConfig {
     pub path_prepend: Vec<String>,
     /// Absolute path of the guest's `node`; `None` = found on `PATH`.
     pub node: Option<String>,
+    /// What the guest's network reaches.
+    pub network: NetworkMode,
+    /// Extra ranges the guest cannot reach (on top of the built-in denials).
+    pub network_deny: Vec<Cidr>,
+    /// Holes in `network_deny`, and the only destinations of `network = "none"`.
+    /// Never re-opens the built-in denials.
+    pub network_allow: Vec<Cidr>,
 }
 
 /// How [`parse_str_with`] and [`load_with`] check a file.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{AccelChoice, Firmware, GuestOs, ImageFormat, SeedKind};
+use super::{AccelChoice, Firmware, GuestOs, ImageFormat, NetworkMode, SeedKind};
 
 /// An inclusive range of allowed values for a number, with its unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +265,27 @@ pub struct RawImage {
     /// `"/opt/ooce/bin/node"` on OmniOS, for JavaScript actions. Default:
     /// `node` found on the guest's `PATH`.
     pub node: Option<Spanned<String>>,
+    /// What the guest's network reaches: `"outbound"` (the internet, but not
+    /// the host's loopback, link-local addresses such as a cloud metadata
+    /// service at 169.254.169.254, or the host's own addresses), `"none"`
+    /// (only `network_allow`), or `"unrestricted"` (QEMU's user-mode network
+    /// as it is: the guest reaches every service on the host's loopback at
+    /// 10.0.2.2; unsafe, `check-config` warns). `outbound` and `none` need
+    /// `pasta` (package passt) and unprivileged user namespaces on the host.
+    /// Default: [`DEFAULT_NETWORK`].
+    pub network: Option<Spanned<NetworkMode>>,
+    /// Extra address ranges (CIDR, e.g. `["10.0.0.0/8", "fd00::/8"]`) the
+    /// guest cannot reach, e.g. private networks. Default: none.
+    pub network_deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Ranges (CIDR) re-opened inside `network_deny`, and the only
+    /// destinations the guest reaches with `network = "none"`. The built-in
+    /// denials (loopback, link-local, the host's addresses) stay closed.
+    /// Default: none.
+    pub network_allow: Option<Spanned<Vec<Spanned<String>>>>,
 }
+
+/// Default of `images.<name>.network`.
+pub const DEFAULT_NETWORK: NetworkMode = NetworkMode::Outbound;
 
 /// Default of `forges.<name>.fetch_interval_secs` (as forgejo-runner).
 pub const DEFAULT_FETCH_INTERVAL_SECS: i64 = 2;

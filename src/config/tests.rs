@@ -619,7 +619,7 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 17 + 8 + 3);
+    assert_eq!(keys.len(), 6 + 5 + 20 + 8 + 3);
 }
 
 #[test]
@@ -1128,4 +1128,47 @@ fn cache_settings_list_the_operators_hosts() {
         s.allowed_hosts,
         ["mirror.example", "127.0.0.1:3000", "codeberg.org:443"]
     );
+}
+
+#[test]
+fn network_keys_default_to_outbound_and_parse_ranges() {
+    let c = ok("[images.a]\npath = \"/x\"\n");
+    let i = &c.images["a"];
+    assert_eq!(i.network, NetworkMode::Outbound);
+    assert!(i.network_deny.is_empty() && i.network_allow.is_empty());
+    let c = ok(
+        "[images.a]\npath = \"/x\"\nnetwork = \"none\"\nnetwork_deny = [\"10.0.0.0/8\", \"fd00::/8\"]\nnetwork_allow = [\"198.51.100.1\"]\n",
+    );
+    let i = &c.images["a"];
+    assert_eq!(i.network, NetworkMode::None);
+    assert_eq!(
+        i.network_deny
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        ["10.0.0.0/8", "fd00::/8"]
+    );
+    assert_eq!(i.network_allow[0].to_string(), "198.51.100.1/32");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn a_bad_range_is_an_error_at_its_place() {
+    let e = one("[images.a]\npath = \"/x\"\nnetwork_deny = [\"10.0.0.0/8\", \"10.1.0.0/33\"]\n");
+    assert_eq!(e.key.as_deref(), Some("images.a.network_deny"));
+    assert_eq!(at(&e), (3, 31));
+    assert!(e.message.contains("from 0 to 32"), "{}", e.message);
+    let e = one("[images.a]\npath = \"/x\"\nnetwork_allow = [\"10.0.0.1/8\"]\n");
+    assert!(e.message.contains("10.0.0.0/8"), "{}", e.message);
+    let e = one("[images.a]\npath = \"/x\"\nnetwork = \"open\"\n");
+    assert_eq!(e.key.as_deref(), Some("images.a.network"));
+}
+
+#[test]
+fn unrestricted_network_is_a_warning() {
+    let c = ok("[images.a]\npath = \"/x\"\nnetwork = \"unrestricted\"\n");
+    assert_eq!(c.images["a"].network, NetworkMode::Unrestricted);
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("images.a.network"));
+    assert!(w.message.contains("loopback"), "{}", w.message);
 }

@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::error::{ConfigError, ConfigWarning, ErrorKind, Position};
 use super::raw::{self, Limit, RawActions, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
 use super::{
-    AccelChoice, ActionsConfig, Config, CredentialSource, DaemonConfig, Firmware, ForgeConfig,
-    ImageConfig, ParseOptions, QemuConfig,
+    AccelChoice, ActionsConfig, Cidr, Config, CredentialSource, DaemonConfig, Firmware,
+    ForgeConfig, ImageConfig, NetworkMode, ParseOptions, QemuConfig,
 };
 
 /// Where problems are collected while one file is checked.
@@ -156,6 +156,18 @@ fn warnings(
                 "use {FORGE_TASK_LIMIT_MINS} or less, or raise ENDLESS_TASK_TIMEOUT in the forge's [actions] settings as well"
             )),
         );
+    }
+    for (name, section) in &raw.images {
+        if let Some(v) = &section.get_ref().network
+            && *v.get_ref() == NetworkMode::Unrestricted
+        {
+            ctx.warn(
+                Some(v.span()),
+                Some(format!("images.{}.network", name.get_ref())),
+                "jobs of this image reach every service that listens on the host's loopback (at 10.0.2.2: the metrics endpoint, databases, admin APIs), link-local addresses such as a cloud metadata service at 169.254.169.254, and the host's own addresses; untrusted pull-request code can use them".to_owned(),
+                Some("use network = \"outbound\" (the default; needs `pasta` from the passt package and user namespaces), and open only what jobs need with network_allow".to_owned()),
+            );
+        }
     }
     if qemu_accel(raw) != AccelChoice::Kvm {
         for (name, section) in &raw.images {
@@ -611,7 +623,38 @@ fn image(
             guest_path(p, &key("node"), false, ctx);
             p.get_ref().clone()
         }),
+        network: img
+            .network
+            .as_ref()
+            .map_or(raw::DEFAULT_NETWORK, |v| *v.get_ref()),
+        network_deny: cidrs(img.network_deny.as_ref(), &key("network_deny"), ctx),
+        network_allow: cidrs(img.network_allow.as_ref(), &key("network_allow"), ctx),
     }
+}
+
+/// The ranges of a `network_deny`/`network_allow` list; records an error for
+/// each entry that is not `ADDR/LEN` (or a bare address).
+fn cidrs(raw: Option<&Spanned<Vec<Spanned<String>>>>, key: &str, ctx: &mut Ctx<'_>) -> Vec<Cidr> {
+    let Some(list) = raw else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for v in list.get_ref() {
+        match Cidr::parse(v.get_ref().trim()) {
+            Ok(c) => out.push(c),
+            Err(why) => ctx.push(
+                Some(v.span()),
+                Some(key.to_owned()),
+                ErrorKind::InvalidValue,
+                format!("\"{}\" is not an address range: {why}", v.get_ref().escape_debug()),
+                Some(
+                    "write a CIDR range such as \"10.0.0.0/8\" or \"fd00::/8\" (a bare address means that one address)"
+                        .to_owned(),
+                ),
+            ),
+        }
+    }
+    out
 }
 
 /// Where character `i` (a byte index) of a string value lies in the file:

@@ -316,6 +316,9 @@ pub(crate) mod tests {
             max_concurrent_jobs: None,
             cpu: None,
             path_prepend: vec![],
+            network: crate::config::NetworkMode::Outbound,
+            network_deny: vec![],
+            network_allow: vec![],
             node: None,
         }
     }

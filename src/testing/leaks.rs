@@ -4,8 +4,9 @@ use std::path::Path;
 
 use crate::vm::process::processes;
 
-/// Describes every leak attributable to `jobs_dir`: QEMU processes whose
-/// command line mentions it (found through `/proc`), and any entry left inside it.
+/// Describes every leak attributable to `jobs_dir`: QEMU and pasta (the
+/// uplink of an isolated guest network) processes whose command line
+/// mentions it (found through `/proc`), and any entry left inside it.
 /// An empty result means nothing leaked. Zombies count: an unreaped child is a leak.
 pub fn check(jobs_dir: &Path) -> Vec<String> {
     let mut leaks = Vec::new();
@@ -21,6 +22,16 @@ pub fn check(jobs_dir: &Path) -> Vec<String> {
                 args.join(" ")
             ));
         }
+        let is_pasta = args
+            .first()
+            .is_some_and(|a| a.contains("pasta") || a.contains("passt"));
+        if is_pasta && args.iter().any(|a| a.contains(&needle)) {
+            leaks.push(format!(
+                "pasta process {} still runs: {}",
+                p.pid,
+                args.join(" ")
+            ));
+        }
         // Zombies have an empty cmdline: report our own unreaped QEMU children.
         if args.is_empty()
             && p.is_zombie()
@@ -30,6 +41,15 @@ pub fn check(jobs_dir: &Path) -> Vec<String> {
                 .is_some_and(|c| c.starts_with("qemu-system-"))
         {
             leaks.push(format!("QEMU process {} is an unreaped zombie", p.pid));
+        }
+        if args.is_empty()
+            && p.is_zombie()
+            && p.parent == Some(me)
+            && p.comm
+                .as_deref()
+                .is_some_and(|c| c.starts_with("pasta") || c.starts_with("passt"))
+        {
+            leaks.push(format!("pasta process {} is an unreaped zombie", p.pid));
         }
     }
     match std::fs::read_dir(jobs_dir) {

@@ -29,6 +29,9 @@ pub struct VmPlan {
     pub console: PathBuf,
     /// QMP unix socket (QEMU listens).
     pub qmp_socket: PathBuf,
+    /// Start with the guest's CPUs stopped (`-S`) until QMP `cont` (the
+    /// guest's network is set up in between).
+    pub paused: bool,
 }
 
 /// Escapes a value for QEMU's `key=value,...` option syntax (commas are doubled).
@@ -182,6 +185,9 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
         &plan.memory_mib.to_string(),
     ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    if plan.paused {
+        push(&["-S"]);
+    }
     push(&[
         "-chardev",
         &format!("file,id=console0,path={}", opt_path(&plan.console)),
@@ -259,6 +265,7 @@ mod tests {
             uefi: None,
             console: "/j/1/console.log".into(),
             qmp_socket: "/j/1/qmp.sock".into(),
+            paused: false,
         }
     }
 
@@ -364,6 +371,9 @@ mod tests {
             max_concurrent_jobs: None,
             cpu: cpu.map(str::to_owned),
             path_prepend: vec![],
+            network: crate::config::NetworkMode::Outbound,
+            network_deny: vec![],
+            network_allow: vec![],
             node: None,
         }
     }

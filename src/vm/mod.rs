@@ -10,6 +10,7 @@ pub mod argv;
 pub mod cpio;
 pub mod disk;
 pub mod iso9660;
+pub mod netns;
 pub mod process;
 pub mod qmp;
 pub mod seed;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{Firmware, ImageConfig, QemuConfig};
+use crate::config::{Firmware, ImageConfig, NetworkMode, QemuConfig};
 use crate::secret::Secret;
 
 /// Which accelerator a VM runs under.
@@ -108,12 +109,20 @@ pub enum VmError {
     Qmp(String),
     #[error("The guest is not running once QEMU started (QEMU state {0})")]
     GuestNotRunning(String),
+    #[error("Could not isolate the guest's network (image network = \"{mode}\")")]
+    Network {
+        mode: &'static str,
+        #[source]
+        source: netns::IsolationError,
+    },
 }
 
 /// Owns the job directory and the QEMU process; its `Drop` tears both down.
 struct Owned {
     dir: PathBuf,
     child: Option<Child>,
+    /// pasta, the uplink of QEMU's network namespace (isolated networks only).
+    pasta: Option<Child>,
 }
 
 impl Owned {
@@ -126,6 +135,13 @@ impl Owned {
                 process::kill_group(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+        }
+        if let Some(mut pasta) = self.pasta.take() {
+            if !matches!(pasta.try_wait(), Ok(Some(_))) {
+                process::kill_group(pasta.id());
+                let _ = pasta.kill();
+                let _ = pasta.wait();
             }
         }
         match std::fs::remove_dir_all(&self.dir) {
@@ -206,6 +222,7 @@ impl Vm {
         let mut owned = Owned {
             dir: dir.clone(),
             child: None,
+            pasta: None,
         };
         {
             use std::os::unix::fs::PermissionsExt;
@@ -213,6 +230,20 @@ impl Vm {
                 .map_err(io(format!("restrict {}", dir.display())))?;
         }
 
+        let mode = spec.image.network;
+        let net_err = |source| VmError::Network {
+            mode: mode.as_str(),
+            source,
+        };
+        // Isolated networks: pasta's path, and whether DNS needs forwarding.
+        let isolated = match mode {
+            NetworkMode::Unrestricted => None,
+            NetworkMode::Outbound | NetworkMode::None => {
+                let pasta = netns::find_pasta()
+                    .ok_or_else(|| net_err(netns::IsolationError::NoPasta(mode.as_str())))?;
+                Some(pasta)
+            }
+        };
         let seed_path = seed::write_seed(
             spec.image.seed,
             &dir,
@@ -259,6 +290,7 @@ impl Vm {
             uefi,
             console: dir.join("console.log"),
             qmp_socket: qmp_socket.clone(),
+            paused: isolated.is_some(),
         };
         let stderr_path = dir.join("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path)
@@ -268,24 +300,75 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let t_spawn = Instant::now();
-        let child = process::spawn_guarded(cmd)
-            .await
-            .map_err(|source| VmError::Spawn {
-                binary: spec.qemu.system_binary.clone(),
-                source,
+        let mut dns_forward = false;
+        let mut policy_for_ns = None;
+        if isolated.is_some() {
+            let host_addrs = netns::host_addresses().map_err(|e| {
+                net_err(netns::IsolationError::Io(
+                    "list the host's interface addresses".into(),
+                    e,
+                ))
             })?;
+            let policy = netns::Policy::new(
+                mode,
+                &spec.image.network_deny,
+                &spec.image.network_allow,
+                &host_addrs,
+            );
+            // A resolver on the host's loopback is not in QEMU's namespace:
+            // give QEMU a resolv.conf naming pasta's DNS forward instead.
+            let resolver = std::fs::read_to_string("/etc/resolv.conf")
+                .ok()
+                .and_then(|t| netns::first_nameserver(&t));
+            let resolv = match resolver {
+                Some(ip) if ip.is_loopback() => {
+                    let path = dir.join("resolv.conf");
+                    std::fs::write(&path, format!("nameserver {}\n", netns::DNS_FORWARD_ADDR))
+                        .map_err(io(format!("write {}", path.display())))?;
+                    dns_forward = true;
+                    Some(path)
+                }
+                _ => None,
+            };
+            netns::isolate(&mut cmd, resolv.as_deref());
+            policy_for_ns = Some(policy);
+        }
+        let t_spawn = Instant::now();
+        let child = process::spawn_guarded(cmd).await.map_err(|source| {
+            // A failure in the namespace set-up surfaces as the spawn's error;
+            // the binary's absence is told apart by its own check.
+            if isolated.is_some() && source.kind() != std::io::ErrorKind::NotFound {
+                net_err(netns::IsolationError::Namespace(source))
+            } else {
+                VmError::Spawn {
+                    binary: spec.qemu.system_binary.clone(),
+                    source,
+                }
+            }
+        })?;
         let pid = child.id();
         owned.child = Some(child);
 
         let mut conn = wait_for_qmp(&mut owned, &qmp_socket, &stderr_path).await?;
+        let mut port = qmp::forwarded_ssh_port(&mut conn)
+            .await
+            .map_err(VmError::Qmp)?;
+        if let Some(pasta) = &isolated {
+            port = attach_pasta(&mut owned, pasta, pid, port, spec.host_ports, dns_forward)
+                .await
+                .map_err(net_err)?;
+            if let Some(policy) = policy_for_ns {
+                tokio::task::spawn_blocking(move || netns::apply_policy(pid, &policy))
+                    .await
+                    .map_err(|e| VmError::Qmp(format!("rule helper task: {e}")))?
+                    .map_err(net_err)?;
+            }
+            qmp::cont(&mut conn).await.map_err(VmError::Qmp)?;
+        }
         let (running, state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;
         if !running {
             return Err(VmError::GuestNotRunning(state));
         }
-        let port = qmp::forwarded_ssh_port(&mut conn)
-            .await
-            .map_err(VmError::Qmp)?;
         tracing::info!(
             job = spec.job_id,
             pid,
@@ -496,6 +579,81 @@ impl Vm {
         tracing::info!(dir = %dir.display(), destroy_ms = t0.elapsed().as_millis() as u64, "VM destroyed");
         result
     }
+}
+
+/// How long pasta may take to set up QEMU's namespace.
+const PASTA_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts pasta as the uplink of QEMU's (process `pid`'s) network namespace,
+/// forwarding a free port of the host's 127.0.0.1 to slirp's SSH forward at
+/// `ns_port` inside; returns that host port once pasta is ready. A lost race
+/// for the port is retried with another.
+async fn attach_pasta(
+    owned: &mut Owned,
+    pasta: &Path,
+    pid: u32,
+    ns_port: u16,
+    host_ports: &[u16],
+    dns_forward: bool,
+) -> Result<u16, netns::IsolationError> {
+    let pidfile = owned.dir.join("pasta.pid");
+    let stderr_path = owned.dir.join("pasta.stderr");
+    let mut last = String::new();
+    for _ in 0..3 {
+        let host_port = netns::free_loopback_port()
+            .map_err(|e| netns::IsolationError::Io("find a free port on 127.0.0.1".into(), e))?;
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| {
+            netns::IsolationError::Io(format!("create {}", stderr_path.display()), e)
+        })?;
+        let _ = std::fs::remove_file(&pidfile);
+        let mut cmd = std::process::Command::new(pasta);
+        cmd.args(netns::pasta_args(
+            pid,
+            host_port,
+            ns_port,
+            host_ports,
+            &pidfile,
+            dns_forward,
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+        let child = process::spawn_guarded(cmd)
+            .await
+            .map_err(|e| netns::IsolationError::Io(format!("start {}", pasta.display()), e))?;
+        owned.pasta = Some(child);
+        let deadline = Instant::now() + PASTA_READY_TIMEOUT;
+        loop {
+            let exited = owned
+                .pasta
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                owned.pasta = None;
+                let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                let said: Vec<&str> = said.lines().filter(|l| !l.contains("syslog")).collect();
+                last = format!("pasta exited ({status}): {}", said.join(" / "));
+                if last.contains("tun") {
+                    return Err(netns::IsolationError::Tun(std::io::Error::other(last)));
+                }
+                break;
+            }
+            // pasta writes its pid file once its set-up is done.
+            if std::fs::metadata(&pidfile).is_ok_and(|m| m.len() > 0) {
+                return Ok(host_port);
+            }
+            if Instant::now() >= deadline {
+                return Err(netns::IsolationError::Pasta(format!(
+                    "not ready within {PASTA_READY_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !last.contains("ddress in use") {
+            break;
+        }
+    }
+    Err(netns::IsolationError::Pasta(last))
 }
 
 async fn wait_for_qmp(

@@ -91,6 +91,14 @@ pub async fn pci_functions(qmp: &mut Qmp) -> Result<Vec<PciFunction>, String> {
         .collect())
 }
 
+/// `cont`: lets a guest started with `-S` run.
+pub async fn cont(qmp: &mut Qmp) -> Result<(), String> {
+    qmp.execute(qapi::qmp::cont {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Asks QEMU to quit; the connection closes as QEMU exits, which may race
 /// the reply, so only a refusal counts as an error.
 pub async fn quit(qmp: &mut Qmp) -> Result<(), String> {

@@ -23,6 +23,7 @@ fn bench_help_names_every_benchmark() {
     assert!(text.contains("engine"), "{text}");
     assert!(text.contains("runner"), "{text}");
     assert!(text.contains("actions"), "{text}");
+    assert!(text.contains("network"), "{text}");
     let out = solstice()
         .args(["bench", "actions", "--help"])
         .output()

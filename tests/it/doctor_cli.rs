@@ -64,6 +64,11 @@ fn a_working_host_passes_with_one_line_per_check() {
         "{out}"
     );
     assert!(line(&out, "state directory:").starts_with("ok"), "{out}");
+    let net = line(&out, "network isolation:");
+    assert!(
+        net.starts_with("ok") && net.contains("isolated for tiny") && net.contains("pasta"),
+        "{out}"
+    );
     assert!(
         out.trim_end().ends_with("Jobs can run on this host."),
         "{out}"

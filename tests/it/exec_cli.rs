@@ -321,6 +321,21 @@ fn qemu_dies_when_solstice_is_killed() {
         "QEMU outlived solstice: {:?}",
         running(&env)
     );
+    // Nor does pasta, the uplink of the guest's network namespace.
+    let pasta = |env: &TestEnv| {
+        solstice::testing::leaks::check(&env.jobs_dir())
+            .into_iter()
+            .filter(|l| l.starts_with("pasta process"))
+            .collect::<Vec<_>>()
+    };
+    while !pasta(&env).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        pasta(&env).is_empty(),
+        "pasta outlived solstice: {:?}",
+        pasta(&env)
+    );
     // The job directory stays for the daemon's start-up reconcile to remove;
     // the test's temporary state directory goes with the test.
 }

@@ -1,7 +1,7 @@
 //! End to end with the Debian guest: real cloud-init consumes Solstice's NoCloud
 //! seed (user, key, pinned host key), and a job uses bash, git, sudo and node. The
-//! built-in checkout clones inside the guest from a smart-HTTP git server on
-//! the host (`git http-backend`, with a Git LFS batch API) that refuses
+//! built-in checkout clones inside the guest from a smart-HTTP git server in
+//! a test network namespace (`git http-backend`, with a Git LFS batch API) that refuses
 //! requests without the job token. GNU tar and GNU date live here, so the
 //! guest clock and the cleanliness of the log are checked here too.
 
@@ -34,6 +34,9 @@ fn lfs_payload() -> Vec<u8> {
 /// - `octo/media`: `big.bin` in Git LFS.
 struct GitServer {
     served: support::git_server::Served,
+    /// Where the server runs: a test network namespace at a documentation
+    /// address (guests cannot reach the host's loopback).
+    ns: support::netns::Netns,
     sha: String,
     _root: tempfile::TempDir,
 }
@@ -52,8 +55,7 @@ impl GitServer {
     }
 
     fn url(&self) -> String {
-        // User-mode networking: the guest reaches the host's loopback at 10.0.2.2.
-        format!("http://10.0.2.2:{}", self.served.port)
+        format!("http://{}:{}", self.ns.addr, self.served.port)
     }
 
     /// The request log: `ok|refused METHOD PATH` per request.
@@ -176,9 +178,14 @@ fn start_git_server() -> GitServer {
         ],
         &[],
     );
-    let served = support::git_server::serve(&r.join("srv"), &lfs, TOKEN);
+    // One address per server: tests in this module run in parallel.
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(80);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = support::netns::create("git", std::net::Ipv4Addr::new(198, 51, 100, n));
+    let served = support::git_server::serve_in(&r.join("srv"), &lfs, TOKEN, Some(&ns));
     GitServer {
         served,
+        ns,
         sha,
         _root: root,
     }

@@ -72,6 +72,9 @@ fn image(path: PathBuf, seed: SeedKind) -> ImageConfig {
         max_concurrent_jobs: None,
         cpu: None,
         path_prepend: vec![],
+        network: solstice::config::NetworkMode::Outbound,
+        network_deny: vec![],
+        network_allow: vec![],
         node: None,
     }
 }

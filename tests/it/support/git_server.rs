@@ -26,6 +26,12 @@ impl Drop for Served {
 /// and the LFS objects in `lfs` (files named by their sha256), requiring
 /// `token`. The request log is written next to `root`.
 pub fn serve(root: &Path, lfs: &Path, token: &str) -> Served {
+    serve_in(root, lfs, token, None)
+}
+
+/// [`serve`], inside a test network namespace (at its address) instead of
+/// on the host's 127.0.0.1: guests cannot reach the host's loopback.
+pub fn serve_in(root: &Path, lfs: &Path, token: &str, ns: Option<&super::netns::Netns>) -> Served {
     let log = root.with_file_name("requests.log");
     let expected = solstice::executor::checkout::auth_header_value(token);
     let script = format!(
@@ -102,15 +108,20 @@ class H(http.server.BaseHTTPRequestHandler):
     do_POST = any
     def log_message(self, *args):
         pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+srv = http.server.ThreadingHTTPServer(({bind:?}, 0), H)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#,
         root = root.to_str().unwrap(),
         lfs = lfs.to_str().unwrap(),
         log = log.to_str().unwrap(),
+        bind = ns.map_or("127.0.0.1".to_string(), |n| n.addr.to_string()),
     );
-    let mut child = Command::new("python3")
+    let mut cmd = match ns {
+        Some(n) => n.command("python3"),
+        None => Command::new("python3"),
+    };
+    let mut child = cmd
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .spawn()

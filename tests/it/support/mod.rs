@@ -285,6 +285,9 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
         max_concurrent_jobs: None,
         cpu: None,
         path_prepend: vec![],
+        network: solstice::config::NetworkMode::Outbound,
+        network_deny: vec![],
+        network_allow: vec![],
         node: None,
     }
 }
