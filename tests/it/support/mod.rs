@@ -252,6 +252,7 @@ impl TestEnv {
             extra_masks: Vec::new(),
             default_actions_url: None,
             actions: None,
+            cache: None,
         }
     }
 }
