@@ -429,6 +429,7 @@ pub fn known_keys() -> Vec<String> {
         (raw::names_of::<raw::RawImage>(), "images.<name>."),
         (raw::names_of::<raw::RawForge>(), "forges.<name>."),
         (raw::names_of::<raw::RawActions>(), "actions."),
+        (raw::names_of::<raw::RawCache>(), "cache."),
     ] {
         keys.extend(section.iter().map(|k| format!("{prefix}{k}")));
     }

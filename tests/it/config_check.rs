@@ -284,8 +284,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 22,
-        "expected 22 keys with literal defaults in the doc"
+        checked, 24,
+        "expected 24 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }

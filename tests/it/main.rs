@@ -11,6 +11,7 @@ mod actions_local;
 mod actions_vm;
 mod architecture;
 mod bench_cli;
+mod cache_service;
 mod checkout_gitless;
 mod cli_messages;
 mod config_check;

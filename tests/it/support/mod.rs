@@ -119,6 +119,11 @@ impl TestEnv {
             images,
             forges: BTreeMap::new(),
             actions: ActionsConfig::default(),
+            cache: solstice::config::CacheConfig {
+                enabled: true,
+                dir: dir.path().join("state/cache"),
+                max_bytes: 1 << 30,
+            },
             warnings: Vec::new(),
         };
         Self {
