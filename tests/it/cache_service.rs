@@ -437,3 +437,50 @@ async fn a_restart_keeps_what_was_committed_and_two_processes_share_the_index() 
         StatusCode::NO_CONTENT
     );
 }
+
+#[tokio::test]
+async fn solstice_cache_lists_and_clears_while_the_service_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let svc = service(&cache, 1 << 30).await;
+    let a = svc.lease(repo("o/r"));
+    let b = svc.lease(repo("o/other"));
+    Client::of(&a).save("key-a", "v", b"aaa").await;
+    Client::of(&b).save("key-b", "v", b"bbb").await;
+    std::fs::write(dir.path().join("img.qcow2"), b"").unwrap();
+    let config = dir.path().join("solstice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n[images.t]\npath = \"img.qcow2\"\nformat = \"raw\"\n[cache]\ndir = {:?}\n",
+            cache
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = cli(&["cache", "list"]);
+    assert!(list.contains("key-a") && list.contains("key-b"), "{list}");
+    assert!(list.contains("o/other (https://forge.example)"), "{list}");
+    let one = cli(&["cache", "list", "--repo", "O/R"]);
+    assert!(one.contains("key-a") && !one.contains("key-b"), "{one}");
+    let cleared = cli(&["cache", "clear", "--repo", "o/r"]);
+    assert!(cleared.contains("removed 1 entry"), "{cleared}");
+    // The running service no longer finds it; the other repository's stays.
+    let ca = Client::of(&a);
+    assert_eq!(
+        ca.lookup(&["key-a"], "v").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(Client::of(&b).restore(&["key-b"], "v").await.is_some());
+    assert!(cli(&["cache", "clear"]).contains("removed 1 entry"));
+    assert_eq!(std::fs::read_dir(cache.join("entries")).unwrap().count(), 0);
+}
