@@ -12,6 +12,7 @@ mod actions_vm;
 mod architecture;
 mod bench_cli;
 mod cache_service;
+mod cache_vm;
 mod checkout_gitless;
 mod cli_messages;
 mod config_check;

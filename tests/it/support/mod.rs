@@ -203,6 +203,10 @@ impl TestEnv {
             spec.actions = Some(cache);
             spec.default_actions_url = Some(url);
         }
+        spec.cache = opts.cache;
+        if let Some(r) = opts.repository {
+            spec.github["repository"] = json!(r);
+        }
         let job_id = job::id::new_job_id("test");
         let run = VmRun {
             config: &self.config,
@@ -269,6 +273,10 @@ pub struct RunOpts {
     pub actions: Option<(std::sync::Arc<solstice::actions::ActionCache>, String)>,
     pub checkout: Option<CheckoutSource>,
     pub cancel: Option<CancellationToken>,
+    /// The cache service the job gets a lease on.
+    pub cache: Option<std::sync::Arc<solstice::cache_service::CacheService>>,
+    /// `github.repository` instead of `octo/hello`.
+    pub repository: Option<&'static str>,
 }
 
 pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> ImageConfig {

@@ -226,3 +226,67 @@ pub fn unpack(tgz: &[u8], dest: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// `node_modules` of the npm project in `project` (its `package.json` and
+/// committed `package-lock.json`), installed once with `npm ci
+/// --ignore-scripts` into [`cache_dir`]`/ci/<sha256 of the lock>/`, then
+/// pruned of what node never loads from CommonJS (type declarations, source
+/// maps, docs, browser and ESM builds, `.bin` links). Offline once cached.
+pub fn npm_ci(project: &Path) -> PathBuf {
+    use sha2::Sha256;
+    let lock = std::fs::read(project.join("package-lock.json")).unwrap();
+    let hash: String = Sha256::digest(&lock)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let root = cache_dir().join("ci");
+    let done = root.join(&hash);
+    if done.join("node_modules").is_dir() {
+        return done.join("node_modules");
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let work = tempfile::tempdir_in(&root).unwrap();
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(project.join(f), work.path().join(f)).unwrap();
+    }
+    let st = std::process::Command::new("npm")
+        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+        .current_dir(work.path())
+        .status()
+        .expect("npm is installed");
+    assert!(st.success(), "npm ci in {} failed", project.display());
+    prune(&work.path().join("node_modules"));
+    match std::fs::rename(work.path(), &done) {
+        Ok(()) => {}
+        // Another test installed it meanwhile.
+        Err(_) if done.join("node_modules").is_dir() => {}
+        Err(e) => panic!("saving {}: {e}", done.display()),
+    }
+    done.join("node_modules")
+}
+
+fn prune(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            std::fs::remove_file(&p).unwrap();
+        } else if ft.is_dir() {
+            let in_dist = p.parent().is_some_and(|d| d.ends_with("dist"));
+            if name == ".bin"
+                || (in_dist && ["esm", "browser", "react-native"].contains(&name.as_str()))
+            {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                prune(&p);
+            }
+        } else if [".map", ".d.ts", ".d.mts", ".d.cts", ".md"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
