@@ -27,6 +27,19 @@ pub enum BenchCommand {
     /// on 127.0.0.1; the daemon's memory with jobs that use a fetched action
     /// against jobs that do not.
     Actions(ActionsBenchArgs),
+    /// The built-in cache service: saving and restoring `--mb` megabytes
+    /// from inside the guest, against copying the same bytes into it over
+    /// SSH with Solstice's executor, in one job.
+    Cache(CacheBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CacheBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Megabytes (10^6 bytes) of random data to copy, save and restore.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub mb: u32,
 }
 
 /// A part of `solstice bench actions`.

@@ -9,12 +9,15 @@
 //! - [`actions`] (`solstice bench actions`, issue 12): node start-up in the
 //!   guest against `run:` and composite steps, first against cached action
 //!   fetches, and the daemon's memory with the action cache in use.
+//! - [`cache`] (`solstice bench cache`, issue 13): the cache service's save
+//!   and restore throughput in the guest against an SSH copy.
 //!
 //! Both boot their baseline VMs with [`baseline::BaselineVm`].
 
 pub mod actions;
 mod args;
 pub mod baseline;
+pub mod cache;
 pub mod engine;
 pub mod runner;
 pub mod runner_report;
@@ -28,8 +31,8 @@ use crate::job::placement::{Fallback, choose_image};
 use crate::startup::StartupError;
 
 pub use args::{
-    ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs,
-    RunnerBenchArgs,
+    ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, CacheBenchArgs,
+    EngineBenchArgs, RunnerBenchArgs,
 };
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
@@ -57,6 +60,7 @@ pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Engine(a) => engine::engine_main(a).await,
         BenchCommand::Runner(a) => runner::runner_main(a).await,
         BenchCommand::Actions(a) => actions::actions_main(a).await,
+        BenchCommand::Cache(a) => cache::cache_main(a).await,
     }
 }
 
