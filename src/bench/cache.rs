@@ -2,13 +2,14 @@
 //! inside a guest, against copying the same bytes over SSH with Solstice's
 //! SSH executor, in one VM job (issue 13).
 //!
-//! The job (image from `--image`, Debian-like: `bash`, `curl`, `dd`):
+//! The job (image from `--image`, with node on `PATH`, as the Debian image):
 //! 1. `actions/checkout` of a host directory holding one file of `--mb`
 //!    megabytes of random bytes: the executor copies it over SSH (a tar on
 //!    the session's stdin). The step's duration is the SSH baseline.
 //! 2. save: the file through the cache service as `@actions/cache` sends it
-//!    (reserve, 32 MiB `PATCH` chunks 4 at a time, commit), with `curl`.
-//! 3. restore: lookup, then download of the entry with `curl`.
+//!    (reserve, 32 MiB `PATCH` chunks 4 at a time, commit), with node's
+//!    `fetch`.
+//! 3. restore: lookup, then download of the entry with node's `fetch`.
 //! 4. a check that the restored bytes equal the saved ones (not timed).
 //!
 //! The archive step of `@actions/cache` (tar, zstd) is left out: random
@@ -28,61 +29,98 @@ use crate::job::{self, CheckoutSource, JobSpec, VmRun};
 use crate::startup::resolve_accel;
 use crate::vm::accel::Accelerator;
 
-/// The job's steps after the checkout.
+/// The job: the checkout (SSH), then save and restore with node's `fetch`
+/// (as `@actions/cache` does, over node's HTTP client), then the check.
 const WORKFLOW: &str = r#"
 jobs:
   bench:
     steps:
       - uses: actions/checkout@v4
       - name: save
-        shell: bash
-        run: |
-          set -euo pipefail
-          f=blob; size=$(stat -c %s "$f")
-          base="${ACTIONS_CACHE_URL}_apis/artifactcache"
-          id=$(curl -sSf -X POST -H 'Content-Type: application/json' \
-            -d "{\"key\":\"bench\",\"version\":\"v1\",\"cacheSize\":$size}" "$base/caches" \
-            | sed 's/.*"cacheId":\([0-9]*\).*/\1/')
-          mib=$((1024 * 1024)); n=$(( (size + 32 * mib - 1) / (32 * mib) ))
-          export f size base id mib
-          seq 0 $((n - 1)) | xargs -P4 -I{} bash -c '
-            set -euo pipefail
-            start=$(({} * 32 * mib)); end=$((start + 32 * mib - 1))
-            if [ "$end" -ge "$size" ]; then end=$((size - 1)); fi
-            dd if="$f" bs=1M skip=$(({} * 32)) count=32 status=none \
-              | curl -sSf -X PATCH -H "Content-Type: application/octet-stream" \
-                  -H "Content-Range: bytes $start-$end/*" --data-binary @- "$base/caches/$id"'
-          curl -sSf -X POST -H 'Content-Type: application/json' -d "{\"size\":$size}" "$base/caches/$id"
-          echo "saved $size bytes"
+        run: node save.js
       - name: restore
-        shell: bash
-        run: |
-          set -euo pipefail
-          base="${ACTIONS_CACHE_URL}_apis/artifactcache"
-          loc=$(curl -sSf "$base/cache?keys=bench&version=v1" \
-            | sed 's/.*"archiveLocation":"\([^"]*\)".*/\1/')
-          curl -sSf -o restored "$loc"
-          echo "restored $(stat -c %s restored) bytes"
+        run: node restore.js
       - name: check
-        shell: bash
         run: cmp blob restored && echo same
 "#;
 
-/// Keeps each step's last log line (for the error of a failed step).
+/// Saves `blob` as `@actions/cache` does: reserve, 32 MiB chunks, 4 at a
+/// time, commit.
+const SAVE_JS: &str = r#"
+const fs = require('fs');
+const base = process.env.ACTIONS_CACHE_URL + '_apis/artifactcache';
+const json = { 'Content-Type': 'application/json' };
+async function ok(r) { if (!r.ok) throw new Error(r.status + ' ' + await r.text()); return r; }
+(async () => {
+  const size = fs.statSync('blob').size;
+  const r = await ok(await fetch(base + '/caches', { method: 'POST', headers: json,
+    body: JSON.stringify({ key: 'bench', version: 'v1', cacheSize: size }) }));
+  const id = (await r.json()).cacheId;
+  const chunk = 32 * 1024 * 1024;
+  const fd = fs.openSync('blob', 'r');
+  let next = 0;
+  async function worker() {
+    while (next < size) {
+      const start = next; next += chunk;
+      const len = Math.min(chunk, size - start);
+      const buf = Buffer.alloc(len);
+      fs.readSync(fd, buf, 0, len, start);
+      await ok(await fetch(base + '/caches/' + id, { method: 'PATCH', body: buf, headers: {
+        'Content-Type': 'application/octet-stream',
+        'Content-Range': `bytes ${start}-${start + len - 1}/*` } }));
+    }
+  }
+  await Promise.all([worker(), worker(), worker(), worker()]);
+  await ok(await fetch(base + '/caches/' + id, { method: 'POST', headers: json,
+    body: JSON.stringify({ size }) }));
+  console.log('saved ' + size + ' bytes');
+})().catch((e) => { console.error(e.message); process.exit(1); });
+"#;
+
+/// Restores it: lookup, then a plain download streamed to a file.
+const RESTORE_JS: &str = r#"
+const fs = require('fs');
+const { Readable } = require('stream');
+const { pipeline } = require('stream/promises');
+const base = process.env.ACTIONS_CACHE_URL + '_apis/artifactcache';
+(async () => {
+  const r = await fetch(base + '/cache?keys=bench&version=v1');
+  if (r.status !== 200) throw new Error('lookup: ' + r.status);
+  const loc = (await r.json()).archiveLocation;
+  const d = await fetch(loc);
+  if (!d.ok) throw new Error('download: ' + d.status);
+  await pipeline(Readable.fromWeb(d.body), fs.createWriteStream('restored'));
+  console.log('restored ' + fs.statSync('restored').size + ' bytes');
+})().catch((e) => { console.error(e.message); process.exit(1); });
+"#;
+
+/// Keeps each step's last log line, and the job's own last lines (for the
+/// error of a failed step or job).
 #[derive(Default)]
-struct LastLines(Mutex<Vec<(usize, String)>>);
+struct LastLines(Mutex<Vec<(usize, String)>>, Mutex<Vec<String>>);
 
 impl EventSink for LastLines {
     fn emit(&self, event: JobEvent) {
-        if let JobEvent::Line {
-            step: Some(i),
-            text,
-            ..
-        } = event
-        {
-            let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            v.retain(|(s, _)| *s != i);
-            v.push((i, text));
+        match event {
+            JobEvent::Line {
+                step: Some(i),
+                text,
+                ..
+            } => {
+                let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                v.retain(|(s, _)| *s != i);
+                v.push((i, text));
+            }
+            JobEvent::Line {
+                step: None, text, ..
+            } => {
+                let mut v = self.1.lock().unwrap_or_else(|e| e.into_inner());
+                if v.len() == 5 {
+                    v.remove(0);
+                }
+                v.push(text);
+            }
+            _ => {}
         }
     }
 }
@@ -150,6 +188,10 @@ pub async fn cache_main(args: CacheBenchArgs) -> Result<(), BenchError> {
     std::fs::create_dir_all(&tree)
         .map_err(|e| BenchError::Infra(format!("create {}: {e}", tree.display())))?;
     write_random(&tree.join("blob"), bytes)?;
+    for (name, text) in [("save.js", SAVE_JS), ("restore.js", RESTORE_JS)] {
+        std::fs::write(tree.join(name), text)
+            .map_err(|e| BenchError::Infra(format!("write {name}: {e}")))?;
+    }
     let service = CacheService::start(CacheSettings {
         dir: work.0.join("cache"),
         max_bytes: bytes * 2,
@@ -164,7 +206,7 @@ pub async fn cache_main(args: CacheBenchArgs) -> Result<(), BenchError> {
             exclude: vec![],
         },
         cache: Some(Arc::new(service)),
-        ..JobSpec::own(wf, "bench-cache")
+        ..JobSpec::own(wf, "bench")
     };
     progress(format_args!(
         "cache: one job on image {} ({} vCPU, {} MiB, accelerator {}): {} MB over SSH, then saved and restored through the cache service",
@@ -193,7 +235,13 @@ pub async fn cache_main(args: CacheBenchArgs) -> Result<(), BenchError> {
             .steps
             .iter()
             .find(|s| s.index == i)
-            .ok_or_else(|| BenchError::Infra(format!("step {} did not run", i + 1)))?;
+            .ok_or_else(|| {
+                let job = sink.1.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+                BenchError::Infra(format!(
+                    "step {} did not run; the job's last lines:\n{job}",
+                    i + 1
+                ))
+            })?;
         if s.conclusion != Conclusion::Success {
             let last = sink
                 .0
