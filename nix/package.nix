@@ -50,11 +50,11 @@ rustPlatform.buildRustPackage {
   # The unit tests and the integration-test modules that need no VM, no SSH
   # server and no network beyond 127.0.0.1 (one test binary, `it`, with a
   # module per area). Skipped on purpose: exec_cli, exec_debian, exec_tiny,
-  # exec_runner, actions_vm, vm_boot, doctor_cli, checkout_gitless, run_cli,
-  # guest_network and forge_e2e* boot guests (guest_network also makes network
-  # namespaces as root); forge_artifacts needs node, npm and the npm registry,
-  # root (network namespaces) and boots guests; hashfiles runs under busybox,
-  # dash and ksh;
+  # exec_runner, actions_vm, cache_vm, vm_boot, doctor_cli, checkout_gitless,
+  # run_cli, guest_network and forge_e2e* boot guests (guest_network also makes
+  # network namespaces as root); forge_artifacts needs node, npm and the npm
+  # registry, root (network namespaces) and boots guests; hashfiles runs under
+  # busybox, dash and ksh;
   # ssh_client and ssh_throughput start sshd and dropbear; executor_local and
   # executor_shells need ksh, dash and busybox; nixos_module needs
   # nix-instantiate; actions_local needs node and the npm registry (once, for
@@ -76,6 +76,7 @@ rustPlatform.buildRustPackage {
         "actions_local"
         "actions_vm"
         "bench_cli"
+        "cache_vm"
         "checkout_gitless"
         "cli_messages"
         "docs_match_code"

@@ -7,6 +7,7 @@
 pub mod actions;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod cache_service;
 pub mod civil;
 pub mod cli;
 pub mod config;

@@ -414,6 +414,7 @@ async fn steps_part(
     let spec = JobSpec {
         default_actions_url: Some(server.url().to_owned()),
         actions: Some(Arc::new(cache)),
+        cache: None,
         ..JobSpec::own(wf, "bench")
     };
     progress(format_args!(

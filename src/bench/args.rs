@@ -31,6 +31,19 @@ pub enum BenchCommand {
     /// guest from a server in a test network namespace, with `network =
     /// "unrestricted"` against `"outbound"` in the same run. Needs root.
     Network(NetworkBenchArgs),
+    /// The built-in cache service: saving and restoring `--mb` megabytes
+    /// from inside the guest, against copying the same bytes into it over
+    /// SSH with Solstice's executor, in one job.
+    Cache(CacheBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CacheBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Megabytes (10^6 bytes) of random data to copy, save and restore.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub mb: u32,
 }
 
 /// A part of `solstice bench actions`.

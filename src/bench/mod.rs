@@ -9,6 +9,8 @@
 //! - [`actions`] (`solstice bench actions`, issue 12): node start-up in the
 //!   guest against `run:` and composite steps, first against cached action
 //!   fetches, and the daemon's memory with the action cache in use.
+//! - [`cache`] (`solstice bench cache`, issue 13): the cache service's save
+//!   and restore throughput in the guest against an SSH copy.
 //!
 //! - [`network`] (`solstice bench network`, issue 13): boot to SSH and a
 //!   download in the guest with `network = "unrestricted"` against
@@ -19,6 +21,7 @@
 pub mod actions;
 mod args;
 pub mod baseline;
+pub mod cache;
 pub mod engine;
 pub mod network;
 pub mod runner;
@@ -33,8 +36,8 @@ use crate::job::placement::{Fallback, choose_image};
 use crate::startup::StartupError;
 
 pub use args::{
-    ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, EngineBenchArgs,
-    NetworkBenchArgs, RunnerBenchArgs,
+    ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, CacheBenchArgs,
+    EngineBenchArgs, NetworkBenchArgs, RunnerBenchArgs,
 };
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
@@ -63,6 +66,7 @@ pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Runner(a) => runner::runner_main(a).await,
         BenchCommand::Actions(a) => actions::actions_main(a).await,
         BenchCommand::Network(a) => network::network_main(a).await,
+        BenchCommand::Cache(a) => cache::cache_main(a).await,
     }
 }
 

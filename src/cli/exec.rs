@@ -107,6 +107,18 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
         plan.push((combo, placed.image));
     }
     let accel = resolve_accel(&config).await?;
+    let cache = if config.cache.enabled {
+        let service = crate::cache_service::CacheService::start(config.cache.settings())
+            .await
+            .map_err(|e| {
+                CliError::infra(format!(
+                    "cannot start the cache service (`[cache]`; `enabled = false` turns it off): {e}"
+                ))
+            })?;
+        Some(Arc::new(service))
+    } else {
+        None
+    };
 
     let workdir = match args.workdir.clone() {
         Some(d) => d,
@@ -159,6 +171,7 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 extra_masks: Vec::new(),
                 default_actions_url: Some(actions_url.clone()),
                 actions: Some(action_cache.clone()),
+                cache: cache.clone(),
             };
             let run_id = job::id::new_job_id("exec");
             let vm_run = VmRun {

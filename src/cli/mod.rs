@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the top-level commands.
 
+pub mod cache;
 pub mod doctor;
 pub mod error;
 pub mod exec;
@@ -57,6 +58,9 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// See or clear the cache service's entries (`cache list`, `cache clear
+    /// [--repo OWNER/NAME]`); safe while the daemon runs.
+    Cache(cache::CacheArgs),
     /// Serve the configured forges: poll for jobs and run each in a fresh VM
     /// (the daemon; stops on SIGTERM/SIGINT after draining running jobs).
     Run {
@@ -174,6 +178,7 @@ pub fn main() -> ExitCode {
             "This Solstice was built without benchmarks (they need the fake forge of the `bench` cargo feature); from a source checkout run `cargo run --release --features bench -- bench engine` (or `bench runner`)",
         )),
         Command::Status(args) => status::status_main(args),
+        Command::Cache(args) => cache::cache_main(args),
         Command::Doctor(args) => run_async(doctor::doctor_main(args)).and_then(|r| r),
     };
     error::finish(result)

@@ -31,6 +31,8 @@ pub struct Config {
     pub forges: BTreeMap<String, ForgeConfig>,
     /// `[actions]`.
     pub actions: ActionsConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
     /// What works but probably not as meant, in file order (see
     /// [`ConfigWarning`]); `check-config`, `doctor` and `solstice run` print them.
     pub warnings: Vec<ConfigWarning>,
@@ -125,6 +127,32 @@ impl ActionsConfig {
             dir: Self::cache_dir(state_dir),
             max_bytes: self.cache_max_bytes,
             allowed_hosts,
+        }
+    }
+}
+
+/// `[cache]`: the built-in cache service jobs save to and restore from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Whether jobs get the service.
+    pub enabled: bool,
+    /// Where entries and their index live.
+    pub dir: PathBuf,
+    /// Bound on the committed entries' total size in bytes.
+    pub max_bytes: u64,
+}
+
+impl CacheConfig {
+    /// `<state_dir>/cache`, where the cache lives unless `dir` says otherwise.
+    pub fn default_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("cache")
+    }
+
+    /// The service's settings.
+    pub fn settings(&self) -> crate::cache_service::CacheSettings {
+        crate::cache_service::CacheSettings {
+            dir: self.dir.clone(),
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -437,6 +465,7 @@ pub fn known_keys() -> Vec<String> {
         (raw::names_of::<raw::RawImage>(), "images.<name>."),
         (raw::names_of::<raw::RawForge>(), "forges.<name>."),
         (raw::names_of::<raw::RawActions>(), "actions."),
+        (raw::names_of::<raw::RawCache>(), "cache."),
     ] {
         keys.extend(section.iter().map(|k| format!("{prefix}{k}")));
     }

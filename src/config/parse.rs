@@ -13,11 +13,13 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ErrorKind, Position};
-use super::raw::{RawActions, RawConfig, RawDaemon, RawForge, RawImage, RawQemu, names_of};
+use super::raw::{
+    RawActions, RawCache, RawConfig, RawDaemon, RawForge, RawImage, RawQemu, names_of,
+};
 use super::validate::Ctx;
 
 /// The sections of the file, as (how a section is named in messages, its keys).
-pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 6] {
+pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 7] {
     [
         ("the top level", names_of::<RawConfig>()),
         ("[daemon]", names_of::<RawDaemon>()),
@@ -25,6 +27,7 @@ pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 6] {
         ("[images.<name>]", names_of::<RawImage>()),
         ("[forges.<name>]", names_of::<RawForge>()),
         ("[actions]", names_of::<RawActions>()),
+        ("[cache]", names_of::<RawCache>()),
     ]
 }
 
@@ -111,7 +114,7 @@ fn first_line(s: &str) -> String {
 
 /// Report and drop every key that its section does not know.
 fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
-    let [top, daemon, qemu, image, forge, actions] = sections();
+    let [top, daemon, qemu, image, forge, actions, cache] = sections();
     check_table(root, "", top.1, 0, ctx);
     if let Some(DeValue::Table(t)) = root.get_mut("daemon").map(|v| v.get_mut()) {
         check_table(t, "daemon.", daemon.1, 1, ctx);
@@ -121,6 +124,9 @@ fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
     }
     if let Some(DeValue::Table(t)) = root.get_mut("actions").map(|v| v.get_mut()) {
         check_table(t, "actions.", actions.1, 5, ctx);
+    }
+    if let Some(DeValue::Table(t)) = root.get_mut("cache").map(|v| v.get_mut()) {
+        check_table(t, "cache.", cache.1, 6, ctx);
     }
     if let Some(DeValue::Table(images)) = root.get_mut("images").map(|v| v.get_mut()) {
         for (name, value) in images.iter_mut() {

@@ -50,6 +50,10 @@ pub struct RawConfig {
     /// host's cache of them.
     #[serde(default)]
     pub actions: RawActions,
+    /// `[cache]`: the built-in cache service that actions/cache in jobs
+    /// saves to and restores from.
+    #[serde(default)]
+    pub cache: RawCache,
 }
 
 /// Default of `daemon.state_dir`.
@@ -373,6 +377,35 @@ pub struct RawActions {
     /// actions are removed first. Default: [`DEFAULT_ACTIONS_CACHE_MAX_MIB`];
     /// range: [`ACTIONS_CACHE_MAX_MIB`].
     pub cache_max_mib: Option<Spanned<i64>>,
+}
+
+/// Default of `cache.max_mib`.
+pub const DEFAULT_CACHE_MAX_MIB: i64 = 10240;
+/// Allowed range of `cache.max_mib` (up to 1 TiB).
+pub const CACHE_MAX_MIB: Limit = Limit {
+    min: 1,
+    max: 1_048_576,
+    unit: "MiB",
+};
+
+/// `[cache]`: the built-in cache service. Jobs reach it from their guests
+/// through `ACTIONS_CACHE_URL`; actions/cache and every action built on
+/// `@actions/cache` save and restore there. See `docs/cache.md`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Whether jobs get the cache service. Off: `ACTIONS_CACHE_URL` is not
+    /// set and actions/cache warns that the cache is unavailable.
+    /// Default: `true`.
+    pub enabled: Option<Spanned<bool>>,
+    /// Where the entries and their index live. Relative paths resolve
+    /// against the config file's directory. Default: `<state_dir>/cache`.
+    pub dir: Option<Spanned<PathBuf>>,
+    /// Bound on the committed entries' total size in MiB; the least
+    /// recently used entries are removed first, and a single entry larger
+    /// than this is refused. Default: [`DEFAULT_CACHE_MAX_MIB`]; range:
+    /// [`CACHE_MAX_MIB`].
+    pub max_mib: Option<Spanned<i64>>,
 }
 
 /// Field names of a serde struct, or variant names of a serde enum, read from

@@ -619,7 +619,7 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 20 + 8 + 3);
+    assert_eq!(keys.len(), 6 + 5 + 20 + 8 + 3 + 3);
 }
 
 #[test]
@@ -1171,4 +1171,35 @@ fn unrestricted_network_is_a_warning() {
     let w = &c.warnings[0];
     assert_eq!(w.key.as_deref(), Some("images.a.network"));
     assert!(w.message.contains("loopback"), "{}", w.message);
+}
+
+#[test]
+fn cache_section_defaults_and_errors() {
+    let c = ok(TINY);
+    assert!(c.cache.enabled);
+    assert_eq!(c.cache.dir, c.daemon.state_dir.join("cache"));
+    assert_eq!(c.cache.max_bytes, 10240 << 20);
+    let c = ok(&format!(
+        "{TINY}[cache]\nenabled = false\ndir = \"c\"\nmax_mib = 5\n"
+    ));
+    assert!(!c.cache.enabled);
+    assert_eq!(c.cache.dir, Path::new("/etc/solstice/c"));
+    assert_eq!(c.cache.max_bytes, 5 << 20);
+    let e = errs(&format!(
+        "{TINY}[cache]\nmax_mib = 0\ndir = \"\"\nenable = true\n"
+    ));
+    let keys: Vec<(Option<&str>, (usize, usize))> =
+        e.iter().map(|e| (e.key.as_deref(), at(e))).collect();
+    assert_eq!(
+        keys,
+        [
+            (Some("cache.max_mib"), (4, 11)),
+            (Some("cache.dir"), (5, 7)),
+            (Some("cache.enable"), (6, 1)),
+        ],
+        "{e:#?}"
+    );
+    assert_eq!(e[2].fix.as_deref(), Some("did you mean \"enabled\"?"));
+    let e = one(&format!("{TINY}[cache]\nenabled = \"yes\"\n"));
+    assert_eq!(at(&e), (4, 11));
 }

@@ -8,10 +8,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, ConfigWarning, ErrorKind, Position};
-use super::raw::{self, Limit, RawActions, RawConfig, RawDaemon, RawForge, RawImage, RawQemu};
+use super::raw::{
+    self, Limit, RawActions, RawCache, RawConfig, RawDaemon, RawForge, RawImage, RawQemu,
+};
 use super::{
-    AccelChoice, ActionsConfig, Cidr, Config, CredentialSource, DaemonConfig, Firmware,
-    ForgeConfig, ImageConfig, NetworkMode, ParseOptions, QemuConfig,
+    AccelChoice, ActionsConfig, CacheConfig, Cidr, Config, CredentialSource, DaemonConfig,
+    Firmware, ForgeConfig, ImageConfig, NetworkMode, ParseOptions, QemuConfig,
 };
 
 /// Where problems are collected while one file is checked.
@@ -110,6 +112,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         forges.insert(name.get_ref().clone(), config);
     }
     let actions = actions(&raw.actions, ctx);
+    let cache = cache(&raw.cache, &daemon, ctx);
     if had_errors || !ctx.errors.is_empty() {
         return None;
     }
@@ -124,6 +127,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         images,
         forges,
         actions,
+        cache,
         warnings: std::mem::take(&mut ctx.warnings),
     })
 }
@@ -408,6 +412,28 @@ fn actions(raw: &RawActions, ctx: &mut Ctx<'_>) -> ActionsConfig {
         default_url,
         allowed_hosts,
         cache_max_bytes: u64::from(mib) << 20,
+    }
+}
+
+fn cache(raw: &RawCache, daemon: &DaemonConfig, ctx: &mut Ctx<'_>) -> CacheConfig {
+    let dir = match &raw.dir {
+        Some(p) => {
+            non_empty_path(p, "cache.dir", ctx);
+            ctx.resolve(p.get_ref())
+        }
+        None => CacheConfig::default_dir(&daemon.state_dir),
+    };
+    let mib = number(
+        raw.max_mib.as_ref(),
+        raw::DEFAULT_CACHE_MAX_MIB,
+        raw::CACHE_MAX_MIB,
+        "cache.max_mib",
+        ctx,
+    );
+    CacheConfig {
+        enabled: raw.enabled.as_ref().is_none_or(|e| *e.get_ref()),
+        dir,
+        max_bytes: u64::from(mib) << 20,
     }
 }
 

@@ -82,6 +82,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot start the cache service (`[cache]`; `enabled = false` turns it off)")]
+    Cache(#[source] crate::cache_service::CacheError),
     #[error("Cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(
@@ -166,6 +168,8 @@ pub(crate) struct Shared {
     pub jobs: Arc<dyn JobRunner>,
     /// The host's action cache, shared by every job.
     pub actions: Arc<ActionCache>,
+    /// The cache service every job gets a lease on (`None`: `[cache]` is off).
+    pub cache: Option<Arc<crate::cache_service::CacheService>>,
 }
 
 impl Shared {
@@ -318,6 +322,15 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
 
     let metrics = Metrics::new();
     let accel = resolve_accelerator(&config, &store, &metrics).await?;
+    let cache = if config.cache.enabled {
+        let service = crate::cache_service::CacheService::start(config.cache.settings())
+            .await
+            .map_err(DaemonError::Cache)?;
+        tracing::info!(port = service.port(), dir = %service.dir().display(), "cache service on 127.0.0.1");
+        Some(Arc::new(service))
+    } else {
+        None
+    };
     let image_max: BTreeMap<String, u32> = config
         .images
         .values()
@@ -340,6 +353,7 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
                 .actions
                 .cache_settings(&config.daemon.state_dir, std::iter::empty()),
         )),
+        cache,
     });
     metrics.set_capacity(config.daemon.max_concurrent_jobs);
 

@@ -186,6 +186,7 @@ async fn execute(shared: &Shared, task: &TaskRun, job: Result<AssignedJob, Unrun
         job::runner_line(task.report.as_ref(), note.clone());
     }
     job.spec.actions = Some(shared.actions.clone());
+    job.spec.cache = shared.cache.clone();
     let image = match place(shared, task, &job) {
         Ok(image) => image,
         Err(ending) => return ending,

@@ -25,6 +25,8 @@ struct GatedJobs {
     running: AtomicUsize,
     max_running: AtomicUsize,
     release: tokio::sync::Semaphore,
+    /// Jobs that were given the cache service.
+    with_cache: AtomicUsize,
 }
 
 impl GatedJobs {
@@ -34,6 +36,7 @@ impl GatedJobs {
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
             release: tokio::sync::Semaphore::new(0),
+            with_cache: AtomicUsize::new(0),
         })
     }
 
@@ -57,6 +60,9 @@ impl JobRunner for GatedJobs {
             kind: LineKind::Runner,
             text: format!("running {}", run.job_id),
         });
+        if run.spec.cache.is_some() {
+            self.with_cache.fetch_add(1, Ordering::SeqCst);
+        }
         self.started.fetch_add(1, Ordering::SeqCst);
         let result = tokio::select! {
             p = self.release.acquire() => {
@@ -204,6 +210,29 @@ async fn slots_cap_the_running_jobs_and_the_fetch_capacity() {
         assert_eq!(
             s.task_state(&job.id).unwrap().as_deref(),
             Some(format!("task {t} lines 1").as_bytes())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_gets_the_cache_service_unless_it_is_off() {
+    for enabled in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path(), 1);
+        config.cache.enabled = enabled;
+        let forge = ScriptedForge::default();
+        forge.push_task(1);
+        let jobs = GatedJobs::new();
+        let daemon = Daemon::start(config.clone(), &forge, &jobs);
+        eventually("the job starts", || jobs.started() == 1).await;
+        jobs.release.add_permits(1);
+        eventually("the task is reported", || done(&forge, 1)).await;
+        daemon.stop().await;
+        assert_eq!(jobs.with_cache.load(Ordering::SeqCst), usize::from(enabled));
+        assert_eq!(
+            config.cache.dir.join("index.db").exists(),
+            enabled,
+            "the service opens its index at start"
         );
     }
 }

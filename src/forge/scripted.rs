@@ -116,6 +116,7 @@ fn job(task_id: i64) -> AssignedJob {
             extra_masks: vec![],
             default_actions_url: None,
             actions: None,
+            cache: None,
         },
         runs_on: vec!["tiny".into()],
         notes: vec![],

@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::id;
 use super::spec::{CheckoutSource, JobSpec, RunnerInfo};
+use crate::cache_service::CacheLease;
 use crate::config::{AccelChoice, Config, ImageConfig, SeedKind};
 use crate::events::{Conclusion, EventSink, JobEvent, LineKind, Phase};
 use crate::executor::{self, JobOutcome};
+use crate::secret::Secret;
 use crate::ssh::{self, ClientKey, HostKey, HostKeyCheck, ReadyOptions, SshTarget};
 use crate::store::StoreError;
 use crate::vm::accel::{
@@ -196,6 +198,25 @@ pub async fn run_in_vm(
     sink: &dyn EventSink,
     cancel: &CancellationToken,
 ) -> Result<RunReport, RunError> {
+    // The job's lease on the cache service lives as long as this call: its
+    // URLs answer 404 once the job is over.
+    let lease = run
+        .spec
+        .cache
+        .as_ref()
+        .map(|c| c.lease(run.spec.cache_scope()));
+    let with_cache;
+    let host_ports: Vec<u16> = lease.iter().map(CacheLease::port).collect();
+    let run = match &lease {
+        Some(lease) => {
+            with_cache = cache_env(run.spec, lease);
+            &VmRun {
+                spec: &with_cache,
+                ..*run
+            }
+        }
+        None => run,
+    };
     let jobs = jobs_dir(run.config);
     std::fs::create_dir_all(&jobs).map_err(|source| RunError::StateDir {
         path: jobs.clone(),
@@ -244,7 +265,7 @@ pub async fn run_in_vm(
             authorized_key: &authorized,
             host_key: host_private.as_ref().zip(host_public.as_deref()),
             hostname: &hostname,
-            host_ports: &[],
+            host_ports: &host_ports,
         };
         if let Some(o) = run.observer {
             o.before_start(&jobs.join(run.job_id))
@@ -331,6 +352,25 @@ pub async fn run_in_vm(
             }
         }
     }
+}
+
+/// `spec` with the cache service's variables: `ACTIONS_CACHE_URL` (its
+/// token masked), and a random masked `ACTIONS_RUNTIME_TOKEN` when the job
+/// has none (`solstice exec`): `@actions/cache` refuses to run without one,
+/// and the service does not read it.
+fn cache_env(spec: &JobSpec, lease: &CacheLease) -> JobSpec {
+    let mut spec = spec.clone();
+    spec.extra_env
+        .insert("ACTIONS_CACHE_URL".into(), lease.guest_url());
+    spec.extra_masks.push(Secret::new(lease.token()));
+    if !spec.extra_env.contains_key("ACTIONS_RUNTIME_TOKEN") {
+        let bytes: [u8; 24] = rand::random();
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        spec.extra_env
+            .insert("ACTIONS_RUNTIME_TOKEN".into(), token.clone());
+        spec.extra_masks.push(Secret::new(token));
+    }
+    spec
 }
 
 /// Tells the job log that its KVM guest was given up.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use crate::actions::ActionCache;
+use crate::cache_service::{CacheScope, CacheService};
 
 use crate::config::{GuestOs, ImageConfig};
 use crate::secret::Secret;
@@ -46,6 +47,9 @@ pub struct JobSpec {
     /// The host's action cache; `None`: remote actions cannot be fetched
     /// (their steps fail and say so).
     pub actions: Option<Arc<ActionCache>>,
+    /// The built-in cache service (`[cache]`); `None`: the job gets no
+    /// `ACTIONS_CACHE_URL` (actions/cache warns and goes on).
+    pub cache: Option<Arc<CacheService>>,
 }
 
 impl JobSpec {
@@ -71,7 +75,48 @@ impl JobSpec {
             extra_masks: Vec::new(),
             default_actions_url: None,
             actions: None,
+            cache: None,
         }
+    }
+
+    /// The job's part of the cache service: its forge (`github.server_url`,
+    /// `local` without one) and repository; pull-request jobs (events
+    /// `pull_request*`, except a merged pull request's `closed`) write into
+    /// a part of their own, keyed by the pull request, so that they never
+    /// write where the base branch reads.
+    pub fn cache_scope(&self) -> CacheScope {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+        let g = &self.github;
+        let forge = match text(g.get("server_url")) {
+            s if s.is_empty() => "local".to_owned(),
+            s => s,
+        };
+        let repository = text(g.get("repository"));
+        let event_name = text(g.get("event_name"));
+        let event = g.get("event");
+        let merged_close = event_name.starts_with("pull_request")
+            && event.and_then(|e| e.get("action")).and_then(Value::as_str) == Some("closed")
+            && event
+                .and_then(|e| e.get("pull_request"))
+                .and_then(|p| p.get("merged"))
+                .and_then(Value::as_bool)
+                == Some(true);
+        let isolation = (event_name.starts_with("pull_request") && !merged_close).then(|| {
+            let number = event
+                .and_then(|e| {
+                    e.get("number")
+                        .or_else(|| e.pointer("/pull_request/number"))
+                })
+                .and_then(Value::as_u64);
+            match number {
+                Some(n) => format!("refs/pull/{n}"),
+                None => match text(g.get("ref")) {
+                    r if r.is_empty() => "pull_request".to_owned(),
+                    r => r,
+                },
+            }
+        });
+        CacheScope::new(&forge, &repository, isolation)
     }
 }
 
@@ -179,6 +224,33 @@ pub enum CheckoutSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_requests_write_apart_from_the_branches() {
+        let wf = crate::workflow::parse_workflow(
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: true\n",
+        )
+        .unwrap();
+        let mut spec = JobSpec::own(wf, "a");
+        let scope = |spec: &JobSpec| format!("{:?}", spec.cache_scope());
+        spec.github = serde_json::json!({"repository": "O/R", "event_name": "push", "server_url": "https://f.example"});
+        assert!(
+            scope(&spec).contains("\"https://f.example|o/r\""),
+            "{}",
+            scope(&spec)
+        );
+        assert!(scope(&spec).contains("isolation: None"));
+        spec.github = serde_json::json!({"repository": "o/r", "event_name": "pull_request",
+            "event": {"action": "opened", "number": 5, "pull_request": {"merged": false}}});
+        assert!(scope(&spec).contains("\"local|o/r\""));
+        assert!(scope(&spec).contains("Some(\"refs/pull/5\")"));
+        spec.github = serde_json::json!({"repository": "o/r", "event_name": "pull_request_target",
+            "event": {"action": "closed", "number": 5, "pull_request": {"merged": true}}});
+        assert!(scope(&spec).contains("isolation: None"));
+        spec.github = serde_json::json!({"repository": "o/r", "event_name": "pull_request",
+            "event": {"action": "closed", "number": 6, "pull_request": {"merged": false}}});
+        assert!(scope(&spec).contains("Some(\"refs/pull/6\")"));
+    }
 
     #[test]
     fn the_runner_comes_from_the_image() {

@@ -80,6 +80,7 @@ fn job(yaml: &str, server: &GitServer) -> TestJob {
         extra_masks: Vec::new(),
         default_actions_url: Some(server.url().to_string()),
         actions: Some(action_cache(cache.path())),
+        cache: None,
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "test-runner", home.path());
     TestJob {

@@ -27,6 +27,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("store", UPPER),
     // Actions on the host: references, the fetch policy, the cache.
     ("actions", UPPER),
+    // The cache service jobs reach from their guests (knows scopes, not jobs).
+    ("cache_service", UPPER),
     // Start-up shared by the commands: the configuration and the accelerator
     // (with the KVM failure a previous job remembered).
     ("startup", UPPER),

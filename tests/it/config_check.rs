@@ -284,8 +284,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 25,
-        "expected 25 keys with literal defaults in the doc"
+        checked, 27,
+        "expected 27 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }

@@ -81,6 +81,7 @@ fn spec(yaml: &str, home: &Path) -> TestJob {
         extra_masks: Vec::new(),
         default_actions_url: None,
         actions: None,
+        cache: None,
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "test-runner", home);
     TestJob { spec, runner }

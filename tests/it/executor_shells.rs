@@ -111,6 +111,7 @@ async fn check_shell(target: &str, secs: u32) {
         extra_masks: Vec::new(),
         default_actions_url: None,
         actions: None,
+        cache: None,
     };
     let sink = VecSink::default();
     let started = Instant::now();
@@ -233,6 +234,7 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
         extra_masks: Vec::new(),
         default_actions_url: None,
         actions: None,
+        cache: None,
     };
     let sink = VecSink::default();
     let runner = crate::support::local_runner(GuestOs::Linux, "r", &home);

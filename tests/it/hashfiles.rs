@@ -176,6 +176,7 @@ async fn check(session: &dyn GuestSession, what: &str, home: &Path) {
         extra_masks: Vec::new(),
         default_actions_url: None,
         actions: None,
+        cache: None,
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "r", home);
     let sink = VecSink::default();
@@ -350,6 +351,7 @@ async fn always_steps_after_the_job_timeout_still_hash() {
         extra_masks: Vec::new(),
         default_actions_url: None,
         actions: None,
+        cache: None,
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "r", dir.path());
     let sink = VecSink::default();
@@ -405,6 +407,7 @@ async fn no_sha256_tool_fails_clearly() {
         extra_masks: Vec::new(),
         default_actions_url: None,
         actions: None,
+        cache: None,
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "r", &home);
     let sink = VecSink::default();

@@ -11,6 +11,8 @@ mod actions_local;
 mod actions_vm;
 mod architecture;
 mod bench_cli;
+mod cache_service;
+mod cache_vm;
 mod checkout_gitless;
 mod cli_messages;
 mod config_check;

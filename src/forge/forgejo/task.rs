@@ -282,6 +282,7 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
         extra_masks,
         default_actions_url: Some(default_actions_url),
         actions: None,
+        cache: None,
     };
     Ok(TranslatedTask {
         spec,

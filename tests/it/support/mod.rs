@@ -120,6 +120,11 @@ impl TestEnv {
             images,
             forges: BTreeMap::new(),
             actions: ActionsConfig::default(),
+            cache: solstice::config::CacheConfig {
+                enabled: true,
+                dir: dir.path().join("state/cache"),
+                max_bytes: 1 << 30,
+            },
             warnings: Vec::new(),
         };
         Self {
@@ -199,6 +204,10 @@ impl TestEnv {
             spec.actions = Some(cache);
             spec.default_actions_url = Some(url);
         }
+        spec.cache = opts.cache;
+        if let Some(r) = opts.repository {
+            spec.github["repository"] = json!(r);
+        }
         let job_id = job::id::new_job_id("test");
         let run = VmRun {
             config: &self.config,
@@ -253,6 +262,7 @@ impl TestEnv {
             extra_masks: Vec::new(),
             default_actions_url: None,
             actions: None,
+            cache: None,
         }
     }
 }
@@ -264,6 +274,10 @@ pub struct RunOpts {
     pub actions: Option<(std::sync::Arc<solstice::actions::ActionCache>, String)>,
     pub checkout: Option<CheckoutSource>,
     pub cancel: Option<CancellationToken>,
+    /// The cache service the job gets a lease on.
+    pub cache: Option<std::sync::Arc<solstice::cache_service::CacheService>>,
+    /// `github.repository` instead of `octo/hello`.
+    pub repository: Option<&'static str>,
 }
 
 pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> ImageConfig {

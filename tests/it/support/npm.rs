@@ -230,7 +230,8 @@ pub fn unpack(tgz: &[u8], dest: &Path) -> std::io::Result<()> {
 /// Installs the dependency closure pinned by `fixture_dir/package-lock.json`
 /// with the real `npm ci --ignore-scripts` (no install scripts run), once,
 /// into `<cache_dir>/locked/<first 16 hex digits of the lock's SHA-256>/`,
-/// and returns that directory's `node_modules`. A changed lock gets a new
+/// pruned of what node never loads from CommonJS ([`prune`]), and returns
+/// that directory's `node_modules`. A changed lock gets a new
 /// directory. Concurrent callers each install into a private directory and
 /// rename it into place; the loser's copy is removed. Needs `npm` and the
 /// npm registry (or npm's own cache).
@@ -268,6 +269,7 @@ pub fn install_locked(fixture_dir: &Path) -> PathBuf {
         tmp.path().display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    prune(&tmp.path().join("node_modules"));
     let tmp = tmp.keep();
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another test installed the same lock first.
@@ -358,6 +360,35 @@ fn copy_runtime_files(src: &Path, dest: &Path) {
                 .any(|x| name.ends_with(x))
         {
             std::fs::copy(e.path(), dest.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Removes from an installed `node_modules` what node never loads from
+/// CommonJS: type declarations, source maps, docs, browser and ESM builds,
+/// `.bin` links (and every other symlink, which the test copies do not keep).
+fn prune(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            std::fs::remove_file(&p).unwrap();
+        } else if ft.is_dir() {
+            let in_dist = p.parent().is_some_and(|d| d.ends_with("dist"));
+            if name == ".bin"
+                || (in_dist && ["esm", "browser", "react-native"].contains(&name.as_str()))
+            {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                prune(&p);
+            }
+        } else if [".map", ".d.ts", ".d.mts", ".d.cts", ".md"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        {
+            std::fs::remove_file(&p).unwrap();
         }
     }
 }
