@@ -515,6 +515,17 @@ jobs:
           CLAIMS: ${{ steps.oidc.outputs.claims }}
         run: printf 'claims=%s\n' "$CLAIMS"
       - run: echo "runtime=[$ACTIONS_RUNTIME_TOKEN] idreq=[$ACTIONS_ID_TOKEN_REQUEST_TOKEN] results=[$ACTIONS_RESULTS_URL]"
+      - id: c
+        uses: fixtures/cache-action@v1
+        with:
+          path: cached
+          key: e2e-${{ github.run_id }}
+      - run: mkdir -p cached && echo cached-bytes > cached/blob && echo "hit=${{ steps.c.outputs.cache-hit }}"
+      - run: |
+          node -e '
+            fetch("http://10.0.2.2:METRICS_PORT/metrics", { signal: AbortSignal.timeout(5000) })
+              .then((r) => console.log("metrics-REACHED " + r.status), (e) => console.log("metrics-unreachable " + (e.cause && e.cause.code)));
+          '
 "#;
 
 const CONSUME: &str = r#"
@@ -543,6 +554,12 @@ jobs:
               headers: { authorization: "Bearer " + process.env.STALE, "content-type": "application/json" },
             }).then(async (r) => console.log(`stale-token: status=${r.status} body=${(await r.text()).trim()}`));
           '
+      - id: c
+        uses: fixtures/cache-action@v1
+        with:
+          path: cached
+          key: e2e-${{ github.run_id }}
+      - run: test "${{ steps.c.outputs.cache-hit }}" = true && grep -qx cached-bytes cached/blob && echo cache-restored
 "#;
 
 /// End to end in Debian guests run by the daemon: the fake forge listens in
@@ -579,6 +596,30 @@ async fn jobs_in_guests_share_an_artifact_and_get_an_id_token_through_the_forge(
         tree.path(),
         &["v1"],
     );
+    // The actions/cache stand-in (real `@actions/cache`), for the daemon's
+    // cache service.
+    let cache_fixture = support::repo_root().join("tests/fixtures/cache-action");
+    let cache_tree = tempfile::tempdir().unwrap();
+    for f in ["action.yml", "main.js", "post.js"] {
+        std::fs::copy(cache_fixture.join(f), cache_tree.path().join(f)).unwrap();
+    }
+    support::actions::copy_tree(
+        &npm::install_locked(&cache_fixture),
+        &cache_tree.path().join("node_modules"),
+    );
+    server.publish(
+        support::actions::OWNER,
+        "cache-action",
+        cache_tree.path(),
+        &["v1"],
+    );
+    // The daemon's metrics endpoint, on the host's loopback: out of the
+    // guest's reach.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
 
     let ns = netns::create("forge", "198.51.100.10".parse().unwrap());
     let forge = FakeForge::start_on(
@@ -601,6 +642,7 @@ async fn jobs_in_guests_share_an_artifact_and_get_an_id_token_through_the_forge(
     let cred = world.secret_file("fake.secret", RUNNER_SECRET);
     let config = format!(
         "[daemon]\nstate_dir = {:?}\nmax_concurrent_jobs = 1\ndrain_timeout_secs = 30\n\
+         metrics_listen = \"127.0.0.1:{metrics_port}\"\n\
          [qemu]\naccel = \"tcg\"\n\
          [images.debian]\npath = {:?}\nvcpus = 1\nmemory_mib = 1024\nboot_timeout_secs = 300\n\
          ssh_user = \"debian\"\nlabels = [\"debian\"]\n\
@@ -612,7 +654,8 @@ async fn jobs_in_guests_share_an_artifact_and_get_an_id_token_through_the_forge(
     );
     std::fs::write(&world.config, config).unwrap();
 
-    let mut produce = FakeJob::new(PRODUCE, &["debian"]);
+    let produce_yaml = PRODUCE.replace("METRICS_PORT", &metrics_port.to_string());
+    let mut produce = FakeJob::new(&produce_yaml, &["debian"]);
     produce.oidc = true;
     let job_a = forge.enqueue(produce);
     let logs = world.dir.path().join("logs");
@@ -651,6 +694,20 @@ async fn jobs_in_guests_share_an_artifact_and_get_an_id_token_through_the_forge(
         "{env_line}"
     );
 
+    // The cache step missed and its post step saved through the daemon's
+    // cache service; the metrics endpoint stayed out of the guest's reach
+    // (while the host reaches it).
+    assert!(a.step_log(6).join("\n").contains("hit=false"), "{log_a}");
+    let probe = a.step_log(7).join("\n");
+    assert!(probe.contains("metrics-unreachable"), "{probe}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("solstice_"), "{metrics}");
+
     // The dependent job of the same run, with A's (now stale) token as a secret.
     let mut consume = FakeJob::new(CONSUME, &["debian"]);
     consume.run_id = Some(job_a);
@@ -667,6 +724,10 @@ async fn jobs_in_guests_share_an_artifact_and_get_an_id_token_through_the_forge(
     let log_b = log_of(&b);
     assert_eq!(b.status, TaskStatus::Success, "{log_b}");
     assert!(b.step_log(1).join("\n").contains("bytes-match"), "{log_b}");
+    assert!(
+        b.step_log(4).join("\n").contains("cache-restored"),
+        "{log_b}"
+    );
     let refused = b.step_log(2).join("\n");
     assert!(
         refused.contains(
