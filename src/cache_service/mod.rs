@@ -624,15 +624,17 @@ async fn upload(
 ) -> Api {
     let up = upload_of(&shared, &token, &id)?;
     let (start, end) = content_range(&headers)?;
-    let len = end - start + 1;
-    if len > MAX_CHUNK_BYTES {
-        return Err(bad(format!("chunks are at most {MAX_CHUNK_BYTES} bytes")));
-    }
+    // `end < limit <= u64::MAX` before any arithmetic: a guest's range may
+    // end at `u64::MAX`.
     let limit = up.expected.unwrap_or(shared.settings.max_bytes);
     if end >= limit {
         return Err(bad(format!(
             "the range ends at byte {end}, beyond the reserved size of {limit} bytes"
         )));
+    }
+    let len = end - start + 1;
+    if len > MAX_CHUNK_BYTES {
+        return Err(bad(format!("chunks are at most {MAX_CHUNK_BYTES} bytes")));
     }
     let gate = up.gate.read().await;
     if *gate {

@@ -484,3 +484,23 @@ async fn solstice_cache_lists_and_clears_while_the_service_runs() {
     assert!(cli(&["cache", "clear"]).contains("removed 1 entry"));
     assert_eq!(std::fs::read_dir(cache.join("entries")).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn a_range_ending_at_the_largest_integer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path(), 1 << 30).await;
+    let lease = svc.lease(repo("o/r"));
+    let c = Client::of(&lease);
+    for size in [0, 10] {
+        let id = c.reserve_id("k", "v", size).await;
+        let r = c
+            .http
+            .patch(c.url(&format!("caches/{id}")))
+            .header("Content-Range", format!("bytes 0-{}/*", u64::MAX))
+            .body(b"abc".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+}
