@@ -334,7 +334,12 @@ impl CacheLease {
 
 impl Drop for CacheLease {
     fn drop(&mut self) {
-        lock(&self.shared.leases).remove(&self.token);
+        {
+            // Index, then leases: the order of `commit`, which checks the
+            // lease under the index lock before it adds a row.
+            let _index = lock(&self.shared.index);
+            lock(&self.shared.leases).remove(&self.token);
+        }
         let gone: Vec<Arc<Upload>> = {
             let mut uploads = lock(&self.shared.uploads);
             let ids: Vec<u64> = uploads
@@ -713,44 +718,63 @@ async fn commit(
     if let Ok(n) = id.parse::<u64>() {
         lock(&shared.uploads).remove(&n);
     }
-    let discard = |msg: String| {
+    // Every refusal from here on deletes the upload's file.
+    let discard = |e: ApiError| {
         let _ = std::fs::remove_file(&up.path);
-        bad(msg)
+        e
     };
-    let size = u64::try_from(req.size).map_err(|_| discard("the size is negative".into()))?;
+    let size = u64::try_from(req.size).map_err(|_| discard(bad("the size is negative")))?;
     if let Some(expected) = up.expected
         && expected != size
     {
-        return Err(discard(format!(
+        return Err(discard(bad(format!(
             "broken upload: {size} bytes committed, {expected} reserved"
-        )));
+        ))));
     }
-    let on_disk = up.file.metadata().map_err(internal)?.len();
+    let on_disk = up.file.metadata().map_err(|e| discard(internal(e)))?.len();
     if on_disk != size || !covers(&lock(&up.received), size) {
-        return Err(discard(format!(
+        return Err(discard(bad(format!(
             "broken upload: {size} bytes committed, but not every byte of them arrived"
-        )));
+        ))));
     }
     let sh = shared.clone();
     let u = up.clone();
     blocking(move || {
-        u.file.sync_all().map_err(internal)?;
+        let discard = |e: std::io::Error| {
+            let _ = std::fs::remove_file(&u.path);
+            internal(e)
+        };
+        u.file.sync_all().map_err(discard)?;
         let target = sh.entries_dir().join(&u.name);
-        std::fs::rename(&u.path, &target).map_err(internal)?;
+        std::fs::rename(&u.path, &target).map_err(discard)?;
         if let Ok(d) = File::open(sh.entries_dir()) {
             let _ = d.sync_all();
         }
-        let inserted = lock(&sh.index).insert(
-            &index::NewEntry {
-                scope: &scope.scope,
-                isolation: scope.write_isolation(),
-                key: &u.key,
-                version: &u.version,
-                file: &u.name,
-                size,
-            },
-            sh.settings.max_bytes,
-        );
+        let inserted = {
+            // The lease is checked under the index lock, which its drop
+            // takes too: once a lease is dropped, no commit of its job
+            // publishes an entry.
+            let mut index = lock(&sh.index);
+            if !lock(&sh.leases).contains_key(&u.token) {
+                drop(index);
+                let _ = std::fs::remove_file(&target);
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    "unknown or expired cache URL".into(),
+                ));
+            }
+            index.insert(
+                &index::NewEntry {
+                    scope: &scope.scope,
+                    isolation: scope.write_isolation(),
+                    key: &u.key,
+                    version: &u.version,
+                    file: &u.name,
+                    size,
+                },
+                sh.settings.max_bytes,
+            )
+        };
         match inserted {
             Ok((_, removed)) => {
                 sh.remove_files(&removed);

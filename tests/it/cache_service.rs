@@ -504,3 +504,24 @@ async fn a_range_ending_at_the_largest_integer_is_refused() {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 }
+
+#[tokio::test]
+async fn a_commit_that_fails_on_disk_leaves_no_upload_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path(), 1 << 30).await;
+    let lease = svc.lease(repo("o/r"));
+    let c = Client::of(&lease);
+    let id = c.reserve_id("k", "v", 3).await;
+    assert_eq!(c.patch(id, 0, b"abc").await, StatusCode::NO_CONTENT);
+    // The rename into entries/ fails.
+    std::fs::remove_dir(dir.path().join("entries")).unwrap();
+    let (s, _) = c.commit(id, 3).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(c.lookup(&["k"], "v").await.status(), StatusCode::NO_CONTENT);
+}
