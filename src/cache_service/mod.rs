@@ -53,6 +53,12 @@ pub const GUEST_HOST: &str = "10.0.2.2";
 pub const MAX_KEY_CHARS: usize = 512;
 /// Largest chunk accepted in one `PATCH` (the client sends at most 32 MiB).
 pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
+/// Most keys in one lookup (the client sends the key and at most 9
+/// restore keys).
+pub const MAX_LOOKUP_KEYS: usize = 10;
+/// Most uploads one job may have in progress at once (the library has one
+/// per save step).
+pub const MAX_UPLOADS_PER_JOB: usize = 8;
 /// Upload files older than this that no running server owns are removed at
 /// start (an `exec` or daemon that died mid-upload).
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
@@ -144,7 +150,10 @@ struct Upload {
     expected: Option<u64>,
     name: String,
     path: PathBuf,
-    file: File,
+    /// Bytes this upload counts against the bound on uploads in progress:
+    /// its reserved size, or without one the end of its furthest chunk.
+    /// Changed only under `Shared::uploads`.
+    claimed: AtomicU64,
     /// Byte ranges `[start, end)` received whole.
     received: Mutex<Vec<(u64, u64)>>,
     /// PATCHes hold it shared while they write; the commit takes it
@@ -479,6 +488,12 @@ async fn lookup(
     if keys.is_empty() || version.is_empty() {
         return Err(bad("the query needs keys and version"));
     }
+    if keys.len() > MAX_LOOKUP_KEYS {
+        return Err(bad(format!(
+            "{} keys: a lookup takes at most {MAX_LOOKUP_KEYS}",
+            keys.len()
+        )));
+    }
     let sh = shared.clone();
     let found = blocking(move || {
         let isolations = scope.read_isolations();
@@ -565,32 +580,62 @@ async fn reserve(
     }
     let name = uuid::Uuid::new_v4().simple().to_string();
     let path = shared.uploads_dir().join(&name);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
+    // Created here, opened again by each PATCH: an upload holds no file
+    // descriptor between requests.
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)
         .map_err(internal)?;
     let id = shared.next_upload.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.uploads).insert(
-        id,
-        Arc::new(Upload {
-            token,
-            key: req.key,
-            version: req.version,
-            expected,
-            name,
-            path,
-            file,
-            received: Mutex::new(Vec::new()),
-            gate: tokio::sync::RwLock::new(false),
-        }),
-    );
+    let claimed = expected.unwrap_or(0);
+    let refused = {
+        let mut uploads = lock(&shared.uploads);
+        let mine = uploads.values().filter(|u| u.token == token).count();
+        let busy = in_progress(&uploads);
+        if mine >= MAX_UPLOADS_PER_JOB {
+            Some(format!(
+                "this job already has {mine} uploads in progress, the most it may have at once"
+            ))
+        } else if busy.saturating_add(claimed) > max {
+            Some(format!(
+                "the uploads in progress take {busy} of the {max} bytes they may take together; try again later"
+            ))
+        } else {
+            uploads.insert(
+                id,
+                Arc::new(Upload {
+                    token,
+                    key: req.key,
+                    version: req.version,
+                    expected,
+                    name,
+                    path: path.clone(),
+                    claimed: AtomicU64::new(claimed),
+                    received: Mutex::new(Vec::new()),
+                    gate: tokio::sync::RwLock::new(false),
+                }),
+            );
+            None
+        }
+    };
+    if let Some(msg) = refused {
+        let _ = std::fs::remove_file(&path);
+        return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, msg));
+    }
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({ "cacheId": id }),
     ))
+}
+
+/// The bytes all uploads in progress claim (see `Upload::claimed`).
+fn in_progress(uploads: &HashMap<u64, Arc<Upload>>) -> u64 {
+    uploads
+        .values()
+        .map(|u| u.claimed.load(Ordering::Relaxed))
+        .fold(0, u64::saturating_add)
 }
 
 fn upload_of(shared: &Shared, token: &str, id: &str) -> Result<Arc<Upload>, ApiError> {
@@ -641,10 +686,34 @@ async fn upload(
     if len > MAX_CHUNK_BYTES {
         return Err(bad(format!("chunks are at most {MAX_CHUNK_BYTES} bytes")));
     }
+    if up.expected.is_none() {
+        // Without a reserved size, the upload claims what it writes.
+        let uploads = lock(&shared.uploads);
+        let had = up.claimed.load(Ordering::Relaxed);
+        let wants = had.max(end + 1);
+        let max = shared.settings.max_bytes;
+        let others = in_progress(&uploads).saturating_sub(had);
+        if others.saturating_add(wants) > max {
+            return Err(bad(format!(
+                "the uploads in progress would take more than the {max} bytes they may take together"
+            )));
+        }
+        up.claimed.store(wants, Ordering::Relaxed);
+    }
     let gate = up.gate.read().await;
     if *gate {
         return Err(bad("the entry is already committed"));
     }
+    let path = up.path.clone();
+    let file = Arc::new(
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(internal)
+        })
+        .await?,
+    );
     let mut stream = body.into_data_stream();
     let mut at = start;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -660,10 +729,10 @@ async fn upload(
         }
         if buf.len() >= (1 << 20) || (done && !buf.is_empty()) {
             let chunk = std::mem::replace(&mut buf, Vec::with_capacity(1 << 20));
-            let u = up.clone();
+            let f = file.clone();
             let offset = at;
             at += chunk.len() as u64;
-            blocking(move || u.file.write_all_at(&chunk, offset).map_err(internal)).await?;
+            blocking(move || f.write_all_at(&chunk, offset).map_err(internal)).await?;
         }
         if done {
             break;
@@ -731,7 +800,9 @@ async fn commit(
             "broken upload: {size} bytes committed, {expected} reserved"
         ))));
     }
-    let on_disk = up.file.metadata().map_err(|e| discard(internal(e)))?.len();
+    let on_disk = std::fs::metadata(&up.path)
+        .map_err(|e| discard(internal(e)))?
+        .len();
     if on_disk != size || !covers(&lock(&up.received), size) {
         return Err(discard(bad(format!(
             "broken upload: {size} bytes committed, but not every byte of them arrived"
@@ -744,7 +815,11 @@ async fn commit(
             let _ = std::fs::remove_file(&u.path);
             internal(e)
         };
-        u.file.sync_all().map_err(discard)?;
+        File::options()
+            .write(true)
+            .open(&u.path)
+            .and_then(|f| f.sync_all())
+            .map_err(discard)?;
         let target = sh.entries_dir().join(&u.name);
         std::fs::rename(&u.path, &target).map_err(discard)?;
         if let Ok(d) = File::open(sh.entries_dir()) {

@@ -525,3 +525,56 @@ async fn a_commit_that_fails_on_disk_leaves_no_upload_file() {
     );
     assert_eq!(c.lookup(&["k"], "v").await.status(), StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn a_job_cannot_hold_unbounded_uploads_or_send_unbounded_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path(), 1000).await;
+    let lease = svc.lease(repo("o/r"));
+    let c = Client::of(&lease);
+    // At most 8 uploads at once per job.
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(c.reserve_id(&format!("k{i}"), "v", 10).await);
+    }
+    let r = c.reserve("k8", "v", 10).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another job is not held back by this one's count.
+    let other = svc.lease(repo("o/other"));
+    let o = Client::of(&other);
+    let oid = o.reserve_id("k", "v", 10).await;
+    // Finishing one upload frees its place.
+    assert_eq!(c.patch(ids[0], 0, &[1; 10]).await, StatusCode::NO_CONTENT);
+    assert!(c.commit(ids[0], 10).await.0.is_success());
+    c.reserve_id("k8", "v", 10).await;
+    // Uploads in progress count against the size bound: 8 × 10 + 10 of
+    // 1000 bytes are claimed; a 950-byte reservation does not fit.
+    assert_eq!(
+        o.reserve("big", "v", 950).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Without a reserved size an upload claims what it writes.
+    let free = o.reserve_id("free", "v", 0).await;
+    assert_eq!(o.patch(free, 0, &[2; 900]).await, StatusCode::NO_CONTENT);
+    assert_eq!(o.patch(free, 900, &[2; 30]).await, StatusCode::BAD_REQUEST);
+    // The job's end frees what it claimed.
+    drop(lease);
+    assert_eq!(o.patch(free, 900, &[2; 30]).await, StatusCode::NO_CONTENT);
+    assert_eq!(o.patch(oid, 0, &[3; 10]).await, StatusCode::NO_CONTENT);
+    // Only the uploads of the job still running are on disk.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count(),
+        2
+    );
+    // A lookup takes at most 10 keys (the client's own bound).
+    let ten: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+    let ten: Vec<&str> = ten.iter().map(String::as_str).collect();
+    assert_eq!(o.lookup(&ten, "v").await.status(), StatusCode::NO_CONTENT);
+    let eleven = [ten.as_slice(), &["x10"]].concat();
+    assert_eq!(
+        o.lookup(&eleven, "v").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
