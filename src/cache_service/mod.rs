@@ -222,10 +222,21 @@ fn create_dir(path: &Path) -> Result<(), CacheError> {
         })
 }
 
-/// Opens the index of the cache in `dir` (for `solstice cache`).
-pub fn open_index(dir: &Path) -> Result<Index, CacheError> {
-    create_dir(dir)?;
-    Index::open(&dir.join(INDEX_FILE))
+/// Opens the index of the cache in `dir` (for `solstice cache`), `None`
+/// when there is none yet. Creates nothing but SQLite's `-wal` and `-shm`
+/// files beside an existing index: the caller makes sure that it runs as
+/// the directory's owner.
+pub fn open_index(dir: &Path) -> Result<Option<Index>, CacheError> {
+    let path = dir.join(INDEX_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => Index::open(&path).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CacheError::Io {
+            what: "read",
+            path,
+            source,
+        }),
+    }
 }
 
 /// Removes the files of entries removed from the index of `dir`.

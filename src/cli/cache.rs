@@ -1,6 +1,7 @@
 //! `solstice cache list|clear`: the cache service's entries, read from its
 //! index (SQLite, WAL), so both work while the daemon runs.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use super::error::{CliError, Exit};
@@ -44,7 +45,38 @@ pub fn cache_main(args: CacheArgs) -> Result<(), CliError> {
     };
     let (_, config) = crate::startup::load_config(config_path.as_deref())?;
     let dir = &config.cache.dir;
-    let index = cache_service::open_index(dir).map_err(|e| CliError::new(Exit::Failed, e))?;
+    let owner = match std::fs::metadata(dir) {
+        Ok(m) => m.uid(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no cache yet: {} does not exist", dir.display());
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(CliError::new(
+                Exit::Failed,
+                format!("Could not read the cache directory {}: {e}", dir.display()),
+            ));
+        }
+    };
+    let me = crate::store::current_uid();
+    if owner != me {
+        // SQLite would leave files of this user beside the index, which the
+        // daemon (the owner) then cannot open.
+        let name = crate::store::user_name(owner);
+        return Err(CliError::new(
+            Exit::Failed,
+            format!(
+                "The cache directory {} belongs to {name} (uid {owner}), and this command runs as {} (uid {me}): run it as {name}, e.g. `sudo -u {name} solstice cache ...`, so that the files it creates stay readable by the daemon",
+                dir.display(),
+                crate::store::user_name(me),
+            ),
+        ));
+    }
+    let Some(index) = cache_service::open_index(dir).map_err(|e| CliError::new(Exit::Failed, e))?
+    else {
+        println!("no cache yet: {} has no index", dir.display());
+        return Ok(());
+    };
     let entries = index
         .list(repo.as_deref())
         .map_err(|e| CliError::new(Exit::Failed, e))?;

@@ -28,7 +28,7 @@ pub use jobs::{JobRow, JobState, JobTimings, NewJob};
 pub use kvm::KvmFailureRow;
 pub use logs::LogRowData;
 pub use schema::SCHEMA_VERSION;
-pub use state_dir::{StateDirError, check_state_dir};
+pub use state_dir::{StateDirError, check_state_dir, current_uid, user_name};
 pub use vms::VmRow;
 
 pub use reconcile::{KilledProcess, ReconcileReport, reconcile_vms};

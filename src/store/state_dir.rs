@@ -114,12 +114,12 @@ fn owner_and_user(path: &Path) -> String {
 }
 
 /// The effective uid of this process (the owner of `/proc/self`).
-fn current_uid() -> u32 {
+pub fn current_uid() -> u32 {
     std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
 /// The user name of `uid` from `/etc/passwd`, else `uid N`.
-fn user_name(uid: u32) -> String {
+pub fn user_name(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|text| {

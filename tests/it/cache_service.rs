@@ -578,3 +578,70 @@ async fn a_job_cannot_hold_unbounded_uploads_or_send_unbounded_keys() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn solstice_cache_creates_nothing_and_refuses_another_users_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::write(dir.path().join("img.qcow2"), b"").unwrap();
+    let config = dir.path().join("solstice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n[images.t]\npath = \"img.qcow2\"\nformat = \"raw\"\n[cache]\ndir = {:?}\n",
+            cache
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    for args in [&["cache", "list"][..], &["cache", "clear"]] {
+        let out = cli(args);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("no cache yet"),
+            "{out:?}"
+        );
+        assert!(!cache.exists(), "{args:?} created the cache directory");
+    }
+    // An empty directory (made by hand): still nothing created in it.
+    std::fs::create_dir(&cache).unwrap();
+    let out = cli(&["cache", "clear"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+    // A cache of another user (the daemon's service user): refused, and
+    // nothing of this user left in it.
+    {
+        let svc = service(&cache, 1 << 30).await;
+        let lease = svc.lease(repo("o/r"));
+        Client::of(&lease).save("k", "v", b"abc").await;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
+    let before: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for args in [&["cache", "list"][..], &["cache", "clear"]] {
+        let out = cli(args);
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("uid 65534") && err.contains("run it as"),
+            "{err}"
+        );
+    }
+    let after: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after);
+}
