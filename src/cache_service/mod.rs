@@ -59,6 +59,9 @@ pub const MAX_LOOKUP_KEYS: usize = 10;
 /// Most uploads one job may have in progress at once (the library has one
 /// per save step).
 pub const MAX_UPLOADS_PER_JOB: usize = 8;
+/// A `PATCH` whose body sends nothing for this long is answered `408` (a
+/// stalled client would otherwise keep the upload from being committed).
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upload files older than this that no running server owns are removed at
 /// start (an `exec` or daemon that died mid-upload).
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
@@ -729,7 +732,17 @@ async fn upload(
     let mut at = start;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     loop {
-        let next = stream.next().await;
+        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next())
+            .await
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the chunk's body sent nothing for {} s",
+                        BODY_IDLE_TIMEOUT.as_secs()
+                    ),
+                )
+            })?;
         let done = next.is_none();
         if let Some(frame) = next {
             let data = frame.map_err(|e| bad(format!("could not read the chunk: {e}")))?;
@@ -911,6 +924,68 @@ async fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_outlives_its_lease_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = CacheService::start(CacheSettings {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap();
+        let lease = svc.lease(CacheScope::new("local", "o/r", None));
+        let token = lease.token().to_owned();
+        let shared = svc.shared.clone();
+        let body = serde_json::json!({"key": "k", "version": "v", "cacheSize": 3}).to_string();
+        let r = reserve(State(shared.clone()), UrlPath(token.clone()), body.into())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let id = lock(&shared.uploads).keys().copied().next().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, "bytes 0-2/*".parse().unwrap());
+        let r = upload(
+            State(shared.clone()),
+            UrlPath((token.clone(), id.to_string())),
+            h,
+            Body::from("abc"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        // The commit renames the file, then waits for the index, which a
+        // thread holds while the job ends.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let entries = shared.entries_dir();
+        let holder = {
+            let shared = shared.clone();
+            let entries = entries.clone();
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let index = lock(&shared.index);
+                locked.send(()).unwrap();
+                while std::fs::read_dir(&entries).unwrap().count() == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // What the lease's drop does, while the commit waits.
+                lock(&shared.leases).remove(&token);
+                drop(index);
+            })
+        };
+        is_locked.recv().unwrap();
+        let committing = tokio::spawn(commit(
+            State(shared.clone()),
+            UrlPath((token.clone(), id.to_string())),
+            Bytes::from_static(br#"{"size": 3}"#),
+        ));
+        let answer = committing.await.unwrap();
+        holder.join().unwrap();
+        assert_eq!(answer.unwrap_err().0, StatusCode::NOT_FOUND);
+        assert!(lock(&shared.index).list(None).unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 0);
+        drop(lease);
+    }
 
     #[test]
     fn ranges_cover_only_without_gaps() {
