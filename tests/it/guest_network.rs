@@ -388,9 +388,23 @@ fn without_pasta_the_job_fails_before_boot_and_says_what_to_do() {
 /// with 192.0.2.123.
 #[test]
 fn a_resolver_on_the_host_loopback_still_answers_the_guest() {
+    resolver_answers_the_guest("127.0.0.153");
+}
+
+/// A resolver on one of the host's addresses (dnsmasq on a bridge; a
+/// cloud's link-local resolver is closed the same way): the policy closes
+/// it, so the guest's DNS goes through pasta's forward as well.
+#[test]
+fn a_resolver_on_a_host_address_still_answers_the_guest() {
+    let (_ns, _) = host_extra_address("dnshost", "198.18.0.3", "198.18.0.4", "unused");
+    resolver_answers_the_guest("198.18.0.4");
+}
+
+/// Runs a job that resolves a name with the host's only resolver at
+/// `resolver` (a fake answering every A query with 192.0.2.123).
+fn resolver_answers_the_guest(resolver: &str) {
     let env = TestEnv::tiny();
     let dir = env.dir.path();
-    let resolver = "127.0.0.153";
     let server = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
