@@ -509,6 +509,13 @@ in
           # umount2, pivot_root) and Solstice bind-mounts a resolv.conf in
           # QEMU's; both act only inside namespaces this service made.
           "@mount"
+          # ~@privileged also removes setuid, setgroups and capset: pasta
+          # drops its identity and capabilities at start (setgroups,
+          # setgid, setuid, capset) and exits when refused, so no guest of
+          # an isolated image would get a network. They act on pasta's own
+          # credentials inside its user namespace.
+          "@setuid"
+          "capset"
         ];
         SystemCallErrorNumber = "EPERM";
         # Loosened: QEMU's TCG accelerator is a JIT that writes and then runs

@@ -315,20 +315,22 @@ impl Vm {
                 &spec.image.network_allow,
                 &host_addrs,
             );
-            // A resolver on the host's loopback is not in QEMU's namespace:
-            // give QEMU a resolv.conf naming pasta's DNS forward instead.
+            // slirp sends the guest's queries to the host's first IPv4
+            // resolver from inside QEMU's namespace: when the policy closes
+            // it (loopback, link-local, a host address, a denied range) or
+            // there is none, give QEMU a resolv.conf naming pasta's DNS
+            // forward instead.
             let resolver = std::fs::read_to_string("/etc/resolv.conf")
                 .ok()
-                .and_then(|t| netns::first_nameserver(&t));
-            let resolv = match resolver {
-                Some(ip) if ip.is_loopback() => {
-                    let path = dir.join("resolv.conf");
-                    std::fs::write(&path, format!("nameserver {}\n", netns::DNS_FORWARD_ADDR))
-                        .map_err(io(format!("write {}", path.display())))?;
-                    dns_forward = true;
-                    Some(path)
-                }
-                _ => None,
+                .and_then(|t| netns::first_ipv4_nameserver(&t));
+            let resolv = if netns::needs_dns_forward(resolver, &policy) {
+                let path = dir.join("resolv.conf");
+                std::fs::write(&path, format!("nameserver {}\n", netns::DNS_FORWARD_ADDR))
+                    .map_err(io(format!("write {}", path.display())))?;
+                dns_forward = true;
+                Some(path)
+            } else {
+                None
             };
             netns::isolate(&mut cmd, resolv.as_deref());
             policy_for_ns = Some(policy);

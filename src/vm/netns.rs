@@ -20,11 +20,13 @@
 //! - QEMU starts paused (`-S`); pasta forwards one port of the host's
 //!   `127.0.0.1` to slirp's SSH forward inside the namespace, and once pasta
 //!   is ready QMP `cont` lets the guest run.
-//! - DNS: slirp sends the guest's queries to the first `nameserver` of
-//!   `/etc/resolv.conf`. A loopback resolver (systemd-resolved's
-//!   127.0.0.53) is not in the namespace, so QEMU then also gets a private
-//!   mount namespace whose `/etc/resolv.conf` names [`DNS_FORWARD_ADDR`],
-//!   which pasta (`--dns-forward`) sends to the host's resolver.
+//! - DNS: slirp sends the guest's queries to the first IPv4 `nameserver` of
+//!   `/etc/resolv.conf`, from inside the namespace. When the policy closes
+//!   that address (systemd-resolved's 127.0.0.53, a cloud's link-local
+//!   resolver, dnsmasq on one of the host's addresses, a denied range) or
+//!   there is none, QEMU also gets a private mount namespace whose
+//!   `/etc/resolv.conf` names [`DNS_FORWARD_ADDR`], which pasta
+//!   (`--dns-forward`) sends to the host's resolver.
 
 use std::ffi::CString;
 use std::io::ErrorKind;
@@ -49,12 +51,22 @@ const PRIO_BUILTIN: u32 = 100;
 const PRIO_ALLOW: u32 = 200;
 const PRIO_DENY: u32 = 300;
 
-/// The built-in ranges a guest can never reach (besides the host's addresses).
+/// The built-in ranges a guest can never reach (besides the host's addresses):
+/// link-local (cloud metadata services at 169.254.169.254, AWS's resolver at
+/// 169.254.169.253), loopback, AWS's metadata service over IPv6
+/// (`fd00:ec2::254`) and Alibaba Cloud's (`100.100.100.200`).
 pub fn builtin_denied() -> Vec<Cidr> {
-    ["169.254.0.0/16", "fe80::/10", "127.0.0.0/8", "::1/128"]
-        .iter()
-        .filter_map(|c| Cidr::parse(c).ok())
-        .collect()
+    [
+        "169.254.0.0/16",
+        "fe80::/10",
+        "127.0.0.0/8",
+        "::1/128",
+        "fd00:ec2::254/128",
+        "100.100.100.200/32",
+    ]
+    .iter()
+    .filter_map(|c| Cidr::parse(c).ok())
+    .collect()
 }
 
 /// What the namespace's rules say, in order.
@@ -125,14 +137,26 @@ pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// The first `nameserver` of a resolv.conf text.
-pub fn first_nameserver(resolv_conf: &str) -> Option<IpAddr> {
+/// The first IPv4 `nameserver` of a resolv.conf text: the one slirp sends
+/// the guest's queries (to `10.0.2.3`) to.
+pub fn first_ipv4_nameserver(resolv_conf: &str) -> Option<IpAddr> {
     resolv_conf.lines().find_map(|l| {
         let mut w = l.split_whitespace();
         (w.next() == Some("nameserver"))
-            .then(|| w.next()?.split('%').next()?.parse().ok())
+            .then(|| w.next()?.parse::<std::net::Ipv4Addr>().ok())
             .flatten()
+            .map(IpAddr::V4)
     })
+}
+
+/// True if the guest's DNS must go through pasta's DNS forward
+/// ([`DNS_FORWARD_ADDR`]): when the host has no IPv4 resolver (slirp would
+/// then use the namespace's own loopback) or `policy` closes the resolver's
+/// address (loopback, link-local such as a cloud's 169.254.169.253, one of
+/// the host's addresses, or a `network_deny` range), since slirp's queries
+/// leave from inside the namespace.
+pub fn needs_dns_forward(resolver: Option<IpAddr>, policy: &Policy) -> bool {
+    resolver.is_none_or(|ip| !policy.permits(ip))
 }
 
 /// `pasta` on `PATH`, if installed.
@@ -154,14 +178,26 @@ pub fn probe() -> Result<PathBuf, IsolationError> {
         .write(true)
         .open(TUN_DEVICE)
         .map_err(IsolationError::Tun)?;
-    let mut cmd = Command::new(&pasta);
+    check_pasta(&pasta)?;
+    Ok(pasta)
+}
+
+/// Runs `pasta --version` in a new user + network namespace, as QEMU's
+/// would be made; fails unless it exits successfully.
+pub fn check_pasta(pasta: &Path) -> Result<(), IsolationError> {
+    let mut cmd = Command::new(pasta);
     cmd.arg("--version")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(std::process::Stdio::piped());
     isolate(&mut cmd, None);
-    match cmd.status() {
-        Ok(_) => Ok(pasta),
+    match cmd.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(IsolationError::PastaFailed {
+            pasta: pasta.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
         Err(e) if e.kind() == ErrorKind::NotFound => Err(IsolationError::NoPasta("outbound")),
         Err(e) => Err(IsolationError::Namespace(e)),
     }
@@ -184,6 +220,18 @@ pub enum IsolationError {
     Tun(std::io::Error),
     #[error("pasta could not attach to QEMU's network namespace: {0}")]
     Pasta(String),
+    #[error(
+        "`{} --version` failed in a user and network namespace ({status}): {stderr}; reinstall passt or check what stops it there (a seccomp filter or AppArmor profile on the service), or set network = \"unrestricted\" for this image (unsafe: jobs then reach the host's loopback)",
+        pasta.display()
+    )]
+    PastaFailed {
+        /// The pasta binary run.
+        pasta: PathBuf,
+        /// How it exited.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
     #[error("Could not {0}")]
     Io(String, #[source] std::io::Error),
 }
@@ -405,10 +453,8 @@ unsafe fn netlink_call(fd: libc::c_int, msg: &[u8]) -> std::io::Result<()> {
             return Ok(());
         }
     }
-    Err(std::io::Error::new(
-        ErrorKind::InvalidData,
-        "unexpected netlink answer",
-    ))
+    // An unexpected answer; no allocation here (this runs after fork).
+    Err(std::io::Error::from_raw_os_error(libc::EPROTO))
 }
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -586,14 +632,58 @@ mod tests {
     #[test]
     fn nameservers() {
         assert_eq!(
-            first_nameserver("# x\nsearch a\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n"),
+            first_ipv4_nameserver("# x\nsearch a\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n"),
             Some(ip("127.0.0.53"))
         );
+        // slirp skips IPv6 resolvers.
         assert_eq!(
-            first_nameserver("nameserver fe80::1%eth0"),
-            Some(ip("fe80::1"))
+            first_ipv4_nameserver("nameserver fe80::1%eth0\nnameserver 192.0.2.53\n"),
+            Some(ip("192.0.2.53"))
         );
-        assert_eq!(first_nameserver(""), None);
+        assert_eq!(first_ipv4_nameserver("nameserver 2001:db8::53"), None);
+        assert_eq!(first_ipv4_nameserver(""), None);
+    }
+
+    #[test]
+    fn dns_goes_through_pasta_whenever_the_policy_closes_the_resolver() {
+        let outbound = Policy::new(
+            NetworkMode::Outbound,
+            &[c("10.0.0.0/8")],
+            &[],
+            &[ip("192.0.2.2"), ip("192.168.122.1")],
+        );
+        for closed in [
+            "127.0.0.53",      // systemd-resolved
+            "169.254.169.253", // AWS
+            "169.254.169.254", // GCE
+            "192.168.122.1",   // dnsmasq on a host bridge
+            "10.255.255.53",   // in network_deny
+        ] {
+            assert!(
+                needs_dns_forward(Some(ip(closed)), &outbound),
+                "{closed} is closed to the guest: forward"
+            );
+        }
+        assert!(!needs_dns_forward(Some(ip("198.51.100.53")), &outbound));
+        assert!(needs_dns_forward(None, &outbound), "no IPv4 resolver");
+        let none = Policy::new(NetworkMode::None, &[], &[c("198.51.100.53/32")], &[]);
+        assert!(!needs_dns_forward(Some(ip("198.51.100.53")), &none));
+        assert!(needs_dns_forward(Some(ip("203.0.113.53")), &none));
+    }
+
+    #[test]
+    fn cloud_metadata_services_are_built_in_denials() {
+        let p = Policy::new(
+            NetworkMode::Outbound,
+            &[],
+            &[c("100.64.0.0/10"), c("fd00::/8")],
+            &[],
+        );
+        for meta in ["169.254.169.254", "fd00:ec2::254", "100.100.100.200"] {
+            assert!(!p.permits(ip(meta)), "{meta} open");
+        }
+        assert!(p.permits(ip("100.100.100.201")));
+        assert!(p.permits(ip("fd00:ec2::253")));
     }
 
     #[test]

@@ -83,7 +83,7 @@ fn the_namespace_has_the_policy_rules_before_anything_runs() {
 
 // ---- Real guests (tiny image; run under the VM lock) ----
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use solstice::config::{Cidr, ImageConfig, NetworkMode};
@@ -203,13 +203,23 @@ fn tiny(network: NetworkMode, deny: &[&str], allow: &[&str]) -> ImageConfig {
     img
 }
 
-/// The host's first non-loopback IPv4 address.
-fn host_ipv4() -> IpAddr {
-    solstice::vm::netns::host_addresses()
-        .unwrap()
-        .into_iter()
-        .find(IpAddr::is_ipv4)
-        .expect("the host has an IPv4 address")
+/// An extra address of the host, and a listener on it answering `token`.
+/// pasta copies the address of the host's default-route interface into the
+/// namespace (there a connection to it ends at the namespace's own address,
+/// whatever the rules), so the probe uses an address pasta leaves alone:
+/// one on the host side of a test namespace's veth pair. The namespace
+/// handle keeps the address; drop it after the VM.
+fn host_extra_address(
+    name: &str,
+    ns_addr: &str,
+    host_addr: &str,
+    token: &'static str,
+) -> (netns::Netns, SocketAddr) {
+    let ns = netns::create(name, ns_addr.parse().unwrap());
+    let ip: std::net::Ipv4Addr = host_addr.parse().unwrap();
+    ns.add_host_address(ip);
+    let addr = serve(TcpListener::bind((ip, 0)).unwrap(), token);
+    (ns, addr)
 }
 
 /// The default policy: the host's loopback (through the gateway and the
@@ -223,8 +233,8 @@ async fn outbound_reaches_out_but_not_the_host_or_link_local() {
     // for the daemon's metrics endpoint, a database, an admin API), one on
     // the host's own address.
     let loopback = serve(TcpListener::bind("127.0.0.1:0").unwrap(), "LOOPBACK");
-    let host_ip = host_ipv4();
-    let on_host_addr = serve(TcpListener::bind((host_ip, 0)).unwrap(), "HOSTADDR");
+    let (_host_ns, on_host_addr) =
+        host_extra_address("hostaddr", "198.18.0.1", "198.18.0.2", "HOSTADDR");
     // The deliberate one (the cache service's place).
     let allowed = serve(TcpListener::bind("127.0.0.1:0").unwrap(), "HOSTPORT");
     // Elsewhere on the network.
@@ -256,11 +266,7 @@ async fn outbound_reaches_out_but_not_the_host_or_link_local() {
     );
     for (what, addr) in [
         ("host loopback via 10.0.2.2", gw(loopback.port())),
-        (
-            "host's own address",
-            SocketAddr::new(host_ip, loopback.port()),
-        ),
-        ("listener on the host's own address", on_host_addr),
+        ("listener on one of the host's addresses", on_host_addr),
         ("metadata at 169.254.169.254", meta),
         ("network_deny range", denied),
     ] {
@@ -382,9 +388,23 @@ fn without_pasta_the_job_fails_before_boot_and_says_what_to_do() {
 /// with 192.0.2.123.
 #[test]
 fn a_resolver_on_the_host_loopback_still_answers_the_guest() {
+    resolver_answers_the_guest("127.0.0.153");
+}
+
+/// A resolver on one of the host's addresses (dnsmasq on a bridge; a
+/// cloud's link-local resolver is closed the same way): the policy closes
+/// it, so the guest's DNS goes through pasta's forward as well.
+#[test]
+fn a_resolver_on_a_host_address_still_answers_the_guest() {
+    let (_ns, _) = host_extra_address("dnshost", "198.18.0.3", "198.18.0.4", "unused");
+    resolver_answers_the_guest("198.18.0.4");
+}
+
+/// Runs a job that resolves a name with the host's only resolver at
+/// `resolver` (a fake answering every A query with 192.0.2.123).
+fn resolver_answers_the_guest(resolver: &str) {
     let env = TestEnv::tiny();
     let dir = env.dir.path();
-    let resolver = "127.0.0.153";
     let server = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -447,19 +467,49 @@ while True:
 }
 
 /// Control for the tests above: with `network = "unrestricted"` (the old
-/// behaviour) the same probe does reach a listener on the host's loopback,
-/// so a probe that fails under `outbound` fails because of the isolation.
+/// behaviour) the same probes do reach a listener on the host's loopback and
+/// one on a host address, so a probe that fails under `outbound` fails
+/// because of the isolation.
 #[tokio::test]
 async fn unrestricted_still_reaches_the_host_loopback() {
     let loopback = serve(TcpListener::bind("127.0.0.1:0").unwrap(), "LOOPBACK");
+    let (_host_ns, on_host_addr) =
+        host_extra_address("hostaddr", "198.18.0.1", "198.18.0.2", "HOSTADDR");
     let g = boot(tiny(NetworkMode::Unrestricted, &[], &[]), &[]).await;
     let got = g
         .fetch(SocketAddr::from(([10, 0, 2, 2], loopback.port())))
         .await;
     assert_eq!(got, "LOOPBACK");
+    assert_eq!(
+        g.fetch(on_host_addr).await,
+        "HOSTADDR",
+        "the host-address probe of the outbound test can fail"
+    );
     let dir = g.vm.dir().to_path_buf();
     assert!(!dir.join("pasta.pid").exists(), "no pasta for unrestricted");
     g.session.close().await.ok();
     g.vm.destroy().await.unwrap();
     g._env.assert_no_leaks();
+}
+
+/// `solstice doctor`'s check: a pasta that runs but fails (here a stand-in
+/// that exits 1) is an error that shows what it printed, not "ok".
+#[test]
+fn a_pasta_that_exits_with_an_error_fails_the_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("pasta");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'pasta: cannot run here' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = solstice::vm::netns::check_pasta(&fake)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pasta: cannot run here"), "{err}");
+    assert!(err.contains("exit status: 1"), "{err}");
+    let real = solstice::vm::netns::find_pasta().expect("pasta installed");
+    solstice::vm::netns::check_pasta(&real).unwrap();
 }

@@ -390,3 +390,82 @@ fn the_nix_check_skips_only_real_test_modules() {
         );
     }
 }
+
+/// The syscalls a group (`@name`) of systemd's stands for, nested groups
+/// expanded (`systemd-analyze syscall-filter`).
+fn syscall_group(group: &str, out: &mut BTreeSet<String>) {
+    let listed = Command::new("systemd-analyze")
+        .args(["syscall-filter", group])
+        .output()
+        .expect("run systemd-analyze");
+    assert!(
+        listed.status.success(),
+        "systemd-analyze syscall-filter {group}"
+    );
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for line in text.lines().skip(1) {
+        let name = line.trim();
+        if name.is_empty() || name.starts_with('#') {
+            continue;
+        }
+        if name.starts_with('@') {
+            syscall_group(name, out);
+        } else {
+            out.insert(name.to_string());
+        }
+    }
+}
+
+/// The service's `SystemCallFilter=` entries, in order, lets through what
+/// pasta needs: an allow-list first, then each `~` entry removes and each
+/// other entry adds back (systemd's rule for repeated assignments). pasta
+/// drops its groups and identity and its capabilities at start, and exits
+/// when refused, which left every isolated guest without a network.
+#[test]
+fn the_service_syscall_filter_lets_pasta_run() {
+    let module = read("modules/solstice.nix");
+    let start = module
+        .find("SystemCallFilter = [")
+        .expect("SystemCallFilter in the module");
+    let list = &module[start..start + module[start..].find("];").unwrap()];
+    let entries: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| l.starts_with('"'))
+        .map(|l| l.trim_matches('"'))
+        .collect();
+    assert!(!entries[0].starts_with('~'), "{entries:?}");
+    let mut allowed = BTreeSet::new();
+    for e in &entries {
+        let (deny, name) = match e.strip_prefix('~') {
+            Some(n) => (true, n),
+            None => (false, *e),
+        };
+        let mut set = BTreeSet::new();
+        if name.starts_with('@') {
+            syscall_group(name, &mut set);
+        } else {
+            set.insert(name.to_string());
+        }
+        if deny {
+            allowed.retain(|s| !set.contains(s));
+        } else {
+            allowed.extend(set);
+        }
+    }
+    for needed in [
+        "setgroups",
+        "setgid",
+        "setuid",
+        "capset",
+        "capget",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "unshare",
+        "setns",
+    ] {
+        assert!(allowed.contains(needed), "{needed} refused by {entries:?}");
+    }
+}

@@ -112,6 +112,15 @@ impl Netns {
         .expect("listener thread")
     }
 
+    /// Gives the host an extra address, `addr/32` on the host side of this
+    /// namespace's veth pair (removed with the handle). Unlike the address
+    /// of the host's default-route interface, pasta does not copy it into
+    /// the namespaces it sets up: a guest's connection to it would really
+    /// end on the host.
+    pub fn add_host_address(&self, addr: Ipv4Addr) {
+        ip(&["addr", "add", &format!("{addr}/32"), "dev", &self.host_if]);
+    }
+
     /// `program` to be run inside the namespace (`ip netns exec NAME program`).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
