@@ -155,7 +155,15 @@ impl Guest {
             }
             String::from_utf8_lossy(&out).into_owned()
         });
-        self.session.exec(command, b"", tx).await.unwrap();
+        // A hung probe fails the test with what it ran instead of stalling
+        // the whole run.
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            self.session.exec(command, b"", tx),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("`{command}` did not end within 120 s"))
+        .unwrap();
         collect.await.unwrap()
     }
 
@@ -164,7 +172,7 @@ impl Guest {
     async fn fetch(&self, addr: SocketAddr) -> String {
         let out = self
             .sh(&format!(
-                "nc -w 3 {} {} </dev/null 2>&1; true",
+                "timeout 20 nc -w 3 {} {} </dev/null 2>&1; true",
                 addr.ip(),
                 addr.port()
             ))

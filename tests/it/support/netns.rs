@@ -28,6 +28,9 @@ use std::sync::{Condvar, Mutex};
 static HELD: Mutex<Option<HashSet<Ipv4Addr>>> = Mutex::new(None);
 static RELEASED: Condvar = Condvar::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The cross-process locks of the addresses held in this process.
+static ADDRESS_LOCKS: Mutex<Vec<(Ipv4Addr, nix::fcntl::Flock<std::fs::File>)>> =
+    Mutex::new(Vec::new());
 
 /// A network namespace with one address, reachable from the host. Removed on drop.
 pub struct Netns {
@@ -67,6 +70,15 @@ pub fn create(name: &str, addr: Ipv4Addr) -> Netns {
             held = RELEASED.wait(held).unwrap();
         }
     }
+    // Other test processes on this machine (a second checkout's tests, a
+    // benchmark) share the host's routing table: hold `addr` across
+    // processes too, for as long as the handle lives.
+    let lock = std::fs::File::create(format!("/tmp/solstice-test-netns-{addr}.lock"))
+        .expect("create the address's lock file");
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map(|l| ADDRESS_LOCKS.lock().unwrap().push((addr, l)))
+        .map_err(|(_, e)| e)
+        .expect("lock the address");
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     // Interface names are limited to 15 bytes: "sn" + pid (hex, <= 6) + n + side.
@@ -140,6 +152,9 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        if let Ok(mut locks) = ADDRESS_LOCKS.lock() {
+            locks.retain(|(a, _)| *a != self.addr);
+        }
         if let Ok(mut held) = HELD.lock() {
             if let Some(set) = held.as_mut() {
                 set.remove(&self.addr);
