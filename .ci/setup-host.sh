@@ -29,6 +29,9 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Wait for another apt (unattended-upgrades on a fresh machine, a second
+# setup) instead of failing at once on dpkg's lock.
+apt-get() { command apt-get -o DPkg::Lock::Timeout=600 "$@"; }
 apt-get update -q
 apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils
 # Image recipes (images/; curl and python3 fetch and check the downloads pinned
