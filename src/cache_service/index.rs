@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::CacheError;
 
@@ -91,7 +91,7 @@ impl Index {
         let conn = Connection::open(path).map_err(err("open"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("set the busy timeout"))?;
-        switch_to_wal(&conn).map_err(err("switch to WAL mode"))?;
+        crate::store::switch_to_wal(&conn).map_err(err("switch to WAL mode"))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err("set synchronous=NORMAL"))?;
         conn.execute_batch(
@@ -340,24 +340,5 @@ impl Index {
             .optional()
             .map(|o| o.is_some())
             .map_err(self.err("look up a file"))
-    }
-}
-
-/// Switches to WAL, waiting for the lock another opener may hold (SQLite
-/// answers "locked" at once here, without its busy handler).
-fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-    loop {
-        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            r => return r,
-        }
     }
 }

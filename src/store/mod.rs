@@ -250,7 +250,7 @@ impl Store {
 /// locked" at once, without its busy handler, while another connection
 /// holds one (two processes opening a new state directory together), so
 /// this waits for the lock itself, up to [`BUSY_TIMEOUT`].
-fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+pub fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
         match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
