@@ -23,8 +23,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use super::runner::{Setup, is_final, progress, true_payload, wait_all_final};
 use super::{
     ActionsBenchArgs, ActionsPhase, BenchError, TempDir, bench_image, fmt_ms, load_bench_config,
@@ -34,11 +32,10 @@ use crate::actions::{ActionCache, CacheSettings, FetchRequest, RemoteRef};
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::forge::forgejo::proto::TaskResult;
-use crate::job::{self, JobSpec, VmRun};
+use crate::job::JobSpec;
 use crate::startup::resolve_accel;
 use crate::testing::git_server::GitServer;
 use crate::vm::Accel;
-use crate::vm::accel::Accelerator;
 
 /// Owner of the benchmark's action repositories.
 const OWNER: &str = "bench";
@@ -424,19 +421,8 @@ async fn steps_part(
         image.memory_mib,
         accel.as_str()
     ));
-    let job_id = job::id::new_job_id("bench");
-    let fixed = Accelerator::fixed(accel);
-    let run = VmRun {
-        config,
-        image,
-        accel: &fixed,
-        job_id: &job_id,
-        spec: &spec,
-        runner_name: "solstice-bench",
-        observer: None,
-    };
     let sink = LastLines::default();
-    let report = job::run_in_vm(&run, &sink, &CancellationToken::new()).await?;
+    let report = super::run_one_job(config, image, accel, &spec, &sink).await?;
     let k = k as usize;
     let steps = &report.outcome.steps;
     let durations = |range: std::ops::Range<usize>| -> Result<Vec<Duration>, String> {

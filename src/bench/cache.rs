@@ -19,15 +19,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::runner::progress;
 use super::{BenchError, CacheBenchArgs, TempDir, bench_image, load_bench_config};
 use crate::cache_service::{CacheService, CacheSettings};
 use crate::events::{Conclusion, EventSink, JobEvent};
-use crate::job::{self, CheckoutSource, JobSpec, VmRun};
+use crate::job::{CheckoutSource, JobSpec};
 use crate::startup::resolve_accel;
-use crate::vm::accel::Accelerator;
 
 /// The job: the checkout (SSH), then save and restore with node's `fetch`
 /// (as `@actions/cache` does, over node's HTTP client), then the check.
@@ -216,19 +213,8 @@ pub async fn cache_main(args: CacheBenchArgs) -> Result<(), BenchError> {
         accel.as_str(),
         args.mb
     ));
-    let job_id = job::id::new_job_id("bench");
-    let fixed = Accelerator::fixed(accel);
-    let run = VmRun {
-        config: &config,
-        image,
-        accel: &fixed,
-        job_id: &job_id,
-        spec: &spec,
-        runner_name: "solstice-bench",
-        observer: None,
-    };
     let sink = LastLines::default();
-    let report = job::run_in_vm(&run, &sink, &CancellationToken::new()).await?;
+    let report = super::run_one_job(&config, image, accel, &spec, &sink).await?;
     let step = |i: usize| -> Result<Duration, BenchError> {
         let s = report
             .outcome

@@ -12,17 +12,14 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use super::baseline::baseline_boot;
 use super::{BenchError, EngineBenchArgs, bench_image, fmt_ms, load_bench_config, median};
 use crate::config::{Config, ImageConfig};
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::human::fmt_duration;
-use crate::job::{self, JobSpec, VmRun};
+use crate::job::JobSpec;
 use crate::startup::resolve_accel;
 use crate::vm::Accel;
-use crate::vm::accel::Accelerator;
 
 /// Target from issue 2: Solstice's overhead ≤ 10% of raw boot-to-SSH and < 300 ms.
 pub const TARGET_RATIO: f64 = 0.10;
@@ -222,19 +219,8 @@ async fn solstice_run(
     let wf = crate::workflow::parse_workflow(TRUE_WORKFLOW)
         .map_err(|e| BenchError::Infra(format!("built-in bench workflow: {e}")))?;
     let spec = JobSpec::own(wf, "bench");
-    let job_id = job::id::new_job_id("bench");
-    let fixed = Accelerator::fixed(accel);
-    let run = VmRun {
-        config,
-        image,
-        accel: &fixed,
-        job_id: &job_id,
-        spec: &spec,
-        runner_name: "solstice-bench",
-        observer: None,
-    };
     let start = Instant::now();
-    let report = job::run_in_vm(&run, &NullSink, &CancellationToken::new()).await?;
+    let report = super::run_one_job(config, image, accel, &spec, &NullSink).await?;
     let total = start.elapsed();
     if report.outcome.conclusion != Conclusion::Success {
         return Err(BenchError::Infra(

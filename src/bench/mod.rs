@@ -152,6 +152,29 @@ impl Drop for TempDir {
     }
 }
 
+/// Runs `spec` as one job in a fresh VM of `image` under `accel`, through
+/// [`crate::job::run_in_vm`] exactly as `solstice exec` runs it.
+pub(crate) async fn run_one_job(
+    config: &Config,
+    image: &ImageConfig,
+    accel: crate::vm::Accel,
+    spec: &crate::job::JobSpec,
+    sink: &dyn crate::events::EventSink,
+) -> Result<crate::job::RunReport, RunError> {
+    let job_id = crate::job::id::new_job_id("bench");
+    let fixed = crate::vm::accel::Accelerator::fixed(accel);
+    let run = crate::job::VmRun {
+        config,
+        image,
+        accel: &fixed,
+        job_id: &job_id,
+        spec,
+        runner_name: "solstice-bench",
+        observer: None,
+    };
+    crate::job::run_in_vm(&run, sink, &tokio_util::sync::CancellationToken::new()).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
