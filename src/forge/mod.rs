@@ -22,6 +22,7 @@
 //! (Connect RPC); [`open`] picks the implementation for a configured forge.
 
 pub mod forgejo;
+pub mod github;
 #[cfg(test)]
 pub(crate) mod scripted;
 mod spool;

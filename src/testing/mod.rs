@@ -3,6 +3,7 @@
 //! the leak checker and an in-memory event sink. The product never contains it.
 
 pub mod fake_forge;
+pub mod fake_github;
 pub mod git_server;
 pub mod leaks;
 pub mod sink;
