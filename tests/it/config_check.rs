@@ -147,9 +147,32 @@ fn example_config_parses() {
             .all(|i| i.path.starts_with("/var/cache/solstice/images"))
     );
     let forges: Vec<&str> = c.forges.keys().map(String::as_str).collect();
-    assert_eq!(forges, ["codeberg", "gitea", "work"]);
+    assert_eq!(
+        forges,
+        ["codeberg", "gitea", "github", "github-org", "work"]
+    );
     assert_eq!(c.forges["codeberg"].fetch_interval.as_secs(), 30);
     assert_eq!(c.forges["work"].runner_name, "solstice-builder-1");
+    assert!(c.forges["codeberg"].github.is_none());
+    let gh = c.forges["github"].github.as_ref().unwrap();
+    assert_eq!(
+        gh.scope,
+        config::GithubScope::Repository {
+            owner: "example-org".into(),
+            repo: "example-repo".into()
+        }
+    );
+    assert!(matches!(
+        c.forges["github"].credentials,
+        config::CredentialSource::GithubApp { app_id: 123456, .. }
+    ));
+    let org = &c.forges["github-org"];
+    assert_eq!(
+        org.github.as_ref().unwrap().scope,
+        config::GithubScope::Organization("example-org".into())
+    );
+    assert_eq!(org.fetch_interval.as_secs(), 1);
+    assert_eq!(org.labels, ["debian"]);
 }
 
 #[test]
@@ -260,6 +283,10 @@ fn documented_defaults_are_the_real_defaults() {
         format!("{c:?}")
     };
     let plain = parse(&base);
+    let github = "kind = \"github\"\nurl = \"https://github.com/o\"\ntoken_file = \"/t\"\n";
+    let plain_github = parse(&format!(
+        "[forges.f]\n{github}[images.tiny]\npath = \"/x\"\n"
+    ));
     let mut checked = 0;
     for (section, key, default) in doc_rows() {
         // Only literal TOML defaults in backticks; "none", "required" etc. are prose.
@@ -269,23 +296,29 @@ fn documented_defaults_are_the_real_defaults() {
         if literal.contains('<') {
             continue; // `["<name>"]`: checked by the next assertion.
         }
-        let text = match section.as_str() {
-            "[images.<name>]" => format!("{base}{key} = {literal}\n"),
-            "[forges.<name>]" => {
-                format!("[forges.f]\n{key} = {literal}\n{forge}[images.tiny]\npath = \"/x\"\n")
-            }
-            s => format!("{s}\n{key} = {literal}\n{base}"),
+        let (text, plain) = match section.as_str() {
+            "[images.<name>]" => (format!("{base}{key} = {literal}\n"), &plain),
+            // Keys only GitHub forges take: against a GitHub section.
+            "[forges.<name>]" if ["runner_group_id", "runner_version"].contains(&key.as_str()) => (
+                format!("[forges.f]\n{key} = {literal}\n{github}[images.tiny]\npath = \"/x\"\n"),
+                &plain_github,
+            ),
+            "[forges.<name>]" => (
+                format!("[forges.f]\n{key} = {literal}\n{forge}[images.tiny]\npath = \"/x\"\n"),
+                &plain,
+            ),
+            s => (format!("{s}\n{key} = {literal}\n{base}"), &plain),
         };
         assert_eq!(
-            parse(&text),
+            &parse(&text),
             plain,
             "documented default of {section} {key} is not the real one"
         );
         checked += 1;
     }
     assert_eq!(
-        checked, 27,
-        "expected 27 keys with literal defaults in the doc"
+        checked, 30,
+        "expected 30 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }
