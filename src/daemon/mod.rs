@@ -300,8 +300,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let signals = Signals::install()?;
     let max_job_timeout = config.daemon.max_job_timeout;
+    let images = config.images.clone();
     let parts = Parts {
-        open_forge: Box::new(move |f| crate::forge::open(f, max_job_timeout)),
+        open_forge: Box::new(move |f| crate::forge::open(f, &images, max_job_timeout)),
         jobs: Arc::new(VmJobs),
         signals,
     };

@@ -381,7 +381,7 @@ pub enum RestCredentials {
     App {
         app_id: u64,
         installation_id: u64,
-        key: SigningKey,
+        key: Box<SigningKey>,
     },
     /// A fine-grained or classic token.
     Token(Secret),

@@ -709,6 +709,36 @@ impl Poller for GithubPoller {
     }
 }
 
+impl Drop for GithubPoller {
+    /// The daemon stopped fetching (SIGTERM): idle runners, and runners
+    /// whose job was not taken, are removed at once, so that GitHub sends
+    /// no job to a runner that would never run it. Running jobs keep
+    /// their runners until their reports are done.
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        let waiting: Vec<Arc<RunnerCtl>> = pool
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .map(|a| a.runner)
+            .collect();
+        let idle: Vec<Arc<RunnerCtl>> = pool
+            .runners()
+            .iter()
+            .filter(|r| r.lock().job.is_none())
+            .cloned()
+            .collect();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        for r in idle.into_iter().chain(waiting) {
+            pool.retire(r);
+        }
+    }
+}
+
 /// A job's report, which also ends its runner's listener once the report
 /// is done (GitHub removes the ephemeral runner after `completejob`).
 struct PoolReport {
