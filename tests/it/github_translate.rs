@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use solstice::config::GuestOs;
-use solstice::events::Conclusion;
+use solstice::events::{Conclusion, JobEvent};
 use solstice::executor::run_job;
 use solstice::forge::github::message::parse_message;
 use solstice::forge::github::translate::{TranslateOptions, envelope, translate};
@@ -121,7 +121,24 @@ async fn translated_job_runs_like_on_github() {
     .await;
     let text = sink.all_text();
     assert_eq!(outcome.conclusion, Conclusion::Success, "{text}");
-    assert!(text.contains("Say hello"), "{text}");
+    let names: Vec<String> = sink
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::StepStarted { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Say hello",
+            "Run echo 'lit ${{ not evaluated }}'",
+            "Run echo check=123 runtime=$ACTIONS_RUNTIME_TOKEN key=$STEPV jobv=$JOBV",
+            "Run exit 3",
+            "Run echo \"after status=$CI/$GITHUB_ACTIONS\"",
+        ]
+    );
     assert_eq!(sink.step_lines(0), ["os=linux idx=2 greet=hello world"]);
     assert_eq!(sink.step_lines(1), ["lit ${{ not evaluated }}"]);
     assert_eq!(sink.step_lines(2), ["check=123 runtime=*** key=*** jobv=j"]);

@@ -443,11 +443,20 @@ fn step_value(s: &ActionStep) -> Result<Value, String> {
     if !s.context_name.is_empty() {
         m.insert("id".into(), json!(s.context_name));
     }
-    if let Some(t) = &s.display_name_token {
-        let name = scalar(t).map_err(|e| format!("its name: {e}"))?;
-        if !name.is_empty() {
-            m.insert("name".into(), json!(name));
-        }
+    let mut name = match &s.display_name_token {
+        Some(t) => scalar(t).map_err(|e| format!("its name: {e}"))?,
+        None => String::new(),
+    };
+    if name.trim().is_empty() && s.reference == StepReference::Script {
+        name = s
+            .inputs
+            .as_ref()
+            .and_then(|i| i.get("script"))
+            .and_then(script_step_name)
+            .unwrap_or_default();
+    }
+    if !name.trim().is_empty() {
+        m.insert("name".into(), json!(name));
     }
     let condition = s.condition.trim();
     if !condition.is_empty() {
@@ -631,8 +640,7 @@ fn step_name(s: &ActionStep) -> String {
                     .unwrap_or_default(),
                 None => String::new(),
             };
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-            format!("Run {}", first.trim())
+            format!("Run {}", first_line(&text))
         }
         StepReference::Repository {
             name,
@@ -661,28 +669,65 @@ fn step_name(s: &ActionStep) -> String {
     }
 }
 
-/// The format string of `format('text {0}', ...)`, for names only.
-fn format_text(expr: &str) -> Option<String> {
+/// Splits `format('text {0}', args)` into its format string (unescaped)
+/// and the rest of the expression after the string (`, args)`).
+fn split_format(expr: &str) -> Option<(String, &str)> {
     let expr = expr.trim();
     let head = expr
         .get(..7)
         .filter(|p| p.eq_ignore_ascii_case("format("))?;
     let rest = expr[head.len()..].trim_start().strip_prefix('\'')?;
     let mut out = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
         if c == '\'' {
-            if chars.peek() == Some(&'\'') {
+            if chars.peek().map(|(_, c)| *c) == Some('\'') {
                 chars.next();
                 out.push('\'');
             } else {
-                return Some(out);
+                return Some((out, &rest[i + 1..]));
             }
         } else {
             out.push(c);
         }
     }
     None
+}
+
+/// The format string of `format('text {0}', ...)`, for names only.
+fn format_text(expr: &str) -> Option<String> {
+    split_format(expr).map(|(text, _)| text)
+}
+
+/// The first non-empty line of `text`, trimmed.
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+/// The `name:` of a `run:` step that has no display name, as GitHub's
+/// runner makes it: `Run ` and the first line of the evaluated script. For
+/// a `format()` script, the same `format()` cut to its first line; `None`
+/// (the executor's own default) for other expressions.
+fn script_step_name(script: &TemplateToken) -> Option<String> {
+    match &script.kind {
+        Token::Expression(e) => {
+            let (text, rest) = split_format(e)?;
+            let line = format!("Run {}", first_line(&text));
+            Some(format!(
+                "${{{{ format('{}'{} }}}}",
+                line.replace('\'', "''"),
+                rest.trim_end()
+            ))
+        }
+        _ => {
+            let text = script.literal_text()?;
+            let line = format!("Run {}", first_line(&text));
+            scalar(&TemplateToken::new(Token::Literal(line))).ok()
+        }
+    }
 }
 
 /// `system.github.results_endpoint`, else `SystemVssConnection.data.ResultsServiceUrl`.
@@ -966,6 +1011,13 @@ mod tests {
             )
         );
         assert_eq!(s.env["STEPV"].0, "${{ secrets.API_KEY }}");
+        // Without it, the name is the script's format() cut to its first line.
+        let m = with_json(|v| v["steps"][1]["displayNameToken"] = json!({"type": 0, "lit": ""}));
+        let t2 = translate(&m, &TranslateOptions::default()).unwrap();
+        assert_eq!(
+            t2.spec.workflow.jobs["build"].steps[1].name.as_deref(),
+            Some("${{ format('Run echo \"{0} {1}\"', matrix.os, vars.REGION) }}")
+        );
         assert_eq!(s.continue_on_error.as_ref().unwrap().0, "true");
         assert_eq!(
             s.timeout_minutes.as_ref().unwrap().0,
@@ -973,6 +1025,13 @@ mod tests {
         );
         let s = &steps[2];
         assert_eq!(s.working_directory.as_deref(), Some("sub"));
+        // No display name: `Run ` and the first line, as GitHub names it.
+        let name = s.name.as_deref().unwrap();
+        assert_eq!(name, "${{ 'Run echo ''${{ not evaluated }}''' }}");
+        assert_eq!(
+            interpolate(name, &Contexts::default()).unwrap(),
+            "Run echo '${{ not evaluated }}'"
+        );
         assert_eq!(s.if_.as_ref().unwrap().0, "always()");
         // A literal holding `${{` is not evaluated again.
         let run = s.run.as_deref().unwrap();
