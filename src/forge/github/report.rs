@@ -1319,3 +1319,792 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
     let secs = u64::try_from(secs).ok()?;
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State as AxState;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::forge::MemorySpool;
+    use crate::forge::github::job::StepRef;
+    use crate::secret::Secret;
+
+    const TOKEN: &str = "job-token-1";
+
+    /// A strict little GitHub: run service under `/run/`, results under
+    /// `/results/`, signed blobs under `/blob/`.
+    #[derive(Default)]
+    struct Fake {
+        addr: Mutex<String>,
+        /// (path, body) of every call; blob PUTs as `{"blob": text}`.
+        calls: Mutex<Vec<(String, Value)>>,
+        blobs: Mutex<HashMap<String, String>>,
+        renew_status: AtomicU16,
+        /// Statuses `completejob` answers first, in order.
+        complete_fail: Mutex<Vec<u16>>,
+        /// A strictness error the fake saw.
+        errors: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn calls(&self) -> Vec<(String, Value)> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn names(&self) -> Vec<String> {
+            self.calls()
+                .into_iter()
+                .map(|(p, _)| p.rsplit('/').next().unwrap().to_string())
+                .map(|n| {
+                    if n.starts_with("step-") || n == "job" || n.starts_with("summary-") {
+                        "PUT".into()
+                    } else {
+                        n
+                    }
+                })
+                .collect()
+        }
+        fn bodies(&self, name: &str) -> Vec<Value> {
+            self.calls()
+                .into_iter()
+                .filter(|(p, _)| p.ends_with(name))
+                .map(|(_, b)| b)
+                .collect()
+        }
+        fn error(&self, e: String) {
+            self.errors.lock().unwrap().push(e);
+        }
+    }
+
+    async fn handle(
+        AxState(fake): AxState<Arc<Fake>>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let path = uri.path().to_string();
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if let Some(name) = path.strip_prefix("/blob/") {
+            if method != Method::PUT
+                || headers.get("x-ms-blob-type").and_then(|v| v.to_str().ok()) != Some("BlockBlob")
+                || !auth.is_empty()
+                || uri.query() != Some("sig=x")
+            {
+                fake.error(format!("bad blob request {method} {path}"));
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+            let text = String::from_utf8_lossy(&body).to_string();
+            fake.calls
+                .lock()
+                .unwrap()
+                .push((path.clone(), json!({ "blob": text.clone() })));
+            fake.blobs.lock().unwrap().insert(name.to_string(), text);
+            return StatusCode::CREATED.into_response();
+        }
+        if auth != format!("Bearer {TOKEN}") || method != Method::POST {
+            fake.error(format!("bad auth or method on {path}"));
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            fake.error(format!("bad JSON on {path}"));
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        fake.calls.lock().unwrap().push((path.clone(), v.clone()));
+        let addr = fake.addr.lock().unwrap().clone();
+        if path.starts_with("/results/")
+            && (v["workflow_run_backend_id"] != "plan-1"
+                || v["workflow_job_run_backend_id"] != "job-1")
+        {
+            fake.error(format!("bad ids on {path}: {v}"));
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        let step = v["step_backend_id"].as_str().unwrap_or("").to_string();
+        let ok = || Json(json!({ "ok": true }));
+        match path.rsplit('/').next().unwrap() {
+            "renewjob" => {
+                let s = fake.renew_status.load(Ordering::SeqCst);
+                if s != 0 && s != 200 {
+                    return (
+                        StatusCode::from_u16(s).unwrap(),
+                        Json(json!({"errorMessage": "x"})),
+                    )
+                        .into_response();
+                }
+                Json(json!({ "lockedUntil": "2099-01-01T00:00:00.1234567Z" })).into_response()
+            }
+            "completejob" => {
+                let mut f = fake.complete_fail.lock().unwrap();
+                if !f.is_empty() {
+                    let s = f.remove(0);
+                    return (
+                        StatusCode::from_u16(s).unwrap(),
+                        Json(json!({"errorMessage": "nope"})),
+                    )
+                        .into_response();
+                }
+                StatusCode::OK.into_response()
+            }
+            "WorkflowStepsUpdate" => ok(),
+            "GetStepLogsSignedBlobURL" => Json(json!({
+                "logs_url": format!("{addr}/blob/step-{step}?sig=x"),
+                "blob_storage_type": "BLOB_STORAGE_TYPE_AZURE",
+                "soft_size_limit": "1048576"
+            }))
+            .into_response(),
+            "GetJobLogsSignedBlobURL" => Json(json!({
+                "logs_url": format!("{addr}/blob/job?sig=x"),
+                "blob_storage_type": "BLOB_STORAGE_TYPE_AZURE"
+            }))
+            .into_response(),
+            "GetStepSummarySignedBlobURL" => Json(json!({
+                "summary_url": format!("{addr}/blob/summary-{step}?sig=x"),
+                "blob_storage_type": "BLOB_STORAGE_TYPE_AZURE",
+                "soft_size_limit": "100"
+            }))
+            .into_response(),
+            "CreateStepLogsMetadata" | "CreateJobLogsMetadata" | "CreateStepSummaryMetadata" => {
+                ok()
+            }
+            _ => {
+                fake.error(format!("unknown path {path}"));
+                StatusCode::NOT_FOUND.into_response()
+            }
+        }
+    }
+
+    #[allow(non_snake_case)]
+    fn Json(v: Value) -> Response {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+            .into_response()
+    }
+
+    async fn serve() -> Arc<Fake> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.addr.lock().unwrap() = format!("http://{addr}");
+        let router = Router::new().fallback(handle).with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        fake
+    }
+
+    fn envelope(fake: &Fake, masks: &[&str]) -> JobEnvelope {
+        let addr = fake.addr.lock().unwrap().clone();
+        let step = |id: &str, name: &str| StepRef {
+            external_id: id.into(),
+            name: name.into(),
+            context_name: "__run".into(),
+            action: None,
+        };
+        JobEnvelope {
+            plan_id: "plan-1".into(),
+            job_id: "job-1".into(),
+            display_name: "build".into(),
+            repository: "o/r".into(),
+            run_service_url: format!("{addr}/run/"),
+            results_url: Some(format!("{addr}/results/")),
+            feed_url: None,
+            job_token: Secret::new(TOKEN),
+            billing_owner_id: Some("B1".into()),
+            steps: vec![step("s-1", "First"), step("s-2", "Second")],
+            mask_patterns: masks.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    fn options() -> ReportOptions {
+        ReportOptions {
+            renew_period: Duration::from_millis(50),
+            renew_retry_min: Duration::from_millis(10),
+            renew_retry_max: Duration::from_millis(20),
+            lock_grace: Duration::from_millis(100),
+            assumed_lock: Duration::from_millis(100),
+            complete_tries: 5,
+            complete_pause: Duration::from_millis(10),
+            results_tries: 2,
+            results_pause: Duration::from_millis(10),
+            tick: Duration::from_millis(20),
+        }
+    }
+
+    fn line(step: Option<usize>, kind: LineKind, text: &str) -> JobEvent {
+        JobEvent::Line {
+            step,
+            kind,
+            text: text.into(),
+        }
+    }
+
+    fn finished(index: usize, c: Conclusion) -> JobEvent {
+        JobEvent::StepFinished {
+            index,
+            outcome: c,
+            conclusion: c,
+            duration: Duration::from_secs(1),
+        }
+    }
+
+    /// Waits until `cond` holds (the report runs in the background).
+    async fn until(cond: impl Fn() -> bool) {
+        for _ in 0..300 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached");
+    }
+
+    fn strip_times(blob: &str) -> Vec<String> {
+        blob.lines()
+            .map(|l| {
+                let (t, rest) = l.split_once(' ').unwrap();
+                assert!(t.ends_with('Z') && t.len() == 28, "time prefix {t}");
+                rest.to_string()
+            })
+            .collect()
+    }
+
+    fn orders(fake: &Fake) -> Vec<u64> {
+        fake.bodies("WorkflowStepsUpdate")
+            .iter()
+            .map(|b| b["change_order"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_job_is_reported_in_order_with_exact_line_counts_and_masks() {
+        let fake = serve().await;
+        let spool = Arc::new(MemorySpool::new());
+        // The second pattern (look-behind) is not Rust regex: skipped.
+        let env = envelope(&fake, &["s[e3]cr[e3]t", "(?<=a)b"]);
+        let report = start(
+            env,
+            reqwest::Client::new(),
+            spool.clone(),
+            CancellationToken::new(),
+            options(),
+        );
+        let cancel = CancellationToken::new();
+        let runner = {
+            let r = report.clone();
+            let c = cancel.clone();
+            tokio::spawn(async move { r.run(c).await })
+        };
+        report.emit(JobEvent::Phase {
+            phase: Phase::Boot,
+            detail: "vm".into(),
+        });
+        report.emit(line(None, LineKind::Runner, "setup line"));
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "First s3cret".into(),
+        });
+        report.emit(line(Some(0), LineKind::Stdout, "hello secret\r\nworld"));
+        report.emit(line(None, LineKind::Runner, "job-level during step 0"));
+        report.emit(line(Some(1), LineKind::Stdout, "wrong step: dropped"));
+        until(|| fake.names().iter().any(|n| n == "WorkflowStepsUpdate")).await;
+        report.emit(finished(0, Conclusion::Success));
+        report.emit(JobEvent::StepStarted {
+            index: 1,
+            name: "Second".into(),
+        });
+        report.emit(line(
+            Some(1),
+            LineKind::Annotation("error".into()),
+            "it broke",
+        ));
+        report.emit(line(Some(1), LineKind::GroupStart, "g"));
+        report.emit(line(Some(1), LineKind::GroupEnd, ""));
+        report.emit(JobEvent::StepSummary {
+            index: 1,
+            markdown: "# sum".into(),
+        });
+        report.emit(finished(1, Conclusion::Failure));
+        report.emit(JobEvent::JobFinished {
+            conclusion: Conclusion::Failure,
+            duration: Duration::from_secs(2),
+        });
+        report.emit(JobEvent::Phase {
+            phase: Phase::Teardown,
+            detail: "bye".into(),
+        });
+        let mut outputs = IndexMap::new();
+        outputs.insert("o".to_string(), "v".to_string());
+        report.close(Conclusion::Failure, &outputs, None);
+        runner.await.unwrap().unwrap();
+        assert!(
+            fake.errors.lock().unwrap().is_empty(),
+            "{:?}",
+            fake.errors.lock().unwrap()
+        );
+        assert!(!cancel.is_cancelled());
+        assert_eq!(report.result(), Some(Conclusion::Failure));
+
+        // Order: all pending, then per step in progress → log → completed;
+        // the job log; completejob last.
+        let names = fake.names();
+        let first_log = names
+            .iter()
+            .position(|n| n == "GetStepLogsSignedBlobURL")
+            .unwrap();
+        assert_eq!(names[0], "WorkflowStepsUpdate");
+        assert!(
+            names[..first_log]
+                .iter()
+                .all(|n| n == "WorkflowStepsUpdate")
+        );
+        assert_eq!(names.last().unwrap(), "completejob");
+        let job_log = names
+            .iter()
+            .position(|n| n == "GetJobLogsSignedBlobURL")
+            .unwrap();
+        assert_eq!(
+            &names[job_log..],
+            [
+                "GetJobLogsSignedBlobURL",
+                "PUT",
+                "CreateJobLogsMetadata",
+                "completejob"
+            ]
+        );
+        let updates = fake.bodies("WorkflowStepsUpdate");
+        let first: Vec<i64> = updates[0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["status"].as_i64().unwrap())
+            .collect();
+        assert_eq!(first, [5, 5]);
+        let o = orders(&fake);
+        assert!(o.windows(2).all(|w| w[0] < w[1]), "{o:?}");
+        // Each step: in progress (3) before completed (6), completed once.
+        let statuses: Vec<(String, i64, i64)> = updates[1..]
+            .iter()
+            .flat_map(|u| u["steps"].as_array().unwrap().clone())
+            .map(|s| {
+                (
+                    s["external_id"].as_str().unwrap().to_string(),
+                    s["status"].as_i64().unwrap(),
+                    s["conclusion"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        for id in ["s-1", "s-2"] {
+            let mine: Vec<(i64, i64)> = statuses
+                .iter()
+                .filter(|(s, _, _)| s == id)
+                .map(|(_, st, c)| (*st, *c))
+                .collect();
+            let end = if id == "s-1" { 2 } else { 3 };
+            assert_eq!(mine, [(3, 0), (6, end)], "{id}");
+        }
+        // Step 1's log comes before its completed status.
+        let s2_log = fake
+            .calls()
+            .iter()
+            .position(|(p, b)| {
+                p.ends_with("CreateStepLogsMetadata") && b["step_backend_id"] == "s-2"
+            })
+            .unwrap();
+        let s2_done = fake
+            .calls()
+            .iter()
+            .position(|(p, b)| {
+                p.ends_with("WorkflowStepsUpdate")
+                    && b["steps"][0]["external_id"] == "s-2"
+                    && b["steps"][0]["status"] == 6
+            })
+            .unwrap();
+        assert!(s2_log < s2_done);
+
+        let blobs = fake.blobs.lock().unwrap().clone();
+        let step1 = strip_times(&blobs["step-s-1"]);
+        assert_eq!(step1, ["hello ***", "world", "job-level during step 0"]);
+        let step2 = strip_times(&blobs["step-s-2"]);
+        assert_eq!(step2, ["##[error]it broke", "##[group]g", "##[endgroup]"]);
+        assert_eq!(blobs["summary-s-2"], "# sum");
+        let meta: HashMap<String, u64> = fake
+            .bodies("CreateStepLogsMetadata")
+            .iter()
+            .map(|b| {
+                (
+                    b["step_backend_id"].as_str().unwrap().to_string(),
+                    b["line_count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(meta["s-1"], 3);
+        assert_eq!(meta["s-2"], 3);
+        let job = strip_times(&blobs["job"]);
+        assert_eq!(
+            job[0],
+            "Job build received by ".to_string() + RUNNER_VERSION
+        );
+        assert_eq!(job[1..3], ["Booting: vm", "setup line"]);
+        assert_eq!(job.last().unwrap(), "Tearing down: bye");
+        assert_eq!(job.len(), 3 + 3 + 3 + 1);
+        assert_eq!(
+            fake.bodies("CreateJobLogsMetadata")[0]["line_count"],
+            job.len() as u64
+        );
+        assert!(
+            !blobs
+                .values()
+                .any(|b| b.contains("secret") || b.contains("s3cret"))
+        );
+
+        let done = &fake.bodies("completejob")[0];
+        assert_eq!(done["planId"], "plan-1");
+        assert_eq!(done["jobId"], "job-1");
+        assert_eq!(done["conclusion"], "failed");
+        assert_eq!(done["billingOwnerId"], "B1");
+        assert!(
+            done.get("outputs").is_none(),
+            "outputs only on success: {done}"
+        );
+        let sr = done["stepResults"].as_array().unwrap();
+        assert_eq!(sr[0]["name"], "First ***");
+        assert_eq!(sr[0]["conclusion"], "succeeded");
+        assert_eq!(sr[0]["completed_log_lines"], 3);
+        assert_eq!(sr[1]["conclusion"], "failed");
+        assert_eq!(sr[1]["number"], 2);
+        assert!(sr[1]["started_at"].as_str().unwrap().ends_with('Z'));
+        let ann = &done["annotations"][0];
+        assert_eq!(ann["level"], "FAILURE");
+        assert_eq!(ann["message"], "it broke");
+        assert_eq!(ann["stepNumber"], 2);
+        assert_eq!(
+            spool.held(),
+            0,
+            "the spool is released once GitHub has the job"
+        );
+        // A later finish sends nothing more.
+        let n = fake.calls().len();
+        report.finish(&cancel).await.unwrap();
+        assert_eq!(fake.calls().len(), n);
+    }
+
+    #[tokio::test]
+    async fn outputs_go_on_success_without_empty_or_masked_values() {
+        let fake = serve().await;
+        let env = envelope(&fake, &["hidden"]);
+        let report = start(
+            env,
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        let mut outputs = IndexMap::new();
+        outputs.insert("a".to_string(), "1".to_string());
+        outputs.insert("empty".to_string(), String::new());
+        outputs.insert("m".to_string(), "is hidden".to_string());
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "x".into(),
+        });
+        report.emit(finished(0, Conclusion::Success));
+        report.close(Conclusion::Success, &outputs, None);
+        report.run(CancellationToken::new()).await.unwrap();
+        let done = &fake.bodies("completejob")[0];
+        assert_eq!(done["conclusion"], "succeeded");
+        assert_eq!(
+            done["outputs"],
+            json!({ "a": { "value": "1", "isSecret": false } })
+        );
+        // The step never started is skipped.
+        assert_eq!(done["stepResults"][1]["conclusion"], "skipped");
+    }
+
+    #[tokio::test]
+    async fn github_cancelling_the_job_cancels_it_and_completes_canceled() {
+        let fake = serve().await;
+        let remote = CancellationToken::new();
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            remote.clone(),
+            options(),
+        );
+        let cancel = CancellationToken::new();
+        let runner = {
+            let r = report.clone();
+            let c = cancel.clone();
+            tokio::spawn(async move { r.run(c).await })
+        };
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "long".into(),
+        });
+        remote.cancel();
+        tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+            .await
+            .unwrap();
+        report.emit(line(Some(0), LineKind::Runner, "stopping"));
+        report.close(Conclusion::Failure, &IndexMap::new(), None);
+        runner.await.unwrap().unwrap();
+        assert_eq!(report.result(), Some(Conclusion::Cancelled));
+        let done = &fake.bodies("completejob")[0];
+        assert_eq!(done["conclusion"], "canceled");
+        assert_eq!(done["stepResults"][0]["conclusion"], "canceled");
+    }
+
+    #[tokio::test]
+    async fn renew_404_abandons_the_job_without_completing_it() {
+        let fake = serve().await;
+        fake.renew_status.store(404, Ordering::SeqCst);
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "x".into(),
+        });
+        let cancel = CancellationToken::new();
+        let e = report.run(cancel.clone()).await.unwrap_err();
+        assert!(e.is_task_gone(), "{e}");
+        assert!(cancel.is_cancelled());
+        assert!(report.is_gone());
+        report.close(Conclusion::Cancelled, &IndexMap::new(), None);
+        assert!(report.finish(&cancel).await.unwrap_err().is_task_gone());
+        assert!(fake.bodies("completejob").is_empty());
+        assert_eq!(
+            fake.bodies("renewjob").len(),
+            1,
+            "404 stops renewing at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn renew_errors_are_retried_until_the_lock_runs_out() {
+        let fake = serve().await;
+        fake.renew_status.store(503, Ordering::SeqCst);
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        let cancel = CancellationToken::new();
+        let e = report.run(cancel.clone()).await.unwrap_err();
+        assert!(e.is_task_gone(), "{e}");
+        assert!(cancel.is_cancelled());
+        assert!(
+            fake.bodies("renewjob").len() >= 2,
+            "retried before giving up"
+        );
+        assert!(fake.bodies("completejob").is_empty());
+    }
+
+    #[tokio::test]
+    async fn completejob_is_tried_five_times_then_resumed_without_repeats() {
+        let fake = serve().await;
+        *fake.complete_fail.lock().unwrap() = vec![503; 5];
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "x".into(),
+        });
+        report.emit(line(Some(0), LineKind::Stdout, "out"));
+        report.emit(finished(0, Conclusion::Success));
+        report.emit(JobEvent::StepStarted {
+            index: 1,
+            name: "y".into(),
+        });
+        report.emit(finished(1, Conclusion::Success));
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        let cancel = CancellationToken::new();
+        let e = report.run(cancel.clone()).await.unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!(fake.bodies("completejob").len(), 5);
+        report.finish(&cancel).await.unwrap();
+        assert_eq!(fake.bodies("completejob").len(), 6);
+        assert_eq!(
+            fake.bodies("CreateJobLogsMetadata").len(),
+            1,
+            "the job log went once"
+        );
+        assert_eq!(
+            fake.bodies("CreateStepLogsMetadata").len(),
+            1,
+            "one step had lines"
+        );
+        assert!(!cancel.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn completejob_404_ends_the_report() {
+        let fake = serve().await;
+        *fake.complete_fail.lock().unwrap() = vec![404];
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        let e = report.run(CancellationToken::new()).await.unwrap_err();
+        assert!(e.is_task_gone(), "{e}");
+        assert_eq!(fake.bodies("completejob").len(), 1);
+        assert!(report.is_gone());
+    }
+
+    #[tokio::test]
+    async fn an_unrunnable_job_shows_its_message_as_a_line_and_an_annotation() {
+        let fake = serve().await;
+        let report = unrunnable(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            "Cannot run: no image".into(),
+            options(),
+        );
+        report.run(CancellationToken::new()).await.unwrap();
+        let job = strip_times(&fake.blobs.lock().unwrap()["job"]);
+        assert_eq!(job.last().unwrap(), "##[error]Cannot run: no image");
+        let done = &fake.bodies("completejob")[0];
+        assert_eq!(done["conclusion"], "failed");
+        assert_eq!(done["annotations"][0]["level"], "FAILURE");
+        assert_eq!(done["annotations"][0]["message"], "Cannot run: no image");
+        assert_eq!(done["stepResults"][0]["conclusion"], "skipped");
+    }
+
+    #[tokio::test]
+    async fn a_job_interrupted_by_a_restart_completes_failed_and_a_closed_one_keeps_its_result() {
+        let fake = serve().await;
+        let spool = Arc::new(MemorySpool::new());
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            spool.clone(),
+            CancellationToken::new(),
+            options(),
+        );
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "x".into(),
+        });
+        report.emit(line(Some(0), LineKind::Stdout, "a"));
+        report.emit(finished(0, Conclusion::Success));
+        report.emit(JobEvent::StepStarted {
+            index: 1,
+            name: "y".into(),
+        });
+        report.emit(line(Some(1), LineKind::Stdout, "b"));
+        // Flushed at step changes only: line "b" is lost with the crash.
+        let saved = report.save();
+        drop(report);
+        let resumed = resume(
+            ResumedTask {
+                task_id: 1,
+                saved: Some(saved),
+                step_count: 2,
+                spooled: 2,
+                acked: 0,
+                spool: spool.clone(),
+            },
+            reqwest::Client::new(),
+        );
+        assert!(resumed.result().is_none());
+        resumed.finish(&CancellationToken::new()).await.unwrap();
+        let done = &fake.bodies("completejob")[0];
+        assert_eq!(done["conclusion"], "failed");
+        assert_eq!(done["annotations"][0]["message"], RESTARTED);
+        assert_eq!(done["stepResults"][0]["conclusion"], "succeeded");
+        assert_eq!(done["stepResults"][1]["conclusion"], "failed");
+        let job = strip_times(&fake.blobs.lock().unwrap()["job"]);
+        assert_eq!(job.len(), 3);
+        assert_eq!(job[2], format!("##[error]{RESTARTED}"));
+        assert_eq!(fake.bodies("CreateJobLogsMetadata")[0]["line_count"], 3);
+
+        // Closed before the restart: the saved conclusion goes.
+        let fake = serve().await;
+        let spool = Arc::new(MemorySpool::new());
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            spool.clone(),
+            CancellationToken::new(),
+            options(),
+        );
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        let saved = report.save();
+        let resumed = resume(
+            ResumedTask {
+                task_id: 1,
+                saved: Some(saved),
+                step_count: 2,
+                spooled: 1,
+                acked: 0,
+                spool,
+            },
+            reqwest::Client::new(),
+        );
+        resumed.close(Conclusion::Failure, &IndexMap::new(), Some("ignored"));
+        assert_eq!(resumed.result(), Some(Conclusion::Success));
+        resumed.run(CancellationToken::new()).await.unwrap();
+        assert_eq!(fake.bodies("completejob")[0]["conclusion"], "succeeded");
+
+        // Nothing readable saved: given up.
+        let lost = resume(
+            ResumedTask {
+                task_id: 2,
+                saved: Some(b"{".to_vec()),
+                step_count: 0,
+                spooled: 0,
+                acked: 0,
+                spool: Arc::new(MemorySpool::new()),
+            },
+            reqwest::Client::new(),
+        );
+        assert!(
+            lost.finish(&CancellationToken::new())
+                .await
+                .unwrap_err()
+                .is_task_gone()
+        );
+    }
+
+    #[test]
+    fn lock_times_are_read() {
+        let t = parse_time("2023-11-14T22:13:20.1234567Z").unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_700));
+        let t = parse_time("2023-11-14T23:13:20+01:00").unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert!(parse_time("garbage").is_none());
+    }
+
+    #[test]
+    fn unknown_mask_syntax_is_skipped() {
+        let m = compile_masks(&["a+".into(), "(?<=a)b".into(), String::new()]);
+        assert_eq!(m.len(), 1);
+    }
+}
