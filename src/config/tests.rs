@@ -1490,3 +1490,43 @@ fn keys_of_the_other_kind_are_refused_with_what_to_use() {
         "{e}"
     );
 }
+
+#[test]
+fn github_sections_at_one_place_need_runner_names_apart() {
+    let section = |name: &str, url: &str, runner: &str| {
+        format!(
+            "[forges.{name}]\nkind = \"github\"\nurl = \"{url}\"\ntoken_file = \"/t\"\n{runner}"
+        )
+    };
+    // Same repository, both with the daemon's runner name.
+    let e = one(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o/r", ""),
+        section("b", "https://github.com/o/r/", "")
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.b"));
+    assert!(e.message.contains("remove each other's runners"), "{e}");
+    // One name is the start of the other, followed by "-".
+    let e = one(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"ci\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci-x\"\n")
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.b.runner_name"));
+    // Names apart, or different places: fine.
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"ci-a\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci-b\"\n")
+    ));
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"cix\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci\"\n")
+    ));
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o/r", ""),
+        section("b", "https://github.com/o", "")
+    ));
+}

@@ -113,6 +113,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         let config = self::forge(name, forge, &daemon, &images, ctx);
         forges.insert(name.get_ref().clone(), config);
     }
+    github::runner_name_clashes(&raw.forges, &forges, ctx);
     let actions = actions(&raw.actions, ctx);
     let cache = cache(&raw.cache, &daemon, ctx);
     if had_errors || !ctx.errors.is_empty() {
