@@ -1433,8 +1433,15 @@ fn github_numbers_and_versions_are_checked() {
     );
     let e = one(&github(&format!("{base}fetch_interval_secs = 0\n")));
     assert_eq!(e.kind, ErrorKind::OutOfRange);
-    let e = one(&github(&format!("{base}kind = \"gitlab\"\n")));
-    assert_eq!(e.kind, ErrorKind::Syntax, "{e}");
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.gh]\nkind = \"GitHub\"\nurl = \"https://github.com/o\"\ntoken_file = \"/t\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.kind"));
+    assert_eq!(e.message, "\"GitHub\" is not allowed");
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("did you mean \"github\"? use one of \"forgejo\", \"github\"")
+    );
 }
 
 #[test]

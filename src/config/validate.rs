@@ -850,9 +850,18 @@ fn forge(
         .kind
         .as_ref()
         .map_or(raw::DEFAULT_FORGE_KIND, |k| *k.get_ref());
-    github::other_kind_keys(n, f, kind, f.kind.is_some(), ctx);
+    // A `kind` that is not one was reported: what depends on the kind
+    // cannot be checked, so only the rest is.
+    let kind_bad = ctx
+        .errors
+        .iter()
+        .any(|e| e.key.as_deref() == Some(key("kind").as_str()));
+    if !kind_bad {
+        github::other_kind_keys(n, f, kind, f.kind.is_some(), ctx);
+    }
     let mut scope = None;
     let url = match (&f.url, kind) {
+        (Some(_), _) if kind_bad => String::new(),
         (Some(u), ForgeKind::Forgejo) => {
             let url = forge_url(u, &key("url"), ctx);
             not_github_host(u, &url, &key("url"), f.kind.is_some(), ctx);
@@ -880,6 +889,7 @@ fn forge(
         }
     };
     let credentials = match kind {
+        _ if kind_bad => CredentialSource::RunnerFile(PathBuf::new()),
         ForgeKind::Forgejo => forgejo_credentials(n, raw, ctx),
         ForgeKind::Github => github::credentials(n, raw, ctx),
     };
