@@ -530,3 +530,51 @@ pub(crate) fn github_forge(
         runner_version: runner_version(f.runner_version.as_ref(), &key("runner_version"), ctx),
     }
 }
+
+/// Records an error when two GitHub sections register runners at the same
+/// place (API and scope) with runner names where one is the start of the
+/// other: each would take the other's runners for its own leftovers
+/// (`<runner_name>-…`) and remove them.
+pub(crate) fn runner_name_clashes(
+    raw: &std::collections::BTreeMap<Spanned<String>, Spanned<RawForge>>,
+    forges: &std::collections::BTreeMap<String, super::ForgeConfig>,
+    ctx: &mut Ctx<'_>,
+) {
+    let github: Vec<(
+        &Spanned<String>,
+        &Spanned<RawForge>,
+        &super::ForgeConfig,
+        &GithubForge,
+    )> = raw
+        .iter()
+        .filter_map(|(name, section)| {
+            let f = forges.get(name.get_ref())?;
+            Some((name, section, f, f.github.as_ref()?))
+        })
+        .collect();
+    for (i, (_, _, a, ga)) in github.iter().enumerate() {
+        for (name_b, section_b, b, gb) in &github[i + 1..] {
+            if a.url.is_empty() || ga.api_url != gb.api_url || ga.scope != gb.scope {
+                continue;
+            }
+            let (pa, pb) = (format!("{}-", a.runner_name), format!("{}-", b.runner_name));
+            if !pa.starts_with(&pb) && !pb.starts_with(&pa) {
+                continue;
+            }
+            let (span, key) = match &section_b.get_ref().runner_name {
+                Some(r) => (r.span(), format!("forges.{}.runner_name", name_b.get_ref())),
+                None => (name_b.span(), format!("forges.{}", name_b.get_ref())),
+            };
+            ctx.push(
+                Some(span),
+                Some(key),
+                ErrorKind::InvalidValue,
+                format!(
+                    "forges.{} and forges.{} register runners at {} with the runner names \"{}\" and \"{}\"; each removes runners named `<runner_name>-…` as its own leftovers, so they would remove each other's runners",
+                    a.name, b.name, a.url, a.runner_name, b.runner_name
+                ),
+                Some("give each section a `runner_name` that does not start another's followed by \"-\" (e.g. \"solstice-ci1-a\" and \"solstice-ci1-b\"), or merge the sections".to_owned()),
+            );
+        }
+    }
+}

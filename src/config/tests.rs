@@ -1433,8 +1433,15 @@ fn github_numbers_and_versions_are_checked() {
     );
     let e = one(&github(&format!("{base}fetch_interval_secs = 0\n")));
     assert_eq!(e.kind, ErrorKind::OutOfRange);
-    let e = one(&github(&format!("{base}kind = \"gitlab\"\n")));
-    assert_eq!(e.kind, ErrorKind::Syntax, "{e}");
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.gh]\nkind = \"GitHub\"\nurl = \"https://github.com/o\"\ntoken_file = \"/t\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.kind"));
+    assert_eq!(e.message, "\"GitHub\" is not allowed");
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("did you mean \"github\"? use one of \"forgejo\", \"github\"")
+    );
 }
 
 #[test]
@@ -1489,4 +1496,44 @@ fn keys_of_the_other_kind_are_refused_with_what_to_use() {
         e.fix.as_deref().unwrap().contains("kind = \"github\""),
         "{e}"
     );
+}
+
+#[test]
+fn github_sections_at_one_place_need_runner_names_apart() {
+    let section = |name: &str, url: &str, runner: &str| {
+        format!(
+            "[forges.{name}]\nkind = \"github\"\nurl = \"{url}\"\ntoken_file = \"/t\"\n{runner}"
+        )
+    };
+    // Same repository, both with the daemon's runner name.
+    let e = one(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o/r", ""),
+        section("b", "https://github.com/o/r/", "")
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.b"));
+    assert!(e.message.contains("remove each other's runners"), "{e}");
+    // One name is the start of the other, followed by "-".
+    let e = one(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"ci\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci-x\"\n")
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.b.runner_name"));
+    // Names apart, or different places: fine.
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"ci-a\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci-b\"\n")
+    ));
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"cix\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci\"\n")
+    ));
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o/r", ""),
+        section("b", "https://github.com/o", "")
+    ));
 }

@@ -113,6 +113,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         let config = self::forge(name, forge, &daemon, &images, ctx);
         forges.insert(name.get_ref().clone(), config);
     }
+    github::runner_name_clashes(&raw.forges, &forges, ctx);
     let actions = actions(&raw.actions, ctx);
     let cache = cache(&raw.cache, &daemon, ctx);
     if had_errors || !ctx.errors.is_empty() {
@@ -849,9 +850,18 @@ fn forge(
         .kind
         .as_ref()
         .map_or(raw::DEFAULT_FORGE_KIND, |k| *k.get_ref());
-    github::other_kind_keys(n, f, kind, f.kind.is_some(), ctx);
+    // A `kind` that is not one was reported: what depends on the kind
+    // cannot be checked, so only the rest is.
+    let kind_bad = ctx
+        .errors
+        .iter()
+        .any(|e| e.key.as_deref() == Some(key("kind").as_str()));
+    if !kind_bad {
+        github::other_kind_keys(n, f, kind, f.kind.is_some(), ctx);
+    }
     let mut scope = None;
     let url = match (&f.url, kind) {
+        (Some(_), _) if kind_bad => String::new(),
         (Some(u), ForgeKind::Forgejo) => {
             let url = forge_url(u, &key("url"), ctx);
             not_github_host(u, &url, &key("url"), f.kind.is_some(), ctx);
@@ -879,6 +889,7 @@ fn forge(
         }
     };
     let credentials = match kind {
+        _ if kind_bad => CredentialSource::RunnerFile(PathBuf::new()),
         ForgeKind::Forgejo => forgejo_credentials(n, raw, ctx),
         ForgeKind::Github => github::credentials(n, raw, ctx),
     };

@@ -134,6 +134,44 @@ fn parse_example() -> Config {
 }
 
 #[test]
+fn github_mistakes_are_printed_with_line_column_and_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("solstice.toml");
+    std::fs::write(
+        &file,
+        "[images.tiny]\npath = \"/x/tiny.qcow2\"\n\n\
+         [forges.gh]\nkind = \"github\"\nurl = \"https://github.com/acme/widgets/tree/main\"\n\
+         app_id = 0\ninstallation_id = 7\nprivate_key_file = \"app.pem\"\n\
+         secret_file = \"/s\"\nrunner_version = \"latest\"\n\n\
+         [forges.cb]\nurl = \"https://codeberg.org\"\nrunner_file = \"/r\"\nrunner_group_id = 2\n",
+    )
+    .unwrap();
+    let e = config::check_config_with(&file, &ParseOptions { check_paths: false }).unwrap_err();
+    let f = file.display();
+    let lines: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{f}:6:7: forges.gh.url: \"https://github.com/acme/widgets/tree/main\" is a page inside a repository; write the repository alone: \"https://github.com/acme/widgets\""
+            ),
+            format!(
+                "{f}:7:10: forges.gh.app_id: 0 is too small; use a positive whole number (a GitHub id), as GitHub shows it"
+            ),
+            format!(
+                "{f}:10:15: forges.gh.secret_file: `secret_file` is for Forgejo and Gitea; Solstice registers GitHub runners itself, one just-in-time runner per free slot, with a GitHub App or a token; remove it and set `app_id`, `installation_id` and `private_key_file` (a GitHub App) or `token_file` (docs/github.md)"
+            ),
+            format!(
+                "{f}:11:18: forges.gh.runner_version: \"latest\" is not a runner version; write three numbers, e.g. \"2.336.0\" (the current release of actions/runner or later), or remove the key for the default"
+            ),
+            format!(
+                "{f}:16:19: forges.cb.runner_group_id: `runner_group_id` is for GitHub forges only; add `kind = \"github\"` if this forge is GitHub (the default kind is \"forgejo\"), or remove it"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn example_config_parses() {
     let c = parse_example();
     let names: Vec<&str> = c.images.keys().map(String::as_str).collect();
