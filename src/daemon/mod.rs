@@ -59,7 +59,7 @@ const POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(
-        "The configuration has no [forges.<name>] section, so `solstice run` has nothing to serve: add one for your Forgejo or Gitea instance (docs/forges.md shows how); `solstice exec` runs a workflow file without a forge"
+        "The configuration has no [forges.<name>] section, so `solstice run` has nothing to serve: add one for your Forgejo or Gitea instance (docs/forges.md shows how) or your GitHub repository or organisation (docs/github.md); `solstice exec` runs a workflow file without a forge"
     )]
     NoForges,
     #[error(transparent)]

@@ -205,16 +205,35 @@ impl Pool {
         self.inner.runners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `name` is one Solstice gives this forge's runners:
+    /// `<runner_name>-<image>-<8 hex digits>` for a configured image (so
+    /// that host `ci` never takes the runners of host `ci-2` for its own).
+    pub fn is_own_name(&self, name: &str) -> bool {
+        let Some(rest) = name
+            .strip_prefix(&self.inner.config.runner_name)
+            .and_then(|r| r.strip_prefix('-'))
+        else {
+            return false;
+        };
+        let Some((image, hex)) = rest.rsplit_once('-') else {
+            return false;
+        };
+        hex.len() == 8
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            && self.inner.config.images.iter().any(|i| i.image == image)
+    }
+
     /// Removes the runners Solstice created for this forge and no longer
-    /// needs: every runner whose name starts with `<runner_name>-` that is
-    /// not one of the pool's live runners. A busy one cannot be removed
-    /// (GitHub removes it after its job).
+    /// needs: every runner with one of its names ([`Pool::is_own_name`])
+    /// that is not one of the pool's live runners. A busy one cannot be
+    /// removed (GitHub removes it after its job).
     pub async fn remove_leftovers(&self) -> Result<usize, GithubError> {
-        let prefix = format!("{}-", self.inner.config.runner_name);
         let live: Vec<u64> = self.runners().iter().map(|r| r.id).collect();
         let mut removed = 0;
         for r in self.inner.rest.list_runners().await? {
-            if !r.name.starts_with(&prefix) || live.contains(&r.id) {
+            if !self.is_own_name(&r.name) || live.contains(&r.id) {
                 continue;
             }
             match self.inner.rest.delete_runner(r.id).await {

@@ -41,8 +41,13 @@ pub fn host_arch() -> &'static str {
 }
 
 /// The labels of each image's JIT runners: `self-hosted`, the OS
-/// (`Linux`, or `illumos`), the architecture, then the image's own labels.
-pub fn image_runners(images: &BTreeMap<String, ImageConfig>) -> Vec<ImageRunners> {
+/// (`Linux`, or `illumos`), the architecture, then the image's own labels
+/// that the forge's section declares (`labels`, by default all), without
+/// duplicates (GitHub ignores the case of labels).
+pub fn image_runners(
+    images: &BTreeMap<String, ImageConfig>,
+    declared: &[String],
+) -> Vec<ImageRunners> {
     images
         .values()
         .map(|image| {
@@ -56,7 +61,8 @@ pub fn image_runners(images: &BTreeMap<String, ImageConfig>) -> Vec<ImageRunners
                 host_arch().to_string(),
             ];
             for l in &image.labels {
-                if !labels.iter().any(|x| x.eq_ignore_ascii_case(l)) {
+                let declared = declared.is_empty() || declared.iter().any(|d| d == l);
+                if declared && !labels.iter().any(|x| x.eq_ignore_ascii_case(l)) {
                     labels.push(l.clone());
                 }
             }
@@ -124,7 +130,7 @@ impl Github {
         Ok(Github {
             forge: forge.clone(),
             github,
-            images: image_runners(images),
+            images: image_runners(images, &forge.labels),
             max_job_timeout,
             http: http_client(&format!(
                 "{RUNNER_VERSION} (GitHub Actions runner protocol)"
