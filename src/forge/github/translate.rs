@@ -491,7 +491,11 @@ fn step_value(s: &ActionStep) -> Result<Value, String> {
             repository_type,
         } => {
             let uses = if repository_type.eq_ignore_ascii_case("self") {
-                let p = path.trim().trim_start_matches("./").trim_end_matches('/');
+                let p = path
+                    .trim()
+                    .trim_start_matches("./")
+                    .trim_start_matches(".\\")
+                    .trim_end_matches('/');
                 if p.is_empty() || p == "." {
                     "./".to_string()
                 } else {
@@ -1125,6 +1129,71 @@ mod tests {
         assert!(t.step_debug);
         assert!(t.spec.secrets.contains_key("ACTIONS_RUNNER_DEBUG"));
         assert!(!t.spec.vars.contains_key("ACTIONS_RUNNER_DEBUG"));
+    }
+
+    #[test]
+    fn awkward_strings_survive_the_yaml() {
+        let values = [
+            "null",
+            "~",
+            "true",
+            "False",
+            "yes",
+            "no",
+            "on",
+            "1.0",
+            "0x10",
+            "1e3",
+            ".inf",
+            "",
+            " lead",
+            "trail ",
+            "a: b",
+            "- x",
+            "#x",
+            "x #y",
+            "multi\nline\n",
+            "\ttab",
+            "'",
+            "\"",
+            ">",
+            "|",
+            "@x",
+            "`x`",
+            "%x",
+            "!tag",
+            "*alias",
+            "&anchor",
+            "{a: 1}",
+            "[1]",
+            "ünï ✓",
+            "back\\slash",
+            "\u{1b}[31mred",
+            "---",
+            "...",
+            "\r\n",
+            "? x",
+            "=",
+            "<<",
+        ];
+        let map: Vec<Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({"Key": format!("K{i}"), "Value": v}))
+            .collect();
+        let m = with_json(|v| {
+            v["environmentVariables"] = json!([{"type": 2, "map": map}]);
+            v["steps"][2]["Inputs"]["map"][0]["Value"] = json!(values.join("\n"));
+        });
+        let t = translate(&m, &TranslateOptions::default()).unwrap();
+        let env = &t.spec.workflow.env;
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(env[&format!("K{i}")].0, *v, "value {i}");
+        }
+        assert_eq!(
+            t.spec.workflow.jobs["build"].steps[2].run.as_deref(),
+            Some(values.join("\n").as_str())
+        );
     }
 
     #[test]
