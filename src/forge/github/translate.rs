@@ -33,6 +33,13 @@ use crate::workflow::{self, WorkflowError};
 /// The endpoint that holds the run service URL and the job token.
 pub const SYSTEM_CONNECTION: &str = "SystemVssConnection";
 
+/// The job's `timeout-minutes` in the translated workflow: GitHub's limit
+/// for a job on a self-hosted runner (5 days). GitHub enforces the job's
+/// own timeout by cancelling it, and the message does not carry it; the
+/// executor's ceiling is then the daemon's `max_job_timeout` rather than
+/// the executor's 3-hour default.
+pub const GITHUB_JOB_LIMIT_MINUTES: u32 = 5 * 24 * 60;
+
 /// Why a job message cannot be used. The text is meant for the job's log on
 /// GitHub: it says what is wrong or missing.
 #[derive(Debug, thiserror::Error)]
@@ -412,6 +419,10 @@ fn build_workflow(
     if !outputs.is_empty() {
         job.insert("outputs".into(), Value::Object(outputs));
     }
+    job.insert(
+        "timeout-minutes".into(),
+        json!(GITHUB_JOB_LIMIT_MINUTES.to_string()),
+    );
     job.insert("steps".into(), Value::Array(steps));
     let mut wf = Map::new();
     if !workflow_name.is_empty() {
@@ -992,6 +1003,7 @@ mod tests {
             "${{ steps.hello.outputs.greeting }}"
         );
         assert!(job.strategy.is_none() && job.container.is_none());
+        assert_eq!(job.timeout_minutes.as_ref().unwrap().0, "7200");
     }
 
     #[test]
