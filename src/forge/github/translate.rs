@@ -364,7 +364,7 @@ fn build_workflow(
     workflow_name: &str,
 ) -> Result<Value, TranslateError> {
     let job_err =
-        |what: &str, e: String| TranslateError::Unsupported(format!("The job's {what}: {e}"));
+        |what: &str, e: String| TranslateError::Unsupported(format!("The job's `{what}:` {e}"));
     // Workflow env, then job env (later mappings override earlier ones).
     let mut envs = msg.environment_variables.iter();
     let workflow_env = match envs.next() {
@@ -596,7 +596,12 @@ fn scalar_mapping(t: &TemplateToken) -> Result<Map<String, Value>, String> {
                     _ => {
                         return Err(format!(
                             "has a key that is not plain text ({}), which Solstice does not support",
-                            scalar(k).unwrap_or_else(|_| "a list or mapping".into())
+                            match &k.kind {
+                                Token::Insert(d) => format!("${{{{ {d} }}}}"),
+                                Token::Sequence(_) | Token::Mapping(_) =>
+                                    "a list or mapping".into(),
+                                _ => scalar(k).unwrap_or_default(),
+                            }
                         ));
                     }
                 };
@@ -1112,6 +1117,15 @@ mod tests {
             v["steps"][1]["environment"] = json!({"type": 3, "expr": "fromJSON(vars.ENV)"})
         });
         assert!(err(&m).contains("fromJSON(vars.ENV)"), "{}", err(&m));
+        // An `${{ insert }}` key.
+        let m = with_json(|v| {
+            v["environmentVariables"][1]["map"][0]["Key"] =
+                json!({"type": 4, "directive": "insert"})
+        });
+        assert_eq!(
+            err(&m),
+            "The job's `env:` has a key that is not plain text (${{ insert }}), which Solstice does not support"
+        );
     }
 
     #[test]
