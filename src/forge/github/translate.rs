@@ -46,7 +46,10 @@ pub const GITHUB_JOB_LIMIT_MINUTES: u32 = 5 * 24 * 60;
 pub enum TranslateError {
     /// A field every job message has is missing or empty.
     #[error("The job message has no {field}; GitHub sent an incomplete job")]
-    Missing { field: &'static str },
+    Missing {
+        /// What is missing, with its place in the message.
+        field: &'static str,
+    },
     /// The job uses something Solstice cannot run yet.
     #[error("{0}")]
     Unsupported(String),
@@ -78,6 +81,8 @@ pub struct TranslateOptions {
 /// A job ready to run.
 #[derive(Debug, Clone)]
 pub struct TranslatedJob {
+    /// The job for the executor (`actions` and `cache` are left to the
+    /// daemon).
     pub spec: JobSpec,
     /// Remarks for the job log.
     pub notes: Vec<String>,
