@@ -307,7 +307,8 @@ impl FakeGithub {
     }
 
     /// The next `n` calls to `endpoint` answer `status` with the
-    /// endpoint's error body (after authentication is not checked).
+    /// endpoint's error body, before any other check (a long poll: once its
+    /// token and query passed, so a 401 here tests the refresh path).
     pub fn fail_next(&self, endpoint: Endpoint, n: usize, status: u16) {
         self.with(|s| {
             s.faults

@@ -1375,7 +1375,8 @@ impl State {
             .jobs
             .iter()
             .any(|j| j.state == FakeJobState::Delivered { runner });
-        let idle = !ephemeral_used && !holds && !pending_delivery;
+        let busy_status = q.get("status").map(String::as_str) == Some("Busy");
+        let idle = !ephemeral_used && !holds && !pending_delivery && !busy_status;
         if idle || self.faults.deliver_while_busy {
             let labels: Vec<String> = self.runners[&runner]
                 .labels
@@ -1449,7 +1450,8 @@ impl State {
         let Some(i) = self.jobs.iter().position(|j| j.request_id == rid) else {
             return broker_error(404, "AcknowledgeJobNotFound", "The job was not found.");
         };
-        if !delivered || self.jobs[i].closed {
+        let current = matches!(self.jobs[i].state, FakeJobState::Delivered { runner: r } | FakeJobState::Acquired { runner: r } if r == runner);
+        if !delivered || !current || self.jobs[i].closed {
             return broker_error(404, "AcknowledgeJobNotFound", "The job was not found.");
         }
         if self.runner_holds_other(runner, i) {
