@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value, json};
 
 /// A job queued on the fake, written like a small workflow job.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FakeGithubJob {
     /// `runs-on` labels: the job goes to a runner whose labels include all
     /// of them (case-insensitively, as GitHub matches).
@@ -46,6 +46,19 @@ pub struct FakeGithubJob {
     pub github_token: Option<String>,
     /// `billingOwnerId`.
     pub billing_owner_id: String,
+}
+
+impl std::fmt::Debug for FakeGithubJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets and the GITHUB_TOKEN stay out of Debug output.
+        f.debug_struct("FakeGithubJob")
+            .field("runs_on", &self.runs_on)
+            .field("key", &self.key)
+            .field("steps", &self.steps)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("github_token", &self.github_token.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl FakeGithubJob {
@@ -133,6 +146,51 @@ impl FakeGithubJob {
     /// Sets a `github` context field (plain JSON; objects become dictionaries).
     pub fn github(mut self, k: &str, v: impl Into<Value>) -> Self {
         self.github.insert(k.into(), v.into());
+        self
+    }
+
+    /// Adds a `needs` entry: `result` and `outputs` of an earlier job.
+    pub fn need(mut self, job: &str, result: &str, outputs: &[(&str, &str)]) -> Self {
+        let outs: serde_json::Map<String, Value> = outputs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        self.needs
+            .insert(job.into(), json!({"result": result, "outputs": outs}));
+        self
+    }
+
+    /// Sets the `matrix` context (one combination, as GitHub sends it).
+    pub fn matrix(mut self, entries: &[(&str, Value)]) -> Self {
+        self.matrix = Some(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Sets the `inputs` context.
+    pub fn inputs(mut self, entries: &[(&str, Value)]) -> Self {
+        self.inputs = Some(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Sets `defaults.run.working-directory`.
+    pub fn default_working_directory(mut self, dir: &str) -> Self {
+        self.default_working_directory = Some(dir.into());
+        self
+    }
+
+    /// Sets the `GITHUB_TOKEN` the job gets.
+    pub fn github_token(mut self, token: &str) -> Self {
+        self.github_token = Some(token.into());
         self
     }
 
@@ -794,6 +852,16 @@ mod tests {
         assert_eq!(
             expr("it's {x} ${{ a }}${{ b('}}') }}"),
             "format('it''s {{x}} {0}{1}', a, b('}}'))"
+        );
+    }
+
+    #[test]
+    fn conditions_are_wrapped_like_github() {
+        assert_eq!(condition(None), "success()");
+        assert_eq!(condition(Some("${{ always() }}")), "always()");
+        assert_eq!(
+            condition(Some("github.ref == 'refs/heads/main'")),
+            "success() && (github.ref == 'refs/heads/main')"
         );
     }
 

@@ -500,6 +500,18 @@ async fn handle(
         let mut s = inner.state();
         let text = if endpoint == Endpoint::Blob {
             format!("<{} bytes>", body.len())
+        } else if endpoint == Endpoint::Token {
+            // The signed assertion is a credential: keep the form's shape only.
+            url::form_urlencoded::parse(&body)
+                .map(|(k, v)| {
+                    if k == "client_assertion" {
+                        format!("{k}=***")
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("&")
         } else {
             String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned()
         };
