@@ -819,6 +819,29 @@ async fn run_service_and_results_reject_protocol_mistakes() {
         .0,
         400
     );
+    // int64 as a decimal string is fine (protobuf JSON); no Content-Type is not.
+    let ok = json!([{"external_id": a.steps[0], "number": 1, "name": "a", "status": "3"}]);
+    assert_eq!(
+        a.results(
+            &r,
+            "WorkflowStepsUpdate",
+            json!({"steps": ok, "change_order": "8"})
+        )
+        .await
+        .0,
+        200
+    );
+    let resp = http()
+        .post(format!(
+            "{}twirp/results.services.receiver.Receiver/GetJobLogsSignedBlobURL",
+            a.results
+        ))
+        .bearer_auth(&a.job_token)
+        .body(a.ids().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
     // Wrong ids.
     let (s, _) = r
         .post(

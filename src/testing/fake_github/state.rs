@@ -439,6 +439,16 @@ pub(crate) fn fault_reply(endpoint: Endpoint, status: u16) -> Reply {
     }
 }
 
+/// An integer as protobuf's JSON mapping accepts it (a number, or a
+/// decimal string for 64-bit fields and enums).
+fn proto_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Number of lines in a log text (a final line without newline counts).
 pub(crate) fn line_count(data: &[u8]) -> u64 {
     let n = data.iter().filter(|b| **b == b'\n').count() as u64;
@@ -1739,7 +1749,11 @@ impl State {
         body: &[u8],
     ) -> Reply {
         if !content_type.unwrap_or("").starts_with("application/json") {
-            return twirp_error(400, "malformed", "Content-Type must be application/json");
+            return twirp_error(
+                404,
+                "bad_route",
+                &format!("unexpected Content-Type: {:?}", content_type.unwrap_or("")),
+            );
         }
         let Ok(b) = serde_json::from_slice::<Value>(body) else {
             return twirp_error(400, "malformed", "the body is not JSON");
@@ -1751,7 +1765,7 @@ impl State {
         let job_id = self.jobs[i].job_id.clone();
         match method {
             "WorkflowStepsUpdate" => {
-                let Some(order) = b.get("change_order").and_then(Value::as_i64) else {
+                let Some(order) = b.get("change_order").and_then(proto_int) else {
                     return twirp_error(
                         400,
                         "invalid_argument",
@@ -1782,7 +1796,7 @@ impl State {
                             &format!("external_id '{ext}' is not a step of this job"),
                         );
                     }
-                    let st = s.get("status").and_then(Value::as_i64).unwrap_or(0);
+                    let st = s.get("status").and_then(proto_int).unwrap_or(0);
                     if !statuses.contains(&st) {
                         return twirp_error(
                             400,
@@ -1790,7 +1804,7 @@ impl State {
                             &format!("status {st} is not a valid step status"),
                         );
                     }
-                    let c = s.get("conclusion").and_then(Value::as_i64).unwrap_or(0);
+                    let c = s.get("conclusion").and_then(proto_int).unwrap_or(0);
                     if ![0, 2, 3, 4, 7].contains(&c) {
                         return twirp_error(
                             400,
