@@ -21,8 +21,9 @@
 //! - Assertions: [`FakeGithub::jobs`] / [`FakeGithub::job`]
 //!   ([`JobSnapshot`]: state, conclusion, outputs, step results, step
 //!   updates in order, per-step logs, job log, feed frames),
-//!   [`FakeGithub::runners`] ([`RunnerSnapshot`]), [`FakeGithub::sessions`],
-//!   [`FakeGithub::requests`], [`FakeGithub::violations`] (protocol
+//!   [`FakeGithub::runners`] ([`RunnerSnapshot`]), [`FakeGithub::runner_named`],
+//!   [`FakeGithub::sessions`], [`FakeGithub::requests`],
+//!   [`FakeGithub::request_count`], [`FakeGithub::violations`] (protocol
 //!   mistakes a correct client never makes), [`FakeGithub::wait_for`],
 //!   [`FakeGithub::wait_job_final`].
 //! - Faults (per test): [`FakeGithub::fail_next`] (any [`Endpoint`], N
@@ -416,6 +417,21 @@ impl FakeGithub {
     /// Every request so far.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.inner.state().requests.clone()
+    }
+
+    /// How many requests went to `endpoint` (e.g. `completejob` retries).
+    pub fn request_count(&self, endpoint: Endpoint) -> usize {
+        self.inner
+            .state()
+            .requests
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .count()
+    }
+
+    /// The runner with this name, if registered.
+    pub fn runner_named(&self, name: &str) -> Option<RunnerSnapshot> {
+        self.runners().into_iter().find(|r| r.name == name)
     }
 
     /// Protocol mistakes a correct client never makes.
