@@ -682,6 +682,25 @@ async fn broker_rejects_what_github_rejects() {
     // 204 switch.
     fake.set_empty_poll_204(true);
     assert_eq!(r.poll().await.0, 204);
+    // A poll that never answers: the client's own timeout fires.
+    fake.set_poll_hang(true);
+    let quick = reqwest::Client::builder()
+        .user_agent(UA)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let err = quick
+        .get(format!(
+            "{}message?{}",
+            r.broker,
+            r.query("Online", "2.336.0")
+        ))
+        .bearer_auth(&r.token)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    fake.set_poll_hang(false);
     // Injected 5xx.
     fake.fail_next(Endpoint::Poll, 2, 503);
     assert_eq!(r.poll().await.0, 503);

@@ -687,7 +687,10 @@ async fn long_poll(inner: &Arc<Inner>, auth: Option<&str>, query: &str) -> Reply
             return inner.state().empty_poll();
         }
         let wait = (deadline - now).min(Duration::from_millis(250));
-        let _ = tokio::time::timeout(wait, notified).await;
+        tokio::select! {
+            _ = tokio::time::timeout(wait, notified) => {}
+            _ = inner.stop.cancelled() => return Reply::empty(503),
+        }
     }
 }
 
