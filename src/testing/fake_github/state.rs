@@ -1056,10 +1056,7 @@ impl State {
         if r.job.is_some() {
             return rest_error(
                 422,
-                &format!(
-                    "Bad request - Runner \"{}\" is still running a job\"",
-                    r.name
-                ),
+                &format!("Bad request - Runner \"{}\" is still running a job", r.name),
             );
         }
         let id = r.id;
@@ -1356,6 +1353,11 @@ impl State {
             Err(r) => return PollStep::Answer(r),
         };
         if first {
+            if q.contains_key("waitSeconds") {
+                self.violation(
+                    "GET message with waitSeconds (the official runner never sends it)".into(),
+                );
+            }
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.polls += 1;
                 s.last_status = q.get("status").cloned();
