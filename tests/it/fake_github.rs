@@ -1327,6 +1327,20 @@ async fn feed_busy_runners_and_injected_faults() {
     assert_eq!(r.create_session(&r.token.clone()).await.0, 409);
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(r.create_session(&r.token.clone()).await.0, 200);
+    // A lost answer: the renewal happens, the client sees a cut connection.
+    let before = fake.job(idx).unwrap().renewals;
+    fake.lose_next_answer(Endpoint::RenewJob, 1);
+    let err = r
+        .http
+        .post(format!("{}renewjob", a.run))
+        .bearer_auth(&a.job_token)
+        .header("content-type", "application/json")
+        .body(json!({"planId": a.plan, "jobId": a.job}).to_string())
+        .send()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    assert_eq!(fake.job(idx).unwrap().renewals, before + 1);
+    assert_eq!(a.renew(&r, &a.job_token).await.0, 200);
     // Renew 404 switch.
     fake.set_renew_404(idx);
     assert_eq!(a.renew(&r, &a.job_token).await.0, 404);

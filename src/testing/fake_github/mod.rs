@@ -35,7 +35,8 @@
 //!   [`FakeGithub::expire_runner_tokens`], [`FakeGithub::force_token_refresh`],
 //!   [`FakeGithub::set_renew_404`], [`FakeGithub::set_deliver_while_busy`],
 //!   [`FakeGithub::set_lock_duration`], [`FakeGithub::set_lenient_step_status`],
-//!   [`FakeGithub::set_accept_any_alg`].
+//!   [`FakeGithub::set_accept_any_alg`], [`FakeGithub::lose_next_answer`]
+//!   (the call takes effect, the connection drops before the answer).
 //!
 //! # Routes (all on the one server)
 //!
@@ -61,19 +62,24 @@ mod job;
 mod keys;
 mod state;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State as AxState;
+use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 pub use job::{FakeGithubJob, FakeStep, FakeStepKind};
 pub use keys::FakeRsaKey;
@@ -174,11 +180,16 @@ impl std::fmt::Debug for FakeGithub {
     }
 }
 
+/// Open connections by peer address: cancelling one drops that connection
+/// (a lost answer).
+type Conns = Arc<Mutex<HashMap<SocketAddr, CancellationToken>>>;
+
 struct Inner {
     state: Mutex<State>,
     changed: Notify,
     addr: SocketAddr,
     stop: CancellationToken,
+    conns: Conns,
 }
 
 impl Inner {
@@ -202,12 +213,19 @@ impl FakeGithub {
         let addr = listener.local_addr()?;
         let base = format!("http://{addr}");
         let stop = CancellationToken::new();
+        let conns: Conns = Arc::default();
         let inner = Arc::new(Inner {
             state: Mutex::new(State::new(opts, base)),
             changed: Notify::new(),
             addr,
             stop: stop.clone(),
+            conns: conns.clone(),
         });
+        let listener = ConnListener {
+            listener,
+            conns,
+            stop: stop.clone(),
+        };
         let app = Router::new()
             .route("/_ws/ingest.sock", axum::routing::get(feed))
             .fallback(handle)
@@ -215,7 +233,7 @@ impl FakeGithub {
             .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024));
         let s = stop.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await;
         });
@@ -318,6 +336,13 @@ impl FakeGithub {
                 .or_default()
                 .extend(std::iter::repeat_n(status, n))
         })
+    }
+
+    /// The next `n` calls to `endpoint` are carried out (their effect
+    /// stays) but the connection is dropped before the answer: a lost
+    /// answer, as after a network cut.
+    pub fn lose_next_answer(&self, endpoint: Endpoint, n: usize) {
+        self.with(|s| *s.faults.lose_next.entry(endpoint).or_default() += n)
     }
 
     /// Drops all armed faults and switches.
@@ -503,6 +528,7 @@ fn to_response(r: Reply) -> Response {
 
 async fn handle(
     AxState(inner): AxState<Arc<Inner>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -512,8 +538,15 @@ async fn handle(
     let query = uri.query().unwrap_or("").to_string();
     let endpoint = classify(&method, &path);
     let reply = dispatch(&inner, endpoint, &method, &path, &query, &headers, &body).await;
-    {
+    let lost = {
         let mut s = inner.state();
+        let lost = match s.faults.lose_next.get_mut(&endpoint) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
         let text = if endpoint == Endpoint::Blob {
             format!("<{} bytes>", body.len())
         } else if endpoint == Endpoint::Token {
@@ -538,9 +571,22 @@ async fn handle(
             endpoint,
             status: reply.status,
             body: text,
+            lost,
         });
-    }
+        lost
+    };
     inner.changed.notify_waiters();
+    if lost {
+        let conn = inner
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned();
+        if let Some(c) = conn {
+            c.cancel();
+        }
+    }
     to_response(reply)
 }
 
@@ -711,6 +757,7 @@ async fn feed(
             endpoint: Endpoint::Feed,
             status: if job.is_some() { 101 } else { 401 },
             body: String::new(),
+            lost: false,
         });
     }
     let Some(job) = job else {
@@ -729,4 +776,128 @@ async fn feed(
             }
         }
     })
+}
+
+/// The peer address of a request's connection (its kill switch's key).
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ConnListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ConnListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// The TCP listener: every connection gets its own kill switch.
+struct ConnListener {
+    listener: TcpListener,
+    conns: Conns,
+    stop: CancellationToken,
+}
+
+impl axum::serve::Listener for ConnListener {
+    type Io = ConnStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((io, addr)) => {
+                    let _ = io.set_nodelay(true);
+                    let kill = self.stop.child_token();
+                    self.conns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr, kill.clone());
+                    let dead = Box::pin(kill.cancelled_owned());
+                    return (
+                        ConnStream {
+                            io,
+                            dead,
+                            addr,
+                            conns: self.conns.clone(),
+                        },
+                        addr,
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that fails (and so is dropped) once its switch is cancelled.
+struct ConnStream {
+    io: TcpStream,
+    dead: Pin<Box<WaitForCancellationFutureOwned>>,
+    addr: SocketAddr,
+    conns: Conns,
+}
+
+impl Drop for ConnStream {
+    fn drop(&mut self) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.addr);
+    }
+}
+
+fn cut() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "fake GitHub dropped the connection",
+    )
+}
+
+impl ConnStream {
+    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
+        self.dead.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl AsyncRead for ConnStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

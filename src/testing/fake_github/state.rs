@@ -63,6 +63,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// The body as text (lossy UTF-8; blob bodies are not kept).
     pub body: String,
+    /// The answer was dropped ([`super::FakeGithub::lose_next_answer`]).
+    pub lost: bool,
 }
 
 /// Where a job is.
@@ -268,6 +270,7 @@ struct App {
 #[derive(Default)]
 pub(crate) struct Faults {
     pub fail_next: HashMap<Endpoint, VecDeque<u16>>,
+    pub lose_next: HashMap<Endpoint, usize>,
     pub poll_hang: bool,
     pub session_conflict_until: Option<Instant>,
     pub renew_404: HashSet<u64>,
