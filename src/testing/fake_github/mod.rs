@@ -294,7 +294,8 @@ impl FakeGithub {
 
     /// Sends `JobCancellation` (`timeout` as .NET TimeSpan, e.g.
     /// `"00:05:00"`) to the session of the runner holding the job; a job
-    /// still queued is dropped (abandoned). False if there is nothing to do.
+    /// not acquired yet is dropped (abandoned; a runner it was delivered to
+    /// still gets the message). False if there is nothing to do.
     pub fn cancel_job(&self, index: u64, timeout: &str) -> bool {
         self.with(|s| s.cancel_job(index, timeout))
     }

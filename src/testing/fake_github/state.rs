@@ -85,7 +85,7 @@ pub enum FakeJobState {
     /// `completejob` succeeded.
     Completed,
     /// The lock expired (no renew in time), or the job was cancelled
-    /// before it was delivered.
+    /// before it was acquired.
     Abandoned,
 }
 
@@ -597,7 +597,15 @@ impl State {
                 self.jobs[i].closed = true;
                 true
             }
-            FakeJobState::Delivered { runner } | FakeJobState::Acquired { runner } => {
+            FakeJobState::Delivered { runner } => {
+                // Not acquired yet: the job is gone; the runner is told anyway.
+                self.jobs[i].state = FakeJobState::Abandoned;
+                self.jobs[i].closed = true;
+                let body = json!({"jobId": self.jobs[i].job_id, "timeout": timeout}).to_string();
+                self.push_message(runner, "JobCancellation", body);
+                true
+            }
+            FakeJobState::Acquired { runner } => {
                 let body = json!({"jobId": self.jobs[i].job_id, "timeout": timeout}).to_string();
                 self.push_message(runner, "JobCancellation", body)
             }
