@@ -866,6 +866,76 @@ mod tests {
     }
 
     #[test]
+    fn message_carries_step_options_as_tokens() {
+        let job = FakeGithubJob::new(&["self-hosted"])
+            .step(
+                FakeStep::run("make")
+                    .if_("${{ github.event_name == 'push' }}")
+                    .continue_on_error("true")
+                    .timeout_minutes("${{ vars.T }}")
+                    .env("A", "x-${{ env.B }}")
+                    .shell("bash"),
+            )
+            .step(FakeStep::uses("./.github/actions/local").with("who", "me"))
+            .step(FakeStep::uses("octo/tools/sub@v2"))
+            .output("o", "${{ steps.a.outputs.x }}")
+            .default_shell("sh")
+            .matrix(&[("os", json!("debian"))]);
+        let steps = vec!["s1".to_string(), "s2".into(), "s3".into()];
+        let ids = MessageIds {
+            plan_id: "p",
+            job_id: "j",
+            timeline_id: "t",
+            step_ids: &steps,
+            job_token: "jt",
+            github_token: "ghs_x",
+            base_url: "http://127.0.0.1:1",
+            run_service_url: "http://127.0.0.1:1/_run/9/",
+            results_url: "http://127.0.0.1:1/_results/",
+            feed_url: "ws://127.0.0.1:1/_ws/ingest.sock",
+            run_id: 5,
+        };
+        let m = job_message(&job, &ids);
+        let s0 = &m["steps"][0];
+        assert_eq!(
+            s0["condition"],
+            "success() && (github.event_name == 'push')"
+        );
+        assert_eq!(s0["continueOnError"]["type"], 5);
+        assert_eq!(s0["continueOnError"]["bool"], true);
+        assert_eq!(s0["timeoutInMinutes"]["expr"], "vars.T");
+        assert_eq!(
+            s0["environment"]["map"][0]["Value"]["expr"],
+            "format('x-{0}', env.B)"
+        );
+        assert_eq!(s0["inputs"]["map"][1]["Key"]["lit"], "shell");
+        assert!(s0.get("displayNameToken").is_none());
+        let s1 = &m["steps"][1];
+        assert_eq!(s1["reference"]["repositoryType"], "self");
+        assert_eq!(s1["reference"]["path"], "./.github/actions/local");
+        assert_eq!(s1["inputs"]["map"][0]["Value"]["lit"], "me");
+        let s2 = &m["steps"][2];
+        assert_eq!(s2["reference"]["name"], "octo/tools");
+        assert_eq!(s2["reference"]["path"], "sub");
+        assert_eq!(s2["reference"]["ref"], "v2");
+        assert_eq!(
+            m["jobOutputs"]["map"][0]["Value"]["expr"],
+            "steps.a.outputs.x"
+        );
+        assert_eq!(m["defaults"][0]["map"][0]["Key"]["lit"], "run");
+        assert_eq!(m["contextData"]["matrix"]["d"][0]["v"], "debian");
+        assert_eq!(m["contextData"]["inputs"], Value::Null);
+        assert_eq!(m["variables"]["github_token"]["value"], "ghs_x");
+        assert_eq!(
+            m["resources"]["endpoints"][0]["authorization"]["parameters"]["AccessToken"],
+            "jt"
+        );
+        // Every positioned token names file 1 of the file table.
+        assert_eq!(s0["inputs"]["file"], 1);
+        assert_eq!(m["fileTable"][0], ".github/workflows/ci.yml");
+    }
+
+    #[test]
     fn context_names_count_up() {
         let steps = vec![
             FakeStep::run("a"),
