@@ -53,6 +53,19 @@
 //! - Results (`/_results/`): the Twirp methods of spec §6; blobs at
 //!   `/_blob/…?sig=…` (Azure-style `PUT`); feed `ws://…/_ws/ingest.sock`.
 //!
+//! Lifecycle rules worth knowing: a runner gets a job only while it holds
+//! none, has never acquired one (ephemeral), and polls with `status=Online`;
+//! the lock is `lock_duration` from `acquirejob` and from each renewal, and
+//! a job whose lock runs out is abandoned; `completejob` closes the job
+//! (renew/complete → 404, results → 401) and deletes its runner (token
+//! exchange → `invalid_client`, polls → `RunnerNotFound`). Steps without
+//! `name:` carry no `displayNameToken`. App JWTs must have `exp - iat` ≤
+//! 600 s. [`FakeGithub::violations`] records: results calls or
+//! `completejob` before the first successful renewal, acknowledging or
+//! acquiring a second job while holding one, `line_count` mismatches,
+//! metadata for an unsealed append blob, a missing `billingOwnerId` echo,
+//! `waitSeconds` on a poll, malformed feed frames.
+//!
 //! Where the spec leaves a detail open, the fake picks one and says so:
 //! broker `RunnerSessionInvalid`/`RunnerNotFound`/`AcknowledgeJobNotFound`
 //! use HTTP 404, other bad broker queries 400 with an empty `errorKind`;
