@@ -514,3 +514,34 @@ async fn composite_and_javascript_actions_run_in_a_github_job() {
     assert!(logs[1].contains("shouted=QUIET WORDS"), "{logs:#?}");
     assert!(gh.violations().is_empty(), "{:#?}", gh.violations());
 }
+
+/// A job Solstice cannot honour (`container:`) fails with a clear line in
+/// its GitHub log and a FAILURE annotation, without a VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_solstice_cannot_honour_fails_with_a_clear_line_in_its_github_log() {
+    let gh = fake_github().await;
+    let world = World::new();
+    configure(&world, 1, &[github_section(&world, "gh", &gh, "e2e")], "");
+    let job = gh.enqueue(
+        FakeGithubJob::new(&["tiny"])
+            .container("node:20")
+            .step(FakeStep::run("echo never")),
+    );
+    let d = world.start();
+    let j = final_job(&gh, job, &d).await;
+    assert_eq!(j.conclusion.as_deref(), Some("failed"), "{}", d.log_text());
+    let log = j.job_log.clone().unwrap_or_default();
+    assert!(log.contains("container:"), "{log}");
+    let annotations = j
+        .complete_body
+        .as_ref()
+        .map(|b| b["annotations"].to_string())
+        .unwrap_or_default();
+    assert!(
+        annotations.contains("FAILURE") && annotations.contains("container"),
+        "{annotations}"
+    );
+    assert!(!log.contains("never\n"), "{log}");
+    assert!(qemu_processes_under(&world.state_dir()).is_empty());
+    assert!(gh.violations().is_empty(), "{:#?}", gh.violations());
+}

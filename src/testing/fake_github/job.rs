@@ -46,6 +46,8 @@ pub struct FakeGithubJob {
     pub github_token: Option<String>,
     /// `billingOwnerId`.
     pub billing_owner_id: String,
+    /// `container:` (an image name), sent as `jobContainer`.
+    pub container: Option<String>,
 }
 
 impl std::fmt::Debug for FakeGithubJob {
@@ -82,6 +84,7 @@ impl FakeGithubJob {
             inputs: None,
             github_token: None,
             billing_owner_id: "U_kgDOAAAAAQ".into(),
+            container: None,
         }
     }
 
@@ -195,6 +198,12 @@ impl FakeGithubJob {
     }
 
     /// Sets `defaults.run.shell`.
+    /// `container: <image>` (Solstice refuses it: no container engine yet).
+    pub fn container(mut self, image: &str) -> Self {
+        self.container = Some(image.to_string());
+        self
+    }
+
     pub fn default_shell(mut self, shell: &str) -> Self {
         self.default_shell = Some(shell.into());
         self
@@ -778,7 +787,7 @@ pub(crate) fn job_message(job: &FakeGithubJob, ids: &MessageIds<'_>) -> Value {
         "jobId": ids.job_id,
         "jobDisplayName": display,
         "jobName": "__default",
-        "jobContainer": null,
+        "jobContainer": job.container.as_deref().map_or(Value::Null, |image| tok.lit(image)),
         "jobServiceContainers": null,
         "jobOutputs": job_outputs,
         "requestId": 0,
