@@ -620,7 +620,17 @@ async fn listen(pool: Arc<PoolInner>, runner: Arc<RunnerCtl>) {
                 break;
             }
             Err(e) if e.kind() == Some("RunnerVersionTooOld") || e.status() == Some(403) => {
-                tracing::error!(forge = %forge, runner = %runner.name, error = %e, "GitHub refuses this runner; raise `runner_version` in the forge's section if GitHub says the version is too old");
+                let e = if e.kind() == Some("RunnerVersionTooOld") {
+                    GithubError::Invalid(format!(
+                        "GitHub refuses runner version {} ({e}); raise `runner_version` in [forges.{forge}] to the current Actions runner release",
+                        pool.config.runner_version
+                    ))
+                } else {
+                    GithubError::Invalid(format!(
+                        "GitHub refuses the runner's long poll ({e}); check the runner group and the permissions of the App or token"
+                    ))
+                };
+                tracing::error!(forge = %forge, runner = %runner.name, error = %e, "GitHub refuses this runner");
                 *pool.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 break;
             }
