@@ -640,6 +640,7 @@ async fn renew_404_mid_job_gives_task_gone_cancels_and_does_not_complete() {
     assert_eq!(s.count(Endpoint::CompleteJob, None), 0);
     drop(poller);
     session.disconnect().await;
+    s.no_violations();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
