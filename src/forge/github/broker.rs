@@ -76,6 +76,7 @@ pub struct Broker {
     base: String,
     tokens: Arc<RunnerTokens>,
     agent: Agent,
+    poll_timeout: Duration,
 }
 
 fn string_of(v: Option<&Value>) -> Option<String> {
@@ -142,7 +143,15 @@ impl Broker {
             base: base.to_string(),
             tokens,
             agent,
+            poll_timeout: POLL_TIMEOUT,
         }
+    }
+
+    /// Another client deadline for the long poll ([`POLL_TIMEOUT`] by
+    /// default; tests shorten it).
+    pub fn with_poll_timeout(mut self, timeout: Duration) -> Broker {
+        self.poll_timeout = timeout;
+        self
     }
 
     /// The runner's tokens (also used for `acquirejob`).
@@ -228,7 +237,7 @@ impl Broker {
                     .get(&url)
                     .query(&query)
                     .bearer_auth(t)
-                    .timeout(POLL_TIMEOUT)
+                    .timeout(self.poll_timeout)
             })
             .await?;
         if body.iter().all(u8::is_ascii_whitespace) {

@@ -53,6 +53,8 @@ pub struct PoolTimings {
     pub poll_retry: (Duration, Duration),
     /// ... and after that (30–60 s).
     pub poll_retry_long: (Duration, Duration),
+    /// Client deadline of one long poll (75 s; the broker holds it 50 s).
+    pub poll_timeout: Duration,
     /// Failed polls in a row after which a runner gives up.
     pub poll_max_failures: u32,
     /// Pause between session attempts after a 409 (30 s) ...
@@ -72,6 +74,7 @@ impl Default for PoolTimings {
         PoolTimings {
             poll_retry: (Duration::from_secs(15), Duration::from_secs(30)),
             poll_retry_long: (Duration::from_secs(30), Duration::from_secs(60)),
+            poll_timeout: super::broker::POLL_TIMEOUT,
             poll_max_failures: 10,
             session_retry: Duration::from_secs(30),
             session_conflict_limit: Duration::from_secs(4 * 60),
@@ -336,7 +339,8 @@ impl Pool {
                 os: "Linux",
                 arch: config.arch,
             },
-        );
+        )
+        .with_poll_timeout(config.timings.poll_timeout);
         let ctl = Arc::new(RunnerCtl {
             id: new.id,
             name: new.name,
@@ -623,7 +627,17 @@ async fn listen(pool: Arc<PoolInner>, runner: Arc<RunnerCtl>) {
                 break;
             }
             Err(e) if e.kind() == Some("RunnerVersionTooOld") || e.status() == Some(403) => {
-                tracing::error!(forge = %forge, runner = %runner.name, error = %e, "GitHub refuses this runner; raise `runner_version` in the forge's section if GitHub says the version is too old");
+                let e = if e.kind() == Some("RunnerVersionTooOld") {
+                    GithubError::Invalid(format!(
+                        "GitHub refuses runner version {} ({e}); raise `runner_version` in [forges.{forge}] to the current Actions runner release",
+                        pool.config.runner_version
+                    ))
+                } else {
+                    GithubError::Invalid(format!(
+                        "GitHub refuses the runner's long poll ({e}); check the runner group and the permissions of the App or token"
+                    ))
+                };
+                tracing::error!(forge = %forge, runner = %runner.name, error = %e, "GitHub refuses this runner");
                 *pool.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 break;
             }
