@@ -250,6 +250,9 @@ pub struct GithubReport {
     wake: tokio::sync::Notify,
     /// One final sequence at a time.
     finishing: tokio::sync::Mutex<()>,
+    /// Held around each `renewjob`; `true` once `completejob` is due (no
+    /// renewal may follow it).
+    renew_gate: tokio::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for GithubReport {
@@ -393,6 +396,7 @@ impl GithubReport {
             options,
             wake: tokio::sync::Notify::new(),
             finishing: tokio::sync::Mutex::new(()),
+            renew_gate: tokio::sync::Mutex::new(false),
         }
     }
 
@@ -617,7 +621,7 @@ impl GithubReport {
             match call().await {
                 Ok(()) => return true,
                 Err(e) => {
-                    let again = n < tries && (e.is_retryable() || e.status().is_none());
+                    let again = n < tries && e.is_retryable();
                     if !again {
                         tracing::warn!(job = %self.job_id(), error = %e, "{what} did not reach GitHub; the job's result is not affected");
                         return false;
@@ -881,7 +885,14 @@ impl GithubReport {
         loop {
             tokio::time::sleep(o.renew_period).await;
             loop {
-                match renew_job(&self.http, &url, &token, &plan, &job).await {
+                let gate = self.renew_gate.lock().await;
+                if *gate {
+                    drop(gate);
+                    return std::future::pending::<GithubError>().await;
+                }
+                let renewed = renew_job(&self.http, &url, &token, &plan, &job).await;
+                drop(gate);
+                match renewed {
                     Ok(until) => {
                         let until = parse_time(&until)
                             .unwrap_or_else(|| SystemTime::now() + o.assumed_lock);
@@ -926,8 +937,7 @@ impl GithubReport {
     }
 
     /// The report while the job runs, until it is closed.
-    async fn running(&self, cancel_job: &CancellationToken) {
-        let mut cancelled = false;
+    async fn running(&self) {
         loop {
             self.progress().await;
             if self.lock().state.closed.is_some() {
@@ -939,16 +949,27 @@ impl GithubReport {
                     let mut inner = self.lock();
                     self.flush(&mut inner);
                 }
-                _ = self.remote_cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    let mut inner = self.lock();
-                    inner.state.remote_cancelled = true;
-                    drop(inner);
-                    tracing::info!(job = %self.job_id(), "GitHub cancelled the job");
-                    cancel_job.cancel();
-                }
             }
         }
+    }
+
+    /// Cancels the job when GitHub cancels it (before it was closed: the
+    /// result becomes cancelled). Never returns.
+    async fn watch_cancel(&self, cancel_job: &CancellationToken) {
+        self.remote_cancel.cancelled().await;
+        let apply = {
+            let mut inner = self.lock();
+            let apply = inner.state.closed.is_none() && !inner.state.gone;
+            if apply {
+                inner.state.remote_cancelled = true;
+            }
+            apply
+        };
+        if apply {
+            tracing::info!(job = %self.job_id(), "GitHub cancelled the job");
+            cancel_job.cancel();
+        }
+        std::future::pending::<()>().await;
     }
 
     /// The final sequence: what is left of the steps, the job log,
@@ -1000,6 +1021,7 @@ impl GithubReport {
                 self.lock().state.job_log_done = true;
             }
         }
+        *self.renew_gate.lock().await = true;
         let (body, url, token) = self.complete_body();
         let tries = self.options.complete_tries.max(1);
         let mut last = None;
@@ -1128,12 +1150,13 @@ impl TaskReport for GithubReport {
             return self.final_sequence(&cancel_job).await;
         }
         let work = async {
-            self.running(&cancel_job).await;
+            self.running().await;
             self.final_sequence(&cancel_job).await
         };
         tokio::select! {
             r = work => r,
             e = self.keep_lock() => Err(self.give_up(e, &cancel_job)),
+            () = self.watch_cancel(&cancel_job) => Ok(()),
         }
     }
 
@@ -1362,6 +1385,7 @@ mod tests {
             self.calls()
                 .into_iter()
                 .map(|(p, _)| p.rsplit('/').next().unwrap().to_string())
+                .filter(|n| n != "renewjob")
                 .map(|n| {
                     if n.starts_with("step-") || n == "job" || n.starts_with("summary-") {
                         "PUT".into()
@@ -1669,6 +1693,9 @@ mod tests {
                 .all(|n| n == "WorkflowStepsUpdate")
         );
         assert_eq!(names.last().unwrap(), "completejob");
+        // No renewal after completejob (renewals ran meanwhile).
+        let raw = fake.calls();
+        assert!(raw.last().unwrap().0.ends_with("completejob"));
         let job_log = names
             .iter()
             .position(|n| n == "GetJobLogsSignedBlobURL")
