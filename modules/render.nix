@@ -4,7 +4,8 @@
 # bare `nix-instantiate --eval`, without nixpkgs.
 #
 # settings:      `services.solstice.settings` (unset options are null)
-# forges:        `services.solstice.forges`, with `tokenFile`, `secretFile` or `runnerFile`
+# forges:        `services.solstice.forges`: Forgejo with `tokenFile`, `secretFile` or
+#                `runnerFile`; `kind = "github"` with `githubApp` or `tokenFile`
 # images:        `services.solstice.images`, resolved (path, os, ... filled in)
 # credentialDir: where systemd's LoadCredential puts the credential files
 {
@@ -29,30 +30,54 @@ let
 
   get = attrs: name: attrs.${name} or null;
 
-  # Option name in the module -> key in `[forges.<name>]`.
+  # Credential option in the module -> key in `[forges.<name>]`, by kind.
   credentialKeys = {
-    tokenFile = "registration_token_file";
-    secretFile = "secret_file";
-    runnerFile = "runner_file";
+    forgejo = {
+      tokenFile = "registration_token_file";
+      secretFile = "secret_file";
+      runnerFile = "runner_file";
+    };
+    github = {
+      tokenFile = "token_file";
+      githubApp = "private_key_file";
+    };
   };
 
   forge =
     name: f:
     let
-      set = builtins.filter (o: get f o != null) (builtins.attrNames credentialKeys);
+      kind = if get f "kind" == null then "forgejo" else f.kind;
+      keys = credentialKeys.${kind};
+      set = builtins.filter (o: get f o != null) (builtins.attrNames keys);
+      app = get f "githubApp";
     in
     {
+      kind = get f "kind";
       url = f.url;
       runner_name = get f "runnerName";
       labels = get f "labels";
       fetch_interval_secs = get f "fetchIntervalSecs";
       fetch_timeout_secs = get f "fetchTimeoutSecs";
+      runner_group_id = get f "runnerGroupId";
+      api_url = get f "apiUrl";
+      runner_version = get f "runnerVersion";
     }
-    # The module asserts that exactly one is set; the file itself reaches the
-    # service through LoadCredential under the forge's name.
+    # A GitHub App's ids are not secret; its key is a credential file.
+    // (
+      if kind == "github" && app != null then
+        {
+          app_id = app.appId;
+          installation_id = app.installationId;
+        }
+      else
+        { }
+    )
+    # The module asserts that exactly one is set (modules/credentials.nix);
+    # the file itself reaches the service through LoadCredential under the
+    # forge's name.
     // builtins.listToAttrs (
       map (o: {
-        name = credentialKeys.${o};
+        name = keys.${o};
         value = "${credentialDir}/${name}";
       }) set
     );

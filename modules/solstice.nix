@@ -1,5 +1,5 @@
-# services.solstice: runs `solstice run`, a Forgejo/Gitea Actions runner that
-# runs each job in a throw-away QEMU VM.
+# services.solstice: runs `solstice run`, a Forgejo/Gitea/GitHub Actions
+# runner that runs each job in a throw-away QEMU VM.
 #
 # Typed options cover what the module itself acts on (the package, forge
 # credentials, images, the drain time the stop timeout depends on); every
@@ -30,11 +30,6 @@ let
 
   # Where systemd puts the files named in LoadCredential.
   credentialDir = "/run/credentials/solstice.service";
-  credentialOptions = [
-    "tokenFile"
-    "secretFile"
-    "runnerFile"
-  ];
   # Solstice's own default of `daemon.drain_timeout_secs`.
   defaultDrainSecs = 600;
   # Time cancelled jobs get to tear down and report after the drain.
@@ -72,6 +67,10 @@ let
     "nocloud"
     "metadata-cpio"
   ];
+  forgeKind = types.enum [
+    "forgejo"
+    "github"
+  ];
   accelKind = types.enum [
     "auto"
     "kvm"
@@ -85,26 +84,72 @@ let
       inherit description;
     };
 
+  githubAppModule = {
+    options = {
+      appId = mkOption {
+        type = types.ints.positive;
+        example = 123456;
+        description = "The GitHub App's id (the App's settings → General → App ID).";
+      };
+      installationId = mkOption {
+        type = types.ints.positive;
+        example = 45678901;
+        description = "The id of the App's installation on the repository's owner, the organisation or the enterprise (the number that ends the installation's settings URL).";
+      };
+      privateKeyFile = mkOption {
+        type = types.either types.path types.str;
+        example = "/run/agenix/solstice-github-app.pem";
+        description = ''
+          The App's private key (PEM), read by systemd (`LoadCredential`) and
+          never copied into the Nix store.
+        '';
+      };
+    };
+  };
+
   forgeModule =
     { name, ... }:
     {
       options = {
+        kind = nullOption forgeKind "What the forge is: `forgejo` (Forgejo or Gitea) or `github` (GitHub or GitHub Enterprise; see docs/github.md). Default (null): `forgejo`.";
         url = mkOption {
           type = types.str;
           example = "https://codeberg.org";
-          description = "URL of the Forgejo or Gitea instance (`forges.${name}.url`).";
+          description = "URL of the Forgejo or Gitea instance, or for `kind = \"github\"` the repository, organisation or enterprise the runners serve (`forges.${name}.url`).";
         };
         tokenFile = mkOption {
           type = nullOr (types.either types.path types.str);
           default = null;
           example = "/run/agenix/solstice-codeberg";
           description = ''
-            File holding a registration token, read by systemd (`LoadCredential`)
-            and never copied into the Nix store. Used once: the runner
-            credentials it yields are kept in the state database. Set exactly
-            one of `tokenFile`, `secretFile` and `runnerFile`.
+            Forgejo: file holding a registration token
+            (`registration_token_file`). Used once: the runner credentials it
+            yields are kept in the state database. GitHub: file holding a
+            fine-grained token (`token_file`). Read by systemd
+            (`LoadCredential`) and never copied into the Nix store. Forgejo:
+            set exactly one of `tokenFile`, `secretFile` and `runnerFile`;
+            GitHub: one of `githubApp` and `tokenFile`.
           '';
         };
+        githubApp = mkOption {
+          type = nullOr (types.submodule githubAppModule);
+          default = null;
+          example = literalExpression ''
+            {
+              appId = 123456;
+              installationId = 45678901;
+              privateKeyFile = "/run/agenix/solstice-github-app.pem";
+            }
+          '';
+          description = ''
+            `kind = "github"` only: the GitHub App the runners are registered
+            with (`app_id`, `installation_id`, `private_key_file`). Set
+            `githubApp` or `tokenFile`.
+          '';
+        };
+        runnerGroupId = nullOption types.ints.positive "`kind = \"github\"` only: the runner group the runners join. Default (null): 1, the default group.";
+        apiUrl = nullOption types.str "`kind = \"github\"` only: the REST API base. Default (null): derived from `url` (`https://api.github.com` for github.com, `https://<host>/api/v3` for GitHub Enterprise Server).";
+        runnerVersion = nullOption (types.strMatching "[0-9]+\\.[0-9]+\\.[0-9]+") "`kind = \"github\"` only: the runner version announced to GitHub, `N.N.N`; raise it when GitHub says the version is deprecated. Default (null): Solstice's (2.336.0).";
         secretFile = mkOption {
           type = nullOr (types.either types.path types.str);
           default = null;
@@ -132,9 +177,9 @@ let
           example = [ "nixos" ];
           description = "Labels declared to this forge; each must belong to an image. Default (null): every image's labels.";
         };
-        runnerName = nullOption types.str "Runner name shown in this forge's UI. Default (null): `settings.daemon.runner_name`.";
-        fetchIntervalSecs = nullOption (types.ints.between 1 3600) "Seconds between task polls (Codeberg asks for at least 30). Default (null): 2.";
-        fetchTimeoutSecs = nullOption (types.ints.between 1 600) "Deadline of one poll in seconds. Default (null): 30.";
+        runnerName = nullOption types.str "Runner name shown in this forge's UI (GitHub: the start of each runner's name). Default (null): `settings.daemon.runner_name`.";
+        fetchIntervalSecs = nullOption (types.ints.between 1 3600) "Seconds between task polls (Codeberg asks for at least 30); GitHub: between checks for free slots. Default (null): 2 (GitHub: 1).";
+        fetchTimeoutSecs = nullOption (types.ints.between 1 600) "Forgejo only: deadline of one poll in seconds. Default (null): 30.";
       };
     };
 
@@ -242,21 +287,12 @@ let
     else
       unchecked;
 
-  forgeCredentials = lib.mapAttrsToList (
-    name: f:
-    let
-      file = lib.findFirst (v: v != null) null (map (o: f.${o}) credentialOptions);
-    in
-    {
-      inherit name;
-      file = toString file;
-      count = lib.count (o: f.${o} != null) credentialOptions;
-    }
-  ) cfg.forges;
+  # LoadCredential entries and the assertions on credentials and kinds.
+  credentials = import ./credentials.nix { inherit (cfg) forges; };
 in
 {
   options.services.solstice = {
-    enable = mkEnableOption "Solstice, a CI runner for Forgejo and Gitea that runs each job in a throw-away QEMU VM";
+    enable = mkEnableOption "Solstice, a CI runner for Forgejo, Gitea and GitHub that runs each job in a throw-away QEMU VM";
 
     package = mkPackageOption pkgs "solstice" { };
 
@@ -335,7 +371,8 @@ in
       default = { };
       example = literalExpression (lib.generators.toPretty { } example.forges);
       description = ''
-        Forgejo or Gitea instances to take jobs from, by name (the name keys
+        Forgejo or Gitea instances, or GitHub repositories, organisations or
+        enterprises (`kind = "github"`), to take jobs from, by name (the name keys
         the runner credentials in the state database and names the systemd
         credential). Credentials are file paths outside the Nix store,
         handed to the service with `LoadCredential` and rendered into the
@@ -361,17 +398,7 @@ in
 
   config = mkIf cfg.enable {
     assertions =
-      lib.concatMap (c: [
-        {
-          assertion = c.count == 1;
-          message = "services.solstice.forges.${c.name}: set exactly one of tokenFile, secretFile and runnerFile.";
-        }
-        {
-          assertion =
-            c.count != 1 || (lib.hasPrefix "/" c.file && !lib.hasPrefix "${builtins.storeDir}/" c.file);
-          message = "services.solstice.forges.${c.name}: the credential file ${c.file} must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.";
-        }
-      ]) forgeCredentials
+      credentials.assertions
       ++ lib.concatLists (
         lib.mapAttrsToList (name: i: [
           {
@@ -443,7 +470,7 @@ in
         RuntimeDirectoryMode = "0700";
         WorkingDirectory = stateDir;
         UMask = "0077";
-        LoadCredential = map (c: "${c.name}:${c.file}") (lib.filter (c: c.count == 1) forgeCredentials);
+        LoadCredential = credentials.loadCredential;
         ReadWritePaths = lib.optional (stateDir != "/var/lib/solstice") stateDir;
 
         # Devices: only /dev/kvm besides the pseudo-devices DevicePolicy=closed

@@ -412,6 +412,7 @@ async fn steps_part(
         default_actions_url: Some(server.url().to_owned()),
         actions: Some(Arc::new(cache)),
         cache: None,
+        extra_contexts: Default::default(),
         ..JobSpec::own(wf, "bench")
     };
     progress(format_args!(

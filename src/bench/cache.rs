@@ -203,6 +203,7 @@ pub async fn cache_main(args: CacheBenchArgs) -> Result<(), BenchError> {
             exclude: vec![],
         },
         cache: Some(Arc::new(service)),
+        extra_contexts: Default::default(),
         ..JobSpec::own(wf, "bench")
     };
     progress(format_args!(

@@ -172,6 +172,7 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 default_actions_url: Some(actions_url.clone()),
                 actions: Some(action_cache.clone()),
                 cache: cache.clone(),
+                extra_contexts: Default::default(),
             };
             let run_id = job::id::new_job_id("exec");
             let vm_run = VmRun {

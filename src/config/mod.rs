@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 mod cidr;
 mod error;
+mod github;
 mod parse;
 pub mod raw;
 mod search;
@@ -38,22 +39,75 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
 }
 
-/// One `[forges.<name>]` section: a Forgejo or Gitea instance to take jobs from.
+/// One `[forges.<name>]` section: a Forgejo or Gitea instance, or a GitHub
+/// repository, organisation or enterprise, to take jobs from.
 #[derive(Debug, Clone)]
 pub struct ForgeConfig {
     /// The section name; keys the stored credentials.
     pub name: String,
-    /// Instance URL (`https://codeberg.org`, or with a sub-path), no trailing `/`.
+    /// Instance URL (`https://codeberg.org`, or with a sub-path), no trailing
+    /// `/`. For GitHub: the repository, organisation or enterprise URL
+    /// (`https://github.com/owner/repo`), no trailing `/`.
     pub url: String,
+    /// `Some` for `kind = "github"`, with what only GitHub needs; `None` for
+    /// Forgejo and Gitea.
+    pub github: Option<GithubForge>,
     pub credentials: CredentialSource,
     /// Runner name shown in the forge's UI.
     pub runner_name: String,
     /// Label names declared to the forge; by default every image's labels.
     pub labels: Vec<String>,
-    /// Pause between FetchTask calls.
+    /// Pause between FetchTask calls (GitHub: between the checks for free
+    /// slots that need a runner).
     pub fetch_interval: Duration,
     /// Client deadline of one FetchTask call (`Connect-Timeout-Ms`).
+    /// Forgejo only; for GitHub it holds the default and is not used.
     pub fetch_timeout: Duration,
+}
+
+/// The GitHub side of a `[forges.<name>]` section with `kind = "github"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GithubForge {
+    /// Where runners are registered: read from the section's `url`.
+    pub scope: GithubScope,
+    /// REST API base without a trailing `/`: `https://api.github.com` for
+    /// github.com, `https://api.<host>` for `*.ghe.com`,
+    /// `https://<host>/api/v3` for GitHub Enterprise Server, or `api_url`.
+    pub api_url: String,
+    /// The runner group JIT runners join (`runner_group_id`, default 1, the
+    /// default group).
+    pub runner_group_id: u64,
+    /// The runner version advertised to the broker (`runner_version`).
+    pub runner_version: String,
+}
+
+/// Where a GitHub forge's runners are registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GithubScope {
+    /// `https://<host>/<owner>/<repo>`: runners of one repository.
+    Repository {
+        /// The owner (user or organisation).
+        owner: String,
+        /// The repository name.
+        repo: String,
+    },
+    /// `https://<host>/<org>`: runners of an organisation.
+    Organization(String),
+    /// `https://<host>/enterprises/<e>`: runners of an enterprise.
+    Enterprise(String),
+}
+
+impl GithubScope {
+    /// The REST path of the scope's runner endpoints, relative to the API
+    /// base: `repos/<o>/<r>`, `orgs/<org>` or `enterprises/<e>` (no slash
+    /// at either end).
+    pub fn rest_path(&self) -> String {
+        match self {
+            GithubScope::Repository { owner, repo } => format!("repos/{owner}/{repo}"),
+            GithubScope::Organization(org) => format!("orgs/{org}"),
+            GithubScope::Enterprise(e) => format!("enterprises/{e}"),
+        }
+    }
 }
 
 /// How Solstice obtains a forge's runner credentials. Every variant names a
@@ -68,6 +122,18 @@ pub enum CredentialSource {
     /// A ready JSON file with `uuid` and `token` (forgejo-runner's `.runner`
     /// file has this shape).
     RunnerFile(PathBuf),
+    /// GitHub: a GitHub App installed on the repository, organisation or
+    /// enterprise; installation tokens are minted with its private key.
+    GithubApp {
+        /// The App's id (positive).
+        app_id: u64,
+        /// The id of its installation on the account (positive).
+        installation_id: u64,
+        /// The App's private key (PEM).
+        private_key_file: PathBuf,
+    },
+    /// GitHub: a fine-grained token or classic PAT, read from this file.
+    GithubToken(PathBuf),
 }
 
 /// `[actions]`: where actions come from and the host's cache of them.
@@ -171,6 +237,37 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Default runner name shown in the forges' UI.
     pub runner_name: String,
+}
+
+/// `forges.<name>.kind`: which protocol a forge speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    /// Forgejo or Gitea (their runner API).
+    Forgejo,
+    /// GitHub or GitHub Enterprise (GitHub's runner protocol).
+    Github,
+}
+
+impl ForgeKind {
+    /// The value as the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Forgejo => "forgejo",
+            ForgeKind::Github => "github",
+        }
+    }
+}
+
+impl ForgeConfig {
+    /// The forge's kind: GitHub when [`ForgeConfig::github`] is set.
+    pub fn kind(&self) -> ForgeKind {
+        if self.github.is_some() {
+            ForgeKind::Github
+        } else {
+            ForgeKind::Forgejo
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -313,8 +313,9 @@ fn humanize(
 
 /// The allowed values of an enum-valued key, by the key's name.
 fn enum_values(key: &str) -> Option<&'static [&'static str]> {
-    use super::{AccelChoice, Firmware, GuestOs, ImageFormat, SeedKind};
+    use super::{AccelChoice, Firmware, ForgeKind, GuestOs, ImageFormat, SeedKind};
     Some(match key {
+        "kind" => names_of::<ForgeKind>(),
         "accel" => names_of::<AccelChoice>(),
         "format" => names_of::<ImageFormat>(),
         "os" => names_of::<GuestOs>(),

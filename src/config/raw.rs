@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{AccelChoice, Firmware, GuestOs, ImageFormat, NetworkMode, SeedKind};
+use super::{AccelChoice, Firmware, ForgeKind, GuestOs, ImageFormat, NetworkMode, SeedKind};
 
 /// An inclusive range of allowed values for a number, with its unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +42,9 @@ pub struct RawConfig {
     /// `[images.<name>]`: the base images jobs can run on, by name.
     #[serde(default)]
     pub images: BTreeMap<Spanned<String>, Spanned<RawImage>>,
-    /// `[forges.<name>]`: Forgejo or Gitea instances `solstice run` takes
-    /// jobs from, by name. None is fine for `solstice exec`.
+    /// `[forges.<name>]`: Forgejo or Gitea instances, or GitHub
+    /// repositories, organisations or enterprises, that `solstice run`
+    /// takes jobs from, by name. None is fine for `solstice exec`.
     #[serde(default)]
     pub forges: BTreeMap<Spanned<String>, Spanned<RawForge>>,
     /// `[actions]`: where the actions that steps `uses:` come from, and the
@@ -308,38 +309,104 @@ pub const FETCH_TIMEOUT_SECS: Limit = Limit {
     unit: "seconds",
 };
 
-/// `[forges.<name>]`: one Forgejo or Gitea instance. The name matches
-/// `[a-z0-9][a-z0-9._-]*` and keys the credentials in the state database.
-/// Exactly one of `registration_token_file`, `secret_file` and
-/// `runner_file` is required; secrets never go in this file.
+/// Default of `forges.<name>.fetch_interval_secs` for `kind = "github"`.
+pub const DEFAULT_GITHUB_FETCH_INTERVAL_SECS: i64 = 1;
+/// Default of `forges.<name>.kind`.
+pub const DEFAULT_FORGE_KIND: ForgeKind = ForgeKind::Forgejo;
+/// Allowed range of `forges.<name>.app_id` and `installation_id`.
+pub const GITHUB_ID: Limit = Limit {
+    min: 1,
+    max: i64::MAX,
+    unit: "a GitHub id",
+};
+/// Default of `forges.<name>.runner_group_id`: the default runner group.
+pub const DEFAULT_RUNNER_GROUP_ID: i64 = 1;
+/// Allowed range of `forges.<name>.runner_group_id`.
+pub const RUNNER_GROUP_ID: Limit = Limit {
+    min: 1,
+    max: i64::MAX,
+    unit: "a runner group id",
+};
+/// Default of `forges.<name>.runner_version`: the official runner release
+/// this protocol was written against. The broker refuses versions GitHub
+/// has deprecated (about 30 days after a newer release).
+pub const DEFAULT_RUNNER_VERSION: &str = "2.336.0";
+
+/// `[forges.<name>]`: one Forgejo or Gitea instance (`kind = "forgejo"`,
+/// the default), or one GitHub repository, organisation or enterprise
+/// (`kind = "github"`). The name matches `[a-z0-9][a-z0-9._-]*` and keys
+/// the credentials in the state database. Forgejo needs exactly one of
+/// `registration_token_file`, `secret_file` and `runner_file`; GitHub
+/// needs either `app_id` + `installation_id` + `private_key_file` or
+/// `token_file`. Secrets never go in this file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawForge {
-    /// The instance URL, e.g. `https://codeberg.org` or
-    /// `https://example.org/forgejo`. Required.
+    /// What the forge is: `"forgejo"` (Forgejo or Gitea, through their
+    /// runner API) or `"github"` (GitHub or GitHub Enterprise, through
+    /// GitHub's runner protocol, with one just-in-time runner per free
+    /// slot). Default: [`DEFAULT_FORGE_KIND`].
+    pub kind: Option<Spanned<ForgeKind>>,
+    /// Forgejo: the instance URL, e.g. `https://codeberg.org` or
+    /// `https://example.org/forgejo`. GitHub: where the runners are
+    /// registered: a repository (`https://github.com/owner/repo`), an
+    /// organisation (`https://github.com/org`) or an enterprise
+    /// (`https://github.com/enterprises/name`); `http://` only on a
+    /// loopback host. Required.
     pub url: Option<Spanned<String>>,
-    /// File holding a registration token (Site, organisation or repository
-    /// settings → Actions → Runners). Used once: the runner credentials it
-    /// yields are kept in the state database.
+    /// Forgejo: file holding a registration token (Site, organisation or
+    /// repository settings → Actions → Runners). Used once: the runner
+    /// credentials it yields are kept in the state database.
     pub registration_token_file: Option<Spanned<PathBuf>>,
-    /// File holding Forgejo's offline registration secret (40 hex
+    /// Forgejo: file holding Forgejo's offline registration secret (40 hex
     /// characters, as given to `forgejo forgejo-cli actions register --secret`).
     pub secret_file: Option<Spanned<PathBuf>>,
-    /// JSON file with the runner's `uuid` and `token` (forgejo-runner's
-    /// `.runner` file has this shape).
+    /// Forgejo: JSON file with the runner's `uuid` and `token`
+    /// (forgejo-runner's `.runner` file has this shape).
     pub runner_file: Option<Spanned<PathBuf>>,
-    /// Runner name shown in this forge's UI. Default: `daemon.runner_name`.
+    /// GitHub: the GitHub App's id (App settings → General → App ID), with
+    /// `installation_id` and `private_key_file`.
+    pub app_id: Option<Spanned<i64>>,
+    /// GitHub: the id of the App's installation on the repository,
+    /// organisation or enterprise (the number at the end of the
+    /// installation's settings URL).
+    pub installation_id: Option<Spanned<i64>>,
+    /// GitHub: file holding the App's private key (PEM, as downloaded).
+    pub private_key_file: Option<Spanned<PathBuf>>,
+    /// GitHub: file holding a fine-grained token or a classic personal
+    /// access token allowed to manage self-hosted runners, instead of an App.
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// GitHub: the runner group the runners join. Default:
+    /// [`DEFAULT_RUNNER_GROUP_ID`] (the default group); range:
+    /// [`RUNNER_GROUP_ID`].
+    pub runner_group_id: Option<Spanned<i64>>,
+    /// GitHub: the REST API base URL. Default: `https://api.github.com`
+    /// for github.com, `https://api.<host>` for `<host>` under `.ghe.com`,
+    /// `https://<host>/api/v3` for any other host (GitHub Enterprise Server).
+    pub api_url: Option<Spanned<String>>,
+    /// GitHub: the runner version announced to GitHub, `N.N.N`. GitHub
+    /// refuses runners whose version it has deprecated, so raise it when
+    /// the log says the version is too old. Default:
+    /// [`DEFAULT_RUNNER_VERSION`].
+    pub runner_version: Option<Spanned<String>>,
+    /// Runner name shown in this forge's UI (GitHub: the start of each
+    /// runner's name, `<runner_name>-<image>-<8 hex>`). Default:
+    /// `daemon.runner_name`.
     pub runner_name: Option<Spanned<String>>,
     /// Labels declared to this forge: jobs whose `runs-on` are all among
     /// them are sent here, even when no single image has them all (a
-    /// warning names such a pair). Each must belong to an image. Default:
-    /// every image's labels.
+    /// warning names such a pair). Each must belong to an image. GitHub:
+    /// the image labels the runners may carry (each runner has one image's
+    /// labels among these, after `self-hosted`, the OS and the
+    /// architecture). Default: every image's labels.
     pub labels: Option<Spanned<Vec<Spanned<String>>>>,
-    /// Seconds between task polls. Codeberg asks for at least 30; above 60
-    /// the forge shows the runner offline between polls (a warning).
-    /// Default: [`DEFAULT_FETCH_INTERVAL_SECS`]; range: [`FETCH_INTERVAL_SECS`].
+    /// Forgejo: seconds between task polls. Codeberg asks for at least 30;
+    /// above 60 the forge shows the runner offline between polls (a
+    /// warning). GitHub: seconds between checks for free slots that need a
+    /// runner. Default: [`DEFAULT_FETCH_INTERVAL_SECS`] (GitHub:
+    /// [`DEFAULT_GITHUB_FETCH_INTERVAL_SECS`]); range: [`FETCH_INTERVAL_SECS`].
     pub fetch_interval_secs: Option<Spanned<i64>>,
-    /// Deadline of one poll in seconds (`Connect-Timeout-Ms`).
+    /// Forgejo: deadline of one poll in seconds (`Connect-Timeout-Ms`).
     /// Default: [`DEFAULT_FETCH_TIMEOUT_SECS`]; range: [`FETCH_TIMEOUT_SECS`].
     pub fetch_timeout_secs: Option<Spanned<i64>>,
 }

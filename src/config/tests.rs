@@ -619,7 +619,7 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 20 + 8 + 3 + 3);
+    assert_eq!(keys.len(), 6 + 5 + 20 + 16 + 3 + 3);
 }
 
 #[test]
@@ -1202,4 +1202,338 @@ fn cache_section_defaults_and_errors() {
     assert_eq!(e[2].fix.as_deref(), Some("did you mean \"enabled\"?"));
     let e = one(&format!("{TINY}[cache]\nenabled = \"yes\"\n"));
     assert_eq!(at(&e), (4, 11));
+}
+
+// ------------------------------------------------------------- GitHub forges
+
+/// A GitHub section's start: `kind`, then the lines given.
+fn github(lines: &str) -> String {
+    format!("{FORGE_IMAGES}[forges.gh]\nkind = \"github\"\n{lines}")
+}
+
+const GH_APP: &str =
+    "app_id = 12345\ninstallation_id = 678901234\nprivate_key_file = \"keys/app.pem\"\n";
+
+#[test]
+fn github_forge_gets_its_defaults() {
+    let c = ok(&format!(
+        "[daemon]\nrunner_name = \"r1\"\n{}",
+        github(&format!(
+            "url = \"https://github.com/octo/hello/\"\n{GH_APP}"
+        ))
+    ));
+    let f = &c.forges["gh"];
+    assert_eq!(f.kind(), ForgeKind::Github);
+    assert_eq!(f.url, "https://github.com/octo/hello");
+    assert_eq!(f.runner_name, "r1");
+    assert_eq!(f.labels, ["deb", "linux", "tiny"]);
+    assert_eq!(f.fetch_interval, Duration::from_secs(1));
+    assert_eq!(
+        f.credentials,
+        CredentialSource::GithubApp {
+            app_id: 12345,
+            installation_id: 678901234,
+            private_key_file: PathBuf::from("/etc/solstice/keys/app.pem"),
+        }
+    );
+    let g = f.github.as_ref().unwrap();
+    assert_eq!(
+        g.scope,
+        GithubScope::Repository {
+            owner: "octo".into(),
+            repo: "hello".into()
+        }
+    );
+    assert_eq!(g.scope.rest_path(), "repos/octo/hello");
+    assert_eq!(g.api_url, "https://api.github.com");
+    assert_eq!(g.runner_group_id, 1);
+    assert_eq!(g.runner_version, "2.336.0");
+    // GitHub runners carry one image's labels each: no split-label warning,
+    // and no warning about Forgejo's 3 h limit.
+    let c = ok(&format!(
+        "[daemon]\nmax_job_timeout_mins = 600\n{}",
+        github(&format!("url = \"https://github.com/octo\"\n{GH_APP}"))
+    ));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    // A Forgejo forge keeps `github: None`.
+    let c = ok(&format!(
+        "{FORGE_IMAGES}[forges.cb]\nkind = \"forgejo\"\nurl = \"https://codeberg.org\"\nsecret_file = \"/s\"\n"
+    ));
+    assert!(c.forges["cb"].github.is_none());
+    assert_eq!(c.forges["cb"].kind(), ForgeKind::Forgejo);
+}
+
+#[test]
+fn github_every_key_is_read() {
+    let c = ok(&github(
+        "url = \"https://ghes.example.org/enterprises/acme\"\ntoken_file = \"/run/credentials/solstice.service/gh-token\"\nrunner_group_id = 7\napi_url = \"https://ghes.example.org/api/v3/\"\nrunner_version = \"2.340.1\"\nrunner_name = \"lab\"\nlabels = [\"tiny\"]\nfetch_interval_secs = 5\n",
+    ));
+    let f = &c.forges["gh"];
+    assert_eq!(
+        f.credentials,
+        CredentialSource::GithubToken(PathBuf::from("/run/credentials/solstice.service/gh-token"))
+    );
+    assert_eq!(f.runner_name, "lab");
+    assert_eq!(f.labels, ["tiny"]);
+    assert_eq!(f.fetch_interval, Duration::from_secs(5));
+    let g = f.github.as_ref().unwrap();
+    assert_eq!(g.scope, GithubScope::Enterprise("acme".into()));
+    assert_eq!(g.scope.rest_path(), "enterprises/acme");
+    assert_eq!(g.api_url, "https://ghes.example.org/api/v3");
+    assert_eq!(g.runner_group_id, 7);
+    assert_eq!(g.runner_version, "2.340.1");
+}
+
+#[test]
+fn github_scope_and_api_url_come_from_the_url() {
+    let case = |url: &str| {
+        let c = ok(&github(&format!("url = \"{url}\"\ntoken_file = \"/t\"\n")));
+        let g = c.forges["gh"].github.clone().unwrap();
+        (g.scope, g.api_url)
+    };
+    assert_eq!(
+        case("https://github.com/octo-org"),
+        (
+            GithubScope::Organization("octo-org".into()),
+            "https://api.github.com".into()
+        )
+    );
+    assert_eq!(
+        case("https://octo.ghe.com/team/repo.rs"),
+        (
+            GithubScope::Repository {
+                owner: "team".into(),
+                repo: "repo.rs".into()
+            },
+            "https://api.octo.ghe.com".into()
+        )
+    );
+    assert_eq!(
+        case("https://ghes.example.org/org"),
+        (
+            GithubScope::Organization("org".into()),
+            "https://ghes.example.org/api/v3".into()
+        )
+    );
+    // Plain http only on loopback: tests and labs.
+    assert_eq!(
+        case("http://127.0.0.1:8080/o/r").1,
+        "http://127.0.0.1:8080/api/v3"
+    );
+    assert_eq!(case("http://[::1]:9/o").1, "http://[::1]:9/api/v3");
+    assert_eq!(case("http://localhost/o").1, "http://localhost/api/v3");
+}
+
+#[test]
+fn github_url_mistakes_say_what_to_write() {
+    let url_error = |url: &str| {
+        let e = one(&github(&format!("url = \"{url}\"\ntoken_file = \"/t\"\n")));
+        assert_eq!(e.key.as_deref(), Some("forges.gh.url"), "{e}");
+        assert_eq!(e.kind, ErrorKind::InvalidValue, "{e}");
+        assert_eq!(at(&e), (9, 7), "{e}");
+        e
+    };
+    let e = url_error("http://github.com/o/r");
+    assert!(e.message.contains("plain http"), "{e}");
+    assert!(e.fix.as_deref().unwrap().contains("https://"), "{e}");
+    let e = url_error("https://github.com");
+    assert!(e.message.contains("names no repository"), "{e}");
+    let e = url_error("https://github.com/o/r/tree/main");
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("write the repository alone: \"https://github.com/o/r\"")
+    );
+    let e = url_error("https://github.com/o/r.git");
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("write the repository's page: \"https://github.com/o/r\"")
+    );
+    let e = url_error("https://github.com/orgs/acme");
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("write \"https://github.com/acme\" for the organisation's runners")
+    );
+    url_error("https://github.com/enterprises");
+    url_error("https://github.com/o/r?tab=x");
+    url_error("https://user@github.com/o/r");
+    url_error("https://github.com/o w/r");
+    url_error("ftp://github.com/o/r");
+    url_error("https://github.com/o%20x/r");
+    // Missing url: the fix shows a GitHub URL.
+    let e = one(&github("token_file = \"/t\"\n"));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.url"));
+    assert!(
+        e.fix.as_deref().unwrap().contains("github.com/owner/repo"),
+        "{e}"
+    );
+}
+
+#[test]
+fn github_credentials_are_an_app_or_a_token() {
+    let url = "url = \"https://github.com/o/r\"\n";
+    // None.
+    let e = one(&github(url));
+    assert_eq!(e.key.as_deref(), Some("forges.gh"));
+    assert_eq!(e.kind, ErrorKind::MissingKey);
+    assert!(e.fix.as_deref().unwrap().contains("token_file"), "{e}");
+    // Both.
+    let e = one(&github(&format!("{url}{GH_APP}token_file = \"/t\"\n")));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.token_file"));
+    assert!(e.message.contains("only one credential source"), "{e}");
+    // An App without all its keys.
+    let e = one(&github(&format!(
+        "{url}app_id = 1\nprivate_key_file = \"/k\"\n"
+    )));
+    assert_eq!(e.kind, ErrorKind::MissingKey);
+    assert!(e.message.contains("`installation_id` is missing"), "{e}");
+    // Ids are positive.
+    let e = one(&github(&format!(
+        "{url}app_id = 0\ninstallation_id = 2\nprivate_key_file = \"/k\"\n"
+    )));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.app_id"));
+    assert_eq!(e.kind, ErrorKind::OutOfRange);
+    assert_eq!(at(&e), (10, 10));
+    let e = one(&github(&format!(
+        "{url}app_id = 1\ninstallation_id = -2\nprivate_key_file = \"/k\"\n"
+    )));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.installation_id"));
+    let e = one(&github(&format!(
+        "{url}app_id = \"1\"\ninstallation_id = 2\nprivate_key_file = \"/k\"\n"
+    )));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.app_id"));
+    assert!(e.message.contains("expected an integer"), "{e}");
+    let e = one(&github(&format!("{url}token_file = \"\"\n")));
+    assert_eq!(e.message, "the path is empty");
+}
+
+#[test]
+fn github_numbers_and_versions_are_checked() {
+    let base = "url = \"https://github.com/o\"\ntoken_file = \"/t\"\n";
+    let e = one(&github(&format!("{base}runner_group_id = 0\n")));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.runner_group_id"));
+    assert_eq!(e.kind, ErrorKind::OutOfRange);
+    for bad in ["2.336", "v2.336.0", "2.336.0-beta", "latest", "2..0", ""] {
+        let e = one(&github(&format!("{base}runner_version = \"{bad}\"\n")));
+        assert_eq!(e.key.as_deref(), Some("forges.gh.runner_version"), "{bad}");
+        assert!(e.fix.as_deref().unwrap().contains("2.336.0"), "{e}");
+    }
+    let e = one(&github(&format!(
+        "{base}api_url = \"http://api.example.org\"\n"
+    )));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.api_url"));
+    assert!(e.message.contains("plain http"), "{e}");
+    let e = one(&github(&format!("{base}api_url = \"api.github.com\"\n")));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.api_url"));
+    let c = ok(&github(&format!(
+        "{base}api_url = \"http://127.0.0.1:4000/\"\n"
+    )));
+    assert_eq!(
+        c.forges["gh"].github.as_ref().unwrap().api_url,
+        "http://127.0.0.1:4000"
+    );
+    let e = one(&github(&format!("{base}fetch_interval_secs = 0\n")));
+    assert_eq!(e.kind, ErrorKind::OutOfRange);
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.gh]\nkind = \"GitHub\"\nurl = \"https://github.com/o\"\ntoken_file = \"/t\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.gh.kind"));
+    assert_eq!(e.message, "\"GitHub\" is not allowed");
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("did you mean \"github\"? use one of \"forgejo\", \"github\"")
+    );
+}
+
+#[test]
+fn keys_of_the_other_kind_are_refused_with_what_to_use() {
+    let base = "url = \"https://github.com/o\"\ntoken_file = \"/t\"\n";
+    for k in ["registration_token_file", "secret_file", "runner_file"] {
+        let e = one(&github(&format!("{base}{k} = \"/x\"\n")));
+        assert_eq!(e.key.as_deref(), Some(format!("forges.gh.{k}").as_str()));
+        assert_eq!(at(&e), (11, k.len() + 4), "{e}");
+        assert!(e.message.contains("is for Forgejo and Gitea"), "{e}");
+        assert!(e.fix.as_deref().unwrap().contains("app_id"), "{e}");
+    }
+    let e = one(&github(&format!("{base}fetch_timeout_secs = 5\n")));
+    assert!(
+        e.fix.as_deref().unwrap().contains("fetch_interval_secs"),
+        "{e}"
+    );
+    // Under Forgejo (the default kind) the GitHub keys are refused, and the
+    // fix says how to make the section GitHub.
+    let forgejo = format!("{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\nsecret_file = \"/s\"\n");
+    for (k, v) in [
+        ("app_id", "1"),
+        ("installation_id", "1"),
+        ("private_key_file", "\"/k\""),
+        ("token_file", "\"/t\""),
+        ("runner_group_id", "2"),
+        ("api_url", "\"https://api.github.com\""),
+        ("runner_version", "\"2.336.0\""),
+    ] {
+        let e = one(&format!("{forgejo}{k} = {v}\n"));
+        assert_eq!(e.key.as_deref(), Some(format!("forges.a.{k}").as_str()));
+        assert_eq!(e.message, format!("`{k}` is for GitHub forges only"));
+        assert!(
+            e.fix
+                .as_deref()
+                .unwrap()
+                .contains("add `kind = \"github\"`"),
+            "{e}"
+        );
+    }
+    // Only GitHub credentials under Forgejo: one error, not two.
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://a\"\ntoken_file = \"/t\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.a.token_file"));
+    // github.com without kind: say it is GitHub.
+    let e = one(&format!(
+        "{FORGE_IMAGES}[forges.a]\nurl = \"https://github.com/o/r\"\nsecret_file = \"/s\"\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.a.url"));
+    assert!(
+        e.fix.as_deref().unwrap().contains("kind = \"github\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn github_sections_at_one_place_need_runner_names_apart() {
+    let section = |name: &str, url: &str, runner: &str| {
+        format!(
+            "[forges.{name}]\nkind = \"github\"\nurl = \"{url}\"\ntoken_file = \"/t\"\n{runner}"
+        )
+    };
+    // Same repository, both with the daemon's runner name.
+    let e = one(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o/r", ""),
+        section("b", "https://github.com/o/r/", "")
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.b"));
+    assert!(e.message.contains("remove each other's runners"), "{e}");
+    // One name is the start of the other, followed by "-".
+    let e = one(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"ci\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci-x\"\n")
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.b.runner_name"));
+    // Names apart, or different places: fine.
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"ci-a\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci-b\"\n")
+    ));
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o", "runner_name = \"cix\"\n"),
+        section("b", "https://github.com/o", "runner_name = \"ci\"\n")
+    ));
+    ok(&format!(
+        "{FORGE_IMAGES}{}{}",
+        section("a", "https://github.com/o/r", ""),
+        section("b", "https://github.com/o", "")
+    ));
 }

@@ -13,7 +13,8 @@ use super::raw::{
 };
 use super::{
     AccelChoice, ActionsConfig, CacheConfig, Cidr, Config, CredentialSource, DaemonConfig,
-    Firmware, ForgeConfig, ImageConfig, NetworkMode, ParseOptions, QemuConfig,
+    Firmware, ForgeConfig, ForgeKind, GithubScope, ImageConfig, NetworkMode, ParseOptions,
+    QemuConfig, github,
 };
 
 /// Where problems are collected while one file is checked.
@@ -67,7 +68,8 @@ impl Ctx<'_> {
         });
     }
 
-    fn resolve(&self, p: &Path) -> PathBuf {
+    /// `p` against the config file's directory, unless absolute.
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -111,6 +113,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         let config = self::forge(name, forge, &daemon, &images, ctx);
         forges.insert(name.get_ref().clone(), config);
     }
+    github::runner_name_clashes(&raw.forges, &forges, ctx);
     let actions = actions(&raw.actions, ctx);
     let cache = cache(&raw.cache, &daemon, ctx);
     if had_errors || !ctx.errors.is_empty() {
@@ -146,7 +149,7 @@ fn warnings(
     forges: &BTreeMap<String, ForgeConfig>,
     ctx: &mut Ctx<'_>,
 ) {
-    if !forges.is_empty()
+    if forges.values().any(|f| f.github.is_none())
         && daemon.max_job_timeout > Duration::from_secs(60 * FORGE_TASK_LIMIT_MINS.unsigned_abs())
     {
         ctx.warn(
@@ -193,6 +196,11 @@ fn warnings(
         let (Some(forge), f) = (forges.get(n), section.get_ref()) else {
             continue;
         };
+        // GitHub: each runner carries one image's labels, and polls are
+        // not what shows a runner online.
+        if forge.github.is_some() {
+            continue;
+        }
         if let Some(v) = &f.fetch_interval_secs
             && *v.get_ref() > FORGE_OFFLINE_AFTER_SECS
         {
@@ -838,67 +846,62 @@ fn forge(
     let key = |k: &str| format!("forges.{n}.{k}");
     check_name("forge", "forges", name, ctx);
     let f = raw.get_ref();
-    let url = match &f.url {
-        Some(u) => forge_url(u, &key("url"), ctx),
-        None => {
+    let kind = f
+        .kind
+        .as_ref()
+        .map_or(raw::DEFAULT_FORGE_KIND, |k| *k.get_ref());
+    // A `kind` that is not one was reported: what depends on the kind
+    // cannot be checked, so only the rest is.
+    let kind_bad = ctx
+        .errors
+        .iter()
+        .any(|e| e.key.as_deref() == Some(key("kind").as_str()));
+    if !kind_bad {
+        github::other_kind_keys(n, f, kind, f.kind.is_some(), ctx);
+    }
+    let mut scope = None;
+    let url = match (&f.url, kind) {
+        (Some(_), _) if kind_bad => String::new(),
+        (Some(u), ForgeKind::Forgejo) => {
+            let url = forge_url(u, &key("url"), ctx);
+            not_github_host(u, &url, &key("url"), f.kind.is_some(), ctx);
+            url
+        }
+        (Some(u), ForgeKind::Github) => match github::github_url(u, &key("url"), ctx) {
+            Some((url, s)) => {
+                scope = Some(s);
+                url
+            }
+            None => String::new(),
+        },
+        (None, kind) => {
             ctx.push(
                 Some(raw.span()),
                 Some(key("url")),
                 ErrorKind::MissingKey,
                 "the forge has no `url`".to_owned(),
-                Some(
-                    "add `url = \"https://forge.example.org\"` (the address you open in a browser)"
-                        .to_owned(),
-                ),
+                Some(match kind {
+                    ForgeKind::Forgejo => "add `url = \"https://forge.example.org\"` (the address you open in a browser)".to_owned(),
+                    ForgeKind::Github => "add the repository, organisation or enterprise the runners serve, e.g. `url = \"https://github.com/owner/repo\"`".to_owned(),
+                }),
             );
             String::new()
         }
     };
-    let sources: Vec<(&str, &Spanned<PathBuf>)> = [
-        ("registration_token_file", &f.registration_token_file),
-        ("secret_file", &f.secret_file),
-        ("runner_file", &f.runner_file),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-    .collect();
-    let credentials = match sources.as_slice() {
-        [(k, p)] => {
-            non_empty_path(p, &key(k), ctx);
-            let path = ctx.resolve(p.get_ref());
-            match *k {
-                "registration_token_file" => CredentialSource::RegistrationTokenFile(path),
-                "secret_file" => CredentialSource::SecretFile(path),
-                _ => CredentialSource::RunnerFile(path),
-            }
-        }
-        [] => {
-            ctx.push(
-                Some(raw.span()),
-                Some(format!("forges.{n}")),
-                ErrorKind::MissingKey,
-                "the forge has no credentials".to_owned(),
-                Some("set one of `registration_token_file`, `secret_file` (Forgejo offline registration) or `runner_file` (uuid + token JSON)".to_owned()),
-            );
-            CredentialSource::RunnerFile(PathBuf::new())
-        }
-        [_, (k2, p2), ..] => {
-            ctx.push(
-                Some(p2.span()),
-                Some(key(k2)),
-                ErrorKind::InvalidValue,
-                format!(
-                    "only one credential source is allowed, found {}",
-                    sources
-                        .iter()
-                        .map(|(k, _)| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(" and ")
-                ),
-                Some("keep the one you use and remove the others".to_owned()),
-            );
-            CredentialSource::RunnerFile(PathBuf::new())
-        }
+    let credentials = match kind {
+        _ if kind_bad => CredentialSource::RunnerFile(PathBuf::new()),
+        ForgeKind::Forgejo => forgejo_credentials(n, raw, ctx),
+        ForgeKind::Github => github::credentials(n, raw, ctx),
+    };
+    let github = match kind {
+        ForgeKind::Forgejo => None,
+        ForgeKind::Github => Some(github::github_forge(
+            n,
+            f,
+            &url,
+            scope.unwrap_or(GithubScope::Organization(String::new())),
+            ctx,
+        )),
     };
     let image_labels: Vec<&String> = images.values().flat_map(|i| &i.labels).collect();
     let labels = match &f.labels {
@@ -942,9 +945,14 @@ fn forge(
             all
         }
     };
+    let fetch_interval_default = match kind {
+        ForgeKind::Forgejo => raw::DEFAULT_FETCH_INTERVAL_SECS,
+        ForgeKind::Github => raw::DEFAULT_GITHUB_FETCH_INTERVAL_SECS,
+    };
     ForgeConfig {
         name: n.clone(),
         url,
+        github,
         credentials,
         runner_name: match &f.runner_name {
             Some(r) => runner_name(r, &key("runner_name"), ctx),
@@ -953,18 +961,110 @@ fn forge(
         labels,
         fetch_interval: Duration::from_secs(u64::from(number(
             f.fetch_interval_secs.as_ref(),
-            raw::DEFAULT_FETCH_INTERVAL_SECS,
+            fetch_interval_default,
             raw::FETCH_INTERVAL_SECS,
             &key("fetch_interval_secs"),
             ctx,
         ))),
         fetch_timeout: Duration::from_secs(u64::from(number(
-            f.fetch_timeout_secs.as_ref(),
+            match kind {
+                // Refused under GitHub (other_kind_keys); keep the default.
+                ForgeKind::Github => None,
+                ForgeKind::Forgejo => f.fetch_timeout_secs.as_ref(),
+            },
             raw::DEFAULT_FETCH_TIMEOUT_SECS,
             raw::FETCH_TIMEOUT_SECS,
             &key("fetch_timeout_secs"),
             ctx,
         ))),
+    }
+}
+
+/// Forgejo's credentials: exactly one of the three files.
+fn forgejo_credentials(n: &str, raw: &Spanned<RawForge>, ctx: &mut Ctx<'_>) -> CredentialSource {
+    let key = |k: &str| format!("forges.{n}.{k}");
+    let f = raw.get_ref();
+    let sources: Vec<(&str, &Spanned<PathBuf>)> = [
+        ("registration_token_file", &f.registration_token_file),
+        ("secret_file", &f.secret_file),
+        ("runner_file", &f.runner_file),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    let github_credentials = f.app_id.is_some()
+        || f.installation_id.is_some()
+        || f.private_key_file.is_some()
+        || f.token_file.is_some();
+    match sources.as_slice() {
+        [(k, p)] => {
+            non_empty_path(p, &key(k), ctx);
+            let path = ctx.resolve(p.get_ref());
+            match *k {
+                "registration_token_file" => CredentialSource::RegistrationTokenFile(path),
+                "secret_file" => CredentialSource::SecretFile(path),
+                _ => CredentialSource::RunnerFile(path),
+            }
+        }
+        // GitHub keys under Forgejo were reported already.
+        [] if github_credentials => CredentialSource::RunnerFile(PathBuf::new()),
+        [] => {
+            ctx.push(
+                Some(raw.span()),
+                Some(format!("forges.{n}")),
+                ErrorKind::MissingKey,
+                "the forge has no credentials".to_owned(),
+                Some("set one of `registration_token_file`, `secret_file` (Forgejo offline registration) or `runner_file` (uuid + token JSON); for GitHub, write `kind = \"github\"` (docs/github.md)".to_owned()),
+            );
+            CredentialSource::RunnerFile(PathBuf::new())
+        }
+        [_, (k2, p2), ..] => {
+            ctx.push(
+                Some(p2.span()),
+                Some(key(k2)),
+                ErrorKind::InvalidValue,
+                format!(
+                    "only one credential source is allowed, found {}",
+                    sources
+                        .iter()
+                        .map(|(k, _)| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                Some("keep the one you use and remove the others".to_owned()),
+            );
+            CredentialSource::RunnerFile(PathBuf::new())
+        }
+    }
+}
+
+/// Records an error when a Forgejo section points at GitHub's own hosts.
+fn not_github_host(
+    u: &Spanned<String>,
+    url: &str,
+    key: &str,
+    kind_written: bool,
+    ctx: &mut Ctx<'_>,
+) {
+    let Ok(parts) = github::split_url(url) else {
+        return;
+    };
+    if github::is_github_host(&parts.host) {
+        ctx.push(
+            Some(u.span()),
+            Some(key.to_owned()),
+            ErrorKind::InvalidValue,
+            format!(
+                "{} is GitHub, which does not speak the Forgejo runner API{}",
+                parts.host,
+                if kind_written {
+                    ""
+                } else {
+                    " (a forge without `kind` is Forgejo or Gitea)"
+                }
+            ),
+            Some("write `kind = \"github\"` and the repository, organisation or enterprise URL (docs/github.md)".to_owned()),
+        );
     }
 }
 

@@ -59,7 +59,7 @@ const POLL_BACKOFF_CAP: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(
-        "The configuration has no [forges.<name>] section, so `solstice run` has nothing to serve: add one for your Forgejo or Gitea instance (docs/forges.md shows how); `solstice exec` runs a workflow file without a forge"
+        "The configuration has no [forges.<name>] section, so `solstice run` has nothing to serve: add one for your Forgejo or Gitea instance (docs/forges.md shows how) or your GitHub repository or organisation (docs/github.md); `solstice exec` runs a workflow file without a forge"
     )]
     NoForges,
     #[error(transparent)]
@@ -300,8 +300,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let signals = Signals::install()?;
     let max_job_timeout = config.daemon.max_job_timeout;
+    let images = config.images.clone();
     let parts = Parts {
-        open_forge: Box::new(move |f| crate::forge::open(f, max_job_timeout)),
+        open_forge: Box::new(move |f| crate::forge::open(f, &images, max_job_timeout)),
         jobs: Arc::new(VmJobs),
         signals,
     };

@@ -105,7 +105,12 @@ impl Runtime<'_> {
             JobStatus::Failure => "failure",
             JobStatus::Cancelled => "cancelled",
         };
-        values.insert("job".into(), json!({ "status": status }));
+        let mut job = match spec.extra_contexts.get("job") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        job.insert("status".into(), json!(status));
+        values.insert("job".into(), Value::Object(job));
         values.insert(
             "runner".into(),
             json!({
@@ -117,10 +122,11 @@ impl Runtime<'_> {
                 "debug": if self.debug { "1" } else { "" },
             }),
         );
-        values.insert(
-            "strategy".into(),
-            json!({ "fail-fast": true, "job-index": 0, "job-total": 1, "max-parallel": 1 }),
-        );
+        let strategy = match spec.extra_contexts.get("strategy") {
+            Some(s @ Value::Object(_)) => s.clone(),
+            _ => json!({ "fail-fast": true, "job-index": 0, "job-total": 1, "max-parallel": 1 }),
+        };
+        values.insert("strategy".into(), strategy);
         Contexts {
             values,
             status: state.status,

@@ -27,13 +27,14 @@ pub mod github;
 pub(crate) mod scripted;
 mod spool;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ForgeConfig;
+use crate::config::{ForgeConfig, ImageConfig};
 use crate::events::{Conclusion, EventSink};
 use crate::job::JobSpec;
 use crate::secret::Secret;
@@ -44,9 +45,19 @@ pub use spool::{LogLine, LogSpool, MemorySpool, SpoolError};
 /// first log row: `solstice-<crate version>`.
 pub const RUNNER_VERSION: &str = concat!("solstice-", env!("CARGO_PKG_VERSION"));
 
-/// The port's implementation for `forge`. `max_job_timeout` caps every
-/// job's run time (the daemon's `max_job_timeout`).
-pub fn open(forge: &ForgeConfig, max_job_timeout: Duration) -> Result<Arc<dyn Forge>, Failure> {
+/// The port's implementation for `forge`: GitHub for `kind = "github"`,
+/// else Forgejo. `max_job_timeout` caps every job's run time (the daemon's
+/// `max_job_timeout`); GitHub registers runners for each of `images`.
+pub fn open(
+    forge: &ForgeConfig,
+    images: &BTreeMap<String, ImageConfig>,
+    max_job_timeout: Duration,
+) -> Result<Arc<dyn Forge>, Failure> {
+    if forge.github.is_some() {
+        let f = github::session::Github::new(forge, images, max_job_timeout)
+            .map_err(|e| Failure::new(FailureKind::Fatal, e))?;
+        return Ok(Arc::new(f));
+    }
     let f = forgejo::Forgejo::new(forge, max_job_timeout)
         .map_err(|e| Failure::new(FailureKind::Fatal, e))?;
     Ok(Arc::new(f))

@@ -117,6 +117,7 @@ fn job(task_id: i64) -> AssignedJob {
             default_actions_url: None,
             actions: None,
             cache: None,
+            extra_contexts: Default::default(),
         },
         runs_on: vec!["tiny".into()],
         notes: vec![],

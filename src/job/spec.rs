@@ -50,6 +50,12 @@ pub struct JobSpec {
     /// The built-in cache service (`[cache]`); `None`: the job gets no
     /// `ACTIONS_CACHE_URL` (actions/cache warns and goes on).
     pub cache: Option<Arc<CacheService>>,
+    /// Contexts the forge sent that the executor otherwise fills with
+    /// defaults: `strategy` replaces the executor's one-job value, and the
+    /// entries of `job` are added to the `job` context (whose `status` is
+    /// always the executor's). Other names are ignored. Empty for Forgejo
+    /// and `solstice exec`; GitHub sends both.
+    pub extra_contexts: BTreeMap<String, Value>,
 }
 
 impl JobSpec {
@@ -76,6 +82,7 @@ impl JobSpec {
             default_actions_url: None,
             actions: None,
             cache: None,
+            extra_contexts: Default::default(),
         }
     }
 

@@ -81,6 +81,7 @@ fn job(yaml: &str, server: &GitServer) -> TestJob {
         default_actions_url: Some(server.url().to_string()),
         actions: Some(action_cache(cache.path())),
         cache: None,
+        extra_contexts: Default::default(),
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "test-runner", home.path());
     TestJob {

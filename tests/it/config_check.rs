@@ -134,6 +134,44 @@ fn parse_example() -> Config {
 }
 
 #[test]
+fn github_mistakes_are_printed_with_line_column_and_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("solstice.toml");
+    std::fs::write(
+        &file,
+        "[images.tiny]\npath = \"/x/tiny.qcow2\"\n\n\
+         [forges.gh]\nkind = \"github\"\nurl = \"https://github.com/acme/widgets/tree/main\"\n\
+         app_id = 0\ninstallation_id = 7\nprivate_key_file = \"app.pem\"\n\
+         secret_file = \"/s\"\nrunner_version = \"latest\"\n\n\
+         [forges.cb]\nurl = \"https://codeberg.org\"\nrunner_file = \"/r\"\nrunner_group_id = 2\n",
+    )
+    .unwrap();
+    let e = config::check_config_with(&file, &ParseOptions { check_paths: false }).unwrap_err();
+    let f = file.display();
+    let lines: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{f}:6:7: forges.gh.url: \"https://github.com/acme/widgets/tree/main\" is a page inside a repository; write the repository alone: \"https://github.com/acme/widgets\""
+            ),
+            format!(
+                "{f}:7:10: forges.gh.app_id: 0 is too small; use a positive whole number (a GitHub id), as GitHub shows it"
+            ),
+            format!(
+                "{f}:10:15: forges.gh.secret_file: `secret_file` is for Forgejo and Gitea; Solstice registers GitHub runners itself, one just-in-time runner per free slot, with a GitHub App or a token; remove it and set `app_id`, `installation_id` and `private_key_file` (a GitHub App) or `token_file` (docs/github.md)"
+            ),
+            format!(
+                "{f}:11:18: forges.gh.runner_version: \"latest\" is not a runner version; write three numbers, e.g. \"2.336.0\" (the current release of actions/runner or later), or remove the key for the default"
+            ),
+            format!(
+                "{f}:16:19: forges.cb.runner_group_id: `runner_group_id` is for GitHub forges only; add `kind = \"github\"` if this forge is GitHub (the default kind is \"forgejo\"), or remove it"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn example_config_parses() {
     let c = parse_example();
     let names: Vec<&str> = c.images.keys().map(String::as_str).collect();
@@ -147,9 +185,32 @@ fn example_config_parses() {
             .all(|i| i.path.starts_with("/var/cache/solstice/images"))
     );
     let forges: Vec<&str> = c.forges.keys().map(String::as_str).collect();
-    assert_eq!(forges, ["codeberg", "gitea", "work"]);
+    assert_eq!(
+        forges,
+        ["codeberg", "gitea", "github", "github-org", "work"]
+    );
     assert_eq!(c.forges["codeberg"].fetch_interval.as_secs(), 30);
     assert_eq!(c.forges["work"].runner_name, "solstice-builder-1");
+    assert!(c.forges["codeberg"].github.is_none());
+    let gh = c.forges["github"].github.as_ref().unwrap();
+    assert_eq!(
+        gh.scope,
+        config::GithubScope::Repository {
+            owner: "example-org".into(),
+            repo: "example-repo".into()
+        }
+    );
+    assert!(matches!(
+        c.forges["github"].credentials,
+        config::CredentialSource::GithubApp { app_id: 123456, .. }
+    ));
+    let org = &c.forges["github-org"];
+    assert_eq!(
+        org.github.as_ref().unwrap().scope,
+        config::GithubScope::Organization("example-org".into())
+    );
+    assert_eq!(org.fetch_interval.as_secs(), 1);
+    assert_eq!(org.labels, ["debian"]);
 }
 
 #[test]
@@ -260,6 +321,10 @@ fn documented_defaults_are_the_real_defaults() {
         format!("{c:?}")
     };
     let plain = parse(&base);
+    let github = "kind = \"github\"\nurl = \"https://github.com/o\"\ntoken_file = \"/t\"\n";
+    let plain_github = parse(&format!(
+        "[forges.f]\n{github}[images.tiny]\npath = \"/x\"\n"
+    ));
     let mut checked = 0;
     for (section, key, default) in doc_rows() {
         // Only literal TOML defaults in backticks; "none", "required" etc. are prose.
@@ -269,23 +334,29 @@ fn documented_defaults_are_the_real_defaults() {
         if literal.contains('<') {
             continue; // `["<name>"]`: checked by the next assertion.
         }
-        let text = match section.as_str() {
-            "[images.<name>]" => format!("{base}{key} = {literal}\n"),
-            "[forges.<name>]" => {
-                format!("[forges.f]\n{key} = {literal}\n{forge}[images.tiny]\npath = \"/x\"\n")
-            }
-            s => format!("{s}\n{key} = {literal}\n{base}"),
+        let (text, plain) = match section.as_str() {
+            "[images.<name>]" => (format!("{base}{key} = {literal}\n"), &plain),
+            // Keys only GitHub forges take: against a GitHub section.
+            "[forges.<name>]" if ["runner_group_id", "runner_version"].contains(&key.as_str()) => (
+                format!("[forges.f]\n{key} = {literal}\n{github}[images.tiny]\npath = \"/x\"\n"),
+                &plain_github,
+            ),
+            "[forges.<name>]" => (
+                format!("[forges.f]\n{key} = {literal}\n{forge}[images.tiny]\npath = \"/x\"\n"),
+                &plain,
+            ),
+            s => (format!("{s}\n{key} = {literal}\n{base}"), &plain),
         };
         assert_eq!(
-            parse(&text),
+            &parse(&text),
             plain,
             "documented default of {section} {key} is not the real one"
         );
         checked += 1;
     }
     assert_eq!(
-        checked, 27,
-        "expected 27 keys with literal defaults in the doc"
+        checked, 30,
+        "expected 30 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }

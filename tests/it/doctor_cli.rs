@@ -88,7 +88,10 @@ fn problems_fail_with_what_to_do_and_exit_1() {
         &config,
         text.replace("[images.tiny]\n", "[images.tiny]\nformat = \"raw\"\n")
             + &format!("[images.small]\npath = {big:?}\ndisk_size_gib = 1\n")
-            + "[forges.down]\nurl = \"http://127.0.0.1:9\"\nregistration_token_file = \"/nonexistent/token\"\n",
+            + "[forges.down]\nurl = \"http://127.0.0.1:9\"\nregistration_token_file = \"/nonexistent/token\"\n"
+            // A GitHub forge: its key file is checked, GitHub itself is not
+            // called (`solstice run` checks it).
+            + "[forges.gh]\nkind = \"github\"\nurl = \"https://github.com/o/r\"\napp_id = 1\ninstallation_id = 2\nprivate_key_file = \"/nonexistent/app.pem\"\n",
     )
     .unwrap();
     let (code, out, err) = doctor(&["--config", config.to_str().unwrap(), "--forges"]);
@@ -120,6 +123,18 @@ fn problems_fail_with_what_to_do_and_exit_1() {
     let forge = line(&out, "forge down:");
     assert!(
         forge.starts_with("FAIL") && forge.contains("`forges.down.url`"),
+        "{out}"
+    );
+    let gh_creds = line(&out, "forge gh credentials:");
+    assert!(
+        gh_creds.starts_with("FAIL")
+            && gh_creds.contains("/nonexistent/app.pem")
+            && gh_creds.contains("`forges.gh.private_key_file` (docs/github.md)"),
+        "{out}"
+    );
+    assert_eq!(
+        line(&out, "forge gh:"),
+        "ok    forge gh: github forge: checked by `solstice run`",
         "{out}"
     );
     assert!(

@@ -82,6 +82,7 @@ fn spec(yaml: &str, home: &Path) -> TestJob {
         default_actions_url: None,
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "test-runner", home);
     TestJob { spec, runner }

@@ -112,6 +112,7 @@ async fn check_shell(target: &str, secs: u32) {
         default_actions_url: None,
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     let sink = VecSink::default();
     let started = Instant::now();
@@ -235,6 +236,7 @@ async fn check_local_tree(target: &str, busybox_tar: bool) {
         default_actions_url: None,
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     let sink = VecSink::default();
     let runner = crate::support::local_runner(GuestOs::Linux, "r", &home);

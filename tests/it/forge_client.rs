@@ -545,6 +545,7 @@ fn forge(url: &str, credentials: CredentialSource, labels: &[&str]) -> ForgeConf
     ForgeConfig {
         name: "main".into(),
         url: url.into(),
+        github: None,
         credentials,
         runner_name: "vm-runner".into(),
         labels: labels.iter().map(|s| s.to_string()).collect(),

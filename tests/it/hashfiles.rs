@@ -177,6 +177,7 @@ async fn check(session: &dyn GuestSession, what: &str, home: &Path) {
         default_actions_url: None,
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "r", home);
     let sink = VecSink::default();
@@ -352,6 +353,7 @@ async fn always_steps_after_the_job_timeout_still_hash() {
         default_actions_url: None,
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "r", dir.path());
     let sink = VecSink::default();
@@ -408,6 +410,7 @@ async fn no_sha256_tool_fails_clearly() {
         default_actions_url: None,
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     let runner = crate::support::local_runner(GuestOs::Linux, "r", &home);
     let sink = VecSink::default();

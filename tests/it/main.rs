@@ -31,6 +31,7 @@ mod forge_e2e;
 mod forge_e2e_gone;
 mod forge_reporter;
 mod git_server;
+mod github_translate;
 mod guest_network;
 mod hashfiles;
 mod nixos_module;

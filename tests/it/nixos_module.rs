@@ -9,6 +9,9 @@
 //! - its options and `docs/reference/nixos-options.md` list the same names,
 //!   every option has a description, and the settings it declares are real
 //!   config keys;
+//! - the credential assertions (`modules/credentials.nix`, builtins only)
+//!   refuse files in the Nix store, credentials of the wrong kind and keys
+//!   of the other kind;
 //! - an illumos image without a confirmed pin fails to evaluate, naming the
 //!   command that pins it.
 //!
@@ -107,12 +110,19 @@ fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
         };
         forge = { url = "https://f.example.org"; runnerName = "r"; labels = [ "a" ];
           fetchIntervalSecs = 30; fetchTimeoutSecs = 20; };
+        github = { kind = "github"; url = "https://github.com/o/r"; runnerName = "r";
+          labels = [ "a" ]; fetchIntervalSecs = 5; fetchTimeoutSecs = null; runnerGroupId = 3;
+          apiUrl = "https://api.github.com"; runnerVersion = "2.340.0"; tokenFile = null;
+          secretFile = null; runnerFile = null;
+          githubApp = { appId = 11; installationId = 22; privateKeyFile = "/s/k.pem"; }; };
       in render {
         settings = { daemon.state_dir = null; qemu.accel = "tcg"; };
         forges = {
           t = forge // { tokenFile = "/s/t"; secretFile = null; runnerFile = null; };
-          s = forge // { secretFile = "/s/s"; };
+          s = forge // { kind = "forgejo"; secretFile = "/s/s"; };
           r = forge // { runnerFile = "/s/r"; };
+          gapp = github;
+          gtok = github // { url = "https://github.com/o"; githubApp = null; tokenFile = "/s/t"; };
         };
         images.a = image;
         credentialDir = "/run/credentials/solstice.service";
@@ -131,6 +141,28 @@ fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
     assert_eq!(
         forges["r"]["runner_file"],
         "/run/credentials/solstice.service/r"
+    );
+    assert_eq!(forges["s"]["kind"], "forgejo");
+    assert_eq!(
+        forges["gapp"],
+        serde_json::json!({
+            "kind": "github",
+            "url": "https://github.com/o/r",
+            "app_id": 11,
+            "installation_id": 22,
+            "private_key_file": "/run/credentials/solstice.service/gapp",
+            "runner_group_id": 3,
+            "api_url": "https://api.github.com",
+            "runner_version": "2.340.0",
+            "runner_name": "r",
+            "labels": ["a"],
+            "fetch_interval_secs": 5,
+        }),
+        "every GitHub option is rendered, the key as a credential file"
+    );
+    assert_eq!(
+        forges["gtok"]["token_file"],
+        "/run/credentials/solstice.service/gtok"
     );
     assert_eq!(
         rendered["daemon"],
@@ -232,8 +264,13 @@ fn documented_settings_forge_and_image_options_are_real_config_keys() {
             k.to_owned()
         } else if let Some(o) = option.strip_prefix("forges.<name>.") {
             match o {
+                // Forgejo's key; GitHub's `token_file` is checked below.
                 "tokenFile" => "forges.<name>.registration_token_file".to_owned(),
-                o => format!("forges.<name>.{}", snake(o)),
+                "githubApp" => continue,
+                o => match o.strip_prefix("githubApp.") {
+                    Some(app) => format!("forges.<name>.{}", snake(app)),
+                    None => format!("forges.<name>.{}", snake(o)),
+                },
             }
         } else if let Some(o) = option.strip_prefix("images.<name>.") {
             if o == "image" {
@@ -253,6 +290,86 @@ fn documented_settings_forge_and_image_options_are_real_config_keys() {
         checked += 1;
     }
     assert!(checked > 20, "only {checked} options checked");
+}
+
+/// The failed assertions of `modules/credentials.nix` for `forges` (a Nix
+/// attribute set), and its `LoadCredential=` entries.
+fn credential_checks(forges: &str) -> (Vec<String>, Vec<String>) {
+    let expr = format!(
+        r#"
+      let c = import ./modules/credentials.nix {{ forges = {forges}; storeDir = "/nix/store"; }};
+      in {{
+        failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+        load = c.loadCredential;
+      }}
+    "#
+    );
+    let v = nix_eval(&["-E", &expr]);
+    let strings = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    (strings("failed"), strings("load"))
+}
+
+#[test]
+fn credential_files_go_through_load_credential_and_never_come_from_the_store() {
+    let (failed, load) = credential_checks(
+        r#"{
+          cb = { url = "https://codeberg.org"; tokenFile = "/run/agenix/cb"; };
+          app = { kind = "github"; url = "https://github.com/o/r";
+            githubApp = { appId = 1; installationId = 2; privateKeyFile = "/run/agenix/app.pem"; }; };
+          tok = { kind = "github"; url = "https://github.com/o"; tokenFile = "/var/lib/secrets/gh"; };
+        }"#,
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(
+        load,
+        [
+            "app:/run/agenix/app.pem",
+            "cb:/run/agenix/cb",
+            "tok:/var/lib/secrets/gh"
+        ]
+    );
+
+    let (failed, load) = credential_checks(
+        r#"{
+          store = { kind = "github"; url = "https://github.com/o";
+            githubApp = { appId = 1; installationId = 2; privateKeyFile = "/nix/store/abc-key.pem"; }; };
+          both = { kind = "github"; url = "https://github.com/o"; tokenFile = "/t";
+            githubApp = { appId = 1; installationId = 2; privateKeyFile = "/k"; }; };
+          none = { kind = "github"; url = "https://github.com/o"; };
+          forgejoKeys = { kind = "github"; url = "https://github.com/o"; tokenFile = "/t";
+            secretFile = "/s"; fetchTimeoutSecs = 5; };
+          githubKeys = { url = "https://f.example"; secretFile = "/s"; runnerGroupId = 2;
+            githubApp = { appId = 1; installationId = 2; privateKeyFile = "/k"; }; };
+          relative = { url = "https://f.example"; runnerFile = "secrets/r"; };
+        }"#,
+    );
+    assert_eq!(
+        failed,
+        [
+            "services.solstice.forges.both: set exactly one of githubApp (a GitHub App: appId, installationId, privateKeyFile) and tokenFile (a fine-grained token) for kind = \"github\".",
+            "services.solstice.forges.forgejoKeys: secretFile, fetchTimeoutSecs apply to Forgejo and Gitea only, not to kind = \"github\"; remove them (GitHub takes githubApp or tokenFile).",
+            "services.solstice.forges.githubKeys: githubApp, runnerGroupId apply to kind = \"github\" only; set kind = \"github\" if this forge is GitHub, or remove them.",
+            "services.solstice.forges.none: set exactly one of githubApp (a GitHub App: appId, installationId, privateKeyFile) and tokenFile (a fine-grained token) for kind = \"github\".",
+            "services.solstice.forges.relative: the credential file secrets/r must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.",
+            "services.solstice.forges.store: the credential file /nix/store/abc-key.pem must be an absolute path outside the Nix store (the store is world-readable); use agenix, sops-nix or a file under /etc or /var/lib.",
+        ]
+    );
+    // Only forges with exactly one file hand it to systemd.
+    assert_eq!(
+        load,
+        [
+            "forgejoKeys:/t",
+            "githubKeys:/s",
+            "relative:secrets/r",
+            "store:/nix/store/abc-key.pem"
+        ]
+    );
 }
 
 #[test]

@@ -38,6 +38,11 @@ pub struct Obtained {
 /// secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// The forge is a GitHub forge, which this Forgejo client cannot serve.
+    #[error(
+        "Forge {forge} is kind = github: its runners come from GitHub's runner protocol, not the Forgejo runner API; this is a bug if you see it"
+    )]
+    GithubForge { forge: String },
     /// A credentials file could not be read.
     #[error("Cannot read the {what} file {path}: check that it exists and is readable")]
     Read {
@@ -254,6 +259,8 @@ pub fn known_locally(
                 uuid: s.uuid.clone(),
                 token: s.token.clone(),
             }),
+        // This forge is kind = github: nothing of Forgejo's applies.
+        CredentialSource::GithubApp { .. } | CredentialSource::GithubToken(_) => None,
     }
 }
 
@@ -333,6 +340,11 @@ pub async fn obtain(
             let file = read_runner_file(path)?;
             let creds = from_file(forge, stored_here, file.uuid, file.token, file.runner_id);
             declare_fixed(forge, client, creds, path, version).await
+        }
+        CredentialSource::GithubApp { .. } | CredentialSource::GithubToken(_) => {
+            return Err(CredentialError::GithubForge {
+                forge: forge.name.clone(),
+            });
         }
     };
     let (mut creds, runner) = match got {

@@ -283,6 +283,7 @@ pub fn translate(task: &proto::Task, opts: &TranslateOptions) -> Result<Translat
         default_actions_url: Some(default_actions_url),
         actions: None,
         cache: None,
+        extra_contexts: Default::default(),
     };
     Ok(TranslatedTask {
         spec,

@@ -263,6 +263,7 @@ impl TestEnv {
             default_actions_url: None,
             actions: None,
             cache: None,
+            extra_contexts: Default::default(),
         }
     }
 }
