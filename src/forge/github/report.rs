@@ -54,6 +54,9 @@ const BATCH_LINES: usize = 500;
 const READ_ROWS: usize = 2000;
 /// Bytes per spool read while a blob is built.
 const READ_BYTES: usize = 4 * 1024 * 1024;
+/// Most step lines waiting for the live feed; beyond, new ones skip it
+/// (the step logs still have them).
+const FEED_BACKLOG: usize = 10_000;
 /// Format version of [`TaskReport::save`]'s bytes.
 const SAVE_VERSION: u32 = 1;
 /// What replaces the text a `mask` pattern matches.
@@ -87,6 +90,13 @@ pub struct ReportOptions {
     /// How often the running report moves lines to the spool and looks for
     /// work when nothing wakes it (1 s).
     pub tick: Duration,
+    /// How often new step lines go to the live feed (500 ms).
+    pub feed_interval: Duration,
+    /// After this many failed feed connections in a row, the feed pauses
+    /// (3).
+    pub feed_tries: u32,
+    /// ...for this long (10 min).
+    pub feed_pause: Duration,
 }
 
 impl Default for ReportOptions {
@@ -102,6 +112,9 @@ impl Default for ReportOptions {
             results_tries: 3,
             results_pause: Duration::from_secs(2),
             tick: Duration::from_secs(1),
+            feed_interval: Duration::from_millis(500),
+            feed_tries: 3,
+            feed_pause: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -236,6 +249,8 @@ struct Inner {
     /// Was resumed after a restart (no lock to keep).
     resumed: bool,
     spool_warned: bool,
+    /// Step lines for the live feed: step, 1-based line in the step, text.
+    feed: Vec<(usize, u64, String)>,
 }
 
 /// One GitHub job's report.
@@ -387,6 +402,7 @@ impl GithubReport {
                 finished,
                 resumed,
                 spool_warned: false,
+                feed: Vec::new(),
             }),
             spool,
             http,
@@ -445,11 +461,15 @@ impl GithubReport {
         for line in text.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
             let index = inner.state.spooled + inner.pending.len() as u64;
-            if let Some(t) = step.and_then(|i| inner.state.steps.get_mut(i)) {
+            if let Some((i, t)) = step.and_then(|i| inner.state.steps.get_mut(i).map(|t| (i, t))) {
                 if t.first_line.is_none() {
                     t.first_line = Some(index);
                 }
                 t.lines += 1;
+                let number = t.lines;
+                if inner.state.envelope.feed_url.is_some() && inner.feed.len() < FEED_BACKLOG {
+                    inner.feed.push((i, number, line.to_string()));
+                }
             }
             inner.pending.push(LogLine {
                 time: now,
@@ -913,6 +933,97 @@ impl GithubReport {
         }
     }
 
+    /// Sends new step lines to the live feed (`feed_url`, a WebSocket with
+    /// the job token) while the job runs; best effort: lines that cannot
+    /// go are dropped (the step logs have them), and after `feed_tries`
+    /// failed connections the feed pauses for `feed_pause`. Never returns.
+    async fn feed_loop(&self) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+        let (url, token) = {
+            let inner = self.lock();
+            let e = &inner.state.envelope;
+            (e.feed_url.clone(), e.job_token.clone())
+        };
+        let Some(url) = url else {
+            return std::future::pending().await;
+        };
+        let o = &self.options;
+        let mut socket = None;
+        let mut failures = 0u32;
+        let mut paused_until: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(o.feed_interval).await;
+            let (batch, ids) = {
+                let mut inner = self.lock();
+                let ids: Vec<String> = inner
+                    .state
+                    .envelope
+                    .steps
+                    .iter()
+                    .map(|s| s.external_id.clone())
+                    .collect();
+                (std::mem::take(&mut inner.feed), ids)
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            if paused_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                continue;
+            }
+            if socket.is_none() {
+                let request = url
+                    .as_str()
+                    .into_client_request()
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut r| {
+                        let value = format!("Bearer {}", token.expose())
+                            .parse()
+                            .map_err(|_| "the job token is not a header value".to_string())?;
+                        r.headers_mut().insert("authorization", value);
+                        Ok(r)
+                    });
+                let connected = match request {
+                    Ok(r) => tokio::time::timeout(
+                        super::error::CALL_TIMEOUT,
+                        tokio_tungstenite::connect_async(r),
+                    )
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                    Err(e) => Err(e),
+                };
+                match connected {
+                    Ok((s, _)) => {
+                        socket = Some(s);
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!(error = %e, "the live log feed cannot connect");
+                        if failures >= o.feed_tries.max(1) {
+                            tracing::warn!(job = %self.job_id(), "the live log feed is unreachable; pausing it (the step logs are not affected)");
+                            paused_until = Some(tokio::time::Instant::now() + o.feed_pause);
+                            failures = 0;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(s) = socket.as_mut() else { continue };
+            for frame in feed_frames(&batch, &ids) {
+                if let Err(e) = s.send(Message::text(frame.to_string())).await {
+                    tracing::debug!(error = %e, "the live log feed failed; reconnecting");
+                    socket = None;
+                    failures += 1;
+                    break;
+                }
+            }
+        }
+    }
+
     /// Gives the job up: GitHub no longer has it.
     fn give_up(&self, e: GithubError, cancel_job: &CancellationToken) -> Failure {
         let job_id = {
@@ -1157,6 +1268,7 @@ impl TaskReport for GithubReport {
             r = work => r,
             e = self.keep_lock() => Err(self.give_up(e, &cancel_job)),
             () = self.watch_cancel(&cancel_job) => Ok(()),
+            () = self.feed_loop() => Ok(()),
         }
     }
 
@@ -1288,6 +1400,39 @@ fn compile_masks(patterns: &[String]) -> Vec<regex::Regex> {
             }
         })
         .collect()
+}
+
+/// Feed frames for `lines` (step, 1-based line in the step, text): one
+/// frame per run of consecutive lines of one step.
+fn feed_frames(lines: &[(usize, u64, String)], ids: &[String]) -> Vec<serde_json::Value> {
+    let mut frames = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    let mut start: Option<(usize, u64)> = None;
+    let mut flush = |start: Option<(usize, u64)>, run: &mut Vec<&str>| {
+        if let Some((step, first)) = start
+            && let Some(id) = ids.get(step)
+            && !run.is_empty()
+        {
+            frames.push(serde_json::json!({
+                "count": run.len(),
+                "value": run,
+                "stepId": id,
+                "startLine": first,
+            }));
+        }
+        run.clear();
+    };
+    for (step, number, text) in lines {
+        let continues =
+            start.is_some_and(|(s, first)| s == *step && first + run.len() as u64 == *number);
+        if !continues {
+            flush(start, &mut run);
+            start = Some((*step, *number));
+        }
+        run.push(text);
+    }
+    flush(start, &mut run);
+    frames
 }
 
 /// A random duration in `min..=max`.
