@@ -25,6 +25,7 @@ mod exec_tiny;
 mod executor_local;
 mod executor_shells;
 mod fake_forge;
+mod fake_github;
 mod forge_artifacts;
 mod forge_client;
 mod forge_e2e;

@@ -26,15 +26,20 @@ pub enum MessageError {
 /// line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
+    /// 1-based index into the file table.
     pub file: Option<i64>,
+    /// 1-based line.
     pub line: Option<i64>,
+    /// 1-based column.
     pub col: Option<i64>,
 }
 
 /// One `TemplateToken` (§7.2), with its position when the message gave one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TemplateToken {
+    /// The value.
     pub kind: Token,
+    /// `file`/`line`/`col`, when sent.
     pub position: Option<Position>,
 }
 
@@ -219,16 +224,22 @@ fn number(f: f64) -> Value {
 /// `plan` (ids of the workflow run).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
+    /// `planId`: the workflow run's backend id.
     pub plan_id: String,
+    /// `planType` (`actions`).
     pub plan_type: String,
+    /// `scopeIdentifier` (absent from run-service messages).
     pub scope_identifier: String,
+    /// `version` (0 from the run service).
     pub version: i64,
 }
 
 /// One variable (`{"value", "isSecret"}`).
 #[derive(Clone, Default, PartialEq)]
 pub struct Variable {
+    /// The value (empty when null).
     pub value: String,
+    /// `isSecret`: a user secret or a token.
     pub is_secret: bool,
 }
 
@@ -245,8 +256,11 @@ impl std::fmt::Debug for Variable {
 /// A service endpoint of `resources.endpoints` (§7.5).
 #[derive(Clone, Default, PartialEq)]
 pub struct Endpoint {
+    /// `SystemVssConnection`, ...
     pub name: String,
+    /// The service URL, as sent.
     pub url: String,
+    /// `authorization.scheme` (`OAuth`).
     pub scheme: String,
     /// `authorization.parameters` (`AccessToken`), read case-insensitively
     /// through [`Endpoint::parameter`].
@@ -295,7 +309,9 @@ pub enum MaskKind {
 /// One `mask` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskHint {
+    /// `type`.
     pub kind: MaskKind,
+    /// A variable name or a regular expression.
     pub value: String,
 }
 
@@ -318,13 +334,21 @@ pub enum StepReference {
     /// `repository` (1): `uses: name@ref`, or `uses: ./path` when
     /// `repository_type` is `self`.
     Repository {
+        /// `owner/repo` (empty for `self`).
         name: String,
+        /// `ref`: the part after `@`.
         git_ref: String,
+        /// A directory inside the repository; for `self`, the `uses:`
+        /// value (`./dir`).
         path: String,
+        /// `GitHub` or `self`.
         repository_type: String,
     },
     /// `containerRegistry` (2): `uses: docker://image`.
-    ContainerRegistry { image: String },
+    ContainerRegistry {
+        /// The image, without `docker://`.
+        image: String,
+    },
     /// Anything else, as sent.
     Other(String),
 }
@@ -332,6 +356,7 @@ pub enum StepReference {
 /// One `ActionStep` (§7.3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionStep {
+    /// `type`.
     pub step_type: StepType,
     /// GUID; the step record id.
     pub id: String,
@@ -339,26 +364,39 @@ pub struct ActionStep {
     pub name: String,
     /// `displayName`, a plain string some messages carry.
     pub display_name: String,
+    /// The step's `name:` (literal or expression).
     pub display_name_token: Option<TemplateToken>,
     /// `steps.<contextName>`.
     pub context_name: String,
+    /// What the step runs.
     pub reference: StepReference,
+    /// `script`/`shell`/`workingDirectory` of a `run:` step, or the `with:`
+    /// of a `uses:` step (a mapping).
     pub inputs: Option<TemplateToken>,
     /// A bare expression (`success()`), empty when absent.
     pub condition: String,
+    /// `continue-on-error` (boolean or expression).
     pub continue_on_error: Option<TemplateToken>,
+    /// `timeout-minutes` (number or expression).
     pub timeout_in_minutes: Option<TemplateToken>,
+    /// The step's `env:` (a mapping).
     pub environment: Option<TemplateToken>,
 }
 
 /// The job message (§7). Field names follow the wire's camelCase names.
 #[derive(Debug, Clone, Default)]
 pub struct JobMessage {
+    /// `RunnerJobRequest` (generation B) or `PipelineAgentJobRequest`.
     pub message_type: String,
+    /// The run's ids.
     pub plan: Plan,
+    /// `jobId` (GUID): the job's backend id.
     pub job_id: String,
+    /// `jobDisplayName` (`build (linux, 3.12)`).
     pub job_display_name: String,
+    /// `jobName` (often `__default`).
     pub job_name: String,
+    /// `requestId` (0 in generation B).
     pub request_id: i64,
     /// `resources.endpoints`.
     pub endpoints: Vec<Endpoint>,
@@ -367,8 +405,11 @@ pub struct JobMessage {
     pub context_data: IndexMap<String, Value>,
     /// `variables`; names in any case through [`JobMessage::variable`].
     pub variables: IndexMap<String, Variable>,
+    /// The steps, in order.
     pub steps: Vec<ActionStep>,
+    /// `mask`: what to hide in logs besides the secrets.
     pub mask: Vec<MaskHint>,
+    /// `fileTable`: the workflow files a token's `file` points into.
     pub file_table: Vec<String>,
     /// Workflow `env`, then job `env` (mapping tokens).
     pub environment_variables: Vec<TemplateToken>,
@@ -382,6 +423,7 @@ pub struct JobMessage {
     pub job_outputs: Option<TemplateToken>,
     /// `workspace`, as sent.
     pub workspace: Value,
+    /// `billingOwnerId`, echoed in `completejob`.
     pub billing_owner_id: Option<String>,
 }
 

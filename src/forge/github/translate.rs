@@ -33,13 +33,23 @@ use crate::workflow::{self, WorkflowError};
 /// The endpoint that holds the run service URL and the job token.
 pub const SYSTEM_CONNECTION: &str = "SystemVssConnection";
 
+/// The job's `timeout-minutes` in the translated workflow: GitHub's limit
+/// for a job on a self-hosted runner (5 days). GitHub enforces the job's
+/// own timeout by cancelling it, and the message does not carry it; the
+/// executor's ceiling is then the daemon's `max_job_timeout` rather than
+/// the executor's 3-hour default.
+pub const GITHUB_JOB_LIMIT_MINUTES: u32 = 5 * 24 * 60;
+
 /// Why a job message cannot be used. The text is meant for the job's log on
 /// GitHub: it says what is wrong or missing.
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
     /// A field every job message has is missing or empty.
     #[error("The job message has no {field}; GitHub sent an incomplete job")]
-    Missing { field: &'static str },
+    Missing {
+        /// What is missing, with its place in the message.
+        field: &'static str,
+    },
     /// The job uses something Solstice cannot run yet.
     #[error("{0}")]
     Unsupported(String),
@@ -71,6 +81,8 @@ pub struct TranslateOptions {
 /// A job ready to run.
 #[derive(Debug, Clone)]
 pub struct TranslatedJob {
+    /// The job for the executor (`actions` and `cache` are left to the
+    /// daemon).
     pub spec: JobSpec,
     /// Remarks for the job log.
     pub notes: Vec<String>,
@@ -357,7 +369,7 @@ fn build_workflow(
     workflow_name: &str,
 ) -> Result<Value, TranslateError> {
     let job_err =
-        |what: &str, e: String| TranslateError::Unsupported(format!("The job's {what}: {e}"));
+        |what: &str, e: String| TranslateError::Unsupported(format!("The job's `{what}:` {e}"));
     // Workflow env, then job env (later mappings override earlier ones).
     let mut envs = msg.environment_variables.iter();
     let workflow_env = match envs.next() {
@@ -412,6 +424,10 @@ fn build_workflow(
     if !outputs.is_empty() {
         job.insert("outputs".into(), Value::Object(outputs));
     }
+    job.insert(
+        "timeout-minutes".into(),
+        json!(GITHUB_JOB_LIMIT_MINUTES.to_string()),
+    );
     job.insert("steps".into(), Value::Array(steps));
     let mut wf = Map::new();
     if !workflow_name.is_empty() {
@@ -491,7 +507,11 @@ fn step_value(s: &ActionStep) -> Result<Value, String> {
             repository_type,
         } => {
             let uses = if repository_type.eq_ignore_ascii_case("self") {
-                let p = path.trim().trim_start_matches("./").trim_end_matches('/');
+                let p = path
+                    .trim()
+                    .trim_start_matches("./")
+                    .trim_start_matches(".\\")
+                    .trim_end_matches('/');
                 if p.is_empty() || p == "." {
                     "./".to_string()
                 } else {
@@ -581,7 +601,12 @@ fn scalar_mapping(t: &TemplateToken) -> Result<Map<String, Value>, String> {
                     _ => {
                         return Err(format!(
                             "has a key that is not plain text ({}), which Solstice does not support",
-                            scalar(k).unwrap_or_else(|_| "a list or mapping".into())
+                            match &k.kind {
+                                Token::Insert(d) => format!("${{{{ {d} }}}}"),
+                                Token::Sequence(_) | Token::Mapping(_) =>
+                                    "a list or mapping".into(),
+                                _ => scalar(k).unwrap_or_default(),
+                            }
                         ));
                     }
                 };
@@ -988,6 +1013,7 @@ mod tests {
             "${{ steps.hello.outputs.greeting }}"
         );
         assert!(job.strategy.is_none() && job.container.is_none());
+        assert_eq!(job.timeout_minutes.as_ref().unwrap().0, "7200");
     }
 
     #[test]
@@ -1096,6 +1122,15 @@ mod tests {
             v["steps"][1]["environment"] = json!({"type": 3, "expr": "fromJSON(vars.ENV)"})
         });
         assert!(err(&m).contains("fromJSON(vars.ENV)"), "{}", err(&m));
+        // An `${{ insert }}` key.
+        let m = with_json(|v| {
+            v["environmentVariables"][1]["map"][0]["Key"] =
+                json!({"type": 4, "directive": "insert"})
+        });
+        assert_eq!(
+            err(&m),
+            "The job's `env:` has a key that is not plain text (${{ insert }}), which Solstice does not support"
+        );
     }
 
     #[test]
@@ -1125,6 +1160,71 @@ mod tests {
         assert!(t.step_debug);
         assert!(t.spec.secrets.contains_key("ACTIONS_RUNNER_DEBUG"));
         assert!(!t.spec.vars.contains_key("ACTIONS_RUNNER_DEBUG"));
+    }
+
+    #[test]
+    fn awkward_strings_survive_the_yaml() {
+        let values = [
+            "null",
+            "~",
+            "true",
+            "False",
+            "yes",
+            "no",
+            "on",
+            "1.0",
+            "0x10",
+            "1e3",
+            ".inf",
+            "",
+            " lead",
+            "trail ",
+            "a: b",
+            "- x",
+            "#x",
+            "x #y",
+            "multi\nline\n",
+            "\ttab",
+            "'",
+            "\"",
+            ">",
+            "|",
+            "@x",
+            "`x`",
+            "%x",
+            "!tag",
+            "*alias",
+            "&anchor",
+            "{a: 1}",
+            "[1]",
+            "ünï ✓",
+            "back\\slash",
+            "\u{1b}[31mred",
+            "---",
+            "...",
+            "\r\n",
+            "? x",
+            "=",
+            "<<",
+        ];
+        let map: Vec<Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({"Key": format!("K{i}"), "Value": v}))
+            .collect();
+        let m = with_json(|v| {
+            v["environmentVariables"] = json!([{"type": 2, "map": map}]);
+            v["steps"][2]["Inputs"]["map"][0]["Value"] = json!(values.join("\n"));
+        });
+        let t = translate(&m, &TranslateOptions::default()).unwrap();
+        let env = &t.spec.workflow.env;
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(env[&format!("K{i}")].0, *v, "value {i}");
+        }
+        assert_eq!(
+            t.spec.workflow.jobs["build"].steps[2].run.as_deref(),
+            Some(values.join("\n").as_str())
+        );
     }
 
     #[test]
