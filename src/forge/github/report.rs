@@ -1520,6 +1520,8 @@ mod tests {
         complete_fail: Mutex<Vec<u16>>,
         /// A strictness error the fake saw.
         errors: Mutex<Vec<String>>,
+        /// Live feed frames received.
+        frames: Mutex<Vec<Value>>,
     }
 
     impl Fake {
@@ -1662,12 +1664,35 @@ mod tests {
             .into_response()
     }
 
+    async fn feed(
+        AxState(fake): AxState<Arc<Fake>>,
+        headers: HeaderMap,
+        ws: axum::extract::ws::WebSocketUpgrade,
+    ) -> Response {
+        if headers.get("authorization").and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {TOKEN}"))
+        {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        ws.on_upgrade(move |mut socket| async move {
+            while let Some(Ok(m)) = socket.recv().await {
+                if let axum::extract::ws::Message::Text(t) = m {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    fake.frames.lock().unwrap().push(v);
+                }
+            }
+        })
+    }
+
     async fn serve() -> Arc<Fake> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = Arc::new(Fake::default());
         *fake.addr.lock().unwrap() = format!("http://{addr}");
-        let router = Router::new().fallback(handle).with_state(fake.clone());
+        let router = Router::new()
+            .route("/feed", axum::routing::get(feed))
+            .fallback(handle)
+            .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         fake
     }
@@ -1707,6 +1732,9 @@ mod tests {
             results_tries: 2,
             results_pause: Duration::from_millis(10),
             tick: Duration::from_millis(20),
+            feed_interval: Duration::from_millis(20),
+            feed_tries: 2,
+            feed_pause: Duration::from_secs(60),
         }
     }
 
@@ -2262,6 +2290,74 @@ mod tests {
                 .await
                 .unwrap_err()
                 .is_task_gone()
+        );
+    }
+
+    #[tokio::test]
+    async fn step_lines_go_to_the_live_feed_as_they_come() {
+        let fake = serve().await;
+        let mut env = envelope(&fake, &["secret"]);
+        env.feed_url = Some(format!(
+            "{}/feed",
+            fake.addr.lock().unwrap().replace("http://", "ws://")
+        ));
+        let report = start(
+            env,
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        let runner = {
+            let r = report.clone();
+            tokio::spawn(async move { r.run(CancellationToken::new()).await })
+        };
+        report.emit(line(None, LineKind::Runner, "setup: not fed"));
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "a".into(),
+        });
+        report.emit(line(Some(0), LineKind::Stdout, "one\ntwo secret"));
+        until(|| !fake.frames.lock().unwrap().is_empty()).await;
+        report.emit(line(Some(0), LineKind::Stdout, "three"));
+        report.emit(finished(0, Conclusion::Success));
+        until(|| fake.frames.lock().unwrap().len() >= 2).await;
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        runner.await.unwrap().unwrap();
+        let frames = fake.frames.lock().unwrap().clone();
+        assert_eq!(
+            frames[0],
+            json!({"count": 2, "value": ["one", "two ***"], "stepId": "s-1", "startLine": 1})
+        );
+        assert_eq!(
+            frames[1],
+            json!({"count": 1, "value": ["three"], "stepId": "s-1", "startLine": 3})
+        );
+    }
+
+    #[test]
+    fn feed_frames_split_at_steps_and_gaps() {
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let lines = vec![
+            (0, 1, "x".to_string()),
+            (0, 2, "y".to_string()),
+            (1, 1, "z".to_string()),
+            (1, 5, "w".to_string()),
+        ];
+        let f = feed_frames(&lines, &ids);
+        let starts: Vec<(String, u64, u64)> = f
+            .iter()
+            .map(|v| {
+                (
+                    v["stepId"].as_str().unwrap().to_string(),
+                    v["startLine"].as_u64().unwrap(),
+                    v["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [("a".into(), 1, 2), ("b".into(), 1, 1), ("b".into(), 5, 1)]
         );
     }
 
