@@ -394,6 +394,10 @@ impl GithubReport {
             )
         });
         let finished = state.closed.is_some();
+        let mut state = state;
+        for t in &mut state.steps {
+            t.name = mask_with(&masks, &t.name);
+        }
         GithubReport {
             inner: Mutex::new(Inner {
                 state,
@@ -426,13 +430,7 @@ impl GithubReport {
 
     /// `text` with every `mask` pattern's matches replaced.
     fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for re in &self.masks {
-            if re.is_match(&out) {
-                out = re.replace_all(&out, MASK).into_owned();
-            }
-        }
-        out
+        mask_with(&self.masks, text)
     }
 
     fn part(inner: &Inner) -> Part {
@@ -1382,6 +1380,17 @@ impl TaskReport for LostReport {
     }
 }
 
+/// `text` with every match of `masks` replaced.
+fn mask_with(masks: &[regex::Regex], text: &str) -> String {
+    let mut out = text.to_string();
+    for re in masks {
+        if re.is_match(&out) {
+            out = re.replace_all(&out, MASK).into_owned();
+        }
+    }
+    out
+}
+
 /// The `mask` patterns Rust's regex understands; the others are skipped
 /// with a warning that does not show them.
 fn compile_masks(patterns: &[String]) -> Vec<regex::Regex> {
@@ -1715,7 +1724,7 @@ mod tests {
             feed_url: None,
             job_token: Secret::new(TOKEN),
             billing_owner_id: Some("B1".into()),
-            steps: vec![step("s-1", "First"), step("s-2", "Second")],
+            steps: vec![step("s-1", "First"), step("s-2", "Second secret")],
             mask_patterns: masks.iter().map(|m| m.to_string()).collect(),
         }
     }
@@ -1890,6 +1899,8 @@ mod tests {
             .map(|s| s["status"].as_i64().unwrap())
             .collect();
         assert_eq!(first, [5, 5]);
+        // Step names are masked from the first update on.
+        assert_eq!(updates[0]["steps"][1]["name"], "Second ***");
         let o = orders(&fake);
         assert!(o.windows(2).all(|w| w[0] < w[1]), "{o:?}");
         // Each step: in progress (3) before completed (6), completed once.
