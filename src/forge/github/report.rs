@@ -716,10 +716,10 @@ impl GithubReport {
         }
     }
 
-    /// Reads job-log lines `from..from + count` from the spool (what is not
-    /// there yet comes from the pending lines) as blob text.
-    fn blob(&self, from: u64, count: u64) -> Result<(Vec<u8>, u64), String> {
-        let mut body = Vec::new();
+    /// The size in bytes and lines of the blob of job-log lines
+    /// `from..from + count` (as many as the spool holds), read in chunks.
+    fn blob_size(&self, from: u64, count: u64) -> Result<(u64, u64), String> {
+        let mut bytes = 0u64;
         let mut at = from;
         let end = from + count;
         while at < end {
@@ -731,14 +731,81 @@ impl GithubReport {
                 break;
             }
             for r in &rows {
-                body.extend_from_slice(time_log_prefix(r.time).as_bytes());
-                body.push(b' ');
-                body.extend_from_slice(r.content.as_bytes());
-                body.push(b'\n');
+                bytes += blob_line(r).len() as u64;
             }
             at += rows.len() as u64;
         }
-        Ok((body, at - from))
+        Ok((bytes, at - from))
+    }
+
+    /// The blob of job-log lines `from..from + count` as a stream read from
+    /// the spool chunk by chunk.
+    fn blob_body(&self, from: u64, count: u64) -> reqwest::Body {
+        let spool = self.spool.clone();
+        let end = from + count;
+        let chunks = futures_util::stream::unfold(from, move |at| {
+            let spool = spool.clone();
+            async move {
+                if at >= end {
+                    return None;
+                }
+                match spool.read(at, READ_ROWS.min((end - at) as usize), READ_BYTES) {
+                    Ok(rows) if rows.is_empty() => None,
+                    Ok(rows) => {
+                        let mut chunk = Vec::new();
+                        for r in &rows {
+                            chunk.extend_from_slice(blob_line(r).as_bytes());
+                        }
+                        Some((
+                            Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)),
+                            at + rows.len() as u64,
+                        ))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+                }
+            }
+        });
+        reqwest::Body::wrap_stream(chunks)
+    }
+
+    /// Uploads job-log lines `from..from + count` to a signed URL from
+    /// `signed`, then calls `metadata` with the line count; the whole unit
+    /// is retried. `false` when it did not get through.
+    async fn upload_lines<U, UF, M, MF>(
+        &self,
+        what: &str,
+        from: u64,
+        count: u64,
+        signed: U,
+        metadata: M,
+    ) -> bool
+    where
+        U: Fn() -> UF,
+        UF: std::future::Future<Output = Result<super::results::SignedUrl, GithubError>>,
+        M: Fn(u64) -> MF,
+        MF: std::future::Future<Output = Result<(), GithubError>>,
+    {
+        let Some(results) = &self.results else {
+            return false;
+        };
+        let (len, lines) = match self.blob_size(from, count) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(job = %self.job_id(), error = %e, "{what} cannot be read from the spool; not uploaded");
+                return false;
+            }
+        };
+        self.results_call(what, || {
+            let body = self.blob_body(from, lines);
+            let signed = signed();
+            let metadata = &metadata;
+            async move {
+                let url = signed.await?;
+                results.put_blob_body(&url.url, len, body).await?;
+                metadata(lines).await
+            }
+        })
+        .await
     }
 
     /// Uploads step `i`'s log and summary (each as a unit: URL, blob,
@@ -763,28 +830,18 @@ impl GithubReport {
             )
         };
         if !log_done {
-            let sent = match first {
-                Some(first) if lines > 0 => match self.blob(first, lines) {
-                    Ok((body, count)) => {
-                        self.results_call("A step log", || {
-                            let body = body.clone();
-                            let step_id = step_id.clone();
-                            async move {
-                                let url = results.step_logs_url(&step_id).await?;
-                                results.put_blob(&url.url, body).await?;
-                                results.step_logs_metadata(&step_id, count).await
-                            }
-                        })
-                        .await
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %self.job_id(), error = %e, "a step log cannot be read from the spool; not uploaded");
-                        false
-                    }
-                },
-                _ => true,
-            };
-            let _ = sent;
+            if let Some(first) = first
+                && lines > 0
+            {
+                self.upload_lines(
+                    "A step log",
+                    first,
+                    lines,
+                    || results.step_logs_url(&step_id),
+                    |count| results.step_logs_metadata(&step_id, count),
+                )
+                .await;
+            }
             if let Some(t) = self.lock().state.steps.get_mut(i) {
                 t.log_done = true;
             }
@@ -1111,22 +1168,14 @@ impl GithubReport {
                 (inner.state.job_log_done, inner.state.spooled)
             };
             if !done {
-                match self.blob(0, total) {
-                    Ok((body, count)) => {
-                        self.results_call("The job log", || {
-                            let body = body.clone();
-                            async move {
-                                let url = results.job_logs_url().await?;
-                                results.put_blob(&url.url, body).await?;
-                                results.job_logs_metadata(count).await
-                            }
-                        })
-                        .await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %self.job_id(), error = %e, "the job log cannot be read from the spool; not uploaded")
-                    }
-                }
+                self.upload_lines(
+                    "The job log",
+                    0,
+                    total,
+                    || results.job_logs_url(),
+                    |count| results.job_logs_metadata(count),
+                )
+                .await;
                 self.lock().state.job_log_done = true;
             }
         }
@@ -1378,6 +1427,12 @@ impl TaskReport for LostReport {
     fn save(&self) -> Vec<u8> {
         Vec::new()
     }
+}
+
+/// A spooled line as blob text: the time prefix GitHub's log files have,
+/// the line, a newline.
+fn blob_line(r: &LogLine) -> String {
+    format!("{} {}\n", time_log_prefix(r.time), r.content)
 }
 
 /// `text` with every match of `masks` replaced.
@@ -2008,6 +2063,37 @@ mod tests {
         let n = fake.calls().len();
         report.finish(&cancel).await.unwrap();
         assert_eq!(fake.calls().len(), n);
+    }
+
+    #[tokio::test]
+    async fn a_log_larger_than_one_spool_read_goes_whole_and_counted() {
+        let fake = serve().await;
+        let spool = Arc::new(MemorySpool::new());
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            spool,
+            CancellationToken::new(),
+            options(),
+        );
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "big".into(),
+        });
+        let n = READ_ROWS * 2 + 7;
+        for i in 0..n {
+            report.emit(line(Some(0), LineKind::Stdout, &format!("line {i}")));
+        }
+        report.emit(finished(0, Conclusion::Success));
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        report.run(CancellationToken::new()).await.unwrap();
+        let blob = strip_times(&fake.blobs.lock().unwrap()["step-s-1"]);
+        assert_eq!(blob.len(), n);
+        assert_eq!(blob[n - 1], format!("line {}", n - 1));
+        let meta = fake.bodies("CreateStepLogsMetadata");
+        assert_eq!(meta[0]["line_count"], n as u64);
+        let job = fake.bodies("CreateJobLogsMetadata");
+        assert_eq!(job[0]["line_count"], n as u64 + 1);
     }
 
     #[tokio::test]

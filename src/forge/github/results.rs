@@ -293,12 +293,26 @@ impl ResultsClient {
     /// whatever an earlier try left there). Errors never show the URL (its
     /// query is the signature).
     pub async fn put_blob(&self, url: &Secret, body: Vec<u8>) -> Result<(), GithubError> {
+        let len = body.len() as u64;
+        self.put_blob_body(url, len, reqwest::Body::from(body))
+            .await
+    }
+
+    /// [`ResultsClient::put_blob`] with a body of `len` bytes that may be
+    /// a stream (a big log is never whole in memory).
+    pub async fn put_blob_body(
+        &self,
+        url: &Secret,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<(), GithubError> {
         let call = "blob upload";
         let response = self
             .http
             .put(url.expose())
             .header("x-ms-blob-type", "BlockBlob")
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .header(reqwest::header::CONTENT_LENGTH, len)
             .timeout(BLOB_TIMEOUT)
             .body(body)
             .send()
