@@ -18,6 +18,9 @@
 //! failure never changes the job's result. `completejob` is tried 5 times
 //! 5 s apart; 401/404 end the report ([`FailureKind::TaskGone`]).
 //!
+//! Step lines also go to the live feed (`FeedStreamUrl` WebSocket, bearer
+//! job token) every half second, best effort.
+//!
 //! A job Solstice cannot run: [`unrunnable`] (or `start` and then
 //! `close(Failure, …, Some(message))`): the message becomes a line of the
 //! job log and a `FAILURE` annotation.
