@@ -51,7 +51,7 @@ rustPlatform.buildRustPackage {
   # server and no network beyond 127.0.0.1 (one test binary, `it`, with a
   # module per area). Skipped on purpose: exec_cli, exec_debian, exec_tiny,
   # exec_runner, actions_vm, cache_vm, vm_boot, doctor_cli, checkout_gitless,
-  # run_cli, guest_network and forge_e2e* boot guests (guest_network also makes
+  # run_cli, guest_network, github_e2e and forge_e2e* boot guests (guest_network also makes
   # network namespaces as root); forge_artifacts needs node, npm and the npm
   # registry, root (network namespaces) and boots guests; hashfiles runs under
   # busybox, dash and ksh;
@@ -90,6 +90,7 @@ rustPlatform.buildRustPackage {
         "forge_artifacts"
         "forge_e2e"
         "forge_e2e_gone"
+        "github_e2e"
         "guest_network"
         "hashfiles"
         "nixos_module"

@@ -682,6 +682,25 @@ async fn broker_rejects_what_github_rejects() {
     // 204 switch.
     fake.set_empty_poll_204(true);
     assert_eq!(r.poll().await.0, 204);
+    // A poll that never answers: the client's own timeout fires.
+    fake.set_poll_hang(true);
+    let quick = reqwest::Client::builder()
+        .user_agent(UA)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let err = quick
+        .get(format!(
+            "{}message?{}",
+            r.broker,
+            r.query("Online", "2.336.0")
+        ))
+        .bearer_auth(&r.token)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    fake.set_poll_hang(false);
     // Injected 5xx.
     fake.fail_next(Endpoint::Poll, 2, 503);
     assert_eq!(r.poll().await.0, 503);
@@ -819,6 +838,29 @@ async fn run_service_and_results_reject_protocol_mistakes() {
         .0,
         400
     );
+    // int64 as a decimal string is fine (protobuf JSON); no Content-Type is not.
+    let ok = json!([{"external_id": a.steps[0], "number": 1, "name": "a", "status": "3"}]);
+    assert_eq!(
+        a.results(
+            &r,
+            "WorkflowStepsUpdate",
+            json!({"steps": ok, "change_order": "8"})
+        )
+        .await
+        .0,
+        200
+    );
+    let resp = http()
+        .post(format!(
+            "{}twirp/results.services.receiver.Receiver/GetJobLogsSignedBlobURL",
+            a.results
+        ))
+        .bearer_auth(&a.job_token)
+        .body(a.ids().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
     // Wrong ids.
     let (s, _) = r
         .post(
@@ -1162,4 +1204,150 @@ async fn jobs_go_to_matching_runners_and_are_redelivered() {
         .unwrap();
     assert_eq!(j.state, FakeJobState::Abandoned);
     assert_eq!(a.renew(&gpu2, &a.job_token).await.0, 404);
+}
+
+/// A minimal WebSocket client: handshake with a bearer token, then masked
+/// text frames and a close. Returns the handshake's status code.
+async fn ws_send(url: &str, token: &str, frames: &[String]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("ws://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let status: u16 = String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    if status != 101 {
+        return status;
+    }
+    let mask = [1u8, 2, 3, 4];
+    let frame = |op: u8, payload: &[u8]| {
+        let mut f = vec![0x80 | op];
+        if payload.len() < 126 {
+            f.push(0x80 | payload.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+        f
+    };
+    for t in frames {
+        s.write_all(&frame(1, t.as_bytes())).await.unwrap();
+    }
+    s.write_all(&frame(8, &[0x03, 0xe8])).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    status
+}
+
+#[tokio::test]
+async fn feed_busy_runners_and_injected_faults() {
+    let fake = start(Duration::from_millis(200)).await;
+    let mut r = TestRunner::mint(&fake, "r1", &["self-hosted", "linux"]).await;
+    r.exchange().await;
+    r.session().await;
+    let idx = fake.enqueue(FakeGithubJob::new(&["linux"]).run("echo a"));
+    let reference = wait_job(&r).await;
+    // An injected 401 on acquirejob, then the retry works.
+    fake.fail_next(Endpoint::AcquireJob, 1, 401);
+    let run = reference["run_service_url"].as_str().unwrap();
+    let (s, _) = r.post(&format!("{run}acquirejob"), &r.token, json!({"jobMessageId": reference["runner_request_id"], "runnerOS": "Linux", "billingOwnerId": reference["billing_owner_id"]})).await;
+    assert_eq!(s, 401);
+    let a = acquire(&r, &reference).await;
+    assert_eq!(a.renew(&r, &a.job_token).await.0, 200);
+
+    // The live feed: bearer job token, frames recorded.
+    let feed = a.msg["resources"]["endpoints"][0]["data"]["FeedStreamUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ws_send(&feed, &r.token, &[]).await, 401);
+    let frame =
+        json!({"count": 2, "value": ["a", "b"], "stepId": a.steps[0], "startLine": 1}).to_string();
+    assert_eq!(ws_send(&feed, &a.job_token, &[frame]).await, 101);
+    assert!(
+        fake.wait_for(
+            |f| f.job(idx).unwrap().feed_frames.len() == 1,
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+
+    // A second job to the busy ephemeral runner: acknowledging it is a
+    // violation; polling with status=Busy gets nothing by default.
+    let idx2 = fake.enqueue(FakeGithubJob::new(&["linux"]).run("echo b"));
+    assert_eq!(
+        r.poll_q(&r.token, &r.query("Busy", "2.336.0")).await.1,
+        Some(0)
+    );
+    fake.set_deliver_while_busy(true);
+    let second = wait_job(&r).await;
+    let (s, _) = r
+        .post(
+            &format!("{}acknowledge?{}", r.broker, r.query("Busy", "2.336.0")),
+            &r.token,
+            json!({"runnerRequestId": second["runner_request_id"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(fake.violations().len(), 1, "{:?}", fake.violations());
+    assert_eq!(fake.job(idx2).unwrap().delivered_to, vec![r.agent_id]);
+    // Acknowledging something never delivered.
+    let (s, v) = r
+        .post(
+            &format!("{}acknowledge?{}", r.broker, r.query("Busy", "2.336.0")),
+            &r.token,
+            json!({"runnerRequestId": "nope"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["errorKind"].as_str()),
+        (404, Some("AcknowledgeJobNotFound"))
+    );
+    // Session conflict window.
+    fake.invalidate_session(r.agent_id);
+    fake.set_session_conflict_for(Duration::from_millis(300));
+    assert_eq!(r.create_session(&r.token.clone()).await.0, 409);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(r.create_session(&r.token.clone()).await.0, 200);
+    // A lost answer: the renewal happens, the client sees a cut connection.
+    let before = fake.job(idx).unwrap().renewals;
+    fake.lose_next_answer(Endpoint::RenewJob, 1);
+    let err = r
+        .http
+        .post(format!("{}renewjob", a.run))
+        .bearer_auth(&a.job_token)
+        .header("content-type", "application/json")
+        .body(json!({"planId": a.plan, "jobId": a.job}).to_string())
+        .send()
+        .await;
+    assert!(err.is_err(), "{err:?}");
+    assert_eq!(fake.job(idx).unwrap().renewals, before + 1);
+    assert_eq!(a.renew(&r, &a.job_token).await.0, 200);
+    // Renew 404 switch.
+    fake.set_renew_404(idx);
+    assert_eq!(a.renew(&r, &a.job_token).await.0, 404);
+    // Every request was recorded.
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|q| q.endpoint == Endpoint::Feed && q.status == 101)
+    );
 }

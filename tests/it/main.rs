@@ -32,6 +32,7 @@ mod forge_e2e;
 mod forge_e2e_gone;
 mod forge_reporter;
 mod git_server;
+mod github_e2e;
 mod github_report;
 mod github_translate;
 mod guest_network;

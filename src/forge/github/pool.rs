@@ -209,20 +209,8 @@ impl Pool {
     /// `<runner_name>-<image>-<8 hex digits>` for a configured image (so
     /// that host `ci` never takes the runners of host `ci-2` for its own).
     pub fn is_own_name(&self, name: &str) -> bool {
-        let Some(rest) = name
-            .strip_prefix(&self.inner.config.runner_name)
-            .and_then(|r| r.strip_prefix('-'))
-        else {
-            return false;
-        };
-        let Some((image, hex)) = rest.rsplit_once('-') else {
-            return false;
-        };
-        hex.len() == 8
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            && self.inner.config.images.iter().any(|i| i.image == image)
+        let config = &self.inner.config;
+        own_name(&config.runner_name, &config.images, name)
     }
 
     /// Removes the runners Solstice created for this forge and no longer
@@ -513,6 +501,25 @@ impl Pool {
         }
         false
     }
+}
+
+/// Whether `name` has the form `<runner_name>-<image>-<8 lower-case hex>`
+/// for one of `images`.
+fn own_name(runner_name: &str, images: &[ImageRunners], name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(runner_name)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let Some((image, hex)) = rest.rsplit_once('-') else {
+        return false;
+    };
+    hex.len() == 8
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && images.iter().any(|i| i.image == image)
 }
 
 /// The listener of one runner: its broker session and long poll.
@@ -808,5 +815,47 @@ impl TaskReport for PoolReport {
 
     fn save(&self) -> Vec<u8> {
         self.inner.save()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(names: &[&str]) -> Vec<ImageRunners> {
+        names
+            .iter()
+            .map(|n| ImageRunners {
+                image: n.to_string(),
+                labels: Vec::new(),
+                runs_on: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_this_hosts_runner_names_count_as_its_own() {
+        let imgs = images(&["tiny", "omni-os"]);
+        assert!(own_name("ci", &imgs, "ci-tiny-0123abcd"));
+        assert!(own_name("ci", &imgs, "ci-omni-os-deadbeef"));
+        // Another host whose name extends ours, another image, other forms.
+        assert!(!own_name("ci", &imgs, "ci-2-tiny-0123abcd"));
+        assert!(!own_name("ci", &imgs, "ci-debian-0123abcd"));
+        assert!(!own_name("ci", &imgs, "ci-tiny-0123ABCD"));
+        assert!(!own_name("ci", &imgs, "ci-tiny-0123abc"));
+        assert!(!own_name("ci", &imgs, "citiny-0123abcd"));
+        assert!(!own_name("ci", &imgs, "my-laptop"));
+    }
+
+    #[test]
+    fn retry_pauses_stay_in_their_range() {
+        for _ in 0..100 {
+            let d = random_between((Duration::from_secs(15), Duration::from_secs(30)));
+            assert!(d >= Duration::from_secs(15) && d <= Duration::from_secs(30));
+        }
+        assert_eq!(
+            random_between((Duration::from_secs(5), Duration::from_secs(1))),
+            Duration::from_secs(5)
+        );
     }
 }

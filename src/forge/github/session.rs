@@ -238,3 +238,33 @@ impl Session for GithubSession {
         self.pool.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_labels_are_system_labels_then_declared_image_labels_without_case_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = (dir.path().join("x.qcow2"), dir.path().join("y.qcow2"));
+        std::fs::write(&x, b"").unwrap();
+        std::fs::write(&y, b"").unwrap();
+        let text = format!(
+            "[images.tiny]\npath = {x:?}\nformat = \"raw\"\nlabels = [\"tiny\", \"linux\"]\n[images.omnios]\npath = {y:?}\nformat = \"raw\"\nos = \"illumos\"\nlabels = [\"omnios\"]\n"
+        );
+        let config = crate::config::parse_str(&text, &dir.path().join("solstice.toml"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let runners = image_runners(&config.images, &[]);
+        let tiny = runners.iter().find(|r| r.image == "tiny").unwrap();
+        assert_eq!(tiny.labels, ["self-hosted", "Linux", host_arch(), "tiny"]);
+        assert_eq!(tiny.runs_on, ["tiny", "linux"]);
+        let omni = runners.iter().find(|r| r.image == "omnios").unwrap();
+        assert_eq!(
+            omni.labels,
+            ["self-hosted", "illumos", host_arch(), "omnios"]
+        );
+        let only = image_runners(&config.images, &["linux".to_string()]);
+        let tiny = only.iter().find(|r| r.image == "tiny").unwrap();
+        assert_eq!(tiny.labels, ["self-hosted", "Linux", host_arch()]);
+    }
+}

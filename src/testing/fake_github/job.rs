@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value, json};
 
 /// A job queued on the fake, written like a small workflow job.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FakeGithubJob {
     /// `runs-on` labels: the job goes to a runner whose labels include all
     /// of them (case-insensitively, as GitHub matches).
@@ -46,6 +46,19 @@ pub struct FakeGithubJob {
     pub github_token: Option<String>,
     /// `billingOwnerId`.
     pub billing_owner_id: String,
+}
+
+impl std::fmt::Debug for FakeGithubJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets and the GITHUB_TOKEN stay out of Debug output.
+        f.debug_struct("FakeGithubJob")
+            .field("runs_on", &self.runs_on)
+            .field("key", &self.key)
+            .field("steps", &self.steps)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("github_token", &self.github_token.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl FakeGithubJob {
@@ -133,6 +146,51 @@ impl FakeGithubJob {
     /// Sets a `github` context field (plain JSON; objects become dictionaries).
     pub fn github(mut self, k: &str, v: impl Into<Value>) -> Self {
         self.github.insert(k.into(), v.into());
+        self
+    }
+
+    /// Adds a `needs` entry: `result` and `outputs` of an earlier job.
+    pub fn need(mut self, job: &str, result: &str, outputs: &[(&str, &str)]) -> Self {
+        let outs: serde_json::Map<String, Value> = outputs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        self.needs
+            .insert(job.into(), json!({"result": result, "outputs": outs}));
+        self
+    }
+
+    /// Sets the `matrix` context (one combination, as GitHub sends it).
+    pub fn matrix(mut self, entries: &[(&str, Value)]) -> Self {
+        self.matrix = Some(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Sets the `inputs` context.
+    pub fn inputs(mut self, entries: &[(&str, Value)]) -> Self {
+        self.inputs = Some(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Sets `defaults.run.working-directory`.
+    pub fn default_working_directory(mut self, dir: &str) -> Self {
+        self.default_working_directory = Some(dir.into());
+        self
+    }
+
+    /// Sets the `GITHUB_TOKEN` the job gets.
+    pub fn github_token(mut self, token: &str) -> Self {
+        self.github_token = Some(token.into());
         self
     }
 
@@ -795,6 +853,86 @@ mod tests {
             expr("it's {x} ${{ a }}${{ b('}}') }}"),
             "format('it''s {{x}} {0}{1}', a, b('}}'))"
         );
+    }
+
+    #[test]
+    fn conditions_are_wrapped_like_github() {
+        assert_eq!(condition(None), "success()");
+        assert_eq!(condition(Some("${{ always() }}")), "always()");
+        assert_eq!(
+            condition(Some("github.ref == 'refs/heads/main'")),
+            "success() && (github.ref == 'refs/heads/main')"
+        );
+    }
+
+    #[test]
+    fn message_carries_step_options_as_tokens() {
+        let job = FakeGithubJob::new(&["self-hosted"])
+            .step(
+                FakeStep::run("make")
+                    .if_("${{ github.event_name == 'push' }}")
+                    .continue_on_error("true")
+                    .timeout_minutes("${{ vars.T }}")
+                    .env("A", "x-${{ env.B }}")
+                    .shell("bash"),
+            )
+            .step(FakeStep::uses("./.github/actions/local").with("who", "me"))
+            .step(FakeStep::uses("octo/tools/sub@v2"))
+            .output("o", "${{ steps.a.outputs.x }}")
+            .default_shell("sh")
+            .matrix(&[("os", json!("debian"))]);
+        let steps = vec!["s1".to_string(), "s2".into(), "s3".into()];
+        let ids = MessageIds {
+            plan_id: "p",
+            job_id: "j",
+            timeline_id: "t",
+            step_ids: &steps,
+            job_token: "jt",
+            github_token: "ghs_x",
+            base_url: "http://127.0.0.1:1",
+            run_service_url: "http://127.0.0.1:1/_run/9/",
+            results_url: "http://127.0.0.1:1/_results/",
+            feed_url: "ws://127.0.0.1:1/_ws/ingest.sock",
+            run_id: 5,
+        };
+        let m = job_message(&job, &ids);
+        let s0 = &m["steps"][0];
+        assert_eq!(
+            s0["condition"],
+            "success() && (github.event_name == 'push')"
+        );
+        assert_eq!(s0["continueOnError"]["type"], 5);
+        assert_eq!(s0["continueOnError"]["bool"], true);
+        assert_eq!(s0["timeoutInMinutes"]["expr"], "vars.T");
+        assert_eq!(
+            s0["environment"]["map"][0]["Value"]["expr"],
+            "format('x-{0}', env.B)"
+        );
+        assert_eq!(s0["inputs"]["map"][1]["Key"]["lit"], "shell");
+        assert!(s0.get("displayNameToken").is_none());
+        let s1 = &m["steps"][1];
+        assert_eq!(s1["reference"]["repositoryType"], "self");
+        assert_eq!(s1["reference"]["path"], "./.github/actions/local");
+        assert_eq!(s1["inputs"]["map"][0]["Value"]["lit"], "me");
+        let s2 = &m["steps"][2];
+        assert_eq!(s2["reference"]["name"], "octo/tools");
+        assert_eq!(s2["reference"]["path"], "sub");
+        assert_eq!(s2["reference"]["ref"], "v2");
+        assert_eq!(
+            m["jobOutputs"]["map"][0]["Value"]["expr"],
+            "steps.a.outputs.x"
+        );
+        assert_eq!(m["defaults"][0]["map"][0]["Key"]["lit"], "run");
+        assert_eq!(m["contextData"]["matrix"]["d"][0]["v"], "debian");
+        assert_eq!(m["contextData"]["inputs"], Value::Null);
+        assert_eq!(m["variables"]["github_token"]["value"], "ghs_x");
+        assert_eq!(
+            m["resources"]["endpoints"][0]["authorization"]["parameters"]["AccessToken"],
+            "jt"
+        );
+        // Every positioned token names file 1 of the file table.
+        assert_eq!(s0["inputs"]["file"], 1);
+        assert_eq!(m["fileTable"][0], ".github/workflows/ci.yml");
     }
 
     #[test]

@@ -21,8 +21,9 @@
 //! - Assertions: [`FakeGithub::jobs`] / [`FakeGithub::job`]
 //!   ([`JobSnapshot`]: state, conclusion, outputs, step results, step
 //!   updates in order, per-step logs, job log, feed frames),
-//!   [`FakeGithub::runners`] ([`RunnerSnapshot`]), [`FakeGithub::sessions`],
-//!   [`FakeGithub::requests`], [`FakeGithub::violations`] (protocol
+//!   [`FakeGithub::runners`] ([`RunnerSnapshot`]), [`FakeGithub::runner_named`],
+//!   [`FakeGithub::sessions`], [`FakeGithub::requests`],
+//!   [`FakeGithub::request_count`], [`FakeGithub::violations`] (protocol
 //!   mistakes a correct client never makes), [`FakeGithub::wait_for`],
 //!   [`FakeGithub::wait_job_final`].
 //! - Faults (per test): [`FakeGithub::fail_next`] (any [`Endpoint`], N
@@ -34,7 +35,8 @@
 //!   [`FakeGithub::expire_runner_tokens`], [`FakeGithub::force_token_refresh`],
 //!   [`FakeGithub::set_renew_404`], [`FakeGithub::set_deliver_while_busy`],
 //!   [`FakeGithub::set_lock_duration`], [`FakeGithub::set_lenient_step_status`],
-//!   [`FakeGithub::set_accept_any_alg`].
+//!   [`FakeGithub::set_accept_any_alg`], [`FakeGithub::lose_next_answer`]
+//!   (the call takes effect, the connection drops before the answer).
 //!
 //! # Routes (all on the one server)
 //!
@@ -51,6 +53,19 @@
 //! - Results (`/_results/`): the Twirp methods of spec §6; blobs at
 //!   `/_blob/…?sig=…` (Azure-style `PUT`); feed `ws://…/_ws/ingest.sock`.
 //!
+//! Lifecycle rules worth knowing: a runner gets a job only while it holds
+//! none, has never acquired one (ephemeral), and polls with `status=Online`;
+//! the lock is `lock_duration` from `acquirejob` and from each renewal, and
+//! a job whose lock runs out is abandoned; `completejob` closes the job
+//! (renew/complete → 404, results → 401) and deletes its runner (token
+//! exchange → `invalid_client`, polls → `RunnerNotFound`). Steps without
+//! `name:` carry no `displayNameToken`. App JWTs must have `exp - iat` ≤
+//! 600 s. [`FakeGithub::violations`] records: results calls or
+//! `completejob` before the first successful renewal, acknowledging or
+//! acquiring a second job while holding one, `line_count` mismatches,
+//! metadata for an unsealed append blob, a missing `billingOwnerId` echo,
+//! `waitSeconds` on a poll, malformed feed frames.
+//!
 //! Where the spec leaves a detail open, the fake picks one and says so:
 //! broker `RunnerSessionInvalid`/`RunnerNotFound`/`AcknowledgeJobNotFound`
 //! use HTTP 404, other bad broker queries 400 with an empty `errorKind`;
@@ -60,19 +75,24 @@ mod job;
 mod keys;
 mod state;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State as AxState;
+use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 pub use job::{FakeGithubJob, FakeStep, FakeStepKind};
 pub use keys::FakeRsaKey;
@@ -173,11 +193,16 @@ impl std::fmt::Debug for FakeGithub {
     }
 }
 
+/// Open connections by peer address: cancelling one drops that connection
+/// (a lost answer).
+type Conns = Arc<Mutex<HashMap<SocketAddr, CancellationToken>>>;
+
 struct Inner {
     state: Mutex<State>,
     changed: Notify,
     addr: SocketAddr,
     stop: CancellationToken,
+    conns: Conns,
 }
 
 impl Inner {
@@ -201,12 +226,19 @@ impl FakeGithub {
         let addr = listener.local_addr()?;
         let base = format!("http://{addr}");
         let stop = CancellationToken::new();
+        let conns: Conns = Arc::default();
         let inner = Arc::new(Inner {
             state: Mutex::new(State::new(opts, base)),
             changed: Notify::new(),
             addr,
             stop: stop.clone(),
+            conns: conns.clone(),
         });
+        let listener = ConnListener {
+            listener,
+            conns,
+            stop: stop.clone(),
+        };
         let app = Router::new()
             .route("/_ws/ingest.sock", axum::routing::get(feed))
             .fallback(handle)
@@ -214,7 +246,7 @@ impl FakeGithub {
             .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024));
         let s = stop.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await;
         });
@@ -275,7 +307,8 @@ impl FakeGithub {
 
     /// Sends `JobCancellation` (`timeout` as .NET TimeSpan, e.g.
     /// `"00:05:00"`) to the session of the runner holding the job; a job
-    /// still queued is dropped (abandoned). False if there is nothing to do.
+    /// not acquired yet is dropped (abandoned; a runner it was delivered to
+    /// still gets the message). False if there is nothing to do.
     pub fn cancel_job(&self, index: u64, timeout: &str) -> bool {
         self.with(|s| s.cancel_job(index, timeout))
     }
@@ -307,7 +340,8 @@ impl FakeGithub {
     }
 
     /// The next `n` calls to `endpoint` answer `status` with the
-    /// endpoint's error body (after authentication is not checked).
+    /// endpoint's error body, before any other check (a long poll: once its
+    /// token and query passed, so a 401 here tests the refresh path).
     pub fn fail_next(&self, endpoint: Endpoint, n: usize, status: u16) {
         self.with(|s| {
             s.faults
@@ -316,6 +350,13 @@ impl FakeGithub {
                 .or_default()
                 .extend(std::iter::repeat_n(status, n))
         })
+    }
+
+    /// The next `n` calls to `endpoint` are carried out (their effect
+    /// stays) but the connection is dropped before the answer: a lost
+    /// answer, as after a network cut.
+    pub fn lose_next_answer(&self, endpoint: Endpoint, n: usize) {
+        self.with(|s| *s.faults.lose_next.entry(endpoint).or_default() += n)
     }
 
     /// Drops all armed faults and switches.
@@ -417,6 +458,21 @@ impl FakeGithub {
         self.inner.state().requests.clone()
     }
 
+    /// How many requests went to `endpoint` (e.g. `completejob` retries).
+    pub fn request_count(&self, endpoint: Endpoint) -> usize {
+        self.inner
+            .state()
+            .requests
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .count()
+    }
+
+    /// The runner with this name, if registered.
+    pub fn runner_named(&self, name: &str) -> Option<RunnerSnapshot> {
+        self.runners().into_iter().find(|r| r.name == name)
+    }
+
     /// Protocol mistakes a correct client never makes.
     pub fn violations(&self) -> Vec<String> {
         self.inner.state().violations.clone()
@@ -486,6 +542,7 @@ fn to_response(r: Reply) -> Response {
 
 async fn handle(
     AxState(inner): AxState<Arc<Inner>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -495,10 +552,29 @@ async fn handle(
     let query = uri.query().unwrap_or("").to_string();
     let endpoint = classify(&method, &path);
     let reply = dispatch(&inner, endpoint, &method, &path, &query, &headers, &body).await;
-    {
+    let lost = {
         let mut s = inner.state();
+        let lost = match s.faults.lose_next.get_mut(&endpoint) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
         let text = if endpoint == Endpoint::Blob {
             format!("<{} bytes>", body.len())
+        } else if endpoint == Endpoint::Token {
+            // The signed assertion is a credential: keep the form's shape only.
+            url::form_urlencoded::parse(&body)
+                .map(|(k, v)| {
+                    if k == "client_assertion" {
+                        format!("{k}=***")
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("&")
         } else {
             String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned()
         };
@@ -509,9 +585,22 @@ async fn handle(
             endpoint,
             status: reply.status,
             body: text,
+            lost,
         });
-    }
+        lost
+    };
     inner.changed.notify_waiters();
+    if lost {
+        let conn = inner
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned();
+        if let Some(c) = conn {
+            c.cancel();
+        }
+    }
     to_response(reply)
 }
 
@@ -658,7 +747,10 @@ async fn long_poll(inner: &Arc<Inner>, auth: Option<&str>, query: &str) -> Reply
             return inner.state().empty_poll();
         }
         let wait = (deadline - now).min(Duration::from_millis(250));
-        let _ = tokio::time::timeout(wait, notified).await;
+        tokio::select! {
+            _ = tokio::time::timeout(wait, notified) => {}
+            _ = inner.stop.cancelled() => return Reply::empty(503),
+        }
     }
 }
 
@@ -679,6 +771,7 @@ async fn feed(
             endpoint: Endpoint::Feed,
             status: if job.is_some() { 101 } else { 401 },
             body: String::new(),
+            lost: false,
         });
     }
     let Some(job) = job else {
@@ -697,4 +790,128 @@ async fn feed(
             }
         }
     })
+}
+
+/// The peer address of a request's connection (its kill switch's key).
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ConnListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ConnListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// The TCP listener: every connection gets its own kill switch.
+struct ConnListener {
+    listener: TcpListener,
+    conns: Conns,
+    stop: CancellationToken,
+}
+
+impl axum::serve::Listener for ConnListener {
+    type Io = ConnStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((io, addr)) => {
+                    let _ = io.set_nodelay(true);
+                    let kill = self.stop.child_token();
+                    self.conns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr, kill.clone());
+                    let dead = Box::pin(kill.cancelled_owned());
+                    return (
+                        ConnStream {
+                            io,
+                            dead,
+                            addr,
+                            conns: self.conns.clone(),
+                        },
+                        addr,
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that fails (and so is dropped) once its switch is cancelled.
+struct ConnStream {
+    io: TcpStream,
+    dead: Pin<Box<WaitForCancellationFutureOwned>>,
+    addr: SocketAddr,
+    conns: Conns,
+}
+
+impl Drop for ConnStream {
+    fn drop(&mut self) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.addr);
+    }
+}
+
+fn cut() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "fake GitHub dropped the connection",
+    )
+}
+
+impl ConnStream {
+    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
+        self.dead.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl AsyncRead for ConnStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_dead(cx) {
+            return Poll::Ready(Err(cut()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

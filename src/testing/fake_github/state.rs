@@ -63,6 +63,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// The body as text (lossy UTF-8; blob bodies are not kept).
     pub body: String,
+    /// The answer was dropped ([`super::FakeGithub::lose_next_answer`]).
+    pub lost: bool,
 }
 
 /// Where a job is.
@@ -83,7 +85,7 @@ pub enum FakeJobState {
     /// `completejob` succeeded.
     Completed,
     /// The lock expired (no renew in time), or the job was cancelled
-    /// before it was delivered.
+    /// before it was acquired.
     Abandoned,
 }
 
@@ -268,6 +270,7 @@ struct App {
 #[derive(Default)]
 pub(crate) struct Faults {
     pub fail_next: HashMap<Endpoint, VecDeque<u16>>,
+    pub lose_next: HashMap<Endpoint, usize>,
     pub poll_hang: bool,
     pub session_conflict_until: Option<Instant>,
     pub renew_404: HashSet<u64>,
@@ -439,6 +442,16 @@ pub(crate) fn fault_reply(endpoint: Endpoint, status: u16) -> Reply {
     }
 }
 
+/// An integer as protobuf's JSON mapping accepts it (a number, or a
+/// decimal string for 64-bit fields and enums).
+fn proto_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Number of lines in a log text (a final line without newline counts).
 pub(crate) fn line_count(data: &[u8]) -> u64 {
     let n = data.iter().filter(|b| **b == b'\n').count() as u64;
@@ -584,7 +597,15 @@ impl State {
                 self.jobs[i].closed = true;
                 true
             }
-            FakeJobState::Delivered { runner } | FakeJobState::Acquired { runner } => {
+            FakeJobState::Delivered { runner } => {
+                // Not acquired yet: the job is gone; the runner is told anyway.
+                self.jobs[i].state = FakeJobState::Abandoned;
+                self.jobs[i].closed = true;
+                let body = json!({"jobId": self.jobs[i].job_id, "timeout": timeout}).to_string();
+                self.push_message(runner, "JobCancellation", body);
+                true
+            }
+            FakeJobState::Acquired { runner } => {
                 let body = json!({"jobId": self.jobs[i].job_id, "timeout": timeout}).to_string();
                 self.push_message(runner, "JobCancellation", body)
             }
@@ -1046,10 +1067,7 @@ impl State {
         if r.job.is_some() {
             return rest_error(
                 422,
-                &format!(
-                    "Bad request - Runner \"{}\" is still running a job\"",
-                    r.name
-                ),
+                &format!("Bad request - Runner \"{}\" is still running a job", r.name),
             );
         }
         let id = r.id;
@@ -1346,6 +1364,11 @@ impl State {
             Err(r) => return PollStep::Answer(r),
         };
         if first {
+            if q.contains_key("waitSeconds") {
+                self.violation(
+                    "GET message with waitSeconds (the official runner never sends it)".into(),
+                );
+            }
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.polls += 1;
                 s.last_status = q.get("status").cloned();
@@ -1375,7 +1398,8 @@ impl State {
             .jobs
             .iter()
             .any(|j| j.state == FakeJobState::Delivered { runner });
-        let idle = !ephemeral_used && !holds && !pending_delivery;
+        let busy_status = q.get("status").map(String::as_str) == Some("Busy");
+        let idle = !ephemeral_used && !holds && !pending_delivery && !busy_status;
         if idle || self.faults.deliver_while_busy {
             let labels: Vec<String> = self.runners[&runner]
                 .labels
@@ -1449,7 +1473,8 @@ impl State {
         let Some(i) = self.jobs.iter().position(|j| j.request_id == rid) else {
             return broker_error(404, "AcknowledgeJobNotFound", "The job was not found.");
         };
-        if !delivered || self.jobs[i].closed {
+        let current = matches!(self.jobs[i].state, FakeJobState::Delivered { runner: r } | FakeJobState::Acquired { runner: r } if r == runner);
+        if !delivered || !current || self.jobs[i].closed {
             return broker_error(404, "AcknowledgeJobNotFound", "The job was not found.");
         }
         if self.runner_holds_other(runner, i) {
@@ -1737,7 +1762,11 @@ impl State {
         body: &[u8],
     ) -> Reply {
         if !content_type.unwrap_or("").starts_with("application/json") {
-            return twirp_error(400, "malformed", "Content-Type must be application/json");
+            return twirp_error(
+                404,
+                "bad_route",
+                &format!("unexpected Content-Type: {:?}", content_type.unwrap_or("")),
+            );
         }
         let Ok(b) = serde_json::from_slice::<Value>(body) else {
             return twirp_error(400, "malformed", "the body is not JSON");
@@ -1749,7 +1778,7 @@ impl State {
         let job_id = self.jobs[i].job_id.clone();
         match method {
             "WorkflowStepsUpdate" => {
-                let Some(order) = b.get("change_order").and_then(Value::as_i64) else {
+                let Some(order) = b.get("change_order").and_then(proto_int) else {
                     return twirp_error(
                         400,
                         "invalid_argument",
@@ -1780,7 +1809,7 @@ impl State {
                             &format!("external_id '{ext}' is not a step of this job"),
                         );
                     }
-                    let st = s.get("status").and_then(Value::as_i64).unwrap_or(0);
+                    let st = s.get("status").and_then(proto_int).unwrap_or(0);
                     if !statuses.contains(&st) {
                         return twirp_error(
                             400,
@@ -1788,7 +1817,7 @@ impl State {
                             &format!("status {st} is not a valid step status"),
                         );
                     }
-                    let c = s.get("conclusion").and_then(Value::as_i64).unwrap_or(0);
+                    let c = s.get("conclusion").and_then(proto_int).unwrap_or(0);
                     if ![0, 2, 3, 4, 7].contains(&c) {
                         return twirp_error(
                             400,
