@@ -34,6 +34,7 @@ mod forge_reporter;
 mod git_server;
 mod github_e2e;
 mod github_pool;
+mod github_report;
 mod github_translate;
 mod guest_network;
 mod hashfiles;

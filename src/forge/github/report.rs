@@ -18,6 +18,9 @@
 //! failure never changes the job's result. `completejob` is tried 5 times
 //! 5 s apart; 401/404 end the report ([`FailureKind::TaskGone`]).
 //!
+//! Step lines also go to the live feed (`FeedStreamUrl` WebSocket, bearer
+//! job token) every half second, best effort.
+//!
 //! A job Solstice cannot run: [`unrunnable`] (or `start` and then
 //! `close(Failure, …, Some(message))`): the message becomes a line of the
 //! job log and a `FAILURE` annotation.
@@ -54,6 +57,9 @@ const BATCH_LINES: usize = 500;
 const READ_ROWS: usize = 2000;
 /// Bytes per spool read while a blob is built.
 const READ_BYTES: usize = 4 * 1024 * 1024;
+/// Most step lines waiting for the live feed; beyond, new ones skip it
+/// (the step logs still have them).
+const FEED_BACKLOG: usize = 10_000;
 /// Format version of [`TaskReport::save`]'s bytes.
 const SAVE_VERSION: u32 = 1;
 /// What replaces the text a `mask` pattern matches.
@@ -87,6 +93,13 @@ pub struct ReportOptions {
     /// How often the running report moves lines to the spool and looks for
     /// work when nothing wakes it (1 s).
     pub tick: Duration,
+    /// How often new step lines go to the live feed (500 ms).
+    pub feed_interval: Duration,
+    /// After this many failed feed connections in a row, the feed pauses
+    /// (3).
+    pub feed_tries: u32,
+    /// ...for this long (10 min).
+    pub feed_pause: Duration,
 }
 
 impl Default for ReportOptions {
@@ -102,6 +115,9 @@ impl Default for ReportOptions {
             results_tries: 3,
             results_pause: Duration::from_secs(2),
             tick: Duration::from_secs(1),
+            feed_interval: Duration::from_millis(500),
+            feed_tries: 3,
+            feed_pause: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -236,6 +252,8 @@ struct Inner {
     /// Was resumed after a restart (no lock to keep).
     resumed: bool,
     spool_warned: bool,
+    /// Step lines for the live feed: step, 1-based line in the step, text.
+    feed: Vec<(usize, u64, String)>,
 }
 
 /// One GitHub job's report.
@@ -250,6 +268,9 @@ pub struct GithubReport {
     wake: tokio::sync::Notify,
     /// One final sequence at a time.
     finishing: tokio::sync::Mutex<()>,
+    /// Held around each `renewjob`; `true` once `completejob` is due (no
+    /// renewal may follow it).
+    renew_gate: tokio::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for GithubReport {
@@ -376,6 +397,10 @@ impl GithubReport {
             )
         });
         let finished = state.closed.is_some();
+        let mut state = state;
+        for t in &mut state.steps {
+            t.name = mask_with(&masks, &t.name);
+        }
         GithubReport {
             inner: Mutex::new(Inner {
                 state,
@@ -384,6 +409,7 @@ impl GithubReport {
                 finished,
                 resumed,
                 spool_warned: false,
+                feed: Vec::new(),
             }),
             spool,
             http,
@@ -393,6 +419,7 @@ impl GithubReport {
             options,
             wake: tokio::sync::Notify::new(),
             finishing: tokio::sync::Mutex::new(()),
+            renew_gate: tokio::sync::Mutex::new(false),
         }
     }
 
@@ -406,13 +433,7 @@ impl GithubReport {
 
     /// `text` with every `mask` pattern's matches replaced.
     fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for re in &self.masks {
-            if re.is_match(&out) {
-                out = re.replace_all(&out, MASK).into_owned();
-            }
-        }
-        out
+        mask_with(&self.masks, text)
     }
 
     fn part(inner: &Inner) -> Part {
@@ -441,11 +462,15 @@ impl GithubReport {
         for line in text.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
             let index = inner.state.spooled + inner.pending.len() as u64;
-            if let Some(t) = step.and_then(|i| inner.state.steps.get_mut(i)) {
+            if let Some((i, t)) = step.and_then(|i| inner.state.steps.get_mut(i).map(|t| (i, t))) {
                 if t.first_line.is_none() {
                     t.first_line = Some(index);
                 }
                 t.lines += 1;
+                let number = t.lines;
+                if inner.state.envelope.feed_url.is_some() && inner.feed.len() < FEED_BACKLOG {
+                    inner.feed.push((i, number, line.to_string()));
+                }
             }
             inner.pending.push(LogLine {
                 time: now,
@@ -617,7 +642,7 @@ impl GithubReport {
             match call().await {
                 Ok(()) => return true,
                 Err(e) => {
-                    let again = n < tries && (e.is_retryable() || e.status().is_none());
+                    let again = n < tries && e.is_retryable();
                     if !again {
                         tracing::warn!(job = %self.job_id(), error = %e, "{what} did not reach GitHub; the job's result is not affected");
                         return false;
@@ -694,10 +719,10 @@ impl GithubReport {
         }
     }
 
-    /// Reads job-log lines `from..from + count` from the spool (what is not
-    /// there yet comes from the pending lines) as blob text.
-    fn blob(&self, from: u64, count: u64) -> Result<(Vec<u8>, u64), String> {
-        let mut body = Vec::new();
+    /// The size in bytes and lines of the blob of job-log lines
+    /// `from..from + count` (as many as the spool holds), read in chunks.
+    fn blob_size(&self, from: u64, count: u64) -> Result<(u64, u64), String> {
+        let mut bytes = 0u64;
         let mut at = from;
         let end = from + count;
         while at < end {
@@ -709,14 +734,81 @@ impl GithubReport {
                 break;
             }
             for r in &rows {
-                body.extend_from_slice(time_log_prefix(r.time).as_bytes());
-                body.push(b' ');
-                body.extend_from_slice(r.content.as_bytes());
-                body.push(b'\n');
+                bytes += blob_line(r).len() as u64;
             }
             at += rows.len() as u64;
         }
-        Ok((body, at - from))
+        Ok((bytes, at - from))
+    }
+
+    /// The blob of job-log lines `from..from + count` as a stream read from
+    /// the spool chunk by chunk.
+    fn blob_body(&self, from: u64, count: u64) -> reqwest::Body {
+        let spool = self.spool.clone();
+        let end = from + count;
+        let chunks = futures_util::stream::unfold(from, move |at| {
+            let spool = spool.clone();
+            async move {
+                if at >= end {
+                    return None;
+                }
+                match spool.read(at, READ_ROWS.min((end - at) as usize), READ_BYTES) {
+                    Ok(rows) if rows.is_empty() => None,
+                    Ok(rows) => {
+                        let mut chunk = Vec::new();
+                        for r in &rows {
+                            chunk.extend_from_slice(blob_line(r).as_bytes());
+                        }
+                        Some((
+                            Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)),
+                            at + rows.len() as u64,
+                        ))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+                }
+            }
+        });
+        reqwest::Body::wrap_stream(chunks)
+    }
+
+    /// Uploads job-log lines `from..from + count` to a signed URL from
+    /// `signed`, then calls `metadata` with the line count; the whole unit
+    /// is retried. `false` when it did not get through.
+    async fn upload_lines<U, UF, M, MF>(
+        &self,
+        what: &str,
+        from: u64,
+        count: u64,
+        signed: U,
+        metadata: M,
+    ) -> bool
+    where
+        U: Fn() -> UF,
+        UF: std::future::Future<Output = Result<super::results::SignedUrl, GithubError>>,
+        M: Fn(u64) -> MF,
+        MF: std::future::Future<Output = Result<(), GithubError>>,
+    {
+        let Some(results) = &self.results else {
+            return false;
+        };
+        let (len, lines) = match self.blob_size(from, count) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(job = %self.job_id(), error = %e, "{what} cannot be read from the spool; not uploaded");
+                return false;
+            }
+        };
+        self.results_call(what, || {
+            let body = self.blob_body(from, lines);
+            let signed = signed();
+            let metadata = &metadata;
+            async move {
+                let url = signed.await?;
+                results.put_blob_body(&url.url, len, body).await?;
+                metadata(lines).await
+            }
+        })
+        .await
     }
 
     /// Uploads step `i`'s log and summary (each as a unit: URL, blob,
@@ -741,28 +833,18 @@ impl GithubReport {
             )
         };
         if !log_done {
-            let sent = match first {
-                Some(first) if lines > 0 => match self.blob(first, lines) {
-                    Ok((body, count)) => {
-                        self.results_call("A step log", || {
-                            let body = body.clone();
-                            let step_id = step_id.clone();
-                            async move {
-                                let url = results.step_logs_url(&step_id).await?;
-                                results.put_blob(&url.url, body).await?;
-                                results.step_logs_metadata(&step_id, count).await
-                            }
-                        })
-                        .await
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %self.job_id(), error = %e, "a step log cannot be read from the spool; not uploaded");
-                        false
-                    }
-                },
-                _ => true,
-            };
-            let _ = sent;
+            if let Some(first) = first
+                && lines > 0
+            {
+                self.upload_lines(
+                    "A step log",
+                    first,
+                    lines,
+                    || results.step_logs_url(&step_id),
+                    |count| results.step_logs_metadata(&step_id, count),
+                )
+                .await;
+            }
             if let Some(t) = self.lock().state.steps.get_mut(i) {
                 t.log_done = true;
             }
@@ -881,7 +963,14 @@ impl GithubReport {
         loop {
             tokio::time::sleep(o.renew_period).await;
             loop {
-                match renew_job(&self.http, &url, &token, &plan, &job).await {
+                let gate = self.renew_gate.lock().await;
+                if *gate {
+                    drop(gate);
+                    return std::future::pending::<GithubError>().await;
+                }
+                let renewed = renew_job(&self.http, &url, &token, &plan, &job).await;
+                drop(gate);
+                match renewed {
                     Ok(until) => {
                         let until = parse_time(&until)
                             .unwrap_or_else(|| SystemTime::now() + o.assumed_lock);
@@ -897,6 +986,97 @@ impl GithubReport {
                         tracing::warn!(job = %job, error = %e, "renewing the job's lock failed; retrying");
                         tokio::time::sleep(pause).await;
                     }
+                }
+            }
+        }
+    }
+
+    /// Sends new step lines to the live feed (`feed_url`, a WebSocket with
+    /// the job token) while the job runs; best effort: lines that cannot
+    /// go are dropped (the step logs have them), and after `feed_tries`
+    /// failed connections the feed pauses for `feed_pause`. Never returns.
+    async fn feed_loop(&self) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+        let (url, token) = {
+            let inner = self.lock();
+            let e = &inner.state.envelope;
+            (e.feed_url.clone(), e.job_token.clone())
+        };
+        let Some(url) = url else {
+            return std::future::pending().await;
+        };
+        let o = &self.options;
+        let mut socket = None;
+        let mut failures = 0u32;
+        let mut paused_until: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(o.feed_interval).await;
+            let (batch, ids) = {
+                let mut inner = self.lock();
+                let ids: Vec<String> = inner
+                    .state
+                    .envelope
+                    .steps
+                    .iter()
+                    .map(|s| s.external_id.clone())
+                    .collect();
+                (std::mem::take(&mut inner.feed), ids)
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            if paused_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                continue;
+            }
+            if socket.is_none() {
+                let request = url
+                    .as_str()
+                    .into_client_request()
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut r| {
+                        let value = format!("Bearer {}", token.expose())
+                            .parse()
+                            .map_err(|_| "the job token is not a header value".to_string())?;
+                        r.headers_mut().insert("authorization", value);
+                        Ok(r)
+                    });
+                let connected = match request {
+                    Ok(r) => tokio::time::timeout(
+                        super::error::CALL_TIMEOUT,
+                        tokio_tungstenite::connect_async(r),
+                    )
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                    Err(e) => Err(e),
+                };
+                match connected {
+                    Ok((s, _)) => {
+                        socket = Some(s);
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!(error = %e, "the live log feed cannot connect");
+                        if failures >= o.feed_tries.max(1) {
+                            tracing::warn!(job = %self.job_id(), "the live log feed is unreachable; pausing it (the step logs are not affected)");
+                            paused_until = Some(tokio::time::Instant::now() + o.feed_pause);
+                            failures = 0;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(s) = socket.as_mut() else { continue };
+            for frame in feed_frames(&batch, &ids) {
+                if let Err(e) = s.send(Message::text(frame.to_string())).await {
+                    tracing::debug!(error = %e, "the live log feed failed; reconnecting");
+                    socket = None;
+                    failures += 1;
+                    break;
                 }
             }
         }
@@ -926,8 +1106,7 @@ impl GithubReport {
     }
 
     /// The report while the job runs, until it is closed.
-    async fn running(&self, cancel_job: &CancellationToken) {
-        let mut cancelled = false;
+    async fn running(&self) {
         loop {
             self.progress().await;
             if self.lock().state.closed.is_some() {
@@ -939,16 +1118,27 @@ impl GithubReport {
                     let mut inner = self.lock();
                     self.flush(&mut inner);
                 }
-                _ = self.remote_cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    let mut inner = self.lock();
-                    inner.state.remote_cancelled = true;
-                    drop(inner);
-                    tracing::info!(job = %self.job_id(), "GitHub cancelled the job");
-                    cancel_job.cancel();
-                }
             }
         }
+    }
+
+    /// Cancels the job when GitHub cancels it (before it was closed: the
+    /// result becomes cancelled). Never returns.
+    async fn watch_cancel(&self, cancel_job: &CancellationToken) {
+        self.remote_cancel.cancelled().await;
+        let apply = {
+            let mut inner = self.lock();
+            let apply = inner.state.closed.is_none() && !inner.state.gone;
+            if apply {
+                inner.state.remote_cancelled = true;
+            }
+            apply
+        };
+        if apply {
+            tracing::info!(job = %self.job_id(), "GitHub cancelled the job");
+            cancel_job.cancel();
+        }
+        std::future::pending::<()>().await;
     }
 
     /// The final sequence: what is left of the steps, the job log,
@@ -981,25 +1171,18 @@ impl GithubReport {
                 (inner.state.job_log_done, inner.state.spooled)
             };
             if !done {
-                match self.blob(0, total) {
-                    Ok((body, count)) => {
-                        self.results_call("The job log", || {
-                            let body = body.clone();
-                            async move {
-                                let url = results.job_logs_url().await?;
-                                results.put_blob(&url.url, body).await?;
-                                results.job_logs_metadata(count).await
-                            }
-                        })
-                        .await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = %self.job_id(), error = %e, "the job log cannot be read from the spool; not uploaded")
-                    }
-                }
+                self.upload_lines(
+                    "The job log",
+                    0,
+                    total,
+                    || results.job_logs_url(),
+                    |count| results.job_logs_metadata(count),
+                )
+                .await;
                 self.lock().state.job_log_done = true;
             }
         }
+        *self.renew_gate.lock().await = true;
         let (body, url, token) = self.complete_body();
         let tries = self.options.complete_tries.max(1);
         let mut last = None;
@@ -1128,12 +1311,14 @@ impl TaskReport for GithubReport {
             return self.final_sequence(&cancel_job).await;
         }
         let work = async {
-            self.running(&cancel_job).await;
+            self.running().await;
             self.final_sequence(&cancel_job).await
         };
         tokio::select! {
             r = work => r,
             e = self.keep_lock() => Err(self.give_up(e, &cancel_job)),
+            () = self.watch_cancel(&cancel_job) => Ok(()),
+            () = self.feed_loop() => Ok(()),
         }
     }
 
@@ -1247,6 +1432,23 @@ impl TaskReport for LostReport {
     }
 }
 
+/// A spooled line as blob text: the time prefix GitHub's log files have,
+/// the line, a newline.
+fn blob_line(r: &LogLine) -> String {
+    format!("{} {}\n", time_log_prefix(r.time), r.content)
+}
+
+/// `text` with every match of `masks` replaced.
+fn mask_with(masks: &[regex::Regex], text: &str) -> String {
+    let mut out = text.to_string();
+    for re in masks {
+        if re.is_match(&out) {
+            out = re.replace_all(&out, MASK).into_owned();
+        }
+    }
+    out
+}
+
 /// The `mask` patterns Rust's regex understands; the others are skipped
 /// with a warning that does not show them.
 fn compile_masks(patterns: &[String]) -> Vec<regex::Regex> {
@@ -1265,6 +1467,39 @@ fn compile_masks(patterns: &[String]) -> Vec<regex::Regex> {
             }
         })
         .collect()
+}
+
+/// Feed frames for `lines` (step, 1-based line in the step, text): one
+/// frame per run of consecutive lines of one step.
+fn feed_frames(lines: &[(usize, u64, String)], ids: &[String]) -> Vec<serde_json::Value> {
+    let mut frames = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    let mut start: Option<(usize, u64)> = None;
+    let mut flush = |start: Option<(usize, u64)>, run: &mut Vec<&str>| {
+        if let Some((step, first)) = start
+            && let Some(id) = ids.get(step)
+            && !run.is_empty()
+        {
+            frames.push(serde_json::json!({
+                "count": run.len(),
+                "value": run,
+                "stepId": id,
+                "startLine": first,
+            }));
+        }
+        run.clear();
+    };
+    for (step, number, text) in lines {
+        let continues =
+            start.is_some_and(|(s, first)| s == *step && first + run.len() as u64 == *number);
+        if !continues {
+            flush(start, &mut run);
+            start = Some((*step, *number));
+        }
+        run.push(text);
+    }
+    flush(start, &mut run);
+    frames
 }
 
 /// A random duration in `min..=max`.
@@ -1352,6 +1587,8 @@ mod tests {
         complete_fail: Mutex<Vec<u16>>,
         /// A strictness error the fake saw.
         errors: Mutex<Vec<String>>,
+        /// Live feed frames received.
+        frames: Mutex<Vec<Value>>,
     }
 
     impl Fake {
@@ -1362,6 +1599,7 @@ mod tests {
             self.calls()
                 .into_iter()
                 .map(|(p, _)| p.rsplit('/').next().unwrap().to_string())
+                .filter(|n| n != "renewjob")
                 .map(|n| {
                     if n.starts_with("step-") || n == "job" || n.starts_with("summary-") {
                         "PUT".into()
@@ -1493,12 +1731,35 @@ mod tests {
             .into_response()
     }
 
+    async fn feed(
+        AxState(fake): AxState<Arc<Fake>>,
+        headers: HeaderMap,
+        ws: axum::extract::ws::WebSocketUpgrade,
+    ) -> Response {
+        if headers.get("authorization").and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {TOKEN}"))
+        {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        ws.on_upgrade(move |mut socket| async move {
+            while let Some(Ok(m)) = socket.recv().await {
+                if let axum::extract::ws::Message::Text(t) = m {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    fake.frames.lock().unwrap().push(v);
+                }
+            }
+        })
+    }
+
     async fn serve() -> Arc<Fake> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = Arc::new(Fake::default());
         *fake.addr.lock().unwrap() = format!("http://{addr}");
-        let router = Router::new().fallback(handle).with_state(fake.clone());
+        let router = Router::new()
+            .route("/feed", axum::routing::get(feed))
+            .fallback(handle)
+            .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         fake
     }
@@ -1521,7 +1782,7 @@ mod tests {
             feed_url: None,
             job_token: Secret::new(TOKEN),
             billing_owner_id: Some("B1".into()),
-            steps: vec![step("s-1", "First"), step("s-2", "Second")],
+            steps: vec![step("s-1", "First"), step("s-2", "Second secret")],
             mask_patterns: masks.iter().map(|m| m.to_string()).collect(),
         }
     }
@@ -1538,6 +1799,9 @@ mod tests {
             results_tries: 2,
             results_pause: Duration::from_millis(10),
             tick: Duration::from_millis(20),
+            feed_interval: Duration::from_millis(20),
+            feed_tries: 2,
+            feed_pause: Duration::from_secs(60),
         }
     }
 
@@ -1669,6 +1933,9 @@ mod tests {
                 .all(|n| n == "WorkflowStepsUpdate")
         );
         assert_eq!(names.last().unwrap(), "completejob");
+        // No renewal after completejob (renewals ran meanwhile).
+        let raw = fake.calls();
+        assert!(raw.last().unwrap().0.ends_with("completejob"));
         let job_log = names
             .iter()
             .position(|n| n == "GetJobLogsSignedBlobURL")
@@ -1690,6 +1957,8 @@ mod tests {
             .map(|s| s["status"].as_i64().unwrap())
             .collect();
         assert_eq!(first, [5, 5]);
+        // Step names are masked from the first update on.
+        assert_eq!(updates[0]["steps"][1]["name"], "Second ***");
         let o = orders(&fake);
         assert!(o.windows(2).all(|w| w[0] < w[1]), "{o:?}");
         // Each step: in progress (3) before completed (6), completed once.
@@ -1797,6 +2066,37 @@ mod tests {
         let n = fake.calls().len();
         report.finish(&cancel).await.unwrap();
         assert_eq!(fake.calls().len(), n);
+    }
+
+    #[tokio::test]
+    async fn a_log_larger_than_one_spool_read_goes_whole_and_counted() {
+        let fake = serve().await;
+        let spool = Arc::new(MemorySpool::new());
+        let report = start(
+            envelope(&fake, &[]),
+            reqwest::Client::new(),
+            spool,
+            CancellationToken::new(),
+            options(),
+        );
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "big".into(),
+        });
+        let n = READ_ROWS * 2 + 7;
+        for i in 0..n {
+            report.emit(line(Some(0), LineKind::Stdout, &format!("line {i}")));
+        }
+        report.emit(finished(0, Conclusion::Success));
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        report.run(CancellationToken::new()).await.unwrap();
+        let blob = strip_times(&fake.blobs.lock().unwrap()["step-s-1"]);
+        assert_eq!(blob.len(), n);
+        assert_eq!(blob[n - 1], format!("line {}", n - 1));
+        let meta = fake.bodies("CreateStepLogsMetadata");
+        assert_eq!(meta[0]["line_count"], n as u64);
+        let job = fake.bodies("CreateJobLogsMetadata");
+        assert_eq!(job[0]["line_count"], n as u64 + 1);
     }
 
     #[tokio::test]
@@ -2090,6 +2390,74 @@ mod tests {
                 .await
                 .unwrap_err()
                 .is_task_gone()
+        );
+    }
+
+    #[tokio::test]
+    async fn step_lines_go_to_the_live_feed_as_they_come() {
+        let fake = serve().await;
+        let mut env = envelope(&fake, &["secret"]);
+        env.feed_url = Some(format!(
+            "{}/feed",
+            fake.addr.lock().unwrap().replace("http://", "ws://")
+        ));
+        let report = start(
+            env,
+            reqwest::Client::new(),
+            Arc::new(MemorySpool::new()),
+            CancellationToken::new(),
+            options(),
+        );
+        let runner = {
+            let r = report.clone();
+            tokio::spawn(async move { r.run(CancellationToken::new()).await })
+        };
+        report.emit(line(None, LineKind::Runner, "setup: not fed"));
+        report.emit(JobEvent::StepStarted {
+            index: 0,
+            name: "a".into(),
+        });
+        report.emit(line(Some(0), LineKind::Stdout, "one\ntwo secret"));
+        until(|| !fake.frames.lock().unwrap().is_empty()).await;
+        report.emit(line(Some(0), LineKind::Stdout, "three"));
+        report.emit(finished(0, Conclusion::Success));
+        until(|| fake.frames.lock().unwrap().len() >= 2).await;
+        report.close(Conclusion::Success, &IndexMap::new(), None);
+        runner.await.unwrap().unwrap();
+        let frames = fake.frames.lock().unwrap().clone();
+        assert_eq!(
+            frames[0],
+            json!({"count": 2, "value": ["one", "two ***"], "stepId": "s-1", "startLine": 1})
+        );
+        assert_eq!(
+            frames[1],
+            json!({"count": 1, "value": ["three"], "stepId": "s-1", "startLine": 3})
+        );
+    }
+
+    #[test]
+    fn feed_frames_split_at_steps_and_gaps() {
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let lines = vec![
+            (0, 1, "x".to_string()),
+            (0, 2, "y".to_string()),
+            (1, 1, "z".to_string()),
+            (1, 5, "w".to_string()),
+        ];
+        let f = feed_frames(&lines, &ids);
+        let starts: Vec<(String, u64, u64)> = f
+            .iter()
+            .map(|v| {
+                (
+                    v["stepId"].as_str().unwrap().to_string(),
+                    v["startLine"].as_u64().unwrap(),
+                    v["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [("a".into(), 1, 2), ("b".into(), 1, 1), ("b".into(), 5, 1)]
         );
     }
 

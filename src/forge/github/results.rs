@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{CALL_TIMEOUT, GithubError, decode, join, send};
+use super::error::{CALL_TIMEOUT, GithubError, decode, join, send, status_error, transport};
 use crate::civil::Civil;
 use crate::events::Conclusion;
 use crate::secret::Secret;
@@ -290,16 +290,44 @@ impl ResultsClient {
     }
 
     /// Uploads `body` as one block blob to the signed `url` (replacing
-    /// whatever an earlier try left there).
+    /// whatever an earlier try left there). Errors never show the URL (its
+    /// query is the signature).
     pub async fn put_blob(&self, url: &Secret, body: Vec<u8>) -> Result<(), GithubError> {
-        let request = self
+        let len = body.len() as u64;
+        self.put_blob_body(url, len, reqwest::Body::from(body))
+            .await
+    }
+
+    /// [`ResultsClient::put_blob`] with a body of `len` bytes that may be
+    /// a stream (a big log is never whole in memory).
+    pub async fn put_blob_body(
+        &self,
+        url: &Secret,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<(), GithubError> {
+        let call = "blob upload";
+        let response = self
             .http
             .put(url.expose())
             .header("x-ms-blob-type", "BlockBlob")
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .header(reqwest::header::CONTENT_LENGTH, len)
             .timeout(BLOB_TIMEOUT)
-            .body(body);
-        send("blob upload", url.expose(), request).await.map(|_| ())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport(call, url.expose(), &e.without_url()))?;
+        let status = response.status();
+        let answer = response
+            .bytes()
+            .await
+            .map_err(|e| transport(call, url.expose(), &e.without_url()))?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(call, status, &answer))
+        }
     }
 }
 
@@ -312,6 +340,24 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         assert_eq!(time_millis(t), "2023-11-14T22:13:20.123Z");
         assert_eq!(time_log_prefix(t), "2023-11-14T22:13:20.1234567Z");
+    }
+
+    #[tokio::test]
+    async fn blob_errors_do_not_show_the_signed_url() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let c = ResultsClient::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:1/",
+            Secret::new("t"),
+            "p",
+            "j",
+        );
+        let url = Secret::new(format!("http://127.0.0.1:{port}/blob?sig=SIGNATURE"));
+        let e = c.put_blob(&url, b"x".to_vec()).await.unwrap_err();
+        assert!(e.is_retryable());
+        assert!(!format!("{e} {e:?}").contains("SIGNATURE"), "{e}");
     }
 
     #[test]
