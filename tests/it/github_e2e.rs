@@ -343,7 +343,10 @@ async fn sigkill_mid_job_then_restart_fails_the_job_and_removes_old_runners() {
         .as_ref()
         .map(|b| b["annotations"].to_string())
         .unwrap_or_default();
-    assert!(annotations.contains("runner stopped while this job was running"), "{annotations}");
+    assert!(
+        annotations.contains("runner stopped while this job was running"),
+        "{annotations}"
+    );
     assert!(
         gh.wait_for(
             |g| {
