@@ -25,7 +25,7 @@ use super::runner::{
     DaemonConfigInput, FORGE_NAME, Setup, daemon_config, is_final, progress, true_payload,
     wait_all_final,
 };
-use super::runner_report::loadavg_1min;
+use super::runner_report::{USER_HZ, cpu_percent, loadavg_1min};
 use super::{BenchError, GithubBenchArgs, TempDir, bench_image, fmt_ms, load_bench_config, median};
 use crate::forge::forgejo::proto::TaskResult;
 use crate::startup::resolve_accel;
@@ -46,6 +46,10 @@ pub struct ForgeFigures {
     pub rss_kib: u64,
     /// VmHWM at the same moment, KiB.
     pub hwm_kib: u64,
+    /// The daemon's CPU (utime + stime) over the settle time, % of a core.
+    pub idle_cpu_percent: f64,
+    /// The daemon's CPU time (utime + stime) while each job ran, ms.
+    pub job_cpu_ms: Vec<u64>,
     /// The timings of each job, in order.
     pub jobs: Vec<JobTimings>,
     /// Protocol violations the fake saw.
@@ -136,6 +140,13 @@ impl GithubReport {
         ] {
             row(&mut out, name, &mib(f), &mib(g), &ratio(g as f64, f as f64));
         }
+        row(
+            &mut out,
+            "daemon CPU over the settle time (% of a core)",
+            &format!("{:.2}%", self.forgejo.idle_cpu_percent),
+            &format!("{:.2}%", self.github.idle_cpu_percent),
+            &ratio(self.github.idle_cpu_percent, self.forgejo.idle_cpu_percent),
+        );
         let _ = writeln!(
             out,
             "LATENCY (median over the jobs, from the daemon's database)"
@@ -177,6 +188,22 @@ impl GithubReport {
             "  each job's total (ms): forgejo [{}], github [{}]",
             totals(&self.forgejo),
             totals(&self.github)
+        );
+        let cpu = |f: &ForgeFigures| {
+            let v: Vec<Duration> = f
+                .job_cpu_ms
+                .iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect();
+            median(&v)
+        };
+        let (fc, gc) = (cpu(&self.forgejo), cpu(&self.github));
+        row(
+            &mut out,
+            "daemon CPU per job, queued → final (median)",
+            &fmt_ms(fc),
+            &fmt_ms(gc),
+            &ratio(gc.as_secs_f64(), fc.as_secs_f64()),
         );
         for (name, f) in [("forgejo", &self.forgejo), ("github", &self.github)] {
             if f.violations.is_empty() {
@@ -260,25 +287,28 @@ fn job_timeout(setup: &Setup<'_>) -> Duration {
 }
 
 /// Sleeps `secs` seconds, checking each second that the daemon lives, then
-/// reads its VmRSS and VmHWM.
+/// reads its VmRSS and VmHWM; also its CPU use over the period (% of a core).
 async fn settle_and_measure(
     daemon: &mut super::runner::Daemon,
     secs: u64,
     what: &str,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64, f64), String> {
     progress(format_args!("{what}: settling for {secs} s"));
+    let ticks0 = daemon.cpu_ticks()?;
+    let t0 = Instant::now();
     for _ in 0..secs {
         tokio::time::sleep(Duration::from_secs(1)).await;
         daemon.check_alive()?;
     }
+    let cpu = cpu_percent(daemon.cpu_ticks()?.saturating_sub(ticks0), t0.elapsed());
     let rss = daemon.kib("VmRSS")?;
     let hwm = daemon.kib("VmHWM")?;
     progress(format_args!(
-        "{what}: idle VmRSS {}, VmHWM {}",
+        "{what}: idle VmRSS {}, VmHWM {}, CPU {cpu:.2}% of a core",
         mib(rss),
         mib(hwm)
     ));
-    Ok((rss, hwm))
+    Ok((rss, hwm, cpu))
 }
 
 /// The timings the daemon recorded for `task_ids` (in order) in its database.
@@ -302,11 +332,14 @@ fn db_timings(state_dir: &Path, task_ids: &[i64]) -> Result<Vec<JobTimings>, Str
 /// The Forgejo baseline: the daemon against the fake Forgejo forge.
 async fn forgejo_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeFigures, String> {
     let (forge, mut daemon) = setup.start_in("forgejo", CAPACITY).await?;
-    let (rss_kib, hwm_kib) = settle_and_measure(&mut daemon, args.idle_secs, "forgejo").await?;
+    let (rss_kib, hwm_kib, idle_cpu_percent) =
+        settle_and_measure(&mut daemon, args.idle_secs, "forgejo").await?;
     let payload = true_payload(setup.label);
     let mut task_ids = Vec::new();
+    let mut job_cpu_ms = Vec::new();
     for i in 0..args.jobs {
         let what = format!("forgejo job {}/{}", i + 1, args.jobs);
+        let ticks0 = daemon.cpu_ticks()?;
         let id = forge.enqueue(FakeJob::new(payload.clone(), &[setup.label]));
         wait_all_final(&forge, &mut daemon, &[id], job_timeout(setup), &what).await?;
         let task = forge
@@ -321,6 +354,7 @@ async fn forgejo_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<Forge
             ));
         }
         task_ids.push(task.id);
+        job_cpu_ms.push(ticks_ms(daemon.cpu_ticks()?.saturating_sub(ticks0)));
         // Back to idle polling before the next job.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -331,9 +365,16 @@ async fn forgejo_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<Forge
     Ok(ForgeFigures {
         rss_kib,
         hwm_kib,
+        idle_cpu_percent,
+        job_cpu_ms,
         jobs,
         violations,
     })
+}
+
+/// Clock ticks of `/proc/<pid>/stat` in ms.
+fn ticks_ms(ticks: u64) -> u64 {
+    (ticks as f64 / USER_HZ * 1000.0) as u64
 }
 
 fn log_totals(what: &str, jobs: &[JobTimings]) {
@@ -444,10 +485,13 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
         "github: {CAPACITY} JIT runners polling after {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-    let (rss_kib, hwm_kib) = settle_and_measure(&mut daemon, args.idle_secs, "github").await?;
+    let (rss_kib, hwm_kib, idle_cpu_percent) =
+        settle_and_measure(&mut daemon, args.idle_secs, "github").await?;
     let mut runner_ids = Vec::new();
+    let mut job_cpu_ms = Vec::new();
     for i in 0..args.jobs {
         let what = format!("github job {}/{}", i + 1, args.jobs);
+        let ticks0 = daemon.cpu_ticks()?;
         let index = gh
             .enqueue(FakeGithubJob::new(&["self-hosted", setup.label]).step(FakeStep::run("true")));
         let deadline = Instant::now() + job_timeout(setup);
@@ -476,6 +520,7 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
             .last()
             .ok_or_else(|| format!("{what}: the fake delivered the job to no runner"))?;
         runner_ids.push(i64::try_from(runner).unwrap_or(i64::MAX));
+        job_cpu_ms.push(ticks_ms(daemon.cpu_ticks()?.saturating_sub(ticks0)));
         progress(format_args!("{what}: succeeded on JIT runner {runner}"));
         // Back to 2 idle runners (the used one is replaced) before the next job.
         wait_idle_runners(
@@ -494,6 +539,8 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
     Ok(ForgeFigures {
         rss_kib,
         hwm_kib,
+        idle_cpu_percent,
+        job_cpu_ms,
         jobs,
         violations,
     })
@@ -595,12 +642,16 @@ mod tests {
             forgejo: ForgeFigures {
                 rss_kib: 10240,
                 hwm_kib: 12288,
+                idle_cpu_percent: 0.1,
+                job_cpu_ms: vec![100],
                 jobs: vec![t],
                 violations: vec![],
             },
             github: ForgeFigures {
                 rss_kib: 20480,
                 hwm_kib: 24576,
+                idle_cpu_percent: 0.2,
+                job_cpu_ms: vec![300],
                 jobs: vec![g],
                 violations: vec![],
             },
@@ -611,6 +662,7 @@ mod tests {
         assert!(text.contains("2.00"), "{text}");
         assert!(text.contains("1160 ms"), "{text}");
         assert!(text.contains("1180 ms"), "{text}");
+        assert!(text.contains("3.00"), "{text}");
         assert!(
             text.contains("fake github: no protocol violations"),
             "{text}"

@@ -481,7 +481,7 @@ impl Daemon {
             .ok_or_else(|| format!("no {field} in /proc/{}/status", self.pid))
     }
 
-    fn cpu_ticks(&self) -> Result<u64, String> {
+    pub(super) fn cpu_ticks(&self) -> Result<u64, String> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .map_err(|e| format!("read /proc/{}/stat: {e}", self.pid))?;
         stat_cpu_ticks(&stat).ok_or_else(|| format!("cannot parse /proc/{}/stat", self.pid))
