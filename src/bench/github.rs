@@ -85,6 +85,9 @@ pub struct GithubReport {
     pub load: (Option<f64>, Option<f64>),
 }
 
+/// One part of the latency split.
+type Part = fn(&JobTimings) -> Option<u64>;
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -151,7 +154,7 @@ impl GithubReport {
             out,
             "LATENCY (median over the jobs, from the daemon's database)"
         );
-        let parts: [(&str, fn(&JobTimings) -> Option<u64>); 5] = [
+        let parts: [(&str, Part); 5] = [
             ("provision (receipt → QEMU spawned)", |t| t.provision_ms),
             ("boot (QEMU spawned → guest SSH port answers)", |t| {
                 t.boot_ms
