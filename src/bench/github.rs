@@ -25,7 +25,7 @@ use super::runner::{
     DaemonConfigInput, FORGE_NAME, Setup, daemon_config, is_final, progress, true_payload,
     wait_all_final,
 };
-use super::runner_report::{USER_HZ, cpu_percent, loadavg_1min};
+use super::runner_report::{USER_HZ, cpu_percent, loadavg_1min, stat_cpu_ticks};
 use super::{BenchError, GithubBenchArgs, TempDir, bench_image, fmt_ms, load_bench_config, median};
 use crate::forge::forgejo::proto::TaskResult;
 use crate::startup::resolve_accel;
@@ -50,6 +50,9 @@ pub struct ForgeFigures {
     pub idle_cpu_percent: f64,
     /// The daemon's CPU time (utime + stime) while each job ran, ms.
     pub job_cpu_ms: Vec<u64>,
+    /// This process's CPU time (the in-process fake forge) while each job
+    /// ran, ms: it competes with the guest for the host's cores.
+    pub fake_cpu_ms: Vec<u64>,
     /// The timings of each job, in order.
     pub jobs: Vec<JobTimings>,
     /// Protocol violations the fake saw.
@@ -192,6 +195,14 @@ impl GithubReport {
             totals(&self.forgejo),
             totals(&self.github)
         );
+        let cpu_of = |v: &[u64]| {
+            let v: Vec<Duration> = v.iter().map(|m| Duration::from_millis(*m)).collect();
+            median(&v)
+        };
+        let (ff, gf) = (
+            cpu_of(&self.forgejo.fake_cpu_ms),
+            cpu_of(&self.github.fake_cpu_ms),
+        );
         let cpu = |f: &ForgeFigures| {
             let v: Vec<Duration> = f
                 .job_cpu_ms
@@ -207,6 +218,13 @@ impl GithubReport {
             &fmt_ms(fc),
             &fmt_ms(gc),
             &ratio(gc.as_secs_f64(), fc.as_secs_f64()),
+        );
+        row(
+            &mut out,
+            "fake forge's CPU per job (this process, median)",
+            &fmt_ms(ff),
+            &fmt_ms(gf),
+            &ratio(gf.as_secs_f64(), ff.as_secs_f64()),
         );
         for (name, f) in [("forgejo", &self.forgejo), ("github", &self.github)] {
             if f.violations.is_empty() {
@@ -340,9 +358,11 @@ async fn forgejo_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<Forge
     let payload = true_payload(setup.label);
     let mut task_ids = Vec::new();
     let mut job_cpu_ms = Vec::new();
+    let mut fake_cpu_ms = Vec::new();
     for i in 0..args.jobs {
         let what = format!("forgejo job {}/{}", i + 1, args.jobs);
         let ticks0 = daemon.cpu_ticks()?;
+        let own0 = own_ticks();
         let id = forge.enqueue(FakeJob::new(payload.clone(), &[setup.label]));
         wait_all_final(&forge, &mut daemon, &[id], job_timeout(setup), &what).await?;
         let task = forge
@@ -358,6 +378,7 @@ async fn forgejo_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<Forge
         }
         task_ids.push(task.id);
         job_cpu_ms.push(ticks_ms(daemon.cpu_ticks()?.saturating_sub(ticks0)));
+        fake_cpu_ms.push(ticks_ms(own_ticks().saturating_sub(own0)));
         // Back to idle polling before the next job.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -370,9 +391,18 @@ async fn forgejo_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<Forge
         hwm_kib,
         idle_cpu_percent,
         job_cpu_ms,
+        fake_cpu_ms,
         jobs,
         violations,
     })
+}
+
+/// This process's CPU clock ticks (the in-process fake forge's work).
+fn own_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| stat_cpu_ticks(&s))
+        .unwrap_or(0)
 }
 
 /// Clock ticks of `/proc/<pid>/stat` in ms.
@@ -492,9 +522,11 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
         settle_and_measure(&mut daemon, args.idle_secs, "github").await?;
     let mut runner_ids = Vec::new();
     let mut job_cpu_ms = Vec::new();
+    let mut fake_cpu_ms = Vec::new();
     for i in 0..args.jobs {
         let what = format!("github job {}/{}", i + 1, args.jobs);
         let ticks0 = daemon.cpu_ticks()?;
+        let own0 = own_ticks();
         let index = gh
             .enqueue(FakeGithubJob::new(&["self-hosted", setup.label]).step(FakeStep::run("true")));
         let deadline = Instant::now() + job_timeout(setup);
@@ -524,6 +556,7 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
             .ok_or_else(|| format!("{what}: the fake delivered the job to no runner"))?;
         runner_ids.push(i64::try_from(runner).unwrap_or(i64::MAX));
         job_cpu_ms.push(ticks_ms(daemon.cpu_ticks()?.saturating_sub(ticks0)));
+        fake_cpu_ms.push(ticks_ms(own_ticks().saturating_sub(own0)));
         progress(format_args!("{what}: succeeded on JIT runner {runner}"));
         // Back to 2 idle runners (the used one is replaced) before the next job.
         wait_idle_runners(
@@ -544,6 +577,7 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
         hwm_kib,
         idle_cpu_percent,
         job_cpu_ms,
+        fake_cpu_ms,
         jobs,
         violations,
     })
@@ -647,6 +681,7 @@ mod tests {
                 hwm_kib: 12288,
                 idle_cpu_percent: 0.1,
                 job_cpu_ms: vec![100],
+                fake_cpu_ms: vec![10],
                 jobs: vec![t],
                 violations: vec![],
             },
@@ -655,6 +690,7 @@ mod tests {
                 hwm_kib: 24576,
                 idle_cpu_percent: 0.2,
                 job_cpu_ms: vec![300],
+                fake_cpu_ms: vec![20],
                 jobs: vec![g],
                 violations: vec![],
             },
