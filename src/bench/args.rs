@@ -35,6 +35,25 @@ pub enum BenchCommand {
     /// from inside the guest, against copying the same bytes into it over
     /// SSH with Solstice's executor, in one job.
     Cache(CacheBenchArgs),
+    /// The GitHub forge: the daemon's memory with 2 idle JIT runners polling
+    /// the fake GitHub, and task received → first step running of trivial
+    /// jobs, against the same daemon on the fake Forgejo forge in the same
+    /// run.
+    Github(GithubBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GithubBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Trivial (`run: 'true'`) jobs run one after another on each forge; the
+    /// latency medians are taken over them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub jobs: u32,
+    /// Seconds the daemon settles at capacity 2 (idle, polling) before its
+    /// memory is read.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,6 +16,10 @@
 //!   download in the guest with `network = "unrestricted"` against
 //!   `"outbound"` (QEMU in its own namespace behind pasta).
 //!
+//! - [`github`] (`solstice bench github`, issue 14): the daemon against the
+//!   fake GitHub (idle memory with 2 JIT runners polling, task → first step)
+//!   against the same daemon on the fake Forgejo forge.
+//!
 //! Both boot their baseline VMs with [`baseline::BaselineVm`].
 
 pub mod actions;
@@ -23,6 +27,7 @@ mod args;
 pub mod baseline;
 pub mod cache;
 pub mod engine;
+pub mod github;
 pub mod network;
 pub mod runner;
 pub mod runner_report;
@@ -37,7 +42,7 @@ use crate::startup::StartupError;
 
 pub use args::{
     ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, CacheBenchArgs,
-    EngineBenchArgs, NetworkBenchArgs, RunnerBenchArgs,
+    EngineBenchArgs, GithubBenchArgs, NetworkBenchArgs, RunnerBenchArgs,
 };
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
@@ -67,6 +72,7 @@ pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Actions(a) => actions::actions_main(a).await,
         BenchCommand::Network(a) => network::network_main(a).await,
         BenchCommand::Cache(a) => cache::cache_main(a).await,
+        BenchCommand::Github(a) => github::github_main(a).await,
     }
 }
 

@@ -36,7 +36,7 @@ use crate::testing::fake_forge::{FakeForge, FakeJob, FakeOptions, TaskSnapshot};
 use crate::vm::Accel;
 
 /// Name of the fake forge in the generated configuration.
-const FORGE_NAME: &str = "bench";
+pub(super) const FORGE_NAME: &str = "bench";
 /// Bytes per generated log line, newline included.
 const LINE_BYTES: u64 = 100;
 /// Lines per 1 MB block.
@@ -295,16 +295,16 @@ impl Setup<'_> {
 }
 
 /// What the generated daemon configuration holds.
-struct DaemonConfigInput<'a> {
-    config: &'a Config,
-    image: &'a ImageConfig,
-    accel: &'a str,
-    state_dir: &'a Path,
-    capacity: u32,
-    forge_url: &'a str,
-    secret_file: &'a Path,
+pub(super) struct DaemonConfigInput<'a> {
+    pub(super) config: &'a Config,
+    pub(super) image: &'a ImageConfig,
+    pub(super) accel: &'a str,
+    pub(super) state_dir: &'a Path,
+    pub(super) capacity: u32,
+    pub(super) forge_url: &'a str,
+    pub(super) secret_file: &'a Path,
     /// `[actions] allowed_hosts = ["127.0.0.1"]`.
-    allow_local_actions: bool,
+    pub(super) allow_local_actions: bool,
 }
 
 fn path_value(p: &Path) -> toml::Value {
@@ -313,7 +313,7 @@ fn path_value(p: &Path) -> toml::Value {
 
 /// The daemon's TOML: the chosen image and `[qemu]` settings, a private
 /// state directory, the capacity, and the fake forge polled every second.
-fn daemon_config(i: &DaemonConfigInput<'_>) -> String {
+pub(super) fn daemon_config(i: &DaemonConfigInput<'_>) -> String {
     use toml::{Table, Value};
     let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let mut daemon = Table::new();
@@ -412,11 +412,16 @@ pub(super) struct Daemon {
     child: tokio::process::Child,
     pub(super) pid: u32,
     log: PathBuf,
-    state_dir: PathBuf,
+    pub(super) state_dir: PathBuf,
 }
 
 impl Daemon {
-    fn spawn(exe: &Path, config: &Path, dir: &Path, state_dir: PathBuf) -> Result<Daemon, String> {
+    pub(super) fn spawn(
+        exe: &Path,
+        config: &Path,
+        dir: &Path,
+        state_dir: PathBuf,
+    ) -> Result<Daemon, String> {
         let log = dir.join("daemon.log");
         let file =
             std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
@@ -476,7 +481,7 @@ impl Daemon {
             .ok_or_else(|| format!("no {field} in /proc/{}/status", self.pid))
     }
 
-    fn cpu_ticks(&self) -> Result<u64, String> {
+    pub(super) fn cpu_ticks(&self) -> Result<u64, String> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .map_err(|e| format!("read /proc/{}/stat: {e}", self.pid))?;
         stat_cpu_ticks(&stat).ok_or_else(|| format!("cannot parse /proc/{}/stat", self.pid))

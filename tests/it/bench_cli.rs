@@ -2,7 +2,8 @@
 //! tiny guests. `bench runner` runs with tiny figures (one job per capacity,
 //! a 1 MB log, 3 s idle) and must print every row of its table, write its
 //! JSON and leave no VM or directory behind. `bench actions` prints its
-//! fetch table without a VM, and every part on the tiny guest.
+//! fetch table without a VM, and every part on the tiny guest. `bench github`
+//! runs one job per forge with a 2 s settle and prints both columns.
 
 use crate::support;
 
@@ -24,6 +25,7 @@ fn bench_help_names_every_benchmark() {
     assert!(text.contains("runner"), "{text}");
     assert!(text.contains("actions"), "{text}");
     assert!(text.contains("network"), "{text}");
+    assert!(text.contains("github"), "{text}");
     let out = solstice()
         .args(["bench", "actions", "--help"])
         .output()
@@ -217,6 +219,59 @@ fn bench_actions_on_the_tiny_guest_prints_every_part() {
     ] {
         assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
     }
+    assert!(qemu_processes_under(env.dir.path()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
+/// `bench github` with one job per forge and a 2 s settle: both columns, the
+/// ratios, no protocol violation, nothing left behind.
+#[test]
+fn bench_github_prints_both_forges_and_the_ratios() {
+    let env = TestEnv::tiny();
+    let config = env.write_config_file();
+    let tmp = env.dir.path().join("t");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = solstice()
+        .args([
+            "bench",
+            "github",
+            "--jobs",
+            "1",
+            "--idle-secs",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench github failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for row in [
+        "forgejo       github      gh/fj",
+        "IDLE MEMORY (2 runners polling, after 2 s)",
+        "daemon VmRSS",
+        "daemon VmHWM",
+        "daemon CPU over the settle time",
+        "provision (receipt → QEMU spawned)",
+        "total: task received → first step running",
+        "daemon CPU per job",
+        "fake forgejo: no protocol violations",
+        "fake github: no protocol violations",
+    ] {
+        assert!(stdout.contains(row), "{row:?} missing from:\n{stdout}");
+    }
+    assert!(
+        stderr.contains("[bench] github: 2 JIT runners polling"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("[bench]"), "{stdout}");
     assert!(qemu_processes_under(env.dir.path()).is_empty());
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
