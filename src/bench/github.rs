@@ -470,7 +470,12 @@ async fn wait_idle_runners(
 
 /// The GitHub side: the daemon against the fake GitHub.
 async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeFigures, String> {
-    let gh = FakeGithub::start(FakeGithubOptions::default())
+    // One RSA key for every JIT runner: key generation would otherwise
+    // compete with the guests for the CPU (see the option).
+    let gh = FakeGithub::start(FakeGithubOptions {
+        shared_runner_key: true,
+        ..FakeGithubOptions::default()
+    })
         .await
         .map_err(|e| format!("start the fake GitHub: {e}"))?;
     let token = format!(

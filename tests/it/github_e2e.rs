@@ -99,7 +99,12 @@ async fn a_passing_and_a_failing_job_report_steps_logs_and_outputs_to_github() {
                 FakeStep::run("echo \"$GREETING from $(uname -s) secret=${{ secrets.API_KEY }}\"")
                     .name("Greet"),
             )
-            .step(FakeStep::run("echo \"answer=42\" >> \"$GITHUB_OUTPUT\"").id("calc"))
+            .step(
+                FakeStep::run(
+                    "echo '::debug::hidden-debug'; echo \"answer=42\" >> \"$GITHUB_OUTPUT\"",
+                )
+                .id("calc"),
+            )
             .output("answer", "${{ steps.calc.outputs.answer }}"),
     );
     let mut d = world.start();
@@ -114,6 +119,12 @@ async fn a_passing_and_a_failing_job_report_steps_logs_and_outputs_to_github() {
     let greet = step_log(&g, 0);
     assert!(greet.contains("hello from Linux secret=***"), "{greet}");
     assert_eq!(g.outputs.get("answer").map(String::as_str), Some("42"));
+    // `::debug::` lines are dropped without ACTIONS_STEP_DEBUG, as GitHub does.
+    assert!(
+        !step_log(&g, 1).contains("hidden-debug"),
+        "{}",
+        step_log(&g, 1)
+    );
     let latest = g.latest_steps();
     assert!(
         latest

@@ -48,6 +48,9 @@ pub struct JobEnvelope {
     pub steps: Vec<StepRef>,
     /// The message's `mask` entries of type `regex` (patterns as sent).
     pub mask_patterns: Vec<String>,
+    /// `ACTIONS_STEP_DEBUG` is on: `::debug::` lines are kept.
+    #[serde(default)]
+    pub step_debug: bool,
 }
 
 /// Serialises a [`Secret`] as its plain string (for the report's saved

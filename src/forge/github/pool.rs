@@ -432,6 +432,7 @@ impl Pool {
         let job_name = envelope.display_name.clone();
         let repository = envelope.repository.clone();
         let step_count = envelope.steps.len();
+        let mut envelope = envelope;
         let job = match parsed {
             Ok(m) => translate::translate(
                 &m,
@@ -439,10 +440,13 @@ impl Pool {
                     max_job_timeout: self.inner.config.max_job_timeout,
                 },
             )
-            .map(|t| AssignedJob {
-                spec: t.spec,
-                runs_on: self.inner.config.images[runner.image].runs_on.clone(),
-                notes: t.notes,
+            .map(|t| {
+                envelope.step_debug = t.step_debug;
+                AssignedJob {
+                    spec: t.spec,
+                    runs_on: self.inner.config.images[runner.image].runs_on.clone(),
+                    notes: t.notes,
+                }
             })
             .map_err(|e| Unrunnable {
                 error: Box::new(e),

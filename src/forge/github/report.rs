@@ -553,6 +553,11 @@ impl GithubReport {
                 self.flush(inner);
                 self.wake.notify_one();
             }
+            // GitHub shows `::debug::` lines only with ACTIONS_STEP_DEBUG.
+            JobEvent::Line {
+                kind: LineKind::Debug,
+                ..
+            } if !inner.state.envelope.step_debug => {}
             JobEvent::Line { step, kind, text } => {
                 let content = match &kind {
                     LineKind::Stdout | LineKind::Stderr | LineKind::Runner => text.clone(),
@@ -1784,6 +1789,7 @@ mod tests {
             billing_owner_id: Some("B1".into()),
             steps: vec![step("s-1", "First"), step("s-2", "Second secret")],
             mask_patterns: masks.iter().map(|m| m.to_string()).collect(),
+            step_debug: false,
         }
     }
 

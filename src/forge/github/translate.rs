@@ -141,6 +141,7 @@ pub fn envelope(msg: &JobMessage) -> Result<JobEnvelope, TranslateError> {
             .filter(|m| m.kind == MaskKind::Regex && !m.value.is_empty())
             .map(|m| m.value.clone())
             .collect(),
+        step_debug: false,
     })
 }
 

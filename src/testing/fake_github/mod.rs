@@ -157,6 +157,11 @@ pub struct FakeGithubOptions {
     pub runner_groups: Vec<u64>,
     /// `soft_size_limit` of step logs and summaries: 1 MiB.
     pub soft_size_limit: u64,
+    /// Every JIT runner gets the same RSA key (made once) instead of its
+    /// own: benchmarks set it, so that 2048-bit key generation (seconds of
+    /// CPU in a debug build) does not compete with the guests. Each runner
+    /// still has its own client id and tokens.
+    pub shared_runner_key: bool,
 }
 
 impl Default for FakeGithubOptions {
@@ -173,6 +178,7 @@ impl Default for FakeGithubOptions {
             lock_duration: Duration::from_secs(600),
             runner_groups: vec![1],
             soft_size_limit: 1024 * 1024,
+            shared_runner_key: false,
         }
     }
 }

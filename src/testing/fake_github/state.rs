@@ -297,6 +297,8 @@ pub(crate) struct State {
     pub blobs: HashMap<String, Blob>,
     pub violations: Vec<String>,
     pub requests: Vec<RequestRecord>,
+    /// The one runner key of [`FakeGithubOptions::shared_runner_key`].
+    shared_key: Option<FakeRsaKey>,
 }
 
 /// What the long poll should do next.
@@ -487,6 +489,7 @@ impl State {
             apps: HashMap::new(),
             rest_tokens: HashMap::new(),
             runners: BTreeMap::new(),
+            shared_key: None,
             next_runner: 1,
             clients: HashMap::new(),
             runner_tokens: HashMap::new(),
@@ -944,7 +947,13 @@ impl State {
             .unwrap_or("_work")
             .to_string();
 
-        let key = FakeRsaKey::generate();
+        let key = if self.opts.shared_runner_key {
+            self.shared_key
+                .get_or_insert_with(FakeRsaKey::generate)
+                .clone()
+        } else {
+            FakeRsaKey::generate()
+        };
         let id = self.next_runner;
         self.next_runner += 1;
         let client_id = guid();
