@@ -476,8 +476,8 @@ async fn github_side(setup: &Setup<'_>, args: &GithubBenchArgs) -> Result<ForgeF
         shared_runner_key: true,
         ..FakeGithubOptions::default()
     })
-        .await
-        .map_err(|e| format!("start the fake GitHub: {e}"))?;
+    .await
+    .map_err(|e| format!("start the fake GitHub: {e}"))?;
     let token = format!(
         "github_pat_bench_{}",
         (0..16)

@@ -578,3 +578,48 @@ pub(crate) fn runner_name_clashes(
         }
     }
 }
+
+/// GitHub refuses runner names longer than this.
+pub(crate) const MAX_RUNNER_NAME: usize = 64;
+
+/// Records an error when a GitHub section's runner names
+/// (`<runner_name>-<image>-<8 hex digits>`) would be too long for GitHub
+/// for one of its images: every registration would fail.
+pub(crate) fn runner_name_lengths(
+    raw: &std::collections::BTreeMap<Spanned<String>, Spanned<RawForge>>,
+    forges: &std::collections::BTreeMap<String, super::ForgeConfig>,
+    images: &std::collections::BTreeMap<String, super::ImageConfig>,
+    ctx: &mut Ctx<'_>,
+) {
+    let Some(longest) = images.keys().max_by_key(|n| n.chars().count()) else {
+        return;
+    };
+    for (name, section) in raw {
+        let Some(f) = forges.get(name.get_ref()).filter(|f| f.github.is_some()) else {
+            continue;
+        };
+        let length = f.runner_name.chars().count() + longest.chars().count() + 10;
+        if length <= MAX_RUNNER_NAME {
+            continue;
+        }
+        let (span, key) = match &section.get_ref().runner_name {
+            Some(r) => (r.span(), format!("forges.{}.runner_name", name.get_ref())),
+            None => (name.span(), format!("forges.{}", name.get_ref())),
+        };
+        ctx.push(
+            Some(span),
+            Some(key),
+            ErrorKind::InvalidValue,
+            format!(
+                "the runner names of forges.{} would be {length} characters long (\"{}-{longest}-\" and 8 hex digits), and GitHub refuses names longer than {MAX_RUNNER_NAME}",
+                name.get_ref(),
+                f.runner_name
+            ),
+            Some(format!(
+                "give forges.{} a shorter `runner_name` (at most {} characters with these images), or shorten the image name",
+                name.get_ref(),
+                MAX_RUNNER_NAME.saturating_sub(longest.chars().count() + 10)
+            )),
+        );
+    }
+}

@@ -1537,3 +1537,20 @@ fn github_sections_at_one_place_need_runner_names_apart() {
         section("b", "https://github.com/o", "")
     ));
 }
+
+#[test]
+fn github_runner_names_longer_than_github_allows_are_refused_with_the_room_left() {
+    let long = "r".repeat(60);
+    let e = one(&github(&format!(
+        "url = \"https://github.com/octo/hello\"\n{GH_APP}runner_name = \"{long}\"\n"
+    )));
+    assert!(
+        e.message.contains("GitHub refuses names longer than 64"),
+        "{e:#?}"
+    );
+    assert_eq!(e.key.as_deref(), Some("forges.gh.runner_name"));
+    assert!(e.fix.as_deref().unwrap_or("").contains("at most"), "{e:#?}");
+    ok(&github(&format!(
+        "url = \"https://github.com/octo/hello\"\n{GH_APP}runner_name = \"ci1\"\n"
+    )));
+}

@@ -114,6 +114,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         forges.insert(name.get_ref().clone(), config);
     }
     github::runner_name_clashes(&raw.forges, &forges, ctx);
+    github::runner_name_lengths(&raw.forges, &forges, &images, ctx);
     let actions = actions(&raw.actions, ctx);
     let cache = cache(&raw.cache, &daemon, ctx);
     if had_errors || !ctx.errors.is_empty() {

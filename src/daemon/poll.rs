@@ -28,10 +28,15 @@ pub(crate) async fn poll_loop(
         }
         pause = forge.fetch_interval;
         // Reserve every free host slot; with none free, wait for one.
+        let mut full = false;
         let mut reservation = loop {
             let freed = shared.slots.freed();
             if let Some(r) = shared.slots.reserve(u32::MAX) {
                 break r;
+            }
+            if !full {
+                full = true;
+                poller.no_capacity().await;
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -220,7 +220,12 @@ fn place<'c>(
         return Err(Ending::failed(msg));
     }
     let images = &shared.config.images;
-    match choose_image(images, None, &job.runs_on, Fallback::Assigned) {
+    match choose_image(
+        images,
+        job.image.as_deref(),
+        &job.runs_on,
+        Fallback::Assigned,
+    ) {
         Ok(placed) => Ok(placed.image),
         Err(e) => {
             let msg = e.to_string();

@@ -197,6 +197,11 @@ pub trait Poller: Send {
     /// a caller must not drop it midway, or tasks the forge assigned in it
     /// would be lost.
     async fn fetch(&mut self, capacity: u32) -> Result<Vec<Assignment>, Failure>;
+
+    /// The host has no free slot now (the poll loop waits for one before
+    /// the next [`Poller::fetch`]): a forge that keeps runners waiting for
+    /// jobs (GitHub) withdraws its idle ones here. Forgejo keeps none.
+    async fn no_capacity(&mut self) {}
 }
 
 /// A task the forge assigned to this runner.
@@ -224,6 +229,9 @@ pub struct AssignedJob {
     pub spec: JobSpec,
     /// The job's evaluated `runs-on` labels.
     pub runs_on: Vec<String>,
+    /// The image the forge already chose (GitHub: the image of the runner
+    /// the job reached); `None`: placed by `runs_on`.
+    pub image: Option<String>,
     /// Remarks for the task log (for example a missing default-actions URL).
     pub notes: Vec<String>,
 }

@@ -120,6 +120,7 @@ fn job(task_id: i64) -> AssignedJob {
             extra_contexts: Default::default(),
         },
         runs_on: vec!["tiny".into()],
+        image: None,
         notes: vec![],
     }
 }

@@ -357,6 +357,13 @@ async fn idle_runners_follow_capacity_with_the_image_labels() {
     s.wait("two sessions", |g| g.sessions().len() == 2).await;
     poller.fetch(1).await.unwrap();
     s.wait("one runner left", |g| g.runners().len() == 1).await;
+    // A full host (another forge's job took the last slot): no idle runner
+    // stays registered to catch jobs it could not start.
+    poller.no_capacity().await;
+    s.wait("no idle runner while full", |g| g.runners().is_empty())
+        .await;
+    poller.fetch(1).await.unwrap();
+    s.wait("one runner again", |g| g.runners().len() == 1).await;
     drop(poller);
     s.wait("no runner left", |g| g.runners().is_empty()).await;
     session.disconnect().await;

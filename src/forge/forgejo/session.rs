@@ -149,6 +149,7 @@ impl SessionInner {
                 Ok(AssignedJob {
                     spec: t.spec,
                     runs_on: t.runs_on,
+                    image: None,
                     notes: t.notes,
                 }),
                 t.job_name,

@@ -366,8 +366,13 @@ impl RunnerTokens {
             Some(Value::String(s)) => s.trim().parse().unwrap_or(0.0),
             _ => 0.0,
         };
-        // Unknown lifetimes are taken as GitHub's usual 50 minutes.
-        let lifetime = if lifetime > 0.0 { lifetime } else { 2999.0 };
+        // Unknown lifetimes are taken as GitHub's usual 50 minutes; odd
+        // ones are kept within a second and a week.
+        let lifetime = if lifetime.is_finite() && lifetime > 0.0 {
+            lifetime.clamp(1.0, 7.0 * 24.0 * 3600.0)
+        } else {
+            2999.0
+        };
         Ok(CachedToken {
             token: Secret::new(answer.access_token),
             refresh_at: started + Duration::from_secs_f64(lifetime * REFRESH_AT),

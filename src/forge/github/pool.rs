@@ -45,6 +45,9 @@ pub struct ImageRunners {
     pub runs_on: Vec<String>,
 }
 
+/// Further tries of an `acquirejob` that failed transiently.
+const ACQUIRE_RETRIES: u32 = 3;
+
 /// Timings of the pool (tests shorten them).
 #[derive(Debug, Clone)]
 pub struct PoolTimings {
@@ -123,6 +126,9 @@ struct RunnerState {
     offered: bool,
     /// The job it runs: its id and the token its cancellation cancels.
     job: Option<(String, CancellationToken)>,
+    /// A `JobCancellation` arrived while the offered job was being
+    /// acquired: the job is cancelled as soon as it exists.
+    cancel_pending: bool,
 }
 
 impl RunnerCtl {
@@ -246,11 +252,22 @@ impl Pool {
         for r in &runners {
             r.stop.cancel();
         }
-        for r in &runners {
+        // All at once, within a bound: the service's stop timeout follows.
+        let removals = runners.iter().map(|r| async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), r.ended.cancelled()).await;
             if let Err(e) = self.inner.rest.delete_runner(r.id).await {
                 tracing::warn!(forge = %self.inner.config.forge, runner = %r.name, error = %e, "could not remove the runner at shutdown");
             }
+        });
+        if tokio::time::timeout(
+            Duration::from_secs(30),
+            futures_util::future::join_all(removals),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(forge = %self.inner.config.forge, "removing the runners at shutdown took too long; the next start removes what is left");
+            return;
         }
         if let Err(e) = self.remove_leftovers().await {
             tracing::warn!(forge = %self.inner.config.forge, error = %e, "could not list the runners at shutdown");
@@ -260,8 +277,6 @@ impl Pool {
     /// Keeps `target` idle runners for each image: registers the missing
     /// ones, removes surplus ones.
     async fn reconcile(&self, target: usize) -> Result<(), GithubError> {
-        // Forget runners whose listener ended.
-        self.runners().retain(|r| !r.ended.is_cancelled());
         for (index, image) in self.inner.config.images.iter().enumerate() {
             let idle: Vec<Arc<RunnerCtl>> = self
                 .runners()
@@ -366,7 +381,7 @@ impl Pool {
         } = arrival;
         let forge = &self.inner.config.forge;
         let http = &self.inner.http;
-        let acquired = async {
+        let acquire_once = || async {
             let token = runner.broker.tokens().get().await?;
             match run::acquire_job(
                 http,
@@ -391,17 +406,34 @@ impl Pool {
                 }
                 other => other,
             }
+        };
+        // Transient failures are tried again (spec §5.1); the job stays
+        // this runner's meanwhile.
+        let mut acquired = acquire_once().await;
+        for _ in 0..ACQUIRE_RETRIES {
+            match &acquired {
+                Err(e) if e.is_retryable() => {
+                    tokio::time::sleep(random_between(self.inner.config.timings.first_renew_retry))
+                        .await;
+                    acquired = acquire_once().await;
+                }
+                _ => break,
+            }
         }
-        .await;
         let body = match acquired {
             Ok(body) => body,
+            Err(e) if run::acquire_drops_job(&e) => {
+                tracing::info!(forge = %forge, runner = %runner.name, error = %e, "the job went elsewhere; the runner waits for another");
+                let mut state = runner.lock();
+                state.offered = false;
+                state.cancel_pending = false;
+                return None;
+            }
             Err(e) => {
-                if run::acquire_drops_job(&e) {
-                    tracing::info!(forge = %forge, runner = %runner.name, error = %e, "the job went elsewhere; the runner waits for another");
-                } else {
-                    tracing::warn!(forge = %forge, runner = %runner.name, error = %e, "could not acquire the job; GitHub will give it to another runner");
-                }
-                runner.lock().offered = false;
+                // Whether GitHub gave the job to this runner is unknown: the
+                // runner is not used again.
+                tracing::warn!(forge = %forge, runner = %runner.name, error = %e, "could not acquire the job; GitHub will give it to another runner");
+                self.retire(runner);
                 return None;
             }
         };
@@ -426,6 +458,10 @@ impl Pool {
         {
             let mut state = runner.lock();
             state.job = Some((envelope.job_id.clone(), remote_cancel.clone()));
+            if state.cancel_pending {
+                tracing::info!(forge = %forge, runner = %runner.name, "GitHub cancelled the job while it was being acquired");
+                remote_cancel.cancel();
+            }
         }
         runner.status_changed.notify_one();
 
@@ -445,6 +481,7 @@ impl Pool {
                 AssignedJob {
                     spec: t.spec,
                     runs_on: self.inner.config.images[runner.image].runs_on.clone(),
+                    image: Some(self.inner.config.images[runner.image].image.clone()),
                     notes: t.notes,
                 }
             })
@@ -593,7 +630,7 @@ async fn listen(pool: Arc<PoolInner>, runner: Arc<RunnerCtl>) {
                         });
                     }
                     BrokerMessage::Cancellation { job_id } => {
-                        let s = runner.lock();
+                        let mut s = runner.lock();
                         match &s.job {
                             Some((id, cancel))
                                 if job_id.is_empty() || job_id.eq_ignore_ascii_case(id) =>
@@ -601,6 +638,9 @@ async fn listen(pool: Arc<PoolInner>, runner: Arc<RunnerCtl>) {
                                 tracing::info!(forge = %forge, runner = %runner.name, "GitHub cancelled the job");
                                 cancel.cancel();
                             }
+                            // The job reference arrived and the job is being
+                            // acquired (its id is not known yet).
+                            None if s.offered => s.cancel_pending = true,
                             _ => {
                                 tracing::debug!(forge = %forge, runner = %runner.name, "a cancellation for a job this runner does not run")
                             }
@@ -707,7 +747,15 @@ struct GithubPoller {
 
 #[async_trait::async_trait]
 impl Poller for GithubPoller {
+    async fn no_capacity(&mut self) {
+        self.forget_ended();
+        if let Err(e) = self.pool.reconcile(0).await {
+            tracing::debug!(forge = %self.pool.inner.config.forge, error = %e, "could not withdraw the idle runners");
+        }
+    }
+
     async fn fetch(&mut self, capacity: u32) -> Result<Vec<Assignment>, Failure> {
+        self.forget_ended();
         let pool = &self.pool;
         if let Some(e) = pool
             .inner
@@ -741,13 +789,35 @@ impl Poller for GithubPoller {
                 assignments.push(a);
             }
         }
-        let free = capacity as usize - assignments.len();
+        let free = (capacity as usize).saturating_sub(assignments.len());
         match pool.reconcile(free).await {
             Ok(()) => Ok(assignments),
             Err(e) if assignments.is_empty() => Err(failure(e)),
             Err(e) => {
                 tracing::warn!(forge = %pool.inner.config.forge, error = %e, "could not register the idle runners");
                 Ok(assignments)
+            }
+        }
+    }
+}
+
+impl GithubPoller {
+    /// Forgets runners whose listener ended, removing at GitHub those that
+    /// ran no job (a runner that gave up polling would otherwise stay
+    /// registered, offline, until the next start or stop).
+    fn forget_ended(&self) {
+        let ended: Vec<Arc<RunnerCtl>> = self
+            .pool
+            .runners()
+            .iter()
+            .filter(|r| r.ended.is_cancelled())
+            .cloned()
+            .collect();
+        for r in ended {
+            if r.lock().job.is_none() {
+                self.pool.retire(r);
+            } else {
+                self.pool.runners().retain(|x| x.id != r.id);
             }
         }
     }

@@ -982,7 +982,9 @@ impl GithubReport {
                         deadline = until + o.lock_grace;
                         break;
                     }
-                    Err(e) if e.status() == Some(404) => return e,
+                    // 404: the job is gone; 401: the job token (which
+                    // cannot be refreshed) is over, so is the job for GitHub.
+                    Err(e) if matches!(e.status(), Some(401 | 404)) => return e,
                     Err(e) => {
                         let pause = random_between(o.renew_retry_min, o.renew_retry_max);
                         if SystemTime::now() + pause >= deadline {
@@ -1521,7 +1523,8 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     let (date, rest) = s.split_once(['T', 't', ' '])?;
     let mut d = date.split('-');
-    let year: i64 = d.next()?.parse().ok()?;
+    // Years a server could mean; others would overflow the arithmetic.
+    let year: i64 = d.next()?.parse().ok().filter(|y| (1..=9999).contains(y))?;
     let month: u8 = d.next()?.parse().ok()?;
     let day: u8 = d.next()?.parse().ok()?;
     let (clock, offset) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
@@ -1530,8 +1533,8 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
         let (c, off) = rest.split_at(pos);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (h, m) = off[1..].split_once(':').unwrap_or((&off[1..], "0"));
-        let h: i64 = h.parse().ok()?;
-        let m: i64 = m.parse().ok()?;
+        let h: i64 = h.parse().ok().filter(|h| (0..=24).contains(h))?;
+        let m: i64 = m.parse().ok().filter(|m| (0..60).contains(m))?;
         (c, sign * (h * 3600 + m * 60))
     } else {
         (rest, 0)
@@ -1557,7 +1560,7 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
         nanos = n * 10u32.pow(9 - digits.len() as u32);
     }
     let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 #[cfg(test)]

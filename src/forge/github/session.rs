@@ -50,6 +50,13 @@ pub fn image_runners(
 ) -> Vec<ImageRunners> {
     images
         .values()
+        // An image none of whose labels the section declares gets no
+        // runners (they would take every `[self-hosted, Linux]` job).
+        .filter(|image| {
+            declared.is_empty()
+                || image.labels.is_empty()
+                || image.labels.iter().any(|l| declared.contains(l))
+        })
         .map(|image| {
             let os = match image.os {
                 GuestOs::Linux => "Linux",
@@ -203,7 +210,9 @@ impl Forge for Github {
             }),
             credentials: RunnerCredentials {
                 url: self.forge.url.clone(),
-                uuid: String::new(),
+                // GitHub has no runner identity to keep: its runners are
+                // JIT ones, registered as slots free up.
+                uuid: "jit-runners".to_string(),
                 token: Secret::default(),
                 runner_id: 0,
                 declared_labels: labels,
@@ -266,5 +275,6 @@ mod tests {
         let only = image_runners(&config.images, &["linux".to_string()]);
         let tiny = only.iter().find(|r| r.image == "tiny").unwrap();
         assert_eq!(tiny.labels, ["self-hosted", "Linux", host_arch()]);
+        assert!(only.iter().all(|r| r.image != "omnios"), "{only:?}");
     }
 }
