@@ -62,6 +62,40 @@ async fn final_job(gh: &FakeGithub, index: u64, d: &Daemon) -> JobSnapshot {
     }
 }
 
+/// Waits until `job` is acquired (`running`: until a step runs).
+async fn wait_started(gh: &FakeGithub, job: u64, running: bool, d: &Daemon) {
+    let ok = gh
+        .wait_for(
+            |g| {
+                g.job(job)
+                    .map(|j| {
+                        if running {
+                            j.step_updates.iter().flatten().any(|s| s["status"] == 3)
+                        } else {
+                            matches!(j.state, FakeJobState::Acquired { .. })
+                        }
+                    })
+                    .unwrap_or(false)
+            },
+            Duration::from_secs(240),
+        )
+        .await;
+    assert!(ok, "job {job} did not start\n{}", d.log_text());
+}
+
+/// Waits until `n` of our runners are registered.
+async fn wait_runners(gh: &FakeGithub, n: usize) {
+    assert!(
+        gh.wait_for(
+            |g| our_runners(g, "e2e").len() == n,
+            Duration::from_secs(30)
+        )
+        .await,
+        "{:#?}",
+        gh.runners()
+    );
+}
+
 /// The `conclusion` of each entry of `completejob`'s `stepResults`.
 fn step_conclusions(j: &JobSnapshot) -> Vec<String> {
     j.step_results
@@ -217,17 +251,7 @@ async fn a_cancellation_from_github_stops_the_vm_within_5_seconds() {
     let d = world.start();
     let state = world.state_dir();
     // Wait for the first step to run.
-    let running = gh
-        .wait_for(
-            |g| {
-                g.job(job)
-                    .map(|j| j.step_updates.iter().flatten().any(|s| s["status"] == 3))
-                    .unwrap_or(false)
-            },
-            Duration::from_secs(240),
-        )
-        .await;
-    assert!(running, "{}", d.log_text());
+    wait_started(&gh, job, true, &d).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let asked = Instant::now();
     assert!(gh.cancel_job(job, "00:05:00"));
@@ -265,27 +289,9 @@ async fn sigterm_removes_idle_runners_at_once_and_lets_the_running_job_finish() 
         FakeGithubJob::new(&["tiny"]).step(FakeStep::run("echo working; sleep 12; echo done")),
     );
     let mut d = world.start();
-    let started = gh
-        .wait_for(
-            |g| {
-                g.job(job)
-                    .map(|j| matches!(j.state, FakeJobState::Acquired { .. }))
-                    .unwrap_or(false)
-            },
-            Duration::from_secs(120),
-        )
-        .await;
-    assert!(started, "{}", d.log_text());
+    wait_started(&gh, job, false, &d).await;
     // One runner holds the job; wait until the idle one exists too.
-    assert!(
-        gh.wait_for(
-            |g| our_runners(g, "e2e").len() == 2,
-            Duration::from_secs(30)
-        )
-        .await,
-        "{:#?}",
-        gh.runners()
-    );
+    wait_runners(&gh, 2).await;
     d.signal(Signal::SIGTERM);
     let idle_gone = gh
         .wait_for(
@@ -322,26 +328,8 @@ async fn sigkill_mid_job_then_restart_fails_the_job_and_removes_old_runners() {
     let job =
         gh.enqueue(FakeGithubJob::new(&["tiny"]).step(FakeStep::run("echo started; sleep 300")));
     let mut d = world.start();
-    let running = gh
-        .wait_for(
-            |g| {
-                g.job(job)
-                    .map(|j| j.step_updates.iter().flatten().any(|s| s["status"] == 3))
-                    .unwrap_or(false)
-            },
-            Duration::from_secs(240),
-        )
-        .await;
-    assert!(running, "{}", d.log_text());
-    assert!(
-        gh.wait_for(
-            |g| our_runners(g, "e2e").len() == 2,
-            Duration::from_secs(30)
-        )
-        .await,
-        "{:#?}",
-        gh.runners()
-    );
+    wait_started(&gh, job, true, &d).await;
+    wait_runners(&gh, 2).await;
     let before = our_runners(&gh, "e2e");
     d.signal(Signal::SIGKILL);
     let _ = d.wait_exit(Duration::from_secs(30));
@@ -392,17 +380,7 @@ async fn runner_tokens_are_refreshed_in_the_middle_of_a_job() {
         FakeGithubJob::new(&["tiny"]).step(FakeStep::run("echo begin; sleep 12; echo end")),
     );
     let d = world.start();
-    let running = gh
-        .wait_for(
-            |g| {
-                g.job(job)
-                    .map(|j| matches!(j.state, FakeJobState::Acquired { .. }))
-                    .unwrap_or(false)
-            },
-            Duration::from_secs(240),
-        )
-        .await;
-    assert!(running, "{}", d.log_text());
+    wait_started(&gh, job, false, &d).await;
     let tokens_before = gh
         .requests()
         .iter()

@@ -381,31 +381,29 @@ impl Pool {
         } = arrival;
         let forge = &self.inner.config.forge;
         let http = &self.inner.http;
+        // With the runner token; a 401 exchanges a new one and tries once more.
         let acquire_once = || async {
-            let token = runner.broker.tokens().get().await?;
-            match run::acquire_job(
-                http,
-                &request.run_service_url,
-                &token,
-                &request.runner_request_id,
-                request.billing_owner_id.as_deref(),
-            )
-            .await
-            {
-                Err(e) if e.is_unauthorized() => {
+            let mut answer = None;
+            for attempt in 0..2 {
+                if attempt > 0 {
                     runner.broker.tokens().invalidate().await;
-                    let token = runner.broker.tokens().get().await?;
-                    run::acquire_job(
-                        http,
-                        &request.run_service_url,
-                        &token,
-                        &request.runner_request_id,
-                        request.billing_owner_id.as_deref(),
-                    )
-                    .await
                 }
-                other => other,
+                let token = runner.broker.tokens().get().await?;
+                let got = run::acquire_job(
+                    http,
+                    &request.run_service_url,
+                    &token,
+                    &request.runner_request_id,
+                    request.billing_owner_id.as_deref(),
+                )
+                .await;
+                let refused = matches!(&got, Err(e) if e.is_unauthorized());
+                answer = Some(got);
+                if !refused {
+                    break;
+                }
             }
+            answer.unwrap_or_else(|| Err(GithubError::Invalid("acquirejob was not tried".into())))
         };
         // Transient failures are tried again (spec §5.1); the job stays
         // this runner's meanwhile.
