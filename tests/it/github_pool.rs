@@ -561,14 +561,25 @@ async fn a_refused_acquire_leaves_the_runner_idle_for_the_next_job() {
             r.endpoint == Endpoint::AcquireJob && r.status == status
         })
         .await;
-        assert!(poller.fetch(1).await.unwrap().is_empty());
         let second = s.gh.enqueue(job());
-        let a = next(&mut poller, 1).await.pop().unwrap();
-        assert_eq!(a.task_id, runner as i64, "HTTP {status}");
-        let run = start(a);
-        run.play(Conclusion::Success);
-        run.done().await.unwrap();
-        assert_eq!(s.gh.job(second).unwrap().state, FakeJobState::Completed);
+        // The refused job may come back once its delivery times out, to
+        // another runner the pool registered meanwhile (a runner counts as
+        // busy from the job reference until the refusal): run what comes
+        // until the second job is done, and check that the runner whose
+        // acquire was refused took a job again.
+        let mut ran = Vec::new();
+        while s.gh.job(second).unwrap().state != FakeJobState::Completed {
+            assert!(ran.len() < 3, "HTTP {status}: runs {ran:?}");
+            let a = next(&mut poller, 1).await.pop().unwrap();
+            ran.push(a.task_id);
+            let run = start(a);
+            run.play(Conclusion::Success);
+            run.done().await.unwrap();
+        }
+        assert!(
+            ran.contains(&(runner as i64)),
+            "HTTP {status}: runs {ran:?}"
+        );
         drop(poller);
         session.disconnect().await;
         s.no_violations();
