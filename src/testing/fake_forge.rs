@@ -68,12 +68,10 @@
 mod artifacts;
 mod state;
 
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -81,11 +79,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
+
+use super::killable::KillableStream;
 
 use crate::forge::forgejo::error::Code;
 use crate::secret::Secret;
@@ -947,8 +946,10 @@ impl axum::serve::Listener for KillableListener {
             match self.listener.accept().await {
                 Ok((io, addr)) => {
                     let _ = io.set_nodelay(true);
-                    let dead = Box::pin(self.kill.clone().cancelled_owned());
-                    return (KillableStream { io, dead }, addr);
+                    return (
+                        KillableStream::new(io, self.kill.clone(), "fake forge stopped"),
+                        addr,
+                    );
                 }
                 Err(e) => {
                     tracing::debug!("fake forge: accept failed: {e}");
@@ -960,62 +961,6 @@ impl axum::serve::Listener for KillableListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-}
-
-/// A connection that errors (and so is dropped) once the forge stops.
-struct KillableStream {
-    io: TcpStream,
-    dead: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-fn stopped() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "fake forge stopped")
-}
-
-impl KillableStream {
-    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
-        self.dead.as_mut().poll(cx).is_ready()
-    }
-}
-
-impl AsyncRead for KillableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_dead(cx) {
-            return Poll::Ready(Err(stopped()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.is_dead(cx) {
-            return Poll::Ready(Err(stopped()));
-        }
-        Pin::new(&mut this.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_dead(cx) {
-            return Poll::Ready(Err(stopped()));
-        }
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod fake_forge;
 pub mod fake_github;
 pub mod git_server;
+pub mod killable;
 pub mod leaks;
 pub mod sink;
 

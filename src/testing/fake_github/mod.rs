@@ -76,12 +76,9 @@ mod keys;
 mod state;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -89,10 +86,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
+
+use super::killable::KillableStream;
 
 pub use job::{FakeGithubJob, FakeStep, FakeStepKind};
 pub use keys::FakeRsaKey;
@@ -818,7 +816,7 @@ struct ConnListener {
 }
 
 impl axum::serve::Listener for ConnListener {
-    type Io = ConnStream;
+    type Io = KillableStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -831,16 +829,16 @@ impl axum::serve::Listener for ConnListener {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(addr, kill.clone());
-                    let dead = Box::pin(kill.cancelled_owned());
-                    return (
-                        ConnStream {
-                            io,
-                            dead,
-                            addr,
-                            conns: self.conns.clone(),
-                        },
-                        addr,
-                    );
+                    let conns = self.conns.clone();
+                    let stream =
+                        KillableStream::new(io, kill, "fake GitHub dropped the connection")
+                            .on_drop(move || {
+                                conns
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&addr);
+                            });
+                    return (stream, addr);
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
@@ -849,75 +847,5 @@ impl axum::serve::Listener for ConnListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-}
-
-/// A connection that fails (and so is dropped) once its switch is cancelled.
-struct ConnStream {
-    io: TcpStream,
-    dead: Pin<Box<WaitForCancellationFutureOwned>>,
-    addr: SocketAddr,
-    conns: Conns,
-}
-
-impl Drop for ConnStream {
-    fn drop(&mut self) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.addr);
-    }
-}
-
-fn cut() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionReset,
-        "fake GitHub dropped the connection",
-    )
-}
-
-impl ConnStream {
-    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
-        self.dead.as_mut().poll(cx).is_ready()
-    }
-}
-
-impl AsyncRead for ConnStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_dead(cx) {
-            return Poll::Ready(Err(cut()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ConnStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.is_dead(cx) {
-            return Poll::Ready(Err(cut()));
-        }
-        Pin::new(&mut this.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.is_dead(cx) {
-            return Poll::Ready(Err(cut()));
-        }
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
