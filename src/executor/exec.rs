@@ -161,8 +161,12 @@ impl Runtime<'_> {
     /// Sends `signal` to the step's process group (or process) named in its pid file.
     pub(super) async fn kill(&self, step_dir: &str, signal: &str) {
         let pid = shell_quote(&format!("{step_dir}/pid"));
+        // A step whose processes run in a container has a `kill` script too:
+        // signalling the engine's client does not stop them.
+        let extra = shell_quote(&format!("{step_dir}/kill"));
         let cmd = format!(
-            "p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && kill -{signal} $p 2>/dev/null; exit 0"
+            "if [ -f {extra} ]; then sh {extra} {signal} >/dev/null 2>&1; fi; \
+             p=$(cat {pid} 2>/dev/null) && [ -n \"$p\" ] && kill -{signal} $p 2>/dev/null; exit 0"
         );
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(8);
         let drain = async { while rx.recv().await.is_some() {} };

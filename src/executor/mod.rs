@@ -33,6 +33,7 @@ pub mod checkout;
 mod checkout_step;
 pub mod clock;
 pub mod commands;
+mod containers;
 mod context;
 mod emit;
 pub mod env;

@@ -75,6 +75,7 @@ impl Runtime<'_> {
             vars,
             action: Some(action.info.clone()),
             working_dir: self.layout.workspace.clone(),
+            vm_only: false,
         };
         let res = self.run_wrapped(plan, state, body).await?;
         let end = self.finish_exec(plan, res, state);

@@ -10,6 +10,7 @@ use indexmap::IndexMap;
 use tokio_util::sync::CancellationToken;
 
 use super::action::LoadedAction;
+use super::containers::JobContainers;
 use super::emit::Emitter;
 use super::env::{self, GuestLayout};
 use super::mask::Masker;
@@ -43,6 +44,8 @@ pub(super) struct Runtime<'a> {
     pub(super) loaded_actions: Mutex<HashMap<String, Result<Arc<LoadedAction>, String>>>,
     /// Guest directories that already hold an action's tree.
     pub(super) delivered: Mutex<HashSet<String>>,
+    /// The job's containers (`container:`, `services:`), once started.
+    pub(super) containers: Option<JobContainers>,
 }
 
 /// Runs one job on `runner` (the guest behind `session`) and returns its
@@ -126,6 +129,7 @@ pub async fn run_job(
         debug,
         loaded_actions: Mutex::new(HashMap::new()),
         delivered: Mutex::new(HashSet::new()),
+        containers: None,
     };
     let mut state = JobState::new();
 

@@ -119,8 +119,9 @@ pub struct WrapperSpec<'a> {
     /// `GITHUB_PATH` entries, first is searched first; they come before
     /// [`WrapperSpec::image_path`], as on GitHub.
     pub path_prefix: &'a [String],
-    /// Absolute working directory.
-    pub working_dir: &'a str,
+    /// Absolute working directory; `None`: the wrapper does not change
+    /// directory (the step's command sets its own, as `docker exec --workdir`).
+    pub working_dir: Option<&'a str>,
     /// Shell code that runs the step (from [`ResolvedShell::command`]).
     pub run: &'a str,
     /// Random line printed before the file-command dump.
@@ -172,14 +173,15 @@ pub fn render_wrapper(w: &WrapperSpec<'_>) -> String {
             q(&w.path_prefix.join(":"))
         ));
     }
-    let wd = q(w.working_dir);
-    let msg = q(&format!(
-        "Solstice: the working directory {} does not exist; create it in an earlier step or fix `working-directory`",
-        w.working_dir
-    ));
-    s.push_str(&format!(
-        "cd {wd} 2>/dev/null || {{ echo {msg} >&2; exit 1; }}\n"
-    ));
+    if let Some(dir) = w.working_dir {
+        let wd = q(dir);
+        let msg = q(&format!(
+            "Solstice: the working directory {dir} does not exist; create it in an earlier step or fix `working-directory`"
+        ));
+        s.push_str(&format!(
+            "cd {wd} 2>/dev/null || {{ echo {msg} >&2; exit 1; }}\n"
+        ));
+    }
     s.push_str(&format!("{} </dev/null\n", w.run));
     s.push_str("solstice_status=$?\n");
     s.push_str(&format!("rm -f {}/script.* 2>/dev/null\n", q(d)));
@@ -320,7 +322,7 @@ mod tests {
             env: &env,
             image_path: &["/usr/gnu/bin".to_string(), "/opt/ooce/bin".to_string()],
             path_prefix: &["/opt/bin".to_string()],
-            working_dir: "/w",
+            working_dir: Some("/w"),
             run: "sh -e /t/s1/script.sh",
             marker: "MARK",
         });

@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 
 use super::AFTER_CANCEL_STEP_LIMIT;
 use super::archive::{TarFile, build_tar};
+use super::containers::{ContainerCommand, paths};
 use super::checkout;
 use super::checkout_step::CheckoutPlan;
 use super::context::run_default;
@@ -323,6 +324,7 @@ impl Runtime<'_> {
                     vars: Vec::new(),
                     action: None,
                     working_dir,
+                    vm_only: false,
                 };
                 let res = self.run_wrapped(plan, state, body).await?;
                 self.finish_exec(plan, res, state)
@@ -368,6 +370,7 @@ impl Runtime<'_> {
                             vars: Vec::new(),
                             action: None,
                             working_dir: self.working_dir(plan, state)?,
+                            vm_only: true,
                         };
                         let res = self.run_wrapped(plan, state, body).await?;
                         self.finish_exec(plan, res, state)
@@ -480,7 +483,10 @@ impl Runtime<'_> {
                 merged.insert(k, v);
             }
         }
-        let command_like = matches!(body.run, RunCommand::Command { .. });
+        let command_like = matches!(
+            body.run,
+            RunCommand::Command { .. } | RunCommand::Container(_)
+        );
         let mut env_list = Vec::new();
         let mut odd_names = Vec::new();
         for (k, v) in merged {
@@ -500,7 +506,20 @@ impl Runtime<'_> {
 
         let name = dir.rsplit('/').next().unwrap_or("step").to_string();
         let mut files = vec![TarFile::dir(&name)];
+        let mut cd = Some(body.working_dir.as_str());
+        let mut path_prefix: &[String] = &state.path_prefix;
         let run_cmd = match body.run {
+            RunCommand::Container(c) => {
+                let (run, kill) = render_container(c, &mut env_list, &odd_names, &state.path_prefix);
+                if let Some(kill) = kill {
+                    files.push(TarFile::file(&format!("{name}/kill"), kill.into_bytes(), 0o700));
+                }
+                // The VM shell only starts the engine's client: the step's
+                // directory and PATH are the container's.
+                cd = None;
+                path_prefix = &[];
+                run
+            }
             RunCommand::Script { script, shell } => {
                 let ext = shell.extension();
                 let script_path = format!("{dir}/script.{ext}");
@@ -532,8 +551,8 @@ impl Runtime<'_> {
             step_dir: dir,
             env: &env_list,
             image_path: &self.runner.path_prepend,
-            path_prefix: &state.path_prefix,
-            working_dir: &body.working_dir,
+            path_prefix,
+            working_dir: cd,
             run: &run_cmd,
             marker: &marker,
         });
@@ -656,6 +675,79 @@ pub(super) fn step_command(steps_root: &str, wrapper: &str) -> String {
     )
 }
 
+/// Shell code that runs `c` from the VM, and the step's kill script. The
+/// step's variables stay exported in the VM shell, with their values
+/// translated to container paths, and reach the container as `-e NAME` only;
+/// `PATH` is not exported in the VM (the engine's client needs the VM's) but
+/// passed as `-e PATH=…` when the step changes it. `odd` holds the
+/// variables no shell can export: they go through env(1).
+fn render_container(
+    c: ContainerCommand,
+    env: &mut Vec<(String, String)>,
+    odd: &[(String, String)],
+    path_prefix: &[String],
+) -> (String, Option<String>) {
+    let mut step_path: Option<String> = None;
+    env.retain(|(k, v)| {
+        if k == "PATH" {
+            step_path = Some(v.clone());
+            false
+        } else {
+            true
+        }
+    });
+    for (_, v) in env.iter_mut() {
+        *v = paths::translate(v, &c.translate);
+    }
+    let mut args: Vec<String> = c.before.clone();
+    for (k, _) in env.iter().chain(odd) {
+        args.push("-e".into());
+        args.push(k.clone());
+    }
+    let prefix: Vec<String> = path_prefix
+        .iter()
+        .map(|p| paths::translate(p, &c.translate))
+        .collect();
+    let path = match (step_path, &c.base_path) {
+        (Some(p), _) if prefix.is_empty() => Some(p),
+        (Some(p), _) => Some(format!("{}:{p}", prefix.join(":"))),
+        (None, Some(base)) if !prefix.is_empty() => Some(format!("{}:{base}", prefix.join(":"))),
+        _ => None,
+    };
+    if let Some(p) = path {
+        args.push("-e".into());
+        args.push(format!("PATH={p}"));
+    }
+    args.extend(c.after.iter().cloned());
+    let argv = args
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env_prefix = if odd.is_empty() {
+        String::new()
+    } else {
+        let pairs: Vec<String> = odd
+            .iter()
+            .map(|(k, v)| shell_quote(&format!("{k}={}", paths::translate(v, &c.translate))))
+            .collect();
+        format!("env {} ", pairs.join(" "))
+    };
+    let setup = if c.setup.trim().is_empty() {
+        String::new()
+    } else {
+        format!("( {}\n) && ", c.setup.trim_end())
+    };
+    let missing = shell_quote(
+        "Solstice: this step needs the guest's container engine, but `docker` is not on the guest's PATH",
+    );
+    let run = format!(
+        "if solstice_docker=$(command -v docker); then {setup}{env_prefix}\"$solstice_docker\" {argv}; \
+         else printf '%s\\n' {missing} >&2; false; fi"
+    );
+    (run, c.kill)
+}
+
 /// How a step's process ended.
 pub(super) enum StepEnd {
     Success,
@@ -686,6 +778,9 @@ pub(super) enum RunCommand {
     /// `setup` (shell code), then `program` (a command line) run with the
     /// variables no shell can export (`INPUT_MY-INPUT`) through env(1).
     Command { setup: String, program: String },
+    /// A command of the guest's container engine (`docker exec` into the
+    /// job container, `docker run` of a Docker action).
+    Container(ContainerCommand),
 }
 
 /// One wrapped exec of a step ([`Runtime::run_wrapped`]).
@@ -699,6 +794,10 @@ pub(super) struct Body {
     /// action the step belongs to, if any.
     pub(super) action: Option<ActionInfo>,
     pub(super) working_dir: String,
+    /// Runs in the VM even in a job with a job container (the checkout's
+    /// git, VM actions); otherwise a `Script` or `Command` of such a job runs
+    /// inside the job container.
+    pub(super) vm_only: bool,
 }
 
 pub(super) struct StepRun<'p> {

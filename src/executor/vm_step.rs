@@ -61,6 +61,7 @@ impl Runtime<'_> {
             vars: Vec::new(),
             action: None,
             working_dir: self.layout.workspace.clone(),
+            vm_only: true,
         };
         let res = self.run_wrapped(plan, state, body).await?;
         self.finish_exec(plan, res, state)
