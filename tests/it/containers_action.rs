@@ -181,7 +181,8 @@ jobs:
         uses: docker://solstice-test/bash:1
         with:
           entrypoint: /bin/bash
-          args: -c 'echo "bash in $PWD as $HOME: $1" && echo "x=from bash" >> "$GITHUB_OUTPUT"' zero "two words"
+          args: >-
+            -c 'echo "bash in $PWD as $HOME: $1" && echo "x=from bash" >> "$GITHUB_OUTPUT"' zero "two words"
       - run: echo "bash-output=${{{{ steps.bash.outputs.x }}}}"
 "#####
     );
@@ -350,4 +351,38 @@ fn engine_processes() -> BTreeSet<(u32, String)> {
         }
     }
     out
+}
+
+/// A Linux image without a container engine (the tiny busybox guest): a
+/// Docker action step fails at once, naming the image and what it needs;
+/// later steps still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_step_on_an_image_without_docker_names_the_image() {
+    let env = TestEnv::tiny();
+    let yaml = r#"
+jobs:
+  build:
+    steps:
+      - uses: docker://solstice-test/bash:1
+        with:
+          args: -c 'echo never'
+      - if: always()
+        run: echo after
+"#;
+    let (result, sink) = env.run(yaml, RunOpts::default()).await;
+    let report = result.expect("the job ran");
+    let text = all_text(&sink);
+    assert_eq!(
+        conclusions(&report),
+        vec![(Conclusion::Failure, Conclusion::Failure), (S, S)],
+        "{text}"
+    );
+    let lines = step_lines(&sink, 0).join("\n");
+    assert!(
+        lines.contains("`uses: docker://solstice-test/bash:1` is a Docker action")
+            && lines.contains("needs a Linux image with a container engine (docker)")
+            && lines.contains("image `tiny` has no `docker` on its PATH"),
+        "{lines}"
+    );
+    assert!(!text.contains("never"), "{text}");
 }
