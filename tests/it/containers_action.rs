@@ -5,9 +5,10 @@
 //! build` plus a `--privileged` container in a `run:` step, after which the
 //! host is checked for anything of it.
 //!
-//! No registry is needed: every image is built in the guest `FROM scratch`
-//! from files of the guest's own root file system (or, for the fixture,
-//! the host's), or made with `docker import`.
+//! The Dockerfile actions are built in the guest `FROM scratch` from files
+//! of the guest's own root file system (or, for the fixture, the host's);
+//! `docker://solstice-test/bash:1` comes from the test registry
+//! (`support::registry`) through the guest's own network.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,7 +18,7 @@ use solstice::actions::{ActionCache, CacheSettings};
 use solstice::events::Conclusion;
 use solstice::testing::git_server::GitServer;
 
-use crate::support::{self, RunOpts, TestEnv, all_text, step_lines};
+use crate::support::{self, RunOpts, TestEnv, all_text, registry, step_lines};
 
 const S: Conclusion = Conclusion::Success;
 
@@ -107,11 +108,13 @@ const ROOTFS_FN: &str = r#"rootfs() {
 /// `/github/workspace` that later steps read; the fixture's pre, main and
 /// post entry points in order with its state; `runs.args` winning over
 /// `with.args`, inputs as `INPUT_*`, `runs.env` under the step's `env`; a
-/// `docker://` step with `with.args` and `with.entrypoint`.
+/// `docker://` step with `with.args` and `with.entrypoint`, its image
+/// pulled from the test registry (the image's `registry_mirror`).
 #[tokio::test(flavor = "multi_thread")]
 async fn dockerfile_and_docker_uses_actions_run_in_the_guest_engine() {
     let (server, cache, _dir) = docker_stages().await;
-    let env = debian();
+    let reg = registry::shared();
+    let env = TestEnv::debian_containers(&reg);
     let rootfs = rootfs_fn();
     let yaml = format!(
         r#####"
@@ -119,7 +122,7 @@ jobs:
   build:
     runs-on: debian
     steps:
-      - name: A local action and an image with bash, from the guest's own files
+      - name: A local action with an image from the guest's own files
         run: |
           set -e
           {rootfs}
@@ -154,8 +157,6 @@ jobs:
           EOF
           printf '#!/bin/sh\necho "local post"\n' > $a/post.sh
           chmod +x $a/entry.sh $a/post.sh
-          rootfs bashroot bash cat
-          tar -C bashroot -c . | docker import - solstice-test/bash:1 >/dev/null
           echo "prepared"
       - id: local
         uses: ./.github/actions/x
