@@ -139,7 +139,7 @@ jobs:
             image: Dockerfile
             post-entrypoint: /post.sh
             env:
-              FROM_MANIFEST: manifest-${{{{ inputs.greeting }}}}
+              FROM_MANIFEST: manifest-${{{{ '${{{{' }}}} inputs.greeting }}}}
               STEP_WINS: manifest
           EOF
           printf 'FROM scratch\nCOPY rootfs/ /\nCOPY entry.sh post.sh /\nENTRYPOINT ["/entry.sh"]\n' > $a/Dockerfile
