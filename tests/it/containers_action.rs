@@ -387,3 +387,42 @@ jobs:
     );
     assert!(!text.contains("never"), "{text}");
 }
+
+/// A Docker action stopped by its `timeout-minutes`: its kill script
+/// signals the container (a signal to the `docker` client would not reach
+/// it), the entry point's trap runs, and no container is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_step_that_times_out_stops_its_container() {
+    let reg = registry::shared();
+    let env = TestEnv::debian_containers(&reg);
+    let yaml = r#"
+jobs:
+  build:
+    runs-on: debian
+    steps:
+      - run: docker pull -q solstice-test/bash:1
+      - uses: docker://solstice-test/bash:1
+        timeout-minutes: 0.5
+        with:
+          entrypoint: /bin/bash
+          args: -c 'trap "echo got TERM; exit 3" TERM; echo started; while true; do sleep 1; done'
+      - if: always()
+        run: echo "left=$(docker ps -a -q --filter label=solstice-action | wc -l)"
+"#;
+    let (result, sink) = env.run(yaml, RunOpts::default()).await;
+    let report = result.expect("the job ran");
+    let text = all_text(&sink);
+    assert_eq!(
+        conclusions(&report),
+        vec![(S, S), (Conclusion::Failure, Conclusion::Failure), (S, S)],
+        "{text}"
+    );
+    let stopped = step_lines(&sink, 1);
+    for want in ["started", "got TERM"] {
+        assert!(stopped.iter().any(|l| l == want), "{want}: {text}");
+    }
+    assert!(
+        step_lines(&sink, 2).contains(&"left=0".to_string()),
+        "{text}"
+    );
+}
