@@ -7,9 +7,9 @@ use indexmap::IndexMap;
 
 use super::AFTER_CANCEL_STEP_LIMIT;
 use super::archive::{TarFile, build_tar};
-use super::containers::{ContainerCommand, paths};
 use super::checkout;
 use super::checkout_step::CheckoutPlan;
+use super::containers::{ContainerCommand, paths};
 use super::context::run_default;
 use super::env::{self, ActionInfo, RunnerVarsInput};
 use super::error::StepError;
@@ -510,9 +510,14 @@ impl Runtime<'_> {
         let mut path_prefix: &[String] = &state.path_prefix;
         let run_cmd = match body.run {
             RunCommand::Container(c) => {
-                let (run, kill) = render_container(c, &mut env_list, &odd_names, &state.path_prefix);
+                let (run, kill) =
+                    render_container(c, &mut env_list, &odd_names, &state.path_prefix);
                 if let Some(kill) = kill {
-                    files.push(TarFile::file(&format!("{name}/kill"), kill.into_bytes(), 0o700));
+                    files.push(TarFile::file(
+                        &format!("{name}/kill"),
+                        kill.into_bytes(),
+                        0o700,
+                    ));
                 }
                 // The VM shell only starts the engine's client: the step's
                 // directory and PATH are the container's.
