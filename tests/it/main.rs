@@ -30,6 +30,7 @@ mod fake_forge;
 mod fake_github;
 mod forge_artifacts;
 mod forge_client;
+mod forge_containers;
 mod forge_e2e;
 mod forge_e2e_gone;
 mod forge_reporter;
