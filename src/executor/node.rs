@@ -67,7 +67,37 @@ impl Runtime<'_> {
             n = shell_quote(&node_bin),
             m = shell_quote(&missing),
         );
-        let program = format!("{} {}", shell_quote(&node_bin), shell_quote(&script));
+        let (setup, program) = match self.job_container() {
+            // Inside the job container: the guest's node, mounted (GitHub's
+            // `/__e/node20/bin/node`), so that images without node work.
+            Some(jc) => {
+                let inner_script = super::containers::paths::translate(&script, &jc.mounts);
+                let Some(inner_node) = &jc.node else {
+                    self.em.error(
+                        plan.log,
+                        format!(
+                            "This step runs a JavaScript action ({}) in the job container ({}), with the guest's node \
+                             mounted, but image `{}` has no `{}`. Install node in the image (docs/images.md) \
+                             or set the image's `node` key",
+                            action.uses, jc.image, self.runner.image, node_bin
+                        ),
+                    );
+                    return Ok((StepEnd::Failure, IndexMap::new()));
+                };
+                (
+                    "unset NODE_ICU_DATA".to_string(),
+                    format!(
+                        "exec {} {}",
+                        shell_quote(inner_node),
+                        shell_quote(&inner_script)
+                    ),
+                )
+            }
+            None => (
+                setup,
+                format!("{} {}", shell_quote(&node_bin), shell_quote(&script)),
+            ),
+        };
         state.saved_state.clear();
         let body = Body {
             run: RunCommand::Command { setup, program },
