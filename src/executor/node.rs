@@ -15,7 +15,7 @@ use super::error::StepError;
 use super::exec::Stop;
 use super::runtime::Runtime;
 use super::state::JobState;
-use super::step::{Body, RunCommand, StepEnd, StepRun};
+use super::step::{Body, RunCommand, StepEnd, StepRun, container_exec};
 use crate::actions::{UsesRef, parse_uses};
 use crate::events::LineKind;
 use crate::guest::shell_quote;
@@ -67,9 +67,10 @@ impl Runtime<'_> {
             n = shell_quote(&node_bin),
             m = shell_quote(&missing),
         );
-        let (setup, program) = match self.job_container() {
+        let run = match self.job_container() {
             // Inside the job container: the guest's node, mounted (GitHub's
-            // `/__e/node20/bin/node`), so that images without node work.
+            // `/__e/node20/bin/node`), so that images without node work. No
+            // shell in between: the `INPUT_MY-INPUT` names reach node intact.
             Some(jc) => {
                 let inner_script = super::containers::paths::translate(&script, &jc.mounts);
                 let Some(inner_node) = &jc.node else {
@@ -84,23 +85,20 @@ impl Runtime<'_> {
                     );
                     return Ok((StepEnd::Failure, IndexMap::new()));
                 };
-                (
-                    "unset NODE_ICU_DATA".to_string(),
-                    format!(
-                        "exec {} {}",
-                        shell_quote(inner_node),
-                        shell_quote(&inner_script)
-                    ),
-                )
+                RunCommand::Container(container_exec(
+                    jc,
+                    &self.layout.workspace,
+                    vec![inner_node.clone(), inner_script],
+                ))
             }
-            None => (
+            None => RunCommand::Command {
                 setup,
-                format!("{} {}", shell_quote(&node_bin), shell_quote(&script)),
-            ),
+                program: format!("{} {}", shell_quote(&node_bin), shell_quote(&script)),
+            },
         };
         state.saved_state.clear();
         let body = Body {
-            run: RunCommand::Command { setup, program },
+            run,
             extra_files: Vec::new(),
             vars,
             action: Some(action.info.clone()),

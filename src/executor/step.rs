@@ -790,7 +790,11 @@ fn render_container(
 /// `docker exec` of `argv` in the job container `jc`, in `working_dir` (a
 /// guest path, translated), with the container's `PATH` as base and a kill
 /// that signals every process of the container but its PID 1 (`tail`).
-fn container_exec(jc: &JobContainer, working_dir: &str, argv: Vec<String>) -> ContainerCommand {
+pub(super) fn container_exec(
+    jc: &JobContainer,
+    working_dir: &str,
+    argv: Vec<String>,
+) -> ContainerCommand {
     let id = shell_quote(&jc.id);
     let mut after = vec![jc.id.clone()];
     after.extend(argv);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 /// A scalar written in YAML (string, number or boolean), kept as the string
 /// Actions would see. `env: { N: 1 }` yields `"1"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scalar(pub String);
 
 impl<'de> Deserialize<'de> for Scalar {
@@ -269,12 +269,6 @@ struct ContainerMap {
     command: Option<Scalar>,
     #[serde(default)]
     cmd: Vec<Scalar>,
-}
-
-impl Default for Scalar {
-    fn default() -> Self {
-        Scalar(String::new())
-    }
 }
 
 impl<'de> Deserialize<'de> for ContainerSpec {

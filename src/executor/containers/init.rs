@@ -447,7 +447,7 @@ fn container_script(
                 p.image
             )
         } else {
-            format!("{what} ({}) is not running after its start (its logs are above)", p.image)
+            format!("Service container `{}` ({}) is not running after its start (its logs are above)", p.service.as_deref().unwrap_or_default(), p.image)
         }),
         logs = q(&format!("Logs of {what}:")),
     ));
@@ -586,11 +586,15 @@ mod tests {
         // Values only through shell builtins (export, printf).
         assert!(
             s.contains(
-                "export POSTGRES_PASSWORD='it'\\''s $secret'; exec \"$solstice_docker\" 'create'"
+                "export POSTGRES_PASSWORD='it'\\''s $secret'; exec \"$solstice_docker\" create"
             ),
             "{s}"
         );
-        assert!(s.contains("printf '%s' 'pass word' | \"$solstice_docker\" --config \"$solstice_cfg\" login 'reg.example:5000' -u 'user' --password-stdin"), "{s}");
-        assert!(s.contains("'-e' 'POSTGRES_PASSWORD'"), "{s}");
+        assert!(s.contains("printf '%s' 'pass word' | \"$solstice_docker\" --config \"$solstice_cfg\" login reg.example:5000 -u user --password-stdin"), "{s}");
+        assert!(
+            s.contains(" -e POSTGRES_PASSWORD -e GITHUB_ACTIONS=true "),
+            "{s}"
+        );
+        assert!(!s.contains("-e POSTGRES_PASSWORD="), "{s}");
     }
 }
