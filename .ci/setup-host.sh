@@ -50,13 +50,15 @@ fi
 apt-get install -y -q genisoimage
 
 # Test-only: real SSH servers for the ssh module's tests (they run their own
-# instances on 127.0.0.1), the shells the executor's wrapper is tested under
+# instances on 127.0.0.1), Debian's container registry for the container
+# tests (tests/it/support/registry.rs runs its own instance in a test network
+# namespace), the shells the executor's wrapper is tested under
 # (busybox ash comes from busybox-static), git and python3 (a test git server).
 # A server package installed here must not start a system service: if it was
 # not installed before, install it with service starts refused and leave its
 # service disabled. A service that was already there is left alone.
 new_servers=()
-for pkg in openssh-server dropbear-bin; do
+for pkg in openssh-server dropbear-bin docker-registry; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || new_servers+=("$pkg")
 done
 if [ "${#new_servers[@]}" -gt 0 ]; then
@@ -69,6 +71,9 @@ if [ "${#new_servers[@]}" -gt 0 ]; then
   apt-get install -y -q "${new_servers[@]}"
   if [[ " ${new_servers[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null 2>&1; then
     systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
+  if [[ " ${new_servers[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable docker-registry.service >/dev/null 2>&1 || true
   fi
 fi
 apt-get install -y -q ksh dash git python3

@@ -3,7 +3,8 @@
 # runner image (images/runner), which follow GitHub's hosted Ubuntu images:
 # user `runner` (uid 1001) with passwordless sudo, a C toolchain, cmake,
 # pkg-config, python3 with pip and venv, node 24, Rust (cargo, rustc, clippy,
-# rustfmt), jq, zstd, rsync, zip/unzip. It takes its SSH key (and the host key
+# rustfmt), jq, zstd, rsync, zip/unzip, and a Docker engine (started before
+# sshd; `runner` is in the `docker` group). It takes its SSH key (and the host key
 # Solstice pins) from Solstice's NoCloud seed through cloud-init, with the
 # datasource pinned so cloud-init never disables itself.
 { pkgs, lib }:
@@ -86,9 +87,23 @@ let
             extraGroups = [
               "wheel"
               "systemd-journal"
+              "docker"
             ];
           };
           security.sudo.wheelNeedsPassword = false;
+
+          # A container engine for `container:`, `services:`, Docker actions
+          # and `docker` in steps, started at boot (enableOnBoot, the
+          # default). sshd waits for it, so the engine is ready when Solstice
+          # sees SSH. NixOS's dockerd reads its settings from the Nix store,
+          # not /etc/docker/daemon.json: an image's `registry_mirror` does not
+          # reach it; set virtualisation.docker.daemon.settings."registry-mirrors"
+          # here instead.
+          virtualisation.docker.enable = true;
+          systemd.services.sshd = {
+            after = [ "docker.service" ];
+            wants = [ "docker.service" ];
+          };
 
           # `pip install` outside a venv, as on GitHub's hosted images.
           environment.etc."pip.conf".text = ''

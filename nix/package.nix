@@ -52,7 +52,8 @@ rustPlatform.buildRustPackage {
   # module per area). Skipped on purpose: exec_cli, exec_debian, exec_tiny,
   # exec_runner, actions_vm, cache_vm, vm_boot, doctor_cli, checkout_gitless,
   # run_cli, guest_network, github_e2e and forge_e2e* boot guests (guest_network also makes
-  # network namespaces as root); forge_artifacts needs node, npm and the npm
+  # network namespaces as root); containers_engine boots guests, runs Debian's
+  # docker-registry in a network namespace and builds test images with apt-get; forge_artifacts needs node, npm and the npm
   # registry, root (network namespaces) and boots guests; hashfiles runs under
   # busybox, dash and ksh;
   # ssh_client and ssh_throughput start sshd and dropbear; executor_local and
@@ -79,6 +80,7 @@ rustPlatform.buildRustPackage {
         "cache_vm"
         "checkout_gitless"
         "cli_messages"
+        "containers_engine"
         "docs_match_code"
         "doctor_cli"
         "exec_cli"

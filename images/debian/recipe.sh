@@ -18,9 +18,12 @@ debian_customize() {
   local root=$1
   install_node "$root"
   chroot "$root" node -e 'process.stdout.write("node " + process.version + " runs in the chroot\n")' >&2
-  log "apt-get install docker.io (bookworm, -updates, -security)"
+  log "apt-get install docker.io apparmor (bookworm, -updates, -security)"
   chroot "$root" apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install-recommends docker.io >&2
+  # apparmor (a Recommends of docker.io): Debian's kernel turns AppArmor on,
+  # and then dockerd refuses to start any container unless apparmor_parser
+  # can load its docker-default profile.
+  DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install-recommends docker.io apparmor >&2
   chroot "$root" apt-get clean
   chroot "$root" docker --version >&2
   chroot "$root" systemctl enable docker.service containerd.service solstice-docker-group.service >&2

@@ -59,6 +59,7 @@ impl BaselineVm {
                 user: &image.ssh_user,
                 authorized_key: public.trim(),
                 host_key: Some((&host_private, &host_public)),
+                registry_mirror: image.registry_mirror.as_deref(),
             },
         )
         .map_err(|e| BenchError::Infra(format!("seed: {e}")))?;

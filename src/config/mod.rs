@@ -417,6 +417,10 @@ pub struct ImageConfig {
     /// Holes in `network_deny`, and the only destinations of `network = "none"`.
     /// Never re-opens the built-in denials.
     pub network_allow: Vec<Cidr>,
+    /// A pull-through registry mirror for the guest's Docker engine,
+    /// `http(s)://host[:port]` without a trailing slash; written into the
+    /// guest's `/etc/docker/daemon.json` by the NoCloud seed. `None` = none.
+    pub registry_mirror: Option<String>,
 }
 
 /// How [`parse_str_with`] and [`load_with`] check a file.

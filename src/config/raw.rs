@@ -287,6 +287,13 @@ pub struct RawImage {
     /// denials (loopback, link-local, the host's addresses) stay closed.
     /// Default: none.
     pub network_allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A pull-through mirror for Docker Hub images in the guest's Docker
+    /// engine, e.g. `"http://10.0.0.5:5000"`: an `http` or `https` URL with a
+    /// host and an optional port, nothing else. The NoCloud seed writes it
+    /// into the guest's `/etc/docker/daemon.json` (`registry-mirrors`, and
+    /// `insecure-registries` for `http`). Ignored by the metadata seed
+    /// (illumos images). Default: none.
+    pub registry_mirror: Option<Spanned<String>>,
 }
 
 /// Default of `images.<name>.network`.

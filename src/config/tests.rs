@@ -1554,3 +1554,74 @@ fn github_runner_names_longer_than_github_allows_are_refused_with_the_room_left(
         "url = \"https://github.com/octo/hello\"\n{GH_APP}runner_name = \"ci1\"\n"
     )));
 }
+
+#[test]
+fn registry_mirror_is_normalised_to_scheme_host_and_port() {
+    let c = ok("[images.a]\npath = \"/x\"\n");
+    assert_eq!(c.images["a"].registry_mirror, None);
+    for (written, kept) in [
+        ("http://198.51.100.77:5000", "http://198.51.100.77:5000"),
+        ("http://198.51.100.77:5000/", "http://198.51.100.77:5000"),
+        ("https://Mirror.Example.com", "https://mirror.example.com"),
+        (
+            "https://mirror.example.com:443",
+            "https://mirror.example.com",
+        ),
+        ("http://[fd00::5]:5000", "http://[fd00::5]:5000"),
+        (" http://10.0.0.5 ", "http://10.0.0.5"),
+    ] {
+        let c = ok(&format!(
+            "[images.a]\npath = \"/x\"\nregistry_mirror = \"{written}\"\n"
+        ));
+        assert_eq!(
+            c.images["a"].registry_mirror.as_deref(),
+            Some(kept),
+            "{written}"
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+}
+
+#[test]
+fn a_bad_registry_mirror_is_an_error_at_its_place() {
+    for (written, why) in [
+        ("mirror.example.com:5000", "scheme"),
+        ("ftp://mirror.example.com", "scheme \"ftp\""),
+        ("http://mirror.example.com/v2/", "path (\"/v2/\")"),
+        (
+            "https://user:pw@mirror.example.com",
+            "user name or password",
+        ),
+        ("http://mirror.example.com?x=1", "query"),
+        ("http://", "not a URL"),
+        ("", "not a URL"),
+    ] {
+        let e = one(&format!(
+            "[images.a]\npath = \"/x\"\nregistry_mirror = \"{written}\"\n"
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("images.a.registry_mirror"),
+            "{written}"
+        );
+        assert_eq!(at(&e), (3, 19), "{written}");
+        assert!(e.message.contains(why), "{written}: {}", e.message);
+        assert!(
+            e.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("http://10.0.0.5:5000")),
+            "{written}: {:?}",
+            e.hint
+        );
+    }
+}
+
+#[test]
+fn a_registry_mirror_on_a_metadata_seed_image_is_a_warning() {
+    let c = ok(
+        "[images.a]\npath = \"/x\"\nos = \"illumos\"\nseed = \"metadata-cpio\"\nregistry_mirror = \"http://10.0.0.5:5000\"\n",
+    );
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("images.a.registry_mirror"));
+    assert!(w.message.contains("NoCloud"), "{}", w.message);
+}

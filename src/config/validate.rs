@@ -14,7 +14,7 @@ use super::raw::{
 use super::{
     AccelChoice, ActionsConfig, CacheConfig, Cidr, Config, CredentialSource, DaemonConfig,
     Firmware, ForgeConfig, ForgeKind, GithubScope, ImageConfig, NetworkMode, ParseOptions,
-    QemuConfig, github,
+    QemuConfig, SeedKind, github,
 };
 
 /// Where problems are collected while one file is checked.
@@ -174,6 +174,22 @@ fn warnings(
                 Some(format!("images.{}.network", name.get_ref())),
                 "jobs of this image reach every service that listens on the host's loopback (at 10.0.2.2: the metrics endpoint, databases, admin APIs), link-local addresses such as a cloud metadata service at 169.254.169.254, and the host's own addresses; untrusted pull-request code can use them".to_owned(),
                 Some("use network = \"outbound\" (the default; needs `pasta` from the passt package and user namespaces), and open only what jobs need with network_allow".to_owned()),
+            );
+        }
+    }
+    for (name, section) in &raw.images {
+        let (Some(v), Some(img)) = (
+            &section.get_ref().registry_mirror,
+            images.get(name.get_ref()),
+        ) else {
+            continue;
+        };
+        if img.seed != SeedKind::NoCloud {
+            ctx.warn(
+                Some(v.span()),
+                Some(format!("images.{}.registry_mirror", name.get_ref())),
+                "only the NoCloud seed (cloud-init) writes the mirror into the guest's Docker configuration; this image's metadata seed (illumos) ignores it, and illumos guests run no container engine".to_owned(),
+                Some("remove the key, or configure the mirror in the guest image itself".to_owned()),
             );
         }
     }
@@ -664,7 +680,56 @@ fn image(
             .map_or(raw::DEFAULT_NETWORK, |v| *v.get_ref()),
         network_deny: cidrs(img.network_deny.as_ref(), &key("network_deny"), ctx),
         network_allow: cidrs(img.network_allow.as_ref(), &key("network_allow"), ctx),
+        registry_mirror: img
+            .registry_mirror
+            .as_ref()
+            .and_then(|m| registry_mirror(m, &key("registry_mirror"), ctx)),
     }
+}
+
+/// The normalised `registry_mirror` (`scheme://host[:port]`), or `None`
+/// after recording an error: it must be an `http` or `https` URL with a host
+/// and an optional port, and nothing else (no user, password, path, query or
+/// fragment), as Docker's `registry-mirrors` takes it.
+fn registry_mirror(v: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> Option<String> {
+    let text = v.get_ref().trim();
+    let why = match url::Url::parse(text) {
+        Err(e) => format!("it is not a URL ({e})"),
+        Ok(u) if u.scheme() != "http" && u.scheme() != "https" => {
+            format!("its scheme is \"{}\", not http or https", u.scheme())
+        }
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => "it has no host".to_owned(),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            "it carries a user name or password (Docker mirrors take none)".to_owned()
+        }
+        Ok(u) if u.path() != "/" => {
+            format!("it has a path (\"{}\")", u.path())
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            "it has a query or fragment".to_owned()
+        }
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            return Some(match u.port() {
+                Some(p) => format!("{}://{host}:{p}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            });
+        }
+    };
+    ctx.push(
+        Some(v.span()),
+        Some(key.to_owned()),
+        ErrorKind::InvalidValue,
+        format!(
+            "\"{}\" is not a registry mirror: {why}",
+            v.get_ref().escape_debug()
+        ),
+        Some(
+            "write the mirror's base URL, scheme, host and optional port only, e.g. \"http://10.0.0.5:5000\" or \"https://mirror.example.com\""
+                .to_owned(),
+        ),
+    );
+    None
 }
 
 /// The ranges of a `network_deny`/`network_allow` list; records an error for

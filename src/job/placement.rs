@@ -319,6 +319,7 @@ pub(crate) mod tests {
             network: crate::config::NetworkMode::Outbound,
             network_deny: vec![],
             network_allow: vec![],
+            registry_mirror: None,
             node: None,
         }
     }

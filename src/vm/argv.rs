@@ -374,6 +374,7 @@ mod tests {
             network: crate::config::NetworkMode::Outbound,
             network_deny: vec![],
             network_allow: vec![],
+            registry_mirror: None,
             node: None,
         }
     }

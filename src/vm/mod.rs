@@ -253,6 +253,7 @@ impl Vm {
                 user: &spec.image.ssh_user,
                 authorized_key: spec.authorized_key,
                 host_key: spec.host_key,
+                registry_mirror: spec.image.registry_mirror.as_deref(),
             },
         )?;
         let overlay = dir.join("overlay.qcow2");

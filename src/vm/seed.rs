@@ -39,6 +39,10 @@ pub struct SeedData<'a> {
     pub authorized_key: &'a str,
     /// Guest SSH host key: (private key in OpenSSH format, public key line).
     pub host_key: Option<(&'a Secret, &'a str)>,
+    /// The image's `registry_mirror` (`http(s)://host[:port]`, validated by
+    /// the config): written into the guest's Docker configuration. Only the
+    /// NoCloud seed carries it.
+    pub registry_mirror: Option<&'a str>,
 }
 
 /// NoCloud `meta-data`.
@@ -50,12 +54,19 @@ pub fn render_meta_data(instance_id: &str, hostname: &str) -> String {
     )
 }
 
+/// Where the guest's Docker engine reads its configuration.
+pub const DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
+
 /// NoCloud `user-data` (`#cloud-config`): one user with the key and
-/// passwordless sudo (omitted for root), and optionally a pinned ed25519 host key.
+/// passwordless sudo (omitted for root), optionally a pinned ed25519 host
+/// key, and optionally a registry mirror for the guest's Docker engine
+/// (`write_files` of [`DOCKER_DAEMON_JSON`]; cloud-init writes it in
+/// `cloud-init.service`, before `docker.service` starts).
 pub fn render_user_data(
     user: &str,
     authorized_key: &str,
     host_key: Option<(&Secret, &str)>,
+    registry_mirror: Option<&str>,
 ) -> String {
     let mut s = String::from("#cloud-config\nusers:\n");
     s.push_str(&format!("  - name: {}\n", yaml_scalar(user)));
@@ -79,7 +90,43 @@ pub fn render_user_data(
             yaml_scalar(public.trim())
         ));
     }
+    if let Some(mirror) = registry_mirror {
+        s.push_str("write_files:\n");
+        s.push_str(&format!("  - path: {DOCKER_DAEMON_JSON}\n"));
+        s.push_str("    owner: \"root:root\"\n    permissions: \"0644\"\n    content: |\n      ");
+        s.push_str(&docker_daemon_json(mirror));
+        s.push('\n');
+    }
     s
+}
+
+/// The guest's `/etc/docker/daemon.json` for a registry mirror: the mirror
+/// in `registry-mirrors` and, for an `http://` mirror, its `host:port` in
+/// `insecure-registries` (so images can also be named by the mirror's
+/// address). One line of JSON.
+pub fn docker_daemon_json(mirror: &str) -> String {
+    let mut doc = serde_json::Map::new();
+    doc.insert("registry-mirrors".into(), serde_json::json!([mirror]));
+    if let Some(rest) = mirror.strip_prefix("http://") {
+        let host_port = rest.trim_end_matches('/');
+        // No explicit port: Docker's default for http is 80.
+        let has_port = match host_port.rsplit_once(':') {
+            Some((h, p)) => {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && !h.is_empty()
+                    && (!h.starts_with('[') || h.ends_with(']'))
+            }
+            None => false,
+        };
+        let entry = if has_port {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:80")
+        };
+        doc.insert("insecure-registries".into(), serde_json::json!([entry]));
+    }
+    serde_json::Value::Object(doc).to_string()
 }
 
 /// A YAML scalar: plain when that is unambiguous, double-quoted otherwise.
@@ -119,7 +166,7 @@ pub fn yaml_scalar(v: &str) -> String {
 /// The NoCloud ISO image (label `cidata`, Rock Ridge + Joliet).
 pub fn nocloud_iso(d: &SeedData<'_>, unix_time: i64) -> Result<Vec<u8>, IsoError> {
     let meta = render_meta_data(d.instance_id, d.hostname);
-    let user = render_user_data(d.user, d.authorized_key, d.host_key);
+    let user = render_user_data(d.user, d.authorized_key, d.host_key, d.registry_mirror);
     iso9660::build(
         "cidata",
         &[
@@ -225,7 +272,7 @@ mod tests {
 
     #[test]
     fn user_data_for_a_sudo_user_without_host_key() {
-        let got = render_user_data("debian", KEY, None);
+        let got = render_user_data("debian", KEY, None, None);
         assert_eq!(
             got,
             format!(
@@ -239,13 +286,68 @@ mod tests {
         let private = Secret::new(
             "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
         );
-        let got = render_user_data("root", KEY, Some((&private, "ssh-ed25519 AAAAhost")));
+        let got = render_user_data("root", KEY, Some((&private, "ssh-ed25519 AAAAhost")), None);
         assert_eq!(
             got,
             format!(
                 "#cloud-config\nusers:\n  - name: root\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {KEY}\ndisable_root: false\nssh_pwauth: false\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n    b3BlbnNzaC1rZXk\n    AAAA\n    -----END OPENSSH PRIVATE KEY-----\n  ed25519_public: ssh-ed25519 AAAAhost\n"
             )
         );
+    }
+
+    #[test]
+    fn user_data_with_an_http_registry_mirror() {
+        let got = render_user_data("debian", KEY, None, Some("http://198.51.100.77:5000"));
+        let tail = "disable_root: false\nssh_pwauth: false\nwrite_files:\n  - path: /etc/docker/daemon.json\n    owner: \"root:root\"\n    permissions: \"0644\"\n    content: |\n      {\"registry-mirrors\":[\"http://198.51.100.77:5000\"],\"insecure-registries\":[\"198.51.100.77:5000\"]}\n";
+        assert!(got.ends_with(tail), "{got}");
+        // Still one YAML document that cloud-init reads as meant.
+        let doc: serde_norway::Value = serde_norway::from_str(&got).unwrap();
+        let content = doc["write_files"][0]["content"].as_str().unwrap();
+        let json: serde_json::Value = serde_json::from_str(content).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "registry-mirrors": ["http://198.51.100.77:5000"],
+                "insecure-registries": ["198.51.100.77:5000"],
+            })
+        );
+    }
+
+    #[test]
+    fn docker_daemon_json_for_each_kind_of_mirror() {
+        assert_eq!(
+            docker_daemon_json("https://mirror.example.com"),
+            r#"{"registry-mirrors":["https://mirror.example.com"]}"#
+        );
+        assert_eq!(
+            docker_daemon_json("https://mirror.example.com:8443"),
+            r#"{"registry-mirrors":["https://mirror.example.com:8443"]}"#
+        );
+        assert_eq!(
+            docker_daemon_json("http://mirror"),
+            r#"{"registry-mirrors":["http://mirror"],"insecure-registries":["mirror:80"]}"#
+        );
+        assert_eq!(
+            docker_daemon_json("http://[fd00::5]:5000"),
+            r#"{"registry-mirrors":["http://[fd00::5]:5000"],"insecure-registries":["[fd00::5]:5000"]}"#
+        );
+        assert_eq!(
+            docker_daemon_json("http://[fd00::5]"),
+            r#"{"registry-mirrors":["http://[fd00::5]"],"insecure-registries":["[fd00::5]:80"]}"#
+        );
+    }
+
+    #[test]
+    fn only_the_nocloud_seed_carries_the_mirror() {
+        let d = SeedData {
+            registry_mirror: Some("http://10.0.0.5:5000"),
+            ..data()
+        };
+        let iso = nocloud_iso(&d, 0).unwrap();
+        let needle = b"\"registry-mirrors\":[\"http://10.0.0.5:5000\"]";
+        assert!(iso.windows(needle.len()).any(|w| w == needle));
+        let without = nocloud_iso(&data(), 0).unwrap();
+        assert!(!without.windows(16).any(|w| w == b"registry-mirrors"));
     }
 
     #[test]
@@ -270,6 +372,7 @@ mod tests {
             user: "root",
             authorized_key: KEY,
             host_key: None,
+            registry_mirror: None,
         }
     }
 
@@ -313,7 +416,7 @@ mod tests {
         );
         assert_eq!(
             isoinfo(&["-J", "-x", "/user-data;1"], &iso),
-            render_user_data("root", KEY, None)
+            render_user_data("root", KEY, None, None)
         );
     }
 

@@ -16,6 +16,7 @@ mod cache_vm;
 mod checkout_gitless;
 mod cli_messages;
 mod config_check;
+mod containers_engine;
 mod docs_match_code;
 mod doctor_cli;
 mod exec_cli;

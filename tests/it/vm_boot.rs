@@ -75,6 +75,7 @@ fn image(path: PathBuf, seed: SeedKind) -> ImageConfig {
         network: solstice::config::NetworkMode::Outbound,
         network_deny: vec![],
         network_allow: vec![],
+        registry_mirror: None,
         node: None,
     }
 }

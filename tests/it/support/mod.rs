@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod git_server;
 pub mod netns;
 pub mod npm;
+pub mod registry;
 pub mod world;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,14 @@ impl TestEnv {
     /// The Debian guest with real cloud-init, user `debian`.
     pub fn debian() -> Self {
         Self::with_image(image_config("debian", image("debian"), "debian", 512))
+    }
+
+    /// The Debian guest for container jobs: 1536 MiB (the engine and a few
+    /// containers do not fit in 512), and `registry_mirror` set to the test
+    /// registry `reg` ([`registry::shared`]), so `solstice-test/...` images
+    /// pull from it through the guest's own network.
+    pub fn debian_containers(reg: &registry::Registry) -> Self {
+        Self::with_image(container_image_config(reg))
     }
 
     /// The runner image (GitHub's conventions: user `runner`, sudo, apt
@@ -303,8 +312,19 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
         network: solstice::config::NetworkMode::Outbound,
         network_deny: vec![],
         network_allow: vec![],
+        registry_mirror: None,
         node: None,
     }
+}
+
+/// The image config of [`TestEnv::debian_containers`]: the Debian image
+/// (`SOLSTICE_TEST_IMAGE_DEBIAN`), user `debian`, 1536 MiB, boot timeout
+/// 300 s, the test registry as `registry_mirror`.
+pub fn container_image_config(reg: &registry::Registry) -> ImageConfig {
+    let mut img = image_config("debian", image("debian"), "debian", 1536);
+    img.boot_timeout = Duration::from_secs(300);
+    img.registry_mirror = Some(reg.mirror_url());
+    img
 }
 
 /// A stand-in for a host whose KVM is broken: a `qemu-system-x86_64`
