@@ -81,6 +81,7 @@ rustPlatform.buildRustPackage {
         "checkout_gitless"
         "cli_messages"
         "containers_engine"
+        "containers_job"
         "docs_match_code"
         "doctor_cli"
         "exec_cli"

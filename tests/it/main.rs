@@ -17,6 +17,7 @@ mod checkout_gitless;
 mod cli_messages;
 mod config_check;
 mod containers_engine;
+mod containers_job;
 mod docs_match_code;
 mod doctor_cli;
 mod exec_cli;
