@@ -335,3 +335,86 @@ jobs:
         "{text}"
     );
 }
+
+/// Records when each event reached the host.
+#[derive(Default)]
+struct StampSink {
+    inner: solstice::testing::VecSink,
+    at: std::sync::Mutex<Vec<(std::time::Instant, solstice::events::JobEvent)>>,
+}
+
+impl solstice::events::EventSink for StampSink {
+    fn emit(&self, event: solstice::events::JobEvent) {
+        if let Ok(mut v) = self.at.lock() {
+            v.push((std::time::Instant::now(), event.clone()));
+        }
+        self.inner.emit(event);
+    }
+}
+
+impl StampSink {
+    /// Guest ready (SSH) → the first step started.
+    fn ready_to_first_step(&self) -> std::time::Duration {
+        use solstice::events::{JobEvent, Phase};
+        let v = self.at.lock().unwrap();
+        let ready = v
+            .iter()
+            .find_map(|(t, e)| {
+                matches!(
+                    e,
+                    JobEvent::Phase {
+                        phase: Phase::Ready,
+                        ..
+                    }
+                )
+                .then_some(*t)
+            })
+            .expect("a Ready phase");
+        let first = v
+            .iter()
+            .find_map(|(t, e)| matches!(e, JobEvent::StepStarted { index: 0, .. }).then_some(*t))
+            .expect("a first step");
+        first - ready
+    }
+}
+
+/// Measurement, not a check (run by hand, `--ignored`): the time from the
+/// job's start in a ready guest to its first step, for a job with one
+/// PostgreSQL service (pulled from the test registry, health-checked) and
+/// for the same job without it; the median of 3 runs each is printed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: run by hand with --ignored"]
+async fn measure_job_start_to_first_step_with_a_postgres_service() {
+    let reg = registry::shared();
+    let env = TestEnv::debian_containers(&reg);
+    let with = format!(
+        "jobs:\n  m:\n    services:\n      postgres:\n        image: solstice-test/postgres:15\n        options: {PG_HEALTH}\n    steps:\n      - run: 'true'\n"
+    );
+    let without = "jobs:\n  m:\n    steps:\n      - run: 'true'\n".to_string();
+    for (what, yaml) in [
+        ("with a postgres service", with),
+        ("without containers", without),
+    ] {
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            let sink = StampSink::default();
+            let result = env.run_with_sink(&yaml, RunOpts::default(), &sink).await;
+            env.assert_no_leaks();
+            let text = all_text(&sink.inner);
+            let report = result.unwrap_or_else(|e| panic!("job failed to run: {e}\n{text}"));
+            assert_eq!(report.outcome.conclusion, S, "{text}");
+            samples.push(sink.ready_to_first_step());
+        }
+        let mut sorted = samples.clone();
+        sorted.sort();
+        println!(
+            "job start -> first step, {what}: median {:.2} s (runs: {})",
+            sorted[1].as_secs_f64(),
+            samples
+                .iter()
+                .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
