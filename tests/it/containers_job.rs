@@ -24,7 +24,7 @@ fn conclusions(report: &solstice::job::RunReport) -> Vec<Conclusion> {
 
 /// An image without bash: `run:` steps use `sh -e`, in the workspace under
 /// `/__w`, with `HOME=/github/home` and translated runner paths; a `[[ ]]`
-/// script fails without `shell: bash`; GITHUB_ENV, GITHUB_OUTPUT and
+/// script with a bash array fails without `shell: bash`; GITHUB_ENV, GITHUB_OUTPUT and
 /// GITHUB_PATH carry across steps; env values keep quotes, `$` and newlines;
 /// a secret is in no process's arguments in the VM (seen through the
 /// guest's docker CLI, mounted with `volumes:`, and `docker run --pid=host`).
@@ -52,7 +52,7 @@ jobs:
       - id: dbl
         name: double brackets
         continue-on-error: true
-        run: '[[ 1 == 1 ]] && echo brackets-worked'
+        run: '[[ 1 == 1 ]] && arr=(a b) && echo "brackets-worked ${arr[1]}"'
       - id: files
         name: file commands
         env:
@@ -73,7 +73,7 @@ jobs:
           mytool
           echo "path-has-image-path=$(echo "$PATH" | grep -c /usr/bin)"
           docker run --rm --pid=host solstice-test/nobash:1 sh -c \
-            'for f in /proc/[0-9]*/cmdline; do tr "\0" " " < "$f"; echo; done' > "$RUNNER_TEMP/ps.txt"
+            'for f in /proc/[0-9]*/cmdline; do tr "\000" " " < "$f"; echo; done' > "$RUNNER_TEMP/ps.txt"
           echo "docker-exec-seen=$(grep -q 'docker exec -i' "$RUNNER_TEMP/ps.txt" && echo yes)"
           if grep -F "$S" "$RUNNER_TEMP/ps.txt"; then echo secret-in-argv; else echo secret-not-in-argv; fi
 "#;
