@@ -95,6 +95,11 @@ pub struct EngineBenchArgs {
     /// Runs of each measurement; medians are reported.
     #[arg(long, short = 'n', default_value_t = 5)]
     pub runs: u32,
+    /// A second image of the config measured the same way in the same run,
+    /// its runs alternating with the first image's (e.g. an image with a
+    /// container engine against the same image without).
+    #[arg(long, value_name = "IMAGE")]
+    pub versus: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

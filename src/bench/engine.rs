@@ -60,41 +60,82 @@ pub async fn engine_main(args: EngineBenchArgs) -> Result<(), BenchError> {
         accel.as_str()
     );
 
-    let mut baseline = Vec::new();
+    let mut images = vec![image];
+    if let Some(name) = &args.versus {
+        let other = config.images.get(name).ok_or_else(|| {
+            BenchError::Usage(format!(
+                "--versus {name}: the config has no image of that name (it has: {})",
+                config.images.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        println!(
+            "  versus image {} ({} vCPU, {} MiB), runs alternating",
+            other.name, other.vcpus, other.memory_mib
+        );
+        images.push(other);
+    }
+
+    let mut baseline = vec![Vec::new(); images.len()];
     for i in 0..runs {
-        match baseline_boot(&config, image, accel).await {
-            Ok(d) => {
-                println!(
-                    "  baseline run {}/{runs}: boot to SSH {}",
-                    i + 1,
-                    fmt_duration(d)
-                );
-                baseline.push(d);
+        for (k, img) in images.iter().enumerate() {
+            match baseline_boot(&config, img, accel).await {
+                Ok(d) => {
+                    println!(
+                        "  {} baseline run {}/{runs}: boot to SSH {}",
+                        img.name,
+                        i + 1,
+                        fmt_duration(d)
+                    );
+                    baseline[k].push(d);
+                }
+                Err(e) => {
+                    return Err(BenchError::Infra(format!(
+                        "{} baseline run failed: {e}",
+                        img.name
+                    )));
+                }
             }
-            Err(e) => return Err(BenchError::Infra(format!("baseline run failed: {e}"))),
         }
     }
-    let mut samples = Vec::new();
+    let mut samples = vec![Vec::new(); images.len()];
     for i in 0..runs {
-        match solstice_run(&config, image, accel).await {
-            Ok(s) => {
-                println!(
-                    "  solstice run {}/{runs}: total {} (prepare {}, provision {}, boot {}, first step {}, teardown {})",
-                    i + 1,
-                    fmt_duration(s.total),
-                    fmt_ms(s.prepare),
-                    fmt_ms(s.provision),
-                    fmt_duration(s.boot_to_ssh),
-                    fmt_ms(s.first_step),
-                    fmt_ms(s.teardown)
-                );
-                samples.push(s);
-            }
-            Err(e) => return Err(e),
+        for (k, img) in images.iter().enumerate() {
+            let s = solstice_run(&config, img, accel).await?;
+            println!(
+                "  {} solstice run {}/{runs}: total {} (prepare {}, provision {}, boot {}, first step {}, teardown {})",
+                img.name,
+                i + 1,
+                fmt_duration(s.total),
+                fmt_ms(s.prepare),
+                fmt_ms(s.provision),
+                fmt_duration(s.boot_to_ssh),
+                fmt_ms(s.first_step),
+                fmt_ms(s.teardown)
+            );
+            samples[k].push(s);
         }
     }
-    let report = Report::new(&baseline, &samples);
-    println!("\n{}", report.render());
+    let reports: Vec<Report> = baseline
+        .iter()
+        .zip(&samples)
+        .map(|(b, s)| Report::new(b, s))
+        .collect();
+    for (img, report) in images.iter().zip(&reports) {
+        println!("\nimage {}: {}", img.name, report.render());
+    }
+    if let [a, b] = reports.as_slice() {
+        println!(
+            "\n{} versus {}: baseline boot to SSH {} vs {} ({:+} ms), solstice boot to SSH {} vs {} ({:+} ms)",
+            images[0].name,
+            images[1].name,
+            fmt_ms(a.baseline),
+            fmt_ms(b.baseline),
+            a.baseline.as_millis() as i128 - b.baseline.as_millis() as i128,
+            fmt_ms(a.boot_to_ssh),
+            fmt_ms(b.boot_to_ssh),
+            a.boot_to_ssh.as_millis() as i128 - b.boot_to_ssh.as_millis() as i128,
+        );
+    }
     Ok(())
 }
 

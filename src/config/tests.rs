@@ -619,7 +619,7 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 20 + 16 + 3 + 3);
+    assert_eq!(keys.len(), 6 + 5 + 21 + 16 + 3 + 3);
 }
 
 #[test]
@@ -1586,7 +1586,7 @@ fn registry_mirror_is_normalised_to_scheme_host_and_port() {
 fn a_bad_registry_mirror_is_an_error_at_its_place() {
     for (written, why) in [
         ("mirror.example.com:5000", "scheme"),
-        ("ftp://mirror.example.com", "scheme \"ftp\""),
+        ("ftp://mirror.example.com", "scheme is \"ftp\""),
         ("http://mirror.example.com/v2/", "path (\"/v2/\")"),
         (
             "https://user:pw@mirror.example.com",
@@ -1607,11 +1607,11 @@ fn a_bad_registry_mirror_is_an_error_at_its_place() {
         assert_eq!(at(&e), (3, 19), "{written}");
         assert!(e.message.contains(why), "{written}: {}", e.message);
         assert!(
-            e.hint
+            e.fix
                 .as_deref()
                 .is_some_and(|h| h.contains("http://10.0.0.5:5000")),
             "{written}: {:?}",
-            e.hint
+            e.fix
         );
     }
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, json};
 
 use super::archive::{ArchiveWriter, Kind};
 use super::checkout_step::local_unpack_command;
+use super::containers::action::DockerStage;
 use super::env::ActionInfo;
 use super::error::StepError;
 use super::runtime::Runtime;
@@ -69,6 +70,31 @@ impl std::fmt::Debug for ActionScope {
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("depth", &self.depth)
             .finish_non_exhaustive()
+    }
+}
+
+/// The `pre` and `post` entry points of a JavaScript or Docker action
+/// (`pre`/`post`, `pre-entrypoint`/`post-entrypoint`), with their conditions.
+pub(super) struct StageEntries {
+    pub(super) pre: Option<(String, String)>,
+    pub(super) post: Option<(String, String)>,
+}
+
+impl StageEntries {
+    /// `None` for a composite action (its steps have their own).
+    pub(super) fn of(runs: &Runs) -> Option<StageEntries> {
+        let pair = |e: &Option<String>, c: &String| e.clone().map(|e| (e, c.clone()));
+        match runs {
+            Runs::Node(n) => Some(StageEntries {
+                pre: pair(&n.pre, &n.pre_if),
+                post: pair(&n.post, &n.post_if),
+            }),
+            Runs::Docker(d) => Some(StageEntries {
+                pre: pair(&d.pre_entrypoint, &d.pre_if),
+                post: pair(&d.post_entrypoint, &d.post_if),
+            }),
+            Runs::Composite(_) => None,
+        }
     }
 }
 
@@ -135,48 +161,52 @@ impl Runtime<'_> {
         }
         let action = self.load_action(&uses, plan.log).await?;
         let inputs = self.action_inputs(plan, &action)?;
-        match &action.manifest.runs {
-            Runs::Docker(_) => Err(StepError::DockerAction { uses }),
-            Runs::Composite(_) => self.run_composite(plan, state, &action, &inputs).await,
-            Runs::Node(node) => {
-                if node.pre.is_some() && action.info.repository.is_empty() {
-                    // GitHub's words: a local action is read when its step
-                    // runs, after the job's pre stages.
-                    self.em.runner(
-                        plan.log,
-                        "`pre` execution is not supported for local action",
-                    );
-                }
-                let main = node.main.clone();
-                let post = node.post.clone().map(|entry| (entry, node.post_if.clone()));
-                let end = self
-                    .run_node_stage(plan, state, &action, &main, &inputs)
-                    .await;
-                // The main stage ran: its post runs at the end of the job
-                // with the main stage's inputs (registered already when
-                // its pre stage ran).
-                if state.pre_ran.contains(&plan.key) {
-                    if let Some(p) = state.posts.iter_mut().find(|p| p.key == plan.key) {
-                        p.inputs = Some(inputs);
-                        p.step_env = Some(plan.step_env.clone());
-                    }
-                } else if let Some((entry, condition)) = post {
-                    state.posts.push(PostStage {
-                        key: plan.key.clone(),
-                        index: plan.index,
-                        step: plan.step.clone(),
-                        action: action.clone(),
-                        entry,
-                        condition,
-                        inputs: Some(inputs),
-                        step_env: Some(plan.step_env.clone()),
-                        name: format!("Post {}", self.display_name(plan.step, plan.ctx)),
-                        scope: state.scopes.last().cloned(),
-                    });
-                }
-                end
-            }
+        if let Runs::Composite(_) = &action.manifest.runs {
+            return self.run_composite(plan, state, &action, &inputs).await;
         }
+        let Some(stages) = StageEntries::of(&action.manifest.runs) else {
+            return Ok((StepEnd::Failure, IndexMap::new()));
+        };
+        if stages.pre.is_some() && action.info.repository.is_empty() {
+            // GitHub's words: a local action is read when its step runs,
+            // after the job's pre stages.
+            self.em.runner(
+                plan.log,
+                "`pre` execution is not supported for local action",
+            );
+        }
+        let end = match &action.manifest.runs {
+            Runs::Node(node) => {
+                self.run_node_stage(plan, state, &action, &node.main, &inputs)
+                    .await
+            }
+            _ => {
+                self.run_docker_stage(plan, state, &action, DockerStage::Main, &inputs)
+                    .await
+            }
+        };
+        // The main stage ran: its post runs at the end of the job with the
+        // main stage's inputs (registered already when its pre stage ran).
+        if state.pre_ran.contains(&plan.key) {
+            if let Some(p) = state.posts.iter_mut().find(|p| p.key == plan.key) {
+                p.inputs = Some(inputs);
+                p.step_env = Some(plan.step_env.clone());
+            }
+        } else if let Some((entry, condition)) = stages.post {
+            state.posts.push(PostStage {
+                key: plan.key.clone(),
+                index: plan.index,
+                step: plan.step.clone(),
+                action: action.clone(),
+                entry,
+                condition,
+                inputs: Some(inputs),
+                step_env: Some(plan.step_env.clone()),
+                name: format!("Post {}", self.display_name(plan.step, plan.ctx)),
+                scope: state.scopes.last().cloned(),
+            });
+        }
+        end
     }
 
     /// Loads the action `uses` names (already interpolated). Remote actions
@@ -189,9 +219,19 @@ impl Runtime<'_> {
     ) -> Result<Arc<LoadedAction>, StepError> {
         match parse_uses(uses) {
             Err(e) => Err(StepError::BadUses(e.to_string())),
-            Ok(UsesRef::Docker(_)) => Err(StepError::DockerAction {
-                uses: uses.to_string(),
-            }),
+            // A container image run as a Docker action with no metadata:
+            // its arguments and entry point come from `with:`.
+            Ok(UsesRef::Docker(image)) => {
+                let mut manifest = dockerfile_action();
+                if let Runs::Docker(d) = &mut manifest.runs {
+                    d.image = format!("docker://{image}");
+                }
+                Ok(Arc::new(LoadedAction {
+                    uses: uses.to_string(),
+                    manifest,
+                    info: ActionInfo::default(),
+                }))
+            }
             Ok(UsesRef::Local(path)) => self.load_local(uses, &path).await.map(Arc::new),
             Ok(UsesRef::Remote(r)) => {
                 // Loaded once per job: a failure is not retried either (the

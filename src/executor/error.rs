@@ -47,10 +47,16 @@ pub(super) enum StepError {
     VmAction(String),
     #[error("Invalid `uses:`: {0}")]
     BadUses(String),
+    /// A Docker action on a guest that cannot run containers; `why` ends
+    /// the sentence about `image` ("is an illumos image").
     #[error(
-        "`uses: {uses}` is a Docker action: it needs a container engine in the image, and Solstice does not run Docker actions yet"
+        "`uses: {uses}` is a Docker action: it runs in a container, which needs a Linux image with a container engine (docker), but image `{image}` {why}"
     )]
-    DockerAction { uses: String },
+    DockerAction {
+        uses: String,
+        image: String,
+        why: String,
+    },
     #[error(
         "`uses: {uses}` cannot be fetched: this run has no action cache (remote actions are fetched by the host)"
     )]
@@ -152,9 +158,11 @@ mod tests {
             (
                 StepError::DockerAction {
                     uses: "docker://alpine:3".into(),
+                    image: "omnios".into(),
+                    why: "is an illumos image".into(),
                 }
                 .to_string(),
-                "`uses: docker://alpine:3` is a Docker action: it needs a container engine in the image, and Solstice does not run Docker actions yet",
+                "`uses: docker://alpine:3` is a Docker action: it runs in a container, which needs a Linux image with a container engine (docker), but image `omnios` is an illumos image",
             ),
             (
                 StepError::FetchDepth("x".into()).to_string(),

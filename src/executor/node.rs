@@ -10,7 +10,8 @@ use std::time::Instant;
 use indexmap::IndexMap;
 
 use super::AFTER_CANCEL_STEP_LIMIT;
-use super::action::{ActionScope, LoadedAction, PostStage};
+use super::action::{ActionScope, LoadedAction, PostStage, StageEntries};
+use super::containers::action::DockerStage;
 use super::error::StepError;
 use super::exec::Stop;
 use super::runtime::Runtime;
@@ -118,7 +119,7 @@ impl Runtime<'_> {
         end
     }
 
-    /// Runs the `pre` stages of the job's JavaScript actions, in step order,
+    /// Runs the `pre` stages of the job's JavaScript and Docker actions, in step order,
     /// before any step (their lines go outside the steps, into the job's
     /// set-up part). The actions are fetched here, as on GitHub; a fetch
     /// that fails is reported by its step.
@@ -164,12 +165,14 @@ impl Runtime<'_> {
             return;
         };
         match &action.manifest.runs {
-            Runs::Node(node) => {
-                let Some(pre) = node.pre.clone() else {
+            Runs::Node(_) | Runs::Docker(_) => {
+                let Some(StageEntries {
+                    pre: Some((pre, pre_if)),
+                    post,
+                }) = StageEntries::of(&action.manifest.runs)
+                else {
                     return;
                 };
-                let pre_if = node.pre_if.clone();
-                let post = node.post.clone().map(|p| (p, node.post_if.clone()));
                 let ran = self
                     .run_stage(
                         state,
@@ -261,7 +264,6 @@ impl Runtime<'_> {
                 }
                 state.scopes.pop();
             }
-            Runs::Docker(_) => {}
         }
     }
 
@@ -380,6 +382,16 @@ impl Runtime<'_> {
             None => self.action_inputs(&plan, &stage.action),
         };
         let end = match inputs {
+            Ok(inputs) if matches!(stage.action.manifest.runs, Runs::Docker(_)) => {
+                self.run_docker_stage(
+                    &plan,
+                    state,
+                    &stage.action,
+                    DockerStage::Hook(&stage.entry),
+                    &inputs,
+                )
+                .await
+            }
             Ok(inputs) => {
                 self.run_node_stage(&plan, state, &stage.action, &stage.entry, &inputs)
                     .await

@@ -689,10 +689,12 @@ jobs:
     assert_eq!(server.upload_packs(), 0);
 }
 
+/// On an illumos image, Docker actions fail at once, naming the image
+/// (they run in the guest's container engine: `containers_action.rs`).
 #[tokio::test]
-async fn docker_actions_fail_clearly() {
+async fn docker_actions_fail_clearly_on_illumos() {
     let server = server_with(&["docker-action"]).await;
-    let r = run(
+    let mut job = job(
         r#"
 jobs:
   build:
@@ -704,13 +706,18 @@ jobs:
       - run: echo after
 "#,
         &server,
-    )
-    .await;
+    );
+    job.runner = crate::support::local_runner(GuestOs::Illumos, "test-runner", job.home.path());
+    let r = run_job_of(job).await;
     assert_eq!(r.outcome.conclusion, S, "{:?}", r.lines());
     assert_eq!(r.conclusions(3), vec![(F, S), (F, S), (S, S)]);
     for i in 0..2 {
         let t = r.step_text_lower(i);
-        assert!(t.contains("container engine"), "step {i}: {t}");
+        assert!(
+            t.contains("needs a linux image with a container engine")
+                && t.contains("is an illumos image"),
+            "step {i}: {t}"
+        );
     }
     assert!(!r.has_line("docker-action ran"));
 }

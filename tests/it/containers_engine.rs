@@ -63,7 +63,7 @@ jobs:
           mkdir -p ctx
           printf 'FROM solstice-test/bash:1\nRUN echo built-in-image > /built\n' > ctx/Dockerfile
           docker build -q -t solstice-built:1 ctx
-          docker run --rm --privileged solstice-built:1 sh -c 'cat /built && mount -t tmpfs none /mnt && echo privileged-mount-ok'
+          docker run --rm --privileged solstice-built:1 sh -c 'cat /built && mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo privileged-mount-ok'
           echo whoami=$(id -un) sudo-free
 "#;
 

@@ -504,33 +504,36 @@ async fn composite_and_javascript_actions_run_in_a_github_job() {
     assert!(gh.violations().is_empty(), "{:#?}", gh.violations());
 }
 
-/// A job Solstice cannot honour (`container:`) fails with a clear line in
-/// its GitHub log and a FAILURE annotation, without a VM.
+/// A `container:` job from GitHub is translated and reaches the executor
+/// (no refusal at acquisition any more); on the tiny image, which has no
+/// container engine, the executor fails it with a clear line in its GitHub
+/// log, and its step never runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_solstice_cannot_honour_fails_with_a_clear_line_in_its_github_log() {
+async fn a_container_job_on_an_image_without_an_engine_fails_with_a_clear_line_in_its_github_log() {
     let gh = fake_github().await;
     let world = World::new();
     configure(&world, 1, &[github_section(&world, "gh", &gh, "e2e")], "");
     let job = gh.enqueue(
         FakeGithubJob::new(&["tiny"])
-            .container("node:20")
-            .step(FakeStep::run("echo never")),
+            .container_yaml("image: node:20\nenv:\n  GREETING: hi\noptions: --cpus 1\n")
+            .step(FakeStep::run("echo never-ran")),
     );
     let d = world.start();
     let j = final_job(&gh, job, &d).await;
     assert_eq!(j.conclusion.as_deref(), Some("failed"), "{}", d.log_text());
     let log = j.job_log.clone().unwrap_or_default();
-    assert!(log.contains("container:"), "{log}");
-    let annotations = j
-        .complete_body
-        .as_ref()
-        .map(|b| b["annotations"].to_string())
-        .unwrap_or_default();
+    // Neither the translation nor the executor refuses containers as such
+    // any more.
+    assert!(!log.contains("not supported"), "{log}");
+    // The executor's message: a Linux image without `docker` fails the job
+    // in "Initialize containers", naming the image.
     assert!(
-        annotations.contains("FAILURE") && annotations.contains("container"),
-        "{annotations}"
+        log.contains("need a container engine in the guest")
+            && log.contains("image `tiny` has no `docker`"),
+        "{log}"
     );
-    assert!(!log.contains("never\n"), "{log}");
+    assert!(log.contains("Initialize containers"), "{log}");
+    assert!(!log.contains("never-ran\n"), "{log}");
     assert!(qemu_processes_under(&world.state_dir()).is_empty());
     assert!(gh.violations().is_empty(), "{:#?}", gh.violations());
 }

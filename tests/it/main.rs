@@ -16,6 +16,7 @@ mod cache_vm;
 mod checkout_gitless;
 mod cli_messages;
 mod config_check;
+mod containers_action;
 mod containers_engine;
 mod containers_job;
 mod docs_match_code;

@@ -12,6 +12,7 @@
 //! run` as `-e NAME` only, so no value (secrets included) is ever on a command
 //! line.
 
+pub(super) mod action;
 pub(super) mod init;
 pub(super) mod job;
 pub(super) mod paths;

@@ -11,9 +11,12 @@
 //! single-job workflow that [`crate::workflow::parse_workflow`] checks. The
 //! executor then evaluates everything at the times GitHub's runner does.
 //!
-//! What Solstice cannot run (job and service containers, `docker://` steps,
-//! background steps, unknown step kinds) fails the translation with a
-//! message for the job's log: never run on the bare VM instead.
+//! `jobContainer` and `jobServiceContainers` become the job's `container:`
+//! and `services:` (run by the guest's container engine), and
+//! `containerRegistry` steps become `uses: docker://image` steps, with their
+//! expressions kept as expressions. What Solstice cannot run (background
+//! steps, unknown step kinds) fails the translation with a message for the
+//! job's log: never run on the bare VM instead.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -151,23 +154,6 @@ pub fn translate(
     opts: &TranslateOptions,
 ) -> Result<TranslatedJob, TranslateError> {
     let mut notes = Vec::new();
-    let present = |t: &Option<TemplateToken>| {
-        t.as_ref().is_some_and(|t| match &t.kind {
-            Token::Null => false,
-            Token::Mapping(m) => !m.is_empty(),
-            Token::Sequence(s) => !s.is_empty(),
-            Token::Literal(s) => !s.is_empty(),
-            _ => true,
-        })
-    };
-    if present(&msg.job_container) || present(&msg.job_service_containers) {
-        return Err(TranslateError::Unsupported(
-            "container: and services: are not supported yet by Solstice; the job ran nowhere. \
-             Every job runs directly in its own VM: remove container:/services: and pick a \
-             runner image that has the tools, or start the services in a step"
-                .into(),
-        ));
-    }
 
     let github_token = msg
         .variable_value("system.github.token")
@@ -425,6 +411,18 @@ fn build_workflow(
     if !outputs.is_empty() {
         job.insert("outputs".into(), Value::Object(outputs));
     }
+    if let Some(t) = msg.job_container.as_ref().filter(|t| present(t)) {
+        job.insert(
+            "container".into(),
+            container_value(t).map_err(|e| job_err("container", e))?,
+        );
+    }
+    if let Some(t) = msg.job_service_containers.as_ref().filter(|t| present(t)) {
+        job.insert(
+            "services".into(),
+            services_value(t).map_err(|e| job_err("services", e))?,
+        );
+    }
     job.insert(
         "timeout-minutes".into(),
         json!(GITHUB_JOB_LIMIT_MINUTES.to_string()),
@@ -539,10 +537,17 @@ fn step_value(s: &ActionStep) -> Result<Value, String> {
             }
         }
         StepReference::ContainerRegistry { image } => {
-            return Err(format!(
-                "`uses: docker://{image}` needs a container engine in the guest, which Solstice \
-                 does not have yet; use an image with the tool, or install it in a `run:` step"
-            ));
+            let image = image.trim();
+            if image.is_empty() {
+                return Err("the `uses: docker://` step names no image".into());
+            }
+            m.insert("uses".into(), json!(format!("docker://{image}")));
+            if let Some(i) = inputs {
+                let with = scalar_mapping(i).map_err(|e| format!("its `with:` {e}"))?;
+                if !with.is_empty() {
+                    m.insert("with".into(), Value::Object(with));
+                }
+            }
         }
         StepReference::Other(t) => {
             return Err(format!(
@@ -569,6 +574,93 @@ fn step_value(s: &ActionStep) -> Result<Value, String> {
         }
     }
     Ok(Value::Object(m))
+}
+
+/// Whether a `jobContainer`/`jobServiceContainers` token says anything:
+/// null, an empty string and an empty mapping or list mean "none".
+fn present(t: &TemplateToken) -> bool {
+    match &t.kind {
+        Token::Null => false,
+        Token::Mapping(m) => !m.is_empty(),
+        Token::Sequence(s) => !s.is_empty(),
+        Token::Literal(s) => !s.trim().is_empty(),
+        _ => true,
+    }
+}
+
+/// `jobContainer` as the job's `container:`: an image (a string, or one
+/// expression that gives it), or a mapping (`image`, `credentials`, `env`,
+/// `ports`, `volumes`, `options`) written as in the workflow.
+fn container_value(t: &TemplateToken) -> Result<Value, String> {
+    match &t.kind {
+        Token::Mapping(_) => {
+            let v = token_value(t)?;
+            if t.get("image").is_none() {
+                return Err("has no `image:`; a job container needs one".into());
+            }
+            Ok(v)
+        }
+        Token::Sequence(_) => {
+            Err("is a list; it must be an image or a mapping with `image:`".into())
+        }
+        _ => Ok(Value::String(scalar(t)?)),
+    }
+}
+
+/// `jobServiceContainers` as the job's `services:`: service id → container
+/// (as [`container_value`]).
+fn services_value(t: &TemplateToken) -> Result<Value, String> {
+    match &t.kind {
+        Token::Mapping(entries) => {
+            let mut m = Map::new();
+            for (k, v) in entries {
+                let id = match (&k.kind, k.literal_text()) {
+                    (Token::Literal(_), Some(id)) if !id.trim().is_empty() => id,
+                    _ => return Err("has a service id that is not plain text".into()),
+                };
+                let value = container_value(v).map_err(|e| format!("`{id}` {e}"))?;
+                m.insert(id, value);
+            }
+            Ok(Value::Object(m))
+        }
+        Token::Expression(e) => Err(format!(
+            "is one expression (`${{{{ {e} }}}}`) rather than a mapping of services, which Solstice does not support yet"
+        )),
+        _ => Err("is not a mapping of service ids to containers".into()),
+    }
+}
+
+/// Any token as the workflow value it was compiled from: mappings (plain
+/// keys only) and lists keep their shape, every scalar becomes a string as
+/// [`scalar`] writes it (so expressions stay `${{ }}` expressions, evaluated
+/// by the executor).
+fn token_value(t: &TemplateToken) -> Result<Value, String> {
+    match &t.kind {
+        Token::Null => Ok(Value::Null),
+        Token::Sequence(items) => items
+            .iter()
+            .map(token_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        Token::Mapping(entries) => {
+            let mut m = Map::new();
+            for (k, v) in entries {
+                let key = match (&k.kind, k.literal_text()) {
+                    (Token::Literal(_), Some(key)) => key,
+                    _ => {
+                        return Err(format!(
+                            "has a key that is not plain text ({}), which Solstice does not support",
+                            key_description(k)
+                        ));
+                    }
+                };
+                let value = token_value(v).map_err(|e| format!("`{key}`: {e}"))?;
+                m.insert(key, value);
+            }
+            Ok(Value::Object(m))
+        }
+        _ => scalar(t).map(Value::String),
+    }
 }
 
 /// A scalar token as a workflow string: literal text (a literal holding
@@ -602,12 +694,7 @@ fn scalar_mapping(t: &TemplateToken) -> Result<Map<String, Value>, String> {
                     _ => {
                         return Err(format!(
                             "has a key that is not plain text ({}), which Solstice does not support",
-                            match &k.kind {
-                                Token::Insert(d) => format!("${{{{ {d} }}}}"),
-                                Token::Sequence(_) | Token::Mapping(_) =>
-                                    "a list or mapping".into(),
-                                _ => scalar(k).unwrap_or_default(),
-                            }
+                            key_description(k)
                         ));
                     }
                 };
@@ -620,6 +707,15 @@ fn scalar_mapping(t: &TemplateToken) -> Result<Map<String, Value>, String> {
             "is one expression (`${{{{ {e} }}}}`) rather than a mapping, which Solstice does not support yet"
         )),
         _ => Err("is not a mapping".into()),
+    }
+}
+
+/// A mapping key that is not plain text, as the job's author wrote it.
+fn key_description(k: &TemplateToken) -> String {
+    match &k.kind {
+        Token::Insert(d) => format!("${{{{ {d} }}}}"),
+        Token::Sequence(_) | Token::Mapping(_) => "a list or mapping".into(),
+        _ => scalar(k).unwrap_or_default(),
     }
 }
 
@@ -1078,6 +1174,125 @@ mod tests {
         );
     }
 
+    /// The job's YAML as the workflow parser gets it, read back.
+    fn job_yaml(m: &JobMessage) -> serde_norway::Value {
+        let wf = build_workflow(m, "build", "CI").unwrap();
+        let yaml = serde_norway::to_string(&wf).unwrap();
+        let v: serde_norway::Value = serde_norway::from_str(&yaml).unwrap();
+        v["jobs"]["build"].clone()
+    }
+
+    #[test]
+    fn job_and_service_containers_become_container_and_services() {
+        // An image name: `container: <image>`.
+        let job = job_yaml(&with_json(|v| v["jobContainer"] = json!("node:20")));
+        assert_eq!(job["container"].as_str(), Some("node:20"));
+        assert!(job.get("services").is_none());
+        // The long form, expressions kept as expressions; numbers and
+        // booleans as the strings the workflow had.
+        let m = with_json(|v| {
+            v["jobContainer"] = json!({"type": 2, "map": [
+                {"Key": "image", "Value": {"type": 3, "expr": "format('ghcr.io/acme/{0}:1', matrix.os)"}},
+                {"Key": "credentials", "Value": {"type": 2, "map": [
+                    {"Key": "username", "Value": {"type": 3, "expr": "github.actor"}},
+                    {"Key": "password", "Value": {"type": 3, "expr": "secrets.GHCR_TOKEN"}}
+                ]}},
+                {"Key": "env", "Value": {"type": 2, "map": [
+                    {"Key": "NODE_ENV", "Value": "development"},
+                    {"Key": "LIT", "Value": "keep ${{ this }}"}
+                ]}},
+                {"Key": "ports", "Value": {"type": 1, "seq": [{"type": 6, "num": 80}, "8080:80"]}},
+                {"Key": "volumes", "Value": {"type": 1, "seq": ["my_docker_volume:/volume_mount"]}},
+                {"Key": "options", "Value": "--cpus 1 --tmpfs /scratch"}
+            ]});
+            v["jobServiceContainers"] = json!({"type": 2, "map": [
+                {"Key": "db", "Value": {"type": 2, "map": [
+                    {"Key": "image", "Value": "postgres:15"},
+                    {"Key": "env", "Value": {"type": 2, "map": [
+                        {"Key": "POSTGRES_PASSWORD", "Value": {"type": 3, "expr": "secrets.DB_PASSWORD"}}
+                    ]}},
+                    {"Key": "ports", "Value": {"type": 1, "seq": ["5432:5432"]}},
+                    {"Key": "options", "Value": "--health-cmd pg_isready --health-interval 2s"}
+                ]}},
+                {"Key": "redis", "Value": "redis:7"}
+            ]});
+        });
+        let job = job_yaml(&m);
+        let c = &job["container"];
+        assert_eq!(
+            c["image"].as_str(),
+            Some("${{ format('ghcr.io/acme/{0}:1', matrix.os) }}")
+        );
+        assert_eq!(
+            c["credentials"]["username"].as_str(),
+            Some("${{ github.actor }}")
+        );
+        assert_eq!(
+            c["credentials"]["password"].as_str(),
+            Some("${{ secrets.GHCR_TOKEN }}")
+        );
+        assert_eq!(c["env"]["NODE_ENV"].as_str(), Some("development"));
+        assert_eq!(c["env"]["LIT"].as_str(), Some("${{ 'keep ${{ this }}' }}"));
+        let ports: Vec<_> = c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(ports, ["80", "8080:80"]);
+        assert_eq!(
+            c["volumes"][0].as_str(),
+            Some("my_docker_volume:/volume_mount")
+        );
+        assert_eq!(c["options"].as_str(), Some("--cpus 1 --tmpfs /scratch"));
+        let s = &job["services"];
+        assert_eq!(s["db"]["image"].as_str(), Some("postgres:15"));
+        assert_eq!(
+            s["db"]["env"]["POSTGRES_PASSWORD"].as_str(),
+            Some("${{ secrets.DB_PASSWORD }}")
+        );
+        assert_eq!(s["db"]["ports"][0].as_str(), Some("5432:5432"));
+        assert_eq!(
+            s["db"]["options"].as_str(),
+            Some("--health-cmd pg_isready --health-interval 2s")
+        );
+        assert_eq!(s["redis"].as_str(), Some("redis:7"));
+        // The whole container as one expression stays one.
+        let job = job_yaml(&with_json(|v| {
+            v["jobContainer"] = json!({"type": 3, "expr": "matrix.image"})
+        }));
+        assert_eq!(job["container"].as_str(), Some("${{ matrix.image }}"));
+        // None: null, an empty string, an empty mapping.
+        for none in [json!(null), json!(""), json!({"type": 2})] {
+            let job = job_yaml(&with_json(|v| {
+                v["jobContainer"] = none.clone();
+                v["jobServiceContainers"] = none.clone();
+            }));
+            assert!(job.get("container").is_none() && job.get("services").is_none());
+        }
+        // The envelope of such a job reads as any other.
+        assert!(envelope(&m).is_ok());
+    }
+
+    #[test]
+    fn docker_steps_become_uses_docker() {
+        let m = with_json(|v| {
+            v["steps"][2]["reference"] = json!({"type": 2, "image": "alpine:3"});
+            v["steps"][2]["Inputs"] = json!({"type": 2, "map": [
+                {"Key": "args", "Value": {"type": 3, "expr": "format('echo {0}', matrix.os)"}},
+                {"Key": "entrypoint", "Value": "sh"}
+            ]});
+        });
+        let t = translate(&m, &TranslateOptions::default()).unwrap();
+        let s = &t.spec.workflow.jobs["build"].steps[2];
+        assert_eq!(s.uses.as_deref(), Some("docker://alpine:3"));
+        assert_eq!(s.run, None);
+        assert_eq!(s.with["args"].0, "${{ format('echo {0}', matrix.os) }}");
+        assert_eq!(s.with["entrypoint"].0, "sh");
+        assert_eq!(s.if_.as_ref().unwrap().0, "always()");
+        assert_eq!(envelope(&m).unwrap().steps[2].name, "Run docker://alpine:3");
+    }
+
     #[test]
     fn what_cannot_run_is_refused_clearly() {
         let err = |m: &JobMessage| {
@@ -1085,31 +1300,39 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        // Job container: refused, but the envelope still reads.
-        let m = with_json(|v| v["jobContainer"] = json!("node:20"));
+        // Containers the workflow could not have written.
+        let m = with_json(|v| {
+            v["jobContainer"] = json!({"type": 2, "map": [{"Key": "env", "Value": {"type": 2}}]})
+        });
+        assert_eq!(
+            err(&m),
+            "The job's `container:` has no `image:`; a job container needs one"
+        );
+        let m = with_json(|v| {
+            v["jobServiceContainers"] = json!({"type": 3, "expr": "fromJSON(vars.SERVICES)"})
+        });
         assert!(
             err(&m).starts_with(
-                "container: and services: are not supported yet by Solstice; the job ran nowhere"
+                "The job's `services:` is one expression (`${{ fromJSON(vars.SERVICES) }}`)"
             ),
             "{}",
             err(&m)
         );
-        assert!(envelope(&m).is_ok());
-        let m = with_json(
-            |v| v["jobServiceContainers"] = json!({"type": 2, "map": [{"Key": "db", "Value": {"type": 2, "map": [{"Key": "image", "Value": "postgres"}]}}]}),
+        let m = with_json(|v| {
+            v["jobContainer"] = json!({"type": 2, "map": [
+                {"Key": "image", "Value": "x"},
+                {"Key": "env", "Value": {"type": 2, "map": [{"Key": {"type": 4, "directive": "insert"}, "Value": "y"}]}}
+            ]})
+        });
+        assert_eq!(
+            err(&m),
+            "The job's `container:` `env`: has a key that is not plain text (${{ insert }}), which Solstice does not support"
         );
-        assert!(err(&m).contains("the job ran nowhere"));
-        // An empty services mapping is no service.
-        let m = with_json(|v| v["jobServiceContainers"] = json!({"type": 2}));
-        assert!(translate(&m, &TranslateOptions::default()).is_ok());
-        // docker:// steps.
-        let m = with_json(|v| v["steps"][2]["reference"] = json!({"type": 2, "image": "alpine:3"}));
-        let e = err(&m);
+        let m = with_json(|v| v["steps"][2]["reference"] = json!({"type": 2, "image": " "}));
         assert!(
-            e.starts_with(
-                "Step 3 (Run docker://alpine:3): `uses: docker://alpine:3` needs a container engine"
-            ),
-            "{e}"
+            err(&m).ends_with("the `uses: docker://` step names no image"),
+            "{}",
+            err(&m)
         );
         // Background steps and unknown kinds.
         let m = with_json(|v| v["steps"][0]["type"] = json!(5));

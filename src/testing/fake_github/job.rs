@@ -46,8 +46,12 @@ pub struct FakeGithubJob {
     pub github_token: Option<String>,
     /// `billingOwnerId`.
     pub billing_owner_id: String,
-    /// `container:` (an image name), sent as `jobContainer`.
-    pub container: Option<String>,
+    /// `container:` as written in the workflow (an image name or a
+    /// mapping), sent as the `jobContainer` token.
+    pub container: Option<serde_norway::Value>,
+    /// `services:` as written in the workflow (service id → container), sent
+    /// as the `jobServiceContainers` token.
+    pub services: Option<serde_norway::Value>,
 }
 
 impl std::fmt::Debug for FakeGithubJob {
@@ -85,6 +89,7 @@ impl FakeGithubJob {
             github_token: None,
             billing_owner_id: "U_kgDOAAAAAQ".into(),
             container: None,
+            services: None,
         }
     }
 
@@ -198,9 +203,23 @@ impl FakeGithubJob {
     }
 
     /// Sets `defaults.run.shell`.
-    /// `container: <image>` (Solstice refuses it: no container engine yet).
+    /// `container: <image>`.
     pub fn container(mut self, image: &str) -> Self {
-        self.container = Some(image.to_string());
+        self.container = Some(serde_norway::Value::String(image.to_string()));
+        self
+    }
+
+    /// `container:` given as the YAML under the key (`image: x\nenv: …`).
+    /// Panics on YAML that does not parse: this is for tests.
+    pub fn container_yaml(mut self, yaml: &str) -> Self {
+        self.container = Some(parse_yaml(yaml));
+        self
+    }
+
+    /// `services:` given as the YAML under the key (`db:\n  image: x`).
+    /// Panics on YAML that does not parse: this is for tests.
+    pub fn services_yaml(mut self, yaml: &str) -> Self {
+        self.services = Some(parse_yaml(yaml));
         self
     }
 
@@ -236,6 +255,11 @@ pub enum FakeStepKind {
         /// The path as written (`./dir`).
         path: String,
     },
+    /// `uses: docker://image` (reference type `containerRegistry`).
+    Docker {
+        /// The image, without `docker://`.
+        image: String,
+    },
 }
 
 /// One step of a [`FakeGithubJob`].
@@ -269,8 +293,14 @@ impl FakeStep {
         })
     }
 
-    /// A `uses:` step: `owner/repo@ref`, `owner/repo/path@ref`, or `./dir`.
+    /// A `uses:` step: `owner/repo@ref`, `owner/repo/path@ref`, `./dir`
+    /// or `docker://image`.
     pub fn uses(spec: &str) -> FakeStep {
+        if let Some(image) = spec.strip_prefix("docker://") {
+            return FakeStep::of(FakeStepKind::Docker {
+                image: image.into(),
+            });
+        }
         if spec.starts_with("./") {
             return FakeStep::of(FakeStepKind::Local { path: spec.into() });
         }
@@ -395,12 +425,27 @@ pub(crate) fn context_names(steps: &[FakeStep]) -> Vec<String> {
                         .collect::<String>()
                 ),
                 FakeStepKind::Local { .. } => "__self".to_string(),
+                FakeStepKind::Docker { image } => format!(
+                    "__{}",
+                    image
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect::<String>()
+                ),
             };
             let n = seen.entry(base.clone()).or_insert(0);
             *n += 1;
             if *n == 1 { base } else { format!("{base}_{n}") }
         })
         .collect()
+}
+
+/// Parses a test's YAML.
+fn parse_yaml(yaml: &str) -> serde_norway::Value {
+    match serde_norway::from_str(yaml) {
+        Ok(v) => v,
+        Err(e) => panic!("the test's YAML does not parse: {e}\n{yaml}"),
+    }
 }
 
 /// Positioned tokens, one line per token (file 1).
@@ -457,6 +502,41 @@ impl Tok {
             .map(|(k, v)| (self.lit(k), self.text(v)))
             .collect();
         self.map(pairs)
+    }
+
+    /// A YAML value as GitHub's server compiles it: strings as literals or
+    /// expressions, numbers and booleans typed, lists and mappings kept.
+    fn yaml(&mut self, v: &serde_norway::Value) -> Value {
+        use serde_norway::Value as Y;
+        match v {
+            Y::Null => Value::Null,
+            Y::Bool(b) => self.scalar(&b.to_string()),
+            Y::Number(n) => self.scalar(&n.to_string()),
+            Y::String(s) => self.text(s),
+            Y::Sequence(items) => {
+                let items: Vec<Value> = items.iter().map(|i| self.yaml(i)).collect();
+                let mut m = self.pos(1);
+                m.insert("seq".into(), Value::Array(items));
+                Value::Object(m)
+            }
+            Y::Mapping(entries) => {
+                let pairs = entries
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = match k {
+                            Y::String(s) => s.clone(),
+                            other => serde_norway::to_string(other)
+                                .unwrap_or_default()
+                                .trim()
+                                .to_string(),
+                        };
+                        (self.lit(&key), self.yaml(v))
+                    })
+                    .collect();
+                self.map(pairs)
+            }
+            Y::Tagged(t) => self.yaml(&t.value),
+        }
     }
 
     /// `true`/`false`, a number, or an expression.
@@ -681,6 +761,10 @@ pub(crate) fn job_message(job: &FakeGithubJob, ids: &MessageIds<'_>) -> Value {
                 json!({"type": "repository", "path": path, "repositoryType": "self"}),
                 tok.text_map(&s.with),
             ),
+            FakeStepKind::Docker { image } => (
+                json!({"type": "containerRegistry", "image": image}),
+                tok.text_map(&s.with),
+            ),
         };
         o.insert("reference".into(), reference);
         o.insert("inputs".into(), inputs);
@@ -787,8 +871,8 @@ pub(crate) fn job_message(job: &FakeGithubJob, ids: &MessageIds<'_>) -> Value {
         "jobId": ids.job_id,
         "jobDisplayName": display,
         "jobName": "__default",
-        "jobContainer": job.container.as_deref().map_or(Value::Null, |image| tok.lit(image)),
-        "jobServiceContainers": null,
+        "jobContainer": job.container.as_ref().map_or(Value::Null, |c| tok.yaml(c)),
+        "jobServiceContainers": job.services.as_ref().map_or(Value::Null, |c| tok.yaml(c)),
         "jobOutputs": job_outputs,
         "requestId": 0,
         "lockedUntil": "0001-01-01T00:00:00",
@@ -942,6 +1026,61 @@ mod tests {
         // Every positioned token names file 1 of the file table.
         assert_eq!(s0["inputs"]["file"], 1);
         assert_eq!(m["fileTable"][0], ".github/workflows/ci.yml");
+    }
+
+    #[test]
+    fn message_carries_containers_services_and_docker_steps_as_tokens() {
+        let job = FakeGithubJob::new(&["self-hosted"])
+            .container_yaml(
+                "image: ${{ matrix.image }}\ncredentials:\n  username: u\n  password: ${{ secrets.P }}\nports: [80, '8080:80']\noptions: --cpus 1\n",
+            )
+            .services_yaml("db:\n  image: postgres:15\n  env:\n    ON: true\n")
+            .step(FakeStep::uses("docker://alpine:3").with("args", "echo hi"));
+        let steps = vec!["s1".to_string()];
+        let ids = MessageIds {
+            plan_id: "p",
+            job_id: "j",
+            timeline_id: "t",
+            step_ids: &steps,
+            job_token: "jt",
+            github_token: "ghs_x",
+            base_url: "http://127.0.0.1:1",
+            run_service_url: "http://127.0.0.1:1/_run/9/",
+            results_url: "http://127.0.0.1:1/_results/",
+            feed_url: "ws://127.0.0.1:1/_ws/ingest.sock",
+            run_id: 5,
+        };
+        let m = job_message(&job, &ids);
+        let c = &m["jobContainer"];
+        assert_eq!(c["type"], 2);
+        assert_eq!(c["map"][0]["Key"]["lit"], "image");
+        assert_eq!(c["map"][0]["Value"]["expr"], "matrix.image");
+        assert_eq!(c["map"][1]["Value"]["map"][1]["Value"]["expr"], "secrets.P");
+        assert_eq!(c["map"][2]["Value"]["type"], 1);
+        assert_eq!(c["map"][2]["Value"]["seq"][0]["num"], 80.0);
+        assert_eq!(c["map"][2]["Value"]["seq"][1]["lit"], "8080:80");
+        let s = &m["jobServiceContainers"];
+        assert_eq!(s["map"][0]["Key"]["lit"], "db");
+        assert_eq!(
+            s["map"][0]["Value"]["map"][1]["Value"]["map"][0]["Value"]["bool"],
+            true
+        );
+        let s0 = &m["steps"][0];
+        assert_eq!(s0["reference"]["type"], "containerRegistry");
+        assert_eq!(s0["reference"]["image"], "alpine:3");
+        assert_eq!(s0["contextName"], "__alpine_3");
+        // The message reads back as the translator sees it.
+        let msg =
+            crate::forge::github::message::parse_message(&serde_json::to_vec(&m).unwrap()).unwrap();
+        let c = msg.job_container.unwrap();
+        assert!(c.get("image").is_some() && c.get("options").is_some());
+        assert!(msg.job_service_containers.unwrap().get("db").is_some());
+        assert_eq!(
+            msg.steps[0].reference,
+            crate::forge::github::message::StepReference::ContainerRegistry {
+                image: "alpine:3".into()
+            }
+        );
     }
 
     #[test]
