@@ -82,6 +82,7 @@ rustPlatform.buildRustPackage {
         "cli_messages"
         "containers_action"
         "containers_engine"
+        "containers_job"
         "docs_match_code"
         "doctor_cli"
         "exec_cli"

@@ -110,6 +110,27 @@ impl Runtime<'_> {
             _ => Map::new(),
         };
         job.insert("status".into(), json!(status));
+        if let Some(c) = &self.containers {
+            if let Some(j) = &c.job {
+                job.insert(
+                    "container".into(),
+                    json!({ "id": j.id, "network": c.network }),
+                );
+            }
+            if !c.services.is_empty() {
+                let services: Map<String, Value> = c
+                    .services
+                    .iter()
+                    .map(|(id, s)| {
+                        (
+                            id.clone(),
+                            json!({ "id": s.id, "network": c.network, "ports": s.ports }),
+                        )
+                    })
+                    .collect();
+                job.insert("services".into(), Value::Object(services));
+            }
+        }
         values.insert("job".into(), Value::Object(job));
         values.insert(
             "runner".into(),

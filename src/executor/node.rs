@@ -16,7 +16,7 @@ use super::error::StepError;
 use super::exec::Stop;
 use super::runtime::Runtime;
 use super::state::JobState;
-use super::step::{Body, RunCommand, StepEnd, StepRun};
+use super::step::{Body, RunCommand, StepEnd, StepRun, container_exec};
 use crate::actions::{UsesRef, parse_uses};
 use crate::events::LineKind;
 use crate::guest::shell_quote;
@@ -68,10 +68,38 @@ impl Runtime<'_> {
             n = shell_quote(&node_bin),
             m = shell_quote(&missing),
         );
-        let program = format!("{} {}", shell_quote(&node_bin), shell_quote(&script));
+        let run = match self.job_container() {
+            // Inside the job container: the guest's node, mounted (GitHub's
+            // `/__e/node20/bin/node`), so that images without node work. No
+            // shell in between: the `INPUT_MY-INPUT` names reach node intact.
+            Some(jc) => {
+                let inner_script = super::containers::paths::translate(&script, &jc.mounts);
+                let Some(inner_node) = &jc.node else {
+                    self.em.error(
+                        plan.log,
+                        format!(
+                            "This step runs a JavaScript action ({}) in the job container ({}), with the guest's node \
+                             mounted, but image `{}` has no `{}`. Install node in the image (docs/images.md) \
+                             or set the image's `node` key",
+                            action.uses, jc.image, self.runner.image, node_bin
+                        ),
+                    );
+                    return Ok((StepEnd::Failure, IndexMap::new()));
+                };
+                RunCommand::Container(container_exec(
+                    jc,
+                    &self.layout.workspace,
+                    vec![inner_node.clone(), inner_script],
+                ))
+            }
+            None => RunCommand::Command {
+                setup,
+                program: format!("{} {}", shell_quote(&node_bin), shell_quote(&script)),
+            },
+        };
         state.saved_state.clear();
         let body = Body {
-            run: RunCommand::Command { setup, program },
+            run,
             extra_files: Vec::new(),
             vars,
             action: Some(action.info.clone()),

@@ -200,6 +200,13 @@ impl Runtime<'_> {
             .map(|(status, out, _)| (status, out))
     }
 
+    /// [`Self::quiet_exec`] for a longer command (a minute at most).
+    pub(super) async fn quiet_exec_long(&self, cmd: &str) -> Option<(u32, String)> {
+        self.quiet_exec_within(cmd, b"", std::time::Duration::from_secs(60))
+            .await
+            .map(|(status, out, _)| (status, out))
+    }
+
     /// [`Self::quiet_exec`] with `stdin` (an archive to unpack); returns the
     /// status and stderr. Cancelling the job stops the wait.
     pub(super) async fn quiet_exec_stdin(&self, cmd: &str, stdin: &[u8]) -> Option<(u32, String)> {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::action::LoadedAction;
 use super::containers::JobContainers;
+use super::containers::init::InitEnd;
 use super::emit::Emitter;
 use super::env::{self, GuestLayout};
 use super::mask::Masker;
@@ -46,6 +47,13 @@ pub(super) struct Runtime<'a> {
     pub(super) delivered: Mutex<HashSet<String>>,
     /// The job's containers (`container:`, `services:`), once started.
     pub(super) containers: Option<JobContainers>,
+}
+
+impl Runtime<'_> {
+    /// The job container, once started.
+    pub(super) fn job_container(&self) -> Option<&super::containers::JobContainer> {
+        self.containers.as_ref().and_then(|c| c.job.as_ref())
+    }
 }
 
 /// Runs one job on `runner` (the guest behind `session`) and returns its
@@ -99,13 +107,6 @@ pub async fn run_job(
         );
         return finish(&em, Conclusion::Failure, IndexMap::new(), Vec::new());
     };
-    if job.container.is_some() || job.services.is_some() {
-        em.error(
-            None,
-            "`container:` and `services:` are not supported: every job already runs in its own VM",
-        );
-        return finish(&em, Conclusion::Failure, IndexMap::new(), Vec::new());
-    }
     let flag = |name: &str| {
         spec.secrets.get(name).is_some_and(|s| is_true(s.expose()))
             || spec.vars.get(name).is_some_and(|v| is_true(v))
@@ -199,6 +200,21 @@ pub async fn run_job(
         }
     }
 
+    // The job container and the services, in the guest's engine.
+    match rt.init_containers(&state).await {
+        InitEnd::Ready => {}
+        end => {
+            rt.print_service_logs().await;
+            let conclusion = match end {
+                InitEnd::Cancelled => Conclusion::Cancelled,
+                _ => Conclusion::Failure,
+            };
+            let mut outcome = finish(&rt.em, conclusion, IndexMap::new(), Vec::new());
+            outcome.timed_out = end == InitEnd::TimedOut;
+            return outcome;
+        }
+    }
+
     // The pre stages of the job's JavaScript actions (fetched here).
     rt.run_pre_stages(&mut state, runner_debug).await;
     for (index, step) in job.steps.iter().enumerate() {
@@ -214,6 +230,8 @@ pub async fn run_job(
     // The actions' post stages, last registered first.
     rt.run_post_stages(&mut state, runner_debug).await;
     rt.check_job_state(&mut state);
+    // The services' logs, whatever happened.
+    rt.print_service_logs().await;
 
     // Job outputs.
     let mut outputs = IndexMap::new();

@@ -66,7 +66,28 @@ pub fn resolve_shell(shell: Option<&str>, has_bash: bool) -> Result<ResolvedShel
     }
 }
 
+/// Chooses the shell of a step that runs in the job container: `sh -e {0}`
+/// by default (as GitHub does there, whatever the VM has); `bash` and the
+/// other names as [`resolve_shell`] with bash assumed (the container has it
+/// or the step fails there).
+pub fn resolve_container_shell(shell: Option<&str>) -> Result<ResolvedShell, ShellError> {
+    match shell.map(str::trim) {
+        None | Some("") => Ok(template(SH_TEMPLATE)),
+        other => resolve_shell(other, true),
+    }
+}
+
 impl ResolvedShell {
+    /// The arguments that run `script` (a path inside a container).
+    pub fn container_argv(&self, script: &str) -> Vec<String> {
+        match self {
+            ResolvedShell::Template(parts) => {
+                parts.iter().map(|p| p.replace("{0}", script)).collect()
+            }
+            ResolvedShell::Python => vec!["sh".into(), "-c".into(), self.command(script)],
+        }
+    }
+
     /// File extension of the step script.
     pub fn extension(&self) -> &'static str {
         match self {

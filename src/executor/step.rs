@@ -9,7 +9,7 @@ use super::AFTER_CANCEL_STEP_LIMIT;
 use super::archive::{TarFile, build_tar};
 use super::checkout;
 use super::checkout_step::CheckoutPlan;
-use super::containers::{ContainerCommand, paths};
+use super::containers::{ContainerCommand, JobContainer, paths};
 use super::context::run_default;
 use super::env::{self, ActionInfo, RunnerVarsInput};
 use super::error::StepError;
@@ -315,8 +315,13 @@ impl Runtime<'_> {
                         None
                     }
                 });
-                let shell = shell::resolve_shell(shell_name.as_deref(), self.has_bash)
-                    .map_err(StepError::Shell)?;
+                let shell = if self.job_container().is_some() {
+                    // The container's shells, not the VM's (`sh -e {0}` by default).
+                    shell::resolve_container_shell(shell_name.as_deref())
+                } else {
+                    shell::resolve_shell(shell_name.as_deref(), self.has_bash)
+                }
+                .map_err(StepError::Shell)?;
                 let working_dir = self.working_dir(plan, state)?;
                 let body = Body {
                     run: RunCommand::Script { script, shell },
@@ -508,7 +513,36 @@ impl Runtime<'_> {
         let mut files = vec![TarFile::dir(&name)];
         let mut cd = Some(body.working_dir.as_str());
         let mut path_prefix: &[String] = &state.path_prefix;
-        let run_cmd = match body.run {
+        // A step of a job with a job container runs inside it.
+        let run = match (body.run, self.job_container(), body.vm_only) {
+            (RunCommand::Script { script, shell }, Some(jc), false) => {
+                let ext = shell.extension();
+                let mut script_bytes = script.into_bytes();
+                if !script_bytes.ends_with(b"\n") {
+                    script_bytes.push(b'\n');
+                }
+                files.push(TarFile::file(
+                    &format!("{name}/script.{ext}"),
+                    script_bytes,
+                    0o700,
+                ));
+                let inner = paths::translate(&format!("{dir}/script.{ext}"), &jc.mounts);
+                RunCommand::Container(container_exec(
+                    jc,
+                    &body.working_dir,
+                    shell.container_argv(&inner),
+                ))
+            }
+            (RunCommand::Command { setup, program }, Some(jc), false) => {
+                RunCommand::Container(container_exec(
+                    jc,
+                    &body.working_dir,
+                    vec!["sh".into(), "-c".into(), format!("{setup}\n{program}")],
+                ))
+            }
+            (run, _, _) => run,
+        };
+        let run_cmd = match run {
             RunCommand::Container(c) => {
                 let (run, kill) =
                     render_container(c, &mut env_list, &odd_names, &state.path_prefix);
@@ -751,6 +785,34 @@ fn render_container(
          else printf '%s\\n' {missing} >&2; false; fi"
     );
     (run, c.kill)
+}
+
+/// `docker exec` of `argv` in the job container `jc`, in `working_dir` (a
+/// guest path, translated), with the container's `PATH` as base and a kill
+/// that signals every process of the container but its PID 1 (`tail`).
+pub(super) fn container_exec(
+    jc: &JobContainer,
+    working_dir: &str,
+    argv: Vec<String>,
+) -> ContainerCommand {
+    let id = shell_quote(&jc.id);
+    let mut after = vec![jc.id.clone()];
+    after.extend(argv);
+    ContainerCommand {
+        setup: String::new(),
+        before: vec![
+            "exec".into(),
+            "-i".into(),
+            "--workdir".into(),
+            paths::translate(working_dir, &jc.mounts),
+        ],
+        after,
+        translate: jc.mounts.clone(),
+        base_path: Some(jc.image_path.clone()),
+        kill: Some(format!(
+            "d=$(command -v docker) && \"$d\" exec {id} sh -c 'kill -'\"$1\"' -1'\n"
+        )),
+    }
 }
 
 /// How a step's process ended.

@@ -13,6 +13,6 @@ pub use matrix::{
     Combination, expand_matrix, filter_matrix, job_display_name, parse_matrix_selector,
 };
 pub use model::{
-    Defaults, InputSpec, Job, RunDefaults, Scalar, Step, Strategy, Triggers, Workflow,
-    WorkflowError, parse_workflow, select_job,
+    ContainerSpec, Credentials, Defaults, InputSpec, Job, RunDefaults, Scalar, Step, Strategy,
+    Triggers, Workflow, WorkflowError, parse_workflow, select_job,
 };

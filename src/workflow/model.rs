@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 /// A scalar written in YAML (string, number or boolean), kept as the string
 /// Actions would see. `env: { N: 1 }` yields `"1"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scalar(pub String);
 
 impl<'de> Deserialize<'de> for Scalar {
@@ -150,12 +150,13 @@ pub struct Job {
     /// Names of jobs this one needs (string or list).
     #[serde(default)]
     pub needs: Option<serde_norway::Value>,
-    /// Not supported: present only so a clear error can be given.
+    /// `container:`: the job's steps run inside this container, in the
+    /// job's VM. Its values may hold expressions, evaluated at job start.
     #[serde(default)]
-    pub container: Option<serde_norway::Value>,
-    /// Not supported: present only so a clear error can be given.
+    pub container: Option<ContainerSpec>,
+    /// `services:`: service containers by id, started before the first step.
     #[serde(default)]
-    pub services: Option<serde_norway::Value>,
+    pub services: IndexMap<String, ContainerSpec>,
     /// A reusable workflow call. Not supported: present only so a clear
     /// error can be given.
     #[serde(default)]
@@ -180,6 +181,124 @@ pub struct Job {
     /// for the runner to do.
     #[serde(default)]
     pub enable_openid_connect: Option<serde_norway::Value>,
+}
+
+/// `container:` or one entry of `services:`, as written: every value is kept
+/// as a string (it may hold `${{ }}` expressions, evaluated at job start).
+/// Written either as the image name alone or as a mapping; unknown keys are
+/// rejected. `entrypoint`, `command` and Forgejo's `cmd` are for services
+/// only (checked by [`parse_workflow`]).
+#[derive(Clone, Default, PartialEq)]
+pub struct ContainerSpec {
+    /// The image (`postgres:15`, `registry.example:5000/team/img:1`).
+    pub image: String,
+    /// Registry credentials for this image.
+    pub credentials: Option<Credentials>,
+    /// Variables set in the container.
+    pub env: IndexMap<String, Scalar>,
+    /// `-p` values, passed to docker as written (`5432`, `8080:80`).
+    pub ports: Vec<Scalar>,
+    /// `-v` values (`src:dst[:ro]`, or a named volume).
+    pub volumes: Vec<String>,
+    /// More `docker create` options, split like a shell command line
+    /// (quotes, no expansion).
+    pub options: Option<String>,
+    /// A service's entrypoint, replacing the image's.
+    pub entrypoint: Option<String>,
+    /// A service's command, split like `options` (GitHub's `command`).
+    pub command: Option<String>,
+    /// A service's command as a list (Forgejo's `cmd`).
+    pub cmd: Vec<Scalar>,
+}
+
+/// `credentials:` of a container: `Debug` shows the password as `***`.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    #[serde(default)]
+    pub username: Scalar,
+    #[serde(default)]
+    pub password: Scalar,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username.0)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Environment values may hold secrets (written literally).
+        f.debug_struct("ContainerSpec")
+            .field("image", &self.image)
+            .field("credentials", &self.credentials)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("ports", &self.ports)
+            .field("volumes", &self.volumes)
+            .field("options", &self.options)
+            .field("entrypoint", &self.entrypoint)
+            .field("command", &self.command)
+            .field("cmd", &self.cmd)
+            .finish()
+    }
+}
+
+/// The mapping form of [`ContainerSpec`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerMap {
+    #[serde(default)]
+    image: Scalar,
+    #[serde(default)]
+    credentials: Option<Credentials>,
+    #[serde(default)]
+    env: IndexMap<String, Scalar>,
+    #[serde(default)]
+    ports: Vec<Scalar>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    #[serde(default)]
+    options: Option<Scalar>,
+    #[serde(default)]
+    entrypoint: Option<Scalar>,
+    #[serde(default)]
+    command: Option<Scalar>,
+    #[serde(default)]
+    cmd: Vec<Scalar>,
+}
+
+impl<'de> Deserialize<'de> for ContainerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_norway::Value::deserialize(d)?;
+        match v {
+            serde_norway::Value::String(image) => Ok(ContainerSpec {
+                image,
+                ..ContainerSpec::default()
+            }),
+            serde_norway::Value::Mapping(_) => {
+                let m: ContainerMap = serde_norway::from_value(v).map_err(D::Error::custom)?;
+                Ok(ContainerSpec {
+                    image: m.image.0,
+                    credentials: m.credentials,
+                    env: m.env,
+                    ports: m.ports,
+                    volumes: m.volumes,
+                    options: m.options.map(|o| o.0),
+                    entrypoint: m.entrypoint.map(|o| o.0),
+                    command: m.command.map(|o| o.0),
+                    cmd: m.cmd,
+                })
+            }
+            _ => Err(D::Error::custom(
+                "expected an image name or a mapping with `image:`",
+            )),
+        }
+    }
 }
 
 /// `strategy:`; see [`crate::workflow::matrix`] for the matrix.
@@ -248,6 +367,14 @@ pub enum WorkflowError {
         key: String,
         hint: String,
     },
+    /// `container:` or a service is malformed.
+    #[error("Job `{job}`, {what}: {message}")]
+    InvalidContainer {
+        job: String,
+        /// `` `container:` `` or `` service `db` ``.
+        what: String,
+        message: String,
+    },
     /// A step is malformed.
     #[error("Job `{job}`, {step}: {message}")]
     InvalidStep {
@@ -314,9 +441,12 @@ impl WorkflowError {
 
 /// Parses and validates a workflow file.
 ///
-/// Besides YAML and schema errors (with line and column), this rejects jobs
-/// without steps, `container:`, `services:` and job-level `uses:` (reusable
-/// workflows), and steps without exactly one of `run` and `uses`.
+/// Besides YAML and schema errors (with line and column; unknown keys of
+/// `container:` and of services included), this rejects jobs without steps,
+/// job-level `uses:` (reusable workflows), a job container with a
+/// service-only key (`entrypoint`, `command`, `cmd`), and steps without
+/// exactly one of `run` and `uses`. `container:` and `services:` values are
+/// kept as written, expressions included, and evaluated at job start.
 pub fn parse_workflow(yaml: &str) -> Result<Workflow, WorkflowError> {
     let wf: Workflow = serde_norway::from_str(yaml).map_err(|e| WorkflowError::from_yaml(&e))?;
     if wf.jobs.is_empty() {
@@ -340,17 +470,30 @@ fn validate_job(id: &str, job: &Job) -> Result<(), WorkflowError> {
             "reusable workflows cannot be run; copy the called workflow's jobs into this file",
         ));
     }
-    if job.container.is_some() {
-        return Err(unsupported(
-            "container",
-            "jobs run directly in a VM; pick an image with the tools you need or install them in a step",
-        ));
+    if let Some(c) = &job.container {
+        let service_only = [
+            ("entrypoint", c.entrypoint.is_some()),
+            ("command", c.command.is_some()),
+            ("cmd", !c.cmd.is_empty()),
+        ];
+        if let Some((key, _)) = service_only.iter().find(|(_, set)| *set) {
+            return Err(WorkflowError::InvalidContainer {
+                job: id.to_string(),
+                what: "`container:`".into(),
+                message: format!(
+                    "`{key}:` is only for services: the job container runs `tail -f /dev/null` and the steps run in it"
+                ),
+            });
+        }
     }
-    if job.services.is_some() {
-        return Err(unsupported(
-            "services",
-            "service containers are not available; start the service in a step instead",
-        ));
+    for (sid, s) in &job.services {
+        if s.command.is_some() && !s.cmd.is_empty() {
+            return Err(WorkflowError::InvalidContainer {
+                job: id.to_string(),
+                what: format!("service `{sid}`"),
+                message: "`command:` and `cmd:` both set the command; keep one".into(),
+            });
+        }
     }
     if job.steps.is_empty() {
         return Err(WorkflowError::NoSteps {

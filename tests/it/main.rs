@@ -18,6 +18,7 @@ mod cli_messages;
 mod config_check;
 mod containers_action;
 mod containers_engine;
+mod containers_job;
 mod docs_match_code;
 mod doctor_cli;
 mod exec_cli;

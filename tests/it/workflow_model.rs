@@ -144,22 +144,6 @@ fn yaml_errors_carry_line_and_column() {
 
 #[test]
 fn unsupported_job_keys_are_named() {
-    let cases = [
-        (
-            "container: node:20",
-            "Job `a` uses `container:`, which is not supported: jobs run directly in a VM",
-        ),
-        (
-            "services:\n      db:\n        image: postgres",
-            "Job `a` uses `services:`, which is not supported: service containers",
-        ),
-    ];
-    for (extra, want) in cases {
-        let yaml =
-            format!("jobs:\n  a:\n    runs-on: x\n    {extra}\n    steps:\n      - run: x\n");
-        let e = err(&yaml);
-        assert!(e.to_string().starts_with(want), "{e}");
-    }
     let e = err(
         "jobs:\n  call:\n    uses: org/repo/.github/workflows/w.yml@main\n    with:\n      x: 1\n    secrets: inherit\n",
     );
@@ -213,5 +197,79 @@ fn select_job_picks_the_only_job_or_requires_a_name() {
     assert_eq!(
         e.to_string(),
         "No job `deploy` in the workflow; jobs are: build, lint"
+    );
+}
+
+#[test]
+fn container_and_services_are_parsed_with_their_expressions() {
+    let wf = parse_workflow(
+        "jobs:\n  a:\n    container: solstice-test/bash:1\n    steps:\n      - run: x\n",
+    )
+    .unwrap();
+    assert_eq!(
+        wf.jobs["a"].container.as_ref().unwrap().image,
+        "solstice-test/bash:1"
+    );
+    assert!(wf.jobs["a"].services.is_empty());
+
+    let wf = parse_workflow(concat!(
+        "jobs:\n  a:\n    container:\n      image: img:${{ matrix.v }}\n",
+        "      credentials: { username: u, password: '${{ secrets.P }}' }\n",
+        "      env: { A: 1, B: \"x y\" }\n      ports: [8080, '9090:90']\n",
+        "      volumes: [/data:/data]\n      options: --user 0\n",
+        "    services:\n      db:\n        image: solstice-test/postgres:15\n",
+        "        ports: ['5432']\n        options: --health-cmd pg_isready\n",
+        "      cache:\n        image: r\n        entrypoint: /bin/sh\n        cmd: [-c, 'sleep 1']\n",
+        "    steps:\n      - run: x\n",
+    ))
+    .unwrap();
+    let job = &wf.jobs["a"];
+    let c = job.container.as_ref().unwrap();
+    assert_eq!(c.image, "img:${{ matrix.v }}");
+    let creds = c.credentials.as_ref().unwrap();
+    assert_eq!(creds.password.0, "${{ secrets.P }}");
+    assert!(!format!("{c:?}").contains("secrets.P"), "{c:?}");
+    assert_eq!(c.env["A"].0, "1");
+    assert_eq!(
+        c.ports.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        ["8080", "9090:90"]
+    );
+    assert_eq!(c.volumes, ["/data:/data"]);
+    assert_eq!(c.options.as_deref(), Some("--user 0"));
+    assert_eq!(job.services.keys().collect::<Vec<_>>(), ["db", "cache"]);
+    assert_eq!(job.services["db"].ports[0].0, "5432");
+    assert_eq!(job.services["cache"].entrypoint.as_deref(), Some("/bin/sh"));
+    assert_eq!(job.services["cache"].cmd.len(), 2);
+}
+
+#[test]
+fn container_mistakes_are_named() {
+    let job = |extra: &str| format!("jobs:\n  a:\n    {extra}\n    steps:\n      - run: x\n");
+    let e = err(&job("container:\n      image: x\n      imag: y"));
+    assert!(e.to_string().contains("unknown field `imag`"), "{e}");
+    let e = err(&job(
+        "services:\n      db:\n        image: x\n        option: y",
+    ));
+    assert!(e.to_string().contains("unknown field `option`"), "{e}");
+    let e = err(&job("container: [a]"));
+    assert!(
+        e.to_string()
+            .contains("expected an image name or a mapping"),
+        "{e}"
+    );
+    let e = err(&job(
+        "container:\n      image: x\n      entrypoint: /bin/sh",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "Job `a`, `container:`: `entrypoint:` is only for services: the job container runs \
+         `tail -f /dev/null` and the steps run in it"
+    );
+    let e = err(&job(
+        "services:\n      db:\n        image: x\n        command: a\n        cmd: [b]",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "Job `a`, service `db`: `command:` and `cmd:` both set the command; keep one"
     );
 }

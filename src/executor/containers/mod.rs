@@ -13,6 +13,8 @@
 //! line.
 
 pub(super) mod action;
+pub(super) mod init;
+pub(super) mod job;
 pub(super) mod paths;
 
 use indexmap::IndexMap;
