@@ -1109,7 +1109,7 @@ mod tests {
             job.outputs["greeting"],
             "${{ steps.hello.outputs.greeting }}"
         );
-        assert!(job.strategy.is_none() && job.container.is_none());
+        assert!(job.strategy.is_none() && job.container.is_none() && job.services.is_empty());
         assert_eq!(job.timeout_minutes.as_ref().unwrap().0, "7200");
     }
 
@@ -1272,6 +1272,53 @@ mod tests {
         }
         // The envelope of such a job reads as any other.
         assert!(envelope(&m).is_ok());
+    }
+
+    #[test]
+    fn container_jobs_parse_into_the_workflow_model() {
+        let m = with_json(|v| {
+            v["jobContainer"] = json!({"type": 2, "map": [
+                {"Key": "image", "Value": {"type": 3, "expr": "matrix.image"}},
+                {"Key": "credentials", "Value": {"type": 2, "map": [
+                    {"Key": "username", "Value": "u"},
+                    {"Key": "password", "Value": {"type": 3, "expr": "secrets.P"}}
+                ]}},
+                {"Key": "env", "Value": {"type": 2, "map": [{"Key": "N", "Value": {"type": 6, "num": 1}}]}},
+                {"Key": "ports", "Value": {"type": 1, "seq": [{"type": 6, "num": 80}, "8080:80"]}},
+                {"Key": "volumes", "Value": {"type": 1, "seq": ["v:/v"]}},
+                {"Key": "options", "Value": "--cpus 1"}
+            ]});
+            v["jobServiceContainers"] = json!({"type": 2, "map": [
+                {"Key": "db", "Value": {"type": 2, "map": [
+                    {"Key": "image", "Value": "postgres:15"},
+                    {"Key": "command", "Value": "postgres -c fsync=off"}
+                ]}},
+                {"Key": "redis", "Value": "redis:7"}
+            ]});
+        });
+        let t = translate(&m, &TranslateOptions::default()).unwrap();
+        let job = &t.spec.workflow.jobs["build"];
+        let c = job.container.as_ref().unwrap();
+        assert_eq!(c.image, "${{ matrix.image }}");
+        let cred = c.credentials.as_ref().unwrap();
+        assert_eq!(cred.username.0, "u");
+        assert_eq!(cred.password.0, "${{ secrets.P }}");
+        assert_eq!(c.env["N"].0, "1");
+        let ports: Vec<_> = c.ports.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(ports, ["80", "8080:80"]);
+        assert_eq!(c.volumes, ["v:/v"]);
+        assert_eq!(c.options.as_deref(), Some("--cpus 1"));
+        assert_eq!(job.services["db"].image, "postgres:15");
+        assert_eq!(
+            job.services["db"].command.as_deref(),
+            Some("postgres -c fsync=off")
+        );
+        assert_eq!(job.services["redis"].image, "redis:7");
+        // The string form.
+        let m = with_json(|v| v["jobContainer"] = json!("node:20"));
+        let t = translate(&m, &TranslateOptions::default()).unwrap();
+        let c = t.spec.workflow.jobs["build"].container.clone().unwrap();
+        assert_eq!(c.image, "node:20");
     }
 
     #[test]
