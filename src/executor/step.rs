@@ -544,15 +544,29 @@ impl Runtime<'_> {
         };
         let run_cmd = match run {
             RunCommand::Container(c) => {
-                let (run, kill) =
-                    render_container(c, &mut env_list, &odd_names, &state.path_prefix);
-                if let Some(kill) = kill {
+                let r = render_container(
+                    c,
+                    &mut env_list,
+                    &odd_names,
+                    &state.path_prefix,
+                    &format!("{dir}/script.env"),
+                );
+                if let Some(kill) = r.kill {
                     files.push(TarFile::file(
                         &format!("{name}/kill"),
                         kill.into_bytes(),
                         0o700,
                     ));
                 }
+                if let Some(content) = r.env_file {
+                    // `script.*`: the wrapper removes it after the step.
+                    files.push(TarFile::file(
+                        &format!("{name}/script.env"),
+                        content.into_bytes(),
+                        0o600,
+                    ));
+                }
+                let run = r.run;
                 // The VM shell only starts the engine's client: the step's
                 // directory and PATH are the container's.
                 cd = None;
@@ -725,11 +739,20 @@ fn render_container(
     env: &mut Vec<(String, String)>,
     odd: &[(String, String)],
     path_prefix: &[String],
-) -> (String, Option<String>) {
+    env_file: &str,
+) -> ContainerRender {
     let mut step_path: Option<String> = None;
+    // The engine's client reads these itself: a job's `DOCKER_HOST` (for a
+    // `docker:dind` service, say) must reach the container, not redirect
+    // Solstice's own client. They hold no secrets, so they go as
+    // `-e NAME=VALUE`.
+    let mut client_vars: Vec<(String, String)> = Vec::new();
     env.retain(|(k, v)| {
         if k == "PATH" {
             step_path = Some(v.clone());
+            false
+        } else if DOCKER_CLIENT_VARS.contains(&k.as_str()) {
+            client_vars.push((k.clone(), v.clone()));
             false
         } else {
             true
@@ -739,9 +762,32 @@ fn render_container(
         *v = paths::translate(v, &c.translate);
     }
     let mut args: Vec<String> = c.before.clone();
-    for (k, _) in env.iter().chain(odd) {
+    for (k, _) in env.iter() {
         args.push("-e".into());
         args.push(k.clone());
+    }
+    for (k, v) in &client_vars {
+        args.push("-e".into());
+        args.push(format!("{k}={}", paths::translate(v, &c.translate)));
+    }
+    // Names no shell can export (`INPUT_MY-INPUT`): through an env file (0600,
+    // removed with the script after the step) when the value fits on one
+    // line, else through env(1).
+    let mut file = String::new();
+    let mut via_env = Vec::new();
+    for (k, v) in odd {
+        let v = paths::translate(v, &c.translate);
+        if v.contains('\n') || v.contains('\r') {
+            via_env.push(shell_quote(&format!("{k}={v}")));
+            args.push("-e".into());
+            args.push(k.clone());
+        } else {
+            file.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    if !file.is_empty() {
+        args.push("--env-file".into());
+        args.push(env_file.to_string());
     }
     let prefix: Vec<String> = path_prefix
         .iter()
@@ -763,14 +809,10 @@ fn render_container(
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ");
-    let env_prefix = if odd.is_empty() {
+    let env_prefix = if via_env.is_empty() {
         String::new()
     } else {
-        let pairs: Vec<String> = odd
-            .iter()
-            .map(|(k, v)| shell_quote(&format!("{k}={}", paths::translate(v, &c.translate))))
-            .collect();
-        format!("env {} ", pairs.join(" "))
+        format!("env {} ", via_env.join(" "))
     };
     let setup = if c.setup.trim().is_empty() {
         String::new()
@@ -784,7 +826,33 @@ fn render_container(
         "if solstice_docker=$(command -v docker); then {setup}{env_prefix}\"$solstice_docker\" {argv}; \
          else printf '%s\\n' {missing} >&2; false; fi"
     );
-    (run, c.kill)
+    ContainerRender {
+        run,
+        kill: c.kill,
+        env_file: (!file.is_empty()).then_some(file),
+    }
+}
+
+/// The variables the `docker` client itself reads: never exported to it from
+/// a step's environment (see [`render_container`]).
+pub(super) const DOCKER_CLIENT_VARS: &[&str] = &[
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "DOCKER_CONFIG",
+    "DOCKER_API_VERSION",
+];
+
+/// What [`render_container`] makes of a container command.
+struct ContainerRender {
+    /// Shell code for the wrapper.
+    run: String,
+    /// The step's kill script.
+    kill: Option<String>,
+    /// Content of the step's env file, if any.
+    env_file: Option<String>,
 }
 
 /// `docker exec` of `argv` in the job container `jc`, in `working_dir` (a
@@ -887,4 +955,62 @@ pub(super) struct StepRun<'p> {
     pub(super) stop_kind: Stop,
     pub(super) watch_cancel: bool,
     pub(super) runner_debug: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> ContainerCommand {
+        ContainerCommand {
+            before: vec!["exec".into(), "-i".into()],
+            after: vec!["c1".into(), "sh".into(), "-e".into(), "/__w/s.sh".into()],
+            translate: vec![("/home/d/work".into(), "/__w".into())],
+            ..ContainerCommand::default()
+        }
+    }
+
+    #[test]
+    fn docker_client_variables_go_by_value_and_are_not_exported() {
+        let mut env = vec![
+            ("DOCKER_HOST".to_string(), "tcp://docker:2375".to_string()),
+            ("TOKEN".to_string(), "s3cret".to_string()),
+            ("W".to_string(), "/home/d/work/r".to_string()),
+        ];
+        let r = render_container(command(), &mut env, &[], &[], "/t/script.env");
+        // The client's environment keeps TOKEN (as -e TOKEN) but not DOCKER_HOST.
+        assert_eq!(
+            env,
+            [
+                ("TOKEN".to_string(), "s3cret".to_string()),
+                ("W".to_string(), "/__w/r".to_string())
+            ]
+        );
+        assert!(r.run.contains(" -e TOKEN "), "{}", r.run);
+        assert!(
+            r.run.contains(" -e DOCKER_HOST=tcp://docker:2375 "),
+            "{}",
+            r.run
+        );
+        assert!(!r.run.contains("s3cret"), "{}", r.run);
+        assert!(r.env_file.is_none());
+    }
+
+    #[test]
+    fn unexportable_names_go_through_an_env_file_not_argv() {
+        let mut env = Vec::new();
+        let odd = vec![
+            ("INPUT_GITHUB-TOKEN".to_string(), "ghp_secret".to_string()),
+            ("INPUT_MULTI-LINE".to_string(), "a\nb".to_string()),
+        ];
+        let r = render_container(command(), &mut env, &odd, &[], "/t/script.env");
+        assert_eq!(
+            r.env_file.as_deref(),
+            Some("INPUT_GITHUB-TOKEN=ghp_secret\n")
+        );
+        assert!(!r.run.contains("ghp_secret"), "{}", r.run);
+        assert!(r.run.contains(" --env-file /t/script.env "), "{}", r.run);
+        // A value on several lines cannot be in an env file: env(1) carries it.
+        assert!(r.run.contains("env 'INPUT_MULTI-LINE=a\nb'"), "{}", r.run);
+    }
 }

@@ -487,6 +487,22 @@ fn validate_job(id: &str, job: &Job) -> Result<(), WorkflowError> {
         }
     }
     for (sid, s) in &job.services {
+        // The id is the service's host name on the job's network.
+        let valid_id = !sid.is_empty()
+            && sid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && sid
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_id {
+            return Err(WorkflowError::InvalidContainer {
+                job: id.to_string(),
+                what: format!("service `{}`", sid.escape_debug()),
+                message: "a service id is its host name on the job's network: use letters, digits, `_`, `-` and `.`, starting with a letter, digit or `_`".into(),
+            });
+        }
         if s.command.is_some() && !s.cmd.is_empty() {
             return Err(WorkflowError::InvalidContainer {
                 job: id.to_string(),

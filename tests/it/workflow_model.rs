@@ -273,3 +273,17 @@ fn container_mistakes_are_named() {
         "Job `a`, service `db`: `command:` and `cmd:` both set the command; keep one"
     );
 }
+
+#[test]
+fn a_service_id_must_be_a_host_name() {
+    let yaml = "jobs:\n  j:\n    runs-on: x\n    services:\n      \"my db\":\n        image: postgres\n    steps:\n      - run: true\n";
+    let e = solstice::workflow::parse_workflow(yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("service `my db`") && e.contains("host name"),
+        "{e}"
+    );
+    let ok = "jobs:\n  j:\n    runs-on: x\n    services:\n      my_db-1.x:\n        image: postgres\n    steps:\n      - run: true\n";
+    assert!(solstice::workflow::parse_workflow(ok).is_ok());
+}

@@ -53,17 +53,6 @@ impl Runtime<'_> {
         if job.container.is_none() && job.services.is_empty() {
             return InitEnd::Ready;
         }
-        if self.runner.os == GuestOs::Illumos {
-            self.em.error(
-                None,
-                format!(
-                    "This job uses `container:` or `services:`, which need a Linux image with a container engine; \
-                     image `{}` is illumos. Run the job on a Linux image (runs-on), or drop `container:`/`services:`",
-                    self.runner.image
-                ),
-            );
-            return InitEnd::Failed;
-        }
         // Evaluate the definitions (matrix, secrets, env ...).
         let ctx = self.contexts(&self.base_env, state);
         let eval = |s: &str| interpolate(s, &ctx).map_err(|e| e.to_string());
@@ -93,6 +82,17 @@ impl Runtime<'_> {
         }
         if planned.is_empty() {
             return InitEnd::Ready;
+        }
+        if self.runner.os == GuestOs::Illumos {
+            self.em.error(
+                None,
+                format!(
+                    "This job uses `container:` or `services:`, which need a Linux image with a container engine; \
+                     image `{}` is illumos. Run the job on a Linux image (runs-on), or drop `container:`/`services:`",
+                    self.runner.image
+                ),
+            );
+            return InitEnd::Failed;
         }
         for p in &planned {
             if let Some((_, password)) = &p.credentials {
@@ -164,7 +164,13 @@ impl Runtime<'_> {
                 InitEnd::TimedOut
             }
             (None, Ok(0)) => InitEnd::Ready,
-            (None, Ok(_)) => InitEnd::Failed,
+            (None, Ok(_)) => {
+                self.em.error(
+                    None,
+                    "The job's containers could not be started; the lines above say why",
+                );
+                InitEnd::Failed
+            }
             (None, Err(e)) => {
                 self.em
                     .error(None, format!("Could not start the containers: {e}"));
@@ -185,7 +191,7 @@ impl Runtime<'_> {
         let q = |s: &str| shell_quote(s);
         let mut s = String::new();
         s.push_str(&format!(
-            "d={}\necho $$ > \"$d/pid\"\n: > \"$d/result\"\n",
+            "rm -f \"$0\"\nd={}\necho $$ > \"$d/pid\"\n: > \"$d/result\"\n",
             q(dir)
         ));
         let missing = format!(
@@ -239,15 +245,25 @@ impl Runtime<'_> {
                 continue;
             };
             let cmd = format!(
-                "docker inspect --format '{{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{end}}}}' {}",
+                "docker inspect --format '{{{{.State.Running}}}} {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{end}}}}' {}",
                 shell_quote(&svc.id)
             );
             let mut wait = None;
             let mut announced = false;
+            let started = Instant::now();
             loop {
                 let state = match self.quiet_exec(&cmd).await {
-                    Some((0, out)) => health_of(&out),
-                    _ => Health::Failed("no state (the container is gone)".into()),
+                    Some((0, out)) => match out.trim().split_once(' ') {
+                        // A container that stopped while `starting` stays `starting`.
+                        Some(("false", _)) => Health::Failed("exited".into()),
+                        Some((_, health)) => health_of(health),
+                        None if out.trim() == "false" => Health::Failed("exited".into()),
+                        None => health_of(""),
+                    },
+                    Some(_) => Health::Failed("no state (the container is gone)".into()),
+                    // The guest did not answer in time (a loaded TCG guest):
+                    // ask again after the back-off.
+                    None => Health::Starting,
                 };
                 match state {
                     Health::NoCheck => break,
@@ -272,12 +288,7 @@ impl Runtime<'_> {
                                 &svc.id,
                                 &format!(
                                     "still `starting` after {} s",
-                                    HEALTH_LIMIT
-                                        .min(
-                                            self.job_deadline
-                                                .saturating_duration_since(Instant::now())
-                                        )
-                                        .as_secs()
+                                    started.elapsed().as_secs()
                                 ),
                             )
                             .await;
@@ -303,18 +314,13 @@ impl Runtime<'_> {
         InitEnd::Ready
     }
 
-    async fn service_failed(&self, id: &str, image: &str, cid: &str, why: &str) {
-        self.em.line(
-            None,
-            LineKind::GroupStart,
-            format!("Service container {id} failed"),
-        );
-        self.print_logs(cid, false).await;
-        self.em.line(None, LineKind::GroupEnd, "");
+    /// Reports a service that did not become healthy; its logs follow at the
+    /// end of "Initialize containers" (every service's, once).
+    async fn service_failed(&self, id: &str, image: &str, _cid: &str, why: &str) {
         self.em.error(
             None,
             format!(
-                "Service `{id}` ({image}) did not become healthy: {why}. Its logs are above; \
+                "Service `{id}` ({image}) did not become healthy: {why}. Its logs follow; \
                  check its health check (`options: --health-cmd ...`) and its `env:`"
             ),
         );
@@ -379,8 +385,8 @@ fn container_script(
             .unwrap_or_default();
         s.push_str(&format!(
             "  solstice_cfg=$(mktemp -d) || exit 1\n  n=0\n  \
-             until printf '%s' {pw} | \"$solstice_docker\" --config \"$solstice_cfg\" login{registry} -u {u} --password-stdin 2>&1; do\n    \
-             n=$((n+1)); if [ $n -ge 3 ]; then rm -rf \"$solstice_cfg\"; printf '%s\\n' {msg} >&2; exit 1; fi; sleep $((n*2))\n  done\n",
+             until solstice_out=$(printf '%s' {pw} | \"$solstice_docker\" --config \"$solstice_cfg\" login{registry} -u {u} --password-stdin 2>&1); do\n    \
+             printf '%s\\n' \"$solstice_out\" >&2; n=$((n+1)); if [ $n -ge 3 ]; then rm -rf \"$solstice_cfg\"; printf '%s\\n' {msg} >&2; exit 1; fi; sleep $((n*2))\n  done\n",
             pw = q(password),
             u = q(user),
             msg = q(&format!(
@@ -424,6 +430,7 @@ fn container_script(
     let exports: String = p
         .env
         .iter()
+        .filter(|(k, _)| !job::client_var(k))
         .map(|(k, v)| format!("export {k}={}; ", q(v)))
         .collect();
     if job.is_some() {

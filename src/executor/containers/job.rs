@@ -206,6 +206,12 @@ pub(crate) struct JobCreate {
 /// the well-known mounts, the engine's socket, `HOME` and the `tail`
 /// entrypoint. A mount of the guest's node is added by the caller, before
 /// the image (`extra_before_image`).
+/// Whether the `docker` client itself reads variable `name`
+/// ([`crate::executor::step::DOCKER_CLIENT_VARS`]).
+pub(crate) fn client_var(name: &str) -> bool {
+    crate::executor::step::DOCKER_CLIENT_VARS.contains(&name)
+}
+
 pub(crate) fn create_args(
     p: &Planned,
     network: &str,
@@ -243,8 +249,14 @@ pub(crate) fn create_args(
         a.extend(["-v".into(), v.clone()]);
     }
     a.extend(p.options.iter().cloned());
-    for (k, _) in &p.env {
-        a.extend(["-e".into(), k.clone()]);
+    for (k, v) in &p.env {
+        // What the `docker` client reads itself goes by value (no secrets):
+        // exported, it would redirect the client that creates the container.
+        if client_var(k) {
+            a.extend(["-e".into(), format!("{k}={v}")]);
+        } else {
+            a.extend(["-e".into(), k.clone()]);
+        }
     }
     a.extend(["-e".into(), "GITHUB_ACTIONS=true".into()]);
     if !p.env.iter().any(|(k, _)| k == "CI") {
@@ -324,6 +336,26 @@ pub(crate) fn next_backoff(previous: Option<std::time::Duration>) -> std::time::
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn docker_client_variables_of_container_env_go_by_value() {
+        let mut spec = crate::workflow::ContainerSpec {
+            image: "img".into(),
+            ..Default::default()
+        };
+        spec.env
+            .insert("DOCKER_HOST".into(), Scalar("tcp://dind:2375".into()));
+        spec.env.insert("SECRET".into(), Scalar("v".into()));
+        let p = evaluate(&spec, Some("svc"), |s: &str| Ok(s.to_string())).unwrap();
+        let a = create_args(&p, "net", None, &[]);
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["-e", "DOCKER_HOST=tcp://dind:2375"]),
+            "{a:?}"
+        );
+        assert!(a.windows(2).any(|w| w == ["-e", "SECRET"]), "{a:?}");
+    }
+
     use super::*;
     use crate::workflow::{Credentials, Scalar};
 
