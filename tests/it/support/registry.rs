@@ -20,14 +20,14 @@
 //! let mut env = registry::container_env(&reg); // Debian guest, 1536 MiB, the mirror set
 //! ```
 //!
-//! The registry lives as long as some test holds the [`Arc`]; the last
-//! holder's drop stops it and removes its namespace and storage.
+//! The registry, once started, lives until the test process exits; it is
+//! then stopped and its namespace and storage removed.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -76,15 +76,31 @@ impl Drop for Registry {
 /// (`.ci/setup-host.sh` installs what it needs; the postgres image needs
 /// root for debootstrap).
 pub fn shared() -> Arc<Registry> {
-    static SHARED: Mutex<Weak<Registry>> = Mutex::new(Weak::new());
     let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = slot.upgrade() {
-        return r;
+    if let Some(r) = slot.as_ref() {
+        return r.clone();
     }
     let r = Arc::new(start());
-    *slot = Arc::downgrade(&r);
+    *slot = Some(r.clone());
+    // Once started, the registry stays for the rest of the test process:
+    // guests of later tests pulled nothing from a registry started again at
+    // the same address (CI, two test threads). It is stopped, and its
+    // namespace removed, when the process exits.
+    extern "C" fn stop_at_exit() {
+        if let Ok(mut slot) = SHARED.lock() {
+            slot.take();
+        }
+    }
+    // SAFETY: registers a plain function with no arguments, once (the slot
+    // was empty).
+    unsafe {
+        nix::libc::atexit(stop_at_exit);
+    }
     r
 }
+
+/// The process's registry (see [`shared`]).
+static SHARED: Mutex<Option<Arc<Registry>>> = Mutex::new(None);
 
 /// Starts a registry in a fresh namespace and pushes every test image.
 pub fn start() -> Registry {
