@@ -79,6 +79,7 @@ pub fn create(name: &str, addr: Ipv4Addr) -> Netns {
         .map(|l| ADDRESS_LOCKS.lock().unwrap().push((addr, l)))
         .map_err(|(_, e)| e)
         .expect("lock the address");
+    remove_stale();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     // Interface names are limited to 15 bytes: "sn" + pid (hex, <= 6) + n + side.
@@ -103,6 +104,31 @@ pub fn create(name: &str, addr: Ipv4Addr) -> Netns {
     ip(&["link", "set", &host_if, "up"]);
     ip(&["route", "add", &cidr, "dev", &host_if]);
     ns
+}
+
+/// Removes the namespaces of test processes that died without cleaning up
+/// (killed): their host routes would make `ip route add` fail for the same
+/// address. Names are `solstice-test-<name>-<pid>-<n>`.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix("solstice-test-") else {
+            continue;
+        };
+        let mut parts = rest.rsplit('-');
+        let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
 }
 
 impl Netns {

@@ -133,7 +133,11 @@ pub fn start() -> Registry {
         .stderr(Stdio::from(
             std::fs::File::create(dir.path().join("registry.log")).unwrap(),
         ));
-    // The registry dies with the test process, even if it is killed.
+    // The registry dies with the test process, even if it is killed. The
+    // parent-death signal follows the *thread* that spawned the child, and a
+    // test's thread ends with the test: spawn from a thread that stays (parked)
+    // until the process exits, or the registry would be killed under the
+    // feet of the tests still using it.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
@@ -141,8 +145,16 @@ pub fn start() -> Registry {
                 .map_err(std::io::Error::from)
         });
     }
-    let child = cmd
-        .spawn()
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    let child = rx
+        .recv()
+        .expect("the registry's spawning thread")
         .expect("start docker-registry (apt-get install docker-registry; .ci/setup-host.sh)");
     let reg = Registry {
         child,
