@@ -97,7 +97,6 @@ impl Runtime<'_> {
                 program: format!("{} {}", shell_quote(&node_bin), shell_quote(&script)),
             },
         };
-        state.saved_state.clear();
         let body = Body {
             run,
             extra_files: Vec::new(),
@@ -106,6 +105,19 @@ impl Runtime<'_> {
             working_dir: self.layout.workspace.clone(),
             vm_only: false,
         };
+        self.run_stage_body(plan, state, body).await
+    }
+
+    /// Runs one stage of an action (JavaScript or Docker) and keeps what it
+    /// wrote to `GITHUB_STATE` for the later stages of the same step
+    /// instance (`plan.key`).
+    pub(super) async fn run_stage_body(
+        &self,
+        plan: &StepRun<'_>,
+        state: &mut JobState,
+        body: Body,
+    ) -> Result<(StepEnd, IndexMap<String, String>), StepError> {
+        state.saved_state.clear();
         let res = self.run_wrapped(plan, state, body).await?;
         let end = self.finish_exec(plan, res, state);
         let saved = std::mem::take(&mut state.saved_state);

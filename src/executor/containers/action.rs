@@ -382,7 +382,6 @@ impl Runtime<'_> {
             client_home: self.layout.home.clone(),
             path_prepend: self.runner.path_prepend.clone(),
         };
-        state.saved_state.clear();
         let body = Body {
             run: RunCommand::Container(docker_command(&run)),
             extra_files: Vec::new(),
@@ -391,17 +390,7 @@ impl Runtime<'_> {
             working_dir: self.layout.workspace.clone(),
             vm_only: true,
         };
-        let res = self.run_wrapped(plan, state, body).await?;
-        let end = self.finish_exec(plan, res, state);
-        let saved = std::mem::take(&mut state.saved_state);
-        if !saved.is_empty() {
-            state
-                .action_states
-                .entry(plan.key.clone())
-                .or_default()
-                .extend(saved);
-        }
-        end
+        self.run_stage_body(plan, state, body).await
     }
 
     /// Fails the step at once when the guest cannot run containers: an
