@@ -517,15 +517,7 @@ impl Runtime<'_> {
         let run = match (body.run, self.job_container(), body.vm_only) {
             (RunCommand::Script { script, shell }, Some(jc), false) => {
                 let ext = shell.extension();
-                let mut script_bytes = script.into_bytes();
-                if !script_bytes.ends_with(b"\n") {
-                    script_bytes.push(b'\n');
-                }
-                files.push(TarFile::file(
-                    &format!("{name}/script.{ext}"),
-                    script_bytes,
-                    0o700,
-                ));
+                files.push(script_file(&name, ext, script));
                 let inner = paths::translate(&format!("{dir}/script.{ext}"), &jc.mounts);
                 RunCommand::Container(container_exec(
                     jc,
@@ -575,17 +567,8 @@ impl Runtime<'_> {
             }
             RunCommand::Script { script, shell } => {
                 let ext = shell.extension();
-                let script_path = format!("{dir}/script.{ext}");
-                let mut script_bytes = script.into_bytes();
-                if !script_bytes.ends_with(b"\n") {
-                    script_bytes.push(b'\n');
-                }
-                files.push(TarFile::file(
-                    &format!("{name}/script.{ext}"),
-                    script_bytes,
-                    0o700,
-                ));
-                shell.command(&script_path)
+                files.push(script_file(&name, ext, script));
+                shell.command(&format!("{dir}/script.{ext}"))
             }
             RunCommand::Command { setup, program } => {
                 if odd_names.is_empty() {
@@ -726,6 +709,15 @@ pub(super) fn step_command(steps_root: &str, wrapper: &str) -> String {
          exec sh {w}",
         w = shell_quote(wrapper)
     )
+}
+
+/// The step's script, `<step>/script.<ext>`, ending with a newline.
+fn script_file(step: &str, ext: &str, script: String) -> TarFile {
+    let mut bytes = script.into_bytes();
+    if !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    TarFile::file(&format!("{step}/script.{ext}"), bytes, 0o700)
 }
 
 /// Shell code that runs `c` from the VM, and the step's kill script. The
