@@ -52,6 +52,19 @@ impl Civil {
     }
 }
 
+/// `2026-12-05 21:30:00 UTC`: a point in time for people.
+pub fn utc_seconds(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let c = Civil::from_unix(secs);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        c.year, c.month, c.day, c.hour, c.min, c.sec
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod debug;
 pub mod errors;
 pub mod events;
 pub mod executor;

@@ -13,6 +13,8 @@
 //! | `solstice_forge_request_errors_total` | counter | `forge`, `method` |
 //! | `solstice_kvm_in_use` | gauge (1 or 0) | |
 //! | `solstice_kvm_fallbacks_total` | counter | |
+//! | `solstice_debug_ssh_events_total` | counter | `event` (`armed`, `not_held`, `login`, `refused`, `expired`, `released`, `shutdown`) |
+//! | `solstice_debug_ssh_held` | gauge | |
 //!
 //! The four split histograms are consecutive segments of
 //! `task_to_first_step` (see [`LatencySplit`]).
@@ -50,6 +52,11 @@ struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DebugLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForgeErrorLabels {
     forge: String,
     method: String,
@@ -74,6 +81,8 @@ struct Inner {
     forge_errors: Family<ForgeErrorLabels, Counter>,
     kvm_in_use: Gauge,
     kvm_fallbacks: Counter,
+    debug_events: Family<DebugLabels, Counter>,
+    debug_held: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,8 +188,22 @@ impl Metrics {
             "Times KVM was given up because a job's guest did not boot under it",
             kvm_fallbacks.clone(),
         );
+        let debug_events = Family::<DebugLabels, Counter>::default();
+        registry.register(
+            "debug_ssh_events",
+            "Debug SSH: windows armed, jobs not held, logins, refusals, expiries, releases",
+            debug_events.clone(),
+        );
+        let debug_held = Gauge::default();
+        registry.register(
+            "debug_ssh_held",
+            "VMs of failed jobs kept for debug SSH now",
+            debug_held.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                debug_events,
+                debug_held,
                 registry,
                 jobs,
                 running,
@@ -256,6 +279,24 @@ impl Metrics {
     pub fn kvm_fell_back(&self) {
         self.inner.kvm_fallbacks.inc();
         self.inner.kvm_in_use.set(0);
+    }
+
+    /// A debug SSH event (`armed`, `not_held`, `login`, `refused`,
+    /// `expired`, `released`, `shutdown`): `debug_ssh_events_total` + 1.
+    pub fn debug_event(&self, event: &str) {
+        self.inner
+            .debug_events
+            .get_or_create(&DebugLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets `debug_ssh_held`.
+    pub fn set_debug_held(&self, held: usize) {
+        self.inner
+            .debug_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).

@@ -177,6 +177,7 @@ pub(crate) async fn run_one_job(
         spec,
         runner_name: "solstice-bench",
         observer: None,
+        debug: None,
     };
     crate::job::run_in_vm(&run, sink, &tokio_util::sync::CancellationToken::new()).await
 }

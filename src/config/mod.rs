@@ -34,6 +34,9 @@ pub struct Config {
     pub actions: ActionsConfig,
     /// `[cache]`.
     pub cache: CacheConfig,
+    /// `[debug_ssh]`: the gateway for debug SSH into failed jobs' VMs;
+    /// `None` (no section): no gateway, and no forge may keep a VM.
+    pub debug_ssh: Option<DebugSshConfig>,
     /// What works but probably not as meant, in file order (see
     /// [`ConfigWarning`]); `check-config`, `doctor` and `solstice run` print them.
     pub warnings: Vec<ConfigWarning>,
@@ -63,6 +66,53 @@ pub struct ForgeConfig {
     /// Client deadline of one FetchTask call (`Connect-Timeout-Ms`).
     /// Forgejo only; for GitHub it holds the default and is not used.
     pub fetch_timeout: Duration,
+    /// `[forges.<name>.debug_ssh]`: which of this forge's failed jobs may
+    /// keep their VM for debug SSH (off by default).
+    pub debug_ssh: ForgeDebugSsh,
+}
+
+/// The longest debug window, and the default: ADR-003's 30 minutes.
+pub const DEBUG_SSH_MAX_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// `[debug_ssh]`: the host's debug SSH gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugSshConfig {
+    /// Where the gateway listens (`listen`, for example `0.0.0.0:2222`).
+    pub listen: std::net::SocketAddr,
+    /// The host name users connect to, printed in the job log
+    /// (`public_host`; default: this host's name).
+    pub public_host: String,
+    /// The port printed in the job log (`public_port`; default: `listen`'s).
+    pub public_port: u16,
+    /// How long a failed job's VM is kept, from arming (`ttl_secs`; default
+    /// and maximum [`DEBUG_SSH_MAX_TTL`]). Never renewed.
+    pub ttl: Duration,
+    /// VMs kept for debugging at once on this host (`max_held`, default 1).
+    pub max_held: u32,
+    /// A session without traffic for this long is closed
+    /// (`idle_timeout_secs`, default 600).
+    pub idle_timeout: Duration,
+}
+
+/// `[forges.<name>.debug_ssh]`: which failed jobs of a forge may be kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForgeDebugSsh {
+    /// Off unless set (`enabled`); needs `[debug_ssh]`.
+    pub enabled: bool,
+    /// `owner/name` or `owner/*` patterns (`repositories`); empty: every
+    /// repository of the forge.
+    pub repositories: Vec<String>,
+    /// Events whose failed jobs may be kept (`events`); empty: every event
+    /// except `schedule`.
+    pub events: Vec<String>,
+    /// Pull requests from forks may be kept too (`fork_pull_requests`,
+    /// default false).
+    pub fork_pull_requests: bool,
+    /// Jobs that received secrets (other than the job token) may be kept
+    /// (`with_secrets`, default false).
+    pub with_secrets: bool,
+    /// A shorter window than the host's `ttl_secs` (`ttl_secs`).
+    pub ttl: Option<Duration>,
 }
 
 /// The GitHub side of a `[forges.<name>]` section with `kind = "github"`.

@@ -132,6 +132,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         forges,
         actions,
         cache,
+        debug_ssh: None,
         warnings: std::mem::take(&mut ctx.warnings),
     })
 }
@@ -1043,6 +1044,7 @@ fn forge(
             &key("fetch_timeout_secs"),
             ctx,
         ))),
+        debug_ssh: crate::config::ForgeDebugSsh::default(),
     }
 }
 

@@ -258,6 +258,7 @@ async fn run_job(
         spec: &job.spec,
         runner_name: &task.runner_name,
         observer: task.recorded.then_some(&observer as &dyn VmObserver),
+        debug: None,
     };
     let t_run = Instant::now();
     match shared.jobs.run(&run, &sink, &task.cancel).await {

@@ -47,6 +47,7 @@ mod output;
 pub mod preflight;
 mod probe;
 mod runtime;
+pub mod scrub;
 pub mod shell;
 mod state;
 mod step;

@@ -234,6 +234,44 @@ pub struct AssignedJob {
     pub image: Option<String>,
     /// Remarks for the task log (for example a missing default-actions URL).
     pub notes: Vec<String>,
+    /// Where the forge publishes its users' public SSH keys (for debug
+    /// SSH into a failed job's VM); `None`: this forge does not.
+    pub user_keys: Option<Arc<dyn UserKeys>>,
+}
+
+/// A forge's published public SSH keys of its users: who may log into a
+/// failed job's VM kept for debugging is decided by the keys the job's
+/// own forge publishes for the job's actor, never another forge's.
+#[async_trait::async_trait]
+pub trait UserKeys: Send + Sync + std::fmt::Debug {
+    /// The public keys `user` registered on the forge, as OpenSSH lines
+    /// (`ssh-ed25519 AAAA… [comment]`). With `user_id` (the forge's
+    /// number for the account, from the task), the name must still belong
+    /// to that account: a renamed or re-registered name is refused
+    /// ([`UserKeysError::Renamed`]).
+    async fn public_keys(
+        &self,
+        user: &str,
+        user_id: Option<&str>,
+    ) -> Result<Vec<String>, UserKeysError>;
+
+    /// The forge's address, for messages (`https://codeberg.org`).
+    fn forge_url(&self) -> &str;
+}
+
+/// Why a user's keys could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum UserKeysError {
+    #[error("the forge has no user {user}")]
+    NoSuchUser { user: String },
+    #[error("the forge's user {user} is account {found}, not the job's account {expected}")]
+    Renamed {
+        user: String,
+        expected: String,
+        found: String,
+    },
+    #[error("the forge did not answer the key lookup: {0}")]
+    Forge(String),
 }
 
 /// Why an assigned task cannot run.

@@ -122,6 +122,7 @@ fn job(task_id: i64) -> AssignedJob {
         runs_on: vec!["tiny".into()],
         image: None,
         notes: vec![],
+        user_keys: None,
     }
 }
 

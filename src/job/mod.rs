@@ -13,7 +13,7 @@ pub mod run;
 pub mod spec;
 
 pub use run::{
-    BOOT_FAILURE_CONSOLE_LINES, BOOT_FAILURES_DIR, RunError, RunReport, Timings, VmObserver, VmRun,
-    boot_failure_console, jobs_dir, run_in_vm, runner_line, succeeded,
+    BOOT_FAILURE_CONSOLE_LINES, BOOT_FAILURES_DIR, DebugHold, FailedGuest, RunError, RunReport,
+    Timings, VmObserver, VmRun, boot_failure_console, jobs_dir, run_in_vm, runner_line, succeeded,
 };
 pub use spec::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};

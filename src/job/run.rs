@@ -131,6 +131,29 @@ pub struct VmRun<'a> {
     /// gone, so that a crashed daemon's leftovers can be found (the daemon
     /// records them in its state database).
     pub observer: Option<&'a dyn VmObserver>,
+    /// Offered the VM of a failed job to keep for debug SSH (the daemon,
+    /// when debug SSH is configured); `None`: always destroyed.
+    pub debug: Option<&'a dyn DebugHold>,
+}
+
+/// The guest of a job that failed, offered to a [`DebugHold`].
+pub struct FailedGuest {
+    pub vm: Vm,
+    /// How the job logged in (its in-memory key, the pinned host key).
+    pub target: SshTarget,
+    /// The job's session, still open.
+    pub session: ssh::SshSession,
+    pub runner: RunnerInfo,
+}
+
+/// Keeps the VM of a failed job for debugging, when the job and the
+/// operator allow it (see `crate::debug`).
+#[async_trait::async_trait]
+pub trait DebugHold: Send + Sync {
+    /// The job failed (not cancelled, not timed out). Keeps the VM and
+    /// returns `None`, or returns it to be destroyed as usual. Lines for
+    /// the job's log go to `sink` (before the job's report is closed).
+    async fn offer(&self, guest: FailedGuest, sink: &dyn EventSink) -> Option<Vm>;
 }
 
 /// Hears about a job's VM resources (see [`VmRun::observer`]).
@@ -180,6 +203,9 @@ pub fn boot_failure_console(config: &Config, image: &str) -> PathBuf {
 enum Attempt {
     /// The job ran (or could not run for a reason that is not KVM's).
     Done(Result<JobOutcome, RunError>),
+    /// The job failed, its session still open: offered to
+    /// [`VmRun::debug`] (only when there is one).
+    Failed(JobOutcome, Box<(ssh::SshSession, SshTarget)>),
     /// `auto`'s KVM did not run the guest: boot again under TCG. With how
     /// long the KVM guest ran.
     KvmBroken(KvmTrouble, Duration),
@@ -320,27 +346,55 @@ pub async fn run_in_vm(
         )
         .await;
 
-        sink.emit(JobEvent::Phase {
-            phase: Phase::Teardown,
-            detail: "destroying the VM".into(),
-        });
-        let t = Instant::now();
-        match vm.destroy().await {
-            Ok(()) => {
-                if let Some(o) = run.observer {
-                    o.destroyed();
-                }
+        let (attempt, kept) = match (run.debug, attempt) {
+            (Some(hold), Attempt::Failed(outcome, guest)) => {
+                let (session, target) = *guest;
+                let guest = FailedGuest {
+                    vm,
+                    target,
+                    session,
+                    runner: RunnerInfo::for_image(run.image, run.runner_name),
+                };
+                (Attempt::Done(Ok(outcome)), hold.offer(guest, sink).await)
             }
-            // The record stays, so the next start's reconcile retries the cleanup.
-            Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
+            (_, Attempt::Failed(outcome, guest)) => {
+                let _ = guest.0.close().await;
+                (Attempt::Done(Ok(outcome)), Some(vm))
+            }
+            (_, attempt) => (attempt, Some(vm)),
+        };
+        if let Some(vm) = kept {
+            sink.emit(JobEvent::Phase {
+                phase: Phase::Teardown,
+                detail: "destroying the VM".into(),
+            });
+            let t = Instant::now();
+            match vm.destroy().await {
+                Ok(()) => {
+                    if let Some(o) = run.observer {
+                        o.destroyed();
+                    }
+                }
+                // The record stays, so the next start's reconcile retries the cleanup.
+                Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
+            }
+            timings.teardown = t.elapsed();
         }
-        timings.teardown = t.elapsed();
 
         match attempt {
             Attempt::KvmBroken(trouble, ran) => {
                 announce_fallback(sink, &trouble.reason, true);
                 fallback = Some((trouble, ran));
                 accel = Accel::Tcg;
+            }
+            Attempt::Failed(outcome, ..) => {
+                // Not reached: a failed guest was offered above.
+                return Ok(RunReport {
+                    outcome,
+                    timings,
+                    accel,
+                    kvm_fallback: fallback.map(|(t, _)| t.reason),
+                });
             }
             Attempt::Done(result) => {
                 return result.map(|outcome| RunReport {
@@ -675,6 +729,14 @@ async fn boot_and_run(
         .ok()
         .and_then(|t| *t)
         .map(|t| t.saturating_duration_since(t_job));
+    if run.debug.is_some()
+        && outcome.conclusion == Conclusion::Failure
+        && !outcome.timed_out
+        && !cancel.is_cancelled()
+    {
+        // Offered for debugging with its session still open.
+        return Attempt::Failed(outcome, Box::new((session, target)));
+    }
     let _ = session.close().await;
     Attempt::Done(Ok(outcome))
 }

@@ -37,6 +37,14 @@ const RULES: &[(&str, &[&str])] = &[
         "executor",
         &["job::run", "forge", "daemon", "cli", "bench", "testing"],
     ),
+    // Debug SSH into failed jobs' VMs: the held VMs and the gateway; it
+    // knows guests and keys, not jobs, forges or how jobs run.
+    (
+        "debug",
+        &[
+            "executor", "job", "forge", "daemon", "cli", "bench", "testing",
+        ],
+    ),
     // The neutral middle shared by `exec`, `run` and `bench`.
     ("job", &["forge", "daemon", "cli", "bench", "testing"]),
     // Forges: the port and its adapters know jobs, not how they run or are kept.
@@ -58,7 +66,7 @@ const LEAVES: &[&str] = &["job::id"];
 
 /// What the lower floors never name.
 const UPPER: &[&str] = &[
-    "executor", "job", "forge", "daemon", "cli", "bench", "testing", "runner",
+    "executor", "job", "forge", "daemon", "debug", "cli", "bench", "testing", "runner",
 ];
 
 fn src_dir() -> PathBuf {

@@ -551,6 +551,7 @@ fn forge(url: &str, credentials: CredentialSource, labels: &[&str]) -> ForgeConf
         labels: labels.iter().map(|s| s.to_string()).collect(),
         fetch_interval: Duration::from_secs(2),
         fetch_timeout: Duration::from_secs(5),
+        debug_ssh: Default::default(),
     }
 }
 

@@ -292,6 +292,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         spec: &spec,
         runner_name: "solstice-doctor",
         observer: None,
+        debug: None,
     };
     let sink = DoctorSink {
         stdout: Mutex::new(Vec::new()),

@@ -151,6 +151,7 @@ impl SessionInner {
                     runs_on: t.runs_on,
                     image: None,
                     notes: t.notes,
+                    user_keys: None,
                 }),
                 t.job_name,
                 t.repository,

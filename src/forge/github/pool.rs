@@ -481,6 +481,7 @@ impl Pool {
                     runs_on: self.inner.config.images[runner.image].runs_on.clone(),
                     image: Some(self.inner.config.images[runner.image].image.clone()),
                     notes: t.notes,
+                    user_keys: None,
                 }
             })
             .map_err(|e| Unrunnable {

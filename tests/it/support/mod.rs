@@ -134,6 +134,7 @@ impl TestEnv {
                 dir: dir.path().join("state/cache"),
                 max_bytes: 1 << 30,
             },
+            debug_ssh: None,
             warnings: Vec::new(),
         };
         Self {
@@ -226,6 +227,7 @@ impl TestEnv {
             spec: &spec,
             runner_name: "solstice-test",
             observer: None,
+            debug: None,
         };
         let cancel = opts.cancel.unwrap_or_default();
         job::run_in_vm(&run, sink, &cancel).await
