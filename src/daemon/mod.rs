@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod notify;
 pub mod slots;
 
+mod debug;
 mod poll;
 mod reconcile;
 mod record;
@@ -84,6 +85,16 @@ pub enum DaemonError {
     },
     #[error("Cannot start the cache service (`[cache]`; `enabled = false` turns it off)")]
     Cache(#[source] crate::cache_service::CacheError),
+    #[error("Cannot start the debug SSH gateway (`[debug_ssh]`)")]
+    DebugHostKey(#[source] crate::debug::hostkey::HostKeyError),
+    #[error(
+        "The debug SSH gateway cannot listen on {addr} (`debug_ssh.listen`); is another program using the port?"
+    )]
+    DebugListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(
@@ -170,6 +181,8 @@ pub(crate) struct Shared {
     pub actions: Arc<ActionCache>,
     /// The cache service every job gets a lease on (`None`: `[cache]` is off).
     pub cache: Option<Arc<crate::cache_service::CacheService>>,
+    /// The VMs kept for debug SSH (`None`: no `[debug_ssh]` gateway).
+    pub debug: Option<crate::debug::DebugHolds>,
 }
 
 impl Shared {
@@ -337,7 +350,15 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         .values()
         .filter_map(|i| i.max_concurrent_jobs.map(|m| (i.name.clone(), m)))
         .collect();
+    let debug_stop = CancellationToken::new();
+    let debug = match &config.debug_ssh {
+        Some(settings) => {
+            Some(start_debug_gateway(&config, settings, &metrics, debug_stop.clone()).await?)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        debug,
         config: config.clone(),
         store: store.clone(),
         slots: Slots::new(config.daemon.max_concurrent_jobs, image_max),
@@ -375,6 +396,7 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
                 for (_, session) in &sessions {
                     session.disconnect().await;
                 }
+                debug_stop.cancel();
                 return Ok(());
             }
         };
@@ -431,6 +453,11 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         _ = async { while pollers.join_next().await.is_some() {} } => "no forge left to poll",
     };
     drain(&shared, signal, pollers, &mut signals).await;
+    if let Some(holds) = &shared.debug {
+        // Every VM kept for debugging is destroyed before the daemon stops.
+        holds.shutdown().await;
+    }
+    debug_stop.cancel();
     for (_, session) in &sessions {
         session.disconnect().await;
     }
@@ -438,6 +465,36 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
     metrics_stop.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads (or makes) the gateway's host key, binds its port and serves it
+/// until `stop`.
+async fn start_debug_gateway(
+    config: &Config,
+    settings: &crate::config::DebugSshConfig,
+    metrics: &Metrics,
+    stop: CancellationToken,
+) -> Result<crate::debug::DebugHolds, DaemonError> {
+    let key = crate::debug::hostkey::load_or_create(&config.daemon.state_dir)
+        .map_err(DaemonError::DebugHostKey)?;
+    let fingerprint = crate::debug::hostkey::fingerprint(&key);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| DaemonError::DebugListen {
+            addr: settings.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().unwrap_or(settings.listen);
+    let holds =
+        crate::debug::DebugHolds::new(settings.clone(), fingerprint.clone(), metrics.clone());
+    tokio::spawn(crate::debug::gateway::serve(
+        listener,
+        key,
+        holds.clone(),
+        stop,
+    ));
+    tracing::info!(address = %bound, fingerprint = %fingerprint, "debug SSH gateway listening");
+    Ok(holds)
 }
 
 /// Opens the state database and cleans up what a previous run left: VMs

@@ -123,6 +123,29 @@ impl Slots {
         }
     }
 
+    /// Counts a VM kept after its job (for debug SSH) against the host's
+    /// and its image's capacity until the returned guard is dropped. Taken
+    /// while the job still holds its own slots, so it may briefly exceed
+    /// the maximum; the job's slots are released right after.
+    pub fn hold(&self, image: &str) -> HeldVmSlots {
+        let mut c = self.counts();
+        c.host_used += 1;
+        let limited = self.inner.image_max.contains_key(image);
+        if limited {
+            *c.image_used.entry(image.to_owned()).or_insert(0) += 1;
+        }
+        drop(c);
+        HeldVmSlots {
+            _host: HostSlot {
+                slots: self.clone(),
+            },
+            _image: limited.then(|| ImageSlot {
+                slots: self.clone(),
+                image: image.to_owned(),
+            }),
+        }
+    }
+
     /// Images at their limit and jobs per image, for status lines.
     pub fn image_usage(&self) -> BTreeMap<String, u32> {
         self.counts().image_used.clone()
@@ -195,6 +218,12 @@ impl Drop for HostSlot {
     }
 }
 
+/// The capacity a kept VM counts against ([`Slots::hold`]); released when dropped.
+pub struct HeldVmSlots {
+    _host: HostSlot,
+    _image: Option<ImageSlot>,
+}
+
 /// One slot of an image with a limit; released when dropped.
 pub struct ImageSlot {
     slots: Slots,
@@ -249,6 +278,24 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn a_kept_vm_counts_until_released() {
+        let s = Slots::new(1, BTreeMap::from([("deb".to_owned(), 1)]));
+        let mut r = s.reserve(1).unwrap();
+        let job = r.take_one().unwrap();
+        let held = s.hold("deb");
+        drop(job);
+        assert_eq!(s.used(), 1);
+        assert!(
+            s.reserve(1).is_none(),
+            "the kept VM uses the host's only slot"
+        );
+        assert!(s.try_image("deb").is_none(), "and its image's");
+        drop(held);
+        assert_eq!(s.used(), 0);
+        assert!(s.try_image("deb").is_some());
     }
 
     #[tokio::test]

@@ -53,6 +53,8 @@ struct TaskRun {
     /// The name the job sees as `runner.name` (the forge's `runner_name`).
     runner_name: String,
     task_id: i64,
+    /// `owner/name` (empty when unknown).
+    repository: String,
     record: Arc<JobRecord>,
     /// The job is in the state database: a crash is reported at the next start.
     recorded: bool,
@@ -117,7 +119,7 @@ fn receive(
         forge: forge.name.clone(),
         task_id,
         job_name,
-        repository,
+        repository: repository.clone(),
         image: None,
         received_at: std::time::SystemTime::now(),
     });
@@ -162,6 +164,7 @@ fn receive(
         forge: forge.name.clone(),
         runner_name: forge.runner_name.clone(),
         task_id,
+        repository,
         record,
         recorded,
         received,
@@ -196,7 +199,8 @@ async fn execute(shared: &Shared, task: &TaskRun, job: Result<AssignedJob, Unrun
         s = shared.slots.image_slot(&image.name) => s,
         _ = task.cancel.cancelled() => return Ending::cancelled(),
     };
-    run_job(shared, task, image, &job).await
+    let forge = shared.config.forges.get(&task.forge);
+    run_job(shared, task, image, &job, forge).await
 }
 
 /// The image the job runs on; a job that cannot run as it is, or on no
@@ -241,10 +245,12 @@ async fn run_job(
     task: &TaskRun,
     image: &ImageConfig,
     job: &AssignedJob,
+    forge: Option<&ForgeConfig>,
 ) -> Ending {
     let observer = StoreObserver {
         record: task.record.clone(),
     };
+    let hold = debug_hold(shared, task, image, job, forge);
     let sink = StateSink {
         report: task.report.as_ref(),
         record: &task.record,
@@ -258,7 +264,7 @@ async fn run_job(
         spec: &job.spec,
         runner_name: &task.runner_name,
         observer: task.recorded.then_some(&observer as &dyn VmObserver),
-        debug: None,
+        debug: hold.as_ref().map(|h| h as &dyn job::DebugHold),
     };
     let t_run = Instant::now();
     match shared.jobs.run(&run, &sink, &task.cancel).await {
@@ -287,6 +293,56 @@ async fn run_job(
             Ending::failed(text)
         }
     }
+}
+
+/// The offer handler for a job that asks for debug SSH on a runner with a
+/// gateway; `None` otherwise (the VM is destroyed as usual).
+fn debug_hold<'a>(
+    shared: &'a Shared,
+    task: &'a TaskRun,
+    image: &'a ImageConfig,
+    job: &AssignedJob,
+    forge: Option<&ForgeConfig>,
+) -> Option<super::debug::TaskHold<'a>> {
+    use crate::debug::policy;
+    let holds = shared.debug.as_ref()?;
+    let spec = &job.spec;
+    let asked = policy::asks(&spec.workflow.env)
+        || spec
+            .workflow
+            .jobs
+            .get(&spec.job_id)
+            .is_some_and(|j| policy::asks(&j.env));
+    if !asked {
+        return None;
+    }
+    let has_secrets = spec.secrets.iter().any(|(name, value)| {
+        !matches!(
+            name.as_str(),
+            "GITHUB_TOKEN" | "GITEA_TOKEN" | "FORGEJO_TOKEN"
+        ) && !value.expose().is_empty()
+    });
+    let default_forge = crate::config::ForgeDebugSsh::default();
+    let decision = policy::decide(
+        shared.config.debug_ssh.as_ref(),
+        forge.map_or(&default_forge, |f| &f.debug_ssh),
+        &policy::Request {
+            repository: &task.repository,
+            github: &spec.github,
+            has_secrets,
+        },
+    );
+    Some(super::debug::TaskHold {
+        shared,
+        holds,
+        forge: &task.forge,
+        repository: &task.repository,
+        decision,
+        user_keys: job.user_keys.clone(),
+        record: task.record.clone(),
+        recorded: task.recorded,
+        image: &image.name,
+    })
 }
 
 /// Closes the report and waits until the forge has it; the host slot is
