@@ -21,7 +21,8 @@ const KEYS_TIMEOUT: Duration = Duration::from_secs(20);
 /// One task's offer handler (only made for a job that asked).
 pub(crate) struct TaskHold<'a> {
     pub shared: &'a Shared,
-    pub holds: &'a DebugHolds,
+    /// `None`: no `[debug_ssh]` gateway (the decision is then a refusal).
+    pub holds: Option<&'a DebugHolds>,
     pub forge: &'a str,
     pub repository: &'a str,
     pub decision: Decision,
@@ -34,7 +35,7 @@ pub(crate) struct TaskHold<'a> {
 
 impl TaskHold<'_> {
     fn not_held(&self, sink: &dyn EventSink, why: &str) {
-        self.holds.metrics().debug_event("not_held");
+        self.shared.metrics.debug_event("not_held");
         tracing::info!(job = %self.record.id, repository = %self.repository, reason = why, "debug SSH: failed job's VM not kept");
         runner_line(
             sink,
@@ -79,10 +80,14 @@ impl TaskHold<'_> {
 #[async_trait::async_trait]
 impl DebugHold for TaskHold<'_> {
     async fn offer(&self, guest: FailedGuest, sink: &dyn EventSink) -> Option<Vm> {
-        let allowed = match &self.decision {
-            Decision::Allowed(a) => a.clone(),
-            Decision::Refused(why) => {
+        let (allowed, holds) = match (&self.decision, self.holds) {
+            (Decision::Allowed(a), Some(holds)) => (a.clone(), holds),
+            (Decision::Refused(why), _) => {
                 self.not_held(sink, why);
+                return Some(guest.vm);
+            }
+            (Decision::Allowed(_), None) => {
+                self.not_held(sink, "this runner has no debug SSH gateway");
                 return Some(guest.vm);
             }
         };
@@ -90,7 +95,7 @@ impl DebugHold for TaskHold<'_> {
             self.not_held(sink, "the runner is stopping");
             return Some(guest.vm);
         }
-        let reservation = match self.holds.reserve(self.forge, self.repository) {
+        let reservation = match holds.reserve(self.forge, self.repository) {
             Ok(r) => r,
             Err(e) => {
                 self.not_held(sink, &e.to_string());
@@ -120,7 +125,7 @@ impl DebugHold for TaskHold<'_> {
         let record = self.record.clone();
         let recorded = self.recorded;
         let id = self.record.id.clone();
-        let settings = self.holds.settings().clone();
+        let settings = holds.settings().clone();
         let on_end = Box::new(move |why: EndReason| {
             // The VM is gone: its record (kept so that a crash's reconcile
             // destroys it) goes, and its capacity frees.
@@ -130,7 +135,7 @@ impl DebugHold for TaskHold<'_> {
             tracing::debug!(job = %record.id, reason = why.as_str(), "kept VM's capacity released");
             drop(slots);
         });
-        let expires = self.holds.arm(
+        let expires = holds.arm(
             reservation,
             ArmRequest {
                 id: id.clone(),
@@ -168,7 +173,7 @@ impl DebugHold for TaskHold<'_> {
             format!("  Connect: {command}"),
             format!(
                 "  The gateway's host key is {}. Only the SSH keys {} registered on {forge_url} are accepted.",
-                self.holds.fingerprint(),
+                holds.fingerprint(),
                 allowed.actor
             ),
             format!(

@@ -295,8 +295,9 @@ async fn run_job(
     }
 }
 
-/// The offer handler for a job that asks for debug SSH on a runner with a
-/// gateway; `None` otherwise (the VM is destroyed as usual).
+/// The offer handler for a job that asks for debug SSH (on a runner that
+/// does not allow it, it only says so in the log when the job fails);
+/// `None` for the others (the VM is destroyed as usual).
 fn debug_hold<'a>(
     shared: &'a Shared,
     task: &'a TaskRun,
@@ -305,7 +306,6 @@ fn debug_hold<'a>(
     forge: Option<&ForgeConfig>,
 ) -> Option<super::debug::TaskHold<'a>> {
     use crate::debug::policy;
-    let holds = shared.debug.as_ref()?;
     let spec = &job.spec;
     let asked = policy::asks(&spec.workflow.env)
         || spec
@@ -334,7 +334,7 @@ fn debug_hold<'a>(
     );
     Some(super::debug::TaskHold {
         shared,
-        holds,
+        holds: shared.debug.as_ref(),
         forge: &task.forge,
         repository: &task.repository,
         decision,
