@@ -613,7 +613,6 @@ fn a_version_2_database_gains_the_held_vms_table_and_keeps_its_jobs() {
         StoreError::TooOld { found: 2, .. }
     ));
     let store = Store::open(&path).unwrap();
-    assert!(SCHEMA_VERSION >= 3);
     assert!(store.job("task-a-1-x").unwrap().is_some());
     assert!(store.holds().unwrap().is_empty());
     store
@@ -1175,6 +1174,112 @@ fn status_lists_running_and_recent_jobs() {
     assert_eq!(recent[2]["duration_secs"], 600.0);
     assert_eq!(recent[2]["reported"], true);
     drop(store);
+}
+
+#[test]
+fn status_shows_held_debug_vms_with_their_remaining_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = status_config(tmp.path());
+    let state = tmp.path().join("state");
+    let store = Store::open(&store::db_path(&state)).unwrap();
+    let now = SystemTime::now();
+    for (i, (id, repository, left)) in [
+        ("task-codeberg-21-cccc", "alice/widget", 23 * 60 + 10),
+        ("task-codeberg-22-dddd", "ops/infra", 5 * 60 + 10),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut j = new_job(id, 21 + i as i64, 0);
+        j.repository = repository.into();
+        j.received_at = now - Duration::from_secs(600);
+        store.insert_job(&j).unwrap();
+        store
+            .finish_job(id, "failure", now - Duration::from_secs(300))
+            .unwrap();
+        store.mark_reported(id).unwrap();
+        store
+            .record_hold(&HoldRow {
+                job_id: id.into(),
+                forge: "codeberg".into(),
+                repository: repository.into(),
+                actor: format!("actor{i}"),
+                armed_at: now - Duration::from_secs(60),
+                expires_at: now + Duration::from_secs(left),
+            })
+            .unwrap();
+    }
+    // A running daemon holds the state directory's lock.
+    let lock = std::fs::File::create(state.join("solstice.lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "Daemon: running");
+    let at = lines
+        .iter()
+        .position(|l| *l == "Held for debug SSH: 2")
+        .unwrap_or_else(|| panic!("no held VMs in\n{text}"));
+    assert!(lines[at + 1].starts_with("ID "), "{text}");
+    // Soonest expiry first.
+    let (first, second) = (lines[at + 2], lines[at + 3]);
+    for want in [
+        "task-codeberg-22-dddd",
+        "ops/infra",
+        "actor1",
+        "expires in 5 min (",
+    ] {
+        assert!(first.contains(want), "{want} in {first}");
+    }
+    for want in [
+        "task-codeberg-21-cccc",
+        "alice/widget",
+        "actor0",
+        "expires in 23 min (",
+    ] {
+        assert!(second.contains(want), "{want} in {second}");
+    }
+    assert!(second.ends_with(" UTC)"), "{second}");
+    let col = |line: &str, word: &str| line.find(word).unwrap();
+    assert_eq!(col(lines[at + 1], "ACTOR"), col(first, "actor1"));
+    assert_eq!(col(lines[at + 1], "WINDOW"), col(first, "expires"));
+
+    let out = solstice_status(&config, &["--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holds = v["debug_holds"].as_array().unwrap();
+    assert_eq!(holds.len(), 2);
+    assert_eq!(holds[0]["id"], "task-codeberg-22-dddd");
+    assert_eq!(holds[0]["repository"], "ops/infra");
+    assert_eq!(holds[0]["actor"], "actor1");
+    assert_eq!(holds[0]["forge"], "codeberg");
+    let remaining = holds[0]["remaining_secs"].as_f64().unwrap();
+    assert!((250.0..=310.0).contains(&remaining), "{remaining}");
+
+    // Without the daemon, the rows are what its next start cleans up.
+    drop(lock);
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("the daemon stopped; its next start cleans up"),
+        "{text}"
+    );
+
+    // Once forgotten, nothing is shown.
+    store.clear_holds().unwrap();
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Held for debug SSH"), "{text}");
+    let out = solstice_status(&config, &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["debug_holds"], serde_json::json!([]));
 }
 
 #[test]
