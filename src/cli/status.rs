@@ -1,4 +1,5 @@
-//! `solstice status`: the daemon's jobs, read from its state database.
+//! `solstice status`: the daemon's jobs and the VMs it keeps for debug SSH,
+//! read from its state database.
 //!
 //! Opens `<state_dir>/solstice.db` read-only, so it works while the daemon runs.
 
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::error::{CliError, Exit};
-use crate::store::{self, JobRow, Store, StoreError};
+use crate::store::{self, HoldRow, JobRow, Store, StoreError};
 
 /// Arguments of `solstice status`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +34,7 @@ pub mod exit {
     pub const USAGE: u8 = Exit::Usage.code();
 }
 
-/// The in-flight and recently finished jobs.
+/// The in-flight and recently finished jobs, and the held VMs.
 #[derive(Debug, Clone)]
 pub struct Status {
     pub db: PathBuf,
@@ -43,6 +44,8 @@ pub struct Status {
     pub in_flight: Vec<JobRow>,
     /// The most recently finished jobs, newest first.
     pub recent: Vec<JobRow>,
+    /// Failed jobs' VMs kept for debug SSH, soonest expiry first.
+    pub holds: Vec<HoldRow>,
 }
 
 /// Reads the status from the state database in `state_dir`.
@@ -52,6 +55,7 @@ pub fn read_status(state_dir: &Path, limit: usize) -> Result<Status, StoreError>
     Ok(Status {
         in_flight: store.unfinished_jobs()?,
         recent: store.recent_finished_jobs(limit)?,
+        holds: store.holds()?,
         db,
         daemon_running: crate::daemon::is_running(state_dir),
     })
@@ -85,13 +89,15 @@ pub fn status_main(args: StatusArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The status as JSON: `{ "database", "daemon_running", "in_flight": [job…], "recent": [job…] }`.
+/// The status as JSON: `{ "database", "daemon_running", "in_flight": [job…],
+/// "recent": [job…], "debug_holds": [hold…] }`.
 pub fn status_json(status: &Status, now: SystemTime) -> Value {
     json!({
         "database": status.db.display().to_string(),
         "daemon_running": status.daemon_running,
         "in_flight": status.in_flight.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
         "recent": status.recent.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
+        "debug_holds": status.holds.iter().map(|h| hold_json(h, now)).collect::<Vec<_>>(),
     })
 }
 
@@ -103,6 +109,19 @@ pub fn no_state_json(state_dir: &Path) -> Value {
         "daemon_running": crate::daemon::is_running(state_dir),
         "in_flight": [],
         "recent": [],
+        "debug_holds": [],
+    })
+}
+
+fn hold_json(h: &HoldRow, now: SystemTime) -> Value {
+    json!({
+        "id": h.job_id,
+        "forge": h.forge,
+        "repository": h.repository,
+        "actor": h.actor,
+        "armed_at_unix": unix(h.armed_at),
+        "expires_at_unix": unix(h.expires_at),
+        "remaining_secs": h.expires_at.duration_since(now).unwrap_or_default().as_secs_f64(),
     })
 }
 
@@ -164,6 +183,20 @@ pub fn render_text(status: &Status, now: SystemTime) -> String {
         }
         out.push_str(&table(&rows));
     }
+    if !status.holds.is_empty() {
+        out.push_str(&format!("\nHeld for debug SSH: {}\n", status.holds.len()));
+        let mut rows = vec![strings(&["ID", "FORGE", "REPOSITORY", "ACTOR", "WINDOW"])];
+        for h in &status.holds {
+            rows.push(vec![
+                h.job_id.clone(),
+                h.forge.clone(),
+                h.repository.clone(),
+                h.actor.clone(),
+                hold_window(h, now, status.daemon_running),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
     out.push_str(&format!("\nRecently finished: {}\n", status.recent.len()));
     if !status.recent.is_empty() {
         let mut rows = vec![strings(&[
@@ -199,6 +232,32 @@ pub fn render_text(status: &Status, now: SystemTime) -> String {
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// `expires in 23 min (21:30:00 UTC)`; once past, or when the daemon that
+/// held the VM is gone, what happens to it.
+fn hold_window(h: &HoldRow, now: SystemTime, daemon_running: bool) -> String {
+    if !daemon_running {
+        return "the daemon stopped; its next start cleans up".into();
+    }
+    let Ok(left) = h.expires_at.duration_since(now) else {
+        return "expired, being destroyed".into();
+    };
+    let s = left.as_secs();
+    let left = if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min", (s + 30) / 60)
+    };
+    // The time of day alone when the expiry is today (a window lasts 30
+    // minutes at most), with the date otherwise.
+    let at = crate::civil::utc_seconds(h.expires_at);
+    let today = crate::civil::utc_seconds(now);
+    let at = match (at.split_once(' '), today.split_once(' ')) {
+        (Some((day, time)), Some((today, _))) if day == today => time.to_owned(),
+        _ => at,
+    };
+    format!("expires in {left} ({at})")
 }
 
 fn strings(list: &[&str]) -> Vec<String> {
@@ -311,6 +370,7 @@ mod tests {
             daemon_running: true,
             in_flight: vec![job("task-cb-7-a", JobState::Booting)],
             recent: vec![done],
+            holds: Vec::new(),
         };
         let now = UNIX_EPOCH + Duration::from_secs(1090);
         let text = render_text(&status, now);
@@ -344,6 +404,7 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
                 daemon_running: false,
                 in_flight: Vec::new(),
                 recent: Vec::new(),
+                holds: Vec::new(),
             },
             UNIX_EPOCH,
         );
@@ -352,5 +413,72 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
         assert_eq!(none["database"], Value::Null);
         assert_eq!(none["daemon_running"], false);
         assert_eq!(none["in_flight"], json!([]));
+        assert_eq!(none["debug_holds"], json!([]));
+    }
+
+    fn hold(id: &str, repository: &str, expires_secs: u64) -> HoldRow {
+        HoldRow {
+            job_id: id.into(),
+            forge: "cb".into(),
+            repository: repository.into(),
+            actor: "alice".into(),
+            armed_at: UNIX_EPOCH + Duration::from_secs(expires_secs - 1800),
+            expires_at: UNIX_EPOCH + Duration::from_secs(expires_secs),
+        }
+    }
+
+    #[test]
+    fn held_vms_show_their_remaining_time() {
+        // 2026-12-05 21:06:30 UTC.
+        let now = UNIX_EPOCH + Duration::from_secs(1_796_504_790);
+        let at = |secs_from_now: i64| (1_796_504_790 + secs_from_now) as u64;
+        let mut status = Status {
+            db: PathBuf::from("/s/solstice.db"),
+            daemon_running: true,
+            in_flight: Vec::new(),
+            recent: Vec::new(),
+            holds: vec![
+                hold("task-cb-8-a", "o/r", at(-5)),
+                hold("task-cb-9-b", "other/repo", at(40)),
+                hold("task-cb-7-c", "o/x", at(1410)),
+                hold("task-cb-6-d", "o/y", at(3 * 3600)),
+            ],
+        };
+        let text = render_text(&status, now);
+        let expected = "\
+Daemon: running
+In flight: 0
+
+Held for debug SSH: 4
+ID           FORGE  REPOSITORY  ACTOR  WINDOW
+task-cb-8-a  cb     o/r         alice  expired, being destroyed
+task-cb-9-b  cb     other/repo  alice  expires in 40 s (21:07:10 UTC)
+task-cb-7-c  cb     o/x         alice  expires in 24 min (21:30:00 UTC)
+task-cb-6-d  cb     o/y         alice  expires in 180 min (2026-12-06 00:06:30 UTC)
+
+Recently finished: 0
+";
+        assert_eq!(text, expected);
+        let v = status_json(&status, now);
+        let h = &v["debug_holds"];
+        assert_eq!(h.as_array().unwrap().len(), 4);
+        assert_eq!(h[0]["remaining_secs"], 0.0);
+        assert_eq!(h[2]["id"], "task-cb-7-c");
+        assert_eq!(h[2]["repository"], "o/x");
+        assert_eq!(h[2]["actor"], "alice");
+        assert_eq!(h[2]["forge"], "cb");
+        assert_eq!(h[2]["remaining_secs"], 1410.0);
+        assert_eq!(h[2]["expires_at_unix"], 1_796_506_200.0);
+        assert_eq!(h[2]["armed_at_unix"], 1_796_504_400.0);
+
+        status.daemon_running = false;
+        let text = render_text(&status, now);
+        assert!(
+            text.contains("task-cb-7-c  cb     o/x         alice  the daemon stopped; its next start cleans up\n"),
+            "{text}"
+        );
+        // Nothing held: no section at all.
+        status.holds.clear();
+        assert!(!render_text(&status, now).contains("debug"));
     }
 }

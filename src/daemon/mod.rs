@@ -505,6 +505,7 @@ fn open_state(config: &Config) -> Result<Arc<Store>, DaemonError> {
     tracing::info!(database = %db.display(), "state database open");
     let jobs_dir = crate::job::jobs_dir(config);
     reconcile::leftover_vms(&store, &jobs_dir);
+    reconcile::leftover_holds(&store);
     reconcile::orphaned_forges(&store, config);
     match store.prune_finished_jobs(KEEP_FINISHED_JOBS) {
         Ok(0) => {}

@@ -1,5 +1,6 @@
 //! Start-up clean-up of what a previous run left behind: VMs (processes and
-//! job directories) and tasks whose final report never reached the forge.
+//! job directories), VMs it kept for debug SSH, and tasks whose final report
+//! never reached the forge.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,43 @@ pub(crate) fn leftover_vms(store: &Store, jobs_dir: &Path) {
     }
     for p in &report.problems {
         tracing::error!("reconcile: {p}");
+    }
+}
+
+/// Forgets the VMs a previous run kept for debug SSH (it crashed, or could
+/// not destroy them as it stopped), one log line each. Call it after
+/// [`leftover_vms`]: a held VM keeps its VM record until it is destroyed, so
+/// that has killed it by now; one that could not be killed keeps its VM
+/// record, and the next start tries again. No window of a previous run is
+/// ever reopened (its keys and the job's SSH key were in memory only).
+pub(crate) fn leftover_holds(store: &Store) {
+    let holds = match store.holds() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the VMs a previous run kept for debug SSH");
+            return;
+        }
+    };
+    if holds.is_empty() {
+        return;
+    }
+    let still_recorded: Vec<String> = store
+        .vm_records()
+        .map(|vms| vms.into_iter().map(|v| v.job_id).collect())
+        .unwrap_or_default();
+    for h in &holds {
+        if still_recorded.contains(&h.job_id) {
+            tracing::warn!(job = %h.job_id, forge = %h.forge, repository = %h.repository, actor = %h.actor,
+                "could not destroy the VM of job {} kept for debug SSH by a previous run (see the error above); the next start tries again",
+                h.job_id);
+        } else {
+            tracing::info!(job = %h.job_id, forge = %h.forge, repository = %h.repository, actor = %h.actor,
+                "destroyed the VM of job {} kept for debug SSH by a previous run",
+                h.job_id);
+        }
+    }
+    if let Err(e) = store.clear_holds() {
+        tracing::error!(error = %e, "cannot forget the VMs a previous run kept for debug SSH");
     }
 }
 
@@ -204,5 +242,102 @@ async fn send_report(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::store::{HoldRow, NewJob};
+
+    /// Log output, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn held_job(store: &Store, id: &str) {
+        store
+            .insert_job(&NewJob {
+                id: id.into(),
+                forge: "cb".into(),
+                task_id: 1,
+                job_name: "build".into(),
+                repository: format!("o/{id}"),
+                image: None,
+                received_at: UNIX_EPOCH,
+            })
+            .unwrap();
+        store.finish_job(id, "failure", UNIX_EPOCH).unwrap();
+        store
+            .record_hold(&HoldRow {
+                job_id: id.into(),
+                forge: "cb".into(),
+                repository: format!("o/{id}"),
+                actor: "alice".into(),
+                armed_at: SystemTime::now(),
+                expires_at: SystemTime::now() + Duration::from_secs(600),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn leftover_holds_are_dropped_with_one_line_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("solstice.db")).unwrap();
+        // Its VM was destroyed by `leftover_vms`; the other's could not be
+        // (its VM record remains).
+        held_job(&store, "task-cb-1-gone");
+        held_job(&store, "task-cb-2-stuck");
+        store
+            .record_vm("task-cb-2-stuck", &tmp.path().join("task-cb-2-stuck"))
+            .unwrap();
+
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || leftover_holds(&store));
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines.iter().any(|l| l.contains("INFO")
+                && l.contains(
+                    "destroyed the VM of job task-cb-1-gone kept for debug SSH by a previous run"
+                )),
+            "{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("WARN")
+                && l.contains("could not destroy the VM of job task-cb-2-stuck")
+                && l.contains("the next start tries again")),
+            "{text}"
+        );
+        assert!(store.holds().unwrap().is_empty());
+        // The VM record stays for the next start's reconcile.
+        assert_eq!(store.vm_records().unwrap().len(), 1);
+
+        // Nothing to do: nothing logged.
+        log.0.lock().unwrap().clear();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || leftover_holds(&store));
+        assert!(log.0.lock().unwrap().is_empty());
     }
 }

@@ -373,13 +373,15 @@ impl Store {
     }
 
     /// Deletes finished, reported jobs (and their log rows) beyond the `keep`
-    /// most recently finished. Jobs with a VM record are kept. Returns how
-    /// many were deleted.
+    /// most recently finished. Jobs with a VM record or a held VM (debug
+    /// SSH: the job is finished, its VM lives on) are kept. Returns how many
+    /// were deleted.
     pub fn prune_finished_jobs(&self, keep: usize) -> Result<usize, StoreError> {
         let conn = self.conn();
         conn.prepare_cached(
             "DELETE FROM jobs WHERE state = 'finished' AND reported <> 0
                AND id NOT IN (SELECT job_id FROM vms)
+               AND id NOT IN (SELECT job_id FROM debug_holds)
                AND id NOT IN (SELECT id FROM jobs WHERE state = 'finished'
                               ORDER BY finished_at_ms DESC, id DESC LIMIT ?1)",
         )

@@ -1,5 +1,6 @@
-//! The state database: runner credentials, jobs, VM resources and spooled log
-//! rows, in one SQLite file (`<state_dir>/solstice.db`, WAL mode).
+//! The state database: runner credentials, jobs, VM resources, VMs kept for
+//! debug SSH and spooled log rows, in one SQLite file
+//! (`<state_dir>/solstice.db`, WAL mode).
 //!
 //! The daemon records every job and every VM resource *before* it exists, so
 //! that a restarted daemon can find what a crashed (even SIGKILLed) run left
@@ -15,6 +16,7 @@
 //! directly.
 
 mod credentials;
+mod holds;
 mod jobs;
 mod kvm;
 mod logs;
@@ -24,6 +26,7 @@ mod state_dir;
 mod vms;
 
 pub use credentials::CredentialsRow;
+pub use holds::HoldRow;
 pub use jobs::{JobRow, JobState, JobTimings, NewJob};
 pub use kvm::KvmFailureRow;
 pub use logs::LogRowData;

@@ -76,6 +76,19 @@ CREATE TABLE kvm_failure (
     at_unix     INTEGER NOT NULL
 ) STRICT;
 "#,
+    // Version 3: failed jobs' VMs kept for debug SSH (`solstice status`
+    // shows them; the next start after a crash drops the rows once the
+    // VMs are destroyed).
+    r#"
+CREATE TABLE debug_holds (
+    job_id        TEXT PRIMARY KEY NOT NULL REFERENCES jobs(id),
+    forge         TEXT NOT NULL,
+    repository    TEXT NOT NULL,
+    actor         TEXT NOT NULL,  -- the forge user whose keys are accepted
+    expires_at_ms INTEGER NOT NULL,
+    armed_at_ms   INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes and reads.

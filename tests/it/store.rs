@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use solstice::secret::Secret;
 use solstice::store::{
-    self, APPLICATION_ID, CredentialsRow, JobState, JobTimings, LogRowData, NewJob, SCHEMA_VERSION,
-    Store, StoreError, reconcile_vms,
+    self, APPLICATION_ID, CredentialsRow, HoldRow, JobState, JobTimings, LogRowData, NewJob,
+    SCHEMA_VERSION, Store, StoreError, reconcile_vms,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -464,6 +464,167 @@ fn vm_records() {
     assert!(store.vm_records().unwrap().is_empty());
 }
 
+// ---- VMs kept for debug SSH ----
+
+fn hold(job_id: &str, repository: &str, expires_secs: u64) -> HoldRow {
+    HoldRow {
+        job_id: job_id.to_string(),
+        forge: "codeberg".to_string(),
+        repository: repository.to_string(),
+        actor: "alice".to_string(),
+        armed_at: UNIX_EPOCH + Duration::from_secs(expires_secs.saturating_sub(1800)),
+        expires_at: UNIX_EPOCH + Duration::from_secs(expires_secs),
+    }
+}
+
+/// Finishes a job with `failure`, reported to the forge (as a held job is).
+fn finish_reported(store: &Store, id: &str, at_secs: u64) {
+    store
+        .finish_job(id, "failure", UNIX_EPOCH + Duration::from_secs(at_secs))
+        .unwrap();
+    store.mark_reported(id).unwrap();
+}
+
+#[test]
+fn held_vms_are_recorded_listed_by_expiry_and_forgotten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("solstice.db");
+    let store = Store::open(&path).unwrap();
+    assert!(store.holds().unwrap().is_empty());
+    let err = store
+        .record_hold(&hold("task-a-1-x", "o/one", 5000))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnknownJob { ref id } if id == "task-a-1-x"),
+        "{err:?}"
+    );
+    for (i, id) in ["task-a-1-x", "task-a-2-x", "task-a-3-x"]
+        .iter()
+        .enumerate()
+    {
+        store.insert_job(&new_job(id, i as i64, 1000)).unwrap();
+        finish_reported(&store, id, 1100);
+    }
+    store
+        .record_hold(&hold("task-a-1-x", "o/one", 5000))
+        .unwrap();
+    store
+        .record_hold(&hold("task-a-2-x", "o/two", 4000))
+        .unwrap();
+    let holds = store.holds().unwrap();
+    assert_eq!(
+        holds,
+        [
+            hold("task-a-2-x", "o/two", 4000),
+            hold("task-a-1-x", "o/one", 5000)
+        ]
+    );
+    // Recording again replaces.
+    let mut again = hold("task-a-1-x", "o/one", 3000);
+    again.actor = "bob".into();
+    store.record_hold(&again).unwrap();
+    assert_eq!(store.holds().unwrap()[0], again);
+    assert_eq!(store.holds().unwrap().len(), 2);
+
+    // A reader (`solstice status`) sees them.
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(reader.holds().unwrap().len(), 2);
+    assert!(
+        reader
+            .record_hold(&hold("task-a-3-x", "o/three", 1))
+            .is_err()
+    );
+    assert!(reader.clear_holds().is_err());
+
+    store.forget_hold("task-a-2-x").unwrap();
+    store.forget_hold("task-a-2-x").unwrap();
+    store.forget_hold("nope").unwrap();
+    assert_eq!(store.holds().unwrap(), [again]);
+    store
+        .record_hold(&hold("task-a-3-x", "o/three", 6000))
+        .unwrap();
+    assert_eq!(store.clear_holds().unwrap(), 2);
+    assert_eq!(store.clear_holds().unwrap(), 0);
+    assert!(reader.holds().unwrap().is_empty());
+}
+
+#[test]
+fn pruning_keeps_the_jobs_of_held_and_recorded_vms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("solstice.db")).unwrap();
+    let ids = ["task-a-1-x", "task-a-2-x", "task-a-3-x", "task-a-4-x"];
+    for (i, id) in ids.iter().enumerate() {
+        store.insert_job(&new_job(id, i as i64, 1000)).unwrap();
+        finish_reported(&store, id, 1100 + i as u64);
+    }
+    // Job 1: held, its VM recorded (as while the window is open).
+    store
+        .record_vm("task-a-1-x", &tmp.path().join("jobs/task-a-1-x"))
+        .unwrap();
+    store
+        .record_hold(&hold("task-a-1-x", "o/one", 5000))
+        .unwrap();
+    // Job 2: a hold row without a VM record (the VM is destroyed, the row
+    // not yet forgotten).
+    store
+        .record_hold(&hold("task-a-2-x", "o/two", 5000))
+        .unwrap();
+    // Job 3: only a VM record.
+    store
+        .record_vm("task-a-3-x", &tmp.path().join("jobs/task-a-3-x"))
+        .unwrap();
+
+    // Keep none of the finished jobs: only job 4 may go.
+    assert_eq!(store.prune_finished_jobs(0).unwrap(), 1);
+    let mut left: Vec<String> = store
+        .recent_jobs(10)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["task-a-1-x", "task-a-2-x", "task-a-3-x"]);
+
+    // Once forgotten, they are pruned like any other job.
+    store.forget_hold("task-a-1-x").unwrap();
+    store.forget_vm("task-a-1-x").unwrap();
+    store.forget_hold("task-a-2-x").unwrap();
+    store.forget_vm("task-a-3-x").unwrap();
+    assert_eq!(store.prune_finished_jobs(0).unwrap(), 3);
+    assert!(store.recent_jobs(10).unwrap().is_empty());
+}
+
+#[test]
+fn a_version_2_database_gains_the_held_vms_table_and_keeps_its_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("solstice.db");
+    {
+        let store = Store::open(&path).unwrap();
+        store.insert_job(&new_job("task-a-1-x", 1, 1000)).unwrap();
+    }
+    {
+        // As a release with schema version 2 left it.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DROP TABLE debug_holds; PRAGMA user_version = 2;")
+            .unwrap();
+    }
+    assert!(matches!(
+        Store::open_read_only(&path).unwrap_err(),
+        StoreError::TooOld { found: 2, .. }
+    ));
+    let store = Store::open(&path).unwrap();
+    assert!(store.job("task-a-1-x").unwrap().is_some());
+    assert!(store.holds().unwrap().is_empty());
+    store
+        .record_hold(&hold("task-a-1-x", "o/one", 5000))
+        .unwrap();
+    drop(store);
+    assert_eq!(
+        Store::open_read_only(&path).unwrap().holds().unwrap().len(),
+        1
+    );
+}
+
 // ---- the log spool ----
 
 #[test]
@@ -810,6 +971,64 @@ fn reconcile_kills_recorded_vms_removes_their_dirs_and_strays() {
     assert!(reconcile_vms(&store, &tmp.path().join("none")).is_empty());
 }
 
+/// A VM held for debug SSH when the daemon was SIGKILLed: its job is
+/// finished and reported, its VM record and its hold row remain. The next
+/// start kills the QEMU and removes its directory like any leftover VM, then
+/// forgets the hold; the job is pruned like any other afterwards.
+#[test]
+fn reconcile_kills_a_held_vm_left_by_a_crashed_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("solstice.db");
+    let jobs = tmp.path().join("jobs");
+    let dir = jobs.join("task-a-1-x");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("overlay.qcow2"), b"x").unwrap();
+    let mut qemu = sleeper(&dir);
+    wait_for_cmdline(qemu.id(), "task-a-1-x");
+
+    let store = Store::open(&path).unwrap();
+    store.insert_job(&new_job("task-a-1-x", 1, 1000)).unwrap();
+    store.record_vm("task-a-1-x", &dir).unwrap();
+    store
+        .record_vm_process("task-a-1-x", qemu.id(), 2222)
+        .unwrap();
+    store
+        .set_job_state("task-a-1-x", JobState::Running)
+        .unwrap();
+    // The job failed and was reported; its VM is kept.
+    finish_reported(&store, "task-a-1-x", 1100);
+    let expires = SystemTime::now() + Duration::from_secs(1800);
+    store
+        .record_hold(&HoldRow {
+            expires_at: expires,
+            armed_at: SystemTime::now(),
+            ..hold("task-a-1-x", "o/one", 5000)
+        })
+        .unwrap();
+    std::mem::forget(store); // SIGKILL: no orderly close
+
+    let store = Store::open(&path).unwrap();
+    assert!(store.unfinished_jobs().unwrap().is_empty());
+    let report = reconcile_vms(&store, &jobs);
+    println!("{report:#?}");
+    assert_eq!(
+        report.killed.iter().map(|k| k.pid).collect::<Vec<_>>(),
+        [qemu.id()]
+    );
+    assert!(
+        killed_by_sigkill(&mut qemu),
+        "the held QEMU was not SIGKILLed"
+    );
+    assert!(!dir.exists());
+    assert_eq!(report.forgotten, ["task-a-1-x"]);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(store.vm_records().unwrap().is_empty());
+    // The hold row is dropped after the VMs are reconciled.
+    assert_eq!(store.holds().unwrap().len(), 1);
+    assert_eq!(store.clear_holds().unwrap(), 1);
+    assert_eq!(store.prune_finished_jobs(0).unwrap(), 1);
+}
+
 // ---- solstice status ----
 
 fn status_config(dir: &Path) -> PathBuf {
@@ -955,6 +1174,112 @@ fn status_lists_running_and_recent_jobs() {
     assert_eq!(recent[2]["duration_secs"], 600.0);
     assert_eq!(recent[2]["reported"], true);
     drop(store);
+}
+
+#[test]
+fn status_shows_held_debug_vms_with_their_remaining_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = status_config(tmp.path());
+    let state = tmp.path().join("state");
+    let store = Store::open(&store::db_path(&state)).unwrap();
+    let now = SystemTime::now();
+    for (i, (id, repository, left)) in [
+        ("task-codeberg-21-cccc", "alice/widget", 23 * 60 + 10),
+        ("task-codeberg-22-dddd", "ops/infra", 5 * 60 + 10),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut j = new_job(id, 21 + i as i64, 0);
+        j.repository = repository.into();
+        j.received_at = now - Duration::from_secs(600);
+        store.insert_job(&j).unwrap();
+        store
+            .finish_job(id, "failure", now - Duration::from_secs(300))
+            .unwrap();
+        store.mark_reported(id).unwrap();
+        store
+            .record_hold(&HoldRow {
+                job_id: id.into(),
+                forge: "codeberg".into(),
+                repository: repository.into(),
+                actor: format!("actor{i}"),
+                armed_at: now - Duration::from_secs(60),
+                expires_at: now + Duration::from_secs(left),
+            })
+            .unwrap();
+    }
+    // A running daemon holds the state directory's lock.
+    let lock = std::fs::File::create(state.join("solstice.lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "Daemon: running");
+    let at = lines
+        .iter()
+        .position(|l| *l == "Held for debug SSH: 2")
+        .unwrap_or_else(|| panic!("no held VMs in\n{text}"));
+    assert!(lines[at + 1].starts_with("ID "), "{text}");
+    // Soonest expiry first.
+    let (first, second) = (lines[at + 2], lines[at + 3]);
+    for want in [
+        "task-codeberg-22-dddd",
+        "ops/infra",
+        "actor1",
+        "expires in 5 min (",
+    ] {
+        assert!(first.contains(want), "{want} in {first}");
+    }
+    for want in [
+        "task-codeberg-21-cccc",
+        "alice/widget",
+        "actor0",
+        "expires in 23 min (",
+    ] {
+        assert!(second.contains(want), "{want} in {second}");
+    }
+    assert!(second.ends_with(" UTC)"), "{second}");
+    let col = |line: &str, word: &str| line.find(word).unwrap();
+    assert_eq!(col(lines[at + 1], "ACTOR"), col(first, "actor1"));
+    assert_eq!(col(lines[at + 1], "WINDOW"), col(first, "expires"));
+
+    let out = solstice_status(&config, &["--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holds = v["debug_holds"].as_array().unwrap();
+    assert_eq!(holds.len(), 2);
+    assert_eq!(holds[0]["id"], "task-codeberg-22-dddd");
+    assert_eq!(holds[0]["repository"], "ops/infra");
+    assert_eq!(holds[0]["actor"], "actor1");
+    assert_eq!(holds[0]["forge"], "codeberg");
+    let remaining = holds[0]["remaining_secs"].as_f64().unwrap();
+    assert!((250.0..=310.0).contains(&remaining), "{remaining}");
+
+    // Without the daemon, the rows are what its next start cleans up.
+    drop(lock);
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("the daemon stopped; its next start cleans up"),
+        "{text}"
+    );
+
+    // Once forgotten, nothing is shown.
+    store.clear_holds().unwrap();
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Held for debug SSH"), "{text}");
+    let out = solstice_status(&config, &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["debug_holds"], serde_json::json!([]));
 }
 
 #[test]
