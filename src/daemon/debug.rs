@@ -129,8 +129,13 @@ impl DebugHold for TaskHold<'_> {
         let on_end = Box::new(move |why: EndReason| {
             // The VM is gone: its record (kept so that a crash's reconcile
             // destroys it) goes, and its capacity frees.
-            if recorded && let Err(e) = record.store.forget_vm(&record.id) {
-                tracing::warn!(job = %record.id, error = %e, "could not forget the kept VM's record");
+            if recorded {
+                if let Err(e) = record.store.forget_vm(&record.id) {
+                    tracing::warn!(job = %record.id, error = %e, "could not forget the kept VM's record");
+                }
+                if let Err(e) = record.store.forget_hold(&record.id) {
+                    tracing::warn!(job = %record.id, error = %e, "could not forget the kept VM's hold record");
+                }
             }
             tracing::debug!(job = %record.id, reason = why.as_str(), "kept VM's capacity released");
             drop(slots);
@@ -149,6 +154,19 @@ impl DebugHold for TaskHold<'_> {
                 on_end,
             },
         );
+        if self.recorded {
+            let row = crate::store::HoldRow {
+                job_id: id.clone(),
+                forge: self.forge.to_owned(),
+                repository: self.repository.to_owned(),
+                actor: allowed.actor.clone(),
+                armed_at: std::time::SystemTime::now(),
+                expires_at: expires,
+            };
+            if let Err(e) = self.record.store.record_hold(&row) {
+                tracing::warn!(job = %id, error = %e, "could not record the kept VM for `solstice status`");
+            }
+        }
         let forge_url = self
             .user_keys
             .as_ref()
