@@ -74,6 +74,10 @@ async fn forgejo_keys_of_the_named_user_only_with_the_id_check() {
     // Names compare without case, as on Forgejo; no id: no id check.
     assert_eq!(keys.public_keys("Alice", None).await.unwrap().len(), 2);
     assert_eq!(keys.public_keys("bob", Some("6")).await.unwrap(), [BOB]);
+    // An empty id (a task without one) checks nothing: no user lookup.
+    let lookups = forge.request_count("GetUser");
+    assert_eq!(keys.public_keys("bob", Some("")).await.unwrap(), [BOB]);
+    assert_eq!(forge.request_count("GetUser"), lookups);
 
     // Unknown name: NoSuchUser (the fake answers Forgejo's 404 body).
     let e = keys.public_keys("carol", Some("7")).await.unwrap_err();

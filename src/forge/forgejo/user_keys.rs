@@ -148,13 +148,14 @@ impl UserKeys for ForgejoUserKeys {
         user_id: Option<&str>,
     ) -> Result<Vec<String>, UserKeysError> {
         check_user_name(user)?;
-        if let Some(expected) = user_id {
+        // An empty id (a task without one) means no id to check.
+        if let Some(expected) = user_id.map(str::trim).filter(|s| !s.is_empty()) {
             let url = self.endpoint(user, &[])?;
             let (_, body) = self.get(user, url).await?;
             let found: ApiUser = serde_json::from_slice(&body).map_err(|e| {
                 UserKeysError::Forge(format!("the user {user} cannot be read: {e}"))
             })?;
-            if found.id.to_string() != expected.trim() {
+            if found.id.to_string() != expected {
                 return Err(UserKeysError::Renamed {
                     user: user.to_string(),
                     expected: expected.to_string(),

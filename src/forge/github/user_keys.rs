@@ -135,13 +135,14 @@ impl UserKeys for GithubUserKeys {
         user_id: Option<&str>,
     ) -> Result<Vec<String>, UserKeysError> {
         check_user_name(user)?;
-        if let Some(expected) = user_id {
+        // An empty id (a task without one) means no id to check.
+        if let Some(expected) = user_id.map(str::trim).filter(|s| !s.is_empty()) {
             let body = self
                 .get("user lookup", user, self.endpoint(user, &[])?)
                 .await?;
             let found: ApiUser =
                 decode("user lookup", &body).map_err(|e| UserKeysError::Forge(e.to_string()))?;
-            if found.id.to_string() != expected.trim() {
+            if found.id.to_string() != expected {
                 return Err(UserKeysError::Renamed {
                     user: user.to_string(),
                     expected: expected.to_string(),
