@@ -62,6 +62,15 @@
 //!   archived), [`FakeForge::delete_task`] (run deleted), plus fault
 //!   injection, delays, outages and restarts.
 //!
+//! - **Users.** [`FakeForge::add_user`] registers a user with an id and
+//!   public SSH keys, served anonymously on `GET /api/v1/users/{name}` and
+//!   `GET /api/v1/users/{name}/keys` as Forgejo serves them (404 with
+//!   Forgejo's JSON error for unknown names, paging, a 307 for a name
+//!   renamed away with [`FakeForge::rename_user`]); see `fake_forge/users.rs`.
+//!   [`FakeJob::actor`], [`FakeJob::pull_request`],
+//!   [`FakeJob::fork_pull_request`] and [`FakeJob::schedule`] shape the
+//!   task's context for debug SSH tests.
+//!
 //! All runners are instance-wide, so there is one `tasks_version` scope,
 //! bumped by every [`FakeForge::enqueue`].
 
