@@ -62,11 +62,21 @@
 //!   archived), [`FakeForge::delete_task`] (run deleted), plus fault
 //!   injection, delays, outages and restarts.
 //!
+//! - **Users.** [`FakeForge::add_user`] registers a user with an id and
+//!   public SSH keys, served anonymously on `GET /api/v1/users/{name}` and
+//!   `GET /api/v1/users/{name}/keys` as Forgejo serves them (404 with
+//!   Forgejo's JSON error for unknown names, paging, a 307 for a name
+//!   renamed away with [`FakeForge::rename_user`]); see `fake_forge/users.rs`.
+//!   [`FakeJob::actor`], [`FakeJob::pull_request`],
+//!   [`FakeJob::fork_pull_request`] and [`FakeJob::schedule`] shape the
+//!   task's context for debug SSH tests.
+//!
 //! All runners are instance-wide, so there is one `tasks_version` scope,
 //! bumped by every [`FakeForge::enqueue`].
 
 mod artifacts;
 mod state;
+mod users;
 
 use std::future::IntoFuture;
 use std::io::{self, Read, Write};
@@ -326,6 +336,32 @@ impl FakeForge {
         let uuid = self.state().register_offline(secret, name, labels);
         self.changed();
         uuid.unwrap_or_else(|| panic!("The offline secret must be 40 hexadecimal characters"))
+    }
+
+    /// Registers a user (or replaces one of the same name, compared without
+    /// case) with the forge's number `id` and these public SSH keys, as
+    /// OpenSSH lines (`ssh-ed25519 AAAA… comment`). The fake serves them on
+    /// `GET /api/v1/users/{name}` and `GET /api/v1/users/{name}/keys`.
+    pub fn add_user(&self, name: &str, id: i64, keys: &[&str]) {
+        self.state().users.add(name, id, keys);
+        self.changed();
+    }
+
+    /// Deletes a user: its name becomes unknown (404). False if there was none.
+    pub fn remove_user(&self, name: &str) -> bool {
+        let done = self.state().users.remove(name);
+        self.changed();
+        done
+    }
+
+    /// The user renames itself from `old` to `new`: `old` then answers with
+    /// a 307 redirect to the new name, as Forgejo does. Re-registering `old`
+    /// afterwards ([`FakeForge::add_user`] with another id) is the
+    /// "re-registered name" case. False if there is no user `old`.
+    pub fn rename_user(&self, old: &str, new: &str) -> bool {
+        let done = self.state().users.rename(old, new);
+        self.changed();
+        done
     }
 
     /// Queues a job; returns its id. Jobs are handed out oldest first.
@@ -753,6 +789,9 @@ async fn handle(
             .into_response();
     }
     let Some(rpc) = rpc else {
+        if let Some(response) = serve_users(&inner, &method, &uri, &headers, &caller) {
+            return response;
+        }
         if let Some(response) = serve_job_services(&inner, &method, &uri, &headers, &body) {
             return response;
         }
@@ -883,6 +922,37 @@ async fn handle(
         }
     }
     response
+}
+
+/// The user routes (`/api/v1/users/…`, see `fake_forge/users.rs`); `None`
+/// for other paths.
+fn serve_users(
+    inner: &Inner,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Option<Response> {
+    let answer = {
+        let mut st = inner.state();
+        let server_url = st.server_url().to_string();
+        let answer = st
+            .users
+            .handle(method, uri.path(), uri.query(), headers, &server_url)?;
+        if let Some(v) = &answer.violation {
+            st.add_violation(v.clone());
+        }
+        answer
+    };
+    record(inner, answer.name, caller, answer.status, None);
+    inner.changed.notify_waiters();
+    let mut response = (answer.status, answer.body).into_response();
+    for (k, v) in answer.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    Some(response)
 }
 
 /// The services jobs call (artifacts, ID tokens); `None` for other paths.

@@ -36,6 +36,7 @@ mod forge_containers;
 mod forge_e2e;
 mod forge_e2e_gone;
 mod forge_reporter;
+mod forge_user_keys;
 mod git_server;
 mod github_e2e;
 mod github_pool;

@@ -9,12 +9,14 @@ pub mod error;
 pub mod proto;
 pub mod reporter;
 pub mod task;
+pub mod user_keys;
 
 mod poll;
 mod session;
 
 pub use error::{Code, ForgeError, ping_proves_not_a_forge};
 pub use session::Forgejo;
+pub use user_keys::ForgejoUserKeys;
 
 /// The two calls a running task's reporter makes. The Connect client
 /// implements it; keeping it a trait lets the reporter's retry logic be

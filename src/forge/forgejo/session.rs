@@ -16,11 +16,12 @@ use super::error::ForgeError;
 use super::proto::{self, Task, TaskResult, TaskState};
 use super::reporter::{self, ReportError, ReporterConfig, ReporterShared, TaskStateBuilder};
 use super::task::{TranslateOptions, numbered_payload, translate};
+use super::user_keys::ForgejoUserKeys;
 use crate::config::ForgeConfig;
 use crate::events::{Conclusion, EventSink, JobEvent};
 use crate::forge::{
     AssignedJob, Assignment, Connected, Failure, FailureKind, Forge, Poller, RUNNER_VERSION,
-    ReportStarter, ResumedTask, RunnerCredentials, Session, TaskReport, Unrunnable,
+    ReportStarter, ResumedTask, RunnerCredentials, Session, TaskReport, Unrunnable, UserKeys,
 };
 
 /// A configured Forgejo or Gitea instance.
@@ -30,16 +31,28 @@ pub struct Forgejo {
     /// The client without credentials.
     base: ForgejoClient,
     max_job_timeout: Duration,
+    /// The instance's published user keys (anonymous lookups).
+    user_keys: Arc<ForgejoUserKeys>,
 }
 
 impl Forgejo {
     /// Fails on a URL that is not http(s).
     pub fn new(forge: &ForgeConfig, max_job_timeout: Duration) -> Result<Self, ForgeError> {
-        let base = ForgejoClient::new(&forge.url, &ClientOptions::default())?;
+        let options = ClientOptions::default();
+        let base = ForgejoClient::new(&forge.url, &options)?;
+        let user_keys =
+            ForgejoUserKeys::new(&forge.url, &options.user_agent).map_err(|message| {
+                ForgeError::Transport {
+                    procedure: "client",
+                    message,
+                    timed_out: false,
+                }
+            })?;
         Ok(Forgejo {
             forge: forge.clone(),
             base,
             max_job_timeout,
+            user_keys: Arc::new(user_keys),
         })
     }
 
@@ -48,6 +61,7 @@ impl Forgejo {
             forge: self.forge.clone(),
             client,
             max_job_timeout: self.max_job_timeout,
+            user_keys: self.user_keys.clone(),
         })))
     }
 }
@@ -109,6 +123,8 @@ pub(super) struct SessionInner {
     /// The client with the runner's credentials.
     pub client: ForgejoClient,
     pub max_job_timeout: Duration,
+    /// Handed to every assigned job (debug SSH).
+    pub user_keys: Arc<ForgejoUserKeys>,
 }
 
 struct ForgejoSession(Arc<SessionInner>);
@@ -151,7 +167,7 @@ impl SessionInner {
                     runs_on: t.runs_on,
                     image: None,
                     notes: t.notes,
-                    user_keys: None,
+                    user_keys: Some(self.user_keys.clone() as Arc<dyn UserKeys>),
                 }),
                 t.job_name,
                 t.repository,

@@ -15,6 +15,7 @@
 //! - [`results`] and [`report`]: the job's report (step status, logs, the
 //!   final `completejob`).
 //! - [`pool`] and [`session`]: the port's implementation.
+//! - [`user_keys`]: the users' published SSH keys (debug SSH).
 
 pub mod auth;
 pub mod broker;
@@ -28,3 +29,4 @@ pub mod results;
 pub mod run;
 pub mod session;
 pub mod translate;
+pub mod user_keys;

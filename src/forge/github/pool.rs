@@ -31,7 +31,7 @@ use super::{message, run};
 use crate::events::Conclusion;
 use crate::forge::{
     AssignedJob, Assignment, Failure, FailureKind, LogSpool, Poller, ReportStarter, TaskReport,
-    Unrunnable,
+    Unrunnable, UserKeys,
 };
 
 /// The runners of one image.
@@ -103,6 +103,8 @@ pub struct PoolConfig {
     /// `X64` or `ARM64`.
     pub arch: &'static str,
     pub timings: PoolTimings,
+    /// The forge's published user keys, handed to every job (debug SSH).
+    pub user_keys: Option<Arc<dyn UserKeys>>,
 }
 
 /// A runner's control block, shared by the pool and its listener.
@@ -481,7 +483,7 @@ impl Pool {
                     runs_on: self.inner.config.images[runner.image].runs_on.clone(),
                     image: Some(self.inner.config.images[runner.image].image.clone()),
                     notes: t.notes,
-                    user_keys: None,
+                    user_keys: self.inner.config.user_keys.clone(),
                 }
             })
             .map_err(|e| Unrunnable {

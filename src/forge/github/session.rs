@@ -13,10 +13,11 @@ use super::error::{GithubError, http_client};
 use super::pool::{ImageRunners, Pool, PoolConfig, PoolTimings, failure};
 use super::report;
 use super::rest::Rest;
+use super::user_keys::GithubUserKeys;
 use crate::config::{CredentialSource, ForgeConfig, GithubForge, GuestOs, ImageConfig};
 use crate::forge::{
     Connected, Failure, FailureKind, Forge, Poller, RUNNER_VERSION, ResumedTask, RunnerCredentials,
-    Session, TaskReport,
+    Session, TaskReport, UserKeys,
 };
 use crate::secret::Secret;
 
@@ -28,6 +29,8 @@ pub struct Github {
     max_job_timeout: Duration,
     http: reqwest::Client,
     timings: PoolTimings,
+    /// GitHub's published user keys (anonymous lookups).
+    user_keys: Arc<GithubUserKeys>,
 }
 
 /// The broker's architecture name of this host.
@@ -134,14 +137,19 @@ impl Github {
         let github = forge.github.clone().ok_or_else(|| {
             GithubError::Invalid(format!("Forge {} is not a GitHub forge", forge.name))
         })?;
+        let user_agent = format!("{RUNNER_VERSION} (GitHub Actions runner protocol)");
+        // Messages name the host (`https://github.com`), not the scope.
+        let host = url::Url::parse(&forge.url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| forge.url.clone());
+        let user_keys = GithubUserKeys::new(&github.api_url, &host, &user_agent)?;
         Ok(Github {
+            user_keys: Arc::new(user_keys),
             forge: forge.clone(),
             github,
             images: image_runners(images, &forge.labels),
             max_job_timeout,
-            http: http_client(&format!(
-                "{RUNNER_VERSION} (GitHub Actions runner protocol)"
-            ))?,
+            http: http_client(&user_agent)?,
             timings: PoolTimings::default(),
         })
     }
@@ -185,6 +193,7 @@ impl Forge for Github {
                 max_job_timeout: Some(self.max_job_timeout),
                 arch: host_arch(),
                 timings: self.timings.clone(),
+                user_keys: Some(self.user_keys.clone() as Arc<dyn UserKeys>),
             },
             rest,
             self.http.clone(),

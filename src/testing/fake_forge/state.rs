@@ -227,6 +227,91 @@ impl FakeJob {
             ..FakeJob::default()
         }
     }
+
+    /// Sets one top-level context key (see [`FakeJob::context_overrides`]).
+    pub fn context(mut self, key: &str, value: Value) -> Self {
+        if !self.context_overrides.is_object() {
+            self.context_overrides = Value::Object(serde_json::Map::new());
+        }
+        if let Some(m) = self.context_overrides.as_object_mut() {
+            m.insert(key.to_string(), value);
+        }
+        self
+    }
+
+    /// The user who triggered the run: `actor` and `actor_id` (Forgejo
+    /// sends the id as a string). The default is `fake-user`, id 1.
+    pub fn actor(self, name: &str, id: i64) -> Self {
+        self.context("actor", json!(name))
+            .context("actor_id", json!(id.to_string()))
+    }
+
+    /// `triggering_actor` (empty by default, as Forgejo sends it; recent
+    /// Gitea fills it).
+    pub fn triggering_actor(self, name: &str) -> Self {
+        self.context("triggering_actor", json!(name))
+    }
+
+    /// A `pull_request` event whose head branch `feature` lives in
+    /// `head_repo` (`owner/name`): a pull request from a fork when that is
+    /// not `fake-owner/fake-repo` (`event.pull_request.head.repo.fork` is
+    /// then true). Sets `event_name`, `event`, `ref`
+    /// (`refs/pull/1/head`), `ref_name`, `head_ref` and `base_ref`.
+    pub fn pull_request(self, head_repo: &str) -> Self {
+        let base_repo = "fake-owner/fake-repo";
+        let fork = head_repo != base_repo;
+        let repo = |full: &str, fork: bool| {
+            let (owner, name) = full.split_once('/').unwrap_or((full, full));
+            json!({
+                "full_name": full,
+                "name": name,
+                "owner": {"login": owner, "username": owner},
+                "fork": fork,
+                "private": false,
+            })
+        };
+        let event = json!({
+            "action": "opened",
+            "number": 1,
+            "pull_request": {
+                "number": 1,
+                "state": "open",
+                "title": "A change",
+                "head": {
+                    "label": "feature",
+                    "ref": "feature",
+                    "sha": "89abcdef0123456789abcdef0123456789abcdef",
+                    "repo": repo(head_repo, fork),
+                },
+                "base": {
+                    "label": "main",
+                    "ref": "main",
+                    "sha": "0123456789abcdef0123456789abcdef01234567",
+                    "repo": repo(base_repo, false),
+                },
+            },
+            "repository": repo(base_repo, false),
+        });
+        self.context("event_name", json!("pull_request"))
+            .context("event", event)
+            .context("ref", json!("refs/pull/1/head"))
+            .context("ref_name", json!("1/head"))
+            .context("head_ref", json!("feature"))
+            .context("base_ref", json!("main"))
+    }
+
+    /// A pull request from the fork `fork-owner/fake-repo`
+    /// ([`FakeJob::pull_request`]).
+    pub fn fork_pull_request(self) -> Self {
+        self.pull_request("fork-owner/fake-repo")
+    }
+
+    /// A `schedule` event (`event_name` `schedule`, `event.schedule` the
+    /// cron line).
+    pub fn schedule(self) -> Self {
+        self.context("event_name", json!("schedule"))
+            .context("event", json!({"schedule": "0 3 * * *"}))
+    }
 }
 
 impl fmt::Debug for FakeJob {
@@ -472,6 +557,8 @@ pub(super) struct State {
     delays: HashMap<String, Duration>,
     /// The artifact and ID-token services (and the signing keys).
     pub(super) services: Services,
+    /// Users and their public SSH keys (the `/api/v1/users/…` routes).
+    pub(super) users: super::users::Users,
 }
 
 /// Longest log row the forge stores; longer rows are cut (spec §3.5).
@@ -589,6 +676,7 @@ impl State {
             faults: Vec::new(),
             delays: HashMap::new(),
             services: Services::new(),
+            users: Default::default(),
         }
     }
 
@@ -1515,6 +1603,11 @@ impl State {
         Ok(proto::UpdateLogResponse {
             ack_index: i64::try_from(task.log_rows).unwrap_or(i64::MAX),
         })
+    }
+
+    /// Records a client mistake seen outside the runner protocol.
+    pub(super) fn add_violation(&mut self, v: String) {
+        self.violation(v);
     }
 
     fn violation(&mut self, v: String) {

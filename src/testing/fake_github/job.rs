@@ -93,6 +93,70 @@ impl FakeGithubJob {
         }
     }
 
+    /// The user behind the run: `github.actor`, `github.actor_id` (a
+    /// string, as GitHub sends it) and `github.triggering_actor` (the
+    /// default is `octocat`, 583231).
+    pub fn actor(self, login: &str, id: u64) -> Self {
+        self.github("actor", login)
+            .github("actor_id", id.to_string())
+            .github("triggering_actor", login)
+    }
+
+    /// `github.triggering_actor` alone (a re-run by someone else).
+    pub fn triggering_actor(self, login: &str) -> Self {
+        self.github("triggering_actor", login)
+    }
+
+    /// A `pull_request` event whose head branch `feature` lives in
+    /// `head_repo` (`owner/name`): from a fork when that is not the job's
+    /// repository (`github.repository`, `octo-org/hello` by default), and
+    /// then `event.pull_request.head.repo.fork` is true. Sets `event_name`,
+    /// `event`, `ref` (`refs/pull/1/merge`), `ref_name`, `head_ref`,
+    /// `base_ref`.
+    pub fn pull_request(self, head_repo: &str) -> Self {
+        let base_repo = self
+            .github
+            .get("repository")
+            .and_then(Value::as_str)
+            .unwrap_or("octo-org/hello")
+            .to_string();
+        let fork = head_repo != base_repo;
+        let repo = |full: &str, fork: bool| {
+            let (owner, name) = full.split_once('/').unwrap_or((full, full));
+            json!({"full_name": full, "name": name, "owner": {"login": owner}, "fork": fork, "private": false})
+        };
+        let event = json!({
+            "action": "opened",
+            "number": 1,
+            "pull_request": {
+                "number": 1,
+                "state": "open",
+                "head": {"ref": "feature", "sha": "89abcdef0123456789abcdef0123456789abcdef",
+                         "label": "feature", "repo": repo(head_repo, fork)},
+                "base": {"ref": "main", "sha": "0123456789abcdef0123456789abcdef01234567",
+                         "label": "main", "repo": repo(&base_repo, false)},
+            },
+            "repository": repo(&base_repo, false),
+        });
+        self.github("event_name", "pull_request")
+            .github("event", event)
+            .github("ref", "refs/pull/1/merge")
+            .github("ref_name", "1/merge")
+            .github("head_ref", "feature")
+            .github("base_ref", "main")
+    }
+
+    /// A pull request from the fork `fork-owner/hello` ([`FakeGithubJob::pull_request`]).
+    pub fn fork_pull_request(self) -> Self {
+        self.pull_request("fork-owner/hello")
+    }
+
+    /// A `schedule` event (`event.schedule` the cron line).
+    pub fn schedule(self) -> Self {
+        self.github("event_name", "schedule")
+            .github("event", json!({"schedule": "0 3 * * *"}))
+    }
+
     /// Sets the job key (and display name unless set).
     pub fn key(mut self, key: &str) -> Self {
         self.key = key.into();
@@ -1081,6 +1145,58 @@ mod tests {
                 image: "alpine:3".into()
             }
         );
+    }
+
+    #[test]
+    fn actor_and_event_reach_the_jobs_github_context() {
+        use crate::forge::github::message::parse_message;
+        use crate::forge::github::translate::{TranslateOptions, translate};
+        let job = FakeGithubJob::new(&["x"])
+            .run("true")
+            .actor("mona", 42)
+            .triggering_actor("hubot")
+            .fork_pull_request();
+        let steps = vec!["s1".to_string()];
+        let ids = MessageIds {
+            plan_id: "p",
+            job_id: "j",
+            timeline_id: "t",
+            step_ids: &steps,
+            job_token: "jt",
+            github_token: "ghs_x",
+            base_url: "http://127.0.0.1:1",
+            run_service_url: "http://127.0.0.1:1/_run/9/",
+            results_url: "http://127.0.0.1:1/_results/",
+            feed_url: "ws://127.0.0.1:1/_ws/ingest.sock",
+            run_id: 5,
+        };
+        let m = job_message(&job, &ids);
+        let msg = parse_message(m.to_string().as_bytes()).unwrap();
+        let t = translate(
+            &msg,
+            &TranslateOptions {
+                max_job_timeout: None,
+            },
+        )
+        .unwrap();
+        let g = &t.spec.github;
+        assert_eq!(g["actor"], "mona");
+        assert_eq!(g["actor_id"], "42");
+        assert_eq!(g["triggering_actor"], "hubot");
+        assert_eq!(g["event_name"], "pull_request");
+        assert_eq!(
+            g["event"]["pull_request"]["head"]["repo"]["full_name"],
+            "fork-owner/hello"
+        );
+        assert_eq!(g["event"]["pull_request"]["head"]["repo"]["fork"], true);
+        assert_eq!(g["repository"], "octo-org/hello");
+        let same = FakeGithubJob::new(&["x"]).pull_request("octo-org/hello");
+        assert_eq!(
+            same.github["event"]["pull_request"]["head"]["repo"]["fork"],
+            false
+        );
+        let sched = FakeGithubJob::new(&["x"]).schedule();
+        assert_eq!(sched.github["event_name"], "schedule");
     }
 
     #[test]

@@ -45,7 +45,9 @@
 //!   `{repos/{o}/{r} | orgs/{o} | enterprises/{e}}/actions/runners`
 //!   (`GET`, paginated), `…/runners/{id}` (`GET`, `DELETE`: 422 while it
 //!   runs a job), `…/runners/generate-jitconfig` (`POST`). Every REST call
-//!   needs a `User-Agent` (403 without, as GitHub).
+//!   needs a `User-Agent` (403 without, as GitHub). Users and their SSH
+//!   keys ([`FakeGithub::add_user`]): `GET users/{login}` and
+//!   `GET users/{login}/keys`, anonymous, rate-limited (see `users.rs`).
 //! - Token exchange: `POST /_apis/oauth2/token/{guid}` (per runner).
 //! - Broker (`serverUrlV2` = `/_broker/`): `session` (`POST`, `DELETE`),
 //!   `message` (long poll), `acknowledge`.
@@ -74,6 +76,7 @@
 mod job;
 mod keys;
 mod state;
+mod users;
 
 use std::collections::HashMap;
 use std::io;
@@ -302,6 +305,26 @@ impl FakeGithub {
     /// Accepts `token` as a REST credential (PAT / fine-grained token).
     pub fn add_token(&self, token: &str) {
         self.with(|s| s.add_rest_token(token));
+    }
+
+    /// Registers a user (or replaces one with the same login, compared
+    /// without case) with GitHub's account number `id` and these public SSH
+    /// keys as OpenSSH lines (the comment is dropped, as GitHub does),
+    /// served on `GET /api/v3/users/{login}` and `…/keys`.
+    pub fn add_user(&self, login: &str, id: u64, keys: &[&str]) {
+        self.with(|s| s.users.add(login, id, keys));
+    }
+
+    /// Deletes a user: its login becomes unknown (404). False if there was none.
+    pub fn remove_user(&self, login: &str) -> bool {
+        self.with(|s| s.users.remove(login))
+    }
+
+    /// Anonymous calls to the user routes allowed before GitHub's 403 "API
+    /// rate limit exceeded" (60 by default, GitHub's hourly limit; the
+    /// count is never reset).
+    pub fn set_anonymous_rate_limit(&self, calls: u32) {
+        self.with(|s| s.users.anonymous_limit = calls);
     }
 
     /// Queues a job; returns its index (for [`FakeGithub::job`]).
@@ -695,6 +718,13 @@ fn rest(
 ) -> Reply {
     let p = path.trim_start_matches("/api/v3/");
     let segs: Vec<&str> = p.split('/').collect();
+    let base = s.base.clone();
+    if let Some((reply, violation)) = s.users.handle(method, &segs, query, auth, &base) {
+        if let Some(v) = violation {
+            s.violations.push(v);
+        }
+        return reply;
+    }
     if let ["app", "installations", id, "access_tokens"] = segs.as_slice() {
         if method != Method::POST {
             return Reply::empty(404);

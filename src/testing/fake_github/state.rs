@@ -297,6 +297,8 @@ pub(crate) struct State {
     pub blobs: HashMap<String, Blob>,
     pub violations: Vec<String>,
     pub requests: Vec<RequestRecord>,
+    /// Users and their public SSH keys (`/api/v3/users/…`).
+    pub users: super::users::Users,
     /// The one runner key of [`FakeGithubOptions::shared_runner_key`].
     shared_key: Option<FakeRsaKey>,
 }
@@ -500,6 +502,7 @@ impl State {
             blobs: HashMap::new(),
             violations: Vec::new(),
             requests: Vec::new(),
+            users: Default::default(),
         }
     }
 
