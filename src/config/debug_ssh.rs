@@ -72,9 +72,7 @@ pub(crate) fn host(
                 Some("debug_ssh.listen".to_owned()),
                 ErrorKind::MissingKey,
                 "the debug SSH gateway has no `listen` address".to_owned(),
-                Some(format!(
-                    "add `listen = {LISTEN_EXAMPLE}` to [debug_ssh], or remove the section to turn debug SSH off"
-                )),
+                Some("add `listen = \"0.0.0.0:2222\"` (or \"[::]:2222\" for IPv6 as well) to [debug_ssh], or remove the section to turn debug SSH off".to_owned()),
             );
             None
         }
@@ -292,9 +290,7 @@ pub(crate) fn forge(
             Some(key("enabled")),
             ErrorKind::MissingKey,
             "debug SSH is enabled for this forge, but the host has no [debug_ssh] section, so no gateway would let anyone in".to_owned(),
-            Some(format!(
-                "add a [debug_ssh] section with at least `listen = {LISTEN_EXAMPLE}` (docs/debug-ssh.md), or set `enabled = false`"
-            )),
+            Some("add a [debug_ssh] section with at least `listen = \"0.0.0.0:2222\"` (docs/debug-ssh.md), or set `enabled = false`".to_owned()),
         );
     }
     let repositories = d
@@ -322,7 +318,12 @@ pub(crate) fn forge(
             list.get_ref().iter().map(|e| e.get_ref().clone()).collect()
         })
         .unwrap_or_default();
-    let host_max = i64::try_from(host_ttl.as_secs()).unwrap_or(raw::DEBUG_TTL_SECS.max);
+    // A bad host window was reported (and reads as 0): check against the
+    // maximum rather than report every forge's window too.
+    let host_max = match i64::try_from(host_ttl.as_secs()) {
+        Ok(0) | Err(_) => raw::DEBUG_TTL_SECS.max,
+        Ok(n) => n,
+    };
     ForgeDebugSsh {
         enabled,
         repositories,

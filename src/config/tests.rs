@@ -1713,7 +1713,7 @@ fn enabling_debug_ssh_needs_the_host_section() {
     assert_eq!(at(&e), (7, 11));
     assert_eq!(
         e.to_string(),
-        "/etc/solstice/solstice.toml:7:11: forges.f.debug_ssh.enabled: debug SSH is enabled for this forge, but the host has no [debug_ssh] section, so no gateway would let anyone in; add a [debug_ssh] section with at least `listen = \"0.0.0.0:2222\" (every IPv4 address) or \"[::]:2222\"` (docs/debug-ssh.md), or set `enabled = false`"
+        "/etc/solstice/solstice.toml:7:11: forges.f.debug_ssh.enabled: debug SSH is enabled for this forge, but the host has no [debug_ssh] section, so no gateway would let anyone in; add a [debug_ssh] section with at least `listen = \"0.0.0.0:2222\"` (docs/debug-ssh.md), or set `enabled = false`"
     );
     // Settings without `enabled = true` need no gateway.
     let c = ok(&debug_text(
@@ -1921,6 +1921,9 @@ fn a_forge_window_is_not_longer_than_the_hosts() {
     );
     let e = one(&text("", 0));
     assert_eq!(e.message, "0 is too small");
+    // A bad host window is one error, not one per forge too.
+    let e = one(&text("ttl_secs = 7200\n", 900));
+    assert_eq!(e.key.as_deref(), Some("debug_ssh.ttl_secs"));
 }
 
 #[test]
