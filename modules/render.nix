@@ -43,6 +43,22 @@ let
     };
   };
 
+  # `forges.<name>.debugSsh` -> `[forges.<name>.debug_ssh]`; null (unset)
+  # leaves the table out.
+  debugSsh =
+    d:
+    if d == null then
+      null
+    else
+      {
+        enabled = get d "enabled";
+        repositories = get d "repositories";
+        events = get d "events";
+        fork_pull_requests = get d "forkPullRequests";
+        with_secrets = get d "withSecrets";
+        ttl_secs = get d "ttlSecs";
+      };
+
   forge =
     name: f:
     let
@@ -61,6 +77,7 @@ let
       runner_group_id = get f "runnerGroupId";
       api_url = get f "apiUrl";
       runner_version = get f "runnerVersion";
+      debug_ssh = debugSsh (get f "debugSsh");
     }
     # A GitHub App's ids are not secret; its key is a credential file.
     // (

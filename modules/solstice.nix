@@ -107,6 +107,21 @@ let
     };
   };
 
+  forgeDebugSshModule = {
+    options = {
+      enabled = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether this forge's failed jobs that ask for it (`SOLSTICE_DEBUG_SSH: true`) may keep their VM; needs `settings.debug_ssh`.";
+      };
+      repositories = nullOption (types.listOf types.str) "Repositories whose jobs may be kept: `owner/name` or `owner/*`. Default (null): every repository.";
+      events = nullOption (types.listOf types.str) "Events whose failed jobs may be kept, e.g. `[ \"push\" \"workflow_dispatch\" ]`; never `schedule`. Default (null): every event but `schedule`.";
+      forkPullRequests = nullOption types.bool "Whether jobs of pull requests from forks may be kept too. Default (null): false.";
+      withSecrets = nullOption types.bool "Whether jobs that received secrets (other than the job token) may be kept. Default (null): false.";
+      ttlSecs = nullOption (types.ints.between 1 1800) "A shorter window for this forge than `settings.debug_ssh.ttl_secs`, in seconds. Default (null): the host's.";
+    };
+  };
+
   forgeModule =
     { name, ... }:
     {
@@ -180,6 +195,22 @@ let
         runnerName = nullOption types.str "Runner name shown in this forge's UI (GitHub: the start of each runner's name). Default (null): `settings.daemon.runner_name`.";
         fetchIntervalSecs = nullOption (types.ints.between 1 3600) "Seconds between task polls (Codeberg asks for at least 30); GitHub: between checks for free slots. Default (null): 2 (GitHub: 1).";
         fetchTimeoutSecs = nullOption (types.ints.between 1 600) "Forgejo only: deadline of one poll in seconds. Default (null): 30.";
+        debugSsh = mkOption {
+          type = nullOr (types.submodule forgeDebugSshModule);
+          default = null;
+          example = literalExpression ''
+            {
+              enabled = true;
+              repositories = [ "example-org/*" ];
+              events = [ "push" "workflow_dispatch" ];
+            }
+          '';
+          description = ''
+            Which of this forge's failed jobs may keep their VM for debug SSH
+            (`[forges.${name}.debug_ssh]`, docs/debug-ssh.md). `enabled = true`
+            needs `settings.debug_ssh`. Default (null): none.
+          '';
+        };
       };
     };
 
@@ -287,6 +318,21 @@ let
     else
       unchecked;
 
+  # The debug SSH gateway's port, or null without a gateway.
+  debugPort =
+    if cfg.settings.debug_ssh == null then
+      null
+    else
+      import ./listen-port.nix cfg.settings.debug_ssh.listen;
+
+  # Ports below this need CAP_NET_BIND_SERVICE (the sysctl may be an
+  # integer or a string).
+  unprivilegedPortStart =
+    let
+      v = config.boot.kernel.sysctl."net.ipv4.ip_unprivileged_port_start" or 1024;
+    in
+    if builtins.isString v then lib.toInt v else v;
+
   # LoadCredential entries and the assertions on credentials and kinds.
   credentials = import ./credentials.nix { inherit (cfg) forges; };
 in
@@ -362,6 +408,38 @@ in
               };
             };
           };
+          debug_ssh = mkOption {
+            default = null;
+            example = literalExpression ''
+              {
+                listen = "0.0.0.0:2222";
+                public_host = "ci.example.org";
+              }
+            '';
+            description = ''
+              The `[debug_ssh]` table: the gateway through which the person who
+              started a failed job logs into its kept VM (docs/debug-ssh.md).
+              Null (the default): no gateway, and no forge may keep a VM.
+              `debugSsh.openFirewall` opens its port.
+            '';
+            type = nullOr (
+              types.submodule {
+                freeformType = toml.type;
+                options = {
+                  listen = mkOption {
+                    type = types.strMatching ".*:[0-9]+";
+                    example = "0.0.0.0:2222";
+                    description = "Where the gateway listens: `address:port`, a port from 1024 up (the service may not bind lower ports).";
+                  };
+                  public_host = nullOption types.str "The host users connect to, printed in the job log. Default (null): this host's name.";
+                  public_port = nullOption types.port "The port printed in the job log, when a port forward changes it. Default (null): the port of `listen`.";
+                  ttl_secs = nullOption (types.ints.between 1 1800) "Seconds a failed job's VM is kept, never renewed. Default (null): 1800, the maximum.";
+                  max_held = nullOption (types.ints.between 1 1024) "VMs kept for debugging at once; each still takes a job slot. Default (null): 1.";
+                  idle_timeout_secs = nullOption (types.ints.between 1 86400) "Seconds without traffic before a session is closed. Default (null): 600.";
+                };
+              }
+            );
+          };
         };
       };
     };
@@ -385,6 +463,18 @@ in
       default = { };
       example = literalExpression (lib.generators.toPretty { } example.images);
       description = "Base images jobs run on, by name (`[a-z0-9][a-z0-9._-]*`).";
+    };
+
+    debugSsh = {
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Open the debug SSH gateway's port (the port of
+          `settings.debug_ssh.listen`) in the firewall, for TCP from anywhere.
+          Needs `settings.debug_ssh`.
+        '';
+      };
     };
 
     configFile = mkOption {
@@ -422,10 +512,20 @@ in
           message = "services.solstice: declare at least one image in services.solstice.images.";
         }
         {
+          assertion = !cfg.debugSsh.openFirewall || cfg.settings.debug_ssh != null;
+          message = "services.solstice.debugSsh.openFirewall: there is no gateway to open; set services.solstice.settings.debug_ssh.listen (e.g. \"0.0.0.0:2222\").";
+        }
+        {
           assertion = cfg.forges != { } || (cfg.settings.forges or { }) != { };
           message = "services.solstice: declare at least one forge in services.solstice.forges (`solstice run` serves forges).";
         }
       ];
+
+    # The service has no capabilities: a port below the kernel's
+    # unprivileged start (1024 unless lowered) cannot be bound.
+    warnings =
+      lib.optional (debugPort != null && debugPort != 0 && debugPort < unprivilegedPortStart)
+        "services.solstice.settings.debug_ssh.listen: port ${toString debugPort} is below ${toString unprivilegedPortStart}, which the service (it has no capabilities) cannot bind, so `solstice run` would fail at start; listen on a port such as 2222, and forward port ${toString debugPort} to it with public_port = ${toString debugPort} if users must see that one.";
 
     users.users.solstice = {
       isSystemUser = true;
@@ -436,6 +536,10 @@ in
     users.groups.solstice = { };
 
     environment.systemPackages = [ cfg.package ];
+
+    networking.firewall.allowedTCPPorts = lib.optional (
+      cfg.debugSsh.openFirewall && debugPort != null
+    ) debugPort;
     environment.etc."solstice/solstice.toml".source = configFile;
 
     systemd.services.solstice = {

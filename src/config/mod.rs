@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod cidr;
+mod debug_ssh;
 mod error;
 mod github;
 mod parse;
@@ -606,7 +607,8 @@ pub fn check_config_with(path: &Path, opts: &ParseOptions) -> Result<String, Con
 }
 
 /// Every key the file accepts, as dotted paths (`daemon.state_dir`,
-/// `images.<name>.memory_mib`), read from the raw structs. Used by tests to
+/// `images.<name>.memory_mib`, `forges.<name>.debug_ssh.enabled`), read
+/// from the raw structs, in the order of the reference's sections. Used by tests to
 /// keep the reference doc and the example in step with the code.
 pub fn known_keys() -> Vec<String> {
     let mut keys = Vec::new();
@@ -615,10 +617,22 @@ pub fn known_keys() -> Vec<String> {
         (raw::names_of::<raw::RawQemu>(), "qemu."),
         (raw::names_of::<raw::RawImage>(), "images.<name>."),
         (raw::names_of::<raw::RawForge>(), "forges.<name>."),
+        (
+            raw::names_of::<raw::RawForgeDebugSsh>(),
+            "forges.<name>.debug_ssh.",
+        ),
         (raw::names_of::<raw::RawActions>(), "actions."),
         (raw::names_of::<raw::RawCache>(), "cache."),
+        (raw::names_of::<raw::RawDebugSsh>(), "debug_ssh."),
     ] {
-        keys.extend(section.iter().map(|k| format!("{prefix}{k}")));
+        // A sub-table is a section of its own, not a key.
+        let tables = ["forges.<name>.debug_ssh"];
+        keys.extend(
+            section
+                .iter()
+                .map(|k| format!("{prefix}{k}"))
+                .filter(|k| !tables.contains(&k.as_str())),
+        );
     }
     keys
 }

@@ -14,12 +14,13 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::{ErrorKind, Position};
 use super::raw::{
-    RawActions, RawCache, RawConfig, RawDaemon, RawForge, RawImage, RawQemu, names_of,
+    RawActions, RawCache, RawConfig, RawDaemon, RawDebugSsh, RawForge, RawForgeDebugSsh, RawImage,
+    RawQemu, names_of,
 };
 use super::validate::Ctx;
 
 /// The sections of the file, as (how a section is named in messages, its keys).
-pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 7] {
+pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 9] {
     [
         ("the top level", names_of::<RawConfig>()),
         ("[daemon]", names_of::<RawDaemon>()),
@@ -28,6 +29,8 @@ pub(crate) fn sections() -> [(&'static str, &'static [&'static str]); 7] {
         ("[forges.<name>]", names_of::<RawForge>()),
         ("[actions]", names_of::<RawActions>()),
         ("[cache]", names_of::<RawCache>()),
+        ("[debug_ssh]", names_of::<RawDebugSsh>()),
+        ("[forges.<name>.debug_ssh]", names_of::<RawForgeDebugSsh>()),
     ]
 }
 
@@ -114,7 +117,17 @@ fn first_line(s: &str) -> String {
 
 /// Report and drop every key that its section does not know.
 fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
-    let [top, daemon, qemu, image, forge, actions, cache] = sections();
+    let [
+        top,
+        daemon,
+        qemu,
+        image,
+        forge,
+        actions,
+        cache,
+        debug,
+        forge_debug,
+    ] = sections();
     check_table(root, "", top.1, 0, ctx);
     if let Some(DeValue::Table(t)) = root.get_mut("daemon").map(|v| v.get_mut()) {
         check_table(t, "daemon.", daemon.1, 1, ctx);
@@ -127,6 +140,9 @@ fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
     }
     if let Some(DeValue::Table(t)) = root.get_mut("cache").map(|v| v.get_mut()) {
         check_table(t, "cache.", cache.1, 6, ctx);
+    }
+    if let Some(DeValue::Table(t)) = root.get_mut("debug_ssh").map(|v| v.get_mut()) {
+        check_table(t, "debug_ssh.", debug.1, 7, ctx);
     }
     if let Some(DeValue::Table(images)) = root.get_mut("images").map(|v| v.get_mut()) {
         for (name, value) in images.iter_mut() {
@@ -141,6 +157,9 @@ fn remove_unknown_keys(root: &mut DeTable<'_>, ctx: &mut Ctx<'_>) {
             if let DeValue::Table(t) = value.get_mut() {
                 let prefix = format!("forges.{}.", name.get_ref());
                 check_table(t, &prefix, forge.1, 4, ctx);
+                if let Some(DeValue::Table(d)) = t.get_mut("debug_ssh").map(|v| v.get_mut()) {
+                    check_table(d, &format!("{prefix}debug_ssh."), forge_debug.1, 8, ctx);
+                }
             }
         }
     }
@@ -174,10 +193,31 @@ fn check_table(
 /// The fix for an unknown key: the closest known key of its section, or the
 /// section the key belongs to, or the list of known keys.
 pub(crate) fn unknown_key_fix(key: &str, known: &[&str], section: usize) -> String {
-    for (i, (name, keys)) in sections().iter().enumerate() {
-        if i != section && keys.contains(&key) {
-            return format!("\"{key}\" belongs in {name}; move it there");
-        }
+    let all = sections();
+    let here = all.get(section).map_or("", |s| s.0);
+    // Where else the key is known; of several (`enabled` is in [cache] and
+    // [forges.<name>.debug_ssh]), the section related to this one.
+    let homes: Vec<&str> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, keys))| *i != section && keys.contains(&key))
+        .map(|(_, (name, _))| *name)
+        .collect();
+    // `[forges.<name>.debug_ssh]` → ["forges", "debug_ssh"].
+    let parts = |s: &'static str| -> Vec<&'static str> {
+        s.trim_matches(['[', ']'])
+            .split('.')
+            .filter(|p| *p != "<name>")
+            .collect()
+    };
+    let related = |name: &'static str| parts(here).iter().any(|p| parts(name).contains(p));
+    if let Some(name) = homes
+        .iter()
+        .copied()
+        .find(|n| related(n))
+        .or(homes.first().copied())
+    {
+        return format!("\"{key}\" belongs in {name}; move it there");
     }
     if let Some(best) = closest(key, known) {
         return format!("did you mean \"{best}\"?");

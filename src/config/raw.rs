@@ -55,6 +55,10 @@ pub struct RawConfig {
     /// saves to and restores from.
     #[serde(default)]
     pub cache: RawCache,
+    /// `[debug_ssh]`: the gateway through which users log into the VMs of
+    /// failed jobs kept for debugging. Absent: no gateway, and no forge
+    /// may keep a VM. See `docs/debug-ssh.md`.
+    pub debug_ssh: Option<Spanned<RawDebugSsh>>,
 }
 
 /// Default of `daemon.state_dir`.
@@ -416,6 +420,102 @@ pub struct RawForge {
     /// Forgejo: deadline of one poll in seconds (`Connect-Timeout-Ms`).
     /// Default: [`DEFAULT_FETCH_TIMEOUT_SECS`]; range: [`FETCH_TIMEOUT_SECS`].
     pub fetch_timeout_secs: Option<Spanned<i64>>,
+    /// `[forges.<name>.debug_ssh]`: which of this forge's failed jobs may
+    /// keep their VM for debug SSH. Default: none.
+    pub debug_ssh: Option<Spanned<RawForgeDebugSsh>>,
+}
+
+/// Default and largest `debug_ssh.ttl_secs` (and
+/// `forges.<name>.debug_ssh.ttl_secs`): 30 minutes, never renewed.
+pub const DEFAULT_DEBUG_TTL_SECS: i64 = 1800;
+/// Allowed range of `debug_ssh.ttl_secs` and
+/// `forges.<name>.debug_ssh.ttl_secs`.
+pub const DEBUG_TTL_SECS: Limit = Limit {
+    min: 1,
+    max: DEFAULT_DEBUG_TTL_SECS,
+    unit: "seconds",
+};
+/// Default of `debug_ssh.max_held`.
+pub const DEFAULT_DEBUG_MAX_HELD: i64 = 1;
+/// Allowed range of `debug_ssh.max_held`.
+pub const DEBUG_MAX_HELD: Limit = Limit {
+    min: 1,
+    max: 1024,
+    unit: "VMs",
+};
+/// Default of `debug_ssh.idle_timeout_secs`.
+pub const DEFAULT_DEBUG_IDLE_TIMEOUT_SECS: i64 = 600;
+/// Allowed range of `debug_ssh.idle_timeout_secs`.
+pub const DEBUG_IDLE_TIMEOUT_SECS: Limit = Limit {
+    min: 1,
+    max: 86400,
+    unit: "seconds",
+};
+/// Allowed range of `debug_ssh.public_port`.
+pub const DEBUG_PUBLIC_PORT: Limit = Limit {
+    min: 1,
+    max: 65535,
+    unit: "a TCP port",
+};
+
+/// `[debug_ssh]`: the host's debug SSH gateway. Users log in with
+/// `ssh -t -p <public_port> debug@<public_host> connect <job id>`, with a
+/// key the job's forge publishes for the person who triggered the job.
+/// Nothing is kept unless a forge also has `debug_ssh.enabled = true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDebugSsh {
+    /// Where the gateway listens: `"host:port"`, e.g. `"0.0.0.0:2222"` or
+    /// `"[::]:2222"`. Required in the section.
+    pub listen: Option<Spanned<String>>,
+    /// The host name (or address) users connect to, printed in the job
+    /// log. Default: this host's name (`gethostname`).
+    pub public_host: Option<Spanned<String>>,
+    /// The port printed in the job log, when users reach the gateway on
+    /// another port than it listens on (a port forward). Default: the port
+    /// of `listen`; range: [`DEBUG_PUBLIC_PORT`].
+    pub public_port: Option<Spanned<i64>>,
+    /// Seconds a failed job's VM is kept, counted from when the window
+    /// opens, never renewed. Default and maximum:
+    /// [`DEFAULT_DEBUG_TTL_SECS`]; range: [`DEBUG_TTL_SECS`].
+    pub ttl_secs: Option<Spanned<i64>>,
+    /// VMs kept for debugging at once on this host; each still counts
+    /// against `daemon.max_concurrent_jobs` and its image's limit. Default:
+    /// [`DEFAULT_DEBUG_MAX_HELD`]; range: [`DEBUG_MAX_HELD`].
+    pub max_held: Option<Spanned<i64>>,
+    /// Seconds without traffic after which a session is closed (the VM
+    /// stays until its time is up). Default:
+    /// [`DEFAULT_DEBUG_IDLE_TIMEOUT_SECS`]; range: [`DEBUG_IDLE_TIMEOUT_SECS`].
+    pub idle_timeout_secs: Option<Spanned<i64>>,
+}
+
+/// `[forges.<name>.debug_ssh]`: which failed jobs of this forge may keep
+/// their VM. A job must also ask (`SOLSTICE_DEBUG_SSH: true` in its
+/// workflow's or its own `env:`); schedule events and `[bot]` actors are
+/// never held.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForgeDebugSsh {
+    /// Whether this forge's failed jobs may be kept at all; needs the
+    /// host's `[debug_ssh]`. Default: `false`.
+    pub enabled: Option<Spanned<bool>>,
+    /// Repositories whose jobs may be kept: `"owner/name"` or `"owner/*"`.
+    /// Default: every repository of the forge.
+    pub repositories: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Events whose failed jobs may be kept, e.g. `["push",
+    /// "workflow_dispatch"]`. `schedule` is never kept. Default: every
+    /// event but `schedule`.
+    pub events: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Whether jobs of pull requests from forks may be kept too (their code
+    /// comes from outside the repository). Default: `false`.
+    pub fork_pull_requests: Option<Spanned<bool>>,
+    /// Whether jobs that received secrets (other than the job token) may
+    /// be kept. Default: `false`.
+    pub with_secrets: Option<Spanned<bool>>,
+    /// A shorter window than the host's `debug_ssh.ttl_secs` for this
+    /// forge's jobs, in seconds. Default: the host's; range: 1 to the
+    /// host's `ttl_secs`.
+    pub ttl_secs: Option<Spanned<i64>>,
 }
 
 /// Default of `actions.default_url`.

@@ -619,7 +619,11 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"daemon.state_dir".to_owned()));
     assert!(keys.contains(&"qemu.uefi_vars".to_owned()));
     assert!(keys.contains(&"images.<name>.readiness_probe_interval_secs".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 21 + 16 + 3 + 3);
+    assert!(keys.contains(&"forges.<name>.debug_ssh.repositories".to_owned()));
+    assert!(keys.contains(&"debug_ssh.listen".to_owned()));
+    // The sub-table is a section, not a key.
+    assert!(!keys.contains(&"forges.<name>.debug_ssh".to_owned()));
+    assert_eq!(keys.len(), 6 + 5 + 21 + 16 + 6 + 3 + 3 + 6);
 }
 
 #[test]
@@ -1624,4 +1628,498 @@ fn a_registry_mirror_on_a_metadata_seed_image_is_a_warning() {
     let w = &c.warnings[0];
     assert_eq!(w.key.as_deref(), Some("images.a.registry_mirror"));
     assert!(w.message.contains("NoCloud"), "{}", w.message);
+}
+
+// ------------------------------------------------------------- debug SSH
+
+const DEBUG_FORGE: &str = "[forges.f]\nurl = \"https://f.example\"\nrunner_file = \"/r\"\n";
+
+/// `TINY`, a forge `f` with `[forges.f.debug_ssh]` = `forge_debug`, and
+/// `[debug_ssh]` = `host` (no section when `None`).
+fn debug_text(host: Option<&str>, forge_debug: &str) -> String {
+    let host = host.map_or(String::new(), |h| format!("[debug_ssh]\n{h}"));
+    format!("{TINY}{DEBUG_FORGE}[forges.f.debug_ssh]\n{forge_debug}{host}")
+}
+
+#[test]
+fn debug_ssh_is_off_without_the_sections() {
+    let c = ok(&format!("{TINY}{DEBUG_FORGE}"));
+    assert_eq!(c.debug_ssh, None);
+    assert_eq!(c.forges["f"].debug_ssh, ForgeDebugSsh::default());
+    assert!(!c.forges["f"].debug_ssh.enabled);
+}
+
+#[test]
+fn debug_ssh_defaults() {
+    let c = ok(&debug_text(
+        Some("listen = \"0.0.0.0:2222\"\n"),
+        "enabled = true\n",
+    ));
+    let d = c.debug_ssh.unwrap();
+    assert_eq!(d.listen, "0.0.0.0:2222".parse().unwrap());
+    assert_eq!(Some(d.public_host), validate::host_name());
+    assert_eq!(d.public_port, 2222);
+    assert_eq!(d.ttl, DEBUG_SSH_MAX_TTL);
+    assert_eq!(d.ttl, Duration::from_secs(1800));
+    assert_eq!(d.max_held, 1);
+    assert_eq!(d.idle_timeout, Duration::from_secs(600));
+    assert_eq!(
+        c.forges["f"].debug_ssh,
+        ForgeDebugSsh {
+            enabled: true,
+            ..ForgeDebugSsh::default()
+        }
+    );
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+}
+
+#[test]
+fn every_debug_ssh_key_is_read() {
+    let c = ok(&debug_text(
+        Some(
+            "listen = \"[::]:2222\"\npublic_host = \"ci.example.org\"\npublic_port = 22\nttl_secs = 900\nmax_held = 1\nidle_timeout_secs = 120\n",
+        ),
+        "enabled = true\nrepositories = [\"acme/widgets\", \"tools/*\"]\nevents = [\"push\", \"workflow_dispatch\"]\nfork_pull_requests = true\nwith_secrets = true\nttl_secs = 300\n",
+    ));
+    assert_eq!(
+        c.debug_ssh,
+        Some(DebugSshConfig {
+            listen: "[::]:2222".parse().unwrap(),
+            public_host: "ci.example.org".to_owned(),
+            public_port: 22,
+            ttl: Duration::from_secs(900),
+            max_held: 1,
+            idle_timeout: Duration::from_secs(120),
+        })
+    );
+    assert_eq!(
+        c.forges["f"].debug_ssh,
+        ForgeDebugSsh {
+            enabled: true,
+            repositories: vec!["acme/widgets".to_owned(), "tools/*".to_owned()],
+            events: vec!["push".to_owned(), "workflow_dispatch".to_owned()],
+            fork_pull_requests: true,
+            with_secrets: true,
+            ttl: Some(Duration::from_secs(300)),
+        }
+    );
+}
+
+#[test]
+fn enabling_debug_ssh_needs_the_host_section() {
+    let e = one(&debug_text(None, "enabled = true\n"));
+    assert_eq!(e.key.as_deref(), Some("forges.f.debug_ssh.enabled"));
+    assert_eq!(e.kind, ErrorKind::MissingKey);
+    assert_eq!(at(&e), (7, 11));
+    assert_eq!(
+        e.to_string(),
+        "/etc/solstice/solstice.toml:7:11: forges.f.debug_ssh.enabled: debug SSH is enabled for this forge, but the host has no [debug_ssh] section, so no gateway would let anyone in; add a [debug_ssh] section with at least `listen = \"0.0.0.0:2222\"` (docs/debug-ssh.md), or set `enabled = false`"
+    );
+    // Settings without `enabled = true` need no gateway.
+    let c = ok(&debug_text(
+        None,
+        "enabled = false\nrepositories = [\"a/b\"]\n",
+    ));
+    assert!(!c.forges["f"].debug_ssh.enabled);
+    assert_eq!(c.forges["f"].debug_ssh.repositories, ["a/b"]);
+}
+
+#[test]
+fn the_gateway_needs_a_fixed_listen_address() {
+    let e = one(&debug_text(
+        Some("public_host = \"h\"\n"),
+        "enabled = true\n",
+    ));
+    assert_eq!(e.key.as_deref(), Some("debug_ssh.listen"));
+    assert_eq!(e.kind, ErrorKind::MissingKey);
+    assert!(
+        e.fix
+            .as_deref()
+            .unwrap()
+            .starts_with("add `listen = \"0.0.0.0:2222\""),
+        "{e}"
+    );
+    for (listen, message) in [
+        ("2222", "\"2222\" is a port without an address"),
+        ("0.0.0.0:0", "\"0.0.0.0:0\" has port 0"),
+        (
+            "ci.example.org:2222",
+            "\"ci.example.org:2222\" is not an IP address with a port",
+        ),
+        ("0.0.0.0", "\"0.0.0.0\" is not an IP address with a port"),
+    ] {
+        let e = one(&debug_text(
+            Some(&format!("listen = \"{listen}\"\n")),
+            "enabled = true\n",
+        ));
+        assert_eq!(e.key.as_deref(), Some("debug_ssh.listen"), "{listen}");
+        assert!(e.message.starts_with(message), "{e}");
+    }
+    let e = one(&debug_text(Some("listen = \"2222\"\n"), ""));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some(
+            "write the address to listen on as well, e.g. \"0.0.0.0:2222\" (every IPv4 address) or \"[::]:2222\""
+        )
+    );
+}
+
+#[test]
+fn the_public_host_is_a_name_or_an_address() {
+    let host = |h: &str| {
+        debug_text(
+            Some(&format!("listen = \"0.0.0.0:2222\"\npublic_host = {h:?}\n")),
+            "enabled = true\n",
+        )
+    };
+    for good in [
+        "ci.example.org",
+        "ci",
+        "ci.example.org.",
+        "192.0.2.7",
+        "2001:db8::7",
+        "build_1.lan",
+    ] {
+        assert_eq!(ok(&host(good)).debug_ssh.unwrap().public_host, good);
+    }
+    for (bad, message, fix) in [
+        (
+            "",
+            "the public host is empty",
+            "write the name users reach this host by",
+        ),
+        (
+            " ci.example.org",
+            "\" ci.example.org\" has spaces around it",
+            "write \"ci.example.org\"",
+        ),
+        (
+            "[2001:db8::7]",
+            "\"[2001:db8::7]\" has brackets",
+            "write \"2001:db8::7\"",
+        ),
+        (
+            "debug@ci.example.org",
+            "\"debug@ci.example.org\" is not a host name or an IP address",
+            "write a name",
+        ),
+        (
+            "ci.example.org:2222",
+            "\"ci.example.org:2222\" is not a host name",
+            "write a name",
+        ),
+        (
+            "https://ci.example.org",
+            "\"https://ci.example.org\" is not a host name",
+            "write a name",
+        ),
+    ] {
+        let e = one(&host(bad));
+        assert_eq!(e.key.as_deref(), Some("debug_ssh.public_host"), "{bad}");
+        assert!(e.message.starts_with(message), "{e}");
+        assert!(e.fix.as_deref().unwrap().starts_with(fix), "{e}");
+    }
+}
+
+#[test]
+fn debug_ssh_numbers_have_ranges() {
+    let host = |k: &str| {
+        debug_text(
+            Some(&format!(
+                "listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\n{k}\n"
+            )),
+            "enabled = true\n",
+        )
+    };
+    for (k, key, fix) in [
+        (
+            "ttl_secs = 0",
+            "debug_ssh.ttl_secs",
+            "use a value from 1 to 1800 (seconds)",
+        ),
+        (
+            "max_held = 0",
+            "debug_ssh.max_held",
+            "use a value from 1 to 1024 (VMs)",
+        ),
+        (
+            "idle_timeout_secs = 0",
+            "debug_ssh.idle_timeout_secs",
+            "use a value from 1 to 86400 (seconds)",
+        ),
+        (
+            "public_port = 0",
+            "debug_ssh.public_port",
+            "use a value from 1 to 65535 (a TCP port)",
+        ),
+        (
+            "public_port = 65536",
+            "debug_ssh.public_port",
+            "use a value from 1 to 65535 (a TCP port)",
+        ),
+    ] {
+        let e = one(&host(k));
+        assert_eq!(e.kind, ErrorKind::OutOfRange, "{k}");
+        assert_eq!(
+            (e.key.as_deref(), e.fix.as_deref()),
+            (Some(key), Some(fix)),
+            "{k}"
+        );
+    }
+    // Above 30 minutes: ADR-003's maximum, said so.
+    let e = one(&host("ttl_secs = 3600"));
+    assert_eq!(e.key.as_deref(), Some("debug_ssh.ttl_secs"));
+    assert_eq!(
+        e.message,
+        "3600 is too large: a failed job's VM is kept at most 1800 seconds (30 minutes), counted from when the window opens and never renewed"
+    );
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("use a value from 1 to 1800 (seconds), or remove the key for the maximum")
+    );
+    assert_eq!(
+        ok(&host("ttl_secs = 1")).debug_ssh.unwrap().ttl,
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
+fn a_forge_window_is_not_longer_than_the_hosts() {
+    let text = |host_ttl: &str, forge_ttl: u32| {
+        debug_text(
+            Some(&format!(
+                "listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\n{host_ttl}"
+            )),
+            &format!("enabled = true\nttl_secs = {forge_ttl}\n"),
+        )
+    };
+    let e = one(&text("ttl_secs = 600\n", 900));
+    assert_eq!(e.key.as_deref(), Some("forges.f.debug_ssh.ttl_secs"));
+    assert_eq!(e.kind, ErrorKind::OutOfRange);
+    assert_eq!(
+        e.message,
+        "900 is longer than the host's window (`debug_ssh.ttl_secs` = 600), which bounds every forge's"
+    );
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("use a value from 1 to 600 (seconds), or raise `debug_ssh.ttl_secs`")
+    );
+    assert_eq!(
+        ok(&text("ttl_secs = 600\n", 600)).forges["f"].debug_ssh.ttl,
+        Some(Duration::from_secs(600))
+    );
+    // Against the default host window, and the absolute maximum.
+    assert_eq!(
+        ok(&text("", 1800)).forges["f"].debug_ssh.ttl,
+        Some(Duration::from_secs(1800))
+    );
+    let e = one(&text("", 1801));
+    assert!(
+        e.message
+            .starts_with("1801 is too large: a failed job's VM is kept at most 1800 seconds"),
+        "{e}"
+    );
+    let e = one(&text("", 0));
+    assert_eq!(e.message, "0 is too small");
+    // A bad host window is one error, not one per forge too.
+    let e = one(&text("ttl_secs = 7200\n", 900));
+    assert_eq!(e.key.as_deref(), Some("debug_ssh.ttl_secs"));
+}
+
+#[test]
+fn repository_patterns_are_owner_slash_name_or_owner_slash_star() {
+    let text = |r: &str| {
+        debug_text(
+            Some("listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\n"),
+            &format!("enabled = true\nrepositories = [{r}]\n"),
+        )
+    };
+    let c = ok(&text(
+        "\"acme/widgets\", \"acme/*\", \"Some.User/repo_1.rs\"",
+    ));
+    assert_eq!(
+        c.forges["f"].debug_ssh.repositories,
+        ["acme/widgets", "acme/*", "Some.User/repo_1.rs"]
+    );
+    for (bad, fix) in [
+        (
+            "acme",
+            "write \"acme/*\" for every repository of acme, or \"acme/<name>\" for one",
+        ),
+        (
+            "*/*",
+            "write \"owner/name\" for one repository or \"owner/*\"",
+        ),
+        ("acme/wid*", "write \"owner/name\""),
+        ("acme/a/b", "write \"owner/name\""),
+        ("/widgets", "write \"owner/name\""),
+        ("acme/", "write \"owner/name\""),
+        ("acme/ widgets", "write \"owner/name\""),
+        ("", "write \"owner/name\""),
+    ] {
+        let e = one(&text(&format!("{bad:?}")));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("forges.f.debug_ssh.repositories"),
+            "{bad}"
+        );
+        assert_eq!(e.message, format!("\"{bad}\" is not a repository pattern"));
+        assert!(e.fix.as_deref().unwrap().starts_with(fix), "{bad}: {e}");
+    }
+    let e = one(&text(""));
+    assert_eq!(
+        e.message,
+        "the repository list is empty; an absent key means every repository, so an empty list is ambiguous"
+    );
+}
+
+#[test]
+fn event_names_schedule_is_refused_unknown_ones_are_a_warning() {
+    let text = |ev: &str| {
+        debug_text(
+            Some("listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\n"),
+            &format!("enabled = true\nevents = [{ev}]\n"),
+        )
+    };
+    let c = ok(&text("\"push\", \"pull_request\", \"workflow_dispatch\""));
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let e = one(&text("\"push\", \"schedule\""));
+    assert_eq!(e.key.as_deref(), Some("forges.f.debug_ssh.events"));
+    assert!(
+        e.message
+            .starts_with("jobs of `schedule` events are never kept"),
+        "{e}"
+    );
+    let c = ok(&text("\"push\", \"pul_request\", \"nightly\""));
+    assert_eq!(
+        c.forges["f"].debug_ssh.events,
+        ["push", "pul_request", "nightly"]
+    );
+    assert_eq!(c.warnings.len(), 2, "{:#?}", c.warnings);
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "/etc/solstice/solstice.toml:8:19: warning: forges.f.debug_ssh.events: \"pul_request\" is not an event GitHub, Forgejo or Gitea send, so no job matches this entry; did you mean \"pull_request\"?"
+    );
+    assert_eq!(
+        c.warnings[1].fix.as_deref(),
+        Some(
+            "write event names as `on:` does, e.g. \"push\", \"pull_request\", \"workflow_dispatch\""
+        )
+    );
+    assert!(
+        one(&text(""))
+            .message
+            .starts_with("the event list is empty")
+    );
+}
+
+#[test]
+fn a_loopback_gateway_that_users_are_sent_to_from_elsewhere_is_a_warning() {
+    let text = |listen: &str, public: &str| {
+        debug_text(
+            Some(&format!(
+                "listen = \"{listen}\"\npublic_host = \"{public}\"\n"
+            )),
+            "enabled = true\n",
+        )
+    };
+    let c = ok(&text("127.0.0.1:2222", "ci.example.org"));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("debug_ssh.listen"));
+    assert_eq!(w.position.map(|p| (p.line, p.column)), Some((9, 10)));
+    assert_eq!(
+        w.message,
+        "the gateway listens on a loopback address, but the job log tells users to connect to ci.example.org: only this machine can reach it, unless something forwards the port"
+    );
+    assert_eq!(
+        w.fix.as_deref(),
+        Some(
+            "listen on an address users reach, e.g. \"0.0.0.0:2222\", or set `public_host = \"127.0.0.1\"` if only users of this machine debug"
+        )
+    );
+    for (listen, public) in [
+        ("127.0.0.1:2222", "127.0.0.1"),
+        ("[::1]:2222", "::1"),
+        ("127.0.0.1:2222", "localhost"),
+        ("0.0.0.0:2222", "ci.example.org"),
+    ] {
+        let c = ok(&text(listen, public));
+        assert!(
+            c.warnings.is_empty(),
+            "{listen} {public}: {:#?}",
+            c.warnings
+        );
+    }
+}
+
+#[test]
+fn a_gateway_no_forge_uses_and_held_vms_that_fill_every_slot_are_warnings() {
+    let c = ok(&debug_text(
+        Some("listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\n"),
+        "",
+    ));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert_eq!(c.warnings[0].key.as_deref(), Some("debug_ssh"));
+    assert_eq!(
+        c.warnings[0].message,
+        "no forge has `debug_ssh.enabled = true`, so no failed job's VM is ever kept"
+    );
+    let c = ok(&format!(
+        "[daemon]\nmax_concurrent_jobs = 2\n{}",
+        debug_text(
+            Some("listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\nmax_held = 2\n"),
+            "enabled = true\n",
+        )
+    ));
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key.as_deref(), Some("debug_ssh.max_held"));
+    assert_eq!(
+        w.message,
+        "a VM kept for debugging still takes a job slot, and up to 2 can be kept while `daemon.max_concurrent_jobs` is 2: failed jobs can then take every slot for up to 1800 seconds, and no other job runs meanwhile"
+    );
+    assert_eq!(
+        w.fix.as_deref(),
+        Some("use a `max_held` below 2, or raise `daemon.max_concurrent_jobs`")
+    );
+}
+
+#[test]
+fn unknown_debug_ssh_keys_point_to_the_right_section() {
+    // `enabled` is also a [cache] key; in [debug_ssh] it belongs to the forge's table.
+    let e = one(&debug_text(
+        Some("listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\nenabled = true\n"),
+        "enabled = true\n",
+    ));
+    assert_eq!(e.kind, ErrorKind::UnknownKey);
+    assert_eq!(e.key.as_deref(), Some("debug_ssh.enabled"));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("\"enabled\" belongs in [forges.<name>.debug_ssh]; move it there")
+    );
+    let e = one(&debug_text(
+        Some("listen = \"0.0.0.0:2222\"\npublic_host = \"h\"\n"),
+        "enabled = true\nlisten = \"0.0.0.0:2222\"\n",
+    ));
+    assert_eq!(e.key.as_deref(), Some("forges.f.debug_ssh.listen"));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("\"listen\" belongs in [debug_ssh]; move it there")
+    );
+    let e = one(&format!("{TINY}{DEBUG_FORGE}with_secrets = true\n"));
+    assert_eq!(e.key.as_deref(), Some("forges.f.with_secrets"));
+    assert_eq!(
+        e.fix.as_deref(),
+        Some("\"with_secrets\" belongs in [forges.<name>.debug_ssh]; move it there")
+    );
+    let e = one(&debug_text(None, "enabld = true\n"));
+    assert_eq!(e.key.as_deref(), Some("forges.f.debug_ssh.enabld"));
+    assert_eq!(e.fix.as_deref(), Some("did you mean \"enabled\"?"));
+    // [cache] keeps its own `enabled`.
+    assert!(
+        ok(&format!("{TINY}[cache]\nenabled = false\n"))
+            .warnings
+            .is_empty()
+    );
 }

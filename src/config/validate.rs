@@ -108,9 +108,19 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
     if opts.check_paths {
         image_files(&raw, &qemu, &images, ctx);
     }
+    let debug_ssh = super::debug_ssh::host(raw.debug_ssh.as_ref(), ctx);
     let mut forges = BTreeMap::new();
     for (name, forge) in &raw.forges {
-        let config = self::forge(name, forge, &daemon, &images, ctx);
+        let mut config = self::forge(name, forge, &daemon, &images, ctx);
+        config.debug_ssh = super::debug_ssh::forge(
+            name.get_ref(),
+            forge.get_ref().debug_ssh.as_ref(),
+            raw.debug_ssh.as_ref(),
+            debug_ssh
+                .as_ref()
+                .map_or(crate::config::DEBUG_SSH_MAX_TTL, |d| d.ttl),
+            ctx,
+        );
         forges.insert(name.get_ref().clone(), config);
     }
     github::runner_name_clashes(&raw.forges, &forges, ctx);
@@ -121,6 +131,13 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         return None;
     }
     warnings(&raw, &daemon, &images, &forges, ctx);
+    super::debug_ssh::warnings(
+        raw.debug_ssh.as_ref(),
+        debug_ssh.as_ref(),
+        forges.values().any(|f| f.debug_ssh.enabled),
+        daemon.max_concurrent_jobs,
+        ctx,
+    );
     ctx.warnings.sort_by_key(|w| {
         w.position
             .map_or((usize::MAX, usize::MAX), |p| (p.line, p.column))
@@ -132,7 +149,7 @@ pub(crate) fn validate(raw: RawConfig, opts: &ParseOptions, ctx: &mut Ctx<'_>) -
         forges,
         actions,
         cache,
-        debug_ssh: None,
+        debug_ssh,
         warnings: std::mem::take(&mut ctx.warnings),
     })
 }
@@ -1175,12 +1192,17 @@ fn runner_name(n: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> String {
 
 /// `solstice-<hostname>`.
 pub(crate) fn default_runner_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = host_name().unwrap_or_else(|| "host".to_owned());
+    format!("solstice-{host}")
+}
+
+/// This host's name, as `gethostname` gives it (the kernel's `nodename`);
+/// `None` when it cannot be read or is empty.
+pub(crate) fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
-    format!("solstice-{host}")
 }
 
 /// `host:port`, or a bare port on 127.0.0.1.
@@ -1280,7 +1302,7 @@ fn label_syntax(label: &Spanned<String>, key: &str, ctx: &mut Ctx<'_>) -> bool {
 }
 
 /// A number within `limit`, or `default` when absent. Out of range is recorded.
-fn number(
+pub(crate) fn number(
     value: Option<&Spanned<i64>>,
     default: i64,
     limit: Limit,

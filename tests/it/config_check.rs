@@ -211,6 +211,15 @@ fn example_config_parses() {
     );
     assert_eq!(org.fetch_interval.as_secs(), 1);
     assert_eq!(org.labels, ["debian"]);
+    let gateway = c.debug_ssh.as_ref().unwrap();
+    assert_eq!(gateway.public_host, "ci.example.org");
+    assert_eq!(gateway.listen.port(), 2222);
+    let debug = &c.forges["codeberg"].debug_ssh;
+    assert!(debug.enabled);
+    assert_eq!(debug.repositories, ["example-org/*", "alice/widgets"]);
+    assert_eq!(debug.ttl, Some(std::time::Duration::from_secs(1200)));
+    assert!(!c.forges["work"].debug_ssh.enabled);
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
 }
 
 #[test]
@@ -288,6 +297,13 @@ fn example_sets_every_known_key() {
     for key in known_keys() {
         let (section, name) = split_key(&key);
         let found = match section.as_str() {
+            // A forge's sub-table, in some forge.
+            "[forges.<name>.debug_ssh]" => table["forges"]
+                .as_table()
+                .unwrap()
+                .values()
+                .filter_map(|f| f.get("debug_ssh").and_then(|d| d.as_table()))
+                .any(|d| d.contains_key(name)),
             "[images.<name>]" | "[forges.<name>]" => table
                 [section.trim_start_matches('[').split('.').next().unwrap()]
             .as_table()
@@ -325,6 +341,9 @@ fn documented_defaults_are_the_real_defaults() {
     let plain_github = parse(&format!(
         "[forges.f]\n{github}[images.tiny]\npath = \"/x\"\n"
     ));
+    let gateway = "[debug_ssh]\nlisten = \"0.0.0.0:2222\"\n";
+    // A comment where the key goes, so that warnings have the same lines.
+    let plain_debug = parse(&format!("{base}[forges.f.debug_ssh]\n#\n{gateway}"));
     let mut checked = 0;
     for (section, key, default) in doc_rows() {
         // Only literal TOML defaults in backticks; "none", "required" etc. are prose.
@@ -345,6 +364,17 @@ fn documented_defaults_are_the_real_defaults() {
                 format!("[forges.f]\n{key} = {literal}\n{forge}[images.tiny]\npath = \"/x\"\n"),
                 &plain,
             ),
+            // With the gateway, which an enabled forge needs.
+            "[forges.<name>.debug_ssh]" => (
+                format!("{base}[forges.f.debug_ssh]\n{key} = {literal}\n{gateway}"),
+                &plain_debug,
+            ),
+            "[debug_ssh]" => (
+                format!(
+                    "{base}[forges.f.debug_ssh]\n#\n[debug_ssh]\n{key} = {literal}\nlisten = \"0.0.0.0:2222\"\n"
+                ),
+                &plain_debug,
+            ),
             s => (format!("{s}\n{key} = {literal}\n{base}"), &plain),
         };
         assert_eq!(
@@ -355,8 +385,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 30,
-        "expected 30 keys with literal defaults in the doc"
+        checked, 36,
+        "expected 36 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }

@@ -116,9 +116,15 @@ fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
           secretFile = null; runnerFile = null;
           githubApp = { appId = 11; installationId = 22; privateKeyFile = "/s/k.pem"; }; };
       in render {
-        settings = { daemon.state_dir = null; qemu.accel = "tcg"; };
+        settings = {
+          daemon.state_dir = null; qemu.accel = "tcg";
+          debug_ssh = { listen = "0.0.0.0:2222"; public_host = "ci.example.org"; public_port = 22;
+            ttl_secs = 900; max_held = 1; idle_timeout_secs = 300; };
+        };
         forges = {
-          t = forge // { tokenFile = "/s/t"; secretFile = null; runnerFile = null; };
+          t = forge // { tokenFile = "/s/t"; secretFile = null; runnerFile = null;
+            debugSsh = { enabled = true; repositories = [ "o/*" "a/b" ]; events = [ "push" ];
+              forkPullRequests = false; withSecrets = null; ttlSecs = 600; }; };
           s = forge // { kind = "forgejo"; secretFile = "/s/s"; };
           r = forge // { runnerFile = "/s/r"; };
           gapp = github;
@@ -143,6 +149,22 @@ fn every_forge_and_image_option_renders_to_a_key_check_config_accepts() {
         "/run/credentials/solstice.service/r"
     );
     assert_eq!(forges["s"]["kind"], "forgejo");
+    assert_eq!(
+        forges["t"]["debug_ssh"],
+        serde_json::json!({
+            "enabled": true,
+            "repositories": ["o/*", "a/b"],
+            "events": ["push"],
+            "fork_pull_requests": false,
+            "ttl_secs": 600,
+        }),
+        "every debugSsh option is rendered, null ones left out"
+    );
+    assert!(
+        forges["s"].get("debug_ssh").is_none(),
+        "no debugSsh: no table"
+    );
+    assert_eq!(rendered["debug_ssh"]["listen"], "0.0.0.0:2222");
     assert_eq!(
         forges["gapp"],
         serde_json::json!({
@@ -266,7 +288,7 @@ fn documented_settings_forge_and_image_options_are_real_config_keys() {
             match o {
                 // Forgejo's key; GitHub's `token_file` is checked below.
                 "tokenFile" => "forges.<name>.registration_token_file".to_owned(),
-                "githubApp" => continue,
+                "githubApp" | "debugSsh" => continue,
                 o => match o.strip_prefix("githubApp.") {
                     Some(app) => format!("forges.<name>.{}", snake(app)),
                     None => format!("forges.<name>.{}", snake(o)),
@@ -280,7 +302,7 @@ fn documented_settings_forge_and_image_options_are_real_config_keys() {
         } else {
             continue;
         };
-        if key == "daemon" || key == "qemu" {
+        if key == "daemon" || key == "qemu" || key == "debug_ssh" {
             continue;
         }
         assert!(
@@ -585,4 +607,21 @@ fn the_service_syscall_filter_lets_pasta_run() {
     ] {
         assert!(allowed.contains(needed), "{needed} refused by {entries:?}");
     }
+}
+
+/// `debugSsh.openFirewall` opens the port `modules/listen-port.nix` reads
+/// from `settings.debug_ssh.listen`.
+#[test]
+fn the_firewall_port_is_the_port_of_the_listen_address() {
+    let ports = nix_eval(&[
+        "-E",
+        r#"map (import ./modules/listen-port.nix) [ "0.0.0.0:2222" "[::]:2200" "[::1]:02222" "2222" "host" ]"#,
+    ]);
+    assert_eq!(ports, serde_json::json!([2222, 2200, 2222, null, null]));
+    let module = read("modules/solstice.nix");
+    assert!(
+        module.contains("import ./listen-port.nix cfg.settings.debug_ssh.listen"),
+        "the module reads the port with listen-port.nix"
+    );
+    assert!(module.contains("networking.firewall.allowedTCPPorts"));
 }
