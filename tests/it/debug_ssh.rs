@@ -221,9 +221,9 @@ async fn failed_jobs_are_kept_for_their_actors_only_within_the_limits() {
     let alice = keygen(keys.path(), "alice");
     let bob = keygen(keys.path(), "bob");
     let mallory = keygen(keys.path(), "mallory");
-    forge.add_user("alice", 101, &[alice.public_line.clone()]);
-    forge.add_user("bob", 102, &[bob.public_line.clone()]);
-    forge.add_user("mallory", 103, &[mallory.public_line.clone()]);
+    forge.add_user("alice", 101, &[alice.public_line.as_str()]);
+    forge.add_user("bob", 102, &[bob.public_line.as_str()]);
+    forge.add_user("mallory", 103, &[mallory.public_line.as_str()]);
 
     let mut d = world.start();
 
@@ -470,7 +470,7 @@ async fn sigterm_destroys_kept_vms() {
     .unwrap();
     let keys = tempfile::tempdir().unwrap();
     let alice = keygen(keys.path(), "alice");
-    forge.add_user("alice", 101, &[alice.public_line.clone()]);
+    forge.add_user("alice", 101, &[alice.public_line.as_str()]);
     let mut d = world.start();
     let j = forge.enqueue(job_of(
         &failing(true),
