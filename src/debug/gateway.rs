@@ -788,6 +788,12 @@ impl Run {
             () = self.stop.cancelled() => End::Stop,
         };
         let _ = to_guest.close().await;
+        if access.ended.is_cancelled() {
+            // The window's end also ends the guest's connection: whichever
+            // was seen first, the user learns why.
+            self.stderr(&format!("\n{}\n", access.farewell())).await;
+            return None;
+        }
         match end {
             End::Guest(Ok(())) => {
                 tracing::info!(job = %access.id, peer = %self.peer, "debug SSH: the guest's shell ended");
@@ -804,17 +810,11 @@ impl Run {
             }
             End::Guest(Err(_)) => None,
             End::User => None,
-            End::Window => {
-                self.stderr(&format!("\n{}\n", access.farewell())).await;
-                None
-            }
+            // Handled above.
+            End::Window => None,
             End::Stop => {
-                let text = if access.ended.is_cancelled() {
-                    access.farewell()
-                } else {
-                    "The runner's debug gateway stops; this session ends.".to_owned()
-                };
-                self.stderr(&format!("\n{text}\n")).await;
+                self.stderr("\nThe runner's debug gateway stops; this session ends.\n")
+                    .await;
                 None
             }
         }
