@@ -820,3 +820,77 @@ impl Run {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DebugSshConfig;
+    use crate::metrics::Metrics;
+    use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+    struct AnyHostKey;
+
+    impl russh::client::Handler for AnyHostKey {
+        type Error = russh::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_refused_and_stop_ends_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = DebugSshConfig {
+            listen: addr,
+            public_host: "localhost".into(),
+            public_port: addr.port(),
+            ttl: Duration::from_secs(60),
+            max_held: 1,
+            idle_timeout: Duration::from_secs(60),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = super::super::hostkey::load_or_create(dir.path()).unwrap();
+        let holds = DebugHolds::new(settings, "SHA256:test".into(), Metrics::new());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, host_key, holds.clone(), stop.clone()));
+
+        let config = Arc::new(russh::client::Config::default());
+        let mut client = russh::client::connect(config, addr, AnyHostKey)
+            .await
+            .unwrap();
+        let key = crate::ssh::ClientKey::generate().private();
+        let auth = client
+            .authenticate_publickey(USER, PrivateKeyWithHashAlg::new(key, None))
+            .await
+            .unwrap();
+        assert!(!auth.success(), "no window knows the key");
+        client
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        while !holds
+            .metrics()
+            .encode()
+            .contains("solstice_debug_ssh_events_total{event=\"refused\"} 1")
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the refusal is counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve returns once stopped")
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}
