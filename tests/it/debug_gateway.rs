@@ -216,6 +216,80 @@ async fn run_ssh(key: &Path, port: u16, args: &[&str], input: &str) -> Out {
     out
 }
 
+/// An interactive `ssh -t -t … connect <id>`, its output collected.
+struct Terminal {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    seen: std::sync::Arc<Mutex<String>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Terminal {
+    fn open(key: &Path, port: u16, id: &str, options: &[&str]) -> Terminal {
+        let mut args = vec!["-t", "-t"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&["debug@127.0.0.1", "connect", id]);
+        let mut cmd = ssh(key, port, &args);
+        // X11 forwarding is only asked for with a display.
+        cmd.env("DISPLAY", "127.0.0.1:99");
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let seen = std::sync::Arc::new(Mutex::new(String::new()));
+        let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let pumps = vec![
+            pump(Box::new(child.stdout.take().unwrap())),
+            pump(Box::new(child.stderr.take().unwrap())),
+        ];
+        Terminal {
+            child,
+            stdin,
+            seen,
+            pumps,
+        }
+    }
+
+    async fn wait_for(&self, text: &str) {
+        let seen = self.seen.clone();
+        wait_for(text, Duration::from_secs(30), || {
+            seen.lock().unwrap().contains(text)
+        })
+        .await;
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the gateway ends the session; everything it printed.
+    async fn end(mut self, within: Duration) -> String {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the session ends")
+            .unwrap();
+        for p in self.pumps {
+            p.await.unwrap();
+        }
+        let text = self.seen.lock().unwrap().clone();
+        text
+    }
+}
+
 async fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -297,56 +371,18 @@ async fn the_actor_gets_a_shell_others_are_refused_done_and_expiry_destroy_the_v
     assert_eq!(out.code, Some(255));
 
     // Alice opens a terminal session in X, which stays open until the window ends.
-    let mut session = ssh(
-        &alice,
-        port,
-        &["-t", "-t", "debug@127.0.0.1", "connect", &x.id],
-    )
-    .spawn()
-    .unwrap();
-    let mut stdin = session.stdin.take().unwrap();
-    let seen = std::sync::Arc::new(Mutex::new(String::new()));
-    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                seen.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let p1 = pump(Box::new(session.stdout.take().unwrap()));
-    let p2 = pump(Box::new(session.stderr.take().unwrap()));
-    let banner = format!("Connected to job {} (octo/ex) as root", x.id);
-    wait_for("the banner", Duration::from_secs(30), || {
-        seen.lock().unwrap().contains(&banner)
-    })
-    .await;
-    stdin
-        .write_all(b"cat \"$(cat /tmp/workspace-path)/marker.txt\"; echo answer=$((6*7))\n")
-        .await
-        .unwrap();
-    wait_for("the shell's answer", Duration::from_secs(30), || {
-        let s = seen.lock().unwrap();
-        s.contains("answer=42") && s.contains("marker of octo/ex")
-    })
-    .await;
+    let mut session = Terminal::open(&alice, port, &x.id, &[]);
+    session
+        .wait_for(&format!("Connected to job {} (octo/ex) as root", x.id))
+        .await;
+    session
+        .type_line("cat \"$(cat /tmp/workspace-path)/marker.txt\"; echo answer=$((6*7))")
+        .await;
+    session.wait_for("marker of octo/ex").await;
+    session.wait_for("answer=42").await;
     // The window ends: the session is closed with the farewell, the VM destroyed.
-    let status = tokio::time::timeout(Duration::from_secs(90), session.wait())
-        .await
-        .expect("the session ends with the window")
-        .unwrap();
-    let _ = (p1.await, p2.await);
-    let text = seen.lock().unwrap().clone();
-    eprintln!(
-        "session X ({status:?}, {:?} after arming):\n{text}",
-        x_armed.elapsed()
-    );
+    let text = session.end(Duration::from_secs(90)).await;
+    eprintln!("session X ({:?} after arming):\n{text}", x_armed.elapsed());
     assert!(
         text.contains(&format!(
             "The debug window of job {} is over; its VM is destroyed now.",
@@ -364,7 +400,6 @@ async fn the_actor_gets_a_shell_others_are_refused_done_and_expiry_destroy_the_v
         .unwrap();
     assert_eq!(why, EndReason::Expired);
     assert!(!alive(x.pid), "the expired window's VM is gone");
-    drop(stdin);
 
     // Bob: a shell without a terminal, commands on stdin, its exit status forwarded.
     let out = run_ssh(
@@ -466,7 +501,14 @@ async fn the_actor_gets_a_shell_others_are_refused_done_and_expiry_destroy_the_v
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("administratively prohibited"), "{err}");
 
-    // `done` destroys Bob's VM.
+    // `done` destroys Bob's VM, and ends his open session (X11 forwarding
+    // refused, the shell works without it).
+    let mut session = Terminal::open(&bob, port, &y.id, &["-o", "ForwardX11=yes"]);
+    session
+        .wait_for(&format!("Connected to job {}", y.id))
+        .await;
+    session.type_line("echo sum=$((2+3))").await;
+    session.wait_for("sum=5").await;
     let out = run_ssh(&bob, port, &["debug@127.0.0.1", "done", &y.id], "").await;
     assert_eq!(out.code, Some(0));
     assert!(
@@ -477,6 +519,15 @@ async fn the_actor_gets_a_shell_others_are_refused_done_and_expiry_destroy_the_v
         "{}",
         out.stdout
     );
+    let text = session.end(Duration::from_secs(30)).await;
+    assert!(
+        text.contains(&format!(
+            "Job {} was released with `done`; its VM is destroyed now.",
+            y.id
+        )),
+        "{text}"
+    );
+    assert!(text.contains("X11 forwarding request failed"), "{text}");
     let why = tokio::time::timeout(Duration::from_secs(60), y.ended)
         .await
         .unwrap()
@@ -487,7 +538,7 @@ async fn the_actor_gets_a_shell_others_are_refused_done_and_expiry_destroy_the_v
 
     let text = metrics.encode();
     for line in [
-        "solstice_debug_ssh_events_total{event=\"login\"} 2",
+        "solstice_debug_ssh_events_total{event=\"login\"} 3",
         "solstice_debug_ssh_events_total{event=\"expired\"} 1",
         "solstice_debug_ssh_events_total{event=\"released\"} 1",
         "solstice_debug_ssh_events_total{event=\"refused\"} 4",
