@@ -285,8 +285,7 @@ impl Terminal {
         for p in self.pumps {
             p.await.unwrap();
         }
-        let text = self.seen.lock().unwrap().clone();
-        text
+        self.seen.lock().map(|s| s.clone()).unwrap()
     }
 }
 
