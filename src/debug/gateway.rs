@@ -8,7 +8,8 @@
 //!   may enter is checked again at `connect`/`done` ([`DebugHolds::access`]).
 //! - Refused: port forwarding both ways, agent and X11 forwarding,
 //!   subsystems (so no `sftp`/`scp`), more than [`MAX_CHANNELS`] sessions
-//!   on one connection.
+//!   on one connection, more than [`MAX_CONNECTIONS`] connections, a
+//!   connection not authenticated within a minute.
 //! - Logged: every login (`connect` let in) and every refusal (a command
 //!   refused, or a connection that offered keys and never authenticated),
 //!   one line each with the key's fingerprint and the peer's address, and
@@ -17,6 +18,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,6 +50,13 @@ const GUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// most 32 KiB each). Beyond it the session is ended: the guest does not
 /// read what is pasted into it.
 const INPUT_QUEUE: usize = 256;
+
+/// Connections served at once; more are dropped as they come.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// A connection not authenticated after this long is closed (OpenSSH's
+/// `LoginGraceTime`).
+const LOGIN_GRACE: Duration = Duration::from_secs(60);
 
 /// How long sessions get to say goodbye once the gateway stops.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -106,12 +115,27 @@ pub async fn serve(
                 }
             },
         };
-        let conn = Conn::new(holds.clone(), peer, stop.child_token());
+        if tasks.len() >= MAX_CONNECTIONS {
+            tracing::warn!(peer = %peer, "debug SSH: connection dropped, {MAX_CONNECTIONS} are open already");
+            drop(socket);
+            continue;
+        }
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let conn = Conn::new(
+            holds.clone(),
+            peer,
+            stop.child_token(),
+            Arc::clone(&authenticated),
+        );
         let config = Arc::clone(&config);
         let stop = stop.clone();
         tasks.spawn(async move {
             let _ = socket.set_nodelay(true);
-            let session = match server::run_stream(config, socket, conn).await {
+            let started = tokio::select! {
+                r = server::run_stream(config, socket, conn) => r,
+                () = stop.cancelled() => return,
+            };
+            let session = match started {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(peer = %peer, error = %e, "debug SSH: handshake failed");
@@ -120,22 +144,41 @@ pub async fn serve(
             };
             let handle = session.handle();
             tokio::pin!(session);
-            tokio::select! {
-                r = &mut session => {
-                    if let Err(e) = r {
-                        tracing::debug!(peer = %peer, error = %e, "debug SSH: connection ended with an error");
+            let login_deadline = tokio::time::sleep(LOGIN_GRACE);
+            tokio::pin!(login_deadline);
+            let mut login_checked = false;
+            loop {
+                tokio::select! {
+                    r = &mut session => {
+                        if let Err(e) = r {
+                            tracing::debug!(peer = %peer, error = %e, "debug SSH: connection ended with an error");
+                        }
+                        break;
                     }
-                }
-                _ = stop.cancelled() => {
-                    // Sessions write their goodbye, then the connection ends.
-                    let _ = tokio::time::timeout(STOP_GRACE, &mut session).await;
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "the runner's debug gateway stops".into(),
-                            "en".into(),
-                        )
-                        .await;
+                    () = &mut login_deadline, if !login_checked => {
+                        login_checked = true;
+                        if !authenticated.load(Ordering::Relaxed) {
+                            let _ = handle
+                                .disconnect(
+                                    russh::Disconnect::ByApplication,
+                                    "authentication took too long".into(),
+                                    "en".into(),
+                                )
+                                .await;
+                        }
+                    }
+                    () = stop.cancelled() => {
+                        // Sessions write their goodbye, then the connection ends.
+                        let _ = tokio::time::timeout(STOP_GRACE, &mut session).await;
+                        let _ = handle
+                            .disconnect(
+                                russh::Disconnect::ByApplication,
+                                "the runner's debug gateway stops".into(),
+                                "en".into(),
+                            )
+                            .await;
+                        break;
+                    }
                 }
             }
         });
@@ -207,13 +250,21 @@ struct Conn {
     wrong_user: Option<String>,
     channels: HashMap<ChannelId, Chan>,
     stop: CancellationToken,
+    /// Set once the user is authenticated (the login deadline's check).
+    authenticated: Arc<AtomicBool>,
 }
 
 impl Conn {
-    fn new(holds: DebugHolds, peer: SocketAddr, stop: CancellationToken) -> Conn {
+    fn new(
+        holds: DebugHolds,
+        peer: SocketAddr,
+        stop: CancellationToken,
+        authenticated: Arc<AtomicBool>,
+    ) -> Conn {
         Conn {
             holds,
             peer,
+            authenticated,
             key: None,
             rejected: Vec::new(),
             wrong_user: None,
@@ -326,6 +377,7 @@ impl server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         if self.admit(user, key.public_key) {
             self.key = Some(key.public_key.clone());
+            self.authenticated.store(true, Ordering::Relaxed);
             self.rejected.clear();
             Ok(Auth::Accept)
         } else {
@@ -841,8 +893,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn unknown_keys_are_refused_and_stop_ends_serving() {
+    /// A gateway with no window; its address, holds, stop and task.
+    async fn start() -> (
+        SocketAddr,
+        DebugHolds,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let settings = DebugSshConfig {
@@ -858,7 +915,12 @@ mod tests {
         let holds = DebugHolds::new(settings, "SHA256:test".into(), Metrics::new());
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(listener, host_key, holds.clone(), stop.clone()));
+        (addr, holds, stop, server)
+    }
 
+    #[tokio::test]
+    async fn unknown_keys_are_refused_and_stop_ends_serving() {
+        let (addr, holds, stop, server) = start().await;
         let config = Arc::new(russh::client::Config::default());
         let mut client = russh::client::connect(config, addr, AnyHostKey)
             .await
@@ -892,5 +954,51 @@ mod tests {
             .expect("serve returns once stopped")
             .unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    /// Reads until the server's identification line, or EOF (false).
+    async fn banner(c: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("the server answers or closes")
+                .unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.starts_with(b"SSH-2.0-Solstice_debug_gateway") {
+                return true;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_dropped() {
+        let (addr, _holds, stop, server) = start().await;
+        let mut open = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            assert!(banner(&mut c).await);
+            open.push(c);
+        }
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(!banner(&mut extra).await, "one connection too many");
+        // One leaves: a new one is served again.
+        drop(open.pop());
+        let t = std::time::Instant::now();
+        loop {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            if banner(&mut c).await {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "a place came free");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        server.await.unwrap();
     }
 }
