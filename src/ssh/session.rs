@@ -108,6 +108,18 @@ impl SshSession {
         self.handle.is_closed()
     }
 
+    /// Opens a raw session channel, for callers that drive it themselves
+    /// (the debug gateway proxies a user's shell through it).
+    pub async fn open_channel(&self) -> Result<russh::Channel<Msg>, SshError> {
+        self.handle
+            .channel_open_session()
+            .await
+            .map_err(|e| SshError::Connection {
+                addr: self.addr,
+                reason: format!("opening a channel: {e}"),
+            })
+    }
+
     /// Ends the connection politely. Commands still running in the guest
     /// lose their channels.
     pub async fn close(self) -> Result<(), SshError> {

@@ -19,6 +19,7 @@ mod config_check;
 mod containers_action;
 mod containers_engine;
 mod containers_job;
+mod debug_gateway;
 mod debug_ssh;
 mod docs_match_code;
 mod doctor_cli;
