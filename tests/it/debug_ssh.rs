@@ -264,8 +264,16 @@ async fn failed_jobs_are_kept_for_their_actors_only_within_the_limits() {
 
     // `solstice status` lists both with their remaining time.
     let status = status_text(&world);
-    assert!(status.contains(&id1) && status.contains(&id3), "{status}");
-    assert!(status.contains("alice/app"), "{status}");
+    let held = status
+        .split("Held for debug SSH: 2")
+        .nth(1)
+        .and_then(|s| s.split("Recently finished").next())
+        .unwrap_or_else(|| panic!("no held VMs in:\n{status}"));
+    assert!(held.contains(&id1) && held.contains(&id3), "{status}");
+    assert!(
+        held.contains("alice/app") && held.contains("expires in"),
+        "{status}"
+    );
 
     // Alice's key: a shell in the failed job's VM, in its workspace; no
     // copy of the job token is left in the guest's files.
@@ -436,7 +444,7 @@ async fn failed_jobs_are_kept_for_their_actors_only_within_the_limits() {
     let mut d = world.start();
     assert!(qemu_processes_under(&world.state_dir()).is_empty());
     let status = status_text(&world);
-    assert!(!status.contains(&connect_id(&t7)), "{status}");
+    assert!(!status.contains("Held for debug SSH"), "{status}");
     assert!(d.log_text().contains(&connect_id(&t7)), "{}", d.log_text());
 
     d.signal(Signal::SIGTERM);
