@@ -115,7 +115,7 @@ let
         description = "Whether this forge's failed jobs that ask for it (`SOLSTICE_DEBUG_SSH: true`) may keep their VM; needs `settings.debug_ssh`.";
       };
       repositories = nullOption (types.listOf types.str) "Repositories whose jobs may be kept: `owner/name` or `owner/*`. Default (null): every repository.";
-      events = nullOption (types.listOf types.str) "Events whose failed jobs may be kept, e.g. `[ \"push\" \"workflow_dispatch\" ]`; never `schedule`. Default (null): every event but `schedule`.";
+      events = nullOption (types.listOf types.str) "Events whose failed jobs may be kept, e.g. `[ \"push\" \"workflow_dispatch\" ]`; never `schedule`. Default (null): `push`, `pull_request`, `workflow_dispatch`.";
       forkPullRequests = nullOption types.bool "Whether jobs of pull requests from forks may be kept too. Default (null): false.";
       withSecrets = nullOption types.bool "Whether jobs that received secrets (other than the job token) may be kept. Default (null): false.";
       ttlSecs = nullOption (types.ints.between 1 1800) "A shorter window for this forge than `settings.debug_ssh.ttl_secs`, in seconds. Default (null): the host's.";

@@ -72,6 +72,12 @@ pub struct ForgeConfig {
     pub debug_ssh: ForgeDebugSsh,
 }
 
+/// The events whose failed jobs may be kept when a forge lists none: a
+/// push, a pull request (forks are refused separately) and a manual run.
+/// Events that anyone can cause (`issue_comment`, `issues`, …) must be
+/// listed explicitly.
+pub const DEFAULT_DEBUG_SSH_EVENTS: &[&str] = &["push", "pull_request", "workflow_dispatch"];
+
 /// The longest debug window, and the default: ADR-003's 30 minutes.
 pub const DEBUG_SSH_MAX_TTL: Duration = Duration::from_secs(30 * 60);
 
@@ -103,8 +109,9 @@ pub struct ForgeDebugSsh {
     /// `owner/name` or `owner/*` patterns (`repositories`); empty: every
     /// repository of the forge.
     pub repositories: Vec<String>,
-    /// Events whose failed jobs may be kept (`events`); empty: every event
-    /// except `schedule`.
+    /// Events whose failed jobs may be kept (`events`); empty:
+    /// [`DEFAULT_DEBUG_SSH_EVENTS`] (events whose actor is someone with
+    /// push access or the pull request's author, never a commenter).
     pub events: Vec<String>,
     /// Pull requests from forks may be kept too (`fork_pull_requests`,
     /// default false).

@@ -503,8 +503,8 @@ pub struct RawForgeDebugSsh {
     /// Default: every repository of the forge.
     pub repositories: Option<Spanned<Vec<Spanned<String>>>>,
     /// Events whose failed jobs may be kept, e.g. `["push",
-    /// "workflow_dispatch"]`. `schedule` is never kept. Default: every
-    /// event but `schedule`.
+    /// "workflow_dispatch"]`. `schedule` is never kept. Default:
+    /// `push`, `pull_request`, `workflow_dispatch`.
     pub events: Option<Spanned<Vec<Spanned<String>>>>,
     /// Whether jobs of pull requests from forks may be kept too (their code
     /// comes from outside the repository). Default: `false`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Shared;
 use super::record::JobRecord;
 use crate::debug::policy::{Allowed, Decision};
-use crate::debug::{ArmRequest, DebugHolds, EndReason};
+use crate::debug::{ArmRequest, DebugHolds, EndReason, NotHeld};
 use crate::events::EventSink;
 use crate::forge::UserKeys;
 use crate::job::{DebugHold, FailedGuest, runner_line};
@@ -61,7 +61,7 @@ impl TaskHold<'_> {
                 KEYS_TIMEOUT.as_secs()
             )
         })?
-        .map_err(|e| format!("cannot have the SSH keys of {}: {e}", allowed.actor))?;
+        .map_err(|e| format!("cannot fetch the SSH keys of {}: {e}", allowed.actor))?;
         let (keys, skipped) = crate::debug::parse_keys(&fetched);
         if skipped > 0 {
             tracing::info!(actor = %allowed.actor, skipped, "debug SSH: skipped keys the gateway cannot check");
@@ -126,11 +126,26 @@ impl DebugHold for TaskHold<'_> {
         let recorded = self.recorded;
         let id = self.record.id.clone();
         let settings = holds.settings().clone();
-        let on_end = Box::new(move |why: EndReason| {
+        if recorded {
+            // Before the window opens, so that its end always finds the row.
+            let row = crate::store::HoldRow {
+                job_id: id.clone(),
+                forge: self.forge.to_owned(),
+                repository: self.repository.to_owned(),
+                actor: allowed.actor.clone(),
+                armed_at: std::time::SystemTime::now(),
+                expires_at: std::time::SystemTime::now() + allowed.ttl,
+            };
+            if let Err(e) = self.record.store.record_hold(&row) {
+                tracing::warn!(job = %id, error = %e, "could not record the kept VM for `solstice status`");
+            }
+        }
+        let on_end = Box::new(move |why: EndReason, destroyed: bool| {
             // The VM is gone: its record (kept so that a crash's reconcile
-            // destroys it) goes, and its capacity frees.
+            // destroys it) goes, and its capacity frees. A VM whose teardown
+            // failed keeps its record: the next start's reconcile retries.
             if recorded {
-                if let Err(e) = record.store.forget_vm(&record.id) {
+                if destroyed && let Err(e) = record.store.forget_vm(&record.id) {
                     tracing::warn!(job = %record.id, error = %e, "could not forget the kept VM's record");
                 }
                 if let Err(e) = record.store.forget_hold(&record.id) {
@@ -140,7 +155,7 @@ impl DebugHold for TaskHold<'_> {
             tracing::debug!(job = %record.id, reason = why.as_str(), "kept VM's capacity released");
             drop(slots);
         });
-        let expires = holds.arm(
+        let expires = match holds.arm(
             reservation,
             ArmRequest {
                 id: id.clone(),
@@ -153,20 +168,14 @@ impl DebugHold for TaskHold<'_> {
                 target: guest.target,
                 on_end,
             },
-        );
-        if self.recorded {
-            let row = crate::store::HoldRow {
-                job_id: id.clone(),
-                forge: self.forge.to_owned(),
-                repository: self.repository.to_owned(),
-                actor: allowed.actor.clone(),
-                armed_at: std::time::SystemTime::now(),
-                expires_at: expires,
-            };
-            if let Err(e) = self.record.store.record_hold(&row) {
-                tracing::warn!(job = %id, error = %e, "could not record the kept VM for `solstice status`");
+        ) {
+            Some(t) => t,
+            None => {
+                // Shutdown began meanwhile; the VM is being destroyed.
+                self.not_held(sink, &NotHeld::Stopping.to_string());
+                return None;
             }
-        }
+        };
         let forge_url = self
             .user_keys
             .as_ref()
@@ -174,10 +183,13 @@ impl DebugHold for TaskHold<'_> {
             .unwrap_or_default();
         let until = crate::civil::utc_seconds(expires);
         let minutes = allowed.ttl.as_secs().div_ceil(60);
-        let command = format!(
-            "ssh -t -p {} debug@{} connect {id}",
-            settings.public_port, settings.public_host
-        );
+        let ssh = |what: &str| {
+            crate::debug::gateway::command::ssh_command(
+                &settings.public_host,
+                settings.public_port,
+                what,
+            )
+        };
         let removed = if scrubbed.removed.is_empty() {
             "nothing was found to remove".to_owned()
         } else {
@@ -188,7 +200,7 @@ impl DebugHold for TaskHold<'_> {
                 "Debug SSH: this job failed and asked for debug access ({}); its VM is kept until {until} ({minutes} min, not renewable).",
                 crate::debug::policy::ASK_VARIABLE
             ),
-            format!("  Connect: {command}"),
+            format!("  Connect: {}", ssh(&format!("connect {id}"))),
             format!(
                 "  The gateway's host key is {}. Only the SSH keys {} registered on {forge_url} are accepted.",
                 holds.fingerprint(),
@@ -198,8 +210,8 @@ impl DebugHold for TaskHold<'_> {
                 "  Removed from the VM before it was kept: {removed}. The job's workspace stays."
             ),
             format!(
-                "  Done early? `ssh -p {} debug@{} done {id}` destroys the VM.",
-                settings.public_port, settings.public_host
+                "  Done early? `{}` destroys the VM.",
+                ssh(&format!("done {id}"))
             ),
         ] {
             runner_line(sink, line);

@@ -8,8 +8,9 @@
 //!   may enter is checked again at `connect`/`done` ([`DebugHolds::access`]).
 //! - Refused: port forwarding both ways, agent and X11 forwarding,
 //!   subsystems (so no `sftp`/`scp`), more than [`MAX_CHANNELS`] sessions
-//!   on one connection, more than [`MAX_CONNECTIONS`] connections, a
-//!   connection not authenticated within a minute.
+//!   on one connection, more than [`MAX_CONNECTIONS`] connections (and
+//!   [`MAX_CONNECTIONS_PER_PEER`] from one address), a connection not
+//!   authenticated within a minute of being accepted.
 //! - Logged: every login (`connect` let in) and every refusal (a command
 //!   refused, or a connection that offered keys and never authenticated),
 //!   one line each with the key's fingerprint and the peer's address, and
@@ -35,7 +36,7 @@ use self::command::Command;
 use super::{Access, DebugHolds};
 use crate::ssh;
 
-mod command;
+pub mod command;
 
 /// The only SSH user name the gateway accepts.
 pub const USER: &str = "debug";
@@ -54,7 +55,12 @@ const INPUT_QUEUE: usize = 256;
 /// Connections served at once; more are dropped as they come.
 pub const MAX_CONNECTIONS: usize = 32;
 
-/// A connection not authenticated after this long is closed (OpenSSH's
+/// Connections one address may have open at once, so that one client
+/// cannot take every place.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+
+/// A connection not authenticated this long after it was accepted is
+/// closed, whether or not it got as far as the SSH handshake (OpenSSH's
 /// `LoginGraceTime`).
 const LOGIN_GRACE: Duration = Duration::from_secs(60);
 
@@ -102,6 +108,7 @@ pub async fn serve(
 ) {
     let config = Arc::new(config(host_key, holds.settings().idle_timeout));
     let tasks = TaskTracker::new();
+    let per_peer: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         let (socket, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -120,6 +127,11 @@ pub async fn serve(
             drop(socket);
             continue;
         }
+        let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip()) else {
+            tracing::warn!(peer = %peer, "debug SSH: connection dropped, this address has {MAX_CONNECTIONS_PER_PEER} open already");
+            drop(socket);
+            continue;
+        };
         let authenticated = Arc::new(AtomicBool::new(false));
         let conn = Conn::new(
             holds.clone(),
@@ -130,21 +142,27 @@ pub async fn serve(
         let config = Arc::clone(&config);
         let stop = stop.clone();
         tasks.spawn(async move {
+            let _peer_slot = peer_slot;
             let _ = socket.set_nodelay(true);
+            let accepted = tokio::time::Instant::now();
             let started = tokio::select! {
-                r = server::run_stream(config, socket, conn) => r,
+                r = tokio::time::timeout(LOGIN_GRACE, server::run_stream(config, socket, conn)) => r,
                 () = stop.cancelled() => return,
             };
             let session = match started {
-                Ok(s) => s,
-                Err(e) => {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, error = %e, "debug SSH: handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "debug SSH: no SSH handshake in time; connection closed");
                     return;
                 }
             };
             let handle = session.handle();
             tokio::pin!(session);
-            let login_deadline = tokio::time::sleep(LOGIN_GRACE);
+            let login_deadline = tokio::time::sleep_until(accepted + LOGIN_GRACE);
             tokio::pin!(login_deadline);
             let mut login_checked = false;
             loop {
@@ -185,6 +203,48 @@ pub async fn serve(
     }
     tasks.close();
     let _ = tokio::time::timeout(STOP_GRACE * 2, tasks.wait()).await;
+}
+
+/// One of an address's [`MAX_CONNECTIONS_PER_PEER`] places, given back
+/// when dropped.
+struct PeerSlot {
+    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<PeerSlot> {
+        let mut c = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = c.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Errors inside a connection's handler (russh's own).
@@ -751,11 +811,13 @@ impl Run {
             .find(|h| h.id == access.id)
             .map(|h| h.repository)
             .unwrap_or_default();
+        let settings = self.holds.settings();
         self.stderr(&command::banner(
             &access.id,
             &repository,
             &access.target.user,
             access.expires_at,
+            (&settings.public_host, settings.public_port),
         ))
         .await;
 
@@ -976,22 +1038,45 @@ mod tests {
         }
     }
 
+    /// A connection to `addr` from the loopback address `127.0.0.<host>`.
+    async fn connect_from(host: u8, addr: SocketAddr) -> tokio::net::TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from(([127, 0, 0, host], 0))).unwrap();
+        s.connect(addr).await.unwrap()
+    }
+
     #[tokio::test]
-    async fn connections_beyond_the_limit_are_dropped() {
+    async fn connections_beyond_the_limits_are_dropped() {
         let (addr, _holds, stop, server) = start().await;
         let mut open = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // One address gets its share, not more.
+        for _ in 0..MAX_CONNECTIONS_PER_PEER {
+            let mut c = connect_from(2, addr).await;
             assert!(banner(&mut c).await);
             open.push(c);
         }
-        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut extra = connect_from(2, addr).await;
+        assert!(
+            !banner(&mut extra).await,
+            "one connection too many from 127.0.0.2"
+        );
+        // Others fill the host's places.
+        let mut host = 3;
+        while open.len() < MAX_CONNECTIONS {
+            for _ in 0..MAX_CONNECTIONS_PER_PEER.min(MAX_CONNECTIONS - open.len()) {
+                let mut c = connect_from(host, addr).await;
+                assert!(banner(&mut c).await);
+                open.push(c);
+            }
+            host += 1;
+        }
+        let mut extra = connect_from(host + 1, addr).await;
         assert!(!banner(&mut extra).await, "one connection too many");
         // One leaves: a new one is served again.
         drop(open.pop());
         let t = std::time::Instant::now();
         loop {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut c = connect_from(host + 1, addr).await;
             if banner(&mut c).await {
                 break;
             }

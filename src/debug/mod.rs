@@ -69,15 +69,15 @@ impl EndReason {
 /// Why a failed job's VM is not kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotHeld {
-    /// Another failed job of the same repository holds its VM.
+    /// Another failed job of the same repository holds its VM (`state`
+    /// says until when, or that it is being set up or destroyed).
     #[error(
-        "another failed job of {repository} is being debugged (job {holder}, until {until}); one VM per repository is kept at a time"
+        "another failed job of {repository} is being debugged ({state}); one VM per repository is kept at a time"
     )]
-    RepositoryBusy {
-        repository: String,
-        holder: String,
-        until: String,
-    },
+    RepositoryBusy { repository: String, state: String },
+    /// The daemon stops.
+    #[error("the runner is stopping")]
+    Stopping,
     /// The host keeps as many VMs as it may.
     #[error("this runner already keeps {max} VM(s) for debugging (`debug_ssh.max_held`)")]
     HostFull { max: u32 },
@@ -117,9 +117,10 @@ pub struct ArmRequest {
     pub vm: Vm,
     /// How to log into the guest (the job's in-memory key, the pinned host key).
     pub target: SshTarget,
-    /// Called once the VM is destroyed (or its destruction failed): the
+    /// Called once the VM is destroyed (`true`) or its destruction failed
+    /// (`false`: keep its records for the next start's reconcile); the
     /// daemon forgets its records and frees its capacity.
-    pub on_end: Box<dyn FnOnce(EndReason) + Send>,
+    pub on_end: Box<dyn FnOnce(EndReason, bool) + Send>,
 }
 
 /// A held VM, as `solstice status` and logs show it.
@@ -181,6 +182,8 @@ struct Window {
 
 #[derive(Default)]
 struct State {
+    /// [`DebugHolds::shutdown`] began: nothing more is kept.
+    closed: bool,
     /// Repository key → the id holding it (empty while only reserved).
     reserved: BTreeMap<String, String>,
     windows: BTreeMap<String, Window>,
@@ -239,20 +242,21 @@ impl DebugHolds {
     pub fn reserve(&self, forge: &str, repository: &str) -> Result<Reservation, NotHeld> {
         let key = format!("{forge}\n{repository}");
         let mut s = self.state();
+        if s.closed {
+            return Err(NotHeld::Stopping);
+        }
         if let Some(holder) = s.reserved.get(&key) {
-            let until = s
-                .windows
-                .get(holder)
-                .map(|w| crate::civil::utc_seconds(w.view.expires_at))
-                .unwrap_or_else(|| "its window opens".into());
+            let state = match s.windows.get(holder) {
+                Some(w) => format!(
+                    "job {holder}, until {}",
+                    crate::civil::utc_seconds(w.view.expires_at)
+                ),
+                None if holder.is_empty() => "its VM is being set up for debugging".into(),
+                None => format!("job {holder}, whose VM is being destroyed now"),
+            };
             return Err(NotHeld::RepositoryBusy {
                 repository: repository.to_owned(),
-                holder: if holder.is_empty() {
-                    "being set up".into()
-                } else {
-                    holder.clone()
-                },
-                until,
+                state,
             });
         }
         let max = self.inner.settings.max_held;
@@ -269,8 +273,10 @@ impl DebugHolds {
     }
 
     /// Opens the window: the VM is kept until `ttl` from now, then
-    /// destroyed (or earlier on `done` or shutdown). Returns the expiry.
-    pub fn arm(&self, mut reservation: Reservation, req: ArmRequest) -> SystemTime {
+    /// destroyed (or earlier on `done` or shutdown). Returns the expiry, or
+    /// `None` when shutdown began meanwhile: the VM is then destroyed at
+    /// once (and `on_end` called) all the same.
+    pub fn arm(&self, mut reservation: Reservation, req: ArmRequest) -> Option<SystemTime> {
         let ArmRequest {
             id,
             forge,
@@ -288,8 +294,17 @@ impl DebugHolds {
         let reason = Arc::new(Mutex::new(None));
         let repository_key = reservation.repository_key.clone();
         reservation.armed = true;
+        let closed;
         {
             let mut s = self.state();
+            closed = s.closed;
+            if closed {
+                // Shutdown has listed the windows it ends: end this one too.
+                if let Ok(mut r) = reason.lock() {
+                    *r = Some(EndReason::Shutdown);
+                }
+                ended.cancel();
+            }
             s.reserved.insert(repository_key.clone(), id.clone());
             s.windows.insert(
                 id.clone(),
@@ -310,8 +325,10 @@ impl DebugHolds {
             self.inner.metrics.set_debug_held(s.windows.len());
         }
         drop(reservation);
-        self.inner.metrics.debug_event("armed");
-        tracing::info!(job = %id, forge = %forge, repository = %repository, actor = %actor, ttl_secs = ttl.as_secs(), "debug SSH: failed job's VM kept");
+        if !closed {
+            self.inner.metrics.debug_event("armed");
+            tracing::info!(job = %id, forge = %forge, repository = %repository, actor = %actor, ttl_secs = ttl.as_secs(), "debug SSH: failed job's VM kept");
+        }
         let holds = self.clone();
         self.inner.tasks.spawn(async move {
             tokio::select! {
@@ -334,15 +351,19 @@ impl DebugHolds {
                 s.windows.remove(&id);
                 holds.inner.metrics.set_debug_held(s.windows.len());
             }
-            if let Err(e) = vm.destroy().await {
-                tracing::warn!(job = %id, error = %e, "debug SSH: the kept VM's teardown reported an error");
-            }
+            let destroyed = match vm.destroy().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "debug SSH: the kept VM's teardown reported an error; the next start cleans up");
+                    false
+                }
+            };
             holds.state().reserved.remove(&repository_key);
             holds.inner.metrics.debug_event(why.as_str());
             tracing::info!(job = %id, reason = why.as_str(), "debug SSH: kept VM destroyed");
-            on_end(why);
+            on_end(why, destroyed);
         });
-        expires_at
+        (!closed).then_some(expires_at)
     }
 
     /// True when `key` belongs to some open window (the gateway's early check).
@@ -398,7 +419,8 @@ impl DebugHolds {
     /// Destroys every held VM and waits until they are gone.
     pub async fn shutdown(&self) {
         {
-            let s = self.state();
+            let mut s = self.state();
+            s.closed = true;
             for w in s.windows.values() {
                 end(&w.reason, &w.ended, EndReason::Shutdown);
             }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde_json::Value;
 
-use crate::config::{DebugSshConfig, ForgeDebugSsh};
+use crate::config::{DEFAULT_DEBUG_SSH_EVENTS, DebugSshConfig, ForgeDebugSsh};
 use crate::workflow::Scalar;
 
 /// The variable a workflow or job sets to ask for debug SSH.
@@ -73,7 +73,12 @@ pub fn decide(host: Option<&DebugSshConfig>, forge: &ForgeDebugSsh, req: &Reques
     if event == "schedule" {
         return refuse("scheduled runs are never kept for debugging");
     }
-    if !forge.events.is_empty() && !forge.events.iter().any(|e| e == event) {
+    let listed = if forge.events.is_empty() {
+        DEFAULT_DEBUG_SSH_EVENTS.contains(&event)
+    } else {
+        forge.events.iter().any(|e| e == event)
+    };
+    if !listed {
         return refuse(&format!(
             "this runner does not offer debug SSH for `{event}` events"
         ));
@@ -125,17 +130,25 @@ pub fn repository_matches(pattern: &str, repository: &str) -> bool {
     }
 }
 
-/// True for a pull request event whose head is another repository (or
-/// cannot be told: then it counts as a fork).
+/// True for a pull request event whose head is another repository, and
+/// for a `workflow_run` whose triggering run's head is (when it cannot be
+/// told, it counts as a fork).
 fn from_fork(github: &Value, repository: &str) -> bool {
     let event = text(github, &["event_name"]).unwrap_or_default();
-    if !event.starts_with("pull_request") {
+    let head = if event.starts_with("pull_request") {
+        text(
+            github,
+            &["event", "pull_request", "head", "repo", "full_name"],
+        )
+    } else if event == "workflow_run" {
+        text(
+            github,
+            &["event", "workflow_run", "head_repository", "full_name"],
+        )
+    } else {
         return false;
-    }
-    match text(
-        github,
-        &["event", "pull_request", "head", "repo", "full_name"],
-    ) {
+    };
+    match head {
         Some(head) => !head.eq_ignore_ascii_case(repository),
         None => true,
     }
@@ -286,6 +299,29 @@ mod tests {
         assert!(matches!(
             ask(&on(), &unknown_head, false),
             Decision::Refused(_)
+        ));
+        let all_events = ForgeDebugSsh {
+            events: vec!["workflow_run".into(), "issue_comment".into()],
+            ..on()
+        };
+        let run_of_fork = json!({"event_name": "workflow_run", "actor": "mallory",
+            "event": {"workflow_run": {"head_repository": {"full_name": "mallory/app"}}}});
+        assert!(
+            matches!(ask(&all_events, &run_of_fork, false), Decision::Refused(r) if r.contains("forks"))
+        );
+        let run_here = json!({"event_name": "workflow_run", "actor": "alice",
+            "event": {"workflow_run": {"head_repository": {"full_name": "alice/app"}}}});
+        assert!(matches!(
+            ask(&all_events, &run_here, false),
+            Decision::Allowed(_)
+        ));
+        let comment = json!({"event_name": "issue_comment", "actor": "anyone"});
+        assert!(
+            matches!(ask(&on(), &comment, false), Decision::Refused(r) if r.contains("issue_comment"))
+        );
+        assert!(matches!(
+            ask(&all_events, &comment, false),
+            Decision::Allowed(_)
         ));
         let schedule = json!({"event_name": "schedule", "actor": "alice"});
         assert!(

@@ -346,8 +346,10 @@ pub async fn run_in_vm(
         )
         .await;
 
-        let (attempt, kept) = match (run.debug, attempt) {
-            (Some(hold), Attempt::Failed(outcome, guest)) => {
+        // A failed job's guest is offered to keep for debugging (only
+        // built when there is a hold to offer it to).
+        let (attempt, kept) = match (attempt, run.debug) {
+            (Attempt::Failed(outcome, guest), Some(hold)) => {
                 let (session, target) = *guest;
                 let guest = FailedGuest {
                     vm,
@@ -357,11 +359,7 @@ pub async fn run_in_vm(
                 };
                 (Attempt::Done(Ok(outcome)), hold.offer(guest, sink).await)
             }
-            (_, Attempt::Failed(outcome, guest)) => {
-                let _ = guest.0.close().await;
-                (Attempt::Done(Ok(outcome)), Some(vm))
-            }
-            (_, attempt) => (attempt, Some(vm)),
+            (attempt, _) => (attempt, Some(vm)),
         };
         if let Some(vm) = kept {
             sink.emit(JobEvent::Phase {
@@ -381,30 +379,23 @@ pub async fn run_in_vm(
             timings.teardown = t.elapsed();
         }
 
-        match attempt {
+        let result = match attempt {
             Attempt::KvmBroken(trouble, ran) => {
                 announce_fallback(sink, &trouble.reason, true);
                 fallback = Some((trouble, ran));
                 accel = Accel::Tcg;
+                continue;
             }
-            Attempt::Failed(outcome, ..) => {
-                // Not reached: a failed guest was offered above.
-                return Ok(RunReport {
-                    outcome,
-                    timings,
-                    accel,
-                    kvm_fallback: fallback.map(|(t, _)| t.reason),
-                });
-            }
-            Attempt::Done(result) => {
-                return result.map(|outcome| RunReport {
-                    outcome,
-                    timings,
-                    accel,
-                    kvm_fallback: fallback.map(|(t, _)| t.reason),
-                });
-            }
-        }
+            Attempt::Done(result) => result,
+            // Its session was dropped with the offer above.
+            Attempt::Failed(outcome, _) => Ok(outcome),
+        };
+        return result.map(|outcome| RunReport {
+            outcome,
+            timings,
+            accel,
+            kvm_fallback: fallback.map(|(t, _)| t.reason),
+        });
     }
 }
 

@@ -60,7 +60,7 @@ impl DebugHold for TestHold {
                 ttl: self.ttl,
                 vm,
                 target,
-                on_end: Box::new(move |why| {
+                on_end: Box::new(move |why, _destroyed| {
                     if let Some(tx) = tx {
                         let _ = tx.send(why);
                     }

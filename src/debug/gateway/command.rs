@@ -46,6 +46,17 @@ pub fn parse(line: &[u8]) -> Command {
     }
 }
 
+/// The command a user runs on their own machine: `ssh [-t] -p <port>
+/// debug@<host> <what>` (`-t` for `connect`, which gives a shell).
+pub fn ssh_command(host: &str, port: u16, what: &str) -> String {
+    let tty = if what.starts_with("connect ") {
+        "-t "
+    } else {
+        ""
+    };
+    format!("ssh {tty}-p {port} debug@{host} {what}")
+}
+
 /// The usage text; `host` and `port` are what job logs print.
 pub fn usage(not_understood: Option<&str>, host: &str, port: u16) -> String {
     let mut s = String::new();
@@ -57,18 +68,27 @@ pub fn usage(not_understood: Option<&str>, host: &str, port: u16) -> String {
          Commands:\n  \
            connect <job id>   a shell in the job's VM\n  \
            done <job id>      destroy the job's VM now (ends the debug window early)\n\
-         For example: ssh -t -p {port} debug@{host} connect <job id>\n\
-         The failed job's log prints the exact command, the job id and until when the VM is kept.\n"
+         For example: {}\n\
+         The failed job's log prints the exact command, the job id and until when the VM is kept.\n",
+        ssh_command(host, port, "connect <job id>")
     ));
     s
 }
 
-/// The line shown when a `connect` succeeds.
-pub fn banner(id: &str, repository: &str, guest_user: &str, expires_at: SystemTime) -> String {
+/// The line shown when a `connect` succeeds; `host` and `port` are what
+/// job logs print.
+pub fn banner(
+    id: &str,
+    repository: &str,
+    guest_user: &str,
+    expires_at: SystemTime,
+    (host, port): (&str, u16),
+) -> String {
     format!(
         "Connected to job {id} ({repository}) as {guest_user}; this VM is destroyed at {}.\n\
-         Leave with `exit`; `done {id}` destroys it earlier.\n",
-        crate::civil::utc_seconds(expires_at)
+         Leave with `exit` (the VM stays); `{}` on your machine destroys it earlier.\n",
+        crate::civil::utc_seconds(expires_at),
+        ssh_command(host, port, &format!("done {id}"))
     )
 }
 
@@ -144,6 +164,11 @@ mod tests {
             "octo/hello",
             "root",
             SystemTime::UNIX_EPOCH + Duration::from_secs(86_400),
+            ("ci.example.org", 2222),
+        );
+        assert!(
+            b.contains("`ssh -p 2222 debug@ci.example.org done j1` on your machine"),
+            "{b}"
         );
         assert!(
             b.starts_with(
