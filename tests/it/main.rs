@@ -19,6 +19,7 @@ mod config_check;
 mod containers_action;
 mod containers_engine;
 mod containers_job;
+mod debug_scrub;
 mod docs_match_code;
 mod doctor_cli;
 mod exec_cli;
