@@ -212,7 +212,7 @@ rmrf() {
 }
 # 1. The steps' leftover processes.
 # (`tr`: busybox grep stops reading a line at its first NUL.)
-marked() { tr '\000' '\n' < "$1" 2>/dev/null | grep -q -F -e "GITHUB_ENV=$S/" -e "GITHUB_ENV=/__w/_temp/_solstice/"; }
+marked() { tr '\000' '\n' 2>/dev/null < "$1" | grep -q -F -e "GITHUB_ENV=$S/" -e "GITHUB_ENV=/__w/_temp/_solstice/"; }
 killed=0
 if [ -r /proc/self/environ ]; then
   for round in 1 2 3; do

@@ -56,12 +56,13 @@ async fn run(session: &dyn GuestSession, cmd: &str, stdin: &[u8]) -> (u32, Strin
 }
 
 /// Lists the files under the home directory, `/tmp` and `/etc`, and the
-/// processes, that hold either value (read from stdin: not in argv).
-const SEARCH: &str = r#"read -r a; read -r b
+/// processes, that hold either value (read from stdin: not in argv), with
+/// root's rights where the user has passwordless sudo.
+const SEARCH: &str = r#"read -r a; read -r b; h=$1
 for v in "$a" "$b"; do
-  grep -r -l -F -e "$v" "$HOME" /tmp /etc 2>/dev/null | sed 's/^/file /'
+  grep -r -l -F -e "$v" "$h" /tmp /etc 2>/dev/null | sed 's/^/file /'
   for e in /proc/[0-9]*/environ; do
-    if tr '\000' '\n' < "$e" 2>/dev/null | grep -q -F -e "$v"; then echo "process $e"; fi
+    if tr '\000' '\n' 2>/dev/null < "$e" | grep -q -F -e "$v"; then echo "process $e"; fi
   done
 done
 echo searched"#;
@@ -70,7 +71,10 @@ echo searched"#;
 impl DebugHold for ScrubHold {
     async fn offer(&self, guest: FailedGuest, _sink: &dyn EventSink) -> Option<Vm> {
         let values = format!("{TOKEN}\n{SECRET}\n");
-        let cmd = format!("exec sh -c {}", solstice::guest::shell_quote(SEARCH));
+        let q = solstice::guest::shell_quote(SEARCH);
+        let cmd = format!(
+            "if [ \"$(id -u)\" != 0 ] && sudo -n true 2>/dev/null; then exec sudo -n sh -c {q} sh \"$HOME\"; else exec sh -c {q} sh \"$HOME\"; fi"
+        );
         let (_, before) = run(&guest.session, &cmd, values.as_bytes()).await;
         let scrubbed = scrub_for_debug(&guest.session, &guest.runner)
             .await
