@@ -21,7 +21,9 @@
 //!    (Linux); elsewhere (illumos) by the process groups the steps recorded
 //!    in their `pid` files. Processes the steps started in the job container
 //!    are killed through a step's `kill` script (`docker exec <id> kill
-//!    -KILL -1`: all but the container's PID 1).
+//!    -KILL -1`: all but the container's PID 1). Processes of other users
+//!    (a step's `sudo` daemon) are neither found nor killed: the user cannot
+//!    read their environment, and `sudo` resets it.
 //! 2. **Solstice's per-step directories, `$RUNNER_TEMP/_solstice`.** They
 //!    hold the `GITHUB_ENV`, `GITHUB_OUTPUT`, `GITHUB_STATE`, `GITHUB_PATH`
 //!    and `GITHUB_STEP_SUMMARY` files (values the job set, secrets
@@ -74,8 +76,10 @@
 //! - The job's SSH key in `authorized_keys` (the debug gateway logs in
 //!   with it).
 //!
-//! A failure to remove any of 1, 2 or 4 fails the clean-up (the VM is then
-//! destroyed rather than kept).
+//! A process of the job still running after three rounds of `SIGKILL`, or
+//! a file of 2, 3 or 4 that cannot be removed or cleaned (even with `sudo
+//! -n` where the user has it), fails the clean-up (the VM is then destroyed
+//! rather than kept). The script is idempotent: a second run removes nothing.
 
 use std::time::Duration;
 
