@@ -50,7 +50,7 @@ rustPlatform.buildRustPackage {
   # The unit tests and the integration-test modules that need no VM, no SSH
   # server and no network beyond 127.0.0.1 (one test binary, `it`, with a
   # module per area). Skipped on purpose: exec_cli, exec_debian, exec_tiny,
-  # exec_runner, actions_vm, cache_vm, containers_action, vm_boot, doctor_cli, checkout_gitless,
+  # exec_runner, actions_vm, cache_vm, containers_action, vm_boot, doctor_cli, checkout_gitless, debug_scrub,
   # run_cli, guest_network, github_e2e, forge_containers, debug_gateway, debug_ssh and forge_e2e* boot guests (guest_network also makes
   # network namespaces as root); containers_engine boots guests, runs Debian's
   # docker-registry in a network namespace and builds test images with apt-get; forge_artifacts needs node, npm and the npm
@@ -84,6 +84,7 @@ rustPlatform.buildRustPackage {
         "containers_engine"
         "containers_job"
         "debug_gateway"
+        "debug_scrub"
         "debug_ssh"
         "docs_match_code"
         "doctor_cli"

@@ -20,6 +20,7 @@ mod containers_action;
 mod containers_engine;
 mod containers_job;
 mod debug_gateway;
+mod debug_scrub;
 mod debug_ssh;
 mod docs_match_code;
 mod doctor_cli;
