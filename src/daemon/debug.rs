@@ -207,7 +207,7 @@ impl DebugHold for TaskHold<'_> {
                 allowed.actor
             ),
             format!(
-                "  Removed from the VM before it was kept: {removed}. The job's workspace stays."
+                "  Removed from the VM before it was kept: {removed}. The workspace stays, and so does anything a step copied elsewhere itself."
             ),
             format!(
                 "  Done early? `{}` destroys the VM.",
