@@ -317,7 +317,12 @@ pub(crate) fn forge(
             }
             list.get_ref().iter().map(|e| e.get_ref().clone()).collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_else(|| {
+            crate::config::DEFAULT_DEBUG_SSH_EVENTS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect()
+        });
     // A bad host window was reported (and reads as 0): check against the
     // maximum rather than report every forge's window too.
     let host_max = match i64::try_from(host_ttl.as_secs()) {

@@ -109,9 +109,10 @@ pub struct ForgeDebugSsh {
     /// `owner/name` or `owner/*` patterns (`repositories`); empty: every
     /// repository of the forge.
     pub repositories: Vec<String>,
-    /// Events whose failed jobs may be kept (`events`); empty:
-    /// [`DEFAULT_DEBUG_SSH_EVENTS`] (events whose actor is someone with
-    /// push access or the pull request's author, never a commenter).
+    /// Events whose failed jobs may be kept (`events`; default
+    /// [`DEFAULT_DEBUG_SSH_EVENTS`]: events whose actor is someone with
+    /// push access or the pull request's author, never a commenter). An
+    /// empty list (only made in code) means the default too.
     pub events: Vec<String>,
     /// Pull requests from forks may be kept too (`fork_pull_requests`,
     /// default false).

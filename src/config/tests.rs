@@ -1667,6 +1667,11 @@ fn debug_ssh_defaults() {
         c.forges["f"].debug_ssh,
         ForgeDebugSsh {
             enabled: true,
+            events: vec![
+                "push".into(),
+                "pull_request".into(),
+                "workflow_dispatch".into()
+            ],
             ..ForgeDebugSsh::default()
         }
     );
