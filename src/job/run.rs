@@ -387,7 +387,8 @@ pub async fn run_in_vm(
                 continue;
             }
             Attempt::Done(result) => result,
-            // Its session was dropped with the offer above.
+            // Only made when there is a hold, which took it above; its
+            // session closes as it is dropped here.
             Attempt::Failed(outcome, _) => Ok(outcome),
         };
         return result.map(|outcome| RunReport {
