@@ -148,7 +148,7 @@ fn header_value(value: &str, sensitive: bool) -> Result<HeaderValue, ()> {
 
 /// The message of a reqwest error with its causes, without the URL's
 /// repetition of each layer.
-fn describe(e: &reqwest::Error) -> String {
+pub(super) fn describe(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

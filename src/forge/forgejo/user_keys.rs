@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::client::describe;
 use crate::forge::{UserKeys, UserKeysError};
 
 /// Keys asked for per page: Forgejo's and Gitea's default
@@ -241,21 +242,6 @@ fn api_message(body: &[u8]) -> Option<String> {
         m.push('…');
     }
     (!m.is_empty()).then_some(m)
-}
-
-/// A reqwest error with its causes.
-fn describe(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// The body, at most [`MAX_BODY_BYTES`].
