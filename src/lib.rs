@@ -28,4 +28,5 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testing;
 pub mod vm;
+pub mod warm;
 pub mod workflow;

@@ -178,6 +178,7 @@ pub(crate) async fn run_one_job(
         runner_name: "solstice-bench",
         observer: None,
         debug: None,
+        warm: None,
     };
     crate::job::run_in_vm(&run, sink, &tokio_util::sync::CancellationToken::new()).await
 }

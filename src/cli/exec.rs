@@ -184,6 +184,7 @@ pub async fn exec_main(args: ExecArgs) -> Result<(), CliError> {
                 runner_name: &runner_name,
                 observer: None,
                 debug: None,
+                warm: None,
             };
             let started = std::time::Instant::now();
             let result = job::run_in_vm(&vm_run, &sink, &cancel).await;

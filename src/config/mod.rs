@@ -480,6 +480,12 @@ pub struct ImageConfig {
     /// `http(s)://host[:port]` without a trailing slash; written into the
     /// guest's `/etc/docker/daemon.json` by the NoCloud seed. `None` = none.
     pub registry_mirror: Option<String>,
+    /// Guests kept booted and SSH-ready for the next jobs (0: none).
+    pub warm: u32,
+    /// A warm guest idle longer than this is replaced.
+    pub warm_max_idle: Duration,
+    /// Guests start by restoring a saved running guest (Linux only).
+    pub snapshot: bool,
 }
 
 /// How [`parse_str_with`] and [`load_with`] check a file.

@@ -298,7 +298,38 @@ pub struct RawImage {
     /// `insecure-registries` for `http`). Ignored by the metadata seed
     /// (illumos images). Default: none.
     pub registry_mirror: Option<Spanned<String>>,
+    /// Guests of this image kept booted and SSH-ready for the next jobs
+    /// (a warm pool). Each is a real VM: it counts against
+    /// `daemon.max_concurrent_jobs` (a job of any image takes its place when
+    /// the host is full). Default: [`DEFAULT_WARM`]; range: [`WARM`].
+    pub warm: Option<Spanned<i64>>,
+    /// Seconds a warm guest may wait for a job before it is replaced by a
+    /// fresh one. Default: [`DEFAULT_WARM_MAX_IDLE_SECS`]; range:
+    /// [`WARM_MAX_IDLE_SECS`].
+    pub warm_max_idle_secs: Option<Spanned<i64>>,
+    /// Start guests by restoring a saved running guest instead of booting
+    /// (each clone is re-keyed, reseeded and renamed before use). Linux
+    /// guests with the kernel's vmgenid driver only; an error for illumos.
+    /// Default: false.
+    pub snapshot: Option<Spanned<bool>>,
 }
+
+/// Default of `images.<name>.warm`.
+pub const DEFAULT_WARM: i64 = 0;
+/// Allowed range of `images.<name>.warm`.
+pub const WARM: Limit = Limit {
+    min: 0,
+    max: 256,
+    unit: "VMs",
+};
+/// Default of `images.<name>.warm_max_idle_secs` (one hour).
+pub const DEFAULT_WARM_MAX_IDLE_SECS: i64 = 3600;
+/// Allowed range of `images.<name>.warm_max_idle_secs` (a minute to a week).
+pub const WARM_MAX_IDLE_SECS: Limit = Limit {
+    min: 60,
+    max: 604800,
+    unit: "seconds",
+};
 
 /// Default of `images.<name>.network`.
 pub const DEFAULT_NETWORK: NetworkMode = NetworkMode::Outbound;

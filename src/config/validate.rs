@@ -623,6 +623,37 @@ fn image(
         .disk_size_gib
         .as_ref()
         .map(|d| number(Some(d), 0, raw::DISK_SIZE_GIB, &key("disk_size_gib"), ctx));
+    if let Some(snap) = img.snapshot.as_ref().filter(|s| *s.get_ref()) {
+        let os = img.os.as_ref().map_or(raw::DEFAULT_OS, |o| *o.get_ref());
+        let seed = img
+            .seed
+            .as_ref()
+            .map_or(raw::DEFAULT_SEED, |s| *s.get_ref());
+        let why = if os != super::GuestOs::Linux {
+            Some(
+                "illumos has no vmgenid driver, so restored clones would share the kernel's random state",
+            )
+        } else if seed != super::SeedKind::NoCloud {
+            Some(
+                "a restored guest is re-keyed over SSH with the key its template got from a NoCloud seed",
+            )
+        } else if firmware == Firmware::Uefi {
+            Some("the UEFI variable store is not carried into restored clones")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            ctx.push(
+                Some(snap.span()),
+                Some(key("snapshot")),
+                ErrorKind::InvalidValue,
+                format!("this image cannot start guests from a snapshot: {why}"),
+                Some(format!(
+                    "remove the key (guests boot), and use `images.{n}.warm` for pre-booted guests"
+                )),
+            );
+        }
+    }
     ImageConfig {
         name: n.clone(),
         path,
@@ -702,6 +733,21 @@ fn image(
             .registry_mirror
             .as_ref()
             .and_then(|m| registry_mirror(m, &key("registry_mirror"), ctx)),
+        warm: number(
+            img.warm.as_ref(),
+            raw::DEFAULT_WARM,
+            raw::WARM,
+            &key("warm"),
+            ctx,
+        ),
+        warm_max_idle: Duration::from_secs(u64::from(number(
+            img.warm_max_idle_secs.as_ref(),
+            raw::DEFAULT_WARM_MAX_IDLE_SECS,
+            raw::WARM_MAX_IDLE_SECS,
+            &key("warm_max_idle_secs"),
+            ctx,
+        ))),
+        snapshot: img.snapshot.as_ref().is_some_and(|s| *s.get_ref()),
     }
 }
 

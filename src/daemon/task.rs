@@ -265,6 +265,7 @@ async fn run_job(
         runner_name: &task.runner_name,
         observer: task.recorded.then_some(&observer as &dyn VmObserver),
         debug: hold.as_ref().map(|h| h as &dyn job::DebugHold),
+        warm: None,
     };
     let t_run = Instant::now();
     match shared.jobs.run(&run, &sink, &task.cancel).await {

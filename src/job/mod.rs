@@ -13,7 +13,8 @@ pub mod run;
 pub mod spec;
 
 pub use run::{
-    BOOT_FAILURE_CONSOLE_LINES, BOOT_FAILURES_DIR, DebugHold, FailedGuest, RunError, RunReport,
-    Timings, VmObserver, VmRun, boot_failure_console, jobs_dir, run_in_vm, runner_line, succeeded,
+    BOOT_FAILURE_CONSOLE_LINES, BOOT_FAILURES_DIR, BootRequest, DebugHold, FailedGuest, ReadyGuest,
+    RunError, RunReport, StartKind, Timings, VmObserver, VmRun, WarmSource, boot_failure_console,
+    boot_ready, jobs_dir, run_in_vm, runner_line, succeeded,
 };
 pub use spec::{CheckoutSource, JobSpec, RunnerArch, RunnerInfo};

@@ -320,6 +320,9 @@ pub(crate) mod tests {
             network_deny: vec![],
             network_allow: vec![],
             registry_mirror: None,
+            warm: 0,
+            warm_max_idle: std::time::Duration::from_secs(3600),
+            snapshot: false,
             node: None,
         }
     }

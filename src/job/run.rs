@@ -102,6 +102,10 @@ pub struct Timings {
     /// again under TCG (zero without a fallback); the other figures are the
     /// TCG attempt's.
     pub kvm_fallback: Duration,
+    /// How the job's guest came to be. For a guest taken from a warm
+    /// source, `provision` and `boot_to_ssh` are both the time the take
+    /// needed (the guest was up before).
+    pub start: StartKind,
 }
 
 /// Result of [`run_in_vm`].
@@ -134,6 +138,158 @@ pub struct VmRun<'a> {
     /// Offered the VM of a failed job to keep for debug SSH (the daemon,
     /// when debug SSH is configured); `None`: always destroyed.
     pub debug: Option<&'a dyn DebugHold>,
+    /// Asked first for a guest that is already up (a warm pool, or a
+    /// restore from a saved guest); `None`, or no guest from it: the VM
+    /// boots cold.
+    pub warm: Option<&'a dyn WarmSource>,
+}
+
+/// How a job's guest came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartKind {
+    /// Booted for the job.
+    #[default]
+    Cold,
+    /// Taken from a warm pool: booted (or restored) before the job came.
+    Pool,
+    /// Restored for the job from a saved running guest (`snapshot`).
+    Restored,
+}
+
+impl StartKind {
+    /// `cold`, `pool` or `restored` (metrics, logs, the bench).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Cold => "cold",
+            StartKind::Pool => "pool",
+            StartKind::Restored => "restored",
+        }
+    }
+}
+
+/// A guest that is up and accepts SSH, with no job in it yet: a warm pool's
+/// guest, a restored clone, or a template being prepared.
+pub struct ReadyGuest {
+    pub vm: Vm,
+    /// How to log in (its own in-memory key, its pinned host key).
+    pub target: SshTarget,
+    /// An open session on it.
+    pub session: ssh::SshSession,
+    /// QEMU spawned → ready (readiness probes passed; after a restore, the
+    /// clone re-keyed).
+    pub boot_to_ssh: Duration,
+}
+
+impl std::fmt::Debug for ReadyGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyGuest")
+            .field("vm", &self.vm)
+            .field("addr", &self.target.addr)
+            .field("boot_to_ssh", &self.boot_to_ssh)
+            .finish()
+    }
+}
+
+/// Gives a job a guest that is already up (see [`VmRun::warm`]).
+#[async_trait::async_trait]
+pub trait WarmSource: Send + Sync {
+    /// A ready guest of `image` whose directory has been moved to `dest`
+    /// (the job's directory, which does not exist yet), and how it was
+    /// made; `None`: the job boots its VM cold (no guest, or it could not
+    /// be handed over: the source says why in its own log, not the job's).
+    /// Progress for the job's log goes to `sink`.
+    async fn take(
+        &self,
+        image: &ImageConfig,
+        dest: &Path,
+        sink: &dyn EventSink,
+        cancel: &CancellationToken,
+    ) -> Option<(ReadyGuest, StartKind)>;
+}
+
+/// What [`boot_ready`] boots.
+pub struct BootRequest<'a> {
+    pub config: &'a Config,
+    pub image: &'a ImageConfig,
+    pub accel: Accel,
+    /// The directory `vm_id`'s directory is made in.
+    pub dir_root: &'a Path,
+    /// Names the VM's directory (see [`id::is_valid`]) and its host name.
+    pub vm_id: &'a str,
+    /// The guest logs in with this key (the caller keeps it in memory).
+    pub client_key: ClientKey,
+    /// Host ports the guest may reach at 10.0.2.2 (the cache service).
+    pub host_ports: &'a [u16],
+}
+
+/// Boots a fresh VM to SSH-ready without running anything in it (warm
+/// pools, snapshot templates). No KVM fallback: the VM runs under
+/// `req.accel` or fails. Boot progress goes to `sink`; on any error the VM
+/// is gone again.
+pub async fn boot_ready(
+    req: BootRequest<'_>,
+    sink: &dyn EventSink,
+    cancel: &CancellationToken,
+) -> Result<ReadyGuest, RunError> {
+    let image = req.image;
+    let host_key = match image.seed {
+        SeedKind::NoCloud => Some(HostKey::generate()),
+        SeedKind::MetadataCpio => None,
+    };
+    let host_private = host_key.as_ref().map(HostKey::private_openssh);
+    let host_public = host_key.as_ref().map(HostKey::public_openssh);
+    let authorized = req.client_key.public_openssh();
+    let hostname = id::hostname(req.vm_id);
+    let spec = VmSpec {
+        job_id: req.vm_id,
+        image,
+        qemu: &req.config.qemu,
+        accel: req.accel,
+        jobs_dir: req.dir_root,
+        authorized_key: &authorized,
+        host_key: host_private.as_ref().zip(host_public.as_deref()),
+        hostname: &hostname,
+        host_ports: req.host_ports,
+    };
+    let mut vm = tokio::select! {
+        r = Vm::start(spec) => r.map_err(RunError::Provision)?,
+        _ = cancel.cancelled() => return Err(RunError::Cancelled),
+    };
+    let boot = Boot {
+        config: req.config,
+        image,
+        accel: None,
+    };
+    let mut timings = Timings::default();
+    let kvm = Kvm {
+        watch: false,
+        to_confirm: None,
+    };
+    match wait_for_guest(
+        &boot,
+        &mut vm,
+        (req.client_key, host_public),
+        sink,
+        cancel,
+        &mut timings,
+        kvm,
+    )
+    .await
+    {
+        Ok((session, target)) => Ok(ReadyGuest {
+            vm,
+            target,
+            session,
+            boot_to_ssh: timings.boot_to_ssh,
+        }),
+        Err(attempt) => {
+            let _ = vm.destroy().await;
+            Err(match *attempt {
+                Attempt::Done(Err(e)) => e,
+                _ => RunError::Cancelled,
+            })
+        }
+    }
 }
 
 /// The guest of a job that failed, offered to a [`DebugHold`].
@@ -272,6 +428,47 @@ pub async fn run_in_vm(
             ),
         });
         let t0 = Instant::now();
+        if let (Some(source), None) = (run.warm, &fallback) {
+            let dest = jobs.join(run.job_id);
+            if let Some(o) = run.observer {
+                o.before_start(&dest).map_err(RunError::Record)?;
+            }
+            if let Some((guest, kind)) = source.take(image, &dest, sink, cancel).await {
+                let ReadyGuest {
+                    vm,
+                    target,
+                    session,
+                    ..
+                } = guest;
+                if let Some(o) = run.observer {
+                    o.started(vm.pid(), vm.ssh_addr().port());
+                }
+                timings.start = kind;
+                timings.provision = t0.elapsed();
+                timings.boot_to_ssh = timings.provision;
+                let accel = vm.accel();
+                sink.emit(JobEvent::Phase {
+                    phase: Phase::Ready,
+                    detail: format!(
+                        "{} ready after {:.1}s",
+                        match kind {
+                            StartKind::Restored => "guest restored from a saved guest;",
+                            _ => "guest from the warm pool;",
+                        },
+                        timings.provision.as_secs_f64()
+                    ),
+                });
+                let attempt =
+                    run_steps(run, &vm, session, target, sink, cancel, &mut timings).await;
+                let result = finish(run, vm, attempt, sink, &mut timings).await;
+                return result.map(|outcome| RunReport {
+                    outcome,
+                    timings,
+                    accel,
+                    kvm_fallback: None,
+                });
+            }
+        }
         let client_key = ClientKey::generate();
         let host_key = match image.seed {
             SeedKind::NoCloud => Some(HostKey::generate()),
@@ -346,39 +543,16 @@ pub async fn run_in_vm(
         )
         .await;
 
-        // A failed job's guest is offered to keep for debugging (only
-        // built when there is a hold to offer it to).
-        let (attempt, kept) = match (attempt, run.debug) {
-            (Attempt::Failed(outcome, guest), Some(hold)) => {
-                let (session, target) = *guest;
-                let guest = FailedGuest {
-                    vm,
-                    target,
-                    session,
-                    runner: RunnerInfo::for_image(run.image, run.runner_name),
-                };
-                (Attempt::Done(Ok(outcome)), hold.offer(guest, sink).await)
+        let attempt = match attempt {
+            Attempt::KvmBroken(trouble, ran) => {
+                teardown(run, vm, sink, &mut timings).await;
+                Attempt::KvmBroken(trouble, ran)
             }
-            (attempt, _) => (attempt, Some(vm)),
+            other => match finish(run, vm, other, sink, &mut timings).await {
+                Ok(outcome) => Attempt::Done(Ok(outcome)),
+                Err(e) => Attempt::Done(Err(e)),
+            },
         };
-        if let Some(vm) = kept {
-            sink.emit(JobEvent::Phase {
-                phase: Phase::Teardown,
-                detail: "destroying the VM".into(),
-            });
-            let t = Instant::now();
-            match vm.destroy().await {
-                Ok(()) => {
-                    if let Some(o) = run.observer {
-                        o.destroyed();
-                    }
-                }
-                // The record stays, so the next start's reconcile retries the cleanup.
-                Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
-            }
-            timings.teardown = t.elapsed();
-        }
-
         let result = match attempt {
             Attempt::KvmBroken(trouble, ran) => {
                 announce_fallback(sink, &trouble.reason, true);
@@ -387,8 +561,7 @@ pub async fn run_in_vm(
                 continue;
             }
             Attempt::Done(result) => result,
-            // Only made when there is a hold, which took it above; its
-            // session closes as it is dropped here.
+            // `finish` turned it into `Done`.
             Attempt::Failed(outcome, _) => Ok(outcome),
         };
         return result.map(|outcome| RunReport {
@@ -398,6 +571,59 @@ pub async fn run_in_vm(
             kvm_fallback: fallback.map(|(t, _)| t.reason),
         });
     }
+}
+
+/// After the steps: offers a failed job's guest to [`VmRun::debug`] (when
+/// there is one), destroys the VM unless it was kept, and returns the
+/// job's result.
+async fn finish(
+    run: &VmRun<'_>,
+    vm: Vm,
+    attempt: Attempt,
+    sink: &dyn EventSink,
+    timings: &mut Timings,
+) -> Result<JobOutcome, RunError> {
+    // A failed job's guest is offered to keep for debugging (only
+    // built when there is a hold to offer it to).
+    let (result, kept) = match (attempt, run.debug) {
+        (Attempt::Failed(outcome, guest), Some(hold)) => {
+            let (session, target) = *guest;
+            let guest = FailedGuest {
+                vm,
+                target,
+                session,
+                runner: RunnerInfo::for_image(run.image, run.runner_name),
+            };
+            (Ok(outcome), hold.offer(guest, sink).await)
+        }
+        // Only made when there is a hold; its session closes as it is dropped.
+        (Attempt::Failed(outcome, _), None) => (Ok(outcome), Some(vm)),
+        (Attempt::Done(result), _) => (result, Some(vm)),
+        (Attempt::KvmBroken(..), _) => (Err(RunError::Cancelled), Some(vm)),
+    };
+    if let Some(vm) = kept {
+        teardown(run, vm, sink, timings).await;
+    }
+    result
+}
+
+/// Destroys a job's VM, telling the observer.
+async fn teardown(run: &VmRun<'_>, vm: Vm, sink: &dyn EventSink, timings: &mut Timings) {
+    sink.emit(JobEvent::Phase {
+        phase: Phase::Teardown,
+        detail: "destroying the VM".into(),
+    });
+    let t = Instant::now();
+    match vm.destroy().await {
+        Ok(()) => {
+            if let Some(o) = run.observer {
+                o.destroyed();
+            }
+        }
+        // The record stays, so the next start's reconcile retries the cleanup.
+        Err(e) => tracing::warn!(error = %e, "VM teardown reported an error"),
+    }
+    timings.teardown = t.elapsed();
 }
 
 /// `spec` with the cache service's variables: `ACTIONS_CACHE_URL` (its
@@ -559,12 +785,43 @@ async fn watch_boot(
 async fn boot_and_run(
     run: &VmRun<'_>,
     vm: &mut Vm,
-    (client_key, host_public): (ClientKey, Option<String>),
+    keys: (ClientKey, Option<String>),
     sink: &dyn EventSink,
     cancel: &CancellationToken,
     timings: &mut Timings,
     kvm: Kvm<'_>,
 ) -> Attempt {
+    let boot = Boot {
+        config: run.config,
+        image: run.image,
+        accel: Some(run.accel),
+    };
+    match wait_for_guest(&boot, vm, keys, sink, cancel, timings, kvm).await {
+        Ok((session, target)) => run_steps(run, vm, session, target, sink, cancel, timings).await,
+        Err(attempt) => *attempt,
+    }
+}
+
+/// What a boot needs besides the VM: the configuration (where failed
+/// consoles are kept), the image, and the process's accelerator (`None`:
+/// no KVM fallback; warm pools and templates).
+struct Boot<'a> {
+    config: &'a Config,
+    image: &'a ImageConfig,
+    accel: Option<&'a Accelerator>,
+}
+
+/// Waits until the guest of `vm` accepts SSH (readiness probes passed),
+/// watching the boot; the session and target, or how the attempt ended.
+async fn wait_for_guest(
+    run: &Boot<'_>,
+    vm: &mut Vm,
+    (client_key, host_public): (ClientKey, Option<String>),
+    sink: &dyn EventSink,
+    cancel: &CancellationToken,
+    timings: &mut Timings,
+    kvm: Kvm<'_>,
+) -> Result<(ssh::SshSession, SshTarget), Box<Attempt>> {
     let image = run.image;
     let check = match host_public {
         Some(k) => HostKeyCheck::Pinned(k),
@@ -573,10 +830,10 @@ async fn boot_and_run(
     let target = match SshTarget::new(vm.ssh_addr(), image.ssh_user.clone(), client_key, check) {
         Ok(t) => t,
         Err(e) => {
-            return Attempt::Done(Err(RunError::Ssh {
+            return Err(Box::new(Attempt::Done(Err(RunError::Ssh {
                 reason: e.to_string(),
                 console: String::new(),
-            }));
+            }))));
         }
     };
     sink.emit(JobEvent::Phase {
@@ -612,7 +869,8 @@ async fn boot_and_run(
         }
     };
     let console_heading = |vm: &Vm| keep_failed_console(run, vm);
-    let explicit_kvm = vm.accel() == Accel::Kvm && run.accel.choice() == AccelChoice::Kvm;
+    let explicit_kvm =
+        vm.accel() == Accel::Kvm && run.accel.is_some_and(|a| a.choice() == AccelChoice::Kvm);
     let session = match waited {
         Ok(Ok((s, stats))) => {
             // The wait starts a little after the spawn; count from the spawn.
@@ -622,7 +880,7 @@ async fn boot_and_run(
         }
         Err(Watch::KvmBroken(trouble)) => {
             keep_kvm_console(run, vm);
-            return Attempt::KvmBroken(trouble, t_boot.elapsed());
+            return Err(Box::new(Attempt::KvmBroken(trouble, t_boot.elapsed())));
         }
         Err(Watch::Stopped(why)) => {
             let hint = if explicit_kvm {
@@ -630,13 +888,15 @@ async fn boot_and_run(
             } else {
                 String::new()
             };
-            return Attempt::Done(Err(RunError::GuestStopped {
+            return Err(Box::new(Attempt::Done(Err(RunError::GuestStopped {
                 reason: why,
                 hint,
                 console: console_heading(vm),
-            }));
+            }))));
         }
-        Ok(Err(ssh::SshError::Cancelled { .. })) => return Attempt::Done(Err(RunError::Cancelled)),
+        Ok(Err(ssh::SshError::Cancelled { .. })) => {
+            return Err(Box::new(Attempt::Done(Err(RunError::Cancelled))));
+        }
         Ok(Err(ssh::SshError::NotReady { last, .. }))
             if kvm.watch && !banner_seen.load(Ordering::SeqCst) =>
         {
@@ -645,14 +905,14 @@ async fn boot_and_run(
             // time. (With a banner, KVM ran the guest: a login that fails is
             // the image's problem, and the job fails with it.)
             keep_kvm_console(run, vm);
-            return Attempt::KvmBroken(
+            return Err(Box::new(Attempt::KvmBroken(
                 KvmTrouble::slow(format!(
                     "the guest's SSH server did not answer within {} s under KVM ({})",
                     secs(image.boot_timeout),
                     describe_last_attempt(last.as_deref())
                 )),
                 t_boot.elapsed(),
-            );
+            )));
         }
         Ok(Err(ssh::SshError::NotReady { last, .. })) => {
             let mut last = describe_last_attempt(last.as_deref());
@@ -661,18 +921,18 @@ async fn boot_and_run(
                     ". The guest ran under KVM, which is configured explicitly (`qemu.accel = \"kvm\"`): if KVM does not work on this host, set `qemu.accel = \"auto\"` (falls back to TCG) or `\"tcg\"`",
                 );
             }
-            return Attempt::Done(Err(RunError::BootTimeout {
+            return Err(Box::new(Attempt::Done(Err(RunError::BootTimeout {
                 image: image.name.clone(),
                 timeout: image.boot_timeout,
                 last,
                 console: console_heading(vm),
-            }));
+            }))));
         }
         Ok(Err(e)) => {
-            return Attempt::Done(Err(RunError::Ssh {
+            return Err(Box::new(Attempt::Done(Err(RunError::Ssh {
                 reason: e.to_string(),
                 console: console_heading(vm),
-            }));
+            }))));
         }
     };
     timings.boot_to_ssh = t_boot.elapsed();
@@ -680,7 +940,9 @@ async fn boot_and_run(
         let tcg_alarm = vm.console_alarm().is_some();
         if trouble.confirmed_by(*kvm_ran, timings.boot_to_ssh, tcg_alarm) {
             // The guest that did not run under KVM runs under TCG.
-            run.accel.kvm_failed(&trouble.reason);
+            if let Some(accel) = run.accel {
+                accel.kvm_failed(&trouble.reason);
+            }
         } else {
             let why = if tcg_alarm {
                 "its kernel reported stalled CPUs under TCG as well (a loaded host?)".to_string()
@@ -702,6 +964,21 @@ async fn boot_and_run(
         detail: format!("SSH ready after {:.1}s", timings.boot_to_ssh.as_secs_f64()),
     });
 
+    Ok((session, target))
+}
+
+/// Runs the job's steps on a ready guest; keeps the session open for a
+/// [`DebugHold`] when the job failed and there is one.
+async fn run_steps(
+    run: &VmRun<'_>,
+    vm: &Vm,
+    session: ssh::SshSession,
+    target: SshTarget,
+    sink: &dyn EventSink,
+    cancel: &CancellationToken,
+    timings: &mut Timings,
+) -> Attempt {
+    let image = run.image;
     let timing_sink = TimingSink {
         inner: sink,
         first_step: Mutex::new(None),
@@ -751,7 +1028,7 @@ fn describe_last_attempt(last: Option<&ssh::SshError>) -> String {
 
 /// Keeps the console of a KVM attempt that was given up, as
 /// `<state_dir>/boot-failures/<image>.kvm.console.log`, for diagnosis.
-fn keep_kvm_console(run: &VmRun<'_>, vm: &Vm) {
+fn keep_kvm_console(run: &Boot<'_>, vm: &Vm) {
     let kept = boot_failure_console(run.config, &format!("{}.kvm", run.image.name));
     if let Err(e) = vm.keep_console(&kept) {
         tracing::warn!(path = %kept.display(), error = %e, "could not keep the KVM attempt's console log");
@@ -760,7 +1037,7 @@ fn keep_kvm_console(run: &VmRun<'_>, vm: &Vm) {
 
 /// Keeps the console of a failed boot in `<state_dir>/boot-failures/` and
 /// returns its tail with a heading that says where the whole log is.
-fn keep_failed_console(run: &VmRun<'_>, vm: &Vm) -> String {
+fn keep_failed_console(run: &Boot<'_>, vm: &Vm) -> String {
     let kept = boot_failure_console(run.config, &run.image.name);
     let where_ = match vm.keep_console(&kept) {
         Ok(()) => format!("the whole log is kept in {}", kept.display()),

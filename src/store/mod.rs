@@ -24,6 +24,7 @@ mod reconcile;
 mod schema;
 mod state_dir;
 mod vms;
+mod warm;
 
 pub use credentials::CredentialsRow;
 pub use holds::HoldRow;
@@ -33,6 +34,7 @@ pub use logs::LogRowData;
 pub use schema::SCHEMA_VERSION;
 pub use state_dir::{StateDirError, check_state_dir, current_uid, user_name};
 pub use vms::VmRow;
+pub use warm::{WarmKind, WarmRow};
 
 pub use reconcile::{KilledProcess, ReconcileReport, reconcile_vms};
 

@@ -397,6 +397,23 @@ impl Vm {
         self.ssh_addr
     }
 
+    /// Moves the VM's directory to `dest` (on the same file system; `dest`
+    /// must not exist): a warm guest becomes a job's. QEMU keeps its open
+    /// files and sockets; its command line still names the old path (which
+    /// is how start-up clean-up finds it after a crash).
+    pub fn move_to(&mut self, dest: &Path) -> Result<(), VmError> {
+        if dest.exists() {
+            return Err(VmError::JobDirExists(dest.to_path_buf()));
+        }
+        std::fs::rename(&self.owned.dir, dest).map_err(io(format!(
+            "move {} to {}",
+            self.owned.dir.display(),
+            dest.display()
+        )))?;
+        self.owned.dir = dest.to_path_buf();
+        Ok(())
+    }
+
     /// The job directory.
     pub fn dir(&self) -> &Path {
         &self.owned.dir

@@ -46,7 +46,18 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     // The neutral middle shared by `exec`, `run` and `bench`.
-    ("job", &["forge", "daemon", "cli", "bench", "testing"]),
+    (
+        "job",
+        &["warm", "forge", "daemon", "cli", "bench", "testing"],
+    ),
+    // Warm starts: pools of ready guests and snapshot templates; they boot
+    // guests through `job`, and know no forge, daemon or executor.
+    (
+        "warm",
+        &[
+            "executor", "forge", "daemon", "debug", "cli", "bench", "testing",
+        ],
+    ),
     // Forges: the port and its adapters know jobs, not how they run or are kept.
     (
         "forge",
@@ -66,7 +77,7 @@ const LEAVES: &[&str] = &["job::id"];
 
 /// What the lower floors never name.
 const UPPER: &[&str] = &[
-    "executor", "job", "forge", "daemon", "debug", "cli", "bench", "testing", "runner",
+    "executor", "job", "warm", "forge", "daemon", "debug", "cli", "bench", "testing", "runner",
 ];
 
 fn src_dir() -> PathBuf {

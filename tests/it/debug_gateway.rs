@@ -122,6 +122,7 @@ async fn hold_failed_job(
         runner_name: "solstice-test",
         observer: None,
         debug: Some(&hold),
+        warm: None,
     };
     let sink = VecSink::default();
     let report = job::run_in_vm(&run, &sink, &CancellationToken::new())

@@ -198,6 +198,7 @@ jobs:
         runner_name: "solstice-test",
         observer: None,
         debug: Some(&hold),
+        warm: None,
     };
     let sink = VecSink::default();
     let report = job::run_in_vm(&run, &sink, &Default::default())

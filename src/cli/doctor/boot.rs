@@ -293,6 +293,7 @@ pub async fn boot_checks(config: &Config, image: &ImageConfig) -> Vec<Check> {
         runner_name: "solstice-doctor",
         observer: None,
         debug: None,
+        warm: None,
     };
     let sink = DoctorSink {
         stdout: Mutex::new(Vec::new()),

@@ -228,6 +228,7 @@ impl TestEnv {
             runner_name: "solstice-test",
             observer: None,
             debug: None,
+            warm: None,
         };
         let cancel = opts.cancel.unwrap_or_default();
         job::run_in_vm(&run, sink, &cancel).await
@@ -315,6 +316,9 @@ pub fn image_config(name: &str, path: PathBuf, user: &str, memory_mib: u32) -> I
         network_deny: vec![],
         network_allow: vec![],
         registry_mirror: None,
+        warm: 0,
+        warm_max_idle: std::time::Duration::from_secs(3600),
+        snapshot: false,
         node: None,
     }
 }
