@@ -68,6 +68,9 @@ let
     bootTimeoutSecs = 1200;
     memoryMib = 2048;
     minMemoryMib = 1024;
+    # No vmgenid driver on illumos: clones of one saved state would share
+    # the kernel's random state. Warm pools (booted guests) work.
+    snapshotCapable = false;
   };
 in
 {

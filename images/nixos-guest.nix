@@ -197,6 +197,8 @@ in
         bootTimeoutSecs = 600;
         memoryMib = 1024;
         minMemoryMib = 512;
+        # Linux with vmgenid and cloud-init: restored clones can be re-keyed.
+        snapshotCapable = true;
         labels = [
           "nixos"
           "linux"

@@ -120,6 +120,9 @@ let
     network = get i "network";
     network_deny = get i "networkDeny";
     network_allow = get i "networkAllow";
+    warm = get i "warm";
+    warm_max_idle_secs = get i "warmMaxIdleSecs";
+    snapshot = get i "snapshot";
   };
 in
 dropNulls (

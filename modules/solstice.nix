@@ -259,6 +259,9 @@ let
         network = nullOption networkMode "What the guest's network reaches: `outbound` (the internet, never the host's loopback, link-local addresses or the host's own addresses), `none` (only `networkAllow`), `unrestricted` (unsafe: jobs reach every service on the host's loopback). Default (null): `outbound`.";
         networkDeny = nullOption (types.listOf types.str) "Extra CIDR ranges the guest cannot reach, e.g. `[ \"10.0.0.0/8\" \"fd00::/8\" ]`. Default (null): none.";
         networkAllow = nullOption (types.listOf types.str) "CIDR ranges re-opened inside `networkDeny`, and the only destinations with `network = \"none\"`. Default (null): none.";
+        warm = nullOption (types.ints.between 0 256) "Guests of this image kept booted and SSH-ready for the next jobs (a warm pool); each counts against `max_concurrent_jobs` and costs its memory while it waits. Default (null): 0.";
+        warmMaxIdleSecs = nullOption (types.ints.between 60 604800) "Seconds a warm guest may wait for a job before it is replaced by a fresh one. Default (null): 3600.";
+        snapshot = nullOption types.bool "Start guests by restoring a saved running guest instead of booting it; each clone is re-keyed, reseeded and renamed before use. Linux images with the vmgenid driver only (the image's metadata says `snapshotCapable`); never illumos. Default (null): false.";
       };
     };
 
@@ -503,6 +506,11 @@ in
               in
               min == null || mem == null || mem >= min;
             message = "services.solstice.images.${name}: memoryMib is below the image's minimum (passthru.solstice.minMemoryMib).";
+          }
+          {
+            assertion =
+              i.snapshot != true || i.image == null || (i.image.passthru.solstice.snapshotCapable or false);
+            message = "services.solstice.images.${name}: snapshot = true, but the image does not declare passthru.solstice.snapshotCapable (illumos images cannot be cloned safely: no vmgenid driver).";
           }
         ]) cfg.images
       )
