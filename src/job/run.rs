@@ -599,7 +599,16 @@ async fn finish(
         // Only made when there is a hold; its session closes as it is dropped.
         (Attempt::Failed(outcome, _), None) => (Ok(outcome), Some(vm)),
         (Attempt::Done(result), _) => (result, Some(vm)),
-        (Attempt::KvmBroken(..), _) => (Err(RunError::Cancelled), Some(vm)),
+        // The callers boot again under TCG instead and never pass this
+        // here; should one, the VM is still destroyed and the job fails.
+        (Attempt::KvmBroken(trouble, _), _) => (
+            Err(RunError::GuestStopped {
+                reason: trouble.reason,
+                hint: String::new(),
+                console: String::new(),
+            }),
+            Some(vm),
+        ),
     };
     if let Some(vm) = kept {
         teardown(run, vm, sink, timings).await;
