@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use solstice::secret::Secret;
 use solstice::store::{
     self, APPLICATION_ID, CredentialsRow, HoldRow, JobState, JobTimings, LogRowData, NewJob,
-    SCHEMA_VERSION, Store, StoreError, reconcile_vms,
+    SCHEMA_VERSION, Store, StoreError, WarmKind, reconcile_vms, reconcile_warm,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -605,7 +605,7 @@ fn a_version_2_database_gains_the_held_vms_table_and_keeps_its_jobs() {
     {
         // As a release with schema version 2 left it.
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch("DROP TABLE debug_holds; PRAGMA user_version = 2;")
+        c.execute_batch("DROP TABLE debug_holds; DROP TABLE warm_vms; PRAGMA user_version = 2;")
             .unwrap();
     }
     assert!(matches!(
@@ -623,6 +623,44 @@ fn a_version_2_database_gains_the_held_vms_table_and_keeps_its_jobs() {
         Store::open_read_only(&path).unwrap().holds().unwrap().len(),
         1
     );
+}
+
+#[test]
+fn a_version_3_database_gains_the_warm_guests_table_and_keeps_its_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("solstice.db");
+    {
+        let store = Store::open(&path).unwrap();
+        store.insert_job(&new_job("task-a-1-x", 1, 1000)).unwrap();
+        store
+            .record_hold(&hold("task-a-1-x", "o/one", 5000))
+            .unwrap();
+    }
+    {
+        // As a release with schema version 3 left it.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DROP TABLE warm_vms; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    assert!(matches!(
+        Store::open_read_only(&path).unwrap_err(),
+        StoreError::TooOld { found: 3, .. }
+    ));
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.holds().unwrap().len(), 1);
+    assert!(store.warm_rows().unwrap().is_empty());
+    store
+        .record_warm(
+            "w-tiny-00000001",
+            "tiny",
+            WarmKind::Booted,
+            &tmp.path().join("warm/w-tiny-00000001"),
+        )
+        .unwrap();
+    drop(store);
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(reader.warm_rows().unwrap().len(), 1);
+    assert_eq!(SCHEMA_VERSION, 4);
 }
 
 // ---- the log spool ----
@@ -1027,6 +1065,183 @@ fn reconcile_kills_a_held_vm_left_by_a_crashed_daemon() {
     assert_eq!(store.holds().unwrap().len(), 1);
     assert_eq!(store.clear_holds().unwrap(), 1);
     assert_eq!(store.prune_finished_jobs(0).unwrap(), 1);
+}
+
+/// Warm guests and templates left by a crashed daemon: every process that
+/// names the warm directory (recorded or not, QEMU or pasta) is killed,
+/// every entry of the directory removed (symbolic links, not their
+/// targets), every warm record forgotten. Processes that only look alike
+/// are spared.
+#[test]
+fn reconcile_warm_kills_every_warm_guest_and_empties_the_warm_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("solstice.db")).unwrap();
+    let warm = tmp.path().join("warm");
+    std::fs::create_dir(&warm).unwrap();
+    let mkdir = |name: &str| -> PathBuf {
+        let d = warm.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("overlay.qcow2"), b"x").unwrap();
+        d
+    };
+
+    // 1. A ready pool guest, recorded with its pid.
+    let d1 = mkdir("w-tiny-00000001");
+    let mut p1 = sleeper(&d1);
+    wait_for_cmdline(p1.id(), "w-tiny-00000001");
+    store
+        .record_warm("w-tiny-00000001", "tiny", WarmKind::Booted, &d1)
+        .unwrap();
+    store
+        .record_warm_process("w-tiny-00000001", p1.id(), 2222)
+        .unwrap();
+    store.set_warm_ready("w-tiny-00000001").unwrap();
+    // 2. A starting one, crashed before its pid was recorded, and its
+    //    network helper (pasta names the same directory).
+    let d2 = mkdir("w-tiny-00000002");
+    let mut p2 = sleeper(&d2);
+    let mut p2_pasta = sleeper(&d2.join("pasta"));
+    wait_for_cmdline(p2.id(), "w-tiny-00000002");
+    wait_for_cmdline(p2_pasta.id(), "w-tiny-00000002");
+    store
+        .record_warm("w-tiny-00000002", "tiny", WarmKind::Restored, &d2)
+        .unwrap();
+    // 3. A template, not recorded, with a frozen (0400) overlay and its
+    //    guest still running.
+    let d3 = mkdir("t-tiny-00000003");
+    std::fs::set_permissions(
+        d3.join("overlay.qcow2"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    let mut p3 = sleeper(&d3);
+    wait_for_cmdline(p3.id(), "t-tiny-00000003");
+    // 4. Recorded, directory already gone, no process: just forgotten.
+    store
+        .record_warm(
+            "w-tiny-00000004",
+            "tiny",
+            WarmKind::Booted,
+            &warm.join("w-tiny-00000004"),
+        )
+        .unwrap();
+    // 5. Strays: a file, and a symbolic link to a directory outside.
+    std::fs::write(warm.join("state.tmp"), b"x").unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep"), b"keep").unwrap();
+    std::os::unix::fs::symlink(&outside, warm.join("w-link-00000005")).unwrap();
+    // 6. Look-alikes that are not under the warm directory.
+    let mut warmer = sleeper(&tmp.path().join("warmer/w-tiny-00000001"));
+    let mut dotted = sleeper(&tmp.path().join("warm.old"));
+    wait_for_cmdline(warmer.id(), "warmer");
+    wait_for_cmdline(dotted.id(), "warm.old");
+
+    let report = reconcile_warm(&store, &warm);
+    println!("{report:#?}");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let mut killed: Vec<u32> = report.killed.iter().map(|k| k.pid).collect();
+    killed.sort();
+    let mut expected = vec![p1.id(), p2.id(), p2_pasta.id(), p3.id()];
+    expected.sort();
+    assert_eq!(killed, expected, "each killed once");
+    // The recorded guest is reported with its own directory.
+    assert!(report.killed.contains(&store::KilledProcess {
+        pid: p1.id(),
+        dir: d1.clone()
+    }));
+    for (name, child) in [
+        ("recorded", &mut p1),
+        ("unrecorded pid", &mut p2),
+        ("pasta", &mut p2_pasta),
+        ("template", &mut p3),
+    ] {
+        assert!(killed_by_sigkill(child), "{name} was not SIGKILLed");
+    }
+    for (name, child) in [("warmer", &mut warmer), ("warm.old", &mut dotted)] {
+        assert!(child.try_wait().unwrap().is_none(), "{name} was killed");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // The warm directory stays, empty; what a link pointed to stays.
+    assert!(warm.is_dir());
+    assert_eq!(std::fs::read_dir(&warm).unwrap().count(), 0);
+    assert!(outside.join("keep").exists());
+    assert_eq!(report.removed_dirs.len(), 5, "{:?}", report.removed_dirs);
+    let mut forgotten = report.forgotten.clone();
+    forgotten.sort();
+    assert_eq!(
+        forgotten,
+        ["w-tiny-00000001", "w-tiny-00000002", "w-tiny-00000004"]
+    );
+    assert!(store.warm_rows().unwrap().is_empty());
+
+    // A second run finds nothing to do; so does one without the directory.
+    assert!(reconcile_warm(&store, &warm).is_empty());
+    assert!(reconcile_warm(&store, &tmp.path().join("none")).is_empty());
+}
+
+/// A job took a warm guest, then the daemon was SIGKILLed: the guest's
+/// directory had become the job's (`jobs/<job id>`), but its QEMU's command
+/// line still names `warm/<id>`. The job reconciliation alone would remove
+/// the directory under a running QEMU; the warm sweep, which the daemon runs
+/// first, kills it, and the job reconciliation then removes the directory
+/// and forgets the VM.
+#[test]
+fn a_job_that_took_a_warm_guest_is_cleaned_up_by_the_warm_sweep_then_the_job_reconcile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("solstice.db")).unwrap();
+    let warm = tmp.path().join("warm");
+    let jobs = tmp.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let guest = warm.join("w-tiny-0000000a");
+    std::fs::create_dir_all(&guest).unwrap();
+    let mut qemu = sleeper(&guest);
+    wait_for_cmdline(qemu.id(), "w-tiny-0000000a");
+    // Taken: the warm record goes, the directory moves, the job's VM record
+    // names the new place and QEMU's pid.
+    let job_dir = jobs.join("task-a-1-x");
+    std::fs::rename(&guest, &job_dir).unwrap();
+    store.insert_job(&new_job("task-a-1-x", 1, 1000)).unwrap();
+    store.record_vm("task-a-1-x", &job_dir).unwrap();
+    store
+        .record_vm_process("task-a-1-x", qemu.id(), 2222)
+        .unwrap();
+    // Another pool guest was up too.
+    let other = warm.join("w-tiny-0000000b");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut other_qemu = sleeper(&other);
+    wait_for_cmdline(other_qemu.id(), "w-tiny-0000000b");
+    store
+        .record_warm("w-tiny-0000000b", "tiny", WarmKind::Booted, &other)
+        .unwrap();
+
+    let warm_report = reconcile_warm(&store, &warm);
+    println!("{warm_report:#?}");
+    assert!(
+        warm_report.problems.is_empty(),
+        "{:?}",
+        warm_report.problems
+    );
+    let mut killed: Vec<u32> = warm_report.killed.iter().map(|k| k.pid).collect();
+    killed.sort();
+    let mut expected = vec![qemu.id(), other_qemu.id()];
+    expected.sort();
+    assert_eq!(killed, expected);
+    assert!(killed_by_sigkill(&mut qemu), "the job's QEMU survived");
+    assert!(killed_by_sigkill(&mut other_qemu));
+    assert!(!other.exists());
+    // The job's directory is the job reconciliation's to remove.
+    assert!(job_dir.exists());
+
+    let vm_report = reconcile_vms(&store, &jobs);
+    println!("{vm_report:#?}");
+    assert!(vm_report.problems.is_empty(), "{:?}", vm_report.problems);
+    assert!(vm_report.killed.is_empty());
+    assert!(!job_dir.exists());
+    assert_eq!(vm_report.forgotten, ["task-a-1-x"]);
+    assert!(store.warm_rows().unwrap().is_empty());
+    assert!(store.vm_records().unwrap().is_empty());
 }
 
 // ---- solstice status ----
