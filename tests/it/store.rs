@@ -1548,3 +1548,92 @@ fn a_given_up_job_is_finished_never_reported_again_and_its_log_and_outputs_are_g
     // Pruned like reported jobs.
     assert_eq!(store.prune_finished_jobs(0).unwrap(), 2);
 }
+
+#[test]
+fn status_shows_the_warm_pools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = status_config(tmp.path());
+    // The tiny image keeps two guests warm.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("warm = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let state = tmp.path().join("state");
+    let store = Store::open(&store::db_path(&state)).unwrap();
+    let warm = state.join("warm");
+    store
+        .record_warm(
+            "w-tiny-0000000a",
+            "tiny",
+            WarmKind::Booted,
+            &warm.join("w-tiny-0000000a"),
+        )
+        .unwrap();
+    store
+        .record_warm_process("w-tiny-0000000a", 31337, 40022)
+        .unwrap();
+    store.set_warm_ready("w-tiny-0000000a").unwrap();
+    store
+        .record_warm(
+            "w-tiny-0000000b",
+            "tiny",
+            WarmKind::Booted,
+            &warm.join("w-tiny-0000000b"),
+        )
+        .unwrap();
+    let lock = std::fs::File::create(state.join("solstice.lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+
+    let out = solstice_status(&config, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| *l == "Warm pools:")
+        .unwrap_or_else(|| panic!("no warm pools in\n{text}"));
+    assert_eq!(
+        lines[at + 1],
+        "IMAGE  TARGET  READY  STARTING  SNAPSHOT",
+        "{text}"
+    );
+    assert_eq!(
+        lines[at + 2],
+        "tiny   2       1      1         no",
+        "{text}"
+    );
+    assert!(lines[at + 3].starts_with("GUEST "), "{text}");
+    for (line, want) in [
+        (
+            lines[at + 4],
+            ["w-tiny-0000000a", "booted", "ready", "31337"],
+        ),
+        (
+            lines[at + 5],
+            ["w-tiny-0000000b", "booted", "starting", " -"],
+        ),
+    ] {
+        for w in want {
+            assert!(line.contains(w), "{w} in {line}");
+        }
+    }
+
+    let out = solstice_status(&config, &["--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pools = v["warm_pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "{v:#}");
+    assert_eq!(pools[0]["image"], "tiny");
+    assert_eq!(pools[0]["target"], 2);
+    assert_eq!(pools[0]["ready"], 1);
+    assert_eq!(pools[0]["starting"], 1);
+    assert_eq!(pools[0]["guests"][0]["id"], "w-tiny-0000000a");
+    assert_eq!(pools[0]["guests"][0]["pid"], 31337);
+    assert_eq!(pools[0]["guests"][1]["ready"], false);
+    drop(lock);
+    drop(store);
+}
