@@ -1244,6 +1244,113 @@ fn a_job_that_took_a_warm_guest_is_cleaned_up_by_the_warm_sweep_then_the_job_rec
     assert!(store.vm_records().unwrap().is_empty());
 }
 
+/// The real daemon, started over what a SIGKILLed one left: a ready warm
+/// guest (recorded) and a guest a job had taken (its directory moved to
+/// the job's, its command line still naming `warm/`). Before it serves, it
+/// kills both, empties `warm/`, removes the job's directory and forgets
+/// the records. The forge is unreachable: clean-up comes first anyway.
+#[test]
+fn the_daemon_cleans_up_warm_guests_a_killed_run_left_before_it_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = status_config(tmp.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "some-registration-token\n").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("warm = 1\n[qemu]\naccel = \"tcg\"\n");
+    text.push_str(&format!(
+        "[forges.local]\nurl = {url:?}\nregistration_token_file = {token:?}\nfetch_interval_secs = 1\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let state = tmp.path().join("state");
+    let warm = state.join("warm");
+    let jobs = state.join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+
+    let store = Store::open(&store::db_path(&state)).unwrap();
+    // A ready pool guest.
+    let idle = warm.join("w-tiny-0000000a");
+    std::fs::create_dir_all(&idle).unwrap();
+    let mut idle_qemu = sleeper(&idle);
+    wait_for_cmdline(idle_qemu.id(), "w-tiny-0000000a");
+    store
+        .record_warm("w-tiny-0000000a", "tiny", WarmKind::Booted, &idle)
+        .unwrap();
+    store
+        .record_warm_process("w-tiny-0000000a", idle_qemu.id(), 40022)
+        .unwrap();
+    store.set_warm_ready("w-tiny-0000000a").unwrap();
+    // A guest a running job took.
+    let taken = warm.join("w-tiny-0000000b");
+    std::fs::create_dir_all(&taken).unwrap();
+    let mut job_qemu = sleeper(&taken);
+    wait_for_cmdline(job_qemu.id(), "w-tiny-0000000b");
+    let job_id = "task-local-1-0000000b";
+    let job_dir = jobs.join(job_id);
+    std::fs::rename(&taken, &job_dir).unwrap();
+    let mut job = new_job(job_id, 1, 1000);
+    job.forge = "local".into();
+    store.insert_job(&job).unwrap();
+    store.record_vm(job_id, &job_dir).unwrap();
+    store
+        .record_vm_process(job_id, job_qemu.id(), 40023)
+        .unwrap();
+    store.set_job_state(job_id, JobState::Running).unwrap();
+    std::mem::forget(store); // SIGKILL: no orderly close
+
+    let log = tmp.path().join("daemon.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("SOLSTICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Clean-up is done once the daemon tries the forge.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_text().contains("cannot reach the forge") {
+        assert!(
+            Instant::now() < deadline && daemon.try_wait().unwrap().is_none(),
+            "the daemon never tried the forge:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = log_text();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = daemon.wait().unwrap();
+    println!("{text}");
+    assert!(status.success(), "{status:?}\n{text}");
+
+    assert!(
+        killed_by_sigkill(&mut idle_qemu),
+        "the idle warm guest survived"
+    );
+    assert!(killed_by_sigkill(&mut job_qemu), "the taken guest survived");
+    assert_eq!(
+        text.matches("killed a warm guest's process left by a previous run")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(warm.is_dir());
+    assert_eq!(std::fs::read_dir(&warm).unwrap().count(), 0);
+    assert!(!job_dir.exists(), "the job's directory was left");
+    assert!(!text.contains("ERROR"), "{text}");
+    let store = Store::open(&store::db_path(&state)).unwrap();
+    assert!(store.warm_rows().unwrap().is_empty());
+    assert!(store.vm_records().unwrap().is_empty());
+}
+
 // ---- solstice status ----
 
 fn status_config(dir: &Path) -> PathBuf {
