@@ -385,8 +385,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 37,
-        "expected 37 keys with literal defaults in the doc"
+        checked, 40,
+        "expected 40 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }
