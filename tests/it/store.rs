@@ -1351,6 +1351,102 @@ fn the_daemon_cleans_up_warm_guests_a_killed_run_left_before_it_serves() {
     assert!(store.vm_records().unwrap().is_empty());
 }
 
+/// The whole path with a real pool guest: the daemon keeps one tiny guest
+/// warm, is SIGKILLed while it is up (its QEMU dies with it), and the next
+/// start removes its directory and record before it is ready; after an
+/// orderly stop nothing is left under the state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the warm pools of the POOL branch (src/warm/pool.rs); un-ignore once merged"]
+async fn sigkill_with_a_warm_guest_up_then_restart_leaves_no_orphan() {
+    use crate::support::world::{SECRET, World, fake, offline};
+    let forge = fake().await;
+    let world = World::new();
+    let cred = offline(&forge, &world, "fake", SECRET);
+    world.configure(2, &[("fake", forge.url(), cred)], "");
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    assert!(text.contains("[images.tiny]\n"), "{text}");
+    std::fs::write(
+        &world.config,
+        text.replace("[images.tiny]\n", "[images.tiny]\nwarm = 1\n"),
+    )
+    .unwrap();
+    let db = store::db_path(&world.state_dir());
+    let ready_guest = || {
+        Store::open_read_only(&db)
+            .ok()
+            .and_then(|s| s.warm_rows().ok())
+            .and_then(|rows| {
+                rows.into_iter().find(|r| {
+                    r.ready
+                        && r.pid.is_some_and(|p| {
+                            solstice::vm::process::process(p).is_some_and(|i| {
+                                i.args_lossy()
+                                    .iter()
+                                    .any(|a| a.contains(&*r.dir.to_string_lossy()))
+                            })
+                        })
+                })
+            })
+    };
+
+    let mut d = world.start();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let old = loop {
+        if let Some(g) = ready_guest() {
+            break g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warm guest became ready:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        old.dir.starts_with(world.state_dir().join("warm")),
+        "{old:?}"
+    );
+    assert_eq!(old.image, "tiny");
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+    drop(d);
+    // Its QEMU dies with the daemon; its directory and record stay.
+    let pid = old.pid.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while solstice::vm::process::process(pid).is_some_and(|p| !p.is_zombie() && !p.args.is_empty())
+    {
+        assert!(Instant::now() < deadline, "QEMU {pid} outlived the daemon");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(old.dir.exists());
+
+    let mut d2 = world.start();
+    // Clean-up comes before READY=1.
+    assert!(!old.dir.exists(), "{}", d2.log_text());
+    let rows = Store::open_read_only(&db).unwrap().warm_rows().unwrap();
+    assert!(rows.iter().all(|r| r.id != old.id), "{rows:?}");
+    assert!(
+        d2.log_text()
+            .contains("removed a warm guest or template left by a previous run"),
+        "{}",
+        d2.log_text()
+    );
+    d2.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d2.wait_exit(Duration::from_secs(120)).success());
+    world.assert_clean();
+    let warm_left: Vec<_> = std::fs::read_dir(world.state_dir().join("warm"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(warm_left.is_empty(), "left in warm/: {warm_left:?}");
+    assert!(
+        Store::open_read_only(&db)
+            .unwrap()
+            .warm_rows()
+            .unwrap()
+            .is_empty()
+    );
+}
+
 // ---- solstice status ----
 
 fn status_config(dir: &Path) -> PathBuf {
