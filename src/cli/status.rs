@@ -1,5 +1,6 @@
-//! `solstice status`: the daemon's jobs and the VMs it keeps for debug SSH,
-//! read from its state database.
+//! `solstice status`: the daemon's jobs, the VMs it keeps for debug SSH and
+//! its warm pools, read from its state database (the pools' targets come
+//! from the config).
 //!
 //! Opens `<state_dir>/solstice.db` read-only, so it works while the daemon runs.
 
@@ -9,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::error::{CliError, Exit};
-use crate::store::{self, HoldRow, JobRow, Store, StoreError};
+use crate::config::Config;
+use crate::store::{self, HoldRow, JobRow, Store, StoreError, WarmKind, WarmRow};
 
 /// Arguments of `solstice status`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +36,7 @@ pub mod exit {
     pub const USAGE: u8 = Exit::Usage.code();
 }
 
-/// The in-flight and recently finished jobs, and the held VMs.
+/// The in-flight and recently finished jobs, the held VMs and the warm pools.
 #[derive(Debug, Clone)]
 pub struct Status {
     pub db: PathBuf,
@@ -46,16 +48,98 @@ pub struct Status {
     pub recent: Vec<JobRow>,
     /// Failed jobs' VMs kept for debug SSH, soonest expiry first.
     pub holds: Vec<HoldRow>,
+    /// Every image with `warm > 0` or `snapshot`, and every image the
+    /// daemon has warm guests of, by image name.
+    pub warm: Vec<WarmPool>,
 }
 
-/// Reads the status from the state database in `state_dir`.
-pub fn read_status(state_dir: &Path, limit: usize) -> Result<Status, StoreError> {
+/// One image's warm pool: what the config asks for and what the daemon
+/// recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPool {
+    pub image: String,
+    /// `images.<name>.warm` (0 for an image no longer in the config).
+    pub target: u32,
+    /// `images.<name>.snapshot`.
+    pub snapshot: bool,
+    /// Its recorded guests, templates included, oldest first.
+    pub guests: Vec<WarmRow>,
+}
+
+impl WarmPool {
+    /// Pool guests waiting for a job.
+    pub fn ready(&self) -> usize {
+        self.members().filter(|g| g.ready).count()
+    }
+
+    /// Pool guests booting or being restored.
+    pub fn starting(&self) -> usize {
+        self.members().filter(|g| !g.ready).count()
+    }
+
+    /// The guests that take jobs (not the template's).
+    fn members(&self) -> impl Iterator<Item = &WarmRow> {
+        self.guests.iter().filter(|g| g.kind != WarmKind::Template)
+    }
+
+    /// `no`, `yes`, `yes, template building`, `yes, template ready`.
+    fn snapshot_label(&self) -> &'static str {
+        let template = self.guests.iter().find(|g| g.kind == WarmKind::Template);
+        match (self.snapshot, template) {
+            (false, _) => "no",
+            (true, None) => "yes",
+            (true, Some(t)) if t.ready => "yes, template ready",
+            (true, Some(_)) => "yes, template building",
+        }
+    }
+}
+
+/// The pools `solstice status` shows: every image of `config` with
+/// `warm > 0` or `snapshot`, then any other image the records name (the
+/// config changed since the daemon started), each with its guests.
+pub fn warm_pools(config: &Config, rows: Vec<WarmRow>) -> Vec<WarmPool> {
+    let mut pools: Vec<WarmPool> = config
+        .images
+        .iter()
+        .filter(|(_, img)| img.warm > 0 || img.snapshot)
+        .map(|(name, img)| WarmPool {
+            image: name.clone(),
+            target: img.warm,
+            snapshot: img.snapshot,
+            guests: Vec::new(),
+        })
+        .collect();
+    for row in rows {
+        match pools.iter_mut().find(|p| p.image == row.image) {
+            Some(pool) => pool.guests.push(row),
+            None => {
+                let (target, snapshot) = config
+                    .images
+                    .get(&row.image)
+                    .map_or((0, false), |img| (img.warm, img.snapshot));
+                pools.push(WarmPool {
+                    image: row.image.clone(),
+                    target,
+                    snapshot,
+                    guests: vec![row],
+                });
+            }
+        }
+    }
+    pools.sort_by(|a, b| a.image.cmp(&b.image));
+    pools
+}
+
+/// Reads the status from the state database in `config`'s state directory.
+pub fn read_status(config: &Config, limit: usize) -> Result<Status, StoreError> {
+    let state_dir = &config.daemon.state_dir;
     let db = store::db_path(state_dir);
     let store = Store::open_read_only(&db)?;
     Ok(Status {
         in_flight: store.unfinished_jobs()?,
         recent: store.recent_finished_jobs(limit)?,
         holds: store.holds()?,
+        warm: warm_pools(config, store.warm_rows()?),
         db,
         daemon_running: crate::daemon::is_running(state_dir),
     })
@@ -65,7 +149,7 @@ pub fn read_status(state_dir: &Path, limit: usize) -> Result<Status, StoreError>
 pub fn status_main(args: StatusArgs) -> Result<(), CliError> {
     let (_, config) = crate::startup::load_config(args.config.as_deref())?;
     let state_dir = &config.daemon.state_dir;
-    let status = match read_status(state_dir, args.limit) {
+    let status = match read_status(&config, args.limit) {
         Ok(s) => s,
         Err(StoreError::Missing { path }) => {
             if args.json {
@@ -90,7 +174,7 @@ pub fn status_main(args: StatusArgs) -> Result<(), CliError> {
 }
 
 /// The status as JSON: `{ "database", "daemon_running", "in_flight": [job…],
-/// "recent": [job…], "debug_holds": [hold…] }`.
+/// "recent": [job…], "debug_holds": [hold…], "warm_pools": [pool…] }`.
 pub fn status_json(status: &Status, now: SystemTime) -> Value {
     json!({
         "database": status.db.display().to_string(),
@@ -98,6 +182,7 @@ pub fn status_json(status: &Status, now: SystemTime) -> Value {
         "in_flight": status.in_flight.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
         "recent": status.recent.iter().map(|j| job_json(j, now)).collect::<Vec<_>>(),
         "debug_holds": status.holds.iter().map(|h| hold_json(h, now)).collect::<Vec<_>>(),
+        "warm_pools": status.warm.iter().map(|p| pool_json(p, now)).collect::<Vec<_>>(),
     })
 }
 
@@ -110,6 +195,26 @@ pub fn no_state_json(state_dir: &Path) -> Value {
         "in_flight": [],
         "recent": [],
         "debug_holds": [],
+        "warm_pools": [],
+    })
+}
+
+fn pool_json(p: &WarmPool, now: SystemTime) -> Value {
+    json!({
+        "image": p.image,
+        "target": p.target,
+        "snapshot": p.snapshot,
+        "ready": p.ready(),
+        "starting": p.starting(),
+        "guests": p.guests.iter().map(|g| json!({
+            "id": g.id,
+            "kind": g.kind.as_str(),
+            "ready": g.ready,
+            "pid": g.pid,
+            "ssh_port": g.ssh_port,
+            "recorded_at_unix": unix(g.recorded_at),
+            "age_secs": now.duration_since(g.recorded_at).unwrap_or_default().as_secs_f64(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -197,6 +302,9 @@ pub fn render_text(status: &Status, now: SystemTime) -> String {
         }
         out.push_str(&table(&rows));
     }
+    if !status.warm.is_empty() {
+        out.push_str(&warm_text(status, now));
+    }
     out.push_str(&format!("\nRecently finished: {}\n", status.recent.len()));
     if !status.recent.is_empty() {
         let mut rows = vec![strings(&[
@@ -231,6 +339,50 @@ pub fn render_text(status: &Status, now: SystemTime) -> String {
         }
         out.push_str(&table(&rows));
     }
+    out
+}
+
+/// The "Warm pools" section: one line per pool, then one per guest.
+fn warm_text(status: &Status, now: SystemTime) -> String {
+    let mut out = String::from("\nWarm pools:\n");
+    let mut rows = vec![strings(&[
+        "IMAGE", "TARGET", "READY", "STARTING", "SNAPSHOT",
+    ])];
+    for p in &status.warm {
+        rows.push(vec![
+            p.image.clone(),
+            p.target.to_string(),
+            p.ready().to_string(),
+            p.starting().to_string(),
+            p.snapshot_label().to_owned(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    let guests: Vec<&WarmRow> = status.warm.iter().flat_map(|p| &p.guests).collect();
+    if guests.is_empty() {
+        return out;
+    }
+    if !status.daemon_running {
+        out.push_str("The daemon stopped; its next start destroys these guests:\n");
+    }
+    let mut rows = vec![strings(&["GUEST", "IMAGE", "KIND", "STATE", "AGE", "PID"])];
+    for g in guests {
+        let state = match (g.kind, g.ready) {
+            (WarmKind::Template, true) => "saved",
+            (WarmKind::Template, false) => "building",
+            (_, true) => "ready",
+            (_, false) => "starting",
+        };
+        rows.push(vec![
+            g.id.clone(),
+            g.image.clone(),
+            g.kind.to_string(),
+            state.to_owned(),
+            human(now.duration_since(g.recorded_at).ok()),
+            g.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+        ]);
+    }
+    out.push_str(&table(&rows));
     out
 }
 
@@ -371,6 +523,7 @@ mod tests {
             in_flight: vec![job("task-cb-7-a", JobState::Booting)],
             recent: vec![done],
             holds: Vec::new(),
+            warm: Vec::new(),
         };
         let now = UNIX_EPOCH + Duration::from_secs(1090);
         let text = render_text(&status, now);
@@ -405,6 +558,7 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
                 in_flight: Vec::new(),
                 recent: Vec::new(),
                 holds: Vec::new(),
+                warm: Vec::new(),
             },
             UNIX_EPOCH,
         );
@@ -414,6 +568,7 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
         assert_eq!(none["daemon_running"], false);
         assert_eq!(none["in_flight"], json!([]));
         assert_eq!(none["debug_holds"], json!([]));
+        assert_eq!(none["warm_pools"], json!([]));
     }
 
     fn hold(id: &str, repository: &str, expires_secs: u64) -> HoldRow {
@@ -443,6 +598,7 @@ task-cb-7-b  cb     7     o/r: build  debian  success (unreported)  1m05s     10
                 hold("task-cb-7-c", "o/x", at(1410)),
                 hold("task-cb-6-d", "o/y", at(3 * 3600)),
             ],
+            warm: Vec::new(),
         };
         let text = render_text(&status, now);
         let expected = "\
@@ -480,5 +636,155 @@ Recently finished: 0
         // Nothing held: no section at all.
         status.holds.clear();
         assert!(!render_text(&status, now).contains("debug"));
+    }
+
+    fn guest(id: &str, image: &str, kind: WarmKind, ready: bool, secs: u64) -> WarmRow {
+        WarmRow {
+            id: id.into(),
+            image: image.into(),
+            kind,
+            dir: PathBuf::from(format!("/s/warm/{id}")),
+            pid: ready.then_some(4000 + secs as u32),
+            ssh_port: ready.then_some(2222),
+            ready,
+            recorded_at: UNIX_EPOCH + Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn warm_pools_come_from_the_config_and_the_records() {
+        let config = crate::config::parse_str_with(
+            "[images.tiny]\npath = \"/i/tiny.qcow2\"\nwarm = 2\n\
+             [images.debian]\npath = \"/i/debian.qcow2\"\nsnapshot = true\n\
+             [images.cold]\npath = \"/i/cold.qcow2\"\n",
+            Path::new("/etc/solstice/solstice.toml"),
+            &crate::config::ParseOptions { check_paths: false },
+        )
+        .unwrap();
+        let rows = vec![
+            guest("w-tiny-1", "tiny", WarmKind::Booted, true, 1000),
+            guest("t-debian-2", "debian", WarmKind::Template, false, 1010),
+            guest("w-gone-3", "gone", WarmKind::Booted, true, 1020),
+            guest("w-cold-4", "cold", WarmKind::Booted, false, 1030),
+            guest("w-tiny-5", "tiny", WarmKind::Restored, false, 1040),
+        ];
+        let pools = warm_pools(&config, rows);
+        let summary: Vec<(&str, u32, bool, usize, usize, usize)> = pools
+            .iter()
+            .map(|p| {
+                (
+                    p.image.as_str(),
+                    p.target,
+                    p.snapshot,
+                    p.ready(),
+                    p.starting(),
+                    p.guests.len(),
+                )
+            })
+            .collect();
+        // An image without warm or snapshot shows only while the daemon
+        // still has guests of it (its config changed).
+        assert_eq!(
+            summary,
+            [
+                ("cold", 0, false, 0, 1, 1),
+                ("debian", 0, true, 0, 0, 1),
+                ("gone", 0, false, 1, 0, 1),
+                ("tiny", 2, false, 1, 1, 2),
+            ]
+        );
+        assert_eq!(pools[3].guests[0].id, "w-tiny-1");
+        let none = warm_pools(&config, Vec::new());
+        assert_eq!(
+            none.iter().map(|p| p.image.as_str()).collect::<Vec<_>>(),
+            ["debian", "tiny"]
+        );
+    }
+
+    #[test]
+    fn warm_pools_show_targets_counts_and_guests() {
+        let now = UNIX_EPOCH + Duration::from_secs(1100);
+        let mut status = Status {
+            db: PathBuf::from("/s/solstice.db"),
+            daemon_running: true,
+            in_flight: Vec::new(),
+            recent: Vec::new(),
+            holds: Vec::new(),
+            warm: vec![
+                WarmPool {
+                    image: "debian".into(),
+                    target: 1,
+                    snapshot: true,
+                    guests: vec![
+                        guest("t-debian-0000000a", "debian", WarmKind::Template, true, 900),
+                        guest(
+                            "w-debian-0000000b",
+                            "debian",
+                            WarmKind::Restored,
+                            false,
+                            1095,
+                        ),
+                    ],
+                },
+                WarmPool {
+                    image: "tiny".into(),
+                    target: 2,
+                    snapshot: false,
+                    guests: vec![guest(
+                        "w-tiny-0000000c",
+                        "tiny",
+                        WarmKind::Booted,
+                        true,
+                        1000,
+                    )],
+                },
+            ],
+        };
+        let text = render_text(&status, now);
+        let expected = "\
+Daemon: running
+In flight: 0
+
+Warm pools:
+IMAGE   TARGET  READY  STARTING  SNAPSHOT
+debian  1       0      1         yes, template ready
+tiny    2       1      0         no
+GUEST              IMAGE   KIND      STATE     AGE    PID
+t-debian-0000000a  debian  template  saved     3m20s  4900
+w-debian-0000000b  debian  restored  starting  5.0s   -
+w-tiny-0000000c    tiny    booted    ready     1m40s  5000
+
+Recently finished: 0
+";
+        assert_eq!(text, expected);
+        let v = status_json(&status, now);
+        let pools = v["warm_pools"].as_array().unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0]["image"], "debian");
+        assert_eq!(pools[0]["target"], 1);
+        assert_eq!(pools[0]["snapshot"], true);
+        assert_eq!(pools[0]["ready"], 0);
+        assert_eq!(pools[0]["starting"], 1);
+        let g = &pools[1]["guests"][0];
+        assert_eq!(g["id"], "w-tiny-0000000c");
+        assert_eq!(g["kind"], "booted");
+        assert_eq!(g["ready"], true);
+        assert_eq!(g["pid"], 5000);
+        assert_eq!(g["ssh_port"], 2222);
+        assert_eq!(g["age_secs"], 100.0);
+        assert_eq!(g["recorded_at_unix"], 1000.0);
+        assert_eq!(pools[0]["guests"][1]["pid"], Value::Null);
+
+        // Left by a daemon that is gone: said so.
+        status.daemon_running = false;
+        assert!(
+            render_text(&status, now)
+                .contains("The daemon stopped; its next start destroys these guests:\nGUEST "),
+            "{}",
+            render_text(&status, now)
+        );
+        // No pool configured and no guest: no section at all.
+        status.warm.clear();
+        assert!(!render_text(&status, now).contains("Warm"));
     }
 }

@@ -504,6 +504,7 @@ fn open_state(config: &Config) -> Result<Arc<Store>, DaemonError> {
     let store = Arc::new(Store::open(&db).map_err(DaemonError::Store)?);
     tracing::info!(database = %db.display(), "state database open");
     let jobs_dir = crate::job::jobs_dir(config);
+    reconcile::leftover_warm(&store, &crate::warm::warm_dir(config));
     reconcile::leftover_vms(&store, &jobs_dir);
     reconcile::leftover_holds(&store);
     reconcile::orphaned_forges(&store, config);

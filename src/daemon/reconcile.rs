@@ -1,6 +1,6 @@
-//! Start-up clean-up of what a previous run left behind: VMs (processes and
-//! job directories), VMs it kept for debug SSH, and tasks whose final report
-//! never reached the forge.
+//! Start-up clean-up of what a previous run left behind: warm guests and
+//! templates, VMs (processes and job directories), VMs it kept for debug
+//! SSH, and tasks whose final report never reached the forge.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,23 @@ use super::spool::StoreSpool;
 use crate::events::Conclusion;
 use crate::forge::{ResumedTask, Session, TaskReport};
 use crate::store::{JobRow, JobState, Store};
+
+/// Kills every warm guest and template a previous run left, empties
+/// `warm_dir` and forgets the warm records (blocking; before any job
+/// starts, and before [`leftover_vms`]: a guest a job took still names its
+/// old warm directory, so only this finds its QEMU).
+pub(crate) fn leftover_warm(store: &Store, warm_dir: &Path) {
+    let report = crate::store::reconcile_warm(store, warm_dir);
+    for k in &report.killed {
+        tracing::warn!(pid = k.pid, dir = %k.dir.display(), "killed a warm guest's process left by a previous run");
+    }
+    for d in &report.removed_dirs {
+        tracing::info!(dir = %d.display(), "removed a warm guest or template left by a previous run");
+    }
+    for p in &report.problems {
+        tracing::error!("reconcile: {p}");
+    }
+}
 
 /// Kills and removes every VM a previous run left (blocking; before any job starts).
 pub(crate) fn leftover_vms(store: &Store, jobs_dir: &Path) {

@@ -1,5 +1,5 @@
 //! The state database: runner credentials, jobs, VM resources, VMs kept for
-//! debug SSH and spooled log rows, in one SQLite file
+//! debug SSH, warm guests and spooled log rows, in one SQLite file
 //! (`<state_dir>/solstice.db`, WAL mode).
 //!
 //! The daemon records every job and every VM resource *before* it exists, so
@@ -36,7 +36,7 @@ pub use state_dir::{StateDirError, check_state_dir, current_uid, user_name};
 pub use vms::VmRow;
 pub use warm::{WarmKind, WarmRow};
 
-pub use reconcile::{KilledProcess, ReconcileReport, reconcile_vms};
+pub use reconcile::{KilledProcess, ReconcileReport, reconcile_vms, reconcile_warm};
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
@@ -127,6 +127,9 @@ pub enum StoreError {
     /// An update named a job that is not in the database.
     #[error("No job {id} in the state database")]
     UnknownJob { id: String },
+    /// An update named a warm guest that is not in the database.
+    #[error("No warm guest {id} in the state database")]
+    UnknownWarm { id: String },
     /// A stored value this binary cannot interpret.
     #[error("Invalid value in {}: {detail}; was the file changed by another program?", path.display())]
     BadValue { path: PathBuf, detail: String },

@@ -17,6 +17,16 @@
 //!   (`exec-…`) and `bench` (`bench-…`) runs, which may share the state
 //!   directory and run right now, are never touched; neither are files or
 //!   symbolic links.
+//!
+//! Warm guests ([`reconcile_warm`]) are simpler: nothing under
+//! `<state_dir>/warm/` survives a restart (their keys lived in the previous
+//! run's memory only), so every process whose command line names that
+//! directory or a recorded warm guest's directory is killed, every entry of
+//! it removed and every warm record forgotten. It runs before
+//! [`reconcile_vms`]: a guest a job took had its directory moved to
+//! `<jobs_dir>/<job id>`, but its QEMU's command line still names the old
+//! `warm/<id>` path, so only this sweep finds that process; the job's own
+//! reconciliation then removes the moved directory.
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
@@ -34,7 +44,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KilledProcess {
     pub pid: u32,
-    /// The job directory its command line mentioned.
+    /// The job (or warm) directory its command line mentioned.
     pub dir: PathBuf,
 }
 
@@ -42,9 +52,11 @@ pub struct KilledProcess {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub killed: Vec<KilledProcess>,
-    /// Job directories removed (recorded ones and strays).
+    /// Job directories removed (recorded ones and strays); for
+    /// [`reconcile_warm`], the entries of the warm directory removed.
     pub removed_dirs: Vec<PathBuf>,
-    /// Job ids whose VM record was forgotten.
+    /// Job ids whose VM record was forgotten; for [`reconcile_warm`], the
+    /// warm guests' ids.
     pub forgotten: Vec<String>,
     /// What could not be done, one sentence each; the records concerned are
     /// kept so the next start tries again.
@@ -139,6 +151,133 @@ pub fn reconcile_vms(store: &Store, jobs_dir: &Path) -> ReconcileReport {
         let pids = users(&procs, &needles);
         if kill_all(&pids, &dir, &needles, &mut report) {
             remove_dir(&dir, &mut report);
+        }
+    }
+    report
+}
+
+/// Kills every process whose command line names `warm_dir` (as a whole path
+/// component, so anything under it) or a recorded warm guest's directory,
+/// removes every entry of `warm_dir` (guests and templates; `warm_dir`
+/// itself stays) and forgets the warm records. Blocking; run it at start-up
+/// before [`reconcile_vms`] (see the module documentation for why).
+///
+/// A recorded directory outside `warm_dir` is removed only if its last
+/// component is the guest's id. A record whose processes could not be
+/// killed, or whose directory could not be removed, is kept for the next
+/// start; so is an entry of `warm_dir` that a surviving process still names.
+pub fn reconcile_warm(store: &Store, warm_dir: &Path) -> ReconcileReport {
+    let mut report = ReconcileReport::default();
+    let rows = match store.warm_rows() {
+        Ok(r) => r,
+        Err(e) => {
+            // The directory is still swept: that is what matters most.
+            report
+                .problems
+                .push(format!("Could not list the recorded warm guests: {e}"));
+            Vec::new()
+        }
+    };
+    let procs = processes();
+    // A pid is killed (and reported) once, even when several directories
+    // name it.
+    let mut done: BTreeSet<u32> = BTreeSet::new();
+    let mut kill_users = |dir: &Path, recorded_pid: Option<u32>, report: &mut ReconcileReport| {
+        let needles = dir_spellings(dir);
+        let mut pids = users(&procs, &needles);
+        if let Some(pid) = recorded_pid {
+            if cmdline(pid).is_some_and(|args| mentions(&args, &needles)) {
+                pids.insert(pid);
+            }
+        }
+        pids.retain(|p| !done.contains(p));
+        done.extend(&pids);
+        kill_all(&pids, dir, &needles, report)
+    };
+
+    // 1. Recorded guests, most precisely reported.
+    let mut killed_ok: Vec<bool> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        killed_ok.push(kill_users(&row.dir, row.pid, &mut report));
+    }
+    // 2. Every entry of the warm directory, then anything else that names
+    //    it (a guest whose directory was moved to a job's, or removed).
+    let entries: Vec<std::fs::DirEntry> = match std::fs::read_dir(warm_dir) {
+        Ok(rd) => rd.flatten().collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            report
+                .problems
+                .push(format!("Could not read {}: {e}", warm_dir.display()));
+            Vec::new()
+        }
+    };
+    for entry in &entries {
+        kill_users(&entry.path(), None, &mut report);
+    }
+    kill_users(warm_dir, None, &mut report);
+
+    // 3. Remove what no surviving process names any more.
+    let still_running = processes();
+    let in_use = |dir: &Path| -> Option<u32> {
+        let needles = dir_spellings(dir);
+        still_running
+            .iter()
+            .find(|p| !p.is_zombie() && p.mentions_dir(&needles))
+            .map(|p| p.pid)
+    };
+    for entry in &entries {
+        let path = entry.path();
+        if let Some(pid) = in_use(&path) {
+            report.problems.push(format!(
+                "Left {} in place: process {pid} still uses it",
+                path.display()
+            ));
+            continue;
+        }
+        // `DirEntry::file_type` does not follow symbolic links: a link is
+        // removed, never what it points to.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_dir(&path, &mut report);
+        } else {
+            match std::fs::remove_file(&path) {
+                Ok(()) => report.removed_dirs.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => report
+                    .problems
+                    .push(format!("Could not remove {}: {e}", path.display())),
+            }
+        }
+    }
+
+    // 4. Forget the records whose guest is gone.
+    for (row, killed) in rows.iter().zip(killed_ok) {
+        if !killed {
+            continue;
+        }
+        let under_warm_dir = row.dir.parent() == Some(warm_dir);
+        if row.dir.exists() {
+            if under_warm_dir {
+                // Its removal failed above (reported there).
+                continue;
+            }
+            if row.dir.file_name().and_then(|n| n.to_str()) != Some(row.id.as_str()) {
+                report.problems.push(format!(
+                    "Left {} (recorded for warm guest {}) alone: its name is not the guest's id",
+                    row.dir.display(),
+                    row.id
+                ));
+                continue;
+            }
+            if in_use(&row.dir).is_some() || !remove_dir(&row.dir, &mut report) {
+                continue;
+            }
+        }
+        match store.forget_warm(&row.id) {
+            Ok(()) => report.forgotten.push(row.id.clone()),
+            Err(e) => report
+                .problems
+                .push(format!("Could not forget warm guest {}: {e}", row.id)),
         }
     }
     report

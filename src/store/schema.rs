@@ -89,6 +89,22 @@ CREATE TABLE debug_holds (
     armed_at_ms   INTEGER NOT NULL
 ) STRICT;
 "#,
+    // Version 4: warm guests (pool members and snapshot templates), so that
+    // `solstice status` shows the pools and the next start after a crash
+    // knows what to kill. A guest handed to a job leaves this table (the
+    // job's `vms` row takes over).
+    r#"
+CREATE TABLE warm_vms (
+    id             TEXT PRIMARY KEY NOT NULL, -- names its directory under <state_dir>/warm/
+    image          TEXT NOT NULL,
+    kind           TEXT NOT NULL,             -- 'booted', 'restored' or 'template'
+    dir            BLOB NOT NULL,             -- path bytes
+    pid            INTEGER,
+    ssh_port       INTEGER,
+    ready          INTEGER NOT NULL DEFAULT 0,
+    recorded_at_ms INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The schema version this binary writes and reads.

@@ -385,8 +385,8 @@ fn documented_defaults_are_the_real_defaults() {
         checked += 1;
     }
     assert_eq!(
-        checked, 37,
-        "expected 37 keys with literal defaults in the doc"
+        checked, 40,
+        "expected 40 keys with literal defaults in the doc"
     );
     assert_eq!(parse(&format!("{base}labels = [\"tiny\"]\n")), plain);
 }
@@ -471,7 +471,7 @@ fn status_json_says_which_config_on_stderr_and_prints_json_without_a_database() 
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
     assert_eq!(
         v,
-        serde_json::json!({"database": null, "daemon_running": false, "in_flight": [], "recent": [], "debug_holds": []})
+        serde_json::json!({"database": null, "daemon_running": false, "in_flight": [], "recent": [], "debug_holds": [], "warm_pools": []})
     );
     // Found in the working directory, and named absolutely.
     assert!(
