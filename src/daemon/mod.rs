@@ -167,8 +167,9 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub slots: Slots,
     pub metrics: Metrics,
-    /// Shared by every job; `auto`'s KVM may fall back to TCG at run time.
-    pub accel: Accelerator,
+    /// Shared by every job (and the warm pools); `auto`'s KVM may fall back
+    /// to TCG at run time.
+    pub accel: Arc<Accelerator>,
     /// Cancelled on SIGTERM/SIGINT: stop fetching.
     pub stop_fetching: CancellationToken,
     /// Running jobs by job id.
@@ -183,6 +184,9 @@ pub(crate) struct Shared {
     pub cache: Option<Arc<crate::cache_service::CacheService>>,
     /// The VMs kept for debug SSH (`None`: no `[debug_ssh]` gateway).
     pub debug: Option<crate::debug::DebugHolds>,
+    /// Guests booted ahead for the next jobs (`None`: no image has `warm`
+    /// or `snapshot`).
+    pub warm: Option<crate::warm::WarmPools>,
 }
 
 impl Shared {
@@ -350,6 +354,9 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         .values()
         .filter_map(|i| i.max_concurrent_jobs.map(|m| (i.name.clone(), m)))
         .collect();
+    let slots = Slots::new(config.daemon.max_concurrent_jobs, image_max);
+    let accel = Arc::new(accel);
+    let warm = warm_pools(&config, &slots, &accel, &store, &metrics, cache.as_deref());
     let debug_stop = CancellationToken::new();
     let debug = match &config.debug_ssh {
         Some(settings) => {
@@ -361,7 +368,8 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         debug,
         config: config.clone(),
         store: store.clone(),
-        slots: Slots::new(config.daemon.max_concurrent_jobs, image_max),
+        slots,
+        warm,
         metrics: metrics.clone(),
         accel,
         stop_fetching: CancellationToken::new(),
@@ -378,6 +386,13 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         cache,
     });
     metrics.set_capacity(config.daemon.max_concurrent_jobs);
+    // The pools start filling now (start-up clean-up is done): their guests
+    // boot while the forges connect.
+    let warm_stop = CancellationToken::new();
+    let warm_loop = shared.warm.clone().map(|pools| {
+        let stop = warm_stop.clone();
+        tokio::spawn(async move { pools.run(stop).await })
+    });
 
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = config.daemon.metrics_listen {
@@ -397,6 +412,7 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
                     session.disconnect().await;
                 }
                 debug_stop.cancel();
+                stop_warm(&warm_stop, warm_loop).await;
                 return Ok(());
             }
         };
@@ -453,6 +469,8 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         _ = async { while pollers.join_next().await.is_some() {} } => "no forge left to poll",
     };
     drain(&shared, signal, pollers, &mut signals).await;
+    // No job can take a warm guest any more: every one is destroyed.
+    stop_warm(&warm_stop, warm_loop).await;
     if let Some(holds) = &shared.debug {
         // Every VM kept for debugging is destroyed before the daemon stops.
         holds.shutdown().await;
@@ -465,6 +483,45 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
     metrics_stop.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The warm pools, when some image has `warm` or `snapshot`.
+fn warm_pools(
+    config: &Arc<Config>,
+    slots: &Slots,
+    accel: &Arc<Accelerator>,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    cache: Option<&crate::cache_service::CacheService>,
+) -> Option<crate::warm::WarmPools> {
+    if !config.images.values().any(|i| i.warm > 0 || i.snapshot) {
+        return None;
+    }
+    let accel = accel.clone();
+    let pools = crate::warm::WarmPools::new(crate::warm::PoolOptions {
+        config: config.clone(),
+        load: Arc::new(slots.clone()),
+        accel: Arc::new(move || accel.current()),
+        // Warm guests reach the cache service like job VMs (their jobs get
+        // a lease on it when they take the guest).
+        host_ports: cache.map(|c| vec![c.port()]).unwrap_or_default(),
+        store: Some(store.clone()),
+        metrics: Some(metrics.clone()),
+    });
+    for p in pools.status() {
+        tracing::info!(image = %p.image, warm = p.target, "warm pool configured");
+    }
+    Some(pools)
+}
+
+/// Stops the warm pools' loop and waits until every warm guest is destroyed.
+async fn stop_warm(stop: &CancellationToken, run: Option<tokio::task::JoinHandle<()>>) {
+    stop.cancel();
+    if let Some(run) = run
+        && let Err(e) = run.await
+    {
+        tracing::error!(error = %e, "the warm pools' loop panicked");
+    }
 }
 
 /// Loads (or makes) the gateway's host key, binds its port and serves it
