@@ -386,6 +386,7 @@ enum Start {
     },
     Template {
         image: ImageConfig,
+        build_id: String,
         key: String,
         cancel: CancellationToken,
         done: CancellationToken,
@@ -394,7 +395,7 @@ enum Start {
 
 /// A warm guest taken out of the pools to make room.
 enum Victim {
-    Ready(String, Idle),
+    Ready(String, Box<Idle>),
     /// Cancelled; `done` is cancelled once its VM is gone.
     Start(String, CancellationToken),
 }
@@ -598,8 +599,9 @@ impl Inner {
                     && may_refill(capacity, jobs, warm)
                 {
                     let (cancel, done) = (CancellationToken::new(), CancellationToken::new());
+                    let build_id = format!("{:08x}", rand::random::<u32>());
                     pool.template.building = Some(Starting {
-                        id: String::new(),
+                        id: build_id.clone(),
                         cancel: cancel.clone(),
                         done: done.clone(),
                         since: now,
@@ -607,6 +609,7 @@ impl Inner {
                     warm += 1;
                     starts.push(Start::Template {
                         image: pool.image.clone(),
+                        build_id,
                         key: key.clone(),
                         cancel,
                         done,
@@ -662,12 +665,13 @@ impl Inner {
                 }
                 Start::Template {
                     image,
+                    build_id,
                     key,
                     cancel,
                     done,
                 } => {
                     self.starts.spawn(async move {
-                        me.build_template(image, key, cancel).await;
+                        me.build_template(image, build_id, key, cancel).await;
                         done.cancel();
                         me.wake.notify_one();
                     });
@@ -811,7 +815,13 @@ impl Inner {
 
     /// Builds the snapshot template of `image` and keeps it, unless the
     /// image changed or the pools stopped meanwhile.
-    async fn build_template(&self, image: ImageConfig, key: String, cancel: CancellationToken) {
+    async fn build_template(
+        &self,
+        image: ImageConfig,
+        build_id: String,
+        key: String,
+        cancel: CancellationToken,
+    ) {
         tracing::info!(image = %image.name, "building the snapshot template");
         let t0 = Instant::now();
         let sink = LogSink { id: &image.name };
@@ -819,30 +829,44 @@ impl Inner {
             r = make_template(&self.config, &image, (self.accel)(), &self.dir, &self.host_ports, &key, &sink, &cancel) => Some(r),
             _ = cancel.cancelled() => None,
         };
-        let mut state = self.lock();
-        let stopped = state.stopped;
-        let Some(pool) = state.pools.get_mut(&image.name) else {
-            return;
+        // A template nobody wants any more is dropped (its files removed)
+        // after the lock is released.
+        let _unwanted = {
+            let mut state = self.lock();
+            let stopped = state.stopped;
+            let Some(pool) = state.pools.get_mut(&image.name) else {
+                return;
+            };
+            // Still this build's slot (not evicted, and no newer build since)?
+            let ours = pool
+                .template
+                .building
+                .as_ref()
+                .is_some_and(|b| b.id == build_id);
+            if ours {
+                pool.template.building = None;
+            }
+            match built {
+                Some(Ok(t)) if ours && !stopped => {
+                    pool.template.retry.succeeded();
+                    pool.template.ready = Some((Arc::new(t), key));
+                    tracing::info!(image = %image.name, secs = t0.elapsed().as_secs_f64(), "snapshot template ready");
+                    None
+                }
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) if ours && !cancel.is_cancelled() => {
+                    let pause = pool.template.retry.failed(Instant::now());
+                    tracing::warn!(
+                        image = %image.name,
+                        retry_in_secs = pause.as_secs(),
+                        "the snapshot template could not be built ({}); jobs boot cold meanwhile",
+                        Chain(&e)
+                    );
+                    None
+                }
+                _ => None,
+            }
         };
-        let still_wanted = pool.template.building.take().is_some() && !stopped;
-        match built {
-            Some(Ok(t)) if still_wanted => {
-                pool.template.retry.succeeded();
-                pool.template.ready = Some((Arc::new(t), key));
-                tracing::info!(image = %image.name, secs = t0.elapsed().as_secs_f64(), "snapshot template ready");
-            }
-            Some(Ok(t)) => drop(t),
-            Some(Err(e)) if !cancel.is_cancelled() => {
-                let pause = pool.template.retry.failed(Instant::now());
-                tracing::warn!(
-                    image = %image.name,
-                    retry_in_secs = pause.as_secs(),
-                    "the snapshot template could not be built ({}); jobs boot cold meanwhile",
-                    Chain(&e)
-                );
-            }
-            _ => {}
-        }
     }
 
     /// While jobs and warm guests exceed the capacity, takes warm guests
@@ -861,7 +885,7 @@ impl Inner {
             match victim {
                 None => return,
                 Some(Victim::Ready(image, idle)) => {
-                    self.destroy(&image, idle, Replaced::Evicted).await;
+                    self.destroy(&image, *idle, Replaced::Evicted).await;
                 }
                 Some(Victim::Start(image, done)) => {
                     tracing::info!(image = %image, "cancelling a warm guest's start to make room for a job");
@@ -946,7 +970,10 @@ fn pick_victim(state: &mut State, job_image: &str) -> Option<Victim> {
     let (image, stage, i) = where_.get(chosen)?.clone();
     let pool = state.pools.get_mut(&image)?;
     match stage {
-        Stage::Ready => pool.ready.remove(i).map(|idle| Victim::Ready(image, idle)),
+        Stage::Ready => pool
+            .ready
+            .remove(i)
+            .map(|idle| Victim::Ready(image, Box::new(idle))),
         Stage::Starting => {
             let s = pool.starting.remove(i);
             s.cancel.cancel();
