@@ -440,7 +440,7 @@ impl WarmPools {
         }
     }
 
-    /// True when some image has a pool or a template.
+    /// True when no image has a pool or a template.
     pub fn is_empty(&self) -> bool {
         self.inner.lock().pools.is_empty()
     }

@@ -233,6 +233,23 @@ async fn a_job_takes_the_warm_guest_and_the_next_one_boots_cold_while_the_pool_r
         Some(2.0),
         "{text}"
     );
+
+    // The warm guest's QEMU dies: it is replaced, never handed out.
+    let pids = qemu_processes_under(&state);
+    assert_eq!(pids.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    s.wait_metric(
+        &d,
+        "solstice_warm_replaced_total{image=\"tiny\",reason=\"dead\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    s.wait_metric(&d, READY, 1.0, Duration::from_secs(120))
+        .await;
+    let after_death = s.warm_guests();
+    assert_eq!(after_death.len(), 1, "{after_death:?}");
+    assert_ne!(after_death, warm_after);
     assert!(forge.violations().is_empty(), "{:#?}", forge.violations());
     s.stop_and_check_clean(d);
 }
