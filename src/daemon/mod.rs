@@ -8,11 +8,12 @@
 //!
 //! Start-up order (the cli loaded the config): state directory writable →
 //! lock file → state database → reconcile what a previous run left →
-//! accelerator → metrics endpoint → credentials of every forge → `READY=1`
-//! → poll loops.
+//! accelerator → metrics endpoint → warm pools start filling (images with
+//! `warm` or `snapshot`) → credentials of every forge → `READY=1` → poll
+//! loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
-//! `daemon.drain_timeout_secs`, then cancel them, report them, clean up and
-//! return (the cli exits 0).
+//! `daemon.drain_timeout_secs`, then cancel them, report them, destroy the
+//! warm guests, clean up and return (the cli exits 0).
 
 pub mod backoff;
 pub mod notify;
@@ -386,13 +387,6 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         cache,
     });
     metrics.set_capacity(config.daemon.max_concurrent_jobs);
-    // The pools start filling now (start-up clean-up is done): their guests
-    // boot while the forges connect.
-    let warm_stop = CancellationToken::new();
-    let warm_loop = shared.warm.clone().map(|pools| {
-        let stop = warm_stop.clone();
-        tokio::spawn(async move { pools.run(stop).await })
-    });
 
     let metrics_stop = CancellationToken::new();
     if let Some(addr) = config.daemon.metrics_listen {
@@ -402,11 +396,25 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         tracing::info!(address = %bound, "metrics served at /metrics");
     }
 
+    // The pools start filling now (start-up clean-up is done): their guests
+    // boot while the forges connect.
+    let warm_stop = CancellationToken::new();
+    let warm_loop = shared.warm.clone().map(|pools| {
+        let stop = warm_stop.clone();
+        tokio::spawn(async move { pools.run(stop).await })
+    });
+
     // Credentials of every forge, before READY=1.
     let mut sessions: Vec<(ForgeConfig, Arc<dyn Session>)> = Vec::new();
     for forge in config.forges.values() {
         let session = tokio::select! {
-            r = connect(&shared, forge, open_forge.as_ref()) => r?,
+            r = connect(&shared, forge, open_forge.as_ref()) => match r {
+                Ok(session) => session,
+                Err(e) => {
+                    stop_warm(&warm_stop, warm_loop).await;
+                    return Err(e);
+                }
+            },
             _ = signals.next() => {
                 for (_, session) in &sessions {
                     session.disconnect().await;
