@@ -589,6 +589,10 @@ async fn drain(
     signals: &mut Signals,
 ) {
     shared.stop_fetching.cancel();
+    // No new task comes: warm guests that start now would never be used.
+    if let Some(pools) = &shared.warm {
+        pools.stop_refilling();
+    }
     let running = shared.running.lock().map(|r| r.len()).unwrap_or_default();
     let drain = shared.config.daemon.drain_timeout;
     notify::stopping(&format!(

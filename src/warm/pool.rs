@@ -113,6 +113,9 @@ struct State {
     pools: BTreeMap<String, Pool>,
     /// Set once [`WarmPools::run`] stops: nothing starts any more.
     stopped: bool,
+    /// Set by [`WarmPools::stop_refilling`]: ready guests stay for the
+    /// jobs still to come, nothing new starts.
+    no_refill: bool,
 }
 
 struct Pool {
@@ -349,16 +352,28 @@ fn new_id(image: &str) -> String {
 
 /// Why the ready guest `idle` may not be handed out, if it may not.
 fn stale_reason(idle: &mut Idle, key: &str, max_idle: Duration, now: Instant) -> Option<Replaced> {
-    if idle.key != key {
-        return Some(Replaced::ImageChanged);
+    let same_image = idle.key == key;
+    let idle_for = now.saturating_duration_since(idle.since);
+    let alive = idle.guest.vm.exited().is_none() && !idle.guest.session.is_closed();
+    staleness(same_image, idle_for, max_idle, alive)
+}
+
+/// [`stale_reason`]'s rule: a changed image first, then age, then death.
+pub fn staleness(
+    same_image: bool,
+    idle_for: Duration,
+    max_idle: Duration,
+    alive: bool,
+) -> Option<Replaced> {
+    if !same_image {
+        Some(Replaced::ImageChanged)
+    } else if idle_for > max_idle {
+        Some(Replaced::Idle)
+    } else if !alive {
+        Some(Replaced::Dead)
+    } else {
+        None
     }
-    if now.saturating_duration_since(idle.since) > max_idle {
-        return Some(Replaced::Idle);
-    }
-    if idle.guest.vm.exited().is_some() || idle.guest.session.is_closed() {
-        return Some(Replaced::Dead);
-    }
-    None
 }
 
 /// Boot progress of warm guests goes to the daemon's debug log, not a job's.
@@ -433,6 +448,7 @@ impl WarmPools {
                 state: Mutex::new(State {
                     pools,
                     stopped: false,
+                    no_refill: false,
                 }),
                 wake: Notify::new(),
                 starts: TaskTracker::new(),
@@ -459,6 +475,12 @@ impl WarmPools {
             }
         }
         inner.shutdown().await;
+    }
+
+    /// Starts no more guests or templates (the daemon drains: no new task
+    /// will come); ready guests stay until [`WarmPools::run`] stops.
+    pub fn stop_refilling(&self) {
+        self.inner.lock().no_refill = true;
     }
 
     /// Every pool's figures, by image name.
@@ -587,6 +609,9 @@ impl Inner {
                 .map(|(n, p)| (p.ready.len() + p.starting.len(), n.clone()))
                 .collect();
             order.sort();
+            if state.no_refill {
+                order.clear();
+            }
             for (_, name) in order {
                 let Some(key) = keys.get(&name) else { continue };
                 let Some(pool) = state.pools.get_mut(&name) else {
@@ -1227,6 +1252,28 @@ mod tests {
         f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
             .unwrap();
         assert_ne!(b, fingerprint(&config, &image, Accel::Tcg), "touched file");
+    }
+
+    #[test]
+    fn a_guest_is_stale_when_its_image_changed_it_waited_too_long_or_died() {
+        let hour = Duration::from_secs(3600);
+        let young = Duration::from_secs(10);
+        assert_eq!(staleness(true, young, hour, true), None);
+        assert_eq!(
+            staleness(false, young, hour, true),
+            Some(Replaced::ImageChanged)
+        );
+        assert_eq!(
+            staleness(true, hour + Duration::from_secs(1), hour, true),
+            Some(Replaced::Idle)
+        );
+        assert_eq!(staleness(true, hour, hour, true), None, "at the limit");
+        assert_eq!(staleness(true, young, hour, false), Some(Replaced::Dead));
+        assert_eq!(
+            staleness(false, hour * 2, hour, false),
+            Some(Replaced::ImageChanged),
+            "a changed image is named first"
+        );
     }
 
     #[test]
