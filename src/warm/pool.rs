@@ -436,9 +436,15 @@ impl WarmPools {
                 )
             })
             .collect();
+        // Recorded paths name the directory as QEMU's command line does
+        // (`Vm::start` resolves its root), so that clean-up matches them.
+        let dir = super::warm_dir(&opts.config);
+        let dir = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::canonicalize(&dir))
+            .unwrap_or(dir);
         WarmPools {
             inner: Arc::new(Inner {
-                dir: super::warm_dir(&opts.config),
+                dir,
                 config: opts.config,
                 load: opts.load,
                 accel: opts.accel,
