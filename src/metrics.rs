@@ -15,6 +15,11 @@
 //! | `solstice_kvm_fallbacks_total` | counter | |
 //! | `solstice_debug_ssh_events_total` | counter | `event` (`armed`, `not_held`, `login`, `refused`, `expired`, `released`, `shutdown`) |
 //! | `solstice_debug_ssh_held` | gauge | |
+//! | `solstice_warm_ready` | gauge | `image` |
+//! | `solstice_warm_starting` | gauge | `image` |
+//! | `solstice_warm_takes_total` | counter | `image`, `result` (`hit`, `restored`, `miss`) |
+//! | `solstice_warm_refill_seconds` | histogram | `image`, `kind` (`booted`, `restored`) |
+//! | `solstice_warm_replaced_total` | counter | `image`, `reason` (`idle`, `image_changed`, `dead`, `evicted`, `failed`) |
 //!
 //! The four split histograms are consecutive segments of
 //! `task_to_first_step` (see [`LatencySplit`]).
@@ -57,6 +62,34 @@ struct DebugLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WarmLabels {
+    image: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WarmTakeLabels {
+    image: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WarmRefillLabels {
+    image: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WarmReplacedLabels {
+    image: String,
+    reason: String,
+}
+
+/// A histogram with [`LATENCY_BUCKETS`] (for labelled families).
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForgeErrorLabels {
     forge: String,
     method: String,
@@ -83,6 +116,11 @@ struct Inner {
     kvm_fallbacks: Counter,
     debug_events: Family<DebugLabels, Counter>,
     debug_held: Gauge,
+    warm_ready: Family<WarmLabels, Gauge>,
+    warm_starting: Family<WarmLabels, Gauge>,
+    warm_takes: Family<WarmTakeLabels, Counter>,
+    warm_refill: Family<WarmRefillLabels, Histogram, fn() -> Histogram>,
+    warm_replaced: Family<WarmReplacedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -200,8 +238,46 @@ impl Metrics {
             "VMs of failed jobs kept for debug SSH now",
             debug_held.clone(),
         );
+        let warm_ready = Family::<WarmLabels, Gauge>::default();
+        registry.register(
+            "warm_ready",
+            "Warm guests booted and waiting for a job, by image",
+            warm_ready.clone(),
+        );
+        let warm_starting = Family::<WarmLabels, Gauge>::default();
+        registry.register(
+            "warm_starting",
+            "Warm guests being booted or restored, by image",
+            warm_starting.clone(),
+        );
+        let warm_takes = Family::<WarmTakeLabels, Counter>::default();
+        registry.register(
+            "warm_takes",
+            "Jobs of images with a warm pool: hit (a pool guest), restored (a clone of the template), miss (booted cold)",
+            warm_takes.clone(),
+        );
+        let warm_refill =
+            Family::<WarmRefillLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "warm_refill_seconds",
+            "A warm guest's start, QEMU spawned to ready, by image and kind (booted, restored)",
+            warm_refill.clone(),
+        );
+        let warm_replaced = Family::<WarmReplacedLabels, Counter>::default();
+        registry.register(
+            "warm_replaced",
+            "Warm guests destroyed unused, by image and reason (idle, image_changed, dead, evicted, failed)",
+            warm_replaced.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                warm_ready,
+                warm_starting,
+                warm_takes,
+                warm_refill,
+                warm_replaced,
                 debug_events,
                 debug_held,
                 registry,
@@ -297,6 +373,56 @@ impl Metrics {
         self.inner
             .debug_held
             .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `warm_ready{image}` and `warm_starting{image}`.
+    pub fn set_warm(&self, image: &str, ready: u32, starting: u32) {
+        let l = WarmLabels {
+            image: image.to_owned(),
+        };
+        self.inner
+            .warm_ready
+            .get_or_create(&l)
+            .set(i64::from(ready));
+        self.inner
+            .warm_starting
+            .get_or_create(&l)
+            .set(i64::from(starting));
+    }
+
+    /// A job of an image with a pool started: `warm_takes_total{image,result}`
+    /// + 1 (`hit`, `restored` or `miss`).
+    pub fn warm_take(&self, image: &str, result: &str) {
+        self.inner
+            .warm_takes
+            .get_or_create(&WarmTakeLabels {
+                image: image.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A warm guest became ready `took` after its QEMU was spawned
+    /// (`kind`: `booted` or `restored`).
+    pub fn warm_refilled(&self, image: &str, kind: &str, took: Duration) {
+        self.inner
+            .warm_refill
+            .get_or_create(&WarmRefillLabels {
+                image: image.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A warm guest was destroyed unused: `warm_replaced_total{image,reason}` + 1.
+    pub fn warm_replaced(&self, image: &str, reason: &str) {
+        self.inner
+            .warm_replaced
+            .get_or_create(&WarmReplacedLabels {
+                image: image.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
@@ -431,6 +557,67 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn warm_metrics_are_labelled_by_image() {
+        let m = Metrics::new();
+        m.set_warm("tiny", 2, 1);
+        m.warm_take("tiny", "hit");
+        m.warm_take("tiny", "hit");
+        m.warm_take("tiny", "miss");
+        m.warm_refilled("tiny", "booted", Duration::from_secs(4));
+        m.warm_replaced("tiny", "image_changed");
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "solstice_warm_ready{image=\"tiny\"}"),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "solstice_warm_starting{image=\"tiny\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "solstice_warm_takes_total{image=\"tiny\",result=\"hit\"}"
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "solstice_warm_takes_total{image=\"tiny\",result=\"miss\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "solstice_warm_refill_seconds_bucket{le=\"5.0\",image=\"tiny\",kind=\"booted\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "solstice_warm_replaced_total{image=\"tiny\",reason=\"image_changed\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        m.set_warm("tiny", 0, 0);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "solstice_warm_ready{image=\"tiny\"}"),
+            Some(0.0),
+            "{text}"
+        );
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //!
 //! Start-up order (the cli loaded the config): state directory writable →
 //! lock file → state database → reconcile what a previous run left →
-//! accelerator → metrics endpoint → credentials of every forge → `READY=1`
-//! → poll loops.
+//! accelerator → metrics endpoint → warm pools start filling (images with
+//! `warm` or `snapshot`) → credentials of every forge → `READY=1` → poll
+//! loops.
 //! On SIGTERM/SIGINT: stop fetching, let running jobs finish for up to
-//! `daemon.drain_timeout_secs`, then cancel them, report them, clean up and
-//! return (the cli exits 0).
+//! `daemon.drain_timeout_secs`, then cancel them, report them, destroy the
+//! warm guests, clean up and return (the cli exits 0).
 
 pub mod backoff;
 pub mod notify;
@@ -167,8 +168,9 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub slots: Slots,
     pub metrics: Metrics,
-    /// Shared by every job; `auto`'s KVM may fall back to TCG at run time.
-    pub accel: Accelerator,
+    /// Shared by every job (and the warm pools); `auto`'s KVM may fall back
+    /// to TCG at run time.
+    pub accel: Arc<Accelerator>,
     /// Cancelled on SIGTERM/SIGINT: stop fetching.
     pub stop_fetching: CancellationToken,
     /// Running jobs by job id.
@@ -183,6 +185,9 @@ pub(crate) struct Shared {
     pub cache: Option<Arc<crate::cache_service::CacheService>>,
     /// The VMs kept for debug SSH (`None`: no `[debug_ssh]` gateway).
     pub debug: Option<crate::debug::DebugHolds>,
+    /// Guests booted ahead for the next jobs (`None`: no image has `warm`
+    /// or `snapshot`).
+    pub warm: Option<crate::warm::WarmPools>,
 }
 
 impl Shared {
@@ -350,6 +355,9 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         .values()
         .filter_map(|i| i.max_concurrent_jobs.map(|m| (i.name.clone(), m)))
         .collect();
+    let slots = Slots::new(config.daemon.max_concurrent_jobs, image_max);
+    let accel = Arc::new(accel);
+    let warm = warm_pools(&config, &slots, &accel, &store, &metrics, cache.as_deref());
     let debug_stop = CancellationToken::new();
     let debug = match &config.debug_ssh {
         Some(settings) => {
@@ -361,7 +369,8 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         debug,
         config: config.clone(),
         store: store.clone(),
-        slots: Slots::new(config.daemon.max_concurrent_jobs, image_max),
+        slots,
+        warm,
         metrics: metrics.clone(),
         accel,
         stop_fetching: CancellationToken::new(),
@@ -387,16 +396,31 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         tracing::info!(address = %bound, "metrics served at /metrics");
     }
 
+    // The pools start filling now (start-up clean-up is done): their guests
+    // boot while the forges connect.
+    let warm_stop = CancellationToken::new();
+    let warm_loop = shared.warm.clone().map(|pools| {
+        let stop = warm_stop.clone();
+        tokio::spawn(async move { pools.run(stop).await })
+    });
+
     // Credentials of every forge, before READY=1.
     let mut sessions: Vec<(ForgeConfig, Arc<dyn Session>)> = Vec::new();
     for forge in config.forges.values() {
         let session = tokio::select! {
-            r = connect(&shared, forge, open_forge.as_ref()) => r?,
+            r = connect(&shared, forge, open_forge.as_ref()) => match r {
+                Ok(session) => session,
+                Err(e) => {
+                    stop_warm(&warm_stop, warm_loop).await;
+                    return Err(e);
+                }
+            },
             _ = signals.next() => {
                 for (_, session) in &sessions {
                     session.disconnect().await;
                 }
                 debug_stop.cancel();
+                stop_warm(&warm_stop, warm_loop).await;
                 return Ok(());
             }
         };
@@ -453,6 +477,8 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
         _ = async { while pollers.join_next().await.is_some() {} } => "no forge left to poll",
     };
     drain(&shared, signal, pollers, &mut signals).await;
+    // No job can take a warm guest any more: every one is destroyed.
+    stop_warm(&warm_stop, warm_loop).await;
     if let Some(holds) = &shared.debug {
         // Every VM kept for debugging is destroyed before the daemon stops.
         holds.shutdown().await;
@@ -465,6 +491,45 @@ pub(crate) async fn serve(config: Config, parts: Parts) -> Result<(), DaemonErro
     metrics_stop.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The warm pools, when some image has `warm` or `snapshot`.
+fn warm_pools(
+    config: &Arc<Config>,
+    slots: &Slots,
+    accel: &Arc<Accelerator>,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    cache: Option<&crate::cache_service::CacheService>,
+) -> Option<crate::warm::WarmPools> {
+    if !config.images.values().any(|i| i.warm > 0 || i.snapshot) {
+        return None;
+    }
+    let accel = accel.clone();
+    let pools = crate::warm::WarmPools::new(crate::warm::PoolOptions {
+        config: config.clone(),
+        load: Arc::new(slots.clone()),
+        accel: Arc::new(move || accel.current()),
+        // Warm guests reach the cache service like job VMs (their jobs get
+        // a lease on it when they take the guest).
+        host_ports: cache.map(|c| vec![c.port()]).unwrap_or_default(),
+        store: Some(store.clone()),
+        metrics: Some(metrics.clone()),
+    });
+    for p in pools.status() {
+        tracing::info!(image = %p.image, warm = p.target, "warm pool configured");
+    }
+    Some(pools)
+}
+
+/// Stops the warm pools' loop and waits until every warm guest is destroyed.
+async fn stop_warm(stop: &CancellationToken, run: Option<tokio::task::JoinHandle<()>>) {
+    stop.cancel();
+    if let Some(run) = run
+        && let Err(e) = run.await
+    {
+        tracing::error!(error = %e, "the warm pools' loop panicked");
+    }
 }
 
 /// Loads (or makes) the gateway's host key, binds its port and serves it
@@ -525,6 +590,10 @@ async fn drain(
     signals: &mut Signals,
 ) {
     shared.stop_fetching.cancel();
+    // No new task comes: warm guests that start now would never be used.
+    if let Some(pools) = &shared.warm {
+        pools.stop_refilling();
+    }
     let running = shared.running.lock().map(|r| r.len()).unwrap_or_default();
     let drain = shared.config.daemon.drain_timeout;
     notify::stopping(&format!(

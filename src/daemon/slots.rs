@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 struct Counts {
     host_used: u32,
+    /// Of `host_used`: slots reserved for a fetch and not taken by a task.
+    reserved: u32,
     image_used: BTreeMap<String, u32>,
 }
 
@@ -40,6 +42,7 @@ impl Slots {
                 image_max,
                 counts: Mutex::new(Counts {
                     host_used: 0,
+                    reserved: 0,
                     image_used: BTreeMap::new(),
                 }),
                 freed: Notify::new(),
@@ -64,6 +67,13 @@ impl Slots {
         self.counts().host_used
     }
 
+    /// Host slots jobs use (running, or held for debug SSH): `used` less
+    /// what is only reserved for a fetch.
+    pub fn in_use(&self) -> u32 {
+        let c = self.counts();
+        c.host_used.saturating_sub(c.reserved)
+    }
+
     /// Reserves every free host slot, up to `max`. Returns `None` when none is free.
     pub fn reserve(&self, max: u32) -> Option<Reservation> {
         let mut c = self.counts();
@@ -72,6 +82,7 @@ impl Slots {
             return None;
         }
         c.host_used += free;
+        c.reserved += free;
         Some(Reservation {
             slots: self.clone(),
             count: free,
@@ -178,6 +189,9 @@ impl Reservation {
             return None;
         }
         self.count -= 1;
+        let mut c = self.slots.counts();
+        c.reserved = c.reserved.saturating_sub(1);
+        drop(c);
         Some(HostSlot {
             slots: self.slots.clone(),
         })
@@ -186,7 +200,25 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if self.count > 0 {
+            let mut c = self.slots.counts();
+            c.reserved = c.reserved.saturating_sub(self.count);
+        }
         self.slots.release_host(self.count);
+    }
+}
+
+/// What warm pools see of the host: the jobs that run, not the slots a
+/// poll loop reserved for a fetch (a GitHub long poll holds its
+/// reservation for most of a minute; a task that comes evicts a warm
+/// guest instead).
+impl crate::warm::HostLoad for Slots {
+    fn capacity(&self) -> u32 {
+        Slots::capacity(self)
+    }
+
+    fn jobs(&self) -> u32 {
+        self.in_use()
     }
 }
 
@@ -252,14 +284,18 @@ mod tests {
         let mut a = s.reserve(5).unwrap();
         assert_eq!(a.count(), 2);
         assert!(s.reserve(1).is_none(), "a second forge gets nothing");
+        assert_eq!(s.in_use(), 0, "reserved slots run no job yet");
         let t = a.take_one().unwrap();
+        assert_eq!(s.in_use(), 1);
         drop(a); // the unused slot goes back
         assert_eq!(s.used(), 1);
+        assert_eq!(s.in_use(), 1);
         let b = s.reserve(5).unwrap();
         assert_eq!(b.count(), 1);
         drop(t);
         drop(b);
         assert_eq!(s.used(), 0);
+        assert_eq!(s.in_use(), 0);
     }
 
     #[tokio::test]
@@ -288,6 +324,7 @@ mod tests {
         let held = s.hold("deb");
         drop(job);
         assert_eq!(s.used(), 1);
+        assert_eq!(s.in_use(), 1, "a kept VM counts for warm pools");
         assert!(
             s.reserve(1).is_none(),
             "the kept VM uses the host's only slot"

@@ -265,7 +265,10 @@ async fn run_job(
         runner_name: &task.runner_name,
         observer: task.recorded.then_some(&observer as &dyn VmObserver),
         debug: hold.as_ref().map(|h| h as &dyn job::DebugHold),
-        warm: None,
+        warm: shared
+            .warm
+            .as_ref()
+            .map(|w| w as &dyn crate::job::WarmSource),
     };
     let t_run = Instant::now();
     match shared.jobs.run(&run, &sink, &task.cancel).await {
