@@ -1358,7 +1358,6 @@ fn the_daemon_cleans_up_warm_guests_a_killed_run_left_before_it_serves() {
 /// start removes its directory and record before it is ready; after an
 /// orderly stop nothing is left under the state directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the warm pools of the POOL branch (src/warm/pool.rs); un-ignore once merged"]
 async fn sigkill_with_a_warm_guest_up_then_restart_leaves_no_orphan() {
     use crate::support::world::{SECRET, World, fake, offline};
     let forge = fake().await;
