@@ -52,6 +52,7 @@ mod ssh_client;
 mod ssh_throughput;
 mod store;
 mod vm_boot;
+mod warm_snapshot;
 mod workflow_expr;
 mod workflow_matrix;
 mod workflow_model;
