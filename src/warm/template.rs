@@ -46,7 +46,7 @@ pub enum TemplateError {
     Boot {
         image: String,
         #[source]
-        source: RunError,
+        source: Box<RunError>,
     },
     #[error("Could not bring the template guest of image {image} to its saved point: {why}")]
     Settle { image: String, why: String },
@@ -253,7 +253,7 @@ impl Template {
             RunError::Cancelled => TemplateError::Cancelled,
             source => TemplateError::Boot {
                 image: name_of(),
-                source,
+                source: Box::new(source),
             },
         })?;
         let ReadyGuest {
