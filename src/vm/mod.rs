@@ -83,9 +83,9 @@ pub struct VmSpec<'a> {
 /// took 0.86 s and 0.77 s. The Debian guest (512 MiB, 333 MiB of state):
 /// 0.18–0.22 s against 0.14–0.22 s, saving 2.6 s against 2.5 s. No
 /// difference that matters: the file is in the page cache, and a few
-/// hundred MiB are copied about as fast as QEMU starts. So templates use the plain stream: one
-/// thread, no extra capability to keep in step between the two sides, and
-/// a dense file (mapped-ram's is sparse, as large as guest RAM: 276 MB
+/// hundred MiB are copied about as fast as QEMU starts. So templates use
+/// the plain stream: one thread, no extra capability to keep in step
+/// between the two sides, and a dense file (mapped-ram's is sparse, as large as guest RAM: 276 MB
 /// apparent for 109 MB of data, 544 MB for 348 MB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Migration {
