@@ -93,6 +93,8 @@ impl BaselineVm {
             console: dir.0.join("console.log"),
             qmp_socket: dir.0.join("qmp.sock"),
             paused: false,
+            vmgenid: false,
+            incoming: false,
         };
         let args: Vec<String> = vm::argv::qemu_args(&plan)
             .into_iter()

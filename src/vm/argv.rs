@@ -32,6 +32,15 @@ pub struct VmPlan {
     /// Start with the guest's CPUs stopped (`-S`) until QMP `cont` (the
     /// guest's network is set up in between).
     pub paused: bool,
+    /// Add a VM generation ID device (`vmgenid,guid=auto`): every QEMU
+    /// process gets a fresh random GUID, and a guest restored from a saved
+    /// state is told about the change, so that Linux (5.18 and later)
+    /// reseeds its random number generator ("crng reseeded due to virtual
+    /// machine fork"). Linux guests only: illumos has no driver for it.
+    pub vmgenid: bool,
+    /// Wait for an incoming migration (`-incoming defer`; the saved state
+    /// is then given over QMP `migrate-incoming`) instead of booting.
+    pub incoming: bool,
 }
 
 /// Escapes a value for QEMU's `key=value,...` option syntax (commas are doubled).
@@ -245,6 +254,15 @@ pub fn qemu_args(plan: &VmPlan) -> Vec<OsString> {
         "-device",
         &format!("virtio-net-pci,netdev=net0,{}", Slot::Nic.placement()),
     ]);
+    // Not a PCI device (its GUID lives in guest RAM, found through fw_cfg
+    // and ACPI), so it takes no slot and moves none. Last, so that the
+    // order of every device before it is the same with and without it.
+    if plan.vmgenid {
+        push(&["-device", "vmgenid,guid=auto,id=vmgenid0"]);
+    }
+    if plan.incoming {
+        push(&["-incoming", "defer"]);
+    }
     a.into_iter().map(OsString::from).collect()
 }
 
@@ -266,6 +284,8 @@ mod tests {
             console: "/j/1/console.log".into(),
             qmp_socket: "/j/1/qmp.sock".into(),
             paused: false,
+            vmgenid: false,
+            incoming: false,
         }
     }
 
@@ -408,7 +428,7 @@ mod tests {
     /// (slot, device text) of every `-device` on the PCI bus.
     fn pci_layout(a: &[String]) -> Vec<(String, String)> {
         a.windows(2)
-            .filter(|w| w[0] == "-device")
+            .filter(|w| w[0] == "-device" && !w[1].starts_with("vmgenid"))
             .map(|w| {
                 let addr = w[1]
                     .split(',')
@@ -468,6 +488,34 @@ mod tests {
             "kayak pins the OmniOS root at @4"
         );
         assert_eq!(Slot::RootDisk.placement(), "bus=pci.0,addr=0x4,id=root");
+    }
+
+    #[test]
+    fn vmgenid_and_incoming_add_no_pci_device() {
+        let plain = s(&plan());
+        assert!(!plain.iter().any(|x| x.contains("vmgenid")));
+        assert!(!plain.contains(&"-incoming".to_string()));
+        let restored = s(&VmPlan {
+            vmgenid: true,
+            incoming: true,
+            ..plan()
+        });
+        assert!(has_pair(
+            &restored,
+            "-device",
+            "vmgenid,guid=auto,id=vmgenid0"
+        ));
+        assert!(has_pair(&restored, "-incoming", "defer"));
+        // Every PCI device keeps its slot, and nothing else moves: the
+        // arguments before the vmgenid device are the same.
+        assert_eq!(pci_layout(&restored), pci_layout(&plain));
+        assert_eq!(restored[..plain.len()], plain[..]);
+        let vmgenid_dev = restored
+            .windows(2)
+            .find(|w| w[0] == "-device" && w[1].starts_with("vmgenid"))
+            .map(|w| w[1].clone())
+            .unwrap();
+        assert!(!vmgenid_dev.contains("addr=") && !vmgenid_dev.contains("bus="));
     }
 
     #[test]

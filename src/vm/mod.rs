@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{Firmware, ImageConfig, NetworkMode, QemuConfig};
+use crate::config::{
+    Firmware, GuestOs, ImageConfig, ImageFormat, NetworkMode, QemuConfig, SeedKind,
+};
 use crate::secret::Secret;
 
 /// Which accelerator a VM runs under.
@@ -70,6 +72,80 @@ pub struct VmSpec<'a> {
     pub host_ports: &'a [u16],
 }
 
+/// How a running guest's state is written to a file and read back (QEMU
+/// migration capabilities; the saving and the restoring QEMU must use the
+/// same).
+///
+/// Measured on this project's 2-core host under TCG (QEMU 10.0.2, the tiny
+/// guest with 256 MiB, about 105 MiB of it in use, state file in the page
+/// cache), three restores each, QEMU spawned → state read in: the plain
+/// stream took 0.10–0.19 s, `mapped-ram` + `multifd` 0.13–0.21 s; saving
+/// took 0.86 s and 0.77 s. The Debian guest (512 MiB, 333 MiB of state):
+/// 0.18–0.22 s against 0.14–0.22 s, saving 2.6 s against 2.5 s. No
+/// difference that matters: the file is in the page cache, and a few
+/// hundred MiB are copied about as fast as QEMU starts. So templates use
+/// the plain stream: one thread, no extra capability to keep in step
+/// between the two sides, and a dense file (mapped-ram's is sparse, as large as guest RAM: 276 MB
+/// apparent for 109 MB of data, 544 MB for 348 MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migration {
+    /// The classic migration stream: pages in the order they are sent,
+    /// zero pages as a flag only. One thread reads it back.
+    Stream,
+    /// `multifd` + `mapped-ram`: every page at a fixed offset of the file
+    /// (a sparse file as large as guest RAM), written and read by several
+    /// threads.
+    MappedRam,
+}
+
+impl Migration {
+    /// What templates use (see above why).
+    pub const DEFAULT: Migration = Migration::Stream;
+
+    /// The capabilities to set on both sides.
+    pub fn capabilities(self) -> Vec<(qapi::qmp::MigrationCapability, bool)> {
+        use qapi::qmp::MigrationCapability as C;
+        let mapped = self == Migration::MappedRam;
+        vec![(C::multifd, mapped), (C::mapped_ram, mapped)]
+    }
+}
+
+/// A guest saved running ([`Vm::save_state`]) with everything a restore
+/// must present exactly as the saved QEMU did: the frozen overlay that
+/// every clone's overlay is backed by, the seed device and its file, the
+/// SMBIOS UUID (fw_cfg and the device list must match), and the migration
+/// capabilities.
+#[derive(Debug, Clone)]
+pub struct SavedGuest {
+    /// The migration stream (`file:`).
+    pub state: PathBuf,
+    /// The template's overlay, never written again (mode 0400).
+    pub overlay: PathBuf,
+    /// The seed device and the file it showed (a copy kept with the state).
+    pub seed: Option<(SeedKind, PathBuf)>,
+    pub uuid: String,
+    pub migration: Migration,
+}
+
+/// What a restored VM is made of: as [`VmSpec`], without what only a boot
+/// reads (keys, host name: the restored guest has the saved guest's).
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreSpec<'a> {
+    /// Names the VM's directory (see [`VmSpec::job_id`]).
+    pub job_id: &'a str,
+    /// Must describe the saved guest's machine (CPU model, vCPUs, memory):
+    /// QEMU refuses a state whose machine differs.
+    pub image: &'a ImageConfig,
+    pub qemu: &'a QemuConfig,
+    pub accel: Accel,
+    pub jobs_dir: &'a Path,
+    pub host_ports: &'a [u16],
+    pub saved: &'a SavedGuest,
+}
+
+/// How long QEMU may take to read a saved state back, or to write one.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Why a VM could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -109,6 +185,14 @@ pub enum VmError {
     Qmp(String),
     #[error("The guest is not running once QEMU started (QEMU state {0})")]
     GuestNotRunning(String),
+    #[error(
+        "QEMU could not restore the saved guest: {0}. The image's machine (memory, vCPUs, CPU model, devices) or QEMU itself must be what it was when the guest was saved"
+    )]
+    Restore(String),
+    #[error("QEMU could not save the running guest: {0}")]
+    Save(String),
+    #[error("A {0} guest cannot be restored from a saved state")]
+    RestoreUnsupported(&'static str),
     #[error("Could not isolate the guest's network (image network = \"{mode}\")")]
     Network {
         mode: &'static str,
@@ -171,6 +255,11 @@ pub struct Vm {
     ssh_addr: SocketAddr,
     accel: Accel,
     spawned_at: Instant,
+    /// The SMBIOS system UUID QEMU was given.
+    uuid: String,
+    /// The seed device, and its file (in the VM's directory after a boot,
+    /// the saved guest's copy after a restore).
+    seed: Option<(SeedKind, PathBuf)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -194,6 +283,32 @@ impl Vm {
     /// Returns once QEMU runs and the forwarded port is known (the guest is still booting).
     /// On any error everything created so far is removed again.
     pub async fn start(spec: VmSpec<'_>) -> Result<Vm, VmError> {
+        Self::launch(spec, None).await
+    }
+
+    /// Starts a VM by restoring `spec.saved` (see [`SavedGuest`]) instead
+    /// of booting: its directory, an overlay backed by the saved guest's
+    /// frozen overlay, QEMU with the saved guest's command line and
+    /// `-incoming defer`, the saved state read in over QMP, then the guest
+    /// resumed. Returns once the guest runs again. On any error everything
+    /// created is removed again; a state QEMU refuses (another machine,
+    /// another device list) is [`VmError::Restore`].
+    pub async fn restore(spec: RestoreSpec<'_>) -> Result<Vm, VmError> {
+        let vm = VmSpec {
+            job_id: spec.job_id,
+            image: spec.image,
+            qemu: spec.qemu,
+            accel: spec.accel,
+            jobs_dir: spec.jobs_dir,
+            authorized_key: "",
+            host_key: None,
+            hostname: "",
+            host_ports: spec.host_ports,
+        };
+        Self::launch(vm, Some(spec.saved)).await
+    }
+
+    async fn launch(spec: VmSpec<'_>, restore: Option<&SavedGuest>) -> Result<Vm, VmError> {
         let t0 = Instant::now();
         if !crate::job::id::is_valid(spec.job_id) {
             return Err(VmError::BadJobId(spec.job_id.to_string()));
@@ -244,29 +359,59 @@ impl Vm {
                 Some(pasta)
             }
         };
-        let seed_path = seed::write_seed(
-            spec.image.seed,
-            &dir,
-            &seed::SeedData {
-                instance_id: &format!("solstice-{}-{:08x}", spec.job_id, rand::random::<u32>()),
-                hostname: spec.hostname,
-                user: &spec.image.ssh_user,
-                authorized_key: spec.authorized_key,
-                host_key: spec.host_key,
-                registry_mirror: spec.image.registry_mirror.as_deref(),
-            },
-        )?;
+        let seed = match restore {
+            // The same device with the same file the saved guest read at
+            // its boot (a restored guest never reads it again).
+            Some(saved) => saved.seed.clone(),
+            None => Some((
+                spec.image.seed,
+                seed::write_seed(
+                    spec.image.seed,
+                    &dir,
+                    &seed::SeedData {
+                        instance_id: &format!(
+                            "solstice-{}-{:08x}",
+                            spec.job_id,
+                            rand::random::<u32>()
+                        ),
+                        hostname: spec.hostname,
+                        user: &spec.image.ssh_user,
+                        authorized_key: spec.authorized_key,
+                        host_key: spec.host_key,
+                        registry_mirror: spec.image.registry_mirror.as_deref(),
+                    },
+                )?,
+            )),
+        };
         let overlay = dir.join("overlay.qcow2");
-        disk::create_overlay(
-            &spec.qemu.img_binary,
-            &spec.image.path,
-            spec.image.format,
-            &overlay,
-            spec.image.disk_size_gib,
-        )
-        .await?;
+        match restore {
+            // The clone's writes go to its own overlay; the saved guest's
+            // disk stays as it was at the save, under every clone.
+            Some(saved) => {
+                disk::create_overlay(
+                    &spec.qemu.img_binary,
+                    &saved.overlay,
+                    ImageFormat::Qcow2,
+                    &overlay,
+                    None,
+                )
+                .await?
+            }
+            None => {
+                disk::create_overlay(
+                    &spec.qemu.img_binary,
+                    &spec.image.path,
+                    spec.image.format,
+                    &overlay,
+                    spec.image.disk_size_gib,
+                )
+                .await?
+            }
+        }
         let uefi = match spec.image.firmware {
             Firmware::Bios => None,
+            // The variable store is per VM and not kept with a saved guest.
+            Firmware::Uefi if restore.is_some() => return Err(VmError::RestoreUnsupported("UEFI")),
             Firmware::Uefi => {
                 let (Some(code), Some(vars)) = (&spec.qemu.uefi_code, &spec.qemu.uefi_vars) else {
                     return Err(VmError::UefiFirmwareMissing);
@@ -279,19 +424,25 @@ impl Vm {
                 Some((code.clone(), copy))
             }
         };
+        let uuid = match restore {
+            Some(saved) => saved.uuid.clone(),
+            None => random_uuid(),
+        };
         let plan = argv::VmPlan {
             name: format!("solstice-{}", spec.job_id),
-            uuid: random_uuid(),
+            uuid: uuid.clone(),
             accel: spec.accel,
             cpu: argv::cpu_model(spec.image, spec.accel).to_owned(),
             vcpus: spec.image.vcpus,
             memory_mib: spec.image.memory_mib,
             overlay,
-            seed: Some((spec.image.seed, seed_path)),
+            seed: seed.clone(),
             uefi,
             console: dir.join("console.log"),
             qmp_socket: qmp_socket.clone(),
             paused: isolated.is_some(),
+            vmgenid: spec.image.os == GuestOs::Linux,
+            incoming: restore.is_some(),
         };
         let stderr_path = dir.join("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path)
@@ -366,9 +517,28 @@ impl Vm {
                     .map_err(|e| VmError::Qmp(format!("rule helper task: {e}")))?
                     .map_err(net_err)?;
             }
-            qmp::cont(&mut conn).await.map_err(VmError::Qmp)?;
         }
-        let (running, state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;
+        // The network is in place (pasta attached, rules applied) before
+        // the guest runs: only then is the saved state read in.
+        if let Some(saved) = restore {
+            qmp::set_migration_capabilities(&mut conn, &saved.migration.capabilities())
+                .await
+                .map_err(VmError::Restore)?;
+            let uri = format!("file:{}", saved.state.display());
+            qmp::migrate_incoming(&mut conn, &uri)
+                .await
+                .map_err(VmError::Restore)?;
+            wait_for_migration(&mut owned, &mut conn, &stderr_path)
+                .await
+                .map_err(VmError::Restore)?;
+        }
+        let (mut running, mut state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;
+        // Paused: started with `-S` (isolated networks), or restored from a
+        // guest that was stopped for its save.
+        if !running && (isolated.is_some() || restore.is_some()) {
+            qmp::cont(&mut conn).await.map_err(VmError::Qmp)?;
+            (running, state) = qmp::status(&mut conn).await.map_err(VmError::Qmp)?;
+        }
         if !running {
             return Err(VmError::GuestNotRunning(state));
         }
@@ -377,6 +547,7 @@ impl Vm {
             pid,
             port,
             accel = ?spec.accel,
+            restored = restore.is_some(),
             provision_ms = t0.elapsed().as_millis() as u64,
             qemu_ready_ms = t_spawn.elapsed().as_millis() as u64,
             "VM started"
@@ -389,7 +560,94 @@ impl Vm {
             ssh_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             accel: spec.accel,
             spawned_at: t_spawn,
+            uuid,
+            seed,
         })
+    }
+
+    /// Saves the running guest into `path` (which must not exist): QMP
+    /// `stop`, the capabilities of `migration`, `migrate` to `file:`, and
+    /// waits until QEMU reports the migration completed. The guest stays
+    /// stopped and its disk images are released by QEMU: the VM is only
+    /// good for [`Vm::destroy`] afterwards. Returns the state file's size.
+    pub async fn save_state(&mut self, path: &Path, migration: Migration) -> Result<u64, VmError> {
+        if path.exists() {
+            return Err(VmError::Save(format!("{} exists already", path.display())));
+        }
+        if self.qmp_in_flight {
+            self.qmp = None;
+        }
+        let mut conn = self
+            .qmp
+            .take()
+            .ok_or_else(|| VmError::Qmp("the QMP connection was given up".into()))?;
+        let stderr_path = self.owned.dir.join("qemu.stderr");
+        let t0 = Instant::now();
+        let saved = async {
+            // Stopped first: one pass over guest RAM, no dirty pages
+            // chased, and a state that is consistent as of one instant.
+            qmp::stop(&mut conn).await?;
+            qmp::set_migration_capabilities(&mut conn, &migration.capabilities()).await?;
+            qmp::migrate(&mut conn, &format!("file:{}", path.display())).await?;
+            wait_for_migration(&mut self.owned, &mut conn, &stderr_path).await
+        }
+        .await;
+        // Only a connection whose commands all completed is kept (see
+        // `run_state`): an error may have left one pending.
+        if saved.is_ok() {
+            self.qmp = Some(conn);
+        }
+        saved.map_err(VmError::Save)?;
+        let size = std::fs::metadata(path)
+            .map_err(io(format!("read the size of {}", path.display())))?
+            .len();
+        tracing::info!(
+            dir = %self.owned.dir.display(),
+            save_ms = t0.elapsed().as_millis() as u64,
+            bytes = size,
+            "guest state saved"
+        );
+        Ok(size)
+    }
+
+    /// The SMBIOS system UUID the VM was started with.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// The seed device and its file.
+    pub fn seed(&self) -> Option<&(SeedKind, PathBuf)> {
+        self.seed.as_ref()
+    }
+
+    /// The VM's own qcow2 overlay (its only writable disk).
+    pub fn overlay_path(&self) -> PathBuf {
+        self.owned.dir.join("overlay.qcow2")
+    }
+
+    /// The GUID of the VM's `vmgenid` device (`query-vm-generation-id`);
+    /// an error for a VM without one.
+    pub async fn generation_id(&mut self) -> Result<String, VmError> {
+        if self.qmp_in_flight {
+            self.qmp = None;
+        }
+        let conn = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmError::Qmp("the QMP connection was given up".into()))?;
+        self.qmp_in_flight = true;
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), qmp::vm_generation_id(conn)).await;
+        self.qmp_in_flight = false;
+        match answer {
+            Ok(r) => r.map_err(VmError::Qmp),
+            Err(_) => {
+                self.qmp = None;
+                Err(VmError::Qmp(
+                    "QEMU did not answer query-vm-generation-id within 5 s".into(),
+                ))
+            }
+        }
     }
 
     /// The host side of the guest's SSH port (always on 127.0.0.1).
@@ -674,6 +932,63 @@ async fn attach_pasta(
         }
     }
     Err(netns::IsolationError::Pasta(last))
+}
+
+/// Polls `query-migrate` until the migration (either direction) completed;
+/// an error says why it failed, with what QEMU wrote on stderr.
+async fn wait_for_migration(
+    owned: &mut Owned,
+    conn: &mut qmp::Qmp,
+    stderr_path: &Path,
+) -> Result<(), String> {
+    use qapi::qmp::MigrationStatus as S;
+    let said = || {
+        let text = std::fs::read_to_string(stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(3)..].join(" / ")
+    };
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        if let Some(child) = owned.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            return Err(format!("QEMU exited ({status}): {}", said()));
+        }
+        let (status, error) =
+            match tokio::time::timeout(Duration::from_secs(5), qmp::migration(conn)).await {
+                Ok(r) => r?,
+                Err(_) => return Err("QEMU did not answer query-migrate within 5 s".into()),
+            };
+        match status {
+            Some(S::completed) => return Ok(()),
+            Some(S::failed | S::cancelled | S::cancelling) => {
+                // QEMU's summary ("load of migration failed: Invalid
+                // argument") and, on stderr, the cause ("Length mismatch:
+                // pc.ram: 0x10000000 in != 0x14000000").
+                let why: Vec<String> = [error.unwrap_or_default(), said()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                return Err(if why.is_empty() {
+                    "the migration failed".into()
+                } else {
+                    why.join("; QEMU said: ")
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not done within {} s (status {status:?})",
+                MIGRATION_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn wait_for_qmp(

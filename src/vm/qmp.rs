@@ -99,6 +99,77 @@ pub async fn cont(qmp: &mut Qmp) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// `stop`: pauses the guest's CPUs.
+pub async fn stop(qmp: &mut Qmp) -> Result<(), String> {
+    qmp.execute(qapi::qmp::stop {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `migrate-set-capabilities`: turns each named capability on or off. The
+/// saving and the restoring QEMU must agree on them.
+pub async fn set_migration_capabilities(
+    qmp: &mut Qmp,
+    caps: &[(qapi::qmp::MigrationCapability, bool)],
+) -> Result<(), String> {
+    let capabilities = caps
+        .iter()
+        .map(|&(capability, state)| qapi::qmp::MigrationCapabilityStatus { capability, state })
+        .collect();
+    qmp.execute(qapi::qmp::migrate_set_capabilities { capabilities })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `migrate` to `uri` (`file:/path`); returns once the migration started.
+pub async fn migrate(qmp: &mut Qmp, uri: &str) -> Result<(), String> {
+    qmp.execute(qapi::qmp::migrate {
+        uri: Some(uri.to_string()),
+        channels: None,
+        detach: None,
+        resume: None,
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// `migrate-incoming` from `uri` on a QEMU started with `-incoming defer`;
+/// returns once the migration started. A failure leaves QEMU running (not
+/// exiting, QEMU's default), so that [`migration`] can say why.
+pub async fn migrate_incoming(qmp: &mut Qmp, uri: &str) -> Result<(), String> {
+    qmp.execute(qapi::qmp::migrate_incoming {
+        uri: Some(uri.to_string()),
+        channels: None,
+        exit_on_error: Some(false),
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// `query-migrate`: the migration's status (`None` before any) and QEMU's
+/// description of a failure.
+pub async fn migration(
+    qmp: &mut Qmp,
+) -> Result<(Option<qapi::qmp::MigrationStatus>, Option<String>), String> {
+    let info = qmp
+        .execute(qapi::qmp::query_migrate {})
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((info.status, info.error_desc))
+}
+
+/// `query-vm-generation-id`: the GUID of the `vmgenid` device.
+pub async fn vm_generation_id(qmp: &mut Qmp) -> Result<String, String> {
+    qmp.execute(qapi::qmp::query_vm_generation_id {})
+        .await
+        .map(|g| g.guid)
+        .map_err(|e| e.to_string())
+}
+
 /// Asks QEMU to quit; the connection closes as QEMU exits, which may race
 /// the reply, so only a refusal counts as an error.
 pub async fn quit(qmp: &mut Qmp) -> Result<(), String> {

@@ -24,7 +24,7 @@ pub mod rekey;
 pub mod template;
 
 pub use pool::{HostLoad, PoolOptions, PoolStatus, WarmPools};
-pub use template::{Template, TemplateError};
+pub use template::{Restored, Template, TemplateError};
 
 /// The directory warm guests and templates live in: `<state_dir>/warm`.
 /// Start-up clean-up kills every process that names it and empties it.

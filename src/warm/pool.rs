@@ -1027,13 +1027,21 @@ async fn make_template(
     accel: Accel,
     dir: &Path,
     host_ports: &[u16],
-    _key: &str,
+    key: &str,
     sink: &dyn EventSink,
     cancel: &CancellationToken,
 ) -> Result<Template, super::template::TemplateError> {
-    // The pools compare their own copy of the key, so the template's own
-    // `key()` is not needed here.
-    Template::build(config, image, accel, dir, host_ports, sink, cancel).await
+    Template::build(
+        config,
+        image,
+        accel,
+        dir,
+        host_ports,
+        key.to_string(),
+        sink,
+        cancel,
+    )
+    .await
 }
 
 /// Closes a guest's session and destroys its VM.

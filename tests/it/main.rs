@@ -53,6 +53,7 @@ mod ssh_throughput;
 mod store;
 mod vm_boot;
 mod warm_pool;
+mod warm_snapshot;
 mod workflow_expr;
 mod workflow_matrix;
 mod workflow_model;
