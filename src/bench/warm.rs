@@ -202,8 +202,13 @@ fn ms_range(v: &[Duration]) -> String {
     }
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
+/// The first line of an error, without the announcement of the daemon's log
+/// that follows it (the log is on stderr and in the JSON).
+fn summary(s: &str) -> &str {
+    let line = s.lines().next().unwrap_or("");
+    ["; the daemon's log:", "; its log:", " The daemon's log:"]
+        .iter()
+        .fold(line, |l, tail| l.strip_suffix(tail).unwrap_or(l))
 }
 
 impl WarmReport {
@@ -360,7 +365,7 @@ impl WarmReport {
                     m.mode.as_str(),
                     m.jobs.len(),
                     self.runs,
-                    first_line(e)
+                    summary(e)
                 );
             }
         }
@@ -675,6 +680,14 @@ async fn run_mode(
         image_keys: image_keys(mode),
     };
     let started = Instant::now();
+    progress(format_args!(
+        "{name}: starting a daemon with {}",
+        opts.image_keys
+            .iter()
+            .map(|(k, v)| format!("images.{}.{k} = {v}", setup.image.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     let (forge, mut daemon) = match setup.start_with(name, CAPACITY, &opts).await {
         Ok(x) => x,
         Err(e) => {
@@ -913,7 +926,7 @@ fn pool_timeout_message(
         }
     };
     format!(
-        "no warm guest of image {image} was ready within {} s ({db}); a build without warm pools never starts one. The daemon's log:\n{log}",
+        "no warm guest of image {image} was ready within {} s ({db}); a build without warm pools never starts one.\nThe daemon's log:\n{log}",
         timeout.as_secs()
     )
 }
@@ -975,10 +988,11 @@ pub fn saved_template(warm_dir: &Path) -> Option<TemplateFigures> {
             if !meta.is_file() {
                 continue;
             }
-            if f.file_name().to_string_lossy().ends_with(".qcow2") {
+            let file = f.file_name().to_string_lossy().into_owned();
+            if file.ends_with(".qcow2") {
                 let frozen = meta.permissions().mode() & 0o222 == 0;
                 overlay = Some((meta.len(), frozen));
-            } else {
+            } else if !is_side_file(&file) {
                 state = state.max(meta.len());
             }
         }
@@ -993,6 +1007,15 @@ pub fn saved_template(warm_dir: &Path) -> Option<TemplateFigures> {
         }
     }
     None
+}
+
+/// Files of a guest's directory that are not a saved state: its console
+/// log, pid files, the seed.
+fn is_side_file(name: &str) -> bool {
+    name.starts_with("seed")
+        || [".log", ".pid", ".iso", ".sock", ".stderr", ".img", ".cpio"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// Waits until the daemon has saved its template (two polls in a row with
@@ -1022,7 +1045,7 @@ async fn wait_template(
         }
         if start.elapsed() >= timeout {
             return Err(format!(
-                "no snapshot template was saved within {} s (no directory {}/t-… with a read-only overlay and a state file); a build without snapshot templates never saves one. The daemon's log:\n{}",
+                "no snapshot template was saved within {} s (no directory {}/t-… with a read-only overlay and a state file); a build without snapshot templates never saves one.\nThe daemon's log:\n{}",
                 timeout.as_secs(),
                 warm_dir.display(),
                 daemon.log_tail()
@@ -1275,7 +1298,19 @@ mod tests {
         std::fs::create_dir_all(&t).unwrap();
         std::fs::write(t.join("overlay.qcow2"), vec![0u8; 300]).unwrap();
         std::fs::write(t.join("seed.iso"), vec![0u8; 10]).unwrap();
+        std::fs::write(t.join("console.log"), vec![0u8; 5000]).unwrap();
         assert_eq!(saved_template(&warm), None, "no state file yet");
+        std::fs::set_permissions(
+            t.join("overlay.qcow2"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
+        assert_eq!(saved_template(&warm), None, "the console log is no state");
+        std::fs::set_permissions(
+            t.join("overlay.qcow2"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(t.join("state"), vec![0u8; 1000]).unwrap();
         assert_eq!(saved_template(&warm), None, "overlay still writable");
         std::fs::set_permissions(
@@ -1295,7 +1330,14 @@ mod tests {
             m.starts_with("no warm guest of image tiny was ready within 30 s (the daemon's state database lists 0 warm guest(s) of it, none ready)"),
             "{m}"
         );
-        assert!(m.ends_with("The daemon's log:\nLOG"), "{m}");
+        assert!(
+            m.ends_with("never starts one.\nThe daemon's log:\nLOG"),
+            "{m}"
+        );
+        assert_eq!(
+            summary("the daemon exited with 1; its log:\nx"),
+            "the daemon exited with 1"
+        );
         let m = pool_timeout_message(
             "tiny",
             Duration::from_secs(30),
