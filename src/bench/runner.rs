@@ -502,6 +502,11 @@ impl Daemon {
         })
     }
 
+    /// The daemon's whole log so far.
+    pub(super) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the daemon's log.
     pub(super) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

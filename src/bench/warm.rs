@@ -149,12 +149,23 @@ impl GuestMemory {
 }
 
 /// The snapshot template of the `restored` part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TemplateFigures {
-    /// Daemon started → the template first seen saved (polled every 0.25 s;
-    /// includes the daemon's own start, well under a second).
-    pub ready_after: Duration,
-    /// Size of the saved running state (the largest file beside the overlay).
+    /// The build: from the daemon's log ("snapshot template ready" with its
+    /// `secs`), else daemon started → the template first seen saved in its
+    /// directory (polled every 0.25 s).
+    pub build: Duration,
+    /// `build` comes from the daemon's log.
+    pub build_logged: bool,
+    /// The template's files, when its directory was found.
+    pub files: Option<TemplateFiles>,
+}
+
+/// The files of a saved template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateFiles {
+    /// Size of the saved running state (the largest file beside the overlay
+    /// that is not a log, pid file or seed).
     pub state_bytes: u64,
     /// Size of the frozen overlay the clones' disks are backed by.
     pub overlay_bytes: u64,
@@ -432,20 +443,26 @@ impl WarmReport {
                 let _ = writeln!(
                     out,
                     "  {:<48} {:>30}",
-                    "daemon started → template saved",
-                    fmt_duration(t.ready_after)
+                    if t.build_logged {
+                        "build (boot, settle, save; the daemon's log)"
+                    } else {
+                        "daemon started → template seen saved"
+                    },
+                    fmt_duration(t.build)
                 );
+                let size =
+                    |b: Option<u64>| b.map_or("? (not found)".to_string(), |b| mib(b / 1024));
                 let _ = writeln!(
                     out,
                     "  {:<48} {:>30}",
                     "saved running state (file size)",
-                    mib(t.state_bytes / 1024)
+                    size(t.files.map(|f| f.state_bytes))
                 );
                 let _ = writeln!(
                     out,
                     "  {:<48} {:>30}",
                     "frozen overlay (file size)",
-                    mib(t.overlay_bytes / 1024)
+                    size(t.files.map(|f| f.overlay_bytes))
                 );
             }
             None => {
@@ -527,9 +544,10 @@ impl WarmReport {
                 })).collect::<Vec<_>>(),
             },
             "template": self.template.map(|t| json!({
-                "ready_after_ms": ms(t.ready_after),
-                "state_bytes": t.state_bytes,
-                "overlay_bytes": t.overlay_bytes,
+                "build_ms": ms(t.build),
+                "build_from_daemon_log": t.build_logged,
+                "state_bytes": t.files.map(|f| f.state_bytes),
+                "overlay_bytes": t.files.map(|f| f.overlay_bytes),
             })),
             "violations": self.violations,
             "load_average_1min": [self.load.0, self.load.1],
@@ -797,9 +815,11 @@ async fn drive(
                 if found.template.is_none() {
                     let t = wait_template(daemon, timeout, started).await?;
                     progress(format_args!(
-                        "restored: template saved {} after the daemon started ({} state file)",
-                        fmt_duration(t.ready_after),
-                        mib(t.state_bytes / 1024)
+                        "restored: template ready, built in {}{}",
+                        fmt_duration(t.build),
+                        t.files
+                            .map(|f| format!(", state file {}", mib(f.state_bytes / 1024)))
+                            .unwrap_or_default()
                     ));
                     found.template = Some(t);
                 }
@@ -970,7 +990,7 @@ fn qemu_naming(dir: &Path) -> Option<u32> {
 /// A saved template in `warm_dir`: a `t-…` directory whose overlay
 /// (`*.qcow2`) is frozen read-only beside a non-empty state file (the
 /// largest other file). `None` while there is none.
-pub fn saved_template(warm_dir: &Path) -> Option<TemplateFigures> {
+pub fn saved_template(warm_dir: &Path) -> Option<TemplateFiles> {
     use std::os::unix::fs::PermissionsExt;
     let entries = std::fs::read_dir(warm_dir).ok()?;
     for e in entries.flatten() {
@@ -999,8 +1019,7 @@ pub fn saved_template(warm_dir: &Path) -> Option<TemplateFigures> {
         if let Some((overlay_bytes, true)) = overlay
             && state > 0
         {
-            return Some(TemplateFigures {
-                ready_after: Duration::ZERO,
+            return Some(TemplateFiles {
                 state_bytes: state,
                 overlay_bytes,
             });
@@ -1018,9 +1037,40 @@ fn is_side_file(name: &str) -> bool {
             .any(|ext| name.ends_with(ext))
 }
 
-/// Waits until the daemon has saved its template (two polls in a row with
-/// the same state file size, so that a file still being written is not
-/// taken for a saved one).
+/// What the daemon's log says of its template: built (in `secs`), or
+/// failed (the line).
+#[derive(Debug, PartialEq)]
+pub enum TemplateLog {
+    Ready(Option<Duration>),
+    Failed(String),
+}
+
+/// The warm pools log "snapshot template ready" (with `secs=`) once a
+/// template is kept, and "the snapshot template could not be built" when a
+/// build failed (they retry later; jobs boot cold meanwhile).
+pub fn template_log(log: &str) -> Option<TemplateLog> {
+    for line in log.lines() {
+        if line.contains("snapshot template ready") {
+            let secs = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("secs="))
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(Duration::from_secs_f64);
+            return Some(TemplateLog::Ready(secs));
+        }
+        if line.contains("the snapshot template could not be built") {
+            return Some(TemplateLog::Failed(line.trim().to_owned()));
+        }
+    }
+    None
+}
+
+/// Waits until the daemon's template is ready: its log says so (the warm
+/// pools' "snapshot template ready"), or, failing that, its directory holds
+/// a frozen overlay beside a state file whose size held still over two polls
+/// (a file still being written is not taken for a saved one). A build the
+/// daemon reports failed stops the wait at once.
 async fn wait_template(
     daemon: &mut Daemon,
     timeout: Duration,
@@ -1033,19 +1083,37 @@ async fn wait_template(
     let mut first_seen: Option<(Duration, u64)> = None;
     loop {
         daemon.check_alive()?;
-        match (saved_template(&warm_dir), first_seen) {
-            (Some(t), Some((at, bytes))) if t.state_bytes == bytes => {
+        let files = saved_template(&warm_dir);
+        match template_log(&daemon.log_text()) {
+            Some(TemplateLog::Ready(secs)) => {
                 return Ok(TemplateFigures {
-                    ready_after: at,
-                    ..t
+                    build: secs.unwrap_or_else(|| daemon_started.elapsed()),
+                    build_logged: secs.is_some(),
+                    files,
                 });
             }
-            (Some(t), _) => first_seen = Some((daemon_started.elapsed(), t.state_bytes)),
+            Some(TemplateLog::Failed(line)) => {
+                return Err(format!(
+                    "the daemon could not build the snapshot template: {line}\nThe daemon's log:\n{}",
+                    daemon.log_tail()
+                ));
+            }
+            None => {}
+        }
+        match (files, first_seen) {
+            (Some(f), Some((at, bytes))) if f.state_bytes == bytes => {
+                return Ok(TemplateFigures {
+                    build: at,
+                    build_logged: false,
+                    files: Some(f),
+                });
+            }
+            (Some(f), _) => first_seen = Some((daemon_started.elapsed(), f.state_bytes)),
             (None, _) => first_seen = None,
         }
         if start.elapsed() >= timeout {
             return Err(format!(
-                "no snapshot template was saved within {} s (no directory {}/t-… with a read-only overlay and a state file); a build without snapshot templates never saves one.\nThe daemon's log:\n{}",
+                "no snapshot template was ready within {} s (the daemon's log does not say \"snapshot template ready\", and there is no directory {}/t-… with a read-only overlay and a state file); a build without snapshot templates never makes one.\nThe daemon's log:\n{}",
                 timeout.as_secs(),
                 warm_dir.display(),
                 daemon.log_tail()
@@ -1155,9 +1223,12 @@ mod tests {
                 },
             ],
             template: Some(TemplateFigures {
-                ready_after: Duration::from_millis(12_500),
-                state_bytes: 60 * 1024 * 1024,
-                overlay_bytes: 3 * 1024 * 1024,
+                build: Duration::from_millis(12_500),
+                build_logged: true,
+                files: Some(TemplateFiles {
+                    state_bytes: 60 * 1024 * 1024,
+                    overlay_bytes: 3 * 1024 * 1024,
+                }),
             }),
             violations: vec![],
             load: (Some(0.5), None),
@@ -1209,10 +1280,7 @@ mod tests {
         assert!(line("QEMU").contains("180.0 MiB [170.0–190.0]"), "{text}");
         assert!(line("pasta").contains("2.0 MiB [2.0–2.0]"), "{text}");
         assert!(line("per idle warm guest").contains("182.0 MiB"), "{text}");
-        assert!(
-            line("daemon started → template saved").contains("12.5"),
-            "{text}"
-        );
+        assert!(line("build (boot, settle, save").contains("12.5"), "{text}");
         assert!(line("saved running state").contains("60.0 MiB"), "{text}");
         assert!(
             text.contains("fake forge: no protocol violations"),
@@ -1266,6 +1334,25 @@ mod tests {
             }
         }
         assert_eq!(r.pool_met(), Some(false));
+    }
+
+    #[test]
+    fn the_template_build_comes_from_the_daemon_log() {
+        let ready = "2026-12-06T00:01:02.5Z  INFO solstice::warm::pool: snapshot template ready image=tiny secs=12.25\n";
+        assert_eq!(
+            template_log(&format!("x\n{ready}")),
+            Some(TemplateLog::Ready(Some(Duration::from_millis(12_250))))
+        );
+        assert_eq!(
+            template_log("INFO snapshot template ready image=tiny"),
+            Some(TemplateLog::Ready(None))
+        );
+        let failed = "WARN solstice::warm::pool: the snapshot template could not be built (not built yet); jobs boot cold meanwhile image=tiny retry_in_secs=5";
+        assert_eq!(
+            template_log(failed),
+            Some(TemplateLog::Failed(failed.to_owned()))
+        );
+        assert_eq!(template_log("INFO building the snapshot template"), None);
     }
 
     #[test]

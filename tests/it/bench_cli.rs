@@ -435,7 +435,7 @@ fn bench_warm_all_start_kinds_side_by_side() {
         "{figures}"
     );
     assert!(
-        figures["template"]["ready_after_ms"].as_f64().unwrap() > 0.0,
+        figures["template"]["build_ms"].as_f64().unwrap() > 0.0,
         "{figures}"
     );
     assert!(
@@ -445,5 +445,9 @@ fn bench_warm_all_start_kinds_side_by_side() {
     assert!(
         stdout.contains("SNAPSHOT TEMPLATE (restored part)"),
         "{stdout}"
+    );
+    assert_eq!(
+        figures["template"]["build_from_daemon_log"], true,
+        "{figures}"
     );
 }
