@@ -40,6 +40,62 @@ pub enum BenchCommand {
     /// jobs, against the same daemon on the fake Forgejo forge in the same
     /// run.
     Github(GithubBenchArgs),
+    /// Warm starts: task received → first step running of trivial jobs
+    /// whose guest boots cold, is taken from a warm pool (`warm = 1`), or is
+    /// restored from a snapshot template (`snapshot = true`), side by side
+    /// in one run with the plain QEMU boot to SSH; and the memory of an idle
+    /// warm guest.
+    Warm(WarmBenchArgs),
+}
+
+/// How the guests of one part of `solstice bench warm` start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum WarmMode {
+    /// Booted for the job (`warm = 0`, `snapshot = false`).
+    Cold,
+    /// Taken from a warm pool (`warm = 1`; each job is queued once the
+    /// pool's guest is ready).
+    Pool,
+    /// Restored from a snapshot template (`snapshot = true`, `warm = 0`;
+    /// the jobs are queued once the template is saved).
+    Restored,
+}
+
+impl WarmMode {
+    /// `cold`, `pool` or `restored` (as `job::StartKind` names them).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarmMode::Cold => "cold",
+            WarmMode::Pool => "pool",
+            WarmMode::Restored => "restored",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WarmBenchArgs {
+    #[command(flatten)]
+    pub common: BenchCommon,
+    /// Trivial (`run: 'true'`) jobs per start kind, one after another, and
+    /// boots of the plain baseline VM; medians, minimum and maximum are
+    /// reported.
+    #[arg(long, short = 'n', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Seconds the warm guest stays idle once ready before its memory is
+    /// read and the next job is queued.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_secs: u64,
+    /// Seconds to wait for the warm guest or the snapshot template to be
+    /// ready; that part then fails with the daemon's log.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=7200))]
+    pub ready_timeout_secs: u64,
+    /// Measure only these start kinds (repeat or separate with commas)
+    /// [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<WarmMode>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -333,7 +333,7 @@ async fn settle_and_measure(
 }
 
 /// The timings the daemon recorded for `task_ids` (in order) in its database.
-fn db_timings(state_dir: &Path, task_ids: &[i64]) -> Result<Vec<JobTimings>, String> {
+pub(super) fn db_timings(state_dir: &Path, task_ids: &[i64]) -> Result<Vec<JobTimings>, String> {
     let db = crate::store::db_path(state_dir);
     let store = Store::open_read_only(&db).map_err(|e| format!("open {}: {e}", db.display()))?;
     let rows = store

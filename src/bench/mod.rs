@@ -20,6 +20,11 @@
 //!   fake GitHub (idle memory with 2 JIT runners polling, task → first step)
 //!   against the same daemon on the fake Forgejo forge.
 //!
+//! - [`warm`] (`solstice bench warm`, issue 17): task received → first
+//!   step running with a cold boot, a warm pool's guest and a guest restored
+//!   from a snapshot template, against the plain boot to SSH; the memory of
+//!   an idle warm guest.
+//!
 //! Both boot their baseline VMs with [`baseline::BaselineVm`].
 
 pub mod actions;
@@ -31,6 +36,7 @@ pub mod github;
 pub mod network;
 pub mod runner;
 pub mod runner_report;
+pub mod warm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +48,7 @@ use crate::startup::StartupError;
 
 pub use args::{
     ActionsBenchArgs, ActionsPhase, BenchArgs, BenchCommand, BenchCommon, CacheBenchArgs,
-    EngineBenchArgs, GithubBenchArgs, NetworkBenchArgs, RunnerBenchArgs,
+    EngineBenchArgs, GithubBenchArgs, NetworkBenchArgs, RunnerBenchArgs, WarmBenchArgs, WarmMode,
 };
 pub use engine::{Report, SolsticeSample, TARGET_ABS, TARGET_RATIO};
 
@@ -73,6 +79,7 @@ pub async fn bench_main(args: BenchArgs) -> Result<(), BenchError> {
         BenchCommand::Network(a) => network::network_main(a).await,
         BenchCommand::Cache(a) => cache::cache_main(a).await,
         BenchCommand::Github(a) => github::github_main(a).await,
+        BenchCommand::Warm(a) => warm::warm_main(a).await,
     }
 }
 
