@@ -45,10 +45,14 @@ build_image() {
   mkdir -p "$root/usr/lib/openssh"
   cp "$pkg/usr/lib/openssh/sftp-server" "$root/usr/lib/openssh/"
   ln -s openssh/sftp-server "$root/usr/lib/sftp-server"
+  # perl (the interpreter alone, no modules): a restored snapshot clone has its kernel RNG reseeded at once
+  # with the RNDRESEEDCRNG ioctl (src/warm/rekey.rs), which busybox cannot issue and Debian's cloud kernel,
+  # built without the vmgenid driver, does not do by itself.
+  cp "$pkg/usr/bin/perl" "$root/usr/bin/perl"
   ld=$pkg/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
   [ -e "$ld" ] || die "No dynamic loader in libc6"
   mkdir -p "$root/lib/x86_64-linux-gnu"
-  for f in usr/sbin/dropbear usr/bin/dropbearkey usr/bin/dropbearconvert usr/bin/dbclient usr/lib/openssh/sftp-server; do
+  for f in usr/sbin/dropbear usr/bin/dropbearkey usr/bin/dropbearconvert usr/bin/dbclient usr/lib/openssh/sftp-server usr/bin/perl; do
     # The packaged loader lists the libraries each binary needs, resolved inside the unpacked packages.
     "$ld" --library-path "$pkg/lib/x86_64-linux-gnu:$pkg/usr/lib/x86_64-linux-gnu" --list "$pkg/$f" |
       sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p'
@@ -61,6 +65,7 @@ build_image() {
   cp -L "$ld" "$root/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
   ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/ld-linux-x86-64.so.2"
   chroot "$root" /usr/sbin/dropbear -V 2>&1 | head -n1 >&2 || die "dropbear does not run inside the initramfs"
+  chroot "$root" /usr/bin/perl -e 'open(my $f, "<", "/dev/null") or exit 1' || die "perl does not run inside the initramfs"
 
   # Kernel modules: the listed ones and their dependencies, with a modules.dep for busybox modprobe.
   depmod -b "$pkg" "$kver"

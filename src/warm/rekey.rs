@@ -28,9 +28,10 @@
 //! device is there, `QEMUVGID:00`, but nothing binds it), so the restore
 //! itself reseeds nothing. On Debian perl issues `RNDRESEEDCRNG` after the
 //! host bytes are mixed in, so the clone's `/dev/urandom` is its own from
-//! then on. The tiny image has neither perl nor python3: its kernel mixes
-//! the host bytes in at its next periodic reseed (at most 60 s, sooner
-//! early after boot); until then two clones may draw the same bytes.
+//! then on; the tiny image carries the perl interpreter for the same
+//! ioctl. A clone reseeded neither way is refused by
+//! [`crate::warm::Template::restore`] (its kernel would mix the host bytes
+//! in only at its next periodic reseed, up to 60 s later).
 //!
 //! The new private host key travels on the command's stdin, never on a
 //! command line (which the guest's `ps` would show) and never in a log.

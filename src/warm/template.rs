@@ -464,6 +464,15 @@ impl Template {
             image: name_of(),
             why,
         })?;
+        // A clone whose kernel RNG was not reseeded would hand out the same
+        // random numbers as its template and every other clone until the
+        // kernel's next scheduled reseed: it is never used.
+        if !report.reseed_ioctl && report.vmgenid_reseeds.unwrap_or(0) == 0 {
+            return Err(TemplateError::Rekey {
+                image: name_of(),
+                why: "its kernel's random generator could not be reseeded (no vmgenid driver reseeded it, and it has neither perl nor python3 to issue the RNDRESEEDCRNG ioctl); a clone must not share its template's random state".into(),
+            });
+        }
         let t_rekey = t0.elapsed();
         let target = SshTarget::new(
             addr,

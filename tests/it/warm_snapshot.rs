@@ -187,6 +187,14 @@ async fn clones_of_one_template(env: TestEnv, debian: bool) {
     let ga = a.vm.generation_id().await.unwrap();
     let gb = b.vm.generation_id().await.unwrap();
     assert_ne!(ga, gb);
+    // Every clone's kernel RNG was reseeded after the host's bytes went in:
+    // by the vmgenid driver, or by the re-key step's ioctl.
+    for r in [&report_a, &report_b] {
+        assert!(
+            r.reseed_ioctl || r.vmgenid_reseeds.unwrap_or(0) >= 1,
+            "a clone was not reseeded: {r:?}"
+        );
+    }
     // The kernel's vmgenid driver, where the guest has it, reseeded.
     if report_a.vmgenid_driver {
         assert!(
