@@ -4,9 +4,8 @@
 //! JSON and leave no VM or directory behind. `bench actions` prints its
 //! fetch table without a VM, and every part on the tiny guest. `bench github`
 //! runs one job per forge with a 2 s settle and prints both columns.
-//! `bench warm` measures its cold part on the tiny guest; all three start
-//! kinds side by side need the warm pools and snapshot templates of
-//! issue 17 (ignored until they are in the build).
+//! `bench warm` measures its cold part alone, and all three start kinds
+//! (cold, warm pool, snapshot-restored) side by side, on the tiny guest.
 
 use crate::support;
 
@@ -400,7 +399,6 @@ fn bench_warm_cold_part_prints_its_column() {
 /// template's figures read. Needs the warm pools, the warm store rows and
 /// the snapshot templates in the build.
 #[test]
-#[ignore = "needs issue 17's warm pools and snapshot templates (pool, wstate and snap branches)"]
 fn bench_warm_all_start_kinds_side_by_side() {
     let (_env, stdout, stderr, figures, code) = bench_warm(&["--runs", "2"]);
     assert_eq!(code, Some(0), "bench warm failed:\n{stdout}\n{stderr}");
