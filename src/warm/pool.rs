@@ -546,6 +546,38 @@ impl Inner {
         }
     }
 
+    /// A restore from `template` failed (not cancelled): the template is
+    /// given up and rebuilt after the template back-off; meanwhile the pool's
+    /// members boot, and jobs of the image boot cold. A template that QEMU
+    /// or the re-key step keeps refusing never makes every job pay a failed
+    /// restore first.
+    fn template_failed(&self, image: &str, template: &Arc<Template>) {
+        let dropped = {
+            let mut state = self.lock();
+            let Some(pool) = state.pools.get_mut(image) else {
+                return;
+            };
+            if !pool
+                .template
+                .ready
+                .as_ref()
+                .is_some_and(|(t, _)| Arc::ptr_eq(t, template))
+            {
+                return;
+            }
+            let pause = pool.template.retry.failed(Instant::now());
+            tracing::warn!(
+                image,
+                retry_in_secs = pause.as_secs(),
+                "a restore from the snapshot template failed: the template is discarded and built again later; until then warm guests of the image boot"
+            );
+            pool.template.ready.take()
+        };
+        // Its files go once the last clone start holding it is done.
+        drop(dropped);
+        self.wake.notify_one();
+    }
+
     fn forget(&self, id: &str) {
         if let Some(store) = &self.store
             && let Err(e) = store.forget_warm(id)
@@ -766,6 +798,11 @@ impl Inner {
             Err(reason) => {
                 self.forget(&id);
                 let pause = self.end_start(&image.name, &id);
+                if !cancel.is_cancelled()
+                    && let Some(t) = &template
+                {
+                    self.template_failed(&image.name, t);
+                }
                 if !cancel.is_cancelled() {
                     self.replaced(&image.name, Replaced::Failed);
                     tracing::warn!(
@@ -1129,6 +1166,9 @@ impl WarmSource for WarmPools {
             dest.parent(),
             dest.file_name().and_then(|n| n.to_str()),
         ) {
+            if cancel.is_cancelled() {
+                return None;
+            }
             match t.restore(root, name, cancel).await {
                 Ok(guest) => {
                     if let Some(m) = &inner.metrics {
@@ -1136,8 +1176,10 @@ impl WarmSource for WarmPools {
                     }
                     return Some((guest, StartKind::Restored));
                 }
+                Err(_) if cancel.is_cancelled() => return None,
                 Err(e) => {
                     tracing::warn!(image = %image.name, error = %Chain(&e), "could not restore a clone of the snapshot template; the job boots cold");
+                    inner.template_failed(&image.name, &t);
                 }
             }
         }

@@ -278,8 +278,12 @@ if [ -s /etc/machine-id ]; then
   say machine-id "$mid"
 fi
 hostname "$new_host" || fail "could not set the host name $new_host"
-printf '%s\n' "$new_host" >/etc/hostname || fail 'could not write /etc/hostname'
-if [ -f /etc/hosts ]; then
+# On NixOS both files are links into the read-only store: the kernel's host
+# name (set above) is what counts there.
+if [ ! -L /etc/hostname ]; then
+  printf '%s\n' "$new_host" >/etc/hostname || fail 'could not write /etc/hostname'
+fi
+if [ -f /etc/hosts ] && [ ! -L /etc/hosts ]; then
   { grep -v '^127\.0\.1\.1[[:space:]]' /etc/hosts; printf '127.0.1.1\t%s\n' "$new_host"; } >"$tmp/hosts"
   cat "$tmp/hosts" >/etc/hosts
 fi
