@@ -623,7 +623,8 @@ fn known_keys_come_from_the_raw_structs() {
     assert!(keys.contains(&"debug_ssh.listen".to_owned()));
     // The sub-table is a section, not a key.
     assert!(!keys.contains(&"forges.<name>.debug_ssh".to_owned()));
-    assert_eq!(keys.len(), 6 + 5 + 21 + 16 + 6 + 3 + 3 + 6);
+    assert_eq!(keys.len(), 6 + 5 + 24 + 16 + 6 + 3 + 3 + 6);
+    assert!(keys.contains(&"images.<name>.warm_max_idle_secs".to_owned()));
 }
 
 #[test]
