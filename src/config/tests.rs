@@ -2129,3 +2129,33 @@ fn unknown_debug_ssh_keys_point_to_the_right_section() {
             .is_empty()
     );
 }
+
+#[test]
+fn warm_keys_default_and_snapshot_is_refused_where_clones_cannot_be_re_keyed() {
+    let c = ok(TINY);
+    let i = &c.images["tiny"];
+    assert_eq!(
+        (i.warm, i.warm_max_idle.as_secs(), i.snapshot),
+        (0, 3600, false)
+    );
+    let c =
+        ok("[images.tiny]\npath = \"/t\"\nwarm = 2\nwarm_max_idle_secs = 120\nsnapshot = true\n");
+    let i = &c.images["tiny"];
+    assert_eq!(
+        (i.warm, i.warm_max_idle.as_secs(), i.snapshot),
+        (2, 120, true)
+    );
+    for (extra, why) in [
+        ("os = \"illumos\"", "vmgenid"),
+        ("seed = \"metadata-cpio\"", "NoCloud"),
+    ] {
+        let e = errs(&format!(
+            "[images.tiny]\npath = \"/t\"\nsnapshot = true\n{extra}\n"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key.as_deref(), Some("images.tiny.snapshot"));
+        assert!(e[0].message.contains(why), "{}", e[0].message);
+    }
+    let e = errs("[images.tiny]\npath = \"/t\"\nwarm = 257\n");
+    assert_eq!(e[0].key.as_deref(), Some("images.tiny.warm"));
+}
