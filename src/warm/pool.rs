@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use super::template::Template;
 use crate::config::{Config, Firmware, ImageConfig};
 use crate::errors::Chain;
-use crate::events::{EventSink, JobEvent};
+use crate::events::{EventSink, JobEvent, Phase};
 use crate::job::run::{BootRequest, ReadyGuest, RunError, StartKind, WarmSource, boot_ready};
 use crate::metrics::Metrics;
 use crate::ssh::ClientKey;
@@ -1096,7 +1096,7 @@ impl WarmSource for WarmPools {
         &self,
         image: &ImageConfig,
         dest: &Path,
-        _sink: &dyn EventSink,
+        sink: &dyn EventSink,
         cancel: &CancellationToken,
     ) -> Option<(ReadyGuest, StartKind)> {
         let inner = &self.inner;
@@ -1169,6 +1169,11 @@ impl WarmSource for WarmPools {
             if cancel.is_cancelled() {
                 return None;
             }
+            sink.emit(JobEvent::Phase {
+                phase: Phase::Boot,
+                detail: "restoring the image's saved guest (snapshot) and giving it its own keys"
+                    .into(),
+            });
             match t.restore(root, name, cancel).await {
                 Ok(guest) => {
                     if let Some(m) = &inner.metrics {
