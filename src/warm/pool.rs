@@ -151,9 +151,30 @@ struct Starting {
 #[derive(Default)]
 struct TemplateSlot {
     /// The saved guest, and the [`fingerprint`] it was made from.
-    ready: Option<(Arc<Template>, String)>,
+    ready: Option<(Arc<Template>, TemplateTag)>,
     building: Option<Starting>,
     retry: Retry,
+}
+
+/// A ready template's [`fingerprint`], and its row in the state database
+/// (forgotten when the template is dropped).
+struct TemplateTag {
+    key: String,
+    _row: Option<RowGuard>,
+}
+
+/// Forgets a warm row when dropped.
+struct RowGuard {
+    store: Arc<Store>,
+    id: String,
+}
+
+impl Drop for RowGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.forget_warm(&self.id) {
+            tracing::warn!(warm = %self.id, error = %e, "could not forget a snapshot template's record");
+        }
+    }
 }
 
 /// Why a ready guest was destroyed (the `reason` label of
@@ -630,7 +651,11 @@ impl Inner {
                     }
                 }
                 pool.ready = keep;
-                if pool.template.ready.as_ref().is_some_and(|(_, k)| k != key)
+                if pool
+                    .template
+                    .ready
+                    .as_ref()
+                    .is_some_and(|(_, k)| k.key != *key)
                     && let Some(t) = pool.template.ready.take()
                 {
                     tracing::info!(image = %name, "the image changed: rebuilding its snapshot template");
@@ -892,6 +917,22 @@ impl Inner {
     ) {
         tracing::info!(image = %image.name, "building the snapshot template");
         let t0 = Instant::now();
+        // Its row for `solstice status` (building, then saved); the files
+        // live in the directory `Template::build` names.
+        let short: String = image.name.chars().take(40).collect();
+        let row_id = format!("t-{short}-{build_id}");
+        let row = self.store.as_ref().and_then(|store| {
+            match store.record_warm(&row_id, &image.name, WarmKind::Template, &self.dir.join(&row_id)) {
+                Ok(()) => Some(RowGuard {
+                    store: store.clone(),
+                    id: row_id.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(warm = %row_id, error = %e, "could not record the snapshot template");
+                    None
+                }
+            }
+        });
         let sink = LogSink { id: &image.name };
         let built = tokio::select! {
             r = make_template(&self.config, &image, (self.accel)(), &self.dir, &self.host_ports, &key, &sink, &cancel) => Some(r),
@@ -917,7 +958,12 @@ impl Inner {
             match built {
                 Some(Ok(t)) if ours && !stopped => {
                     pool.template.retry.succeeded();
-                    pool.template.ready = Some((Arc::new(t), key));
+                    if let Some(r) = &row
+                        && let Err(e) = r.store.set_warm_ready(&r.id)
+                    {
+                        tracing::warn!(warm = %r.id, error = %e, "could not record the snapshot template as saved");
+                    }
+                    pool.template.ready = Some((Arc::new(t), TemplateTag { key, _row: row }));
                     tracing::info!(image = %image.name, secs = t0.elapsed().as_secs_f64(), "snapshot template ready");
                     None
                 }
@@ -1157,7 +1203,7 @@ impl WarmSource for WarmPools {
                 p.template
                     .ready
                     .as_ref()
-                    .filter(|(_, k)| *k == key)
+                    .filter(|(_, k)| k.key == key)
                     .map(|(t, _)| t.clone())
             })
         };
