@@ -375,3 +375,98 @@ async fn cancelling_a_job_on_a_warm_guest_destroys_that_guest() {
     }
     s.stop_and_check_clean(d);
 }
+
+/// `solstice status --json`'s `warm_pools` of the daemon's configuration.
+fn status_pools(s: &Setup) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_solstice"))
+        .args(["status", "--json", "--config"])
+        .arg(&s.world.config)
+        .env_remove("SOLSTICE_LOG")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["warm_pools"].clone()
+}
+
+/// The (kind, ready) of every guest `solstice status` shows.
+fn status_kinds(s: &Setup) -> Vec<(String, bool)> {
+    status_pools(s)[0]["guests"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .map(|g| {
+                    (
+                        g["kind"].as_str().unwrap_or("").to_string(),
+                        g["ready"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `solstice status` shows a ready guest of `kind`.
+async fn wait_status(s: &Setup, d: &Daemon, kind: &str, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    loop {
+        let kinds = status_kinds(s);
+        if kinds.contains(&(kind.to_string(), true)) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "no ready {kind} in status after {timeout:?}: {kinds:?}\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `snapshot = true` with `warm = 1`: the daemon saves a template (shown
+/// by `solstice status` as a saved `template` row; meanwhile the pool's
+/// first guest boots), and once it is saved the pool refills by restoring
+/// it: a job takes the booted guest, the refill is a `restored` guest
+/// (re-keyed), and the next job takes that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_image_fills_its_pool_by_restoring_the_template() {
+    let forge = fake().await;
+    let s = Setup::new(
+        &forge,
+        2,
+        &[("tiny", &["tiny"], "warm = 1\nsnapshot = true")],
+    );
+    let d = s.world.start();
+    wait_status(&s, &d, "template", Duration::from_secs(180)).await;
+    s.wait_metric(&d, READY, 1.0, Duration::from_secs(180))
+        .await;
+    for round in 0..2 {
+        let job = forge.enqueue(FakeJob::new(quick("tiny"), &["tiny"]));
+        let t = final_task(&forge, job, &d).await;
+        assert_eq!(t.status, TaskStatus::Success, "{}", log_of(&t));
+        assert!(
+            log_of(&t).contains(FROM_POOL),
+            "round {round}: {}",
+            log_of(&t)
+        );
+        assert!(log_of(&t).contains("quick-job-ran"), "{}", log_of(&t));
+        // The refill restores a clone of the template.
+        wait_status(&s, &d, "restored", Duration::from_secs(120)).await;
+    }
+    assert!(
+        d.log_text().contains("clone restored and re-keyed"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        s.metric("solstice_warm_takes_total{image=\"tiny\",result=\"hit\"}")
+            .await,
+        2.0
+    );
+    s.stop_and_check_clean(d);
+}
