@@ -26,7 +26,10 @@ use super::runner::{
     wait_all_final,
 };
 use super::runner_report::{USER_HZ, cpu_percent, loadavg_1min, stat_cpu_ticks};
-use super::{BenchError, GithubBenchArgs, TempDir, bench_image, fmt_ms, load_bench_config, median};
+use super::{
+    BenchError, GithubBenchArgs, TempDir, bench_image, daemon_exe, first_label, fmt_ms,
+    load_bench_config, median,
+};
 use crate::forge::forgejo::proto::TaskResult;
 use crate::startup::resolve_accel;
 use crate::store::{JobTimings, Store};
@@ -248,17 +251,9 @@ impl GithubReport {
 pub async fn github_main(args: GithubBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
     let image = bench_image(&config, &args.common)?;
-    let exe = std::env::current_exe().map_err(|e| {
-        BenchError::Infra(format!(
-            "cannot find the solstice binary to start the daemon: {e}"
-        ))
-    })?;
+    let exe = daemon_exe()?;
     let accel = resolve_accel(&config).await?.current();
-    let label = image
-        .labels
-        .first()
-        .cloned()
-        .unwrap_or_else(|| image.name.clone());
+    let label = first_label(image);
     progress(format_args!(
         "image {} ({} vCPU, {} MiB), accelerator {}, capacity {CAPACITY}, {} jobs per forge, {} s settle",
         image.name,

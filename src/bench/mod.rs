@@ -128,6 +128,24 @@ pub(crate) fn bench_image<'a>(
 }
 
 /// `bin` in `PATH`.
+/// This binary, which the daemon benchmarks start as `solstice run`.
+pub(crate) fn daemon_exe() -> Result<PathBuf, BenchError> {
+    std::env::current_exe().map_err(|e| {
+        BenchError::Infra(format!(
+            "cannot find the solstice binary to start the daemon: {e}"
+        ))
+    })
+}
+
+/// The label a benchmark's jobs run on: the image's first, else its name.
+pub(crate) fn first_label(image: &crate::config::ImageConfig) -> String {
+    image
+        .labels
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.name.clone())
+}
+
 pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

@@ -26,7 +26,10 @@ use super::runner_report::{
     Idle, Latency, RunnerReport, Stream, Throughput, cpu_percent, loadavg_1min, stat_cpu_ticks,
     status_kib,
 };
-use super::{BenchError, RunnerBenchArgs, TempDir, bench_image, load_bench_config, median};
+use super::{
+    BenchError, RunnerBenchArgs, TempDir, bench_image, daemon_exe, first_label, load_bench_config,
+    median,
+};
 use crate::config::{Config, Firmware, GuestOs, ImageConfig, SeedKind};
 use crate::forge::forgejo::proto::{TaskResult, Timestamp};
 use crate::human::fmt_duration;
@@ -79,11 +82,7 @@ pub(super) fn progress(msg: impl std::fmt::Display) {
 pub async fn runner_main(args: RunnerBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
     let image = bench_image(&config, &args.common)?;
-    let exe = std::env::current_exe().map_err(|e| {
-        BenchError::Infra(format!(
-            "cannot find the solstice binary to start the daemon: {e}"
-        ))
-    })?;
+    let exe = daemon_exe()?;
     // Both sides of the comparison use the accelerator chosen now.
     let accel = resolve_accel(&config).await?.current();
     let report = run(&args, &config, image, accel, &exe)
@@ -106,11 +105,7 @@ async fn run(
     exe: &Path,
 ) -> Result<RunnerReport, String> {
     let accel_name = accel.as_str();
-    let label = image
-        .labels
-        .first()
-        .cloned()
-        .unwrap_or_else(|| image.name.clone());
+    let label = first_label(image);
     progress(format_args!(
         "image {} ({} vCPU, {} MiB), accelerator {accel_name}, {} jobs, {} MB log, {} s idle",
         image.name, image.vcpus, image.memory_mib, args.jobs, args.log_mb, args.idle_secs

@@ -45,7 +45,8 @@ use super::runner::{
 };
 use super::runner_report::{loadavg_1min, status_kib};
 use super::{
-    BenchError, TempDir, WarmBenchArgs, WarmMode, bench_image, fmt_ms, load_bench_config, median,
+    BenchError, TempDir, WarmBenchArgs, WarmMode, bench_image, daemon_exe, first_label, fmt_ms,
+    load_bench_config, median,
 };
 use crate::forge::forgejo::proto::TaskResult;
 use crate::human::fmt_duration;
@@ -559,17 +560,9 @@ impl WarmReport {
 pub async fn warm_main(args: WarmBenchArgs) -> Result<(), BenchError> {
     let config = load_bench_config(&args.common)?;
     let image = bench_image(&config, &args.common)?;
-    let exe = std::env::current_exe().map_err(|e| {
-        BenchError::Infra(format!(
-            "cannot find the solstice binary to start the daemon: {e}"
-        ))
-    })?;
+    let exe = daemon_exe()?;
     let accel = resolve_accel(&config).await?.current();
-    let label = image
-        .labels
-        .first()
-        .cloned()
-        .unwrap_or_else(|| image.name.clone());
+    let label = first_label(image);
     let mut modes = args.only.clone();
     if modes.is_empty() {
         modes = vec![WarmMode::Cold, WarmMode::Pool, WarmMode::Restored];
