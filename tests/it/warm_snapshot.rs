@@ -7,7 +7,6 @@
 //! test --test it warm_snapshot -- --nocapture`. Figures (template build,
 //! restore → ready, state size) are printed as `FIGURE` lines.
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use solstice::guest::{GuestSession, OutputChunk};
@@ -304,31 +303,12 @@ async fn clones_of_one_template(env: TestEnv, debian: bool) {
     );
 }
 
-fn have(var: &str) -> bool {
-    match std::env::var_os(var) {
-        Some(p) => {
-            assert!(Path::new(&p).is_file(), "{var} is not a file");
-            true
-        }
-        None => {
-            eprintln!("{var} is unset: skipped");
-            false
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tiny_clones_of_one_template_are_distinct() {
-    if !have("SOLSTICE_TEST_IMAGE_TINY") {
-        return;
-    }
     clones_of_one_template(TestEnv::tiny(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn debian_clones_of_one_template_are_distinct() {
-    if !have("SOLSTICE_TEST_IMAGE_DEBIAN") {
-        return;
-    }
     clones_of_one_template(TestEnv::debian(), true).await;
 }
