@@ -1,10 +1,9 @@
 //! Snapshot start with real QEMU: a template saved running, clones
 //! restored from it and re-keyed (`solstice::warm::{template, rekey}`).
 //!
-//! Needs `SOLSTICE_TEST_IMAGE_TINY` / `SOLSTICE_TEST_IMAGE_DEBIAN`; a test
-//! whose variable is unset says so and passes without a VM. Run them one
-//! at a time with the other VM tests: `flock /tmp/solstice-vm.lock cargo
-//! test --test it warm_snapshot -- --nocapture`. Figures (template build,
+//! The images come from `SOLSTICE_TEST_IMAGE_TINY` /
+//! `SOLSTICE_TEST_IMAGE_DEBIAN`, or are built (see `support::image`). Run
+//! them alone: `cargo test --test it warm_snapshot -- --nocapture`. Figures (template build,
 //! restore → ready, state size) are printed as `FIGURE` lines.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
