@@ -565,6 +565,41 @@ impl Vm {
         })
     }
 
+    /// Connects to QMP again when the earlier connection was given up (a
+    /// command that did not complete in time, see [`Vm::run_state`]):
+    /// QEMU's monitor takes a new client once the old one is gone. A busy
+    /// host can make `query-status` miss its second while the guest boots,
+    /// and a template must still be saved.
+    async fn reconnect_qmp(&mut self) -> Result<(), VmError> {
+        if self.qmp_in_flight {
+            self.qmp = None;
+            self.qmp_in_flight = false;
+        }
+        if self.qmp.is_none() {
+            let socket = self.owned.dir.join("qmp.sock");
+            // The answer to the abandoned command may still be queued for
+            // the monitor's client: the first new connection can read it
+            // where the greeting belongs. Connecting again then gets a
+            // clean greeting.
+            let mut last = String::new();
+            for _ in 0..3 {
+                match tokio::time::timeout(Duration::from_secs(5), qmp::connect(&socket)).await {
+                    Ok(Ok(conn)) => {
+                        tracing::debug!(dir = %self.owned.dir.display(), "connected to QMP again");
+                        self.qmp = Some(conn);
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "no greeting within 5 s".into(),
+                }
+            }
+            return Err(VmError::Qmp(format!(
+                "the QMP connection was given up, and connecting again failed: {last}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Saves the running guest into `path` (which must not exist): QMP
     /// `stop`, the capabilities of `migration`, `migrate` to `file:`, and
     /// waits until QEMU reports the migration completed. The guest stays
@@ -574,9 +609,7 @@ impl Vm {
         if path.exists() {
             return Err(VmError::Save(format!("{} exists already", path.display())));
         }
-        if self.qmp_in_flight {
-            self.qmp = None;
-        }
+        self.reconnect_qmp().await?;
         let mut conn = self
             .qmp
             .take()
@@ -628,9 +661,7 @@ impl Vm {
     /// The GUID of the VM's `vmgenid` device (`query-vm-generation-id`);
     /// an error for a VM without one.
     pub async fn generation_id(&mut self) -> Result<String, VmError> {
-        if self.qmp_in_flight {
-            self.qmp = None;
-        }
+        self.reconnect_qmp().await?;
         let conn = self
             .qmp
             .as_mut()
