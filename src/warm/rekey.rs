@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::guest::{GuestSession, OutputChunk, Stream};
+use crate::guest::{GuestSession, OutputChunk, Stream, shell_quote};
 use crate::secret::Secret;
 
 /// How long the re-key script may take (restarting sshd under TCG on
@@ -113,11 +113,6 @@ fn now_rounded() -> u64 {
     (now + Duration::from_millis(500)).as_secs()
 }
 
-/// `'…'` for sh, with `'` as `'\''`.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// The base64 blob of an OpenSSH public key line (its second field).
 fn key_blob(line: &str) -> &str {
     line.split_whitespace().nth(1).unwrap_or(line)
@@ -136,12 +131,12 @@ pub fn script(plan: &RekeyPlan) -> String {
     let _ = writeln!(
         s,
         "user={}\nnew_key={}\nold_blob={}\nhost_pub={}\nnew_host={}\nmid={}\nepoch={}",
-        sh_quote(&plan.user),
-        sh_quote(&plan.authorized_key),
-        sh_quote(key_blob(&plan.template_key)),
-        sh_quote(&plan.host_public),
-        sh_quote(&plan.hostname),
-        sh_quote(&plan.machine_id),
+        shell_quote(&plan.user),
+        shell_quote(&plan.authorized_key),
+        shell_quote(key_blob(&plan.template_key)),
+        shell_quote(&plan.host_public),
+        shell_quote(&plan.hostname),
+        shell_quote(&plan.machine_id),
         plan.epoch,
     );
     s.push_str(SCRIPT_HEAD);
@@ -349,7 +344,7 @@ pub async fn run(
 ) -> Result<RekeyReport, String> {
     let text = script(plan);
     let sudo = if plan.user == "root" { "" } else { "sudo -n " };
-    let cmd = format!("{sudo}sh -c {}", sh_quote(&text));
+    let cmd = format!("{sudo}sh -c {}", shell_quote(&text));
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
     let collect = async {
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -434,10 +429,14 @@ mod tests {
         assert!(s.contains("systemctl restart ssh.service"));
         assert!(s.contains("crng reseeded due to virtual machine fork"));
         assert!(s.contains("kill \"$pid\""));
-        // Parameters are quoted values, the template key only by its blob.
-        assert!(s.starts_with(
-            "user='debian'\nnew_key='ssh-ed25519 AAAAnew solstice-job'\nold_blob='AAAAold'\n"
-        ));
+        // Parameters are quoted where they need it (`guest::shell_quote`),
+        // the template key only by its blob.
+        assert!(
+            s.starts_with(
+                "user=debian\nnew_key='ssh-ed25519 AAAAnew solstice-job'\nold_blob=AAAAold\n"
+            ),
+            "{s}"
+        );
         // The shells on the host that are there parse it (dash is Debian's
         // sh, busybox ash the tiny image's).
         for shell in [&["sh"][..], &["dash"], &["busybox", "sh"]] {
@@ -484,10 +483,10 @@ mod tests {
 
     #[test]
     fn quoting_survives_single_quotes() {
-        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("printf %s {}", sh_quote("it's $x `y`")))
+            .arg(format!("printf %s {}", shell_quote("it's $x `y`")))
             .output();
         if let Ok(out) = out {
             assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $x `y`");

@@ -191,7 +191,7 @@ pub fn settle_command(user: &str) -> String {
          cloud-init status --wait >/dev/null 2>&1; echo \"solstice-settle cloud-init $?\"; fi; \
          rm -f /var/lib/systemd/random-seed || exit 1; sync";
     let sudo = if user == "root" { "" } else { "sudo -n " };
-    format!("{sudo}sh -c {}", rekey::sh_quote(script))
+    format!("{sudo}sh -c {}", crate::guest::shell_quote(script))
 }
 
 impl Template {
